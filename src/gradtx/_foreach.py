@@ -1,0 +1,156 @@
+"""Multi-tensor kernels over lists of tensors.
+
+Every helper takes lists of tensors (and scalars: Python numbers or 0-dim tensors) and
+runs one ``torch._foreach_*`` call for the whole list. ``inplace=True`` writes the result
+into the first list and returns it; ``inplace=False`` returns new tensors and leaves the
+inputs untouched. Transforms use the "first write decides" pattern: the first op of an
+update is called with the caller's ``inplace`` flag, later ops on the buffers it returned
+are always in place, so the pure path allocates exactly its outputs.
+
+Under ``torch.func`` transforms (``vmap`` has no batching rule for foreach ops) the same
+helpers run one ordinary op per tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+
+Scalar = Union[float, int, torch.Tensor]
+Tensors = list[torch.Tensor]
+
+
+def _native() -> bool:
+    if torch.compiler.is_compiling():
+        return True
+    return torch._C._functorch.maybe_current_level() is None
+
+
+def _on_device(scalar: Scalar, like: Sequence[torch.Tensor]) -> Scalar:
+    # Hyperparameters live on the CPU as float64 0-dim tensors; foreach kernels on an
+    # accelerator want their scalar tensor on the same device.
+    if isinstance(scalar, torch.Tensor) and like and scalar.device != like[0].device:
+        return scalar.to(like[0].device, non_blocking=True)
+    return scalar
+
+
+def _call(name: str, inplace: bool, xs: Tensors, *args, **kwargs) -> Tensors:
+    if not xs:
+        return []
+    args = tuple(_on_device(a, xs) if isinstance(a, torch.Tensor) else a for a in args)
+    if _native():
+        if inplace:
+            getattr(torch, f"_foreach_{name}_")(xs, *args, **kwargs)
+            return xs
+        return list(getattr(torch, f"_foreach_{name}")(xs, *args, **kwargs))
+    method = f"{name}_" if inplace else name
+    out = []
+    for i, x in enumerate(xs):
+        per_tensor = [a[i] if isinstance(a, (list, tuple)) else a for a in args]
+        out.append(getattr(x, method)(*per_tensor, **kwargs))
+    return xs if inplace else out
+
+
+def add(xs: Tensors, ys: Tensors | Scalar, *, alpha: float = 1, inplace: bool = False) -> Tensors:
+    """``xs + alpha * ys`` (``ys`` a list) or ``xs + ys`` (``ys`` a scalar)."""
+    if isinstance(ys, list):
+        return _call("add", inplace, xs, ys, alpha=alpha)
+    return _call("add", inplace, xs, ys)
+
+
+def sub(xs: Tensors, ys: Tensors, *, alpha: float = 1, inplace: bool = False) -> Tensors:
+    """``xs - alpha * ys``."""
+    return _call("sub", inplace, xs, ys, alpha=alpha)
+
+
+def mul(xs: Tensors, ys: Tensors | Scalar, *, inplace: bool = False) -> Tensors:
+    """``xs * ys`` (``ys`` a list or a scalar)."""
+    return _call("mul", inplace, xs, ys)
+
+
+def div(xs: Tensors, ys: Tensors | Scalar, *, inplace: bool = False) -> Tensors:
+    """``xs / ys`` (``ys`` a list or a scalar)."""
+    return _call("div", inplace, xs, ys)
+
+
+def lerp(xs: Tensors, ys: Tensors, weight: float, *, inplace: bool = False) -> Tensors:
+    """``xs + weight * (ys - xs)``."""
+    return _call("lerp", inplace, xs, ys, weight)
+
+
+def addcmul(xs: Tensors, ys: Tensors, zs: Tensors, value: float = 1, *, inplace: bool = False) -> Tensors:
+    """``xs + value * ys * zs``."""
+    return _call("addcmul", inplace, xs, ys, zs, value=value)
+
+
+def addcdiv(xs: Tensors, ys: Tensors, zs: Tensors, value: float = 1, *, inplace: bool = False) -> Tensors:
+    """``xs + value * ys / zs``."""
+    return _call("addcdiv", inplace, xs, ys, zs, value=value)
+
+
+def sqrt(xs: Tensors, *, inplace: bool = False) -> Tensors:
+    return _call("sqrt", inplace, xs)
+
+
+def reciprocal(xs: Tensors, *, inplace: bool = False) -> Tensors:
+    return _call("reciprocal", inplace, xs)
+
+
+def sign(xs: Tensors, *, inplace: bool = False) -> Tensors:
+    return _call("sign", inplace, xs)
+
+
+def neg(xs: Tensors, *, inplace: bool = False) -> Tensors:
+    return _call("neg", inplace, xs)
+
+
+def abs(xs: Tensors, *, inplace: bool = False) -> Tensors:  # noqa: A001 - mirrors torch
+    return _call("abs", inplace, xs)
+
+
+def clamp(xs: Tensors, low: float, high: float, *, inplace: bool = False) -> Tensors:
+    """Elementwise clamp into ``[low, high]``."""
+    xs = _call("clamp_min", inplace, xs, low)
+    return _call("clamp_max", True, xs, high)
+
+
+def copy_(dst: Tensors, src: Tensors) -> Tensors:
+    """Copy ``src`` into ``dst`` elementwise (casting) and return ``dst``."""
+    if dst:
+        if _native():
+            torch._foreach_copy_(dst, src)
+        else:
+            for d, s in zip(dst, src):
+                d.copy_(s)
+    return dst
+
+
+def clone(xs: Tensors, dtype: torch.dtype | None = None) -> Tensors:
+    """New tensors with the values of ``xs`` (optionally cast)."""
+    return [x.to(dtype=dtype, copy=True) for x in xs]
+
+
+def cast(xs: Tensors, dtype: torch.dtype | None) -> Tensors:
+    """``xs`` cast to ``dtype``; the same tensors when already of that dtype."""
+    if dtype is None:
+        return xs
+    return [x if x.dtype == dtype else x.to(dtype) for x in xs]
+
+
+def norms(xs: Tensors) -> Tensors:
+    """The l2 norm of each tensor (computed in at least float32)."""
+    if not xs:
+        return []
+    if _native():
+        return list(torch._foreach_norm(xs))
+    return [torch.linalg.vector_norm(x) for x in xs]
+
+
+def global_norm(xs: Tensors) -> torch.Tensor:
+    """The l2 norm of all tensors together, as a float32-or-wider 0-dim tensor."""
+    if not xs:
+        return torch.zeros(())
+    per = norms(xs)
+    dtype = torch.promote_types(per[0].dtype, torch.float32)
+    return torch.linalg.vector_norm(torch.stack([n.to(dtype=dtype, device=per[0].device) for n in per]))

@@ -1,0 +1,188 @@
+"""Pytree helpers: the only module that touches pytree machinery.
+
+Trees are anything ``torch.utils._pytree`` understands (tuples, lists, dicts,
+NamedTuples). ``None`` is a leaf there; gradtx treats a ``None`` leaf in an update tree as
+"no update for this parameter".
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.utils._pytree as _pytree
+
+Tree = Any
+TreeDef = _pytree.TreeSpec
+
+tree_flatten = _pytree.tree_flatten
+tree_unflatten = _pytree.tree_unflatten
+tree_structure = _pytree.tree_structure
+
+
+def tree_leaves(tree: Tree) -> list[Any]:
+    """The leaves of ``tree`` in a fixed order."""
+    return _pytree.tree_leaves(tree)
+
+
+def tree_map(fn: Callable[..., Any], tree: Tree, *rest: Tree) -> Tree:
+    """Apply ``fn`` leafwise to ``tree`` and trees of the same structure."""
+    return _pytree.tree_map(fn, tree, *rest)
+
+
+def tree_paths(tree: Tree) -> list[tuple[str, Any]]:
+    """``(path, leaf)`` pairs, the path a stable string such as ``"[1].mu['w']"``."""
+    pairs, _ = _pytree.tree_flatten_with_path(tree)
+    return [(_pytree.keystr(path), leaf) for path, leaf in pairs]
+
+
+def tree_zeros_like(tree: Tree, dtype: torch.dtype | None = None) -> Tree:
+    """A tree of zeros shaped like ``tree`` (optionally of another dtype)."""
+    return tree_map(lambda x: torch.zeros_like(x, dtype=dtype), tree)
+
+
+def tree_add(a: Tree, b: Tree) -> Tree:
+    """Leafwise ``a + b``."""
+    return tree_map(torch.add, a, b)
+
+
+def tree_sub(a: Tree, b: Tree) -> Tree:
+    """Leafwise ``a - b``."""
+    return tree_map(torch.sub, a, b)
+
+
+def tree_scale(scalar: float | torch.Tensor, tree: Tree) -> Tree:
+    """Leafwise ``scalar * x``."""
+    return tree_map(lambda x: x * scalar, tree)
+
+
+def tree_vdot(a: Tree, b: Tree) -> torch.Tensor:
+    """Sum over leaves of ``<a_i, b_i>``."""
+    products = [torch.vdot(x.reshape(-1), y.reshape(-1)) for x, y in zip(tree_leaves(a), tree_leaves(b))]
+    return torch.stack(products).sum() if products else torch.zeros(())
+
+
+def tree_l2_norm(tree: Tree, squared: bool = False) -> torch.Tensor:
+    """Global l2 norm of all leaves (as if concatenated into one vector)."""
+    leaves = [x for x in tree_leaves(tree) if x is not None]
+    if not leaves:
+        return torch.zeros(())
+    sq = sum(torch.sum(torch.square(x.to(torch.promote_types(x.dtype, torch.float32)))) for x in leaves)
+    return sq if squared else torch.sqrt(sq)
+
+
+def _named_nodes(tree: Tree, name: str) -> Iterator[Any]:
+    if hasattr(tree, "_fields"):  # NamedTuple
+        for field in tree._fields:
+            value = getattr(tree, field)
+            if field == name:
+                yield value
+            else:
+                yield from _named_nodes(value, name)
+    elif isinstance(tree, (list, tuple)):
+        for value in tree:
+            yield from _named_nodes(value, name)
+    elif isinstance(tree, dict):
+        for value in tree.values():
+            yield from _named_nodes(value, name)
+
+
+def tree_get_all(tree: Tree, name: str) -> list[Any]:
+    """Every value held under a NamedTuple field called ``name``, in tree order."""
+    return list(_named_nodes(tree, name))
+
+
+def tree_get(tree: Tree, name: str, default: Any = None) -> Any:
+    """The value of the unique NamedTuple field ``name`` in ``tree``.
+
+    Raises ``KeyError`` when the name occurs more than once; returns ``default`` when absent.
+    Example: ``gx.tree_get(state, "count")``.
+    """
+    found = tree_get_all(tree, name)
+    if len(found) > 1:
+        raise KeyError(f"field {name!r} occurs {len(found)} times in the tree; use tree_get_all")
+    return found[0] if found else default
+
+
+# --- param-keyed sub-trees --------------------------------------------------------------
+# The adapter passes a parameter group to a chain as a dict {int index: tensor}. Every
+# per-parameter piece of state then lives in a dict whose keys are those ints, so the
+# adapter can select the parameters present at a step and merge newly seen ones without
+# knowing which transforms are in the chain.
+
+
+def _is_param_dict(node: Any) -> bool:
+    return isinstance(node, dict) and len(node) > 0 and all(type(k) is int for k in node)
+
+
+def select_keys(tree: Tree, keys: list[int]) -> Tree:
+    """``tree`` with every int-keyed dict restricted to ``keys`` (in that order)."""
+    if _is_param_dict(tree):
+        return {k: tree[k] for k in keys}
+    if hasattr(tree, "_fields"):
+        return type(tree)(*(select_keys(v, keys) for v in tree))
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(select_keys(v, keys) for v in tree)
+    if isinstance(tree, dict):
+        return {k: select_keys(v, keys) for k, v in tree.items()}
+    return tree
+
+
+def merge_keys(base: Tree, new: Tree) -> Tree:
+    """Merge ``new`` into ``base``: int-keyed dicts take ``new``'s entries over ``base``'s
+    (keys kept sorted); every other leaf is taken from ``new``."""
+    if _is_param_dict(base) or _is_param_dict(new):
+        merged = dict(base) if isinstance(base, dict) else {}
+        merged.update(new)
+        return {k: merged[k] for k in sorted(merged)}
+    if hasattr(base, "_fields"):
+        return type(base)(*(merge_keys(b, n) for b, n in zip(base, new)))
+    if isinstance(base, (list, tuple)):
+        return type(base)(merge_keys(b, n) for b, n in zip(base, new))
+    if isinstance(base, dict):
+        return {k: merge_keys(base[k], new[k]) for k in base}
+    return new
+
+
+def split_param_paths(tree: Tree) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """Split the leaves of ``tree`` into shared ones and per-parameter ones.
+
+    Returns ``(shared, per_param)``: ``shared`` maps a path to a leaf; ``per_param`` maps a
+    parameter index to ``{path-without-the-index: leaf}``.
+    """
+    pairs, _ = _pytree.tree_flatten_with_path(tree)
+    shared: dict[str, Any] = {}
+    per_param: dict[int, dict[str, Any]] = {}
+    for path, leaf in pairs:
+        index = next((k.key for k in path if isinstance(k, _pytree.MappingKey) and type(k.key) is int), None)
+        if index is None:
+            shared[_pytree.keystr(path)] = leaf
+        else:
+            rest = tuple(k for k in path if not (isinstance(k, _pytree.MappingKey) and k.key == index
+                                                 and type(k.key) is int))
+            per_param.setdefault(index, {})[_pytree.keystr(rest)] = leaf
+    return shared, per_param
+
+
+def hyperparameters(tree: Tree) -> list[tuple[str, torch.Tensor]]:
+    """``(field name, tensor)`` for every 0-dim floating tensor held directly in a
+    NamedTuple field outside the per-parameter dicts: the hyperparameters a transform
+    keeps in its state (``lr``, ``weight_decay``, ...), in tree order."""
+    found: list[tuple[str, torch.Tensor]] = []
+
+    def visit(node: Any) -> None:
+        if hasattr(node, "_fields"):
+            for field, value in zip(node._fields, node):
+                if isinstance(value, torch.Tensor) and value.dim() == 0 and value.is_floating_point():
+                    found.append((field, value))
+                else:
+                    visit(value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                visit(value)
+        elif isinstance(node, dict) and not _is_param_dict(node):
+            for value in node.values():
+                visit(value)
+
+    visit(tree)
+    return found

@@ -1,0 +1,151 @@
+"""The contract: ``GradientTransformation(init, update)`` and the smallest transforms.
+
+``init(params) -> state`` needs only structure, shapes, dtypes and devices of ``params``.
+``update(updates, state, params=None, *, inplace=False, **extra_args) -> (updates, state)``
+never mutates its inputs unless the caller passes ``inplace=True``, which allows writing
+into the incoming ``updates`` and ``state`` buffers. Updates are *added* to parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable, NamedTuple, Protocol
+
+import torch
+
+from . import _foreach as F
+from ._tree import Tree, tree_flatten, tree_unflatten
+
+
+class TransformInitFn(Protocol):
+    def __call__(self, params: Tree) -> Tree: ...
+
+
+class TransformUpdateFn(Protocol):
+    def __call__(self, updates: Tree, state: Tree, params: Tree | None = None, *,
+                 inplace: bool = False, **extra_args: Any) -> tuple[Tree, Tree]: ...
+
+
+class GradientTransformation(NamedTuple):
+    """A pure pair of functions over pytrees of tensors.
+
+    Example::
+
+        tx = gx.chain(gx.clip_value(10.0), gx.scale_by_adam(), gx.scale_by_lr(1e-3))
+        state = tx.init(params)
+        updates, state = tx.update(grads, state, params)
+        params = gx.apply_updates(params, updates)
+    """
+
+    init: TransformInitFn
+    update: TransformUpdateFn
+
+
+class _Described(GradientTransformation):
+    # A GradientTransformation that remembers how it was built, for ``repr``. Subclassing
+    # the NamedTuple without __slots__ gives instances a __dict__; they stay tuples.
+    def __repr__(self) -> str:
+        return self.__dict__.get("description", super().__repr__())
+
+
+def describe(tx: GradientTransformation, description: str, **attrs: Any) -> GradientTransformation:
+    """``tx`` with a readable ``repr`` (and optional attributes, e.g. parts of a chain)."""
+    out = _Described(tx.init, tx.update)
+    out.__dict__["description"] = description
+    out.__dict__.update(attrs)
+    return out
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, torch.Tensor) and value.dim() == 0:
+        return f"tensor({value.item():g})" if not value.requires_grad else "tensor(...)"
+    if isinstance(value, torch.dtype):
+        return str(value)
+    if callable(value) and not isinstance(value, GradientTransformation):
+        return getattr(value, "__name__", type(value).__name__)
+    return repr(value)
+
+
+def transform(fn: Callable[..., GradientTransformation]) -> Callable[..., GradientTransformation]:
+    """Decorator for a transform constructor: the result's ``repr`` shows the call.
+
+    ``gx.scale_by_adam(b1=0.8)`` prints as ``scale_by_adam(b1=0.8)``: only the arguments
+    the caller gave, so the repr reads like the code that built it.
+    """
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def build(*args: Any, **kwargs: Any) -> GradientTransformation:
+        tx = fn(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
+        parts = []
+        for name, value in bound.arguments.items():
+            kind = signature.parameters[name].kind
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                parts.extend(_format_value(v) for v in value)
+            elif kind is inspect.Parameter.VAR_KEYWORD:
+                parts.extend(f"{k}={_format_value(v)}" for k, v in value.items())
+            else:
+                parts.append(f"{name}={_format_value(value)}")
+        attrs = {k: v for k, v in getattr(tx, "__dict__", {}).items() if k != "description"}
+        return describe(tx, f"{fn.__name__}({', '.join(parts)})", **attrs)
+
+    return build
+
+
+class EmptyState(NamedTuple):
+    """The state of a stateless transform."""
+
+
+def _empty_init(params: Tree) -> EmptyState:
+    del params
+    return EmptyState()
+
+
+@transform
+def identity() -> GradientTransformation:
+    """Leaves updates unchanged: ``u <- u``."""
+
+    def update(updates, state, params=None, *, inplace=False, **extra_args):
+        del params, inplace, extra_args
+        return updates, state
+
+    return GradientTransformation(_empty_init, update)
+
+
+def stateless(fn: Callable[[Tree, Tree | None], Tree]) -> GradientTransformation:
+    """A transform from a pure function ``fn(updates, params) -> updates`` with no state.
+
+    Example: ``gx.stateless(lambda u, p: gx.tree_map(lambda x: 2 * x, u))``.
+    """
+
+    def update(updates, state, params=None, *, inplace=False, **extra_args):
+        del inplace, extra_args
+        return fn(updates, params), state
+
+    return describe(GradientTransformation(_empty_init, update),
+                    f"stateless({getattr(fn, '__name__', 'fn')})")
+
+
+def apply_updates(params: Tree, updates: Tree, *, inplace: bool = False) -> Tree:
+    """``params + updates``, leafwise, the result cast to each parameter's dtype.
+
+    A ``None`` update leaves its parameter unchanged. With ``inplace=True`` the
+    parameters are written in place (under ``torch.no_grad``) and returned.
+    """
+    p_leaves, treedef = tree_flatten(params)
+    u_leaves = treedef.flatten_up_to(updates) if hasattr(treedef, "flatten_up_to") else tree_flatten(updates)[0]
+    if len(u_leaves) != len(p_leaves):
+        raise ValueError(f"updates has {len(u_leaves)} leaves but params has {len(p_leaves)}")
+    idx = [i for i, u in enumerate(u_leaves) if u is not None]
+    ps = [p_leaves[i] for i in idx]
+    us = [u_leaves[i] if u_leaves[i].dtype == p_leaves[i].dtype else u_leaves[i].to(p_leaves[i].dtype) for i in idx]
+    if inplace:
+        with torch.no_grad():
+            F.add(ps, us, inplace=True)
+        return params
+    out = list(p_leaves)
+    for i, new in zip(idx, F.add(ps, us)):
+        out[i] = new
+    return tree_unflatten(out, treedef)

@@ -1,0 +1,247 @@
+"""``gx.Optimizer``: any gradient transformation as a ``torch.optim.Optimizer``.
+
+The adapter owns the chain's state and runs it in place. It knows nothing of particular
+transforms: it hands each param group to the chain as a dict ``{index: tensor}``, so
+per-parameter state lives in int-keyed dicts it can select from and merge into, and it
+exposes every hyperparameter the chain keeps in its state (``lr``, ``weight_decay``, ...)
+as a key of ``param_groups``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+
+from . import _foreach as F  # noqa: N812
+from ._hparams import check
+from ._tree import hyperparameters, merge_keys, select_keys, split_param_paths, tree_flatten
+from .base import GradientTransformation
+
+STATE_FORMAT = "gradtx.Optimizer/1"
+
+
+def _chain_hyperparameters(tx: GradientTransformation) -> dict[str, float]:
+    # Learn the chain's hyperparameters from a state built on a meta tensor: no memory,
+    # and available before any parameter has a gradient (LR schedulers read them at once).
+    state = tx.init({0: torch.empty(1, device="meta")})
+    defaults: dict[str, float] = {}
+    for name, value in hyperparameters(state):
+        if value.device.type != "meta" and not value.requires_grad:
+            defaults.setdefault(name, float(value.item()))
+    return defaults
+
+
+class Optimizer(torch.optim.Optimizer):
+    """A ``torch.optim.Optimizer`` that runs a gradient transformation.
+
+    ``p <- p + u`` with ``(u, state) = tx.update(grads, state, params)`` per param group.
+
+    - ``param_groups[i]`` holds the chain's hyperparameters (``lr``, ``weight_decay``, ...
+      whatever its transforms keep in their state); LR schedulers and per-group overrides
+      (``[{'params': enc, 'lr': 1e-2}, {'params': dec}]``) set them.
+    - Parameters whose ``.grad`` is ``None`` are skipped and get no state. Step counters
+      are shared by a param group: a parameter first seen late starts with fresh moments
+      but the group's count.
+    - ``step(closure)`` calls the closure (with grad enabled) first and returns its loss;
+      transforms receive ``value`` (that loss), ``grad`` and ``value_fn`` (params -> loss).
+    - ``state_dict()`` holds tensors and plain containers only and reads back with
+      ``torch.load(..., weights_only=True)``.
+
+    Example::
+
+        opt = gx.Optimizer(model.parameters(), gx.adamw(1e-3, weight_decay=0.01))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=1000)
+        loss.backward(); opt.step(); opt.zero_grad(); sched.step()
+    """
+
+    def __init__(self, params: Iterable[Any], tx: GradientTransformation) -> None:
+        if not isinstance(tx, GradientTransformation):
+            raise TypeError(f"tx must be a GradientTransformation, got {type(tx).__name__}")
+        self.tx = tx
+        self._chain_states: list[Any] = []  # per group: chain state over its stepped params, or None
+        self._known_keys: list[set[int]] = []  # per group: indices of the params in that state
+        super().__init__(params, _chain_hyperparameters(tx))
+
+    # -- torch.optim.Optimizer plumbing -----------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        for name in self.defaults:
+            if name in param_group:
+                check(f"param_groups[{len(self.param_groups)}][{name!r}]", param_group[name], low=0.0)
+        super().add_param_group(param_group)
+        self._chain_states.append(None)
+        self._known_keys.append(set())
+
+    @property
+    def state(self) -> dict[torch.Tensor, dict[str, torch.Tensor]]:  # type: ignore[override]
+        """Per-parameter state, ``{param: {path: tensor}}`` (a read-only view)."""
+        view: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
+        for group, chain_state in zip(self.param_groups, self._chain_states):
+            if chain_state is not None:
+                _, per_param = split_param_paths(chain_state)
+                for index, leaves in per_param.items():
+                    view[group["params"][index]] = leaves
+        return view
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        # torch.optim.Optimizer.__init__ assigns an empty dict; our state lives in the chain.
+        del value
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        raise TypeError("gx.Optimizer is not picklable; use state_dict() / load_state_dict()")
+
+    # -- stepping ----------------------------------------------------------------------
+
+    def _group_state(self, gi: int, keys: list[int]) -> tuple[Any, bool]:
+        """The chain state over ``keys`` (initialising parameters seen for the first time),
+        and whether it is a selection from a state over more parameters."""
+        group = self.param_groups[gi]
+        full = self._chain_states[gi]
+        known = self._known_keys[gi]
+        new = [k for k in keys if k not in known]
+        if new:
+            fresh = self.tx.init({k: group["params"][k] for k in new})
+            full = fresh if full is None else merge_keys(fresh, full)
+            self._chain_states[gi] = full
+            known.update(new)
+        if len(keys) == len(known):
+            return full, False
+        return select_keys(full, keys), True
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One update of every param group; returns ``closure()``'s loss when given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for gi, group in enumerate(self.param_groups):
+            keys = [k for k, p in enumerate(group["params"]) if p.grad is not None]
+            if not keys:
+                continue
+            params = {k: group["params"][k] for k in keys}
+            grads = {k: params[k].grad for k in keys}
+            for k, g in grads.items():
+                if g.is_sparse:
+                    raise RuntimeError(f"gx.Optimizer does not support sparse gradients (param {k} of group {gi})")
+            state, is_selection = self._group_state(gi, keys)
+            for name, tensor in hyperparameters(state):
+                if name in group:
+                    tensor.fill_(group[name])
+            # The chain may write into the updates it is given: hand it a copy, never .grad.
+            updates = {k: g.clone() for k, g in grads.items()}
+            extra = {"grad": grads}
+            if closure is not None:
+                extra["value"] = loss
+                extra["value_fn"] = _value_fn(closure, params)
+            updates, state = self.tx.update(updates, state, params, inplace=True, **extra)
+            self._chain_states[gi] = merge_keys(self._chain_states[gi], state) if is_selection else state
+            ps = [params[k] for k in keys]
+            us = [updates[k] if updates[k].dtype == params[k].dtype else updates[k].to(params[k].dtype)
+                  for k in keys]
+            F.add(ps, us, inplace=True)
+        return loss
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{'format', 'state': {param index: {path: tensor}}, 'shared': [per group
+        {path: tensor}], 'param_groups': [...]}``: tensors and plain containers only."""
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        shared: list[dict[str, torch.Tensor]] = []
+        groups = []
+        offset = 0
+        for group, chain_state in zip(self.param_groups, self._chain_states):
+            group_shared: dict[str, torch.Tensor] = {}
+            if chain_state is not None:
+                group_shared, per_param = split_param_paths(chain_state)
+                for index, leaves in per_param.items():
+                    state[offset + index] = dict(leaves)
+            shared.append(group_shared)
+            packed = {k: v for k, v in group.items() if k not in ("params", "param_names")}
+            packed["params"] = list(range(offset, offset + len(group["params"])))
+            if "param_names" in group:
+                packed["param_names"] = list(group["param_names"])
+            groups.append(packed)
+            offset += len(group["params"])
+        return {"format": STATE_FORMAT, "state": state, "shared": shared, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a :meth:`state_dict`; raises ``ValueError`` and changes nothing when it
+        comes from another chain or model."""
+        if not isinstance(state_dict, dict) or state_dict.get("format") != STATE_FORMAT:
+            found = state_dict.get("format") if isinstance(state_dict, dict) else type(state_dict).__name__
+            raise ValueError(f"not a gx.Optimizer state dict (format {found!r}, expected {STATE_FORMAT!r})")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"state dict has {len(saved_groups)} param groups, this optimizer "
+                             f"{len(self.param_groups)}")
+        new_states = []
+        for gi, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(f"param group {gi} has {len(group['params'])} params, the state dict "
+                                 f"{len(saved['params'])}")
+            new_states.append(self._rebuild_group(gi, saved, state_dict["state"], state_dict["shared"][gi]))
+        # Everything checked: only now change the optimizer.
+        for gi, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            for key, value in saved.items():
+                if key not in ("params", "param_names"):
+                    group[key] = value
+            self._chain_states[gi] = new_states[gi]
+            self._known_keys[gi] = set() if new_states[gi] is None else set(split_param_paths(new_states[gi])[1])
+
+    def _rebuild_group(self, gi: int, saved_group: dict[str, Any], saved_state: dict[int, dict[str, Any]],
+                       saved_shared: dict[str, Any]) -> Any:
+        group = self.param_groups[gi]
+        keys = [k for k, index in enumerate(saved_group["params"]) if index in saved_state]
+        if not keys:
+            if saved_shared:
+                raise ValueError(f"param group {gi}: shared state without any parameter state")
+            return None
+        fresh = self.tx.init({k: group["params"][k] for k in keys})
+        shared, per_param = split_param_paths(fresh)
+        targets: list[tuple[str, torch.Tensor, Any]] = []
+        _match(f"param group {gi} shared state", shared, saved_shared, targets)
+        for k in keys:
+            _match(f"param group {gi} param {k}", per_param.get(k, {}), saved_state[saved_group["params"][k]],
+                   targets)
+        for _, dst, src in targets:
+            dst.copy_(src)
+        return fresh
+
+
+def _match(where: str, expected: dict[str, torch.Tensor], saved: dict[str, Any],
+           out: list[tuple[str, torch.Tensor, Any]]) -> None:
+    if set(expected) != set(saved):
+        missing, extra = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
+        raise ValueError(f"{where}: the state dict comes from another chain (missing {missing}, "
+                         f"unexpected {extra})")
+    for path, dst in expected.items():
+        src = saved[path]
+        if not isinstance(src, torch.Tensor) or src.shape != dst.shape or src.dtype != dst.dtype:
+            got = f"{tuple(src.shape)} {src.dtype}" if isinstance(src, torch.Tensor) else type(src).__name__
+            raise ValueError(f"{where}: {path} is {got}, expected {tuple(dst.shape)} {dst.dtype} "
+                             "(a state from another model or chain?)")
+        out.append((path, dst, src))
+
+
+def _value_fn(closure: Callable[[], Any], params: dict[int, torch.Tensor]) -> Callable[[Any], Any]:
+    """``params -> loss``: evaluate the closure at other parameter values, then restore."""
+
+    def value_fn(new_params: dict[int, torch.Tensor]) -> Any:
+        current = [p.detach().clone() for p in params.values()]
+        leaves, _ = tree_flatten(new_params)
+        with torch.no_grad():
+            for p, v in zip(params.values(), leaves):
+                p.copy_(v)
+        try:
+            with torch.enable_grad():
+                return closure()
+        finally:
+            with torch.no_grad():
+                for p, v in zip(params.values(), current):
+                    p.copy_(v)
+
+    return value_fn

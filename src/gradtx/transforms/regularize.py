@@ -1,0 +1,67 @@
+"""Regularisation: decoupled weight decay and friends."""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Union
+
+import torch
+
+from .. import _foreach as F  # noqa: N812
+from .._hparams import check, to_state
+from .._tree import Tree
+from ..base import GradientTransformation, transform
+from ._common import leaves, leaves_like, need_params, unflatten
+
+Mask = Union[Tree, Callable[[Tree], Tree]]
+
+
+class AddDecayedWeightsState(NamedTuple):
+    weight_decay: torch.Tensor  # 0-dim; the adapter exposes it as param_groups[i]['weight_decay']
+
+
+def mask_leaves(mask: Mask | None, params: Tree, treedef) -> list[bool]:
+    """One bool per leaf of ``params``; ``mask`` is a tree of bools or ``params -> tree``."""
+    n = treedef.num_leaves
+    if mask is None:
+        return [True] * n
+    tree = mask(params) if callable(mask) else mask
+    try:
+        flags = leaves_like(tree, treedef)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"mask must have the structure of params ({treedef}); got {tree!r}") from err
+    return [bool(f) for f in flags]
+
+
+@transform
+def add_decayed_weights(weight_decay: float | torch.Tensor = 0.0, mask: Mask | None = None
+                        ) -> GradientTransformation:
+    """Add decoupled weight decay: ``u <- u + weight_decay * p`` where ``mask`` is true.
+
+    Followed by ``scale_by_lr(lr)`` this is AdamW's ``p <- p - lr * weight_decay * p``
+    (Loshchilov & Hutter, 2019). ``mask`` is a tree of bools like params, or a function
+    ``params -> tree of bools``.
+
+    Example: ``gx.add_decayed_weights(1e-2, mask=lambda p: gx.tree_map(lambda x: x.dim() > 1, p))``.
+    """
+    check("weight_decay", weight_decay, low=0.0)
+
+    def init(params):
+        del params
+        return AddDecayedWeightsState(weight_decay=to_state(weight_decay))
+
+    def update(updates, state, params=None, *, inplace=False, **extra_args):
+        del extra_args
+        need_params("add_decayed_weights", params)
+        us, treedef = leaves(updates)
+        ps = leaves_like(params, treedef)
+        flags = mask_leaves(mask, params, treedef)
+        idx = [i for i, f in enumerate(flags) if f and us[i] is not None]
+        decayed = F.mul([ps[i].detach() if inplace else ps[i] for i in idx], state.weight_decay)
+        summed = F.add([us[i] for i in idx], F.cast(decayed, us[idx[0]].dtype if idx else None),
+                       inplace=inplace)
+        out = list(us)
+        for i, value in zip(idx, summed):
+            out[i] = value
+        return unflatten(treedef, out), state
+
+    return GradientTransformation(init, update)

@@ -1,0 +1,105 @@
+"""Scaling: multiply updates by a constant, a learning rate, a schedule, or take the sign."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .. import _foreach as F  # noqa: N812
+from .._hparams import ScalarOrSchedule, check, increment, is_schedule, new_count, to_state
+from ..base import EmptyState, GradientTransformation, transform
+from ._common import leaves, unflatten
+
+
+def _scaled(updates, factor, inplace):
+    us, treedef = leaves(updates)
+    return unflatten(treedef, F.mul(us, factor, inplace=inplace))
+
+
+@transform
+def scale(step_size: float | torch.Tensor) -> GradientTransformation:
+    """Multiply updates by a constant: ``u <- step_size * u``.
+
+    Example: ``gx.scale(-0.1)`` is plain gradient descent with step 0.1.
+    """
+    check("step_size", step_size)
+
+    def init(params):
+        del params
+        return EmptyState()
+
+    def update(updates, state, params=None, *, inplace=False, **extra_args):
+        del params, extra_args
+        return _scaled(updates, step_size, inplace), state
+
+    return GradientTransformation(init, update)
+
+
+class ScaleByScheduleState(NamedTuple):
+    count: torch.Tensor  # int32, steps taken
+
+
+@transform
+def scale_by_schedule(step_size_fn) -> GradientTransformation:
+    """Multiply updates by a schedule of the step count: ``u <- f(t) * u``, t = 0, 1, ...
+
+    Example: ``gx.scale_by_schedule(gx.linear_schedule(1.0, 0.0, 100))``.
+    """
+    if not is_schedule(step_size_fn):
+        raise ValueError(f"step_size_fn must be a callable step -> value, got {step_size_fn!r}")
+
+    def init(params):
+        del params
+        return ScaleByScheduleState(count=new_count())
+
+    def update(updates, state, params=None, *, inplace=False, **extra_args):
+        del params, extra_args
+        factor = step_size_fn(state.count)
+        return _scaled(updates, factor, inplace), ScaleByScheduleState(increment(state.count, inplace))
+
+    return GradientTransformation(init, update)
+
+
+class ScaleByLrState(NamedTuple):
+    lr: torch.Tensor  # 0-dim; the adapter exposes it as param_groups[i]['lr']
+
+
+@transform
+def scale_by_lr(lr: ScalarOrSchedule) -> GradientTransformation:
+    """Scale by the negative learning rate: ``u <- -lr * u``.
+
+    ``lr`` is a float, a 0-dim tensor (kept, with its autograd history, in the state as
+    ``lr``) or a schedule ``step -> lr`` (the state is then a step count).
+
+    Example: ``gx.chain(gx.scale_by_adam(), gx.scale_by_lr(1e-3))``.
+    """
+    if is_schedule(lr):
+        return scale_by_schedule(lambda count: -lr(count))
+    check("lr", lr, low=0.0)
+
+    def init(params):
+        del params
+        return ScaleByLrState(lr=to_state(lr))
+
+    def update(updates, state, params=None, *, inplace=False, **extra_args):
+        del params, extra_args
+        return _scaled(updates, -state.lr, inplace), state
+
+    return GradientTransformation(init, update)
+
+
+@transform
+def scale_by_sign() -> GradientTransformation:
+    """Replace updates by their sign: ``u <- sign(u)``."""
+
+    def init(params):
+        del params
+        return EmptyState()
+
+    def update(updates, state, params=None, *, inplace=False, **extra_args):
+        del params, extra_args
+        us, treedef = leaves(updates)
+        return unflatten(treedef, F.sign(us, inplace=inplace)), state
+
+    return GradientTransformation(init, update)
