@@ -13,7 +13,8 @@ helpers run one ordinary op per tensor.
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from collections.abc import Sequence
+from typing import Union
 
 import torch
 
@@ -38,18 +39,26 @@ def _on_device(scalar: Scalar, like: Sequence[torch.Tensor]) -> Scalar:
 def _call(name: str, inplace: bool, xs: Tensors, *args, **kwargs) -> Tensors:
     if not xs:
         return []
+    scalar_tensor = any(isinstance(a, torch.Tensor) for a in args)
     args = tuple(_on_device(a, xs) if isinstance(a, torch.Tensor) else a for a in args)
     if _native():
         if inplace:
             getattr(torch, f"_foreach_{name}_")(xs, *args, **kwargs)
             return xs
-        return list(getattr(torch, f"_foreach_{name}")(xs, *args, **kwargs))
-    method = f"{name}_" if inplace else name
-    out = []
-    for i, x in enumerate(xs):
-        per_tensor = [a[i] if isinstance(a, (list, tuple)) else a for a in args]
-        out.append(getattr(x, method)(*per_tensor, **kwargs))
-    return xs if inplace else out
+        out = list(getattr(torch, f"_foreach_{name}")(xs, *args, **kwargs))
+    else:
+        method = f"{name}_" if inplace else name
+        out = []
+        for i, x in enumerate(xs):
+            per_tensor = [a[i] if isinstance(a, (list, tuple)) else a for a in args]
+            out.append(getattr(x, method)(*per_tensor, **kwargs))
+        if inplace:
+            return xs
+    if scalar_tensor:
+        # A 0-dim x times a float64 0-dim hyperparameter promotes to float64; updates keep
+        # the dtype they came in with.
+        out = [o if o.dtype == x.dtype else o.to(x.dtype) for o, x in zip(out, xs)]
+    return out
 
 
 def add(xs: Tensors, ys: Tensors | Scalar, *, alpha: float = 1, inplace: bool = False) -> Tensors:
@@ -154,3 +163,32 @@ def global_norm(xs: Tensors) -> torch.Tensor:
     per = norms(xs)
     dtype = torch.promote_types(per[0].dtype, torch.float32)
     return torch.linalg.vector_norm(torch.stack([n.to(dtype=dtype, device=per[0].device) for n in per]))
+
+
+def maximum(xs: Tensors, ys: Tensors, *, inplace: bool = False) -> Tensors:
+    """Elementwise ``max(xs, ys)``."""
+    return _call("maximum", inplace, xs, ys) if _native() or not inplace else [
+        x.copy_(torch.maximum(x, y)) for x, y in zip(xs, ys)]
+
+
+def minimum(xs: Tensors, ys: Tensors, *, inplace: bool = False) -> Tensors:
+    """Elementwise ``min(xs, ys)``."""
+    return _call("minimum", inplace, xs, ys) if _native() or not inplace else [
+        x.copy_(torch.minimum(x, y)) for x, y in zip(xs, ys)]
+
+
+def exp(xs: Tensors, *, inplace: bool = False) -> Tensors:
+    return _call("exp", inplace, xs)
+
+
+def log(xs: Tensors, *, inplace: bool = False) -> Tensors:
+    return _call("log", inplace, xs)
+
+
+def pow(xs: Tensors, exponent: float, *, inplace: bool = False) -> Tensors:  # noqa: A001 - mirrors torch
+    """``xs ** exponent``."""
+    return _call("pow", inplace, xs, exponent)
+
+
+def zeros_like(xs: Tensors, dtype: torch.dtype | None = None) -> Tensors:
+    return [torch.zeros_like(x, dtype=dtype) for x in xs]

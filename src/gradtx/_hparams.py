@@ -8,7 +8,8 @@ value given, and writing a new value in place never recompiles a compiled step.
 from __future__ import annotations
 
 import math
-from typing import Callable, Union
+from collections.abc import Callable
+from typing import Union
 
 import torch
 

@@ -7,13 +7,17 @@ NamedTuples). ``None`` is a leaf there; gradtx treats a ``None`` leaf in an upda
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.utils._pytree as _pytree
 
 Tree = Any
 TreeDef = _pytree.TreeSpec
+
+__all__ = ["ParamKey", "leaf_names", "tree_add", "tree_get", "tree_get_all", "tree_l2_norm", "tree_leaves",
+           "tree_map", "tree_paths", "tree_scale", "tree_sub", "tree_vdot", "tree_zeros_like"]
 
 tree_flatten = _pytree.tree_flatten
 tree_unflatten = _pytree.tree_unflatten
@@ -111,8 +115,49 @@ def tree_get(tree: Tree, name: str, default: Any = None) -> Any:
 # knowing which transforms are in the chain.
 
 
+class ParamKey(int):
+    """The key of a parameter in the dict the adapter hands to a chain: its index in the
+    param group, carrying the parameter's name (``model.named_parameters()``) when known."""
+
+    name: str | None
+
+    def __new__(cls, index: int, name: str | None = None) -> ParamKey:
+        key = super().__new__(cls, index)
+        key.name = name
+        return key
+
+    def __repr__(self) -> str:
+        return int.__repr__(self)
+
+    def __reduce__(self):
+        return (ParamKey, (int(self), self.name))
+
+
+def _is_param_key(key: Any) -> bool:
+    return isinstance(key, int) and not isinstance(key, bool)
+
+
 def _is_param_dict(node: Any) -> bool:
-    return isinstance(node, dict) and len(node) > 0 and all(type(k) is int for k in node)
+    return isinstance(node, dict) and len(node) > 0 and all(_is_param_key(k) for k in node)
+
+
+def _key_name(key: Any) -> str:
+    if isinstance(key, _pytree.MappingKey):
+        name = getattr(key.key, "name", None)
+        return name if name is not None else str(key.key)
+    if isinstance(key, _pytree.SequenceKey):
+        return str(key.idx)
+    if isinstance(key, _pytree.GetAttrKey):
+        return key.name
+    return str(key)
+
+
+def leaf_names(tree: Tree) -> list[str]:
+    """A dotted name for each leaf, as ``named_parameters()`` would spell it:
+    ``{"enc": {"weight": w}}`` and ``{"enc.weight": w}`` both give ``"enc.weight"``; in
+    the adapter a parameter's name is its ``named_parameters()`` name."""
+    pairs, _ = _pytree.tree_flatten_with_path(tree)
+    return [".".join(_key_name(k) for k in path) for path, _ in pairs]
 
 
 def select_keys(tree: Tree, keys: list[int]) -> Tree:
@@ -154,13 +199,13 @@ def split_param_paths(tree: Tree) -> tuple[dict[str, Any], dict[int, dict[str, A
     shared: dict[str, Any] = {}
     per_param: dict[int, dict[str, Any]] = {}
     for path, leaf in pairs:
-        index = next((k.key for k in path if isinstance(k, _pytree.MappingKey) and type(k.key) is int), None)
-        if index is None:
+        at = next((i for i, k in enumerate(path) if isinstance(k, _pytree.MappingKey) and _is_param_key(k.key)),
+                  None)
+        if at is None:
             shared[_pytree.keystr(path)] = leaf
         else:
-            rest = tuple(k for k in path if not (isinstance(k, _pytree.MappingKey) and k.key == index
-                                                 and type(k.key) is int))
-            per_param.setdefault(index, {})[_pytree.keystr(rest)] = leaf
+            rest = path[:at] + path[at + 1:]
+            per_param.setdefault(int(path[at].key), {})[_pytree.keystr(rest)] = leaf
     return shared, per_param
 
 

@@ -16,6 +16,8 @@ from .transforms.momentum import trace
 from .transforms.regularize import Mask, add_decayed_weights
 from .transforms.scaling import scale_by_lr
 
+__all__ = ["sgd", "adam", "adamw"]
+
 
 @transform
 def sgd(lr: ScalarOrSchedule, momentum: float | None = None, nesterov: bool = False,

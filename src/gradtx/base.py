@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable, NamedTuple, Protocol
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
 from . import _foreach as F
 from ._tree import Tree, tree_flatten, tree_unflatten
+
+__all__ = ["EmptyState", "GradientTransformation", "apply_updates", "describe", "identity", "stateless", "transform"]
 
 
 class TransformInitFn(Protocol):
@@ -71,7 +74,9 @@ def transform(fn: Callable[..., GradientTransformation]) -> Callable[..., Gradie
     """Decorator for a transform constructor: the result's ``repr`` shows the call.
 
     ``gx.scale_by_adam(b1=0.8)`` prints as ``scale_by_adam(b1=0.8)``: only the arguments
-    the caller gave, so the repr reads like the code that built it.
+    the caller gave, so the repr reads like the code that built it. The result also
+    carries ``name`` (the constructor's) and ``args`` (all arguments, defaults included),
+    which fast paths read to recognise a chain; a chain adds ``parts``.
     """
     signature = inspect.signature(fn)
 
@@ -79,8 +84,10 @@ def transform(fn: Callable[..., GradientTransformation]) -> Callable[..., Gradie
     def build(*args: Any, **kwargs: Any) -> GradientTransformation:
         tx = fn(*args, **kwargs)
         bound = signature.bind(*args, **kwargs)
+        given = dict(bound.arguments)
+        bound.apply_defaults()
         parts = []
-        for name, value in bound.arguments.items():
+        for name, value in given.items():
             kind = signature.parameters[name].kind
             if kind is inspect.Parameter.VAR_POSITIONAL:
                 parts.extend(_format_value(v) for v in value)
@@ -89,6 +96,7 @@ def transform(fn: Callable[..., GradientTransformation]) -> Callable[..., Gradie
             else:
                 parts.append(f"{name}={_format_value(value)}")
         attrs = {k: v for k, v in getattr(tx, "__dict__", {}).items() if k != "description"}
+        attrs.update(name=fn.__name__, args=dict(bound.arguments))
         return describe(tx, f"{fn.__name__}({', '.join(parts)})", **attrs)
 
     return build

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from .base import GradientTransformation, describe
 
+__all__ = ["chain", "named_chain"]
+
 
 def _indent(text: str) -> str:
     return text.replace("\n", "\n  ")

@@ -7,11 +7,14 @@ with tensor ops only, so it runs unchanged under ``torch.compile`` and ``torch.f
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from ._hparams import check
+
+__all__ = ["constant_schedule", "polynomial_schedule", "linear_schedule", "cosine_decay_schedule",
+           "warmup_cosine_decay_schedule", "exponential_decay", "piecewise_constant_schedule", "join_schedules"]
 
 Schedule = Callable[[torch.Tensor | int], torch.Tensor]
 

@@ -9,14 +9,17 @@ as a key of ``param_groups``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 
 from . import _foreach as F  # noqa: N812
 from ._hparams import check
-from ._tree import hyperparameters, merge_keys, select_keys, split_param_paths, tree_flatten
+from ._tree import ParamKey, hyperparameters, merge_keys, select_keys, split_param_paths, tree_flatten
 from .base import GradientTransformation
+
+__all__ = ["Optimizer"]
 
 STATE_FORMAT = "gradtx.Optimizer/1"
 
@@ -102,13 +105,18 @@ class Optimizer(torch.optim.Optimizer):
         known = self._known_keys[gi]
         new = [k for k in keys if k not in known]
         if new:
-            fresh = self.tx.init({k: group["params"][k] for k in new})
+            fresh = self.tx.init(self._param_dict(group, new))
             full = fresh if full is None else merge_keys(fresh, full)
             self._chain_states[gi] = full
             known.update(new)
         if len(keys) == len(known):
             return full, False
         return select_keys(full, keys), True
+
+    @staticmethod
+    def _param_dict(group: dict[str, Any], keys: list[int]) -> dict[ParamKey, torch.Tensor]:
+        names = group.get("param_names")
+        return {ParamKey(k, names[k] if names else None): group["params"][k] for k in keys}
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -121,7 +129,7 @@ class Optimizer(torch.optim.Optimizer):
             keys = [k for k, p in enumerate(group["params"]) if p.grad is not None]
             if not keys:
                 continue
-            params = {k: group["params"][k] for k in keys}
+            params = self._param_dict(group, keys)
             grads = {k: params[k].grad for k in keys}
             for k, g in grads.items():
                 if g.is_sparse:
@@ -200,7 +208,7 @@ class Optimizer(torch.optim.Optimizer):
             if saved_shared:
                 raise ValueError(f"param group {gi}: shared state without any parameter state")
             return None
-        fresh = self.tx.init({k: group["params"][k] for k in keys})
+        fresh = self.tx.init(self._param_dict(group, keys))
         shared, per_param = split_param_paths(fresh)
         targets: list[tuple[str, torch.Tensor, Any]] = []
         _match(f"param group {gi} shared state", shared, saved_shared, targets)

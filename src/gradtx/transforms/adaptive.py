@@ -13,6 +13,8 @@ from ..base import GradientTransformation, transform
 from ._common import leaves, leaves_like, unflatten
 from .momentum import _bias_correction, _zeros
 
+__all__ = ["ScaleByAdamState", "ScaleByRmsState", "ScaleByRmsBiasCorrectedState", "scale_by_adam", "scale_by_rms"]
+
 
 class ScaleByAdamState(NamedTuple):
     count: torch.Tensor  # int32, steps taken

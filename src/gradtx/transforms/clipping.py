@@ -11,6 +11,8 @@ from .._hparams import check
 from ..base import EmptyState, GradientTransformation, transform
 from ._common import leaves, unflatten
 
+__all__ = ["clip_value", "clip_by_global_norm"]
+
 
 def _empty(params):
     del params

@@ -12,6 +12,8 @@ from .._tree import Tree
 from ..base import GradientTransformation, transform
 from ._common import leaves, leaves_like, unflatten
 
+__all__ = ["TraceState", "EmaState", "trace", "ema"]
+
 
 class TraceState(NamedTuple):
     trace: Tree

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Union
+from collections.abc import Callable
+from typing import NamedTuple, Union
 
 import torch
 
@@ -11,6 +12,8 @@ from .._hparams import check, to_state
 from .._tree import Tree
 from ..base import GradientTransformation, transform
 from ._common import leaves, leaves_like, need_params, unflatten
+
+__all__ = ["AddDecayedWeightsState", "add_decayed_weights"]
 
 Mask = Union[Tree, Callable[[Tree], Tree]]
 

@@ -11,6 +11,8 @@ from .._hparams import ScalarOrSchedule, check, increment, is_schedule, new_coun
 from ..base import EmptyState, GradientTransformation, transform
 from ._common import leaves, unflatten
 
+__all__ = ["ScaleByLrState", "ScaleByScheduleState", "scale", "scale_by_lr", "scale_by_schedule", "scale_by_sign"]
+
 
 def _scaled(updates, factor, inplace):
     us, treedef = leaves(updates)

@@ -1,0 +1,5 @@
+"""Normalisation: trust ratios, block norms, centralisation."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

@@ -1,0 +1,48 @@
+"""Shared fixtures: a small MLP problem whose loss is a pure function of a params dict."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+class MLPProblem:
+    """Two-layer tanh MLP regression; ``loss(params)`` is pure, so the same problem drives
+    ``torch.optim`` (on leaf tensors) and gradtx (functional and adapter)."""
+
+    def __init__(self, dtype: torch.dtype = torch.float64, seed: int = 0, batches: int = 8):
+        gen = torch.Generator().manual_seed(seed)
+        self.dtype = dtype
+        self.params0 = {
+            "w1": torch.randn(6, 16, generator=gen, dtype=dtype) * 0.5,
+            "b1": torch.randn(16, generator=gen, dtype=dtype) * 0.1,
+            "w2": torch.randn(16, 3, generator=gen, dtype=dtype) * 0.5,
+            "b2": torch.zeros(3, dtype=dtype),
+        }
+        self.xs = [torch.randn(32, 6, generator=gen, dtype=dtype) for _ in range(batches)]
+        true_w = torch.randn(6, 3, generator=gen, dtype=dtype)
+        self.ys = [torch.sin(x @ true_w) for x in self.xs]
+
+    def loss(self, params: dict[str, torch.Tensor], step: int) -> torch.Tensor:
+        x, y = self.xs[step % len(self.xs)], self.ys[step % len(self.ys)]
+        hidden = torch.tanh(x @ params["w1"] + params["b1"])
+        return ((hidden @ params["w2"] + params["b2"] - y) ** 2).mean()
+
+    def grads(self, params: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        loss = self.loss(leaves, step)
+        grads = torch.autograd.grad(loss, list(leaves.values()))
+        return dict(zip(leaves, grads))
+
+    def leaf_params(self) -> dict[str, torch.Tensor]:
+        return {k: v.clone().requires_grad_(True) for k, v in self.params0.items()}
+
+
+@pytest.fixture
+def problem64():
+    return MLPProblem(torch.float64)
+
+
+@pytest.fixture
+def problem32():
+    return MLPProblem(torch.float32)

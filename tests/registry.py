@@ -1,0 +1,73 @@
+"""The registry of every public transform and alias: the property suite iterates it.
+
+Each entry names a public constructor, how to build an example, and its reference. Entries
+live in this file (the core) and in ``registry_*.py`` beside it (one per family), each
+defining ``ENTRIES``; ``test_registry_is_complete`` fails when a public constructor is not
+registered, so a new transform is tested the moment it is exported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pathlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import gradtx as gx
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str  # the public name, gx.<name>
+    build: Callable[[], gx.GradientTransformation]  # an example instance
+    reference: str  # torch.optim class, paper or closed form it is checked against
+    kind: str = "transform"  # "transform" | "alias" (a full optimizer: converges on its own)
+    needs: frozenset = field(default_factory=frozenset)  # extra args it needs: {"value", "value_fn"}
+    # a transform whose output is zero or constant on purpose is not asked to descend
+    converges: bool = True
+    # known limitation of an entry, so the suite can skip one property with a reason
+    skip: dict = field(default_factory=dict)
+
+
+CORE = [
+    Entry("identity", lambda: gx.identity(), "u <- u", converges=False),
+    Entry("scale", lambda: gx.scale(-0.1), "u <- s u"),
+    Entry("scale_by_lr", lambda: gx.scale_by_lr(0.1), "u <- -lr u"),
+    Entry("scale_by_schedule", lambda: gx.scale_by_schedule(gx.linear_schedule(-0.1, -0.01, 100)),
+          "u <- f(t) u"),
+    Entry("scale_by_sign", lambda: gx.chain(gx.scale_by_sign(), gx.scale_by_lr(0.01)), "u <- sign(u)"),
+    Entry("clip_value", lambda: gx.chain(gx.clip_value(1.0), gx.scale_by_lr(0.05)), "torch.clamp"),
+    Entry("clip_by_global_norm", lambda: gx.chain(gx.clip_by_global_norm(1.0), gx.scale_by_lr(0.05)),
+          "optax.clip_by_global_norm"),
+    Entry("trace", lambda: gx.chain(gx.trace(0.9, nesterov=True), gx.scale_by_lr(0.01)), "torch.optim.SGD"),
+    Entry("ema", lambda: gx.chain(gx.ema(0.9), gx.scale_by_lr(0.05)), "debiased EMA, closed form"),
+    Entry("scale_by_adam", lambda: gx.chain(gx.scale_by_adam(), gx.scale_by_lr(0.05)), "torch.optim.Adam"),
+    Entry("scale_by_rms", lambda: gx.chain(gx.scale_by_rms(), gx.scale_by_lr(0.01)), "torch.optim.RMSprop"),
+    Entry("add_decayed_weights", lambda: gx.chain(gx.add_decayed_weights(1e-3), gx.scale_by_lr(0.05)),
+          "AdamW decay"),
+    Entry("sgd", lambda: gx.sgd(0.01, momentum=0.9, weight_decay=1e-4), "torch.optim.SGD", kind="alias"),
+    Entry("adam", lambda: gx.adam(0.05), "torch.optim.Adam", kind="alias"),
+    Entry("adamw", lambda: gx.adamw(0.05, weight_decay=1e-3), "torch.optim.AdamW", kind="alias"),
+    Entry("chain", lambda: gx.chain(gx.clip_value(10.0), gx.scale_by_adam(), gx.scale_by_lr(0.05)),
+          "composition"),
+    Entry("named_chain", lambda: gx.named_chain(("adam", gx.scale_by_adam()), ("lr", gx.scale_by_lr(0.05))),
+          "composition"),
+]
+
+
+def _collect() -> list[Entry]:
+    entries = list(CORE)
+    for path in sorted(pathlib.Path(__file__).parent.glob("registry_*.py")):
+        entries.extend(importlib.import_module(path.stem).ENTRIES)
+    names = [e.name for e in entries]
+    duplicates = {n for n in names if names.count(n) > 1}
+    if duplicates:
+        raise ValueError(f"registered twice: {sorted(duplicates)}")
+    return entries
+
+
+ENTRIES = _collect()
+
+# Public names that are not transform constructors, so need no entry.
+NOT_TRANSFORMS = {"Optimizer", "GradientTransformation", "EmptyState", "apply_updates", "stateless", "describe",
+                  "transform", "leaf_names", "ParamKey"}
