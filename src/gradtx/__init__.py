@@ -8,9 +8,23 @@ The flat namespace gathers each module's ``__all__``; layers import downwards on
 < ``aliases`` < ``torch_optim``.
 """
 
-from . import _tree, aliases, base, combine, schedules, torch_optim, wrappers
+from . import (
+    _tree,
+    aliases,
+    aliases_adam_family,
+    aliases_misc,
+    aliases_rms_family,
+    base,
+    combine,
+    schedules,
+    torch_optim,
+    wrappers,
+)
 from ._tree import *  # noqa: F403
 from .aliases import *  # noqa: F403
+from .aliases_adam_family import *  # noqa: F403
+from .aliases_misc import *  # noqa: F403
+from .aliases_rms_family import *  # noqa: F403
 from .base import *  # noqa: F403
 from .combine import *  # noqa: F403
 from .schedules import *  # noqa: F403
@@ -31,6 +45,7 @@ __version__ = "0.1.0"
 __all__ = sorted({
     name
     for module in (_tree, base, combine, adaptive, clipping, factored, momentum, normalize, regularize, scaling,
-                   stepsize, wrappers, schedules, aliases, torch_optim)
+                   stepsize, wrappers, schedules, aliases, aliases_adam_family, aliases_rms_family, aliases_misc,
+                   torch_optim)
     for name in module.__all__
 })
