@@ -29,7 +29,8 @@ from .base import *  # noqa: F403
 from .combine import *  # noqa: F403
 from .schedules import *  # noqa: F403
 from .torch_optim import *  # noqa: F403
-from .transforms import adaptive, clipping, factored, momentum, normalize, regularize, scaling, stepsize
+from .transforms import accumulators, adaptive, clipping, factored, momentum, normalize, regularize, scaling, stepsize
+from .transforms.accumulators import *  # noqa: F403
 from .transforms.adaptive import *  # noqa: F403
 from .transforms.clipping import *  # noqa: F403
 from .transforms.factored import *  # noqa: F403
@@ -44,8 +45,8 @@ __version__ = "0.1.0"
 
 __all__ = sorted({
     name
-    for module in (_tree, base, combine, adaptive, clipping, factored, momentum, normalize, regularize, scaling,
-                   stepsize, wrappers, schedules, aliases, aliases_adam_family, aliases_rms_family, aliases_misc,
-                   torch_optim)
+    for module in (_tree, base, combine, accumulators, adaptive, clipping, factored, momentum, normalize, regularize,
+                   scaling, stepsize, wrappers, schedules, aliases, aliases_adam_family, aliases_rms_family,
+                   aliases_misc, torch_optim)
     for name in module.__all__
 })
