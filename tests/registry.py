@@ -55,10 +55,18 @@ CORE = [
 ]
 
 
+# Public names that are not transform constructors, so need no entry; family files may add
+# their own in a ``NOT_TRANSFORMS`` set.
+NOT_TRANSFORMS = {"Optimizer", "GradientTransformation", "EmptyState", "apply_updates", "stateless", "describe",
+                  "transform", "leaf_names", "ParamKey"}
+
+
 def _collect() -> list[Entry]:
     entries = list(CORE)
     for path in sorted(pathlib.Path(__file__).parent.glob("registry_*.py")):
-        entries.extend(importlib.import_module(path.stem).ENTRIES)
+        module = importlib.import_module(path.stem)
+        entries.extend(module.ENTRIES)
+        NOT_TRANSFORMS.update(getattr(module, "NOT_TRANSFORMS", ()))
     names = [e.name for e in entries]
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
@@ -67,7 +75,3 @@ def _collect() -> list[Entry]:
 
 
 ENTRIES = _collect()
-
-# Public names that are not transform constructors, so need no entry.
-NOT_TRANSFORMS = {"Optimizer", "GradientTransformation", "EmptyState", "apply_updates", "stateless", "describe",
-                  "transform", "leaf_names", "ParamKey"}
