@@ -1,4 +1,4 @@
-"""Aliases built on normalisation and step-size rules (LARS, LAMB, Fromage, Polyak SGD, ...)."""
+"""Layer-wise and noisy SGD aliases: LARS, LAMB, Fromage, noisy SGD."""
 
 from __future__ import annotations
 
