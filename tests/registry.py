@@ -25,7 +25,8 @@ class Entry:
     needs: frozenset = field(default_factory=frozenset)  # extra args it needs: {"value", "value_fn"}
     # a transform whose output is zero or constant on purpose is not asked to descend
     converges: bool = True
-    # known limitation of an entry, so the suite can skip one property with a reason
+    # known limitations, so the suite can skip one property with a reason:
+    # {"dtypes": (...), "why": "..."} or {"rosenbrock": "why"}
     skip: dict = field(default_factory=dict)
 
 
