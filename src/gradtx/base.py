@@ -95,9 +95,14 @@ def transform(fn: Callable[..., GradientTransformation]) -> Callable[..., Gradie
                 parts.extend(f"{k}={_format_value(v)}" for k, v in value.items())
             else:
                 parts.append(f"{name}={_format_value(value)}")
-        attrs = {k: v for k, v in getattr(tx, "__dict__", {}).items() if k != "description"}
+        inner = getattr(tx, "__dict__", {})
+        attrs = {k: v for k, v in inner.items() if k != "description"}
         attrs.update(name=fn.__name__, args=dict(bound.arguments))
-        return describe(tx, f"{fn.__name__}({', '.join(parts)})", **attrs)
+        description = f"{fn.__name__}({', '.join(parts)})"
+        if "parts" in inner and "description" in inner:
+            # an alias: show what it is made of, e.g. "adamw(lr=0.001) = chain(\n  scale_by_adam(...), ...)"
+            description = f"{description} = {inner['description']}"
+        return describe(tx, description, **attrs)
 
     return build
 
