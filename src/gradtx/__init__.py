@@ -8,9 +8,20 @@ The flat namespace gathers each module's ``__all__``; layers import downwards on
 < ``aliases*`` < ``torch_optim``.
 """
 
-from . import _tree, base, combine, schedules, wrappers
-from . import aliases, aliases_adam_family, aliases_misc, aliases_muon, aliases_rms_family, aliases_stepsize
-from . import torch_optim
+from . import (
+    _tree,
+    aliases,
+    aliases_adam_family,
+    aliases_misc,
+    aliases_muon,
+    aliases_rms_family,
+    aliases_stepsize,
+    base,
+    combine,
+    schedules,
+    torch_optim,
+    wrappers,
+)
 from ._tree import *  # noqa: F403
 from .aliases import *  # noqa: F403
 from .aliases_adam_family import *  # noqa: F403
