@@ -28,6 +28,16 @@ def _native() -> bool:
     return torch._C._functorch.maybe_current_level() is None
 
 
+def recording(*lists: Sequence[torch.Tensor]) -> bool:
+    """Whether autograd records ops on any of these tensors (``torch.func.grad`` included).
+
+    Backward needs some intermediates (the output of ``sqrt`` or ``reciprocal``, say) as
+    they were, so a transform that reuses temporaries in place takes its out-of-place
+    formulation while this holds; otherwise it may overwrite its temporaries freely.
+    """
+    return torch.is_grad_enabled() and any(x.requires_grad for xs in lists for x in xs)
+
+
 def _on_device(scalar: Scalar, like: Sequence[torch.Tensor]) -> Scalar:
     # Hyperparameters live on the CPU as float64 0-dim tensors; foreach kernels on an
     # accelerator want their scalar tensor on the same device.

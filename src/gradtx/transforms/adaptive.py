@@ -60,33 +60,48 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_roo
         bc1 = _bias_correction(b1, count)
         bc2 = _bias_correction(b2, count)
 
-        # denominator sqrt(v / bc2 + eps_root) + eps; in place it is built in g's buffer
-        # (g is not needed after the moments, except by nesterov) so nothing is allocated.
-        reuse = inplace and not nesterov
-        if eps_root == 0.0:
-            denom = F.sqrt(F.copy_(gs, nus), inplace=True) if reuse else F.sqrt(nus)
-            F.div(denom, bc2.sqrt(), inplace=True)
+        if F.recording(gs, mus, nus):
+            # Autograd records (e.g. a hypergradient through the update): no temporary
+            # that backward saved may be overwritten, so every step allocates.
+            v_hat = F.add(F.div(nus, bc2), eps_root)
+            denom = F.add(F.sqrt(v_hat), eps)
+            if nesterov:
+                bc1_next = _bias_correction(b1, count + 1)
+                numer = F.add(F.mul(gs, (1.0 - b1) / bc1), F.mul(F.cast(mus, _dtype_of(gs)), b1 / bc1_next))
+            else:
+                numer = F.div(F.cast(mus, _dtype_of(gs)), bc1)
+            out = F.div(numer, denom)
         else:
-            denom = F.div(F.copy_(gs, nus), bc2, inplace=True) if reuse else F.div(nus, bc2)
-            F.add(denom, eps_root, inplace=True)
-            F.sqrt(denom, inplace=True)
-        F.add(denom, eps, inplace=True)
-
-        if nesterov:
-            bc1_next = _bias_correction(b1, count + 1)
-            # numerator b1 m / bc1_next + (1 - b1) g / bc1, built in g's buffer when allowed
-            numer = F.mul(gs, (1.0 - b1) / bc1, inplace=inplace)
-            F.add(numer, F.mul(F.cast(mus, _dtype_of(gs)), b1 / bc1_next), inplace=True)
-            out = F.div(numer, denom, inplace=True)
-        else:
-            F.reciprocal(denom, inplace=True)
-            F.mul(denom, F.cast(mus, _dtype_of(denom)), inplace=True)
-            F.div(denom, bc1, inplace=True)
-            out = denom
+            out = _adam_direction(gs, mus, nus, count, b1, bc1, bc2, eps, eps_root, nesterov, inplace)
         new_state = ScaleByAdamState(count, unflatten(treedef, mus), unflatten(treedef, nus))
         return unflatten(treedef, out), new_state
 
     return GradientTransformation(init, update)
+
+
+def _adam_direction(gs, mus, nus, count, b1, bc1, bc2, eps, eps_root, nesterov, inplace):
+    """``m_hat / (sqrt(v_hat + eps_root) + eps)`` reusing temporaries: one buffer for the
+    denominator, which is g's own buffer when the caller allows writing into it (g is not
+    needed after the moments, except by nesterov), so the in-place path allocates nothing."""
+    reuse = inplace and not nesterov
+    if eps_root == 0.0:
+        denom = F.sqrt(F.copy_(gs, nus), inplace=True) if reuse else F.sqrt(nus)
+        F.div(denom, bc2.sqrt(), inplace=True)
+    else:
+        denom = F.div(F.copy_(gs, nus), bc2, inplace=True) if reuse else F.div(nus, bc2)
+        F.add(denom, eps_root, inplace=True)
+        F.sqrt(denom, inplace=True)
+    F.add(denom, eps, inplace=True)
+
+    if nesterov:
+        bc1_next = _bias_correction(b1, count + 1)
+        # numerator b1 m / bc1_next + (1 - b1) g / bc1, built in g's buffer when allowed
+        numer = F.mul(gs, (1.0 - b1) / bc1, inplace=inplace)
+        F.add(numer, F.mul(F.cast(mus, _dtype_of(gs)), b1 / bc1_next), inplace=True)
+        return F.div(numer, denom, inplace=True)
+    F.reciprocal(denom, inplace=True)
+    F.mul(denom, F.cast(mus, _dtype_of(denom)), inplace=True)
+    return F.div(denom, bc1, inplace=True)
 
 
 class ScaleByRmsState(NamedTuple):
