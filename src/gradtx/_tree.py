@@ -231,3 +231,33 @@ def hyperparameters(tree: Tree) -> list[tuple[str, torch.Tensor]]:
 
     visit(tree)
     return found
+
+
+def broadcast_prefix(prefix: Tree, tree: Tree) -> list[Any] | None:
+    """The leaves of ``prefix`` repeated over the leaves of ``tree`` below them, in the
+    order of ``tree_leaves(tree)``; ``None`` when ``prefix`` is not a prefix of ``tree``.
+
+    Dicts are matched by key (not by position); an int-keyed dict (the adapter's
+    ``{ParamKey: tensor}``) may hold more keys than ``tree``, so a mask or label tree
+    keyed by parameter index also fits a step where some parameters have no gradient.
+    """
+    out: list[Any] = []
+
+    def visit(p: Any, t: Any) -> bool:
+        if _pytree.tree_is_leaf(p):
+            out.extend([p] * len(_pytree.tree_leaves(t)))
+            return True
+        if isinstance(p, dict):
+            if not isinstance(t, dict):
+                return False
+            if set(p) != set(t) and not (_is_param_dict(p) and set(t) <= set(p)):
+                return False
+            return all(visit(p[k], t[k]) for k in t)
+        if hasattr(p, "_fields"):
+            return type(p) is type(t) and all(visit(a, b) for a, b in zip(p, t))
+        if isinstance(p, (list, tuple)):
+            return (isinstance(t, (list, tuple)) and not hasattr(t, "_fields") and len(p) == len(t)
+                    and all(visit(a, b) for a, b in zip(p, t)))
+        return False
+
+    return out if visit(prefix, tree) else None

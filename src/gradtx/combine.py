@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from .base import GradientTransformation, describe
+import fnmatch
+import inspect
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
-__all__ = ["chain", "named_chain"]
+import torch
+
+from ._tree import Tree, broadcast_prefix, leaf_names, tree_flatten, tree_leaves, tree_structure, tree_unflatten
+from .base import EmptyState, GradientTransformation, describe, transform
+
+__all__ = ["chain", "named_chain", "MaskedNode", "MaskedState", "PartitionState", "masked", "partition",
+           "multi_transform", "freeze"]
 
 
 def _indent(text: str) -> str:
@@ -67,3 +76,257 @@ def named_chain(*named_transforms: tuple[str, GradientTransformation]) -> Gradie
     body = ",\n  ".join(f"({name!r}, {_indent(repr(tx))})" for name, tx in named_transforms)
     return describe(GradientTransformation(init, update), f"named_chain(\n  {body},\n)",
                     parts=tuple(tx for _, tx in named_transforms))
+
+
+# --- masking and partitioning -------------------------------------------------------------
+# A transform that sees only some leaves gets the full tree with a ``MaskedNode`` (a node
+# with no leaves) in place of each hidden leaf, as optax does. Its state then has the
+# params' structure with nothing stored for hidden leaves; in the adapter every int-keyed
+# dict keeps all parameter keys, so the adapter can still select and merge parameters.
+
+
+class MaskedNode(NamedTuple):
+    """Stands in for a leaf a masked transform does not see: a tree node without leaves."""
+
+
+class MaskedState(NamedTuple):
+    inner_state: Any  # the inner transform's state over the masked leaves only
+
+
+class PartitionState(NamedTuple):
+    inner_states: dict  # label -> MaskedState of that label's transform
+
+
+_MASK_FORMS = ("a bool, a tree of bools with the structure of params (or a prefix of it), a callable "
+               "params -> such a tree, a predicate (name, tensor) -> bool, or a glob string matched against "
+               "parameter names such as '*.bias'")
+_LABEL_FORMS = ("a label, a tree of labels with the structure of params (or a prefix of it), a callable "
+                "params -> such a tree, or a function (name, tensor) -> label")
+
+
+def _required_positionals(fn: Callable) -> int | None:
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    count = 0
+    for p in signature.parameters.values():
+        if p.kind is inspect.Parameter.VAR_POSITIONAL:
+            return None
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) \
+                and p.default is inspect.Parameter.empty:
+            count += 1
+    return count
+
+
+def _is_callable(spec: Any) -> bool:
+    return callable(spec) and not isinstance(spec, torch.Tensor)
+
+
+def _is_name_fn(spec: Any) -> bool:
+    # A callable of two required arguments is a per-parameter (name, tensor) function;
+    # one of a single argument maps the whole params tree (optax's form).
+    return _is_callable(spec) and _required_positionals(spec) == 2
+
+
+def _as_flag(value: Any, argument: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, torch.Tensor) and value.dtype == torch.bool and value.numel() == 1:
+        return bool(value)
+    raise ValueError(f"{argument} must be {_MASK_FORMS}; found a leaf {value!r}")
+
+
+def _per_leaf(spec: Any, subject: Tree, params: Tree | None, argument: str, forms: str, globs: bool) -> list:
+    """One mask flag or label per leaf of ``subject`` (updates, or params at init)."""
+    named = params if params is not None else subject
+    if globs and isinstance(spec, str):
+        return [fnmatch.fnmatchcase(name, spec) for name in leaf_names(named)]
+    if _is_name_fn(spec):
+        return [spec(name, x) for name, x in zip(leaf_names(named), tree_leaves(named))]
+    tree = spec(subject) if _is_callable(spec) else spec
+    flat = broadcast_prefix(tree, subject)
+    if flat is None:
+        hint = ("; with gx.Optimizer the params are a dict keyed by parameter index, so prefer a callable, "
+                "a (name, tensor) function" + (", a glob" if globs else "") + " or a dict keyed by index")
+        raise ValueError(f"{argument} must be {forms}; got {tree!r}, which does not fit params of structure "
+                         f"{tree_structure(subject)}{hint}")
+    return flat
+
+
+def _mask_flags(mask: Any, subject: Tree, params: Tree | None) -> list[bool]:
+    return [_as_flag(v, "mask") for v in _per_leaf(mask, subject, params, "mask", _MASK_FORMS, globs=True)]
+
+
+def _check_mask(mask: Any, argument: str = "mask") -> None:
+    if isinstance(mask, str) or _is_callable(mask):
+        return
+    if isinstance(mask, torch.Tensor) and not (mask.dtype == torch.bool and mask.numel() == 1):
+        raise ValueError(f"{argument} must be {_MASK_FORMS}; got a tensor of dtype {mask.dtype}")
+    for leaf in tree_leaves(mask):
+        _as_flag(leaf, argument)
+
+
+def _hide(tree: Tree, flags: list[bool]) -> Tree:
+    leaves, treedef = tree_flatten(tree)
+    return tree_unflatten([x if f else MaskedNode() for x, f in zip(leaves, flags)], treedef)
+
+
+def _masked_update(inner: GradientTransformation, flags: list[bool], updates: Tree, inner_state: Any,
+                   params: Tree | None, inplace: bool, extra_args: dict, mask_extra_args: bool):
+    u_leaves, treedef = tree_flatten(updates)
+    if len(flags) != len(u_leaves):
+        raise ValueError(f"mask has {len(flags)} leaves but updates has {len(u_leaves)}")
+    hidden = tree_unflatten([u if f else MaskedNode() for u, f in zip(u_leaves, flags)], treedef)
+    hidden_params = None if params is None else _hide(params, flags)
+    if mask_extra_args:
+        extra_args = {k: _hide(v, flags) if not treedef.is_leaf() and tree_structure(v) == treedef else v
+                      for k, v in extra_args.items()}
+    new_hidden, new_state = inner.update(hidden, inner_state, hidden_params, inplace=inplace, **extra_args)
+    out = list(u_leaves)
+    for i, value in zip([i for i, f in enumerate(flags) if f], tree_leaves(new_hidden)):
+        out[i] = value
+    return tree_unflatten(out, treedef), new_state
+
+
+@transform
+def masked(inner: GradientTransformation, mask: Any, *, mask_compatible_extra_args: bool = False
+           ) -> GradientTransformation:
+    """Apply ``inner`` to the leaves where ``mask`` is true; pass the others through unchanged.
+
+    ``u_i <- inner(u)_i`` where ``mask_i``, else ``u_i``. ``inner`` sees the tree with a
+    :class:`MaskedNode` in place of every unmasked leaf, so its state covers only the
+    masked leaves (``MaskedState(inner_state)``).
+
+    ``mask`` is one of: a bool; a tree of bools with the structure of params, or a prefix
+    of it (``{"enc": True, "dec": False}``); a callable ``params -> tree`` (called with
+    params at ``init`` and with the updates at ``update``, as optax); a predicate
+    ``(name, tensor) -> bool`` (two required arguments); or a glob string matched against
+    parameter names (``"*.bias"``, ``"encoder.*"``). Names are :func:`leaf_names` of the
+    params: ``named_parameters()`` names under ``gx.Optimizer(model.named_parameters(), tx)``,
+    dotted keys for a functional params tree. With ``mask_compatible_extra_args`` the extra
+    arguments with the structure of the updates (``grad``) are masked too.
+
+    Example: ``gx.masked(gx.add_decayed_weights(1e-2), lambda name, p: p.dim() > 1)``.
+    """
+    if not isinstance(inner, GradientTransformation):
+        raise TypeError(f"inner must be a GradientTransformation, got {type(inner).__name__}")
+    _check_mask(mask)
+
+    def init(params):
+        return MaskedState(inner_state=inner.init(_hide(params, _mask_flags(mask, params, params))))
+
+    def update(updates, state, params=None, *, inplace=False, **extra_args):
+        flags = _mask_flags(mask, updates, params)
+        updates, inner_state = _masked_update(inner, flags, updates, state.inner_state, params, inplace, extra_args,
+                                              mask_compatible_extra_args)
+        return updates, MaskedState(inner_state=inner_state)
+
+    return GradientTransformation(init, update)
+
+
+def _check_labels(transforms: Any, param_labels: Any) -> None:
+    if not isinstance(transforms, dict) or not transforms:
+        raise ValueError(f"transforms must be a non-empty dict label -> GradientTransformation, got {transforms!r}")
+    for label, tx in transforms.items():
+        if not isinstance(label, str):
+            # the state is keyed by label; an int label would read as a parameter index
+            raise ValueError(f"transforms labels must be strings, got {label!r}")
+        if not isinstance(tx, GradientTransformation):
+            raise ValueError(f"transforms[{label!r}] must be a GradientTransformation, got {type(tx).__name__}")
+    if not _is_callable(param_labels):
+        _check_known(tree_leaves(param_labels), transforms)
+
+
+def _check_known(labels: list, transforms: dict) -> None:
+    unknown = sorted({repr(label) for label in labels if not isinstance(label, str) or label not in transforms})
+    if unknown:
+        raise ValueError(f"param_labels must be {_LABEL_FORMS}, each label a key of transforms "
+                         f"{sorted(transforms)}; found unknown labels {', '.join(unknown)}")
+
+
+@transform
+def partition(transforms: dict[str, GradientTransformation], param_labels: Any, *,
+              mask_compatible_extra_args: bool = False) -> GradientTransformation:
+    """Apply ``transforms[label]`` to the leaves labelled ``label``.
+
+    ``u_i <- transforms[labels_i](u)_i``: each transform runs :func:`masked` to the leaves
+    of its label; the state is ``PartitionState({label: MaskedState(inner_state)})``, and a
+    label no leaf carries still gets a (leafless) state. Every label must be a key of
+    ``transforms`` (``ValueError`` naming ``param_labels`` otherwise); labels are strings.
+
+    ``param_labels`` is a tree of labels with the structure of params (or a prefix of it),
+    a callable ``params -> tree`` (called with the updates at ``update``, as optax), or a
+    function ``(name, tensor) -> label`` of two arguments (names as in :func:`masked`).
+
+    Example::
+
+        tx = gx.partition({"adam": gx.adam(1e-3), "sgd": gx.sgd(1e-2)},
+                          lambda name, p: "adam" if p.dim() > 1 else "sgd")
+    """
+    _check_labels(transforms, param_labels)
+    items = tuple(transforms.items())
+
+    def labels_of(subject, params):
+        labels = _per_leaf(param_labels, subject, params, "param_labels", _LABEL_FORMS, globs=False)
+        _check_known(labels, transforms)
+        return labels
+
+    def init(params):
+        labels = labels_of(params, params)
+        return PartitionState({label: MaskedState(tx.init(_hide(params, [x == label for x in labels])))
+                               for label, tx in items})
+
+    def update(updates, state, params=None, *, inplace=False, **extra_args):
+        labels = labels_of(updates, params)
+        new_states = {}
+        for label, tx in items:
+            flags = [x == label for x in labels]
+            updates, inner_state = _masked_update(tx, flags, updates, state.inner_states[label].inner_state, params,
+                                                  inplace, extra_args, mask_compatible_extra_args)
+            new_states[label] = MaskedState(inner_state)
+        return updates, PartitionState(new_states)
+
+    return GradientTransformation(init, update)
+
+
+@transform
+def multi_transform(transforms: dict[str, GradientTransformation], param_labels: Any, *,
+                    mask_compatible_extra_args: bool = False) -> GradientTransformation:
+    """Another name for :func:`partition` (optax's older name).
+
+    Example: ``gx.multi_transform({"a": gx.adam(1e-3), "b": gx.sgd(0.1)}, labels)``.
+    """
+    return partition(transforms, param_labels, mask_compatible_extra_args=mask_compatible_extra_args)
+
+
+def _set_to_zero() -> GradientTransformation:
+    def init(params):
+        del params
+        return EmptyState()
+
+    def update(updates, state, params=None, *, inplace=False, **extra_args):
+        del params, extra_args
+        leaves, treedef = tree_flatten(updates)
+        if inplace:
+            zeros = [u.zero_() if isinstance(u, torch.Tensor) else u for u in leaves]
+        else:
+            zeros = [torch.zeros_like(u) if isinstance(u, torch.Tensor) else u for u in leaves]
+        return tree_unflatten(zeros, treedef), state
+
+    return GradientTransformation(init, update)
+
+
+@transform
+def freeze(mask: Any) -> GradientTransformation:
+    """Zero the updates of the leaves where ``mask`` is true (freeze them); keep the others.
+
+    ``u_i <- 0`` where ``mask_i``, else ``u_i``; no state is kept for any leaf (optax's
+    ``masked(set_to_zero(), mask)``). ``mask`` takes every form :func:`masked` accepts.
+
+    Example: ``gx.chain(gx.adam(1e-3), gx.freeze("encoder.*"))`` trains all but the encoder.
+    Put ``freeze`` last, so nothing before it (momentum, weight decay) moves a frozen leaf;
+    the optimizer before it still keeps state for frozen leaves (``masked`` avoids that).
+    """
+    _check_mask(mask)
+    return masked(_set_to_zero(), mask)

@@ -14,7 +14,9 @@ import torch
 from ._hparams import check
 
 __all__ = ["constant_schedule", "polynomial_schedule", "linear_schedule", "cosine_decay_schedule",
-           "warmup_cosine_decay_schedule", "exponential_decay", "piecewise_constant_schedule", "join_schedules"]
+           "warmup_cosine_decay_schedule", "exponential_decay", "piecewise_constant_schedule", "join_schedules",
+           "piecewise_interpolate_schedule", "linear_onecycle_schedule", "cosine_onecycle_schedule",
+           "warmup_constant_schedule", "warmup_exponential_decay_schedule", "sgdr_schedule"]
 
 Schedule = Callable[[torch.Tensor | int], torch.Tensor]
 
@@ -145,3 +147,123 @@ def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> 
         return value
 
     return schedule
+
+
+def piecewise_interpolate_schedule(interpolate_type: str, init_value: float,
+                                   boundaries_and_scales: dict[int, float] | None = None) -> Schedule:
+    """Interpolate between the values ``init * prod(scale_b for b <= boundary)`` reached at
+    each boundary: linearly (``interpolate_type="linear"``) or along a half cosine
+    (``"cosine"``); ``0`` before step 0 and the last value from the last boundary on (optax).
+
+    With boundaries ``0 = b_0 < b_1 < ...`` and ``v_i`` the value at ``b_i``, for
+    ``b_i <= t < b_{i+1}``, ``s = (t - b_i) / max(b_{i+1} - b_i, 1)``:
+    linear ``v_i + (v_{i+1} - v_i) s``, cosine ``v_{i+1} + (v_i - v_{i+1}) (1 + cos(pi s)) / 2``.
+
+    Example: ``gx.piecewise_interpolate_schedule("linear", 1.0, {4: 0.1, 8: 0.1})``.
+    """
+    if interpolate_type not in ("linear", "cosine"):
+        raise ValueError(f"interpolate_type must be 'linear' or 'cosine', got {interpolate_type!r}")
+    items = sorted((boundaries_and_scales or {}).items())
+    for boundary, scale_ in items:
+        if scale_ < 0:
+            raise ValueError(f"boundaries_and_scales scales must be non-negative, got {scale_} at {boundary}")
+    bounds = [0] + [boundary for boundary, _ in items]
+    values = [float(init_value)]
+    for _, scale_ in items:
+        values.append(values[-1] * scale_)
+
+    def interpolate(start: float, end: float, pct: torch.Tensor) -> torch.Tensor:
+        if interpolate_type == "linear":
+            return (end - start) * pct + start
+        return end + (start - end) / 2.0 * (torch.cos(math.pi * pct) + 1.0)
+
+    def schedule(count):
+        t = _step(count)
+        zero = torch.zeros_like(t)
+        value = torch.where(bounds[-1] <= t, _value(values[-1]), zero)
+        for i in range(len(bounds) - 1):
+            pct = (t - bounds[i]) / max(bounds[i + 1] - bounds[i], 1)
+            inside = (bounds[i] <= t) & (t < bounds[i + 1])
+            value = value + torch.where(inside, interpolate(values[i], values[i + 1], pct), zero)
+        return value
+
+    return schedule
+
+
+def linear_onecycle_schedule(transition_steps: int, peak_value: float, pct_start: float = 0.3,
+                             pct_final: float = 0.85, div_factor: float = 25.0,
+                             final_div_factor: float = 1e4) -> Schedule:
+    """One-cycle policy with three linear phases (Smith & Topin, 2017, "Super-Convergence").
+
+    From ``peak / div_factor`` up to ``peak`` at step ``int(pct_start * T)``, back down to
+    ``peak / div_factor`` at ``int(pct_final * T)``, then to
+    ``peak / (div_factor * final_div_factor)`` at ``T = transition_steps``, constant after:
+    :func:`piecewise_interpolate_schedule` ``"linear"`` with those boundaries (optax).
+
+    Example: ``gx.linear_onecycle_schedule(10_000, peak_value=0.1)``.
+    """
+    if transition_steps <= 0:
+        raise ValueError(f"transition_steps must be > 0, got {transition_steps!r}")
+    return piecewise_interpolate_schedule(
+        "linear", peak_value / div_factor,
+        {int(pct_start * transition_steps): div_factor,
+         int(pct_final * transition_steps): 1.0 / div_factor,
+         transition_steps: 1.0 / final_div_factor})
+
+
+def cosine_onecycle_schedule(transition_steps: int, peak_value: float, pct_start: float = 0.3,
+                             div_factor: float = 25.0, final_div_factor: float = 1e4) -> Schedule:
+    """One-cycle policy with cosine phases (Smith & Topin, 2017, "Super-Convergence").
+
+    From ``peak / div_factor`` up to ``peak`` at step ``int(pct_start * T)``, then down to
+    ``peak / (div_factor * final_div_factor)`` at ``T = transition_steps``, constant after:
+    :func:`piecewise_interpolate_schedule` ``"cosine"`` with those boundaries (optax).
+
+    Example: ``gx.cosine_onecycle_schedule(10_000, peak_value=0.1)``.
+    """
+    if transition_steps <= 0:
+        raise ValueError(f"transition_steps must be > 0, got {transition_steps!r}")
+    return piecewise_interpolate_schedule(
+        "cosine", peak_value / div_factor,
+        {int(pct_start * transition_steps): div_factor,
+         int(transition_steps): 1.0 / (div_factor * final_div_factor)})
+
+
+def warmup_constant_schedule(init_value: float, peak_value: float, warmup_steps: int) -> Schedule:
+    """Linear warmup from ``init_value`` to ``peak_value`` over ``warmup_steps``, then constant.
+
+    Example: ``gx.warmup_constant_schedule(0.0, 1e-3, warmup_steps=500)``.
+    """
+    return linear_schedule(init_value, peak_value, warmup_steps)
+
+
+def warmup_exponential_decay_schedule(init_value: float, peak_value: float, warmup_steps: int,
+                                      transition_steps: int, decay_rate: float, transition_begin: int = 0,
+                                      staircase: bool = False, end_value: float | None = None) -> Schedule:
+    """Linear warmup from ``init_value`` to ``peak_value`` over ``warmup_steps``, then
+    :func:`exponential_decay` from ``peak_value``, its steps counted from the warmup's end.
+
+    Example: ``gx.warmup_exponential_decay_schedule(0.0, 1e-3, 100, 1000, 0.5)``.
+    """
+    return join_schedules(
+        [linear_schedule(init_value, peak_value, warmup_steps),
+         exponential_decay(peak_value, transition_steps, decay_rate, transition_begin, staircase, end_value)],
+        [warmup_steps])
+
+
+def sgdr_schedule(cosine_kwargs: Sequence[dict]) -> Schedule:
+    """SGD with warm restarts (Loshchilov & Hutter, 2017): one
+    :func:`warmup_cosine_decay_schedule` per dict of ``cosine_kwargs``, each running for its
+    ``decay_steps`` and restarting from its own step 0.
+
+    Example: ``gx.sgdr_schedule([dict(init_value=0.0, peak_value=0.1, warmup_steps=10, decay_steps=100)] * 3)``.
+    """
+    cosine_kwargs = list(cosine_kwargs)
+    if not cosine_kwargs:
+        raise ValueError("cosine_kwargs must hold at least one dict of warmup_cosine_decay_schedule arguments")
+    schedules, boundaries, step = [], [], 0
+    for kwargs in cosine_kwargs:
+        schedules.append(warmup_cosine_decay_schedule(**kwargs))
+        step += kwargs["decay_steps"]
+        boundaries.append(step)
+    return join_schedules(schedules, boundaries[:-1])
