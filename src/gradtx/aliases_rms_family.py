@@ -1,5 +1,214 @@
-"""Aliases of the RMS and accumulator family (Adagrad, RMSprop, Adadelta, Adafactor, SM3, Rprop, ASGD, ...)."""
+"""Aliases of the RMS and accumulator family (Adagrad, RMSprop, Adadelta, Adafactor, SM3, Rprop, ASGD, ...).
+
+The learning rate is ``lr`` and comes last in every chain (``scale_by_lr``), so ``gx.Optimizer``
+exposes it as ``param_groups[i]['lr']``; other argument names and defaults follow optax.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import torch
+
+from ._hparams import ScalarOrSchedule, _as_float, check
+from .base import GradientTransformation, identity, transform
+from .combine import chain
+from .transforms.accumulators import scale_by_adadelta, scale_by_asgd, scale_by_rprop, scale_by_rss, scale_by_stddev
+from .transforms.adaptive import scale_by_rms
+from .transforms.factored import _clip_by_block_rms, _scale_by_param_block_rms, scale_by_factored_rms, scale_by_sm3
+from .transforms.momentum import ema, trace
+from .transforms.regularize import Mask, add_decayed_weights
+from .transforms.scaling import scale_by_lr, scale_by_schedule, scale_by_sign
+
+__all__ = ["adagrad", "adadelta", "rmsprop", "rprop", "adafactor", "sm3", "sign_sgd", "signum", "asgd"]
+
+
+@transform
+def adagrad(lr: ScalarOrSchedule, initial_accumulator_value: float = 0.1, eps: float = 1e-7, *,
+            eps_in_sqrt: bool = True, lr_decay: float = 0.0, weight_decay: float = 0.0) -> GradientTransformation:
+    """Adagrad (Duchi et al., 2011).
+
+    ``g <- g + weight_decay * p``; ``s <- s + g^2`` (from ``initial_accumulator_value``);
+    ``p <- p - lr / (1 + (t-1) lr_decay) * g / sqrt(s + eps)`` (``g / (sqrt(s) + eps)`` when
+    ``eps_in_sqrt=False``).
+
+    Defaults are optax's (accumulator from 0.1, eps inside the root). It equals
+    ``torch.optim.Adagrad(lr, lr_decay, weight_decay, initial_accumulator_value, eps)`` as
+    ``adagrad(lr, initial_accumulator_value, eps, eps_in_sqrt=False, lr_decay=lr_decay,
+    weight_decay=weight_decay)``; torch's defaults are ``initial_accumulator_value=0, eps=1e-10``.
+
+    ``chain(add_decayed_weights(weight_decay), scale_by_rss(...), [scale_by_schedule(1/(1+t lr_decay))],
+    scale_by_lr(lr))``.
+
+    Example: ``gx.Optimizer(model.parameters(), gx.adagrad(1e-2))``.
+    """
+    check("lr_decay", lr_decay, low=0.0)
+    parts = [add_decayed_weights(weight_decay), scale_by_rss(initial_accumulator_value, eps, eps_in_sqrt)]
+    if lr_decay:
+        parts.append(scale_by_schedule(lambda count: 1.0 / (1.0 + count.to(torch.float64) * lr_decay)))
+    parts.append(scale_by_lr(lr))
+    return chain(*parts)
+
+
+@transform
+def adadelta(lr: ScalarOrSchedule = 1.0, rho: float = 0.9, eps: float = 1e-6, weight_decay: float = 0.0,
+             weight_decay_mask: Mask | None = None) -> GradientTransformation:
+    """Adadelta (Zeiler, 2012), equal to ``torch.optim.Adadelta`` (same defaults).
+
+    ``g <- g + weight_decay * p``; ``E[g^2] <- rho E[g^2] + (1-rho) g^2``;
+    ``d = sqrt(E[x^2] + eps) / sqrt(E[g^2] + eps) * g``; ``E[x^2] <- rho E[x^2] + (1-rho) d^2``;
+    ``p <- p - lr * d``. optax's default ``learning_rate=None`` (no scaling) is ``lr=1.0`` here.
+
+    ``chain(add_decayed_weights(weight_decay, weight_decay_mask), scale_by_adadelta(rho, eps), scale_by_lr(lr))``.
+
+    Example: ``gx.Optimizer(model.parameters(), gx.adadelta())``.
+    """
+    return chain(add_decayed_weights(weight_decay, weight_decay_mask), scale_by_adadelta(rho, eps), scale_by_lr(lr))
+
+
+@transform
+def rmsprop(lr: ScalarOrSchedule, decay: float = 0.9, eps: float = 1e-8, initial_scale: float = 0.0,
+            eps_in_sqrt: bool = True, centered: bool = False, momentum: float | None = None, nesterov: bool = False,
+            bias_correction: bool = False, *, weight_decay: float = 0.0) -> GradientTransformation:
+    """RMSprop (Tieleman & Hinton, 2012), centered (Graves, 2013), with optional momentum.
+
+    ``g <- g + weight_decay * p``; ``v <- decay v + (1-decay) g^2`` (and ``m`` likewise when
+    ``centered``, ``v`` then replaced by ``v - m^2``); ``d = g / sqrt(v + eps)`` (or
+    ``g / (sqrt(v) + eps)`` when ``eps_in_sqrt=False``); with momentum ``b <- momentum b + d``,
+    ``d <- b`` (``d + momentum b`` when ``nesterov``); ``p <- p - lr d``.
+
+    ``torch.optim.RMSprop(lr, alpha, eps, weight_decay, momentum, centered)`` is
+    ``rmsprop(lr, decay=alpha, eps=eps, eps_in_sqrt=False, centered=centered, momentum=momentum,
+    weight_decay=weight_decay)``; optax's default puts eps inside the root. The momentum trace
+    comes before ``scale_by_lr`` (torch's order; optax scales by the learning rate first, which
+    differs only when the learning rate changes).
+
+    Example: ``gx.Optimizer(model.parameters(), gx.rmsprop(1e-2, decay=0.99, eps_in_sqrt=False))``.
+    """
+    if nesterov and not momentum:
+        raise ValueError("nesterov=True needs a momentum > 0")
+    scaler = scale_by_stddev if centered else scale_by_rms
+    return chain(add_decayed_weights(weight_decay),
+                 scaler(decay, eps, initial_scale, eps_in_sqrt, bias_correction),
+                 trace(momentum, nesterov=nesterov) if momentum is not None else identity(),
+                 scale_by_lr(lr))
+
+
+@transform
+def rprop(lr: float | torch.Tensor, eta_minus: float = 0.5, eta_plus: float = 1.2, min_step_size: float = 1e-6,
+          max_step_size: float = 50.0) -> GradientTransformation:
+    """Rprop (Riedmiller & Braun, 1993), equal to ``torch.optim.Rprop`` with
+    ``etas=(eta_minus, eta_plus), step_sizes=(min_step_size, max_step_size)``.
+
+    Per element a step size ``d`` starts at ``lr``, is multiplied by ``eta_plus`` while the
+    gradient keeps its sign and by ``eta_minus`` when it flips (that step then does not move),
+    and is clamped to ``[min_step_size, max_step_size]``; ``p <- p - d sign(g)``.
+
+    Built as ``chain(scale_by_rprop(1.0, eta_minus, eta_plus, min_step_size / lr, max_step_size / lr),
+    scale_by_lr(lr))``: step sizes are kept relative to ``lr`` so that ``lr`` is the last factor.
+    With a constant ``lr`` this is torch's Rprop; changing ``lr`` later (a param group, an LR
+    scheduler) rescales all current step sizes, where torch only reads ``lr`` once.
+
+    Example: ``gx.Optimizer(model.parameters(), gx.rprop(1e-2))``.
+    """
+    check("lr", lr, low=0.0, low_open=True)
+    rate = _as_float(lr.detach() if isinstance(lr, torch.Tensor) else lr)
+    return chain(scale_by_rprop(1.0, eta_minus, eta_plus, min_step_size / rate, max_step_size / rate),
+                 scale_by_lr(lr))
+
+
+@transform
+def adafactor(lr: ScalarOrSchedule | None = None, min_dim_size_to_factor: int = 128, decay_rate: float = 0.8,
+              decay_offset: int = 0, multiply_by_parameter_scale: bool = True, clipping_threshold: float | None = 1.0,
+              momentum: float | None = None, dtype_momentum: torch.dtype | None = torch.float32,
+              weight_decay_rate: float | None = None, eps: float = 1e-30, factored: bool = True,
+              weight_decay_mask: Mask | None = None) -> GradientTransformation:
+    """Adafactor (Shazeer & Stern, 2018), optax's form.
+
+    ``d = scale_by_factored_rms(factored, decay_rate, decay_offset, min_dim_size_to_factor, eps)(g)``;
+    ``d <- d / max(1, rms(d) / clipping_threshold)``; ``d <- d * max(rms(p), 1e-3)`` when
+    ``multiply_by_parameter_scale`` (rms per tensor); with momentum ``m <- momentum m + (1-momentum) d``,
+    ``d <- m``; ``d <- d + weight_decay_rate * p``; ``p <- p - lr d``. ``lr=None`` is 1 (optax's
+    "no learning-rate scaling").
+
+    Differences from optax: the learning rate is applied last, after the momentum and the weight
+    decay, so the decay is multiplied by ``lr`` (as in ``torch.optim.Adafactor`` and
+    ``gx.adamw``; optax's is not).
+
+    ``torch.optim.Adafactor(lr=a, beta2_decay=-c, eps=(None, e2), d=k)`` on matrices and vectors,
+    without weight decay, is ``adafactor(lr=lambda t: min(a, 1/sqrt(t+1)), decay_rate=c,
+    min_dim_size_to_factor=1, clipping_threshold=k, eps=0.0)`` while torch's eps clamps are
+    inactive (gradients not vanishing); torch factors the last two axes of higher-rank tensors,
+    optax the two largest, torch's weight decay uses ``a`` instead of the relative step, and its
+    parameter scale floor is ``e2`` (fixed at 1e-3 here).
+
+    Example: ``gx.Optimizer(model.parameters(), gx.adafactor(1e-2))``.
+    """
+    if clipping_threshold is not None:
+        check("clipping_threshold", clipping_threshold, low=1.0)
+    if momentum is not None:
+        check("momentum", momentum, low=0.0, high=1.0, high_open=True)
+    parts = [scale_by_factored_rms(factored, decay_rate, decay_offset, min_dim_size_to_factor, eps)]
+    if clipping_threshold is not None:
+        parts.append(_clip_by_block_rms(clipping_threshold))
+    if multiply_by_parameter_scale:
+        parts.append(_scale_by_param_block_rms())
+    if momentum is not None:
+        parts.append(ema(momentum, debias=False, accumulator_dtype=dtype_momentum))
+    if weight_decay_rate is not None:
+        parts.append(add_decayed_weights(weight_decay_rate, weight_decay_mask))
+    parts.append(scale_by_lr(1.0 if lr is None else lr))
+    return chain(*parts)
+
+
+@transform
+def sm3(lr: ScalarOrSchedule, momentum: float = 0.9) -> GradientTransformation:
+    """SM3 (Anil et al., 2019), optax's form: ``chain(scale_by_sm3(momentum), scale_by_lr(lr))``.
+
+    Per-axis maxima of the accumulated squared gradients stand in for Adagrad's full
+    accumulator: ``nu' = g^2 + min_i mu_i``, ``mu_i <- max`` of ``nu'`` over the other axes,
+    ``m <- momentum m + (1-momentum) g / sqrt(nu' + 1e-8)``, ``p <- p - lr m``.
+
+    Example: ``gx.Optimizer(model.parameters(), gx.sm3(0.1))``.
+    """
+    return chain(scale_by_sm3(momentum), scale_by_lr(lr))
+
+
+@transform
+def sign_sgd(lr: ScalarOrSchedule) -> GradientTransformation:
+    """signSGD (Bernstein et al., 2018): ``p <- p - lr sign(g)``.
+
+    ``chain(scale_by_sign(), scale_by_lr(lr))``, as optax's ``sign_sgd``.
+
+    Example: ``gx.Optimizer(model.parameters(), gx.sign_sgd(1e-3))``.
+    """
+    return chain(scale_by_sign(), scale_by_lr(lr))
+
+
+@transform
+def signum(lr: ScalarOrSchedule, momentum: float = 0.9) -> GradientTransformation:
+    """Signum (Bernstein et al., 2018, Algorithm 3): the sign of a momentum.
+
+    ``m <- momentum m + (1-momentum) g``; ``p <- p - lr sign(m)``.
+    ``chain(ema(momentum, debias=False), scale_by_sign(), scale_by_lr(lr))`` (optax has no signum).
+
+    Example: ``gx.Optimizer(model.parameters(), gx.signum(1e-3))``.
+    """
+    return chain(ema(momentum, debias=False), scale_by_sign(), scale_by_lr(lr))
+
+
+@transform
+def asgd(lr: float | torch.Tensor, lambd: float = 1e-4, alpha: float = 0.75, t0: float = 1e6,
+         weight_decay: float = 0.0) -> GradientTransformation:
+    """Averaged SGD (Polyak & Juditsky, 1992), equal to ``torch.optim.ASGD`` (same arguments
+    and defaults; optax has none).
+
+    ``g <- g + weight_decay * p``; ``eta_t = lr / (1 + lambd lr (t-1))^alpha``;
+    ``p <- p - eta_t (g + lambd p)``. The average of the iterates from step ``t0`` on is kept in
+    the state of ``scale_by_asgd`` (``ax``) and does not affect the parameters.
+
+    ``chain(add_decayed_weights(weight_decay), scale_by_asgd(lr, lambd, alpha, t0), scale_by_lr(lr))``.
+    When ``lr`` changes (a param group, an LR scheduler) both ``lr`` follow, and ``eta_t`` uses the
+    new value at once (torch uses it from the next step on).
+
+    Example: ``gx.Optimizer(model.parameters(), gx.asgd(1e-2))``.
+    """
+    return chain(add_decayed_weights(weight_decay), scale_by_asgd(lr, lambd, alpha, t0), scale_by_lr(lr))

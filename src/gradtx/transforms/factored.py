@@ -2,4 +2,234 @@
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+
+from .. import _foreach as F  # noqa: N812
+from .._hparams import check, check_beta, increment, new_count
+from .._tree import Tree
+from ..base import EmptyState, GradientTransformation, transform
+from ._common import leaves, leaves_like, need_params, unflatten
+
+__all__ = ["FactoredState", "ScaleBySM3State", "scale_by_factored_rms", "scale_by_sm3"]
+
+
+class ScaleBySM3State(NamedTuple):
+    mu: Tree  # per parameter, a list of accumulators: one per axis (a full-shape one for < 2-D)
+    nu: Tree  # momentum of the rescaled updates
+
+
+def _expanded(shape: torch.Size, axis: int) -> list[int]:
+    # [M, N, K], axis 1 -> [1, N, 1]
+    return [n if i == axis else 1 for i, n in enumerate(shape)]
+
+
+@transform
+def scale_by_sm3(b1: float = 0.9, b2: float = 1.0, eps: float = 1e-8) -> GradientTransformation:
+    """SM3-II (Anil et al., 2019, "Memory-Efficient Adaptive Optimization"), optax's form.
+
+    A tensor of rank ``k >= 2`` keeps one accumulator per axis (a row max, a column max, ...);
+    ``nu' = c1 g^2 + c2 min_i mu_i`` (broadcast over the other axes), with ``(c1, c2) = (1, 1)``
+    when ``b2 = 1`` (the paper) else ``(1-b2, b2)``; ``mu_i <- max of nu'`` over all axes but
+    ``i``. Tensors of rank < 2 keep ``nu'`` itself. Then ``u' = g / sqrt(nu' + eps)``
+    (0 where ``nu' = 0``) and ``u <- m <- b1 m + (1-b1) u'``.
+
+    Example: ``gx.chain(gx.scale_by_sm3(), gx.scale_by_lr(0.1))``.
+    """
+    check_beta("b1", b1)
+    check("b2", b2, low=0.0, high=1.0)
+    check("eps", eps, low=0.0)
+    c1, c2 = (1.0, 1.0) if b2 == 1.0 else (1.0 - b2, b2)
+
+    def init(params):
+        ps, treedef = leaves(params)
+        mu = []
+        for p in ps:
+            if p.dim() < 2:
+                mu.append([torch.zeros_like(p)])
+            else:
+                mu.append([p.new_zeros(n) for n in p.shape])
+        return ScaleBySM3State(mu=unflatten(treedef, mu), nu=unflatten(treedef, [torch.zeros_like(p) for p in ps]))
+
+    def update(updates, state, params=None, *, inplace=False, **extra_args):
+        del params, extra_args
+        gs, treedef = leaves(updates)
+        mus = leaves_like(state.mu, treedef)
+        nus = leaves_like(state.nu, treedef)
+        new_mus, new_nus, outs = [], [], []
+        for g, accs, nu in zip(gs, mus, nus):
+            if g.dim() < 2:
+                prev = accs[0]
+            else:
+                prev = functools.reduce(torch.minimum, [a.reshape(_expanded(g.shape, i)) for i, a in enumerate(accs)])
+            acc = g * g
+            if c1 != 1.0:
+                acc.mul_(c1)
+            acc.add_(prev if c2 == 1.0 else prev * c2)
+            scaling = torch.where(acc > 0, torch.rsqrt(acc + eps), 0.0)
+            if g.dim() < 2:
+                new_acc = [accs[0].copy_(acc) if inplace else acc]
+            else:
+                dims = list(range(g.dim()))
+                maxes = [acc.amax(dim=[d for d in dims if d != i]) for i in dims]
+                new_acc = [a.copy_(m) for a, m in zip(accs, maxes)] if inplace else maxes
+            up = g.mul_(scaling) if inplace else g * scaling
+            nu = nu.lerp_(up, 1.0 - b1) if inplace else torch.lerp(nu, up, 1.0 - b1)
+            new_mus.append(new_acc)
+            new_nus.append(nu)
+            # the caller may overwrite returned updates in place: never hand it the state
+            outs.append(up.copy_(nu) if inplace else nu)
+        return unflatten(treedef, outs), ScaleBySM3State(unflatten(treedef, new_mus), unflatten(treedef, new_nus))
+
+    return GradientTransformation(init, update)
+
+
+class FactoredState(NamedTuple):
+    count: torch.Tensor  # int32, steps taken
+    v_row: Tree  # factored: second moment with the largest axis reduced; else a (1,) placeholder
+    v_col: Tree  # factored: second moment with the second largest axis reduced; else a placeholder
+    v: Tree  # not factored: the full second moment; else a placeholder
+
+
+def _factored_dims(shape: torch.Size, factored: bool, min_dim_size_to_factor: int) -> tuple[int, int] | None:
+    """``(second largest axis, largest axis)``, or ``None`` when the tensor is not factored."""
+    if not factored or len(shape) < 2:
+        return None
+    order = sorted(range(len(shape)), key=lambda i: shape[i])  # stable: ties keep axis order
+    if shape[order[-2]] < min_dim_size_to_factor:
+        return None
+    return order[-2], order[-1]
+
+
+def _decay_rate_pow(step: torch.Tensor, exponent: float) -> torch.Tensor:
+    """Adafactor's ``beta2_t = 1 - (step + 1)^(-exponent)`` (``step`` counts from 0)."""
+    return 1.0 - (step.to(torch.float64) + 1.0) ** (-exponent)
+
+
+def _moving(v: torch.Tensor, x: torch.Tensor, decay: torch.Tensor, inplace: bool) -> torch.Tensor:
+    # decay v + (1 - decay) x; x is a fresh tensor, free to overwrite
+    x.mul_(1.0 - decay)
+    return v.mul_(decay).add_(x) if inplace else (v * decay).add_(x)
+
+
+@transform
+def scale_by_factored_rms(factored: bool = True, decay_rate: float = 0.8, step_offset: int = 0,
+                          min_dim_size_to_factor: int = 128, epsilon: float = 1e-30,
+                          decay_rate_fn: Callable[[torch.Tensor, float], torch.Tensor] = _decay_rate_pow
+                          ) -> GradientTransformation:
+    """Adafactor's factored second-moment scaling (Shazeer & Stern, 2018), optax's form.
+
+    ``beta_t = decay_rate_fn(t - step_offset, decay_rate)`` (default ``1 - (t+1)^(-decay_rate)``,
+    ``t`` counting from 0). For a tensor whose two largest axes ``a1 <= a0`` have size at least
+    ``min_dim_size_to_factor`` (and ``factored``): with ``G = g^2 + epsilon``,
+    ``R <- beta_t R + (1-beta_t) mean_{a0} G``, ``C <- beta_t C + (1-beta_t) mean_{a1} G`` and
+    ``u <- g / sqrt(R C / mean_{a1} R)`` (broadcast back). Otherwise
+    ``v <- beta_t v + (1-beta_t) G`` and ``u <- g / sqrt(v)``.
+
+    ``torch.optim.Adafactor`` factors the last two axes of every tensor of rank >= 2 and clamps
+    instead of adding ``epsilon``; for matrices and vectors it is
+    ``min_dim_size_to_factor=1, epsilon=0`` (see ``gx.adafactor``).
+
+    Example: ``gx.chain(gx.scale_by_factored_rms(), gx.scale_by_lr(1e-2))``.
+    """
+    check("decay_rate", decay_rate, low=0.0)
+    check("min_dim_size_to_factor", min_dim_size_to_factor, low=0.0)
+    check("epsilon", epsilon, low=0.0)
+    if not callable(decay_rate_fn):
+        raise ValueError(f"decay_rate_fn must be a callable (step, decay_rate) -> beta, got {decay_rate_fn!r}")
+
+    def init(params):
+        ps, treedef = leaves(params)
+        rows, cols, full = [], [], []
+        for p in ps:
+            dims = _factored_dims(p.shape, factored, min_dim_size_to_factor)
+            placeholder = p.new_zeros(1)
+            if dims is None:
+                rows.append(placeholder)
+                cols.append(placeholder.clone())
+                full.append(torch.zeros_like(p))
+            else:
+                d1, d0 = dims
+                rows.append(p.new_zeros([n for i, n in enumerate(p.shape) if i != d0]))
+                cols.append(p.new_zeros([n for i, n in enumerate(p.shape) if i != d1]))
+                full.append(placeholder.clone())
+        return FactoredState(new_count(), unflatten(treedef, rows), unflatten(treedef, cols), unflatten(treedef, full))
+
+    def update(updates, state, params=None, *, inplace=False, **extra_args):
+        del params, extra_args
+        gs, treedef = leaves(updates)
+        rows = leaves_like(state.v_row, treedef)
+        cols = leaves_like(state.v_col, treedef)
+        fulls = leaves_like(state.v, treedef)
+        beta = decay_rate_fn(state.count - step_offset, decay_rate)
+        new_rows, new_cols, new_fulls, outs = [], [], [], []
+        for g, row, col, full in zip(gs, rows, cols, fulls):
+            sq = g * g
+            if epsilon:
+                sq.add_(epsilon)
+            dims = _factored_dims(g.shape, factored, min_dim_size_to_factor)
+            if dims is None:
+                full = _moving(full, sq, beta, inplace)
+                scaling = full.rsqrt()
+            else:
+                d1, d0 = dims
+                row = _moving(row, sq.mean(dim=d0), beta, inplace)
+                col = _moving(col, sq.mean(dim=d1), beta, inplace)
+                reduced_d1 = d1 - 1 if d1 > d0 else d1
+                row_factor = (row / row.mean(dim=reduced_d1, keepdim=True)).rsqrt_()
+                scaling = row_factor.unsqueeze(d0) * col.rsqrt().unsqueeze(d1)
+            outs.append(g.mul_(scaling) if inplace else g * scaling)
+            new_rows.append(row)
+            new_cols.append(col)
+            new_fulls.append(full)
+        new_state = FactoredState(increment(state.count, inplace), unflatten(treedef, new_rows),
+                                  unflatten(treedef, new_cols), unflatten(treedef, new_fulls))
+        return unflatten(treedef, outs), new_state
+
+    return GradientTransformation(init, update)
+
+
+# Adafactor's two block-wise helpers (optax's clip_by_block_rms and scale_by_param_block_rms).
+# Private here: they belong with clipping / normalisation, where gx.adafactor can later take them from.
+
+def _rms(x: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    return norm / (max(x.numel(), 1) ** 0.5)
+
+
+def _clip_by_block_rms(threshold: float) -> GradientTransformation:
+    """``u <- u / max(1, rms(u) / threshold)``, per tensor."""
+
+    def init(params):
+        del params
+        return EmptyState()
+
+    def update(updates, state, params=None, *, inplace=False, **extra_args):
+        del params, extra_args
+        us, treedef = leaves(updates)
+        factors = [torch.clamp(_rms(u, n) / threshold, min=1.0) for u, n in zip(us, F.norms(us))]
+        out = [u.div_(f) if inplace else u / f for u, f in zip(us, factors)]
+        return unflatten(treedef, out), state
+
+    return GradientTransformation(init, update)
+
+
+def _scale_by_param_block_rms(min_scale: float = 1e-3) -> GradientTransformation:
+    """``u <- u * max(rms(p), min_scale)``, per tensor."""
+
+    def init(params):
+        del params
+        return EmptyState()
+
+    def update(updates, state, params=None, *, inplace=False, **extra_args):
+        del extra_args
+        need_params("adafactor's scale_by_param_block_rms", params)
+        us, treedef = leaves(updates)
+        ps = [p.detach() if inplace else p for p in leaves_like(params, treedef)]
+        factors = [torch.clamp(_rms(p, n), min=min_scale) for p, n in zip(ps, F.norms(ps))]
+        out = [u.mul_(f) if inplace else u * f for u, f in zip(us, factors)]
+        return unflatten(treedef, out), state
+
+    return GradientTransformation(init, update)
