@@ -1,4 +1,4 @@
-"""Clipping: bound updates elementwise or by their global norm."""
+"""Clipping: bound updates elementwise, by their global norm, per block or per unit."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import torch
 from .. import _foreach as F  # noqa: N812
 from .._hparams import check
 from ..base import EmptyState, GradientTransformation, transform
-from ._common import leaves, unflatten
+from ._common import leaves, leaves_like, need_params, unflatten
+from .normalize import block_rms, scale_each
 
-__all__ = ["clip_value", "clip_by_global_norm"]
+__all__ = ["clip_value", "clip_by_global_norm", "clip_by_block_rms", "adaptive_grad_clip"]
 
 
 def _empty(params):
@@ -59,5 +60,71 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
         norm = F.global_norm(us)
         factor = torch.where(norm > max_norm, max_norm / norm, torch.ones_like(norm))
         return unflatten(treedef, F.mul(us, factor, inplace=inplace)), state
+
+    return GradientTransformation(_empty, update)
+
+
+@transform
+def clip_by_block_rms(threshold: float) -> GradientTransformation:
+    """Clip each block (leaf) to a root mean square of at most ``threshold``:
+    ``u <- u / max(1, sqrt(mean(u^2)) / threshold)``, one factor per leaf.
+
+    Example: ``gx.chain(gx.clip_by_block_rms(1.0), gx.scale_by_lr(1e-2))``.
+    """
+    check("threshold", threshold, low=0.0, low_open=True)
+
+    def update(updates, state, params=None, *, inplace=False, **extra_args):
+        del params, extra_args
+        us, treedef = leaves(updates)
+        factors = [1.0 / torch.clamp_min(r / threshold, 1.0) for r in block_rms(us)]
+        return unflatten(treedef, scale_each(us, factors, inplace)), state
+
+    return GradientTransformation(_empty, update)
+
+
+def _unit_dims(x: torch.Tensor, axis: int | tuple[int, ...] | None) -> tuple[int, ...] | None:
+    # torch layouts put output units first ((out, in) linear, (out, in, kh, kw) conv): a
+    # unit's norm runs over every other dimension. None: the whole tensor.
+    if axis is not None:
+        return (axis,) if isinstance(axis, int) else tuple(axis)
+    return None if x.dim() <= 1 else tuple(range(1, x.dim()))
+
+
+def _unit_norms(x: torch.Tensor, axis) -> torch.Tensor:
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    return torch.linalg.vector_norm(x, dim=_unit_dims(x, axis), keepdim=True, dtype=dtype)
+
+
+@transform
+def adaptive_grad_clip(clipping: float, eps: float = 1e-3, axis: int | tuple[int, ...] | None = None
+                       ) -> GradientTransformation:
+    """Adaptive gradient clipping, unit-wise (Brock et al., 2021, NFNets).
+
+    For each unit (slice) ``i`` of a leaf: ``m_i = clipping * max(||p_i||, eps)``;
+    ``u_i <- u_i`` if ``||u_i|| < m_i`` else ``u_i * m_i / max(||u_i||, 1e-6)``.
+    A unit is, by default, the whole tensor for scalars and vectors and one slice along
+    dim 0 otherwise (norms over dims 1, 2, ...: an output unit in torch's layouts);
+    ``axis`` names the dimensions to reduce over instead. Needs ``params``.
+
+    Example: ``gx.chain(gx.adaptive_grad_clip(0.01), gx.sgd(0.1, momentum=0.9))``.
+    """
+    check("clipping", clipping, low=0.0)
+    check("eps", eps, low=0.0)
+
+    def update(updates, state, params=None, *, inplace=False, **extra_args):
+        del extra_args
+        need_params("adaptive_grad_clip", params)
+        us, treedef = leaves(updates)
+        ps = leaves_like(params, treedef)
+        out = []
+        for u, p in zip(us, ps):
+            g_norm = _unit_norms(u, axis)
+            max_norm = clipping * _unit_norms(p.detach() if inplace else p, axis).clamp_min(eps)
+            dtype = torch.promote_types(g_norm.dtype, max_norm.dtype)
+            g_norm, max_norm = g_norm.to(dtype), max_norm.to(dtype)
+            factor = torch.where(g_norm < max_norm, torch.ones_like(g_norm), max_norm / g_norm.clamp_min(1e-6))
+            factor = factor.to(u.dtype)
+            out.append(u.mul_(factor) if inplace else u * factor)
+        return unflatten(treedef, out), state
 
     return GradientTransformation(_empty, update)

@@ -2,4 +2,74 @@
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from typing import NamedTuple
+
+import torch
+
+from .. import _foreach as F  # noqa: N812
+from .._tree import Tree
+from ..base import EmptyState, GradientTransformation, transform
+from ._common import leaves, leaves_like, need_params, unflatten
+
+__all__ = ["ZeroNansState", "keep_params_nonnegative", "zero_nans"]
+
+
+def _empty(params):
+    del params
+    return EmptyState()
+
+
+@transform
+def keep_params_nonnegative() -> GradientTransformation:
+    """Keep parameters non-negative: ``u <- -p`` where ``p + u < 0``, else ``u``
+    (that is ``u <- max(u, -p)``), so ``p + u >= 0``.
+
+    Put it last in a chain (after ``scale_by_lr``): it constrains the final update.
+    A parameter that is already negative is moved to 0. Needs ``params``.
+
+    Example: ``gx.chain(gx.adam(1e-2), gx.keep_params_nonnegative())``.
+    """
+
+    def update(updates, state, params=None, *, inplace=False, **extra_args):
+        del extra_args
+        need_params("keep_params_nonnegative", params)
+        us, treedef = leaves(updates)
+        ps = leaves_like(params, treedef)
+        neg_p = F.neg([p.detach() if inplace else p for p in ps])
+        neg_p = [n if n.dtype == u.dtype else n.to(u.dtype) for n, u in zip(neg_p, us)]
+        return unflatten(treedef, F.maximum(us, neg_p, inplace=inplace)), state
+
+    return GradientTransformation(_empty, update)
+
+
+class ZeroNansState(NamedTuple):
+    found_nan: Tree  # per leaf, a bool 0-dim tensor: whether the last update had a NaN there
+
+
+@transform
+def zero_nans() -> GradientTransformation:
+    """Replace NaNs by zeros: ``u <- where(isnan(u), 0, u)`` (infinities are kept).
+
+    The state's ``found_nan`` holds, per leaf, a bool 0-dim tensor telling whether the last
+    update had a NaN in that leaf (for monitoring; the transform does not read it).
+
+    Example: ``gx.chain(gx.zero_nans(), gx.adam(1e-3))``.
+    """
+
+    def init(params):
+        ps, treedef = leaves(params)
+        return ZeroNansState(unflatten(treedef, [torch.zeros((), dtype=torch.bool, device=p.device) for p in ps]))
+
+    def update(updates, state, params=None, *, inplace=False, **extra_args):
+        del params, extra_args
+        us, treedef = leaves(updates)
+        nan_masks = [torch.isnan(u) for u in us]
+        found = [m.any() for m in nan_masks]
+        if inplace:
+            found = F.copy_(leaves_like(state.found_nan, treedef), found)
+            out = [u.masked_fill_(m, 0) for u, m in zip(us, nan_masks)]
+        else:
+            out = [u.masked_fill(m, 0) for u, m in zip(us, nan_masks)]
+        return unflatten(treedef, out), ZeroNansState(unflatten(treedef, found))
+
+    return GradientTransformation(init, update)
