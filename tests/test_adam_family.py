@@ -149,7 +149,7 @@ CASES = [
 IDS = [c[0] for c in CASES]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference(name):
     """torch's float64 trajectory for a case, computed once for the functional and adapter tests."""
     _, make_opt, pre_step = next(c[1:] for c in CASES if c[0] == name)

@@ -117,7 +117,7 @@ def assert_same(traj, ref, dtype):
             torch.testing.assert_close(a[k], b[k], **TOL[dtype], msg=lambda m, t=t, k=k: f"step {t}, {k}: {m}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference(name, dtype):
     make_opt = next(c[2] for c in CASES if c[0] == name)
     return torch_trajectory(MLPProblem(dtype), make_opt)

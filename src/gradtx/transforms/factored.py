@@ -110,9 +110,11 @@ def _decay_rate_pow(step: torch.Tensor, exponent: float) -> torch.Tensor:
 
 
 def _moving(v: torch.Tensor, x: torch.Tensor, decay: torch.Tensor, inplace: bool) -> torch.Tensor:
-    # decay v + (1 - decay) x; x is a fresh tensor, free to overwrite
+    # decay v + (1 - decay) x; x is a fresh tensor, free to overwrite. The pure path clones and
+    # then works in place, as the in-place path does: v * decay would promote a 0-dim v to
+    # decay's float64 and change the state's dtype.
     x.mul_(1.0 - decay)
-    return v.mul_(decay).add_(x) if inplace else (v * decay).add_(x)
+    return (v if inplace else v.clone()).mul_(decay).add_(x)
 
 
 @transform
