@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ._hparams import ScalarOrSchedule, _as_float, check
+from ._hparams import ScalarOrSchedule, _as_float, check, check_beta
 from .base import GradientTransformation, identity, transform
 from .combine import chain
 from .transforms.accumulators import scale_by_adadelta, scale_by_asgd, scale_by_rprop, scale_by_rss, scale_by_stddev
@@ -83,6 +83,10 @@ def rmsprop(lr: ScalarOrSchedule, decay: float = 0.9, eps: float = 1e-8, initial
 
     Example: ``gx.Optimizer(model.parameters(), gx.rmsprop(1e-2, decay=0.99, eps_in_sqrt=False))``.
     """
+    if momentum is not None:
+        # checked here so the error names rmsprop's argument, not trace's ``decay`` (which
+        # would read as rmsprop's own ``decay``)
+        check("momentum", momentum, low=0.0)
     if nesterov and not momentum:
         raise ValueError("nesterov=True needs a momentum > 0")
     scaler = scale_by_stddev if centered else scale_by_rms
@@ -142,6 +146,7 @@ def adafactor(lr: ScalarOrSchedule | None = None, min_dim_size_to_factor: int = 
 
     Example: ``gx.Optimizer(model.parameters(), gx.adafactor(1e-2))``.
     """
+    check("eps", eps, low=0.0)  # scale_by_factored_rms would name it epsilon
     if clipping_threshold is not None:
         check("clipping_threshold", clipping_threshold, low=1.0)
     if momentum is not None:
@@ -169,6 +174,7 @@ def sm3(lr: ScalarOrSchedule, momentum: float = 0.9) -> GradientTransformation:
 
     Example: ``gx.Optimizer(model.parameters(), gx.sm3(0.1))``.
     """
+    check_beta("momentum", momentum)  # named here: scale_by_sm3 would call it b1
     return chain(scale_by_sm3(momentum), scale_by_lr(lr))
 
 
@@ -192,6 +198,7 @@ def signum(lr: ScalarOrSchedule, momentum: float = 0.9) -> GradientTransformatio
 
     Example: ``gx.Optimizer(model.parameters(), gx.signum(1e-3))``.
     """
+    check_beta("momentum", momentum)  # named here: ema would call it decay
     return chain(ema(momentum, debias=False), scale_by_sign(), scale_by_lr(lr))
 
 
