@@ -65,6 +65,11 @@ CASES = [
      lambda: gx.adafactor(adafactor_relative_step(0.3), decay_rate=0.5, min_dim_size_to_factor=1,
                           clipping_threshold=2.0, eps=0.0),
      lambda p: torch.optim.Adafactor(p, lr=0.3, beta2_decay=-0.5, d=2.0), F64),
+    # torch decays by lr * weight_decay with its lr a; here the decay is multiplied by the
+    # relative step min(a, 1/sqrt(t)), which is a for the 200 steps (t <= 1/a^2 = 1e4)
+    ("adafactor_weight_decay",
+     lambda: gx.adafactor(adafactor_relative_step(1e-2), min_dim_size_to_factor=1, eps=0.0, weight_decay_rate=0.1),
+     lambda p: torch.optim.Adafactor(p, lr=1e-2, weight_decay=0.1), F64),
 ]
 PARAMS = [pytest.param(name, tx, opt, dtype, id=f"{name}-{str(dtype)[6:]}")
           for name, tx, opt, dtypes in CASES for dtype in dtypes]
@@ -159,6 +164,39 @@ def test_lr_from_param_groups_drives_both_asgd_rates():
     traj, opt = adapter_trajectory(problem, gx.asgd(1e-2, lambd=1e-1), steps=60, groups={"lr": 3e-2})
     assert opt.param_groups[0]["lr"] == 3e-2
     assert_same(traj, ref, torch.float64)
+
+
+@pytest.mark.parametrize("shape,same", [((3, 6, 5), True), ((6, 5, 2), False)], ids=["last-two-largest", "other"])
+def test_adafactor_higher_rank_against_torch(shape, same):
+    """The documented difference on tensors of rank 3: torch factors the last two axes, gradtx
+    (as optax) the two largest. The factored estimate ``R C / mean(R)`` does not depend on
+    which of the two axes is called the row, so the two agree when the two largest axes are
+    the last two, and differ otherwise."""
+    gen = torch.Generator().manual_seed(0)
+    p0 = torch.randn(shape, generator=gen, dtype=torch.float64)
+    targets = [torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(4)]
+
+    def grad(p, t):
+        p = p.detach().requires_grad_(True)
+        return torch.autograd.grad(((torch.tanh(p) - targets[t % 4]) ** 2).sum(), p)[0]
+
+    with default_dtype(torch.float64):
+        leaf = p0.clone().requires_grad_(True)
+        opt = torch.optim.Adafactor([leaf], lr=1e-2)
+        for t in range(50):
+            leaf.grad = grad(leaf, t)
+            opt.step()
+    tx = gx.adafactor(adafactor_relative_step(1e-2), min_dim_size_to_factor=1, eps=0.0)
+    params = {"k": p0.clone()}
+    state = tx.init(params)
+    for t in range(50):
+        updates, state = tx.update({"k": grad(params["k"], t)}, state, params)
+        params = gx.apply_updates(params, updates)
+    assert not torch.allclose(leaf.detach(), p0)
+    if same:
+        torch.testing.assert_close(params["k"], leaf.detach(), **TOL[torch.float64])
+    else:
+        assert float(((params["k"] - leaf.detach()).abs() / leaf.detach().abs()).max()) > 1e-6
 
 
 @pytest.mark.parametrize("make_tx,lr", [

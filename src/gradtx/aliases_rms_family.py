@@ -137,12 +137,18 @@ def adafactor(lr: ScalarOrSchedule | None = None, min_dim_size_to_factor: int = 
     decay, so the decay is multiplied by ``lr`` (as in ``torch.optim.Adafactor`` and
     ``gx.adamw``; optax's is not).
 
-    ``torch.optim.Adafactor(lr=a, beta2_decay=-c, eps=(None, e2), d=k)`` on matrices and vectors,
-    without weight decay, is ``adafactor(lr=lambda t: min(a, 1/sqrt(t+1)), decay_rate=c,
-    min_dim_size_to_factor=1, clipping_threshold=k, eps=0.0)`` while torch's eps clamps are
-    inactive (gradients not vanishing); torch factors the last two axes of higher-rank tensors,
-    optax the two largest, torch's weight decay uses ``a`` instead of the relative step, and its
-    parameter scale floor is ``e2`` (fixed at 1e-3 here).
+    ``torch.optim.Adafactor(lr=a, beta2_decay=-c, eps=(None, 1e-3), d=k, weight_decay=w)`` is
+    ``adafactor(lr=lambda t: min(a, 1/sqrt(t+1)), decay_rate=c, min_dim_size_to_factor=1,
+    clipping_threshold=k, eps=0.0, weight_decay_rate=w)`` (``t`` counting from 0), with these
+    differences:
+
+    - torch factors the last two axes of a tensor of rank >= 3, this (as optax) the two
+      largest: the same when the two largest axes are the last two (always for matrices);
+    - torch decays the weights by ``a w``, this by ``min(a, 1/sqrt(t+1)) w``: the same while
+      ``t + 1 <= 1/a^2``;
+    - torch's parameter-scale floor ``eps[1]`` is fixed at 1e-3 here, and torch clamps the
+      second-moment estimate at ``eps[0]^2`` (machine epsilon squared) where this adds ``eps``;
+      neither matters unless gradients vanish.
 
     Example: ``gx.Optimizer(model.parameters(), gx.adafactor(1e-2))``.
     """
