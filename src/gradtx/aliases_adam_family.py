@@ -194,7 +194,8 @@ def nadam(lr: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, eps: float =
 def nadamw(lr: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_root: float = 0.0,
            mu_dtype: torch.dtype | None = None, weight_decay: float = 1e-4, mask: Mask | None = None, *,
            momentum_decay: float | None = None) -> GradientTransformation:
-    """NAdamW: :func:`nadam` with decoupled weight decay (``p <- p - lr (u + weight_decay p)``).
+    """NAdamW: :func:`nadam` (Dozat, 2016) with decoupled weight decay (Loshchilov & Hutter, 2019):
+    ``p <- p - lr (u + weight_decay p)``.
 
     ``chain(<nadam scaling>, add_decayed_weights(weight_decay, mask), scale_by_lr(lr))``; optax's
     ``adamw(..., nesterov=True)`` by default. With ``momentum_decay`` set it equals

@@ -31,6 +31,8 @@ def _zero_where_empty(out: list[torch.Tensor], acc: list[torch.Tensor]) -> None:
 
 
 class ScaleByRssState(NamedTuple):
+    """State of :func:`scale_by_rss`."""
+
     sum_of_squares: Tree  # running sum of squared updates, the param's dtype
 
 
@@ -72,6 +74,8 @@ def scale_by_rss(initial_accumulator_value: float = 0.1, eps: float = 1e-7, eps_
 
 
 class ScaleByAdaDeltaState(NamedTuple):
+    """State of :func:`scale_by_adadelta`."""
+
     e_g: Tree  # running mean of squared gradients
     e_x: Tree  # running mean of squared steps
 
@@ -111,6 +115,8 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> GradientTransforma
 
 
 class ScaleByRpropState(NamedTuple):
+    """State of :func:`scale_by_rprop`."""
+
     step_sizes: Tree  # per-element step sizes
     prev_updates: Tree  # the last output, zero where the sign flipped
 
@@ -167,11 +173,15 @@ def scale_by_rprop(learning_rate: float, eta_minus: float = 0.5, eta_plus: float
 
 
 class ScaleByRStdDevState(NamedTuple):
+    """State of :func:`scale_by_stddev` (without bias correction)."""
+
     mu: Tree  # running mean of updates
     nu: Tree  # running mean of squared updates
 
 
 class ScaleByRStdDevBiasCorrectedState(NamedTuple):
+    """State of :func:`scale_by_stddev` with ``bias_correction=True``."""
+
     count: torch.Tensor
     mu: Tree
     nu: Tree
@@ -230,6 +240,8 @@ def scale_by_stddev(decay: float = 0.9, eps: float = 1e-8, initial_scale: float 
 
 
 class ScaleByAsgdState(NamedTuple):
+    """State of :func:`scale_by_asgd`."""
+
     count: torch.Tensor  # int32, steps taken
     lr: torch.Tensor  # 0-dim; the adapter exposes it as param_groups[i]['lr'], as scale_by_lr's
     ax: Tree  # the averaged iterate

@@ -128,6 +128,8 @@ def scale_by_adamax(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gr
 
 
 class ScaleByAmsgradState(NamedTuple):
+    """State of :func:`scale_by_amsgrad`."""
+
     count: torch.Tensor  # int32, steps taken
     mu: Tree  # first moment, dtype mu_dtype or the param's
     nu: Tree  # second moment
@@ -191,6 +193,8 @@ def scale_by_amsgrad(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_
 
 
 class ScaleByBeliefState(NamedTuple):
+    """State of :func:`scale_by_belief`."""
+
     count: torch.Tensor  # int32, steps taken
     mu: Tree  # first moment
     nu: Tree  # second moment of the prediction error g - m
@@ -359,6 +363,8 @@ def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_ro
 
 
 class ScaleByNadamState(NamedTuple):
+    """State of :func:`scale_by_nadam`."""
+
     count: torch.Tensor  # int32, steps taken
     # prod_{i<=t} mu_i, float64 of shape (1,): not 0-dim, so the adapter does not take it
     # for a hyperparameter
@@ -370,7 +376,8 @@ class ScaleByNadamState(NamedTuple):
 @transform
 def scale_by_nadam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, momentum_decay: float = 4e-3,
                    eps_root: float = 0.0, mu_dtype: torch.dtype | None = None) -> GradientTransformation:
-    """NAdam's rescaling with Dozat's momentum schedule, as ``torch.optim.NAdam``.
+    """NAdam's rescaling with Dozat's momentum schedule (Dozat, 2016, "Incorporating Nesterov
+    Momentum into Adam"), as ``torch.optim.NAdam``.
 
     ``mu_t = b1 (1 - 0.5 * 0.96^(t * momentum_decay))``; ``P_t = prod_{i<=t} mu_i``;
     ``m <- b1 m + (1-b1) g``; ``v <- b2 v + (1-b2) g^2``;
@@ -428,6 +435,8 @@ def scale_by_nadam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, moment
 
 
 class ScaleByNovogradState(NamedTuple):
+    """State of :func:`scale_by_novograd`."""
+
     count: torch.Tensor  # int32, steps taken
     mu: Tree  # first moment of the normalised gradient, dtype mu_dtype or the param's
     nu: Tree  # one 0-dim second moment of the gradient's norm per parameter
@@ -489,6 +498,8 @@ def scale_by_novograd(b1: float = 0.9, b2: float = 0.25, eps: float = 1e-8, eps_
 
 
 class ScaleByLionState(NamedTuple):
+    """State of :func:`scale_by_lion`."""
+
     count: torch.Tensor  # int32, steps taken
     mu: Tree  # momentum, dtype mu_dtype or the param's
 
@@ -538,6 +549,8 @@ def scale_by_lion(b1: float = 0.9, b2: float = 0.99, mu_dtype: torch.dtype | Non
 
 
 class ScaleByAdanState(NamedTuple):
+    """State of :func:`scale_by_adan`."""
+
     m: Tree  # first moment of g
     v: Tree  # first moment of g_t - g_{t-1}
     n: Tree  # second moment of g_t + b2 (g_t - g_{t-1})

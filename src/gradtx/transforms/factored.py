@@ -18,6 +18,8 @@ __all__ = ["FactoredState", "ScaleBySM3State", "scale_by_factored_rms", "scale_b
 
 
 class ScaleBySM3State(NamedTuple):
+    """State of :func:`scale_by_sm3`."""
+
     mu: Tree  # per parameter, a list of accumulators: one per axis (a full-shape one for < 2-D)
     nu: Tree  # momentum of the rescaled updates
 
@@ -88,6 +90,8 @@ def scale_by_sm3(b1: float = 0.9, b2: float = 1.0, eps: float = 1e-8) -> Gradien
 
 
 class FactoredState(NamedTuple):
+    """State of :func:`scale_by_factored_rms`."""
+
     count: torch.Tensor  # int32, steps taken
     v_row: Tree  # factored: second moment with the largest axis reduced; else a (1,) placeholder
     v_col: Tree  # factored: second moment with the second largest axis reduced; else a placeholder
