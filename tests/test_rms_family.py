@@ -434,7 +434,7 @@ BAD = [
     (lambda: gx.rmsprop(0.1, momentum=-0.5), "momentum"),
     (lambda: gx.rprop(0.0), "lr"),
     (lambda: gx.rprop(0.1, eta_plus=1.0), "eta_plus"),
-    (lambda: gx.adafactor(0.1, clipping_threshold=0.5), "clipping_threshold"),
+    (lambda: gx.adafactor(0.1, clipping_threshold=0.0), "clipping_threshold"),
     (lambda: gx.adafactor(0.1, momentum=1.0), "momentum"),
     (lambda: gx.adafactor(-0.1), "lr"),
     (lambda: gx.adafactor(0.1, eps=-1.0), "eps"),

@@ -13,8 +13,10 @@ from .base import GradientTransformation, identity, transform
 from .combine import chain
 from .transforms.accumulators import scale_by_adadelta, scale_by_asgd, scale_by_rprop, scale_by_rss, scale_by_stddev
 from .transforms.adaptive import scale_by_rms
-from .transforms.factored import _clip_by_block_rms, _scale_by_param_block_rms, scale_by_factored_rms, scale_by_sm3
+from .transforms.clipping import clip_by_block_rms
+from .transforms.factored import scale_by_factored_rms, scale_by_sm3
 from .transforms.momentum import ema, trace
+from .transforms.normalize import scale_by_param_block_rms
 from .transforms.regularize import Mask, add_decayed_weights
 from .transforms.scaling import scale_by_lr, scale_by_schedule, scale_by_sign
 
@@ -128,8 +130,9 @@ def adafactor(lr: ScalarOrSchedule | None = None, min_dim_size_to_factor: int = 
     """Adafactor (Shazeer & Stern, 2018), optax's form.
 
     ``d = scale_by_factored_rms(factored, decay_rate, decay_offset, min_dim_size_to_factor, eps)(g)``;
-    ``d <- d / max(1, rms(d) / clipping_threshold)``; ``d <- d * max(rms(p), 1e-3)`` when
-    ``multiply_by_parameter_scale`` (rms per tensor); with momentum ``m <- momentum m + (1-momentum) d``,
+    ``d <- d / max(1, rms(d) / clipping_threshold)`` (:func:`clip_by_block_rms`);
+    ``d <- d * max(rms(p), 1e-3)`` when ``multiply_by_parameter_scale``
+    (:func:`scale_by_param_block_rms`; rms per tensor); with momentum ``m <- momentum m + (1-momentum) d``,
     ``d <- m``; ``d <- d + weight_decay_rate * p``; ``p <- p - lr d``. ``lr=None`` is 1 (optax's
     "no learning-rate scaling").
 
@@ -154,14 +157,14 @@ def adafactor(lr: ScalarOrSchedule | None = None, min_dim_size_to_factor: int = 
     """
     check("eps", eps, low=0.0)  # scale_by_factored_rms would name it epsilon
     if clipping_threshold is not None:
-        check("clipping_threshold", clipping_threshold, low=1.0)
+        check("clipping_threshold", clipping_threshold, low=0.0, low_open=True)
     if momentum is not None:
         check("momentum", momentum, low=0.0, high=1.0, high_open=True)
     parts = [scale_by_factored_rms(factored, decay_rate, decay_offset, min_dim_size_to_factor, eps)]
     if clipping_threshold is not None:
-        parts.append(_clip_by_block_rms(clipping_threshold))
+        parts.append(clip_by_block_rms(clipping_threshold))
     if multiply_by_parameter_scale:
-        parts.append(_scale_by_param_block_rms())
+        parts.append(scale_by_param_block_rms())
     if momentum is not None:
         parts.append(ema(momentum, debias=False, accumulator_dtype=dtype_momentum))
     if weight_decay_rate is not None:

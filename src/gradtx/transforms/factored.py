@@ -8,11 +8,10 @@ from typing import NamedTuple
 
 import torch
 
-from .. import _foreach as F  # noqa: N812
 from .._hparams import check, check_beta, increment, new_count
 from .._tree import Tree
-from ..base import EmptyState, GradientTransformation, transform
-from ._common import leaves, leaves_like, need_params, unflatten
+from ..base import GradientTransformation, transform
+from ._common import leaves, leaves_like, unflatten
 
 __all__ = ["FactoredState", "ScaleBySM3State", "scale_by_factored_rms", "scale_by_sm3"]
 
@@ -194,48 +193,5 @@ def scale_by_factored_rms(factored: bool = True, decay_rate: float = 0.8, step_o
         new_state = FactoredState(increment(state.count, inplace), unflatten(treedef, new_rows),
                                   unflatten(treedef, new_cols), unflatten(treedef, new_fulls))
         return unflatten(treedef, outs), new_state
-
-    return GradientTransformation(init, update)
-
-
-# Adafactor's two block-wise helpers (optax's clip_by_block_rms and scale_by_param_block_rms).
-# Private here: they belong with clipping / normalisation, where gx.adafactor can later take them from.
-
-def _rms(x: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
-    return norm / (max(x.numel(), 1) ** 0.5)
-
-
-def _clip_by_block_rms(threshold: float) -> GradientTransformation:
-    """``u <- u / max(1, rms(u) / threshold)``, per tensor."""
-
-    def init(params):
-        del params
-        return EmptyState()
-
-    def update(updates, state, params=None, *, inplace=False, **extra_args):
-        del params, extra_args
-        us, treedef = leaves(updates)
-        factors = [torch.clamp(_rms(u, n) / threshold, min=1.0) for u, n in zip(us, F.norms(us))]
-        out = [u.div_(f) if inplace else u / f for u, f in zip(us, factors)]
-        return unflatten(treedef, out), state
-
-    return GradientTransformation(init, update)
-
-
-def _scale_by_param_block_rms(min_scale: float = 1e-3) -> GradientTransformation:
-    """``u <- u * max(rms(p), min_scale)``, per tensor."""
-
-    def init(params):
-        del params
-        return EmptyState()
-
-    def update(updates, state, params=None, *, inplace=False, **extra_args):
-        del extra_args
-        need_params("adafactor's scale_by_param_block_rms", params)
-        us, treedef = leaves(updates)
-        ps = [p.detach() if inplace else p for p in leaves_like(params, treedef)]
-        factors = [torch.clamp(_rms(p, n), min=min_scale) for p, n in zip(ps, F.norms(ps))]
-        out = [u.mul_(f) if inplace else u * f for u, f in zip(us, factors)]
-        return unflatten(treedef, out), state
 
     return GradientTransformation(init, update)
