@@ -132,9 +132,9 @@ def scale_by_rprop(learning_rate: float, eta_minus: float = 0.5, eta_plus: float
     where ``s < 0`` (a sign change: no move, and the next step sees ``s = 0``).
 
     The output is a positive multiple of the gradient's sign (follow with ``scale(-1)`` or
-    ``scale_by_lr``). Differs from optax only in that the step size is clamped also where
-    ``s = 0`` (the first step), as torch does; the two agree when ``learning_rate`` lies in
-    ``[min_step_size, max_step_size]``.
+    ``scale_by_lr``). As torch, the step size is clamped also where ``s = 0`` (on the first
+    step, for instance); optax leaves it unchanged there, which matters only when
+    ``learning_rate`` lies outside ``[min_step_size, max_step_size]``.
 
     Example: ``gx.chain(gx.scale_by_rprop(0.01), gx.scale(-1.0))``.
     """

@@ -253,7 +253,9 @@ def scale_by_yogi(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-3, eps_roo
     ``m`` and ``v`` start at ``initial_accumulator_value``; ``m <- b1 m + (1-b1) g``;
     ``v <- v - (1-b2) sign(v - g^2) g^2``; ``t <- t + 1``;
     ``u <- m_hat / (sqrt(v_hat + eps_root) + eps)`` with ``m_hat = m / (1 - b1^t)``,
-    ``v_hat = v / (1 - b2^t)`` (optax's bias correction; the state is a ``ScaleByAdamState``).
+    ``v_hat = v / (1 - b2^t)``. The paper's Algorithm 2 divides ``m`` by ``sqrt(v) + eps``
+    without bias correction; the correction is optax's, kept so the two libraries agree.
+    The state is a ``ScaleByAdamState``.
 
     Example: ``gx.chain(gx.scale_by_yogi(), gx.scale_by_lr(1e-2))``.
     """
@@ -567,10 +569,10 @@ def scale_by_adan(b1: float = 0.98, b2: float = 0.92, b3: float = 0.99, eps: flo
     ``v <- b2 v + (1-b2) d``; ``n <- b3 n + (1-b3) (g + b2 d)^2``; ``t <- t + 1``;
     ``u <- (m_hat + b2 v_hat) / (sqrt(n_hat + eps_root) + eps)`` with ``x_hat = x / (1 - b_x^t)``.
 
-    This is the paper's (and its authors' code's) rule: the difference term is weighted by
-    ``1 - beta_2 = b2``. optax's ``scale_by_adan`` weights it by ``1 - b2`` instead, which
-    disagrees with its own documentation (optax pull request #1715); the two agree on the
-    first step only.
+    This is the paper's rule (and its authors' code's): the difference term is weighted by
+    the paper's ``1 - beta_2``, which is ``b2`` here. optax's ``scale_by_adan`` weights it by
+    ``1 - b2`` instead (in ``n`` and in the numerator); the two agree on the first step only,
+    where the difference is 0.
 
     Example: ``gx.chain(gx.scale_by_adan(), gx.scale_by_lr(1e-3))``.
     """
