@@ -371,6 +371,29 @@ def test_adafactor_optax_formula():
         torch.testing.assert_close(params[k], ref_params[k], rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.parametrize("centered,nesterov", [(False, True), (True, False)], ids=["nesterov", "centered"])
+def test_rmsprop_optax_form_formula(centered, nesterov):
+    """optax's defaults (eps inside the root, v from initial_scale), with bias correction and a
+    momentum trace (Nesterov's ``d + momentum b`` or plain ``b``), written out per tensor."""
+    lr, decay, eps, init, mom = 0.02, 0.8, 1e-6, 0.05, 0.6
+
+    def rule(g, p, t, st):
+        st["v"] = decay * st.get("v", torch.full_like(g, init)) + (1 - decay) * g * g
+        v = st["v"]
+        if centered:
+            st["m"] = decay * st.get("m", torch.zeros_like(g)) + (1 - decay) * g
+            m, v = st["m"] / (1 - decay ** t), v / (1 - decay ** t)
+            v = v - m * m
+        else:
+            v = v / (1 - decay ** t)
+        d = g / torch.sqrt(v + eps)
+        st["b"] = mom * st.get("b", torch.zeros_like(g)) + d
+        return -lr * (d + mom * st["b"] if nesterov else st["b"])
+
+    tx = gx.rmsprop(lr, decay, eps, init, centered=centered, momentum=mom, nesterov=nesterov, bias_correction=True)
+    assert_updates_close(run_tx(tx, 30)[0], run_rule(rule, 30)[0], rtol=1e-10)
+
+
 def test_sign_sgd_and_signum_formulas():
     lr, mom = 0.03, 0.7
     outs, _ = run_tx(gx.sign_sgd(lr), 20)
