@@ -409,8 +409,8 @@ def test_sign_sgd_and_signum_formulas():
 
 
 def test_rprop_first_step_is_clamped_like_torch():
-    """optax would take the first step at ``learning_rate`` unclamped; torch (and gradtx) clamp it."""
-    tx = gx.scale_by_rprop(learning_rate=100.0, max_step_size=50.0)
+    """optax would take the first step at ``lr`` unclamped; torch (and gradtx) clamp it."""
+    tx = gx.scale_by_rprop(lr=100.0, max_step_size=50.0)
     g = {"w": torch.tensor([1.0, -2.0, 0.0])}
     updates, state = tx.update(g, tx.init(g))
     assert torch.equal(updates["w"], torch.tensor([50.0, -50.0, 0.0]))
@@ -430,7 +430,7 @@ BAD = [
     (lambda: gx.scale_by_rss(eps=-1e-3), "eps"),
     (lambda: gx.scale_by_adadelta(rho=1.5), "rho"),
     (lambda: gx.scale_by_adadelta(eps=-1.0), "eps"),
-    (lambda: gx.scale_by_rprop(0.0), "learning_rate"),
+    (lambda: gx.scale_by_rprop(0.0), "lr"),
     (lambda: gx.scale_by_rprop(0.1, eta_minus=1.0), "eta_minus"),
     (lambda: gx.scale_by_rprop(0.1, eta_plus=0.9), "eta_plus"),
     (lambda: gx.scale_by_rprop(0.1, min_step_size=-1.0), "min_step_size"),
