@@ -3,6 +3,8 @@ update rules written out per tensor (AdaBelief, Yogi, NovoGrad, Lion, Adan, opta
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 
 import pytest
@@ -18,19 +20,35 @@ TOL = {torch.float64: dict(rtol=1e-9, atol=1e-12), torch.float32: dict(rtol=1e-5
 # -- trajectories -------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def default_dtype(dtype):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
 def torch_trajectory(problem: MLPProblem, make_opt, pre_step=None, steps=STEPS):
-    """torch.optim on leaf tensors; ``pre_step(params)`` runs (without grad) before each step."""
-    params = problem.leaf_params()
-    opt = make_opt(list(params.values()))
-    out = []
-    for t in range(steps):
-        opt.zero_grad()
-        problem.loss(params, t).backward()
-        if pre_step is not None:
-            with torch.no_grad():
-                pre_step(params)
-        opt.step()
-        out.append({k: v.detach().clone() for k, v in params.items()})
+    """torch.optim on leaf tensors; ``pre_step(params)`` runs (without grad) before each step.
+
+    torch keeps its per-parameter scalars (NAdam's ``mu_product``, the step) in the default
+    dtype: run it with the problem's dtype as default, or a float64 run would carry NAdam's
+    momentum product rounded to float32 (a 1e-8 relative error from the first step on).
+    """
+    with default_dtype(problem.dtype):
+        params = problem.leaf_params()
+        opt = make_opt(list(params.values()))
+        out = []
+        for t in range(steps):
+            opt.zero_grad()
+            problem.loss(params, t).backward()
+            if pre_step is not None:
+                with torch.no_grad():
+                    pre_step(params)
+            opt.step()
+            out.append({k: v.detach().clone() for k, v in params.items()})
     return out
 
 
@@ -131,16 +149,25 @@ CASES = [
 IDS = [c[0] for c in CASES]
 
 
+@functools.cache
+def reference(name):
+    """torch's float64 trajectory for a case, computed once for the functional and adapter tests."""
+    _, make_opt, pre_step = next(c[1:] for c in CASES if c[0] == name)
+    return torch_trajectory(MLPProblem(torch.float64), make_opt, pre_step)
+
+
 @pytest.mark.parametrize("name,make_tx,make_opt,pre_step", CASES, ids=IDS)
 def test_functional_matches_torch(name, make_tx, make_opt, pre_step):
     problem = MLPProblem(torch.float64)
-    assert_same(functional_trajectory(problem, make_tx()), torch_trajectory(problem, make_opt, pre_step))
+    ref = reference(name)
+    assert_same(functional_trajectory(problem, make_tx()), ref)
+    # the trajectory moved: a no-op optimizer would not pass by accident
+    assert not torch.allclose(ref[-1]["w1"], problem.params0["w1"])
 
 
 @pytest.mark.parametrize("name,make_tx,make_opt,pre_step", CASES, ids=IDS)
 def test_adapter_matches_torch(name, make_tx, make_opt, pre_step):
-    problem = MLPProblem(torch.float64)
-    assert_same(adapter_trajectory(problem, make_tx()), torch_trajectory(problem, make_opt, pre_step))
+    assert_same(adapter_trajectory(MLPProblem(torch.float64), make_tx()), reference(name))
 
 
 @pytest.mark.parametrize("name,make_tx,make_opt,pre_step", CASES[::2], ids=IDS[::2])
@@ -159,6 +186,34 @@ def test_optax_forms_differ_from_torch(optax_form, make_opt):
     """The defaults are optax's forms, which are not torch's: the options above are needed."""
     problem = MLPProblem(torch.float64)
     assert max_rel_gap(functional_trajectory(problem, optax_form()), torch_trajectory(problem, make_opt)) > 1e-6
+
+
+def test_nadam_mu_product_is_float64_closed_form():
+    """``P_t = prod_{i<=t} b1 (1 - 0.5 * 0.96^(i psi))`` kept in float64 whatever the params' dtype."""
+    b1, psi, steps = 0.8, 0.05, 30
+    tx = gx.scale_by_nadam(b1=b1, momentum_decay=psi)
+    params = {"w": torch.zeros(3, dtype=torch.float32)}
+    state = tx.init(params)
+    for _ in range(steps):
+        _, state = tx.update({"w": torch.ones(3)}, state)
+    expected = math.prod(b1 * (1 - 0.5 * 0.96 ** (i * psi)) for i in range(1, steps + 1))
+    assert state.mu_product.dtype == torch.float64
+    assert float(state.mu_product) == pytest.approx(expected, rel=1e-14)
+
+
+def test_torch_nadam_rounds_mu_product_to_the_default_dtype():
+    """The documented difference: under torch's default float32, torch.optim.NAdam rounds
+    ``mu_product`` to float32, so a float64 run departs from gradtx's at ~1e-8 relative."""
+    problem = MLPProblem(torch.float64)
+    with default_dtype(torch.float32):
+        params = problem.leaf_params()
+        opt = torch.optim.NAdam(list(params.values()), lr=2e-3)
+        problem.loss(params, 0).backward()
+        opt.step()
+    assert opt.state[params["w1"]]["mu_product"].dtype == torch.float32
+    ours = functional_trajectory(problem, gx.nadam(2e-3, momentum_decay=4e-3), steps=1)
+    gap = max_rel_gap(ours, [{k: v.detach() for k, v in params.items()}])
+    assert 1e-10 < gap < 1e-6
 
 
 def test_nadam_mu_product_is_not_a_hyperparameter():
@@ -402,3 +457,31 @@ def test_novograd_with_weight_decay_needs_params():
     params = {"w": torch.ones(2)}
     with pytest.raises(ValueError, match="params"):
         tx.update({"w": torch.ones(2)}, tx.init(params))
+
+
+# -- low-precision first moments ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make_tx", [
+    lambda dt: gx.scale_by_amsgrad(mu_dtype=dt), lambda dt: gx.scale_by_nadam(mu_dtype=dt),
+    lambda dt: gx.scale_by_novograd(weight_decay=1e-3, mu_dtype=dt), lambda dt: gx.scale_by_lion(mu_dtype=dt),
+], ids=["amsgrad", "nadam", "novograd", "lion"])
+@pytest.mark.parametrize("inplace", [False, True], ids=["pure", "inplace"])
+def test_mu_dtype(make_tx, inplace):
+    """``mu_dtype=bfloat16`` keeps the first moment in bfloat16 and the updates in the params'
+    dtype, and stays within bfloat16 round-off of the float32 moment (both fed the same
+    gradients)."""
+    problem = MLPProblem(torch.float32)
+    params = {k: v.clone() for k, v in problem.params0.items()}
+    low, full = make_tx(torch.bfloat16), make_tx(None)
+    s_low, s_full = low.init(params), full.init(params)
+    for t in range(5):
+        grads = problem.grads(params, t)
+        u_low, s_low = low.update({k: g.clone() for k, g in grads.items()}, s_low, params, inplace=inplace)
+        u_full, s_full = full.update(grads, s_full, params)
+        for k in params:
+            assert s_low.mu[k].dtype == torch.bfloat16 and u_low[k].dtype == torch.float32
+            # bfloat16 keeps 8 significant bits: errors of a few 2^-8 of the moment's scale
+            scale = float(s_full.mu[k].abs().max())
+            torch.testing.assert_close(s_low.mu[k].float(), s_full.mu[k], rtol=0, atol=2e-2 * scale)
+        params = gx.apply_updates(params, u_full)

@@ -53,18 +53,24 @@ CASES = [
     ("rmsprop_centered_momentum_wd",
      lambda: gx.rmsprop(1e-3, decay=0.95, eps_in_sqrt=False, centered=True, momentum=0.5, weight_decay=1e-2),
      lambda p: torch.optim.RMSprop(p, lr=1e-3, alpha=0.95, centered=True, momentum=0.5, weight_decay=1e-2), BOTH),
-    ("rprop", lambda: gx.rprop(1e-2), lambda p: torch.optim.Rprop(p, lr=1e-2), F64),
+    ("rprop", lambda: gx.rprop(1e-2), lambda p: torch.optim.Rprop(p, lr=1e-2), BOTH),
     ("rprop_options", lambda: gx.rprop(1e-3, eta_minus=0.3, eta_plus=1.5, min_step_size=1e-5, max_step_size=0.02),
-     lambda p: torch.optim.Rprop(p, lr=1e-3, etas=(0.3, 1.5), step_sizes=(1e-5, 0.02)), F64),
+     lambda p: torch.optim.Rprop(p, lr=1e-3, etas=(0.3, 1.5), step_sizes=(1e-5, 0.02)), BOTH),
     ("asgd", lambda: gx.asgd(1e-2), lambda p: torch.optim.ASGD(p, lr=1e-2), BOTH),
     ("asgd_options", lambda: gx.asgd(5e-2, lambd=1e-2, alpha=0.6, t0=50, weight_decay=1e-3),
      lambda p: torch.optim.ASGD(p, lr=5e-2, lambd=1e-2, alpha=0.6, t0=50, weight_decay=1e-3), BOTH),
     ("adafactor", lambda: gx.adafactor(adafactor_relative_step(1e-2), min_dim_size_to_factor=1, eps=0.0),
-     lambda p: torch.optim.Adafactor(p, lr=1e-2), F64),
+     lambda p: torch.optim.Adafactor(p, lr=1e-2), BOTH),
+    # float64 only: at this step size float32 round-off grows past rtol 1e-5 by step 40
     ("adafactor_options",
      lambda: gx.adafactor(adafactor_relative_step(0.3), decay_rate=0.5, min_dim_size_to_factor=1,
                           clipping_threshold=2.0, eps=0.0),
      lambda p: torch.optim.Adafactor(p, lr=0.3, beta2_decay=-0.5, d=2.0), F64),
+    # torch decays by lr * weight_decay with its lr a; here the decay is multiplied by the
+    # relative step min(a, 1/sqrt(t)), which is a for the 200 steps (t <= 1/a^2 = 1e4)
+    ("adafactor_weight_decay",
+     lambda: gx.adafactor(adafactor_relative_step(1e-2), min_dim_size_to_factor=1, eps=0.0, weight_decay_rate=0.1),
+     lambda p: torch.optim.Adafactor(p, lr=1e-2, weight_decay=0.1), BOTH),
 ]
 PARAMS = [pytest.param(name, tx, opt, dtype, id=f"{name}-{str(dtype)[6:]}")
           for name, tx, opt, dtypes in CASES for dtype in dtypes]
@@ -117,7 +123,7 @@ def assert_same(traj, ref, dtype):
             torch.testing.assert_close(a[k], b[k], **TOL[dtype], msg=lambda m, t=t, k=k: f"step {t}, {k}: {m}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference(name, dtype):
     make_opt = next(c[2] for c in CASES if c[0] == name)
     return torch_trajectory(MLPProblem(dtype), make_opt)
@@ -159,6 +165,39 @@ def test_lr_from_param_groups_drives_both_asgd_rates():
     traj, opt = adapter_trajectory(problem, gx.asgd(1e-2, lambd=1e-1), steps=60, groups={"lr": 3e-2})
     assert opt.param_groups[0]["lr"] == 3e-2
     assert_same(traj, ref, torch.float64)
+
+
+@pytest.mark.parametrize("shape,same", [((3, 6, 5), True), ((6, 5, 2), False)], ids=["last-two-largest", "other"])
+def test_adafactor_higher_rank_against_torch(shape, same):
+    """The documented difference on tensors of rank 3: torch factors the last two axes, gradtx
+    (as optax) the two largest. The factored estimate ``R C / mean(R)`` does not depend on
+    which of the two axes is called the row, so the two agree when the two largest axes are
+    the last two, and differ otherwise."""
+    gen = torch.Generator().manual_seed(0)
+    p0 = torch.randn(shape, generator=gen, dtype=torch.float64)
+    targets = [torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(4)]
+
+    def grad(p, t):
+        p = p.detach().requires_grad_(True)
+        return torch.autograd.grad(((torch.tanh(p) - targets[t % 4]) ** 2).sum(), p)[0]
+
+    with default_dtype(torch.float64):
+        leaf = p0.clone().requires_grad_(True)
+        opt = torch.optim.Adafactor([leaf], lr=1e-2)
+        for t in range(50):
+            leaf.grad = grad(leaf, t)
+            opt.step()
+    tx = gx.adafactor(adafactor_relative_step(1e-2), min_dim_size_to_factor=1, eps=0.0)
+    params = {"k": p0.clone()}
+    state = tx.init(params)
+    for t in range(50):
+        updates, state = tx.update({"k": grad(params["k"], t)}, state, params)
+        params = gx.apply_updates(params, updates)
+    assert not torch.allclose(leaf.detach(), p0)
+    if same:
+        torch.testing.assert_close(params["k"], leaf.detach(), **TOL[torch.float64])
+    else:
+        assert float(((params["k"] - leaf.detach()).abs() / leaf.detach().abs()).max()) > 1e-6
 
 
 @pytest.mark.parametrize("make_tx,lr", [
@@ -333,6 +372,29 @@ def test_adafactor_optax_formula():
         torch.testing.assert_close(params[k], ref_params[k], rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.parametrize("centered,nesterov", [(False, True), (True, False)], ids=["nesterov", "centered"])
+def test_rmsprop_optax_form_formula(centered, nesterov):
+    """optax's defaults (eps inside the root, v from initial_scale), with bias correction and a
+    momentum trace (Nesterov's ``d + momentum b`` or plain ``b``), written out per tensor."""
+    lr, decay, eps, init, mom = 0.02, 0.8, 1e-6, 0.05, 0.6
+
+    def rule(g, p, t, st):
+        st["v"] = decay * st.get("v", torch.full_like(g, init)) + (1 - decay) * g * g
+        v = st["v"]
+        if centered:
+            st["m"] = decay * st.get("m", torch.zeros_like(g)) + (1 - decay) * g
+            m, v = st["m"] / (1 - decay ** t), v / (1 - decay ** t)
+            v = v - m * m
+        else:
+            v = v / (1 - decay ** t)
+        d = g / torch.sqrt(v + eps)
+        st["b"] = mom * st.get("b", torch.zeros_like(g)) + d
+        return -lr * (d + mom * st["b"] if nesterov else st["b"])
+
+    tx = gx.rmsprop(lr, decay, eps, init, centered=centered, momentum=mom, nesterov=nesterov, bias_correction=True)
+    assert_updates_close(run_tx(tx, 30)[0], run_rule(rule, 30)[0], rtol=1e-10)
+
+
 def test_sign_sgd_and_signum_formulas():
     lr, mom = 0.03, 0.7
     outs, _ = run_tx(gx.sign_sgd(lr), 20)
@@ -347,8 +409,8 @@ def test_sign_sgd_and_signum_formulas():
 
 
 def test_rprop_first_step_is_clamped_like_torch():
-    """optax would take the first step at ``learning_rate`` unclamped; torch (and gradtx) clamp it."""
-    tx = gx.scale_by_rprop(learning_rate=100.0, max_step_size=50.0)
+    """optax would take the first step at ``lr`` unclamped; torch (and gradtx) clamp it."""
+    tx = gx.scale_by_rprop(lr=100.0, max_step_size=50.0)
     g = {"w": torch.tensor([1.0, -2.0, 0.0])}
     updates, state = tx.update(g, tx.init(g))
     assert torch.equal(updates["w"], torch.tensor([50.0, -50.0, 0.0]))
@@ -368,7 +430,7 @@ BAD = [
     (lambda: gx.scale_by_rss(eps=-1e-3), "eps"),
     (lambda: gx.scale_by_adadelta(rho=1.5), "rho"),
     (lambda: gx.scale_by_adadelta(eps=-1.0), "eps"),
-    (lambda: gx.scale_by_rprop(0.0), "learning_rate"),
+    (lambda: gx.scale_by_rprop(0.0), "lr"),
     (lambda: gx.scale_by_rprop(0.1, eta_minus=1.0), "eta_minus"),
     (lambda: gx.scale_by_rprop(0.1, eta_plus=0.9), "eta_plus"),
     (lambda: gx.scale_by_rprop(0.1, min_step_size=-1.0), "min_step_size"),
@@ -393,16 +455,20 @@ BAD = [
     (lambda: gx.adadelta(-1.0), "lr"),
     (lambda: gx.rmsprop(0.1, decay=1.0), "decay"),
     (lambda: gx.rmsprop(0.1, nesterov=True), "nesterov"),
-    (lambda: gx.rmsprop(0.1, momentum=-0.5), "decay"),
+    (lambda: gx.rmsprop(0.1, momentum=-0.5), "momentum"),
     (lambda: gx.rprop(0.0), "lr"),
     (lambda: gx.rprop(0.1, eta_plus=1.0), "eta_plus"),
-    (lambda: gx.adafactor(0.1, clipping_threshold=0.5), "clipping_threshold"),
+    (lambda: gx.adafactor(0.1, clipping_threshold=0.0), "clipping_threshold"),
     (lambda: gx.adafactor(0.1, momentum=1.0), "momentum"),
     (lambda: gx.adafactor(-0.1), "lr"),
+    (lambda: gx.adafactor(0.1, eps=-1.0), "eps"),
+    (lambda: gx.adafactor(0.1, decay_rate=-0.8), "decay_rate"),
+    (lambda: gx.adagrad(0.1, initial_accumulator_value=-1.0), "initial_accumulator_value"),
+    (lambda: gx.adadelta(1.0, rho=1.5), "rho"),
     (lambda: gx.sm3(-0.1), "lr"),
-    (lambda: gx.sm3(0.1, momentum=1.0), "b1"),
+    (lambda: gx.sm3(0.1, momentum=1.0), "momentum"),
     (lambda: gx.sign_sgd(-1.0), "lr"),
-    (lambda: gx.signum(0.1, momentum=1.0), "decay"),
+    (lambda: gx.signum(0.1, momentum=1.0), "momentum"),
     (lambda: gx.asgd(0.1, lambd=-1.0), "lambd"),
 ]
 

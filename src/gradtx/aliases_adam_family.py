@@ -181,7 +181,9 @@ def nadam(lr: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, eps: float =
     ``p <- p - lr (b1 m / (1 - b1^(t+1)) + (1-b1) g / (1 - b1^t)) / (sqrt(v_hat + eps_root) + eps)``.
     ``momentum_decay=psi`` (torch's default is 4e-3) uses Dozat's schedule
     ``mu_t = b1 (1 - 0.5 * 0.96^(t psi))`` through :func:`scale_by_nadam` and equals
-    ``torch.optim.NAdam``; the constant ``mu_t = b1`` of optax's form is not a special case of it.
+    ``torch.optim.NAdam`` (to round-off: torch rounds the product of the ``mu_t`` to its default
+    dtype, see :func:`scale_by_nadam`); the constant ``mu_t = b1`` of optax's form is not a
+    special case of it.
 
     Example: ``gx.Optimizer(model.parameters(), gx.nadam(2e-3, momentum_decay=4e-3))``.
     """
@@ -192,7 +194,8 @@ def nadam(lr: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, eps: float =
 def nadamw(lr: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_root: float = 0.0,
            mu_dtype: torch.dtype | None = None, weight_decay: float = 1e-4, mask: Mask | None = None, *,
            momentum_decay: float | None = None) -> GradientTransformation:
-    """NAdamW: :func:`nadam` with decoupled weight decay (``p <- p - lr (u + weight_decay p)``).
+    """NAdamW: :func:`nadam` (Dozat, 2016) with decoupled weight decay (Loshchilov & Hutter, 2019):
+    ``p <- p - lr (u + weight_decay p)``.
 
     ``chain(<nadam scaling>, add_decayed_weights(weight_decay, mask), scale_by_lr(lr))``; optax's
     ``adamw(..., nesterov=True)`` by default. With ``momentum_decay`` set it equals

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import torch
 
-from ._hparams import ScalarOrSchedule, _as_float, check
+from ._hparams import ScalarOrSchedule, _as_float, check, check_beta
 from .base import GradientTransformation, identity, transform
 from .combine import chain
 from .transforms.accumulators import scale_by_adadelta, scale_by_asgd, scale_by_rprop, scale_by_rss, scale_by_stddev
 from .transforms.adaptive import scale_by_rms
-from .transforms.factored import _clip_by_block_rms, _scale_by_param_block_rms, scale_by_factored_rms, scale_by_sm3
+from .transforms.clipping import clip_by_block_rms
+from .transforms.factored import scale_by_factored_rms, scale_by_sm3
 from .transforms.momentum import ema, trace
+from .transforms.normalize import scale_by_param_block_rms
 from .transforms.regularize import Mask, add_decayed_weights
 from .transforms.scaling import scale_by_lr, scale_by_schedule, scale_by_sign
 
@@ -83,6 +85,10 @@ def rmsprop(lr: ScalarOrSchedule, decay: float = 0.9, eps: float = 1e-8, initial
 
     Example: ``gx.Optimizer(model.parameters(), gx.rmsprop(1e-2, decay=0.99, eps_in_sqrt=False))``.
     """
+    if momentum is not None:
+        # checked here so the error names rmsprop's argument, not trace's ``decay`` (which
+        # would read as rmsprop's own ``decay``)
+        check("momentum", momentum, low=0.0)
     if nesterov and not momentum:
         raise ValueError("nesterov=True needs a momentum > 0")
     scaler = scale_by_stddev if centered else scale_by_rms
@@ -124,8 +130,9 @@ def adafactor(lr: ScalarOrSchedule | None = None, min_dim_size_to_factor: int = 
     """Adafactor (Shazeer & Stern, 2018), optax's form.
 
     ``d = scale_by_factored_rms(factored, decay_rate, decay_offset, min_dim_size_to_factor, eps)(g)``;
-    ``d <- d / max(1, rms(d) / clipping_threshold)``; ``d <- d * max(rms(p), 1e-3)`` when
-    ``multiply_by_parameter_scale`` (rms per tensor); with momentum ``m <- momentum m + (1-momentum) d``,
+    ``d <- d / max(1, rms(d) / clipping_threshold)`` (:func:`clip_by_block_rms`);
+    ``d <- d * max(rms(p), 1e-3)`` when ``multiply_by_parameter_scale``
+    (:func:`scale_by_param_block_rms`; rms per tensor); with momentum ``m <- momentum m + (1-momentum) d``,
     ``d <- m``; ``d <- d + weight_decay_rate * p``; ``p <- p - lr d``. ``lr=None`` is 1 (optax's
     "no learning-rate scaling").
 
@@ -133,24 +140,31 @@ def adafactor(lr: ScalarOrSchedule | None = None, min_dim_size_to_factor: int = 
     decay, so the decay is multiplied by ``lr`` (as in ``torch.optim.Adafactor`` and
     ``gx.adamw``; optax's is not).
 
-    ``torch.optim.Adafactor(lr=a, beta2_decay=-c, eps=(None, e2), d=k)`` on matrices and vectors,
-    without weight decay, is ``adafactor(lr=lambda t: min(a, 1/sqrt(t+1)), decay_rate=c,
-    min_dim_size_to_factor=1, clipping_threshold=k, eps=0.0)`` while torch's eps clamps are
-    inactive (gradients not vanishing); torch factors the last two axes of higher-rank tensors,
-    optax the two largest, torch's weight decay uses ``a`` instead of the relative step, and its
-    parameter scale floor is ``e2`` (fixed at 1e-3 here).
+    ``torch.optim.Adafactor(lr=a, beta2_decay=-c, eps=(None, 1e-3), d=k, weight_decay=w)`` is
+    ``adafactor(lr=lambda t: min(a, 1/sqrt(t+1)), decay_rate=c, min_dim_size_to_factor=1,
+    clipping_threshold=k, eps=0.0, weight_decay_rate=w)`` (``t`` counting from 0), with these
+    differences:
+
+    - torch factors the last two axes of a tensor of rank >= 3, this (as optax) the two
+      largest: the same when the two largest axes are the last two (always for matrices);
+    - torch decays the weights by ``a w``, this by ``min(a, 1/sqrt(t+1)) w``: the same while
+      ``t + 1 <= 1/a^2``;
+    - torch's parameter-scale floor ``eps[1]`` is fixed at 1e-3 here, and torch clamps the
+      second-moment estimate at ``eps[0]^2`` (machine epsilon squared) where this adds ``eps``;
+      neither matters unless gradients vanish.
 
     Example: ``gx.Optimizer(model.parameters(), gx.adafactor(1e-2))``.
     """
+    check("eps", eps, low=0.0)  # scale_by_factored_rms would name it epsilon
     if clipping_threshold is not None:
-        check("clipping_threshold", clipping_threshold, low=1.0)
+        check("clipping_threshold", clipping_threshold, low=0.0, low_open=True)
     if momentum is not None:
         check("momentum", momentum, low=0.0, high=1.0, high_open=True)
     parts = [scale_by_factored_rms(factored, decay_rate, decay_offset, min_dim_size_to_factor, eps)]
     if clipping_threshold is not None:
-        parts.append(_clip_by_block_rms(clipping_threshold))
+        parts.append(clip_by_block_rms(clipping_threshold))
     if multiply_by_parameter_scale:
-        parts.append(_scale_by_param_block_rms())
+        parts.append(scale_by_param_block_rms())
     if momentum is not None:
         parts.append(ema(momentum, debias=False, accumulator_dtype=dtype_momentum))
     if weight_decay_rate is not None:
@@ -169,6 +183,7 @@ def sm3(lr: ScalarOrSchedule, momentum: float = 0.9) -> GradientTransformation:
 
     Example: ``gx.Optimizer(model.parameters(), gx.sm3(0.1))``.
     """
+    check_beta("momentum", momentum)  # named here: scale_by_sm3 would call it b1
     return chain(scale_by_sm3(momentum), scale_by_lr(lr))
 
 
@@ -192,6 +207,7 @@ def signum(lr: ScalarOrSchedule, momentum: float = 0.9) -> GradientTransformatio
 
     Example: ``gx.Optimizer(model.parameters(), gx.signum(1e-3))``.
     """
+    check_beta("momentum", momentum)  # named here: ema would call it decay
     return chain(ema(momentum, debias=False), scale_by_sign(), scale_by_lr(lr))
 
 

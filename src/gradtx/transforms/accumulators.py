@@ -31,6 +31,8 @@ def _zero_where_empty(out: list[torch.Tensor], acc: list[torch.Tensor]) -> None:
 
 
 class ScaleByRssState(NamedTuple):
+    """State of :func:`scale_by_rss`."""
+
     sum_of_squares: Tree  # running sum of squared updates, the param's dtype
 
 
@@ -72,6 +74,8 @@ def scale_by_rss(initial_accumulator_value: float = 0.1, eps: float = 1e-7, eps_
 
 
 class ScaleByAdaDeltaState(NamedTuple):
+    """State of :func:`scale_by_adadelta`."""
+
     e_g: Tree  # running mean of squared gradients
     e_x: Tree  # running mean of squared steps
 
@@ -111,35 +115,38 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> GradientTransforma
 
 
 class ScaleByRpropState(NamedTuple):
+    """State of :func:`scale_by_rprop`."""
+
     step_sizes: Tree  # per-element step sizes
     prev_updates: Tree  # the last output, zero where the sign flipped
 
 
 @transform
-def scale_by_rprop(learning_rate: float, eta_minus: float = 0.5, eta_plus: float = 1.2,
+def scale_by_rprop(lr: float, eta_minus: float = 0.5, eta_plus: float = 1.2,
                    min_step_size: float = 1e-6, max_step_size: float = 50.0) -> GradientTransformation:
     """Resilient propagation (Riedmiller & Braun, 1993), the variant of ``torch.optim.Rprop``.
 
-    With ``s = g * u_prev``: the step size ``d`` (starting at ``learning_rate``) becomes
+    With ``s = g * u_prev``: the step size ``d`` (starting at ``lr``) becomes
     ``clamp(d * f, min_step_size, max_step_size)`` with ``f = eta_plus`` where ``s > 0``,
     ``eta_minus`` where ``s < 0`` and 1 where ``s = 0``; ``u <- d * sign(g)``, and ``u <- 0``
     where ``s < 0`` (a sign change: no move, and the next step sees ``s = 0``).
 
     The output is a positive multiple of the gradient's sign (follow with ``scale(-1)`` or
-    ``scale_by_lr``). Differs from optax only in that the step size is clamped also where
-    ``s = 0`` (the first step), as torch does; the two agree when ``learning_rate`` lies in
-    ``[min_step_size, max_step_size]``.
+    ``scale_by_lr``). As torch, the step size is clamped also where ``s = 0`` (on the first
+    step, for instance); optax leaves it unchanged there, which matters only when
+    ``lr`` lies outside ``[min_step_size, max_step_size]``. ``lr`` is the initial step size,
+    optax's ``learning_rate`` (the learning rate is ``lr`` throughout gradtx).
 
     Example: ``gx.chain(gx.scale_by_rprop(0.01), gx.scale(-1.0))``.
     """
-    check("learning_rate", learning_rate, low=0.0, low_open=True)
+    check("lr", lr, low=0.0, low_open=True)
     check("eta_minus", eta_minus, low=0.0, high=1.0, low_open=True, high_open=True)
     check("eta_plus", eta_plus, low=1.0, low_open=True)
     check("min_step_size", min_step_size, low=0.0)
     check("max_step_size", max_step_size, low=float(min_step_size))
 
     def init(params):
-        return ScaleByRpropState(step_sizes=_full(params, float(learning_rate)), prev_updates=_zeros(params, None))
+        return ScaleByRpropState(step_sizes=_full(params, float(lr)), prev_updates=_zeros(params, None))
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         del params, extra_args
@@ -167,11 +174,15 @@ def scale_by_rprop(learning_rate: float, eta_minus: float = 0.5, eta_plus: float
 
 
 class ScaleByRStdDevState(NamedTuple):
+    """State of :func:`scale_by_stddev` (without bias correction)."""
+
     mu: Tree  # running mean of updates
     nu: Tree  # running mean of squared updates
 
 
 class ScaleByRStdDevBiasCorrectedState(NamedTuple):
+    """State of :func:`scale_by_stddev` with ``bias_correction=True``."""
+
     count: torch.Tensor
     mu: Tree
     nu: Tree
@@ -230,6 +241,8 @@ def scale_by_stddev(decay: float = 0.9, eps: float = 1e-8, initial_scale: float 
 
 
 class ScaleByAsgdState(NamedTuple):
+    """State of :func:`scale_by_asgd`."""
+
     count: torch.Tensor  # int32, steps taken
     lr: torch.Tensor  # 0-dim; the adapter exposes it as param_groups[i]['lr'], as scale_by_lr's
     ax: Tree  # the averaged iterate

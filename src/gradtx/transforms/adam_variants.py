@@ -128,6 +128,8 @@ def scale_by_adamax(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gr
 
 
 class ScaleByAmsgradState(NamedTuple):
+    """State of :func:`scale_by_amsgrad`."""
+
     count: torch.Tensor  # int32, steps taken
     mu: Tree  # first moment, dtype mu_dtype or the param's
     nu: Tree  # second moment
@@ -191,6 +193,8 @@ def scale_by_amsgrad(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_
 
 
 class ScaleByBeliefState(NamedTuple):
+    """State of :func:`scale_by_belief`."""
+
     count: torch.Tensor  # int32, steps taken
     mu: Tree  # first moment
     nu: Tree  # second moment of the prediction error g - m
@@ -249,7 +253,9 @@ def scale_by_yogi(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-3, eps_roo
     ``m`` and ``v`` start at ``initial_accumulator_value``; ``m <- b1 m + (1-b1) g``;
     ``v <- v - (1-b2) sign(v - g^2) g^2``; ``t <- t + 1``;
     ``u <- m_hat / (sqrt(v_hat + eps_root) + eps)`` with ``m_hat = m / (1 - b1^t)``,
-    ``v_hat = v / (1 - b2^t)`` (optax's bias correction; the state is a ``ScaleByAdamState``).
+    ``v_hat = v / (1 - b2^t)``. The paper's Algorithm 2 divides ``m`` by ``sqrt(v) + eps``
+    without bias correction; the correction is optax's, kept so the two libraries agree.
+    The state is a ``ScaleByAdamState``.
 
     Example: ``gx.chain(gx.scale_by_yogi(), gx.scale_by_lr(1e-2))``.
     """
@@ -359,6 +365,8 @@ def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_ro
 
 
 class ScaleByNadamState(NamedTuple):
+    """State of :func:`scale_by_nadam`."""
+
     count: torch.Tensor  # int32, steps taken
     # prod_{i<=t} mu_i, float64 of shape (1,): not 0-dim, so the adapter does not take it
     # for a hyperparameter
@@ -370,7 +378,8 @@ class ScaleByNadamState(NamedTuple):
 @transform
 def scale_by_nadam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, momentum_decay: float = 4e-3,
                    eps_root: float = 0.0, mu_dtype: torch.dtype | None = None) -> GradientTransformation:
-    """NAdam's rescaling with Dozat's momentum schedule, as ``torch.optim.NAdam``.
+    """NAdam's rescaling with Dozat's momentum schedule (Dozat, 2016, "Incorporating Nesterov
+    Momentum into Adam"), as ``torch.optim.NAdam``.
 
     ``mu_t = b1 (1 - 0.5 * 0.96^(t * momentum_decay))``; ``P_t = prod_{i<=t} mu_i``;
     ``m <- b1 m + (1-b1) g``; ``v <- b2 v + (1-b2) g^2``;
@@ -379,6 +388,11 @@ def scale_by_nadam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, moment
     Followed by ``scale_by_lr(lr)`` this equals ``torch.optim.NAdam`` (weight_decay 0). optax's
     NAdam (``scale_by_adam(nesterov=True)``) is the same rule with the constant ``mu_t = b1``,
     which no ``momentum_decay`` reproduces (``momentum_decay=0`` gives ``mu_t = b1 / 2``).
+
+    ``P_t`` is kept in float64 (``mu_product``, shape ``(1,)``). torch keeps it in the default
+    dtype, float32 unless ``torch.set_default_dtype(torch.float64)``, so with float64
+    parameters and the float32 default torch's steps carry a relative error of about 1e-8
+    (``P_t`` rounded) that this does not; with the float64 default the two agree to round-off.
 
     Example: ``gx.chain(gx.scale_by_nadam(), gx.scale_by_lr(2e-3))``.
     """
@@ -423,6 +437,8 @@ def scale_by_nadam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, moment
 
 
 class ScaleByNovogradState(NamedTuple):
+    """State of :func:`scale_by_novograd`."""
+
     count: torch.Tensor  # int32, steps taken
     mu: Tree  # first moment of the normalised gradient, dtype mu_dtype or the param's
     nu: Tree  # one 0-dim second moment of the gradient's norm per parameter
@@ -484,6 +500,8 @@ def scale_by_novograd(b1: float = 0.9, b2: float = 0.25, eps: float = 1e-8, eps_
 
 
 class ScaleByLionState(NamedTuple):
+    """State of :func:`scale_by_lion`."""
+
     count: torch.Tensor  # int32, steps taken
     mu: Tree  # momentum, dtype mu_dtype or the param's
 
@@ -533,6 +551,8 @@ def scale_by_lion(b1: float = 0.9, b2: float = 0.99, mu_dtype: torch.dtype | Non
 
 
 class ScaleByAdanState(NamedTuple):
+    """State of :func:`scale_by_adan`."""
+
     m: Tree  # first moment of g
     v: Tree  # first moment of g_t - g_{t-1}
     n: Tree  # second moment of g_t + b2 (g_t - g_{t-1})
@@ -549,10 +569,10 @@ def scale_by_adan(b1: float = 0.98, b2: float = 0.92, b3: float = 0.99, eps: flo
     ``v <- b2 v + (1-b2) d``; ``n <- b3 n + (1-b3) (g + b2 d)^2``; ``t <- t + 1``;
     ``u <- (m_hat + b2 v_hat) / (sqrt(n_hat + eps_root) + eps)`` with ``x_hat = x / (1 - b_x^t)``.
 
-    This is the paper's (and its authors' code's) rule: the difference term is weighted by
-    ``1 - beta_2 = b2``. optax's ``scale_by_adan`` weights it by ``1 - b2`` instead, which
-    disagrees with its own documentation (optax pull request #1715); the two agree on the
-    first step only.
+    This is the paper's rule (and its authors' code's): the difference term is weighted by
+    the paper's ``1 - beta_2``, which is ``b2`` here. optax's ``scale_by_adan`` weights it by
+    ``1 - b2`` instead (in ``n`` and in the numerator); the two agree on the first step only,
+    where the difference is 0.
 
     Example: ``gx.chain(gx.scale_by_adan(), gx.scale_by_lr(1e-3))``.
     """

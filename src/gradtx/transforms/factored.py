@@ -8,16 +8,17 @@ from typing import NamedTuple
 
 import torch
 
-from .. import _foreach as F  # noqa: N812
 from .._hparams import check, check_beta, increment, new_count
 from .._tree import Tree
-from ..base import EmptyState, GradientTransformation, transform
-from ._common import leaves, leaves_like, need_params, unflatten
+from ..base import GradientTransformation, transform
+from ._common import leaves, leaves_like, unflatten
 
 __all__ = ["FactoredState", "ScaleBySM3State", "scale_by_factored_rms", "scale_by_sm3"]
 
 
 class ScaleBySM3State(NamedTuple):
+    """State of :func:`scale_by_sm3`."""
+
     mu: Tree  # per parameter, a list of accumulators: one per axis (a full-shape one for < 2-D)
     nu: Tree  # momentum of the rescaled updates
 
@@ -88,6 +89,8 @@ def scale_by_sm3(b1: float = 0.9, b2: float = 1.0, eps: float = 1e-8) -> Gradien
 
 
 class FactoredState(NamedTuple):
+    """State of :func:`scale_by_factored_rms`."""
+
     count: torch.Tensor  # int32, steps taken
     v_row: Tree  # factored: second moment with the largest axis reduced; else a (1,) placeholder
     v_col: Tree  # factored: second moment with the second largest axis reduced; else a placeholder
@@ -110,9 +113,11 @@ def _decay_rate_pow(step: torch.Tensor, exponent: float) -> torch.Tensor:
 
 
 def _moving(v: torch.Tensor, x: torch.Tensor, decay: torch.Tensor, inplace: bool) -> torch.Tensor:
-    # decay v + (1 - decay) x; x is a fresh tensor, free to overwrite
+    # decay v + (1 - decay) x; x is a fresh tensor, free to overwrite. The pure path clones and
+    # then works in place, as the in-place path does: v * decay would promote a 0-dim v to
+    # decay's float64 and change the state's dtype.
     x.mul_(1.0 - decay)
-    return v.mul_(decay).add_(x) if inplace else (v * decay).add_(x)
+    return (v if inplace else v.clone()).mul_(decay).add_(x)
 
 
 @transform
@@ -188,48 +193,5 @@ def scale_by_factored_rms(factored: bool = True, decay_rate: float = 0.8, step_o
         new_state = FactoredState(increment(state.count, inplace), unflatten(treedef, new_rows),
                                   unflatten(treedef, new_cols), unflatten(treedef, new_fulls))
         return unflatten(treedef, outs), new_state
-
-    return GradientTransformation(init, update)
-
-
-# Adafactor's two block-wise helpers (optax's clip_by_block_rms and scale_by_param_block_rms).
-# Private here: they belong with clipping / normalisation, where gx.adafactor can later take them from.
-
-def _rms(x: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
-    return norm / (max(x.numel(), 1) ** 0.5)
-
-
-def _clip_by_block_rms(threshold: float) -> GradientTransformation:
-    """``u <- u / max(1, rms(u) / threshold)``, per tensor."""
-
-    def init(params):
-        del params
-        return EmptyState()
-
-    def update(updates, state, params=None, *, inplace=False, **extra_args):
-        del params, extra_args
-        us, treedef = leaves(updates)
-        factors = [torch.clamp(_rms(u, n) / threshold, min=1.0) for u, n in zip(us, F.norms(us))]
-        out = [u.div_(f) if inplace else u / f for u, f in zip(us, factors)]
-        return unflatten(treedef, out), state
-
-    return GradientTransformation(init, update)
-
-
-def _scale_by_param_block_rms(min_scale: float = 1e-3) -> GradientTransformation:
-    """``u <- u * max(rms(p), min_scale)``, per tensor."""
-
-    def init(params):
-        del params
-        return EmptyState()
-
-    def update(updates, state, params=None, *, inplace=False, **extra_args):
-        del extra_args
-        need_params("adafactor's scale_by_param_block_rms", params)
-        us, treedef = leaves(updates)
-        ps = [p.detach() if inplace else p for p in leaves_like(params, treedef)]
-        factors = [torch.clamp(_rms(p, n), min=min_scale) for p, n in zip(ps, F.norms(ps))]
-        out = [u.mul_(f) if inplace else u * f for u, f in zip(us, factors)]
-        return unflatten(treedef, out), state
 
     return GradientTransformation(init, update)
