@@ -30,7 +30,10 @@ def _value(x) -> torch.Tensor:
 
 
 def constant_schedule(value: float) -> Schedule:
-    """``f(t) = value``."""
+    """``f(t) = value``.
+
+    Example: ``gx.scale_by_lr(gx.constant_schedule(1e-3))``.
+    """
 
     def schedule(count):
         return _value(value).expand(torch.as_tensor(count).shape).clone()
@@ -43,7 +46,10 @@ def polynomial_schedule(init_value: float, end_value: float, power: float, trans
     """``f(t) = (init - end) * (1 - s / transition_steps)^power + end`` with
     ``s = clip(t - transition_begin, 0, transition_steps)``.
 
-    A non-positive ``transition_steps`` gives the constant ``init_value`` (as optax).
+    A non-positive ``transition_steps`` gives the constant ``init_value`` (as optax); a
+    negative ``transition_begin`` raises ``ValueError`` (optax treats it as 0).
+
+    Example: ``gx.polynomial_schedule(1.0, 0.01, power=2, transition_steps=100)``.
     """
     if transition_steps <= 0:
         return constant_schedule(init_value)
@@ -60,14 +66,22 @@ def polynomial_schedule(init_value: float, end_value: float, power: float, trans
 def linear_schedule(init_value: float, end_value: float, transition_steps: int,
                     transition_begin: int = 0) -> Schedule:
     """Linear ramp from ``init_value`` to ``end_value`` over ``transition_steps`` steps,
-    starting at ``transition_begin``; constant outside."""
+    starting at ``transition_begin``; constant outside:
+    ``f(t) = init + (end - init) * clip(t - transition_begin, 0, transition_steps) / transition_steps``.
+
+    Example: ``gx.adam(gx.linear_schedule(0.0, 1e-3, transition_steps=1000))``.
+    """
     return polynomial_schedule(init_value, end_value, 1, transition_steps, transition_begin)
 
 
 def cosine_decay_schedule(init_value: float, decay_steps: int, alpha: float = 0.0,
                           exponent: float = 1.0) -> Schedule:
     """``f(t) = init * ((1 - alpha) * c^exponent + alpha)``,
-    ``c = (1 + cos(pi * min(t, decay_steps) / decay_steps)) / 2`` (Loshchilov & Hutter, 2017)."""
+    ``c = (1 + cos(pi * min(t, decay_steps) / decay_steps)) / 2`` (Loshchilov & Hutter, 2017).
+    ``decay_steps`` must be > 0.
+
+    Example: ``gx.cosine_decay_schedule(1e-3, decay_steps=10_000, alpha=0.1)``.
+    """
     if not decay_steps > 0:
         raise ValueError(f"decay_steps must be > 0, got {decay_steps!r}")
 
@@ -82,11 +96,20 @@ def cosine_decay_schedule(init_value: float, decay_steps: int, alpha: float = 0.
 def warmup_cosine_decay_schedule(init_value: float, peak_value: float, warmup_steps: int, decay_steps: int,
                                  end_value: float = 0.0, exponent: float = 1.0) -> Schedule:
     """Linear warmup from ``init_value`` to ``peak_value`` over ``warmup_steps``, then cosine
-    decay to ``end_value`` reached at step ``decay_steps`` (which includes the warmup)."""
+    decay to ``end_value`` reached at step ``decay_steps`` (which includes the warmup):
+    :func:`join_schedules` of ``linear_schedule(init, peak, warmup_steps)`` and
+    ``cosine_decay_schedule(peak, decay_steps - warmup_steps, alpha=end_value / peak_value)``
+    at ``warmup_steps``. ``decay_steps`` must exceed ``warmup_steps``.
+
+    Example: ``gx.warmup_cosine_decay_schedule(0.0, 1e-3, warmup_steps=100, decay_steps=10_000)``.
+    """
+    if not decay_steps > warmup_steps:
+        raise ValueError(f"decay_steps must be > warmup_steps (it includes the warmup), got decay_steps="
+                         f"{decay_steps!r} and warmup_steps={warmup_steps!r}")
     alpha = 0.0 if peak_value == 0 else end_value / peak_value
     return join_schedules(
         [linear_schedule(init_value, peak_value, warmup_steps),
-         cosine_decay_schedule(peak_value, max(decay_steps - warmup_steps, 1), alpha, exponent)],
+         cosine_decay_schedule(peak_value, decay_steps - warmup_steps, alpha, exponent)],
         [warmup_steps])
 
 
@@ -94,11 +117,17 @@ def exponential_decay(init_value: float, transition_steps: int, decay_rate: floa
                       staircase: bool = False, end_value: float | None = None) -> Schedule:
     """``f(t) = init * decay_rate^(s / transition_steps)``, ``s = t - transition_begin``
     (the exponent floored when ``staircase``); ``init`` for ``s <= 0``; bounded by
-    ``end_value`` (below when decaying, above when growing) if given."""
+    ``end_value`` (below when decaying, above when growing) if given. A non-positive
+    ``transition_steps`` gives the constant ``init_value`` (as optax); ``decay_rate = 0`` or
+    a negative ``transition_begin`` raise ``ValueError``.
+
+    Example: ``gx.exponential_decay(1e-2, transition_steps=1000, decay_rate=0.5, staircase=True)``.
+    """
     if transition_steps <= 0:
         return constant_schedule(init_value)
     if decay_rate == 0:
-        raise ValueError("decay_rate must not be 0")
+        raise ValueError("decay_rate must not be 0 (optax falls back to the constant init_value; pass "
+                         "transition_steps=0 for that)")
     check("transition_begin", transition_begin, low=0)
 
     def schedule(count):
@@ -116,7 +145,10 @@ def exponential_decay(init_value: float, transition_steps: int, decay_rate: floa
 
 def piecewise_constant_schedule(init_value: float, boundaries_and_scales: dict[int, float] | None = None
                                 ) -> Schedule:
-    """``f(t) = init * prod(scale_b for boundary b <= t)``."""
+    """``f(t) = init * prod(scale_b for boundary b <= t)``; scales must be non-negative.
+
+    Example: ``gx.piecewise_constant_schedule(0.1, {1000: 0.1, 2000: 0.1})`` (0.1, 0.01, 0.001).
+    """
     items = sorted((boundaries_and_scales or {}).items())
     for boundary, scale_ in items:
         if scale_ < 0:
@@ -134,10 +166,14 @@ def piecewise_constant_schedule(init_value: float, boundaries_and_scales: dict[i
 
 def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
     """Run ``schedules[i]`` from ``boundaries[i-1]`` on, each seeing steps counted from its
-    own start: ``f(t) = schedules[i](t - boundaries[i-1])``."""
+    own start: ``f(t) = schedules[i](t - boundaries[i-1])`` for
+    ``boundaries[i-1] <= t < boundaries[i]``; ``len(boundaries) == len(schedules) - 1``.
+
+    Example: ``gx.join_schedules([gx.linear_schedule(0.0, 1.0, 10), gx.constant_schedule(1.0)], [10])``.
+    """
     if len(boundaries) != len(schedules) - 1:
-        raise ValueError(f"join_schedules needs len(boundaries) == len(schedules) - 1, "
-                         f"got {len(boundaries)} and {len(schedules)}")
+        raise ValueError(f"boundaries must hold one step fewer than schedules (len(schedules) - 1 = "
+                         f"{len(schedules) - 1}), got {len(boundaries)}")
 
     def schedule(count):
         t = torch.as_tensor(count)

@@ -8,6 +8,7 @@ in Python: their counters live on the CPU, so reading them costs no device sync
 
 from __future__ import annotations
 
+import collections
 import inspect
 import re
 from collections.abc import Callable, Iterable
@@ -48,8 +49,41 @@ def _set_count(count: torch.Tensor, value: int, inplace: bool) -> torch.Tensor:
 
 class InjectHyperparamsState(NamedTuple):
     count: torch.Tensor  # int32, steps taken; schedules are evaluated at it
-    hyperparams: dict  # name -> 0-dim tensor: the values used at the last step (write to change them)
+    hyperparams: Any  # name -> 0-dim tensor: the values used at the last step (write to change them)
     inner_state: Any
+
+
+def _hyperparams_type(names: list[str]) -> type:
+    # A NamedTuple rather than a dict: its fields are 0-dim tensors held directly in a
+    # NamedTuple, which is where gx.Optimizer looks for hyperparameters to expose in
+    # param_groups (so torch LR schedulers drive them); it still reads like optax's dict.
+    base = collections.namedtuple("Hyperparams", names)
+
+    class Hyperparams(base):
+        """The injected hyperparameters: ``hp["lr"]`` or ``hp.lr``; ``hp["lr"].fill_(x)`` sets one."""
+
+        __slots__ = ()
+
+        def __getitem__(self, key):
+            return getattr(self, key) if isinstance(key, str) else tuple.__getitem__(self, key)
+
+        def __contains__(self, key):
+            return key in self._fields
+
+        def keys(self):
+            return self._fields
+
+        def values(self):
+            return tuple(self)
+
+        def items(self):
+            return tuple(zip(self._fields, self))
+
+        def __setitem__(self, key, value):
+            raise TypeError(f"hyperparams are 0-dim tensors in the state: set one with "
+                            f"state.hyperparams[{key!r}].fill_(value)")
+
+    return Hyperparams
 
 
 _INTEGER_ANNOTATION = re.compile(r"\b(int|bool)\b")
@@ -122,12 +156,14 @@ def inject_hyperparams(inner_factory: Callable[..., GradientTransformation], sta
     ``InjectHyperparamsState(count, hyperparams, inner_state)``: ``hyperparams`` maps every
     numeric argument (float, int given for a non-integer argument, 0-dim tensor) to a 0-dim
     tensor (float64 for numbers, or ``hyperparam_dtype``), and every schedule argument to
-    its value at the current step. Each update rebuilds the inner transform from these
-    values, so ``state.hyperparams["lr"].fill_(1e-4)`` (or assigning a number) between
-    steps changes the learning rate, while a scheduled value is recomputed from ``count``
-    (writing it has no effect). Bools, ``None``, dtypes, transforms, ``int`` values of
-    arguments declared ``int``/``bool`` and the names in ``static_args`` stay as given;
-    other callables are schedules unless named in ``static_args``.
+    its value at the current step; it reads like optax's dict (``hyperparams["lr"]``,
+    ``.items()``) but is a NamedTuple of tensors. Each update rebuilds the inner transform
+    from these values, so ``state.hyperparams["lr"].fill_(1e-4)`` between steps changes the
+    learning rate (functionally: ``state._replace(hyperparams=state.hyperparams._replace(lr=x))``),
+    while a scheduled value is recomputed from ``count`` (writing it has no effect).
+    Bools, ``None``, dtypes, transforms, ``int`` values of arguments declared
+    ``int``/``bool`` and the names in ``static_args`` stay as given; other callables are
+    schedules unless named in ``static_args``.
 
     Under ``gx.Optimizer`` the hyperparameters appear in ``param_groups`` (``lr`` ...), so
     torch LR schedulers drive them.
@@ -169,6 +205,8 @@ def inject_hyperparams(inner_factory: Callable[..., GradientTransformation], sta
             else:
                 other[name] = value
         order = list(signature.parameters)
+        hp_names = [n for n in order if n in numeric or n in schedules]
+        hp_type = _hyperparams_type(hp_names)
 
         def as_state(value: Any) -> torch.Tensor:
             if isinstance(value, torch.Tensor):
@@ -187,8 +225,8 @@ def inject_hyperparams(inner_factory: Callable[..., GradientTransformation], sta
             count = new_count()
             hparams = {**{k: as_state(v) for k, v in numeric.items()},
                        **{k: scheduled(f(count)) for k, f in schedules.items()}}
-            hparams = {n: hparams[n] for n in order if n in hparams}
-            return InjectHyperparamsState(count, hparams, build(hparams).init(params))
+            hparams = {n: hparams[n] for n in hp_names}
+            return InjectHyperparamsState(count, hp_type(**hparams), build(hparams).init(params))
 
         def update(updates, state, params=None, *, inplace=False, **extra_args):
             hparams = {}
@@ -196,13 +234,13 @@ def inject_hyperparams(inner_factory: Callable[..., GradientTransformation], sta
                 if name in schedules:
                     new = scheduled(schedules[name](state.count))
                     value = value.copy_(new) if inplace and isinstance(value, torch.Tensor) else new
-                elif not isinstance(value, torch.Tensor):  # a number written into the dict
+                elif not isinstance(value, torch.Tensor):  # a number put in with hyperparams._replace(name=x)
                     value = torch.tensor(float(value), dtype=dtype)
                 hparams[name] = value
             inner = build(hparams)
             inner_state = _sync_inner_hyperparameters(inner, state.inner_state, updates, inplace)
             updates, inner_state = inner.update(updates, inner_state, params, inplace=inplace, **extra_args)
-            return updates, InjectHyperparamsState(increment(state.count, inplace), hparams, inner_state)
+            return updates, InjectHyperparamsState(increment(state.count, inplace), hp_type(**hparams), inner_state)
 
         shown = ", ".join(f"{k}={v!r}" if not callable(v) else f"{k}={getattr(v, '__name__', 'fn')}"
                           for k, v in bound.arguments.items() if k in kwargs or k in list(order)[:len(args)])
