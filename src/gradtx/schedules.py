@@ -11,8 +11,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ._hparams import check
-
 __all__ = ["constant_schedule", "polynomial_schedule", "linear_schedule", "cosine_decay_schedule",
            "warmup_cosine_decay_schedule", "exponential_decay", "piecewise_constant_schedule", "join_schedules",
            "piecewise_interpolate_schedule", "linear_onecycle_schedule", "cosine_onecycle_schedule",
@@ -27,6 +25,15 @@ def _step(count) -> torch.Tensor:
 
 def _value(x) -> torch.Tensor:
     return torch.as_tensor(x, dtype=torch.float64)
+
+
+def _check_int(name: str, value, low: int | None = None) -> None:
+    """A step count argument: a number of steps (an int; a float such as 1e4 is accepted,
+    as optax does), at least ``low`` if given."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"{name} must be an int (a number of steps), got {value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value!r}")
 
 
 def constant_schedule(value: float) -> Schedule:
@@ -51,9 +58,10 @@ def polynomial_schedule(init_value: float, end_value: float, power: float, trans
 
     Example: ``gx.polynomial_schedule(1.0, 0.01, power=2, transition_steps=100)``.
     """
+    _check_int("transition_steps", transition_steps)
+    _check_int("transition_begin", transition_begin, low=0)
     if transition_steps <= 0:
         return constant_schedule(init_value)
-    check("transition_begin", transition_begin, low=0)
 
     def schedule(count):
         s = torch.clamp(_step(count) - transition_begin, 0.0, float(transition_steps))
@@ -82,8 +90,7 @@ def cosine_decay_schedule(init_value: float, decay_steps: int, alpha: float = 0.
 
     Example: ``gx.cosine_decay_schedule(1e-3, decay_steps=10_000, alpha=0.1)``.
     """
-    if not decay_steps > 0:
-        raise ValueError(f"decay_steps must be > 0, got {decay_steps!r}")
+    _check_int("decay_steps", decay_steps, low=1)
 
     def schedule(count):
         t = torch.clamp(_step(count), max=float(decay_steps))
@@ -103,6 +110,8 @@ def warmup_cosine_decay_schedule(init_value: float, peak_value: float, warmup_st
 
     Example: ``gx.warmup_cosine_decay_schedule(0.0, 1e-3, warmup_steps=100, decay_steps=10_000)``.
     """
+    _check_int("warmup_steps", warmup_steps, low=0)
+    _check_int("decay_steps", decay_steps)
     if not decay_steps > warmup_steps:
         raise ValueError(f"decay_steps must be > warmup_steps (it includes the warmup), got decay_steps="
                          f"{decay_steps!r} and warmup_steps={warmup_steps!r}")
@@ -123,12 +132,13 @@ def exponential_decay(init_value: float, transition_steps: int, decay_rate: floa
 
     Example: ``gx.exponential_decay(1e-2, transition_steps=1000, decay_rate=0.5, staircase=True)``.
     """
+    _check_int("transition_steps", transition_steps)
+    _check_int("transition_begin", transition_begin, low=0)
     if transition_steps <= 0:
         return constant_schedule(init_value)
     if decay_rate == 0:
         raise ValueError("decay_rate must not be 0 (optax falls back to the constant init_value; pass "
                          "transition_steps=0 for that)")
-    check("transition_begin", transition_begin, low=0)
 
     def schedule(count):
         s = _step(count) - transition_begin
@@ -151,6 +161,7 @@ def piecewise_constant_schedule(init_value: float, boundaries_and_scales: dict[i
     """
     items = sorted((boundaries_and_scales or {}).items())
     for boundary, scale_ in items:
+        _check_int("boundaries_and_scales keys", boundary)
         if scale_ < 0:
             raise ValueError(f"boundaries_and_scales scales must be non-negative, got {scale_} at {boundary}")
 
@@ -171,6 +182,8 @@ def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> 
 
     Example: ``gx.join_schedules([gx.linear_schedule(0.0, 1.0, 10), gx.constant_schedule(1.0)], [10])``.
     """
+    for b in boundaries:
+        _check_int("boundaries", b)
     if len(boundaries) != len(schedules) - 1:
         raise ValueError(f"boundaries must hold one step fewer than schedules (len(schedules) - 1 = "
                          f"{len(schedules) - 1}), got {len(boundaries)}")
@@ -201,6 +214,7 @@ def piecewise_interpolate_schedule(interpolate_type: str, init_value: float,
         raise ValueError(f"interpolate_type must be 'linear' or 'cosine', got {interpolate_type!r}")
     items = sorted((boundaries_and_scales or {}).items())
     for boundary, scale_ in items:
+        _check_int("boundaries_and_scales keys", boundary)
         if scale_ < 0:
             raise ValueError(f"boundaries_and_scales scales must be non-negative, got {scale_} at {boundary}")
     bounds = [0] + [boundary for boundary, _ in items]
@@ -238,8 +252,7 @@ def linear_onecycle_schedule(transition_steps: int, peak_value: float, pct_start
 
     Example: ``gx.linear_onecycle_schedule(10_000, peak_value=0.1)``.
     """
-    if transition_steps <= 0:
-        raise ValueError(f"transition_steps must be > 0, got {transition_steps!r}")
+    _check_int("transition_steps", transition_steps, low=1)
     return piecewise_interpolate_schedule(
         "linear", peak_value / div_factor,
         {int(pct_start * transition_steps): div_factor,
@@ -257,8 +270,7 @@ def cosine_onecycle_schedule(transition_steps: int, peak_value: float, pct_start
 
     Example: ``gx.cosine_onecycle_schedule(10_000, peak_value=0.1)``.
     """
-    if transition_steps <= 0:
-        raise ValueError(f"transition_steps must be > 0, got {transition_steps!r}")
+    _check_int("transition_steps", transition_steps, low=1)
     return piecewise_interpolate_schedule(
         "cosine", peak_value / div_factor,
         {int(pct_start * transition_steps): div_factor,
@@ -270,6 +282,7 @@ def warmup_constant_schedule(init_value: float, peak_value: float, warmup_steps:
 
     Example: ``gx.warmup_constant_schedule(0.0, 1e-3, warmup_steps=500)``.
     """
+    _check_int("warmup_steps", warmup_steps, low=0)
     return linear_schedule(init_value, peak_value, warmup_steps)
 
 
@@ -281,6 +294,7 @@ def warmup_exponential_decay_schedule(init_value: float, peak_value: float, warm
 
     Example: ``gx.warmup_exponential_decay_schedule(0.0, 1e-3, 100, 1000, 0.5)``.
     """
+    _check_int("warmup_steps", warmup_steps, low=0)
     return join_schedules(
         [linear_schedule(init_value, peak_value, warmup_steps),
          exponential_decay(peak_value, transition_steps, decay_rate, transition_begin, staircase, end_value)],
@@ -298,7 +312,10 @@ def sgdr_schedule(cosine_kwargs: Sequence[dict]) -> Schedule:
     if not cosine_kwargs:
         raise ValueError("cosine_kwargs must hold at least one dict of warmup_cosine_decay_schedule arguments")
     schedules, boundaries, step = [], [], 0
-    for kwargs in cosine_kwargs:
+    for i, kwargs in enumerate(cosine_kwargs):
+        if not isinstance(kwargs, dict) or "decay_steps" not in kwargs:
+            raise ValueError(f"cosine_kwargs[{i}] must be a dict of warmup_cosine_decay_schedule arguments "
+                             f"with decay_steps, got {kwargs!r}")
         schedules.append(warmup_cosine_decay_schedule(**kwargs))
         step += kwargs["decay_steps"]
         boundaries.append(step)
