@@ -9,7 +9,16 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ._tree import Tree, broadcast_prefix, leaf_names, tree_flatten, tree_leaves, tree_structure, tree_unflatten
+from ._tree import (
+    ParamKey,
+    Tree,
+    broadcast_prefix,
+    leaf_names,
+    tree_flatten,
+    tree_leaves,
+    tree_structure,
+    tree_unflatten,
+)
 from .base import EmptyState, GradientTransformation, describe, transform
 
 __all__ = ["chain", "named_chain", "MaskedNode", "MaskedState", "PartitionState", "masked", "partition",
@@ -141,6 +150,10 @@ def _per_leaf(spec: Any, subject: Tree, params: Tree | None, argument: str, form
     """One mask flag or label per leaf of ``subject`` (updates, or params at init)."""
     named = params if params is not None else subject
     if globs and isinstance(spec, str):
+        if isinstance(named, dict) and any(isinstance(k, ParamKey) and k.name is None for k in named):
+            # a glob against bare indices would silently match nothing
+            raise ValueError(f"{argument} {spec!r} is a glob over parameter names, but the parameters have none: "
+                             "build gx.Optimizer(model.named_parameters(), tx)")
         return [fnmatch.fnmatchcase(name, spec) for name in leaf_names(named)]
     if _is_name_fn(spec):
         return [spec(name, x) for name, x in zip(leaf_names(named), tree_leaves(named))]
