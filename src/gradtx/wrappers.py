@@ -221,11 +221,16 @@ def inject_hyperparams(inner_factory: Callable[..., GradientTransformation], sta
             call = inspect.BoundArguments(signature, {n: merged[n] for n in order if n in merged})
             return inner_factory(*call.args, **call.kwargs)
 
-        def init(params):
-            count = new_count()
+        def initial(count: torch.Tensor) -> dict[str, torch.Tensor]:
             hparams = {**{k: as_state(v) for k, v in numeric.items()},
                        **{k: scheduled(f(count)) for k, f in schedules.items()}}
-            hparams = {n: hparams[n] for n in hp_names}
+            return {n: hparams[n] for n in hp_names}
+
+        build(initial(new_count()))  # bad values raise ValueError now, naming the argument
+
+        def init(params):
+            count = new_count()
+            hparams = initial(count)
             return InjectHyperparamsState(count, hp_type(**hparams), build(hparams).init(params))
 
         def update(updates, state, params=None, *, inplace=False, **extra_args):
@@ -371,7 +376,7 @@ def multi_steps(opt: GradientTransformation, every_k_schedule: int | Callable[[t
 
 
 class ApplyEveryState(NamedTuple):
-    count: torch.Tensor  # int32, steps taken
+    count: torch.Tensor  # int32, steps taken modulo k (as optax)
     grad_acc: Tree  # sum of the updates since the last emitted step
 
 
@@ -406,7 +411,7 @@ def apply_every(k: int = 1) -> GradientTransformation:
             out = F.copy_(us, accs) if inplace else [a.to(u.dtype, copy=True) for a, u in zip(accs, us)]
         else:
             out = _zeros_out(us, inplace)
-        return tree_unflatten(out, treedef), ApplyEveryState(increment(state.count, inplace),
+        return tree_unflatten(out, treedef), ApplyEveryState(_set_count(state.count, (c + 1) % k, inplace),
                                                              tree_unflatten(accs, treedef))
 
     return GradientTransformation(init, update)
