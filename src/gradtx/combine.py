@@ -99,10 +99,14 @@ class MaskedNode(NamedTuple):
 
 
 class MaskedState(NamedTuple):
+    """State of :func:`masked`: the inner transform's state over the masked leaves."""
+
     inner_state: Any  # the inner transform's state over the masked leaves only
 
 
 class PartitionState(NamedTuple):
+    """State of :func:`partition`: ``{label: MaskedState}``, one per transform."""
+
     inner_states: dict  # label -> MaskedState of that label's transform
 
 

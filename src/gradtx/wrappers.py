@@ -48,6 +48,8 @@ def _set_count(count: torch.Tensor, value: int, inplace: bool) -> torch.Tensor:
 
 
 class InjectHyperparamsState(NamedTuple):
+    """State of :func:`inject_hyperparams`: step count, hyperparameter tensors, inner state."""
+
     count: torch.Tensor  # int32, steps taken; schedules are evaluated at it
     hyperparams: Any  # name -> 0-dim tensor: the values used at the last step (write to change them)
     inner_state: Any
@@ -260,6 +262,8 @@ def inject_hyperparams(inner_factory: Callable[..., GradientTransformation], sta
 
 
 class MultiStepsState(NamedTuple):
+    """State of :func:`multi_steps`: mini-step and gradient-step counters, inner state, accumulator."""
+
     mini_step: torch.Tensor  # int32, mini-steps accumulated in the current gradient step
     gradient_step: torch.Tensor  # int32, inner steps taken
     inner_opt_state: Any
@@ -269,7 +273,10 @@ class MultiStepsState(NamedTuple):
 
 def skip_not_finite(updates: Tree, gradient_step: torch.Tensor, params: Tree | None):
     """``should_skip_update_fn`` for :func:`multi_steps`: skip mini-steps whose updates hold
-    an inf or NaN. Returns ``(skip, {"should_skip", "num_not_finite"})``."""
+    an inf or NaN. Returns ``(skip, {"should_skip", "num_not_finite"})``.
+
+    Example: ``gx.multi_steps(gx.adam(1e-3), 4, should_skip_update_fn=gx.skip_not_finite)``.
+    """
     del gradient_step, params
     leaves = [u for u in tree_leaves(updates) if isinstance(u, torch.Tensor)]
     count = sum((torch.count_nonzero(~torch.isfinite(u)).cpu() for u in leaves), torch.zeros((), dtype=torch.int64))
@@ -280,7 +287,11 @@ def skip_not_finite(updates: Tree, gradient_step: torch.Tensor, params: Tree | N
 def skip_large_updates(updates: Tree, gradient_step: torch.Tensor, params: Tree | None, max_squared_norm: float):
     """``should_skip_update_fn`` for :func:`multi_steps` (bind ``max_squared_norm`` with
     ``functools.partial``): skip when ``||u||^2`` is not below it (NaN included).
-    Returns ``(skip, {"should_skip", "norm_squared"})``."""
+    Returns ``(skip, {"should_skip", "norm_squared"})``.
+
+    Example: ``gx.multi_steps(tx, 4, should_skip_update_fn=functools.partial(gx.skip_large_updates,
+    max_squared_norm=1e6))``.
+    """
     del gradient_step, params
     norm_sq = tree_l2_norm(updates, squared=True).cpu()
     skip = torch.logical_not(norm_sq < max_squared_norm)
@@ -376,6 +387,8 @@ def multi_steps(opt: GradientTransformation, every_k_schedule: int | Callable[[t
 
 
 class ApplyEveryState(NamedTuple):
+    """State of :func:`apply_every`: step count modulo ``k`` and the running sum."""
+
     count: torch.Tensor  # int32, steps taken modulo k (as optax)
     grad_acc: Tree  # sum of the updates since the last emitted step
 
@@ -421,6 +434,8 @@ def apply_every(k: int = 1) -> GradientTransformation:
 
 
 class ApplyIfFiniteState(NamedTuple):
+    """State of :func:`apply_if_finite`: non-finite step counters and the inner state."""
+
     notfinite_count: torch.Tensor  # int32, consecutive steps with an inf or NaN update (0 after a finite one)
     last_finite: torch.Tensor  # bool, whether the last step's updates were finite
     total_notfinite: torch.Tensor  # int32, steps with an inf or NaN update since init
@@ -472,6 +487,8 @@ def apply_if_finite(inner: GradientTransformation, max_consecutive_errors: int) 
 
 
 class ConditionallyTransformState(NamedTuple):
+    """State of :func:`conditionally_transform`: the inner state and the step count."""
+
     inner_state: Any
     step: torch.Tensor  # int32, calls to update so far
 
@@ -508,6 +525,8 @@ def conditionally_transform(inner: GradientTransformation, should_transform_fn: 
 
 
 class LookaheadState(NamedTuple):
+    """State of :func:`lookahead`: fast optimizer state, sync counter, slow step size, slow weights."""
+
     fast_state: Any  # the fast optimizer's state
     steps_since_sync: torch.Tensor  # int32, fast steps since the last synchronisation
     slow_step_size: torch.Tensor  # 0-dim; exposed by the adapter as param_groups[i]['slow_step_size']
