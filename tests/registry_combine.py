@@ -9,8 +9,9 @@ learning rate (see test_combine.py for partitions with different ones).
 
 from __future__ import annotations
 
-import gradtx as gx
 from registry import Entry
+
+import gradtx as gx
 
 
 def _adam(lr=0.05):

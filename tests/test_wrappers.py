@@ -354,3 +354,38 @@ def test_repr_of_wrappers():
     assert text.startswith("multi_steps(opt=adam(lr=0.001) = chain(") and text.endswith("every_k_schedule=4)")
     assert repr(gx.inject_hyperparams(gx.adam)(lr=1e-3, b1=0.8)) == "inject_hyperparams(adam)(lr=0.001, b1=0.8)"
     assert "slow_step_size=0.5" in repr(gx.lookahead(gx.sgd(0.1), sync_period=5, slow_step_size=0.5))
+
+
+@pytest.mark.parametrize("build", [lambda: gx.inject_hyperparams(gx.adam)(lr=0.05, b1=0.8),
+                                   lambda: gx.multi_steps(gx.adam(0.05), 3),
+                                   lambda: gx.lookahead(gx.adam(0.05), sync_period=4, slow_step_size=0.5)],
+                         ids=["inject_hyperparams", "multi_steps", "lookahead"])
+def test_checkpoint_resume_through_the_adapter(build, tmp_path):
+    """A wrapper's state_dict round-trips with weights_only=True and resumes bit for bit."""
+    gen = torch.Generator().manual_seed(2)
+    batches = [torch.randn(8, 4, generator=gen, dtype=torch.float64) for _ in range(10)]
+
+    def model():
+        torch.manual_seed(4)
+        return torch.nn.Linear(4, 2).double()
+
+    def train(m, opt, xs):
+        for x in xs:
+            opt.zero_grad()
+            (m(x) ** 2).mean().backward()
+            opt.step()
+
+    straight = model()
+    train(straight, gx.Optimizer(straight.parameters(), build()), batches)
+    first = model()
+    opt = gx.Optimizer(first.parameters(), build())
+    train(first, opt, batches[:5])
+    torch.save({"model": first.state_dict(), "opt": opt.state_dict()}, tmp_path / "ckpt.pt")
+    saved = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    resumed = torch.nn.Linear(4, 2).double()
+    resumed.load_state_dict(saved["model"])
+    opt = gx.Optimizer(resumed.parameters(), build())
+    opt.load_state_dict(saved["opt"])
+    train(resumed, opt, batches[5:])
+    for p, q in zip(resumed.parameters(), straight.parameters()):
+        assert torch.equal(p, q)
