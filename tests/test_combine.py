@@ -333,3 +333,17 @@ def test_partition_with_different_learning_rates_through_the_adapter():
     _train(reference, Both(), steps=10)
     for p, q in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
+
+
+def test_mask_tree_keyed_by_parameter_index_through_the_adapter():
+    """Under gx.Optimizer the params are {index: tensor}: a dict keyed by index is a mask tree,
+    and it still fits a step where some parameters have no gradient."""
+    model = _model()
+    model[0].bias.requires_grad_(False)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = gx.Optimizer(model.parameters(), gx.chain(gx.sgd(0.1), gx.freeze({0: True, 1: False, 2: True, 3: False})))
+    _train(model, opt, steps=3)
+    after = dict(model.named_parameters())
+    assert torch.equal(after["0.weight"], before["0.weight"]) and torch.equal(after["2.weight"], before["2.weight"])
+    assert torch.equal(after["0.bias"], before["0.bias"])  # no gradient
+    assert not torch.equal(after["2.bias"], before["2.bias"])
