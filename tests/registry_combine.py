@@ -4,13 +4,15 @@ The property suite hands the same transform ``{"w", "b", "s"}`` functionally and
 by parameter index through the adapter, so masks and labels here are callables of the params
 or predicates on ``(name, tensor)``, which fit both. Under gx.Optimizer every state field named
 ``lr`` follows ``param_groups[i]["lr"]``, so the transforms of one partition here share a
-learning rate (see test_combine.py for partitions with different ones).
+learning rate (a partition with different ones is a known adapter limitation: strict xfail in
+test_combine.py).
 """
 
 from __future__ import annotations
 
-import gradtx as gx
 from registry import Entry
+
+import gradtx as gx
 
 
 def _adam(lr=0.05):

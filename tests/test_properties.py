@@ -180,3 +180,80 @@ def test_works_through_the_adapter(entry):
         opt.step()
         for k, p in leaves.items():
             torch.testing.assert_close(p.detach(), params[k], rtol=1e-12, atol=1e-14)
+
+
+def _injectable(factory) -> bool:
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return not any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters)
+
+
+def _with_injected_hyperparams(tx) -> tuple[gx.GradientTransformation, int]:
+    """``tx`` rebuilt with its hyperparameters injected, and how many parts were rebuilt.
+
+    The rule: a transform built by a public ``@transform`` constructor (it carries ``name``
+    and ``args``, and ``gx.<name>`` takes no ``*args``/``**kwargs``) is rebuilt as
+    ``gx.inject_hyperparams(gx.<name>, static_args=...)(**args)``, its callable arguments
+    (masks, labels, schedules, predicates) static, so only numbers and 0-dim tensors become
+    state; a plain chain (``parts`` but no ``name``) is rebuilt part by part; anything else
+    (``stateless``, hand-written pairs) is kept as is.
+    """
+    name, args = getattr(tx, "name", None), getattr(tx, "args", None)
+    factory = getattr(gx, name, None) if name else None
+    if factory is not None and args is not None and _injectable(factory):
+        static = [k for k, v in args.items() if callable(v) and not isinstance(v, torch.Tensor)]
+        return gx.inject_hyperparams(factory, static_args=static)(**args), 1
+    parts = getattr(tx, "parts", None)
+    if parts is not None and name is None:
+        rebuilt = [_with_injected_hyperparams(part) for part in parts]
+        return gx.chain(*(part for part, _ in rebuilt)), sum(n for _, n in rebuilt)
+    return tx, 0
+
+
+INJECT_SKIP = {"inject_hyperparams": "already an inject_hyperparams transform, whose factory is not a public name "
+                                    "(tested against the plain transform in test_wrappers.py)"}
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
+def test_inject_hyperparams_gives_the_same_numbers(entry):
+    """Wrapping an entry's parts in inject_hyperparams (rule in _with_injected_hyperparams)
+    leaves its updates unchanged over a few steps, float64."""
+    if entry.name in INJECT_SKIP:
+        pytest.skip(INJECT_SKIP[entry.name])
+    tx = entry.build()
+    injected, rebuilt = _with_injected_hyperparams(tx)
+    assert rebuilt > 0, "nothing in this entry was built by a public @transform constructor"
+    params = _params(torch.float64)
+    state, injected_state = tx.init(params), injected.init(params)
+    p1 = p2 = params
+    for step in range(4):
+        grads = _grads(p1, seed=step)
+        u1, state = tx.update(grads, state, p1, **_extra(entry, p1))
+        u2, injected_state = injected.update({k: g.clone() for k, g in grads.items()}, injected_state, p2,
+                                             **_extra(entry, p2))
+        for k in params:
+            torch.testing.assert_close(u2[k], u1[k], rtol=1e-12, atol=1e-14)
+        p1, p2 = gx.apply_updates(p1, u1), gx.apply_updates(p2, u2)
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
+def test_multi_steps_zero_then_inner_on_mean(entry):
+    """multi_steps(tx, 3): zero updates on mini-steps 1 and 2, then tx's first update on the
+    mean of the three gradients."""
+    k = 3
+    tx = gx.multi_steps(entry.build(), every_k_schedule=k)
+    params = _params(torch.float64)
+    state = tx.init(params)
+    grads = [_grads(params, seed=i) for i in range(k)]
+    for i, g in enumerate(grads):
+        updates, state = tx.update(g, state, params, **_extra(entry, params))
+        if i < k - 1:
+            for key, u in updates.items():
+                assert torch.count_nonzero(u) == 0, f"mini-step {i + 1} of {k} updated {key}"
+    inner = entry.build()
+    mean = {key: sum(g[key] for g in grads) / k for key in params}
+    want, _ = inner.update(mean, inner.init(params), params, **_extra(entry, params))
+    for key in params:
+        torch.testing.assert_close(updates[key], want[key], rtol=1e-12, atol=1e-14)

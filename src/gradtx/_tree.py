@@ -7,6 +7,8 @@ NamedTuples). ``None`` is a leaf there; gradtx treats a ``None`` leaf in an upda
 
 from __future__ import annotations
 
+import fnmatch
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -261,3 +263,79 @@ def broadcast_prefix(prefix: Tree, tree: Tree) -> list[Any] | None:
         return False
 
     return out if visit(prefix, tree) else None
+
+
+# --- masks and labels in every accepted form (used by masked, partition, freeze and any
+# transform taking a mask) ----------------------------------------------------------------
+
+MASK_FORMS = ("a bool, a tree of bools with the structure of params (or a prefix of it), a callable "
+              "params -> such a tree, a predicate (name, tensor) -> bool, or a glob string matched against "
+              "parameter names such as '*.bias'")
+LABEL_FORMS = ("a label, a tree of labels with the structure of params (or a prefix of it), a callable "
+               "params -> such a tree, or a function (name, tensor) -> label")
+
+
+def _required_positionals(fn: Callable) -> int | None:
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    count = 0
+    for p in signature.parameters.values():
+        if p.kind is inspect.Parameter.VAR_POSITIONAL:
+            return None
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) \
+                and p.default is inspect.Parameter.empty:
+            count += 1
+    return count
+
+
+def is_spec_callable(spec: Any) -> bool:
+    return callable(spec) and not isinstance(spec, torch.Tensor)
+
+
+def _is_name_fn(spec: Any) -> bool:
+    # A callable of two required arguments is a per-parameter (name, tensor) function;
+    # one of a single argument maps the whole params tree (optax's form).
+    return is_spec_callable(spec) and _required_positionals(spec) == 2
+
+
+def as_mask_flag(value: Any, argument: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, torch.Tensor) and value.dtype == torch.bool and value.numel() == 1:
+        return bool(value)
+    raise ValueError(f"{argument} must be {MASK_FORMS}; found a leaf {value!r}")
+
+
+def per_leaf_spec(spec: Any, subject: Tree, params: Tree | None, argument: str, forms: str, globs: bool) -> list:
+    """One mask flag or label per leaf of ``subject`` (updates, or params at init)."""
+    named = params if params is not None else subject
+    if globs and isinstance(spec, str):
+        if isinstance(named, dict) and any(isinstance(k, ParamKey) and k.name is None for k in named):
+            # a glob against bare indices would silently match nothing
+            raise ValueError(f"{argument} {spec!r} is a glob over parameter names, but the parameters have none: "
+                             "build gx.Optimizer(model.named_parameters(), tx)")
+        return [fnmatch.fnmatchcase(name, spec) for name in leaf_names(named)]
+    if _is_name_fn(spec):
+        return [spec(name, x) for name, x in zip(leaf_names(named), tree_leaves(named))]
+    tree = spec(subject) if is_spec_callable(spec) else spec
+    flat = broadcast_prefix(tree, subject)
+    if flat is None:
+        hint = ("; with gx.Optimizer the params are a dict keyed by parameter index, so prefer a callable, "
+                "a (name, tensor) function" + (", a glob" if globs else "") + " or a dict keyed by index")
+        raise ValueError(f"{argument} must be {forms}; got {tree!r}, which does not fit params of structure "
+                         f"{tree_structure(subject)}{hint}")
+    return flat
+
+
+def mask_flags(mask: Any, subject: Tree, params: Tree | None = None, argument: str = "mask") -> list[bool]:
+    """One bool per leaf of ``subject`` (the updates, or the params at ``init``) from a mask
+    in any form gradtx accepts (``MASK_FORMS``; ``None`` means every leaf). Names for
+    globs and ``(name, tensor)`` predicates are :func:`leaf_names` of ``params`` (of
+    ``subject`` when ``params`` is None): ``named_parameters()`` names under gx.Optimizer.
+    Raises ``ValueError`` naming ``argument``. For any transform that takes a mask, e.g.
+    ``flags = mask_flags(mask, updates, params)``."""
+    if mask is None:
+        return [True] * len(tree_leaves(subject))
+    return [as_mask_flag(v, argument) for v in per_leaf_spec(mask, subject, params, argument, MASK_FORMS, globs=True)]

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-import fnmatch
-import inspect
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 
-from ._tree import Tree, broadcast_prefix, leaf_names, tree_flatten, tree_leaves, tree_structure, tree_unflatten
+from ._tree import (
+    LABEL_FORMS,
+    MASK_FORMS,
+    Tree,
+    as_mask_flag,
+    is_spec_callable,
+    mask_flags,
+    per_leaf_spec,
+    tree_flatten,
+    tree_leaves,
+    tree_structure,
+    tree_unflatten,
+)
 from .base import EmptyState, GradientTransformation, describe, transform
 
 __all__ = ["chain", "named_chain", "MaskedNode", "MaskedState", "PartitionState", "masked", "partition",
@@ -90,81 +99,24 @@ class MaskedNode(NamedTuple):
 
 
 class MaskedState(NamedTuple):
+    """State of :func:`masked`: the inner transform's state over the masked leaves."""
+
     inner_state: Any  # the inner transform's state over the masked leaves only
 
 
 class PartitionState(NamedTuple):
+    """State of :func:`partition`: ``{label: MaskedState}``, one per transform."""
+
     inner_states: dict  # label -> MaskedState of that label's transform
 
 
-_MASK_FORMS = ("a bool, a tree of bools with the structure of params (or a prefix of it), a callable "
-               "params -> such a tree, a predicate (name, tensor) -> bool, or a glob string matched against "
-               "parameter names such as '*.bias'")
-_LABEL_FORMS = ("a label, a tree of labels with the structure of params (or a prefix of it), a callable "
-                "params -> such a tree, or a function (name, tensor) -> label")
-
-
-def _required_positionals(fn: Callable) -> int | None:
-    try:
-        signature = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return None
-    count = 0
-    for p in signature.parameters.values():
-        if p.kind is inspect.Parameter.VAR_POSITIONAL:
-            return None
-        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) \
-                and p.default is inspect.Parameter.empty:
-            count += 1
-    return count
-
-
-def _is_callable(spec: Any) -> bool:
-    return callable(spec) and not isinstance(spec, torch.Tensor)
-
-
-def _is_name_fn(spec: Any) -> bool:
-    # A callable of two required arguments is a per-parameter (name, tensor) function;
-    # one of a single argument maps the whole params tree (optax's form).
-    return _is_callable(spec) and _required_positionals(spec) == 2
-
-
-def _as_flag(value: Any, argument: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, torch.Tensor) and value.dtype == torch.bool and value.numel() == 1:
-        return bool(value)
-    raise ValueError(f"{argument} must be {_MASK_FORMS}; found a leaf {value!r}")
-
-
-def _per_leaf(spec: Any, subject: Tree, params: Tree | None, argument: str, forms: str, globs: bool) -> list:
-    """One mask flag or label per leaf of ``subject`` (updates, or params at init)."""
-    named = params if params is not None else subject
-    if globs and isinstance(spec, str):
-        return [fnmatch.fnmatchcase(name, spec) for name in leaf_names(named)]
-    if _is_name_fn(spec):
-        return [spec(name, x) for name, x in zip(leaf_names(named), tree_leaves(named))]
-    tree = spec(subject) if _is_callable(spec) else spec
-    flat = broadcast_prefix(tree, subject)
-    if flat is None:
-        hint = ("; with gx.Optimizer the params are a dict keyed by parameter index, so prefer a callable, "
-                "a (name, tensor) function" + (", a glob" if globs else "") + " or a dict keyed by index")
-        raise ValueError(f"{argument} must be {forms}; got {tree!r}, which does not fit params of structure "
-                         f"{tree_structure(subject)}{hint}")
-    return flat
-
-
-def _mask_flags(mask: Any, subject: Tree, params: Tree | None) -> list[bool]:
-    return [_as_flag(v, "mask") for v in _per_leaf(mask, subject, params, "mask", _MASK_FORMS, globs=True)]
-
-
 def _check_mask(mask: Any, argument: str = "mask") -> None:
-    if isinstance(mask, str) or _is_callable(mask):
+    if isinstance(mask, str) or is_spec_callable(mask):
         return
     if isinstance(mask, torch.Tensor) and not (mask.dtype == torch.bool and mask.numel() == 1):
-        raise ValueError(f"{argument} must be {_MASK_FORMS}; got a tensor of dtype {mask.dtype}")
+        raise ValueError(f"{argument} must be {MASK_FORMS}; got a tensor of dtype {mask.dtype}")
     for leaf in tree_leaves(mask):
-        _as_flag(leaf, argument)
+        as_mask_flag(leaf, argument)
 
 
 def _hide(tree: Tree, flags: list[bool]) -> Tree:
@@ -214,10 +166,10 @@ def masked(inner: GradientTransformation, mask: Any, *, mask_compatible_extra_ar
     _check_mask(mask)
 
     def init(params):
-        return MaskedState(inner_state=inner.init(_hide(params, _mask_flags(mask, params, params))))
+        return MaskedState(inner_state=inner.init(_hide(params, mask_flags(mask, params, params))))
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
-        flags = _mask_flags(mask, updates, params)
+        flags = mask_flags(mask, updates, params)
         updates, inner_state = _masked_update(inner, flags, updates, state.inner_state, params, inplace, extra_args,
                                               mask_compatible_extra_args)
         return updates, MaskedState(inner_state=inner_state)
@@ -234,14 +186,14 @@ def _check_labels(transforms: Any, param_labels: Any) -> None:
             raise ValueError(f"transforms labels must be strings, got {label!r}")
         if not isinstance(tx, GradientTransformation):
             raise ValueError(f"transforms[{label!r}] must be a GradientTransformation, got {type(tx).__name__}")
-    if not _is_callable(param_labels):
+    if not is_spec_callable(param_labels):
         _check_known(tree_leaves(param_labels), transforms)
 
 
 def _check_known(labels: list, transforms: dict) -> None:
     unknown = sorted({repr(label) for label in labels if not isinstance(label, str) or label not in transforms})
     if unknown:
-        raise ValueError(f"param_labels must be {_LABEL_FORMS}, each label a key of transforms "
+        raise ValueError(f"param_labels must be {LABEL_FORMS}, each label a key of transforms "
                          f"{sorted(transforms)}; found unknown labels {', '.join(unknown)}")
 
 
@@ -259,6 +211,11 @@ def partition(transforms: dict[str, GradientTransformation], param_labels: Any, 
     a callable ``params -> tree`` (called with the updates at ``update``, as optax), or a
     function ``(name, tensor) -> label`` of two arguments (names as in :func:`masked`).
 
+    Known limitation under ``gx.Optimizer``: the adapter writes ``param_groups[i]["lr"]``
+    (and every other exposed hyperparameter) into every state field of that name, so the
+    transforms of a partition then share one value per name; for different learning rates
+    per set of parameters use torch param groups, or ``gx.scale`` for a fixed factor.
+
     Example::
 
         tx = gx.partition({"adam": gx.adam(1e-3), "sgd": gx.sgd(1e-2)},
@@ -268,7 +225,7 @@ def partition(transforms: dict[str, GradientTransformation], param_labels: Any, 
     items = tuple(transforms.items())
 
     def labels_of(subject, params):
-        labels = _per_leaf(param_labels, subject, params, "param_labels", _LABEL_FORMS, globs=False)
+        labels = per_leaf_spec(param_labels, subject, params, "param_labels", LABEL_FORMS, globs=False)
         _check_known(labels, transforms)
         return labels
 

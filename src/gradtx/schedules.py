@@ -11,8 +11,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ._hparams import check
-
 __all__ = ["constant_schedule", "polynomial_schedule", "linear_schedule", "cosine_decay_schedule",
            "warmup_cosine_decay_schedule", "exponential_decay", "piecewise_constant_schedule", "join_schedules",
            "piecewise_interpolate_schedule", "linear_onecycle_schedule", "cosine_onecycle_schedule",
@@ -29,8 +27,20 @@ def _value(x) -> torch.Tensor:
     return torch.as_tensor(x, dtype=torch.float64)
 
 
+def _check_int(name: str, value, low: int | None = None) -> None:
+    """A step count argument: a number of steps (an int; a float such as 1e4 is accepted,
+    as optax does), at least ``low`` if given."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"{name} must be an int (a number of steps), got {value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value!r}")
+
+
 def constant_schedule(value: float) -> Schedule:
-    """``f(t) = value``."""
+    """``f(t) = value``.
+
+    Example: ``gx.scale_by_lr(gx.constant_schedule(1e-3))``.
+    """
 
     def schedule(count):
         return _value(value).expand(torch.as_tensor(count).shape).clone()
@@ -43,11 +53,15 @@ def polynomial_schedule(init_value: float, end_value: float, power: float, trans
     """``f(t) = (init - end) * (1 - s / transition_steps)^power + end`` with
     ``s = clip(t - transition_begin, 0, transition_steps)``.
 
-    A non-positive ``transition_steps`` gives the constant ``init_value`` (as optax).
+    A non-positive ``transition_steps`` gives the constant ``init_value`` (as optax); a
+    negative ``transition_begin`` raises ``ValueError`` (optax treats it as 0).
+
+    Example: ``gx.polynomial_schedule(1.0, 0.01, power=2, transition_steps=100)``.
     """
+    _check_int("transition_steps", transition_steps)
+    _check_int("transition_begin", transition_begin, low=0)
     if transition_steps <= 0:
         return constant_schedule(init_value)
-    check("transition_begin", transition_begin, low=0)
 
     def schedule(count):
         s = torch.clamp(_step(count) - transition_begin, 0.0, float(transition_steps))
@@ -60,16 +74,23 @@ def polynomial_schedule(init_value: float, end_value: float, power: float, trans
 def linear_schedule(init_value: float, end_value: float, transition_steps: int,
                     transition_begin: int = 0) -> Schedule:
     """Linear ramp from ``init_value`` to ``end_value`` over ``transition_steps`` steps,
-    starting at ``transition_begin``; constant outside."""
+    starting at ``transition_begin``; constant outside:
+    ``f(t) = init + (end - init) * clip(t - transition_begin, 0, transition_steps) / transition_steps``.
+
+    Example: ``gx.adam(gx.linear_schedule(0.0, 1e-3, transition_steps=1000))``.
+    """
     return polynomial_schedule(init_value, end_value, 1, transition_steps, transition_begin)
 
 
 def cosine_decay_schedule(init_value: float, decay_steps: int, alpha: float = 0.0,
                           exponent: float = 1.0) -> Schedule:
     """``f(t) = init * ((1 - alpha) * c^exponent + alpha)``,
-    ``c = (1 + cos(pi * min(t, decay_steps) / decay_steps)) / 2`` (Loshchilov & Hutter, 2017)."""
-    if not decay_steps > 0:
-        raise ValueError(f"decay_steps must be > 0, got {decay_steps!r}")
+    ``c = (1 + cos(pi * min(t, decay_steps) / decay_steps)) / 2`` (Loshchilov & Hutter, 2017).
+    ``decay_steps`` must be > 0.
+
+    Example: ``gx.cosine_decay_schedule(1e-3, decay_steps=10_000, alpha=0.1)``.
+    """
+    _check_int("decay_steps", decay_steps, low=1)
 
     def schedule(count):
         t = torch.clamp(_step(count), max=float(decay_steps))
@@ -82,11 +103,22 @@ def cosine_decay_schedule(init_value: float, decay_steps: int, alpha: float = 0.
 def warmup_cosine_decay_schedule(init_value: float, peak_value: float, warmup_steps: int, decay_steps: int,
                                  end_value: float = 0.0, exponent: float = 1.0) -> Schedule:
     """Linear warmup from ``init_value`` to ``peak_value`` over ``warmup_steps``, then cosine
-    decay to ``end_value`` reached at step ``decay_steps`` (which includes the warmup)."""
+    decay to ``end_value`` reached at step ``decay_steps`` (which includes the warmup):
+    :func:`join_schedules` of ``linear_schedule(init, peak, warmup_steps)`` and
+    ``cosine_decay_schedule(peak, decay_steps - warmup_steps, alpha=end_value / peak_value)``
+    at ``warmup_steps``. ``decay_steps`` must exceed ``warmup_steps``.
+
+    Example: ``gx.warmup_cosine_decay_schedule(0.0, 1e-3, warmup_steps=100, decay_steps=10_000)``.
+    """
+    _check_int("warmup_steps", warmup_steps, low=0)
+    _check_int("decay_steps", decay_steps)
+    if not decay_steps > warmup_steps:
+        raise ValueError(f"decay_steps must be > warmup_steps (it includes the warmup), got decay_steps="
+                         f"{decay_steps!r} and warmup_steps={warmup_steps!r}")
     alpha = 0.0 if peak_value == 0 else end_value / peak_value
     return join_schedules(
         [linear_schedule(init_value, peak_value, warmup_steps),
-         cosine_decay_schedule(peak_value, max(decay_steps - warmup_steps, 1), alpha, exponent)],
+         cosine_decay_schedule(peak_value, decay_steps - warmup_steps, alpha, exponent)],
         [warmup_steps])
 
 
@@ -94,12 +126,19 @@ def exponential_decay(init_value: float, transition_steps: int, decay_rate: floa
                       staircase: bool = False, end_value: float | None = None) -> Schedule:
     """``f(t) = init * decay_rate^(s / transition_steps)``, ``s = t - transition_begin``
     (the exponent floored when ``staircase``); ``init`` for ``s <= 0``; bounded by
-    ``end_value`` (below when decaying, above when growing) if given."""
+    ``end_value`` (below when decaying, above when growing) if given. A non-positive
+    ``transition_steps`` gives the constant ``init_value`` (as optax); ``decay_rate = 0`` or
+    a negative ``transition_begin`` raise ``ValueError``.
+
+    Example: ``gx.exponential_decay(1e-2, transition_steps=1000, decay_rate=0.5, staircase=True)``.
+    """
+    _check_int("transition_steps", transition_steps)
+    _check_int("transition_begin", transition_begin, low=0)
     if transition_steps <= 0:
         return constant_schedule(init_value)
     if decay_rate == 0:
-        raise ValueError("decay_rate must not be 0")
-    check("transition_begin", transition_begin, low=0)
+        raise ValueError("decay_rate must not be 0 (optax falls back to the constant init_value; pass "
+                         "transition_steps=0 for that)")
 
     def schedule(count):
         s = _step(count) - transition_begin
@@ -116,9 +155,13 @@ def exponential_decay(init_value: float, transition_steps: int, decay_rate: floa
 
 def piecewise_constant_schedule(init_value: float, boundaries_and_scales: dict[int, float] | None = None
                                 ) -> Schedule:
-    """``f(t) = init * prod(scale_b for boundary b <= t)``."""
+    """``f(t) = init * prod(scale_b for boundary b <= t)``; scales must be non-negative.
+
+    Example: ``gx.piecewise_constant_schedule(0.1, {1000: 0.1, 2000: 0.1})`` (0.1, 0.01, 0.001).
+    """
     items = sorted((boundaries_and_scales or {}).items())
     for boundary, scale_ in items:
+        _check_int("boundaries_and_scales keys", boundary)
         if scale_ < 0:
             raise ValueError(f"boundaries_and_scales scales must be non-negative, got {scale_} at {boundary}")
 
@@ -134,10 +177,16 @@ def piecewise_constant_schedule(init_value: float, boundaries_and_scales: dict[i
 
 def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
     """Run ``schedules[i]`` from ``boundaries[i-1]`` on, each seeing steps counted from its
-    own start: ``f(t) = schedules[i](t - boundaries[i-1])``."""
+    own start: ``f(t) = schedules[i](t - boundaries[i-1])`` for
+    ``boundaries[i-1] <= t < boundaries[i]``; ``len(boundaries) == len(schedules) - 1``.
+
+    Example: ``gx.join_schedules([gx.linear_schedule(0.0, 1.0, 10), gx.constant_schedule(1.0)], [10])``.
+    """
+    for b in boundaries:
+        _check_int("boundaries", b)
     if len(boundaries) != len(schedules) - 1:
-        raise ValueError(f"join_schedules needs len(boundaries) == len(schedules) - 1, "
-                         f"got {len(boundaries)} and {len(schedules)}")
+        raise ValueError(f"boundaries must hold one step fewer than schedules (len(schedules) - 1 = "
+                         f"{len(schedules) - 1}), got {len(boundaries)}")
 
     def schedule(count):
         t = torch.as_tensor(count)
@@ -165,6 +214,7 @@ def piecewise_interpolate_schedule(interpolate_type: str, init_value: float,
         raise ValueError(f"interpolate_type must be 'linear' or 'cosine', got {interpolate_type!r}")
     items = sorted((boundaries_and_scales or {}).items())
     for boundary, scale_ in items:
+        _check_int("boundaries_and_scales keys", boundary)
         if scale_ < 0:
             raise ValueError(f"boundaries_and_scales scales must be non-negative, got {scale_} at {boundary}")
     bounds = [0] + [boundary for boundary, _ in items]
@@ -202,8 +252,7 @@ def linear_onecycle_schedule(transition_steps: int, peak_value: float, pct_start
 
     Example: ``gx.linear_onecycle_schedule(10_000, peak_value=0.1)``.
     """
-    if transition_steps <= 0:
-        raise ValueError(f"transition_steps must be > 0, got {transition_steps!r}")
+    _check_int("transition_steps", transition_steps, low=1)
     return piecewise_interpolate_schedule(
         "linear", peak_value / div_factor,
         {int(pct_start * transition_steps): div_factor,
@@ -221,8 +270,7 @@ def cosine_onecycle_schedule(transition_steps: int, peak_value: float, pct_start
 
     Example: ``gx.cosine_onecycle_schedule(10_000, peak_value=0.1)``.
     """
-    if transition_steps <= 0:
-        raise ValueError(f"transition_steps must be > 0, got {transition_steps!r}")
+    _check_int("transition_steps", transition_steps, low=1)
     return piecewise_interpolate_schedule(
         "cosine", peak_value / div_factor,
         {int(pct_start * transition_steps): div_factor,
@@ -234,6 +282,7 @@ def warmup_constant_schedule(init_value: float, peak_value: float, warmup_steps:
 
     Example: ``gx.warmup_constant_schedule(0.0, 1e-3, warmup_steps=500)``.
     """
+    _check_int("warmup_steps", warmup_steps, low=0)
     return linear_schedule(init_value, peak_value, warmup_steps)
 
 
@@ -245,6 +294,7 @@ def warmup_exponential_decay_schedule(init_value: float, peak_value: float, warm
 
     Example: ``gx.warmup_exponential_decay_schedule(0.0, 1e-3, 100, 1000, 0.5)``.
     """
+    _check_int("warmup_steps", warmup_steps, low=0)
     return join_schedules(
         [linear_schedule(init_value, peak_value, warmup_steps),
          exponential_decay(peak_value, transition_steps, decay_rate, transition_begin, staircase, end_value)],
@@ -262,7 +312,10 @@ def sgdr_schedule(cosine_kwargs: Sequence[dict]) -> Schedule:
     if not cosine_kwargs:
         raise ValueError("cosine_kwargs must hold at least one dict of warmup_cosine_decay_schedule arguments")
     schedules, boundaries, step = [], [], 0
-    for kwargs in cosine_kwargs:
+    for i, kwargs in enumerate(cosine_kwargs):
+        if not isinstance(kwargs, dict) or "decay_steps" not in kwargs:
+            raise ValueError(f"cosine_kwargs[{i}] must be a dict of warmup_cosine_decay_schedule arguments "
+                             f"with decay_steps, got {kwargs!r}")
         schedules.append(warmup_cosine_decay_schedule(**kwargs))
         step += kwargs["decay_steps"]
         boundaries.append(step)

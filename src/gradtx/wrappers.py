@@ -8,6 +8,7 @@ in Python: their counters live on the CPU, so reading them costs no device sync
 
 from __future__ import annotations
 
+import collections
 import inspect
 import re
 from collections.abc import Callable, Iterable
@@ -47,9 +48,44 @@ def _set_count(count: torch.Tensor, value: int, inplace: bool) -> torch.Tensor:
 
 
 class InjectHyperparamsState(NamedTuple):
+    """State of :func:`inject_hyperparams`: step count, hyperparameter tensors, inner state."""
+
     count: torch.Tensor  # int32, steps taken; schedules are evaluated at it
-    hyperparams: dict  # name -> 0-dim tensor: the values used at the last step (write to change them)
+    hyperparams: Any  # name -> 0-dim tensor: the values used at the last step (write to change them)
     inner_state: Any
+
+
+def _hyperparams_type(names: list[str]) -> type:
+    # A NamedTuple rather than a dict: its fields are 0-dim tensors held directly in a
+    # NamedTuple, which is where gx.Optimizer looks for hyperparameters to expose in
+    # param_groups (so torch LR schedulers drive them); it still reads like optax's dict.
+    base = collections.namedtuple("Hyperparams", names)
+
+    class Hyperparams(base):
+        """The injected hyperparameters: ``hp["lr"]`` or ``hp.lr``; ``hp["lr"].fill_(x)`` sets one."""
+
+        __slots__ = ()
+
+        def __getitem__(self, key):
+            return getattr(self, key) if isinstance(key, str) else tuple.__getitem__(self, key)
+
+        def __contains__(self, key):
+            return key in self._fields
+
+        def keys(self):
+            return self._fields
+
+        def values(self):
+            return tuple(self)
+
+        def items(self):
+            return tuple(zip(self._fields, self))
+
+        def __setitem__(self, key, value):
+            raise TypeError(f"hyperparams are 0-dim tensors in the state: set one with "
+                            f"state.hyperparams[{key!r}].fill_(value)")
+
+    return Hyperparams
 
 
 _INTEGER_ANNOTATION = re.compile(r"\b(int|bool)\b")
@@ -122,12 +158,14 @@ def inject_hyperparams(inner_factory: Callable[..., GradientTransformation], sta
     ``InjectHyperparamsState(count, hyperparams, inner_state)``: ``hyperparams`` maps every
     numeric argument (float, int given for a non-integer argument, 0-dim tensor) to a 0-dim
     tensor (float64 for numbers, or ``hyperparam_dtype``), and every schedule argument to
-    its value at the current step. Each update rebuilds the inner transform from these
-    values, so ``state.hyperparams["lr"].fill_(1e-4)`` (or assigning a number) between
-    steps changes the learning rate, while a scheduled value is recomputed from ``count``
-    (writing it has no effect). Bools, ``None``, dtypes, transforms, ``int`` values of
-    arguments declared ``int``/``bool`` and the names in ``static_args`` stay as given;
-    other callables are schedules unless named in ``static_args``.
+    its value at the current step; it reads like optax's dict (``hyperparams["lr"]``,
+    ``.items()``) but is a NamedTuple of tensors. Each update rebuilds the inner transform
+    from these values, so ``state.hyperparams["lr"].fill_(1e-4)`` between steps changes the
+    learning rate (functionally: ``state._replace(hyperparams=state.hyperparams._replace(lr=x))``),
+    while a scheduled value is recomputed from ``count`` (writing it has no effect).
+    Bools, ``None``, dtypes, transforms, ``int`` values of arguments declared
+    ``int``/``bool`` and the names in ``static_args`` stay as given; other callables are
+    schedules unless named in ``static_args``.
 
     Under ``gx.Optimizer`` the hyperparameters appear in ``param_groups`` (``lr`` ...), so
     torch LR schedulers drive them.
@@ -169,6 +207,8 @@ def inject_hyperparams(inner_factory: Callable[..., GradientTransformation], sta
             else:
                 other[name] = value
         order = list(signature.parameters)
+        hp_names = [n for n in order if n in numeric or n in schedules]
+        hp_type = _hyperparams_type(hp_names)
 
         def as_state(value: Any) -> torch.Tensor:
             if isinstance(value, torch.Tensor):
@@ -183,12 +223,17 @@ def inject_hyperparams(inner_factory: Callable[..., GradientTransformation], sta
             call = inspect.BoundArguments(signature, {n: merged[n] for n in order if n in merged})
             return inner_factory(*call.args, **call.kwargs)
 
-        def init(params):
-            count = new_count()
+        def initial(count: torch.Tensor) -> dict[str, torch.Tensor]:
             hparams = {**{k: as_state(v) for k, v in numeric.items()},
                        **{k: scheduled(f(count)) for k, f in schedules.items()}}
-            hparams = {n: hparams[n] for n in order if n in hparams}
-            return InjectHyperparamsState(count, hparams, build(hparams).init(params))
+            return {n: hparams[n] for n in hp_names}
+
+        build(initial(new_count()))  # bad values raise ValueError now, naming the argument
+
+        def init(params):
+            count = new_count()
+            hparams = initial(count)
+            return InjectHyperparamsState(count, hp_type(**hparams), build(hparams).init(params))
 
         def update(updates, state, params=None, *, inplace=False, **extra_args):
             hparams = {}
@@ -196,13 +241,13 @@ def inject_hyperparams(inner_factory: Callable[..., GradientTransformation], sta
                 if name in schedules:
                     new = scheduled(schedules[name](state.count))
                     value = value.copy_(new) if inplace and isinstance(value, torch.Tensor) else new
-                elif not isinstance(value, torch.Tensor):  # a number written into the dict
+                elif not isinstance(value, torch.Tensor):  # a number put in with hyperparams._replace(name=x)
                     value = torch.tensor(float(value), dtype=dtype)
                 hparams[name] = value
             inner = build(hparams)
             inner_state = _sync_inner_hyperparameters(inner, state.inner_state, updates, inplace)
             updates, inner_state = inner.update(updates, inner_state, params, inplace=inplace, **extra_args)
-            return updates, InjectHyperparamsState(increment(state.count, inplace), hparams, inner_state)
+            return updates, InjectHyperparamsState(increment(state.count, inplace), hp_type(**hparams), inner_state)
 
         shown = ", ".join(f"{k}={v!r}" if not callable(v) else f"{k}={getattr(v, '__name__', 'fn')}"
                           for k, v in bound.arguments.items() if k in kwargs or k in list(order)[:len(args)])
@@ -217,6 +262,8 @@ def inject_hyperparams(inner_factory: Callable[..., GradientTransformation], sta
 
 
 class MultiStepsState(NamedTuple):
+    """State of :func:`multi_steps`: mini-step and gradient-step counters, inner state, accumulator."""
+
     mini_step: torch.Tensor  # int32, mini-steps accumulated in the current gradient step
     gradient_step: torch.Tensor  # int32, inner steps taken
     inner_opt_state: Any
@@ -226,7 +273,10 @@ class MultiStepsState(NamedTuple):
 
 def skip_not_finite(updates: Tree, gradient_step: torch.Tensor, params: Tree | None):
     """``should_skip_update_fn`` for :func:`multi_steps`: skip mini-steps whose updates hold
-    an inf or NaN. Returns ``(skip, {"should_skip", "num_not_finite"})``."""
+    an inf or NaN. Returns ``(skip, {"should_skip", "num_not_finite"})``.
+
+    Example: ``gx.multi_steps(gx.adam(1e-3), 4, should_skip_update_fn=gx.skip_not_finite)``.
+    """
     del gradient_step, params
     leaves = [u for u in tree_leaves(updates) if isinstance(u, torch.Tensor)]
     count = sum((torch.count_nonzero(~torch.isfinite(u)).cpu() for u in leaves), torch.zeros((), dtype=torch.int64))
@@ -237,7 +287,11 @@ def skip_not_finite(updates: Tree, gradient_step: torch.Tensor, params: Tree | N
 def skip_large_updates(updates: Tree, gradient_step: torch.Tensor, params: Tree | None, max_squared_norm: float):
     """``should_skip_update_fn`` for :func:`multi_steps` (bind ``max_squared_norm`` with
     ``functools.partial``): skip when ``||u||^2`` is not below it (NaN included).
-    Returns ``(skip, {"should_skip", "norm_squared"})``."""
+    Returns ``(skip, {"should_skip", "norm_squared"})``.
+
+    Example: ``gx.multi_steps(tx, 4, should_skip_update_fn=functools.partial(gx.skip_large_updates,
+    max_squared_norm=1e6))``.
+    """
     del gradient_step, params
     norm_sq = tree_l2_norm(updates, squared=True).cpu()
     skip = torch.logical_not(norm_sq < max_squared_norm)
@@ -333,7 +387,9 @@ def multi_steps(opt: GradientTransformation, every_k_schedule: int | Callable[[t
 
 
 class ApplyEveryState(NamedTuple):
-    count: torch.Tensor  # int32, steps taken
+    """State of :func:`apply_every`: step count modulo ``k`` and the running sum."""
+
+    count: torch.Tensor  # int32, steps taken modulo k (as optax)
     grad_acc: Tree  # sum of the updates since the last emitted step
 
 
@@ -368,7 +424,7 @@ def apply_every(k: int = 1) -> GradientTransformation:
             out = F.copy_(us, accs) if inplace else [a.to(u.dtype, copy=True) for a, u in zip(accs, us)]
         else:
             out = _zeros_out(us, inplace)
-        return tree_unflatten(out, treedef), ApplyEveryState(increment(state.count, inplace),
+        return tree_unflatten(out, treedef), ApplyEveryState(_set_count(state.count, (c + 1) % k, inplace),
                                                              tree_unflatten(accs, treedef))
 
     return GradientTransformation(init, update)
@@ -378,6 +434,8 @@ def apply_every(k: int = 1) -> GradientTransformation:
 
 
 class ApplyIfFiniteState(NamedTuple):
+    """State of :func:`apply_if_finite`: non-finite step counters and the inner state."""
+
     notfinite_count: torch.Tensor  # int32, consecutive steps with an inf or NaN update (0 after a finite one)
     last_finite: torch.Tensor  # bool, whether the last step's updates were finite
     total_notfinite: torch.Tensor  # int32, steps with an inf or NaN update since init
@@ -429,6 +487,8 @@ def apply_if_finite(inner: GradientTransformation, max_consecutive_errors: int) 
 
 
 class ConditionallyTransformState(NamedTuple):
+    """State of :func:`conditionally_transform`: the inner state and the step count."""
+
     inner_state: Any
     step: torch.Tensor  # int32, calls to update so far
 
@@ -465,6 +525,8 @@ def conditionally_transform(inner: GradientTransformation, should_transform_fn: 
 
 
 class LookaheadState(NamedTuple):
+    """State of :func:`lookahead`: fast optimizer state, sync counter, slow step size, slow weights."""
+
     fast_state: Any  # the fast optimizer's state
     steps_since_sync: torch.Tensor  # int32, fast steps since the last synchronisation
     slow_step_size: torch.Tensor  # 0-dim; exposed by the adapter as param_groups[i]['slow_step_size']
