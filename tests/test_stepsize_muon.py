@@ -347,12 +347,19 @@ def test_muon_alias_matches_optax_rule():
 def test_muon_state_is_small_for_routed_leaves_and_keeps_mu_dtype():
     params = MixedProblem().params0
     state = gx.muon(0.01, mu_dtype=torch.float32).init(params)
-    sizes = {path: (x.numel(), x.dtype) for path, x in gx.tree_paths(state) if x.dim() > 0}
-    muon_mu = [v for p, v in sizes.items() if p.startswith("[0]") and ".mu" in p]
-    adam_mu = [v for p, v in sizes.items() if p.startswith("[1]") and ".mu" in p]
-    # Muon holds momentum for the matrix only; Adam for the vector and the scalar only.
-    assert sorted(n for n, _ in muon_mu) == [0, 0, 0, 15] and all(d == torch.float32 for _, d in muon_mu)
-    assert sorted(n for n, _ in adam_mu) == [0, 0, 1, 4]
+    shapes = {path: (tuple(x.shape), x.dtype) for path, x in gx.tree_paths(state) if ".mu[" in path or ".nu[" in path}
+    f32, f64 = torch.float32, torch.float64
+    # Muon (chain [0]) holds momentum for the 2-D matrix only; the 3-D stack, the vector and
+    # the scalar go to Adam (chain [1]), as optax.contrib.muon routes them; every routed-away
+    # leaf costs an empty tensor. mu_dtype applies to both momenta, not to Adam's nu.
+    assert shapes == {
+        "[0][0].mu['m']": ((5, 3), f32), "[0][0].mu['stack']": ((0,), f32),
+        "[0][0].mu['v']": ((0,), f32), "[0][0].mu['s']": ((0,), f32),
+        "[1][0].mu['m']": ((0,), f32), "[1][0].mu['stack']": ((2, 3, 4), f32),
+        "[1][0].mu['v']": ((4,), f32), "[1][0].mu['s']": ((), f32),
+        "[1][0].nu['m']": ((0,), f64), "[1][0].nu['stack']": ((2, 3, 4), f64),
+        "[1][0].nu['v']": ((4,), f64), "[1][0].nu['s']": ((), f64),
+    }
 
 
 def test_scale_by_muon_shape_factor_options():
