@@ -54,6 +54,47 @@ def _l2(x):
 
 # -- clipping ---------------------------------------------------------------------------------------
 
+def _grad_tree(seed=0, scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    return {"w": torch.randn(5, 4, generator=gen, dtype=torch.float64) * scale,
+            "b": torch.randn(4, generator=gen, dtype=torch.float64) * scale,
+            "s": torch.randn((), generator=gen, dtype=torch.float64) * scale}
+
+
+@pytest.mark.parametrize("max_delta", [0.0, 0.3, 100.0])
+def test_clip_value_matches_torch_clip_grad_value(max_delta):
+    grads = _grad_tree(1, 2.0)
+    leaves = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads.values()]
+    for p, g in zip(leaves, grads.values()):
+        p.grad = g.clone()
+    torch.nn.utils.clip_grad_value_(leaves, max_delta)
+    for inplace in (False, True):
+        given = {k: v.clone() for k, v in grads.items()}
+        u, _ = gx.clip_value(max_delta).update(given, gx.EmptyState(), inplace=inplace)
+        for p, k in zip(leaves, grads):
+            assert torch.equal(u[k], p.grad)
+
+
+@pytest.mark.parametrize("max_norm,scale", [(1.0, 1.0), (0.5, 3.0), (100.0, 1.0)], ids=["clip", "clip_more", "keep"])
+def test_clip_by_global_norm_matches_torch_clip_grad_norm(max_norm, scale):
+    """torch scales by min(1, max_norm / (norm + 1e-6)), optax (and gradtx) by
+    min(1, max_norm / norm): equal up to that 1e-6, and exactly the rule written here."""
+    grads = _grad_tree(2, scale)
+    leaves = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads.values()]
+    for p, g in zip(leaves, grads.values()):
+        p.grad = g.clone()
+    total = torch.nn.utils.clip_grad_norm_(leaves, max_norm)
+    norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads.values()))
+    torch.testing.assert_close(float(total), norm)
+    u, _ = gx.clip_by_global_norm(max_norm).update(grads, gx.EmptyState())
+    factor = max_norm / norm if norm > max_norm else 1.0
+    for p, k in zip(leaves, grads):
+        torch.testing.assert_close(u[k], grads[k] * factor, rtol=1e-14, atol=0)
+        torch.testing.assert_close(u[k], p.grad, rtol=1e-5, atol=0)
+    clipped_norm = math.sqrt(sum(float(x.pow(2).sum()) for x in u.values()))
+    assert clipped_norm <= max_norm * (1 + 1e-12)
+
+
 @pytest.mark.parametrize("threshold", [1e-3, 0.02, 10.0])
 def test_clip_by_block_rms_matches_rule(problem64, threshold):
     lr = 0.1
