@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 
 import pytest
 import torch
@@ -483,3 +484,30 @@ def test_param_transforms_need_params(tx):
     grads = {"w": torch.ones(2, 2)}
     with pytest.raises(ValueError, match="needs params"):
         tx.update(grads, tx.init(grads))
+
+
+@pytest.mark.parametrize("build,name", [
+    (lambda: gx.clip_value(-1.0), "max_delta"),
+    (lambda: gx.clip_by_global_norm(0.0), "max_norm"),
+])
+def test_core_clipping_bad_hyperparameters_raise(build, name):
+    with pytest.raises(ValueError, match=name):
+        build()
+
+
+# -- documentation ---------------------------------------------------------------------------------
+
+MY_NAMES = ["clip_value", "clip_by_global_norm", "clip_by_block_rms", "adaptive_grad_clip", "scale_by_trust_ratio",
+            "scale_by_param_block_norm", "scale_by_param_block_rms", "centralize", "normalize_by_update_norm",
+            "keep_params_nonnegative", "zero_nans", "add_noise", "lamb", "lars", "fromage", "noisy_sgd",
+            "scale_by_polyak", "scale_by_optimistic_gradient", "scale_by_distance_over_gradients", "scale_by_dog",
+            "scale_by_muon", "orthogonalize_via_newton_schulz", "polyak_sgd", "optimistic_gradient_descent", "dog",
+            "muon"]
+
+
+@pytest.mark.parametrize("name", MY_NAMES)
+def test_docstring_has_rule_citation_and_example(name):
+    doc = getattr(gx, name).__doc__ or ""
+    assert "Example" in doc, "no example"
+    assert "<-" in doc or "=" in doc, "no update rule"
+    assert re.search(r"\b(19|20)\d\d\b", doc) or "optax." in doc or "torch." in doc, "no citation"

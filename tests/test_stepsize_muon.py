@@ -156,6 +156,23 @@ def test_newton_schulz_converges_to_the_polar_factor():
     assert 0.6 < float(s.min()) and float(s.max()) < 1.25
 
 
+@pytest.mark.parametrize("shape", [(6, 4), (4, 9), (5, 5)], ids=["tall", "wide", "square"])
+def test_newton_schulz_keeps_the_singular_vectors_of_the_polar_factor(shape):
+    """Each Newton-Schulz step is an odd polynomial of X: it acts on the singular values
+    only, so Muon's output is U diag(s') V^T with x = U S V^T (SVD) and s' near 1: the
+    exact polar factor U V^T up to a bounded rescaling of each singular direction."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    u, s, vh = torch.linalg.svd(x, full_matrices=False)
+    out = gx.orthogonalize_via_newton_schulz(x)
+    inner = u.T @ out @ vh.T
+    diag = torch.diagonal(inner)
+    torch.testing.assert_close(inner, torch.diag(diag), rtol=0, atol=1e-12)
+    assert ((0.6 < diag) & (diag < 1.25)).all()
+    # against the exact polar factor U V^T: within the documented band, entrywise
+    polar = u @ vh
+    assert float(torch.linalg.matrix_norm(out - polar, ord=2)) < 0.4
+
+
 def test_newton_schulz_coefficient_sequence_and_steps():
     x = torch.randn(4, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     seq = [(3.0, -3.2, 1.2), (2.0, -1.5, 0.5), (1.5, -0.5, 0.0)]

@@ -25,7 +25,9 @@ def keep_params_nonnegative() -> GradientTransformation:
     (that is ``u <- max(u, -p)``), so ``p + u >= 0``.
 
     Put it last in a chain (after ``scale_by_lr``): it constrains the final update.
-    A parameter that is already negative is moved to 0. Needs ``params``.
+    A parameter that is already negative is moved to 0. Needs ``params``. This is the
+    projection onto the non-negative orthant of projected gradient descent (e.g. Bertsekas,
+    1976, "On the Goldstein-Levitin-Polyak gradient projection method"); optax.keep_params_nonnegative.
 
     Example: ``gx.chain(gx.adam(1e-2), gx.keep_params_nonnegative())``.
     """
@@ -52,6 +54,7 @@ def zero_nans() -> GradientTransformation:
 
     The state's ``found_nan`` holds, per leaf, a bool 0-dim tensor telling whether the last
     update had a NaN in that leaf (for monitoring; the transform does not read it).
+    As optax.zero_nans.
 
     Example: ``gx.chain(gx.zero_nans(), gx.adam(1e-3))``.
     """
