@@ -14,6 +14,16 @@ from conftest import MLPProblem
 import gradtx as gx
 
 STEPS = 30
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: intra-op threads only add contention (several times slower
+    on a shared machine), so this module runs on one thread and restores the setting after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 TOL = dict(rtol=1e-10, atol=1e-12)
 
 

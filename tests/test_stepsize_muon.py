@@ -16,6 +16,16 @@ from conftest import MLPProblem
 import gradtx as gx
 
 TOL = dict(rtol=1e-9, atol=1e-12)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: intra-op threads only add contention (several times slower
+    on a shared machine), so this module runs on one thread and restores the setting after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 NS = (3.4445, -4.7750, 2.0315)
 
 
