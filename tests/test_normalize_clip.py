@@ -359,6 +359,51 @@ def test_add_noise_resumes_through_the_adapter_checkpoint():
             assert torch.equal(a, b)
 
 
+def _resume_matches(build):
+    """Six adapter steps equal three, a checkpoint (``weights_only`` load), three more."""
+    def make():
+        gen = torch.Generator().manual_seed(0)
+        return [torch.nn.Parameter(torch.randn(4, 3, generator=gen, dtype=torch.float64)),
+                torch.nn.Parameter(torch.randn(3, generator=gen, dtype=torch.float64))]
+
+    def step(opt, params, t):
+        for i, p in enumerate(params):
+            p.grad = p.detach() * (1 + 0.1 * t) + 0.01 * i
+        opt.step()
+
+    p1 = make()
+    opt1 = gx.Optimizer(p1, build())
+    for t in range(3):
+        step(opt1, p1, t)
+    buffer = io.BytesIO()
+    torch.save(opt1.state_dict(), buffer)
+    buffer.seek(0)
+    p2 = [torch.nn.Parameter(p.detach().clone()) for p in p1]
+    opt2 = gx.Optimizer(p2, build())
+    opt2.load_state_dict(torch.load(buffer, weights_only=True))
+    for t in range(3, 6):
+        step(opt1, p1, t)
+        step(opt2, p2, t)
+    return all(torch.equal(a, b) for a, b in zip(p1, p2))
+
+
+@pytest.mark.parametrize("build", [
+    lambda: gx.lamb(0.01, weight_decay=1e-3), lambda: gx.lars(1.0, weight_decay=1e-3),
+    lambda: gx.chain(gx.adaptive_grad_clip(0.1), gx.trace(0.9), gx.scale_by_lr(0.1)),
+    lambda: gx.chain(gx.zero_nans(), gx.scale_by_lr(0.1)),
+], ids=["lamb", "lars", "agc_momentum", "zero_nans"])
+def test_resumes_from_an_adapter_checkpoint(build):
+    assert _resume_matches(build)
+
+
+@pytest.mark.xfail(raises=ValueError, reason="gx.Optimizer.load_state_dict rejects a chain whose state is all "
+                   "shared (no per-parameter leaf): 'shared state without any parameter state' (torch_optim.py)")
+@pytest.mark.parametrize("build", [lambda: gx.noisy_sgd(0.01, seed=3), lambda: gx.fromage(0.01)],
+                         ids=["noisy_sgd", "fromage"])
+def test_resumes_from_an_adapter_checkpoint_without_per_parameter_state(build):
+    assert _resume_matches(build)
+
+
 def test_add_noise_variance_is_annealed():
     eta, gamma = 0.7, 0.55
     n = 200_000
