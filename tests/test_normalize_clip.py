@@ -391,7 +391,10 @@ def _resume_matches(build):
     lambda: gx.lamb(0.01, weight_decay=1e-3), lambda: gx.lars(1.0, weight_decay=1e-3),
     lambda: gx.chain(gx.adaptive_grad_clip(0.1), gx.trace(0.9), gx.scale_by_lr(0.1)),
     lambda: gx.chain(gx.zero_nans(), gx.scale_by_lr(0.1)),
-], ids=["lamb", "lars", "agc_momentum", "zero_nans"])
+    lambda: gx.dog(init_step=("heuristic", 1e-3)), lambda: gx.muon(0.02, weight_decay=0.01),
+    lambda: gx.chain(gx.scale_by_distance_over_gradients(1e-3), gx.scale_by_lr(1.0)),
+    lambda: gx.optimistic_gradient_descent(0.05),
+], ids=["lamb", "lars", "agc_momentum", "zero_nans", "dog", "muon", "ldog", "optimistic"])
 def test_resumes_from_an_adapter_checkpoint(build):
     assert _resume_matches(build)
 
