@@ -447,6 +447,11 @@ def test_polyak_step_is_gap_over_squared_norm_capped():
     assert torch.equal(u["a"], zero["a"])
     with pytest.raises(ValueError, match="value"):
         tx.update(g, state)
+    u, _ = tx.update(g, state, value=torch.tensor([6.0]))  # a one-element loss of shape (1,)
+    assert u["a"].shape == (2,) and u["b"].shape == ()
+    torch.testing.assert_close(u["a"], 0.2 * g["a"])
+    with pytest.raises(ValueError, match="scalar loss"):
+        tx.update(g, state, value=torch.tensor([6.0, 1.0]))
 
 
 def test_polyak_keeps_low_precision_dtypes():
