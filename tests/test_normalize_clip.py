@@ -273,6 +273,20 @@ def test_keep_params_nonnegative_rule():
     assert (p["x"] + out["x"] >= 0).all()
 
 
+def test_keep_params_nonnegative_with_low_precision_updates():
+    """bfloat16 updates on float32 params: -p rounded to bfloat16 may overshoot (-1.006 ->
+    -1.0078); the projected parameter must still be >= 0 after apply_updates."""
+    p = {"x": torch.tensor([1.006, 3.3, 0.5, 1e-30, 2.0, 0.7])}
+    u = {"x": torch.tensor([-5.0, -5.0, -5.0, -1.0, -2.0, 0.25]).to(torch.bfloat16)}
+    for inplace in (False, True):
+        out, _ = gx.keep_params_nonnegative().update({"x": u["x"].clone()}, gx.EmptyState(), p, inplace=inplace)
+        assert out["x"].dtype == torch.bfloat16
+        new = gx.apply_updates(p, out)["x"]
+        assert (new >= 0).all(), new
+        assert float(new[4]) == 0.0 and float(new[5]) == pytest.approx(0.95)  # exact -p kept; u untouched
+        assert float(new[0]) < 0.01  # moved (almost) to the boundary
+
+
 @pytest.mark.parametrize("inplace", [False, True])
 def test_zero_nans_replaces_and_flags(inplace):
     tx = gx.zero_nans()

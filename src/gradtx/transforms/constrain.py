@@ -19,6 +19,15 @@ def _empty(params):
     return EmptyState()
 
 
+def _toward_zero(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` (here ``-p <= 0``) cast to ``dtype``, rounded toward zero where the nearest value
+    would overshoot: ``-p`` in a lower-precision update dtype could be below ``-p`` and leave
+    ``p + u`` (computed in the param's dtype) slightly negative."""
+    cast = x.to(dtype)
+    overshoot = cast.to(x.dtype).abs() > x.abs()
+    return torch.where(overshoot, torch.nextafter(cast, torch.zeros_like(cast)), cast)
+
+
 @transform
 def keep_params_nonnegative() -> GradientTransformation:
     """Keep parameters non-negative: ``u <- -p`` where ``p + u < 0``, else ``u``
@@ -38,7 +47,7 @@ def keep_params_nonnegative() -> GradientTransformation:
         us, treedef = leaves(updates)
         ps = leaves_like(params, treedef)
         neg_p = F.neg([p.detach() if inplace else p for p in ps])
-        neg_p = [n if n.dtype == u.dtype else n.to(u.dtype) for n, u in zip(neg_p, us)]
+        neg_p = [n if n.dtype == u.dtype else _toward_zero(n, u.dtype) for n, u in zip(neg_p, us)]
         return unflatten(treedef, F.maximum(us, neg_p, inplace=inplace)), state
 
     return GradientTransformation(_empty, update)
