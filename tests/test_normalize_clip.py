@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 
 import pytest
 import torch
@@ -13,6 +14,16 @@ from conftest import MLPProblem
 import gradtx as gx
 
 STEPS = 30
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: intra-op threads only add contention (several times slower
+    on a shared machine), so this module runs on one thread and restores the setting after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 TOL = dict(rtol=1e-10, atol=1e-12)
 
 
@@ -53,6 +64,47 @@ def _l2(x):
 
 
 # -- clipping ---------------------------------------------------------------------------------------
+
+def _grad_tree(seed=0, scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    return {"w": torch.randn(5, 4, generator=gen, dtype=torch.float64) * scale,
+            "b": torch.randn(4, generator=gen, dtype=torch.float64) * scale,
+            "s": torch.randn((), generator=gen, dtype=torch.float64) * scale}
+
+
+@pytest.mark.parametrize("max_delta", [0.0, 0.3, 100.0])
+def test_clip_value_matches_torch_clip_grad_value(max_delta):
+    grads = _grad_tree(1, 2.0)
+    leaves = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads.values()]
+    for p, g in zip(leaves, grads.values()):
+        p.grad = g.clone()
+    torch.nn.utils.clip_grad_value_(leaves, max_delta)
+    for inplace in (False, True):
+        given = {k: v.clone() for k, v in grads.items()}
+        u, _ = gx.clip_value(max_delta).update(given, gx.EmptyState(), inplace=inplace)
+        for p, k in zip(leaves, grads):
+            assert torch.equal(u[k], p.grad)
+
+
+@pytest.mark.parametrize("max_norm,scale", [(1.0, 1.0), (0.5, 3.0), (100.0, 1.0)], ids=["clip", "clip_more", "keep"])
+def test_clip_by_global_norm_matches_torch_clip_grad_norm(max_norm, scale):
+    """torch scales by min(1, max_norm / (norm + 1e-6)), optax (and gradtx) by
+    min(1, max_norm / norm): equal up to that 1e-6, and exactly the rule written here."""
+    grads = _grad_tree(2, scale)
+    leaves = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads.values()]
+    for p, g in zip(leaves, grads.values()):
+        p.grad = g.clone()
+    total = torch.nn.utils.clip_grad_norm_(leaves, max_norm)
+    norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads.values()))
+    torch.testing.assert_close(float(total), norm)
+    u, _ = gx.clip_by_global_norm(max_norm).update(grads, gx.EmptyState())
+    factor = max_norm / norm if norm > max_norm else 1.0
+    for p, k in zip(leaves, grads):
+        torch.testing.assert_close(u[k], grads[k] * factor, rtol=1e-14, atol=0)
+        torch.testing.assert_close(u[k], p.grad, rtol=1e-5, atol=0)
+    clipped_norm = math.sqrt(sum(float(x.pow(2).sum()) for x in u.values()))
+    assert clipped_norm <= max_norm * (1 + 1e-12)
+
 
 @pytest.mark.parametrize("threshold", [1e-3, 0.02, 10.0])
 def test_clip_by_block_rms_matches_rule(problem64, threshold):
@@ -221,6 +273,20 @@ def test_keep_params_nonnegative_rule():
     assert (p["x"] + out["x"] >= 0).all()
 
 
+def test_keep_params_nonnegative_with_low_precision_updates():
+    """bfloat16 updates on float32 params: -p rounded to bfloat16 may overshoot (-1.006 ->
+    -1.0078); the projected parameter must still be >= 0 after apply_updates."""
+    p = {"x": torch.tensor([1.006, 3.3, 0.5, 1e-30, 2.0, 0.7])}
+    u = {"x": torch.tensor([-5.0, -5.0, -5.0, -1.0, -2.0, 0.25]).to(torch.bfloat16)}
+    for inplace in (False, True):
+        out, _ = gx.keep_params_nonnegative().update({"x": u["x"].clone()}, gx.EmptyState(), p, inplace=inplace)
+        assert out["x"].dtype == torch.bfloat16
+        new = gx.apply_updates(p, out)["x"]
+        assert (new >= 0).all(), new
+        assert float(new[4]) == 0.0 and float(new[5]) == pytest.approx(0.95)  # exact -p kept; u untouched
+        assert float(new[0]) < 0.01  # moved (almost) to the boundary
+
+
 @pytest.mark.parametrize("inplace", [False, True])
 def test_zero_nans_replaces_and_flags(inplace):
     tx = gx.zero_nans()
@@ -305,6 +371,54 @@ def test_add_noise_resumes_through_the_adapter_checkpoint():
         step(opt2, p2, t)
         for a, b in zip(p1, p2):
             assert torch.equal(a, b)
+
+
+def _resume_matches(build):
+    """Six adapter steps equal three, a checkpoint (``weights_only`` load), three more."""
+    def make():
+        gen = torch.Generator().manual_seed(0)
+        return [torch.nn.Parameter(torch.randn(4, 3, generator=gen, dtype=torch.float64)),
+                torch.nn.Parameter(torch.randn(3, generator=gen, dtype=torch.float64))]
+
+    def step(opt, params, t):
+        for i, p in enumerate(params):
+            p.grad = p.detach() * (1 + 0.1 * t) + 0.01 * i
+        opt.step()
+
+    p1 = make()
+    opt1 = gx.Optimizer(p1, build())
+    for t in range(3):
+        step(opt1, p1, t)
+    buffer = io.BytesIO()
+    torch.save(opt1.state_dict(), buffer)
+    buffer.seek(0)
+    p2 = [torch.nn.Parameter(p.detach().clone()) for p in p1]
+    opt2 = gx.Optimizer(p2, build())
+    opt2.load_state_dict(torch.load(buffer, weights_only=True))
+    for t in range(3, 6):
+        step(opt1, p1, t)
+        step(opt2, p2, t)
+    return all(torch.equal(a, b) for a, b in zip(p1, p2))
+
+
+@pytest.mark.parametrize("build", [
+    lambda: gx.lamb(0.01, weight_decay=1e-3), lambda: gx.lars(1.0, weight_decay=1e-3),
+    lambda: gx.chain(gx.adaptive_grad_clip(0.1), gx.trace(0.9), gx.scale_by_lr(0.1)),
+    lambda: gx.chain(gx.zero_nans(), gx.scale_by_lr(0.1)),
+    lambda: gx.dog(init_step=("heuristic", 1e-3)), lambda: gx.muon(0.02, weight_decay=0.01),
+    lambda: gx.chain(gx.scale_by_distance_over_gradients(1e-3), gx.scale_by_lr(1.0)),
+    lambda: gx.optimistic_gradient_descent(0.05),
+], ids=["lamb", "lars", "agc_momentum", "zero_nans", "dog", "muon", "ldog", "optimistic"])
+def test_resumes_from_an_adapter_checkpoint(build):
+    assert _resume_matches(build)
+
+
+@pytest.mark.xfail(raises=ValueError, reason="gx.Optimizer.load_state_dict rejects a chain whose state is all "
+                   "shared (no per-parameter leaf): 'shared state without any parameter state' (torch_optim.py)")
+@pytest.mark.parametrize("build", [lambda: gx.noisy_sgd(0.01, seed=3), lambda: gx.fromage(0.01)],
+                         ids=["noisy_sgd", "fromage"])
+def test_resumes_from_an_adapter_checkpoint_without_per_parameter_state(build):
+    assert _resume_matches(build)
 
 
 def test_add_noise_variance_is_annealed():
@@ -442,3 +556,30 @@ def test_param_transforms_need_params(tx):
     grads = {"w": torch.ones(2, 2)}
     with pytest.raises(ValueError, match="needs params"):
         tx.update(grads, tx.init(grads))
+
+
+@pytest.mark.parametrize("build,name", [
+    (lambda: gx.clip_value(-1.0), "max_delta"),
+    (lambda: gx.clip_by_global_norm(0.0), "max_norm"),
+])
+def test_core_clipping_bad_hyperparameters_raise(build, name):
+    with pytest.raises(ValueError, match=name):
+        build()
+
+
+# -- documentation ---------------------------------------------------------------------------------
+
+MY_NAMES = ["clip_value", "clip_by_global_norm", "clip_by_block_rms", "adaptive_grad_clip", "scale_by_trust_ratio",
+            "scale_by_param_block_norm", "scale_by_param_block_rms", "centralize", "normalize_by_update_norm",
+            "keep_params_nonnegative", "zero_nans", "add_noise", "lamb", "lars", "fromage", "noisy_sgd",
+            "scale_by_polyak", "scale_by_optimistic_gradient", "scale_by_distance_over_gradients", "scale_by_dog",
+            "scale_by_muon", "orthogonalize_via_newton_schulz", "polyak_sgd", "optimistic_gradient_descent", "dog",
+            "muon"]
+
+
+@pytest.mark.parametrize("name", MY_NAMES)
+def test_docstring_has_rule_citation_and_example(name):
+    doc = getattr(gx, name).__doc__ or ""
+    assert "Example" in doc, "no example"
+    assert "<-" in doc or "=" in doc, "no update rule"
+    assert re.search(r"\b(19|20)\d\d\b", doc) or "optax." in doc or "torch." in doc, "no citation"

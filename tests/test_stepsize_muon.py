@@ -16,6 +16,16 @@ from conftest import MLPProblem
 import gradtx as gx
 
 TOL = dict(rtol=1e-9, atol=1e-12)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: intra-op threads only add contention (several times slower
+    on a shared machine), so this module runs on one thread and restores the setting after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 NS = (3.4445, -4.7750, 2.0315)
 
 
@@ -154,6 +164,23 @@ def test_newton_schulz_converges_to_the_polar_factor():
     # Muon's coefficients stop short of it: singular values roughly in [0.6, 1.25].
     s = torch.linalg.svdvals(gx.orthogonalize_via_newton_schulz(x))
     assert 0.6 < float(s.min()) and float(s.max()) < 1.25
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (4, 9), (5, 5)], ids=["tall", "wide", "square"])
+def test_newton_schulz_keeps_the_singular_vectors_of_the_polar_factor(shape):
+    """Each Newton-Schulz step is an odd polynomial of X: it acts on the singular values
+    only, so Muon's output is U diag(s') V^T with x = U S V^T (SVD) and s' near 1: the
+    exact polar factor U V^T up to a bounded rescaling of each singular direction."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    u, s, vh = torch.linalg.svd(x, full_matrices=False)
+    out = gx.orthogonalize_via_newton_schulz(x)
+    inner = u.T @ out @ vh.T
+    diag = torch.diagonal(inner)
+    torch.testing.assert_close(inner, torch.diag(diag), rtol=0, atol=1e-12)
+    assert ((0.6 < diag) & (diag < 1.25)).all()
+    # against the exact polar factor U V^T: within the documented band, entrywise
+    polar = u @ vh
+    assert float(torch.linalg.matrix_norm(out - polar, ord=2)) < 0.4
 
 
 def test_newton_schulz_coefficient_sequence_and_steps():
@@ -347,12 +374,19 @@ def test_muon_alias_matches_optax_rule():
 def test_muon_state_is_small_for_routed_leaves_and_keeps_mu_dtype():
     params = MixedProblem().params0
     state = gx.muon(0.01, mu_dtype=torch.float32).init(params)
-    sizes = {path: (x.numel(), x.dtype) for path, x in gx.tree_paths(state) if x.dim() > 0}
-    muon_mu = [v for p, v in sizes.items() if p.startswith("[0]") and ".mu" in p]
-    adam_mu = [v for p, v in sizes.items() if p.startswith("[1]") and ".mu" in p]
-    # Muon holds momentum for the matrix only; Adam for the vector and the scalar only.
-    assert sorted(n for n, _ in muon_mu) == [0, 0, 0, 15] and all(d == torch.float32 for _, d in muon_mu)
-    assert sorted(n for n, _ in adam_mu) == [0, 0, 1, 4]
+    shapes = {path: (tuple(x.shape), x.dtype) for path, x in gx.tree_paths(state) if ".mu[" in path or ".nu[" in path}
+    f32, f64 = torch.float32, torch.float64
+    # Muon (chain [0]) holds momentum for the 2-D matrix only; the 3-D stack, the vector and
+    # the scalar go to Adam (chain [1]), as optax.contrib.muon routes them; every routed-away
+    # leaf costs an empty tensor. mu_dtype applies to both momenta, not to Adam's nu.
+    assert shapes == {
+        "[0][0].mu['m']": ((5, 3), f32), "[0][0].mu['stack']": ((0,), f32),
+        "[0][0].mu['v']": ((0,), f32), "[0][0].mu['s']": ((0,), f32),
+        "[1][0].mu['m']": ((0,), f32), "[1][0].mu['stack']": ((2, 3, 4), f32),
+        "[1][0].mu['v']": ((4,), f32), "[1][0].mu['s']": ((), f32),
+        "[1][0].nu['m']": ((0,), f64), "[1][0].nu['stack']": ((2, 3, 4), f64),
+        "[1][0].nu['v']": ((4,), f64), "[1][0].nu['s']": ((), f64),
+    }
 
 
 def test_scale_by_muon_shape_factor_options():
@@ -413,6 +447,11 @@ def test_polyak_step_is_gap_over_squared_norm_capped():
     assert torch.equal(u["a"], zero["a"])
     with pytest.raises(ValueError, match="value"):
         tx.update(g, state)
+    u, _ = tx.update(g, state, value=torch.tensor([6.0]))  # a one-element loss of shape (1,)
+    assert u["a"].shape == (2,) and u["b"].shape == ()
+    torch.testing.assert_close(u["a"], 0.2 * g["a"])
+    with pytest.raises(ValueError, match="scalar loss"):
+        tx.update(g, state, value=torch.tensor([6.0, 1.0]))
 
 
 def test_polyak_keeps_low_precision_dtypes():

@@ -24,7 +24,8 @@ def _empty(params):
 def clip_value(max_delta: float) -> GradientTransformation:
     """Clip each element into ``[-max_delta, max_delta]``: ``u <- clamp(u, -d, d)``.
 
-    (optax calls it ``clip``.) Example: ``gx.clip_value(10.0)``.
+    optax calls it ``clip``; ``torch.nn.utils.clip_grad_value_`` is the same rule on ``.grad``.
+    Example: ``gx.clip_value(10.0)``.
     """
     check("max_delta", max_delta, low=0.0)
     bound = float(max_delta)
@@ -46,7 +47,8 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     """Rescale all updates together so their global l2 norm is at most ``max_norm``.
 
     ``n = ||u||_2`` over every leaf; ``u <- u * max_norm / n`` when ``n > max_norm``.
-    (optax's rule; ``torch.nn.utils.clip_grad_norm_`` adds 1e-6 to ``n``.)
+    (Pascanu et al., 2013, "On the difficulty of training recurrent neural networks";
+    optax's rule. ``torch.nn.utils.clip_grad_norm_`` adds 1e-6 to ``n``.)
 
     Example: ``gx.chain(gx.clip_by_global_norm(1.0), gx.adam(1e-3))``.
     """
@@ -67,7 +69,8 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
 @transform
 def clip_by_block_rms(threshold: float) -> GradientTransformation:
     """Clip each block (leaf) to a root mean square of at most ``threshold``:
-    ``u <- u / max(1, sqrt(mean(u^2)) / threshold)``, one factor per leaf.
+    ``u <- u / max(1, sqrt(mean(u^2)) / threshold)``, one factor per leaf
+    (optax.clip_by_block_rms; the per-block form of Pascanu et al., 2013's norm clipping).
 
     Example: ``gx.chain(gx.clip_by_block_rms(1.0), gx.scale_by_lr(1e-2))``.
     """

@@ -19,13 +19,24 @@ def _empty(params):
     return EmptyState()
 
 
+def _toward_zero(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` (here ``-p <= 0``) cast to ``dtype``, rounded toward zero where the nearest value
+    would overshoot: ``-p`` in a lower-precision update dtype could be below ``-p`` and leave
+    ``p + u`` (computed in the param's dtype) slightly negative."""
+    cast = x.to(dtype)
+    overshoot = cast.to(x.dtype).abs() > x.abs()
+    return torch.where(overshoot, torch.nextafter(cast, torch.zeros_like(cast)), cast)
+
+
 @transform
 def keep_params_nonnegative() -> GradientTransformation:
     """Keep parameters non-negative: ``u <- -p`` where ``p + u < 0``, else ``u``
     (that is ``u <- max(u, -p)``), so ``p + u >= 0``.
 
     Put it last in a chain (after ``scale_by_lr``): it constrains the final update.
-    A parameter that is already negative is moved to 0. Needs ``params``.
+    A parameter that is already negative is moved to 0. Needs ``params``. This is the
+    projection onto the non-negative orthant of projected gradient descent (e.g. Bertsekas,
+    1976, "On the Goldstein-Levitin-Polyak gradient projection method"); optax.keep_params_nonnegative.
 
     Example: ``gx.chain(gx.adam(1e-2), gx.keep_params_nonnegative())``.
     """
@@ -36,7 +47,7 @@ def keep_params_nonnegative() -> GradientTransformation:
         us, treedef = leaves(updates)
         ps = leaves_like(params, treedef)
         neg_p = F.neg([p.detach() if inplace else p for p in ps])
-        neg_p = [n if n.dtype == u.dtype else n.to(u.dtype) for n, u in zip(neg_p, us)]
+        neg_p = [n if n.dtype == u.dtype else _toward_zero(n, u.dtype) for n, u in zip(neg_p, us)]
         return unflatten(treedef, F.maximum(us, neg_p, inplace=inplace)), state
 
     return GradientTransformation(_empty, update)
@@ -52,6 +63,7 @@ def zero_nans() -> GradientTransformation:
 
     The state's ``found_nan`` holds, per leaf, a bool 0-dim tensor telling whether the last
     update had a NaN in that leaf (for monitoring; the transform does not read it).
+    As optax.zero_nans.
 
     Example: ``gx.chain(gx.zero_nans(), gx.adam(1e-3))``.
     """

@@ -99,7 +99,10 @@ def scale_by_trust_ratio(min_norm: float = 0.0, trust_coefficient: float = 1.0, 
 def scale_by_param_block_norm(min_scale: float = 1e-3) -> GradientTransformation:
     """Scale each block by the norm of its parameter: ``u <- u * max(||p||, min_scale)``.
 
-    Needs ``params``. Example: ``gx.chain(gx.scale_by_param_block_norm(), gx.scale_by_lr(1e-2))``.
+    Relative (size-proportional) steps as in Fromage and LARS (Bernstein et al., 2020;
+    You et al., 2017); optax.scale_by_param_block_norm. Needs ``params``.
+
+    Example: ``gx.chain(gx.scale_by_param_block_norm(), gx.scale_by_lr(1e-2))``.
     """
     check("min_scale", min_scale, low=0.0)
 
@@ -158,7 +161,9 @@ def centralize() -> GradientTransformation:
 @transform
 def normalize_by_update_norm(scale_factor: float = 1.0, eps: float = 1e-6) -> GradientTransformation:
     """Divide all updates by their global l2 norm: ``u <- scale_factor * u / (||u||_2 + eps)``,
-    the norm taken over every leaf together.
+    the norm taken over every leaf together: normalized gradient descent (Hazan, Levy &
+    Shalev-Shwartz, 2015, "Beyond convexity: stochastic quasi-convex optimization");
+    optax.normalize_by_update_norm.
 
     Example: ``gx.chain(gx.normalize_by_update_norm(), gx.scale_by_lr(1e-2))`` (normalised
     gradient descent, steps of length 1e-2).

@@ -131,10 +131,14 @@ def scale_by_muon(ns_coeffs: NsCoeffs = MUON_NS_COEFFS, ns_steps: int = 5, beta:
     ``0.2 sqrt(max(rows, cols))`` (Moonshot's), or a callable ``(rows, cols) -> s``.
 
     Leaves with more than two dimensions are batches of matrices over their last two
-    dimensions; leaves with fewer pass through unchanged (the ``muon`` alias sends them to
-    Adam). ``torch.optim.Muon`` is ``chain(scale_by_muon(beta=momentum, eps=1e-7,
-    bias_correction=False, ns_dtype=torch.bfloat16), add_decayed_weights(weight_decay),
-    scale_by_lr(lr))`` with ``adjust_lr_fn`` as given to torch.
+    dimensions; leaves with fewer pass through unchanged (the ``muon`` alias sends them, and
+    every leaf that is not 2-D, to Adam, as optax.contrib.muon does by default). A conv weight
+    ``(out, in, kh, kw)`` would thus be taken as ``out * in`` matrices of ``kh x kw``: to treat
+    it as one ``out x (in kh kw)`` matrix, reshape its gradient first.
+
+    ``torch.optim.Muon`` is ``chain(scale_by_muon(beta=momentum, eps=1e-7, bias_correction=False,
+    ns_dtype=torch.bfloat16), add_decayed_weights(weight_decay), scale_by_lr(lr))`` with
+    ``adjust_lr_fn`` as given to torch.
 
     Differs from optax: ``ns_coeffs`` are constants, not state; the default shape factor
     uses rows/cols of torch's ``(out, in)`` weights, where optax's ``sqrt(max(1, cols/rows))``

@@ -86,7 +86,11 @@ def scale_by_polyak(f_min: float = 0.0, max_learning_rate: float = 1.0, eps: flo
         dtype = _wide(*(u.dtype for u in us))
         device = first_device(us)
         sq_norm = _total(_sq_norms(us), dtype, device)
-        gap = torch.as_tensor(value).detach().to(dtype=dtype, device=device) - f_min
+        value = torch.as_tensor(value).detach()
+        if value.numel() != 1:
+            raise ValueError(f"scale_by_polyak needs a scalar loss as value, got shape {tuple(value.shape)}")
+        # A one-element loss of any shape (e.g. (1,)) is the scalar it holds.
+        gap = value.reshape(()).to(dtype=dtype, device=device) - f_min
         if variant == "sps+":
             gap = gap.clamp_min(0.0)
         denom = sq_norm + eps
