@@ -5,6 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+# One intra-op thread per test process: the suite runs as 2 xdist workers on 2 cores, and
+# more threads than cores make small-tensor steps several times slower.
+torch.set_num_threads(1)
+
 
 class MLPProblem:
     """Two-layer tanh MLP regression; ``loss(params)`` is pure, so the same problem drives
