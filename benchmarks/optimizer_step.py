@@ -69,6 +69,15 @@ def _gx(tx_fn, **kw) -> Callable:
     return lambda ps: gx.Optimizer(ps, tx_fn(), **kw)
 
 
+def _gx_inplace(tx_fn) -> Callable:
+    """The adapter's generic in-place path: the fused kernels switched off, the rest on."""
+    def make(ps):
+        opt = gx.Optimizer(ps, tx_fn())
+        opt._plan = None
+        return opt
+    return make
+
+
 def mission() -> gx.GradientTransformation:
     return gx.chain(gx.clip_value(10.0), gx.scale_by_adam(), gx.scale_by_lr(LR))
 
@@ -89,8 +98,8 @@ def algorithms(with_compile: bool) -> dict[str, tuple[int, dict[str, Callable]]]
                               "torch fused": _torch(S, momentum=0.9, nesterov=True, fused=True),
                               "gradtx": _gx(lambda: gx.sgd(LR, momentum=0.9, nesterov=True))}),
         # the mission chain is Adam after an elementwise clip: compared with torch's AdamW
-        "mission": (28, {**adamw_torch, "gradtx": _gx(mission),
-                         "gradtx generic": _gx(mission, fast=False)}),
+        "mission": (28, {**adamw_torch, "gradtx": _gx(mission), "gradtx in-place": _gx_inplace(mission),
+                         "gradtx unfolded": _gx(mission, fast=False)}),
     }
     if with_compile:
         for name in ("adamw", "mission"):
