@@ -51,6 +51,13 @@ class Optimizer(torch.optim.Optimizer):
       transforms receive ``value`` (that loss), ``grad`` and ``value_fn`` (params -> loss).
     - ``state_dict()`` holds tensors and plain containers only and reads back with
       ``torch.load(..., weights_only=True)``.
+    - Speed (``fast=True``, the default): a chain with the shape of Adam, AdamW or SGD
+      (momentum, Nesterov, weight decay), optionally after ``clip_value``, runs on torch's
+      fused kernels (``torch._fused_adam_`` / ``_fused_adamw_`` / ``_fused_sgd_``) on the
+      chain's own state tensors; any other chain runs in place on multi-tensor kernels, on
+      a copy of the gradients kept from step to step, with a final ``scale_by_lr(lr)``
+      folded into ``p <- p - lr * u``. The paths agree to round-off and share one state
+      layout, so checkpoints move between them; ``fast=False`` runs ``tx.update`` as is.
 
     Example::
 
