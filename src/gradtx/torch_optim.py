@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from . import _foreach as F  # noqa: N812
+from . import _fused
 from ._hparams import check
 from ._tree import ParamKey, hyperparameters, merge_keys, select_keys, split_param_paths, tree_flatten
 from .base import GradientTransformation
@@ -50,6 +51,13 @@ class Optimizer(torch.optim.Optimizer):
       transforms receive ``value`` (that loss), ``grad`` and ``value_fn`` (params -> loss).
     - ``state_dict()`` holds tensors and plain containers only and reads back with
       ``torch.load(..., weights_only=True)``.
+    - Speed (``fast=True``, the default): a chain with the shape of Adam, AdamW or SGD
+      (momentum, Nesterov, weight decay), optionally after ``clip_value``, runs on torch's
+      fused kernels (``torch._fused_adam_`` / ``_fused_adamw_`` / ``_fused_sgd_``) on the
+      chain's own state tensors; any other chain runs in place on multi-tensor kernels, on
+      a copy of the gradients kept from step to step, with a final ``scale_by_lr(lr)``
+      folded into ``p <- p - lr * u``. The paths agree to round-off and share one state
+      layout, so checkpoints move between them; ``fast=False`` runs ``tx.update`` as is.
 
     Example::
 
@@ -58,10 +66,22 @@ class Optimizer(torch.optim.Optimizer):
         loss.backward(); opt.step(); opt.zero_grad(); sched.step()
     """
 
-    def __init__(self, params: Iterable[Any], tx: GradientTransformation) -> None:
+    def __init__(self, params: Iterable[Any], tx: GradientTransformation, *, fast: bool = True) -> None:
         if not isinstance(tx, GradientTransformation):
             raise TypeError(f"tx must be a GradientTransformation, got {type(tx).__name__}")
+        if not isinstance(fast, bool):
+            raise ValueError(f"fast must be a bool, got {fast!r}")
         self.tx = tx
+        # A chain with the shape of adam / adamw / sgd runs on torch's fused kernels, on the
+        # same state tensors (see _fused); fast=False forces the generic path (for tests).
+        self._plan = _fused.plan(tx) if fast else None
+        self._lr_tail = _fused.lr_tail(tx) if fast else None
+        # Per group: (keys, scratch tensors like the grads) reused from step to step, since
+        # fresh memory costs page faults every step (~5x slower than writing in place).
+        self._scratch: list[Any] = []
+        # None until a generic step showed whether the chain keeps the updates it was given
+        # in its state (then the scratch tensors cannot be reused).
+        self._reuse_scratch: bool | None = None
         self._chain_states: list[Any] = []  # per group: chain state over its stepped params, or None
         self._known_keys: list[set[int]] = []  # per group: indices of the params in that state
         super().__init__(params, _chain_hyperparameters(tx))
@@ -75,6 +95,7 @@ class Optimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
         self._chain_states.append(None)
         self._known_keys.append(set())
+        self._scratch.append(None)
 
     @property
     def state(self) -> dict[torch.Tensor, dict[str, torch.Tensor]]:  # type: ignore[override]
@@ -138,19 +159,55 @@ class Optimizer(torch.optim.Optimizer):
             for name, tensor in hyperparameters(state):
                 if name in group:
                     tensor.fill_(group[name])
+            if self._plan is not None and self._plan.run(state, keys, params, grads,
+                                                         lambda like, gi=gi, keys=keys: self._buffers(gi, keys, like)):
+                if is_selection:
+                    self._chain_states[gi] = merge_keys(self._chain_states[gi], state)
+                continue
             # The chain may write into the updates it is given: hand it a copy, never .grad.
-            updates = {k: g.clone() for k, g in grads.items()}
+            gs = [grads[k] for k in keys]
+            reuse = self._reuse_scratch is not False
+            copies = F.copy_(self._buffers(gi, keys, gs), gs) if reuse else F.clone(gs)
+            updates = dict(zip(keys, copies))
             extra = {"grad": grads}
             if closure is not None:
                 extra["value"] = loss
                 extra["value_fn"] = _value_fn(closure, params)
-            updates, state = self.tx.update(updates, state, params, inplace=True, **extra)
+            alpha = 1.0
+            if self._lr_tail is not None and not state[-1].lr.requires_grad:
+                # chain(..., scale_by_lr(lr)): run the parts before the learning rate here
+                # (exactly what chain.update does) and fold -lr into the parameter update.
+                new_state = []
+                for part, part_state in zip(self._lr_tail[:-1], state[:-1]):
+                    updates, part_state = part.update(updates, part_state, params, inplace=True, **extra)
+                    new_state.append(part_state)
+                alpha = -float(state[-1].lr)
+                state = (*new_state, state[-1])
+            else:
+                updates, state = self.tx.update(updates, state, params, inplace=True, **extra)
+            if self._reuse_scratch is None:
+                # A chain that keeps an incoming update tensor in its state (rather than a
+                # copy) would see it overwritten next step: check once, then trust.
+                held = {t.data_ptr() for t in tree_flatten(state)[0] if isinstance(t, torch.Tensor)}
+                self._reuse_scratch = not any(c.data_ptr() in held for c in copies)
+                if not self._reuse_scratch:
+                    self._scratch = [None] * len(self._scratch)
             self._chain_states[gi] = merge_keys(self._chain_states[gi], state) if is_selection else state
             ps = [params[k] for k in keys]
             us = [updates[k] if updates[k].dtype == params[k].dtype else updates[k].to(params[k].dtype)
                   for k in keys]
-            F.add(ps, us, inplace=True)
+            F.add(ps, us, alpha=alpha, inplace=True)
         return loss
+
+    def _buffers(self, gi: int, keys: list[int], like: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Scratch tensors shaped like ``like`` (the grads of ``keys``), kept for the next step."""
+        cached = self._scratch[gi]
+        if cached is not None and cached[0] == keys and all(
+                b.shape == x.shape and b.dtype == x.dtype and b.device == x.device for b, x in zip(cached[1], like)):
+            return cached[1]
+        bufs = [torch.empty_like(x, memory_format=torch.preserve_format) for x in like]
+        self._scratch[gi] = (list(keys), bufs)
+        return bufs
 
     # -- checkpoints -------------------------------------------------------------------
 

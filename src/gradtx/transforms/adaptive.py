@@ -84,6 +84,15 @@ def _adam_direction(gs, mus, nus, count, b1, bc1, bc2, eps, eps_root, nesterov, 
     denominator, which is g's own buffer when the caller allows writing into it (g is not
     needed after the moments, except by nesterov), so the in-place path allocates nothing."""
     reuse = inplace and not nesterov
+    if eps_root == 0.0 and not nesterov:
+        # sqrt(v / bc2) + eps == (sqrt(v) + eps sqrt(bc2)) / sqrt(bc2): the division by
+        # sqrt(bc2) joins the final scaling, one pass fewer over the tensors.
+        root_bc2 = bc2.sqrt()
+        denom = F.sqrt(F.copy_(gs, nus), inplace=True) if reuse else F.sqrt(nus)
+        F.add(denom, eps * root_bc2, inplace=True)
+        F.reciprocal(denom, inplace=True)
+        F.mul(denom, F.cast(mus, _dtype_of(denom)), inplace=True)
+        return F.mul(denom, root_bc2 / bc1, inplace=True)
     if eps_root == 0.0:
         denom = F.sqrt(F.copy_(gs, nus), inplace=True) if reuse else F.sqrt(nus)
         F.div(denom, bc2.sqrt(), inplace=True)

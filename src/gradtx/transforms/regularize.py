@@ -59,9 +59,16 @@ def add_decayed_weights(weight_decay: float | torch.Tensor = 0.0, mask: Mask | N
         ps = leaves_like(params, treedef)
         flags = mask_leaves(mask, params, treedef)
         idx = [i for i, f in enumerate(flags) if f and us[i] is not None]
-        decayed = F.mul([ps[i].detach() if inplace else ps[i] for i in idx], state.weight_decay)
-        summed = F.add([us[i] for i in idx], F.cast(decayed, us[idx[0]].dtype if idx else None),
-                       inplace=inplace)
+        wd = state.weight_decay
+        sel_us = [us[i] for i in idx]
+        sel_ps = [ps[i].detach() if inplace else ps[i] for i in idx]
+        same_dtype = all(u.dtype == p.dtype for u, p in zip(sel_us, sel_ps))
+        if same_dtype and not wd.requires_grad and wd.device.type == "cpu" and not torch.compiler.is_compiling():
+            # one pass, no temporary: u + wd * p as a foreach add with a number alpha
+            summed = F.add(sel_us, sel_ps, alpha=float(wd), inplace=inplace)
+        else:
+            decayed = F.mul(sel_ps, wd)
+            summed = F.add(sel_us, F.cast(decayed, us[idx[0]].dtype if idx else None), inplace=inplace)
         out = list(us)
         for i, value in zip(idx, summed):
             out[i] = value

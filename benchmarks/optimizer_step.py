@@ -1,0 +1,228 @@
+"""Optimizer step time and peak memory: gradtx side by side with torch.optim, in one process.
+
+Usage::
+
+    PYTHONPATH=src python benchmarks/optimizer_step.py            # full run (a few minutes on 2 cores)
+    PYTHONPATH=src python benchmarks/optimizer_step.py --quick    # fewer repetitions
+    PYTHONPATH=src python benchmarks/optimizer_step.py --no-memory --sets big --algos adamw
+
+An optimizer step is memory-bound, so every variant of one (algorithm, parameter set) is
+timed in turn, round after round (interleaved), and the median per-step time is reported
+with its ratio to each ``torch.optim`` variant, the bandwidth it reaches (the bytes the
+algorithm must move divided by the time) and the lower bound (those bytes at the in-place
+bandwidth measured in the same run). Peak memory is measured per optimizer in a fresh
+process (``ru_maxrss`` after a few steps, minus the high-water mark before the optimizer
+existed), so one variant's freed memory cannot hide another's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+import gradtx as gx
+
+LR = 1e-3
+
+# --- parameter sets ------------------------------------------------------------------------
+
+
+def param_shapes(name: str) -> list[tuple[int, ...]]:
+    if name == "big":
+        return [(16 * 1024 * 1024,)]
+    if name == "resnet":
+        convs = [(c, c, 3, 3) for c in (64, 128, 256) for _ in range(8)] + [(512, 512, 3, 3)] * 2
+        vectors = [(64 * 2 ** (i % 4),) for i in range(134)]  # 64, 128, 256, 512, ...
+        return convs + vectors
+    if name == "small":
+        return [(32, 32)] * 2000
+    raise ValueError(f"unknown parameter set {name!r}")
+
+
+def make_params(name: str, dtype=torch.float32) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    params = []
+    for shape in param_shapes(name):
+        p = torch.nn.Parameter(torch.randn(shape, generator=gen, dtype=dtype) * 0.1)
+        p.grad = torch.randn(shape, generator=gen, dtype=dtype)
+        params.append(p)
+    return params
+
+
+# --- optimizers --------------------------------------------------------------------------------
+# Each algorithm: bytes moved per element (float32) and its variants, name -> factory(params).
+
+def _torch(cls, **kw) -> Callable:
+    return lambda ps: cls(ps, lr=LR, **kw)
+
+
+def _gx(tx_fn, **kw) -> Callable:
+    return lambda ps: gx.Optimizer(ps, tx_fn(), **kw)
+
+
+def _gx_inplace(tx_fn) -> Callable:
+    """The adapter's generic in-place path: the fused kernels switched off, the rest on."""
+    def make(ps):
+        opt = gx.Optimizer(ps, tx_fn())
+        opt._plan = None
+        return opt
+    return make
+
+
+def mission() -> gx.GradientTransformation:
+    return gx.chain(gx.clip_value(10.0), gx.scale_by_adam(), gx.scale_by_lr(LR))
+
+
+def algorithms(with_compile: bool) -> dict[str, tuple[int, dict[str, Callable]]]:
+    A, S = torch.optim.AdamW, torch.optim.SGD  # noqa: N806
+    adamw_torch = {"torch forloop": _torch(A, weight_decay=0.01, foreach=False),
+                   "torch foreach": _torch(A, weight_decay=0.01, foreach=True),
+                   "torch fused": _torch(A, weight_decay=0.01, fused=True)}
+    out = {
+        "adamw": (28, {**adamw_torch, "gradtx": _gx(lambda: gx.adamw(LR, weight_decay=0.01))}),
+        "adam": (28, {"torch forloop": _torch(torch.optim.Adam, foreach=False),
+                      "torch foreach": _torch(torch.optim.Adam, foreach=True),
+                      "torch fused": _torch(torch.optim.Adam, fused=True),
+                      "gradtx": _gx(lambda: gx.adam(LR))}),
+        "sgd_nesterov": (20, {"torch forloop": _torch(S, momentum=0.9, nesterov=True, foreach=False),
+                              "torch foreach": _torch(S, momentum=0.9, nesterov=True, foreach=True),
+                              "torch fused": _torch(S, momentum=0.9, nesterov=True, fused=True),
+                              "gradtx": _gx(lambda: gx.sgd(LR, momentum=0.9, nesterov=True))}),
+        # the mission chain is Adam after an elementwise clip: compared with torch's AdamW
+        "mission": (28, {**adamw_torch, "gradtx": _gx(mission), "gradtx in-place": _gx_inplace(mission),
+                         "gradtx unfolded": _gx(mission, fast=False)}),
+    }
+    if with_compile:
+        for name in ("adamw", "mission"):
+            tx = (lambda: gx.adamw(LR, weight_decay=0.01)) if name == "adamw" else mission
+            out[name][1]["gradtx compiled"] = _gx(tx, compile=True)
+    return out
+
+
+class PureStep:
+    """The functional path: ``tx.update`` and ``apply_updates`` on fresh tensors every step."""
+
+    def __init__(self, params: list[torch.Tensor], tx: gx.GradientTransformation) -> None:
+        self.tx = tx
+        self.params = [p.detach().clone() for p in params]
+        self.grads = [p.grad for p in params]
+        self.state = tx.init(self.params)
+
+    def step(self) -> None:
+        with torch.no_grad():
+            updates, self.state = self.tx.update(self.grads, self.state, self.params)
+            self.params = gx.apply_updates(self.params, updates)
+
+
+# --- timing -----------------------------------------------------------------------------------
+
+
+def inplace_bandwidth(numel: int, reps: int) -> float:
+    """Bytes per second of ``x += y`` (12 bytes per float32 element) on ``numel`` elements."""
+    x, y = torch.zeros(numel), torch.ones(numel)
+    x.add_(y)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        x.add_(y)
+        times.append(time.perf_counter() - t0)
+    return 12 * numel / statistics.median(times)
+
+
+def time_variants(variants: dict[str, Callable], set_name: str, rounds: int, steps: int,
+                  pure_tx: Callable | None) -> dict[str, float]:
+    """Median seconds per step of each variant, the variants interleaved round by round."""
+    runners = {}
+    for name, factory in variants.items():
+        params = make_params(set_name)
+        t0 = time.perf_counter()
+        opt = factory(params)
+        opt.step()  # state allocation (and compilation) outside the timing
+        runners[name] = opt.step
+        if time.perf_counter() - t0 > 5:
+            print(f"    ({name}: first step {time.perf_counter() - t0:.1f} s)", flush=True)
+    if pure_tx is not None:
+        pure = PureStep(make_params(set_name), pure_tx())
+        pure.step()
+        runners["gradtx pure"] = pure.step
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                run()
+            samples[name].append((time.perf_counter() - t0) / steps)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def peak_memory(algo: str, variant: str, set_name: str) -> float:
+    """Extra peak RSS (MiB) of a few steps of one optimizer, in a fresh process."""
+    cmd = [sys.executable, __file__, "--memory-one", algo, variant, set_name]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=os.environ)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def _memory_one(algo: str, variant: str, set_name: str) -> None:
+    torch.set_num_threads(2)
+    params = make_params(set_name)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    opt = algorithms(with_compile=variant == "gradtx compiled")[algo][1][variant](params)
+    for _ in range(3):
+        opt.step()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_mib": (after - before) / 1024}))
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--sets", nargs="+", default=["big", "resnet", "small"])
+    parser.add_argument("--algos", nargs="+", default=["adamw", "adam", "sgd_nesterov", "mission"])
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    parser.add_argument("--compile", action="store_true", help="also time gx.Optimizer(..., compile=True)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--memory-one", nargs=3, metavar=("ALGO", "VARIANT", "SET"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_one:
+        _memory_one(*args.memory_one)
+        return
+    torch.set_num_threads(args.threads)
+    rounds, steps = (3, 2) if args.quick else (7, 3)
+    bandwidth = inplace_bandwidth(16 * 1024 * 1024, 5 if args.quick else 15)
+    print(f"torch {torch.__version__}, {args.threads} threads, float32; in-place bandwidth "
+          f"{bandwidth / 1e9:.1f} GB/s; median of {rounds} rounds x {steps} steps\n")
+    algos = algorithms(args.compile)
+    for algo in args.algos:
+        nbytes, variants = algos[algo]
+        for set_name in args.sets:
+            numel = sum(torch.Size(s).numel() for s in param_shapes(set_name))
+            pure = (lambda: gx.adamw(LR, weight_decay=0.01)) if algo == "adamw" and set_name == "big" else None
+            times = time_variants(variants, set_name, rounds, steps, pure)
+            bound = nbytes * numel / bandwidth
+            print(f"## {algo} on {set_name} ({numel / 1e6:.1f}M elements, {nbytes} B/elem, "
+                  f"lower bound {bound * 1e3:.1f} ms)")
+            print("| variant | ms/step | / forloop | / foreach | / fused | GB/s | / bound | peak MiB |")
+            print("|---|---:|---:|---:|---:|---:|---:|---:|")
+            for name, t in times.items():
+                ratios = [f"{t / times[ref]:.2f}" if ref in times else "-"
+                          for ref in ("torch forloop", "torch foreach", "torch fused")]
+                mem = "-" if args.no_memory or name == "gradtx pure" else f"{peak_memory(algo, name, set_name):.0f}"
+                print(f"| {name} | {t * 1e3:.1f} | {' | '.join(ratios)} | {nbytes * numel / t / 1e9:.1f} | "
+                      f"{t / bound:.2f} | {mem} |", flush=True)
+            print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Fast paths for the adapter: chains whose numbers are those of torch's fused kernels.
+
+``plan(tx)`` recognises a chain by its *shape*, reading the ``name`` and ``args`` that the
+``@transform`` decorator records on each part (never alias names alone):
+
+- ``[clip_value(c)...] + [add_decayed_weights(wd)?] + scale_by_adam(...) + scale_by_lr(lr)``
+  runs ``torch._fused_adam_`` (the optional L2 weight decay is Adam's ``weight_decay``);
+- ``[clip_value(c)...] + scale_by_adam(...) + add_decayed_weights(wd) + scale_by_lr(lr)``
+  runs ``torch._fused_adamw_`` (decoupled decay, ``gx.adamw``);
+- ``[clip_value(c)...] + [add_decayed_weights(wd)?] + [trace(m, nesterov)?] + scale_by_lr(lr)``
+  runs ``torch._fused_sgd_`` (``gx.sgd``).
+
+The kernels update the chain's own state tensors in place (the same ``mu``, ``nu``,
+``trace`` buffers, the same int32 ``count``), so the state layout, ``state_dict`` and
+checkpoints are those of the generic path and move freely between the two. The numbers
+agree with the generic path to round-off (the same formulas in another association
+order); hyperparameters are read from the state after the adapter wrote ``param_groups``
+into it, so LR schedulers and per-group overrides work unchanged.
+
+A leading ``clip_value`` is exact, so it runs first on a private copy of the gradients,
+which the kernel then reads: ``.grad`` is never changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import _foreach as F  # noqa: N812
+from ._hparams import is_schedule
+
+_FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _attrs(tx: Any) -> tuple[str | None, dict[str, Any]]:
+    d = getattr(tx, "__dict__", {})
+    return d.get("name"), d.get("args", {})
+
+
+def _number(value: Any) -> float | None:
+    """A plain float for a hyperparameter the kernel takes by value; ``None`` when it is a
+    schedule or carries autograd history (those stay on the generic path)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.requires_grad:
+        return float(value.item())
+    return None
+
+
+def _is_chain(tx: Any, parts: tuple) -> bool:
+    # ``chain`` keeps a tuple of its parts' states; ``named_chain`` (also with ``parts``) a dict.
+    try:
+        state = tx.init({0: torch.empty(1, device="meta")})
+    except Exception:  # noqa: BLE001 - a transform that cannot init on meta just takes the generic path
+        return False
+    return type(state) is tuple and len(state) == len(parts)
+
+
+@dataclass
+class FusedPlan:
+    """How to run one recognised chain with a fused kernel."""
+
+    kind: str  # "adam", "adamw" or "sgd"
+    clips: list[float]  # leading clip_value bounds, applied in order
+    core: int  # index in the chain state of scale_by_adam / trace (-1: plain SGD)
+    decay: int  # index of add_decayed_weights (-1: none)
+    lr: int  # index of scale_by_lr
+    hp: dict[str, Any] = field(default_factory=dict)  # b1, b2, eps / momentum, nesterov
+
+    def run(self, state: tuple, keys: list[int], params: dict, grads: dict,
+            buffers: Any | None) -> bool:
+        """One step in place on ``state`` (the chain's tuple of states over ``keys``).
+        Returns ``False``, having changed nothing, when these tensors do not suit the kernel
+        (mixed dtypes, an unsupported device or dtype, ...): the caller then takes the
+        generic path. ``buffers(grads)`` gives reusable scratch tensors like the gradients."""
+        ps = [params[k] for k in keys]
+        gs = [grads[k] for k in keys]
+        per_param = []
+        if self.kind in ("adam", "adamw"):
+            s = state[self.core]
+            per_param = [[s.mu[k] for k in keys], [s.nu[k] for k in keys]]
+        elif self.core >= 0:
+            per_param = [[state[self.core].trace[k] for k in keys]]
+        for i, p in enumerate(ps):
+            g = gs[i]
+            if (p.dtype not in _FUSED_DTYPES or g.dtype != p.dtype or g.device != p.device or g.is_sparse
+                    or p.device.type not in ("cpu", "cuda") or g.shape != p.shape
+                    or any(buf[i].dtype != p.dtype for buf in per_param)):
+                return False
+        lr = _number(state[self.lr].lr)
+        wd = _number(state[self.decay].weight_decay) if self.decay >= 0 else 0.0
+        if lr is None or wd is None:
+            return False
+
+        if self.clips:
+            gs = F.copy_(buffers(gs), gs)
+            for c in self.clips:
+                F.clamp(gs, -c, c, inplace=True)
+
+        groups: dict[tuple, list[int]] = {}
+        for i, p in enumerate(ps):
+            groups.setdefault((p.device, p.dtype), []).append(i)
+        if self.kind in ("adam", "adamw"):
+            count = state[self.core].count
+            count.add_(1)
+            kernel = torch._fused_adamw_ if self.kind == "adamw" else torch._fused_adam_
+            for (device, _), idx in groups.items():
+                # torch keeps one float step per parameter; gradtx one int32 count per transform.
+                # The kernel only reads the steps, so one tensor serves every parameter.
+                step = count.to(device=device, dtype=torch.float32)
+                kernel([ps[i] for i in idx], [gs[i] for i in idx], [per_param[0][i] for i in idx],
+                       [per_param[1][i] for i in idx], [], [step] * len(idx), lr=lr, beta1=self.hp["b1"],
+                       beta2=self.hp["b2"], weight_decay=wd, eps=self.hp["eps"], amsgrad=False, maximize=False)
+        else:
+            for _, idx in groups.items():
+                bufs = [per_param[0][i] for i in idx] if per_param else []
+                # is_first_step=False: the trace starts at zero, and momentum * 0 + g == g exactly,
+                # which is torch's first step (buf = g).
+                torch._fused_sgd_([ps[i] for i in idx], [gs[i] for i in idx], bufs, weight_decay=wd,
+                                  momentum=self.hp.get("momentum", 0.0), lr=lr, dampening=0.0,
+                                  nesterov=self.hp.get("nesterov", False), maximize=False, is_first_step=False)
+        return True
+
+
+def lr_tail(tx: Any) -> tuple | None:
+    """The parts of ``tx`` when it is a ``chain`` ending in ``scale_by_lr(number)``: the
+    adapter then runs the other parts itself and applies ``p <- p - lr * u`` in one pass
+    (``torch._foreach_add_(p, u, alpha=-lr)``) instead of scaling ``u`` first."""
+    parts = getattr(tx, "__dict__", {}).get("parts")
+    if not parts or not _is_chain(tx, parts):
+        return None
+    name, args = _attrs(parts[-1])
+    if name != "scale_by_lr" or is_schedule(args.get("lr")) or _number(args.get("lr")) is None:
+        return None
+    return tuple(parts)
+
+
+def plan(tx: Any) -> FusedPlan | None:
+    """The fused plan for ``tx``, or ``None`` when it does not have a recognised shape."""
+    parts = getattr(tx, "__dict__", {}).get("parts")
+    if not parts or not _is_chain(tx, parts):
+        return None
+    names = [_attrs(p)[0] for p in parts]
+    args = [_attrs(p)[1] for p in parts]
+    clips = []
+    i = 0
+    while i < len(parts) and names[i] == "clip_value":
+        c = _number(args[i].get("max_delta"))
+        if c is None:
+            return None
+        clips.append(c)
+        i += 1
+    rest = names[i:]
+    if not rest or rest[-1] != "scale_by_lr":
+        return None
+    lr_arg = args[-1].get("lr")
+    if is_schedule(lr_arg) or _number(lr_arg) is None:
+        return None
+    lr_at = len(names) - 1
+
+    def decay_ok(j: int) -> bool:
+        a = args[j]
+        return a.get("mask") is None and _number(a.get("weight_decay")) is not None
+
+    if "scale_by_adam" in rest:
+        a_at = i + rest.index("scale_by_adam")
+        a = args[a_at]
+        hp = {k: _number(a.get(k)) for k in ("b1", "b2", "eps")}
+        if (any(v is None for v in hp.values()) or _number(a.get("eps_root")) != 0.0 or a.get("nesterov")
+                or a.get("mu_dtype") is not None):
+            return None
+        if rest == ["scale_by_adam", "scale_by_lr"]:
+            return FusedPlan("adam", clips, a_at, -1, lr_at, hp)
+        if rest == ["add_decayed_weights", "scale_by_adam", "scale_by_lr"] and decay_ok(i):
+            return FusedPlan("adam", clips, a_at, i, lr_at, hp)
+        if rest == ["scale_by_adam", "add_decayed_weights", "scale_by_lr"] and decay_ok(i + 1):
+            return FusedPlan("adamw", clips, a_at, i + 1, lr_at, hp)
+        return None
+    decay_at = core = -1
+    j = i
+    if j < lr_at and names[j] == "add_decayed_weights":
+        if not decay_ok(j):
+            return None
+        decay_at, j = j, j + 1
+    hp: dict[str, Any] = {}
+    if j < lr_at and names[j] == "trace":
+        t = args[j]
+        momentum = _number(t.get("decay"))
+        # momentum 0 would leave the trace buffer untouched in the kernel but not in gradtx
+        if not momentum or t.get("accumulator_dtype") is not None:
+            return None
+        hp = {"momentum": momentum, "nesterov": bool(t.get("nesterov"))}
+        core, j = j, j + 1
+    if j != lr_at:
+        return None
+    return FusedPlan("sgd", clips, core, decay_at, lr_at, hp)

@@ -1,0 +1,233 @@
+"""The adapter's fast paths are invisible except in speed: the fused kernels, the in-place
+generic path and the pure functional path give the same numbers and the same state."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import pytest
+import torch
+
+import gradtx as gx
+from gradtx import _fused
+from gradtx._tree import tree_flatten
+
+STEPS = 12
+
+# chains that take a fused path, by name
+FAST = {
+    "adam": lambda: gx.adam(1e-2),
+    "adamw": lambda: gx.adamw(1e-2, weight_decay=0.05),
+    "adamw_chain": lambda: gx.chain(gx.scale_by_adam(b1=0.8, b2=0.99, eps=1e-6), gx.add_decayed_weights(0.05),
+                                    gx.scale_by_lr(1e-2)),
+    "adam_l2": lambda: gx.chain(gx.add_decayed_weights(0.05), gx.scale_by_adam(), gx.scale_by_lr(1e-2)),
+    "mission": lambda: gx.chain(gx.clip_value(0.5), gx.scale_by_adam(), gx.scale_by_lr(1e-2)),
+    "clip_adamw": lambda: gx.chain(gx.clip_value(0.5), gx.scale_by_adam(), gx.add_decayed_weights(0.1),
+                                   gx.scale_by_lr(1e-2)),
+    "sgd": lambda: gx.sgd(0.05),
+    "sgd_wd": lambda: gx.sgd(0.05, weight_decay=0.1),
+    "sgd_momentum": lambda: gx.sgd(0.05, momentum=0.9, weight_decay=0.01),
+    "sgd_nesterov": lambda: gx.sgd(0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+}
+
+
+def _params(dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(7, 5), (5,), (3, 4, 2), (1,)]
+    return [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s in shapes]
+
+
+def _grads(step, params):
+    gen = torch.Generator().manual_seed(100 + step)
+    return [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
+
+
+def _run_adapter(make_tx, dtype, fast, steps=STEPS, params=None, opt=None, start=0):
+    params = params if params is not None else _params(dtype)
+    opt = opt if opt is not None else gx.Optimizer(params, make_tx(), fast=fast)
+    for step in range(start, start + steps):
+        for p, g in zip(params, _grads(step, params)):
+            p.grad = g
+        opt.step()
+    return params, opt
+
+
+def _run_pure(make_tx, dtype, steps=STEPS):
+    tx = make_tx()
+    params = {i: p.detach().clone() for i, p in enumerate(_params(dtype))}
+    state = tx.init(params)
+    for step in range(steps):
+        grads = dict(enumerate(_grads(step, list(params.values()))))
+        updates, state = tx.update(grads, state, params)
+        params = gx.apply_updates(params, updates)
+    return list(params.values()), state
+
+
+def _tol(dtype):
+    return (1e-6, 1e-6) if dtype == torch.float32 else (1e-12, 1e-12)
+
+
+def _close(actual, expected, dtype):
+    rtol, atol = _tol(dtype)
+    for a, e in zip(actual, expected):
+        scale = max(float(e.detach().abs().max()), 1.0)
+        torch.testing.assert_close(a.detach(), e.detach(), rtol=rtol, atol=atol * scale)
+
+
+def _state_tensors(opt):
+    sd = opt.state_dict()
+    out = []
+    for index in sorted(sd["state"]):
+        out.extend(sd["state"][index][k] for k in sorted(sd["state"][index]))
+    for shared in sd["shared"]:
+        out.extend(shared[k] for k in sorted(shared))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_chain_is_recognised(name):
+    assert _fused.plan(FAST[name]()) is not None
+
+
+@pytest.mark.parametrize("tx", [
+    gx.adam(1e-3, nesterov=True), gx.adam(1e-3, eps_root=1e-8), gx.adam(lambda c: 1e-3),
+    gx.adamw(1e-3, mask=lambda p: {k: True for k in p}), gx.adam(1e-3, mu_dtype=torch.bfloat16),
+    gx.chain(gx.scale_by_adam(), gx.scale_by_lr(1e-3), gx.clip_value(1.0)),
+    gx.chain(gx.trace(0.9), gx.add_decayed_weights(0.1), gx.scale_by_lr(1e-3)),
+    gx.chain(gx.trace(0.0), gx.scale_by_lr(1e-3)),
+    gx.named_chain(("adam", gx.scale_by_adam()), ("lr", gx.scale_by_lr(1e-3))),
+    gx.scale_by_adam(),
+], ids=lambda tx: repr(tx).split("(")[0])
+def test_other_chains_are_not(tx):
+    assert _fused.plan(tx) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_fused_generic_and_pure_agree(name, dtype):
+    fast_params, fast_opt = _run_adapter(FAST[name], dtype, fast=True)
+    slow_params, slow_opt = _run_adapter(FAST[name], dtype, fast=False)
+    pure_params, pure_state = _run_pure(FAST[name], dtype)
+    _close(fast_params, slow_params, dtype)
+    _close(fast_params, pure_params, dtype)
+    fast_state, slow_state = _state_tensors(fast_opt), _state_tensors(slow_opt)
+    assert [(t.shape, t.dtype) for t in fast_state] == [(t.shape, t.dtype) for t in slow_state]
+    _close(fast_state, slow_state, dtype)
+    pure_leaves = [t for t in tree_flatten(pure_state)[0] if isinstance(t, torch.Tensor)]
+    assert len(pure_leaves) == len(tree_flatten(slow_opt._chain_states[0])[0])
+
+
+# chains on the generic in-place path (with -lr folded into the parameter update)
+GENERIC = {
+    "nadam": lambda: gx.adam(1e-2, nesterov=True),
+    "adam_eps_root": lambda: gx.adam(1e-2, eps_root=1e-6),
+    "rms_clip": lambda: gx.chain(gx.clip_value(0.5), gx.scale_by_rms(0.9), gx.scale_by_lr(1e-2)),
+    "ema_sign": lambda: gx.chain(gx.ema(0.9), gx.scale_by_sign(), gx.scale_by_lr(1e-2)),
+    "adam_then_clip": lambda: gx.chain(gx.scale_by_adam(), gx.clip_value(0.5), gx.trace(0.5), gx.scale_by_lr(1e-2)),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", sorted(GENERIC))
+def test_generic_inplace_and_pure_agree(name, dtype):
+    assert _fused.plan(GENERIC[name]()) is None and _fused.lr_tail(GENERIC[name]()) is not None
+    fast_params, fast_opt = _run_adapter(GENERIC[name], dtype, fast=True)
+    slow_params, slow_opt = _run_adapter(GENERIC[name], dtype, fast=False)
+    pure_params, _ = _run_pure(GENERIC[name], dtype)
+    _close(fast_params, slow_params, dtype)
+    _close(fast_params, pure_params, dtype)
+    _close(_state_tensors(fast_opt), _state_tensors(slow_opt), dtype)
+
+
+@pytest.mark.parametrize("name", ["mission", "adamw", "sgd_nesterov", "rms_clip"])
+def test_grads_are_not_changed(name):
+    params = _params(torch.float32)
+    opt = gx.Optimizer(params, {**FAST, **GENERIC}[name]())
+    for step in range(2):
+        grads = _grads(step, params)
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+        for p, g in zip(params, grads):
+            assert torch.equal(p.grad, g)
+
+
+@pytest.mark.parametrize("name", ["adamw", "mission", "sgd_nesterov"])
+def test_checkpoint_moves_between_fast_and_slow(name):
+    dtype = torch.float64
+    ref_params, _ = _run_adapter(FAST[name], dtype, fast=True, steps=2 * STEPS)
+    for first, second in [(True, False), (False, True)]:
+        params, opt = _run_adapter(FAST[name], dtype, fast=first)
+        sd = opt.state_dict()
+        moved = [torch.nn.Parameter(p.detach().clone()) for p in params]
+        opt2 = gx.Optimizer(moved, FAST[name](), fast=second)
+        opt2.load_state_dict(sd)
+        _run_adapter(FAST[name], dtype, fast=second, params=moved, opt=opt2, start=STEPS)
+        _close(moved, ref_params, dtype)
+
+
+def test_lr_scheduler_and_group_overrides_on_the_fused_path():
+    def run(fast):
+        params = _params(torch.float64)
+        opt = gx.Optimizer([{"params": params[:2], "lr": 0.05, "weight_decay": 0.2}, {"params": params[2:]}],
+                           gx.adamw(1e-2, weight_decay=0.01), fast=fast)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+        for step in range(STEPS):
+            for p, g in zip(params, _grads(step, params)):
+                p.grad = g
+            opt.step()
+            sched.step()
+        return params
+
+    _close(run(True), run(False), torch.float64)
+
+
+def test_params_without_grad_are_skipped():
+    params = _params(torch.float32)
+    opt = gx.Optimizer(params, gx.adam(1e-2))
+    params[0].grad = torch.ones_like(params[0])
+    before = params[1].detach().clone()
+    opt.step()
+    assert torch.equal(params[1], before)
+    assert params[1] not in opt.state and params[0] in opt.state
+    # a late parameter joins the fused path with fresh moments and the group's count
+    params[1].grad = torch.ones_like(params[1])
+    opt.step()
+    assert params[1] in opt.state
+    assert not torch.equal(params[1], before)
+
+
+class _DelayState(NamedTuple):
+    last: dict
+
+
+def _delay():
+    # u_t <- g_{t-1}: keeps the update tensors it was given (not copies) in its state, which
+    # is legal when it owns them; the adapter must then stop reusing its scratch tensors
+    def init(params):
+        return _DelayState({k: torch.zeros_like(p) for k, p in params.items()})
+
+    def update(updates, state, params=None, *, inplace=False, **extra):
+        return {k: state.last[k] * 1.0 for k in updates}, _DelayState(dict(updates))
+
+    return gx.GradientTransformation(init, update)
+
+
+def test_chain_that_keeps_its_updates_in_state():
+    params = _params(torch.float32)
+    start = params[0].detach().clone()
+    opt = gx.Optimizer(params, _delay())
+    total = torch.zeros_like(start)
+    for step in range(4):
+        grads = _grads(step, params)
+        for p, g in zip(params, grads):
+            p.grad = g
+        opt.step()
+        if step < 3:
+            total += grads[0]
+    torch.testing.assert_close(params[0].detach(), start + total)
+
+
+def test_fast_must_be_bool():
+    with pytest.raises(ValueError, match="fast"):
+        gx.Optimizer(_params(torch.float32), gx.adam(1e-3), fast="yes")
