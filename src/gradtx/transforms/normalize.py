@@ -60,7 +60,7 @@ def trust_ratio_transform(min_norm=0.0, trust_coefficient=1.0, eps=0.0, mask=Non
         del extra_args
         us, treedef = leaves(updates)
         ps = _param_leaves("scale_by_trust_ratio", params, treedef, inplace)
-        flags = mask_leaves(mask, params, treedef)
+        flags = mask_leaves(mask, params)
         idx = [i for i, f in enumerate(flags) if f and us[i] is not None]
         sel_u = [us[i] for i in idx]
         p_norms = [n.clamp_min(min_norm) for n in block_norms([ps[i] for i in idx])]

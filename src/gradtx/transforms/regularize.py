@@ -9,7 +9,7 @@ import torch
 
 from .. import _foreach as F  # noqa: N812
 from .._hparams import check, to_state
-from .._tree import Tree
+from .._tree import Tree, mask_flags
 from ..base import GradientTransformation, transform
 from ._common import leaves, leaves_like, need_params, unflatten
 
@@ -22,17 +22,11 @@ class AddDecayedWeightsState(NamedTuple):
     weight_decay: torch.Tensor  # 0-dim; the adapter exposes it as param_groups[i]['weight_decay']
 
 
-def mask_leaves(mask: Mask | None, params: Tree, treedef) -> list[bool]:
-    """One bool per leaf of ``params``; ``mask`` is a tree of bools or ``params -> tree``."""
-    n = treedef.num_leaves
-    if mask is None:
-        return [True] * n
-    tree = mask(params) if callable(mask) else mask
-    try:
-        flags = leaves_like(tree, treedef)
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"mask must have the structure of params ({treedef}); got {tree!r}") from err
-    return [bool(f) for f in flags]
+def mask_leaves(mask: Mask | None, params: Tree) -> list[bool]:
+    """One bool per leaf of ``params``, from a mask in any form :func:`gradtx.masked`
+    accepts (a tree of bools, ``params -> tree``, a ``(name, tensor)`` predicate or a glob
+    over parameter names); ``None`` selects every leaf."""
+    return mask_flags(mask, params, params)
 
 
 @transform
@@ -41,8 +35,9 @@ def add_decayed_weights(weight_decay: float | torch.Tensor = 0.0, mask: Mask | N
     """Add decoupled weight decay: ``u <- u + weight_decay * p`` where ``mask`` is true.
 
     Followed by ``scale_by_lr(lr)`` this is AdamW's ``p <- p - lr * weight_decay * p``
-    (Loshchilov & Hutter, 2019). ``mask`` is a tree of bools like params, or a function
-    ``params -> tree of bools``.
+    (Loshchilov & Hutter, 2019). ``mask`` takes every form :func:`gradtx.masked` accepts:
+    a tree of bools like params, ``params -> tree of bools``, a predicate
+    ``(name, tensor) -> bool`` or a glob over parameter names (``"*.weight"``).
 
     Example: ``gx.add_decayed_weights(1e-2, mask=lambda p: gx.tree_map(lambda x: x.dim() > 1, p))``.
     """
@@ -57,7 +52,7 @@ def add_decayed_weights(weight_decay: float | torch.Tensor = 0.0, mask: Mask | N
         need_params("add_decayed_weights", params)
         us, treedef = leaves(updates)
         ps = leaves_like(params, treedef)
-        flags = mask_leaves(mask, params, treedef)
+        flags = mask_leaves(mask, params)
         idx = [i for i, f in enumerate(flags) if f and us[i] is not None]
         wd = state.weight_decay
         sel_us = [us[i] for i in idx]
