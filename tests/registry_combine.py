@@ -2,10 +2,8 @@
 
 The property suite hands the same transform ``{"w", "b", "s"}`` functionally and a dict keyed
 by parameter index through the adapter, so masks and labels here are callables of the params
-or predicates on ``(name, tensor)``, which fit both. Under gx.Optimizer every state field named
-``lr`` follows ``param_groups[i]["lr"]``, so the transforms of one partition here share a
-learning rate (a partition with different ones is a known adapter limitation: strict xfail in
-test_combine.py).
+or predicates on ``(name, tensor)``, which fit both. Under gx.Optimizer ``param_groups[i]["lr"]``
+is the chain's first ``lr``; other ``lr`` fields keep their ratio to it (test_combine.py).
 """
 
 from __future__ import annotations

@@ -267,9 +267,6 @@ def test_glob_without_parameter_names_is_refused():
         _train(model, opt, steps=1)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="add_decayed_weights (transforms/regularize.py, another family) reads masks with its own "
-                          "mask_leaves, which takes no globs; switching it to gradtx._tree.mask_flags fixes this")
 def test_adamw_mask_glob_matches_torch_adamw():
     lr, wd = 1e-2, 0.1
     model = _model()
@@ -308,9 +305,6 @@ def test_masked_checkpoint_resume_through_the_adapter(tmp_path):
         assert torch.equal(p, q)
 
 
-@pytest.mark.xfail(strict=True, reason="gx.Optimizer writes param_groups['lr'] into every state field named lr "
-                                       "(torch_optim.py / _tree.hyperparameters, not this family), so a partition's "
-                                       "transforms with different learning rates all get the first one")
 def test_partition_with_different_learning_rates_through_the_adapter():
     model = _model()
     tx = gx.partition({"adam": gx.adam(1e-3), "sgd": gx.sgd(0.1)},
@@ -331,6 +325,37 @@ def test_partition_with_different_learning_rates_through_the_adapter():
             sgd.step()
 
     _train(reference, Both(), steps=10)
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
+
+
+def test_partition_learning_rates_keep_their_ratio_under_a_scheduler():
+    """param_groups shows the first lr; the other keeps its 1:100 ratio when StepLR halves it,
+    as two torch optimizers under two StepLRs do."""
+    model = _model()
+    tx = gx.partition({"adam": gx.adam(1e-3), "sgd": gx.sgd(0.1)},
+                      lambda name, p: "sgd" if name.endswith(".bias") else "adam")
+    opt = gx.Optimizer(model.named_parameters(), tx)
+    assert opt.param_groups[0]["lr"] == 1e-3
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+    reference = _model()
+    named = list(reference.named_parameters())
+    adam = torch.optim.Adam([p for n, p in named if not n.endswith(".bias")], lr=1e-3)
+    sgd = torch.optim.SGD([p for n, p in named if n.endswith(".bias")], lr=0.1)
+    scheds = [torch.optim.lr_scheduler.StepLR(o, step_size=3, gamma=0.5) for o in (adam, sgd)]
+    gen = torch.Generator().manual_seed(7)
+    for _ in range(10):
+        x = torch.randn(16, 5, generator=gen, dtype=torch.float64)
+        y = torch.randn(16, 3, generator=gen, dtype=torch.float64)
+        for m, steppers in ((model, [opt]), (reference, [adam, sgd])):
+            for o in steppers:
+                o.zero_grad()
+            ((m(x) - y) ** 2).mean().backward()
+            for o in steppers:
+                o.step()
+        sched.step()
+        for s in scheds:
+            s.step()
     for p, q in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
 

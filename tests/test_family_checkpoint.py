@@ -19,13 +19,7 @@ from registry_rms_family import ENTRIES as RMS_ENTRIES
 import gradtx as gx
 
 ENTRIES = ADAM_ENTRIES + RMS_ENTRIES
-# sign_sgd's chain keeps no per-parameter state, only the shared lr, and gx.Optimizer refuses
-# to load such a state dict ("shared state without any parameter state"; gx.sgd(lr) without
-# momentum fails the same way): an adapter bug, reported to its owner. strict, so the mark
-# must go once it is fixed.
-ADAPTER_BUG = {"sign_sgd"}
-PARAMS = [pytest.param(e, id=e.name, marks=pytest.mark.xfail(strict=True, reason="adapter: stateless chain"))
-          if e.name in ADAPTER_BUG else pytest.param(e, id=e.name) for e in ENTRIES]
+PARAMS = [pytest.param(e, id=e.name) for e in ENTRIES]
 
 
 def _run(problem, build, steps, split=None):

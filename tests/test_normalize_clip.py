@@ -413,8 +413,6 @@ def test_resumes_from_an_adapter_checkpoint(build):
     assert _resume_matches(build)
 
 
-@pytest.mark.xfail(raises=ValueError, reason="gx.Optimizer.load_state_dict rejects a chain whose state is all "
-                   "shared (no per-parameter leaf): 'shared state without any parameter state' (torch_optim.py)")
 @pytest.mark.parametrize("build", [lambda: gx.noisy_sgd(0.01, seed=3), lambda: gx.fromage(0.01)],
                          ids=["noisy_sgd", "fromage"])
 def test_resumes_from_an_adapter_checkpoint_without_per_parameter_state(build):

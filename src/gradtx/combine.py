@@ -211,10 +211,8 @@ def partition(transforms: dict[str, GradientTransformation], param_labels: Any, 
     a callable ``params -> tree`` (called with the updates at ``update``, as optax), or a
     function ``(name, tensor) -> label`` of two arguments (names as in :func:`masked`).
 
-    Known limitation under ``gx.Optimizer``: the adapter writes ``param_groups[i]["lr"]``
-    (and every other exposed hyperparameter) into every state field of that name, so the
-    transforms of a partition then share one value per name; for different learning rates
-    per set of parameters use torch param groups, or ``gx.scale`` for a fixed factor.
+    Under ``gx.Optimizer``, ``param_groups[i]["lr"]`` shows the first transform's learning
+    rate and the others keep their ratio to it, so an LR scheduler scales them all.
 
     Example::
 

@@ -25,15 +25,26 @@ __all__ = ["Optimizer"]
 STATE_FORMAT = "gradtx.Optimizer/1"
 
 
-def _chain_hyperparameters(tx: GradientTransformation) -> dict[str, float]:
-    # Learn the chain's hyperparameters from a state built on a meta tensor: no memory,
-    # and available before any parameter has a gradient (LR schedulers read them at once).
+def _chain_hyperparameters(tx: GradientTransformation) -> tuple[dict[str, float], list[float | None]]:
+    """The chain's hyperparameters as param-group defaults (each name's first value), and for
+    every hyperparameter tensor of its state, in state order, the factor by which it follows
+    ``param_groups[i][name]``: 1 for a tensor holding the first value, ``value / first`` for
+    another one (``partition({"a": adam(1e-3), "b": sgd(0.1)})`` keeps its 1:100 ratio when a
+    scheduler moves ``lr``), ``None`` for one that keeps its own value (a tensor with autograd
+    history, or a nonzero value where the first is zero)."""
+    # Built on a meta tensor: no memory, and known before any parameter has a gradient
+    # (LR schedulers read param_groups at once).
     state = tx.init({0: torch.empty(1, device="meta")})
     defaults: dict[str, float] = {}
+    factors: list[float | None] = []
     for name, value in hyperparameters(state):
-        if value.device.type != "meta" and not value.requires_grad:
-            defaults.setdefault(name, float(value.item()))
-    return defaults
+        if value.device.type == "meta" or value.requires_grad:
+            factors.append(None)
+            continue
+        x = float(value.item())
+        first = defaults.setdefault(name, x)
+        factors.append(1.0 if x == first else (x / first if first != 0 else None))
+    return defaults, factors
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -43,7 +54,9 @@ class Optimizer(torch.optim.Optimizer):
 
     - ``param_groups[i]`` holds the chain's hyperparameters (``lr``, ``weight_decay``, ...
       whatever its transforms keep in their state); LR schedulers and per-group overrides
-      (``[{'params': enc, 'lr': 1e-2}, {'params': dec}]``) set them.
+      (``[{'params': enc, 'lr': 1e-2}, {'params': dec}]``) set them. Where a chain holds one
+      name several times with different values (a ``partition`` of two learning rates), the
+      group shows the first and the others keep their ratio to it.
     - Parameters whose ``.grad`` is ``None`` are skipped and get no state. Step counters
       are shared by a param group: a parameter first seen late starts with fresh moments
       but the group's count.
@@ -84,7 +97,8 @@ class Optimizer(torch.optim.Optimizer):
         self._reuse_scratch: bool | None = None
         self._chain_states: list[Any] = []  # per group: chain state over its stepped params, or None
         self._known_keys: list[set[int]] = []  # per group: indices of the params in that state
-        super().__init__(params, _chain_hyperparameters(tx))
+        defaults, self._hparam_factors = _chain_hyperparameters(tx)
+        super().__init__(params, defaults)
 
     # -- torch.optim.Optimizer plumbing -----------------------------------------------
 
@@ -156,9 +170,7 @@ class Optimizer(torch.optim.Optimizer):
                 if g.is_sparse:
                     raise RuntimeError(f"gx.Optimizer does not support sparse gradients (param {k} of group {gi})")
             state, is_selection = self._group_state(gi, keys)
-            for name, tensor in hyperparameters(state):
-                if name in group:
-                    tensor.fill_(group[name])
+            self._write_hyperparameters(group, state)
             if self._plan is not None and self._plan.run(state, keys, params, grads,
                                                          lambda like, gi=gi, keys=keys: self._buffers(gi, keys, like)):
                 if is_selection:
@@ -199,6 +211,15 @@ class Optimizer(torch.optim.Optimizer):
             F.add(ps, us, alpha=alpha, inplace=True)
         return loss
 
+    def _write_hyperparameters(self, group: dict[str, Any], state: Any) -> None:
+        """Write the group's hyperparameters into the chain's state tensors (see
+        :func:`_chain_hyperparameters` for names held more than once)."""
+        found = hyperparameters(state)
+        factors = self._hparam_factors if len(found) == len(self._hparam_factors) else [1.0] * len(found)
+        for (name, tensor), factor in zip(found, factors):
+            if factor is not None and name in group:
+                tensor.fill_(group[name] if factor == 1.0 else group[name] * factor)
+
     def _buffers(self, gi: int, keys: list[int], like: list[torch.Tensor]) -> list[torch.Tensor]:
         """Scratch tensors shaped like ``like`` (the grads of ``keys``), kept for the next step."""
         cached = self._scratch[gi]
@@ -213,9 +234,11 @@ class Optimizer(torch.optim.Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """``{'format', 'state': {param index: {path: tensor}}, 'shared': [per group
-        {path: tensor}], 'param_groups': [...]}``: tensors and plain containers only."""
+        {path: tensor}], 'stepped': [per group, the param indices the chain state covers],
+        'param_groups': [...]}``: tensors and plain containers only."""
         state: dict[int, dict[str, torch.Tensor]] = {}
         shared: list[dict[str, torch.Tensor]] = []
+        stepped: list[list[int]] = []
         groups = []
         offset = 0
         for group, chain_state in zip(self.param_groups, self._chain_states):
@@ -225,13 +248,15 @@ class Optimizer(torch.optim.Optimizer):
                 for index, leaves in per_param.items():
                     state[offset + index] = dict(leaves)
             shared.append(group_shared)
+            stepped.append([offset + k for k in sorted(self._known_keys[len(groups)])])
             packed = {k: v for k, v in group.items() if k not in ("params", "param_names")}
             packed["params"] = list(range(offset, offset + len(group["params"])))
             if "param_names" in group:
                 packed["param_names"] = list(group["param_names"])
             groups.append(packed)
             offset += len(group["params"])
-        return {"format": STATE_FORMAT, "state": state, "shared": shared, "param_groups": groups}
+        return {"format": STATE_FORMAT, "state": state, "shared": shared, "stepped": stepped,
+                "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a :meth:`state_dict`; raises ``ValueError`` and changes nothing when it
@@ -248,33 +273,41 @@ class Optimizer(torch.optim.Optimizer):
             if len(saved["params"]) != len(group["params"]):
                 raise ValueError(f"param group {gi} has {len(group['params'])} params, the state dict "
                                  f"{len(saved['params'])}")
-            new_states.append(self._rebuild_group(gi, saved, state_dict["state"], state_dict["shared"][gi]))
+            stepped = state_dict.get("stepped")
+            new_states.append(self._rebuild_group(gi, saved, state_dict["state"], state_dict["shared"][gi],
+                                                  None if stepped is None else stepped[gi]))
         # Everything checked: only now change the optimizer.
         for gi, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
             for key, value in saved.items():
                 if key not in ("params", "param_names"):
                     group[key] = value
-            self._chain_states[gi] = new_states[gi]
-            self._known_keys[gi] = set() if new_states[gi] is None else set(split_param_paths(new_states[gi])[1])
+            self._chain_states[gi], keys = new_states[gi]
+            self._known_keys[gi] = set(keys)
+            self._scratch[gi] = None
 
     def _rebuild_group(self, gi: int, saved_group: dict[str, Any], saved_state: dict[int, dict[str, Any]],
-                       saved_shared: dict[str, Any]) -> Any:
+                       saved_shared: dict[str, Any], saved_stepped: list[int] | None) -> tuple[Any, list[int]]:
+        """The chain state of group ``gi`` rebuilt from a state dict, and the param indices
+        it covers; raises ``ValueError`` when the saved state does not fit the chain."""
         group = self.param_groups[gi]
-        keys = [k for k, index in enumerate(saved_group["params"]) if index in saved_state]
+        # The stepped params: recorded since a chain may keep no per-param state at all
+        # (sgd without momentum); older state dicts name them by their per-param state.
+        covered = saved_stepped if saved_stepped is not None else list(saved_state)
+        keys = [k for k, index in enumerate(saved_group["params"]) if index in covered]
         if not keys:
             if saved_shared:
                 raise ValueError(f"param group {gi}: shared state without any parameter state")
-            return None
+            return None, []
         fresh = self.tx.init(self._param_dict(group, keys))
         shared, per_param = split_param_paths(fresh)
         targets: list[tuple[str, torch.Tensor, Any]] = []
         _match(f"param group {gi} shared state", shared, saved_shared, targets)
         for k in keys:
-            _match(f"param group {gi} param {k}", per_param.get(k, {}), saved_state[saved_group["params"][k]],
-                   targets)
+            _match(f"param group {gi} param {k}", per_param.get(k, {}),
+                   saved_state.get(saved_group["params"][k], {}), targets)
         for _, dst, src in targets:
             dst.copy_(src)
-        return fresh
+        return fresh, keys
 
 
 def _match(where: str, expected: dict[str, torch.Tensor], saved: dict[str, Any],
