@@ -85,6 +85,24 @@ def test_state_stable_and_dtype_kept(entry, dtype):
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
+def test_low_precision_grads_on_wider_params_keep_their_dtype(entry):
+    """Mixed precision: bfloat16 gradients on float32 params (state follows the params)
+    give bfloat16 updates with finite values, pure and in place."""
+    if torch.bfloat16 in entry.skip.get("dtypes", ()):
+        pytest.skip(entry.skip.get("why", "dtype not supported"))
+    tx = entry.build()
+    params = _params(torch.float32)
+    for inplace in (False, True):
+        state = tx.init(params)
+        for step in range(2):
+            grads = {k: g.to(torch.bfloat16) for k, g in _grads(params, seed=step).items()}
+            updates, state = tx.update(grads, state, params, inplace=inplace, **_extra(entry, params))
+            for k in grads:
+                assert updates[k].dtype == torch.bfloat16, f"{k}: {updates[k].dtype} (inplace={inplace})"
+                assert torch.isfinite(updates[k]).all()
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
 def test_inplace_matches_pure(entry):
     tx = entry.build()
     params = _params(torch.float64)

@@ -94,8 +94,9 @@ def div(xs: Tensors, ys: Tensors | Scalar, *, inplace: bool = False) -> Tensors:
 
 
 def lerp(xs: Tensors, ys: Tensors, weight: float, *, inplace: bool = False) -> Tensors:
-    """``xs + weight * (ys - xs)``."""
-    return _call("lerp", inplace, xs, ys, weight)
+    """``xs + weight * (ys - xs)``; ``ys`` is read in the dtype of ``xs`` (a moment kept
+    wider than bf16 gradients, say), since lerp takes no mixed dtypes."""
+    return _call("lerp", inplace, xs, cast_like(ys, xs), weight)
 
 
 def addcmul(xs: Tensors, ys: Tensors, zs: Tensors, value: float = 1, *, inplace: bool = False) -> Tensors:
@@ -166,6 +167,12 @@ def cast(xs: Tensors, dtype: torch.dtype | None) -> Tensors:
     if dtype is None:
         return xs
     return [x if x.dtype == dtype else x.to(dtype) for x in xs]
+
+
+def cast_like(xs: Tensors, refs: Tensors) -> Tensors:
+    """Each of ``xs`` in the dtype of the matching ``refs`` tensor (the same tensor where
+    they agree): updates leave a transform in the dtype their gradients came in with."""
+    return [x if x.dtype == r.dtype else x.to(r.dtype) for x, r in zip(xs, refs)]
 
 
 def norms(xs: Tensors) -> Tensors:

@@ -68,6 +68,7 @@ def scale_by_rss(initial_accumulator_value: float = 0.1, eps: float = 1e-7, eps_
         out = F.div(gs, denom, inplace=inplace)
         if eps == 0:
             _zero_where_empty(out, ss)
+        out = F.cast_like(out, gs)  # updates keep the gradients' dtype
         return unflatten(treedef, out), ScaleByRssState(unflatten(treedef, ss))
 
     return GradientTransformation(init, update)
@@ -109,6 +110,7 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> GradientTransforma
         out = F.mul(gs, ratio, inplace=inplace)
         exs = F.mul(exs, rho, inplace=inplace)
         F.addcmul(exs, out, out, 1.0 - rho, inplace=True)
+        out = F.cast_like(out, gs)  # updates keep the gradients' dtype
         return unflatten(treedef, out), ScaleByAdaDeltaState(unflatten(treedef, egs), unflatten(treedef, exs))
 
     return GradientTransformation(init, update)
@@ -168,6 +170,7 @@ def scale_by_rprop(lr: float, eta_minus: float = 0.5, eta_plus: float = 1.2,
             outs.append(u)
             new_prevs.append(prev.copy_(u) if inplace else u.clone())
         new_state = ScaleByRpropState(unflatten(treedef, new_steps), unflatten(treedef, new_prevs))
+        outs = F.cast_like(outs, gs)  # updates keep the gradients' dtype
         return unflatten(treedef, outs), new_state
 
     return GradientTransformation(init, update)
@@ -235,6 +238,7 @@ def scale_by_stddev(decay: float = 0.9, eps: float = 1e-8, initial_scale: float 
         out = F.div(gs, denom, inplace=inplace)
         mu, nu = unflatten(treedef, mus), unflatten(treedef, nus)
         new_state = ScaleByRStdDevBiasCorrectedState(count, mu, nu) if bias_correction else ScaleByRStdDevState(mu, nu)
+        out = F.cast_like(out, gs)  # updates keep the gradients' dtype
         return unflatten(treedef, out), new_state
 
     return GradientTransformation(init, update)
@@ -293,6 +297,7 @@ def scale_by_asgd(lr: float | torch.Tensor, lambd: float = 1e-4, alpha: float = 
         F.sub(diff, axs, inplace=True)
         F.mul(diff, mu, inplace=True)
         axs = F.add(axs, diff, inplace=inplace)
+        out = F.cast_like(out, gs)  # updates keep the gradients' dtype
         return unflatten(treedef, out), ScaleByAsgdState(count, state.lr, unflatten(treedef, axs))
 
     return GradientTransformation(init, update)

@@ -119,6 +119,7 @@ def scale_by_adamax(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gr
         out = F.copy_(bound, mus) if inplace else F.cast(mus, _dtype_of(gs))
         out = F.div(out, nus, inplace=inplace)
         F.div(out, _bias_correction(b1, count), inplace=True)
+        out = F.cast_like(out, gs)  # updates keep the gradients' dtype
         return unflatten(treedef, out), ScaleByAdamState(count, unflatten(treedef, mus), unflatten(treedef, nus))
 
     return GradientTransformation(init, update)
@@ -184,6 +185,7 @@ def scale_by_amsgrad(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_
         out = _divide_mu_hat(denom, mus, _bias_correction(b1, count) if bias_correction_mu else None)
         new_state = ScaleByAmsgradState(count, unflatten(treedef, mus), unflatten(treedef, nus),
                                         unflatten(treedef, maxs))
+        out = F.cast_like(out, gs)  # updates keep the gradients' dtype
         return unflatten(treedef, out), new_state
 
     return GradientTransformation(init, update)
@@ -237,6 +239,7 @@ def scale_by_belief(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-16, eps_
         else:
             out = _divide_mu_hat(denom, mus, _bias_correction(b1, count))
         new_state = ScaleByBeliefState(count, unflatten(treedef, mus), unflatten(treedef, nus))
+        out = F.cast_like(out, gs)  # updates keep the gradients' dtype
         return unflatten(treedef, out), new_state
 
     return GradientTransformation(init, update)
@@ -281,6 +284,7 @@ def scale_by_yogi(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-3, eps_roo
         count = increment(state.count, inplace)
         denom = _root_denominator(g2, nus, _bias_correction(b2, count), eps, eps_root, reuse=True)
         out = _divide_mu_hat(denom, mus, _bias_correction(b1, count))
+        out = F.cast_like(out, gs)  # updates keep the gradients' dtype
         return unflatten(treedef, out), ScaleByAdamState(count, unflatten(treedef, mus), unflatten(treedef, nus))
 
     return GradientTransformation(init, update)
@@ -356,6 +360,7 @@ def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_ro
             F.mul(out, r, inplace=True)
         else:
             out = _divide_mu_hat(denom, mus, bc1 / r)
+        out = F.cast_like(out, gs)  # updates keep the gradients' dtype
         return unflatten(treedef, out), ScaleByAdamState(count, unflatten(treedef, mus), unflatten(treedef, nus))
 
     return GradientTransformation(init, update)
@@ -428,6 +433,7 @@ def scale_by_nadam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, moment
         F.add(numer, F.mul(F.cast(mus, _dtype_of(gs)), mu_next / (1.0 - prod_t * mu_next)), inplace=True)
         out = F.div(numer, denom, inplace=True)
         new_state = ScaleByNadamState(count, product, unflatten(treedef, mus), unflatten(treedef, nus))
+        out = F.cast_like(out, gs)  # updates keep the gradients' dtype
         return unflatten(treedef, out), new_state
 
     return GradientTransformation(init, update)
@@ -491,6 +497,7 @@ def scale_by_novograd(b1: float = 0.9, b2: float = 0.25, eps: float = 1e-8, eps_
         mus = F.mul(mus, b1, inplace=inplace)
         F.add(mus, F.cast(normed, _dtype_of(mus)), inplace=True)
         out = F.copy_(normed, mus)  # normed is this update's own buffer (or the caller's, when inplace)
+        out = F.cast_like(out, gs)  # updates keep the gradients' dtype
         return unflatten(treedef, out), ScaleByNovogradState(count, unflatten(treedef, mus), unflatten(treedef, nus))
 
     return GradientTransformation(init, update)
@@ -610,6 +617,7 @@ def scale_by_adan(b1: float = 0.98, b2: float = 0.92, b3: float = 0.99, eps: flo
         F.div(out, denom, inplace=True)
         new_state = ScaleByAdanState(unflatten(treedef, ms), unflatten(treedef, vs), unflatten(treedef, ns),
                                      unflatten(treedef, prev), t)
+        out = F.cast_like(out, gs)  # updates keep the gradients' dtype
         return unflatten(treedef, out), new_state
 
     return GradientTransformation(init, update)

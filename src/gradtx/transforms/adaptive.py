@@ -74,6 +74,7 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_roo
         else:
             out = _adam_direction(gs, mus, nus, count, b1, bc1, bc2, eps, eps_root, nesterov, inplace)
         new_state = ScaleByAdamState(count, unflatten(treedef, mus), unflatten(treedef, nus))
+        out = F.cast_like(out, gs)  # updates keep the gradients' dtype
         return unflatten(treedef, out), new_state
 
     return GradientTransformation(init, update)
@@ -164,6 +165,7 @@ def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, initial_scale: float = 0
         out = F.div(gs, denom, inplace=inplace)
         nu = unflatten(treedef, nus)
         new_state = ScaleByRmsBiasCorrectedState(count, nu) if bias_correction else ScaleByRmsState(nu)
+        out = F.cast_like(out, gs)  # updates keep the gradients' dtype
         return unflatten(treedef, out), new_state
 
     return GradientTransformation(init, update)

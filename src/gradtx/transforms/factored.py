@@ -78,11 +78,11 @@ def scale_by_sm3(b1: float = 0.9, b2: float = 1.0, eps: float = 1e-8) -> Gradien
                 maxes = [acc.amax(dim=[d for d in dims if d != i]) for i in dims]
                 new_acc = [a.copy_(m) for a, m in zip(accs, maxes)] if inplace else maxes
             up = g.mul_(scaling) if inplace else g * scaling
-            nu = nu.lerp_(up, 1.0 - b1) if inplace else torch.lerp(nu, up, 1.0 - b1)
+            nu = nu.lerp_(up.to(nu.dtype), 1.0 - b1) if inplace else torch.lerp(nu, up.to(nu.dtype), 1.0 - b1)
             new_mus.append(new_acc)
             new_nus.append(nu)
             # the caller may overwrite returned updates in place: never hand it the state
-            outs.append(up.copy_(nu) if inplace else nu)
+            outs.append(up.copy_(nu) if inplace else nu.to(g.dtype))
         return unflatten(treedef, outs), ScaleBySM3State(unflatten(treedef, new_mus), unflatten(treedef, new_nus))
 
     return GradientTransformation(init, update)
@@ -186,7 +186,8 @@ def scale_by_factored_rms(factored: bool = True, decay_rate: float = 0.8, step_o
                 reduced_d1 = d1 - 1 if d1 > d0 else d1
                 row_factor = (row / row.mean(dim=reduced_d1, keepdim=True)).rsqrt_()
                 scaling = row_factor.unsqueeze(d0) * col.rsqrt().unsqueeze(d1)
-            outs.append(g.mul_(scaling) if inplace else g * scaling)
+            # the update keeps g's dtype when the statistics are wider (bf16 grads, f32 params)
+            outs.append(g.mul_(scaling) if inplace else (g * scaling).to(g.dtype))
             new_rows.append(row)
             new_cols.append(col)
             new_fulls.append(full)

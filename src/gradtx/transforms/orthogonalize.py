@@ -165,19 +165,19 @@ def scale_by_muon(ns_coeffs: NsCoeffs = MUON_NS_COEFFS, ns_steps: int = 5, beta:
         mus = leaves_like(state.mu, treedef)
         idx = [i for i, u in enumerate(us) if u.dim() >= 2]
         gs = [us[i] for i in idx]
-        ms = F.lerp([mus[i] for i in idx], _cast_like(gs, [mus[i] for i in idx]), 1.0 - beta, inplace=inplace)
+        ms = F.lerp([mus[i] for i in idx], F.cast_like(gs, [mus[i] for i in idx]), 1.0 - beta, inplace=inplace)
         count = increment(state.count, inplace)
         if bias_correction:
             bc = _bias_correction(beta, count)
             if nesterov:
                 hat = F.mul(gs, (1.0 - beta) / bc, inplace=inplace)
-                F.add(hat, F.mul(_cast_like(ms, gs), beta / _bias_correction(beta, count + 1)), inplace=True)
+                F.add(hat, F.mul(F.cast_like(ms, gs), beta / _bias_correction(beta, count + 1)), inplace=True)
             else:
-                hat = F.div(_cast_like(ms, gs), bc)
+                hat = F.div(F.cast_like(ms, gs), bc)
         elif nesterov:
-            hat = F.lerp(gs, _cast_like(ms, gs), beta, inplace=inplace)
+            hat = F.lerp(gs, F.cast_like(ms, gs), beta, inplace=inplace)
         else:
-            hat = _cast_like(ms, gs)  # may be the state's buffers: nothing below writes into hat
+            hat = F.cast_like(ms, gs)  # may be the state's buffers: nothing below writes into hat
         out = list(us)
         for i, h in zip(idx, hat):
             o = _orthogonalize(h, coeffs, eps, ns_dtype)
@@ -193,5 +193,3 @@ def scale_by_muon(ns_coeffs: NsCoeffs = MUON_NS_COEFFS, ns_steps: int = 5, beta:
     return GradientTransformation(init, update)
 
 
-def _cast_like(xs: list[torch.Tensor], like: list[torch.Tensor]) -> list[torch.Tensor]:
-    return [x if x.dtype == y.dtype else x.to(y.dtype) for x, y in zip(xs, like)]
