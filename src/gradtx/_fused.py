@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 from . import _foreach as F  # noqa: N812
 from ._hparams import is_schedule
@@ -85,12 +86,15 @@ class FusedPlan:
             per_param = [[s.mu[k] for k in keys], [s.nu[k] for k in keys]]
         elif self.core >= 0:
             per_param = [[state[self.core].trace[k] for k in keys]]
-        for i, p in enumerate(ps):
-            g = gs[i]
-            if (p.dtype not in _FUSED_DTYPES or g.dtype != p.dtype or g.device != p.device or g.is_sparse
-                    or p.device.type not in ("cpu", "cuda") or g.shape != p.shape
-                    or any(buf[i].dtype != p.dtype for buf in per_param)):
+        # Only the gradients need a look each step: the state buffers are zeros_like(params)
+        # (the plan excludes mu_dtype and loading keeps dtypes), autograd and the .grad
+        # setter guarantee shapes, and the adapter refused sparse gradients already.
+        for p, g in zip(ps, gs):
+            if g.dtype != p.dtype or g.device != p.device:
                 return False
+        groups = _group_by_device_and_dtype(ps)
+        if any(dtype not in _FUSED_DTYPES or device.type not in ("cpu", "cuda") for device, dtype in groups):
+            return False
         lr = _number(state[self.lr].lr)
         wd = _number(state[self.decay].weight_decay) if self.decay >= 0 else 0.0
         if lr is None or wd is None:
@@ -101,9 +105,6 @@ class FusedPlan:
             for c in self.clips:
                 F.clamp(gs, -c, c, inplace=True)
 
-        groups: dict[tuple, list[int]] = {}
-        for i, p in enumerate(ps):
-            groups.setdefault((p.device, p.dtype), []).append(i)
         if self.kind in ("adam", "adamw"):
             count = state[self.core].count
             count.add_(1)
@@ -124,6 +125,12 @@ class FusedPlan:
                                   momentum=self.hp.get("momentum", 0.0), lr=lr, dampening=0.0,
                                   nesterov=self.hp.get("nesterov", False), maximize=False, is_first_step=False)
         return True
+
+
+def _group_by_device_and_dtype(ps: list[torch.Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
+    """Indices of ``ps`` by (device, dtype), grouped in C++ as torch's fused optimizers do."""
+    grouped = _group_tensors_by_device_and_dtype([ps], with_indices=True)
+    return {key: indices for key, (_, indices) in grouped.items()}
 
 
 def lr_tail(tx: Any) -> tuple | None:

@@ -140,7 +140,11 @@ def _is_param_key(key: Any) -> bool:
 
 
 def _is_param_dict(node: Any) -> bool:
-    return isinstance(node, dict) and len(node) > 0 and all(_is_param_key(k) for k in node)
+    if not isinstance(node, dict) or not node:
+        return False
+    # The adapter's dicts are keyed by ParamKey throughout: one look suffices, which matters
+    # with thousands of parameters (every step walks the state for its hyperparameters).
+    return isinstance(next(iter(node)), ParamKey) or all(_is_param_key(k) for k in node)
 
 
 def _key_name(key: Any) -> str:

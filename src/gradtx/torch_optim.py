@@ -95,6 +95,9 @@ class Optimizer(torch.optim.Optimizer):
         # None until a generic step showed whether the chain keeps the updates it was given
         # in its state (then the scratch tensors cannot be reused).
         self._reuse_scratch: bool | None = None
+        # Per group: (keys, params list, {ParamKey: param}) of the last step, reused while the
+        # same params have gradients (building thousands of keys each step is measurable).
+        self._step_params: list[Any] = []
         self._chain_states: list[Any] = []  # per group: chain state over its stepped params, or None
         self._known_keys: list[set[int]] = []  # per group: indices of the params in that state
         defaults, self._hparam_factors = _chain_hyperparameters(tx)
@@ -110,6 +113,7 @@ class Optimizer(torch.optim.Optimizer):
         self._chain_states.append(None)
         self._known_keys.append(set())
         self._scratch.append(None)
+        self._step_params.append(None)
 
     @property
     def state(self) -> dict[torch.Tensor, dict[str, torch.Tensor]]:  # type: ignore[override]
@@ -164,7 +168,12 @@ class Optimizer(torch.optim.Optimizer):
             keys = [k for k, p in enumerate(group["params"]) if p.grad is not None]
             if not keys:
                 continue
-            params = self._param_dict(group, keys)
+            cached = self._step_params[gi]
+            if cached is not None and cached[1] is group["params"] and cached[0] == keys:
+                params = cached[2]
+            else:
+                params = self._param_dict(group, keys)
+                self._step_params[gi] = (keys, group["params"], params)
             grads = {k: params[k].grad for k in keys}
             for k, g in grads.items():
                 if g.is_sparse:
