@@ -167,7 +167,11 @@ def time_variants(variants: dict[str, Callable], set_name: str, rounds: int, ste
 def peak_memory(algo: str, variant: str, set_name: str) -> float:
     """Extra peak RSS (MiB) of a few steps of one optimizer, in a fresh process."""
     cmd = [sys.executable, __file__, "--memory-one", algo, variant, set_name]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=os.environ)
+    # A fixed mmap threshold: glibc otherwise raises it as large blocks are freed (building
+    # the params frees some), after which big tensors come from the heap and the RSS peak
+    # depends on that history (run to run, two optimizers swapped places by 30 MiB).
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
 
 
