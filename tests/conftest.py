@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
+
+import gradtx as gx
 
 # One intra-op thread per test process: the suite runs as 2 xdist workers on 2 cores, and
 # more threads than cores make small-tensor steps several times slower.
@@ -40,6 +44,41 @@ class MLPProblem:
 
     def leaf_params(self) -> dict[str, torch.Tensor]:
         return {k: v.clone().requires_grad_(True) for k, v in self.params0.items()}
+
+
+TOL = {torch.float64: dict(rtol=1e-9, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    """torch's default dtype set to ``dtype`` inside the block (torch optimizers keep some
+    scalars, NAdam's mu_product or ASGD's eta, in the default dtype)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def functional_trajectory(problem: MLPProblem, tx, steps: int = 200) -> list[dict[str, torch.Tensor]]:
+    """The params after each of ``steps`` functional updates of ``tx`` on ``problem``."""
+    params = {k: v.clone() for k, v in problem.params0.items()}
+    state = tx.init(params)
+    out = []
+    for t in range(steps):
+        updates, state = tx.update(problem.grads(params, t), state, params)
+        params = gx.apply_updates(params, updates)
+        out.append(params)
+    return out
+
+
+def assert_same(traj, ref, dtype=torch.float64) -> None:
+    """Two trajectories (lists of params dicts) agree step by step within ``TOL[dtype]``."""
+    assert len(traj) == len(ref)
+    for t, (a, b) in enumerate(zip(traj, ref)):
+        for k in b:
+            torch.testing.assert_close(a[k], b[k], **TOL[dtype], msg=lambda m, t=t, k=k: f"step {t}, {k}: {m}")
 
 
 @pytest.fixture

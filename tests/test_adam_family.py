@@ -3,31 +3,19 @@ update rules written out per tensor (AdaBelief, Yogi, NovoGrad, Lion, Adan, opta
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 
 import pytest
 import torch
-from conftest import MLPProblem
+from conftest import MLPProblem, assert_same, default_dtype, functional_trajectory
 
 import gradtx as gx
 
 STEPS = 200
-TOL = {torch.float64: dict(rtol=1e-9, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
 
 
 # -- trajectories -------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def default_dtype(dtype):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
 
 
 def torch_trajectory(problem: MLPProblem, make_opt, pre_step=None, steps=STEPS):
@@ -49,17 +37,6 @@ def torch_trajectory(problem: MLPProblem, make_opt, pre_step=None, steps=STEPS):
                     pre_step(params)
             opt.step()
             out.append({k: v.detach().clone() for k, v in params.items()})
-    return out
-
-
-def functional_trajectory(problem: MLPProblem, tx, steps=STEPS):
-    params = {k: v.clone() for k, v in problem.params0.items()}
-    state = tx.init(params)
-    out = []
-    for t in range(steps):
-        updates, state = tx.update(problem.grads(params, t), state, params)
-        params = gx.apply_updates(params, updates)
-        out.append(params)
     return out
 
 
@@ -87,13 +64,6 @@ def formula_trajectory(problem: MLPProblem, rule, steps):
         params = {k: step(params[k], grads[k], states[k], t + 1) for k in params}
         out.append(params)
     return out
-
-
-def assert_same(traj, ref, dtype=torch.float64):
-    assert len(traj) == len(ref)
-    for t, (a, b) in enumerate(zip(traj, ref)):
-        for k in b:
-            torch.testing.assert_close(a[k], b[k], **TOL[dtype], msg=lambda m, t=t, k=k: f"step {t}, {k}: {m}")
 
 
 def max_rel_gap(traj, ref):

@@ -3,28 +3,16 @@ independently (optax's / the papers' formulas), and hyperparameter validation.""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 
 import pytest
 import torch
-from conftest import MLPProblem
+from conftest import TOL, MLPProblem, assert_same, default_dtype
 
 import gradtx as gx
 
 STEPS = 200
-TOL = {torch.float64: dict(rtol=1e-9, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
-
-
-@contextlib.contextmanager
-def default_dtype(dtype):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
 
 
 def adafactor_relative_step(a):
@@ -114,13 +102,6 @@ def adapter_trajectory(problem, tx, steps=STEPS, groups=None):
         opt.step()
         out.append({k: v.detach().clone() for k, v in params.items()})
     return out, opt
-
-
-def assert_same(traj, ref, dtype):
-    assert len(traj) == len(ref)
-    for t, (a, b) in enumerate(zip(traj, ref)):
-        for k in b:
-            torch.testing.assert_close(a[k], b[k], **TOL[dtype], msg=lambda m, t=t, k=k: f"step {t}, {k}: {m}")
 
 
 @functools.cache

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import MLPProblem
+from conftest import TOL, MLPProblem, assert_same, functional_trajectory
 
 import gradtx as gx
 
 STEPS = 200
-TOL = {torch.float64: dict(rtol=1e-9, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
 
 # (name, gradtx transform factory, torch optimizer factory, gradient preprocessing for torch)
 CASES = [
@@ -50,17 +49,6 @@ def torch_trajectory(problem: MLPProblem, make_opt, grad_fn=None, sched=None, st
     return out
 
 
-def functional_trajectory(problem: MLPProblem, tx, steps=STEPS):
-    params = {k: v.clone() for k, v in problem.params0.items()}
-    state = tx.init(params)
-    out = []
-    for t in range(steps):
-        updates, state = tx.update(problem.grads(params, t), state, params)
-        params = gx.apply_updates(params, updates)
-        out.append(params)
-    return out
-
-
 def adapter_trajectory(problem: MLPProblem, tx, sched=None, steps=STEPS):
     params = problem.leaf_params()
     opt = gx.Optimizer(list(params.values()), tx)
@@ -74,13 +62,6 @@ def adapter_trajectory(problem: MLPProblem, tx, sched=None, steps=STEPS):
             scheduler.step()
         out.append({k: v.detach().clone() for k, v in params.items()})
     return out
-
-
-def assert_same(traj, ref, dtype):
-    assert len(traj) == len(ref)
-    for t, (a, b) in enumerate(zip(traj, ref)):
-        for k in b:
-            torch.testing.assert_close(a[k], b[k], **TOL[dtype], msg=lambda m, t=t, k=k: f"step {t}, {k}: {m}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
