@@ -67,7 +67,7 @@ def _call(name: str, inplace: bool, xs: Tensors, *args, **kwargs) -> Tensors:
     if scalar_tensor:
         # A 0-dim x times a float64 0-dim hyperparameter promotes to float64; updates keep
         # the dtype they came in with.
-        out = [o if o.dtype == x.dtype else o.to(x.dtype) for o, x in zip(out, xs)]
+        out = cast_like(out, xs)
     return out
 
 

@@ -153,7 +153,7 @@ def apply_updates(params: Tree, updates: Tree, *, inplace: bool = False) -> Tree
         raise ValueError(f"updates has {len(u_leaves)} leaves but params has {len(p_leaves)}")
     idx = [i for i, u in enumerate(u_leaves) if u is not None]
     ps = [p_leaves[i] for i in idx]
-    us = [u_leaves[i] if u_leaves[i].dtype == p_leaves[i].dtype else u_leaves[i].to(p_leaves[i].dtype) for i in idx]
+    us = F.cast_like([u_leaves[i] for i in idx], ps)
     if inplace:
         with torch.no_grad():
             F.add(ps, us, inplace=True)

@@ -215,8 +215,7 @@ class Optimizer(torch.optim.Optimizer):
                     self._scratch = [None] * len(self._scratch)
             self._chain_states[gi] = merge_keys(self._chain_states[gi], state) if is_selection else state
             ps = [params[k] for k in keys]
-            us = [updates[k] if updates[k].dtype == params[k].dtype else updates[k].to(params[k].dtype)
-                  for k in keys]
+            us = F.cast_like([updates[k] for k in keys], ps)
             F.add(ps, us, alpha=alpha, inplace=True)
         return loss
 
