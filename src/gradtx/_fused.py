@@ -148,8 +148,8 @@ def lr_tail(tx: Any) -> tuple | None:
 
 def plan(tx: Any) -> FusedPlan | None:
     """The fused plan for ``tx``, or ``None`` when it does not have a recognised shape."""
-    parts = getattr(tx, "__dict__", {}).get("parts")
-    if not parts or not _is_chain(tx, parts):
+    parts = lr_tail(tx)  # every recognised shape is a chain ending in scale_by_lr(number)
+    if parts is None:
         return None
     names = [_attrs(p)[0] for p in parts]
     args = [_attrs(p)[1] for p in parts]
@@ -162,11 +162,6 @@ def plan(tx: Any) -> FusedPlan | None:
         clips.append(c)
         i += 1
     rest = names[i:]
-    if not rest or rest[-1] != "scale_by_lr":
-        return None
-    lr_arg = args[-1].get("lr")
-    if is_schedule(lr_arg) or _number(lr_arg) is None:
-        return None
     lr_at = len(names) - 1
 
     def decay_ok(j: int) -> bool:
