@@ -195,23 +195,35 @@ def merge_keys(base: Tree, new: Tree) -> Tree:
     return new
 
 
+def param_leaf_positions(tree: Tree) -> list[tuple[int | None, str]]:
+    """For each leaf of ``tree``, in ``tree_flatten`` order, ``(parameter index, path)``: the
+    index of the int-keyed dict entry holding it (``None`` for a shared leaf) and its path
+    with that entry left out (``"[0].mu"`` for ``state[0].mu[3]``)."""
+    pairs, _ = _pytree.tree_flatten_with_path(tree)
+    out: list[tuple[int | None, str]] = []
+    for path, _leaf in pairs:
+        at = next((i for i, k in enumerate(path) if isinstance(k, _pytree.MappingKey) and _is_param_key(k.key)),
+                  None)
+        if at is None:
+            out.append((None, _pytree.keystr(path)))
+        else:
+            out.append((int(path[at].key), _pytree.keystr(path[:at] + path[at + 1:])))
+    return out
+
+
 def split_param_paths(tree: Tree) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
     """Split the leaves of ``tree`` into shared ones and per-parameter ones.
 
     Returns ``(shared, per_param)``: ``shared`` maps a path to a leaf; ``per_param`` maps a
     parameter index to ``{path-without-the-index: leaf}``.
     """
-    pairs, _ = _pytree.tree_flatten_with_path(tree)
     shared: dict[str, Any] = {}
     per_param: dict[int, dict[str, Any]] = {}
-    for path, leaf in pairs:
-        at = next((i for i, k in enumerate(path) if isinstance(k, _pytree.MappingKey) and _is_param_key(k.key)),
-                  None)
-        if at is None:
-            shared[_pytree.keystr(path)] = leaf
+    for (index, path), leaf in zip(param_leaf_positions(tree), tree_flatten(tree)[0]):
+        if index is None:
+            shared[path] = leaf
         else:
-            rest = path[:at] + path[at + 1:]
-            per_param.setdefault(int(path[at].key), {})[_pytree.keystr(rest)] = leaf
+            per_param.setdefault(index, {})[path] = leaf
     return shared, per_param
 
 
