@@ -59,7 +59,7 @@ CORE = [
 # Public names that are not transform constructors, so need no entry; family files may add
 # their own in a ``NOT_TRANSFORMS`` set.
 NOT_TRANSFORMS = {"Optimizer", "GradientTransformation", "EmptyState", "apply_updates", "stateless", "describe",
-                  "transform", "leaf_names", "ParamKey"}
+                  "transform", "leaf_names", "ParamKey", "is_elementwise"}
 
 
 def _collect() -> list[Entry]:

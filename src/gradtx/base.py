@@ -18,7 +18,8 @@ import torch
 from . import _foreach as F
 from ._tree import Tree, tree_flatten, tree_unflatten
 
-__all__ = ["EmptyState", "GradientTransformation", "apply_updates", "describe", "identity", "stateless", "transform"]
+__all__ = ["EmptyState", "GradientTransformation", "apply_updates", "describe", "identity", "is_elementwise",
+           "stateless", "transform"]
 
 
 class TransformInitFn(Protocol):
@@ -70,14 +71,24 @@ def _format_value(value: Any) -> str:
     return repr(value)
 
 
-def transform(fn: Callable[..., GradientTransformation]) -> Callable[..., GradientTransformation]:
+def transform(fn: Callable[..., GradientTransformation] | None = None, *,
+              elementwise: bool | Callable[[dict[str, Any]], bool] = False) -> Any:
     """Decorator for a transform constructor: the result's ``repr`` shows the call.
 
     ``gx.scale_by_adam(b1=0.8)`` prints as ``scale_by_adam(b1=0.8)``: only the arguments
     the caller gave, so the repr reads like the code that built it. The result also
     carries ``name`` (the constructor's) and ``args`` (all arguments, defaults included),
     which fast paths read to recognise a chain; a chain adds ``parts``.
+
+    ``@transform(elementwise=True)`` declares that every element of the update, and of each
+    per-parameter state tensor (shaped like its parameter), depends only on the same element
+    of the gradient, parameter and state, and on shared state (step counts, hyperparameters)
+    that no parameter value changes: such a transform gives the same numbers on any split of
+    the parameters into flat pieces, which the compiled path relies on (see
+    :func:`is_elementwise`). A callable ``args -> bool`` decides from the arguments.
     """
+    if fn is None:
+        return functools.partial(transform, elementwise=elementwise)
     signature = inspect.signature(fn)
 
     @functools.wraps(fn)
@@ -98,6 +109,8 @@ def transform(fn: Callable[..., GradientTransformation]) -> Callable[..., Gradie
         inner = getattr(tx, "__dict__", {})
         attrs = {k: v for k, v in inner.items() if k != "description"}
         attrs.update(name=fn.__name__, args=dict(bound.arguments))
+        if "parts" not in inner:  # an alias is as elementwise as the chain it returns
+            attrs["elementwise"] = bool(elementwise(attrs["args"]) if callable(elementwise) else elementwise)
         description = f"{fn.__name__}({', '.join(parts)})"
         if "parts" in inner and "description" in inner:
             # an alias: show what it is made of, e.g. "adamw(lr=0.001) = chain(\n  scale_by_adam(...), ...)"
@@ -105,6 +118,21 @@ def transform(fn: Callable[..., GradientTransformation]) -> Callable[..., Gradie
         return describe(tx, description, **attrs)
 
     return build
+
+
+def is_elementwise(tx: GradientTransformation) -> bool:
+    """Whether ``tx`` was declared elementwise (``@transform(elementwise=True)``); a chain
+    is when all its parts are. Undeclared transforms (``stateless``, wrappers) are not."""
+    return not non_elementwise_parts(tx)
+
+
+def non_elementwise_parts(tx: GradientTransformation) -> list[GradientTransformation]:
+    """The innermost parts of ``tx`` that are not declared elementwise (``[tx]`` for a
+    single undeclared transform, ``[]`` for an elementwise one)."""
+    attrs = getattr(tx, "__dict__", {})
+    if "parts" in attrs:
+        return [bad for part in attrs["parts"] for bad in non_elementwise_parts(part)]
+    return [] if attrs.get("elementwise", False) else [tx]
 
 
 class EmptyState(NamedTuple):
@@ -116,7 +144,7 @@ def _empty_init(params: Tree) -> EmptyState:
     return EmptyState()
 
 
-@transform
+@transform(elementwise=True)
 def identity() -> GradientTransformation:
     """Leaves updates unchanged: ``u <- u``."""
 

@@ -20,7 +20,7 @@ def _empty(params):
     return EmptyState()
 
 
-@transform
+@transform(elementwise=True)
 def clip_value(max_delta: float) -> GradientTransformation:
     """Clip each element into ``[-max_delta, max_delta]``: ``u <- clamp(u, -d, d)``.
 

@@ -28,7 +28,7 @@ def _toward_zero(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(overshoot, torch.nextafter(cast, torch.zeros_like(cast)), cast)
 
 
-@transform
+@transform(elementwise=True)
 def keep_params_nonnegative() -> GradientTransformation:
     """Keep parameters non-negative: ``u <- -p`` where ``p + u < 0``, else ``u``
     (that is ``u <- max(u, -p)``), so ``p + u >= 0``.

@@ -109,7 +109,7 @@ class ScaleByOptimisticGradientState(NamedTuple):
     previous_gradient: Tree
 
 
-@transform
+@transform(elementwise=True)
 def scale_by_optimistic_gradient(alpha: float = 1.0, beta: float = 1.0) -> GradientTransformation:
     """Generalized optimistic gradient (Mokhtari et al., 2019; optax.scale_by_optimistic_gradient).
 
