@@ -46,11 +46,31 @@ def _on_device(scalar: Scalar, like: Sequence[torch.Tensor]) -> Scalar:
     return scalar
 
 
+# ``gradtx::compute_once(x)``: a copy of ``x`` that a compiler cannot fold into its consumers.
+# Registered through the low-level library API: a call costs ~2 us, a torch.library.custom_op ~7.
+_LIBRARY = torch.library.Library("gradtx", "FRAGMENT")
+_LIBRARY.define("compute_once(Tensor x) -> Tensor")
+_LIBRARY.impl("compute_once", lambda x: x.clone(), "CompositeExplicitAutograd")
+torch.library.register_fake("gradtx::compute_once", lambda x: torch.empty_like(x), lib=_LIBRARY)
+_compute_once = torch.ops.gradtx.compute_once.default
+
+
+def _scalar_arg(scalar: Scalar, like: Sequence[torch.Tensor]) -> Scalar:
+    if not isinstance(scalar, torch.Tensor):
+        return scalar
+    if scalar.dim() == 0 and like[0].device.type == "cpu" and torch.compiler.is_compiling():
+        # Inductor's CPU code inlines a 0-dim computation (Adam's 1 - b1**t: a pow per vector
+        # of 16 elements) into every element loop that reads it, which doubled Adam's step
+        # time; behind an opaque op it is computed once per call and read as a number.
+        return _compute_once(scalar)
+    return _on_device(scalar, like)
+
+
 def _call(name: str, inplace: bool, xs: Tensors, *args, **kwargs) -> Tensors:
     if not xs:
         return []
     scalar_tensor = any(isinstance(a, torch.Tensor) for a in args)
-    args = tuple(_on_device(a, xs) if isinstance(a, torch.Tensor) else a for a in args)
+    args = tuple(_scalar_arg(a, xs) for a in args)
     if _native():
         if inplace:
             getattr(torch, f"_foreach_{name}_")(xs, *args, **kwargs)
