@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
+from . import _compiled, _fused
 from . import _foreach as F  # noqa: N812
-from . import _fused
 from ._hparams import check
 from ._tree import ParamKey, hyperparameters, merge_keys, select_keys, split_param_paths, tree_flatten
 from .base import GradientTransformation
@@ -71,6 +71,12 @@ class Optimizer(torch.optim.Optimizer):
       a copy of the gradients kept from step to step, with a final ``scale_by_lr(lr)``
       folded into ``p <- p - lr * u``. The paths agree to round-off and share one state
       layout, so checkpoints move between them; ``fast=False`` runs ``tx.update`` as is.
+    - ``compile=True`` (or a dict of ``torch.compile`` arguments, e.g. ``{"mode": ...}``) runs a
+      chain of elementwise transforms (:func:`gradtx.is_elementwise`) under ``torch.compile``:
+      one graph updates a few flat parameters at a time in one fused pass each, with small
+      parameters packed together, so compile time does not grow with the number of
+      parameters; hyperparameters and step counts are tensors, so schedulers never
+      recompile. Other chains raise ``ValueError``. The state layout is the eager one.
 
     Example::
 
@@ -79,12 +85,18 @@ class Optimizer(torch.optim.Optimizer):
         loss.backward(); opt.step(); opt.zero_grad(); sched.step()
     """
 
-    def __init__(self, params: Iterable[Any], tx: GradientTransformation, *, fast: bool = True) -> None:
+    def __init__(self, params: Iterable[Any], tx: GradientTransformation, *, fast: bool = True,
+                 compile: bool | dict[str, Any] = False) -> None:  # noqa: A002 - torch.compile's word
         if not isinstance(tx, GradientTransformation):
             raise TypeError(f"tx must be a GradientTransformation, got {type(tx).__name__}")
         if not isinstance(fast, bool):
             raise ValueError(f"fast must be a bool, got {fast!r}")
+        if not isinstance(compile, (bool, dict)):
+            raise ValueError(f"compile must be a bool or a dict of torch.compile arguments, got {compile!r}")
         self.tx = tx
+        # compile=True (or torch.compile's arguments) runs an elementwise chain compiled, in
+        # slots of flat tensors, so compile time does not grow with the parameter count.
+        self._compiled = _compiled.CompiledChain(tx, {} if compile is True else compile) if compile else None
         # A chain with the shape of adam / adamw / sgd runs on torch's fused kernels, on the
         # same state tensors (see _fused); fast=False forces the generic path (for tests).
         self._plan = _fused.plan(tx) if fast else None
@@ -180,6 +192,9 @@ class Optimizer(torch.optim.Optimizer):
                     raise RuntimeError(f"gx.Optimizer does not support sparse gradients (param {k} of group {gi})")
             state, is_selection = self._group_state(gi, keys)
             self._write_hyperparameters(group, state)
+            if self._compiled is not None:
+                self._chain_states[gi] = self._compiled.run(gi, self._chain_states[gi], keys, params, grads)
+                continue
             if self._plan is not None and self._plan.run(state, keys, params, grads,
                                                          lambda like, gi=gi, keys=keys: self._buffers(gi, keys, like)):
                 if is_selection:
