@@ -121,11 +121,12 @@ class ParamKey(int):
     """The key of a parameter in the dict the adapter hands to a chain: its index in the
     param group, carrying the parameter's name (``model.named_parameters()``) when known."""
 
-    name: str | None
+    name: str | None = None  # a class default: an unnamed key holds no instance dict
 
     def __new__(cls, index: int, name: str | None = None) -> ParamKey:
         key = super().__new__(cls, index)
-        key.name = name
+        if name is not None:
+            key.name = name
         return key
 
     def __repr__(self) -> str:

@@ -111,7 +111,10 @@ class Optimizer(torch.optim.Optimizer):
         # same params have gradients (building thousands of keys each step is measurable).
         self._step_params: list[Any] = []
         self._chain_states: list[Any] = []  # per group: chain state over its stepped params, or None
-        self._known_keys: list[set[int]] = []  # per group: indices of the params in that state
+        # per group: a flag per param index, 1 where the chain state covers it (a set of
+        # thousands of ints costs a hundred times the memory)
+        self._known_keys: list[bytearray] = []
+        self._param_keys: dict[int, list[ParamKey]] = {}  # per group (by id): a key per parameter
         defaults, self._hparam_factors = _chain_hyperparameters(tx)
         super().__init__(params, defaults)
 
@@ -123,7 +126,7 @@ class Optimizer(torch.optim.Optimizer):
                 check(f"param_groups[{len(self.param_groups)}][{name!r}]", param_group[name], low=0.0)
         super().add_param_group(param_group)
         self._chain_states.append(None)
-        self._known_keys.append(set())
+        self._known_keys.append(bytearray(len(self.param_groups[-1]["params"])))
         self._scratch.append(None)
         self._step_params.append(None)
 
@@ -154,20 +157,28 @@ class Optimizer(torch.optim.Optimizer):
         group = self.param_groups[gi]
         full = self._chain_states[gi]
         known = self._known_keys[gi]
-        new = [k for k in keys if k not in known]
+        if len(known) < len(group["params"]):  # params appended to the group's list
+            known.extend(bytes(len(group["params"]) - len(known)))
+        new = [k for k in keys if not known[k]]
         if new:
             fresh = self.tx.init(self._param_dict(group, new))
             full = fresh if full is None else merge_keys(fresh, full)
             self._chain_states[gi] = full
-            known.update(new)
-        if len(keys) == len(known):
+            for k in new:
+                known[k] = 1
+        if len(keys) == known.count(1):
             return full, False
         return select_keys(full, keys), True
 
-    @staticmethod
-    def _param_dict(group: dict[str, Any], keys: list[int]) -> dict[ParamKey, torch.Tensor]:
-        names = group.get("param_names")
-        return {ParamKey(k, names[k] if names else None): group["params"][k] for k in keys}
+    def _param_dict(self, group: dict[str, Any], keys: list[int]) -> dict[ParamKey, torch.Tensor]:
+        """``{ParamKey: param}`` for ``keys`` of ``group``; the keys are made once per
+        parameter and shared by every dict (each carries a name: ~150 bytes apiece)."""
+        made = self._param_keys.get(id(group))
+        if made is None or len(made) != len(group["params"]):
+            names = group.get("param_names")
+            made = [ParamKey(k, names[k] if names else None) for k in range(len(group["params"]))]
+            self._param_keys[id(group)] = made
+        return {made[k]: group["params"][k] for k in keys}
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -271,7 +282,7 @@ class Optimizer(torch.optim.Optimizer):
                 for index, leaves in per_param.items():
                     state[offset + index] = dict(leaves)
             shared.append(group_shared)
-            stepped.append([offset + k for k in sorted(self._known_keys[len(groups)])])
+            stepped.append([offset + k for k, flag in enumerate(self._known_keys[len(groups)]) if flag])
             packed = {k: v for k, v in group.items() if k not in ("params", "param_names")}
             packed["params"] = list(range(offset, offset + len(group["params"])))
             if "param_names" in group:
@@ -305,7 +316,9 @@ class Optimizer(torch.optim.Optimizer):
                 if key not in ("params", "param_names"):
                     group[key] = value
             self._chain_states[gi], keys = new_states[gi]
-            self._known_keys[gi] = set(keys)
+            self._known_keys[gi] = bytearray(len(group["params"]))
+            for k in keys:
+                self._known_keys[gi][k] = 1
             self._scratch[gi] = None
 
     def _rebuild_group(self, gi: int, saved_group: dict[str, Any], saved_state: dict[int, dict[str, Any]],
