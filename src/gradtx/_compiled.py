@@ -105,7 +105,6 @@ class _Call:
     leaves: list[torch.Tensor]
     big: list[tuple[int, int]] = field(default_factory=list)  # (slot, parameter key)
     pack: _Pack | None = None
-    pack_slot: int = -1
 
 
 @dataclass
@@ -133,7 +132,7 @@ class CompiledChain:
         _, self._spec = tree_flatten((slots, template, slots))
         per_param = tuple(index is not None for index, _ in self._positions)
         options = dict(options)
-        if options.get("backend", "inductor") == "inductor" and "mode" not in options:
+        if options.get("backend", "inductor") == "inductor" and "mode" not in options:  # torch takes one of the two
             options["options"] = {**_INDUCTOR_OPTIONS, **options.get("options", {})}
         options = {"dynamic": True, "fullgraph": True, **options}
         self._step = torch.compile(_slot_step(tx, self._spec, per_param), **options)
@@ -150,11 +149,10 @@ class CompiledChain:
         outputs = None
         with _fx_config.patch(**_SHAPE_CONFIG) if _SHAPE_CONFIG else contextlib.nullcontext():
             for call in plan.calls:
-                leaves = list(call.leaves)
-                g_at, p_at = 0, SLOTS + len(self._positions)
+                leaves = list(call.leaves)  # slots' gradients, then state, then params
                 for slot, k in call.big:
-                    leaves[g_at + slot] = self._flat_grad(grads[k])
-                    leaves[p_at + slot] = _flat(params[k])
+                    leaves[slot] = self._flat_grad(grads[k])
+                    leaves[SLOTS + len(self._positions) + slot] = _flat(params[k])
                 pack = call.pack
                 if pack is not None:
                     torch._foreach_copy_(pack.grad_views, [grads[k] for k in pack.keys])
@@ -258,7 +256,7 @@ class CompiledChain:
         for slot in range(SLOTS):
             item = items[slot] if slot < len(items) else None
             if isinstance(item, _Pack):
-                call.pack, call.pack_slot = item, slot
+                call.pack = item
                 slot_grads.append(item.grads)
                 slot_params.append(item.params)
                 slot_state.append(item.state)
