@@ -6,6 +6,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from . import _owned
 from ._tree import (
     LABEL_FORMS,
     MASK_FORMS,
@@ -35,29 +36,85 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     ``u <- t_n(...t_2(t_1(u)))``. Extra keyword arguments (``value``, ``grad``,
     ``value_fn``, ``inplace``) are forwarded to every member.
 
+    On the pure path (``inplace=False``) the chain still writes into the update tensors
+    it made itself: a member after the first is called with ``inplace=True``, on a private
+    copy of its state, when (a) its state is small whatever the params (hyperparameters,
+    step counts: ``scale_by_lr``, ``scale``, ``add_decayed_weights``, ``clip_value``...) and
+    (b) every update tensor it receives is referenced by the chain alone: made by an
+    earlier member in this call, not the caller's, not held by any state, params, extra
+    argument or closure, not a view, not recorded by autograd. Otherwise it allocates as
+    usual. ``update`` still never mutates its inputs and gives the same bits; it only
+    allocates less (``adamw``: the moments, the update, nothing else).
+
     Example: ``gx.chain(gx.clip_value(10.0), gx.scale_by_adam(), gx.scale_by_lr(1e-3))``.
     """
     for i, tx in enumerate(transforms):
         if not isinstance(tx, GradientTransformation):
             raise TypeError(f"chain argument {i} must be a GradientTransformation, got {type(tx).__name__}")
     inits = tuple(tx.init for tx in transforms)
-    updates_fns = tuple(tx.update for tx in transforms)
+    run = _members_runner(transforms)
 
     def init(params):
         return tuple(fn(params) for fn in inits)
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
-        if len(state) != len(updates_fns):
-            raise ValueError(f"chain of {len(updates_fns)} transforms got a state of length {len(state)}")
-        new_state = []
-        for fn, s in zip(updates_fns, state):
-            updates, s = fn(updates, s, params, inplace=inplace, **extra_args)
-            new_state.append(s)
+        if len(state) != len(transforms):
+            raise ValueError(f"chain of {len(transforms)} transforms got a state of length {len(state)}")
+        updates, new_state = run(updates, state, params, inplace, extra_args)
         return updates, tuple(new_state)
 
     body = ",\n  ".join(_indent(repr(tx)) for tx in transforms)
     return describe(GradientTransformation(init, update), f"chain(\n  {body},\n)" if transforms else "chain()",
                     parts=transforms)
+
+
+def _members_runner(transforms: tuple[GradientTransformation, ...]):
+    """``run(updates, states, params, inplace, extra_args) -> (updates, new_states)``: the
+    members of a chain in sequence, reusing the chain's own temporaries on the pure path
+    (the rule is in :func:`chain`'s docstring, the checks in ``_owned``)."""
+    fns = tuple(tx.update for tx in transforms)
+    small: list[bool | None] = [None] * len(transforms)  # has_small_state, decided on first use
+
+    def may_reuse(i: int) -> bool:
+        if small[i] is None:
+            small[i] = i > 0 and _owned.has_small_state(transforms[i])
+        return small[i]
+
+    def run(updates, states, params, inplace, extra_args):
+        new_states = []
+        if inplace or len(fns) < 2 or not _owned.enabled() or _owned.records(params, extra_args):
+            for fn, s in zip(fns, states):
+                updates, s = fn(updates, s, params, inplace=inplace, **extra_args)
+                new_states.append(s)
+            return updates, new_states
+        # `updates`, `states`, `params`, `extra_args` and `new_states` stay referenced
+        # here to the end: anything reachable from them never counts as the chain's own.
+        out, owned = updates, False
+        for i, (fn, s) in enumerate(zip(fns, states)):
+            copy = _owned.private_copy(s) if owned else None
+            if copy is not None:
+                out, s = fn(out, copy[0], params, inplace=True, **extra_args)
+                s = copy[1](s)
+            else:
+                out, s = fn(out, s, params, inplace=False, **extra_args)
+            new_states.append(s)
+            copy = None
+            owned = False
+            if i + 1 < len(fns) and may_reuse(i + 1):
+                leaves, treedef = tree_flatten(out)
+                # A quick no while the member's tree still holds each leaf once (a state
+                # buffer returned as the update, say): its tree is kept as it is.
+                if _owned.exclusive(leaves, held_by_tree=True):
+                    # Rebuild the tree in our own containers, so that a container the
+                    # member also keeps (in its state, say) still holds a second reference
+                    # to each leaf, and count with the member's tree dropped.
+                    out = None
+                    owned = _owned.exclusive(leaves)
+                    out = tree_unflatten(leaves, treedef)
+                del leaves
+        return out, new_states
+
+    return run
 
 
 def named_chain(*named_transforms: tuple[str, GradientTransformation]) -> GradientTransformation:
@@ -76,11 +133,11 @@ def named_chain(*named_transforms: tuple[str, GradientTransformation]) -> Gradie
     def init(params):
         return {name: tx.init(params) for name, tx in named_transforms}
 
+    run = _members_runner(tuple(tx for _, tx in named_transforms))
+
     def update(updates, state, params=None, *, inplace=False, **extra_args):
-        new_state = {}
-        for name, tx in named_transforms:
-            updates, new_state[name] = tx.update(updates, state[name], params, inplace=inplace, **extra_args)
-        return updates, new_state
+        updates, new_states = run(updates, [state[name] for name in names], params, inplace, extra_args)
+        return updates, dict(zip(names, new_states))
 
     body = ",\n  ".join(f"({name!r}, {_indent(repr(tx))})" for name, tx in named_transforms)
     return describe(GradientTransformation(init, update), f"named_chain(\n  {body},\n)",
