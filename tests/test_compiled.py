@@ -264,3 +264,4 @@ def test_empty_parameters_still_advance_the_count():
             p.grad = torch.zeros_like(p)
         opt.step()
     assert int(opt.state_dict()["shared"][0]["[0].count"]) == 3
+

@@ -43,7 +43,7 @@ SLOTS = 8  # tensors per compiled call: compile time grows with it, per-call cos
 PACK_BELOW = 1 << 16  # parameters with fewer elements share the packed slot
 
 # Shapes are symbolic, each input's own (no "duck" sharing of equal sizes, which would make
-# the next bucket of other sizes recompile) and not specialised for sizes 0 or 1.
+# the next call, with other sizes, recompile) and not specialised for sizes 0 or 1.
 _SHAPE_CONFIG = {k: v for k, v in (("use_duck_shape", False), ("backed_size_oblivious", True))
                  if hasattr(_fx_config, k)}
 # Guards already check every input's size and stride; the generated code need not again.
@@ -134,6 +134,7 @@ class CompiledChain:
         options = dict(options)
         if options.get("backend", "inductor") == "inductor" and "mode" not in options:  # torch takes one of the two
             options["options"] = {**_INDUCTOR_OPTIONS, **options.get("options", {})}
+        self._inductor = options.get("backend", "inductor") == "inductor"
         options = {"dynamic": True, "fullgraph": True, **options}
         self._step = torch.compile(_slot_step(tx, self._spec, per_param), **options)
         self._plans: dict[int, _Plan] = {}
@@ -147,7 +148,7 @@ class CompiledChain:
             plan = self._plan(state, keys, params, grads)
             self._plans[group] = plan
         outputs = None
-        with _fx_config.patch(**_SHAPE_CONFIG) if _SHAPE_CONFIG else contextlib.nullcontext():
+        with self._compiling():
             for call in plan.calls:
                 leaves = list(call.leaves)  # slots' gradients, then state, then params
                 for slot, k in call.big:
@@ -163,6 +164,20 @@ class CompiledChain:
         for old, new in zip(plan.shared, outputs):
             old.copy_(new)
         return plan.state
+
+    def _compiling(self) -> contextlib.ExitStack:
+        """The settings a (re)compilation during this step must see."""
+        stack = contextlib.ExitStack()
+        if _SHAPE_CONFIG:
+            stack.enter_context(_fx_config.patch(**_SHAPE_CONFIG))
+        if self._inductor:
+            import torch._inductor.config as inductor_config
+
+            # Inductor writes the thread count into its code (one thread: no parallel loop);
+            # with torch 2.13 a two-thread process still loaded the kernel a one-thread
+            # process had cached (twice as slow on two cores). Named, it is in every key.
+            stack.enter_context(inductor_config.patch({"cpp.threads": torch.get_num_threads()}))
+        return stack
 
     @staticmethod
     def _fits(plan: _Plan, params: dict) -> bool:
