@@ -19,7 +19,6 @@ lazy imports), so one variant's freed memory cannot hide another's.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import pathlib
@@ -146,16 +145,12 @@ def time_variants(variants: dict[str, Callable], set_name: str, rounds: int, ste
     runners = {}
     for name, factory in variants.items():
         params = make_params(set_name)
-        compiled = "compiled" in name
         t0 = time.perf_counter()
         opt = factory(params)
-        # state allocation (and compilation) outside the timing; compile time measured cold,
-        # without the caches an earlier variant or run filled
-        with torch.compiler.config.patch(force_disable_caches=True) if compiled else contextlib.nullcontext():
-            opt.step()
+        opt.step()  # state allocation (and compilation) outside the timing
         runners[name] = opt.step
-        if compiled or time.perf_counter() - t0 > 5:
-            print(f"    ({name}: first step, compilation included, {time.perf_counter() - t0:.1f} s)", flush=True)
+        if time.perf_counter() - t0 > 5:
+            print(f"    ({name}: first step {time.perf_counter() - t0:.1f} s)", flush=True)
     if pure_tx is not None:
         pure = PureStep(make_params(set_name), pure_tx())
         pure.step()
@@ -179,6 +174,23 @@ def peak_memory(algo: str, variant: str, set_name: str) -> float:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def compile_seconds(algo: str, variant: str, set_name: str, threads: int) -> float:
+    """Seconds to build the optimizer and take its first step, compilation included, in a
+    fresh process with every compile cache off (what a user's first run costs)."""
+    cmd = [sys.executable, __file__, "--compile-one", algo, variant, set_name, "--threads", str(threads)]
+    env = dict(os.environ, TORCHINDUCTOR_FORCE_DISABLE_CACHES="1")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+
+
+def _compile_one(algo: str, variant: str, set_name: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    params = make_params(set_name)
+    t0 = time.perf_counter()
+    algorithms(with_compile=True)[algo][1][variant](params).step()
+    print(json.dumps({"seconds": time.perf_counter() - t0}))
 
 
 def _status_kib(field: str) -> int:
@@ -223,9 +235,13 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time gx.Optimizer(..., compile=True)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--memory-one", nargs=3, metavar=("ALGO", "VARIANT", "SET"), help=argparse.SUPPRESS)
+    parser.add_argument("--compile-one", nargs=3, metavar=("ALGO", "VARIANT", "SET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_one:
         _memory_one(*args.memory_one)
+        return
+    if args.compile_one:
+        _compile_one(*args.compile_one, threads=args.threads)
         return
     torch.set_num_threads(args.threads)
     rounds, steps = (3, 2) if args.quick else (7, 3)
@@ -247,9 +263,14 @@ def main() -> None:
             for name, t in times.items():
                 ratios = [f"{t / times[ref]:.2f}" if ref in times else "-"
                           for ref in ("torch forloop", "torch foreach", "torch fused")]
-                mem = "-" if args.no_memory or name == "gradtx pure" else f"{peak_memory(algo, name, set_name):.0f}"
+                mem = "-" if args.no_memory or name == "gradtx pure" else f"{peak_memory(algo, name, set_name):.1f}"
                 print(f"| {name} | {t * 1e3:.1f} | {' | '.join(ratios)} | {nbytes * numel / t / 1e9:.1f} | "
                       f"{t / bound:.2f} | {mem} |", flush=True)
+            for name in times:
+                if "compiled" in name:
+                    seconds = compile_seconds(algo, name, set_name, args.threads)
+                    print(f"\n{name}: first step {seconds:.1f} s in a fresh process, compilation included, "
+                          "caches off", flush=True)
             print()
 
 
