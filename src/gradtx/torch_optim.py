@@ -114,7 +114,7 @@ class Optimizer(torch.optim.Optimizer):
         # per group: a flag per param index, 1 where the chain state covers it (a set of
         # thousands of ints costs a hundred times the memory)
         self._known_keys: list[bytearray] = []
-        self._param_keys: dict[int, list[ParamKey]] = {}  # per group (by id): a key per parameter
+        self._param_keys: list[list[ParamKey] | None] = []  # per group: a key per parameter
         defaults, self._hparam_factors = _chain_hyperparameters(tx)
         super().__init__(params, defaults)
 
@@ -127,6 +127,7 @@ class Optimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
         self._chain_states.append(None)
         self._known_keys.append(bytearray(len(self.param_groups[-1]["params"])))
+        self._param_keys.append(None)
         self._scratch.append(None)
         self._step_params.append(None)
 
@@ -161,7 +162,7 @@ class Optimizer(torch.optim.Optimizer):
             known.extend(bytes(len(group["params"]) - len(known)))
         new = [k for k in keys if not known[k]]
         if new:
-            fresh = self.tx.init(self._param_dict(group, new))
+            fresh = self.tx.init(self._param_dict(gi, new))
             full = fresh if full is None else merge_keys(fresh, full)
             self._chain_states[gi] = full
             for k in new:
@@ -170,14 +171,15 @@ class Optimizer(torch.optim.Optimizer):
             return full, False
         return select_keys(full, keys), True
 
-    def _param_dict(self, group: dict[str, Any], keys: list[int]) -> dict[ParamKey, torch.Tensor]:
-        """``{ParamKey: param}`` for ``keys`` of ``group``; the keys are made once per
-        parameter and shared by every dict (each carries a name: ~150 bytes apiece)."""
-        made = self._param_keys.get(id(group))
+    def _param_dict(self, gi: int, keys: list[int]) -> dict[ParamKey, torch.Tensor]:
+        """``{ParamKey: param}`` for ``keys`` of param group ``gi``; the keys are made once
+        per parameter and shared by every dict (thousands of parameters, every step)."""
+        group = self.param_groups[gi]
+        made = self._param_keys[gi]
         if made is None or len(made) != len(group["params"]):
             names = group.get("param_names")
             made = [ParamKey(k, names[k] if names else None) for k in range(len(group["params"]))]
-            self._param_keys[id(group)] = made
+            self._param_keys[gi] = made
         return {made[k]: group["params"][k] for k in keys}
 
     @torch.no_grad()
@@ -195,7 +197,7 @@ class Optimizer(torch.optim.Optimizer):
             if cached is not None and cached[1] is group["params"] and cached[0] == keys:
                 params = cached[2]
             else:
-                params = self._param_dict(group, keys)
+                params = self._param_dict(gi, keys)
                 self._step_params[gi] = (keys, group["params"], params)
             grads = {k: params[k].grad for k in keys}
             for k, g in grads.items():
@@ -325,7 +327,6 @@ class Optimizer(torch.optim.Optimizer):
                        saved_shared: dict[str, Any], saved_stepped: list[int] | None) -> tuple[Any, list[int]]:
         """The chain state of group ``gi`` rebuilt from a state dict, and the param indices
         it covers; raises ``ValueError`` when the saved state does not fit the chain."""
-        group = self.param_groups[gi]
         # The stepped params: recorded since a chain may keep no per-param state at all
         # (sgd without momentum); older state dicts name them by their per-param state.
         covered = saved_stepped if saved_stepped is not None else list(saved_state)
@@ -334,7 +335,7 @@ class Optimizer(torch.optim.Optimizer):
             if saved_shared:
                 raise ValueError(f"param group {gi}: shared state without any parameter state")
             return None, []
-        fresh = self.tx.init(self._param_dict(group, keys))
+        fresh = self.tx.init(self._param_dict(gi, keys))
         shared, per_param = split_param_paths(fresh)
         targets: list[tuple[str, torch.Tensor, Any]] = []
         _match(f"param group {gi} shared state", shared, saved_shared, targets)
