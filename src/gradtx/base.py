@@ -122,7 +122,12 @@ def transform(fn: Callable[..., GradientTransformation] | None = None, *,
 
 def is_elementwise(tx: GradientTransformation) -> bool:
     """Whether ``tx`` was declared elementwise (``@transform(elementwise=True)``); a chain
-    is when all its parts are. Undeclared transforms (``stateless``, wrappers) are not."""
+    is when all its parts are. Undeclared transforms (``stateless``, wrappers) are not.
+    ``gx.Optimizer(..., compile=True)`` takes exactly these chains.
+
+    Example: ``gx.is_elementwise(gx.adamw(1e-3))`` is true, ``gx.is_elementwise(gx.lamb(1e-3))``
+    false (its trust ratio is a norm over each whole tensor).
+    """
     return not non_elementwise_parts(tx)
 
 
