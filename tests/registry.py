@@ -13,6 +13,8 @@ import pathlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
+
 import gradtx as gx
 
 
@@ -60,6 +62,31 @@ CORE = [
 # their own in a ``NOT_TRANSFORMS`` set.
 NOT_TRANSFORMS = {"Optimizer", "GradientTransformation", "EmptyState", "apply_updates", "stateless", "describe",
                   "transform", "leaf_names", "ParamKey", "is_elementwise"}
+
+
+# --- the inputs the property suites run every entry on ------------------------------------
+
+
+def example_params(dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """A matrix, a vector and a 0-dim tensor."""
+    gen = torch.Generator().manual_seed(1)
+    return {"w": torch.randn(4, 3, generator=gen).to(dtype), "b": torch.randn(3, generator=gen).to(dtype),
+            "s": torch.randn((), generator=gen).to(dtype)}
+
+
+def quadratic_value(params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``sum x^2`` over every leaf, in float64: the loss behind ``value`` and ``value_fn``."""
+    return sum((v.double() ** 2).sum() for v in params.values())
+
+
+def extra_args(entry: Entry, params: dict[str, torch.Tensor]) -> dict:
+    """The extra arguments ``entry`` needs (``value``, ``value_fn``) at ``params``."""
+    extra = {}
+    if "value" in entry.needs:
+        extra["value"] = quadratic_value(params)
+    if "value_fn" in entry.needs:
+        extra["value_fn"] = quadratic_value
+    return extra
 
 
 def _collect() -> list[Entry]:

@@ -6,35 +6,16 @@ import inspect
 
 import pytest
 import torch
-from registry import ENTRIES, NOT_TRANSFORMS, Entry
+from registry import ENTRIES, NOT_TRANSFORMS, example_params, extra_args, quadratic_value
 
 import gradtx as gx
 
 IDS = [e.name for e in ENTRIES]
 
 
-def _params(dtype=torch.float32):
-    gen = torch.Generator().manual_seed(1)
-    return {"w": torch.randn(4, 3, generator=gen).to(dtype), "b": torch.randn(3, generator=gen).to(dtype),
-            "s": torch.randn((), generator=gen).to(dtype)}
-
-
 def _grads(params, seed=2):
     gen = torch.Generator().manual_seed(seed)
     return {k: torch.randn(v.shape, generator=gen).to(v.dtype) for k, v in params.items()}
-
-
-def _quadratic_value(params):
-    return sum((v.double() ** 2).sum() for v in params.values())
-
-
-def _extra(entry: Entry, params):
-    extra = {}
-    if "value" in entry.needs:
-        extra["value"] = _quadratic_value(params)
-    if "value_fn" in entry.needs:
-        extra["value_fn"] = _quadratic_value
-    return extra
 
 
 def _signature(tree):
@@ -54,12 +35,12 @@ def test_registry_is_complete():
 @pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
 def test_update_is_pure(entry):
     tx = entry.build()
-    params = _params()
+    params = example_params()
     grads = _grads(params)
     state = tx.init(params)
     before = [(x.clone() if isinstance(x, torch.Tensor) else x) for x in
               gx.tree_leaves(params) + gx.tree_leaves(grads) + gx.tree_leaves(state)]
-    tx.update(grads, state, params, **_extra(entry, params))
+    tx.update(grads, state, params, **extra_args(entry, params))
     after = gx.tree_leaves(params) + gx.tree_leaves(grads) + gx.tree_leaves(state)
     for a, b in zip(before, after):
         if isinstance(a, torch.Tensor):
@@ -72,12 +53,12 @@ def test_state_stable_and_dtype_kept(entry, dtype):
     if dtype in entry.skip.get("dtypes", ()):
         pytest.skip(entry.skip.get("why", "dtype not supported"))
     tx = entry.build()
-    params = _params(dtype)
+    params = example_params(dtype)
     state = tx.init(params)
     sig = _signature(state)
     for step in range(3):
         grads = _grads(params, seed=step)
-        updates, state = tx.update(grads, state, params, **_extra(entry, params))
+        updates, state = tx.update(grads, state, params, **extra_args(entry, params))
         assert _signature(state) == sig, f"state changed structure at step {step}"
         for k in grads:
             assert updates[k].dtype == grads[k].dtype and updates[k].shape == grads[k].shape
@@ -91,12 +72,12 @@ def test_low_precision_grads_on_wider_params_keep_their_dtype(entry):
     if torch.bfloat16 in entry.skip.get("dtypes", ()):
         pytest.skip(entry.skip.get("why", "dtype not supported"))
     tx = entry.build()
-    params = _params(torch.float32)
+    params = example_params(torch.float32)
     for inplace in (False, True):
         state = tx.init(params)
         for step in range(2):
             grads = {k: g.to(torch.bfloat16) for k, g in _grads(params, seed=step).items()}
-            updates, state = tx.update(grads, state, params, inplace=inplace, **_extra(entry, params))
+            updates, state = tx.update(grads, state, params, inplace=inplace, **extra_args(entry, params))
             for k in grads:
                 assert updates[k].dtype == torch.bfloat16, f"{k}: {updates[k].dtype} (inplace={inplace})"
                 assert torch.isfinite(updates[k]).all()
@@ -105,15 +86,15 @@ def test_low_precision_grads_on_wider_params_keep_their_dtype(entry):
 @pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
 def test_inplace_matches_pure(entry):
     tx = entry.build()
-    params = _params(torch.float64)
+    params = example_params(torch.float64)
     pure_state = tx.init(params)
     in_state = tx.init(params)
     p_pure, p_in = params, {k: v.clone() for k, v in params.items()}
     for step in range(4):
         grads = _grads(p_pure, seed=step)
-        u_pure, pure_state = tx.update(grads, pure_state, p_pure, **_extra(entry, p_pure))
+        u_pure, pure_state = tx.update(grads, pure_state, p_pure, **extra_args(entry, p_pure))
         u_in, in_state = tx.update({k: g.clone() for k, g in grads.items()}, in_state, p_in, inplace=True,
-                                   **_extra(entry, p_in))
+                                   **extra_args(entry, p_in))
         p_pure = gx.apply_updates(p_pure, u_pure)
         p_in = gx.apply_updates(p_in, u_in, inplace=True)
         for k in params:
@@ -123,9 +104,9 @@ def test_inplace_matches_pure(entry):
 @pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
 def test_accepts_unknown_extra_args(entry):
     tx = entry.build()
-    params = _params()
+    params = example_params()
     state = tx.init(params)
-    updates, _ = tx.update(_grads(params), state, params, some_unknown_arg=3, **_extra(entry, params))
+    updates, _ = tx.update(_grads(params), state, params, some_unknown_arg=3, **extra_args(entry, params))
     assert set(updates) == set(params)
 
 
@@ -133,14 +114,14 @@ def test_accepts_unknown_extra_args(entry):
 def test_descends_on_a_quadratic(entry):
     """200 steps on f(x) = sum x^2 reduce the loss (a full alias must reach near zero)."""
     tx = entry.build()
-    params = _params(torch.float64)
-    start = float(_quadratic_value(params))
+    params = example_params(torch.float64)
+    start = float(quadratic_value(params))
     state = tx.init(params)
     for _ in range(200):
         grads = {k: 2 * v for k, v in params.items()}
-        updates, state = tx.update(grads, state, params, **_extra(entry, params))
+        updates, state = tx.update(grads, state, params, **extra_args(entry, params))
         params = gx.apply_updates(params, updates)
-    end = float(_quadratic_value(params))
+    end = float(quadratic_value(params))
     assert end < 0.5 * start
     if entry.kind == "alias":
         assert end < 1e-2 * start
@@ -159,7 +140,7 @@ def test_descends_on_rosenbrock(entry):
     if "rosenbrock" in entry.skip:
         pytest.skip(entry.skip["rosenbrock"])
     tx = entry.build()
-    params = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in _params().items()}
+    params = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in example_params().items()}
     start = float(_rosenbrock_value(params))
     state = tx.init(params)
     extra = {}
@@ -184,7 +165,7 @@ def test_works_through_the_adapter(entry):
     """gx.Optimizer gives the functional trajectory."""
     if entry.needs:
         pytest.skip("needs a closure; covered in the adapter tests")
-    params = _params(torch.float64)
+    params = example_params(torch.float64)
     leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
     opt = gx.Optimizer(list(leaves.values()), entry.build())
     tx = entry.build()
@@ -243,14 +224,14 @@ def test_inject_hyperparams_gives_the_same_numbers(entry):
     tx = entry.build()
     injected, rebuilt = _with_injected_hyperparams(tx)
     assert rebuilt > 0, "nothing in this entry was built by a public @transform constructor"
-    params = _params(torch.float64)
+    params = example_params(torch.float64)
     state, injected_state = tx.init(params), injected.init(params)
     p1 = p2 = params
     for step in range(4):
         grads = _grads(p1, seed=step)
-        u1, state = tx.update(grads, state, p1, **_extra(entry, p1))
+        u1, state = tx.update(grads, state, p1, **extra_args(entry, p1))
         u2, injected_state = injected.update({k: g.clone() for k, g in grads.items()}, injected_state, p2,
-                                             **_extra(entry, p2))
+                                             **extra_args(entry, p2))
         for k in params:
             torch.testing.assert_close(u2[k], u1[k], rtol=1e-12, atol=1e-14)
         p1, p2 = gx.apply_updates(p1, u1), gx.apply_updates(p2, u2)
@@ -262,16 +243,16 @@ def test_multi_steps_zero_then_inner_on_mean(entry):
     mean of the three gradients."""
     k = 3
     tx = gx.multi_steps(entry.build(), every_k_schedule=k)
-    params = _params(torch.float64)
+    params = example_params(torch.float64)
     state = tx.init(params)
     grads = [_grads(params, seed=i) for i in range(k)]
     for i, g in enumerate(grads):
-        updates, state = tx.update(g, state, params, **_extra(entry, params))
+        updates, state = tx.update(g, state, params, **extra_args(entry, params))
         if i < k - 1:
             for key, u in updates.items():
                 assert torch.count_nonzero(u) == 0, f"mini-step {i + 1} of {k} updated {key}"
     inner = entry.build()
     mean = {key: sum(g[key] for g in grads) / k for key in params}
-    want, _ = inner.update(mean, inner.init(params), params, **_extra(entry, params))
+    want, _ = inner.update(mean, inner.init(params), params, **extra_args(entry, params))
     for key in params:
         torch.testing.assert_close(updates[key], want[key], rtol=1e-12, atol=1e-14)

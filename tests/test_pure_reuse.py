@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import pytest
 import torch
-from registry import ENTRIES, Entry
+from registry import ENTRIES, example_params, extra_args
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import gradtx as gx
@@ -295,23 +295,6 @@ def test_exclusive_checks_each_kind_of_reference():
 # --- every registered transform: through a chain that owns its input, the same bits --------
 
 
-def _params():
-    gen = torch.Generator().manual_seed(1)
-    return {"w": torch.randn(4, 3, generator=gen), "b": torch.randn(3, generator=gen),
-            "s": torch.randn((), generator=gen)}
-
-
-def _extra(entry: Entry, params):
-    def value_fn(p):
-        return sum((v.double() ** 2).sum() for v in p.values())
-    extra = {}
-    if "value" in entry.needs:
-        extra["value"] = value_fn(params)
-    if "value_fn" in entry.needs:
-        extra["value_fn"] = value_fn
-    return extra
-
-
 @pytest.mark.parametrize("entry", ENTRIES, ids=[e.name for e in ENTRIES])
 def test_registry_same_bits_after_an_allocating_member(entry):
     """``chain(scale(1.0), tx)``: ``scale`` hands ``tx`` fresh copies of the grads, so a
@@ -322,12 +305,12 @@ def test_registry_same_bits_after_an_allocating_member(entry):
             continue
         tx = entry.build()
         wrapped = gx.chain(gx.scale(1.0), tx)
-        params = _params()
+        params = example_params()
         state, ref_state = wrapped.init(params), tx.init(params)
         for step in range(3):
             gen = torch.Generator().manual_seed(10 + step)
             grads = {k: torch.randn(v.shape, generator=gen).to(dtype) for k, v in params.items()}
-            extra = _extra(entry, params)
+            extra = extra_args(entry, params)
             before = _snapshot(grads, state, params)
             with torch.no_grad():
                 updates, state = wrapped.update(grads, state, params, **extra)
