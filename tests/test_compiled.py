@@ -114,6 +114,11 @@ def test_compile_argument_is_checked(value):
         gx.Optimizer(_params(), gx.adam(0.1), compile=value)
 
 
+def test_an_empty_dict_compiles_with_the_defaults():
+    assert gx.Optimizer(_params(), gx.adam(0.1), compile={})._compiled is not None
+    assert gx.Optimizer(_params(), gx.adam(0.1), compile=False)._compiled is None
+
+
 ROUND_OFF = {torch.float32: dict(rtol=1e-6, atol=1e-7), torch.float64: dict(rtol=1e-12, atol=1e-14)}
 
 

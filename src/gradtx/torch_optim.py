@@ -96,11 +96,12 @@ class Optimizer(torch.optim.Optimizer):
         self.tx = tx
         # compile=True (or torch.compile's arguments) runs an elementwise chain compiled, in
         # slots of flat tensors, so compile time does not grow with the parameter count.
-        self._compiled = _compiled.CompiledChain(tx, {} if compile is True else compile) if compile else None
+        self._compiled = (None if compile is False else
+                          _compiled.CompiledChain(tx, {} if compile is True else compile))
         # A chain with the shape of adam / adamw / sgd runs on torch's fused kernels, on the
         # same state tensors (see _fused); fast=False forces the generic path (for tests).
-        self._plan = _fused.plan(tx) if fast else None
-        self._lr_tail = _fused.lr_tail(tx) if fast else None
+        self._plan = _fused.plan(tx) if fast and self._compiled is None else None
+        self._lr_tail = _fused.lr_tail(tx) if fast and self._compiled is None else None
         # Per group: (keys, scratch tensors like the grads) reused from step to step, since
         # fresh memory costs page faults every step (~5x slower than writing in place).
         self._scratch: list[Any] = []
