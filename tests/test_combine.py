@@ -215,10 +215,12 @@ def _torch_adamw_reference(lr, wd):
     return model
 
 
-@pytest.mark.parametrize("how", ["masked_glob_weight", "masked_predicate", "partition_glob_bias"])
+@pytest.mark.parametrize("how", ["masked_glob_weight", "masked_predicate", "partition_glob_bias", "adamw_mask"])
 def test_no_weight_decay_on_biases_by_name_matches_torch_adamw(how):
     lr, wd = 1e-2, 0.1
-    if how == "masked_glob_weight":
+    if how == "adamw_mask":  # on torch's fused AdamW kernel, once per subset
+        tx = gx.adamw(lr, weight_decay=wd, mask="*.weight")
+    elif how == "masked_glob_weight":
         tx = gx.chain(gx.scale_by_adam(), gx.masked(gx.add_decayed_weights(wd), "*.weight"), gx.scale_by_lr(lr))
     elif how == "masked_predicate":
         tx = gx.chain(gx.scale_by_adam(), gx.masked(gx.add_decayed_weights(wd), lambda name, p: p.dim() > 1),
@@ -227,7 +229,9 @@ def test_no_weight_decay_on_biases_by_name_matches_torch_adamw(how):
         tx = gx.partition({"decay": gx.adamw(lr, weight_decay=wd), "plain": gx.adam(lr)},
                           lambda name, p: "plain" if name.endswith(".bias") else "decay")
     model = _model()
-    _train(model, gx.Optimizer(model.named_parameters(), tx))
+    opt = gx.Optimizer(model.named_parameters(), tx)
+    assert (opt._plan is not None) == (how == "adamw_mask")
+    _train(model, opt)
     reference = _torch_adamw_reference(lr, wd)
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12, msg=name)

@@ -18,7 +18,10 @@ order); hyperparameters are read from the state after the adapter wrote ``param_
 into it, so LR schedulers and per-group overrides work unchanged.
 
 A leading ``clip_value`` is exact, so it runs first on a private copy of the gradients,
-which the kernel then reads: ``.grad`` is never changed.
+which the kernel then reads: ``.grad`` is never changed. ``add_decayed_weights`` with a
+``mask`` (``gx.adamw(..., mask="*.weight")``: no decay on biases) runs the kernel twice, on
+the masked parameters with the decay and on the others without; the mask is evaluated once
+per set of parameters the adapter steps.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 from . import _foreach as F  # noqa: N812
 from ._hparams import is_schedule
+from ._tree import mask_flags
 
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -71,6 +75,10 @@ class FusedPlan:
     decay: int  # index of add_decayed_weights (-1: none)
     lr: int  # index of scale_by_lr
     hp: dict[str, Any] = field(default_factory=dict)  # b1, b2, eps / momentum, nesterov
+    mask: Any = None  # add_decayed_weights' mask, in any form gx.masked takes
+    # the mask's flags for the last params dict (the adapter reuses it while the same
+    # parameters step): (params dict, flags)
+    _flags: tuple[Any, list[bool]] | None = field(default=None, repr=False)
 
     def run(self, state: tuple, keys: list[int], params: dict, grads: dict,
             buffers: Any | None) -> bool:
@@ -105,26 +113,42 @@ class FusedPlan:
             for c in self.clips:
                 F.clamp(gs, -c, c, inplace=True)
 
+        # (indices, weight decay) per kernel call: a masked decay splits each group in two
+        flags = self._mask_flags(params) if self.mask is not None else None
+        calls = []
+        for (device, _), idx in groups.items():
+            if flags is None:
+                calls.append((device, idx, wd))
+                continue
+            decayed, kept = [i for i in idx if flags[i]], [i for i in idx if not flags[i]]
+            calls.extend((device, part, decay) for part, decay in ((decayed, wd), (kept, 0.0)) if part)
+
         if self.kind in ("adam", "adamw"):
             count = state[self.core].count
             count.add_(1)
             kernel = torch._fused_adamw_ if self.kind == "adamw" else torch._fused_adam_
-            for (device, _), idx in groups.items():
+            for device, idx, decay in calls:
                 # torch keeps one float step per parameter; gradtx one int32 count per transform.
                 # The kernel only reads the steps, so one tensor serves every parameter.
                 step = count.to(device=device, dtype=torch.float32)
                 kernel([ps[i] for i in idx], [gs[i] for i in idx], [per_param[0][i] for i in idx],
                        [per_param[1][i] for i in idx], [], [step] * len(idx), lr=lr, beta1=self.hp["b1"],
-                       beta2=self.hp["b2"], weight_decay=wd, eps=self.hp["eps"], amsgrad=False, maximize=False)
+                       beta2=self.hp["b2"], weight_decay=decay, eps=self.hp["eps"], amsgrad=False, maximize=False)
         else:
-            for _, idx in groups.items():
+            for _, idx, decay in calls:
                 bufs = [per_param[0][i] for i in idx] if per_param else []
                 # is_first_step=False: the trace starts at zero, and momentum * 0 + g == g exactly,
                 # which is torch's first step (buf = g).
-                torch._fused_sgd_([ps[i] for i in idx], [gs[i] for i in idx], bufs, weight_decay=wd,
+                torch._fused_sgd_([ps[i] for i in idx], [gs[i] for i in idx], bufs, weight_decay=decay,
                                   momentum=self.hp.get("momentum", 0.0), lr=lr, dampening=0.0,
                                   nesterov=self.hp.get("nesterov", False), maximize=False, is_first_step=False)
         return True
+
+    def _mask_flags(self, params: dict) -> list[bool]:
+        """The decay mask over ``params`` (in its order), as ``add_decayed_weights`` reads it."""
+        if self._flags is None or self._flags[0] is not params:
+            self._flags = (params, mask_flags(self.mask, params, params))
+        return self._flags[1]
 
 
 def _group_by_device_and_dtype(ps: list[torch.Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
@@ -165,8 +189,10 @@ def plan(tx: Any) -> FusedPlan | None:
     lr_at = len(names) - 1
 
     def decay_ok(j: int) -> bool:
-        a = args[j]
-        return a.get("mask") is None and _number(a.get("weight_decay")) is not None
+        return _number(args[j].get("weight_decay")) is not None
+
+    def mask(j: int) -> Any:
+        return args[j].get("mask") if j >= 0 else None
 
     if "scale_by_adam" in rest:
         a_at = i + rest.index("scale_by_adam")
@@ -178,9 +204,9 @@ def plan(tx: Any) -> FusedPlan | None:
         if rest == ["scale_by_adam", "scale_by_lr"]:
             return FusedPlan("adam", clips, a_at, -1, lr_at, hp)
         if rest == ["add_decayed_weights", "scale_by_adam", "scale_by_lr"] and decay_ok(i):
-            return FusedPlan("adam", clips, a_at, i, lr_at, hp)
+            return FusedPlan("adam", clips, a_at, i, lr_at, hp, mask(i))
         if rest == ["scale_by_adam", "add_decayed_weights", "scale_by_lr"] and decay_ok(i + 1):
-            return FusedPlan("adamw", clips, a_at, i + 1, lr_at, hp)
+            return FusedPlan("adamw", clips, a_at, i + 1, lr_at, hp, mask(i + 1))
         return None
     decay_at = core = -1
     j = i
@@ -199,4 +225,4 @@ def plan(tx: Any) -> FusedPlan | None:
         core, j = j, j + 1
     if j != lr_at:
         return None
-    return FusedPlan("sgd", clips, core, decay_at, lr_at, hp)
+    return FusedPlan("sgd", clips, core, decay_at, lr_at, hp, mask(decay_at))

@@ -65,7 +65,7 @@ class Optimizer(torch.optim.Optimizer):
     - ``state_dict()`` holds tensors and plain containers only and reads back with
       ``torch.load(..., weights_only=True)``.
     - Speed (``fast=True``, the default): a chain with the shape of Adam, AdamW or SGD
-      (momentum, Nesterov, weight decay), optionally after ``clip_value``, runs on torch's
+      (momentum, Nesterov, weight decay, masked or not), optionally after ``clip_value``, runs on torch's
       fused kernels (``torch._fused_adam_`` / ``_fused_adamw_`` / ``_fused_sgd_``) on the
       chain's own state tensors; any other chain runs in place on multi-tensor kernels, on
       a copy of the gradients kept from step to step, with a final ``scale_by_lr(lr)``
