@@ -66,6 +66,14 @@ def _torch(cls, **kw) -> Callable:
     return lambda ps: cls(ps, lr=LR, **kw)
 
 
+def _torch_no_decay_1d(cls, **kw) -> Callable:
+    """torch's way to skip weight decay on biases and norms: a second param group."""
+    def make(ps):
+        return cls([{"params": [p for p in ps if p.dim() > 1]},
+                    {"params": [p for p in ps if p.dim() <= 1], "weight_decay": 0.0}], lr=LR, **kw)
+    return make
+
+
 def _gx(tx_fn, **kw) -> Callable:
     return lambda ps: gx.Optimizer(ps, tx_fn(), **kw)
 
@@ -98,6 +106,13 @@ def algorithms(with_compile: bool) -> dict[str, tuple[int, dict[str, Callable]]]
                               "torch foreach": _torch(S, momentum=0.9, nesterov=True, foreach=True),
                               "torch fused": _torch(S, momentum=0.9, nesterov=True, fused=True),
                               "gradtx": _gx(lambda: gx.sgd(LR, momentum=0.9, nesterov=True))}),
+        # no decay on 1-d parameters: gradtx's mask against torch's two param groups
+        "adamw_masked": (28, {
+            "torch forloop": _torch_no_decay_1d(A, weight_decay=0.01, foreach=False),
+            "torch foreach": _torch_no_decay_1d(A, weight_decay=0.01, foreach=True),
+            "torch fused": _torch_no_decay_1d(A, weight_decay=0.01, fused=True),
+            "gradtx": _gx(lambda: gx.adamw(LR, weight_decay=0.01,
+                                           mask=lambda p: gx.tree_map(lambda x: x.dim() > 1, p)))}),
         # the mission chain is Adam after an elementwise clip: compared with torch's AdamW
         "mission": (28, {**adamw_torch, "gradtx": _gx(mission), "gradtx in-place": _gx_inplace(mission),
                          "gradtx unfolded": _gx(mission, fast=False)}),
@@ -230,7 +245,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--sets", nargs="+", default=["big", "resnet", "small"])
-    parser.add_argument("--algos", nargs="+", default=["adamw", "adam", "sgd_nesterov", "mission"])
+    parser.add_argument("--algos", nargs="+", default=["adamw", "adam", "sgd_nesterov", "adamw_masked", "mission"])
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--compile", action="store_true", help="also time gx.Optimizer(..., compile=True)")
     parser.add_argument("--threads", type=int, default=2)
