@@ -113,7 +113,7 @@ class FusedPlan:
             for c in self.clips:
                 F.clamp(gs, -c, c, inplace=True)
 
-        # (indices, weight decay) per kernel call: a masked decay splits each group in two
+        # (device, indices, weight decay) per kernel call: a masked decay splits each group in two
         flags = self._mask_flags(params) if self.mask is not None else None
         calls = []
         for (device, _), idx in groups.items():
