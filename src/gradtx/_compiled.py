@@ -34,7 +34,7 @@ from typing import Any
 import torch
 import torch.fx.experimental._config as _fx_config
 
-from ._tree import param_leaf_positions, tree_flatten, tree_leaves, tree_unflatten
+from ._tree import param_leaves, tree_flatten, tree_leaves, tree_unflatten
 from .base import GradientTransformation, non_elementwise_parts
 
 __all__ = ["CompiledChain"]
@@ -134,10 +134,10 @@ class CompiledChain:
             names = ", ".join(sorted({getattr(b, "__dict__", {}).get("name") or repr(b) for b in bad}))
             raise ValueError(f"compile=True runs chains of elementwise transforms; not elementwise: {names} "
                              "(use compile=False for this chain)")
-        template = tx.init({i: torch.empty(2, device="meta") for i in range(SLOTS)})
-        self._positions = param_leaf_positions(template)
-        self._paths = sorted({path for index, path in self._positions if index is not None})
         slots = {i: torch.empty(2, device="meta") for i in range(SLOTS)}
+        template = tx.init(slots)
+        self._positions = [(index, path) for index, path, _ in param_leaves(template)[0]]
+        self._paths = sorted({path for index, path in self._positions if index is not None})
         _, self._spec = tree_flatten((slots, template, slots))
         per_param = tuple(index is not None for index, _ in self._positions)
         self._inductor = options.get("backend", "inductor") == "inductor"
@@ -196,12 +196,12 @@ class CompiledChain:
     # -- planning (once per group, again when the parameters or the state change) ----------
 
     def _plan(self, state: Any, keys: list[int], params: dict, grads: dict) -> _Plan:
-        leaves, treedef = tree_flatten(state)
-        positions = param_leaf_positions(state)
+        positioned, treedef = param_leaves(state)
+        leaves = [leaf for _, _, leaf in positioned]
         per_param: dict[int, dict[str, torch.Tensor]] = {}
         shared: list[torch.Tensor] = []
         where: dict[tuple[int, str], int] = {}
-        for at, ((index, path), leaf) in enumerate(zip(positions, leaves)):
+        for at, (index, path, leaf) in enumerate(positioned):
             if index is None:
                 shared.append(leaf)
             else:

@@ -196,20 +196,20 @@ def merge_keys(base: Tree, new: Tree) -> Tree:
     return new
 
 
-def param_leaf_positions(tree: Tree) -> list[tuple[int | None, str]]:
-    """For each leaf of ``tree``, in ``tree_flatten`` order, ``(parameter index, path)``: the
-    index of the int-keyed dict entry holding it (``None`` for a shared leaf) and its path
-    with that entry left out (``"[0].mu"`` for ``state[0].mu[3]``)."""
-    pairs, _ = _pytree.tree_flatten_with_path(tree)
-    out: list[tuple[int | None, str]] = []
-    for path, _leaf in pairs:
+def param_leaves(tree: Tree) -> tuple[list[tuple[int | None, str, Any]], TreeDef]:
+    """Each leaf of ``tree``, in ``tree_flatten`` order, as ``(parameter index, path, leaf)``:
+    the index of the int-keyed dict entry holding it (``None`` for a shared leaf) and its
+    path with that entry left out (``"[0].mu"`` for ``state[0].mu[3]``); and the structure."""
+    pairs, treedef = _pytree.tree_flatten_with_path(tree)
+    out: list[tuple[int | None, str, Any]] = []
+    for path, leaf in pairs:
         at = next((i for i, k in enumerate(path) if isinstance(k, _pytree.MappingKey) and _is_param_key(k.key)),
                   None)
         if at is None:
-            out.append((None, _pytree.keystr(path)))
+            out.append((None, _pytree.keystr(path), leaf))
         else:
-            out.append((int(path[at].key), _pytree.keystr(path[:at] + path[at + 1:])))
-    return out
+            out.append((int(path[at].key), _pytree.keystr(path[:at] + path[at + 1:]), leaf))
+    return out, treedef
 
 
 def split_param_paths(tree: Tree) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
@@ -220,7 +220,7 @@ def split_param_paths(tree: Tree) -> tuple[dict[str, Any], dict[int, dict[str, A
     """
     shared: dict[str, Any] = {}
     per_param: dict[int, dict[str, Any]] = {}
-    for (index, path), leaf in zip(param_leaf_positions(tree), tree_flatten(tree)[0]):
+    for index, path, leaf in param_leaves(tree)[0]:
         if index is None:
             shared[path] = leaf
         else:
