@@ -17,7 +17,7 @@ SECTIONS = [
     ("Wrappers", ["wrappers"]),
     ("Schedules", ["schedules"]),
     ("Optimizers (aliases)", ["aliases"]),
-    ("The torch.optim adapter", ["torch_optim"]),
+    ("The torch.optim adapter", ["optim"]),
 ]
 
 

@@ -1,4 +1,4 @@
-"""Registry entries for the Adam family (transforms/adam_variants.py, aliases_adam_family.py)."""
+"""Registry entries for the Adam family (transforms/adam_variants.py, aliases/adam_family.py)."""
 
 from __future__ import annotations
 

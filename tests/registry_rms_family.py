@@ -1,5 +1,5 @@
 """Registry entries for the RMS / accumulator family (transforms/accumulators.py, transforms/factored.py,
-aliases_rms_family.py).
+aliases/rms_family.py).
 
 Each transform is followed by a learning rate so that it descends. The property suite's
 parameters are a (4, 3) matrix, a vector and a scalar: Adafactor is built with

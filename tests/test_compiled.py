@@ -15,7 +15,7 @@ from conftest import TOL
 from registry import ENTRIES
 
 import gradtx as gx
-from gradtx import _compiled
+from gradtx.optim import compiled as _compiled
 
 STEPS = 5
 

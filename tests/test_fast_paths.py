@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import gradtx as gx
-from gradtx import _fused
 from gradtx._tree import tree_flatten
+from gradtx.optim import fused as _fused
 
 STEPS = 12
 

@@ -5,34 +5,16 @@
 
 The flat namespace gathers each module's ``__all__``; layers import downwards only:
 ``_tree``/``_foreach`` < ``base`` < ``combine``/``transforms`` < ``wrappers``/``schedules``
-< ``aliases*`` < ``torch_optim``.
+< ``aliases/`` < ``optim/`` (the ``torch.optim`` adapter).
 """
 
-from . import (
-    _tree,
-    aliases,
-    aliases_adam_family,
-    aliases_misc,
-    aliases_muon,
-    aliases_rms_family,
-    aliases_stepsize,
-    base,
-    combine,
-    schedules,
-    torch_optim,
-    wrappers,
-)
+from . import _tree, aliases, base, combine, optim, schedules, wrappers
 from ._tree import *  # noqa: F403
 from .aliases import *  # noqa: F403
-from .aliases_adam_family import *  # noqa: F403
-from .aliases_misc import *  # noqa: F403
-from .aliases_muon import *  # noqa: F403
-from .aliases_rms_family import *  # noqa: F403
-from .aliases_stepsize import *  # noqa: F403
 from .base import *  # noqa: F403
 from .combine import *  # noqa: F403
+from .optim import *  # noqa: F403
 from .schedules import *  # noqa: F403
-from .torch_optim import *  # noqa: F403
 from .transforms import (
     accumulators,
     adam_variants,
@@ -66,7 +48,6 @@ from .wrappers import *  # noqa: F403
 __version__ = "0.1.0"
 
 _MODULES = (_tree, base, combine, accumulators, adam_variants, adaptive, clipping, constrain, factored, momentum,
-            normalize, orthogonalize, perturb, regularize, scaling, stepsize, wrappers, schedules, aliases,
-            aliases_adam_family, aliases_misc, aliases_muon, aliases_rms_family, aliases_stepsize, torch_optim)
+            normalize, orthogonalize, perturb, regularize, scaling, stepsize, wrappers, schedules, aliases, optim)
 
 __all__ = sorted({name for module in _MODULES for name in module.__all__})

@@ -1,9 +1,14 @@
 """The contract: ``GradientTransformation(init, update)`` and the smallest transforms.
 
 ``init(params) -> state`` needs only structure, shapes, dtypes and devices of ``params``.
-``update(updates, state, params=None, *, inplace=False, **extra_args) -> (updates, state)``
-never mutates its inputs unless the caller passes ``inplace=True``, which allows writing
-into the incoming ``updates`` and ``state`` buffers. Updates are *added* to parameters.
+``update(updates, state, params=None, **extra_args) -> (updates, state)`` never mutates its
+inputs. That is all a transform must do to work in ``chain``, every wrapper and
+``gx.Optimizer``. Updates are *added* to parameters.
+
+In-place buffer reuse is a capability a transform *declares* (``@transform(inplace=True)``,
+as every built-in does; see :func:`supports_inplace` for the promise it makes). Only a
+declared transform is ever passed ``inplace=True``; the combinators call any other one
+exactly as optax would, and never write into a tensor it returned or keeps.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from . import _foreach as F
 from ._tree import Tree, tree_flatten, tree_unflatten
 
 __all__ = ["EmptyState", "GradientTransformation", "apply_updates", "describe", "identity", "is_elementwise",
-           "stateless", "transform"]
+           "stateless", "supports_inplace", "transform"]
 
 
 class TransformInitFn(Protocol):
@@ -27,8 +32,8 @@ class TransformInitFn(Protocol):
 
 
 class TransformUpdateFn(Protocol):
-    def __call__(self, updates: Tree, state: Tree, params: Tree | None = None, *,
-                 inplace: bool = False, **extra_args: Any) -> tuple[Tree, Tree]: ...
+    def __call__(self, updates: Tree, state: Tree, params: Tree | None = None, **extra_args: Any
+                 ) -> tuple[Tree, Tree]: ...
 
 
 class GradientTransformation(NamedTuple):
@@ -72,7 +77,8 @@ def _format_value(value: Any) -> str:
 
 
 def transform(fn: Callable[..., GradientTransformation] | None = None, *,
-              elementwise: bool | Callable[[dict[str, Any]], bool] = False) -> Any:
+              elementwise: bool | Callable[[dict[str, Any]], bool] = False,
+              inplace: bool | Callable[[dict[str, Any]], bool] = False) -> Any:
     """Decorator for a transform constructor: the result's ``repr`` shows the call.
 
     ``gx.scale_by_adam(b1=0.8)`` prints as ``scale_by_adam(b1=0.8)``: only the arguments
@@ -86,9 +92,23 @@ def transform(fn: Callable[..., GradientTransformation] | None = None, *,
     that no parameter value changes: such a transform gives the same numbers on any split of
     the parameters into flat pieces, which the compiled path relies on (see
     :func:`is_elementwise`). A callable ``args -> bool`` decides from the arguments.
+
+    ``@transform(inplace=True)`` declares that ``update`` takes the keyword ``inplace`` and
+    keeps the promise :func:`supports_inplace` states; leave it out for an optax-style
+    ``update`` (the combinators then never pass ``inplace`` and never write into what it
+    returns or keeps). A callable ``args -> bool`` decides from the arguments (a wrapper is
+    declared when the transform it wraps is).
+
+    Example::
+
+        @gx.transform
+        def scale_by_two() -> gx.GradientTransformation:
+            return gx.stateless(lambda u, p: gx.tree_map(lambda x: 2 * x, u))
+
+        scale_by_two()  # prints as scale_by_two()
     """
     if fn is None:
-        return functools.partial(transform, elementwise=elementwise)
+        return functools.partial(transform, elementwise=elementwise, inplace=inplace)
     signature = inspect.signature(fn)
 
     @functools.wraps(fn)
@@ -109,8 +129,9 @@ def transform(fn: Callable[..., GradientTransformation] | None = None, *,
         inner = getattr(tx, "__dict__", {})
         attrs = {k: v for k, v in inner.items() if k != "description"}
         attrs.update(name=fn.__name__, args=dict(bound.arguments))
-        if "parts" not in inner:  # an alias is as elementwise as the chain it returns
+        if "parts" not in inner:  # an alias is as elementwise (and in-place) as the chain it returns
             attrs["elementwise"] = bool(elementwise(attrs["args"]) if callable(elementwise) else elementwise)
+            attrs["inplace"] = bool(inplace(attrs["args"]) if callable(inplace) else inplace)
         description = f"{fn.__name__}({', '.join(parts)})"
         if "parts" in inner and "description" in inner:
             # an alias: show what it is made of, e.g. "adamw(lr=0.001) = chain(\n  scale_by_adam(...), ...)"
@@ -140,6 +161,63 @@ def non_elementwise_parts(tx: GradientTransformation) -> list[GradientTransforma
     return [] if attrs.get("elementwise", False) else [tx]
 
 
+def supports_inplace(tx: GradientTransformation) -> bool:
+    """Whether ``tx`` declares in-place buffer reuse (``@transform(inplace=True)``; every
+    built-in does, ``chain`` always). Such a transform promises:
+
+    1. ``update`` takes the keyword ``inplace``. With ``inplace=True`` it may write into the
+       tensors of the ``updates`` and ``state`` it is given (never ``params`` or the extra
+       arguments); with ``inplace=False`` into nothing it is given.
+    2. Each tensor of the updates it returns is either one of the update tensors it was given
+       or a tensor it made in this call that nothing else holds: not its new state, ``params``
+       or an extra argument, and no two leaves share memory. So its caller may write into
+       the updates it returns once it owns the ones it passed in.
+    3. Its new state keeps none of the update tensors it was given: the caller may reuse
+       those buffers.
+
+    ``gx.Optimizer`` and the combinators pass ``inplace=True`` only to declared transforms;
+    any other one is called as optax calls it, and what it returns or keeps is never
+    written into. Example: ``gx.supports_inplace(gx.scale_by_adam())`` is true.
+    """
+    return bool(getattr(tx, "__dict__", {}).get("inplace", False))
+
+
+def updater(tx: GradientTransformation) -> Callable[..., tuple[Tree, Tree]]:
+    """``run(updates, state, params, inplace, extra_args) -> (updates, state)``: ``tx.update``
+    called as its declaration allows. A declared transform gets ``inplace`` and every extra
+    argument; any other one neither ``inplace`` nor an extra argument its signature does
+    not name (an optax-style ``update(updates, state, params=None)`` gets none, as optax's
+    ``with_extra_args_support`` does). Built once per member, not per step."""
+    update = tx.update
+    if supports_inplace(tx):
+        def run_declared(updates, state, params, inplace, extra_args):
+            return update(updates, state, params, inplace=inplace, **extra_args)
+
+        return run_declared
+    accepted = _accepted_keywords(update)
+
+    def run(updates, state, params, inplace, extra_args):
+        del inplace  # never passed to an undeclared transform
+        if accepted is not None:
+            extra_args = {k: v for k, v in extra_args.items() if k in accepted}
+        return update(updates, state, params, **extra_args)
+
+    return run
+
+
+def _accepted_keywords(fn: Callable) -> frozenset[str] | None:
+    """The keyword arguments ``fn`` names beyond the first three, ``None`` for any (``**kw``)."""
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    named = [p for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                  inspect.Parameter.KEYWORD_ONLY)]
+    return frozenset(p.name for p in named[3:])
+
+
 class EmptyState(NamedTuple):
     """The state of a stateless transform."""
 
@@ -149,7 +227,7 @@ def _empty_init(params: Tree) -> EmptyState:
     return EmptyState()
 
 
-@transform(elementwise=True)
+@transform(elementwise=True, inplace=True)
 def identity() -> GradientTransformation:
     """Leaves updates unchanged: ``u <- u``."""
 

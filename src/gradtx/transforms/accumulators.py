@@ -36,7 +36,7 @@ class ScaleByRssState(NamedTuple):
     sum_of_squares: Tree  # running sum of squared updates, the param's dtype
 
 
-@transform(elementwise=True)
+@transform(elementwise=True, inplace=True)
 def scale_by_rss(initial_accumulator_value: float = 0.1, eps: float = 1e-7, eps_in_sqrt: bool = True
                  ) -> GradientTransformation:
     """Divide by the root of the sum of all squared updates so far: Adagrad (Duchi et al., 2011).
@@ -81,7 +81,7 @@ class ScaleByAdaDeltaState(NamedTuple):
     e_x: Tree  # running mean of squared steps
 
 
-@transform(elementwise=True)
+@transform(elementwise=True, inplace=True)
 def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> GradientTransformation:
     """Adadelta's rescaling (Zeiler, 2012, Algorithm 1).
 
@@ -123,7 +123,7 @@ class ScaleByRpropState(NamedTuple):
     prev_updates: Tree  # the last output, zero where the sign flipped
 
 
-@transform(elementwise=True)
+@transform(elementwise=True, inplace=True)
 def scale_by_rprop(lr: float, eta_minus: float = 0.5, eta_plus: float = 1.2,
                    min_step_size: float = 1e-6, max_step_size: float = 50.0) -> GradientTransformation:
     """Resilient propagation (Riedmiller & Braun, 1993), the variant of ``torch.optim.Rprop``.
@@ -191,7 +191,7 @@ class ScaleByRStdDevBiasCorrectedState(NamedTuple):
     nu: Tree
 
 
-@transform(elementwise=True)
+@transform(elementwise=True, inplace=True)
 def scale_by_stddev(decay: float = 0.9, eps: float = 1e-8, initial_scale: float = 0.0,
                     eps_in_sqrt: bool = True, bias_correction: bool = False) -> GradientTransformation:
     """Divide by a running standard deviation of the updates: centered RMSprop (Graves, 2013).
@@ -252,7 +252,7 @@ class ScaleByAsgdState(NamedTuple):
     ax: Tree  # the averaged iterate
 
 
-@transform(elementwise=True)
+@transform(elementwise=True, inplace=True)
 def scale_by_asgd(lr: float | torch.Tensor, lambd: float = 1e-4, alpha: float = 0.75, t0: float = 1e6
                   ) -> GradientTransformation:
     """Averaged SGD's step-size decay (Polyak & Juditsky, 1992), as in ``torch.optim.ASGD``.

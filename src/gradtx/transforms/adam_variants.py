@@ -86,7 +86,7 @@ def _root_denominator(out, nus, bc2: torch.Tensor, eps: float, eps_root: float, 
 # -- Adamax -----------------------------------------------------------------------------
 
 
-@transform(elementwise=True)
+@transform(elementwise=True, inplace=True)
 def scale_by_adamax(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> GradientTransformation:
     """Adamax's rescaling (Kingma & Ba, 2015, Algorithm 2): Adam with an infinity norm.
 
@@ -137,7 +137,7 @@ class ScaleByAmsgradState(NamedTuple):
     nu_max: Tree  # running maximum of the (by default bias-corrected) second moment
 
 
-@transform(elementwise=True)
+@transform(elementwise=True, inplace=True)
 def scale_by_amsgrad(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_root: float = 0.0,
                      mu_dtype: torch.dtype | None = None, bias_correction_mu: bool = True,
                      bias_correction_nu: bool = True, *, debias_after_max: bool = False) -> GradientTransformation:
@@ -202,7 +202,7 @@ class ScaleByBeliefState(NamedTuple):
     nu: Tree  # second moment of the prediction error g - m
 
 
-@transform(elementwise=True)
+@transform(elementwise=True, inplace=True)
 def scale_by_belief(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-16, eps_root: float = 1e-16, *,
                     nesterov: bool = False) -> GradientTransformation:
     """AdaBelief's rescaling (Zhuang et al., 2020, Algorithm 2), optax's form.
@@ -248,7 +248,7 @@ def scale_by_belief(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-16, eps_
 # -- Yogi -------------------------------------------------------------------------------
 
 
-@transform(elementwise=True)
+@transform(elementwise=True, inplace=True)
 def scale_by_yogi(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-3, eps_root: float = 0.0,
                   initial_accumulator_value: float = 1e-6) -> GradientTransformation:
     """Yogi's rescaling (Zaheer et al., 2018), optax's form.
@@ -293,7 +293,7 @@ def scale_by_yogi(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-3, eps_roo
 # -- RAdam ------------------------------------------------------------------------------
 
 
-@transform(elementwise=True)
+@transform(elementwise=True, inplace=True)
 def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_root: float = 0.0,
                    threshold: float = 5.0, *, nesterov: bool = False,
                    eps_before_debias: bool = False) -> GradientTransformation:
@@ -380,7 +380,7 @@ class ScaleByNadamState(NamedTuple):
     nu: Tree  # second moment
 
 
-@transform(elementwise=True)
+@transform(elementwise=True, inplace=True)
 def scale_by_nadam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, momentum_decay: float = 4e-3,
                    eps_root: float = 0.0, mu_dtype: torch.dtype | None = None) -> GradientTransformation:
     """NAdam's rescaling with Dozat's momentum schedule (Dozat, 2016, "Incorporating Nesterov
@@ -450,7 +450,7 @@ class ScaleByNovogradState(NamedTuple):
     nu: Tree  # one 0-dim second moment of the gradient's norm per parameter
 
 
-@transform
+@transform(inplace=True)
 def scale_by_novograd(b1: float = 0.9, b2: float = 0.25, eps: float = 1e-8, eps_root: float = 0.0,
                       weight_decay: float = 0.0, mu_dtype: torch.dtype | None = None) -> GradientTransformation:
     """NovoGrad's rescaling (Ginsburg et al., 2019, Algorithm 1), optax's form: layer-wise
@@ -516,7 +516,7 @@ class ScaleByLionState(NamedTuple):
 _LION_MODES = ("hard", "smooth", "refined")
 
 
-@transform(elementwise=True)
+@transform(elementwise=True, inplace=True)
 def scale_by_lion(b1: float = 0.9, b2: float = 0.99, mu_dtype: torch.dtype | None = None, *,
                   mode: str = "hard", smooth_beta: float = 1.0) -> GradientTransformation:
     """Lion's rescaling (Chen et al., 2023, Program 1).
@@ -567,7 +567,7 @@ class ScaleByAdanState(NamedTuple):
     t: torch.Tensor  # int32, steps taken
 
 
-@transform(elementwise=True)
+@transform(elementwise=True, inplace=True)
 def scale_by_adan(b1: float = 0.98, b2: float = 0.92, b3: float = 0.99, eps: float = 1e-8,
                   eps_root: float = 0.0) -> GradientTransformation:
     """Adan's rescaling (Xie et al., 2022, Algorithm 1), with decay rates ``b_i = 1 - beta_i``.

@@ -26,7 +26,7 @@ def _dtype_of(xs: list[torch.Tensor]) -> torch.dtype | None:
     return xs[0].dtype if xs else None
 
 
-@transform(elementwise=True)
+@transform(elementwise=True, inplace=True)
 def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_root: float = 0.0,
                   mu_dtype: torch.dtype | None = None, *, nesterov: bool = False) -> GradientTransformation:
     """Adam's rescaling (Kingma & Ba, 2015, Algorithm 1), optax's form.
@@ -123,7 +123,7 @@ class ScaleByRmsBiasCorrectedState(NamedTuple):
     nu: Tree
 
 
-@transform(elementwise=True)
+@transform(elementwise=True, inplace=True)
 def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, initial_scale: float = 0.0,
                  eps_in_sqrt: bool = True, bias_correction: bool = False) -> GradientTransformation:
     """Divide by the root of a running mean of squared updates (Tieleman & Hinton, 2012).

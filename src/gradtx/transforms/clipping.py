@@ -20,7 +20,7 @@ def _empty(params):
     return EmptyState()
 
 
-@transform(elementwise=True)
+@transform(elementwise=True, inplace=True)
 def clip_value(max_delta: float) -> GradientTransformation:
     """Clip each element into ``[-max_delta, max_delta]``: ``u <- clamp(u, -d, d)``.
 
@@ -42,7 +42,7 @@ class ClipByGlobalNormState(NamedTuple):
     """Stateless; kept as a named type so states read well."""
 
 
-@transform
+@transform(inplace=True)
 def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     """Rescale all updates together so their global l2 norm is at most ``max_norm``.
 
@@ -66,7 +66,7 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     return GradientTransformation(_empty, update)
 
 
-@transform
+@transform(inplace=True)
 def clip_by_block_rms(threshold: float) -> GradientTransformation:
     """Clip each block (leaf) to a root mean square of at most ``threshold``:
     ``u <- u / max(1, sqrt(mean(u^2)) / threshold)``, one factor per leaf
@@ -98,7 +98,7 @@ def _unit_norms(x: torch.Tensor, axis) -> torch.Tensor:
     return torch.linalg.vector_norm(x, dim=_unit_dims(x, axis), keepdim=True, dtype=dtype)
 
 
-@transform
+@transform(inplace=True)
 def adaptive_grad_clip(clipping: float, eps: float = 1e-3, axis: int | tuple[int, ...] | None = None
                        ) -> GradientTransformation:
     """Adaptive gradient clipping, unit-wise (Brock et al., 2021, NFNets).

@@ -28,7 +28,7 @@ def _toward_zero(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(overshoot, torch.nextafter(cast, torch.zeros_like(cast)), cast)
 
 
-@transform(elementwise=True)
+@transform(elementwise=True, inplace=True)
 def keep_params_nonnegative() -> GradientTransformation:
     """Keep parameters non-negative: ``u <- -p`` where ``p + u < 0``, else ``u``
     (that is ``u <- max(u, -p)``), so ``p + u >= 0``.
@@ -57,7 +57,7 @@ class ZeroNansState(NamedTuple):
     found_nan: Tree  # per leaf, a bool 0-dim tensor: whether the last update had a NaN there
 
 
-@transform
+@transform(inplace=True)
 def zero_nans() -> GradientTransformation:
     """Replace NaNs by zeros: ``u <- where(isnan(u), 0, u)`` (infinities are kept).
 

@@ -28,7 +28,7 @@ def _expanded(shape: torch.Size, axis: int) -> list[int]:
     return [n if i == axis else 1 for i, n in enumerate(shape)]
 
 
-@transform
+@transform(inplace=True)
 def scale_by_sm3(b1: float = 0.9, b2: float = 1.0, eps: float = 1e-8) -> GradientTransformation:
     """SM3-II (Anil et al., 2019, "Memory-Efficient Adaptive Optimization"), optax's form.
 
@@ -120,7 +120,7 @@ def _moving(v: torch.Tensor, x: torch.Tensor, decay: torch.Tensor, inplace: bool
     return (v if inplace else v.clone()).mul_(decay).add_(x)
 
 
-@transform
+@transform(inplace=True)
 def scale_by_factored_rms(factored: bool = True, decay_rate: float = 0.8, step_offset: int = 0,
                           min_dim_size_to_factor: int = 128, epsilon: float = 1e-30,
                           decay_rate_fn: Callable[[torch.Tensor, float], torch.Tensor] = _decay_rate_pow

@@ -19,7 +19,7 @@ class TraceState(NamedTuple):
     trace: Tree
 
 
-@transform(elementwise=True)
+@transform(elementwise=True, inplace=True)
 def trace(decay: float, nesterov: bool = False, accumulator_dtype: torch.dtype | None = None
           ) -> GradientTransformation:
     """Heavy-ball momentum, as ``torch.optim.SGD`` (dampening 0).
@@ -67,7 +67,7 @@ def _bias_correction(decay: float, count: torch.Tensor) -> torch.Tensor:
     return 1.0 - decay ** count.to(torch.float64)
 
 
-@transform(elementwise=True)
+@transform(elementwise=True, inplace=True)
 def ema(decay: float, debias: bool = True, accumulator_dtype: torch.dtype | None = None
         ) -> GradientTransformation:
     """Exponential moving average of updates.

@@ -42,7 +42,7 @@ def _generator(device: torch.device, seed: int) -> torch.Generator:
     return gen
 
 
-@transform
+@transform(inplace=True)
 def add_noise(eta: float, gamma: float, seed: int = 0) -> GradientTransformation:
     """Add annealed Gaussian noise (Neelakantan et al., 2015):
     ``u <- u + sqrt(eta / (1 + t)^gamma) * n``, ``n ~ N(0, I)``, t = 0, 1, ... the step.

@@ -19,7 +19,7 @@ def _scaled(updates, factor, inplace):
     return unflatten(treedef, F.mul(us, factor, inplace=inplace))
 
 
-@transform(elementwise=True)
+@transform(elementwise=True, inplace=True)
 def scale(step_size: float | torch.Tensor) -> GradientTransformation:
     """Multiply updates by a constant: ``u <- step_size * u``.
 
@@ -42,7 +42,7 @@ class ScaleByScheduleState(NamedTuple):
     count: torch.Tensor  # int32, steps taken
 
 
-@transform(elementwise=True)
+@transform(elementwise=True, inplace=True)
 def scale_by_schedule(step_size_fn) -> GradientTransformation:
     """Multiply updates by a schedule of the step count: ``u <- f(t) * u``, t = 0, 1, ...
 
@@ -67,7 +67,7 @@ class ScaleByLrState(NamedTuple):
     lr: torch.Tensor  # 0-dim; the adapter exposes it as param_groups[i]['lr']
 
 
-@transform(elementwise=True)
+@transform(elementwise=True, inplace=True)
 def scale_by_lr(lr: ScalarOrSchedule) -> GradientTransformation:
     """Scale by the negative learning rate: ``u <- -lr * u``.
 
@@ -91,7 +91,7 @@ def scale_by_lr(lr: ScalarOrSchedule) -> GradientTransformation:
     return GradientTransformation(init, update)
 
 
-@transform(elementwise=True)
+@transform(elementwise=True, inplace=True)
 def scale_by_sign() -> GradientTransformation:
     """Replace updates by their sign: ``u <- sign(u)``."""
 

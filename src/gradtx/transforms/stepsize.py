@@ -52,7 +52,7 @@ def _scale_each(xs: list[torch.Tensor], factors: list[torch.Tensor], inplace: bo
 # --- Polyak ------------------------------------------------------------------------------
 
 
-@transform
+@transform(inplace=True)
 def scale_by_polyak(f_min: float = 0.0, max_learning_rate: float = 1.0, eps: float = 0.0,
                     variant: str = "sps") -> GradientTransformation:
     """Polyak's step size (Loizou et al., 2021; optax.scale_by_polyak); needs ``value``.
@@ -109,7 +109,7 @@ class ScaleByOptimisticGradientState(NamedTuple):
     previous_gradient: Tree
 
 
-@transform(elementwise=True)
+@transform(elementwise=True, inplace=True)
 def scale_by_optimistic_gradient(alpha: float = 1.0, beta: float = 1.0) -> GradientTransformation:
     """Generalized optimistic gradient (Mokhtari et al., 2019; optax.scale_by_optimistic_gradient).
 
@@ -164,7 +164,7 @@ def _displacements(params: list[torch.Tensor], inits: list[torch.Tensor]) -> lis
     return [p.detach().to(_wide(p.dtype)) - p0.to(_wide(p.dtype)) for p, p0 in zip(params, inits)]
 
 
-@transform
+@transform(inplace=True)
 def scale_by_distance_over_gradients(reps_rel: float = 1e-6, eps: float = 1e-8,
                                      param_dtype: torch.dtype | None = torch.float32,
                                      global_scale: float = 1.0) -> GradientTransformation:
@@ -221,7 +221,7 @@ class DoGState(NamedTuple):
 _INIT_STEPS = ("distance", "learning_rate", "heuristic")
 
 
-@transform
+@transform(inplace=True)
 def scale_by_dog(init_step: tuple[str, float] = ("heuristic", 1e-6), eps: float = 1e-8) -> GradientTransformation:
     """Distance over gradients (DoG; Ivgi et al., 2023), optax.contrib's ``scale_by_dog``;
     needs ``params``. One step size for all leaves:

@@ -32,9 +32,9 @@ from typing import Any
 import torch
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
-from . import _foreach as F  # noqa: N812
-from ._hparams import is_schedule
-from ._tree import mask_flags
+from .. import _foreach as F  # noqa: N812
+from .._hparams import is_schedule
+from .._tree import mask_flags
 
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 

@@ -14,11 +14,12 @@ from typing import Any
 
 import torch
 
-from . import _compiled, _fused
-from . import _foreach as F  # noqa: N812
-from ._hparams import check
-from ._tree import ParamKey, hyperparameters, merge_keys, select_keys, split_param_paths, tree_flatten
-from .base import GradientTransformation
+from .. import _foreach as F  # noqa: N812
+from .._hparams import check
+from .._tree import ParamKey, hyperparameters, merge_keys, select_keys, split_param_paths, tree_flatten
+from ..base import GradientTransformation
+from . import compiled as _compiled
+from . import fused as _fused
 
 __all__ = ["Optimizer"]
 

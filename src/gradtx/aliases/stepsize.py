@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from ._hparams import ScalarOrSchedule
-from .base import GradientTransformation, identity, transform
-from .combine import chain
-from .transforms.regularize import Mask, add_decayed_weights
-from .transforms.scaling import scale_by_lr
-from .transforms.stepsize import scale_by_dog, scale_by_optimistic_gradient, scale_by_polyak
+from .._hparams import ScalarOrSchedule
+from ..base import GradientTransformation, identity, transform
+from ..combine import chain
+from ..transforms.regularize import Mask, add_decayed_weights
+from ..transforms.scaling import scale_by_lr
+from ..transforms.stepsize import scale_by_dog, scale_by_optimistic_gradient, scale_by_polyak
 
 __all__ = ["dog", "optimistic_gradient_descent", "polyak_sgd"]
 

@@ -7,14 +7,14 @@ from typing import NamedTuple
 
 import torch
 
-from ._hparams import ScalarOrSchedule
-from .base import GradientTransformation, describe, transform
-from .combine import chain
-from .transforms._common import leaves, unflatten
-from .transforms.adaptive import scale_by_adam
-from .transforms.orthogonalize import MUON_NS_COEFFS, AdjustLrFn, NsCoeffs, scale_by_muon
-from .transforms.regularize import AddDecayedWeightsState, Mask, add_decayed_weights
-from .transforms.scaling import scale_by_lr
+from .._hparams import ScalarOrSchedule
+from ..base import GradientTransformation, describe, transform
+from ..combine import chain
+from ..transforms._common import leaves, unflatten
+from ..transforms.adaptive import scale_by_adam
+from ..transforms.orthogonalize import MUON_NS_COEFFS, AdjustLrFn, NsCoeffs, scale_by_muon
+from ..transforms.regularize import AddDecayedWeightsState, Mask, add_decayed_weights
+from ..transforms.scaling import scale_by_lr
 
 __all__ = ["muon"]
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from ._hparams import ScalarOrSchedule
-from .base import GradientTransformation, transform
-from .combine import chain
-from .transforms.adam_variants import (
+from .._hparams import ScalarOrSchedule
+from ..base import GradientTransformation, transform
+from ..combine import chain
+from ..transforms.adam_variants import (
     scale_by_adamax,
     scale_by_adan,
     scale_by_amsgrad,
@@ -23,9 +23,9 @@ from .transforms.adam_variants import (
     scale_by_radam,
     scale_by_yogi,
 )
-from .transforms.adaptive import scale_by_adam
-from .transforms.regularize import Mask, add_decayed_weights
-from .transforms.scaling import scale_by_lr
+from ..transforms.adaptive import scale_by_adam
+from ..transforms.regularize import Mask, add_decayed_weights
+from ..transforms.scaling import scale_by_lr
 
 __all__ = ["adamax", "adamaxw", "amsgrad", "adabelief", "yogi", "radam", "novograd", "lion", "adan", "nadam",
            "nadamw"]

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import torch
 
-from ._hparams import ScalarOrSchedule
-from .base import GradientTransformation, transform
-from .combine import chain
-from .transforms.adaptive import scale_by_adam
-from .transforms.momentum import trace
-from .transforms.regularize import Mask, add_decayed_weights
-from .transforms.scaling import scale_by_lr
+from .._hparams import ScalarOrSchedule
+from ..base import GradientTransformation, transform
+from ..combine import chain
+from ..transforms.adaptive import scale_by_adam
+from ..transforms.momentum import trace
+from ..transforms.regularize import Mask, add_decayed_weights
+from ..transforms.scaling import scale_by_lr
 
 __all__ = ["sgd", "adam", "adamw"]
 

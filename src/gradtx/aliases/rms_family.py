@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import torch
 
-from ._hparams import ScalarOrSchedule, _as_float, check, check_beta
-from .base import GradientTransformation, identity, transform
-from .combine import chain
-from .transforms.accumulators import scale_by_adadelta, scale_by_asgd, scale_by_rprop, scale_by_rss, scale_by_stddev
-from .transforms.adaptive import scale_by_rms
-from .transforms.clipping import clip_by_block_rms
-from .transforms.factored import scale_by_factored_rms, scale_by_sm3
-from .transforms.momentum import ema, trace
-from .transforms.normalize import scale_by_param_block_rms
-from .transforms.regularize import Mask, add_decayed_weights
-from .transforms.scaling import scale_by_lr, scale_by_schedule, scale_by_sign
+from .._hparams import ScalarOrSchedule, _as_float, check, check_beta
+from ..base import GradientTransformation, identity, transform
+from ..combine import chain
+from ..transforms.accumulators import scale_by_adadelta, scale_by_asgd, scale_by_rprop, scale_by_rss, scale_by_stddev
+from ..transforms.adaptive import scale_by_rms
+from ..transforms.clipping import clip_by_block_rms
+from ..transforms.factored import scale_by_factored_rms, scale_by_sm3
+from ..transforms.momentum import ema, trace
+from ..transforms.normalize import scale_by_param_block_rms
+from ..transforms.regularize import Mask, add_decayed_weights
+from ..transforms.scaling import scale_by_lr, scale_by_schedule, scale_by_sign
 
 __all__ = ["adagrad", "adadelta", "rmsprop", "rprop", "adafactor", "sm3", "sign_sgd", "signum", "asgd"]
 

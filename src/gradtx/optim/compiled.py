@@ -34,8 +34,8 @@ from typing import Any
 import torch
 import torch.fx.experimental._config as _fx_config
 
-from ._tree import param_leaves, tree_flatten, tree_leaves, tree_unflatten
-from .base import GradientTransformation, non_elementwise_parts
+from .._tree import param_leaves, tree_flatten, tree_leaves, tree_unflatten
+from ..base import GradientTransformation, non_elementwise_parts
 
 __all__ = ["CompiledChain"]
 

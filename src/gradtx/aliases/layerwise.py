@@ -6,16 +6,16 @@ import math
 
 import torch
 
-from ._hparams import ScalarOrSchedule, check, is_schedule
-from ._tree import tree_map
-from .base import GradientTransformation, transform
-from .combine import chain
-from .transforms.adaptive import scale_by_adam
-from .transforms.momentum import trace
-from .transforms.normalize import scale_by_trust_ratio, trust_ratio_transform
-from .transforms.perturb import add_noise
-from .transforms.regularize import Mask, add_decayed_weights
-from .transforms.scaling import scale, scale_by_lr
+from .._hparams import ScalarOrSchedule, check, is_schedule
+from .._tree import tree_map
+from ..base import GradientTransformation, transform
+from ..combine import chain
+from ..transforms.adaptive import scale_by_adam
+from ..transforms.momentum import trace
+from ..transforms.normalize import scale_by_trust_ratio, trust_ratio_transform
+from ..transforms.perturb import add_noise
+from ..transforms.regularize import Mask, add_decayed_weights
+from ..transforms.scaling import scale, scale_by_lr
 
 __all__ = ["fromage", "lamb", "lars", "noisy_sgd"]
 
