@@ -61,7 +61,7 @@ CORE = [
 # Public names that are not transform constructors, so need no entry; family files may add
 # their own in a ``NOT_TRANSFORMS`` set.
 NOT_TRANSFORMS = {"Optimizer", "GradientTransformation", "EmptyState", "apply_updates", "stateless", "describe",
-                  "transform", "leaf_names", "ParamKey", "is_elementwise", "supports_inplace"}
+                  "transform", "leaf_names", "ParamKey", "is_elementwise", "is_leafwise", "supports_inplace"}
 
 
 # --- the inputs the property suites run every entry on ------------------------------------

@@ -1,32 +1,27 @@
-"""Chain-owned temporaries: which update buffers a chain may overwrite on the pure path.
+"""Which update tensors a chain may write into: ownership known by construction.
 
-A chain member called with ``inplace=False`` returns updates that are often fresh tensors
-nobody else can see (Adam's direction, a scaled copy). The next member would allocate yet
-another full-size tensor for its result; fresh memory costs page faults, several times a
-pass over memory already mapped. When every update tensor a member receives is such a
-temporary and the member's state is small (hyperparameters, a step count), the chain calls
-it with ``inplace=True`` on a private copy of that state instead: it writes into the
-temporaries, and the caller can tell only by the missing allocations.
+Every member of a chain is either *declared* (``@transform(inplace=True)``, see
+:func:`gradtx.base.supports_inplace`) or not. A declared member returns, for each leaf,
+either a tensor it was given or one it made that nothing else holds; an undeclared one may
+return anything (its state, its input, one tensor for two leaves) and keep anything. So the
+chain knows, by identity alone, which of the tensors in hand it owns:
 
-"Nobody else can see it" is checked on the tensor itself, not inferred from where it came
-from, so a member that passes the caller's tensors through, keeps its output in its state,
-returns a tensor held in a closure or a view of anything, is simply not written into:
+- under ``inplace=True`` its caller handed it the update buffers: it owns them;
+- a declared member's result is owned where it made it, and keeps the status of the tensor
+  it was given where it passed one through;
+- an undeclared member's results are never owned; before a declared member writes into
+  them under ``inplace=True`` the chain copies them, and before an undeclared member sees a
+  buffer its caller may reuse, the chain hands it a copy it may keep.
 
-- ``sys.getrefcount``: no Python reference but the chain's own list of leaves. The chain
-  keeps its inputs (updates, state, params, extra arguments) and the new states alive
-  meanwhile and rebuilds the update tree's containers itself, so anything reachable from
-  them, or from a container a member shares with its state, counts as a second reference;
-- ``Tensor._use_count``: no C++ owner either (a parameter's ``.grad``, a view's base);
-- the storage's use count: no other tensor (a view, a ``detach()``) on the same memory;
-- a plain, strided, dense float32 or float64 tensor that does not require grad.
-
-Counts are calibrated once on a fresh tensor, so they do not depend on how this Python
-version counts the references of a call; where torch lacks the counters, nothing is owned.
+On the pure path (``inplace=False``) a member whose state is small (hyperparameters, a step
+count) and whose every update tensor is owned runs with ``inplace=True`` on a private copy
+of its state: it writes into the chain's temporaries and allocates nothing. Only float32
+and float64 leaves are written so, where torch's in-place and allocating kernels give the
+same bits. Nothing here reads reference counts or other runtime counters.
 """
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -36,70 +31,56 @@ import torch
 from . import _foreach as F  # noqa: N812
 from ._tree import Tree, tree_flatten, tree_leaves, tree_unflatten
 
-# Only these dtypes are written in place: for them torch's in-place and allocating kernels
-# give the same bits. (torch 2.13 on CPU: ``_foreach_mul_`` by a Python number rounds
-# bfloat16 and float16 differently from ``_foreach_mul``.)
+# Only these dtypes are written in place on the pure path: for them torch's in-place and
+# allocating kernels give the same bits. (torch 2.13 on CPU: ``_foreach_mul_`` by a Python
+# number rounds bfloat16 and float16 differently from ``_foreach_mul``.)
 SAME_BITS_DTYPES = (torch.float32, torch.float64)
 
 # State of at most this many elements (over all its tensors) counts as small: a private
 # copy of it per step costs next to nothing.
 SMALL_STATE_NUMEL = 64
 
-_getrefcount = sys.getrefcount
-_storage_use_count = getattr(torch._C, "_storage_Use_Count", None)
+
+def enabled() -> bool:
+    """Whether the pure path may reuse temporaries at all: eager, outside ``torch.func``
+    transforms (batched tensors, and in-place writes there follow other rules) and outside
+    ``torch.compile`` (which plans its own buffers)."""
+    return not torch.compiler.is_compiling() and F._native()
 
 
-def _scan(leaves: list[Any], refs: int, storage_refs: int) -> bool:
-    # One function for the calibration and the real check, so both count the same way.
-    for t in leaves:
-        if t is None:
+def ids(leaves: list[Any]) -> set[int]:
+    """The identities of the tensors among ``leaves``."""
+    return {id(x) for x in leaves if isinstance(x, torch.Tensor)}
+
+
+def all_owned(leaves: list[Any], owned: set[int]) -> bool:
+    """Every tensor of ``leaves`` is owned, appears once, and is of a dtype written in place
+    with the allocating path's bits."""
+    seen: set[int] = set()
+    for x in leaves:
+        if x is None:
             continue
-        if (type(t) is not torch.Tensor or _getrefcount(t) > refs or t.requires_grad
-                or t.dtype not in SAME_BITS_DTYPES or t.layout is not torch.strided or t._use_count() != 1
-                or _storage_use_count(t.untyped_storage()._cdata) > storage_refs):
+        if (not isinstance(x, torch.Tensor) or id(x) not in owned or id(x) in seen
+                or x.dtype not in SAME_BITS_DTYPES):
             return False
+        seen.add(id(x))
     return True
 
 
-def _calibrate() -> tuple[int, int] | None:
-    if _storage_use_count is None or not hasattr(torch.Tensor, "_use_count"):
-        return None
-    try:
-        fresh = torch.empty(1, dtype=torch.float32)
-        storage_refs = _storage_use_count(fresh.untyped_storage()._cdata)
-        del fresh
-        refs = next((r for r in range(1, 16) if _scan([torch.empty(1, dtype=torch.float32)], r, storage_refs)), None)
-        if refs is None:
-            return None
-        # The counts must tell a shared tensor from an exclusive one, else own nothing.
-        held = torch.empty(1, dtype=torch.float32)
-        if _scan([held], refs, storage_refs) or _scan([torch.empty(2, dtype=torch.float32)[:1]], refs, storage_refs):
-            return None
-        return refs, storage_refs
-    except Exception:  # noqa: BLE001 - an unusual build: fall back to always allocating
-        return None
-
-
-_COUNTS = _calibrate()
-
-
-def enabled() -> bool:
-    """Whether this call may reuse temporaries at all: eager, outside ``torch.func``
-    transforms (batched tensors, and in-place writes there follow other rules) and outside
-    ``torch.compile`` (which plans its own buffers and has no data to count)."""
-    return _COUNTS is not None and not torch.compiler.is_compiling() and F._native()
-
-
-def exclusive(leaves: list[Any], held_by_tree: bool = False) -> bool:
-    """Every tensor of ``leaves`` is referenced by this list alone (``None`` leaves are
-    skipped), so writing into it is invisible to anyone else. The caller must hold no
-    other reference: neither a tree built from them nor a loop variable. With
-    ``held_by_tree`` one more reference each is allowed (the tree they came from): a
-    necessary condition only, to say no early."""
-    if _COUNTS is None:
-        return False
-    refs, storage_refs = _COUNTS
-    return _scan(leaves, refs + held_by_tree, storage_refs)
+def copy_leaves(tree: Tree, copy: Callable[[torch.Tensor], bool]) -> Tree:
+    """``tree`` with each tensor leaf for which ``copy(leaf)`` holds, and every repeat of a
+    tensor, replaced by a copy; ``tree`` itself when nothing is copied."""
+    leaves, treedef = tree_flatten(tree)
+    seen: set[int] = set()
+    out, changed = [], False
+    for x in leaves:
+        if isinstance(x, torch.Tensor):
+            if copy(x) or id(x) in seen:
+                x, changed = x.clone(), True
+            else:
+                seen.add(id(x))
+        out.append(x)
+    return tree_unflatten(out, treedef) if changed else tree
 
 
 def has_small_state(tx: Any) -> bool:

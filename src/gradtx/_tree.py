@@ -118,22 +118,27 @@ def tree_get(tree: Tree, name: str, default: Any = None) -> Any:
 
 
 class ParamKey(int):
-    """The key of a parameter in the dict the adapter hands to a chain: its index in the
-    param group, carrying the parameter's name (``model.named_parameters()``) when known."""
+    """The key of a parameter in the dict the adapter hands to a chain: its index (in its
+    param group, or among all parameters where one chain sees every group), carrying the
+    parameter's name (``model.named_parameters()``) and param group when known."""
 
-    name: str | None = None  # a class default: an unnamed key holds no instance dict
+    # class defaults: an unnamed key holds no instance dict
+    name: str | None = None
+    group: int | None = None
 
-    def __new__(cls, index: int, name: str | None = None) -> ParamKey:
+    def __new__(cls, index: int, name: str | None = None, group: int | None = None) -> ParamKey:
         key = super().__new__(cls, index)
         if name is not None:
             key.name = name
+        if group is not None:
+            key.group = group
         return key
 
     def __repr__(self) -> str:
         return int.__repr__(self)
 
     def __reduce__(self):
-        return (ParamKey, (int(self), self.name))
+        return (ParamKey, (int(self), self.name, self.group))
 
 
 def _is_param_key(key: Any) -> bool:
@@ -190,9 +195,10 @@ def merge_keys(base: Tree, new: Tree) -> Tree:
     if hasattr(base, "_fields"):
         return type(base)(*(merge_keys(b, n) for b, n in zip(base, new)))
     if isinstance(base, (list, tuple)):
-        return type(base)(merge_keys(b, n) for b, n in zip(base, new))
+        # a longer base (state for a param group added since) keeps its extra entries
+        return type(base)([*(merge_keys(b, n) for b, n in zip(base, new)), *base[len(new):]])
     if isinstance(base, dict):
-        return {k: merge_keys(base[k], new[k]) for k in base}
+        return {k: merge_keys(base[k], new[k]) if k in new else base[k] for k in base}
     return new
 
 

@@ -24,7 +24,7 @@ from . import _foreach as F
 from ._tree import Tree, tree_flatten, tree_unflatten
 
 __all__ = ["EmptyState", "GradientTransformation", "apply_updates", "describe", "identity", "is_elementwise",
-           "stateless", "supports_inplace", "transform"]
+           "is_leafwise", "stateless", "supports_inplace", "transform"]
 
 
 class TransformInitFn(Protocol):
@@ -78,6 +78,7 @@ def _format_value(value: Any) -> str:
 
 def transform(fn: Callable[..., GradientTransformation] | None = None, *,
               elementwise: bool | Callable[[dict[str, Any]], bool] = False,
+              leafwise: bool | Callable[[dict[str, Any]], bool] = False,
               inplace: bool | Callable[[dict[str, Any]], bool] = False) -> Any:
     """Decorator for a transform constructor: the result's ``repr`` shows the call.
 
@@ -92,6 +93,12 @@ def transform(fn: Callable[..., GradientTransformation] | None = None, *,
     that no parameter value changes: such a transform gives the same numbers on any split of
     the parameters into flat pieces, which the compiled path relies on (see
     :func:`is_elementwise`). A callable ``args -> bool`` decides from the arguments.
+
+    ``@transform(leafwise=True)`` declares the weaker property that each leaf's update and
+    state depend only on that leaf (its gradient, parameter and state) and on shared state
+    that no parameter value changes: a norm per tensor is leafwise, a global norm is not.
+    ``gx.Optimizer`` runs a leafwise transform per param group, so a group's settings apply
+    to that group alone (see :func:`is_leafwise`); elementwise implies leafwise.
 
     ``@transform(inplace=True)`` declares that ``update`` takes the keyword ``inplace`` and
     keeps the promise :func:`supports_inplace` states; leave it out for an optax-style
@@ -108,7 +115,7 @@ def transform(fn: Callable[..., GradientTransformation] | None = None, *,
         scale_by_two()  # prints as scale_by_two()
     """
     if fn is None:
-        return functools.partial(transform, elementwise=elementwise, inplace=inplace)
+        return functools.partial(transform, elementwise=elementwise, leafwise=leafwise, inplace=inplace)
     signature = inspect.signature(fn)
 
     @functools.wraps(fn)
@@ -131,6 +138,8 @@ def transform(fn: Callable[..., GradientTransformation] | None = None, *,
         attrs.update(name=fn.__name__, args=dict(bound.arguments))
         if "parts" not in inner:  # an alias is as elementwise (and in-place) as the chain it returns
             attrs["elementwise"] = bool(elementwise(attrs["args"]) if callable(elementwise) else elementwise)
+            attrs["leafwise"] = attrs["elementwise"] or bool(leafwise(attrs["args"]) if callable(leafwise)
+                                                             else leafwise)
             attrs["inplace"] = bool(inplace(attrs["args"]) if callable(inplace) else inplace)
         description = f"{fn.__name__}({', '.join(parts)})"
         if "parts" in inner and "description" in inner:
@@ -150,6 +159,22 @@ def is_elementwise(tx: GradientTransformation) -> bool:
     false (its trust ratio is a norm over each whole tensor).
     """
     return not non_elementwise_parts(tx)
+
+
+def is_leafwise(tx: GradientTransformation) -> bool:
+    """Whether ``tx`` was declared leafwise (``@transform(leafwise=True)``, or elementwise):
+    each leaf's update depends on that leaf alone, so running it on any split of the
+    parameters gives the same numbers. A chain is when all its parts are. ``gx.Optimizer``
+    runs leafwise parts per param group (a group's settings apply to it alone) and every
+    other part once over all parameters (a global norm sees every group).
+
+    Example: ``gx.is_leafwise(gx.lamb(1e-3))`` is true (a norm per tensor),
+    ``gx.is_leafwise(gx.clip_by_global_norm(1.0))`` false.
+    """
+    attrs = getattr(tx, "__dict__", {})
+    if "parts" in attrs:
+        return all(is_leafwise(part) for part in attrs["parts"])
+    return bool(attrs.get("leafwise", False))
 
 
 def non_elementwise_parts(tx: GradientTransformation) -> list[GradientTransformation]:
@@ -244,8 +269,8 @@ def stateless(fn: Callable[[Tree, Tree | None], Tree]) -> GradientTransformation
     Example: ``gx.stateless(lambda u, p: gx.tree_map(lambda x: 2 * x, u))``.
     """
 
-    def update(updates, state, params=None, *, inplace=False, **extra_args):
-        del inplace, extra_args
+    def update(updates, state, params=None, **extra_args):
+        del extra_args
         return fn(updates, params), state
 
     return describe(GradientTransformation(_empty_init, update),

@@ -20,7 +20,7 @@ from ._tree import (
     tree_structure,
     tree_unflatten,
 )
-from .base import EmptyState, GradientTransformation, describe, transform
+from .base import EmptyState, GradientTransformation, describe, is_leafwise, supports_inplace, transform, updater
 
 __all__ = ["chain", "named_chain", "MaskedNode", "MaskedState", "PartitionState", "masked", "partition",
            "multi_transform", "freeze"]
@@ -34,17 +34,20 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     """Apply ``transforms`` in sequence; the state is a tuple of their states.
 
     ``u <- t_n(...t_2(t_1(u)))``. Extra keyword arguments (``value``, ``grad``,
-    ``value_fn``, ``inplace``) are forwarded to every member.
+    ``value_fn``) are forwarded to every member, as far as its signature takes them.
 
-    On the pure path (``inplace=False``) the chain still writes into the update tensors
-    it made itself: a member after the first is called with ``inplace=True``, on a private
-    copy of its state, when (a) its state is small whatever the params (hyperparameters,
-    step counts: ``scale_by_lr``, ``scale``, ``add_decayed_weights``, ``clip_value``...) and
-    (b) every update tensor it receives is referenced by the chain alone: made by an
-    earlier member in this call, not the caller's, not held by any state, params, extra
-    argument or closure, not a view, not recorded by autograd. Otherwise it allocates as
-    usual. ``update`` still never mutates its inputs and gives the same bits; it only
-    allocates less (``adamw``: the moments, the update, nothing else).
+    Any ``GradientTransformation`` may be a member, an optax-style one included: only the
+    members that declare in-place reuse (:func:`gradtx.supports_inplace`; every built-in)
+    are passed ``inplace`` or written into, and what another member returns or keeps is
+    never written into (it is copied first where a later member would write). The chain
+    itself always declares in-place reuse.
+
+    On the pure path (``inplace=False``) the chain still writes into the update tensors it
+    made itself: a member whose state is small whatever the params (``scale_by_lr``,
+    ``scale``, ``add_decayed_weights``, ``clip_value``...) and whose every update tensor
+    was made in this call by a declared member runs with ``inplace=True`` on a private copy
+    of its state. ``update`` still never mutates its inputs and gives the same bits; it
+    only allocates less (``adamw``: the moments, the update, nothing else).
 
     Example: ``gx.chain(gx.clip_value(10.0), gx.scale_by_adam(), gx.scale_by_lr(1e-3))``.
     """
@@ -52,7 +55,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
         if not isinstance(tx, GradientTransformation):
             raise TypeError(f"chain argument {i} must be a GradientTransformation, got {type(tx).__name__}")
     inits = tuple(tx.init for tx in transforms)
-    run = _members_runner(transforms)
+    run = members_runner(transforms)
 
     def init(params):
         return tuple(fn(params) for fn in inits)
@@ -65,54 +68,70 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
 
     body = ",\n  ".join(_indent(repr(tx)) for tx in transforms)
     return describe(GradientTransformation(init, update), f"chain(\n  {body},\n)" if transforms else "chain()",
-                    parts=transforms)
+                    parts=transforms, inplace=True)
 
 
-def _members_runner(transforms: tuple[GradientTransformation, ...]):
+def members_runner(transforms: tuple[GradientTransformation, ...]):
     """``run(updates, states, params, inplace, extra_args) -> (updates, new_states)``: the
-    members of a chain in sequence, reusing the chain's own temporaries on the pure path
-    (the rule is in :func:`chain`'s docstring, the checks in ``_owned``)."""
-    fns = tuple(tx.update for tx in transforms)
+    members of a chain in sequence, each called as its declaration allows, writing only
+    into tensors the chain owns (the rules are in ``_owned``'s docstring)."""
+    runs = tuple(updater(tx) for tx in transforms)
+    declared = tuple(supports_inplace(tx) for tx in transforms)
+    all_declared = all(declared)
     small: list[bool | None] = [None] * len(transforms)  # has_small_state, decided on first use
 
     def may_reuse(i: int) -> bool:
         if small[i] is None:
-            small[i] = i > 0 and _owned.has_small_state(transforms[i])
+            small[i] = _owned.has_small_state(transforms[i])
         return small[i]
 
     def run(updates, states, params, inplace, extra_args):
         new_states = []
-        if inplace or len(fns) < 2 or not _owned.enabled() or _owned.records(params, extra_args):
-            for fn, s in zip(fns, states):
-                updates, s = fn(updates, s, params, inplace=inplace, **extra_args)
+        if inplace and all_declared:
+            # Every member keeps the promise: each may write into what the previous returned.
+            for run_member, s in zip(runs, states):
+                updates, s = run_member(updates, s, params, True, extra_args)
                 new_states.append(s)
             return updates, new_states
-        # `updates`, `states`, `params`, `extra_args` and `new_states` stay referenced
-        # here to the end: anything reachable from them never counts as the chain's own.
-        out, owned = updates, False
-        for i, (fn, s) in enumerate(zip(fns, states)):
-            copy = _owned.private_copy(s) if owned else None
+        received = _owned.ids(tree_leaves(updates))
+        owned = set(received) if inplace else set()  # update tensors the chain may write into
+        suspect: set[int] = set()  # returned by an undeclared member: may be held elsewhere
+        reuse = not inplace and _owned.enabled() and not _owned.records(params, extra_args)
+        for i, (run_member, s) in enumerate(zip(runs, states)):
+            if not declared[i]:
+                if inplace:
+                    # It may keep what it is given: never a buffer the caller reuses.
+                    updates = _owned.copy_leaves(updates, lambda x, keep=received: id(x) in keep)
+                updates, s = run_member(updates, s, params, False, extra_args)
+                owned, suspect = set(), _owned.ids(tree_leaves(updates))
+                new_states.append(s)
+                continue
+            if inplace:
+                # Copies of what an undeclared member returned: this one writes into them.
+                updates = _owned.copy_leaves(updates, lambda x, mine=owned: id(x) not in mine)
+                updates, s = run_member(updates, s, params, True, extra_args)
+                owned = _owned.ids(tree_leaves(updates))
+                suspect = set()
+                new_states.append(s)
+                continue
+            given = tree_leaves(updates)
+            copy = (_owned.private_copy(s) if reuse and may_reuse(i) and _owned.all_owned(given, owned)
+                    else None)
             if copy is not None:
-                out, s = fn(out, copy[0], params, inplace=True, **extra_args)
+                updates, s = run_member(updates, copy[0], params, True, extra_args)
                 s = copy[1](s)
             else:
-                out, s = fn(out, s, params, inplace=False, **extra_args)
+                updates, s = run_member(updates, s, params, False, extra_args)
+            given_ids = _owned.ids(given)
+            out = tree_leaves(updates)
+            # A declared member's result is fresh where it is not a tensor it was given.
+            owned = {id(x) for x in out if isinstance(x, torch.Tensor) and (id(x) not in given_ids or id(x) in owned)}
+            suspect = {id(x) for x in out if id(x) in suspect}
             new_states.append(s)
-            copy = None
-            owned = False
-            if i + 1 < len(fns) and may_reuse(i + 1):
-                leaves, treedef = tree_flatten(out)
-                # A quick no while the member's tree still holds each leaf once (a state
-                # buffer returned as the update, say): its tree is kept as it is.
-                if _owned.exclusive(leaves, held_by_tree=True):
-                    # Rebuild the tree in our own containers, so that a container the
-                    # member also keeps (in its state, say) still holds a second reference
-                    # to each leaf, and count with the member's tree dropped.
-                    out = None
-                    owned = _owned.exclusive(leaves)
-                    out = tree_unflatten(leaves, treedef)
-                del leaves
-        return out, new_states
+        if suspect:
+            # The chain's own promise: nothing it returns is held by a member's state.
+            updates = _owned.copy_leaves(updates, lambda x, held=suspect: id(x) in held)
+        return updates, new_states
 
     return run
 
@@ -133,7 +152,7 @@ def named_chain(*named_transforms: tuple[str, GradientTransformation]) -> Gradie
     def init(params):
         return {name: tx.init(params) for name, tx in named_transforms}
 
-    run = _members_runner(tuple(tx for _, tx in named_transforms))
+    run = members_runner(tuple(tx for _, tx in named_transforms))
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         updates, new_states = run(updates, [state[name] for name in names], params, inplace, extra_args)
@@ -141,7 +160,7 @@ def named_chain(*named_transforms: tuple[str, GradientTransformation]) -> Gradie
 
     body = ",\n  ".join(f"({name!r}, {_indent(repr(tx))})" for name, tx in named_transforms)
     return describe(GradientTransformation(init, update), f"named_chain(\n  {body},\n)",
-                    parts=tuple(tx for _, tx in named_transforms))
+                    parts=tuple(tx for _, tx in named_transforms), inplace=True)
 
 
 # --- masking and partitioning -------------------------------------------------------------
@@ -181,7 +200,7 @@ def _hide(tree: Tree, flags: list[bool]) -> Tree:
     return tree_unflatten([x if f else MaskedNode() for x, f in zip(leaves, flags)], treedef)
 
 
-def _masked_update(inner: GradientTransformation, flags: list[bool], updates: Tree, inner_state: Any,
+def _masked_update(run_inner, flags: list[bool], updates: Tree, inner_state: Any,
                    params: Tree | None, inplace: bool, extra_args: dict, mask_extra_args: bool):
     u_leaves, treedef = tree_flatten(updates)
     if len(flags) != len(u_leaves):
@@ -191,14 +210,18 @@ def _masked_update(inner: GradientTransformation, flags: list[bool], updates: Tr
     if mask_extra_args:
         extra_args = {k: _hide(v, flags) if not treedef.is_leaf() and tree_structure(v) == treedef else v
                       for k, v in extra_args.items()}
-    new_hidden, new_state = inner.update(hidden, inner_state, hidden_params, inplace=inplace, **extra_args)
+    new_hidden, new_state = run_inner(hidden, inner_state, hidden_params, inplace, extra_args)
     out = list(u_leaves)
     for i, value in zip([i for i, f in enumerate(flags) if f], tree_leaves(new_hidden)):
         out[i] = value
     return tree_unflatten(out, treedef), new_state
 
 
-@transform
+def _all_declared(*transforms: GradientTransformation) -> bool:
+    return all(supports_inplace(tx) for tx in transforms)
+
+
+@transform(leafwise=lambda args: is_leafwise(args["inner"]), inplace=lambda args: _all_declared(args["inner"]))
 def masked(inner: GradientTransformation, mask: Any, *, mask_compatible_extra_args: bool = False
            ) -> GradientTransformation:
     """Apply ``inner`` to the leaves where ``mask`` is true; pass the others through unchanged.
@@ -221,14 +244,15 @@ def masked(inner: GradientTransformation, mask: Any, *, mask_compatible_extra_ar
     if not isinstance(inner, GradientTransformation):
         raise TypeError(f"inner must be a GradientTransformation, got {type(inner).__name__}")
     _check_mask(mask)
+    run_inner = updater(inner)
 
     def init(params):
         return MaskedState(inner_state=inner.init(_hide(params, mask_flags(mask, params, params))))
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         flags = mask_flags(mask, updates, params)
-        updates, inner_state = _masked_update(inner, flags, updates, state.inner_state, params, inplace, extra_args,
-                                              mask_compatible_extra_args)
+        updates, inner_state = _masked_update(run_inner, flags, updates, state.inner_state, params, inplace,
+                                              extra_args, mask_compatible_extra_args)
         return updates, MaskedState(inner_state=inner_state)
 
     return GradientTransformation(init, update)
@@ -254,7 +278,8 @@ def _check_known(labels: list, transforms: dict) -> None:
                          f"{sorted(transforms)}; found unknown labels {', '.join(unknown)}")
 
 
-@transform
+@transform(leafwise=lambda args: all(is_leafwise(tx) for tx in args["transforms"].values()),
+           inplace=lambda args: _all_declared(*args["transforms"].values()))
 def partition(transforms: dict[str, GradientTransformation], param_labels: Any, *,
               mask_compatible_extra_args: bool = False) -> GradientTransformation:
     """Apply ``transforms[label]`` to the leaves labelled ``label``.
@@ -278,6 +303,7 @@ def partition(transforms: dict[str, GradientTransformation], param_labels: Any, 
     """
     _check_labels(transforms, param_labels)
     items = tuple(transforms.items())
+    runs = {label: updater(tx) for label, tx in items}
 
     def labels_of(subject, params):
         labels = per_leaf_spec(param_labels, subject, params, "param_labels", LABEL_FORMS, globs=False)
@@ -292,17 +318,18 @@ def partition(transforms: dict[str, GradientTransformation], param_labels: Any, 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         labels = labels_of(updates, params)
         new_states = {}
-        for label, tx in items:
+        for label, _ in items:
             flags = [x == label for x in labels]
-            updates, inner_state = _masked_update(tx, flags, updates, state.inner_states[label].inner_state, params,
-                                                  inplace, extra_args, mask_compatible_extra_args)
+            updates, inner_state = _masked_update(runs[label], flags, updates, state.inner_states[label].inner_state,
+                                                  params, inplace, extra_args, mask_compatible_extra_args)
             new_states[label] = MaskedState(inner_state)
         return updates, PartitionState(new_states)
 
     return GradientTransformation(init, update)
 
 
-@transform
+@transform(leafwise=lambda args: all(is_leafwise(tx) for tx in args["transforms"].values()),
+           inplace=lambda args: _all_declared(*args["transforms"].values()))
 def multi_transform(transforms: dict[str, GradientTransformation], param_labels: Any, *,
                     mask_compatible_extra_args: bool = False) -> GradientTransformation:
     """Another name for :func:`partition` (optax's older name).
@@ -326,10 +353,11 @@ def _set_to_zero() -> GradientTransformation:
             zeros = [torch.zeros_like(u) if isinstance(u, torch.Tensor) else u for u in leaves]
         return tree_unflatten(zeros, treedef), state
 
-    return GradientTransformation(init, update)
+    return describe(GradientTransformation(init, update), "set_to_zero()", elementwise=True, leafwise=True,
+                    inplace=True)
 
 
-@transform
+@transform(leafwise=True, inplace=True)
 def freeze(mask: Any) -> GradientTransformation:
     """Zero the updates of the leaves where ``mask`` is true (freeze them); keep the others.
 

@@ -28,7 +28,7 @@ from ._tree import (
     tree_structure,
     tree_unflatten,
 )
-from .base import GradientTransformation, describe, transform
+from .base import GradientTransformation, describe, is_leafwise, supports_inplace, transform, updater
 from .transforms._common import need_params
 
 __all__ = ["InjectHyperparamsState", "MultiStepsState", "ApplyEveryState", "ApplyIfFiniteState",
@@ -228,7 +228,9 @@ def inject_hyperparams(inner_factory: Callable[..., GradientTransformation], sta
                        **{k: scheduled(f(count)) for k, f in schedules.items()}}
             return {n: hparams[n] for n in hp_names}
 
-        build(initial(new_count()))  # bad values raise ValueError now, naming the argument
+        # bad values raise ValueError now, naming the argument
+        example = build(initial(new_count()))
+        declared, leafwise = supports_inplace(example), is_leafwise(example)
 
         def init(params):
             count = new_count()
@@ -246,12 +248,13 @@ def inject_hyperparams(inner_factory: Callable[..., GradientTransformation], sta
                 hparams[name] = value
             inner = build(hparams)
             inner_state = _sync_inner_hyperparameters(inner, state.inner_state, updates, inplace)
-            updates, inner_state = inner.update(updates, inner_state, params, inplace=inplace, **extra_args)
+            updates, inner_state = updater(inner)(updates, inner_state, params, inplace, extra_args)
             return updates, InjectHyperparamsState(increment(state.count, inplace), hp_type(**hparams), inner_state)
 
         shown = ", ".join(f"{k}={v!r}" if not callable(v) else f"{k}={getattr(v, '__name__', 'fn')}"
                           for k, v in bound.arguments.items() if k in kwargs or k in list(order)[:len(args)])
-        return describe(GradientTransformation(init, update), f"inject_hyperparams({factory_name})({shown})")
+        return describe(GradientTransformation(init, update), f"inject_hyperparams({factory_name})({shown})",
+                        leafwise=leafwise, inplace=declared)
 
     wrapped.__name__ = f"inject_hyperparams({factory_name})"
     wrapped.__doc__ = inner_factory.__doc__
@@ -298,7 +301,8 @@ def skip_large_updates(updates: Tree, gradient_step: torch.Tensor, params: Tree 
     return skip, {"should_skip": skip, "norm_squared": norm_sq}
 
 
-@transform
+@transform(leafwise=lambda args: is_leafwise(args["opt"]) and args["should_skip_update_fn"] is None,
+           inplace=lambda args: supports_inplace(args["opt"]))
 def multi_steps(opt: GradientTransformation, every_k_schedule: int | Callable[[torch.Tensor], Any],
                 use_grad_mean: bool = True, should_skip_update_fn: Callable | None = None,
                 accumulator_dtype: torch.dtype | None = None) -> GradientTransformation:
@@ -331,6 +335,8 @@ def multi_steps(opt: GradientTransformation, every_k_schedule: int | Callable[[t
         if k < 1:
             raise ValueError(f"every_k_schedule must give k >= 1, gave {k} at gradient step {int(step)}")
         return k
+
+    run_opt = updater(opt)
 
     def init(params):
         ps, treedef = tree_flatten(params)
@@ -372,8 +378,7 @@ def multi_steps(opt: GradientTransformation, every_k_schedule: int | Callable[[t
             mean = F.copy_(us, accs)
         else:
             mean = [a if a.dtype == u.dtype else a.to(u.dtype) for a, u in zip(accs, us)]
-        out, inner_state = opt.update(tree_unflatten(mean, treedef), state.inner_opt_state, params,
-                                      inplace=inplace, **extra_args)
+        out, inner_state = run_opt(tree_unflatten(mean, treedef), state.inner_opt_state, params, inplace, extra_args)
         accs = _zeros_out(accs, inplace)
         new_state = MultiStepsState(_set_count(state.mini_step, (mini + 1) % k, inplace),
                                     increment(state.gradient_step, inplace), inner_state,
@@ -393,7 +398,7 @@ class ApplyEveryState(NamedTuple):
     grad_acc: Tree  # sum of the updates since the last emitted step
 
 
-@transform
+@transform(leafwise=True, inplace=True)
 def apply_every(k: int = 1) -> GradientTransformation:
     """Sum updates over ``k`` steps and emit the sum every ``k``-th step, zeros otherwise.
 
@@ -449,7 +454,7 @@ def _all_finite(us: list[torch.Tensor]) -> bool:
     return bool(torch.stack([torch.isfinite(u).all().to(device) for u in us]).all())
 
 
-@transform
+@transform(inplace=lambda args: supports_inplace(args["inner"]))
 def apply_if_finite(inner: GradientTransformation, max_consecutive_errors: int) -> GradientTransformation:
     """Skip steps whose incoming updates hold an inf or NaN (optax).
 
@@ -464,6 +469,8 @@ def apply_if_finite(inner: GradientTransformation, max_consecutive_errors: int) 
         raise ValueError(f"max_consecutive_errors must be an int >= 0, got {max_consecutive_errors!r}")
     check("max_consecutive_errors", max_consecutive_errors, low=0)
 
+    run_inner = updater(inner)
+
     def init(params):
         return ApplyIfFiniteState(new_count(), torch.tensor(True), new_count(), inner.init(params))
 
@@ -472,7 +479,7 @@ def apply_if_finite(inner: GradientTransformation, max_consecutive_errors: int) 
         finite = _all_finite([u for u in us if isinstance(u, torch.Tensor)])
         notfinite = 0 if finite else int(state.notfinite_count) + 1
         if finite or notfinite > max_consecutive_errors:
-            updates, inner_state = inner.update(updates, state.inner_state, params, inplace=inplace, **extra_args)
+            updates, inner_state = run_inner(updates, state.inner_state, params, inplace, extra_args)
         else:
             updates, inner_state = tree_unflatten(_zeros_out(us, inplace), treedef), state.inner_state
         total = state.total_notfinite if finite else increment(state.total_notfinite, inplace)
@@ -493,7 +500,7 @@ class ConditionallyTransformState(NamedTuple):
     step: torch.Tensor  # int32, calls to update so far
 
 
-@transform
+@transform(leafwise=lambda args: is_leafwise(args["inner"]), inplace=lambda args: supports_inplace(args["inner"]))
 def conditionally_transform(inner: GradientTransformation, should_transform_fn: Callable[..., Any],
                             forward_extra_args: bool = False) -> GradientTransformation:
     """Run ``inner`` only at steps where ``should_transform_fn(step)`` is true (optax).
@@ -507,13 +514,15 @@ def conditionally_transform(inner: GradientTransformation, should_transform_fn: 
     if not is_schedule(should_transform_fn):
         raise ValueError(f"should_transform_fn must be a callable step -> bool, got {should_transform_fn!r}")
 
+    run_inner = updater(inner)
+
     def init(params):
         return ConditionallyTransformState(inner.init(params), new_count())
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         condition_args = extra_args if forward_extra_args else {}
         if bool(should_transform_fn(state.step, **condition_args)):
-            updates, inner_state = inner.update(updates, state.inner_state, params, inplace=inplace, **extra_args)
+            updates, inner_state = run_inner(updates, state.inner_state, params, inplace, extra_args)
         else:
             inner_state = state.inner_state
         return updates, ConditionallyTransformState(inner_state, increment(state.step, inplace))
@@ -533,7 +542,8 @@ class LookaheadState(NamedTuple):
     slow: Tree  # the slow parameters, shaped like params
 
 
-@transform
+@transform(leafwise=lambda args: is_leafwise(args["fast_optimizer"]),
+           inplace=lambda args: supports_inplace(args["fast_optimizer"]))
 def lookahead(fast_optimizer: GradientTransformation, sync_period: int, slow_step_size: float | torch.Tensor,
               reset_state: bool = False) -> GradientTransformation:
     """Lookahead (Zhang et al., 2019, "Lookahead Optimizer: k steps forward, 1 step back").
@@ -557,13 +567,15 @@ def lookahead(fast_optimizer: GradientTransformation, sync_period: int, slow_ste
     check("sync_period", sync_period, low=1)
     check("slow_step_size", slow_step_size, low=0.0, high=1.0)
 
+    run_fast = updater(fast_optimizer)
+
     def init(params):
         return LookaheadState(fast_optimizer.init(params), new_count(), to_state(slow_step_size),
                               tree_map(lambda p: p.detach().clone(), params))
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         need_params("lookahead", params)
-        updates, fast_state = fast_optimizer.update(updates, state.fast_state, params, inplace=inplace, **extra_args)
+        updates, fast_state = run_fast(updates, state.fast_state, params, inplace, extra_args)
         since = int(state.steps_since_sync)
         steps = _set_count(state.steps_since_sync, (since + 1) % sync_period, inplace)
         if since != sync_period - 1:
@@ -592,7 +604,7 @@ def _concat(leaves: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([x.reshape(-1) for x in leaves])
 
 
-@transform
+@transform(inplace=lambda args: supports_inplace(args["inner"]))
 def flatten(inner: GradientTransformation) -> GradientTransformation:
     """Run ``inner`` on one vector: all leaves flattened and concatenated (optax).
 
@@ -606,6 +618,8 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
 
     Example: ``gx.flatten(gx.adam(1e-3))``.
     """
+
+    run_inner = updater(inner)
 
     def init(params):
         return inner.init(_concat(tree_leaves(params)))
@@ -621,7 +635,7 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
                 value = _concat(treedef.flatten_up_to(value))
             extra[key] = value
         # the concatenated vector is ours, so the inner transform may always write into it
-        flat_out, state = inner.update(_concat(us), state, flat_params, inplace=inplace, **extra)
+        flat_out, state = run_inner(_concat(us), state, flat_params, inplace, extra)
         pieces = torch.split(flat_out, [u.numel() for u in us]) if us else []
         shaped = [piece.reshape(u.shape).to(u.dtype) for piece, u in zip(pieces, us)]
         out = F.copy_(us, shaped) if inplace else shaped

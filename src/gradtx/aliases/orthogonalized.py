@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 
 from .._hparams import ScalarOrSchedule
-from ..base import GradientTransformation, describe, transform
+from ..base import GradientTransformation, describe, is_leafwise, transform
 from ..combine import chain
 from ..transforms._common import leaves, unflatten
 from ..transforms.adaptive import scale_by_adam
@@ -41,7 +41,8 @@ def _only(what: str, select: Callable[[torch.Tensor], bool], tx: GradientTransfo
         return unflatten(treedef, out), state
 
     body = repr(tx).replace("\n", "\n  ")
-    return describe(GradientTransformation(init, update), f"only({what},\n  {body},\n)")
+    return describe(GradientTransformation(init, update), f"only({what},\n  {body},\n)", leafwise=is_leafwise(tx),
+                    inplace=True)
 
 
 class _AdamWeightDecayState(NamedTuple):
@@ -61,7 +62,8 @@ def _adam_weight_decay(weight_decay: float) -> GradientTransformation:
                                   inplace=inplace, **extra_args)
         return updates, state
 
-    return describe(GradientTransformation(init, update), f"add_decayed_weights({weight_decay!r})")
+    return describe(GradientTransformation(init, update), f"add_decayed_weights({weight_decay!r})", leafwise=True,
+                    inplace=True)
 
 
 def _is_matrix(x: torch.Tensor) -> bool:

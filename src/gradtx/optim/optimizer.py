@@ -9,6 +9,7 @@ as a key of ``param_groups``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -16,48 +17,44 @@ import torch
 
 from .. import _foreach as F  # noqa: N812
 from .._hparams import check
-from .._tree import ParamKey, hyperparameters, merge_keys, select_keys, split_param_paths, tree_flatten
-from ..base import GradientTransformation
+from .._tree import ParamKey, merge_keys, param_leaves, select_keys, split_param_paths, tree_flatten, tree_unflatten
+from ..base import GradientTransformation, supports_inplace, updater
+from ..combine import members_runner
 from . import compiled as _compiled
 from . import fused as _fused
+from . import hyperparams
+from .groups import split_by_group
 
 __all__ = ["Optimizer"]
 
 STATE_FORMAT = "gradtx.Optimizer/1"
 
 
-def _chain_hyperparameters(tx: GradientTransformation) -> tuple[dict[str, float], list[float | None]]:
-    """The chain's hyperparameters as param-group defaults (each name's first value), and for
-    every hyperparameter tensor of its state, in state order, the factor by which it follows
-    ``param_groups[i][name]``: 1 for a tensor holding the first value, ``value / first`` for
-    another one (``partition({"a": adam(1e-3), "b": sgd(0.1)})`` keeps its 1:100 ratio when a
-    scheduler moves ``lr``), ``None`` for one that keeps its own value (a tensor with autograd
-    history, or a nonzero value where the first is zero)."""
-    # Built on a meta tensor: no memory, and known before any parameter has a gradient
-    # (LR schedulers read param_groups at once).
-    state = tx.init({0: torch.empty(1, device="meta")})
-    defaults: dict[str, float] = {}
-    factors: list[float | None] = []
-    for name, value in hyperparameters(state):
-        if value.device.type == "meta" or value.requires_grad:
-            factors.append(None)
-            continue
-        x = float(value.item())
-        first = defaults.setdefault(name, x)
-        factors.append(1.0 if x == first else (x / first if first != 0 else None))
-    return defaults, factors
-
-
 class Optimizer(torch.optim.Optimizer):
     """A ``torch.optim.Optimizer`` that runs a gradient transformation.
 
-    ``p <- p + u`` with ``(u, state) = tx.update(grads, state, params)`` per param group.
+    ``p <- p + u`` with ``(u, state) = tx.update(grads, state, params)``.
 
+    - **One chain over every param group.** Parts of the chain that are not leafwise
+      (:func:`gradtx.is_leafwise`: a global-norm clip, a user's transform) see the
+      parameters of all groups at once, as ``clip_grad_norm_(model.parameters())`` before a
+      torch optimizer does; leafwise parts run per group, so a group's settings apply to
+      that group only. A setting of a part that runs over all groups takes one value: groups
+      that disagree on it raise ``ValueError``.
     - ``param_groups[i]`` holds the chain's hyperparameters (``lr``, ``weight_decay``, ...
       whatever its transforms keep in their state); LR schedulers and per-group overrides
-      (``[{'params': enc, 'lr': 1e-2}, {'params': dec}]``) set them. Where a chain holds one
-      name several times with different values (a ``partition`` of two learning rates), the
-      group shows the first and the others keep their ratio to it.
+      (``[{'params': enc, 'lr': 1e-2}, {'params': dec}]``) set them. Where two transforms
+      hold the same name, each gets a key qualified by the transform holding it (its
+      constructor's name, or the name given in ``named_chain``/``partition``):
+      ``"scale_by_adam.eps"``; only ``lr`` stays one key, the others following it by their
+      ratio to the first (a ``partition`` of two learning rates under one scheduler). A
+      group key that no transform reads is warned about. A learning rate given as a gradtx
+      schedule shows its first value as ``lr`` and refuses a change (a torch LR scheduler
+      and a gradtx schedule cannot both drive it).
+    - Any ``GradientTransformation`` runs, an optax-style one included; only transforms
+      that declare in-place reuse (:func:`gradtx.supports_inplace`) are written into.
+    - ``check_descent`` (default on): the first step warns when it moved the parameters
+      uphill (a chain without ``scale_by_lr``, or with a positive ``scale``).
     - Parameters whose ``.grad`` is ``None`` are skipped and get no state. Step counters
       are shared by a param group: a parameter first seen late starts with fresh moments
       but the group's count.
@@ -87,7 +84,8 @@ class Optimizer(torch.optim.Optimizer):
     """
 
     def __init__(self, params: Iterable[Any], tx: GradientTransformation, *, fast: bool = True,
-                 compile: bool | dict[str, Any] = False) -> None:  # noqa: A002 - torch.compile's word
+                 compile: bool | dict[str, Any] = False,  # noqa: A002 - torch.compile's word
+                 check_descent: bool = True) -> None:
         if not isinstance(tx, GradientTransformation):
             raise TypeError(f"tx must be a GradientTransformation, got {type(tx).__name__}")
         if not isinstance(fast, bool):
@@ -102,13 +100,28 @@ class Optimizer(torch.optim.Optimizer):
         # A chain with the shape of adam / adamw / sgd runs on torch's fused kernels, on the
         # same state tensors (see _fused); fast=False forces the generic path (for tests).
         self._plan = _fused.plan(tx) if fast and self._compiled is None else None
-        self._lr_tail = _fused.lr_tail(tx) if fast and self._compiled is None else None
-        # Per group: (keys, scratch tensors like the grads) reused from step to step, since
-        # fresh memory costs page faults every step (~5x slower than writing in place).
+        lr_tail = _fused.lr_tail(tx) if fast and self._compiled is None else None
+        # chain(..., scale_by_lr(lr)): the parts before the learning rate, run as the chain
+        # runs them, and -lr folded into the parameter update
+        self._before_lr = None if lr_tail is None else members_runner(lr_tail[:-1])
+        # A transform that declares in-place reuse writes into the update buffers it is
+        # given and keeps none of them: it gets scratch copies of the grads, reused from
+        # step to step (fresh memory costs page faults every step, ~5x slower than writing
+        # in place). Any other one is called as optax would, on fresh copies it may keep.
+        self._declared = supports_inplace(tx)
+        self._run = updater(tx)
+        # One chain over every group: a chain with parts that are not leafwise (a global
+        # norm, a user's transform) runs once over all parameters, its leafwise parts per
+        # group (see groups.py); a leafwise chain runs per group on the paths above.
+        self._split = split_by_group(tx, lambda: len(self.param_groups)) if self._compiled is None else None
+        if self._split is not None:
+            self._plan = self._before_lr = None
+            self._declared = supports_inplace(self._split)
+            self._run = updater(self._split)
+        self._one_state: Any = None  # with _split: the state over every group's stepped params
+        self._one_known: set[int] = set()  # with _split: the global indices it covers
+        self._one_keys: list[ParamKey] | None = None  # with _split: a key per parameter of all groups
         self._scratch: list[Any] = []
-        # None until a generic step showed whether the chain keeps the updates it was given
-        # in its state (then the scratch tensors cannot be reused).
-        self._reuse_scratch: bool | None = None
         # Per group: (keys, params list, {ParamKey: param}) of the last step, reused while the
         # same params have gradients (building thousands of keys each step is measurable).
         self._step_params: list[Any] = []
@@ -117,15 +130,27 @@ class Optimizer(torch.optim.Optimizer):
         # thousands of ints costs a hundred times the memory)
         self._known_keys: list[bytearray] = []
         self._param_keys: list[list[ParamKey] | None] = []  # per group: a key per parameter
-        defaults, self._hparam_factors = _chain_hyperparameters(tx)
+        defaults, self._slots = hyperparams.template(tx)
+        # A learning rate given as a gradtx schedule drives itself: param_groups shows its first
+        # value under 'lr' (torch's LR schedulers need the key), and a step refuses a change
+        # to it rather than ignore it.
+        self._lr_schedule = hyperparams.lr_schedule(tx) if "lr" not in defaults else None
+        if self._lr_schedule is not None:
+            defaults["lr"] = float(self._lr_schedule(torch.zeros((), dtype=torch.int32)))
+        self._check_descent = check_descent
         super().__init__(params, defaults)
 
     # -- torch.optim.Optimizer plumbing -----------------------------------------------
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        where = f"param_groups[{len(self.param_groups)}]"
         for name in self.defaults:
             if name in param_group:
-                check(f"param_groups[{len(self.param_groups)}][{name!r}]", param_group[name], low=0.0)
+                check(f"{where}[{name!r}]", param_group[name], low=0.0)
+        unread = sorted(k for k in param_group if k not in self.defaults and k not in hyperparams.BOOKKEEPING_KEYS)
+        if unread:
+            warnings.warn(f"{where} sets {unread}, which no transform of this chain reads; its keys are "
+                          f"{sorted(self.defaults)}", stacklevel=2)
         super().add_param_group(param_group)
         self._chain_states.append(None)
         self._known_keys.append(bytearray(len(self.param_groups[-1]["params"])))
@@ -137,6 +162,12 @@ class Optimizer(torch.optim.Optimizer):
     def state(self) -> dict[torch.Tensor, dict[str, torch.Tensor]]:  # type: ignore[override]
         """Per-parameter state, ``{param: {path: tensor}}`` (a read-only view)."""
         view: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
+        if self._split is not None:
+            if self._one_state is not None:
+                all_params = self._all_params()
+                for index, leaves in split_param_paths(self._one_state)[1].items():
+                    view[all_params[index]] = leaves
+            return view
         for group, chain_state in zip(self.param_groups, self._chain_states):
             if chain_state is not None:
                 _, per_param = split_param_paths(chain_state)
@@ -191,6 +222,19 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._lr_schedule is not None:
+            self._refuse_lr_change()
+        before = self._descent_snapshot() if self._check_descent else None
+        if self._split is not None:
+            self._step_one_chain(closure, loss)
+        else:
+            self._step_per_group(closure, loss)
+        if before is not None:
+            self._warn_if_uphill(before)
+        return loss
+
+    def _step_per_group(self, closure: Callable[..., Any] | None, loss: Any) -> None:
+        """One step of a leafwise chain: each param group on its own (fused, compiled or generic)."""
         for gi, group in enumerate(self.param_groups):
             keys = [k for k, p in enumerate(group["params"]) if p.grad is not None]
             if not keys:
@@ -217,46 +261,124 @@ class Optimizer(torch.optim.Optimizer):
                 continue
             # The chain may write into the updates it is given: hand it a copy, never .grad.
             gs = [grads[k] for k in keys]
-            reuse = self._reuse_scratch is not False
-            copies = F.copy_(self._buffers(gi, keys, gs), gs) if reuse else F.clone(gs)
+            copies = F.copy_(self._buffers(gi, keys, gs), gs) if self._declared else F.clone(gs)
             updates = dict(zip(keys, copies))
             extra = {"grad": grads}
             if closure is not None:
                 extra["value"] = loss
                 extra["value_fn"] = _value_fn(closure, params)
             alpha = 1.0
-            if self._lr_tail is not None and not state[-1].lr.requires_grad:
-                # chain(..., scale_by_lr(lr)): run the parts before the learning rate here
-                # (exactly what chain.update does) and fold -lr into the parameter update.
-                new_state = []
-                for part, part_state in zip(self._lr_tail[:-1], state[:-1]):
-                    updates, part_state = part.update(updates, part_state, params, inplace=True, **extra)
-                    new_state.append(part_state)
+            if self._before_lr is not None and not state[-1].lr.requires_grad:
+                updates, new_state = self._before_lr(updates, state[:-1], params, True, extra)
                 alpha = -float(state[-1].lr)
                 state = (*new_state, state[-1])
             else:
-                updates, state = self.tx.update(updates, state, params, inplace=True, **extra)
-            if self._reuse_scratch is None:
-                # A chain that keeps an incoming update tensor in its state (rather than a
-                # copy) would see it overwritten next step: check once, then trust.
-                held = {t.data_ptr() for t in tree_flatten(state)[0] if isinstance(t, torch.Tensor)}
-                self._reuse_scratch = not any(c.data_ptr() in held for c in copies)
-                if not self._reuse_scratch:
-                    self._scratch = [None] * len(self._scratch)
+                updates, state = self._run(updates, state, params, self._declared, extra)
             self._chain_states[gi] = merge_keys(self._chain_states[gi], state) if is_selection else state
             ps = [params[k] for k in keys]
             us = F.cast_like([updates[k] for k in keys], ps)
             F.add(ps, us, alpha=alpha, inplace=True)
-        return loss
 
-    def _write_hyperparameters(self, group: dict[str, Any], state: Any) -> None:
-        """Write the group's hyperparameters into the chain's state tensors (see
-        :func:`_chain_hyperparameters` for names held more than once)."""
-        found = hyperparameters(state)
-        factors = self._hparam_factors if len(found) == len(self._hparam_factors) else [1.0] * len(found)
-        for (name, tensor), factor in zip(found, factors):
-            if factor is not None and name in group:
-                tensor.fill_(group[name] if factor == 1.0 else group[name] * factor)
+    def _refuse_lr_change(self) -> None:
+        for gi, group in enumerate(self.param_groups):
+            if group.get("lr") != self.defaults["lr"]:
+                raise ValueError(
+                    f"param_groups[{gi}]['lr'] was set to {group.get('lr')!r} (by a torch LR scheduler?), but this "
+                    f"chain's learning rate is a gradtx schedule ({getattr(self._lr_schedule, '__name__', 'fn')}), "
+                    "which drives it. Give the chain a float lr to drive it from param_groups, or drop one of "
+                    "the two schedules.")
+
+    def _descent_snapshot(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Before the first step: each stepped parameter's value (its gradient is read after)."""
+        self._check_descent = False  # once per optimizer
+        return [(p, p.detach().clone()) for group in self.param_groups for p in group["params"] if p.grad is not None]
+
+    def _warn_if_uphill(self, before: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Warn when the first step moved the parameters along the gradient (uphill)."""
+        slope = sum(float(torch.vdot((p.detach() - old).reshape(-1).double(), p.grad.reshape(-1).double()).real)
+                    for p, old in before if p.grad is not None)
+        if slope > 0:
+            warnings.warn(
+                "the first step moved the parameters uphill (its update points along the gradient): updates are "
+                "added to the parameters, so a chain must end in a negative scaling such as gx.scale_by_lr(lr) "
+                "(or gx.scale(-step)). Check the chain's last transform; check_descent=False silences this.",
+                stacklevel=3)
+
+    def _all_keys(self) -> list[ParamKey]:
+        """With one chain over all groups: a key per parameter of every group, in order (its
+        index among them all, its name and its group), made once per layout."""
+        sizes = [len(group["params"]) for group in self.param_groups]
+        keys = self._one_keys
+        if keys is None or len(keys) != sum(sizes) or (keys and keys[-1].group != len(sizes) - 1):
+            keys = []
+            for gi, group in enumerate(self.param_groups):
+                names, offset = group.get("param_names"), len(keys)
+                keys.extend(ParamKey(offset + k, names[k] if names else None, gi) for k in range(sizes[gi]))
+            self._one_keys = keys
+        return keys
+
+    def _all_params(self) -> list[torch.Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def _step_one_chain(self, closure: Callable[..., Any] | None, loss: Any) -> None:
+        """One step of a chain with parts that see every group's parameters at once."""
+        all_keys = self._all_keys()
+        params = {key: p for key, p in zip(all_keys, self._all_params()) if p.grad is not None}
+        if not params:
+            return
+        grads = {}
+        for key, p in params.items():
+            if p.grad.is_sparse:
+                raise RuntimeError(f"gx.Optimizer does not support sparse gradients (param {int(key)})")
+            grads[key] = p.grad
+        keys = list(params)
+        new = [k for k in keys if int(k) not in self._one_known]
+        if new:
+            fresh = self._split.init({k: params[k] for k in new})
+            self._one_state = fresh if self._one_state is None else merge_keys(fresh, self._one_state)
+            self._one_known.update(int(k) for k in new)
+        is_selection = len(keys) != len(self._one_known)
+        state = select_keys(self._one_state, keys) if is_selection else self._one_state
+        self._write_hyperparameters(None, state)
+        gs = list(grads.values())
+        copies = F.copy_(self._buffers(0, keys, gs), gs) if self._declared else F.clone(gs)
+        extra = {"grad": grads}
+        if closure is not None:
+            extra["value"] = loss
+            extra["value_fn"] = _value_fn(closure, params)
+        updates, state = self._run(dict(zip(keys, copies)), state, params, self._declared, extra)
+        self._one_state = merge_keys(self._one_state, state) if is_selection else state
+        ps = list(params.values())
+        F.add(ps, F.cast_like([updates[k] for k in keys], ps), inplace=True)
+
+    def _write_hyperparameters(self, group: dict[str, Any] | None, state: Any) -> None:
+        """Write ``param_groups`` into the chain's hyperparameter tensors (keys and factors
+        as ``hyperparams.template`` made them): ``group``'s values, or with ``group=None``
+        (one chain over all groups) each group's into its own part of the state and, into
+        the parts that run over every group, the value all groups share."""
+        slots = self._slots
+        for position, scope, gi, tensor in hyperparams.walk(state, self._split if group is None else self.tx):
+            slot = slots[position] if position < len(slots) else None
+            if slot is None or slot.factor is None:
+                continue
+            if group is not None:
+                value = group.get(slot.key)
+            elif gi is not None:
+                value = self.param_groups[gi].get(slot.key)
+            else:
+                value = self._common_value(slot.key, scope)
+            if value is not None:
+                tensor.fill_(value if slot.factor == 1.0 else value * slot.factor)
+
+    def _common_value(self, key: str, scope: str) -> Any:
+        """The value of ``key`` in every group, for a part of the chain that runs over all
+        parameters at once; ``ValueError`` when groups disagree (it cannot honour both)."""
+        values = [group.get(key) for group in self.param_groups]
+        if any(v != values[0] for v in values[1:]):
+            raise ValueError(f"param_groups give {key!r} the values {values}, but {scope} runs over the "
+                             "parameters of every group at once (it is not leafwise), so it takes one value: "
+                             f"set {key!r} alike in every group")
+        return values[0]
 
     def _buffers(self, gi: int, keys: list[int], like: list[torch.Tensor]) -> list[torch.Tensor]:
         """Scratch tensors shaped like ``like`` (the grads of ``keys``), kept for the next step."""
@@ -281,7 +403,7 @@ class Optimizer(torch.optim.Optimizer):
         offset = 0
         for group, chain_state in zip(self.param_groups, self._chain_states):
             group_shared: dict[str, torch.Tensor] = {}
-            if chain_state is not None:
+            if chain_state is not None and self._split is None:
                 group_shared, per_param = split_param_paths(chain_state)
                 for index, leaves in per_param.items():
                     state[offset + index] = dict(leaves)
@@ -293,8 +415,22 @@ class Optimizer(torch.optim.Optimizer):
                 packed["param_names"] = list(group["param_names"])
             groups.append(packed)
             offset += len(group["params"])
-        return {"format": STATE_FORMAT, "state": state, "shared": shared, "stepped": stepped,
-                "param_groups": groups}
+        if self._split is not None:  # one chain over all groups: one set of shared leaves
+            shared = [{}]
+            stepped = []
+            offset = 0
+            if self._one_state is not None:
+                shared[0], per_param = split_param_paths(self._one_state)
+                state = {index: dict(leaves) for index, leaves in per_param.items()}
+            for group in self.param_groups:
+                n = len(group["params"])
+                stepped.append([i for i in range(offset, offset + n) if i in self._one_known])
+                offset += n
+        return {"format": STATE_FORMAT, "chain": chain_signature(self.tx), "layout": self._layout(),
+                "state": state, "shared": shared, "stepped": stepped, "param_groups": groups}
+
+    def _layout(self) -> str:
+        return "one_chain" if self._split is not None else "per_group"
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a :meth:`state_dict`; raises ``ValueError`` and changes nothing when it
@@ -302,19 +438,34 @@ class Optimizer(torch.optim.Optimizer):
         if not isinstance(state_dict, dict) or state_dict.get("format") != STATE_FORMAT:
             found = state_dict.get("format") if isinstance(state_dict, dict) else type(state_dict).__name__
             raise ValueError(f"not a gx.Optimizer state dict (format {found!r}, expected {STATE_FORMAT!r})")
+        signature, saved_signature = chain_signature(self.tx), state_dict.get("chain", None)
+        if saved_signature is not None and saved_signature != signature:
+            raise ValueError(f"the state dict comes from another chain: it was saved by {saved_signature}, "
+                             f"this optimizer runs {signature}")
+        layout = state_dict.get("layout", "per_group")
+        if layout != self._layout():
+            raise ValueError(f"the state dict's layout is {layout!r}, this optimizer's {self._layout()!r} "
+                             "(a state from another chain?)")
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(f"state dict has {len(saved_groups)} param groups, this optimizer "
                              f"{len(self.param_groups)}")
-        new_states = []
         for gi, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
             if len(saved["params"]) != len(group["params"]):
                 raise ValueError(f"param group {gi} has {len(group['params'])} params, the state dict "
                                  f"{len(saved['params'])}")
-            stepped = state_dict.get("stepped")
-            new_states.append(self._rebuild_group(gi, saved, state_dict["state"], state_dict["shared"][gi],
-                                                  None if stepped is None else stepped[gi]))
+        stepped = state_dict.get("stepped")
+        if self._split is not None:
+            one = self._rebuild_one_chain(state_dict["state"], state_dict["shared"][0],
+                                          [i for indices in stepped for i in indices])
+            new_states = [(None, [])] * len(self.param_groups)
+        else:
+            new_states = [self._rebuild_group(gi, saved, state_dict["state"], state_dict["shared"][gi],
+                                              None if stepped is None else stepped[gi])
+                          for gi, saved in enumerate(saved_groups)]
         # Everything checked: only now change the optimizer.
+        if self._split is not None:
+            self._one_state, self._one_known = one
         for gi, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
             for key, value in saved.items():
                 if key not in ("params", "param_names"):
@@ -324,6 +475,18 @@ class Optimizer(torch.optim.Optimizer):
             for k in keys:
                 self._known_keys[gi][k] = 1
             self._scratch[gi] = None
+
+    def _rebuild_one_chain(self, saved_state: dict[int, dict[str, Any]], saved_shared: dict[str, Any],
+                           covered: list[int]) -> tuple[Any, set[int]]:
+        """With one chain over all groups: its state rebuilt from a state dict, and the global
+        indices it covers; ``ValueError`` when the saved state does not fit the chain."""
+        if not covered:
+            if saved_shared:
+                raise ValueError("shared state without any parameter state")
+            return None, set()
+        all_keys, all_params = self._all_keys(), self._all_params()
+        fresh = self._split.init({all_keys[i]: all_params[i] for i in covered})
+        return _restore(fresh, "", saved_shared, {i: saved_state.get(i, {}) for i in covered}), set(covered)
 
     def _rebuild_group(self, gi: int, saved_group: dict[str, Any], saved_state: dict[int, dict[str, Any]],
                        saved_shared: dict[str, Any], saved_stepped: list[int] | None) -> tuple[Any, list[int]]:
@@ -338,30 +501,63 @@ class Optimizer(torch.optim.Optimizer):
                 raise ValueError(f"param group {gi}: shared state without any parameter state")
             return None, []
         fresh = self.tx.init(self._param_dict(gi, keys))
-        shared, per_param = split_param_paths(fresh)
-        targets: list[tuple[str, torch.Tensor, Any]] = []
-        _match(f"param group {gi} shared state", shared, saved_shared, targets)
-        for k in keys:
-            _match(f"param group {gi} param {k}", per_param.get(k, {}),
-                   saved_state.get(saved_group["params"][k], {}), targets)
-        for _, dst, src in targets:
-            dst.copy_(src)
-        return fresh, keys
+        saved = {k: saved_state.get(saved_group["params"][k], {}) for k in keys}
+        return _restore(fresh, f"param group {gi}", saved_shared, saved), keys
 
 
-def _match(where: str, expected: dict[str, torch.Tensor], saved: dict[str, Any],
-           out: list[tuple[str, torch.Tensor, Any]]) -> None:
+def chain_signature(tx: GradientTransformation) -> str:
+    """What ``tx`` is made of, without its hyperparameter values: the innermost transforms'
+    names in their chains and wrappers (``"chain(scale_by_adam, add_decayed_weights,
+    scale_by_lr)"`` for ``gx.adamw(...)`` whatever its settings). A state saved by one chain
+    loads into another only when they agree."""
+    attrs = getattr(tx, "__dict__", {})
+    parts = attrs.get("parts")
+    if parts is not None:
+        return f"chain({', '.join(chain_signature(part) for part in parts)})"
+    name = attrs.get("name")
+    if name is None:
+        return "transform"  # a user's undescribed transform: only the state layout says
+    inner = []
+    for value in attrs.get("args", {}).values():
+        values = value.values() if isinstance(value, dict) else [value]
+        inner.extend(chain_signature(v) for v in values if isinstance(v, GradientTransformation))
+    return f"{name}({', '.join(inner)})" if inner else name
+
+
+def _restore(fresh: Any, where: str, saved_shared: dict[str, Any], saved_params: dict[int, dict[str, Any]]) -> Any:
+    """``fresh`` (a state the chain's ``init`` just made) holding the saved values: tensors
+    copied into its own (so dtypes and devices stay the chain's), other leaves (a user's
+    Python counter) taken as saved. ``ValueError`` naming the first leaf that does not fit,
+    before anything is written."""
+    prefix = f"{where} " if where else ""
+    shared, per_param = split_param_paths(fresh)
+    _same_paths(f"{prefix}shared state", shared, saved_shared)
+    for index, saved in saved_params.items():
+        _same_paths(f"{prefix}param {index}", per_param.get(index, {}), saved)
+    leaves, treedef = param_leaves(fresh)
+    values = []
+    for index, path, leaf in leaves:
+        src = saved_shared[path] if index is None else saved_params[index][path]
+        what = f"{prefix}{'shared state' if index is None else f'param {index}'}: {path}"
+        if isinstance(leaf, torch.Tensor):
+            if not isinstance(src, torch.Tensor) or src.shape != leaf.shape or src.dtype != leaf.dtype:
+                got = f"{tuple(src.shape)} {src.dtype}" if isinstance(src, torch.Tensor) else type(src).__name__
+                raise ValueError(f"{what} is {got}, expected {tuple(leaf.shape)} {leaf.dtype} "
+                                 "(a state from another model or chain?)")
+        elif type(src) is not type(leaf):
+            raise ValueError(f"{what} is {type(src).__name__}, expected {type(leaf).__name__}")
+        values.append(src)
+    out = []
+    for (_, _, leaf), src in zip(leaves, values):
+        out.append(leaf.copy_(src) if isinstance(leaf, torch.Tensor) else src)
+    return tree_unflatten(out, treedef)
+
+
+def _same_paths(where: str, expected: dict[str, Any], saved: dict[str, Any]) -> None:
     if set(expected) != set(saved):
         missing, extra = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
         raise ValueError(f"{where}: the state dict comes from another chain (missing {missing}, "
                          f"unexpected {extra})")
-    for path, dst in expected.items():
-        src = saved[path]
-        if not isinstance(src, torch.Tensor) or src.shape != dst.shape or src.dtype != dst.dtype:
-            got = f"{tuple(src.shape)} {src.dtype}" if isinstance(src, torch.Tensor) else type(src).__name__
-            raise ValueError(f"{where}: {path} is {got}, expected {tuple(dst.shape)} {dst.dtype} "
-                             "(a state from another model or chain?)")
-        out.append((path, dst, src))
 
 
 def _value_fn(closure: Callable[[], Any], params: dict[int, torch.Tensor]) -> Callable[[Any], Any]:

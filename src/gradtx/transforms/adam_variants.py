@@ -450,7 +450,7 @@ class ScaleByNovogradState(NamedTuple):
     nu: Tree  # one 0-dim second moment of the gradient's norm per parameter
 
 
-@transform(inplace=True)
+@transform(leafwise=True, inplace=True)
 def scale_by_novograd(b1: float = 0.9, b2: float = 0.25, eps: float = 1e-8, eps_root: float = 0.0,
                       weight_decay: float = 0.0, mu_dtype: torch.dtype | None = None) -> GradientTransformation:
     """NovoGrad's rescaling (Ginsburg et al., 2019, Algorithm 1), optax's form: layer-wise

@@ -66,7 +66,7 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     return GradientTransformation(_empty, update)
 
 
-@transform(inplace=True)
+@transform(leafwise=True, inplace=True)
 def clip_by_block_rms(threshold: float) -> GradientTransformation:
     """Clip each block (leaf) to a root mean square of at most ``threshold``:
     ``u <- u / max(1, sqrt(mean(u^2)) / threshold)``, one factor per leaf
@@ -98,7 +98,7 @@ def _unit_norms(x: torch.Tensor, axis) -> torch.Tensor:
     return torch.linalg.vector_norm(x, dim=_unit_dims(x, axis), keepdim=True, dtype=dtype)
 
 
-@transform(inplace=True)
+@transform(leafwise=True, inplace=True)
 def adaptive_grad_clip(clipping: float, eps: float = 1e-3, axis: int | tuple[int, ...] | None = None
                        ) -> GradientTransformation:
     """Adaptive gradient clipping, unit-wise (Brock et al., 2021, NFNets).

@@ -57,7 +57,7 @@ class ZeroNansState(NamedTuple):
     found_nan: Tree  # per leaf, a bool 0-dim tensor: whether the last update had a NaN there
 
 
-@transform(inplace=True)
+@transform(leafwise=True, inplace=True)
 def zero_nans() -> GradientTransformation:
     """Replace NaNs by zeros: ``u <- where(isnan(u), 0, u)`` (infinities are kept).
 

@@ -28,7 +28,7 @@ def _expanded(shape: torch.Size, axis: int) -> list[int]:
     return [n if i == axis else 1 for i, n in enumerate(shape)]
 
 
-@transform(inplace=True)
+@transform(leafwise=True, inplace=True)
 def scale_by_sm3(b1: float = 0.9, b2: float = 1.0, eps: float = 1e-8) -> GradientTransformation:
     """SM3-II (Anil et al., 2019, "Memory-Efficient Adaptive Optimization"), optax's form.
 
@@ -81,8 +81,8 @@ def scale_by_sm3(b1: float = 0.9, b2: float = 1.0, eps: float = 1e-8) -> Gradien
             nu = nu.lerp_(up.to(nu.dtype), 1.0 - b1) if inplace else torch.lerp(nu, up.to(nu.dtype), 1.0 - b1)
             new_mus.append(new_acc)
             new_nus.append(nu)
-            # the caller may overwrite returned updates in place: never hand it the state
-            outs.append(up.copy_(nu) if inplace else nu.to(g.dtype))
+            # never return the state itself: the caller may write into returned updates
+            outs.append(up.copy_(nu) if inplace else nu.to(g.dtype, copy=True))
         return unflatten(treedef, outs), ScaleBySM3State(unflatten(treedef, new_mus), unflatten(treedef, new_nus))
 
     return GradientTransformation(init, update)
@@ -120,7 +120,7 @@ def _moving(v: torch.Tensor, x: torch.Tensor, decay: torch.Tensor, inplace: bool
     return (v if inplace else v.clone()).mul_(decay).add_(x)
 
 
-@transform(inplace=True)
+@transform(leafwise=True, inplace=True)
 def scale_by_factored_rms(factored: bool = True, decay_rate: float = 0.8, step_offset: int = 0,
                           min_dim_size_to_factor: int = 128, epsilon: float = 1e-30,
                           decay_rate_fn: Callable[[torch.Tensor, float], torch.Tensor] = _decay_rate_pow

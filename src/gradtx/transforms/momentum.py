@@ -46,7 +46,8 @@ def trace(decay: float, nesterov: bool = False, accumulator_dtype: torch.dtype |
             # The caller may overwrite returned updates; never hand it our state buffer.
             out = F.copy_(us, ms)
         else:
-            out = F.cast(ms, us[0].dtype if us else None)
+            # a copy: the caller may write into the updates it gets, never into our state
+            out = F.clone(ms, us[0].dtype if us else None)
         return unflatten(treedef, out), TraceState(unflatten(treedef, ms))
 
     return GradientTransformation(init, update)
@@ -93,8 +94,10 @@ def ema(decay: float, debias: bool = True, accumulator_dtype: torch.dtype | None
             if debias:
                 F.div(out, _bias_correction(decay, count), inplace=True)
         else:
-            out = F.div(ms, _bias_correction(decay, count)) if debias else ms
-            out = F.cast(out, us[0].dtype if us else None)
+            if debias:
+                out = F.cast(F.div(ms, _bias_correction(decay, count)), us[0].dtype if us else None)
+            else:  # a copy: the caller may write into the updates it gets, never into our state
+                out = F.clone(ms, us[0].dtype if us else None)
         return unflatten(treedef, out), EmaState(count, unflatten(treedef, ms))
 
     return GradientTransformation(init, update)

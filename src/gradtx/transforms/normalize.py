@@ -78,10 +78,10 @@ def trust_ratio_transform(min_norm=0.0, trust_coefficient=1.0, eps=0.0, mask=Non
 
     inner = f"scale_by_trust_ratio(min_norm={min_norm!r}, trust_coefficient={trust_coefficient!r}, eps={eps!r})"
     description = inner if mask is None else f"masked({inner}, mask={mask!r})"
-    return describe(GradientTransformation(_empty, update), description)
+    return describe(GradientTransformation(_empty, update), description, leafwise=True, inplace=True)
 
 
-@transform(inplace=True)
+@transform(leafwise=True, inplace=True)
 def scale_by_trust_ratio(min_norm: float = 0.0, trust_coefficient: float = 1.0, eps: float = 0.0
                          ) -> GradientTransformation:
     """Scale each block by its trust ratio, as in LARS / LAMB (You et al., 2017; 2020).
@@ -95,7 +95,7 @@ def scale_by_trust_ratio(min_norm: float = 0.0, trust_coefficient: float = 1.0, 
     return trust_ratio_transform(min_norm, trust_coefficient, eps)
 
 
-@transform(inplace=True)
+@transform(leafwise=True, inplace=True)
 def scale_by_param_block_norm(min_scale: float = 1e-3) -> GradientTransformation:
     """Scale each block by the norm of its parameter: ``u <- u * max(||p||, min_scale)``.
 
@@ -116,7 +116,7 @@ def scale_by_param_block_norm(min_scale: float = 1e-3) -> GradientTransformation
     return GradientTransformation(_empty, update)
 
 
-@transform(inplace=True)
+@transform(leafwise=True, inplace=True)
 def scale_by_param_block_rms(min_scale: float = 1e-3) -> GradientTransformation:
     """Scale each block by the root mean square of its parameter:
     ``u <- u * max(sqrt(mean(p^2)), min_scale)`` (Adafactor's relative step, Shazeer & Stern, 2018).
@@ -135,7 +135,7 @@ def scale_by_param_block_rms(min_scale: float = 1e-3) -> GradientTransformation:
     return GradientTransformation(_empty, update)
 
 
-@transform(inplace=True)
+@transform(leafwise=True, inplace=True)
 def centralize() -> GradientTransformation:
     """Gradient centralisation (Yong et al., 2020): for every leaf with more than one
     dimension, subtract its mean over all dimensions but the first,

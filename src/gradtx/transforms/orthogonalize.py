@@ -112,7 +112,7 @@ class ScaleByMuonState(NamedTuple):
     mu: Tree  # momentum of each matrix leaf (mu_dtype or its dtype); an empty tensor for other leaves
 
 
-@transform(inplace=True)
+@transform(leafwise=True, inplace=True)
 def scale_by_muon(ns_coeffs: NsCoeffs = MUON_NS_COEFFS, ns_steps: int = 5, beta: float = 0.95, eps: float = 1e-8,
                   mu_dtype: torch.dtype | None = None, *, nesterov: bool = True, adaptive: bool = False,
                   bias_correction: bool = True, adjust_lr_fn: AdjustLrFn = None,

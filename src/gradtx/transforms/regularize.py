@@ -29,7 +29,7 @@ def mask_leaves(mask: Mask | None, params: Tree) -> list[bool]:
     return mask_flags(mask, params, params)
 
 
-@transform(elementwise=lambda args: args["mask"] is None, inplace=True)
+@transform(elementwise=lambda args: args["mask"] is None, leafwise=True, inplace=True)
 def add_decayed_weights(weight_decay: float | torch.Tensor = 0.0, mask: Mask | None = None
                         ) -> GradientTransformation:
     """Add decoupled weight decay: ``u <- u + weight_decay * p`` where ``mask`` is true.

@@ -164,7 +164,7 @@ def _displacements(params: list[torch.Tensor], inits: list[torch.Tensor]) -> lis
     return [p.detach().to(_wide(p.dtype)) - p0.to(_wide(p.dtype)) for p, p0 in zip(params, inits)]
 
 
-@transform(inplace=True)
+@transform(leafwise=True, inplace=True)
 def scale_by_distance_over_gradients(reps_rel: float = 1e-6, eps: float = 1e-8,
                                      param_dtype: torch.dtype | None = torch.float32,
                                      global_scale: float = 1.0) -> GradientTransformation:

@@ -1,0 +1,128 @@
+"""The chain's hyperparameters as ``param_groups`` keys, and writing them into its state.
+
+A transform keeps a hyperparameter that may change during training (``lr``,
+``weight_decay``, ...) as a 0-dim float tensor in a NamedTuple field of its state; the
+field's name is the key. Where two transforms of a chain hold the same name, a group
+override of one must not change the other (``eps`` of Adam is not ``eps`` of a clip), so
+each gets a key qualified by the transform that holds it (``"scale_by_adam.eps"``, or the
+name given to ``named_chain``); only ``lr`` keeps one key for all, the others following it
+by their ratio to the first (a ``partition`` of two learning rates under one scheduler).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+
+from .._tree import _is_param_dict
+from ..base import GradientTransformation
+from .groups import GroupStates
+
+__all__ = ["Slot", "lr_schedule", "template", "walk"]
+
+# Keys torch's LR schedulers and SWA add to param groups, and names users give groups: never
+# reported as unread.
+BOOKKEEPING_KEYS = frozenset({"params", "param_names", "name", "initial_lr", "max_lr", "min_lr", "base_lr",
+                              "max_momentum", "base_momentum", "initial_momentum", "swa_lr"})
+
+RATIO_KEYS = ("lr",)  # names held several times that follow one key by their ratio
+
+
+class Slot(NamedTuple):
+    """How one hyperparameter tensor of the state follows ``param_groups``."""
+
+    key: str  # the param_groups key
+    factor: float | None  # the tensor holds param_groups[key] * factor; None: it keeps its own value
+
+
+def _name(tx: Any, default: str) -> str:
+    return getattr(tx, "__dict__", {}).get("name") or default
+
+
+def walk(state: Any, tx: GradientTransformation | None) -> list[tuple[int, str, int | None, torch.Tensor]]:
+    """Every hyperparameter tensor of ``state`` (the state of ``tx``) as ``(position, scope,
+    group, tensor)``: its position in the state of the unsplit chain (the same for every
+    group of a :func:`~gradtx.optim.groups.by_group` part), the name of the transform
+    holding it, and its param group (``None`` outside any ``by_group`` part)."""
+    out: list[tuple[int, str, int | None, torch.Tensor]] = []
+    counter = [0]
+
+    def visit(node: Any, tx: Any, scope: str, group: int | None) -> None:
+        if isinstance(node, GroupStates):
+            inner = getattr(tx, "__dict__", {}).get("grouped")
+            start = counter[0]
+            for g, s in enumerate(node.states):
+                counter[0] = start
+                visit(s, inner, scope, g)
+            return
+        parts = getattr(tx, "__dict__", {}).get("parts")
+        if hasattr(node, "_fields"):
+            for field, value in zip(node._fields, node):
+                if isinstance(value, torch.Tensor) and value.dim() == 0 and value.is_floating_point():
+                    out.append((counter[0], f"{scope}.{field}" if scope else field, group, value))
+                    counter[0] += 1
+                else:
+                    visit(value, None, scope, group)
+        elif isinstance(node, (list, tuple)):
+            if parts and len(parts) == len(node):
+                for part, value in zip(parts, node):
+                    visit(value, part, _name(part, scope), group)
+            else:
+                for value in node:
+                    visit(value, None, scope, group)
+        elif isinstance(node, dict) and not _is_param_dict(node):
+            # a named_chain's or a partition's state: the user's names and labels scope it
+            named = parts and len(parts) == len(node)
+            for i, (name, value) in enumerate(node.items()):
+                visit(value, parts[i] if named else None, str(name), group)
+
+    visit(state, tx, _name(tx, ""), None)
+    return out
+
+
+def lr_schedule(tx: Any) -> Any:
+    """The schedule given as the learning rate of a ``scale_by_lr`` part of ``tx`` (at any
+    depth), or ``None``: such a chain drives its learning rate itself."""
+    attrs = getattr(tx, "__dict__", {})
+    args = attrs.get("args", {})
+    if attrs.get("name") == "scale_by_lr" and callable(args.get("lr")) and not isinstance(args["lr"], torch.Tensor):
+        return args["lr"]
+    inner = list(attrs.get("parts", ()))
+    for value in args.values():
+        inner.extend(value.values() if isinstance(value, dict) else [value])
+    for part in inner:
+        if isinstance(part, GradientTransformation):
+            found = lr_schedule(part)
+            if found is not None:
+                return found
+    return None
+
+
+def template(tx: GradientTransformation) -> tuple[dict[str, float], list[Slot]]:
+    """The chain's hyperparameters as param-group defaults, and a :class:`Slot` for each
+    hyperparameter tensor of its state, by position (see the module docstring)."""
+    # Built on a meta tensor: no memory, and known before any parameter has a gradient
+    # (LR schedulers read param_groups at once).
+    found = walk(tx.init({0: torch.empty(1, device="meta")}), tx)
+    fields = [scoped.rsplit(".", 1)[-1] for _, scoped, _, _ in found]
+    counts = {f: fields.count(f) for f in fields}
+    seen: dict[str, int] = {}
+    defaults: dict[str, float] = {}
+    slots: list[Slot] = []
+    for (_, scoped, _, value), field in zip(found, fields):
+        if field in RATIO_KEYS or counts[field] == 1:
+            key = field
+        else:
+            key = scoped if scoped != field else f"{field}"
+            n = seen.get(key, 0)
+            seen[key] = n + 1
+            if n:
+                key = f"{key}#{n}"
+        if value.device.type == "meta" or value.requires_grad:
+            slots.append(Slot(key, None))
+            continue
+        x = float(value.item())
+        first = defaults.setdefault(key, x)
+        slots.append(Slot(key, 1.0 if x == first else (x / first if first != 0 else None)))
+    return defaults, slots
