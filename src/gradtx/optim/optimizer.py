@@ -9,6 +9,7 @@ as a key of ``param_groups``.
 
 from __future__ import annotations
 
+import operator
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -28,6 +29,23 @@ from .groups import split_by_group
 __all__ = ["Optimizer"]
 
 STATE_FORMAT = "gradtx.Optimizer/1"
+
+
+class StateView(dict):
+    """``opt.state`` of a :class:`Optimizer`: ``{param: {path: tensor}}`` holding the chain's
+    live state tensors. A parameter without state reads as ``{}`` (torch's ``defaultdict``);
+    ``clear()`` forgets every parameter's state."""
+
+    def __init__(self, optimizer: Optimizer) -> None:
+        super().__init__()
+        self._optimizer = optimizer
+
+    def __missing__(self, key: Any) -> dict[str, torch.Tensor]:
+        return {}
+
+    def clear(self) -> None:
+        super().clear()
+        self._optimizer._forget_state()
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -85,9 +103,17 @@ class Optimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[Any], tx: GradientTransformation, *, fast: bool = True,
                  compile: bool | dict[str, Any] = False,  # noqa: A002 - torch.compile's word
-                 check_descent: bool = True) -> None:
+                 check_descent: bool = True, differentiable: bool = False) -> None:
         if not isinstance(tx, GradientTransformation):
             raise TypeError(f"tx must be a GradientTransformation, got {type(tx).__name__}")
+        if differentiable:
+            # torch's differentiable=True records the step for autograd; gradtx's functional
+            # path is differentiable as it is, with nothing written in place.
+            raise ValueError(
+                "differentiable=True is not supported by gx.Optimizer, which updates parameters in place; "
+                "differentiate through the functional API instead: state = tx.init(params); "
+                "updates, state = tx.update(grads, state, params); params = gx.apply_updates(params, updates) "
+                "(torch.func.grad and autograd see every step; hyperparameters may be tensors with requires_grad)")
         if not isinstance(fast, bool):
             raise ValueError(f"fast must be a bool, got {fast!r}")
         if not isinstance(compile, (bool, dict)):
@@ -120,6 +146,7 @@ class Optimizer(torch.optim.Optimizer):
             self._run = updater(self._split)
         self._one_state: Any = None  # with _split: the state over every group's stepped params
         self._one_known: set[int] = set()  # with _split: the global indices it covers
+        self._one_ids: dict[int, int] = {}  # with _split: id() of each covered parameter when its state was made
         self._one_keys: list[ParamKey] | None = None  # with _split: a key per parameter of all groups
         self._scratch: list[Any] = []
         # Per group: (keys, params list, {ParamKey: param}) of the last step, reused while the
@@ -130,6 +157,8 @@ class Optimizer(torch.optim.Optimizer):
         # thousands of ints costs a hundred times the memory)
         self._known_keys: list[bytearray] = []
         self._param_keys: list[list[ParamKey] | None] = []  # per group: a key per parameter
+        # per group: id() of each parameter when its state was made (a replaced one starts afresh)
+        self._param_ids: list[list[int]] = []
         defaults, self._slots = hyperparams.template(tx)
         # A learning rate given as a gradtx schedule drives itself: param_groups shows its first
         # value under 'lr' (torch's LR schedulers need the key), and a step refuses a change
@@ -154,14 +183,18 @@ class Optimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
         self._chain_states.append(None)
         self._known_keys.append(bytearray(len(self.param_groups[-1]["params"])))
+        self._param_ids.append([0] * len(self.param_groups[-1]["params"]))
         self._param_keys.append(None)
         self._scratch.append(None)
         self._step_params.append(None)
 
     @property
-    def state(self) -> dict[torch.Tensor, dict[str, torch.Tensor]]:  # type: ignore[override]
-        """Per-parameter state, ``{param: {path: tensor}}`` (a read-only view)."""
-        view: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
+    def state(self) -> StateView:  # type: ignore[override]
+        """Per-parameter state, ``{param: {path: tensor}}``: the live state tensors, so tools
+        that walk ``opt.state`` (moving state to a device, logging moment norms) see them; a
+        parameter without state reads as ``{}``, as in torch. ``opt.state.clear()`` (or
+        assigning an empty dict) forgets all state; load states with ``load_state_dict``."""
+        view = StateView(self)
         if self._split is not None:
             if self._one_state is not None:
                 all_params = self._all_params()
@@ -178,12 +211,47 @@ class Optimizer(torch.optim.Optimizer):
     @state.setter
     def state(self, value: Any) -> None:
         # torch.optim.Optimizer.__init__ assigns an empty dict; our state lives in the chain.
-        del value
+        if len(value):
+            raise ValueError("gx.Optimizer's state lives in its chain: load states with load_state_dict, "
+                             "or assign an empty dict to forget them")
+        self._forget_state()
+
+    def _forget_state(self) -> None:
+        """Drop all state: every parameter starts afresh at its next step, as a new optimizer."""
+        groups = getattr(self, "param_groups", [])  # torch.optim's __init__ assigns state first
+        n = len(groups)
+        self._chain_states = [None] * n
+        self._known_keys = [bytearray(len(g["params"])) for g in groups]
+        self._param_ids = [[0] * len(g["params"]) for g in groups]
+        self._scratch = [None] * n
+        self._step_params = [None] * n
+        self._one_state, self._one_known, self._one_ids = None, set(), {}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         raise TypeError("gx.Optimizer is not picklable; use state_dict() / load_state_dict()")
 
     # -- stepping ----------------------------------------------------------------------
+
+    def _forget_replaced(self, gi: int) -> None:
+        """Forget the state of parameters replaced in ``param_groups[gi]['params']`` since
+        their state was made: the new tensor starts afresh, as torch's state keyed by
+        parameter does."""
+        group, known, ids = self.param_groups[gi], self._known_keys[gi], self._param_ids[gi]
+        n = len(group["params"])
+        if len(ids) < n:
+            ids.extend([0] * (n - len(ids)))
+        if len(known) < n:
+            known.extend(bytes(n - len(known)))
+        replaced = {k for k in range(n) if known[k] and ids[k] != id(group["params"][k])}
+        if not replaced:
+            return
+        kept = [k for k in range(n) if known[k] and k not in replaced]
+        state = self._chain_states[gi]
+        self._chain_states[gi] = select_keys(state, kept) if kept and state is not None else None
+        for k in replaced:
+            known[k] = 0
+        self._param_keys[gi] = None
+        self._scratch[gi] = None
 
     def _group_state(self, gi: int, keys: list[int]) -> tuple[Any, bool]:
         """The chain state over ``keys`` (initialising parameters seen for the first time),
@@ -198,8 +266,10 @@ class Optimizer(torch.optim.Optimizer):
             fresh = self.tx.init(self._param_dict(gi, new))
             full = fresh if full is None else merge_keys(fresh, full)
             self._chain_states[gi] = full
+            ids = self._param_ids[gi]
             for k in new:
                 known[k] = 1
+                ids[k] = id(group["params"][k])
         if len(keys) == known.count(1):
             return full, False
         return select_keys(full, keys), True
@@ -240,11 +310,13 @@ class Optimizer(torch.optim.Optimizer):
             if not keys:
                 continue
             cached = self._step_params[gi]
-            if cached is not None and cached[1] is group["params"] and cached[0] == keys:
+            if (cached is not None and cached[1] is group["params"] and cached[0] == keys
+                    and all(map(operator.is_, cached[3], group["params"]))):
                 params = cached[2]
             else:
+                self._forget_replaced(gi)
                 params = self._param_dict(gi, keys)
-                self._step_params[gi] = (keys, group["params"], params)
+                self._step_params[gi] = (keys, group["params"], params, tuple(group["params"]))
             grads = {k: params[k].grad for k in keys}
             for k, g in grads.items():
                 if g.is_sparse:
@@ -332,11 +404,17 @@ class Optimizer(torch.optim.Optimizer):
                 raise RuntimeError(f"gx.Optimizer does not support sparse gradients (param {int(key)})")
             grads[key] = p.grad
         keys = list(params)
+        replaced = [k for k in keys if int(k) in self._one_known and self._one_ids.get(int(k)) != id(params[k])]
+        if replaced:  # a tensor put in place of a parameter starts afresh, as in torch
+            self._one_known.difference_update(int(k) for k in replaced)
+            kept = sorted(self._one_known)
+            self._one_state = select_keys(self._one_state, kept) if kept else None
         new = [k for k in keys if int(k) not in self._one_known]
         if new:
             fresh = self._split.init({k: params[k] for k in new})
             self._one_state = fresh if self._one_state is None else merge_keys(fresh, self._one_state)
             self._one_known.update(int(k) for k in new)
+            self._one_ids.update((int(k), id(params[k])) for k in new)
         is_selection = len(keys) != len(self._one_known)
         state = select_keys(self._one_state, keys) if is_selection else self._one_state
         self._write_hyperparameters(None, state)
@@ -395,7 +473,10 @@ class Optimizer(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """``{'format', 'state': {param index: {path: tensor}}, 'shared': [per group
         {path: tensor}], 'stepped': [per group, the param indices the chain state covers],
-        'param_groups': [...]}``: tensors and plain containers only."""
+        'param_groups': [...]}``: tensors and plain containers only. Runs the hooks
+        registered with ``register_state_dict_pre_hook`` / ``_post_hook``, as torch does."""
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
         state: dict[int, dict[str, torch.Tensor]] = {}
         shared: list[dict[str, torch.Tensor]] = []
         stepped: list[list[int]] = []
@@ -426,15 +507,25 @@ class Optimizer(torch.optim.Optimizer):
                 n = len(group["params"])
                 stepped.append([i for i in range(offset, offset + n) if i in self._one_known])
                 offset += n
-        return {"format": STATE_FORMAT, "chain": chain_signature(self.tx), "layout": self._layout(),
-                "state": state, "shared": shared, "stepped": stepped, "param_groups": groups}
+        out = {"format": STATE_FORMAT, "chain": chain_signature(self.tx), "layout": self._layout(),
+               "state": state, "shared": shared, "stepped": stepped, "param_groups": groups}
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            result = post_hook(self, out)
+            if result is not None:
+                out = result
+        return out
 
     def _layout(self) -> str:
         return "one_chain" if self._split is not None else "per_group"
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a :meth:`state_dict`; raises ``ValueError`` and changes nothing when it
-        comes from another chain or model."""
+        comes from another chain or model, or holds a hyperparameter the chain would refuse.
+        Runs the hooks registered with ``register_load_state_dict_pre_hook`` / ``_post_hook``."""
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
         if not isinstance(state_dict, dict) or state_dict.get("format") != STATE_FORMAT:
             found = state_dict.get("format") if isinstance(state_dict, dict) else type(state_dict).__name__
             raise ValueError(f"not a gx.Optimizer state dict (format {found!r}, expected {STATE_FORMAT!r})")
@@ -446,7 +537,15 @@ class Optimizer(torch.optim.Optimizer):
         if layout != self._layout():
             raise ValueError(f"the state dict's layout is {layout!r}, this optimizer's {self._layout()!r} "
                              "(a state from another chain?)")
+        missing = [key for key in ("state", "shared", "param_groups") if key not in state_dict]
+        if missing:
+            raise ValueError(f"the state dict lacks {missing} (a gx.Optimizer state dict has 'state', 'shared', "
+                             "'stepped' and 'param_groups')")
         saved_groups = state_dict["param_groups"]
+        expected_shared = 1 if self._split is not None else len(self.param_groups)
+        if not isinstance(state_dict["shared"], list) or len(state_dict["shared"]) != expected_shared:
+            raise ValueError(f"the state dict's 'shared' must be a list of {expected_shared} dicts, got "
+                             f"{state_dict['shared']!r:.80}")
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(f"state dict has {len(saved_groups)} param groups, this optimizer "
                              f"{len(self.param_groups)}")
@@ -454,6 +553,9 @@ class Optimizer(torch.optim.Optimizer):
             if len(saved["params"]) != len(group["params"]):
                 raise ValueError(f"param group {gi} has {len(group['params'])} params, the state dict "
                                  f"{len(saved['params'])}")
+            for name in self.defaults:  # validated as the constructor and add_param_group do
+                if name in saved:
+                    check(f"the state dict's param_groups[{gi}][{name!r}]", saved[name], low=0.0)
         stepped = state_dict.get("stepped")
         if self._split is not None:
             one = self._rebuild_one_chain(state_dict["state"], state_dict["shared"][0],
@@ -466,15 +568,24 @@ class Optimizer(torch.optim.Optimizer):
         # Everything checked: only now change the optimizer.
         if self._split is not None:
             self._one_state, self._one_known = one
+        if self._split is not None:
+            self._one_ids = {int(key): id(p) for key, p in zip(self._all_keys(), self._all_params())}
         for gi, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
             for key, value in saved.items():
                 if key not in ("params", "param_names"):
                     group[key] = value
+            if "param_names" in saved and "param_names" not in group:
+                group["param_names"] = list(saved["param_names"])  # torch keeps the saved names
+                self._param_keys[gi] = self._one_keys = None
             self._chain_states[gi], keys = new_states[gi]
             self._known_keys[gi] = bytearray(len(group["params"]))
+            self._param_ids[gi] = [id(p) for p in group["params"]]
             for k in keys:
                 self._known_keys[gi][k] = 1
             self._scratch[gi] = None
+            self._step_params[gi] = None
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
 
     def _rebuild_one_chain(self, saved_state: dict[int, dict[str, Any]], saved_shared: dict[str, Any],
                            covered: list[int]) -> tuple[Any, set[int]]:
