@@ -21,6 +21,7 @@ from typing import Any, NamedTuple, Protocol
 import torch
 
 from . import _foreach as F
+from ._hparams import as_scalar
 from ._tree import Tree, tree_flatten, tree_unflatten
 
 __all__ = ["EmptyState", "GradientTransformation", "apply_updates", "describe", "identity", "is_elementwise",
@@ -99,6 +100,9 @@ def transform(fn: Callable[..., GradientTransformation] | None = None, *,
     returns or keeps). A callable ``args -> bool`` decides from the arguments (a wrapper is
     declared when the transform it wraps is).
 
+    Tensor arguments holding one element reach ``fn`` as 0-dim tensors
+    (``torch.tensor([1e-3])`` is taken as ``torch.tensor(1e-3)``).
+
     Example::
 
         @gx.transform
@@ -113,6 +117,10 @@ def transform(fn: Callable[..., GradientTransformation] | None = None, *,
 
     @functools.wraps(fn)
     def build(*args: Any, **kwargs: Any) -> GradientTransformation:
+        # A 1-element tensor hyperparameter (torch.tensor([1e-3]), as torch takes for lr) is
+        # used as 0-dim, so it broadcasts like a number against every leaf.
+        args = tuple(as_scalar(a) for a in args)
+        kwargs = {k: as_scalar(v) for k, v in kwargs.items()}
         tx = fn(*args, **kwargs)
         bound = signature.bind(*args, **kwargs)
         given = dict(bound.arguments)

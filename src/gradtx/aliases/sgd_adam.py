@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .._hparams import ScalarOrSchedule
+from .._hparams import ScalarOrSchedule, check_beta
 from ..base import GradientTransformation, transform
 from ..combine import chain
 from ..transforms.adaptive import scale_by_adam
@@ -32,6 +32,8 @@ def sgd(lr: ScalarOrSchedule, momentum: float | None = None, nesterov: bool = Fa
 
     Example: ``gx.Optimizer(model.parameters(), gx.sgd(0.1, momentum=0.9, nesterov=True))``.
     """
+    if momentum is not None:
+        check_beta("momentum", momentum)  # named here: trace would call it decay
     if nesterov and not momentum:
         raise ValueError("nesterov=True needs a momentum > 0")
     parts = [add_decayed_weights(weight_decay)]

@@ -145,7 +145,7 @@ def scale_by_rprop(lr: float, eta_minus: float = 0.5, eta_plus: float = 1.2,
     check("eta_minus", eta_minus, low=0.0, high=1.0, low_open=True, high_open=True)
     check("eta_plus", eta_plus, low=1.0, low_open=True)
     check("min_step_size", min_step_size, low=0.0)
-    check("max_step_size", max_step_size, low=float(min_step_size))
+    check("max_step_size", max_step_size, low=float(min_step_size), allow_inf=True)  # inf: no upper bound
 
     def init(params):
         return ScaleByRpropState(step_sizes=_full(params, float(lr)), prev_updates=_zeros(params, None))
@@ -272,7 +272,7 @@ def scale_by_asgd(lr: float | torch.Tensor, lambd: float = 1e-4, alpha: float = 
     check("lr", lr, low=0.0)
     check("lambd", lambd, low=0.0)
     check("alpha", alpha, low=0.0)
-    check("t0", t0, low=0.0)
+    check("t0", t0, low=0.0, allow_inf=True)  # inf: never average (ax follows p)
 
     def init(params):
         return ScaleByAsgdState(count=new_count(), lr=to_state(lr), ax=_zeros(params, None))

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import torch
 
-from .._hparams import check, check_beta, increment, new_count
+from .._hparams import check, check_beta, check_int, increment, new_count
 from .._tree import Tree
 from ..base import GradientTransformation, transform
 from ._common import leaves, leaves_like, unflatten
@@ -141,6 +141,7 @@ def scale_by_factored_rms(factored: bool = True, decay_rate: float = 0.8, step_o
     Example: ``gx.chain(gx.scale_by_factored_rms(), gx.scale_by_lr(1e-2))``.
     """
     check("decay_rate", decay_rate, low=0.0)
+    check_int("step_offset", step_offset, low=0)
     check("min_dim_size_to_factor", min_dim_size_to_factor, low=0.0)
     check("epsilon", epsilon, low=0.0)
     if not callable(decay_rate_fn):

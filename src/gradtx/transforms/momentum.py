@@ -29,7 +29,7 @@ def trace(decay: float, nesterov: bool = False, accumulator_dtype: torch.dtype |
 
     Example: ``gx.chain(gx.trace(0.9, nesterov=True), gx.scale_by_lr(0.1))``.
     """
-    check("decay", decay, low=0.0)
+    check_beta("decay", decay)
 
     def init(params):
         return TraceState(trace=_zeros(params, accumulator_dtype))

@@ -67,7 +67,7 @@ def scale_by_polyak(f_min: float = 0.0, max_learning_rate: float = 1.0, eps: flo
     ``tx.update(grads, state, params, value=loss)``.
     """
     check("f_min", f_min)
-    check("max_learning_rate", max_learning_rate, low=0.0)
+    check("max_learning_rate", max_learning_rate, low=0.0, allow_inf=True)  # inf: no cap
     check("eps", eps, low=0.0)
     if variant not in ("sps", "sps+"):
         raise ValueError(f"variant must be 'sps' or 'sps+', got {variant!r}")
