@@ -10,6 +10,8 @@ from __future__ import annotations
 import inspect
 
 import pytest
+import torch
+from conftest import MLPProblem, assert_same, default_dtype, functional_trajectory
 from registry import ENTRIES
 
 import gradtx as gx
@@ -149,3 +151,120 @@ def test_infinite_lr_weight_decay_momentum_refused():
                  lambda: gx.sgd(0.1, momentum=float("inf"))):
         with pytest.raises(ValueError, match="finite"):
             make()
+
+
+# --- item 22: adafactor(eps=0.0), torch's setting, clamps as torch.optim.Adafactor ------------
+
+
+def test_adafactor_eps_zero_matches_torch_on_zero_and_normal_gradients():
+    """``gx.adafactor(eps=0.0)``, the setting its docstring maps torch.optim.Adafactor to, gave
+    NaN on an all-zero gradient (0 / 0 in the factored estimate), where torch clamps."""
+    gen = torch.Generator().manual_seed(0)
+    p0 = {"w": torch.randn(5, 3, generator=gen, dtype=torch.float64),
+          "b": torch.randn(3, generator=gen, dtype=torch.float64)}
+    zero = {k: torch.zeros_like(v) for k, v in p0.items()}
+    grads = [zero, {k: torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in p0.items()}, zero,
+             {k: torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in p0.items()}]
+    lr = 1e-2
+
+    with default_dtype(torch.float64):
+        leaves = {k: v.clone().requires_grad_(True) for k, v in p0.items()}
+        opt = torch.optim.Adafactor(list(leaves.values()), lr=lr)
+        expected = []
+        for g in grads:
+            for k, leaf in leaves.items():
+                leaf.grad = g[k].clone()
+            opt.step()
+            expected.append({k: v.detach().clone() for k, v in leaves.items()})
+
+    # torch's relative step min(lr, 1/sqrt(t)), t from 1, written as a schedule of gradtx's count
+    tx = gx.adafactor(lambda count: torch.clamp((count.to(torch.float64) + 1.0) ** -0.5, max=lr),
+                      min_dim_size_to_factor=1, eps=0.0)
+    params = {k: v.clone() for k, v in p0.items()}
+    state = tx.init(params)
+    for step, g in enumerate(grads):
+        updates, state = tx.update(g, state, params)
+        params = gx.apply_updates(params, updates)
+        for k in p0:
+            assert torch.isfinite(params[k]).all(), f"non-finite {k} after step {step}"
+            torch.testing.assert_close(params[k], expected[step][k], rtol=1e-10, atol=1e-12)
+    assert torch.equal(expected[0]["w"], p0["w"])  # a zero gradient moves nothing in torch
+    assert not torch.allclose(expected[-1]["w"], p0["w"])
+
+
+# --- item 23: torch.optim.SGD's dampening -----------------------------------------------------
+
+
+SGD_DAMPENING = [
+    ("momentum_dampening_wd", dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=1e-2)),
+    ("full_dampening", dict(lr=0.1, momentum=0.5, dampening=1.0)),
+    ("no_dampening", dict(lr=0.05, momentum=0.9, dampening=0.0, weight_decay=1e-2)),
+]
+
+
+def _torch_sgd_trajectory(problem, kwargs, steps):
+    params = problem.leaf_params()
+    opt = torch.optim.SGD(list(params.values()), **kwargs)
+    out = []
+    for t in range(steps):
+        opt.zero_grad()
+        problem.loss(params, t).backward()
+        opt.step()
+        out.append({k: v.detach().clone() for k, v in params.items()})
+    return out
+
+
+def _adapter_trajectory(problem, tx, steps, fast):
+    params = problem.leaf_params()
+    opt = gx.Optimizer(list(params.values()), tx, fast=fast)
+    out = []
+    for t in range(steps):
+        opt.zero_grad()
+        problem.loss(params, t).backward()
+        opt.step()
+        out.append({k: v.detach().clone() for k, v in params.items()})
+    return out, opt
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name,kwargs", SGD_DAMPENING, ids=[c[0] for c in SGD_DAMPENING])
+def test_sgd_dampening_matches_torch(name, kwargs, dtype, monkeypatch):
+    """gx.sgd(..., dampening=d) and chain(trace(m, dampening=d), scale_by_lr) follow
+    torch.optim.SGD(dampening=d) (buf = g at the first step, then m buf + (1-d) g), on the
+    functional path, the adapter's generic in-place path and its fused kernel."""
+    steps = 60
+    problem = MLPProblem(dtype)
+    ref = _torch_sgd_trajectory(problem, kwargs, steps)
+    assert_same(functional_trajectory(problem, gx.sgd(**kwargs), steps), ref, dtype)
+    plain = dict(kwargs)
+    lr, momentum, dampening = plain.pop("lr"), plain.pop("momentum"), plain.pop("dampening")
+    chain = gx.chain(gx.add_decayed_weights(plain.get("weight_decay", 0.0)), gx.trace(momentum, dampening=dampening),
+                     gx.scale_by_lr(lr))
+    assert_same(functional_trajectory(problem, chain, steps), ref, dtype)
+
+    generic, _ = _adapter_trajectory(problem, gx.sgd(**kwargs), steps, fast=False)
+    assert_same(generic, ref, dtype)
+
+    calls = []
+    kernel = torch._fused_sgd_
+
+    def counting(*args, **kw):
+        calls.append(kw["dampening"])
+        return kernel(*args, **kw)
+
+    monkeypatch.setattr(torch, "_fused_sgd_", counting)
+    fused, opt = _adapter_trajectory(problem, gx.sgd(**kwargs), steps, fast=True)
+    assert len(calls) == steps and set(calls) == {dampening}, "the fused kernel did not run with the dampening"
+    assert_same(fused, ref, dtype)
+
+
+def test_dampening_with_nesterov_is_refused_as_torch():
+    with pytest.raises(ValueError, match="Nesterov"):
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.9, dampening=0.5, nesterov=True)
+    for make in (lambda: gx.sgd(0.1, momentum=0.9, nesterov=True, dampening=0.5),
+                 lambda: gx.trace(0.9, nesterov=True, dampening=0.5)):
+        with pytest.raises(ValueError, match="dampening"):
+            make()
+    with pytest.raises(ValueError, match="dampening"):
+        gx.sgd(0.1, momentum=0.9, dampening=1.5)
+

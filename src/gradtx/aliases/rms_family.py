@@ -152,9 +152,10 @@ def adafactor(lr: ScalarOrSchedule | None = None, min_dim_size_to_factor: int = 
       largest: the same when the two largest axes are the last two (always for matrices);
     - torch decays the weights by ``a w``, this by ``min(a, 1/sqrt(t+1)) w``: the same while
       ``t + 1 <= 1/a^2``;
-    - torch's parameter-scale floor ``eps[1]`` is fixed at 1e-3 here, and torch clamps the
-      second-moment estimate at ``eps[0]^2`` (machine epsilon squared) where this adds ``eps``;
-      neither matters unless gradients vanish.
+    - torch's parameter-scale floor ``eps[1]`` is fixed at 1e-3 here. ``eps=0.0`` takes torch's
+      clamps (``eps[0]=None``: the machine epsilon of the parameters' dtype; see
+      :func:`scale_by_factored_rms`), so an all-zero gradient moves nothing, as in torch; a
+      positive ``eps`` is optax's, added to ``g^2``.
 
     Example: ``gx.Optimizer(model.parameters(), gx.adafactor(1e-2))``.
     """

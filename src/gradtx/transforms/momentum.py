@@ -12,34 +12,54 @@ from .._tree import Tree
 from ..base import GradientTransformation, transform
 from ._common import leaves, leaves_like, unflatten
 
-__all__ = ["TraceState", "EmaState", "trace", "ema"]
+__all__ = ["TraceState", "DampenedTraceState", "EmaState", "trace", "ema"]
 
 
 class TraceState(NamedTuple):
     trace: Tree
 
 
-@transform(elementwise=True, inplace=True)
-def trace(decay: float, nesterov: bool = False, accumulator_dtype: torch.dtype | None = None
-          ) -> GradientTransformation:
-    """Heavy-ball momentum, as ``torch.optim.SGD`` (dampening 0).
+class DampenedTraceState(NamedTuple):
+    """State of :func:`trace` with ``dampening``: the step count tells the first step."""
 
-    ``m <- decay * m + u``; ``u <- m``, or ``u <- u + decay * m`` when ``nesterov``.
-    The first step gives ``m = u``, as torch's SGD does.
+    count: torch.Tensor  # int32, steps taken
+    trace: Tree
+
+
+@transform(elementwise=True, inplace=True)
+def trace(decay: float, nesterov: bool = False, accumulator_dtype: torch.dtype | None = None,
+          dampening: float = 0.0) -> GradientTransformation:
+    """Heavy-ball momentum, as ``torch.optim.SGD`` (its ``momentum`` is ``decay``).
+
+    ``m <- decay * m + (1 - dampening) * u``; ``u <- m``, or ``u <- u + decay * m`` when
+    ``nesterov``. The first step gives ``m = u`` (no dampening), as torch's SGD does;
+    ``nesterov`` needs ``dampening = 0``, as torch's. With ``dampening`` the state also counts
+    steps (:class:`DampenedTraceState`), to know the first one.
 
     Example: ``gx.chain(gx.trace(0.9, nesterov=True), gx.scale_by_lr(0.1))``.
     """
     check_beta("decay", decay)
+    check("dampening", dampening, low=0.0, high=1.0)
+    dampened = not (isinstance(dampening, (int, float)) and dampening == 0)
+    if nesterov and dampened:
+        raise ValueError(f"nesterov=True needs dampening=0 (as torch.optim.SGD), got dampening={dampening!r}")
 
     def init(params):
-        return TraceState(trace=_zeros(params, accumulator_dtype))
+        ms = _zeros(params, accumulator_dtype)
+        return DampenedTraceState(new_count(), ms) if dampened else TraceState(trace=ms)
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         del params, extra_args
         us, treedef = leaves(updates)
         ms = leaves_like(state.trace, treedef)
         ms = F.mul(ms, decay, inplace=inplace)
-        F.add(ms, F.cast(us, accumulator_dtype), inplace=True)
+        if dampened:
+            count = increment(state.count, inplace)
+            # torch's first step is m = u: weight 1 then, 1 - dampening after
+            weight = torch.where(count == 1, 1.0, 1.0 - torch.as_tensor(dampening, dtype=torch.float64))
+            F.add(ms, F.mul(F.cast(us, accumulator_dtype), weight), inplace=True)
+        else:
+            F.add(ms, F.cast(us, accumulator_dtype), inplace=True)
         if nesterov:
             out = F.add(us, F.cast(ms, us[0].dtype if us else None), alpha=decay, inplace=inplace)
         elif inplace:
@@ -47,7 +67,8 @@ def trace(decay: float, nesterov: bool = False, accumulator_dtype: torch.dtype |
             out = F.copy_(us, ms)
         else:
             out = F.cast(ms, us[0].dtype if us else None)
-        return unflatten(treedef, out), TraceState(unflatten(treedef, ms))
+        new_ms = unflatten(treedef, ms)
+        return unflatten(treedef, out), DampenedTraceState(count, new_ms) if dampened else TraceState(new_ms)
 
     return GradientTransformation(init, update)
 
