@@ -12,7 +12,7 @@ import inspect
 import pytest
 import torch
 from conftest import MLPProblem, assert_same, default_dtype, functional_trajectory
-from registry import ENTRIES
+from registry import ENTRIES, example_params, extra_args
 
 import gradtx as gx
 
@@ -268,3 +268,127 @@ def test_dampening_with_nesterov_is_refused_as_torch():
     with pytest.raises(ValueError, match="dampening"):
         gx.sgd(0.1, momentum=0.9, dampening=1.5)
 
+
+
+# --- item 18: schedules are checked when the transform is built ---------------------------------
+
+
+def _lr_schedule_aliases():
+    return [e for e in ENTRIES if "ScalarOrSchedule" in str(inspect.signature(getattr(gx, e.name)).parameters
+                                                             .get("lr", inspect.Parameter("lr", 1)).annotation)]
+
+
+BAD_SCHEDULES = [
+    ("no_argument", lambda: 1e-3),
+    ("two_arguments", lambda count, other: 1e-3),
+    ("returns_string", lambda count: "abc"),
+    ("returns_none", lambda count: None),
+    ("returns_vector", lambda count: torch.full((2,), 1e-3)),
+    ("raises", lambda count: 1 / 0),
+]
+
+
+@pytest.mark.parametrize("label,schedule", BAD_SCHEDULES, ids=[b[0] for b in BAD_SCHEDULES])
+@pytest.mark.parametrize("entry", _lr_schedule_aliases(), ids=lambda e: e.name)
+def test_bad_lr_schedule_is_refused_at_construction(entry, label, schedule):
+    """Every constructor that takes ``lr`` as a schedule calls it at step 0 when built: a
+    schedule that cannot be called with the step, or gives no number, raises ValueError
+    naming ``lr`` there, not at the first step (``bad operand type for unary -``)."""
+    arguments = _example_arguments(entry.build(), entry.name)
+    arguments["lr"] = schedule
+    with pytest.raises(ValueError) as info:
+        getattr(gx, entry.name)(**arguments)
+    assert str(info.value).startswith("lr"), str(info.value)
+
+
+@pytest.mark.parametrize("label,schedule", BAD_SCHEDULES, ids=[b[0] for b in BAD_SCHEDULES])
+@pytest.mark.parametrize("build,argument", [
+    (lambda s: gx.scale_by_schedule(s), "step_size_fn"),
+    (lambda s: gx.inject_hyperparams(gx.adam)(lr=s), "lr"),
+    (lambda s: gx.inject_hyperparams(gx.adam)(lr=1e-3, b1=s), "b1"),
+    (lambda s: gx.multi_steps(gx.sgd(0.1), every_k_schedule=s), "every_k_schedule"),
+], ids=["scale_by_schedule", "inject_lr", "inject_b1", "multi_steps"])
+def test_bad_schedule_is_refused_by_wrappers(build, argument, label, schedule):
+    with pytest.raises(ValueError) as info:
+        build(schedule)
+    assert str(info.value).startswith(argument), str(info.value)
+
+
+def test_multi_steps_schedule_giving_zero_is_refused_at_construction():
+    with pytest.raises(ValueError, match="every_k_schedule"):
+        gx.multi_steps(gx.sgd(0.1), every_k_schedule=lambda step: 0)
+
+
+def test_good_schedules_are_called_with_the_step_and_still_work():
+    seen = []
+
+    def schedule(count):
+        seen.append(count)
+        return 0.1 / (1 + count)
+
+    tx = gx.sgd(schedule)
+    assert len(seen) == 1 and seen[0].dtype == torch.int32 and seen[0].dim() == 0 and int(seen[0]) == 0
+    params = {"w": torch.ones(3)}
+    state = tx.init(params)
+    for step in range(3):
+        updates, state = tx.update({"w": torch.ones(3)}, state, params)
+        torch.testing.assert_close(updates["w"], torch.full((3,), -0.1 / (1 + step)))
+    for ok in (lambda c: 1e-3, lambda c: torch.tensor(1e-3), gx.cosine_decay_schedule(1e-3, 10), lambda c: 1):
+        gx.adam(ok)
+
+
+# --- item 21: 1-element tensors of any shape are hyperparameters, taken as 0-dim ------------------
+
+
+def _float_arguments(arguments: dict) -> list[str]:
+    return [k for k, v in arguments.items() if isinstance(v, float)]
+
+
+@pytest.mark.parametrize("entry", [e for e in ENTRIES if e.name not in NO_NUMERIC], ids=lambda e: e.name)
+def test_one_element_tensor_hyperparameters_act_as_numbers(entry):
+    """Every float argument given as ``torch.tensor([[x]])`` (torch takes any 1-element tensor
+    for lr) builds, and gives the updates and state the 0-dim tensor gives, with every update
+    shaped like its gradient (a (1, 1) factor would broadcast a 0-dim leaf to (1, 1))."""
+    fn = getattr(gx, entry.name)
+    arguments = _example_arguments(entry.build(), entry.name)
+    names = _float_arguments(arguments)
+    if not names:
+        pytest.skip("no float argument")
+    scalar = {**arguments, **{k: torch.tensor(arguments[k], dtype=torch.float64) for k in names}}
+    shaped = {**arguments, **{k: torch.tensor([[arguments[k]]], dtype=torch.float64) for k in names}}
+    params = example_params()
+    grads = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(3)) for k, v in params.items()}
+    results = []
+    for kwargs in (scalar, shaped):
+        tx = fn(**kwargs)
+        state = tx.init(params)
+        for _ in range(2):
+            updates, state = tx.update(grads, state, params, **extra_args(entry, params))
+        results.append((updates, state))
+    (u0, s0), (u1, s1) = results
+    for k in grads:
+        assert u1[k].shape == grads[k].shape, f"{k}: update of shape {tuple(u1[k].shape)}"
+        torch.testing.assert_close(u1[k], u0[k], rtol=0, atol=0)
+    for (p0, x0), (p1, x1) in zip(gx.tree_paths(s0), gx.tree_paths(s1)):
+        assert p0 == p1
+        if isinstance(x0, torch.Tensor):
+            assert x1.shape == x0.shape, f"state {p1}: {tuple(x1.shape)} instead of {tuple(x0.shape)}"
+
+
+def test_one_element_lr_as_torch_takes_it():
+    """torch.optim.SGD(lr=torch.tensor([0.1])) works; so does gx.sgd / gx.adam with it."""
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=torch.tensor([0.1]))
+    params = {"w": torch.ones(2, 2), "s": torch.tensor(1.0)}
+    grads = {"w": torch.ones(2, 2), "s": torch.tensor(1.0)}
+    for make, number in ((gx.sgd, 0.1), (gx.adam, 1e-3)):
+        tx = make(torch.tensor([number]))
+        updates, state = tx.update(grads, tx.init(params), params)
+        expected, _ = make(number).update(grads, make(number).init(params), params)
+        assert gx.tree_get(state, "lr").dim() == 0
+        for k in params:
+            assert updates[k].shape == params[k].shape
+            torch.testing.assert_close(updates[k], expected[k])
+    with pytest.raises(ValueError, match="lr"):
+        gx.sgd(torch.tensor([0.1, 0.2]))
+    tx = gx.inject_hyperparams(gx.adam)(lr=torch.tensor([1e-3]))
+    assert tx.init(params).hyperparams["lr"].dim() == 0

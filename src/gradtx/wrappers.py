@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import torch
 
 from . import _foreach as F  # noqa: N812
-from ._hparams import HPARAM_DTYPE, check, increment, is_schedule, new_count, to_state
+from ._hparams import HPARAM_DTYPE, as_scalar, check, check_schedule, increment, is_schedule, new_count, to_state
 from ._tree import (
     Tree,
     hyperparameters,
@@ -194,6 +194,7 @@ def inject_hyperparams(inner_factory: Callable[..., GradientTransformation], sta
         schedules: dict[str, Callable] = {}
         other: dict[str, Any] = {}
         for name, value in bound.arguments.items():
+            value = as_scalar(value)  # a 1-element tensor is a 0-dim hyperparameter
             kind = signature.parameters[name].kind
             if (kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD) or name in static
                     or isinstance(value, bool)):
@@ -201,6 +202,7 @@ def inject_hyperparams(inner_factory: Callable[..., GradientTransformation], sta
             elif name in integer_params and _is_static_int(value):
                 other[name] = int(value)
             elif is_schedule(value):
+                check_schedule(name, value)
                 schedules[name] = value
             elif isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.dim() == 0):
                 numeric[name] = value
@@ -331,6 +333,10 @@ def multi_steps(opt: GradientTransformation, every_k_schedule: int | Callable[[t
         if k < 1:
             raise ValueError(f"every_k_schedule must give k >= 1, gave {k} at gradient step {int(step)}")
         return k
+
+    if is_schedule(every_k_schedule):
+        check_schedule("every_k_schedule", every_k_schedule)
+        k_at(new_count())  # k >= 1 at the first gradient step, or the error now
 
     def init(params):
         ps, treedef = tree_flatten(params)

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 
 from .. import _foreach as F  # noqa: N812
-from .._hparams import check, check_beta, increment, new_count
+from .._hparams import _as_float, check, check_beta, increment, new_count
 from .._tree import Tree
 from ..base import GradientTransformation, transform
 from ._common import leaves, leaves_like, unflatten
@@ -40,7 +40,8 @@ def trace(decay: float, nesterov: bool = False, accumulator_dtype: torch.dtype |
     """
     check_beta("decay", decay)
     check("dampening", dampening, low=0.0, high=1.0)
-    dampened = not (isinstance(dampening, (int, float)) and dampening == 0)
+    known = _as_float(dampening)  # None: a tensor with autograd history, taken as dampened
+    dampened = known is None or known != 0
     if nesterov and dampened:
         raise ValueError(f"nesterov=True needs dampening=0 (as torch.optim.SGD), got dampening={dampening!r}")
 
