@@ -198,7 +198,8 @@ def test_adafactor_eps_zero_matches_torch_on_zero_and_normal_gradients():
 SGD_DAMPENING = [
     ("momentum_dampening_wd", dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=1e-2)),
     ("full_dampening", dict(lr=0.1, momentum=0.5, dampening=1.0)),
-    ("no_dampening", dict(lr=0.05, momentum=0.9, dampening=0.0, weight_decay=1e-2)),
+    # dampening given as 0: the counted state, torch's numbers, nesterov allowed as in torch
+    ("zero_dampening_nesterov", dict(lr=0.05, momentum=0.9, dampening=0.0, nesterov=True, weight_decay=1e-2)),
 ]
 
 
@@ -238,7 +239,8 @@ def test_sgd_dampening_matches_torch(name, kwargs, dtype, monkeypatch):
     assert_same(functional_trajectory(problem, gx.sgd(**kwargs), steps), ref, dtype)
     plain = dict(kwargs)
     lr, momentum, dampening = plain.pop("lr"), plain.pop("momentum"), plain.pop("dampening")
-    chain = gx.chain(gx.add_decayed_weights(plain.get("weight_decay", 0.0)), gx.trace(momentum, dampening=dampening),
+    chain = gx.chain(gx.add_decayed_weights(plain.get("weight_decay", 0.0)),
+                     gx.trace(momentum, nesterov=plain.get("nesterov", False), dampening=dampening),
                      gx.scale_by_lr(lr))
     assert_same(functional_trajectory(problem, chain, steps), ref, dtype)
 

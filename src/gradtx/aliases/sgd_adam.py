@@ -21,13 +21,13 @@ __all__ = ["sgd", "adam", "adamw"]
 
 @transform
 def sgd(lr: ScalarOrSchedule, momentum: float | None = None, nesterov: bool = False,
-        weight_decay: float = 0.0, dampening: float = 0.0) -> GradientTransformation:
+        weight_decay: float = 0.0, dampening: float | None = None) -> GradientTransformation:
     """Stochastic gradient descent, as ``torch.optim.SGD`` (the same arguments).
 
     ``g <- g + weight_decay * p``; with momentum ``m <- momentum * m + (1 - dampening) * g``
     (``m <- g`` at the first step) and ``g <- m`` (or ``g + momentum * m`` when ``nesterov``,
-    which needs ``dampening = 0``); ``p <- p - lr * g``. Without momentum ``dampening`` has no
-    effect, as in torch.
+    which needs ``dampening = 0``); ``p <- p - lr * g``. ``dampening=None`` is 0 (see
+    :func:`trace` for the state); without momentum ``dampening`` has no effect, as in torch.
 
     ``chain(add_decayed_weights(weight_decay), trace(momentum, nesterov, dampening=dampening),
     scale_by_lr(lr))``; the weight decay is always present so a param group may override
@@ -37,10 +37,11 @@ def sgd(lr: ScalarOrSchedule, momentum: float | None = None, nesterov: bool = Fa
     """
     if momentum is not None:
         check_beta("momentum", momentum)  # named here: trace would call it decay
-    check("dampening", dampening, low=0.0, high=1.0)
+    if dampening is not None:
+        check("dampening", dampening, low=0.0, high=1.0)
     if nesterov and not momentum:
         raise ValueError("nesterov=True needs a momentum > 0")
-    if nesterov and dampening != 0:
+    if nesterov and dampening:
         raise ValueError(f"nesterov=True needs dampening=0 (as torch.optim.SGD), got dampening={dampening!r}")
     parts = [add_decayed_weights(weight_decay)]
     if momentum is not None:

@@ -137,11 +137,11 @@ class FusedPlan:
         else:
             dampening = self.hp.get("dampening", 0.0)
             # Without dampening is_first_step=False is exact: the trace starts at zero and
-            # momentum * 0 + g == g, torch's first step (buf = g). With dampening the trace
+            # momentum * 0 + g == g, torch's first step (buf = g). A trace given a dampening
             # counts steps (DampenedTraceState) and the kernel's first step is buf = g, as
             # trace's (the count is on the CPU: reading it costs no device sync).
             first = False
-            if dampening:
+            if self.hp.get("counted"):
                 count = state[self.core].count
                 first = bool(count == 0)
                 count.add_(1)
@@ -226,11 +226,12 @@ def plan(tx: Any) -> FusedPlan | None:
     if j < lr_at and names[j] == "trace":
         t = args[j]
         momentum = _number(t.get("decay"))
-        dampening = _number(t.get("dampening", 0.0))
+        counted = t.get("dampening") is not None  # the state is a DampenedTraceState
+        dampening = _number(t["dampening"]) if counted else 0.0
         # momentum 0 would leave the trace buffer untouched in the kernel but not in gradtx
         if not momentum or dampening is None or t.get("accumulator_dtype") is not None:
             return None
-        hp = {"momentum": momentum, "nesterov": bool(t.get("nesterov")), "dampening": dampening}
+        hp = {"momentum": momentum, "nesterov": bool(t.get("nesterov")), "dampening": dampening, "counted": counted}
         core, j = j, j + 1
     if j != lr_at:
         return None

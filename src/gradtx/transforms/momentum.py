@@ -28,22 +28,25 @@ class DampenedTraceState(NamedTuple):
 
 @transform(elementwise=True, inplace=True)
 def trace(decay: float, nesterov: bool = False, accumulator_dtype: torch.dtype | None = None,
-          dampening: float = 0.0) -> GradientTransformation:
+          dampening: float | None = None) -> GradientTransformation:
     """Heavy-ball momentum, as ``torch.optim.SGD`` (its ``momentum`` is ``decay``).
 
     ``m <- decay * m + (1 - dampening) * u``; ``u <- m``, or ``u <- u + decay * m`` when
     ``nesterov``. The first step gives ``m = u`` (no dampening), as torch's SGD does;
-    ``nesterov`` needs ``dampening = 0``, as torch's. With ``dampening`` the state also counts
-    steps (:class:`DampenedTraceState`), to know the first one.
+    ``nesterov`` needs ``dampening = 0``, as torch's. ``dampening=None`` (the default) is 0
+    with the plain state :class:`TraceState`; a given ``dampening`` adds a step count to the
+    state (:class:`DampenedTraceState`), to know the first step, so the state's structure
+    depends on whether it is given, never on its value.
 
-    Example: ``gx.chain(gx.trace(0.9, nesterov=True), gx.scale_by_lr(0.1))``.
+    Example: ``gx.chain(gx.trace(0.9, dampening=0.1), gx.scale_by_lr(0.1))``.
     """
     check_beta("decay", decay)
-    check("dampening", dampening, low=0.0, high=1.0)
-    known = _as_float(dampening)  # None: a tensor with autograd history, taken as dampened
-    dampened = known is None or known != 0
-    if nesterov and dampened:
-        raise ValueError(f"nesterov=True needs dampening=0 (as torch.optim.SGD), got dampening={dampening!r}")
+    dampened = dampening is not None
+    if dampened:
+        check("dampening", dampening, low=0.0, high=1.0)
+        known = _as_float(dampening)  # None: a tensor with autograd history
+        if nesterov and (known is None or known != 0):
+            raise ValueError(f"nesterov=True needs dampening=0 (as torch.optim.SGD), got dampening={dampening!r}")
 
     def init(params):
         ms = _zeros(params, accumulator_dtype)
