@@ -394,3 +394,85 @@ def test_one_element_lr_as_torch_takes_it():
         gx.sgd(torch.tensor([0.1, 0.2]))
     tx = gx.inject_hyperparams(gx.adam)(lr=torch.tensor([1e-3]))
     assert tx.init(params).hyperparams["lr"].dim() == 0
+
+
+# --- item 11: a None leaf is refused at the entry, naming its path -------------------------------
+
+# identity returns its input untouched (a placeholder in chains, free on every step): a None
+# leaf passes through it to the next transform, which refuses it.
+NONE_PASSES = {"identity"}
+
+
+def _grads(params, seed=2):
+    gen = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(v.shape, generator=gen).to(v.dtype) for k, v in params.items()}
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
+def test_none_update_leaf_is_refused_naming_its_path(entry):
+    """Every transform refuses a None update leaf with a ValueError naming the leaf's path and
+    what to use for "no update for this parameter", not a raw error from deep inside."""
+    tx = entry.build()
+    params = example_params()
+    grads = {**_grads(params), "b": None}
+    state = tx.init(params)
+    if entry.name in NONE_PASSES:
+        updates, _ = tx.update(grads, state, params)
+        assert updates["b"] is None
+        return
+    with pytest.raises(ValueError) as info:
+        tx.update(grads, state, params, **extra_args(entry, params))
+    message = str(info.value)
+    assert "['b']" in message and "gx.masked" in message and "gx.freeze" in message, message
+
+
+def test_apply_updates_still_takes_none_as_no_change():
+    params = {"w": torch.ones(2), "b": torch.zeros(3)}
+    out = gx.apply_updates(params, {"w": torch.ones(2), "b": None})
+    assert torch.equal(out["w"], torch.full((2,), 2.0)) and out["b"] is params["b"]
+
+
+def test_none_param_leaf_is_refused_at_init():
+    with pytest.raises(ValueError, match=r"\['b'\]"):
+        gx.adam(1e-3).init({"w": torch.ones(2), "b": None})
+
+
+# --- item 17: a tree that does not match names the key paths that differ ----------------------
+
+
+def test_update_with_missing_leaf_names_it():
+    w, b = torch.ones(2, 2), torch.ones(2)
+    tx = gx.adam(1e-3)
+    with pytest.raises(ValueError) as info:
+        tx.update({"w": w}, tx.init({"w": w, "b": b}))
+    message = str(info.value)
+    assert "arity" not in message and "only in the state: ['b']" in message, message
+    with pytest.raises(ValueError) as info:
+        tx.update({"w": w, "b": b, "c": b}, tx.init({"w": w, "b": b}))
+    assert "only in the updates: ['c']" in str(info.value), str(info.value)
+    tx = gx.adamw(1e-3)  # params are matched against the updates too
+    with pytest.raises(ValueError, match=r"only in params: \['b'\]"):
+        tx.update({"w": w}, tx.init({"w": w}), {"w": w, "b": b})
+
+
+def test_apply_updates_mismatch_names_it():
+    with pytest.raises(ValueError, match=r"only in params: \['b'\]"):
+        gx.apply_updates({"w": torch.ones(2), "b": torch.ones(2)}, {"w": torch.ones(2)})
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
+def test_structure_mismatch_is_named_for_every_entry(entry):
+    """Updates missing a leaf that the state (or params) holds: every registered transform either
+    raises ValueError naming that leaf's path, or keeps nothing for it (a stateless transform
+    that ignores params may serve any tree)."""
+    tx = entry.build()
+    params = example_params()
+    state = tx.init(params)
+    grads = {k: v for k, v in _grads(params).items() if k != "b"}
+    try:
+        tx.update(grads, state, params, **extra_args(entry, params))
+    except ValueError as error:
+        assert "['b']" in str(error) and "arity" not in str(error), str(error)
+    else:
+        held = [path for path, _ in gx.tree_paths(state) if "['b']" in path]
+        assert not held, f"{entry.name} keeps state for b ({held}) but served updates without it"

@@ -22,7 +22,7 @@ import torch
 
 from . import _foreach as F
 from ._hparams import as_scalar
-from ._tree import Tree, tree_flatten, tree_unflatten
+from ._tree import Tree, flatten_up_to, tree_flatten, tree_unflatten
 
 __all__ = ["EmptyState", "GradientTransformation", "apply_updates", "describe", "identity", "is_elementwise",
            "stateless", "supports_inplace", "transform"]
@@ -267,7 +267,7 @@ def apply_updates(params: Tree, updates: Tree, *, inplace: bool = False) -> Tree
     parameters are written in place (under ``torch.no_grad``) and returned.
     """
     p_leaves, treedef = tree_flatten(params)
-    u_leaves = treedef.flatten_up_to(updates) if hasattr(treedef, "flatten_up_to") else tree_flatten(updates)[0]
+    u_leaves = flatten_up_to(updates, treedef, "the updates", "params")
     if len(u_leaves) != len(p_leaves):
         raise ValueError(f"updates has {len(u_leaves)} leaves but params has {len(p_leaves)}")
     idx = [i for i, u in enumerate(u_leaves) if u is not None]

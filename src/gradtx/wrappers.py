@@ -20,7 +20,9 @@ from . import _foreach as F  # noqa: N812
 from ._hparams import HPARAM_DTYPE, as_scalar, check, check_schedule, increment, is_schedule, new_count, to_state
 from ._tree import (
     Tree,
+    flatten_up_to,
     hyperparameters,
+    tensor_leaves,
     tree_flatten,
     tree_l2_norm,
     tree_leaves,
@@ -339,7 +341,7 @@ def multi_steps(opt: GradientTransformation, every_k_schedule: int | Callable[[t
         k_at(new_count())  # k >= 1 at the first gradient step, or the error now
 
     def init(params):
-        ps, treedef = tree_flatten(params)
+        ps, treedef = tensor_leaves(params)
         acc = tree_unflatten([torch.zeros_like(p, dtype=acc_dtype(p)) for p in ps], treedef)
         gradient_step = new_count()
         skip_state = ()
@@ -348,7 +350,7 @@ def multi_steps(opt: GradientTransformation, every_k_schedule: int | Callable[[t
         return MultiStepsState(new_count(), gradient_step, opt.init(params), acc, skip_state)
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
-        us, treedef = tree_flatten(updates)
+        us, treedef = tensor_leaves(updates)
         skip_state = state.skip_state
         if should_skip_update_fn is not None:
             skip, skip_state = should_skip_update_fn(updates, state.gradient_step, params)
@@ -361,7 +363,7 @@ def multi_steps(opt: GradientTransformation, every_k_schedule: int | Callable[[t
                 return tree_unflatten(zeros, treedef), state._replace(skip_state=skip_state)
         k = k_at(state.gradient_step)
         mini = int(state.mini_step)
-        accs = treedef.flatten_up_to(state.acc_grads)
+        accs = flatten_up_to(state.acc_grads, treedef)
         gs = [u if u.dtype == a.dtype else u.to(a.dtype) for u, a in zip(us, accs)]
         if use_grad_mean:
             accs = F.lerp(accs, gs, 1.0 / (mini + 1), inplace=inplace)
@@ -418,8 +420,8 @@ def apply_every(k: int = 1) -> GradientTransformation:
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         del params, extra_args
-        us, treedef = tree_flatten(updates)
-        accs = treedef.flatten_up_to(state.grad_acc)
+        us, treedef = tensor_leaves(updates)
+        accs = flatten_up_to(state.grad_acc, treedef)
         c = int(state.count) % k
         if c == 0:
             accs = F.copy_(accs, us) if inplace else [u.to(a.dtype, copy=True) for u, a in zip(us, accs)]
@@ -474,8 +476,8 @@ def apply_if_finite(inner: GradientTransformation, max_consecutive_errors: int) 
         return ApplyIfFiniteState(new_count(), torch.tensor(True), new_count(), inner.init(params))
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
-        us, treedef = tree_flatten(updates)
-        finite = _all_finite([u for u in us if isinstance(u, torch.Tensor)])
+        us, treedef = tensor_leaves(updates)
+        finite = _all_finite(us)
         notfinite = 0 if finite else int(state.notfinite_count) + 1
         if finite or notfinite > max_consecutive_errors:
             updates, inner_state = inner.update(updates, state.inner_state, params, inplace=inplace, **extra_args)
@@ -517,6 +519,7 @@ def conditionally_transform(inner: GradientTransformation, should_transform_fn: 
         return ConditionallyTransformState(inner.init(params), new_count())
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
+        tensor_leaves(updates)  # a None leaf is refused on every step, not only on transformed ones
         condition_args = extra_args if forward_extra_args else {}
         if bool(should_transform_fn(state.step, **condition_args)):
             updates, inner_state = inner.update(updates, state.inner_state, params, inplace=inplace, **extra_args)
@@ -569,14 +572,15 @@ def lookahead(fast_optimizer: GradientTransformation, sync_period: int, slow_ste
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         need_params("lookahead", params)
+        tensor_leaves(updates)  # a None leaf is refused here, whatever the fast optimizer takes
         updates, fast_state = fast_optimizer.update(updates, state.fast_state, params, inplace=inplace, **extra_args)
         since = int(state.steps_since_sync)
         steps = _set_count(state.steps_since_sync, (since + 1) % sync_period, inplace)
         if since != sync_period - 1:
             return updates, LookaheadState(fast_state, steps, state.slow_step_size, state.slow)
-        us, treedef = tree_flatten(updates)
-        ps = [p.detach() if inplace else p for p in treedef.flatten_up_to(params)]
-        slows = treedef.flatten_up_to(state.slow)
+        us, treedef = tensor_leaves(updates)
+        ps = [p.detach() if inplace else p for p in flatten_up_to(params, treedef, "params")]
+        slows = flatten_up_to(state.slow, treedef)
         reached = F.add(ps, F.cast(us, ps[0].dtype if ps else None))  # the fast weights after this step
         slows = F.lerp(slows, reached, state.slow_step_size, inplace=inplace)
         step_to_slow = F.sub(slows, ps)
@@ -614,15 +618,15 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
     """
 
     def init(params):
-        return inner.init(_concat(tree_leaves(params)))
+        return inner.init(_concat(tensor_leaves(params)[0]))
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
-        us, treedef = tree_flatten(updates)
-        flat_params = None if params is None else _concat(treedef.flatten_up_to(params))
+        us, treedef = tensor_leaves(updates)
+        flat_params = None if params is None else _concat(flatten_up_to(params, treedef, "params"))
         extra = {}
         for key, value in extra_args.items():
             if key == "value_fn" and callable(value) and params is not None:
-                value = _unflattening(value, treedef.flatten_up_to(params), treedef)
+                value = _unflattening(value, flatten_up_to(params, treedef, "params"), treedef)
             elif not treedef.is_leaf() and tree_structure(value) == treedef:
                 value = _concat(treedef.flatten_up_to(value))
             extra[key] = value

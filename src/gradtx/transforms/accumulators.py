@@ -281,7 +281,7 @@ def scale_by_asgd(lr: float | torch.Tensor, lambd: float = 1e-4, alpha: float = 
         del extra_args
         need_params("scale_by_asgd", params)
         gs, treedef = leaves(updates)
-        ps = leaves_like(params, treedef)
+        ps = leaves_like(params, treedef, "params")
         if inplace:
             ps = [p.detach() for p in ps]
         axs = leaves_like(state.ax, treedef)

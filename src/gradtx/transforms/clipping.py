@@ -118,7 +118,7 @@ def adaptive_grad_clip(clipping: float, eps: float = 1e-3, axis: int | tuple[int
         del extra_args
         need_params("adaptive_grad_clip", params)
         us, treedef = leaves(updates)
-        ps = leaves_like(params, treedef)
+        ps = leaves_like(params, treedef, "params")
         out = []
         for u, p in zip(us, ps):
             g_norm = _unit_norms(u, axis)
