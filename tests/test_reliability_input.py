@@ -476,3 +476,22 @@ def test_structure_mismatch_is_named_for_every_entry(entry):
     else:
         held = [path for path, _ in gx.tree_paths(state) if "['b']" in path]
         assert not held, f"{entry.name} keeps state for b ({held}) but served updates without it"
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "generic"])
+def test_one_element_lr_in_param_groups_as_torch(fast):
+    """A param group's lr given (or set by hand mid-run) as a 1-element tensor of any shape
+    steps as torch.optim.SGD does with it."""
+    def run(make_opt):
+        p = torch.nn.Parameter(torch.linspace(-1.0, 1.0, 4, dtype=torch.float64))
+        opt = make_opt([{"params": [p], "lr": torch.tensor([0.1], dtype=torch.float64)}])
+        for step in range(4):
+            if step == 2:
+                opt.param_groups[0]["lr"] = torch.tensor([[0.05]], dtype=torch.float64)
+            p.grad = p.detach() * 2.0 + 1.0
+            opt.step()
+        return p.detach()
+
+    expected = run(lambda groups: torch.optim.SGD(groups, lr=0.01, momentum=0.9))
+    actual = run(lambda groups: gx.Optimizer(groups, gx.sgd(0.01, momentum=0.9), fast=fast))
+    torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)

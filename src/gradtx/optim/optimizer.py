@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .. import _foreach as F  # noqa: N812
-from .._hparams import check
+from .._hparams import as_scalar, check
 from .._tree import ParamKey, hyperparameters, merge_keys, select_keys, split_param_paths, tree_flatten
 from ..base import GradientTransformation
 from . import compiled as _compiled
@@ -256,7 +256,8 @@ class Optimizer(torch.optim.Optimizer):
         factors = self._hparam_factors if len(found) == len(self._hparam_factors) else [1.0] * len(found)
         for (name, tensor), factor in zip(found, factors):
             if factor is not None and name in group:
-                tensor.fill_(group[name] if factor == 1.0 else group[name] * factor)
+                value = as_scalar(group[name])  # a 1-element tensor of any shape, as torch takes for lr
+                tensor.fill_(value if factor == 1.0 else value * factor)
 
     def _buffers(self, gi: int, keys: list[int], like: list[torch.Tensor]) -> list[torch.Tensor]:
         """Scratch tensors shaped like ``like`` (the grads of ``keys``), kept for the next step."""
