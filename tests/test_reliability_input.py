@@ -108,6 +108,28 @@ def test_bad_numeric_argument_raises_naming_it(entry, argument, value, accepted)
     assert argument in str(info.value), f"gx.{entry.name}({argument}={value!r}) raised {info.value!r}"
 
 
+def _range_cases():
+    for entry in ENTRIES:
+        if entry.name in NO_NUMERIC:
+            continue
+        for argument in _numeric_parameters(getattr(gx, entry.name)):
+            for value in (-1.0, -1, 0.0, 0.5, 1.0, 1.5, 1e9):
+                yield pytest.param(entry, argument, value, id=f"{entry.name}-{argument}-{value!r}")
+
+
+@pytest.mark.parametrize("entry,argument,value", list(_range_cases()))
+def test_out_of_range_error_names_the_argument(entry, argument, value):
+    """Any number in any numeric argument either builds or raises ValueError naming that
+    argument: never another argument's name (sgd's momentum reported as trace's decay) nor
+    a raw TypeError from arithmetic on it."""
+    arguments = _example_arguments(entry.build(), entry.name)
+    arguments[argument] = value
+    try:
+        getattr(gx, entry.name)(**arguments)
+    except ValueError as error:
+        assert argument in str(error), f"gx.{entry.name}({argument}={value!r}) raised {error!r}"
+
+
 @pytest.mark.parametrize("call,argument", [
     (lambda: gx.sgd(0.1, momentum=-1), "momentum"),
     (lambda: gx.sgd(0.1, momentum=1.0), "momentum"),

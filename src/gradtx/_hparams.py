@@ -90,6 +90,13 @@ def check(name: str, value, *, low: float | None = None, high: float | None = No
         raise ValueError(f"{name} must be {where}, got {x!r}")
 
 
+def check_order(low_name: str, low, high_name: str, high) -> None:
+    """Raise ``ValueError`` naming both arguments unless ``low <= high`` (each already checked)."""
+    lo, hi = _as_float(low), _as_float(high)
+    if lo is not None and hi is not None and hi < lo:
+        raise ValueError(f"{high_name} must be >= {low_name}, got {high_name}={hi!r} < {low_name}={lo!r}")
+
+
 def check_int(name: str, value, *, low: int | None = None) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``value`` is a Python int (not a bool)
     ``>= low``: a count, a size or a seed."""

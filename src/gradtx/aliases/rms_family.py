@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .._hparams import ScalarOrSchedule, _as_float, check, check_beta, check_int
+from .._hparams import ScalarOrSchedule, _as_float, check, check_beta, check_int, check_order
 from ..base import GradientTransformation, identity, transform
 from ..combine import chain
 from ..transforms.accumulators import scale_by_adadelta, scale_by_asgd, scale_by_rprop, scale_by_rss, scale_by_stddev
@@ -118,7 +118,8 @@ def rprop(lr: float | torch.Tensor, eta_minus: float = 0.5, eta_plus: float = 1.
     check("lr", lr, low=0.0, low_open=True)
     # checked here: scale_by_rprop sees them divided by lr
     check("min_step_size", min_step_size, low=0.0)
-    check("max_step_size", max_step_size, low=float(min_step_size), allow_inf=True)  # inf: no upper bound
+    check("max_step_size", max_step_size, low=0.0, allow_inf=True)  # inf: no upper bound
+    check_order("min_step_size", min_step_size, "max_step_size", max_step_size)
     rate = _as_float(lr.detach() if isinstance(lr, torch.Tensor) else lr)
     return chain(scale_by_rprop(1.0, eta_minus, eta_plus, min_step_size / rate, max_step_size / rate),
                  scale_by_lr(lr))
