@@ -234,7 +234,7 @@ def test_step_without_closure_returns_none_and_passes_no_value():
     (lambda: gx.adam(1e-3, b2=-0.1), "b2"),
     (lambda: gx.adam(1e-3, eps=-1e-8), "eps"),
     (lambda: gx.adam(-1e-3), "lr"),
-    (lambda: gx.sgd(0.1, momentum=-0.9), "decay"),
+    (lambda: gx.sgd(0.1, momentum=-0.9), "momentum"),
     (lambda: gx.adamw(1e-3, weight_decay=-0.1), "weight_decay"),
     (lambda: gx.clip_value(-1.0), "max_delta"),
     (lambda: gx.clip_by_global_norm(-1.0), "max_norm"),

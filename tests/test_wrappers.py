@@ -219,9 +219,13 @@ def test_multi_steps_bad_arguments():
     for bad in (0, 1.5, True, "2"):
         with pytest.raises(ValueError, match="every_k_schedule"):
             gx.multi_steps(gx.adam(0.1), bad)
-    tx = gx.multi_steps(gx.adam(0.1), lambda step: 0)
+    with pytest.raises(ValueError, match="every_k_schedule"):  # the schedule is called at step 0 when built
+        gx.multi_steps(gx.adam(0.1), lambda step: 0)
+    tx = gx.multi_steps(gx.adam(0.1), lambda step: 1 if int(step) == 0 else 0)
+    state = tx.init(_params())
+    _, state = tx.update(_grads(_params(), 0), state, _params())
     with pytest.raises(ValueError, match="every_k_schedule"):
-        tx.update(_grads(_params(), 0), tx.init(_params()), _params())
+        tx.update(_grads(_params(), 1), state, _params())
 
 
 # --- apply_every, apply_if_finite, conditionally_transform -----------------------------------------

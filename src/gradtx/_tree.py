@@ -1,15 +1,20 @@
 """Pytree helpers: the only module that touches pytree machinery.
 
 Trees are anything ``torch.utils._pytree`` understands (tuples, lists, dicts,
-NamedTuples). ``None`` is a leaf there; gradtx treats a ``None`` leaf in an update tree as
-"no update for this parameter".
+NamedTuples). ``None`` is a leaf there, but not a value gradtx's transforms take: a ``None``
+leaf in the updates or params raises ``ValueError`` naming its path (:func:`tensor_leaves`).
+For "no update for this parameter" use ``gx.masked`` (the parameter passes through
+untouched, with no state) or ``gx.freeze`` (a zero update). Only ``gx.apply_updates``
+takes a ``None`` update, as "leave this parameter unchanged".
 """
 
 from __future__ import annotations
 
 import fnmatch
 import inspect
+import operator
 from collections.abc import Callable, Iterator
+from itertools import repeat
 from typing import Any
 
 import torch
@@ -24,6 +29,63 @@ __all__ = ["ParamKey", "leaf_names", "tree_add", "tree_get", "tree_get_all", "tr
 tree_flatten = _pytree.tree_flatten
 tree_unflatten = _pytree.tree_unflatten
 tree_structure = _pytree.tree_structure
+
+
+def tensor_leaves(tree: Tree) -> tuple[list[Any], TreeDef]:
+    """``tree_flatten(tree)`` for a tree that must hold a tensor at every leaf (updates,
+    params): a ``None`` leaf raises ``ValueError`` naming its path and what to use instead."""
+    leaves, treedef = tree_flatten(tree)
+    if any(map(operator.is_, leaves, repeat(None))):
+        paths = [path for path, leaf in tree_paths(tree) if leaf is None]
+        raise ValueError(f"None leaf at {_listed(paths)}: gradtx transforms take a tensor at every leaf of the "
+                         "updates and params. For 'no update for this parameter' use gx.masked(tx, mask) (the "
+                         "leaf passes through untouched) or gx.freeze(mask) (a zero update), or leave the "
+                         "parameter out of the tree; only gx.apply_updates takes a None update (the parameter "
+                         "stays as it is)")
+    return leaves, treedef
+
+
+def flatten_up_to(tree: Tree, treedef: TreeDef, what: str = "the state", like: str = "the updates") -> list[Any]:
+    """The subtrees of ``tree`` at the leaves of ``treedef`` (``tree`` may go deeper: the
+    state's per-leaf lists under the updates' structure, say). Raises ``ValueError`` naming
+    the key paths that differ when ``tree`` does not have that structure; ``what`` and
+    ``like`` name the two trees in the message."""
+    try:
+        return treedef.flatten_up_to(tree)
+    except (ValueError, TypeError):
+        raise ValueError(structure_mismatch(tree, treedef, what, like)) from None
+
+
+def structure_mismatch(tree: Tree, treedef: TreeDef, what: str, like: str) -> str:
+    """Why ``tree`` (called ``what``) does not fit ``treedef`` (the structure of ``like``):
+    the key paths found in one and not the other, or the node types when both hold the
+    same paths."""
+    expected = [path for path, _ in _pytree.tree_flatten_with_path(tree_unflatten([0] * treedef.num_leaves,
+                                                                                   treedef))[0]]
+    actual = [path for path, _ in _pytree.tree_flatten_with_path(tree)[0]]
+    wanted = set(expected)
+    covered = set()  # expected leaves that some leaf of tree lies at or below
+    extra = []
+    for path in actual:
+        top = next((path[:i] for i in range(len(path) + 1) if path[:i] in wanted), None)
+        if top is None:
+            extra.append(path)
+        else:
+            covered.add(top)
+    missing = [path for path in expected if path not in covered]
+    parts = []
+    if missing:
+        parts.append(f"only in {like}: {_listed([_pytree.keystr(p) for p in missing])}")
+    if extra:
+        parts.append(f"only in {what}: {_listed([_pytree.keystr(p) for p in extra])}")
+    if not parts:
+        parts.append(f"the same key paths in other containers ({like}: {treedef}; {what}: {tree_structure(tree)})")
+    return f"{what} does not match the structure of {like}: " + "; ".join(parts)
+
+
+def _listed(paths: list[str], limit: int = 8) -> str:
+    shown = ", ".join(p or "the root" for p in paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
 def tree_leaves(tree: Tree) -> list[Any]:

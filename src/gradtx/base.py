@@ -21,7 +21,8 @@ from typing import Any, NamedTuple, Protocol
 import torch
 
 from . import _foreach as F
-from ._tree import Tree, tree_flatten, tree_unflatten
+from ._hparams import as_scalar
+from ._tree import Tree, flatten_up_to, tree_flatten, tree_unflatten
 
 __all__ = ["EmptyState", "GradientTransformation", "apply_updates", "describe", "identity", "is_elementwise",
            "is_leafwise", "stateless", "supports_inplace", "transform"]
@@ -106,6 +107,9 @@ def transform(fn: Callable[..., GradientTransformation] | None = None, *,
     returns or keeps). A callable ``args -> bool`` decides from the arguments (a wrapper is
     declared when the transform it wraps is).
 
+    Tensor arguments holding one element reach ``fn`` as 0-dim tensors
+    (``torch.tensor([1e-3])`` is taken as ``torch.tensor(1e-3)``).
+
     Example::
 
         @gx.transform
@@ -120,6 +124,10 @@ def transform(fn: Callable[..., GradientTransformation] | None = None, *,
 
     @functools.wraps(fn)
     def build(*args: Any, **kwargs: Any) -> GradientTransformation:
+        # A 1-element tensor hyperparameter (torch.tensor([1e-3]), as torch takes for lr) is
+        # used as 0-dim, so it broadcasts like a number against every leaf.
+        args = tuple(as_scalar(a) for a in args)
+        kwargs = {k: as_scalar(v) for k, v in kwargs.items()}
         tx = fn(*args, **kwargs)
         bound = signature.bind(*args, **kwargs)
         given = dict(bound.arguments)
@@ -284,7 +292,7 @@ def apply_updates(params: Tree, updates: Tree, *, inplace: bool = False) -> Tree
     parameters are written in place (under ``torch.no_grad``) and returned.
     """
     p_leaves, treedef = tree_flatten(params)
-    u_leaves = treedef.flatten_up_to(updates) if hasattr(treedef, "flatten_up_to") else tree_flatten(updates)[0]
+    u_leaves = flatten_up_to(updates, treedef, "the updates", "params")
     if len(u_leaves) != len(p_leaves):
         raise ValueError(f"updates has {len(u_leaves)} leaves but params has {len(p_leaves)}")
     idx = [i for i, u in enumerate(u_leaves) if u is not None]

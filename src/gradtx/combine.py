@@ -12,9 +12,11 @@ from ._tree import (
     MASK_FORMS,
     Tree,
     as_mask_flag,
+    flatten_up_to,
     is_spec_callable,
     mask_flags,
     per_leaf_spec,
+    tensor_leaves,
     tree_flatten,
     tree_leaves,
     tree_structure,
@@ -200,9 +202,18 @@ def _hide(tree: Tree, flags: list[bool]) -> Tree:
     return tree_unflatten([x if f else MaskedNode() for x, f in zip(leaves, flags)], treedef)
 
 
+def _diagnose(updates: Tree, params: Tree | None) -> None:
+    """Raise the clear error when a mask or label could not be applied because of the trees
+    themselves: a None leaf, or params that do not have the updates' structure. Called only
+    after a failure, so the success path pays nothing."""
+    _, treedef = tensor_leaves(updates)
+    if params is not None:
+        flatten_up_to(params, treedef, "params")
+
+
 def _masked_update(run_inner, flags: list[bool], updates: Tree, inner_state: Any,
                    params: Tree | None, inplace: bool, extra_args: dict, mask_extra_args: bool):
-    u_leaves, treedef = tree_flatten(updates)
+    u_leaves, treedef = tensor_leaves(updates)
     if len(flags) != len(u_leaves):
         raise ValueError(f"mask has {len(flags)} leaves but updates has {len(u_leaves)}")
     hidden = tree_unflatten([u if f else MaskedNode() for u, f in zip(u_leaves, flags)], treedef)
@@ -250,9 +261,13 @@ def masked(inner: GradientTransformation, mask: Any, *, mask_compatible_extra_ar
         return MaskedState(inner_state=inner.init(_hide(params, mask_flags(mask, params, params))))
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
-        flags = mask_flags(mask, updates, params)
-        updates, inner_state = _masked_update(run_inner, flags, updates, state.inner_state, params, inplace,
-                                              extra_args, mask_compatible_extra_args)
+        try:
+            flags = mask_flags(mask, updates, params)
+            updates, inner_state = _masked_update(run_inner, flags, updates, state.inner_state, params, inplace,
+                                                  extra_args, mask_compatible_extra_args)
+        except (ValueError, TypeError, AttributeError, IndexError):
+            _diagnose(updates, params)
+            raise
         return updates, MaskedState(inner_state=inner_state)
 
     return GradientTransformation(init, update)
@@ -316,13 +331,19 @@ def partition(transforms: dict[str, GradientTransformation], param_labels: Any, 
                                for label, tx in items})
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
-        labels = labels_of(updates, params)
-        new_states = {}
-        for label, _ in items:
-            flags = [x == label for x in labels]
-            updates, inner_state = _masked_update(runs[label], flags, updates, state.inner_states[label].inner_state,
-                                                  params, inplace, extra_args, mask_compatible_extra_args)
-            new_states[label] = MaskedState(inner_state)
+        given = updates
+        try:
+            labels = labels_of(updates, params)
+            new_states = {}
+            for label, _ in items:
+                flags = [x == label for x in labels]
+                inner_state = state.inner_states[label].inner_state
+                updates, inner_state = _masked_update(runs[label], flags, updates, inner_state, params, inplace,
+                                                      extra_args, mask_compatible_extra_args)
+                new_states[label] = MaskedState(inner_state)
+        except (ValueError, TypeError, AttributeError, IndexError):
+            _diagnose(given, params)
+            raise
         return updates, PartitionState(new_states)
 
     return GradientTransformation(init, update)

@@ -17,10 +17,12 @@ from typing import Any, NamedTuple
 import torch
 
 from . import _foreach as F  # noqa: N812
-from ._hparams import HPARAM_DTYPE, check, increment, is_schedule, new_count, to_state
+from ._hparams import HPARAM_DTYPE, as_scalar, check, check_schedule, increment, is_schedule, new_count, to_state
 from ._tree import (
     Tree,
+    flatten_up_to,
     hyperparameters,
+    tensor_leaves,
     tree_flatten,
     tree_l2_norm,
     tree_leaves,
@@ -194,6 +196,7 @@ def inject_hyperparams(inner_factory: Callable[..., GradientTransformation], sta
         schedules: dict[str, Callable] = {}
         other: dict[str, Any] = {}
         for name, value in bound.arguments.items():
+            value = as_scalar(value)  # a 1-element tensor is a 0-dim hyperparameter
             kind = signature.parameters[name].kind
             if (kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD) or name in static
                     or isinstance(value, bool)):
@@ -201,6 +204,7 @@ def inject_hyperparams(inner_factory: Callable[..., GradientTransformation], sta
             elif name in integer_params and _is_static_int(value):
                 other[name] = int(value)
             elif is_schedule(value):
+                check_schedule(name, value)
                 schedules[name] = value
             elif isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.dim() == 0):
                 numeric[name] = value
@@ -336,10 +340,14 @@ def multi_steps(opt: GradientTransformation, every_k_schedule: int | Callable[[t
             raise ValueError(f"every_k_schedule must give k >= 1, gave {k} at gradient step {int(step)}")
         return k
 
+    if is_schedule(every_k_schedule):
+        check_schedule("every_k_schedule", every_k_schedule)
+        k_at(new_count())  # k >= 1 at the first gradient step, or the error now
+
     run_opt = updater(opt)
 
     def init(params):
-        ps, treedef = tree_flatten(params)
+        ps, treedef = tensor_leaves(params)
         acc = tree_unflatten([torch.zeros_like(p, dtype=acc_dtype(p)) for p in ps], treedef)
         gradient_step = new_count()
         skip_state = ()
@@ -348,7 +356,7 @@ def multi_steps(opt: GradientTransformation, every_k_schedule: int | Callable[[t
         return MultiStepsState(new_count(), gradient_step, opt.init(params), acc, skip_state)
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
-        us, treedef = tree_flatten(updates)
+        us, treedef = tensor_leaves(updates)
         skip_state = state.skip_state
         if should_skip_update_fn is not None:
             skip, skip_state = should_skip_update_fn(updates, state.gradient_step, params)
@@ -361,7 +369,7 @@ def multi_steps(opt: GradientTransformation, every_k_schedule: int | Callable[[t
                 return tree_unflatten(zeros, treedef), state._replace(skip_state=skip_state)
         k = k_at(state.gradient_step)
         mini = int(state.mini_step)
-        accs = treedef.flatten_up_to(state.acc_grads)
+        accs = flatten_up_to(state.acc_grads, treedef)
         gs = [u if u.dtype == a.dtype else u.to(a.dtype) for u, a in zip(us, accs)]
         if use_grad_mean:
             accs = F.lerp(accs, gs, 1.0 / (mini + 1), inplace=inplace)
@@ -417,8 +425,8 @@ def apply_every(k: int = 1) -> GradientTransformation:
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         del params, extra_args
-        us, treedef = tree_flatten(updates)
-        accs = treedef.flatten_up_to(state.grad_acc)
+        us, treedef = tensor_leaves(updates)
+        accs = flatten_up_to(state.grad_acc, treedef)
         c = int(state.count) % k
         if c == 0:
             accs = F.copy_(accs, us) if inplace else [u.to(a.dtype, copy=True) for u, a in zip(us, accs)]
@@ -475,8 +483,8 @@ def apply_if_finite(inner: GradientTransformation, max_consecutive_errors: int) 
         return ApplyIfFiniteState(new_count(), torch.tensor(True), new_count(), inner.init(params))
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
-        us, treedef = tree_flatten(updates)
-        finite = _all_finite([u for u in us if isinstance(u, torch.Tensor)])
+        us, treedef = tensor_leaves(updates)
+        finite = _all_finite(us)
         notfinite = 0 if finite else int(state.notfinite_count) + 1
         if finite or notfinite > max_consecutive_errors:
             updates, inner_state = run_inner(updates, state.inner_state, params, inplace, extra_args)
@@ -520,6 +528,7 @@ def conditionally_transform(inner: GradientTransformation, should_transform_fn: 
         return ConditionallyTransformState(inner.init(params), new_count())
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
+        tensor_leaves(updates)  # a None leaf is refused on every step, not only on transformed ones
         condition_args = extra_args if forward_extra_args else {}
         if bool(should_transform_fn(state.step, **condition_args)):
             updates, inner_state = run_inner(updates, state.inner_state, params, inplace, extra_args)
@@ -580,9 +589,9 @@ def lookahead(fast_optimizer: GradientTransformation, sync_period: int, slow_ste
         steps = _set_count(state.steps_since_sync, (since + 1) % sync_period, inplace)
         if since != sync_period - 1:
             return updates, LookaheadState(fast_state, steps, state.slow_step_size, state.slow)
-        us, treedef = tree_flatten(updates)
-        ps = [p.detach() if inplace else p for p in treedef.flatten_up_to(params)]
-        slows = treedef.flatten_up_to(state.slow)
+        us, treedef = tensor_leaves(updates)
+        ps = [p.detach() if inplace else p for p in flatten_up_to(params, treedef, "params")]
+        slows = flatten_up_to(state.slow, treedef)
         reached = F.add(ps, F.cast(us, ps[0].dtype if ps else None))  # the fast weights after this step
         slows = F.lerp(slows, reached, state.slow_step_size, inplace=inplace)
         step_to_slow = F.sub(slows, ps)
@@ -622,15 +631,15 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
     run_inner = updater(inner)
 
     def init(params):
-        return inner.init(_concat(tree_leaves(params)))
+        return inner.init(_concat(tensor_leaves(params)[0]))
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
-        us, treedef = tree_flatten(updates)
-        flat_params = None if params is None else _concat(treedef.flatten_up_to(params))
+        us, treedef = tensor_leaves(updates)
+        flat_params = None if params is None else _concat(flatten_up_to(params, treedef, "params"))
         extra = {}
         for key, value in extra_args.items():
             if key == "value_fn" and callable(value) and params is not None:
-                value = _unflattening(value, treedef.flatten_up_to(params), treedef)
+                value = _unflattening(value, flatten_up_to(params, treedef, "params"), treedef)
             elif not treedef.is_leaf() and tree_structure(value) == treedef:
                 value = _concat(treedef.flatten_up_to(value))
             extra[key] = value

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .._hparams import ScalarOrSchedule, check, is_schedule
+from .._hparams import ScalarOrSchedule, check, check_beta, is_schedule
 from .._tree import tree_map
 from ..base import GradientTransformation, transform
 from ..combine import chain
@@ -67,7 +67,7 @@ def lars(lr: ScalarOrSchedule, weight_decay: float = 0.0, weight_decay_mask: Mas
 
     Example: ``gx.Optimizer(model.parameters(), gx.lars(5.0, weight_decay=1e-4))``.
     """
-    check("momentum", momentum, low=0.0)
+    check_beta("momentum", momentum)  # named here: trace would call it decay
     return chain(add_decayed_weights(weight_decay, _bool_mask(weight_decay_mask)),
                  trust_ratio_transform(trust_coefficient=trust_coefficient, eps=eps,
                                        mask=_bool_mask(trust_ratio_mask)),

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import torch
 
-from .._hparams import ScalarOrSchedule
+from .._hparams import ScalarOrSchedule, check, check_beta
 from ..base import GradientTransformation, describe, is_leafwise, transform
 from ..combine import chain
 from ..transforms._common import leaves, unflatten
@@ -94,6 +94,12 @@ def muon(lr: ScalarOrSchedule, ns_coeffs: NsCoeffs = MUON_NS_COEFFS, ns_steps: i
 
     Example: ``gx.Optimizer(model.parameters(), gx.muon(0.02, weight_decay=0.01))``.
     """
+    # checked here, under muon's names (scale_by_adam calls them b1, b2, eps_root; the decay
+    # transform weight_decay)
+    check_beta("adam_b1", adam_b1)
+    check_beta("adam_b2", adam_b2)
+    check("adam_eps_root", adam_eps_root, low=0.0)
+    check("adam_weight_decay", adam_weight_decay, low=0.0)
     matrices = chain(scale_by_muon(ns_coeffs, ns_steps, beta, eps, mu_dtype, nesterov=nesterov, adaptive=adaptive,
                                    bias_correction=bias_correction, adjust_lr_fn=adjust_lr_fn, ns_dtype=ns_dtype),
                      add_decayed_weights(weight_decay, weight_decay_mask), scale_by_lr(lr))

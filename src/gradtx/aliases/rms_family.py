@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .._hparams import ScalarOrSchedule, _as_float, check, check_beta
+from .._hparams import ScalarOrSchedule, _as_float, check, check_beta, check_int, check_order
 from ..base import GradientTransformation, identity, transform
 from ..combine import chain
 from ..transforms.accumulators import scale_by_adadelta, scale_by_asgd, scale_by_rprop, scale_by_rss, scale_by_stddev
@@ -88,7 +88,7 @@ def rmsprop(lr: ScalarOrSchedule, decay: float = 0.9, eps: float = 1e-8, initial
     if momentum is not None:
         # checked here so the error names rmsprop's argument, not trace's ``decay`` (which
         # would read as rmsprop's own ``decay``)
-        check("momentum", momentum, low=0.0)
+        check_beta("momentum", momentum)
     if nesterov and not momentum:
         raise ValueError("nesterov=True needs a momentum > 0")
     scaler = scale_by_stddev if centered else scale_by_rms
@@ -116,6 +116,10 @@ def rprop(lr: float | torch.Tensor, eta_minus: float = 0.5, eta_plus: float = 1.
     Example: ``gx.Optimizer(model.parameters(), gx.rprop(1e-2))``.
     """
     check("lr", lr, low=0.0, low_open=True)
+    # checked here: scale_by_rprop sees them divided by lr
+    check("min_step_size", min_step_size, low=0.0)
+    check("max_step_size", max_step_size, low=0.0, allow_inf=True)  # inf: no upper bound
+    check_order("min_step_size", min_step_size, "max_step_size", max_step_size)
     rate = _as_float(lr.detach() if isinstance(lr, torch.Tensor) else lr)
     return chain(scale_by_rprop(1.0, eta_minus, eta_plus, min_step_size / rate, max_step_size / rate),
                  scale_by_lr(lr))
@@ -149,17 +153,23 @@ def adafactor(lr: ScalarOrSchedule | None = None, min_dim_size_to_factor: int = 
       largest: the same when the two largest axes are the last two (always for matrices);
     - torch decays the weights by ``a w``, this by ``min(a, 1/sqrt(t+1)) w``: the same while
       ``t + 1 <= 1/a^2``;
-    - torch's parameter-scale floor ``eps[1]`` is fixed at 1e-3 here, and torch clamps the
-      second-moment estimate at ``eps[0]^2`` (machine epsilon squared) where this adds ``eps``;
-      neither matters unless gradients vanish.
+    - torch's parameter-scale floor ``eps[1]`` is fixed at 1e-3 here. ``eps=0.0`` takes torch's
+      clamps (``eps[0]=None``: the machine epsilon of the parameters' dtype; see
+      :func:`scale_by_factored_rms`), so an all-zero gradient moves nothing, as in torch; a
+      positive ``eps`` is optax's, added to ``g^2``.
 
     Example: ``gx.Optimizer(model.parameters(), gx.adafactor(1e-2))``.
     """
-    check("eps", eps, low=0.0)  # scale_by_factored_rms would name it epsilon
+    # checked here, under adafactor's names (scale_by_factored_rms calls them epsilon and
+    # step_offset, add_decayed_weights weight_decay)
+    check("eps", eps, low=0.0)
+    check_int("decay_offset", decay_offset, low=0)
     if clipping_threshold is not None:
-        check("clipping_threshold", clipping_threshold, low=0.0, low_open=True)
+        check("clipping_threshold", clipping_threshold, low=0.0, low_open=True, allow_inf=True)  # inf: no clipping
     if momentum is not None:
-        check("momentum", momentum, low=0.0, high=1.0, high_open=True)
+        check_beta("momentum", momentum)
+    if weight_decay_rate is not None:
+        check("weight_decay_rate", weight_decay_rate, low=0.0)
     parts = [scale_by_factored_rms(factored, decay_rate, decay_offset, min_dim_size_to_factor, eps)]
     if clipping_threshold is not None:
         parts.append(clip_by_block_rms(clipping_threshold))

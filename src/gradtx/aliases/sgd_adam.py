@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .._hparams import ScalarOrSchedule
+from .._hparams import ScalarOrSchedule, check, check_beta
 from ..base import GradientTransformation, transform
 from ..combine import chain
 from ..transforms.adaptive import scale_by_adam
@@ -21,22 +21,31 @@ __all__ = ["sgd", "adam", "adamw"]
 
 @transform
 def sgd(lr: ScalarOrSchedule, momentum: float | None = None, nesterov: bool = False,
-        weight_decay: float = 0.0) -> GradientTransformation:
-    """Stochastic gradient descent, as ``torch.optim.SGD`` (dampening 0).
+        weight_decay: float = 0.0, dampening: float | None = None) -> GradientTransformation:
+    """Stochastic gradient descent, as ``torch.optim.SGD`` (the same arguments).
 
-    ``g <- g + weight_decay * p``; with momentum ``m <- momentum * m + g`` and
-    ``g <- m`` (or ``g + momentum * m`` when ``nesterov``); ``p <- p - lr * g``.
+    ``g <- g + weight_decay * p``; with momentum ``m <- momentum * m + (1 - dampening) * g``
+    (``m <- g`` at the first step) and ``g <- m`` (or ``g + momentum * m`` when ``nesterov``,
+    which needs ``dampening = 0``); ``p <- p - lr * g``. ``dampening=None`` is 0 (see
+    :func:`trace` for the state); without momentum ``dampening`` has no effect, as in torch.
 
-    ``chain(add_decayed_weights(weight_decay), trace(momentum, nesterov), scale_by_lr(lr))``;
-    the weight decay is always present so a param group may override ``weight_decay``.
+    ``chain(add_decayed_weights(weight_decay), trace(momentum, nesterov, dampening=dampening),
+    scale_by_lr(lr))``; the weight decay is always present so a param group may override
+    ``weight_decay``.
 
     Example: ``gx.Optimizer(model.parameters(), gx.sgd(0.1, momentum=0.9, nesterov=True))``.
     """
+    if momentum is not None:
+        check_beta("momentum", momentum)  # named here: trace would call it decay
+    if dampening is not None:
+        check("dampening", dampening, low=0.0, high=1.0)
     if nesterov and not momentum:
         raise ValueError("nesterov=True needs a momentum > 0")
+    if nesterov and dampening:
+        raise ValueError(f"nesterov=True needs dampening=0 (as torch.optim.SGD), got dampening={dampening!r}")
     parts = [add_decayed_weights(weight_decay)]
     if momentum is not None:
-        parts.append(trace(momentum, nesterov=nesterov))
+        parts.append(trace(momentum, nesterov=nesterov, dampening=dampening))
     parts.append(scale_by_lr(lr))
     return chain(*parts)
 

@@ -7,7 +7,7 @@
   runs ``torch._fused_adam_`` (the optional L2 weight decay is Adam's ``weight_decay``);
 - ``[clip_value(c)...] + scale_by_adam(...) + add_decayed_weights(wd) + scale_by_lr(lr)``
   runs ``torch._fused_adamw_`` (decoupled decay, ``gx.adamw``);
-- ``[clip_value(c)...] + [add_decayed_weights(wd)?] + [trace(m, nesterov)?] + scale_by_lr(lr)``
+- ``[clip_value(c)...] + [add_decayed_weights(wd)?] + [trace(m, nesterov, dampening)?] + scale_by_lr(lr)``
   runs ``torch._fused_sgd_`` (``gx.sgd``).
 
 The kernels update the chain's own state tensors in place (the same ``mu``, ``nu``,
@@ -135,13 +135,21 @@ class FusedPlan:
                        [per_param[1][i] for i in idx], [], [step] * len(idx), lr=lr, beta1=self.hp["b1"],
                        beta2=self.hp["b2"], weight_decay=decay, eps=self.hp["eps"], amsgrad=False, maximize=False)
         else:
+            dampening = self.hp.get("dampening", 0.0)
+            # Without dampening is_first_step=False is exact: the trace starts at zero and
+            # momentum * 0 + g == g, torch's first step (buf = g). A trace given a dampening
+            # counts steps (DampenedTraceState) and the kernel's first step is buf = g, as
+            # trace's (the count is on the CPU: reading it costs no device sync).
+            first = False
+            if self.hp.get("counted"):
+                count = state[self.core].count
+                first = bool(count == 0)
+                count.add_(1)
             for _, idx, decay in calls:
                 bufs = [per_param[0][i] for i in idx] if per_param else []
-                # is_first_step=False: the trace starts at zero, and momentum * 0 + g == g exactly,
-                # which is torch's first step (buf = g).
                 torch._fused_sgd_([ps[i] for i in idx], [gs[i] for i in idx], bufs, weight_decay=decay,
-                                  momentum=self.hp.get("momentum", 0.0), lr=lr, dampening=0.0,
-                                  nesterov=self.hp.get("nesterov", False), maximize=False, is_first_step=False)
+                                  momentum=self.hp.get("momentum", 0.0), lr=lr, dampening=dampening,
+                                  nesterov=self.hp.get("nesterov", False), maximize=False, is_first_step=first)
         return True
 
     def _mask_flags(self, params: dict) -> list[bool]:
@@ -218,10 +226,12 @@ def plan(tx: Any) -> FusedPlan | None:
     if j < lr_at and names[j] == "trace":
         t = args[j]
         momentum = _number(t.get("decay"))
+        counted = t.get("dampening") is not None  # the state is a DampenedTraceState
+        dampening = _number(t["dampening"]) if counted else 0.0
         # momentum 0 would leave the trace buffer untouched in the kernel but not in gradtx
-        if not momentum or t.get("accumulator_dtype") is not None:
+        if not momentum or dampening is None or t.get("accumulator_dtype") is not None:
             return None
-        hp = {"momentum": momentum, "nesterov": bool(t.get("nesterov"))}
+        hp = {"momentum": momentum, "nesterov": bool(t.get("nesterov")), "dampening": dampening, "counted": counted}
         core, j = j, j + 1
     if j != lr_at:
         return None

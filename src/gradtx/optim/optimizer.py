@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .. import _foreach as F  # noqa: N812
-from .._hparams import check
+from .._hparams import as_scalar, check
 from .._tree import ParamKey, merge_keys, param_leaves, select_keys, split_param_paths, tree_flatten, tree_unflatten
 from ..base import GradientTransformation, supports_inplace, updater
 from ..combine import members_runner
@@ -446,6 +446,7 @@ class Optimizer(torch.optim.Optimizer):
             else:
                 value = self._common_value(slot.key, scope)
             if value is not None:
+                value = as_scalar(value)  # a 1-element tensor of any shape, as torch takes for lr
                 tensor.fill_(value if slot.factor == 1.0 else value * slot.factor)
 
     def _common_value(self, key: str, scope: str) -> Any:

@@ -6,17 +6,19 @@ from typing import Any
 
 import torch
 
-from .._tree import Tree, TreeDef, tree_flatten, tree_unflatten
+from .._tree import Tree, TreeDef, flatten_up_to, tensor_leaves, tree_unflatten
 
 
 def leaves(tree: Tree) -> tuple[list[torch.Tensor], TreeDef]:
-    """The tensor leaves of ``tree`` and its structure."""
-    return tree_flatten(tree)
+    """The tensor leaves of ``tree`` (updates or params) and its structure; a ``None`` leaf
+    raises ``ValueError`` naming its path (see :func:`gradtx._tree.tensor_leaves`)."""
+    return tensor_leaves(tree)
 
 
-def leaves_like(tree: Tree, treedef: TreeDef) -> list[Any]:
-    """The leaves of ``tree``, which must have structure ``treedef``."""
-    return treedef.flatten_up_to(tree)
+def leaves_like(tree: Tree, treedef: TreeDef, what: str = "the state") -> list[Any]:
+    """The leaves of ``tree`` (the state, or ``what``: ``"params"``), which must have the
+    updates' structure ``treedef``; otherwise ``ValueError`` naming the key paths that differ."""
+    return flatten_up_to(tree, treedef, what)
 
 
 def unflatten(treedef: TreeDef, values: list[Any]) -> Tree:

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 
 from .. import _foreach as F  # noqa: N812
-from .._hparams import check, check_beta, increment, new_count, to_state
+from .._hparams import check, check_beta, check_order, increment, new_count, to_state
 from .._tree import Tree
 from ..base import GradientTransformation, transform
 from ._common import leaves, leaves_like, need_params, unflatten
@@ -145,7 +145,8 @@ def scale_by_rprop(lr: float, eta_minus: float = 0.5, eta_plus: float = 1.2,
     check("eta_minus", eta_minus, low=0.0, high=1.0, low_open=True, high_open=True)
     check("eta_plus", eta_plus, low=1.0, low_open=True)
     check("min_step_size", min_step_size, low=0.0)
-    check("max_step_size", max_step_size, low=float(min_step_size))
+    check("max_step_size", max_step_size, low=0.0, allow_inf=True)  # inf: no upper bound
+    check_order("min_step_size", min_step_size, "max_step_size", max_step_size)
 
     def init(params):
         return ScaleByRpropState(step_sizes=_full(params, float(lr)), prev_updates=_zeros(params, None))
@@ -272,7 +273,7 @@ def scale_by_asgd(lr: float | torch.Tensor, lambd: float = 1e-4, alpha: float = 
     check("lr", lr, low=0.0)
     check("lambd", lambd, low=0.0)
     check("alpha", alpha, low=0.0)
-    check("t0", t0, low=0.0)
+    check("t0", t0, low=0.0, allow_inf=True)  # inf: never average (ax follows p)
 
     def init(params):
         return ScaleByAsgdState(count=new_count(), lr=to_state(lr), ax=_zeros(params, None))
@@ -281,7 +282,7 @@ def scale_by_asgd(lr: float | torch.Tensor, lambd: float = 1e-4, alpha: float = 
         del extra_args
         need_params("scale_by_asgd", params)
         gs, treedef = leaves(updates)
-        ps = leaves_like(params, treedef)
+        ps = leaves_like(params, treedef, "params")
         if inplace:
             ps = [p.detach() for p in ps]
         axs = leaves_like(state.ax, treedef)

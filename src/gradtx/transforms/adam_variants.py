@@ -492,7 +492,7 @@ def scale_by_novograd(b1: float = 0.9, b2: float = 0.25, eps: float = 1e-8, eps_
         F.add(denom, eps, inplace=True)
         normed = F.div(gs, F.cast(denom, _dtype_of(gs)), inplace=inplace)
         if weight_decay != 0.0:
-            ps = leaves_like(params, treedef)
+            ps = leaves_like(params, treedef, "params")
             F.add(normed, F.cast([p.detach() for p in ps], _dtype_of(gs)), alpha=weight_decay, inplace=True)
         mus = F.mul(mus, b1, inplace=inplace)
         F.add(mus, F.cast(normed, _dtype_of(mus)), inplace=True)

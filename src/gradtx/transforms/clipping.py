@@ -27,7 +27,7 @@ def clip_value(max_delta: float) -> GradientTransformation:
     optax calls it ``clip``; ``torch.nn.utils.clip_grad_value_`` is the same rule on ``.grad``.
     Example: ``gx.clip_value(10.0)``.
     """
-    check("max_delta", max_delta, low=0.0)
+    check("max_delta", max_delta, low=0.0, allow_inf=True)  # inf: no clipping
     bound = float(max_delta)
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
@@ -52,7 +52,7 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
 
     Example: ``gx.chain(gx.clip_by_global_norm(1.0), gx.adam(1e-3))``.
     """
-    check("max_norm", max_norm, low=0.0, low_open=True)
+    check("max_norm", max_norm, low=0.0, low_open=True, allow_inf=True)  # inf: no clipping
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         del params, extra_args
@@ -74,7 +74,7 @@ def clip_by_block_rms(threshold: float) -> GradientTransformation:
 
     Example: ``gx.chain(gx.clip_by_block_rms(1.0), gx.scale_by_lr(1e-2))``.
     """
-    check("threshold", threshold, low=0.0, low_open=True)
+    check("threshold", threshold, low=0.0, low_open=True, allow_inf=True)  # inf: no clipping
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         del params, extra_args
@@ -111,14 +111,14 @@ def adaptive_grad_clip(clipping: float, eps: float = 1e-3, axis: int | tuple[int
 
     Example: ``gx.chain(gx.adaptive_grad_clip(0.01), gx.sgd(0.1, momentum=0.9))``.
     """
-    check("clipping", clipping, low=0.0)
+    check("clipping", clipping, low=0.0, allow_inf=True)  # inf: no clipping
     check("eps", eps, low=0.0)
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         del extra_args
         need_params("adaptive_grad_clip", params)
         us, treedef = leaves(updates)
-        ps = leaves_like(params, treedef)
+        ps = leaves_like(params, treedef, "params")
         out = []
         for u, p in zip(us, ps):
             g_norm = _unit_norms(u, axis)

@@ -45,7 +45,7 @@ def keep_params_nonnegative() -> GradientTransformation:
         del extra_args
         need_params("keep_params_nonnegative", params)
         us, treedef = leaves(updates)
-        ps = leaves_like(params, treedef)
+        ps = leaves_like(params, treedef, "params")
         neg_p = F.neg([p.detach() if inplace else p for p in ps])
         neg_p = [n if n.dtype == u.dtype else _toward_zero(n, u.dtype) for n, u in zip(neg_p, us)]
         return unflatten(treedef, F.maximum(us, neg_p, inplace=inplace)), state
@@ -75,10 +75,11 @@ def zero_nans() -> GradientTransformation:
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         del params, extra_args
         us, treedef = leaves(updates)
+        previous = leaves_like(state.found_nan, treedef)  # also checks the updates fit the state
         nan_masks = [torch.isnan(u) for u in us]
         found = [m.any() for m in nan_masks]
         if inplace:
-            found = F.copy_(leaves_like(state.found_nan, treedef), found)
+            found = F.copy_(previous, found)
             out = [u.masked_fill_(m, 0) for u, m in zip(us, nan_masks)]
         else:
             out = [u.masked_fill(m, 0) for u, m in zip(us, nan_masks)]

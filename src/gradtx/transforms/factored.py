@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import torch
 
-from .._hparams import check, check_beta, increment, new_count
+from .._hparams import check, check_beta, check_int, increment, new_count
 from .._tree import Tree
 from ..base import GradientTransformation, transform
 from ._common import leaves, leaves_like, unflatten
@@ -112,6 +112,14 @@ def _decay_rate_pow(step: torch.Tensor, exponent: float) -> torch.Tensor:
     return 1.0 - (step.to(torch.float64) + 1.0) ** (-exponent)
 
 
+def _clamped_rsqrt(estimate: torch.Tensor) -> torch.Tensor:
+    """``1 / sqrt(max(v, tiny^2))`` in place, tiny the dtype's machine epsilon: how
+    ``torch.optim.Adafactor`` (``eps=(None, ...)``) keeps a vanishing estimate finite, so a
+    zero gradient gives a zero update instead of ``0 / 0``."""
+    tiny = torch.finfo(estimate.dtype).eps
+    return estimate.clamp_min_(tiny * tiny).rsqrt_()
+
+
 def _moving(v: torch.Tensor, x: torch.Tensor, decay: torch.Tensor, inplace: bool) -> torch.Tensor:
     # decay v + (1 - decay) x; x is a fresh tensor, free to overwrite. The pure path clones and
     # then works in place, as the in-place path does: v * decay would promote a 0-dim v to
@@ -134,13 +142,16 @@ def scale_by_factored_rms(factored: bool = True, decay_rate: float = 0.8, step_o
     ``u <- g / sqrt(R C / mean_{a1} R)`` (broadcast back). Otherwise
     ``v <- beta_t v + (1-beta_t) G`` and ``u <- g / sqrt(v)``.
 
-    ``torch.optim.Adafactor`` factors the last two axes of every tensor of rank >= 2 and clamps
-    instead of adding ``epsilon``; for matrices and vectors it is
-    ``min_dim_size_to_factor=1, epsilon=0`` (see ``gx.adafactor``).
+    ``epsilon=0`` takes ``torch.optim.Adafactor``'s guards instead (its ``eps=(None, ...)``):
+    ``mean_{a1} R`` is clamped below at the dtype's machine epsilon ``e`` and the estimate
+    (``R C / mean_{a1} R`` or ``v``) at ``e^2``, so an all-zero gradient gives a zero update.
+    ``torch.optim.Adafactor`` factors the last two axes of every tensor of rank >= 2; for
+    matrices and vectors it is ``min_dim_size_to_factor=1, epsilon=0`` (see ``gx.adafactor``).
 
     Example: ``gx.chain(gx.scale_by_factored_rms(), gx.scale_by_lr(1e-2))``.
     """
     check("decay_rate", decay_rate, low=0.0)
+    check_int("step_offset", step_offset, low=0)
     check("min_dim_size_to_factor", min_dim_size_to_factor, low=0.0)
     check("epsilon", epsilon, low=0.0)
     if not callable(decay_rate_fn):
@@ -178,14 +189,21 @@ def scale_by_factored_rms(factored: bool = True, decay_rate: float = 0.8, step_o
             dims = _factored_dims(g.shape, factored, min_dim_size_to_factor)
             if dims is None:
                 full = _moving(full, sq, beta, inplace)
-                scaling = full.rsqrt()
+                scaling = full.rsqrt() if epsilon else _clamped_rsqrt(full.clone())
             else:
                 d1, d0 = dims
                 row = _moving(row, sq.mean(dim=d0), beta, inplace)
                 col = _moving(col, sq.mean(dim=d1), beta, inplace)
                 reduced_d1 = d1 - 1 if d1 > d0 else d1
-                row_factor = (row / row.mean(dim=reduced_d1, keepdim=True)).rsqrt_()
-                scaling = row_factor.unsqueeze(d0) * col.rsqrt().unsqueeze(d1)
+                row_mean = row.mean(dim=reduced_d1, keepdim=True)
+                if epsilon:
+                    row_factor = (row / row_mean).rsqrt_()
+                    scaling = row_factor.unsqueeze(d0) * col.rsqrt().unsqueeze(d1)
+                else:
+                    # torch's order: R C / max(mean R, tiny), then the clamp in _clamped_rsqrt
+                    estimate = row.unsqueeze(d0) * col.unsqueeze(d1)
+                    estimate.div_(row_mean.clamp_min(torch.finfo(row.dtype).eps).unsqueeze(d0))
+                    scaling = _clamped_rsqrt(estimate)
             # the update keeps g's dtype when the statistics are wider (bf16 grads, f32 params)
             outs.append(g.mul_(scaling) if inplace else (g * scaling).to(g.dtype))
             new_rows.append(row)

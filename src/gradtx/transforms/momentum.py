@@ -7,39 +7,63 @@ from typing import NamedTuple
 import torch
 
 from .. import _foreach as F  # noqa: N812
-from .._hparams import check, check_beta, increment, new_count
+from .._hparams import _as_float, check, check_beta, increment, new_count
 from .._tree import Tree
 from ..base import GradientTransformation, transform
 from ._common import leaves, leaves_like, unflatten
 
-__all__ = ["TraceState", "EmaState", "trace", "ema"]
+__all__ = ["TraceState", "DampenedTraceState", "EmaState", "trace", "ema"]
 
 
 class TraceState(NamedTuple):
     trace: Tree
 
 
+class DampenedTraceState(NamedTuple):
+    """State of :func:`trace` with ``dampening``: the step count tells the first step."""
+
+    count: torch.Tensor  # int32, steps taken
+    trace: Tree
+
+
 @transform(elementwise=True, inplace=True)
-def trace(decay: float, nesterov: bool = False, accumulator_dtype: torch.dtype | None = None
-          ) -> GradientTransformation:
-    """Heavy-ball momentum, as ``torch.optim.SGD`` (dampening 0).
+def trace(decay: float, nesterov: bool = False, accumulator_dtype: torch.dtype | None = None,
+          dampening: float | None = None) -> GradientTransformation:
+    """Heavy-ball momentum, as ``torch.optim.SGD`` (its ``momentum`` is ``decay``).
 
-    ``m <- decay * m + u``; ``u <- m``, or ``u <- u + decay * m`` when ``nesterov``.
-    The first step gives ``m = u``, as torch's SGD does.
+    ``m <- decay * m + (1 - dampening) * u``; ``u <- m``, or ``u <- u + decay * m`` when
+    ``nesterov``. The first step gives ``m = u`` (no dampening), as torch's SGD does;
+    ``nesterov`` needs ``dampening = 0``, as torch's. ``dampening=None`` (the default) is 0
+    with the plain state :class:`TraceState`; a given ``dampening`` adds a step count to the
+    state (:class:`DampenedTraceState`), to know the first step, so the state's structure
+    depends on whether it is given, never on its value.
 
-    Example: ``gx.chain(gx.trace(0.9, nesterov=True), gx.scale_by_lr(0.1))``.
+    Example: ``gx.chain(gx.trace(0.9, dampening=0.1), gx.scale_by_lr(0.1))``.
     """
-    check("decay", decay, low=0.0)
+    check_beta("decay", decay)
+    dampened = dampening is not None
+    if dampened:
+        check("dampening", dampening, low=0.0, high=1.0)
+        known = _as_float(dampening)  # None: a tensor with autograd history
+        if nesterov and (known is None or known != 0):
+            raise ValueError(f"nesterov=True needs dampening=0 (as torch.optim.SGD), got dampening={dampening!r}")
 
     def init(params):
-        return TraceState(trace=_zeros(params, accumulator_dtype))
+        ms = _zeros(params, accumulator_dtype)
+        return DampenedTraceState(new_count(), ms) if dampened else TraceState(trace=ms)
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         del params, extra_args
         us, treedef = leaves(updates)
         ms = leaves_like(state.trace, treedef)
         ms = F.mul(ms, decay, inplace=inplace)
-        F.add(ms, F.cast(us, accumulator_dtype), inplace=True)
+        if dampened:
+            count = increment(state.count, inplace)
+            # torch's first step is m = u: weight 1 then, 1 - dampening after
+            weight = torch.where(count == 1, 1.0, 1.0 - torch.as_tensor(dampening, dtype=torch.float64))
+            F.add(ms, F.mul(F.cast(us, accumulator_dtype), weight), inplace=True)
+        else:
+            F.add(ms, F.cast(us, accumulator_dtype), inplace=True)
         if nesterov:
             out = F.add(us, F.cast(ms, us[0].dtype if us else None), alpha=decay, inplace=inplace)
         elif inplace:
@@ -48,7 +72,8 @@ def trace(decay: float, nesterov: bool = False, accumulator_dtype: torch.dtype |
         else:
             # a copy: the caller may write into the updates it gets, never into our state
             out = F.clone(ms, us[0].dtype if us else None)
-        return unflatten(treedef, out), TraceState(unflatten(treedef, ms))
+        new_ms = unflatten(treedef, ms)
+        return unflatten(treedef, out), DampenedTraceState(count, new_ms) if dampened else TraceState(new_ms)
 
     return GradientTransformation(init, update)
 

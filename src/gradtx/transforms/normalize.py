@@ -43,7 +43,7 @@ def scale_each(xs: list[torch.Tensor], factors: list[torch.Tensor], inplace: boo
 
 def _param_leaves(name: str, params, treedef, inplace: bool) -> list[torch.Tensor]:
     need_params(name, params)
-    ps = leaves_like(params, treedef)
+    ps = leaves_like(params, treedef, "params")
     # The adapter hands over the live parameters; nothing here should be recorded by autograd.
     return [p.detach() for p in ps] if inplace else ps
 

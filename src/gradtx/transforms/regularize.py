@@ -51,7 +51,7 @@ def add_decayed_weights(weight_decay: float | torch.Tensor = 0.0, mask: Mask | N
         del extra_args
         need_params("add_decayed_weights", params)
         us, treedef = leaves(updates)
-        ps = leaves_like(params, treedef)
+        ps = leaves_like(params, treedef, "params")
         flags = mask_leaves(mask, params)
         idx = [i for i, f in enumerate(flags) if f and us[i] is not None]
         wd = state.weight_decay

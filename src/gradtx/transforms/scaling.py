@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 
 from .. import _foreach as F  # noqa: N812
-from .._hparams import ScalarOrSchedule, check, increment, is_schedule, new_count, to_state
+from .._hparams import ScalarOrSchedule, check, check_schedule, increment, is_schedule, new_count, to_state
 from ..base import EmptyState, GradientTransformation, transform
 from ._common import leaves, unflatten
 
@@ -50,7 +50,11 @@ def scale_by_schedule(step_size_fn) -> GradientTransformation:
     """
     if not is_schedule(step_size_fn):
         raise ValueError(f"step_size_fn must be a callable step -> value, got {step_size_fn!r}")
+    check_schedule("step_size_fn", step_size_fn)
+    return _scaled_by_schedule(step_size_fn)
 
+
+def _scaled_by_schedule(step_size_fn) -> GradientTransformation:
     def init(params):
         del params
         return ScaleByScheduleState(count=new_count())
@@ -72,12 +76,14 @@ def scale_by_lr(lr: ScalarOrSchedule) -> GradientTransformation:
     """Scale by the negative learning rate: ``u <- -lr * u``.
 
     ``lr`` is a float, a 0-dim tensor (kept, with its autograd history, in the state as
-    ``lr``) or a schedule ``step -> lr`` (the state is then a step count).
+    ``lr``) or a schedule ``step -> lr`` (the state is then a step count), called once at
+    step 0 when built so that a schedule that cannot work is refused at once.
 
     Example: ``gx.chain(gx.scale_by_adam(), gx.scale_by_lr(1e-3))``.
     """
     if is_schedule(lr):
-        return scale_by_schedule(lambda count: -lr(count))
+        check_schedule("lr", lr)
+        return _scaled_by_schedule(lambda count: -lr(count))
     check("lr", lr, low=0.0)
 
     def init(params):

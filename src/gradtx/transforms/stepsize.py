@@ -67,7 +67,7 @@ def scale_by_polyak(f_min: float = 0.0, max_learning_rate: float = 1.0, eps: flo
     ``tx.update(grads, state, params, value=loss)``.
     """
     check("f_min", f_min)
-    check("max_learning_rate", max_learning_rate, low=0.0)
+    check("max_learning_rate", max_learning_rate, low=0.0, allow_inf=True)  # inf: no cap
     check("eps", eps, low=0.0)
     if variant not in ("sps", "sps+"):
         raise ValueError(f"variant must be 'sps' or 'sps+', got {variant!r}")
@@ -197,7 +197,7 @@ def scale_by_distance_over_gradients(reps_rel: float = 1e-6, eps: float = 1e-8,
         del extra_args
         need_params("scale_by_distance_over_gradients", params)
         us, treedef = leaves(updates)
-        ps = leaves_like(params, treedef)
+        ps = leaves_like(params, treedef, "params")
         inits = leaves_like(state.init_params, treedef)
         max_dist = F.maximum(leaves_like(state.max_dist, treedef), _norms(_displacements(ps, inits)), inplace=inplace)
         sums = F.add(leaves_like(state.grad_sum_of_squares, treedef), _sq_norms(us), inplace=inplace)
@@ -260,7 +260,7 @@ def scale_by_dog(init_step: tuple[str, float] = ("heuristic", 1e-6), eps: float 
         del extra_args
         need_params("scale_by_dog", params)
         us, treedef = leaves(updates)
-        ps = leaves_like(params, treedef)
+        ps = leaves_like(params, treedef, "params")
         inits = leaves_like(state.init_params, treedef)
         dtype, device = state.max_dist.dtype, state.max_dist.device
         dist = _total(_sq_norms(_displacements(ps, inits)), dtype, device).sqrt()
