@@ -20,6 +20,7 @@ from .._tree import ParamKey, hyperparameters, merge_keys, select_keys, split_pa
 from ..base import GradientTransformation
 from . import compiled as _compiled
 from . import fused as _fused
+from . import layout as _layout
 
 __all__ = ["Optimizer"]
 
@@ -127,6 +128,7 @@ class Optimizer(torch.optim.Optimizer):
             if name in param_group:
                 check(f"param_groups[{len(self.param_groups)}][{name!r}]", param_group[name], low=0.0)
         super().add_param_group(param_group)
+        self._refuse_overlapping_params()
         self._chain_states.append(None)
         self._known_keys.append(bytearray(len(self.param_groups[-1]["params"])))
         self._param_keys.append(None)
@@ -347,6 +349,18 @@ class Optimizer(torch.optim.Optimizer):
         for _, dst, src in targets:
             dst.copy_(src)
         return fresh, keys
+
+    # -- hooks of gradtx.optim.layout ---------------------------------------------------
+
+    def _refuse_overlapping_params(self) -> None:
+        """Refuse (and take back) the param group just added when a parameter's elements
+        share memory (``base.expand(3, 4)``): no path can update it in place."""
+        gi = len(self.param_groups) - 1
+        try:
+            _layout.check_no_overlap(self.param_groups[gi]["params"], f"param_groups[{gi}]['params']")
+        except ValueError:
+            self.param_groups.pop()
+            raise
 
 
 def _match(where: str, expected: dict[str, torch.Tensor], saved: dict[str, Any],
