@@ -11,9 +11,12 @@
 from __future__ import annotations
 
 import copy
+import io
+import pickle
 
 import pytest
 import torch
+from registry import ENTRIES
 from torch import nn
 
 import gradtx as gx
@@ -176,3 +179,225 @@ def _tensors(tree) -> list[torch.Tensor]:
     if isinstance(tree, (list, tuple)):
         return [t for x in tree for t in _tensors(x)]
     return []
+
+
+# --- item 2: pickle, deepcopy, torch.save ---------------------------------------------------
+
+ALIASES = {e.name: e.build for e in ENTRIES if e.kind == "alias"}
+ALIASES["mission"] = lambda: gx.chain(gx.clip_value(10.0), gx.scale_by_adam(), gx.scale_by_lr(1e-3))
+
+
+def _model_params() -> list[nn.Parameter]:
+    gen = torch.Generator().manual_seed(5)
+    return [nn.Parameter(torch.randn(s, generator=gen)) for s in [(4, 3), (3,), (5, 2), ()]]
+
+
+def _train(opt: torch.optim.Optimizer, params: list[torch.Tensor], start: int, steps: int) -> None:
+    """``steps`` steps on a loss that moves with the step number (grads, ``value`` and
+    ``value_fn`` all come from the closure)."""
+    for step in range(start, start + steps):
+        targets = [torch.full_like(p, 0.3 * ((step + i) % 4) - 0.5) for i, p in enumerate(params)]
+
+        def closure(targets=targets):
+            for p in params:
+                p.grad = None
+            loss = sum(((p - t) ** 2 * (1 + i)).sum() + (p ** 4).sum() * 0.01
+                       for i, (p, t) in enumerate(zip(params, targets)))
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+
+
+def _assert_same(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
+    assert len(a) == len(b)
+    for i, (x, y) in enumerate(zip(a, b)):
+        assert x.dtype == y.dtype and torch.equal(x, y), f"tensor {i} differs"
+
+
+def _round_trip(how: str, obj):
+    if how == "pickle":
+        return pickle.loads(pickle.dumps(obj))
+    if how == "torch.save":
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        buffer.seek(0)
+        return torch.load(buffer, weights_only=False)
+    return copy.deepcopy(obj)
+
+
+@pytest.mark.parametrize("how", ["pickle", "torch.save", "deepcopy"])
+@pytest.mark.parametrize("name", sorted(ALIASES))
+def test_round_trip_continues_bit_identically(name, how):
+    """5 steps, a round trip of (params, optimizer), 5 more == 10 steps straight."""
+    straight = _model_params()
+    straight_opt = gx.Optimizer(straight, ALIASES[name]())
+    _train(straight_opt, straight, 0, 10)
+
+    params = _model_params()
+    opt = gx.Optimizer(params, ALIASES[name]())
+    _train(opt, params, 0, 5)
+    params, opt = _round_trip(how, (params, opt))
+    assert opt.param_groups[0]["params"][0] is params[0]  # the loaded optimizer steps the loaded params
+    _train(opt, params, 5, 5)
+    _assert_same(params, straight)
+    _assert_same(_tensors(opt.state_dict()), _tensors(straight_opt.state_dict()))
+
+
+def is_matrix(name, p):
+    return p.dim() == 2
+
+
+def label_of(name, p):
+    return "adam" if p.dim() >= 2 else "sgd"
+
+
+# chains whose arguments are schedules, transforms, module-level functions
+REBUILDABLE = {
+    "scheduled_sgd": lambda: gx.sgd(gx.warmup_cosine_decay_schedule(0.0, 0.1, 3, 20), momentum=0.9),
+    "injected": lambda: gx.inject_hyperparams(gx.adam)(lr=gx.linear_schedule(1e-2, 1e-3, 8), b1=0.8),
+    "multi_steps": lambda: gx.multi_steps(gx.adam(1e-2), 2),
+    "partition": lambda: gx.partition({"adam": gx.adam(1e-2), "sgd": gx.sgd(0.1, momentum=0.5)}, label_of),
+    "masked": lambda: gx.chain(gx.masked(gx.add_decayed_weights(0.1), is_matrix), gx.scale_by_adam(),
+                               gx.scale_by_lr(gx.exponential_decay(1e-2, 3, 0.5))),
+    "lookahead": lambda: gx.lookahead(gx.sgd(0.05, momentum=0.9), 3, 0.5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REBUILDABLE))
+def test_round_trip_of_composed_chains(name):
+    straight = _model_params()
+    _train(gx.Optimizer(straight, REBUILDABLE[name]()), straight, 0, 8)
+    params = _model_params()
+    opt = gx.Optimizer(params, REBUILDABLE[name]())
+    _train(opt, params, 0, 4)
+    params, opt = _round_trip("pickle", (params, opt))
+    assert repr(opt.tx) == repr(REBUILDABLE[name]())
+    _train(opt, params, 4, 4)
+    _assert_same(params, straight)
+
+
+@pytest.mark.parametrize("options", [{"fast": False}, {"compile": {"backend": "eager"}}], ids=["generic", "compiled"])
+def test_round_trip_keeps_the_constructor_options(options):
+    make = ALIASES["mission"]
+    straight = _model_params()
+    _train(gx.Optimizer(straight, make(), **options), straight, 0, 6)
+    params = _model_params()
+    opt = gx.Optimizer(params, make(), **options)
+    _train(opt, params, 0, 3)
+    params, opt = _round_trip("pickle", (params, opt))
+    assert opt._init_options == {"fast": True, "compile": False, **options}
+    _train(opt, params, 3, 3)
+    _assert_same(params, straight)
+
+
+def _storages(opt: torch.optim.Optimizer) -> set[int]:
+    out = {p.untyped_storage().data_ptr() for g in opt.param_groups for p in g["params"]}
+    return out | {t.untyped_storage().data_ptr() for t in _tensors(opt.state_dict()) if t.numel()}
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd", "mission", "lion"])
+def test_deepcopy_shares_nothing(name):
+    """As torch.optim's: the copy has its own parameters and state; stepping it leaves the
+    original (parameters and state) untouched."""
+    params = _model_params()
+    opt = gx.Optimizer(params, ALIASES[name]())
+    _train(opt, params, 0, 3)
+    twin = copy.deepcopy(opt)
+    assert not _storages(twin) & _storages(opt)
+    before_params = [p.detach().clone() for p in params]
+    before_state = [t.clone() for t in _tensors(opt.state_dict())]
+    _train(twin, twin.param_groups[0]["params"], 3, 3)
+    _assert_same([p.detach() for p in params], before_params)
+    _assert_same(_tensors(opt.state_dict()), before_state)
+    # and the copy moved as the original would have
+    _train(opt, params, 3, 3)
+    _assert_same(twin.param_groups[0]["params"], params)
+
+
+def test_torch_save_model_and_optimizer_in_one_file(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    opt = gx.Optimizer(model.named_parameters(), gx.adamw(1e-2, weight_decay=0.1))
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    x = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
+
+    def train(model, opt, sched, steps):
+        for _ in range(steps):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+            sched.step()
+
+    train(model, opt, sched, 3)
+    torch.save({"model": model, "opt": opt, "sched": sched.state_dict()}, tmp_path / "ckpt.pt")
+    saved = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    model2, opt2 = saved["model"], saved["opt"]
+    sched2 = torch.optim.lr_scheduler.StepLR(opt2, step_size=2, gamma=0.5)
+    sched2.load_state_dict(saved["sched"])
+    assert [p for g in opt2.param_groups for p in g["params"]] == list(model2.parameters())
+    assert opt2.param_groups[0]["param_names"] == [n for n, _ in model.named_parameters()]
+    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    train(model, opt, sched, 3)
+    train(model2, opt2, sched2, 3)
+    _assert_same([p.detach() for p in model2.parameters()], [p.detach() for p in model.parameters()])
+
+
+def module_level_init(params):
+    return gx.EmptyState()
+
+
+def module_level_update(updates, state, params=None, **extra_args):
+    return gx.tree_map(lambda u: -0.1 * u, updates), state
+
+
+def halve(updates, params):
+    return gx.tree_map(lambda u: 0.5 * u, updates)
+
+
+def test_user_transforms_of_module_level_functions_pickle():
+    tx = gx.chain(gx.GradientTransformation(module_level_init, module_level_update), gx.stateless(halve),
+                  gx.named_chain(("m", gx.trace(0.5)), ("s", gx.scale(1.0))))
+    straight = _model_params()
+    _train(gx.Optimizer(straight, tx), straight, 0, 4)
+    params = _model_params()
+    opt = gx.Optimizer(params, tx)
+    _train(opt, params, 0, 2)
+    params, opt = _round_trip("pickle", (params, opt))
+    _train(opt, params, 2, 2)
+    _assert_same(params, straight)
+
+
+def _nested_update(updates, state, params=None, **extra_args):
+    return updates, state
+
+
+UNPICKLABLE = {
+    # (chain, what the error must name)
+    "stateless_lambda": (lambda: gx.chain(gx.stateless(lambda u, p: u), gx.adam(1e-3)), r"stateless\(<lambda>\)"),
+    "closure_pair": (lambda: gx.chain(gx.GradientTransformation(lambda p: gx.EmptyState(), _nested_update),
+                                      gx.sgd(0.1)), r"init of GradientTransformation"),
+    "mask_lambda": (lambda: gx.adamw(1e-3, mask=lambda p: gx.tree_map(lambda x: x.dim() > 1, p)),
+                    r"adamw\(lr=0.001, mask=<lambda>\), argument mask"),
+    "schedule_lambda": (lambda: gx.adam(lambda count: 1e-3 * 0.5 ** count), r"adam\(lr=<lambda>\), argument lr"),
+    "lambda_in_join": (lambda: gx.sgd(gx.join_schedules([gx.constant_schedule(0.1), lambda t: 0.01 + 0 * t], [3])),
+                       r"join_schedules, argument schedules"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNPICKLABLE))
+def test_a_chain_that_cannot_be_rebuilt_is_refused_at_save_time(name, tmp_path):
+    make, names = UNPICKLABLE[name]
+    params = _model_params()
+    opt = gx.Optimizer(params, make())
+    _train(opt, params, 0, 2)
+    with pytest.raises(pickle.PicklingError, match=names):
+        pickle.dumps(opt)
+    with pytest.raises(ValueError, match=names):
+        torch.save({"params": params, "opt": opt}, tmp_path / "ckpt.pt")
+    # deepcopy needs no file: the functions are shared, everything else copied
+    twin = copy.deepcopy(opt)
+    before = [p.detach().clone() for p in params]
+    _train(twin, twin.param_groups[0]["params"], 2, 2)
+    _assert_same([p.detach() for p in params], before)
+    _train(opt, params, 2, 2)
+    _assert_same(twin.param_groups[0]["params"], params)

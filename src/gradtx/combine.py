@@ -65,7 +65,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
 
     body = ",\n  ".join(_indent(repr(tx)) for tx in transforms)
     return describe(GradientTransformation(init, update), f"chain(\n  {body},\n)" if transforms else "chain()",
-                    parts=transforms)
+                    parts=transforms, recipe=(chain, transforms, {}))
 
 
 def _members_runner(transforms: tuple[GradientTransformation, ...]):
@@ -141,7 +141,7 @@ def named_chain(*named_transforms: tuple[str, GradientTransformation]) -> Gradie
 
     body = ",\n  ".join(f"({name!r}, {_indent(repr(tx))})" for name, tx in named_transforms)
     return describe(GradientTransformation(init, update), f"named_chain(\n  {body},\n)",
-                    parts=tuple(tx for _, tx in named_transforms))
+                    parts=tuple(tx for _, tx in named_transforms), recipe=(named_chain, named_transforms, {}))
 
 
 # --- masking and partitioning -------------------------------------------------------------

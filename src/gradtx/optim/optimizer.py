@@ -21,6 +21,7 @@ from ..base import GradientTransformation
 from . import compiled as _compiled
 from . import fused as _fused
 from . import layout as _layout
+from . import pickling as _pickling
 
 __all__ = ["Optimizer"]
 
@@ -66,6 +67,10 @@ class Optimizer(torch.optim.Optimizer):
       transforms receive ``value`` (that loss), ``grad`` and ``value_fn`` (params -> loss).
     - ``state_dict()`` holds tensors and plain containers only and reads back with
       ``torch.load(..., weights_only=True)``.
+    - ``pickle``, ``torch.save(opt)`` and ``copy.deepcopy(opt)`` work as for ``torch.optim``: the
+      chain is built again from the constructor calls its transforms record, so a chain holding
+      a lambda or nested function is refused when pickled, naming it (deepcopy shares such
+      functions). See ``gradtx.optim.pickling``.
     - Speed (``fast=True``, the default): a chain with the shape of Adam, AdamW or SGD
       (momentum, Nesterov, weight decay, masked or not), optionally after ``clip_value``, runs on torch's
       fused kernels (``torch._fused_adam_`` / ``_fused_adamw_`` / ``_fused_sgd_``) on the
@@ -96,6 +101,7 @@ class Optimizer(torch.optim.Optimizer):
         if not isinstance(compile, (bool, dict)):
             raise ValueError(f"compile must be a bool or a dict of torch.compile arguments, got {compile!r}")
         self.tx = tx
+        self._init_options = {"fast": fast, "compile": compile}  # for pickling (see .pickling)
         # compile=True (or torch.compile's arguments) runs an elementwise chain compiled, in
         # slots of flat tensors, so compile time does not grow with the parameter count.
         self._compiled = (None if compile is False else
@@ -150,9 +156,6 @@ class Optimizer(torch.optim.Optimizer):
     def state(self, value: Any) -> None:
         # torch.optim.Optimizer.__init__ assigns an empty dict; our state lives in the chain.
         del value
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        raise TypeError("gx.Optimizer is not picklable; use state_dict() / load_state_dict()")
 
     # -- stepping ----------------------------------------------------------------------
 
@@ -361,6 +364,17 @@ class Optimizer(torch.optim.Optimizer):
         except ValueError:
             self.param_groups.pop()
             raise
+
+    # -- hooks of gradtx.optim.pickling: pickle, copy.deepcopy, torch.save -------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        return _pickling.getstate(self)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        _pickling.setstate(self, state)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Optimizer:
+        return _pickling.deepcopy(self, memo)
 
 
 def _match(where: str, expected: dict[str, torch.Tensor], saved: dict[str, Any],
