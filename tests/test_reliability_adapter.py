@@ -401,3 +401,200 @@ def test_a_chain_that_cannot_be_rebuilt_is_refused_at_save_time(name, tmp_path):
     _assert_same([p.detach() for p in params], before)
     _train(opt, params, 2, 2)
     _assert_same(twin.param_groups[0]["params"], params)
+
+
+# --- item 19: torch.optim state dicts, both ways ---------------------------------------------
+
+# (torch.optim class and arguments, the gradtx equivalent)
+MIGRATIONS = {
+    "adam": (torch.optim.Adam, dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6), lambda: gx.adam(0.01, b1=0.8, b2=0.99,
+                                                                                              eps=1e-6)),
+    "adam_l2": (torch.optim.Adam, dict(lr=0.01, weight_decay=0.1),
+                lambda: gx.chain(gx.add_decayed_weights(0.1), gx.scale_by_adam(), gx.scale_by_lr(0.01))),
+    "adamw": (torch.optim.AdamW, dict(lr=0.01, weight_decay=0.1), lambda: gx.adamw(0.01, weight_decay=0.1)),
+    "sgd_momentum": (torch.optim.SGD, dict(lr=0.02, momentum=0.9, weight_decay=0.01),
+                     lambda: gx.sgd(0.02, momentum=0.9, weight_decay=0.01)),
+    "sgd_nesterov": (torch.optim.SGD, dict(lr=0.02, momentum=0.9, nesterov=True),
+                     lambda: gx.sgd(0.02, momentum=0.9, nesterov=True)),
+    "sgd": (torch.optim.SGD, dict(lr=0.02), lambda: gx.sgd(0.02)),
+    "rmsprop": (torch.optim.RMSprop, dict(lr=0.01, alpha=0.9, weight_decay=0.01),
+                lambda: gx.rmsprop(0.01, decay=0.9, eps_in_sqrt=False, weight_decay=0.01)),
+    "rmsprop_centered_momentum": (torch.optim.RMSprop, dict(lr=0.01, momentum=0.9, centered=True),
+                                  lambda: gx.rmsprop(0.01, decay=0.99, eps_in_sqrt=False, centered=True,
+                                                     momentum=0.9)),
+    "adagrad": (torch.optim.Adagrad, dict(lr=0.1, initial_accumulator_value=0.1),
+                lambda: gx.adagrad(0.1, 0.1, 1e-10, eps_in_sqrt=False)),
+    "adagrad_lr_decay": (torch.optim.Adagrad, dict(lr=0.1, lr_decay=0.05, weight_decay=0.01),
+                         lambda: gx.adagrad(0.1, 0.0, 1e-10, eps_in_sqrt=False, lr_decay=0.05, weight_decay=0.01)),
+}
+MIGRATION_TOL = {torch.float64: dict(rtol=1e-12, atol=1e-14), torch.float32: dict(rtol=1e-6, atol=1e-7)}
+
+
+def _migration_params(dtype):
+    gen = torch.Generator().manual_seed(11)
+    return [nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64).to(dtype)) for s in [(4, 3), (3,), (2, 5)]]
+
+
+def _migration_train(opt, params, start, stop):
+    for step in range(start, stop):
+        gen = torch.Generator().manual_seed(500 + step)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype)
+        opt.step()
+
+
+def _groups(params):
+    """Two param groups, the second with its own learning rate (a per-group override)."""
+    return [{"params": params[:2]}, {"params": params[2:], "lr": 0.005}]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", sorted(MIGRATIONS))
+def test_torch_to_gradtx_mid_training(name, dtype):
+    """torch.optim 10 steps, its state dict into gx.Optimizer, 10 more == torch.optim 20 steps."""
+    cls, kwargs, make_tx = MIGRATIONS[name]
+    ref = _migration_params(dtype)
+    _migration_train(cls(_groups(ref), **kwargs), ref, 0, 20)
+
+    params = _migration_params(dtype)
+    torch_opt = cls(_groups(params), **kwargs)
+    _migration_train(torch_opt, params, 0, 10)
+    opt = gx.Optimizer(_groups(params), make_tx())
+    opt.load_state_dict(torch_opt.state_dict())  # detected as torch's and converted
+    assert opt.param_groups[1]["lr"] == 0.005
+    _migration_train(opt, params, 10, 20)
+    for p, q in zip(params, ref):
+        torch.testing.assert_close(p.detach(), q.detach(), **MIGRATION_TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", sorted(MIGRATIONS))
+def test_gradtx_to_torch_mid_training(name, dtype, tmp_path):
+    """gx.Optimizer 10 steps, its state as torch's (saved and read back with weights_only=True),
+    torch.optim 10 more == torch.optim 20 steps."""
+    cls, kwargs, make_tx = MIGRATIONS[name]
+    ref = _migration_params(dtype)
+    _migration_train(cls(_groups(ref), **kwargs), ref, 0, 20)
+
+    params = _migration_params(dtype)
+    opt = gx.Optimizer(_groups(params), make_tx())
+    _migration_train(opt, params, 0, 10)
+    torch.save(opt.torch_state_dict(cls), tmp_path / "opt.pt")
+    torch_opt = cls(_groups(params), **kwargs)
+    torch_opt.load_state_dict(torch.load(tmp_path / "opt.pt", weights_only=True))
+    _migration_train(torch_opt, params, 10, 20)
+    for p, q in zip(params, ref):
+        torch.testing.assert_close(p.detach(), q.detach(), **MIGRATION_TOL[dtype])
+
+
+@pytest.mark.parametrize("options", [{}, {"fast": False}], ids=["fused", "generic"])
+def test_round_trip_through_torch_keeps_the_state_exactly(options):
+    params = _migration_params(torch.float64)
+    opt = gx.Optimizer(params, gx.adamw(0.01, weight_decay=0.1), **options)
+    _migration_train(opt, params, 0, 5)
+    twin = gx.Optimizer(params, gx.adamw(0.01, weight_decay=0.1), **options)
+    twin.load_torch_state_dict(opt.torch_state_dict())  # kind found from the chain: AdamW
+    _assert_same(_tensors(twin.state_dict()), _tensors(opt.state_dict()))
+    assert opt.torch_state_dict()["param_groups"][0]["decoupled_weight_decay"] is True
+
+
+@pytest.mark.parametrize("direction", ["to_gradtx", "to_torch"])
+@pytest.mark.parametrize("name", ["adagrad", "adagrad_lr_decay", "adam", "sgd_momentum"])
+def test_parameters_never_stepped_convert_both_ways(name, direction):
+    """A parameter without a gradient so far has no state on either side (torch's Adagrad makes
+    it at construction, with step 0) and starts fresh after the switch. Into gradtx, where a
+    count is kept (Adam; Adagrad's lr_decay) it starts at its group's count, not at 0 as in
+    torch (gradtx keeps one count per group): there only the others are compared."""
+    cls, kwargs, make_tx = MIGRATIONS[name]
+    ref, params = _migration_params(torch.float64), _migration_params(torch.float64)
+    first = cls(ref, **kwargs) if direction == "to_gradtx" else gx.Optimizer(ref, make_tx())
+    torch_ref = cls(params, **kwargs)
+
+    def train(opt, ps, step, last_too):
+        gen = torch.Generator().manual_seed(step)
+        for p in ps[:2]:
+            p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+        ps[2].grad = torch.ones_like(ps[2]) if last_too else None
+        opt.step()
+
+    for step in range(6):  # the last parameter gets no gradient for 6 steps
+        train(first, ref, step, False)
+        train(torch_ref, params, step, False)
+    if direction == "to_gradtx":
+        second = gx.Optimizer(ref, make_tx())
+        second.load_torch_state_dict(first.state_dict())
+    else:
+        second = cls(ref, **kwargs)
+        second.load_state_dict(first.torch_state_dict())
+    for step in range(6, 9):
+        train(second, ref, step, True)
+        train(torch_ref, params, step, True)
+    counted = direction == "to_gradtx" and name in ("adam", "adagrad_lr_decay")
+    for p, q in list(zip(ref, params))[:2 if counted else 3]:
+        torch.testing.assert_close(p.detach(), q.detach(), **MIGRATION_TOL[torch.float64])
+
+
+def _torch_state(cls, kwargs, params, skip_second_after=None):
+    opt = cls(params, **kwargs)
+    for step in range(3):
+        for i, p in enumerate(params):
+            p.grad = None if skip_second_after is not None and i == 1 and step >= skip_second_after \
+                else torch.ones_like(p)
+        opt.step()
+    return opt.state_dict()
+
+
+REFUSED_LOADS = {
+    # (torch class, kwargs, gradtx chain, what the error says)
+    "other_betas": (torch.optim.Adam, dict(lr=0.01), lambda: gx.adam(0.01, b1=0.8), r"b1=0.8, expected 0.9"),
+    "other_algorithm": (torch.optim.Adam, dict(lr=0.01), lambda: gx.lion(0.01), r"not torch.optim.Adam's equivalent"),
+    "adamw_into_adam": (torch.optim.AdamW, dict(lr=0.01), lambda: gx.adam(0.01), r"torch.optim.AdamW's equivalent"),
+    "eps_inside_root": (torch.optim.RMSprop, dict(lr=0.01), lambda: gx.rmsprop(0.01, decay=0.99),
+                        r"eps_in_sqrt=True, expected False"),
+    "dampening": (torch.optim.SGD, dict(lr=0.1, momentum=0.9, dampening=0.5), lambda: gx.sgd(0.1, momentum=0.9),
+                  r"dampening=0.5 has no gradtx equivalent"),
+    "amsgrad": (torch.optim.Adam, dict(lr=0.01, amsgrad=True), lambda: gx.adam(0.01), r"amsgrad=True"),
+    "maximize": (torch.optim.SGD, dict(lr=0.1, maximize=True), lambda: gx.sgd(0.1), r"maximize=True"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED_LOADS))
+def test_torch_state_of_another_algorithm_is_refused_and_changes_nothing(name):
+    cls, kwargs, make_tx, message = REFUSED_LOADS[name]
+    params = _migration_params(torch.float64)
+    torch_sd = _torch_state(cls, kwargs, params)
+    opt = gx.Optimizer(params, make_tx())
+    _migration_train(opt, params, 0, 2)
+    before = [t.clone() for t in _tensors(opt.state_dict())]
+    lr = opt.param_groups[0]["lr"]
+    for load in (opt.load_state_dict, opt.load_torch_state_dict):
+        with pytest.raises(ValueError, match=message):
+            load(torch_sd)
+    _assert_same(_tensors(opt.state_dict()), before)
+    assert opt.param_groups[0]["lr"] == lr
+
+
+def test_torch_state_with_different_steps_per_parameter_is_refused():
+    params = _migration_params(torch.float64)
+    torch_sd = _torch_state(torch.optim.Adam, dict(lr=0.01), params, skip_second_after=1)
+    opt = gx.Optimizer(params, gx.adam(0.01))
+    with pytest.raises(ValueError, match=r"different step counts \(param 0: 3, param 1: 1, param 2: 3\).*one count"):
+        opt.load_torch_state_dict(torch_sd)
+    # where gradtx keeps no count, torch's steps are not used and may differ
+    torch_sd = _torch_state(torch.optim.RMSprop, dict(lr=0.01), params, skip_second_after=1)
+    gx.Optimizer(params, gx.rmsprop(0.01, decay=0.99, eps_in_sqrt=False)).load_torch_state_dict(torch_sd)
+
+
+@pytest.mark.parametrize(("make_tx", "kind", "message"), [
+    (lambda: gx.lion(0.01), None, r"lion\(lr=0.01\) is not the equivalent of any"),
+    (lambda: gx.adam(0.01), "SGD", r"not torch.optim.SGD's equivalent"),
+    (lambda: gx.adam(0.01), "Adamax", r"kind must be one of the torch.optim classes"),
+    (lambda: gx.adam(gx.linear_schedule(0.1, 0.01, 10)), "Adam", r"lr is a schedule"),
+    (lambda: gx.adamw(0.01, mask=is_matrix), "AdamW", r"mask=.*expected None"),
+])
+def test_torch_state_dict_of_a_chain_without_torch_equivalent_is_refused(make_tx, kind, message):
+    params = _migration_params(torch.float64)
+    opt = gx.Optimizer(params, make_tx())
+    _migration_train(opt, params, 0, 2)
+    with pytest.raises(ValueError, match=message):
+        opt.torch_state_dict(kind)

@@ -22,6 +22,7 @@ from . import compiled as _compiled
 from . import fused as _fused
 from . import layout as _layout
 from . import pickling as _pickling
+from . import torch_state as _torch_state
 
 __all__ = ["Optimizer"]
 
@@ -71,6 +72,9 @@ class Optimizer(torch.optim.Optimizer):
       chain is built again from the constructor calls its transforms record, so a chain holding
       a lambda or nested function is refused when pickled, naming it (deepcopy shares such
       functions). See ``gradtx.optim.pickling``.
+    - Migration: ``load_state_dict`` also takes a ``torch.optim`` state dict (Adam, AdamW, SGD,
+      RMSprop, Adagrad) when the chain is its gradtx equivalent, and ``torch_state_dict(kind)``
+      writes one ``torch.optim`` loads (see ``gradtx.optim.torch_state``).
     - Speed (``fast=True``, the default): a chain with the shape of Adam, AdamW or SGD
       (momentum, Nesterov, weight decay, masked or not), optionally after ``clip_value``, runs on torch's
       fused kernels (``torch._fused_adam_`` / ``_fused_adamw_`` / ``_fused_sgd_``) on the
@@ -303,7 +307,9 @@ class Optimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a :meth:`state_dict`; raises ``ValueError`` and changes nothing when it
-        comes from another chain or model."""
+        comes from another chain or model. A ``torch.optim`` state dict is converted first
+        (see :meth:`load_torch_state_dict`)."""
+        state_dict = self._converted_from_torch(state_dict)
         if not isinstance(state_dict, dict) or state_dict.get("format") != STATE_FORMAT:
             found = state_dict.get("format") if isinstance(state_dict, dict) else type(state_dict).__name__
             raise ValueError(f"not a gx.Optimizer state dict (format {found!r}, expected {STATE_FORMAT!r})")
@@ -375,6 +381,42 @@ class Optimizer(torch.optim.Optimizer):
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Optimizer:
         return _pickling.deepcopy(self, memo)
+
+    # -- hooks of gradtx.optim.torch_state: migration from and to torch.optim ----------------
+
+    def load_torch_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a ``torch.optim`` state dict (``Adam``, ``AdamW``, ``SGD``, ``RMSprop``,
+        ``Adagrad``) into this optimizer, whose chain must be that class's gradtx equivalent
+        (``gx.adam`` for ``Adam``, ...: the table is in ``gradtx.optim.torch_state``); training
+        continues as torch's would have. Raises ``ValueError``, changing nothing, when the chain
+        is not the equivalent or the state cannot be converted exactly. ``load_state_dict``
+        does the same when given a torch state dict.
+
+        Example::
+
+            opt = gx.Optimizer(model.parameters(), gx.adam(1e-3))
+            opt.load_torch_state_dict(torch.load("adam_checkpoint.pt")["optimizer"])
+        """
+        self.load_state_dict(_torch_state.from_torch_state_dict(
+            self.tx, state_dict, self.state_dict(), [g["params"] for g in self.param_groups]))
+
+    def torch_state_dict(self, kind: Any = None) -> dict[str, Any]:
+        """This optimizer's state as a state dict for ``torch.optim.<kind>`` (a class or its
+        name: ``"Adam"``, ``"AdamW"``, ``"SGD"``, ``"RMSprop"``, ``"Adagrad"``; ``None`` finds
+        the one the chain is equivalent to). Raises ``ValueError`` when the chain is not the
+        equivalent of ``kind``.
+
+        Example: ``torch.optim.AdamW(model.parameters()).load_state_dict(opt.torch_state_dict("AdamW"))``.
+        """
+        return _torch_state.to_torch_state_dict(self.tx, self.state_dict(), [g["params"] for g in self.param_groups],
+                                                kind)
+
+    def _converted_from_torch(self, state_dict: Any) -> Any:
+        """``state_dict`` converted when it is a ``torch.optim`` one, else as it is."""
+        if _torch_state.is_torch_state_dict(state_dict):
+            return _torch_state.from_torch_state_dict(self.tx, state_dict, self.state_dict(),
+                                                      [g["params"] for g in self.param_groups])
+        return state_dict
 
 
 def _match(where: str, expected: dict[str, torch.Tensor], saved: dict[str, Any],
