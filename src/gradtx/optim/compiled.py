@@ -198,7 +198,8 @@ class CompiledChain:
 
     def _plan(self, state: Any, keys: list[int], params: dict, grads: dict) -> _Plan:
         # Packed parameters are copied back whole: one whose elements share memory cannot be.
-        _layout.check_no_overlap([params[k] for k in keys], "a parameter")
+        for k in keys:
+            _layout.check_distinct(params[k], f"parameter {k} of this param group")
         positioned, treedef = param_leaves(state)
         leaves = [leaf for _, _, leaf in positioned]
         per_param: dict[int, dict[str, torch.Tensor]] = {}

@@ -169,13 +169,16 @@ def _linear_layout(ps: list, gs: list, per_param: list[list]) -> tuple[list, lis
     replaced by contiguous copies; and the ``(tensor, copy)`` pairs to copy back after the
     kernel (the parameter and its state; the gradient is only read). Each element then
     meets its own gradient and state, as on the generic path."""
+    contiguous = torch.Tensor.is_contiguous
+    if all(map(contiguous, ps)) and all(map(contiguous, gs)) and all(all(map(contiguous, buf)) for buf in per_param):
+        return ps, gs, per_param, []  # the common case, one C call per tensor
     misfits = [i for i, p in enumerate(ps) if not _layout.fits(p, [gs[i]] + [buf[i] for buf in per_param])]
     if not misfits:
         return ps, gs, per_param, []
     ps, gs, per_param = list(ps), list(gs), [list(buf) for buf in per_param]
     write_back = []
     for i in misfits:
-        _layout.check_no_overlap([ps[i]], "a parameter")
+        _layout.check_distinct(ps[i], "a parameter")
         for tensors, written in [(ps, True), (gs, False)] + [(buf, True) for buf in per_param]:
             x = tensors[i]
             if not x.is_contiguous():

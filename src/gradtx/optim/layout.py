@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 import torch
 
-__all__ = ["check_no_overlap", "fits", "is_dense", "same_strides"]
+__all__ = ["check_distinct", "check_no_overlap", "fits", "is_dense", "same_strides"]
 
 
 def is_dense(x: torch.Tensor) -> bool:
@@ -55,8 +55,13 @@ def check_no_overlap(params: Iterable[torch.Tensor], where: str) -> None:
     """Raise ``ValueError`` for a parameter some of whose elements share memory
     (``base.expand(3, 4)``): no update can write each element on its own."""
     for i, p in enumerate(params):
-        # 1: overlap for sure; 2: too hard to tell (a strided slice), left to the kernels
-        if isinstance(p, torch.Tensor) and torch._debug_has_internal_overlap(p) == 1:
-            raise ValueError(f"{where}[{i}] (shape {tuple(p.shape)}, strides {p.stride()}) has elements that share "
-                             "memory (an expanded tensor?), so it cannot be updated in place; pass a tensor whose "
-                             "elements are distinct, e.g. nn.Parameter(t.clone())")
+        check_distinct(p, f"{where}[{i}]")
+
+
+def check_distinct(p: torch.Tensor, what: str) -> None:
+    """:func:`check_no_overlap` for one tensor, named ``what`` in the error."""
+    # 1: overlap for sure; 2: too hard to tell (a strided slice), left to the kernels
+    if isinstance(p, torch.Tensor) and torch._debug_has_internal_overlap(p) == 1:
+        raise ValueError(f"{what} (shape {tuple(p.shape)}, strides {p.stride()}) has elements that share memory "
+                         "(an expanded tensor?), so it cannot be updated in place; give it memory of its own, "
+                         "e.g. nn.Parameter(t.clone())")
