@@ -86,7 +86,9 @@ def transform(fn: Callable[..., GradientTransformation] | None = None, *,
     ``gx.scale_by_adam(b1=0.8)`` prints as ``scale_by_adam(b1=0.8)``: only the arguments
     the caller gave, so the repr reads like the code that built it. The result also
     carries ``name`` (the constructor's) and ``args`` (all arguments, defaults included),
-    which fast paths read to recognise a chain; a chain adds ``parts``.
+    which fast paths read to recognise a chain; a chain adds ``parts``. ``recipe`` is
+    ``(constructor, args, kwargs)`` as called: pickling ``gx.Optimizer`` rebuilds the chain
+    from it (see ``gradtx.optim.pickling``).
 
     ``@transform(elementwise=True)`` declares that every element of the update, and of each
     per-parameter state tensor (shaped like its parameter), depends only on the same element
@@ -143,7 +145,8 @@ def transform(fn: Callable[..., GradientTransformation] | None = None, *,
                 parts.append(f"{name}={_format_value(value)}")
         inner = getattr(tx, "__dict__", {})
         attrs = {k: v for k, v in inner.items() if k != "description"}
-        attrs.update(name=fn.__name__, args=dict(bound.arguments))
+        # recipe: how to build it again (pickling gx.Optimizer rebuilds the chain from it)
+        attrs.update(name=fn.__name__, args=dict(bound.arguments), recipe=(build, args, kwargs))
         if "parts" not in inner:  # an alias is as elementwise (and in-place) as the chain it returns
             attrs["elementwise"] = bool(elementwise(attrs["args"]) if callable(elementwise) else elementwise)
             attrs["leafwise"] = attrs["elementwise"] or bool(leafwise(attrs["args"]) if callable(leafwise)
@@ -282,7 +285,7 @@ def stateless(fn: Callable[[Tree, Tree | None], Tree]) -> GradientTransformation
         return fn(updates, params), state
 
     return describe(GradientTransformation(_empty_init, update),
-                    f"stateless({getattr(fn, '__name__', 'fn')})")
+                    f"stateless({getattr(fn, '__name__', 'fn')})", recipe=(stateless, (fn,), {}))
 
 
 def apply_updates(params: Tree, updates: Tree, *, inplace: bool = False) -> Tree:

@@ -70,7 +70,8 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
 
     body = ",\n  ".join(_indent(repr(tx)) for tx in transforms)
     return describe(GradientTransformation(init, update), f"chain(\n  {body},\n)" if transforms else "chain()",
-                    parts=transforms, inplace=True)
+                    parts=transforms, inplace=True,
+                    recipe=(chain, transforms, {}))
 
 
 def members_runner(transforms: tuple[GradientTransformation, ...]):
@@ -162,7 +163,8 @@ def named_chain(*named_transforms: tuple[str, GradientTransformation]) -> Gradie
 
     body = ",\n  ".join(f"({name!r}, {_indent(repr(tx))})" for name, tx in named_transforms)
     return describe(GradientTransformation(init, update), f"named_chain(\n  {body},\n)",
-                    parts=tuple(tx for _, tx in named_transforms), inplace=True)
+                    parts=tuple(tx for _, tx in named_transforms), inplace=True,
+                    recipe=(named_chain, named_transforms, {}))
 
 
 # --- masking and partitioning -------------------------------------------------------------

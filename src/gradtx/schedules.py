@@ -6,6 +6,7 @@ with tensor ops only, so it runs unchanged under ``torch.compile`` and ``torch.f
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -17,6 +18,19 @@ __all__ = ["constant_schedule", "polynomial_schedule", "linear_schedule", "cosin
            "warmup_constant_schedule", "warmup_exponential_decay_schedule", "sgdr_schedule"]
 
 Schedule = Callable[[torch.Tensor | int], torch.Tensor]
+
+
+def _recorded(make: Callable[..., Schedule]) -> Callable[..., Schedule]:
+    """A schedule constructor whose schedules carry ``recipe = (constructor, args, kwargs)``,
+    so a chain holding one can be pickled (``gx.Optimizer`` rebuilds it from its recipe)."""
+
+    @functools.wraps(make)
+    def build(*args, **kwargs) -> Schedule:
+        schedule = make(*args, **kwargs)
+        schedule.recipe = (build, args, kwargs)
+        return schedule
+
+    return build
 
 
 def _step(count) -> torch.Tensor:
@@ -36,6 +50,7 @@ def _check_int(name: str, value, low: int | None = None) -> None:
         raise ValueError(f"{name} must be >= {low}, got {value!r}")
 
 
+@_recorded
 def constant_schedule(value: float) -> Schedule:
     """``f(t) = value``.
 
@@ -48,6 +63,7 @@ def constant_schedule(value: float) -> Schedule:
     return schedule
 
 
+@_recorded
 def polynomial_schedule(init_value: float, end_value: float, power: float, transition_steps: int,
                         transition_begin: int = 0) -> Schedule:
     """``f(t) = (init - end) * (1 - s / transition_steps)^power + end`` with
@@ -71,6 +87,7 @@ def polynomial_schedule(init_value: float, end_value: float, power: float, trans
     return schedule
 
 
+@_recorded
 def linear_schedule(init_value: float, end_value: float, transition_steps: int,
                     transition_begin: int = 0) -> Schedule:
     """Linear ramp from ``init_value`` to ``end_value`` over ``transition_steps`` steps,
@@ -82,6 +99,7 @@ def linear_schedule(init_value: float, end_value: float, transition_steps: int,
     return polynomial_schedule(init_value, end_value, 1, transition_steps, transition_begin)
 
 
+@_recorded
 def cosine_decay_schedule(init_value: float, decay_steps: int, alpha: float = 0.0,
                           exponent: float = 1.0) -> Schedule:
     """``f(t) = init * ((1 - alpha) * c^exponent + alpha)``,
@@ -100,6 +118,7 @@ def cosine_decay_schedule(init_value: float, decay_steps: int, alpha: float = 0.
     return schedule
 
 
+@_recorded
 def warmup_cosine_decay_schedule(init_value: float, peak_value: float, warmup_steps: int, decay_steps: int,
                                  end_value: float = 0.0, exponent: float = 1.0) -> Schedule:
     """Linear warmup from ``init_value`` to ``peak_value`` over ``warmup_steps``, then cosine
@@ -122,6 +141,7 @@ def warmup_cosine_decay_schedule(init_value: float, peak_value: float, warmup_st
         [warmup_steps])
 
 
+@_recorded
 def exponential_decay(init_value: float, transition_steps: int, decay_rate: float, transition_begin: int = 0,
                       staircase: bool = False, end_value: float | None = None) -> Schedule:
     """``f(t) = init * decay_rate^(s / transition_steps)``, ``s = t - transition_begin``
@@ -153,6 +173,7 @@ def exponential_decay(init_value: float, transition_steps: int, decay_rate: floa
     return schedule
 
 
+@_recorded
 def piecewise_constant_schedule(init_value: float, boundaries_and_scales: dict[int, float] | None = None
                                 ) -> Schedule:
     """``f(t) = init * prod(scale_b for boundary b <= t)``; scales must be non-negative.
@@ -175,6 +196,7 @@ def piecewise_constant_schedule(init_value: float, boundaries_and_scales: dict[i
     return schedule
 
 
+@_recorded
 def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
     """Run ``schedules[i]`` from ``boundaries[i-1]`` on, each seeing steps counted from its
     own start: ``f(t) = schedules[i](t - boundaries[i-1])`` for
@@ -198,6 +220,7 @@ def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> 
     return schedule
 
 
+@_recorded
 def piecewise_interpolate_schedule(interpolate_type: str, init_value: float,
                                    boundaries_and_scales: dict[int, float] | None = None) -> Schedule:
     """Interpolate between the values ``init * prod(scale_b for b <= boundary)`` reached at
@@ -240,6 +263,7 @@ def piecewise_interpolate_schedule(interpolate_type: str, init_value: float,
     return schedule
 
 
+@_recorded
 def linear_onecycle_schedule(transition_steps: int, peak_value: float, pct_start: float = 0.3,
                              pct_final: float = 0.85, div_factor: float = 25.0,
                              final_div_factor: float = 1e4) -> Schedule:
@@ -260,6 +284,7 @@ def linear_onecycle_schedule(transition_steps: int, peak_value: float, pct_start
          transition_steps: 1.0 / final_div_factor})
 
 
+@_recorded
 def cosine_onecycle_schedule(transition_steps: int, peak_value: float, pct_start: float = 0.3,
                              div_factor: float = 25.0, final_div_factor: float = 1e4) -> Schedule:
     """One-cycle policy with cosine phases (Smith & Topin, 2017, "Super-Convergence").
@@ -277,6 +302,7 @@ def cosine_onecycle_schedule(transition_steps: int, peak_value: float, pct_start
          int(transition_steps): 1.0 / (div_factor * final_div_factor)})
 
 
+@_recorded
 def warmup_constant_schedule(init_value: float, peak_value: float, warmup_steps: int) -> Schedule:
     """Linear warmup from ``init_value`` to ``peak_value`` over ``warmup_steps``, then constant.
 
@@ -286,6 +312,7 @@ def warmup_constant_schedule(init_value: float, peak_value: float, warmup_steps:
     return linear_schedule(init_value, peak_value, warmup_steps)
 
 
+@_recorded
 def warmup_exponential_decay_schedule(init_value: float, peak_value: float, warmup_steps: int,
                                       transition_steps: int, decay_rate: float, transition_begin: int = 0,
                                       staircase: bool = False, end_value: float | None = None) -> Schedule:
@@ -301,6 +328,7 @@ def warmup_exponential_decay_schedule(init_value: float, peak_value: float, warm
         [warmup_steps])
 
 
+@_recorded
 def sgdr_schedule(cosine_kwargs: Sequence[dict]) -> Schedule:
     """SGD with warm restarts (Loshchilov & Hutter, 2017): one
     :func:`warmup_cosine_decay_schedule` per dict of ``cosine_kwargs``, each running for its

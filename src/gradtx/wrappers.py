@@ -258,9 +258,11 @@ def inject_hyperparams(inner_factory: Callable[..., GradientTransformation], sta
         shown = ", ".join(f"{k}={v!r}" if not callable(v) else f"{k}={getattr(v, '__name__', 'fn')}"
                           for k, v in bound.arguments.items() if k in kwargs or k in list(order)[:len(args)])
         return describe(GradientTransformation(init, update), f"inject_hyperparams({factory_name})({shown})",
-                        leafwise=leafwise, inplace=declared)
+                        leafwise=leafwise, inplace=declared, recipe=(wrapped, args, kwargs))
 
     wrapped.__name__ = f"inject_hyperparams({factory_name})"
+    # how to make this factory again (pickling rebuilds from recipes, see gradtx.optim.pickling)
+    wrapped.recipe = (inject_hyperparams, (inner_factory, tuple(sorted(static)), hyperparam_dtype), {})
     wrapped.__doc__ = inner_factory.__doc__
     return wrapped
 

@@ -36,6 +36,7 @@ import torch.fx.experimental._config as _fx_config
 
 from .._tree import param_leaves, tree_flatten, tree_leaves, tree_unflatten
 from ..base import GradientTransformation, non_elementwise_parts
+from . import layout as _layout
 
 __all__ = ["CompiledChain"]
 
@@ -196,6 +197,9 @@ class CompiledChain:
     # -- planning (once per group, again when the parameters or the state change) ----------
 
     def _plan(self, state: Any, keys: list[int], params: dict, grads: dict) -> _Plan:
+        # Packed parameters are copied back whole: one whose elements share memory cannot be.
+        for k in keys:
+            _layout.check_distinct(params[k], f"parameter {k} of this param group")
         positioned, treedef = param_leaves(state)
         leaves = [leaf for _, _, leaf in positioned]
         per_param: dict[int, dict[str, torch.Tensor]] = {}

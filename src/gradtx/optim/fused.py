@@ -17,6 +17,12 @@ agree with the generic path to round-off (the same formulas in another associati
 order); hyperparameters are read from the state after the adapter wrote ``param_groups``
 into it, so LR schedulers and per-group overrides work unchanged.
 
+The kernels walk memory linearly, so they take a parameter as it is only when it is dense
+and its gradient and state have its strides (``layout.fits``); any other parameter (a slice
+``base[:, ::2]``, a gradient ``g.t()``, a channels-last tensor given a contiguous gradient)
+runs on contiguous copies of its tensors, copied back after: the numbers of the generic path,
+and nothing written outside the parameter.
+
 A leading ``clip_value`` is exact, so it runs first on a private copy of the gradients,
 which the kernel then reads: ``.grad`` is never changed. ``add_decayed_weights`` with a
 ``mask`` (``gx.adamw(..., mask="*.weight")``: no decay on biases) runs the kernel twice, on
@@ -35,6 +41,7 @@ from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 from .. import _foreach as F  # noqa: N812
 from .._hparams import is_schedule
 from .._tree import mask_flags
+from . import layout as _layout
 
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -94,9 +101,10 @@ class FusedPlan:
             per_param = [[s.mu[k] for k in keys], [s.nu[k] for k in keys]]
         elif self.core >= 0:
             per_param = [[state[self.core].trace[k] for k in keys]]
-        # Only the gradients need a look each step: the state buffers are zeros_like(params)
-        # (the plan excludes mu_dtype and loading keeps dtypes), autograd and the .grad
-        # setter guarantee shapes, and the adapter refused sparse gradients already.
+        # Dtypes and devices: only the gradients need a look each step, as the state buffers
+        # are zeros_like(params) (the plan excludes mu_dtype and loading keeps dtypes);
+        # autograd and the .grad setter guarantee shapes, and the adapter refused sparse
+        # gradients already. Layouts (strides) are checked below, on every tensor.
         for p, g in zip(ps, gs):
             if g.dtype != p.dtype or g.device != p.device:
                 return False
@@ -112,6 +120,8 @@ class FusedPlan:
             gs = F.copy_(buffers(gs), gs)
             for c in self.clips:
                 F.clamp(gs, -c, c, inplace=True)
+        # The kernels walk memory linearly: tensors of another layout run on contiguous copies.
+        ps, gs, per_param, write_back = _linear_layout(ps, gs, per_param)
 
         # (device, indices, weight decay) per kernel call: a masked decay splits each group in two
         flags = self._mask_flags(params) if self.mask is not None else None
@@ -150,6 +160,8 @@ class FusedPlan:
                 torch._fused_sgd_([ps[i] for i in idx], [gs[i] for i in idx], bufs, weight_decay=decay,
                                   momentum=self.hp.get("momentum", 0.0), lr=lr, dampening=dampening,
                                   nesterov=self.hp.get("nesterov", False), maximize=False, is_first_step=first)
+        if write_back:
+            torch._foreach_copy_([dst for dst, _ in write_back], [src for _, src in write_back])
         return True
 
     def _mask_flags(self, params: dict) -> list[bool]:
@@ -157,6 +169,31 @@ class FusedPlan:
         if self._flags is None or self._flags[0] is not params:
             self._flags = (params, mask_flags(self.mask, params, params))
         return self._flags[1]
+
+
+def _linear_layout(ps: list, gs: list, per_param: list[list]) -> tuple[list, list, list[list], list]:
+    """``ps``, ``gs`` and the state lists, with the tensors of every parameter that a linear
+    walk of memory would pair wrongly (not dense, or strides that differ: see ``layout``)
+    replaced by contiguous copies; and the ``(tensor, copy)`` pairs to copy back after the
+    kernel (the parameter and its state; the gradient is only read). Each element then
+    meets its own gradient and state, as on the generic path."""
+    contiguous = torch.Tensor.is_contiguous
+    if all(map(contiguous, ps)) and all(map(contiguous, gs)) and all(all(map(contiguous, buf)) for buf in per_param):
+        return ps, gs, per_param, []  # the common case, one C call per tensor
+    misfits = [i for i, p in enumerate(ps) if not _layout.fits(p, [gs[i]] + [buf[i] for buf in per_param])]
+    if not misfits:
+        return ps, gs, per_param, []
+    ps, gs, per_param = list(ps), list(gs), [list(buf) for buf in per_param]
+    write_back = []
+    for i in misfits:
+        _layout.check_distinct(ps[i], "a parameter")
+        for tensors, written in [(ps, True), (gs, False)] + [(buf, True) for buf in per_param]:
+            x = tensors[i]
+            if not x.is_contiguous():
+                tensors[i] = x.contiguous()
+                if written:
+                    write_back.append((x, tensors[i]))
+    return ps, gs, per_param, write_back
 
 
 def _group_by_device_and_dtype(ps: list[torch.Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:

@@ -24,6 +24,9 @@ from ..combine import members_runner
 from . import compiled as _compiled
 from . import fused as _fused
 from . import hyperparams
+from . import layout as _layout
+from . import pickling as _pickling
+from . import torch_state as _torch_state
 from .groups import split_by_group
 
 __all__ = ["Optimizer"]
@@ -80,6 +83,13 @@ class Optimizer(torch.optim.Optimizer):
       transforms receive ``value`` (that loss), ``grad`` and ``value_fn`` (params -> loss).
     - ``state_dict()`` holds tensors and plain containers only and reads back with
       ``torch.load(..., weights_only=True)``.
+    - ``pickle``, ``torch.save(opt)`` and ``copy.deepcopy(opt)`` work as for ``torch.optim``: the
+      chain is built again from the constructor calls its transforms record, so a chain holding
+      a lambda or nested function is refused when pickled, naming it (deepcopy shares such
+      functions). See ``gradtx.optim.pickling``.
+    - Migration: ``load_state_dict`` also takes a ``torch.optim`` state dict (Adam, AdamW, SGD,
+      RMSprop, Adagrad) when the chain is its gradtx equivalent, and ``torch_state_dict(kind)``
+      writes one ``torch.optim`` loads (see ``gradtx.optim.torch_state``).
     - Speed (``fast=True``, the default): a chain with the shape of Adam, AdamW or SGD
       (momentum, Nesterov, weight decay, masked or not), optionally after ``clip_value``, runs on torch's
       fused kernels (``torch._fused_adam_`` / ``_fused_adamw_`` / ``_fused_sgd_``) on the
@@ -119,6 +129,7 @@ class Optimizer(torch.optim.Optimizer):
         if not isinstance(compile, (bool, dict)):
             raise ValueError(f"compile must be a bool or a dict of torch.compile arguments, got {compile!r}")
         self.tx = tx
+        self._init_options = {"fast": fast, "compile": compile, "check_descent": check_descent}  # for pickling
         # compile=True (or torch.compile's arguments) runs an elementwise chain compiled, in
         # slots of flat tensors, so compile time does not grow with the parameter count.
         self._compiled = (None if compile is False else
@@ -181,6 +192,7 @@ class Optimizer(torch.optim.Optimizer):
             warnings.warn(f"{where} sets {unread}, which no transform of this chain reads; its keys are "
                           f"{sorted(self.defaults)}", stacklevel=2)
         super().add_param_group(param_group)
+        self._refuse_overlapping_params()
         self._chain_states.append(None)
         self._known_keys.append(bytearray(len(self.param_groups[-1]["params"])))
         self._param_ids.append([0] * len(self.param_groups[-1]["params"]))
@@ -226,9 +238,6 @@ class Optimizer(torch.optim.Optimizer):
         self._scratch = [None] * n
         self._step_params = [None] * n
         self._one_state, self._one_known, self._one_ids = None, set(), {}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        raise TypeError("gx.Optimizer is not picklable; use state_dict() / load_state_dict()")
 
     # -- stepping ----------------------------------------------------------------------
 
@@ -522,11 +531,13 @@ class Optimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a :meth:`state_dict`; raises ``ValueError`` and changes nothing when it
         comes from another chain or model, or holds a hyperparameter the chain would refuse.
+        A ``torch.optim`` state dict is converted first (see :meth:`load_torch_state_dict`).
         Runs the hooks registered with ``register_load_state_dict_pre_hook`` / ``_post_hook``."""
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
             result = pre_hook(self, state_dict)
             if result is not None:
                 state_dict = result
+        state_dict = self._converted_from_torch(state_dict)
         if not isinstance(state_dict, dict) or state_dict.get("format") != STATE_FORMAT:
             found = state_dict.get("format") if isinstance(state_dict, dict) else type(state_dict).__name__
             raise ValueError(f"not a gx.Optimizer state dict (format {found!r}, expected {STATE_FORMAT!r})")
@@ -615,6 +626,65 @@ class Optimizer(torch.optim.Optimizer):
         fresh = self.tx.init(self._param_dict(gi, keys))
         saved = {k: saved_state.get(saved_group["params"][k], {}) for k in keys}
         return _restore(fresh, f"param group {gi}", saved_shared, saved), keys
+
+    # -- hooks of gradtx.optim.layout ---------------------------------------------------
+
+    def _refuse_overlapping_params(self) -> None:
+        """Refuse (and take back) the param group just added when a parameter's elements
+        share memory (``base.expand(3, 4)``): no path can update it in place."""
+        gi = len(self.param_groups) - 1
+        try:
+            _layout.check_no_overlap(self.param_groups[gi]["params"], f"param_groups[{gi}]['params']")
+        except ValueError:
+            self.param_groups.pop()
+            raise
+
+    # -- hooks of gradtx.optim.pickling: pickle, copy.deepcopy, torch.save -------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        return _pickling.getstate(self)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        _pickling.setstate(self, state)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Optimizer:
+        return _pickling.deepcopy(self, memo)
+
+    # -- hooks of gradtx.optim.torch_state: migration from and to torch.optim ----------------
+
+    def load_torch_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a ``torch.optim`` state dict (``Adam``, ``AdamW``, ``SGD``, ``RMSprop``,
+        ``Adagrad``) into this optimizer, whose chain must be that class's gradtx equivalent
+        (``gx.adam`` for ``Adam``, ...: the table is in ``gradtx.optim.torch_state``); training
+        continues as torch's would have. Raises ``ValueError``, changing nothing, when the chain
+        is not the equivalent or the state cannot be converted exactly. ``load_state_dict``
+        does the same when given a torch state dict.
+
+        Example::
+
+            opt = gx.Optimizer(model.parameters(), gx.adam(1e-3))
+            opt.load_torch_state_dict(torch.load("adam_checkpoint.pt")["optimizer"])
+        """
+        self.load_state_dict(_torch_state.from_torch_state_dict(
+            self.tx, state_dict, self.state_dict(), [g["params"] for g in self.param_groups]))
+
+    def torch_state_dict(self, kind: Any = None) -> dict[str, Any]:
+        """This optimizer's state as a state dict for ``torch.optim.<kind>`` (a class or its
+        name: ``"Adam"``, ``"AdamW"``, ``"SGD"``, ``"RMSprop"``, ``"Adagrad"``; ``None`` finds
+        the one the chain is equivalent to). Raises ``ValueError`` when the chain is not the
+        equivalent of ``kind``.
+
+        Example: ``torch.optim.AdamW(model.parameters()).load_state_dict(opt.torch_state_dict("AdamW"))``.
+        """
+        return _torch_state.to_torch_state_dict(self.tx, self.state_dict(), [g["params"] for g in self.param_groups],
+                                                kind)
+
+    def _converted_from_torch(self, state_dict: Any) -> Any:
+        """``state_dict`` converted when it is a ``torch.optim`` one, else as it is."""
+        if _torch_state.is_torch_state_dict(state_dict):
+            return _torch_state.from_torch_state_dict(self.tx, state_dict, self.state_dict(),
+                                                      [g["params"] for g in self.param_groups])
+        return state_dict
 
 
 def chain_signature(tx: GradientTransformation) -> str:
