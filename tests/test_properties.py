@@ -47,13 +47,28 @@ def test_update_is_pure(entry):
             assert torch.equal(a, b), "update mutated its inputs"
 
 
+# A tree of four leaves of four dtypes, the lowest precision first (a cast to "the first
+# leaf's dtype" shows at once); values rounded to bfloat16, so every dtype holds them exactly.
+MIXED = {"w": ((6, 5), torch.bfloat16), "h": ((3,), torch.float16), "b": ((4,), torch.float32),
+         "s": ((), torch.float64), "v": ((2, 5), torch.float64)}
+
+
+def mixed_tree(seed: int, dtypes: dict | None = None) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(shape, generator=gen).to(torch.bfloat16).to((dtypes or {}).get(k, dtype))
+            for k, (shape, dtype) in MIXED.items()}
+
+
 @pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["f32", "f64", "bf16"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, "mixed"],
+                         ids=["f32", "f64", "bf16", "mixed"])
 def test_state_stable_and_dtype_kept(entry, dtype):
+    """Three updates keep the state's structure, shapes and dtypes and each update's dtype,
+    on a tree of one dtype and on a tree mixing float16, bfloat16, float32 and float64."""
     if dtype in entry.skip.get("dtypes", ()):
         pytest.skip(entry.skip.get("why", "dtype not supported"))
     tx = entry.build()
-    params = example_params(dtype)
+    params = mixed_tree(1) if dtype == "mixed" else example_params(dtype)
     state = tx.init(params)
     sig = _signature(state)
     for step in range(3):
@@ -62,6 +77,45 @@ def test_state_stable_and_dtype_kept(entry, dtype):
         assert _signature(state) == sig, f"state changed structure at step {step}"
         for k in grads:
             assert updates[k].dtype == grads[k].dtype and updates[k].shape == grads[k].shape
+        params = gx.apply_updates(params, updates)
+
+
+# Round-off of one update in each dtype: float64 and float32 to a few units in the last
+# place; bfloat16 to two (8 bits of mantissa), as a wider computation rounded once may differ
+# from the all-bfloat16 one by that much.
+DTYPE_TOL = {torch.bfloat16: dict(rtol=1.6e-2, atol=1e-4), torch.float16: dict(rtol=2e-3, atol=1e-5),
+             torch.float32: dict(rtol=1e-5, atol=1e-7), torch.float64: dict(rtol=1e-12, atol=1e-14)}
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
+def test_mixed_dtype_tree_matches_each_dtype_alone(entry):
+    """Each leaf keeps its own dtype: on a tree mixing bfloat16, float16, float32 and float64
+    leaves (the lowest precision first), every update has its gradient's dtype and equals, to
+    that dtype's round-off, the update of the same entry on the tree where that leaf keeps its
+    dtype and every leaf of another dtype is float64: for a leafwise entry, the leaf alone in
+    its own dtype; for one that couples the leaves (a global norm), the others held exactly.
+    Every run gets the same params, gradients and loss each step (values that every dtype
+    holds exactly, at first)."""
+    tx = entry.build()
+    params = mixed_tree(1)
+    state = tx.init(params)
+    dtypes = sorted({x.dtype for x in params.values()}, key=str)
+
+    def alone(tree, dtype):  # the leaves of `dtype` as they are, the others (exactly) in float64
+        return {k: x if x.dtype == dtype else x.to(torch.float64) for k, x in tree.items()}
+
+    ref_states = {d: tx.init(alone(params, d)) for d in dtypes}
+    for step in range(3):
+        grads = mixed_tree(10 + step)
+        extra = extra_args(entry, params)  # the loss of the mixed tree, given to every run
+        updates, state = tx.update(grads, state, params, **extra)
+        for d in dtypes:
+            ref, ref_states[d] = tx.update(alone(grads, d), ref_states[d], alone(params, d), **extra)
+            for k, g in grads.items():
+                if g.dtype == d:
+                    assert updates[k].dtype == d, f"step {step}, {k}: update {updates[k].dtype}, gradient {d}"
+                    torch.testing.assert_close(updates[k], ref[k], **DTYPE_TOL[d],
+                                               msg=lambda m, k=k, step=step: f"step {step}, {k}: {m}")
         params = gx.apply_updates(params, updates)
 
 

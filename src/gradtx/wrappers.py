@@ -418,7 +418,7 @@ def apply_every(k: int = 1) -> GradientTransformation:
         if c == 0:
             accs = F.copy_(accs, us) if inplace else [u.to(a.dtype, copy=True) for u, a in zip(us, accs)]
         else:
-            accs = F.add(accs, F.cast(us, accs[0].dtype if accs else None), inplace=inplace)
+            accs = F.add(accs, F.cast_like(us, accs), inplace=inplace)
         if c == k - 1:
             # never hand out the accumulator itself: the caller may write into its updates
             out = F.copy_(us, accs) if inplace else [a.to(u.dtype, copy=True) for a, u in zip(accs, us)]
@@ -571,10 +571,10 @@ def lookahead(fast_optimizer: GradientTransformation, sync_period: int, slow_ste
         us, treedef = tree_flatten(updates)
         ps = [p.detach() if inplace else p for p in treedef.flatten_up_to(params)]
         slows = treedef.flatten_up_to(state.slow)
-        reached = F.add(ps, F.cast(us, ps[0].dtype if ps else None))  # the fast weights after this step
+        reached = F.add(ps, F.cast_like(us, ps))  # the fast weights after this step
         slows = F.lerp(slows, reached, state.slow_step_size, inplace=inplace)
         step_to_slow = F.sub(slows, ps)
-        out = F.copy_(us, step_to_slow) if inplace else F.cast(step_to_slow, us[0].dtype if us else None)
+        out = F.copy_(us, step_to_slow) if inplace else F.cast_like(step_to_slow, us)
         if reset_state:  # optax re-initialises from the params given to this step
             fast_state = fast_optimizer.init(params)
         return tree_unflatten(out, treedef), LookaheadState(fast_state, steps, state.slow_step_size,

@@ -31,9 +31,6 @@ __all__ = [
 _F64 = torch.float64
 
 
-def _dtype_of(xs: list[torch.Tensor]) -> torch.dtype | None:
-    return xs[0].dtype if xs else None
-
 
 def _full(params: Tree, value: float) -> Tree:
     ps, treedef = leaves(params)
@@ -47,7 +44,7 @@ def _step(count: torch.Tensor) -> torch.Tensor:
 def _divide_mu_hat(denom: list[torch.Tensor], mus: list[torch.Tensor], bc1: torch.Tensor | None) -> list:
     """``(m / bc1) / denom`` written into ``denom`` (which the caller owns)."""
     F.reciprocal(denom, inplace=True)
-    F.mul(denom, F.cast(mus, _dtype_of(denom)), inplace=True)
+    F.mul(denom, F.cast_like(mus, denom), inplace=True)
     if bc1 is not None:
         F.div(denom, bc1, inplace=True)
     return denom
@@ -59,7 +56,7 @@ def _nesterov_numerator(gs, mus, b1: float, count: torch.Tensor, inplace: bool) 
     bc1 = _bias_correction(b1, count)
     bc1_next = _bias_correction(b1, count + 1)
     numer = F.mul(gs, (1.0 - b1) / bc1, inplace=inplace)
-    F.add(numer, F.mul(F.cast(mus, _dtype_of(gs)), b1 / bc1_next), inplace=True)
+    F.add(numer, F.mul(F.cast_like(mus, gs), b1 / bc1_next), inplace=True)
     return numer
 
 
@@ -109,14 +106,14 @@ def scale_by_adamax(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gr
         gs, treedef = leaves(updates)
         mus = leaves_like(state.mu, treedef)
         nus = leaves_like(state.nu, treedef)
-        mus = F.lerp(mus, F.cast(gs, _dtype_of(mus)), 1.0 - b1, inplace=inplace)
+        mus = F.lerp(mus, gs, 1.0 - b1, inplace=inplace)
         # |g| + eps, in g's buffer when allowed (g is not needed after the first moment)
         bound = F.abs(gs, inplace=inplace)
         F.add(bound, eps, inplace=True)
         nus = F.mul(nus, b2, inplace=inplace)
-        F.maximum(nus, F.cast(bound, _dtype_of(nus)), inplace=True)
+        F.maximum(nus, F.cast_like(bound, nus), inplace=True)
         count = increment(state.count, inplace)
-        out = F.copy_(bound, mus) if inplace else F.cast(mus, _dtype_of(gs))
+        out = F.copy_(bound, mus) if inplace else F.cast_like(mus, gs)
         out = F.div(out, nus, inplace=inplace)
         F.div(out, _bias_correction(b1, count), inplace=True)
         out = F.cast_like(out, gs)  # updates keep the gradients' dtype
@@ -172,7 +169,7 @@ def scale_by_amsgrad(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_
         mus = leaves_like(state.mu, treedef)
         nus = leaves_like(state.nu, treedef)
         maxs = leaves_like(state.nu_max, treedef)
-        mus = F.lerp(mus, F.cast(gs, _dtype_of(mus)), 1.0 - b1, inplace=inplace)
+        mus = F.lerp(mus, gs, 1.0 - b1, inplace=inplace)
         nus = _second_moment(nus, gs, b2, inplace)
         count = increment(state.count, inplace)
         bc2 = _bias_correction(b2, count)
@@ -226,9 +223,9 @@ def scale_by_belief(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-16, eps_
         gs, treedef = leaves(updates)
         mus = leaves_like(state.mu, treedef)
         nus = leaves_like(state.nu, treedef)
-        mus = F.lerp(mus, F.cast(gs, _dtype_of(mus)), 1.0 - b1, inplace=inplace)
+        mus = F.lerp(mus, gs, 1.0 - b1, inplace=inplace)
         reuse = inplace and not nesterov  # nesterov still needs g after the moments
-        err = F.sub(gs, F.cast(mus, _dtype_of(gs)), inplace=reuse)
+        err = F.sub(gs, F.cast_like(mus, gs), inplace=reuse)
         nus = F.mul(nus, b2, inplace=inplace)
         F.addcmul(nus, err, err, 1.0 - b2, inplace=True)
         F.add(nus, eps_root, inplace=True)
@@ -416,7 +413,7 @@ def scale_by_nadam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, moment
         gs, treedef = leaves(updates)
         mus = leaves_like(state.mu, treedef)
         nus = leaves_like(state.nu, treedef)
-        mus = F.lerp(mus, F.cast(gs, _dtype_of(mus)), 1.0 - b1, inplace=inplace)
+        mus = F.lerp(mus, gs, 1.0 - b1, inplace=inplace)
         nus = _second_moment(nus, gs, b2, inplace)
         count = increment(state.count, inplace)
         t = _step(count)
@@ -430,7 +427,7 @@ def scale_by_nadam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, moment
         F.sqrt(denom, inplace=True)
         F.add(denom, eps, inplace=True)
         numer = F.mul(gs, (1.0 - mu_t) / (1.0 - prod_t), inplace=inplace)
-        F.add(numer, F.mul(F.cast(mus, _dtype_of(gs)), mu_next / (1.0 - prod_t * mu_next)), inplace=True)
+        F.add(numer, F.mul(F.cast_like(mus, gs), mu_next / (1.0 - prod_t * mu_next)), inplace=True)
         out = F.div(numer, denom, inplace=True)
         new_state = ScaleByNadamState(count, product, unflatten(treedef, mus), unflatten(treedef, nus))
         out = F.cast_like(out, gs)  # updates keep the gradients' dtype
@@ -490,12 +487,12 @@ def scale_by_novograd(b1: float = 0.9, b2: float = 0.25, eps: float = 1e-8, eps_
         denom = F.add(nus, eps_root)
         F.sqrt(denom, inplace=True)
         F.add(denom, eps, inplace=True)
-        normed = F.div(gs, F.cast(denom, _dtype_of(gs)), inplace=inplace)
+        normed = F.div(gs, F.cast_like(denom, gs), inplace=inplace)
         if weight_decay != 0.0:
             ps = leaves_like(params, treedef)
-            F.add(normed, F.cast([p.detach() for p in ps], _dtype_of(gs)), alpha=weight_decay, inplace=True)
+            F.add(normed, F.cast_like([p.detach() for p in ps], gs), alpha=weight_decay, inplace=True)
         mus = F.mul(mus, b1, inplace=inplace)
-        F.add(mus, F.cast(normed, _dtype_of(mus)), inplace=True)
+        F.add(mus, F.cast_like(normed, mus), inplace=True)
         out = F.copy_(normed, mus)  # normed is this update's own buffer (or the caller's, when inplace)
         out = F.cast_like(out, gs)  # updates keep the gradients' dtype
         return unflatten(treedef, out), ScaleByNovogradState(count, unflatten(treedef, mus), unflatten(treedef, nus))
@@ -540,14 +537,14 @@ def scale_by_lion(b1: float = 0.9, b2: float = 0.99, mu_dtype: torch.dtype | Non
         gs, treedef = leaves(updates)
         mus = leaves_like(state.mu, treedef)
         # c is new memory: g is still needed for the momentum below
-        c = F.lerp(F.clone(mus, _dtype_of(gs)), gs, 1.0 - b1, inplace=True)
+        c = F.lerp(F.clone_like(mus, gs), gs, 1.0 - b1, inplace=True)
         if mode == "hard":
             F.sign(c, inplace=True)
         elif mode == "smooth":
             c = [torch.tanh_(x.mul_(smooth_beta)) for x in c]
         else:
             F.clamp(c, -1.0, 1.0, inplace=True)
-        mus = F.lerp(mus, F.cast(gs, _dtype_of(mus)), 1.0 - b2, inplace=inplace)
+        mus = F.lerp(mus, gs, 1.0 - b2, inplace=inplace)
         count = increment(state.count, inplace)
         return unflatten(treedef, c), ScaleByLionState(count, unflatten(treedef, mus))
 

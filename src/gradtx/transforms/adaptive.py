@@ -22,9 +22,6 @@ class ScaleByAdamState(NamedTuple):
     nu: Tree  # second moment, the param's dtype
 
 
-def _dtype_of(xs: list[torch.Tensor]) -> torch.dtype | None:
-    return xs[0].dtype if xs else None
-
 
 @transform(elementwise=True, inplace=True)
 def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_root: float = 0.0,
@@ -53,7 +50,7 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_roo
         gs, treedef = leaves(updates)
         mus = leaves_like(state.mu, treedef)
         nus = leaves_like(state.nu, treedef)
-        mus = F.lerp(mus, F.cast(gs, _dtype_of(mus)), 1.0 - b1, inplace=inplace)
+        mus = F.lerp(mus, gs, 1.0 - b1, inplace=inplace)
         nus = F.mul(nus, b2, inplace=inplace)
         F.addcmul(nus, gs, gs, 1.0 - b2, inplace=True)
         count = increment(state.count, inplace)
@@ -67,9 +64,9 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_roo
             denom = F.add(F.sqrt(v_hat), eps)
             if nesterov:
                 bc1_next = _bias_correction(b1, count + 1)
-                numer = F.add(F.mul(gs, (1.0 - b1) / bc1), F.mul(F.cast(mus, _dtype_of(gs)), b1 / bc1_next))
+                numer = F.add(F.mul(gs, (1.0 - b1) / bc1), F.mul(F.cast_like(mus, gs), b1 / bc1_next))
             else:
-                numer = F.div(F.cast(mus, _dtype_of(gs)), bc1)
+                numer = F.div(F.cast_like(mus, gs), bc1)
             out = F.div(numer, denom)
         else:
             out = _adam_direction(gs, mus, nus, count, b1, bc1, bc2, eps, eps_root, nesterov, inplace)
@@ -92,7 +89,7 @@ def _adam_direction(gs, mus, nus, count, b1, bc1, bc2, eps, eps_root, nesterov, 
         denom = F.sqrt(F.copy_(gs, nus), inplace=True) if reuse else F.sqrt(nus)
         F.add(denom, eps * root_bc2, inplace=True)
         F.reciprocal(denom, inplace=True)
-        F.mul(denom, F.cast(mus, _dtype_of(denom)), inplace=True)
+        F.mul(denom, F.cast_like(mus, denom), inplace=True)
         return F.mul(denom, root_bc2 / bc1, inplace=True)
     if eps_root == 0.0:
         denom = F.sqrt(F.copy_(gs, nus), inplace=True) if reuse else F.sqrt(nus)
@@ -107,10 +104,10 @@ def _adam_direction(gs, mus, nus, count, b1, bc1, bc2, eps, eps_root, nesterov, 
         bc1_next = _bias_correction(b1, count + 1)
         # numerator b1 m / bc1_next + (1 - b1) g / bc1, built in g's buffer when allowed
         numer = F.mul(gs, (1.0 - b1) / bc1, inplace=inplace)
-        F.add(numer, F.mul(F.cast(mus, _dtype_of(gs)), b1 / bc1_next), inplace=True)
+        F.add(numer, F.mul(F.cast_like(mus, gs), b1 / bc1_next), inplace=True)
         return F.div(numer, denom, inplace=True)
     F.reciprocal(denom, inplace=True)
-    F.mul(denom, F.cast(mus, _dtype_of(denom)), inplace=True)
+    F.mul(denom, F.cast_like(mus, denom), inplace=True)
     return F.div(denom, bc1, inplace=True)
 
 

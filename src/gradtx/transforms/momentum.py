@@ -39,14 +39,14 @@ def trace(decay: float, nesterov: bool = False, accumulator_dtype: torch.dtype |
         us, treedef = leaves(updates)
         ms = leaves_like(state.trace, treedef)
         ms = F.mul(ms, decay, inplace=inplace)
-        F.add(ms, F.cast(us, accumulator_dtype), inplace=True)
+        F.add(ms, F.cast(us, accumulator_dtype), inplace=True)  # an in-place add reads any dtype
         if nesterov:
-            out = F.add(us, F.cast(ms, us[0].dtype if us else None), alpha=decay, inplace=inplace)
+            out = F.add(us, F.cast_like(ms, us), alpha=decay, inplace=inplace)
         elif inplace:
             # The caller may overwrite returned updates; never hand it our state buffer.
             out = F.copy_(us, ms)
         else:
-            out = F.cast(ms, us[0].dtype if us else None)
+            out = F.cast_like(ms, us)
         return unflatten(treedef, out), TraceState(unflatten(treedef, ms))
 
     return GradientTransformation(init, update)
@@ -86,7 +86,7 @@ def ema(decay: float, debias: bool = True, accumulator_dtype: torch.dtype | None
         del params, extra_args
         us, treedef = leaves(updates)
         ms = leaves_like(state.ema, treedef)
-        ms = F.lerp(ms, F.cast(us, ms[0].dtype if ms else None), 1.0 - decay, inplace=inplace)
+        ms = F.lerp(ms, us, 1.0 - decay, inplace=inplace)
         count = increment(state.count, inplace)
         if inplace:
             out = F.copy_(us, ms)
@@ -94,7 +94,7 @@ def ema(decay: float, debias: bool = True, accumulator_dtype: torch.dtype | None
                 F.div(out, _bias_correction(decay, count), inplace=True)
         else:
             out = F.div(ms, _bias_correction(decay, count)) if debias else ms
-            out = F.cast(out, us[0].dtype if us else None)
+            out = F.cast_like(out, us)
         return unflatten(treedef, out), EmaState(count, unflatten(treedef, ms))
 
     return GradientTransformation(init, update)

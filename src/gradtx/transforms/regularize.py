@@ -63,7 +63,7 @@ def add_decayed_weights(weight_decay: float | torch.Tensor = 0.0, mask: Mask | N
             summed = F.add(sel_us, sel_ps, alpha=float(wd), inplace=inplace)
         else:
             decayed = F.mul(sel_ps, wd)
-            summed = F.add(sel_us, F.cast(decayed, us[idx[0]].dtype if idx else None), inplace=inplace)
+            summed = F.add(sel_us, F.cast_like(decayed, sel_us), inplace=inplace)
         out = list(us)
         for i, value in zip(idx, summed):
             out[i] = value
