@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -310,3 +311,133 @@ def test_multi_steps_zero_then_inner_on_mean(entry):
     want, _ = inner.update(mean, inner.init(params), params, **extra_args(entry, params))
     for key in params:
         torch.testing.assert_close(updates[key], want[key], rtol=1e-12, atol=1e-14)
+
+
+# --- hyperparameters as requires_grad 0-dim tensors -------------------------------------------
+
+
+def _hyperparameter_sites(tx) -> list[tuple[str, float, Callable]]:
+    """``(label, value, rebuild)`` for every float argument of every part of ``tx`` built by
+    a public ``@transform`` constructor (the rule of :func:`_with_injected_hyperparams`,
+    descending into arguments that are transforms or dicts of them); ``rebuild(v)`` builds the
+    whole of ``tx`` again with that one argument set to ``v``."""
+    out = []
+    name, args = getattr(tx, "name", None), getattr(tx, "args", None)
+    factory = getattr(gx, name, None) if name else None
+    if factory is not None and args is not None and _injectable(factory):
+        for key, value in args.items():
+            if isinstance(value, float):
+                out.append((f"{name}.{key}", value, lambda v, key=key: factory(**{**args, key: v})))
+            elif isinstance(value, gx.GradientTransformation):
+                out += [(f"{name}.{key}.{label}", v0, lambda v, fn=fn, key=key: factory(**{**args, key: fn(v)}))
+                        for label, v0, fn in _hyperparameter_sites(value)]
+            elif isinstance(value, dict) and value and all(isinstance(x, gx.GradientTransformation)
+                                                           for x in value.values()):
+                for label_key, inner in value.items():
+                    out += [(f"{name}.{key}[{label_key}].{label}", v0,
+                             lambda v, fn=fn, key=key, lk=label_key: factory(**{**args, key: {**args[key], lk: fn(v)}}))
+                            for label, v0, fn in _hyperparameter_sites(inner)]
+        return out
+    parts = getattr(tx, "parts", None)
+    if parts is not None and name is None:
+        for i, part in enumerate(parts):
+            out += [(label, v0, lambda v, fn=fn, i=i: gx.chain(*parts[:i], fn(v), *parts[i + 1:]))
+                    for label, v0, fn in _hyperparameter_sites(part)]
+    return out
+
+
+def _traced(value: float) -> torch.Tensor:
+    return torch.tensor(value, dtype=torch.float64, requires_grad=True)
+
+
+# Hyperparameters that select between formulas rather than enter one: no gradient reaches them.
+NOT_DIFFERENTIABLE = {
+    "scale_by_radam.threshold": "compared with rho_t: switches rectification on or off",
+    "radam.threshold": "compared with rho_t: switches rectification on or off",
+    "scale_by_lion.smooth_beta": "read only with mode='smooth' (the entry uses mode='hard')",
+    "scale_by_sm3.b2": "b2 = 1 selects the paper's rule, a constant",
+}
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
+def test_requires_grad_hyperparameters_give_the_float_numbers(entry):
+    """Every float hyperparameter of the entry, given as a float64 0-dim tensor with
+    ``requires_grad``, gives the updates of the float over three steps, and a gradient reaches
+    it from the updates and states (finite; none only where it selects a formula)."""
+    sites = _hyperparameter_sites(entry.build())
+    if not sites:
+        pytest.skip("no float hyperparameter in a public constructor's arguments")
+    for label, value, rebuild in sites:
+        hp = _traced(value)
+        tx, ref = rebuild(hp), rebuild(value)
+        params = example_params(torch.float64)
+        state, ref_state = tx.init(params), ref.init(params)
+        outputs = []
+        for step in range(3):
+            grads = _grads(params, seed=step)
+            updates, state = tx.update(grads, state, params, **extra_args(entry, params))
+            want, ref_state = ref.update(grads, ref_state, params, **extra_args(entry, params))
+            for k in params:
+                torch.testing.assert_close(updates[k].detach(), want[k], rtol=1e-12, atol=1e-14,
+                                           msg=lambda m, label=label: f"{label}: {m}")
+            outputs += [x for x in gx.tree_leaves(updates) + gx.tree_leaves(state)
+                        if isinstance(x, torch.Tensor) and x.requires_grad and x.is_floating_point()]
+            params = gx.apply_updates(params, want)
+        if label in NOT_DIFFERENTIABLE:
+            continue
+        assert outputs, f"{label}: no update or state depends on it through autograd"
+        (grad,) = torch.autograd.grad(sum(x.sum() for x in outputs), hp, allow_unused=True)
+        assert grad is not None and torch.isfinite(grad), f"{label}: gradient {grad}"
+
+
+# Entries that read params (or the loss) detached, as documented: their step size is a
+# constant of autograd, so a hypergradient is checked over one step (params independent of it).
+READS_PARAMS_DETACHED = {"dog", "scale_by_dog", "scale_by_distance_over_gradients", "scale_by_polyak", "polyak_sgd"}
+AT_A_KINK = {
+    "adafactor.clipping_threshold": "Adafactor's normalised step has rms ~1 = the threshold: clipping's kink",
+    "adafactor.eps": "moves the step's rms across the clipping threshold (1.0): clipping's kink",
+}
+
+
+def _weighted_updates(entry, tx, steps: int) -> torch.Tensor:
+    """``sum_t <u_t, r_t>`` over ``steps`` updates, the params following them (with autograd)."""
+    params = example_params(torch.float64)
+    state = tx.init(params)
+    total = torch.zeros((), dtype=torch.float64)
+    for step in range(steps):
+        grads, weights = _grads(params, seed=step), _grads(params, seed=100 + step)
+        updates, state = tx.update(grads, state, params, **extra_args(entry, params))
+        total = total + sum((updates[k] * weights[k]).sum() for k in params)
+        params = gx.apply_updates(params, updates)
+    return total
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
+def test_hypergradients_match_finite_differences(entry):
+    """For every float hyperparameter h of the entry: d/dh of ``sum_t <u_t, r_t>`` over three
+    steps (params following the updates) by autograd equals a finite difference in float64
+    (central; forward, second order, where h - delta would leave h's range)."""
+    sites = [s for s in _hyperparameter_sites(entry.build()) if s[0] not in NOT_DIFFERENTIABLE]
+    if not sites:
+        pytest.skip("no differentiable float hyperparameter in a public constructor's arguments")
+    steps = 1 if entry.name in READS_PARAMS_DETACHED else 3
+    for label, value, rebuild in sites:
+        if label in AT_A_KINK:
+            continue
+        hp = _traced(value)
+        total = _weighted_updates(entry, rebuild(hp), steps)
+        # a hyperparameter of the state only (ASGD's t0 starts the average) leaves updates alone
+        grad = torch.autograd.grad(total, hp)[0] if total.requires_grad else torch.zeros(())
+
+        def at(v, rebuild=rebuild):
+            with torch.no_grad():
+                return float(_weighted_updates(entry, rebuild(torch.tensor(v, dtype=torch.float64)), steps))
+
+        delta = 1e-6 * max(abs(value), 1e-2)
+        if value - delta > 0:
+            fd = (at(value + delta) - at(value - delta)) / (2 * delta)
+        else:  # a non-negative hyperparameter at (or near) 0
+            delta = 1e-9
+            fd = (-3 * at(value) + 4 * at(value + delta) - at(value + 2 * delta)) / (2 * delta)
+        assert abs(float(grad) - fd) <= 1e-4 * abs(fd) + 1e-6 * max(1.0, abs(fd)), \
+            f"{label}: autograd {float(grad)!r}, finite difference {fd!r}"

@@ -90,3 +90,50 @@ def test_apply_every_keeps_a_bf16_accumulator_beside_a_f16_one():
                 total[k].zero_()
             else:
                 assert torch.count_nonzero(updates[k]) == 0
+
+
+# --- 12. hyperparameters as requires_grad 0-dim tensors -------------------------------------------
+
+
+def _adam_loss(b1, *, b2=0.999, eps=1e-8) -> torch.Tensor:
+    """``sum p^2`` after three steps of ``gx.adam(0.1, b1, b2, eps)`` from fixed params and
+    gradients, float64."""
+    gen = torch.Generator().manual_seed(0)
+    params = {"w": torch.randn(4, 3, generator=gen, dtype=torch.float64),
+              "b": torch.randn(3, generator=gen, dtype=torch.float64)}
+    grads = [{k: torch.randn(v.shape, generator=gen, dtype=torch.float64) for k, v in params.items()}
+             for _ in range(3)]
+    tx = gx.adam(0.1, b1=b1, b2=b2, eps=eps)
+    state = tx.init(params)
+    for g in grads:
+        updates, state = tx.update(g, state, params)
+        params = gx.apply_updates(params, updates)
+    return sum((p ** 2).sum() for p in params.values())
+
+
+def _central_difference(fn, x: float, delta: float = 1e-6) -> float:
+    with torch.no_grad():
+        hi = fn(torch.tensor(x + delta, dtype=torch.float64))
+        lo = fn(torch.tensor(x - delta, dtype=torch.float64))
+    return float((hi - lo) / (2 * delta))
+
+
+def test_hypergradient_through_b1_by_torch_func_grad_matches_finite_differences():
+    grad = torch.func.grad(_adam_loss)(torch.tensor(0.8, dtype=torch.float64))
+    torch.testing.assert_close(float(grad), _central_difference(_adam_loss, 0.8), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["b1", "b2", "eps"])
+def test_hypergradient_through_adam_hyperparameters_by_autograd_matches_finite_differences(name):
+    """``update`` failed with a raw ``_foreach_*`` TypeError for any requires_grad
+    hyperparameter but ``lr``."""
+    value = {"b1": 0.8, "b2": 0.99, "eps": 1e-3}[name]
+
+    def loss(x):
+        kwargs = {"b1": 0.9, name: x}
+        return _adam_loss(**kwargs)
+
+    hp = torch.tensor(value, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(loss(hp), hp)
+    torch.testing.assert_close(float(grad), _central_difference(loss, value, 1e-7 if name == "eps" else 1e-6),
+                               rtol=1e-5, atol=1e-9)

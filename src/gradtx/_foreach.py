@@ -98,9 +98,32 @@ def _per_tensor(name: str, inplace: bool, xs: Tensors, args: tuple, kwargs: dict
     return xs if inplace else out
 
 
+def _records(xs: Tensors, args: tuple, kwargs: dict | None = None) -> bool:
+    """Whether autograd records an op on ``xs`` and ``args`` (one of them requires grad)."""
+    if not torch.is_grad_enabled():
+        return False
+    for a in (*args, *(kwargs or {}).values()):
+        if isinstance(a, torch.Tensor):
+            if a.requires_grad:
+                return True
+        elif isinstance(a, (list, tuple)) and any(isinstance(y, torch.Tensor) and y.requires_grad for y in a):
+            return True
+    return any(x.requires_grad for x in xs)
+
+
+def _replaced(xs: Tensors, new: Tensors) -> Tensors:
+    # An in-place op that autograd records could overwrite a value backward needs (the output
+    # of a sqrt, a factor of a product): it runs out of place instead, and the new tensors take
+    # the old ones' places in the caller's list, which is all the in-place contract promises.
+    xs[:] = new
+    return xs
+
+
 def _call(name: str, inplace: bool, xs: Tensors, *args, **kwargs) -> Tensors:
     if not xs:
         return []
+    if inplace and _records(xs, args, kwargs):
+        return _replaced(xs, _call(name, False, xs, *args, **kwargs))
     scalar_tensor = any(isinstance(a, torch.Tensor) for a in args) or any(
         isinstance(v, torch.Tensor) for v in kwargs.values())
     if scalar_tensor and (any(_tracked(a) for a in args) or any(_tracked(v) for v in kwargs.values())):
@@ -172,6 +195,10 @@ def sign(xs: Tensors, *, inplace: bool = False) -> Tensors:
     return _call("sign", inplace, xs)
 
 
+def tanh(xs: Tensors, *, inplace: bool = False) -> Tensors:
+    return _call("tanh", inplace, xs)
+
+
 def neg(xs: Tensors, *, inplace: bool = False) -> Tensors:
     return _call("neg", inplace, xs)
 
@@ -187,7 +214,7 @@ _LOOP_MAX = 16
 
 def clamp(xs: Tensors, low: float, high: float, *, inplace: bool = False) -> Tensors:
     """Elementwise clamp into ``[low, high]``."""
-    if 0 < len(xs) <= _LOOP_MAX and _native() and not torch.compiler.is_compiling():
+    if 0 < len(xs) <= _LOOP_MAX and _native() and not torch.compiler.is_compiling() and not _records(xs, (low, high)):
         if inplace:
             for x in xs:
                 x.clamp_(low, high)
@@ -199,6 +226,8 @@ def clamp(xs: Tensors, low: float, high: float, *, inplace: bool = False) -> Ten
 
 def copy_(dst: Tensors, src: Tensors) -> Tensors:
     """Copy ``src`` into ``dst`` elementwise (casting) and return ``dst``."""
+    if dst and _records(dst, (src,)):
+        return _replaced(dst, [s.to(dtype=d.dtype, copy=True) for d, s in zip(dst, src)])
     if dst:
         if _native():
             torch._foreach_copy_(dst, src)
@@ -323,14 +352,12 @@ def global_norm(xs: Tensors) -> torch.Tensor:
 
 def maximum(xs: Tensors, ys: Tensors, *, inplace: bool = False) -> Tensors:
     """Elementwise ``max(xs, ys)``."""
-    return _call("maximum", inplace, xs, ys) if _native() or not inplace else [
-        x.copy_(torch.maximum(x, y)) for x, y in zip(xs, ys)]
+    return _call("maximum", inplace, xs, ys) if _native() or not inplace else copy_(xs, _call("maximum", False, xs, ys))
 
 
 def minimum(xs: Tensors, ys: Tensors, *, inplace: bool = False) -> Tensors:
     """Elementwise ``min(xs, ys)``."""
-    return _call("minimum", inplace, xs, ys) if _native() or not inplace else [
-        x.copy_(torch.minimum(x, y)) for x, y in zip(xs, ys)]
+    return _call("minimum", inplace, xs, ys) if _native() or not inplace else copy_(xs, _call("minimum", False, xs, ys))
 
 
 def exp(xs: Tensors, *, inplace: bool = False) -> Tensors:

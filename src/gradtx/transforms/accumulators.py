@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 
 from .. import _foreach as F  # noqa: N812
-from .._hparams import check, check_beta, increment, new_count, to_state
+from .._hparams import check, check_beta, full_like, increment, is_value, new_count, to_state
 from .._tree import Tree
 from ..base import GradientTransformation, transform
 from ._common import leaves, leaves_like, need_params, unflatten
@@ -21,7 +21,7 @@ __all__ = ["ScaleByRssState", "ScaleByAdaDeltaState", "ScaleByRpropState", "Scal
 
 def _full(params: Tree, value: float) -> Tree:
     ps, treedef = leaves(params)
-    return unflatten(treedef, [torch.full_like(p, value) for p in ps])
+    return unflatten(treedef, [full_like(p, value) for p in ps])
 
 
 def _zero_where_empty(out: list[torch.Tensor], acc: list[torch.Tensor]) -> None:
@@ -66,7 +66,7 @@ def scale_by_rss(initial_accumulator_value: float = 0.1, eps: float = 1e-7, eps_
         else:
             denom = F.add(F.sqrt(ss), eps, inplace=True)
         out = F.div(gs, denom, inplace=inplace)
-        if eps == 0:
+        if is_value(eps, 0.0):
             _zero_where_empty(out, ss)
         out = F.cast_like(out, gs)  # updates keep the gradients' dtype
         return unflatten(treedef, out), ScaleByRssState(unflatten(treedef, ss))
@@ -148,7 +148,7 @@ def scale_by_rprop(lr: float, eta_minus: float = 0.5, eta_plus: float = 1.2,
     check("max_step_size", max_step_size, low=float(min_step_size))
 
     def init(params):
-        return ScaleByRpropState(step_sizes=_full(params, float(lr)), prev_updates=_zeros(params, None))
+        return ScaleByRpropState(step_sizes=_full(params, lr), prev_updates=_zeros(params, None))
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         del params, extra_args
@@ -163,7 +163,7 @@ def scale_by_rprop(lr: float, eta_minus: float = 0.5, eta_plus: float = 1.2,
             factor.masked_fill_(s > 0, eta_plus)
             factor.masked_fill_(flipped, eta_minus)
             d = d.mul_(factor) if inplace else d * factor
-            d.clamp_(min_step_size, max_step_size)
+            d = d.clamp_min_(min_step_size).clamp_max_(max_step_size)
             u = g.sign_() if inplace else g.sign()
             u.mul_(d).masked_fill_(flipped, 0)
             new_steps.append(d)
@@ -289,7 +289,10 @@ def scale_by_asgd(lr: float | torch.Tensor, lambd: float = 1e-4, alpha: float = 
         t = count.to(torch.float64)
         rate = state.lr.to(torch.float64)
         ratio = (1.0 + lambd * rate * (t - 1.0)) ** (-alpha)
-        out = F.add(gs, ps, alpha=lambd, inplace=inplace) if lambd else F.mul(gs, 1.0, inplace=inplace)
+        if is_value(lambd, 0.0):
+            out = F.mul(gs, 1.0, inplace=inplace)
+        else:
+            out = F.add(gs, ps, alpha=lambd, inplace=inplace)
         F.mul(out, ratio, inplace=True)
         # averaging, in torch's order: ax + mu * (p_new - ax)
         mu = 1.0 / torch.clamp(t - 1.0 - t0, min=1.0)

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 
 from .. import _foreach as F  # noqa: N812
-from .._hparams import check, check_beta, increment, new_count
+from .._hparams import check, check_beta, full_like, increment, is_value, new_count
 from .._tree import Tree
 from ..base import GradientTransformation, transform
 from ._common import leaves, leaves_like, need_params, unflatten
@@ -34,7 +34,7 @@ _F64 = torch.float64
 
 def _full(params: Tree, value: float) -> Tree:
     ps, treedef = leaves(params)
-    return unflatten(treedef, [torch.full_like(p, value) for p in ps])
+    return unflatten(treedef, [full_like(p, value) for p in ps])
 
 
 def _step(count: torch.Tensor) -> torch.Tensor:
@@ -69,7 +69,7 @@ def _second_moment(nus, gs, b2: float, inplace: bool) -> list:
 
 def _root_denominator(out, nus, bc2: torch.Tensor, eps: float, eps_root: float, reuse: bool) -> list:
     """``sqrt(v / bc2 + eps_root) + eps``, built in ``out``'s buffers when ``reuse``."""
-    if eps_root == 0.0:
+    if is_value(eps_root, 0.0):
         denom = F.sqrt(F.copy_(out, nus), inplace=True) if reuse else F.sqrt(nus)
         F.div(denom, bc2.sqrt(), inplace=True)
     else:
@@ -473,7 +473,7 @@ def scale_by_novograd(b1: float = 0.9, b2: float = 0.25, eps: float = 1e-8, eps_
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         del extra_args
-        if weight_decay != 0.0:
+        if not is_value(weight_decay, 0.0):
             need_params("scale_by_novograd", params)
         gs, treedef = leaves(updates)
         mus = leaves_like(state.mu, treedef)
@@ -488,7 +488,7 @@ def scale_by_novograd(b1: float = 0.9, b2: float = 0.25, eps: float = 1e-8, eps_
         F.sqrt(denom, inplace=True)
         F.add(denom, eps, inplace=True)
         normed = F.div(gs, F.cast_like(denom, gs), inplace=inplace)
-        if weight_decay != 0.0:
+        if not is_value(weight_decay, 0.0):
             ps = leaves_like(params, treedef)
             F.add(normed, F.cast_like([p.detach() for p in ps], gs), alpha=weight_decay, inplace=True)
         mus = F.mul(mus, b1, inplace=inplace)
@@ -541,7 +541,7 @@ def scale_by_lion(b1: float = 0.9, b2: float = 0.99, mu_dtype: torch.dtype | Non
         if mode == "hard":
             F.sign(c, inplace=True)
         elif mode == "smooth":
-            c = [torch.tanh_(x.mul_(smooth_beta)) for x in c]
+            F.tanh(F.mul(c, smooth_beta, inplace=True), inplace=True)
         else:
             F.clamp(c, -1.0, 1.0, inplace=True)
         mus = F.lerp(mus, gs, 1.0 - b2, inplace=inplace)

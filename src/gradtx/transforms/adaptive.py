@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 
 from .. import _foreach as F  # noqa: N812
-from .._hparams import check, check_beta, increment, new_count
+from .._hparams import check, check_beta, full_like, increment, is_value, new_count
 from .._tree import Tree
 from ..base import GradientTransformation, transform
 from ._common import leaves, leaves_like, unflatten
@@ -82,7 +82,7 @@ def _adam_direction(gs, mus, nus, count, b1, bc1, bc2, eps, eps_root, nesterov, 
     denominator, which is g's own buffer when the caller allows writing into it (g is not
     needed after the moments, except by nesterov), so the in-place path allocates nothing."""
     reuse = inplace and not nesterov
-    if eps_root == 0.0 and not nesterov:
+    if is_value(eps_root, 0.0) and not nesterov:
         # sqrt(v / bc2) + eps == (sqrt(v) + eps sqrt(bc2)) / sqrt(bc2): the division by
         # sqrt(bc2) joins the final scaling, one pass fewer over the tensors.
         root_bc2 = bc2.sqrt()
@@ -91,7 +91,7 @@ def _adam_direction(gs, mus, nus, count, b1, bc1, bc2, eps, eps_root, nesterov, 
         F.reciprocal(denom, inplace=True)
         F.mul(denom, F.cast_like(mus, denom), inplace=True)
         return F.mul(denom, root_bc2 / bc1, inplace=True)
-    if eps_root == 0.0:
+    if is_value(eps_root, 0.0):
         denom = F.sqrt(F.copy_(gs, nus), inplace=True) if reuse else F.sqrt(nus)
         F.div(denom, bc2.sqrt(), inplace=True)
     else:
@@ -139,7 +139,7 @@ def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, initial_scale: float = 0
 
     def init(params):
         ps, treedef = leaves(params)
-        nu = unflatten(treedef, [torch.full_like(p, initial_scale) for p in ps])
+        nu = unflatten(treedef, [full_like(p, initial_scale) for p in ps])
         return ScaleByRmsBiasCorrectedState(new_count(), nu) if bias_correction else ScaleByRmsState(nu)
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 
 from .. import _foreach as F  # noqa: N812
-from .._hparams import check
+from .._hparams import check, traced
 from ..base import EmptyState, GradientTransformation, transform
 from ._common import leaves, leaves_like, need_params, unflatten
 from .normalize import block_rms, scale_each
@@ -28,7 +28,7 @@ def clip_value(max_delta: float) -> GradientTransformation:
     Example: ``gx.clip_value(10.0)``.
     """
     check("max_delta", max_delta, low=0.0)
-    bound = float(max_delta)
+    bound = max_delta if traced(max_delta) else float(max_delta)  # a traced bound keeps its gradient
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         del params, extra_args

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple, Union
 
 import torch
 
@@ -14,18 +15,27 @@ from ._common import leaves, leaves_like, unflatten
 
 __all__ = ["TraceState", "EmaState", "trace", "ema"]
 
+DtypeSpec = Union[torch.dtype, Callable[[torch.dtype], torch.dtype], None]
+
+
+def at_least_float32(dtype: torch.dtype) -> torch.dtype:
+    """An ``accumulator_dtype`` rule: float32 for a lower-precision parameter, the
+    parameter's own dtype when wider (a float64 parameter keeps a float64 state)."""
+    return torch.promote_types(dtype, torch.float32)
+
 
 class TraceState(NamedTuple):
     trace: Tree
 
 
 @transform(elementwise=True, inplace=True)
-def trace(decay: float, nesterov: bool = False, accumulator_dtype: torch.dtype | None = None
-          ) -> GradientTransformation:
+def trace(decay: float, nesterov: bool = False, accumulator_dtype: DtypeSpec = None) -> GradientTransformation:
     """Heavy-ball momentum, as ``torch.optim.SGD`` (dampening 0).
 
     ``m <- decay * m + u``; ``u <- m``, or ``u <- u + decay * m`` when ``nesterov``.
-    The first step gives ``m = u``, as torch's SGD does.
+    The first step gives ``m = u``, as torch's SGD does. ``m`` is kept in ``accumulator_dtype``
+    (a dtype, a rule ``param dtype -> dtype`` such as :func:`at_least_float32`, or ``None``:
+    each parameter's dtype).
 
     Example: ``gx.chain(gx.trace(0.9, nesterov=True), gx.scale_by_lr(0.1))``.
     """
@@ -39,7 +49,7 @@ def trace(decay: float, nesterov: bool = False, accumulator_dtype: torch.dtype |
         us, treedef = leaves(updates)
         ms = leaves_like(state.trace, treedef)
         ms = F.mul(ms, decay, inplace=inplace)
-        F.add(ms, F.cast(us, accumulator_dtype), inplace=True)  # an in-place add reads any dtype
+        F.add(ms, F.cast_like(us, ms), inplace=True)
         if nesterov:
             out = F.add(us, F.cast_like(ms, us), alpha=decay, inplace=inplace)
         elif inplace:
@@ -52,9 +62,11 @@ def trace(decay: float, nesterov: bool = False, accumulator_dtype: torch.dtype |
     return GradientTransformation(init, update)
 
 
-def _zeros(params: Tree, dtype: torch.dtype | None) -> Tree:
+def _zeros(params: Tree, dtype: DtypeSpec) -> Tree:
+    """Zeros like each parameter, in ``dtype`` (a dtype, a rule ``param dtype -> dtype``, or
+    ``None``: the parameter's)."""
     ps, treedef = leaves(params)
-    return unflatten(treedef, [torch.zeros_like(p, dtype=dtype) for p in ps])
+    return unflatten(treedef, [torch.zeros_like(p, dtype=dtype(p.dtype) if callable(dtype) else dtype) for p in ps])
 
 
 class EmaState(NamedTuple):
@@ -68,12 +80,12 @@ def _bias_correction(decay: float, count: torch.Tensor) -> torch.Tensor:
 
 
 @transform(elementwise=True, inplace=True)
-def ema(decay: float, debias: bool = True, accumulator_dtype: torch.dtype | None = None
-        ) -> GradientTransformation:
+def ema(decay: float, debias: bool = True, accumulator_dtype: DtypeSpec = None) -> GradientTransformation:
     """Exponential moving average of updates.
 
     ``m <- decay * m + (1 - decay) * u``; ``u <- m / (1 - decay**t)`` when ``debias``
-    (t counts steps from 1), else ``u <- m``.
+    (t counts steps from 1), else ``u <- m``. ``m`` is kept in ``accumulator_dtype`` (as in
+    :func:`trace`).
 
     Example: ``gx.chain(gx.ema(0.9), gx.scale_by_lr(0.1))``.
     """

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 
 from .. import _foreach as F  # noqa: N812
-from .._hparams import check
+from .._hparams import check, is_value
 from .._tree import Tree
 from ..base import EmptyState, GradientTransformation, transform
 from ._common import first_device, leaves, leaves_like, need_params, unflatten
@@ -194,7 +194,7 @@ def scale_by_distance_over_gradients(reps_rel: float = 1e-6, eps: float = 1e-8,
         max_dist = F.maximum(leaves_like(state.max_dist, treedef), F.norms(_displacements(ps, inits)), inplace=inplace)
         sums = F.add(leaves_like(state.grad_sum_of_squares, treedef), _sq_norms(us), inplace=inplace)
         etas = F.div(max_dist, F.sqrt(F.add(sums, eps), inplace=True))
-        if global_scale != 1.0:
+        if not is_value(global_scale, 1.0):
             F.mul(etas, global_scale, inplace=True)
         out = _scale_each(us, etas, inplace)
         return unflatten(treedef, out), ScaleByDistanceOverGradientsState(
