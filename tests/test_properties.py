@@ -441,3 +441,63 @@ def test_hypergradients_match_finite_differences(entry):
             fd = (-3 * at(value) + 4 * at(value + delta) - at(value + 2 * delta)) / (2 * delta)
         assert abs(float(grad) - fd) <= 1e-4 * abs(fd) + 1e-6 * max(1.0, abs(fd)), \
             f"{label}: autograd {float(grad)!r}, finite difference {fd!r}"
+
+
+# --- complex parameters ------------------------------------------------------------------------
+# torch.optim steps a complex parameter as its torch.view_as_real view (real and imaginary
+# parts as independent reals); every entry does the same or refuses complex params at init.
+
+REFUSES_COMPLEX = {"scale_by_factored_rms", "adafactor", "scale_by_sm3", "sm3", "scale_by_muon", "muon"}
+# Entries whose masks or units read a leaf's shape, which the real view changes (a vector
+# becomes a matrix): checked on a tree of leaves where both shapes give the same decisions.
+COMPLEX_READS_SHAPE = {"masked", "partition", "multi_transform", "freeze", "adaptive_grad_clip"}
+# centralize subtracts the mean over the complex tensor's dims 1..: its real and imaginary
+# parts are each centralized, as two tensors of the complex one's shape.
+COMPLEX_AS_TWO_PARTS = {"centralize"}
+
+
+def _complex_tree(seed: int, entry) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    shapes = {"w": (4, 3), "c": (2, 3, 2)} if entry.name in COMPLEX_READS_SHAPE else {"w": (4, 3), "b": (3,), "s": ()}
+    return {k: torch.randn(shape, generator=gen, dtype=torch.complex128) for k, shape in shapes.items()}
+
+
+def _as_real_tree(tree, entry):
+    if entry.name in COMPLEX_AS_TWO_PARTS:
+        return {f"{k}.{part}": getattr(x, part) for k, x in tree.items() for part in ("real", "imag")}
+    return {k: torch.view_as_real(x) for k, x in tree.items()}
+
+
+def _from_real_tree(tree, like, entry):
+    if entry.name in COMPLEX_AS_TWO_PARTS:
+        return {k: torch.complex(tree[f"{k}.real"], tree[f"{k}.imag"]) for k in like}
+    return {k: torch.view_as_complex(tree[k].contiguous()) for k in like}
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
+def test_complex_params_step_as_their_real_views(entry):
+    """On complex128 params every entry gives complex updates equal to its updates on the
+    params' real views (torch.optim's rule), pure and in place, over three steps; or refuses
+    complex params at init with a ValueError naming itself and torch.view_as_real."""
+    params = _complex_tree(1, entry)
+    if entry.name in REFUSES_COMPLEX:
+        with pytest.raises(ValueError, match="does not support complex parameters.*torch.view_as_real"):
+            entry.build().init(params)
+        return
+    tx, ref = entry.build(), entry.build()
+    state, in_state, ref_state = tx.init(params), tx.init(params), ref.init(_as_real_tree(params, entry))
+    for step in range(3):
+        grads = _complex_tree(10 + step, entry)
+        extra = extra_args(entry, _as_real_tree(params, entry))  # the loss of the real values
+        updates, state = tx.update(grads, state, params, **extra)
+        in_updates, in_state = tx.update({k: g.clone() for k, g in grads.items()}, in_state, params, inplace=True,
+                                         **extra)
+        want, ref_state = ref.update(_as_real_tree(grads, entry), ref_state, _as_real_tree(params, entry), **extra)
+        want = _from_real_tree(want, params, entry)
+        for k in params:
+            assert updates[k].dtype == torch.complex128, f"step {step}, {k}: {updates[k].dtype}"
+            torch.testing.assert_close(updates[k], want[k], rtol=1e-10, atol=1e-13,
+                                       msg=lambda m, k=k, step=step: f"step {step}, {k}: {m}")
+            torch.testing.assert_close(in_updates[k], updates[k], rtol=1e-12, atol=1e-14,
+                                       msg=lambda m, k=k, step=step: f"in place, step {step}, {k}: {m}")
+        params = gx.apply_updates(params, updates)

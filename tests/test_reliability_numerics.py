@@ -137,3 +137,140 @@ def test_hypergradient_through_adam_hyperparameters_by_autograd_matches_finite_d
     (grad,) = torch.autograd.grad(loss(hp), hp)
     torch.testing.assert_close(float(grad), _central_difference(loss, value, 1e-7 if name == "eps" else 1e-6),
                                rtol=1e-5, atol=1e-9)
+
+
+# --- 6. complex parameters ---------------------------------------------------------------------------
+# torch.optim steps a complex parameter as its torch.view_as_real view; gradtx does the same.
+
+# (name, gradtx factory, torch factory): every torch.optim algorithm that takes complex params
+COMPLEX_CASES = [
+    ("sgd", lambda: gx.sgd(0.05), lambda p: torch.optim.SGD(p, lr=0.05)),
+    ("sgd_momentum", lambda: gx.sgd(0.05, momentum=0.9), lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)),
+    ("sgd_nesterov_wd", lambda: gx.sgd(0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+     lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    ("adam", lambda: gx.adam(1e-2), lambda p: torch.optim.Adam(p, lr=1e-2)),
+    ("adam_amsgrad", lambda: gx.amsgrad(1e-2, debias_after_max=True),
+     lambda p: torch.optim.Adam(p, lr=1e-2, amsgrad=True)),
+    ("adamw", lambda: gx.adamw(1e-2, weight_decay=0.05), lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.05)),
+    ("adamax", lambda: gx.adamax(2e-2), lambda p: torch.optim.Adamax(p, lr=2e-2)),
+    ("nadam", lambda: gx.nadam(1e-2, momentum_decay=4e-3), lambda p: torch.optim.NAdam(p, lr=1e-2)),
+    ("radam", lambda: gx.radam(1e-2, eps_before_debias=True), lambda p: torch.optim.RAdam(p, lr=1e-2)),
+    ("adagrad", lambda: gx.adagrad(5e-2, 0.1, 1e-8, eps_in_sqrt=False, lr_decay=1e-2, weight_decay=1e-2),
+     lambda p: torch.optim.Adagrad(p, lr=5e-2, lr_decay=1e-2, weight_decay=1e-2, initial_accumulator_value=0.1,
+                                   eps=1e-8)),
+    ("adadelta", lambda: gx.adadelta(0.5, rho=0.95, eps=1e-5, weight_decay=1e-2),
+     lambda p: torch.optim.Adadelta(p, lr=0.5, rho=0.95, eps=1e-5, weight_decay=1e-2)),
+    ("rmsprop", lambda: gx.rmsprop(1e-2, decay=0.99, eps_in_sqrt=False), lambda p: torch.optim.RMSprop(p, lr=1e-2)),
+    ("rmsprop_centered_momentum",
+     lambda: gx.rmsprop(1e-3, decay=0.95, eps_in_sqrt=False, centered=True, momentum=0.5, weight_decay=1e-2),
+     lambda p: torch.optim.RMSprop(p, lr=1e-3, alpha=0.95, centered=True, momentum=0.5, weight_decay=1e-2)),
+    ("rprop", lambda: gx.rprop(1e-2), lambda p: torch.optim.Rprop(p, lr=1e-2)),
+    ("asgd", lambda: gx.asgd(5e-2, lambd=1e-2, alpha=0.6, t0=5, weight_decay=1e-3),
+     lambda p: torch.optim.ASGD(p, lr=5e-2, lambd=1e-2, alpha=0.6, t0=5, weight_decay=1e-3)),
+]
+COMPLEX_STEPS = 30
+
+
+class ComplexProblem:
+    """``mean |x w + b - y|^2 + c_t |s|^2``, complex ``w``, ``b``, ``s``: a real loss of
+    complex parameters, whose ``.grad`` torch gives as the conjugate Wirtinger derivative."""
+
+    def __init__(self):
+        gen = torch.Generator().manual_seed(3)
+
+        def c(*shape):
+            return torch.randn(shape, generator=gen, dtype=torch.complex128)
+
+        self.params0 = {"w": c(4, 3), "b": c(3), "s": c()}
+        self.xs = [c(5, 4) for _ in range(4)]
+        self.ys = [c(5, 3) for _ in range(4)]
+
+    def loss(self, p, t):
+        x, y = self.xs[t % 4], self.ys[t % 4]
+        return ((x @ p["w"] + p["b"] - y).abs() ** 2).mean() + (p["s"] * p["s"].conj() * (1 + 0.1 * t)).real
+
+    def grads(self, params, t):
+        leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        return dict(zip(leaves, torch.autograd.grad(self.loss(leaves, t), list(leaves.values()))))
+
+
+def _torch_complex(problem, make_opt):
+    params = {k: v.clone().requires_grad_(True) for k, v in problem.params0.items()}
+    opt = make_opt(list(params.values()))
+    out = []
+    for t in range(COMPLEX_STEPS):
+        opt.zero_grad()
+        problem.loss(params, t).backward()
+        opt.step()
+        out.append({k: v.detach().clone() for k, v in params.items()})
+    return out
+
+
+def _assert_trajectories(traj, ref):
+    for t, (a, b) in enumerate(zip(traj, ref)):
+        for k in b:
+            assert a[k].dtype == torch.complex128
+            torch.testing.assert_close(a[k], b[k], rtol=1e-9, atol=1e-12, msg=lambda m, t=t, k=k: f"step {t}, {k}: {m}")
+
+
+@pytest.mark.parametrize("name,make_tx,make_opt", COMPLEX_CASES, ids=[c[0] for c in COMPLEX_CASES])
+def test_complex_params_match_torch_optim(name, make_tx, make_opt):
+    """Functional and gx.Optimizer (both paths) on complex128 params equal torch.optim on the
+    same params over 30 steps (Adam squared a complex gradient, g*g, and was 0.05 off after 5)."""
+    problem = ComplexProblem()
+    from conftest import default_dtype  # NAdam keeps a scalar in the default dtype
+
+    with default_dtype(torch.float64):
+        ref = _torch_complex(problem, make_opt)
+    tx, params = make_tx(), dict(problem.params0)
+    state, traj = tx.init(params), []
+    for t in range(COMPLEX_STEPS):
+        updates, state = tx.update(problem.grads(params, t), state, params)
+        params = gx.apply_updates(params, updates)
+        traj.append(params)
+    _assert_trajectories(traj, ref)
+    for fast in (True, False):
+        leaves = {k: v.clone().requires_grad_(True) for k, v in problem.params0.items()}
+        opt, traj = gx.Optimizer(list(leaves.values()), make_tx(), fast=fast), []
+        for t in range(COMPLEX_STEPS):
+            opt.zero_grad()
+            problem.loss(leaves, t).backward()
+            opt.step()
+            traj.append({k: v.detach().clone() for k, v in leaves.items()})
+        _assert_trajectories(traj, ref)
+
+
+@pytest.mark.parametrize("name,make_tx,make_opt", [c for c in COMPLEX_CASES if c[0] in ("adam", "sgd_momentum",
+                                                                                          "rprop")],
+                         ids=["sgd_momentum", "adam", "rprop"])
+def test_view_as_real_params_work_and_equal_the_complex_run(name, make_tx, make_opt):
+    """A parameter that is ``torch.view_as_real`` of a complex tensor (real, trailing axis 2,
+    sharing its memory) steps under gx.Optimizer exactly as torch.optim steps the complex one."""
+    problem = ComplexProblem()
+    ref = _torch_complex(problem, make_opt)
+    zs = {k: v.clone() for k, v in problem.params0.items()}
+    real = {k: torch.nn.Parameter(torch.view_as_real(z)) for k, z in zs.items()}
+    opt, traj = gx.Optimizer(list(real.values()), make_tx()), []
+    for t in range(COMPLEX_STEPS):
+        grads = problem.grads(zs, t)
+        for k, p in real.items():
+            p.grad = torch.view_as_real(grads[k]).clone()
+        opt.step()
+        traj.append({k: torch.view_as_complex(p.detach()).clone() for k, p in real.items()})
+    _assert_trajectories(traj, ref)
+
+
+@pytest.mark.parametrize("make,name,alias", [
+    (lambda: gx.adafactor(1e-2), "scale_by_factored_rms", "adafactor"),
+    (lambda: gx.scale_by_factored_rms(), "scale_by_factored_rms", None),
+    (lambda: gx.sm3(0.1), "scale_by_sm3", "sm3"),
+    (lambda: gx.scale_by_sm3(), "scale_by_sm3", None),
+    (lambda: gx.muon(0.02), "scale_by_muon", "muon"),
+    (lambda: gx.scale_by_muon(), "scale_by_muon", None),
+], ids=["adafactor", "scale_by_factored_rms", "sm3", "scale_by_sm3", "muon", "scale_by_muon"])
+def test_shape_reading_transforms_refuse_complex_params_at_init(make, name, alias):
+    params = {"w": torch.zeros(4, 3, dtype=torch.complex64), "b": torch.zeros(3)}
+    with pytest.raises(ValueError, match=rf"{alias + ': ' if alias else ''}{name} does not support complex "
+                                         r"parameters.*\['w'\].*torch\.view_as_real"):
+        make().init(params)
+    make().init({"w": torch.view_as_real(params["w"]), "b": params["b"]})  # the real view is accepted

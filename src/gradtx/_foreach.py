@@ -294,6 +294,29 @@ def as_complex_like(xs: Tensors, refs: Tensors) -> Tensors:
     return out
 
 
+class RealViews:
+    """Lists of tensors with their complex tensors seen as real (:func:`as_real`), and the way
+    back: ``real`` holds the views; ``back(*lists)`` gives each new list its complex form,
+    following the list at the same position (the first: the updates)."""
+
+    __slots__ = ("refs", "real")
+
+    def __init__(self, *lists: Tensors):
+        self.refs = lists
+        self.real = tuple(as_real(xs) for xs in lists)
+
+    def back(self, *lists: Tensors) -> tuple:
+        return tuple(as_complex_like(xs, refs) for xs, refs in zip(lists, self.refs))
+
+
+def real_views(updates: Tensors, *lists: Tensors) -> RealViews | None:
+    """``RealViews(updates, *lists)`` when an update is complex, else ``None`` (one check per
+    update; a transform whose rule is not linear runs on the real views, as torch.optim does
+    with complex parameters). ``lists`` hold the tensors shaped like the updates (state,
+    params)."""
+    return RealViews(updates, *lists) if any_complex(updates) else None
+
+
 def real_dtype(dtype: torch.dtype) -> torch.dtype:
     """``dtype``, or the dtype of its real part for a complex one."""
     return dtype.to_real() if dtype.is_complex else dtype

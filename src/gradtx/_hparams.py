@@ -60,7 +60,11 @@ def is_value(value, number: float) -> bool:
 
 def full_like(p: torch.Tensor, value) -> torch.Tensor:
     """A tensor like ``p`` filled with ``value`` (a number or a 0-dim tensor, whose autograd
-    history the result keeps)."""
+    history the result keeps). A complex ``p`` gets ``value`` in its real and its imaginary
+    part: state that transforms keep per real component (torch.optim's view of complex
+    parameters) starts at ``value`` in each."""
+    if p.is_complex():
+        return torch.view_as_complex(full_like(torch.view_as_real(p), value).contiguous())
     if traced(value):
         return (torch.zeros_like(p) + value.to(p.device)).to(p.dtype)
     return torch.full_like(p, float(value))

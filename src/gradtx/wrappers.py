@@ -587,9 +587,20 @@ def lookahead(fast_optimizer: GradientTransformation, sync_period: int, slow_ste
 
 
 def _concat(leaves: list[torch.Tensor]) -> torch.Tensor:
+    # a complex leaf joins as its real and imaginary parts (torch.optim's view of it), so the
+    # vector is real and a real leaf beside a complex one is not made complex
     if not leaves:
         return torch.zeros(0)
-    return torch.cat([x.reshape(-1) for x in leaves])
+    return torch.cat([x.reshape(-1) for x in F.as_real(leaves)])
+
+
+def _split(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``flat`` cut into pieces shaped like ``like`` (real views for complex ones), each back
+    in its tensor's dtype."""
+    reals = F.as_real(like)
+    pieces = torch.split(flat, [x.numel() for x in reals]) if like else []
+    shaped = [piece.reshape(r.shape).to(r.dtype) for piece, r in zip(pieces, reals)]
+    return F.as_complex_like([s.contiguous() for s in shaped], like)
 
 
 @transform
@@ -622,8 +633,7 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
             extra[key] = value
         # the concatenated vector is ours, so the inner transform may always write into it
         flat_out, state = inner.update(_concat(us), state, flat_params, inplace=inplace, **extra)
-        pieces = torch.split(flat_out, [u.numel() for u in us]) if us else []
-        shaped = [piece.reshape(u.shape).to(u.dtype) for piece, u in zip(pieces, us)]
+        shaped = _split(flat_out, us)
         out = F.copy_(us, shaped) if inplace else shaped
         return tree_unflatten(out, treedef), state
 
@@ -631,10 +641,7 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
 
 
 def _unflattening(value_fn: Callable, like: list[torch.Tensor], treedef) -> Callable:
-    sizes = [x.numel() for x in like]
-
     def flat_value_fn(flat: torch.Tensor):
-        pieces = torch.split(flat, sizes)
-        return value_fn(tree_unflatten([p.reshape(x.shape).to(x.dtype) for p, x in zip(pieces, like)], treedef))
+        return value_fn(tree_unflatten(_split(flat, like), treedef))
 
     return flat_value_fn

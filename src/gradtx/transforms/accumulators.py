@@ -60,6 +60,9 @@ def scale_by_rss(initial_accumulator_value: float = 0.1, eps: float = 1e-7, eps_
         del params, extra_args
         gs, treedef = leaves(updates)
         ss = leaves_like(state.sum_of_squares, treedef)
+        rv = F.real_views(gs, ss)  # complex leaves: real and imaginary parts, as torch.optim
+        if rv:
+            gs, ss = rv.real
         ss = F.addcmul(ss, gs, gs, 1.0, inplace=inplace)
         if eps_in_sqrt:
             denom = F.sqrt(F.add(ss, eps), inplace=True)
@@ -69,6 +72,8 @@ def scale_by_rss(initial_accumulator_value: float = 0.1, eps: float = 1e-7, eps_
         if is_value(eps, 0.0):
             _zero_where_empty(out, ss)
         out = F.cast_like(out, gs)  # updates keep the gradients' dtype
+        if rv:
+            out, ss = rv.back(out, ss)
         return unflatten(treedef, out), ScaleByRssState(unflatten(treedef, ss))
 
     return GradientTransformation(init, update)
@@ -102,6 +107,9 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> GradientTransforma
         gs, treedef = leaves(updates)
         egs = leaves_like(state.e_g, treedef)
         exs = leaves_like(state.e_x, treedef)
+        rv = F.real_views(gs, egs, exs)  # complex leaves: real and imaginary parts, as torch.optim
+        if rv:
+            gs, egs, exs = rv.real
         egs = F.mul(egs, rho, inplace=inplace)
         F.addcmul(egs, gs, gs, 1.0 - rho, inplace=True)
         std = F.sqrt(F.add(egs, eps), inplace=True)
@@ -111,6 +119,8 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> GradientTransforma
         exs = F.mul(exs, rho, inplace=inplace)
         F.addcmul(exs, out, out, 1.0 - rho, inplace=True)
         out = F.cast_like(out, gs)  # updates keep the gradients' dtype
+        if rv:
+            out, egs, exs = rv.back(out, egs, exs)
         return unflatten(treedef, out), ScaleByAdaDeltaState(unflatten(treedef, egs), unflatten(treedef, exs))
 
     return GradientTransformation(init, update)
@@ -155,6 +165,9 @@ def scale_by_rprop(lr: float, eta_minus: float = 0.5, eta_plus: float = 1.2,
         gs, treedef = leaves(updates)
         steps = leaves_like(state.step_sizes, treedef)
         prevs = leaves_like(state.prev_updates, treedef)
+        rv = F.real_views(gs, steps, prevs)  # complex leaves: real and imaginary parts, as torch.optim
+        if rv:
+            gs, steps, prevs = rv.real
         new_steps, outs, new_prevs = [], [], []
         for g, d, prev in zip(gs, steps, prevs):
             s = g * prev
@@ -169,8 +182,10 @@ def scale_by_rprop(lr: float, eta_minus: float = 0.5, eta_plus: float = 1.2,
             new_steps.append(d)
             outs.append(u)
             new_prevs.append(prev.copy_(u) if inplace else u.clone())
-        new_state = ScaleByRpropState(unflatten(treedef, new_steps), unflatten(treedef, new_prevs))
         outs = F.cast_like(outs, gs)  # updates keep the gradients' dtype
+        if rv:
+            outs, new_steps, new_prevs = rv.back(outs, new_steps, new_prevs)
+        new_state = ScaleByRpropState(unflatten(treedef, new_steps), unflatten(treedef, new_prevs))
         return unflatten(treedef, outs), new_state
 
     return GradientTransformation(init, update)
@@ -219,6 +234,9 @@ def scale_by_stddev(decay: float = 0.9, eps: float = 1e-8, initial_scale: float 
         gs, treedef = leaves(updates)
         mus = leaves_like(state.mu, treedef)
         nus = leaves_like(state.nu, treedef)
+        rv = F.real_views(gs, mus, nus)  # complex leaves: real and imaginary parts, as torch.optim
+        if rv:
+            gs, mus, nus = rv.real
         mus = F.lerp(mus, gs, 1.0 - decay, inplace=inplace)
         nus = F.mul(nus, decay, inplace=inplace)
         F.addcmul(nus, gs, gs, 1.0 - decay, inplace=True)
@@ -235,10 +253,11 @@ def scale_by_stddev(decay: float = 0.9, eps: float = 1e-8, initial_scale: float 
             denom = F.sqrt(F.add(var, eps, inplace=True), inplace=True)
         else:
             denom = F.add(F.sqrt(var, inplace=True), eps, inplace=True)
-        out = F.div(gs, denom, inplace=inplace)
+        out = F.cast_like(F.div(gs, denom, inplace=inplace), gs)  # updates keep the gradients' dtype
+        if rv:
+            out, mus, nus = rv.back(out, mus, nus)
         mu, nu = unflatten(treedef, mus), unflatten(treedef, nus)
         new_state = ScaleByRStdDevBiasCorrectedState(count, mu, nu) if bias_correction else ScaleByRStdDevState(mu, nu)
-        out = F.cast_like(out, gs)  # updates keep the gradients' dtype
         return unflatten(treedef, out), new_state
 
     return GradientTransformation(init, update)

@@ -106,6 +106,9 @@ def scale_by_adamax(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gr
         gs, treedef = leaves(updates)
         mus = leaves_like(state.mu, treedef)
         nus = leaves_like(state.nu, treedef)
+        rv = F.real_views(gs, mus, nus)  # complex leaves: real and imaginary parts, as torch.optim
+        if rv:
+            gs, mus, nus = rv.real
         mus = F.lerp(mus, gs, 1.0 - b1, inplace=inplace)
         # |g| + eps, in g's buffer when allowed (g is not needed after the first moment)
         bound = F.abs(gs, inplace=inplace)
@@ -117,6 +120,8 @@ def scale_by_adamax(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gr
         out = F.div(out, nus, inplace=inplace)
         F.div(out, _bias_correction(b1, count), inplace=True)
         out = F.cast_like(out, gs)  # updates keep the gradients' dtype
+        if rv:
+            out, mus, nus = rv.back(out, mus, nus)
         return unflatten(treedef, out), ScaleByAdamState(count, unflatten(treedef, mus), unflatten(treedef, nus))
 
     return GradientTransformation(init, update)
@@ -169,6 +174,9 @@ def scale_by_amsgrad(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_
         mus = leaves_like(state.mu, treedef)
         nus = leaves_like(state.nu, treedef)
         maxs = leaves_like(state.nu_max, treedef)
+        rv = F.real_views(gs, mus, nus, maxs)  # complex leaves: real and imaginary parts, as torch.optim
+        if rv:
+            gs, mus, nus, maxs = rv.real
         mus = F.lerp(mus, gs, 1.0 - b1, inplace=inplace)
         nus = _second_moment(nus, gs, b2, inplace)
         count = increment(state.count, inplace)
@@ -180,9 +188,11 @@ def scale_by_amsgrad(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_
         scale_after = bc2 if bias_correction_nu and debias_after_max else torch.ones((), dtype=_F64)
         denom = _root_denominator(gs, maxs, scale_after, eps, eps_root, reuse=inplace)
         out = _divide_mu_hat(denom, mus, _bias_correction(b1, count) if bias_correction_mu else None)
+        out = F.cast_like(out, gs)  # updates keep the gradients' dtype
+        if rv:
+            out, mus, nus, maxs = rv.back(out, mus, nus, maxs)
         new_state = ScaleByAmsgradState(count, unflatten(treedef, mus), unflatten(treedef, nus),
                                         unflatten(treedef, maxs))
-        out = F.cast_like(out, gs)  # updates keep the gradients' dtype
         return unflatten(treedef, out), new_state
 
     return GradientTransformation(init, update)
@@ -223,6 +233,9 @@ def scale_by_belief(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-16, eps_
         gs, treedef = leaves(updates)
         mus = leaves_like(state.mu, treedef)
         nus = leaves_like(state.nu, treedef)
+        rv = F.real_views(gs, mus, nus)  # complex leaves: real and imaginary parts, as torch.optim
+        if rv:
+            gs, mus, nus = rv.real
         mus = F.lerp(mus, gs, 1.0 - b1, inplace=inplace)
         reuse = inplace and not nesterov  # nesterov still needs g after the moments
         err = F.sub(gs, F.cast_like(mus, gs), inplace=reuse)
@@ -235,8 +248,10 @@ def scale_by_belief(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-16, eps_
             out = F.div(_nesterov_numerator(gs, mus, b1, count, inplace), denom, inplace=True)
         else:
             out = _divide_mu_hat(denom, mus, _bias_correction(b1, count))
-        new_state = ScaleByBeliefState(count, unflatten(treedef, mus), unflatten(treedef, nus))
         out = F.cast_like(out, gs)  # updates keep the gradients' dtype
+        if rv:
+            out, mus, nus = rv.back(out, mus, nus)
+        new_state = ScaleByBeliefState(count, unflatten(treedef, mus), unflatten(treedef, nus))
         return unflatten(treedef, out), new_state
 
     return GradientTransformation(init, update)
@@ -274,6 +289,9 @@ def scale_by_yogi(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-3, eps_roo
         gs, treedef = leaves(updates)
         mus = leaves_like(state.mu, treedef)
         nus = leaves_like(state.nu, treedef)
+        rv = F.real_views(gs, mus, nus)  # complex leaves: real and imaginary parts, as torch.optim
+        if rv:
+            gs, mus, nus = rv.real
         mus = F.lerp(mus, gs, 1.0 - b1, inplace=inplace)
         g2 = F.mul(gs, gs, inplace=inplace)  # g is not needed after the first moment
         direction = F.sign(F.sub(nus, g2), inplace=True)
@@ -282,6 +300,8 @@ def scale_by_yogi(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-3, eps_roo
         denom = _root_denominator(g2, nus, _bias_correction(b2, count), eps, eps_root, reuse=True)
         out = _divide_mu_hat(denom, mus, _bias_correction(b1, count))
         out = F.cast_like(out, gs)  # updates keep the gradients' dtype
+        if rv:
+            out, mus, nus = rv.back(out, mus, nus)
         return unflatten(treedef, out), ScaleByAdamState(count, unflatten(treedef, mus), unflatten(treedef, nus))
 
     return GradientTransformation(init, update)
@@ -325,6 +345,9 @@ def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_ro
         gs, treedef = leaves(updates)
         mus = leaves_like(state.mu, treedef)
         nus = leaves_like(state.nu, treedef)
+        rv = F.real_views(gs, mus, nus)  # complex leaves: real and imaginary parts, as torch.optim
+        if rv:
+            gs, mus, nus = rv.real
         mus = F.lerp(mus, gs, 1.0 - b1, inplace=inplace)
         nus = _second_moment(nus, gs, b2, inplace)
         count = increment(state.count, inplace)
@@ -358,6 +381,8 @@ def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_ro
         else:
             out = _divide_mu_hat(denom, mus, bc1 / r)
         out = F.cast_like(out, gs)  # updates keep the gradients' dtype
+        if rv:
+            out, mus, nus = rv.back(out, mus, nus)
         return unflatten(treedef, out), ScaleByAdamState(count, unflatten(treedef, mus), unflatten(treedef, nus))
 
     return GradientTransformation(init, update)
@@ -413,6 +438,9 @@ def scale_by_nadam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, moment
         gs, treedef = leaves(updates)
         mus = leaves_like(state.mu, treedef)
         nus = leaves_like(state.nu, treedef)
+        rv = F.real_views(gs, mus, nus)  # complex leaves: real and imaginary parts, as torch.optim
+        if rv:
+            gs, mus, nus = rv.real
         mus = F.lerp(mus, gs, 1.0 - b1, inplace=inplace)
         nus = _second_moment(nus, gs, b2, inplace)
         count = increment(state.count, inplace)
@@ -428,9 +456,10 @@ def scale_by_nadam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, moment
         F.add(denom, eps, inplace=True)
         numer = F.mul(gs, (1.0 - mu_t) / (1.0 - prod_t), inplace=inplace)
         F.add(numer, F.mul(F.cast_like(mus, gs), mu_next / (1.0 - prod_t * mu_next)), inplace=True)
-        out = F.div(numer, denom, inplace=True)
+        out = F.cast_like(F.div(numer, denom, inplace=True), gs)  # updates keep the gradients' dtype
+        if rv:
+            out, mus, nus = rv.back(out, mus, nus)
         new_state = ScaleByNadamState(count, product, unflatten(treedef, mus), unflatten(treedef, nus))
-        out = F.cast_like(out, gs)  # updates keep the gradients' dtype
         return unflatten(treedef, out), new_state
 
     return GradientTransformation(init, update)
@@ -536,6 +565,9 @@ def scale_by_lion(b1: float = 0.9, b2: float = 0.99, mu_dtype: torch.dtype | Non
         del params, extra_args
         gs, treedef = leaves(updates)
         mus = leaves_like(state.mu, treedef)
+        rv = F.real_views(gs, mus)  # complex leaves: real and imaginary parts, as torch.optim
+        if rv:
+            gs, mus = rv.real
         # c is new memory: g is still needed for the momentum below
         c = F.lerp(F.clone_like(mus, gs), gs, 1.0 - b1, inplace=True)
         if mode == "hard":
@@ -546,6 +578,8 @@ def scale_by_lion(b1: float = 0.9, b2: float = 0.99, mu_dtype: torch.dtype | Non
             F.clamp(c, -1.0, 1.0, inplace=True)
         mus = F.lerp(mus, gs, 1.0 - b2, inplace=inplace)
         count = increment(state.count, inplace)
+        if rv:
+            c, mus = rv.back(c, mus)
         return unflatten(treedef, c), ScaleByLionState(count, unflatten(treedef, mus))
 
     return GradientTransformation(init, update)
@@ -597,6 +631,9 @@ def scale_by_adan(b1: float = 0.98, b2: float = 0.92, b3: float = 0.99, eps: flo
         vs = leaves_like(state.v, treedef)
         ns = leaves_like(state.n, treedef)
         prev = leaves_like(state.g, treedef)
+        rv = F.real_views(gs, ms, vs, ns, prev)  # complex leaves: real and imaginary parts, as torch.optim
+        if rv:
+            gs, ms, vs, ns, prev = rv.real
         diff = F.sub(gs, prev)
         F.mul(diff, (state.t > 0).to(_F64), inplace=True)
         ms = F.lerp(ms, gs, 1.0 - b1, inplace=inplace)
@@ -612,9 +649,11 @@ def scale_by_adan(b1: float = 0.98, b2: float = 0.92, b3: float = 0.99, eps: flo
         out = F.div(F.copy_(gs, ms) if inplace else ms, _bias_correction(b1, t), inplace=inplace)
         F.add(out, F.mul(vs, b2 / _bias_correction(b2, t)), inplace=True)
         F.div(out, denom, inplace=True)
+        out = F.cast_like(out, gs)  # updates keep the gradients' dtype
+        if rv:
+            out, ms, vs, ns, prev = rv.back(out, ms, vs, ns, prev)
         new_state = ScaleByAdanState(unflatten(treedef, ms), unflatten(treedef, vs), unflatten(treedef, ns),
                                      unflatten(treedef, prev), t)
-        out = F.cast_like(out, gs)  # updates keep the gradients' dtype
         return unflatten(treedef, out), new_state
 
     return GradientTransformation(init, update)

@@ -50,6 +50,9 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_roo
         gs, treedef = leaves(updates)
         mus = leaves_like(state.mu, treedef)
         nus = leaves_like(state.nu, treedef)
+        rv = F.real_views(gs, mus, nus)  # complex leaves: real and imaginary parts, as torch.optim
+        if rv:
+            gs, mus, nus = rv.real
         mus = F.lerp(mus, gs, 1.0 - b1, inplace=inplace)
         nus = F.mul(nus, b2, inplace=inplace)
         F.addcmul(nus, gs, gs, 1.0 - b2, inplace=True)
@@ -70,8 +73,10 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_roo
             out = F.div(numer, denom)
         else:
             out = _adam_direction(gs, mus, nus, count, b1, bc1, bc2, eps, eps_root, nesterov, inplace)
-        new_state = ScaleByAdamState(count, unflatten(treedef, mus), unflatten(treedef, nus))
         out = F.cast_like(out, gs)  # updates keep the gradients' dtype
+        if rv:
+            out, mus, nus = rv.back(out, mus, nus)
+        new_state = ScaleByAdamState(count, unflatten(treedef, mus), unflatten(treedef, nus))
         return unflatten(treedef, out), new_state
 
     return GradientTransformation(init, update)
@@ -146,6 +151,9 @@ def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, initial_scale: float = 0
         del params, extra_args
         gs, treedef = leaves(updates)
         nus = leaves_like(state.nu, treedef)
+        rv = F.real_views(gs, nus)  # complex leaves: real and imaginary parts, as torch.optim
+        if rv:
+            gs, nus = rv.real
         nus = F.mul(nus, decay, inplace=inplace)
         F.addcmul(nus, gs, gs, 1.0 - decay, inplace=True)
         if bias_correction:
@@ -159,10 +167,11 @@ def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, initial_scale: float = 0
         else:
             denom = F.sqrt(denom if denom is not None else nus, inplace=denom is not None)
             F.add(denom, eps, inplace=True)
-        out = F.div(gs, denom, inplace=inplace)
+        out = F.cast_like(F.div(gs, denom, inplace=inplace), gs)  # updates keep the gradients' dtype
+        if rv:
+            out, nus = rv.back(out, nus)
         nu = unflatten(treedef, nus)
         new_state = ScaleByRmsBiasCorrectedState(count, nu) if bias_correction else ScaleByRmsState(nu)
-        out = F.cast_like(out, gs)  # updates keep the gradients' dtype
         return unflatten(treedef, out), new_state
 
     return GradientTransformation(init, update)

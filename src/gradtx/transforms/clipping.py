@@ -33,7 +33,9 @@ def clip_value(max_delta: float) -> GradientTransformation:
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         del params, extra_args
         us, treedef = leaves(updates)
-        return unflatten(treedef, F.clamp(us, -bound, bound, inplace=inplace)), state
+        rv = F.real_views(us)  # a complex update: its real and imaginary parts clipped
+        out = F.clamp(rv.real[0] if rv else us, -bound, bound, inplace=inplace)
+        return unflatten(treedef, rv.back(out)[0] if rv else out), state
 
     return GradientTransformation(_empty, update)
 
@@ -79,7 +81,7 @@ def clip_by_block_rms(threshold: float) -> GradientTransformation:
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         del params, extra_args
         us, treedef = leaves(updates)
-        factors = [1.0 / torch.clamp_min(r / threshold, 1.0) for r in block_rms(us)]
+        factors = [1.0 / torch.clamp_min(r / threshold, 1.0) for r in block_rms(F.as_real(us))]
         return unflatten(treedef, scale_each(us, factors, inplace)), state
 
     return GradientTransformation(_empty, update)

@@ -11,7 +11,7 @@ import torch
 from .._hparams import check, check_beta, increment, is_value, new_count, traced
 from .._tree import Tree
 from ..base import GradientTransformation, transform
-from ._common import leaves, leaves_like, unflatten
+from ._common import leaves, leaves_like, refuse_complex, unflatten
 
 __all__ = ["FactoredState", "ScaleBySM3State", "scale_by_factored_rms", "scale_by_sm3"]
 
@@ -48,6 +48,7 @@ def scale_by_sm3(b1: float = 0.9, b2: float = 1.0, eps: float = 1e-8) -> Gradien
     c1, c2 = (1.0, 1.0) if paper else (1.0 - b2, b2)
 
     def init(params):
+        refuse_complex("scale_by_sm3", params, "it keeps one accumulator per axis of each tensor")
         ps, treedef = leaves(params)
         mu = []
         for p in ps:
@@ -153,6 +154,7 @@ def scale_by_factored_rms(factored: bool = True, decay_rate: float = 0.8, step_o
         raise ValueError(f"decay_rate_fn must be a callable (step, decay_rate) -> beta, got {decay_rate_fn!r}")
 
     def init(params):
+        refuse_complex("scale_by_factored_rms", params, "it factors the two largest axes of each tensor")
         ps, treedef = leaves(params)
         rows, cols, full = [], [], []
         for p in ps:

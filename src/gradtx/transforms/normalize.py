@@ -31,7 +31,8 @@ def block_norms(xs: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def block_rms(xs: list[torch.Tensor]) -> list[torch.Tensor]:
-    """``sqrt(mean(x^2))`` of each tensor (0 for an empty tensor)."""
+    """``sqrt(mean(x^2))`` of each tensor (0 for an empty tensor); pass complex tensors as
+    their real views (:func:`gradtx._foreach.as_real`) for the mean over real components."""
     return [n / math.sqrt(max(x.numel(), 1)) for n, x in zip(block_norms(xs), xs)]
 
 
@@ -129,7 +130,7 @@ def scale_by_param_block_rms(min_scale: float = 1e-3) -> GradientTransformation:
         del extra_args
         us, treedef = leaves(updates)
         ps = _param_leaves("scale_by_param_block_rms", params, treedef, inplace)
-        factors = [r.clamp_min(min_scale) for r in block_rms(ps)]
+        factors = [r.clamp_min(min_scale) for r in block_rms(F.as_real(ps))]
         return unflatten(treedef, scale_each(us, factors, inplace)), state
 
     return GradientTransformation(_empty, update)

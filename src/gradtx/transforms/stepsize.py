@@ -152,8 +152,9 @@ class ScaleByDistanceOverGradientsState(NamedTuple):
 def _displacements(params: list[torch.Tensor], inits: list[torch.Tensor], dtype: torch.dtype | None = None
                    ) -> list[torch.Tensor]:
     """``p - p0`` per leaf, in ``dtype`` or each in its own :func:`_wide` (params are read
-    detached)."""
-    return [p.detach().to(dtype or _wide(p.dtype)) - p0.to(dtype or _wide(p.dtype)) for p, p0 in zip(params, inits)]
+    detached; a complex leaf as its real view)."""
+    ps, p0s = F.as_real([p.detach() for p in params]), F.as_real(inits)
+    return [p.to(dtype or _wide(p.dtype)) - p0.to(dtype or _wide(p.dtype)) for p, p0 in zip(ps, p0s)]
 
 
 @transform(inplace=True)
@@ -183,7 +184,7 @@ def scale_by_distance_over_gradients(reps_rel: float = 1e-6, eps: float = 1e-8,
             max_dist=unflatten(treedef, r0),
             grad_sum_of_squares=unflatten(treedef, [torch.zeros((), dtype=_wide(p.dtype), device=p.device)
                                                     for p in ps]),
-            init_params=unflatten(treedef, [p.to(dtype=param_dtype, copy=True) for p in ps]))
+            init_params=unflatten(treedef, [p.to(dtype=_param_dtype(param_dtype, p), copy=True) for p in ps]))
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         del extra_args
@@ -201,6 +202,13 @@ def scale_by_distance_over_gradients(reps_rel: float = 1e-6, eps: float = 1e-8,
             unflatten(treedef, max_dist), unflatten(treedef, sums), state.init_params)
 
     return GradientTransformation(init, update)
+
+
+def _param_dtype(dtype: torch.dtype | None, p: torch.Tensor) -> torch.dtype:
+    # x_0 of a complex parameter stays complex, at the precision asked for
+    if dtype is None:
+        return p.dtype
+    return dtype.to_complex() if p.is_complex() and not dtype.is_complex else dtype
 
 
 class DoGState(NamedTuple):
