@@ -501,3 +501,35 @@ def test_complex_params_step_as_their_real_views(entry):
             torch.testing.assert_close(in_updates[k], updates[k], rtol=1e-12, atol=1e-14,
                                        msg=lambda m, k=k, step=step: f"in place, step {step}, {k}: {m}")
         params = gx.apply_updates(params, updates)
+
+
+# --- 0-size leaves ------------------------------------------------------------------------------
+
+# the non-empty leaves first: add_noise draws each leaf's noise by its position
+ZERO_SIZE = {"w": (4, 3), "s": (), "e": (0,), "rows": (0, 3), "cols": (3, 0), "mid": (2, 0, 3)}
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
+def test_zero_size_leaves_are_accepted(entry):
+    """A tree with 0-size leaves (a zero-size axis in any position) steps three times, pure and
+    in place: updates keep their shapes and are finite, the state keeps its structure, and the
+    other leaves' updates are those of the tree without the empty ones."""
+    gen = torch.Generator().manual_seed(0)
+    params = {k: torch.randn(shape, generator=gen, dtype=torch.float64) for k, shape in ZERO_SIZE.items()}
+    full = [k for k in params if params[k].numel()]
+    for inplace in (False, True):
+        tx, ref = entry.build(), entry.build()
+        p, p_ref = dict(params), {k: params[k] for k in full}
+        state, ref_state = tx.init(p), ref.init(p_ref)
+        sig = _signature(state)
+        for step in range(3):
+            grads = _grads(p, seed=step)
+            updates, state = tx.update({k: g.clone() for k, g in grads.items()}, state, p, inplace=inplace,
+                                       **extra_args(entry, p))
+            want, ref_state = ref.update({k: grads[k] for k in full}, ref_state, p_ref, **extra_args(entry, p_ref))
+            assert _signature(state) == sig, f"state changed structure at step {step}"
+            for k, g in grads.items():
+                assert updates[k].shape == g.shape and torch.isfinite(updates[k]).all(), k
+            for k in full:
+                torch.testing.assert_close(updates[k], want[k], rtol=1e-12, atol=1e-14)
+            p, p_ref = gx.apply_updates(p, updates), gx.apply_updates(p_ref, want)

@@ -274,3 +274,43 @@ def test_shape_reading_transforms_refuse_complex_params_at_init(make, name, alia
                                          r"parameters.*\['w'\].*torch\.view_as_real"):
         make().init(params)
     make().init({"w": torch.view_as_real(params["w"]), "b": params["b"]})  # the real view is accepted
+
+
+# --- 13. 0-size leaves; flatten and a parameter without a gradient --------------------------------
+
+
+@pytest.mark.parametrize("make", [lambda: gx.sm3(0.1), lambda: gx.scale_by_sm3(), lambda: gx.muon(0.02),
+                                  lambda: gx.scale_by_muon()], ids=["sm3", "scale_by_sm3", "muon", "scale_by_muon"])
+@pytest.mark.parametrize("shape", [(0, 3), (3, 0), (2, 0, 3)], ids=["0x3", "3x0", "2x0x3"])
+def test_sm3_and_muon_take_zero_size_matrices(make, shape):
+    """sm3 failed on an empty tensor of rank >= 2 (amax over an empty axis), muon on one with
+    no columns (its shape factor divided by 0). The empty leaf gets an empty update; the matrix
+    beside it gets what it gets alone."""
+    gen = torch.Generator().manual_seed(0)
+    params = {"w": torch.randn(4, 3, generator=gen), "e": torch.zeros(shape)}
+    tx, ref = make(), make()
+    state, ref_state = tx.init(params), ref.init({"w": params["w"]})
+    for _ in range(3):
+        grads = {"w": torch.randn(4, 3, generator=gen), "e": torch.zeros(shape)}
+        updates, state = tx.update(grads, state, params)
+        want, ref_state = ref.update({"w": grads["w"]}, ref_state, {"w": params["w"]})
+        assert updates["e"].shape == shape
+        torch.testing.assert_close(updates["w"], want["w"], rtol=0, atol=0)
+
+
+def test_flatten_says_why_when_a_parameter_has_no_gradient():
+    """A parameter whose .grad is None is skipped by the adapter, so flatten's concatenated
+    vector is shorter than its state: a ValueError saying so, not a size mismatch from
+    inside Adam."""
+    a, b = torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(2))
+    opt = gx.Optimizer([a, b], gx.flatten(gx.adam(0.1)))
+    a.grad, b.grad = torch.randn(3), torch.randn(2)
+    opt.step()
+    a.grad, b.grad = torch.randn(3), None
+    with pytest.raises(ValueError, match=r"flatten: the updates hold 3 elements but the state was built for 5.*"
+                                         r"\.grad is None.*zeros"):
+        opt.step()
+    tx = gx.flatten(gx.adam(0.1))  # the functional form says the same
+    state = tx.init({"a": torch.zeros(3), "b": torch.zeros(2)})
+    with pytest.raises(ValueError, match="flatten: the updates hold 3 elements but the state was built for 5"):
+        tx.update({"a": torch.ones(3)}, state)

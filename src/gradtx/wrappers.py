@@ -631,13 +631,28 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
             elif not treedef.is_leaf() and tree_structure(value) == treedef:
                 value = _concat(treedef.flatten_up_to(value))
             extra[key] = value
+        flat = _concat(us)
+        _check_flat_size(flat.numel(), state)
         # the concatenated vector is ours, so the inner transform may always write into it
-        flat_out, state = inner.update(_concat(us), state, flat_params, inplace=inplace, **extra)
+        flat_out, state = inner.update(flat, state, flat_params, inplace=inplace, **extra)
         shaped = _split(flat_out, us)
         out = F.copy_(us, shaped) if inplace else shaped
         return tree_unflatten(out, treedef), state
 
     return GradientTransformation(init, update)
+
+
+def _check_flat_size(size: int, state: Any) -> None:
+    """Raise ``ValueError`` saying why when the updates' vector is not the one the inner state
+    was built for (its largest 1-d tensor, the per-element state), rather than a shape error
+    deep in the inner transform."""
+    built = max((x.numel() for x in tree_leaves(state) if isinstance(x, torch.Tensor) and x.dim() == 1), default=None)
+    if built is not None and built > 1 and built != size:
+        raise ValueError(
+            f"flatten: the updates hold {size} elements but the state was built for {built} (the leaves given "
+            "to init): flatten keeps one state vector over all leaves, so every leaf needs an update at every step. "
+            "Under gx.Optimizer every parameter of the group must have a gradient at every step (a parameter whose "
+            ".grad is None is skipped): set its .grad to zeros instead")
 
 
 def _unflattening(value_fn: Callable, like: list[torch.Tensor], treedef) -> Callable:

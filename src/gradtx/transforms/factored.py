@@ -82,7 +82,9 @@ def scale_by_sm3(b1: float = 0.9, b2: float = 1.0, eps: float = 1e-8) -> Gradien
                 new_acc = [accs[0].copy_(acc) if inplace else acc]
             else:
                 dims = list(range(g.dim()))
-                maxes = [acc.amax(dim=[d for d in dims if d != i]) for i in dims]
+                # an empty tensor has seen nothing along any axis: its accumulators stay
+                maxes = ([acc.amax(dim=[d for d in dims if d != i]) for i in dims] if acc.numel()
+                         else [torch.zeros_like(a) for a in accs])
                 new_acc = [a.copy_(m) for a, m in zip(accs, maxes)] if inplace else maxes
             up = g.mul_(scaling) if inplace else g * scaling
             nu = nu.lerp_(up.to(nu.dtype), 1.0 - b1) if inplace else torch.lerp(nu, up.to(nu.dtype), 1.0 - b1)

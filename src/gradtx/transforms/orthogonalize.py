@@ -181,6 +181,9 @@ def scale_by_muon(ns_coeffs: NsCoeffs = MUON_NS_COEFFS, ns_steps: int = 5, beta:
             hat = F.cast_like(ms, gs)  # may be the state's buffers: nothing below writes into hat
         out = list(us)
         for i, h in zip(idx, hat):
+            if h.numel() == 0:  # an empty matrix (a zero-size axis) has nothing to orthogonalize
+                out[i] = torch.zeros_like(h)
+                continue
             o = _orthogonalize(h, coeffs, eps, ns_dtype)
             if adaptive:
                 o.mul_((h * o).sum(dim=(-2, -1), keepdim=True))
