@@ -314,3 +314,117 @@ def test_flatten_says_why_when_a_parameter_has_no_gradient():
     state = tx.init({"a": torch.zeros(3), "b": torch.zeros(2)})
     with pytest.raises(ValueError, match="flatten: the updates hold 3 elements but the state was built for 5"):
         tx.update({"a": torch.ones(3)}, state)
+
+
+# --- 5. float64 everywhere ----------------------------------------------------------------------------
+# Each against its rule written here in float64 (torch.optim.Adafactor is compared in
+# test_rms_family.py): relative agreement to 1e-12, where a float32 quantity anywhere would
+# show at 1e-7.
+
+F64_STEPS = 20
+
+
+def _f64_problem(seed: int = 5):
+    gen = torch.Generator().manual_seed(seed)
+    params = {"w": torch.randn(5, 4, generator=gen, dtype=torch.float64),
+              "b": torch.randn(4, generator=gen, dtype=torch.float64),
+              "s": torch.randn((), generator=gen, dtype=torch.float64)}
+    grads = [{k: torch.randn(v.shape, generator=gen, dtype=torch.float64) for k, v in params.items()}
+             for _ in range(F64_STEPS)]
+    return params, grads
+
+
+def _run(tx, params, grads):
+    state, out = tx.init(params), []
+    for g in grads:
+        updates, state = tx.update(g, state, params)
+        params = gx.apply_updates(params, updates)
+        out.append(params)
+    return out, state
+
+
+def _adam_rule(params, grads, lrs, b1=0.9, b2=0.999, eps=1e-8):
+    m = {k: torch.zeros_like(v) for k, v in params.items()}
+    v = {k: torch.zeros_like(x) for k, x in params.items()}
+    out = []
+    for t, (g, lr) in enumerate(zip(grads, lrs), start=1):
+        params = dict(params)
+        for k in params:
+            m[k] = b1 * m[k] + (1 - b1) * g[k]
+            v[k] = b2 * v[k] + (1 - b2) * g[k] ** 2
+            params[k] = params[k] - lr * (m[k] / (1 - b1 ** t)) / ((v[k] / (1 - b2 ** t)).sqrt() + eps)
+        out.append(params)
+    return out
+
+
+def _close64(traj, ref):
+    for t, (a, b) in enumerate(zip(traj, ref)):
+        for k in b:
+            assert a[k].dtype == torch.float64
+            torch.testing.assert_close(a[k], b[k], rtol=1e-12, atol=1e-13,
+                                       msg=lambda m, t=t, k=k: f"step {t}, {k}: {m}")
+
+
+def _factored_rule(params, grads, *, lr, decay_rate=0.8, eps=1e-30, clip=None, momentum=None):
+    """Adafactor (Shazeer & Stern, 2018), optax's form, every leaf of rank 2 factored: the
+    row and column means of g^2 + eps, beta_t = 1 - (t+1)^-decay_rate (t from 0); with
+    ``clip``, u / max(1, rms(u) / clip) and u * max(rms(p), 1e-3); with ``momentum``, an EMA."""
+    rows = {k: torch.zeros(p.shape[1], dtype=torch.float64) for k, p in params.items() if p.dim() == 2}
+    cols = {k: torch.zeros(p.shape[0], dtype=torch.float64) for k, p in params.items() if p.dim() == 2}
+    full = {k: torch.zeros_like(p) for k, p in params.items() if p.dim() < 2}
+    mom = {k: torch.zeros_like(p) for k, p in params.items()}
+    out = []
+    for t, g in enumerate(grads):
+        beta = 1.0 - (t + 1.0) ** -decay_rate
+        params = dict(params)
+        for k, p in params.items():
+            sq = g[k] ** 2 + eps
+            if k in rows:  # (5, 4): the largest axis is 0, the second largest 1
+                rows[k] = beta * rows[k] + (1 - beta) * sq.mean(0)
+                cols[k] = beta * cols[k] + (1 - beta) * sq.mean(1)
+                u = g[k] / torch.sqrt(torch.outer(cols[k], rows[k] / rows[k].mean()))
+            else:
+                full[k] = beta * full[k] + (1 - beta) * sq
+                u = g[k] / full[k].sqrt()
+            if clip is not None:
+                u = u / max(1.0, float(u.pow(2).mean().sqrt()) / clip)
+                u = u * max(float(p.pow(2).mean().sqrt()), 1e-3)
+            if momentum is not None:
+                mom[k] = momentum * mom[k] + (1 - momentum) * u
+                u = mom[k]
+            params[k] = p - lr * u
+        out.append(params)
+    return out
+
+
+def test_scale_by_factored_rms_is_float64_throughout():
+    params, grads = _f64_problem()
+    traj, _ = _run(gx.chain(gx.scale_by_factored_rms(min_dim_size_to_factor=2), gx.scale_by_lr(0.01)), params, grads)
+    _close64(traj, _factored_rule(params, grads, lr=0.01))
+
+
+def test_adafactor_with_momentum_is_float64_throughout():
+    """The momentum was kept in float32 (optax's dtype_momentum) on float64 params: 1e-7
+    relative off a float64 run; it is now at least float32 and never below the params."""
+    params, grads = _f64_problem()
+    tx = gx.adafactor(0.05, min_dim_size_to_factor=2, momentum=0.5)
+    traj, state = _run(tx, params, grads)
+    assert all(m.dtype == torch.float64 for m in gx.tree_get_all(state, "ema")[0].values())
+    _close64(traj, _factored_rule(params, grads, lr=0.05, clip=1.0, momentum=0.5))
+    low = gx.adafactor(0.05, momentum=0.5).init({"w": torch.zeros(3, dtype=torch.bfloat16)})
+    assert gx.tree_get_all(low, "ema")[0]["w"].dtype == torch.float32  # bfloat16 params: a float32 momentum
+
+
+def test_multi_steps_adam_is_float64_throughout():
+    params, grads = _f64_problem()
+    traj, _ = _run(gx.multi_steps(gx.adam(0.05), 3), params, grads[:18])
+    means = [{k: sum(grads[i + j][k] for j in range(3)) / 3 for k in params} for i in range(0, 18, 3)]
+    _close64(traj[2::3], _adam_rule(params, means, [0.05] * 6))
+
+
+def test_inject_hyperparams_adam_with_a_linear_schedule_is_float64_throughout():
+    params, grads = _f64_problem()
+    tx = gx.inject_hyperparams(gx.adam)(lr=gx.linear_schedule(0.05, 0.005, transition_steps=15))
+    traj, _ = _run(tx, params, grads)
+    lrs = [0.05 + (0.005 - 0.05) * min(t, 15) / 15 for t in range(F64_STEPS)]
+    _close64(traj, _adam_rule(params, grads, lrs))
