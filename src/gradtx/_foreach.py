@@ -106,7 +106,7 @@ def _records(xs: Tensors, args: tuple, kwargs: dict | None = None) -> bool:
         if isinstance(a, torch.Tensor):
             if a.requires_grad:
                 return True
-        elif isinstance(a, (list, tuple)) and any(isinstance(y, torch.Tensor) and y.requires_grad for y in a):
+        elif isinstance(a, (list, tuple)) and any(y.requires_grad for y in a):  # a list of tensors
             return True
     return any(x.requires_grad for x in xs)
 
