@@ -428,3 +428,18 @@ def test_inject_hyperparams_adam_with_a_linear_schedule_is_float64_throughout():
     traj, _ = _run(tx, params, grads)
     lrs = [0.05 + (0.005 - 0.05) * min(t, 15) / 15 for t in range(F64_STEPS)]
     _close64(traj, _adam_rule(params, grads, lrs))
+
+
+@pytest.mark.filterwarnings("ignore:Torchinductor does not support code generation for complex")
+def test_complex_params_under_compile_match_torch_optim():
+    """``compile=True`` steps complex params as torch.optim does too (Adam, elementwise)."""
+    problem = ComplexProblem()
+    ref = _torch_complex(problem, lambda p: torch.optim.Adam(p, lr=1e-2))
+    leaves = {k: v.clone().requires_grad_(True) for k, v in problem.params0.items()}
+    opt, traj = gx.Optimizer(list(leaves.values()), gx.adam(1e-2), compile=True), []
+    for t in range(COMPLEX_STEPS):
+        opt.zero_grad()
+        problem.loss(leaves, t).backward()
+        opt.step()
+        traj.append({k: v.detach().clone() for k, v in leaves.items()})
+    _assert_trajectories(traj, ref)

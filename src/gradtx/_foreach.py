@@ -279,15 +279,15 @@ def as_real(xs: Tensors) -> Tensors:
     return [torch.view_as_real(x.resolve_conj()) if x.is_complex() else x for x in xs]
 
 
-def as_complex_like(xs: Tensors, refs: Tensors) -> Tensors:
+def as_complex_like(xs: Tensors, refs: Tensors, views: Tensors | None = None) -> Tensors:
     """Undo :func:`as_real`: where ``refs[i]`` is complex, ``xs[i]`` (a real tensor with a
-    trailing axis of size 2) as a complex tensor; ``refs[i]`` itself when ``xs[i]`` is its
-    real view (written in place)."""
+    trailing axis of size 2) as a complex tensor; ``refs[i]`` itself when ``xs[i]`` is
+    ``views[i]``, the real view :func:`as_real` made of it (written in place)."""
     out = []
-    for x, r in zip(xs, refs):
+    for i, (x, r) in enumerate(zip(xs, refs)):
         if not r.is_complex() or x.is_complex():
             out.append(x)
-        elif x.numel() and x.data_ptr() == r.data_ptr() and x.shape[:-1] == r.shape:
+        elif views is not None and x is views[i]:
             out.append(r)
         else:
             out.append(torch.view_as_complex(x if x.stride(-1) == 1 else x.contiguous()))
@@ -306,7 +306,7 @@ class RealViews:
         self.real = tuple(as_real(xs) for xs in lists)
 
     def back(self, *lists: Tensors) -> tuple:
-        return tuple(as_complex_like(xs, refs) for xs, refs in zip(lists, self.refs))
+        return tuple(as_complex_like(xs, refs, views) for xs, refs, views in zip(lists, self.refs, self.real))
 
 
 def real_views(updates: Tensors, *lists: Tensors) -> RealViews | None:

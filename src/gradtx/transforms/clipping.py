@@ -109,7 +109,8 @@ def adaptive_grad_clip(clipping: float, eps: float = 1e-3, axis: int | tuple[int
     ``u_i <- u_i`` if ``||u_i|| < m_i`` else ``u_i * m_i / max(||u_i||, 1e-6)``.
     A unit is, by default, the whole tensor for scalars and vectors and one slice along
     dim 0 otherwise (norms over dims 1, 2, ...: an output unit in torch's layouts);
-    ``axis`` names the dimensions to reduce over instead. Needs ``params``.
+    ``axis`` names the dimensions to reduce over instead. Needs ``params``. A complex leaf's
+    units are those of the complex tensor, their norms over real and imaginary parts.
 
     Example: ``gx.chain(gx.adaptive_grad_clip(0.01), gx.sgd(0.1, momentum=0.9))``.
     """

@@ -143,7 +143,8 @@ def centralize() -> GradientTransformation:
     ``u <- u - mean(u, dims=1..)``; vectors and scalars are left unchanged.
 
     With torch's ``(out_features, in_features, ...)`` layouts this centres each output unit's
-    weights. Example: ``gx.chain(gx.centralize(), gx.scale_by_adam(), gx.scale_by_lr(1e-3))``.
+    weights. A complex leaf's real and imaginary parts are each centralized (the mean of the
+    complex tensor). Example: ``gx.chain(gx.centralize(), gx.scale_by_adam(), gx.scale_by_lr(1e-3))``.
     """
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
