@@ -88,6 +88,12 @@ DTYPE_TOL = {torch.bfloat16: dict(rtol=1.6e-2, atol=1e-4), torch.float16: dict(r
              torch.float32: dict(rtol=1e-5, atol=1e-7), torch.float64: dict(rtol=1e-12, atol=1e-14)}
 
 
+# Entries whose update of one leaf depends on the others: global norms, one vector over all
+# leaves, a loss, noise drawn by leaf position.
+COUPLES_LEAVES = {"clip_by_global_norm", "normalize_by_update_norm", "flatten", "scale_by_polyak", "polyak_sgd",
+                  "scale_by_dog", "dog", "add_noise", "noisy_sgd"}
+
+
 @pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
 def test_mixed_dtype_tree_matches_each_dtype_alone(entry):
     """Each leaf keeps its own dtype: on a tree mixing bfloat16, float16, float32 and float64
@@ -96,7 +102,7 @@ def test_mixed_dtype_tree_matches_each_dtype_alone(entry):
     dtype and every leaf of another dtype is float64: for a leafwise entry, the leaf alone in
     its own dtype; for one that couples the leaves (a global norm), the others held exactly.
     Every run gets the same params, gradients and loss each step (values that every dtype
-    holds exactly, at first)."""
+    holds exactly, at first). A leafwise entry is also run on each leaf alone."""
     tx = entry.build()
     params = mixed_tree(1)
     state = tx.init(params)
@@ -106,6 +112,8 @@ def test_mixed_dtype_tree_matches_each_dtype_alone(entry):
         return {k: x if x.dtype == dtype else x.to(torch.float64) for k, x in tree.items()}
 
     ref_states = {d: tx.init(alone(params, d)) for d in dtypes}
+    single = entry.name not in COUPLES_LEAVES
+    single_states = {k: tx.init({k: x}) for k, x in params.items()} if single else {}
     for step in range(3):
         grads = mixed_tree(10 + step)
         extra = extra_args(entry, params)  # the loss of the mixed tree, given to every run
@@ -117,6 +125,11 @@ def test_mixed_dtype_tree_matches_each_dtype_alone(entry):
                     assert updates[k].dtype == d, f"step {step}, {k}: update {updates[k].dtype}, gradient {d}"
                     torch.testing.assert_close(updates[k], ref[k], **DTYPE_TOL[d],
                                                msg=lambda m, k=k, step=step: f"step {step}, {k}: {m}")
+        for k in single_states:  # a leafwise entry: each leaf alone in a tree of its own
+            ref, single_states[k] = tx.update({k: grads[k]}, single_states[k], {k: params[k]},
+                                              **extra_args(entry, {k: params[k]}))
+            torch.testing.assert_close(updates[k], ref[k], **DTYPE_TOL[grads[k].dtype],
+                                       msg=lambda m, k=k, step=step: f"alone, step {step}, {k}: {m}")
         params = gx.apply_updates(params, updates)
 
 
