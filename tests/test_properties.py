@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -47,13 +48,28 @@ def test_update_is_pure(entry):
             assert torch.equal(a, b), "update mutated its inputs"
 
 
+# A tree of four leaves of four dtypes, the lowest precision first (a cast to "the first
+# leaf's dtype" shows at once); values rounded to bfloat16, so every dtype holds them exactly.
+MIXED = {"w": ((6, 5), torch.bfloat16), "h": ((3,), torch.float16), "b": ((4,), torch.float32),
+         "s": ((), torch.float64), "v": ((2, 5), torch.float64)}
+
+
+def mixed_tree(seed: int, dtypes: dict | None = None) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(shape, generator=gen).to(torch.bfloat16).to((dtypes or {}).get(k, dtype))
+            for k, (shape, dtype) in MIXED.items()}
+
+
 @pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["f32", "f64", "bf16"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, "mixed"],
+                         ids=["f32", "f64", "bf16", "mixed"])
 def test_state_stable_and_dtype_kept(entry, dtype):
+    """Three updates keep the state's structure, shapes and dtypes and each update's dtype,
+    on a tree of one dtype and on a tree mixing float16, bfloat16, float32 and float64."""
     if dtype in entry.skip.get("dtypes", ()):
         pytest.skip(entry.skip.get("why", "dtype not supported"))
     tx = entry.build()
-    params = example_params(dtype)
+    params = mixed_tree(1) if dtype == "mixed" else example_params(dtype)
     state = tx.init(params)
     sig = _signature(state)
     for step in range(3):
@@ -62,6 +78,58 @@ def test_state_stable_and_dtype_kept(entry, dtype):
         assert _signature(state) == sig, f"state changed structure at step {step}"
         for k in grads:
             assert updates[k].dtype == grads[k].dtype and updates[k].shape == grads[k].shape
+        params = gx.apply_updates(params, updates)
+
+
+# Round-off of one update in each dtype: float64 and float32 to a few units in the last
+# place; bfloat16 to two (8 bits of mantissa), as a wider computation rounded once may differ
+# from the all-bfloat16 one by that much.
+DTYPE_TOL = {torch.bfloat16: dict(rtol=1.6e-2, atol=1e-4), torch.float16: dict(rtol=2e-3, atol=1e-5),
+             torch.float32: dict(rtol=1e-5, atol=1e-7), torch.float64: dict(rtol=1e-12, atol=1e-14)}
+
+
+# Entries whose update of one leaf depends on the others: global norms, one vector over all
+# leaves, a loss, noise drawn by leaf position.
+COUPLES_LEAVES = {"clip_by_global_norm", "normalize_by_update_norm", "flatten", "scale_by_polyak", "polyak_sgd",
+                  "scale_by_dog", "dog", "add_noise", "noisy_sgd"}
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
+def test_mixed_dtype_tree_matches_each_dtype_alone(entry):
+    """Each leaf keeps its own dtype: on a tree mixing bfloat16, float16, float32 and float64
+    leaves (the lowest precision first), every update has its gradient's dtype and equals, to
+    that dtype's round-off, the update of the same entry on the tree where that leaf keeps its
+    dtype and every leaf of another dtype is float64: for a leafwise entry, the leaf alone in
+    its own dtype; for one that couples the leaves (a global norm), the others held exactly.
+    Every run gets the same params, gradients and loss each step (values that every dtype
+    holds exactly, at first). A leafwise entry is also run on each leaf alone."""
+    tx = entry.build()
+    params = mixed_tree(1)
+    state = tx.init(params)
+    dtypes = sorted({x.dtype for x in params.values()}, key=str)
+
+    def alone(tree, dtype):  # the leaves of `dtype` as they are, the others (exactly) in float64
+        return {k: x if x.dtype == dtype else x.to(torch.float64) for k, x in tree.items()}
+
+    ref_states = {d: tx.init(alone(params, d)) for d in dtypes}
+    single = entry.name not in COUPLES_LEAVES
+    single_states = {k: tx.init({k: x}) for k, x in params.items()} if single else {}
+    for step in range(3):
+        grads = mixed_tree(10 + step)
+        extra = extra_args(entry, params)  # the loss of the mixed tree, given to every run
+        updates, state = tx.update(grads, state, params, **extra)
+        for d in dtypes:
+            ref, ref_states[d] = tx.update(alone(grads, d), ref_states[d], alone(params, d), **extra)
+            for k, g in grads.items():
+                if g.dtype == d:
+                    assert updates[k].dtype == d, f"step {step}, {k}: update {updates[k].dtype}, gradient {d}"
+                    torch.testing.assert_close(updates[k], ref[k], **DTYPE_TOL[d],
+                                               msg=lambda m, k=k, step=step: f"step {step}, {k}: {m}")
+        for k in single_states:  # a leafwise entry: each leaf alone in a tree of its own
+            ref, single_states[k] = tx.update({k: grads[k]}, single_states[k], {k: params[k]},
+                                              **extra_args(entry, {k: params[k]}))
+            torch.testing.assert_close(updates[k], ref[k], **DTYPE_TOL[grads[k].dtype],
+                                       msg=lambda m, k=k, step=step: f"alone, step {step}, {k}: {m}")
         params = gx.apply_updates(params, updates)
 
 
@@ -256,3 +324,225 @@ def test_multi_steps_zero_then_inner_on_mean(entry):
     want, _ = inner.update(mean, inner.init(params), params, **extra_args(entry, params))
     for key in params:
         torch.testing.assert_close(updates[key], want[key], rtol=1e-12, atol=1e-14)
+
+
+# --- hyperparameters as requires_grad 0-dim tensors -------------------------------------------
+
+
+def _hyperparameter_sites(tx) -> list[tuple[str, float, Callable]]:
+    """``(label, value, rebuild)`` for every float argument of every part of ``tx`` built by
+    a public ``@transform`` constructor (the rule of :func:`_with_injected_hyperparams`,
+    descending into arguments that are transforms or dicts of them); ``rebuild(v)`` builds the
+    whole of ``tx`` again with that one argument set to ``v``."""
+    out = []
+    name, args = getattr(tx, "name", None), getattr(tx, "args", None)
+    factory = getattr(gx, name, None) if name else None
+    if factory is not None and args is not None and _injectable(factory):
+        for key, value in args.items():
+            if isinstance(value, float):
+                out.append((f"{name}.{key}", value, lambda v, key=key: factory(**{**args, key: v})))
+            elif isinstance(value, gx.GradientTransformation):
+                out += [(f"{name}.{key}.{label}", v0, lambda v, fn=fn, key=key: factory(**{**args, key: fn(v)}))
+                        for label, v0, fn in _hyperparameter_sites(value)]
+            elif isinstance(value, dict) and value and all(isinstance(x, gx.GradientTransformation)
+                                                           for x in value.values()):
+                for label_key, inner in value.items():
+                    out += [(f"{name}.{key}[{label_key}].{label}", v0,
+                             lambda v, fn=fn, key=key, lk=label_key: factory(**{**args, key: {**args[key], lk: fn(v)}}))
+                            for label, v0, fn in _hyperparameter_sites(inner)]
+        return out
+    parts = getattr(tx, "parts", None)
+    if parts is not None and name is None:
+        for i, part in enumerate(parts):
+            out += [(label, v0, lambda v, fn=fn, i=i: gx.chain(*parts[:i], fn(v), *parts[i + 1:]))
+                    for label, v0, fn in _hyperparameter_sites(part)]
+    return out
+
+
+def _traced(value: float) -> torch.Tensor:
+    return torch.tensor(value, dtype=torch.float64, requires_grad=True)
+
+
+# Hyperparameters that select between formulas rather than enter one: no gradient reaches them.
+NOT_DIFFERENTIABLE = {
+    "scale_by_radam.threshold": "compared with rho_t: switches rectification on or off",
+    "radam.threshold": "compared with rho_t: switches rectification on or off",
+    "scale_by_lion.smooth_beta": "read only with mode='smooth' (the entry uses mode='hard')",
+    "scale_by_sm3.b2": "b2 = 1 selects the paper's rule, a constant",
+}
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
+def test_requires_grad_hyperparameters_give_the_float_numbers(entry):
+    """Every float hyperparameter of the entry, given as a float64 0-dim tensor with
+    ``requires_grad``, gives the updates of the float over three steps, and a gradient reaches
+    it from the updates and states (finite; none only where it selects a formula)."""
+    sites = _hyperparameter_sites(entry.build())
+    if not sites:
+        pytest.skip("no float hyperparameter in a public constructor's arguments")
+    for label, value, rebuild in sites:
+        hp = _traced(value)
+        tx, ref = rebuild(hp), rebuild(value)
+        params = example_params(torch.float64)
+        state, ref_state = tx.init(params), ref.init(params)
+        outputs = []
+        for step in range(3):
+            grads = _grads(params, seed=step)
+            updates, state = tx.update(grads, state, params, **extra_args(entry, params))
+            want, ref_state = ref.update(grads, ref_state, params, **extra_args(entry, params))
+            for k in params:
+                torch.testing.assert_close(updates[k].detach(), want[k], rtol=1e-12, atol=1e-14,
+                                           msg=lambda m, label=label: f"{label}: {m}")
+            outputs += [x for x in gx.tree_leaves(updates) + gx.tree_leaves(state)
+                        if isinstance(x, torch.Tensor) and x.requires_grad and x.is_floating_point()]
+            params = gx.apply_updates(params, want)
+        if label in NOT_DIFFERENTIABLE:
+            continue
+        assert outputs, f"{label}: no update or state depends on it through autograd"
+        (grad,) = torch.autograd.grad(sum(x.sum() for x in outputs), hp, allow_unused=True)
+        assert grad is not None and torch.isfinite(grad), f"{label}: gradient {grad}"
+
+
+# Entries that read params (or the loss) detached, as documented: their step size is a
+# constant of autograd, so a hypergradient is checked over one step (params independent of it).
+READS_PARAMS_DETACHED = {"dog", "scale_by_dog", "scale_by_distance_over_gradients", "scale_by_polyak", "polyak_sgd"}
+AT_A_KINK = {
+    "adafactor.clipping_threshold": "Adafactor's normalised step has rms ~1 = the threshold: clipping's kink",
+    "adafactor.eps": "moves the step's rms across the clipping threshold (1.0): clipping's kink",
+}
+
+
+def _weighted_updates(entry, tx, steps: int) -> torch.Tensor:
+    """``sum_t <u_t, r_t>`` over ``steps`` updates, the params following them (with autograd)."""
+    params = example_params(torch.float64)
+    state = tx.init(params)
+    total = torch.zeros((), dtype=torch.float64)
+    for step in range(steps):
+        grads, weights = _grads(params, seed=step), _grads(params, seed=100 + step)
+        updates, state = tx.update(grads, state, params, **extra_args(entry, params))
+        total = total + sum((updates[k] * weights[k]).sum() for k in params)
+        params = gx.apply_updates(params, updates)
+    return total
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
+def test_hypergradients_match_finite_differences(entry):
+    """For every float hyperparameter h of the entry: d/dh of ``sum_t <u_t, r_t>`` over three
+    steps (params following the updates) by autograd equals a finite difference in float64
+    (central; forward, second order, where h - delta would leave h's range)."""
+    sites = [s for s in _hyperparameter_sites(entry.build()) if s[0] not in NOT_DIFFERENTIABLE]
+    if not sites:
+        pytest.skip("no differentiable float hyperparameter in a public constructor's arguments")
+    steps = 1 if entry.name in READS_PARAMS_DETACHED else 3
+    for label, value, rebuild in sites:
+        if label in AT_A_KINK:
+            continue
+        hp = _traced(value)
+        total = _weighted_updates(entry, rebuild(hp), steps)
+        # a hyperparameter of the state only (ASGD's t0 starts the average) leaves updates alone
+        grad = torch.autograd.grad(total, hp)[0] if total.requires_grad else torch.zeros(())
+
+        def at(v, rebuild=rebuild):
+            with torch.no_grad():
+                return float(_weighted_updates(entry, rebuild(torch.tensor(v, dtype=torch.float64)), steps))
+
+        delta = 1e-6 * max(abs(value), 1e-2)
+        if value - delta > 0:
+            fd = (at(value + delta) - at(value - delta)) / (2 * delta)
+        else:  # a non-negative hyperparameter at (or near) 0
+            delta = 1e-9
+            fd = (-3 * at(value) + 4 * at(value + delta) - at(value + 2 * delta)) / (2 * delta)
+        assert abs(float(grad) - fd) <= 1e-4 * abs(fd) + 1e-6 * max(1.0, abs(fd)), \
+            f"{label}: autograd {float(grad)!r}, finite difference {fd!r}"
+
+
+# --- complex parameters ------------------------------------------------------------------------
+# torch.optim steps a complex parameter as its torch.view_as_real view (real and imaginary
+# parts as independent reals); every entry does the same or refuses complex params at init.
+
+REFUSES_COMPLEX = {"scale_by_factored_rms", "adafactor", "scale_by_sm3", "sm3", "scale_by_muon", "muon"}
+# Entries whose masks or units read a leaf's shape, which the real view changes (a vector
+# becomes a matrix): checked on a tree of leaves where both shapes give the same decisions.
+COMPLEX_READS_SHAPE = {"masked", "partition", "multi_transform", "freeze", "adaptive_grad_clip"}
+# centralize subtracts the mean over the complex tensor's dims 1..: its real and imaginary
+# parts are each centralized, as two tensors of the complex one's shape.
+COMPLEX_AS_TWO_PARTS = {"centralize"}
+
+
+def _complex_tree(seed: int, entry) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    shapes = {"w": (4, 3), "c": (2, 3, 2)} if entry.name in COMPLEX_READS_SHAPE else {"w": (4, 3), "b": (3,), "s": ()}
+    return {k: torch.randn(shape, generator=gen, dtype=torch.complex128) for k, shape in shapes.items()}
+
+
+def _as_real_tree(tree, entry):
+    if entry.name in COMPLEX_AS_TWO_PARTS:
+        return {f"{k}.{part}": getattr(x, part) for k, x in tree.items() for part in ("real", "imag")}
+    return {k: torch.view_as_real(x) for k, x in tree.items()}
+
+
+def _from_real_tree(tree, like, entry):
+    if entry.name in COMPLEX_AS_TWO_PARTS:
+        return {k: torch.complex(tree[f"{k}.real"], tree[f"{k}.imag"]) for k in like}
+    return {k: torch.view_as_complex(tree[k].contiguous()) for k in like}
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
+def test_complex_params_step_as_their_real_views(entry):
+    """On complex128 params every entry gives complex updates equal to its updates on the
+    params' real views (torch.optim's rule), pure and in place, over three steps; or refuses
+    complex params at init with a ValueError naming itself and torch.view_as_real."""
+    params = _complex_tree(1, entry)
+    if entry.name in REFUSES_COMPLEX:
+        with pytest.raises(ValueError, match="does not support complex parameters.*torch.view_as_real"):
+            entry.build().init(params)
+        return
+    tx, ref = entry.build(), entry.build()
+    state, in_state, ref_state = tx.init(params), tx.init(params), ref.init(_as_real_tree(params, entry))
+    for step in range(3):
+        grads = _complex_tree(10 + step, entry)
+        extra = extra_args(entry, _as_real_tree(params, entry))  # the loss of the real values
+        updates, state = tx.update(grads, state, params, **extra)
+        in_updates, in_state = tx.update({k: g.clone() for k, g in grads.items()}, in_state, params, inplace=True,
+                                         **extra)
+        want, ref_state = ref.update(_as_real_tree(grads, entry), ref_state, _as_real_tree(params, entry), **extra)
+        want = _from_real_tree(want, params, entry)
+        for k in params:
+            assert updates[k].dtype == torch.complex128, f"step {step}, {k}: {updates[k].dtype}"
+            torch.testing.assert_close(updates[k], want[k], rtol=1e-10, atol=1e-13,
+                                       msg=lambda m, k=k, step=step: f"step {step}, {k}: {m}")
+            torch.testing.assert_close(in_updates[k], updates[k], rtol=1e-12, atol=1e-14,
+                                       msg=lambda m, k=k, step=step: f"in place, step {step}, {k}: {m}")
+        params = gx.apply_updates(params, updates)
+
+
+# --- 0-size leaves ------------------------------------------------------------------------------
+
+# the non-empty leaves first: add_noise draws each leaf's noise by its position
+ZERO_SIZE = {"w": (4, 3), "s": (), "e": (0,), "rows": (0, 3), "cols": (3, 0), "mid": (2, 0, 3)}
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
+def test_zero_size_leaves_are_accepted(entry):
+    """A tree with 0-size leaves (a zero-size axis in any position) steps three times, pure and
+    in place: updates keep their shapes and are finite, the state keeps its structure, and the
+    other leaves' updates are those of the tree without the empty ones."""
+    gen = torch.Generator().manual_seed(0)
+    params = {k: torch.randn(shape, generator=gen, dtype=torch.float64) for k, shape in ZERO_SIZE.items()}
+    full = [k for k in params if params[k].numel()]
+    for inplace in (False, True):
+        tx, ref = entry.build(), entry.build()
+        p, p_ref = dict(params), {k: params[k] for k in full}
+        state, ref_state = tx.init(p), ref.init(p_ref)
+        sig = _signature(state)
+        for step in range(3):
+            grads = _grads(p, seed=step)
+            updates, state = tx.update({k: g.clone() for k, g in grads.items()}, state, p, inplace=inplace,
+                                       **extra_args(entry, p))
+            want, ref_state = ref.update({k: grads[k] for k in full}, ref_state, p_ref, **extra_args(entry, p_ref))
+            assert _signature(state) == sig, f"state changed structure at step {step}"
+            for k, g in grads.items():
+                assert updates[k].shape == g.shape and torch.isfinite(updates[k]).all(), k
+            for k in full:
+                torch.testing.assert_close(updates[k], want[k], rtol=1e-12, atol=1e-14)
+            p, p_ref = gx.apply_updates(p, updates), gx.apply_updates(p_ref, want)

@@ -66,24 +66,78 @@ def _scalar_arg(scalar: Scalar, like: Sequence[torch.Tensor]) -> Scalar:
     return _on_device(scalar, like)
 
 
+def _tracked(value) -> bool:
+    """Whether a scalar argument carries autograd history (a hyperparameter tensor with
+    ``requires_grad``): foreach kernels take most scalars as plain numbers, which would
+    drop it (or refuse it), so such calls run one ordinary op per tensor."""
+    return isinstance(value, torch.Tensor) and value.requires_grad
+
+
+# Ops with a keyword scalar (alpha, value), spelled out for a tensor scalar: the ordinary
+# ops take those keywords as numbers only.
+_SPELLED = {
+    "add": lambda x, y, alpha: y * alpha,
+    "sub": lambda x, y, alpha: y * alpha,
+    "addcmul": lambda x, y, z, value: y * z * value,
+    "addcdiv": lambda x, y, z, value: y / z * value,
+}
+
+
+def _per_tensor(name: str, inplace: bool, xs: Tensors, args: tuple, kwargs: dict) -> Tensors:
+    out = []
+    for i, x in enumerate(xs):
+        per = [a[i] if isinstance(a, (list, tuple)) else a for a in args]
+        if name == "lerp" and isinstance(per[1], torch.Tensor) and per[1].dtype != x.dtype:
+            per[1] = per[1].to(x.dtype)  # lerp wants its weight in the tensor's dtype
+        if kwargs and any(isinstance(v, torch.Tensor) for v in kwargs.values()):
+            term = _SPELLED[name](x, *per, **kwargs)
+            method = "sub" if name == "sub" else "add"
+            out.append(getattr(x, f"{method}_" if inplace else method)(term))
+        else:
+            out.append(getattr(x, f"{name}_" if inplace else name)(*per, **kwargs))
+    return xs if inplace else out
+
+
+def _records(xs: Tensors, args: tuple, kwargs: dict | None = None) -> bool:
+    """Whether autograd records an op on ``xs`` and ``args`` (one of them requires grad)."""
+    if not torch.is_grad_enabled():
+        return False
+    for a in (*args, *(kwargs or {}).values()):
+        if isinstance(a, torch.Tensor):
+            if a.requires_grad:
+                return True
+        elif isinstance(a, (list, tuple)) and any(y.requires_grad for y in a):  # a list of tensors
+            return True
+    return any(x.requires_grad for x in xs)
+
+
+def _replaced(xs: Tensors, new: Tensors) -> Tensors:
+    # An in-place op that autograd records could overwrite a value backward needs (the output
+    # of a sqrt, a factor of a product): it runs out of place instead, and the new tensors take
+    # the old ones' places in the caller's list, which is all the in-place contract promises.
+    xs[:] = new
+    return xs
+
+
 def _call(name: str, inplace: bool, xs: Tensors, *args, **kwargs) -> Tensors:
     if not xs:
         return []
-    scalar_tensor = any(isinstance(a, torch.Tensor) for a in args)
-    args = tuple(_scalar_arg(a, xs) for a in args)
-    if _native():
+    if inplace and _records(xs, args, kwargs):
+        return _replaced(xs, _call(name, False, xs, *args, **kwargs))
+    scalar_tensor = any(isinstance(a, torch.Tensor) for a in args) or any(
+        isinstance(v, torch.Tensor) for v in kwargs.values())
+    if scalar_tensor and (any(_tracked(a) for a in args) or any(_tracked(v) for v in kwargs.values())):
+        out = _per_tensor(name, inplace, xs, args, kwargs)
+    elif _native():
+        args = tuple(_scalar_arg(a, xs) for a in args)
         if inplace:
             getattr(torch, f"_foreach_{name}_")(xs, *args, **kwargs)
             return xs
         out = list(getattr(torch, f"_foreach_{name}")(xs, *args, **kwargs))
     else:
-        method = f"{name}_" if inplace else name
-        out = []
-        for i, x in enumerate(xs):
-            per_tensor = [a[i] if isinstance(a, (list, tuple)) else a for a in args]
-            out.append(getattr(x, method)(*per_tensor, **kwargs))
-        if inplace:
-            return xs
+        out = _per_tensor(name, inplace, xs, args, kwargs)
+    if inplace:
+        return xs
     if scalar_tensor:
         # A 0-dim x times a float64 0-dim hyperparameter promotes to float64; updates keep
         # the dtype they came in with.
@@ -141,6 +195,10 @@ def sign(xs: Tensors, *, inplace: bool = False) -> Tensors:
     return _call("sign", inplace, xs)
 
 
+def tanh(xs: Tensors, *, inplace: bool = False) -> Tensors:
+    return _call("tanh", inplace, xs)
+
+
 def neg(xs: Tensors, *, inplace: bool = False) -> Tensors:
     return _call("neg", inplace, xs)
 
@@ -156,7 +214,7 @@ _LOOP_MAX = 16
 
 def clamp(xs: Tensors, low: float, high: float, *, inplace: bool = False) -> Tensors:
     """Elementwise clamp into ``[low, high]``."""
-    if 0 < len(xs) <= _LOOP_MAX and _native() and not torch.compiler.is_compiling():
+    if 0 < len(xs) <= _LOOP_MAX and _native() and not torch.compiler.is_compiling() and not _records(xs, (low, high)):
         if inplace:
             for x in xs:
                 x.clamp_(low, high)
@@ -168,6 +226,8 @@ def clamp(xs: Tensors, low: float, high: float, *, inplace: bool = False) -> Ten
 
 def copy_(dst: Tensors, src: Tensors) -> Tensors:
     """Copy ``src`` into ``dst`` elementwise (casting) and return ``dst``."""
+    if dst and _records(dst, (src,)):
+        return _replaced(dst, [s.to(dtype=d.dtype, copy=True) for d, s in zip(dst, src)])
     if dst:
         if _native():
             torch._foreach_copy_(dst, src)
@@ -182,8 +242,15 @@ def clone(xs: Tensors, dtype: torch.dtype | None = None) -> Tensors:
     return [x.to(dtype=dtype, copy=True) for x in xs]
 
 
+def clone_like(xs: Tensors, refs: Tensors) -> Tensors:
+    """New tensors with the values of ``xs``, each in the dtype of the matching ``refs`` tensor."""
+    return [x.to(dtype=r.dtype, copy=True) for x, r in zip(xs, refs)]
+
+
 def cast(xs: Tensors, dtype: torch.dtype | None) -> Tensors:
-    """``xs`` cast to ``dtype``; the same tensors when already of that dtype."""
+    """``xs`` cast to ``dtype`` (a dtype the caller chose, e.g. an ``accumulator_dtype``);
+    the same tensors when already of that dtype, ``xs`` itself when ``dtype`` is ``None``.
+    To follow other tensors' dtypes leaf by leaf use :func:`cast_like`: a tree may mix dtypes."""
     if dtype is None:
         return xs
     return [x if x.dtype == dtype else x.to(dtype) for x in xs]
@@ -195,34 +262,125 @@ def cast_like(xs: Tensors, refs: Tensors) -> Tensors:
     return [x if x.dtype == r.dtype else x.to(r.dtype) for x, r in zip(xs, refs)]
 
 
-def norms(xs: Tensors) -> Tensors:
-    """The l2 norm of each tensor (computed in at least float32)."""
+# --- complex tensors ---------------------------------------------------------------------
+# torch.optim steps a complex parameter as its torch.view_as_real view (a real tensor with a
+# trailing axis of size 2: real and imaginary parts); transforms whose rule is not linear
+# in the update do the same through these helpers, one check per update.
+
+
+def any_complex(xs: Tensors) -> bool:
+    """Whether any of ``xs`` is complex."""
+    return any(x.is_complex() for x in xs)
+
+
+def as_real(xs: Tensors) -> Tensors:
+    """Each complex tensor of ``xs`` as its real view (``torch.view_as_real``: the same
+    memory, a trailing axis of size 2), the others as they are."""
+    return [torch.view_as_real(x.resolve_conj()) if x.is_complex() else x for x in xs]
+
+
+def as_complex_like(xs: Tensors, refs: Tensors, views: Tensors | None = None) -> Tensors:
+    """Undo :func:`as_real`: where ``refs[i]`` is complex, ``xs[i]`` (a real tensor with a
+    trailing axis of size 2) as a complex tensor; ``refs[i]`` itself when ``xs[i]`` is
+    ``views[i]``, the real view :func:`as_real` made of it (written in place)."""
+    out = []
+    for i, (x, r) in enumerate(zip(xs, refs)):
+        if not r.is_complex() or x.is_complex():
+            out.append(x)
+        elif views is not None and x is views[i]:
+            out.append(r)
+        else:
+            out.append(torch.view_as_complex(x if x.stride(-1) == 1 else x.contiguous()))
+    return out
+
+
+class RealViews:
+    """Lists of tensors with their complex tensors seen as real (:func:`as_real`), and the way
+    back: ``real`` holds the views; ``back(*lists)`` gives each new list its complex form,
+    following the list at the same position (the first: the updates)."""
+
+    __slots__ = ("refs", "real")
+
+    def __init__(self, *lists: Tensors):
+        self.refs = lists
+        self.real = tuple(as_real(xs) for xs in lists)
+
+    def back(self, *lists: Tensors) -> tuple:
+        return tuple(as_complex_like(xs, refs, views) for xs, refs, views in zip(lists, self.refs, self.real))
+
+
+def real_views(updates: Tensors, *lists: Tensors) -> RealViews | None:
+    """``RealViews(updates, *lists)`` when an update is complex, else ``None`` (one check per
+    update; a transform whose rule is not linear runs on the real views, as torch.optim does
+    with complex parameters). ``lists`` hold the tensors shaped like the updates (state,
+    params)."""
+    return RealViews(updates, *lists) if any_complex(updates) else None
+
+
+def real_dtype(dtype: torch.dtype) -> torch.dtype:
+    """``dtype``, or the dtype of its real part for a complex one."""
+    return dtype.to_real() if dtype.is_complex else dtype
+
+
+def wide_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """The dtype statistics (norms, sums of squares) of tensors of ``dtypes`` are computed
+    in: float32, or the widest real dtype among them when wider."""
+    out = torch.float32
+    for d in dtypes:
+        out = torch.promote_types(out, real_dtype(d))
+    return out
+
+
+def norms(xs: Tensors, dtype: torch.dtype | None = None) -> Tensors:
+    """The l2 norm of each tensor as a real 0-dim tensor, computed and returned in ``dtype``,
+    by default in :func:`wide_dtype` of the tensor's own dtype (a bfloat16 tensor's norm in
+    float32, a float64 tensor's in float64)."""
     if not xs:
         return []
-    if _native():
-        return list(torch._foreach_norm(xs))
-    return [torch.linalg.vector_norm(x) for x in xs]
+    if dtype is None:
+        kinds = {x.dtype for x in xs}
+        if len(kinds) > 1:  # one norm per leaf in its own precision: group by dtype
+            out: list = [None] * len(xs)
+            for kind in kinds:
+                idx = [i for i, x in enumerate(xs) if x.dtype == kind]
+                for i, n in zip(idx, norms([xs[i] for i in idx], wide_dtype(kind))):
+                    out[i] = n
+            return out
+        dtype = wide_dtype(kinds.pop())
+    if not _native():
+        return [torch.linalg.vector_norm(x, dtype=dtype.to_complex() if x.is_complex() else dtype) for x in xs]
+    if any_complex(xs):  # the kernel's dtype is the input's kind: complex in, real out
+        real = [i for i, x in enumerate(xs) if not x.is_complex()]
+        cplx = [i for i, x in enumerate(xs) if x.is_complex()]
+        out = [None] * len(xs)
+        for idx, kind in ((real, dtype), (cplx, dtype.to_complex())):
+            if idx:
+                for i, n in zip(idx, torch._foreach_norm([xs[i] for i in idx], 2, dtype=kind)):
+                    out[i] = n
+        return out
+    return list(torch._foreach_norm(xs, 2, dtype=dtype))
 
 
 def global_norm(xs: Tensors) -> torch.Tensor:
-    """The l2 norm of all tensors together, as a float32-or-wider 0-dim tensor."""
+    """The l2 norm of all tensors together, as a real 0-dim tensor computed in the widest
+    precision among them (at least float32): a float64 leaf's share is never rounded to a
+    lower-precision neighbour's dtype."""
     if not xs:
         return torch.zeros(())
-    per = norms(xs)
-    dtype = torch.promote_types(per[0].dtype, torch.float32)
-    return torch.linalg.vector_norm(torch.stack([n.to(dtype=dtype, device=per[0].device) for n in per]))
+    dtype = wide_dtype(*{x.dtype for x in xs})
+    per = norms(xs, dtype)
+    device = per[0].device
+    return torch.linalg.vector_norm(torch.stack([n.to(device) for n in per]))
 
 
 def maximum(xs: Tensors, ys: Tensors, *, inplace: bool = False) -> Tensors:
     """Elementwise ``max(xs, ys)``."""
-    return _call("maximum", inplace, xs, ys) if _native() or not inplace else [
-        x.copy_(torch.maximum(x, y)) for x, y in zip(xs, ys)]
+    return _call("maximum", inplace, xs, ys) if _native() or not inplace else copy_(xs, _call("maximum", False, xs, ys))
 
 
 def minimum(xs: Tensors, ys: Tensors, *, inplace: bool = False) -> Tensors:
     """Elementwise ``min(xs, ys)``."""
-    return _call("minimum", inplace, xs, ys) if _native() or not inplace else [
-        x.copy_(torch.minimum(x, y)) for x, y in zip(xs, ys)]
+    return _call("minimum", inplace, xs, ys) if _native() or not inplace else copy_(xs, _call("minimum", False, xs, ys))
 
 
 def exp(xs: Tensors, *, inplace: bool = False) -> Tensors:

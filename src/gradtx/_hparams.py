@@ -50,6 +50,38 @@ def as_scalar(value):
     return value
 
 
+def traced(value) -> bool:
+    """Whether ``value`` is a tensor whose value must not be read in Python: it carries
+    autograd history (a hyperparameter to differentiate through), is wrapped by ``torch.func``
+    or is being compiled. Such a value always takes a transform's general formula."""
+    if not isinstance(value, torch.Tensor):
+        return False
+    return (value.requires_grad or torch.compiler.is_compiling()
+            or torch._C._functorch.is_functorch_wrapped_tensor(value))
+
+
+def is_value(value, number: float) -> bool:
+    """Whether the hyperparameter ``value`` is exactly ``number`` (and may be read), so that a
+    transform may take a cheaper formula for it (``eps_root == 0``); a :func:`traced` tensor
+    never is, so its gradient flows through the general formula."""
+    if isinstance(value, (int, float)):
+        return value == number
+    x = _as_float(value)
+    return x is not None and x == number
+
+
+def full_like(p: torch.Tensor, value) -> torch.Tensor:
+    """A tensor like ``p`` filled with ``value`` (a number or a 0-dim tensor, whose autograd
+    history the result keeps). A complex ``p`` gets ``value`` in its real and its imaginary
+    part: state that transforms keep per real component (torch.optim's view of complex
+    parameters) starts at ``value`` in each."""
+    if p.is_complex():
+        return torch.view_as_complex(full_like(torch.view_as_real(p), value).contiguous())
+    if traced(value):
+        return (torch.zeros_like(p) + value.to(p.device)).to(p.dtype)
+    return torch.full_like(p, float(value))
+
+
 def check(name: str, value, *, low: float | None = None, high: float | None = None,
           low_open: bool = False, high_open: bool = False, allow_schedule: bool = False,
           allow_inf: bool = False) -> None:

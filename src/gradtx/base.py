@@ -52,6 +52,11 @@ class GradientTransformation(NamedTuple):
     update: TransformUpdateFn
 
 
+class ComplexParamsError(ValueError):
+    """A transform refused complex parameters at ``init`` (its rule reads the shape of each
+    tensor, which a complex tensor's real view would change)."""
+
+
 class _Described(GradientTransformation):
     # A GradientTransformation that remembers how it was built, for ``repr``. Subclassing
     # the NamedTuple without __slots__ gives instances a __dict__; they stay tuples.
@@ -153,12 +158,28 @@ def transform(fn: Callable[..., GradientTransformation] | None = None, *,
                                                              else leafwise)
             attrs["inplace"] = bool(inplace(attrs["args"]) if callable(inplace) else inplace)
         description = f"{fn.__name__}({', '.join(parts)})"
+        if "parts" in inner:
+            tx = GradientTransformation(_naming_refusals(fn.__name__, tx.init), tx.update)
         if "parts" in inner and "description" in inner:
             # an alias: show what it is made of, e.g. "adamw(lr=0.001) = chain(\n  scale_by_adam(...), ...)"
             description = f"{description} = {inner['description']}"
         return describe(tx, description, **attrs)
 
     return build
+
+
+def _naming_refusals(name: str, init: Callable) -> Callable:
+    # An alias refusing complex params names itself too: the user typed gx.adafactor, not
+    # the scale_by_factored_rms inside it.
+    def named_init(params):
+        try:
+            return init(params)
+        except ComplexParamsError as e:
+            if str(e).startswith(f"{name}:"):
+                raise
+            raise ComplexParamsError(f"{name}: {e}") from None
+
+    return named_init
 
 
 def is_elementwise(tx: GradientTransformation) -> bool:

@@ -433,7 +433,7 @@ def apply_every(k: int = 1) -> GradientTransformation:
         if c == 0:
             accs = F.copy_(accs, us) if inplace else [u.to(a.dtype, copy=True) for u, a in zip(us, accs)]
         else:
-            accs = F.add(accs, F.cast(us, accs[0].dtype if accs else None), inplace=inplace)
+            accs = F.add(accs, F.cast_like(us, accs), inplace=inplace)
         if c == k - 1:
             # never hand out the accumulator itself: the caller may write into its updates
             out = F.copy_(us, accs) if inplace else [a.to(u.dtype, copy=True) for a, u in zip(accs, us)]
@@ -594,10 +594,10 @@ def lookahead(fast_optimizer: GradientTransformation, sync_period: int, slow_ste
         us, treedef = tensor_leaves(updates)
         ps = [p.detach() if inplace else p for p in flatten_up_to(params, treedef, "params")]
         slows = flatten_up_to(state.slow, treedef)
-        reached = F.add(ps, F.cast(us, ps[0].dtype if ps else None))  # the fast weights after this step
+        reached = F.add(ps, F.cast_like(us, ps))  # the fast weights after this step
         slows = F.lerp(slows, reached, state.slow_step_size, inplace=inplace)
         step_to_slow = F.sub(slows, ps)
-        out = F.copy_(us, step_to_slow) if inplace else F.cast(step_to_slow, us[0].dtype if us else None)
+        out = F.copy_(us, step_to_slow) if inplace else F.cast_like(step_to_slow, us)
         if reset_state:  # optax re-initialises from the params given to this step
             fast_state = fast_optimizer.init(params)
         return tree_unflatten(out, treedef), LookaheadState(fast_state, steps, state.slow_step_size,
@@ -610,9 +610,20 @@ def lookahead(fast_optimizer: GradientTransformation, sync_period: int, slow_ste
 
 
 def _concat(leaves: list[torch.Tensor]) -> torch.Tensor:
+    # a complex leaf joins as its real and imaginary parts (torch.optim's view of it), so the
+    # vector is real and a real leaf beside a complex one is not made complex
     if not leaves:
         return torch.zeros(0)
-    return torch.cat([x.reshape(-1) for x in leaves])
+    return torch.cat([x.reshape(-1) for x in F.as_real(leaves)])
+
+
+def _split(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``flat`` cut into pieces shaped like ``like`` (real views for complex ones), each back
+    in its tensor's dtype."""
+    reals = F.as_real(like)
+    pieces = torch.split(flat, [x.numel() for x in reals]) if like else []
+    shaped = [piece.reshape(r.shape).to(r.dtype) for piece, r in zip(pieces, reals)]
+    return F.as_complex_like([s.contiguous() for s in shaped], like)
 
 
 @transform(inplace=lambda args: supports_inplace(args["inner"]))
@@ -645,21 +656,32 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
             elif not treedef.is_leaf() and tree_structure(value) == treedef:
                 value = _concat(treedef.flatten_up_to(value))
             extra[key] = value
+        flat = _concat(us)
+        _check_flat_size(flat.numel(), state)
         # the concatenated vector is ours, so the inner transform may always write into it
-        flat_out, state = run_inner(_concat(us), state, flat_params, inplace, extra)
-        pieces = torch.split(flat_out, [u.numel() for u in us]) if us else []
-        shaped = [piece.reshape(u.shape).to(u.dtype) for piece, u in zip(pieces, us)]
+        flat_out, state = run_inner(flat, state, flat_params, inplace, extra)
+        shaped = _split(flat_out, us)
         out = F.copy_(us, shaped) if inplace else shaped
         return tree_unflatten(out, treedef), state
 
     return GradientTransformation(init, update)
 
 
-def _unflattening(value_fn: Callable, like: list[torch.Tensor], treedef) -> Callable:
-    sizes = [x.numel() for x in like]
+def _check_flat_size(size: int, state: Any) -> None:
+    """Raise ``ValueError`` saying why when the updates' vector is not the one the inner state
+    was built for (its largest 1-d tensor, the per-element state), rather than a shape error
+    deep in the inner transform."""
+    built = max((x.numel() for x in tree_leaves(state) if isinstance(x, torch.Tensor) and x.dim() == 1), default=None)
+    if built is not None and built > 1 and built != size:
+        raise ValueError(
+            f"flatten: the updates hold {size} elements but the state was built for {built} (the leaves given "
+            "to init): flatten keeps one state vector over all leaves, so every leaf needs an update at every step. "
+            "Under gx.Optimizer every parameter of the group must have a gradient at every step (a parameter whose "
+            ".grad is None is skipped): set its .grad to zeros instead")
 
+
+def _unflattening(value_fn: Callable, like: list[torch.Tensor], treedef) -> Callable:
     def flat_value_fn(flat: torch.Tensor):
-        pieces = torch.split(flat, sizes)
-        return value_fn(tree_unflatten([p.reshape(x.shape).to(x.dtype) for p, x in zip(pieces, like)], treedef))
+        return value_fn(tree_unflatten(_split(flat, like), treedef))
 
     return flat_value_fn

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import torch
 
-from .._hparams import ScalarOrSchedule, _as_float, check, check_beta, check_int, check_order
+from .._hparams import ScalarOrSchedule, _as_float, check, check_beta, check_int, check_order, is_value, traced
 from ..base import GradientTransformation, identity, transform
 from ..combine import chain
 from ..transforms.accumulators import scale_by_adadelta, scale_by_asgd, scale_by_rprop, scale_by_rss, scale_by_stddev
 from ..transforms.adaptive import scale_by_rms
 from ..transforms.clipping import clip_by_block_rms
 from ..transforms.factored import scale_by_factored_rms, scale_by_sm3
-from ..transforms.momentum import ema, trace
+from ..transforms.momentum import at_least_float32, ema, trace
 from ..transforms.normalize import scale_by_param_block_rms
 from ..transforms.regularize import Mask, add_decayed_weights
 from ..transforms.scaling import scale_by_lr, scale_by_schedule, scale_by_sign
@@ -44,7 +44,7 @@ def adagrad(lr: ScalarOrSchedule, initial_accumulator_value: float = 0.1, eps: f
     """
     check("lr_decay", lr_decay, low=0.0)
     parts = [add_decayed_weights(weight_decay), scale_by_rss(initial_accumulator_value, eps, eps_in_sqrt)]
-    if lr_decay:
+    if not is_value(lr_decay, 0.0):
         parts.append(scale_by_schedule(lambda count: 1.0 / (1.0 + count.to(torch.float64) * lr_decay)))
     parts.append(scale_by_lr(lr))
     return chain(*parts)
@@ -120,7 +120,8 @@ def rprop(lr: float | torch.Tensor, eta_minus: float = 0.5, eta_plus: float = 1.
     check("min_step_size", min_step_size, low=0.0)
     check("max_step_size", max_step_size, low=0.0, allow_inf=True)  # inf: no upper bound
     check_order("min_step_size", min_step_size, "max_step_size", max_step_size)
-    rate = _as_float(lr.detach() if isinstance(lr, torch.Tensor) else lr)
+    # a traced lr stays a tensor, so the bounds keep their gradient
+    rate = lr if traced(lr) else _as_float(lr.detach() if isinstance(lr, torch.Tensor) else lr)
     return chain(scale_by_rprop(1.0, eta_minus, eta_plus, min_step_size / rate, max_step_size / rate),
                  scale_by_lr(lr))
 
@@ -128,7 +129,7 @@ def rprop(lr: float | torch.Tensor, eta_minus: float = 0.5, eta_plus: float = 1.
 @transform
 def adafactor(lr: ScalarOrSchedule | None = None, min_dim_size_to_factor: int = 128, decay_rate: float = 0.8,
               decay_offset: int = 0, multiply_by_parameter_scale: bool = True, clipping_threshold: float | None = 1.0,
-              momentum: float | None = None, dtype_momentum: torch.dtype | None = torch.float32,
+              momentum: float | None = None, dtype_momentum: torch.dtype | None = None,
               weight_decay_rate: float | None = None, eps: float = 1e-30, factored: bool = True,
               weight_decay_mask: Mask | None = None) -> GradientTransformation:
     """Adafactor (Shazeer & Stern, 2018), optax's form.
@@ -142,7 +143,9 @@ def adafactor(lr: ScalarOrSchedule | None = None, min_dim_size_to_factor: int = 
 
     Differences from optax: the learning rate is applied last, after the momentum and the weight
     decay, so the decay is multiplied by ``lr`` (as in ``torch.optim.Adafactor`` and
-    ``gx.adamw``; optax's is not).
+    ``gx.adamw``; optax's is not). The momentum is kept in ``dtype_momentum``; ``None`` (the
+    default) is float32 for lower-precision parameters and the parameter's dtype when wider
+    (optax: always float32, which would round a float64 run's momentum).
 
     ``torch.optim.Adafactor(lr=a, beta2_decay=-c, eps=(None, 1e-3), d=k, weight_decay=w)`` is
     ``adafactor(lr=lambda t: min(a, 1/sqrt(t+1)), decay_rate=c, min_dim_size_to_factor=1,
@@ -176,7 +179,7 @@ def adafactor(lr: ScalarOrSchedule | None = None, min_dim_size_to_factor: int = 
     if multiply_by_parameter_scale:
         parts.append(scale_by_param_block_rms())
     if momentum is not None:
-        parts.append(ema(momentum, debias=False, accumulator_dtype=dtype_momentum))
+        parts.append(ema(momentum, debias=False, accumulator_dtype=dtype_momentum or at_least_float32))
     if weight_decay_rate is not None:
         parts.append(add_decayed_weights(weight_decay_rate, weight_decay_mask))
     parts.append(scale_by_lr(1.0 if lr is None else lr))

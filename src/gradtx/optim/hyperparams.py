@@ -102,10 +102,16 @@ def lr_schedule(tx: Any) -> Any:
 def template(tx: GradientTransformation) -> tuple[dict[str, float], list[Slot]]:
     """The chain's hyperparameters as param-group defaults, and a :class:`Slot` for each
     hyperparameter tensor of its state, by position (see the module docstring)."""
-    # Built on one real element (a meta tensor breaks an init that reads values, such as
-    # multi_steps' should_skip_update_fn): known before any parameter has a gradient (LR
-    # schedulers read param_groups at once).
-    found = walk(tx.init({0: torch.zeros(1)}), tx)
+    # Built on a meta tensor: no memory, known before any parameter has a gradient (LR
+    # schedulers read param_groups at once), and a 0-dim state tensor computed from the
+    # params (DoG's running distance) comes out on the meta device, telling it from a
+    # hyperparameter. An init that must read values (multi_steps' should_skip_update_fn)
+    # gets one real element instead.
+    try:
+        state = tx.init({0: torch.empty(1, device="meta")})
+    except (NotImplementedError, RuntimeError):
+        state = tx.init({0: torch.zeros(1)})
+    found = walk(state, tx)
     fields = [scoped.rsplit(".", 1)[-1] for _, scoped, _, _ in found]
     counts = {f: fields.count(f) for f in fields}
     seen: dict[str, int] = {}
@@ -120,7 +126,7 @@ def template(tx: GradientTransformation) -> tuple[dict[str, float], list[Slot]]:
             seen[key] = n + 1
             if n:
                 key = f"{key}#{n}"
-        if value.requires_grad:
+        if value.device.type == "meta" or value.requires_grad:
             slots.append(Slot(key, None))
             continue
         x = float(value.item())

@@ -494,7 +494,7 @@ def to_torch_state_dict(tx: GradientTransformation, gx_sd: dict, params: list[li
             raise _NotThisKind(f"this optimizer's chain {_short(tx)} is not torch.optim.{kind.name}'s equivalent "
                                f"({error})") from None
         for key, value in group["hparams"].items():
-            if key in hp:
+            if key in hp and not callable(hp[key]):  # a schedule's 'lr' key only shows its first value
                 hp[key] = value
         hp = {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in hp.items()}
         for key, value in hp.items():

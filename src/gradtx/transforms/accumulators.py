@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 
 from .. import _foreach as F  # noqa: N812
-from .._hparams import check, check_beta, check_order, increment, new_count, to_state
+from .._hparams import check, check_beta, check_order, full_like, increment, is_value, new_count, to_state
 from .._tree import Tree
 from ..base import GradientTransformation, transform
 from ._common import leaves, leaves_like, need_params, unflatten
@@ -21,7 +21,7 @@ __all__ = ["ScaleByRssState", "ScaleByAdaDeltaState", "ScaleByRpropState", "Scal
 
 def _full(params: Tree, value: float) -> Tree:
     ps, treedef = leaves(params)
-    return unflatten(treedef, [torch.full_like(p, value) for p in ps])
+    return unflatten(treedef, [full_like(p, value) for p in ps])
 
 
 def _zero_where_empty(out: list[torch.Tensor], acc: list[torch.Tensor]) -> None:
@@ -60,15 +60,20 @@ def scale_by_rss(initial_accumulator_value: float = 0.1, eps: float = 1e-7, eps_
         del params, extra_args
         gs, treedef = leaves(updates)
         ss = leaves_like(state.sum_of_squares, treedef)
+        rv = F.real_views(gs, ss)  # complex leaves: real and imaginary parts, as torch.optim
+        if rv:
+            gs, ss = rv.real
         ss = F.addcmul(ss, gs, gs, 1.0, inplace=inplace)
         if eps_in_sqrt:
             denom = F.sqrt(F.add(ss, eps), inplace=True)
         else:
             denom = F.add(F.sqrt(ss), eps, inplace=True)
         out = F.div(gs, denom, inplace=inplace)
-        if eps == 0:
+        if is_value(eps, 0.0):
             _zero_where_empty(out, ss)
         out = F.cast_like(out, gs)  # updates keep the gradients' dtype
+        if rv:
+            out, ss = rv.back(out, ss)
         return unflatten(treedef, out), ScaleByRssState(unflatten(treedef, ss))
 
     return GradientTransformation(init, update)
@@ -102,6 +107,9 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> GradientTransforma
         gs, treedef = leaves(updates)
         egs = leaves_like(state.e_g, treedef)
         exs = leaves_like(state.e_x, treedef)
+        rv = F.real_views(gs, egs, exs)  # complex leaves: real and imaginary parts, as torch.optim
+        if rv:
+            gs, egs, exs = rv.real
         egs = F.mul(egs, rho, inplace=inplace)
         F.addcmul(egs, gs, gs, 1.0 - rho, inplace=True)
         std = F.sqrt(F.add(egs, eps), inplace=True)
@@ -111,6 +119,8 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> GradientTransforma
         exs = F.mul(exs, rho, inplace=inplace)
         F.addcmul(exs, out, out, 1.0 - rho, inplace=True)
         out = F.cast_like(out, gs)  # updates keep the gradients' dtype
+        if rv:
+            out, egs, exs = rv.back(out, egs, exs)
         return unflatten(treedef, out), ScaleByAdaDeltaState(unflatten(treedef, egs), unflatten(treedef, exs))
 
     return GradientTransformation(init, update)
@@ -149,13 +159,16 @@ def scale_by_rprop(lr: float, eta_minus: float = 0.5, eta_plus: float = 1.2,
     check_order("min_step_size", min_step_size, "max_step_size", max_step_size)
 
     def init(params):
-        return ScaleByRpropState(step_sizes=_full(params, float(lr)), prev_updates=_zeros(params, None))
+        return ScaleByRpropState(step_sizes=_full(params, lr), prev_updates=_zeros(params, None))
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         del params, extra_args
         gs, treedef = leaves(updates)
         steps = leaves_like(state.step_sizes, treedef)
         prevs = leaves_like(state.prev_updates, treedef)
+        rv = F.real_views(gs, steps, prevs)  # complex leaves: real and imaginary parts, as torch.optim
+        if rv:
+            gs, steps, prevs = rv.real
         new_steps, outs, new_prevs = [], [], []
         for g, d, prev in zip(gs, steps, prevs):
             s = g * prev
@@ -164,14 +177,16 @@ def scale_by_rprop(lr: float, eta_minus: float = 0.5, eta_plus: float = 1.2,
             factor.masked_fill_(s > 0, eta_plus)
             factor.masked_fill_(flipped, eta_minus)
             d = d.mul_(factor) if inplace else d * factor
-            d.clamp_(min_step_size, max_step_size)
+            d = d.clamp_min_(min_step_size).clamp_max_(max_step_size)
             u = g.sign_() if inplace else g.sign()
             u.mul_(d).masked_fill_(flipped, 0)
             new_steps.append(d)
             outs.append(u)
             new_prevs.append(prev.copy_(u) if inplace else u.clone())
-        new_state = ScaleByRpropState(unflatten(treedef, new_steps), unflatten(treedef, new_prevs))
         outs = F.cast_like(outs, gs)  # updates keep the gradients' dtype
+        if rv:
+            outs, new_steps, new_prevs = rv.back(outs, new_steps, new_prevs)
+        new_state = ScaleByRpropState(unflatten(treedef, new_steps), unflatten(treedef, new_prevs))
         return unflatten(treedef, outs), new_state
 
     return GradientTransformation(init, update)
@@ -220,6 +235,9 @@ def scale_by_stddev(decay: float = 0.9, eps: float = 1e-8, initial_scale: float 
         gs, treedef = leaves(updates)
         mus = leaves_like(state.mu, treedef)
         nus = leaves_like(state.nu, treedef)
+        rv = F.real_views(gs, mus, nus)  # complex leaves: real and imaginary parts, as torch.optim
+        if rv:
+            gs, mus, nus = rv.real
         mus = F.lerp(mus, gs, 1.0 - decay, inplace=inplace)
         nus = F.mul(nus, decay, inplace=inplace)
         F.addcmul(nus, gs, gs, 1.0 - decay, inplace=True)
@@ -236,10 +254,11 @@ def scale_by_stddev(decay: float = 0.9, eps: float = 1e-8, initial_scale: float 
             denom = F.sqrt(F.add(var, eps, inplace=True), inplace=True)
         else:
             denom = F.add(F.sqrt(var, inplace=True), eps, inplace=True)
-        out = F.div(gs, denom, inplace=inplace)
+        out = F.cast_like(F.div(gs, denom, inplace=inplace), gs)  # updates keep the gradients' dtype
+        if rv:
+            out, mus, nus = rv.back(out, mus, nus)
         mu, nu = unflatten(treedef, mus), unflatten(treedef, nus)
         new_state = ScaleByRStdDevBiasCorrectedState(count, mu, nu) if bias_correction else ScaleByRStdDevState(mu, nu)
-        out = F.cast_like(out, gs)  # updates keep the gradients' dtype
         return unflatten(treedef, out), new_state
 
     return GradientTransformation(init, update)
@@ -290,7 +309,10 @@ def scale_by_asgd(lr: float | torch.Tensor, lambd: float = 1e-4, alpha: float = 
         t = count.to(torch.float64)
         rate = state.lr.to(torch.float64)
         ratio = (1.0 + lambd * rate * (t - 1.0)) ** (-alpha)
-        out = F.add(gs, ps, alpha=lambd, inplace=inplace) if lambd else F.mul(gs, 1.0, inplace=inplace)
+        if is_value(lambd, 0.0):
+            out = F.mul(gs, 1.0, inplace=inplace)
+        else:
+            out = F.add(gs, ps, alpha=lambd, inplace=inplace)
         F.mul(out, ratio, inplace=True)
         # averaging, in torch's order: ax + mu * (p_new - ax)
         mu = 1.0 / torch.clamp(t - 1.0 - t0, min=1.0)

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 
 from .. import _foreach as F  # noqa: N812
-from .._hparams import check, check_beta, increment, new_count
+from .._hparams import check, check_beta, full_like, increment, is_value, new_count
 from .._tree import Tree
 from ..base import GradientTransformation, transform
 from ._common import leaves, leaves_like, need_params, unflatten
@@ -31,13 +31,10 @@ __all__ = [
 _F64 = torch.float64
 
 
-def _dtype_of(xs: list[torch.Tensor]) -> torch.dtype | None:
-    return xs[0].dtype if xs else None
-
 
 def _full(params: Tree, value: float) -> Tree:
     ps, treedef = leaves(params)
-    return unflatten(treedef, [torch.full_like(p, value) for p in ps])
+    return unflatten(treedef, [full_like(p, value) for p in ps])
 
 
 def _step(count: torch.Tensor) -> torch.Tensor:
@@ -47,7 +44,7 @@ def _step(count: torch.Tensor) -> torch.Tensor:
 def _divide_mu_hat(denom: list[torch.Tensor], mus: list[torch.Tensor], bc1: torch.Tensor | None) -> list:
     """``(m / bc1) / denom`` written into ``denom`` (which the caller owns)."""
     F.reciprocal(denom, inplace=True)
-    F.mul(denom, F.cast(mus, _dtype_of(denom)), inplace=True)
+    F.mul(denom, F.cast_like(mus, denom), inplace=True)
     if bc1 is not None:
         F.div(denom, bc1, inplace=True)
     return denom
@@ -59,7 +56,7 @@ def _nesterov_numerator(gs, mus, b1: float, count: torch.Tensor, inplace: bool) 
     bc1 = _bias_correction(b1, count)
     bc1_next = _bias_correction(b1, count + 1)
     numer = F.mul(gs, (1.0 - b1) / bc1, inplace=inplace)
-    F.add(numer, F.mul(F.cast(mus, _dtype_of(gs)), b1 / bc1_next), inplace=True)
+    F.add(numer, F.mul(F.cast_like(mus, gs), b1 / bc1_next), inplace=True)
     return numer
 
 
@@ -72,7 +69,7 @@ def _second_moment(nus, gs, b2: float, inplace: bool) -> list:
 
 def _root_denominator(out, nus, bc2: torch.Tensor, eps: float, eps_root: float, reuse: bool) -> list:
     """``sqrt(v / bc2 + eps_root) + eps``, built in ``out``'s buffers when ``reuse``."""
-    if eps_root == 0.0:
+    if is_value(eps_root, 0.0):
         denom = F.sqrt(F.copy_(out, nus), inplace=True) if reuse else F.sqrt(nus)
         F.div(denom, bc2.sqrt(), inplace=True)
     else:
@@ -109,17 +106,22 @@ def scale_by_adamax(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gr
         gs, treedef = leaves(updates)
         mus = leaves_like(state.mu, treedef)
         nus = leaves_like(state.nu, treedef)
-        mus = F.lerp(mus, F.cast(gs, _dtype_of(mus)), 1.0 - b1, inplace=inplace)
+        rv = F.real_views(gs, mus, nus)  # complex leaves: real and imaginary parts, as torch.optim
+        if rv:
+            gs, mus, nus = rv.real
+        mus = F.lerp(mus, gs, 1.0 - b1, inplace=inplace)
         # |g| + eps, in g's buffer when allowed (g is not needed after the first moment)
         bound = F.abs(gs, inplace=inplace)
         F.add(bound, eps, inplace=True)
         nus = F.mul(nus, b2, inplace=inplace)
-        F.maximum(nus, F.cast(bound, _dtype_of(nus)), inplace=True)
+        F.maximum(nus, F.cast_like(bound, nus), inplace=True)
         count = increment(state.count, inplace)
-        out = F.copy_(bound, mus) if inplace else F.cast(mus, _dtype_of(gs))
+        out = F.copy_(bound, mus) if inplace else F.cast_like(mus, gs)
         out = F.div(out, nus, inplace=inplace)
         F.div(out, _bias_correction(b1, count), inplace=True)
         out = F.cast_like(out, gs)  # updates keep the gradients' dtype
+        if rv:
+            out, mus, nus = rv.back(out, mus, nus)
         return unflatten(treedef, out), ScaleByAdamState(count, unflatten(treedef, mus), unflatten(treedef, nus))
 
     return GradientTransformation(init, update)
@@ -172,7 +174,10 @@ def scale_by_amsgrad(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_
         mus = leaves_like(state.mu, treedef)
         nus = leaves_like(state.nu, treedef)
         maxs = leaves_like(state.nu_max, treedef)
-        mus = F.lerp(mus, F.cast(gs, _dtype_of(mus)), 1.0 - b1, inplace=inplace)
+        rv = F.real_views(gs, mus, nus, maxs)  # complex leaves: real and imaginary parts, as torch.optim
+        if rv:
+            gs, mus, nus, maxs = rv.real
+        mus = F.lerp(mus, gs, 1.0 - b1, inplace=inplace)
         nus = _second_moment(nus, gs, b2, inplace)
         count = increment(state.count, inplace)
         bc2 = _bias_correction(b2, count)
@@ -183,9 +188,11 @@ def scale_by_amsgrad(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_
         scale_after = bc2 if bias_correction_nu and debias_after_max else torch.ones((), dtype=_F64)
         denom = _root_denominator(gs, maxs, scale_after, eps, eps_root, reuse=inplace)
         out = _divide_mu_hat(denom, mus, _bias_correction(b1, count) if bias_correction_mu else None)
+        out = F.cast_like(out, gs)  # updates keep the gradients' dtype
+        if rv:
+            out, mus, nus, maxs = rv.back(out, mus, nus, maxs)
         new_state = ScaleByAmsgradState(count, unflatten(treedef, mus), unflatten(treedef, nus),
                                         unflatten(treedef, maxs))
-        out = F.cast_like(out, gs)  # updates keep the gradients' dtype
         return unflatten(treedef, out), new_state
 
     return GradientTransformation(init, update)
@@ -226,9 +233,12 @@ def scale_by_belief(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-16, eps_
         gs, treedef = leaves(updates)
         mus = leaves_like(state.mu, treedef)
         nus = leaves_like(state.nu, treedef)
-        mus = F.lerp(mus, F.cast(gs, _dtype_of(mus)), 1.0 - b1, inplace=inplace)
+        rv = F.real_views(gs, mus, nus)  # complex leaves: real and imaginary parts, as torch.optim
+        if rv:
+            gs, mus, nus = rv.real
+        mus = F.lerp(mus, gs, 1.0 - b1, inplace=inplace)
         reuse = inplace and not nesterov  # nesterov still needs g after the moments
-        err = F.sub(gs, F.cast(mus, _dtype_of(gs)), inplace=reuse)
+        err = F.sub(gs, F.cast_like(mus, gs), inplace=reuse)
         nus = F.mul(nus, b2, inplace=inplace)
         F.addcmul(nus, err, err, 1.0 - b2, inplace=True)
         F.add(nus, eps_root, inplace=True)
@@ -238,8 +248,10 @@ def scale_by_belief(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-16, eps_
             out = F.div(_nesterov_numerator(gs, mus, b1, count, inplace), denom, inplace=True)
         else:
             out = _divide_mu_hat(denom, mus, _bias_correction(b1, count))
-        new_state = ScaleByBeliefState(count, unflatten(treedef, mus), unflatten(treedef, nus))
         out = F.cast_like(out, gs)  # updates keep the gradients' dtype
+        if rv:
+            out, mus, nus = rv.back(out, mus, nus)
+        new_state = ScaleByBeliefState(count, unflatten(treedef, mus), unflatten(treedef, nus))
         return unflatten(treedef, out), new_state
 
     return GradientTransformation(init, update)
@@ -277,6 +289,9 @@ def scale_by_yogi(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-3, eps_roo
         gs, treedef = leaves(updates)
         mus = leaves_like(state.mu, treedef)
         nus = leaves_like(state.nu, treedef)
+        rv = F.real_views(gs, mus, nus)  # complex leaves: real and imaginary parts, as torch.optim
+        if rv:
+            gs, mus, nus = rv.real
         mus = F.lerp(mus, gs, 1.0 - b1, inplace=inplace)
         g2 = F.mul(gs, gs, inplace=inplace)  # g is not needed after the first moment
         direction = F.sign(F.sub(nus, g2), inplace=True)
@@ -285,6 +300,8 @@ def scale_by_yogi(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-3, eps_roo
         denom = _root_denominator(g2, nus, _bias_correction(b2, count), eps, eps_root, reuse=True)
         out = _divide_mu_hat(denom, mus, _bias_correction(b1, count))
         out = F.cast_like(out, gs)  # updates keep the gradients' dtype
+        if rv:
+            out, mus, nus = rv.back(out, mus, nus)
         return unflatten(treedef, out), ScaleByAdamState(count, unflatten(treedef, mus), unflatten(treedef, nus))
 
     return GradientTransformation(init, update)
@@ -328,6 +345,9 @@ def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_ro
         gs, treedef = leaves(updates)
         mus = leaves_like(state.mu, treedef)
         nus = leaves_like(state.nu, treedef)
+        rv = F.real_views(gs, mus, nus)  # complex leaves: real and imaginary parts, as torch.optim
+        if rv:
+            gs, mus, nus = rv.real
         mus = F.lerp(mus, gs, 1.0 - b1, inplace=inplace)
         nus = _second_moment(nus, gs, b2, inplace)
         count = increment(state.count, inplace)
@@ -361,6 +381,8 @@ def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_ro
         else:
             out = _divide_mu_hat(denom, mus, bc1 / r)
         out = F.cast_like(out, gs)  # updates keep the gradients' dtype
+        if rv:
+            out, mus, nus = rv.back(out, mus, nus)
         return unflatten(treedef, out), ScaleByAdamState(count, unflatten(treedef, mus), unflatten(treedef, nus))
 
     return GradientTransformation(init, update)
@@ -416,7 +438,10 @@ def scale_by_nadam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, moment
         gs, treedef = leaves(updates)
         mus = leaves_like(state.mu, treedef)
         nus = leaves_like(state.nu, treedef)
-        mus = F.lerp(mus, F.cast(gs, _dtype_of(mus)), 1.0 - b1, inplace=inplace)
+        rv = F.real_views(gs, mus, nus)  # complex leaves: real and imaginary parts, as torch.optim
+        if rv:
+            gs, mus, nus = rv.real
+        mus = F.lerp(mus, gs, 1.0 - b1, inplace=inplace)
         nus = _second_moment(nus, gs, b2, inplace)
         count = increment(state.count, inplace)
         t = _step(count)
@@ -430,10 +455,11 @@ def scale_by_nadam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, moment
         F.sqrt(denom, inplace=True)
         F.add(denom, eps, inplace=True)
         numer = F.mul(gs, (1.0 - mu_t) / (1.0 - prod_t), inplace=inplace)
-        F.add(numer, F.mul(F.cast(mus, _dtype_of(gs)), mu_next / (1.0 - prod_t * mu_next)), inplace=True)
-        out = F.div(numer, denom, inplace=True)
+        F.add(numer, F.mul(F.cast_like(mus, gs), mu_next / (1.0 - prod_t * mu_next)), inplace=True)
+        out = F.cast_like(F.div(numer, denom, inplace=True), gs)  # updates keep the gradients' dtype
+        if rv:
+            out, mus, nus = rv.back(out, mus, nus)
         new_state = ScaleByNadamState(count, product, unflatten(treedef, mus), unflatten(treedef, nus))
-        out = F.cast_like(out, gs)  # updates keep the gradients' dtype
         return unflatten(treedef, out), new_state
 
     return GradientTransformation(init, update)
@@ -476,7 +502,7 @@ def scale_by_novograd(b1: float = 0.9, b2: float = 0.25, eps: float = 1e-8, eps_
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         del extra_args
-        if weight_decay != 0.0:
+        if not is_value(weight_decay, 0.0):
             need_params("scale_by_novograd", params)
         gs, treedef = leaves(updates)
         mus = leaves_like(state.mu, treedef)
@@ -490,12 +516,12 @@ def scale_by_novograd(b1: float = 0.9, b2: float = 0.25, eps: float = 1e-8, eps_
         denom = F.add(nus, eps_root)
         F.sqrt(denom, inplace=True)
         F.add(denom, eps, inplace=True)
-        normed = F.div(gs, F.cast(denom, _dtype_of(gs)), inplace=inplace)
-        if weight_decay != 0.0:
+        normed = F.div(gs, F.cast_like(denom, gs), inplace=inplace)
+        if not is_value(weight_decay, 0.0):
             ps = leaves_like(params, treedef, "params")
-            F.add(normed, F.cast([p.detach() for p in ps], _dtype_of(gs)), alpha=weight_decay, inplace=True)
+            F.add(normed, F.cast_like([p.detach() for p in ps], gs), alpha=weight_decay, inplace=True)
         mus = F.mul(mus, b1, inplace=inplace)
-        F.add(mus, F.cast(normed, _dtype_of(mus)), inplace=True)
+        F.add(mus, F.cast_like(normed, mus), inplace=True)
         out = F.copy_(normed, mus)  # normed is this update's own buffer (or the caller's, when inplace)
         out = F.cast_like(out, gs)  # updates keep the gradients' dtype
         return unflatten(treedef, out), ScaleByNovogradState(count, unflatten(treedef, mus), unflatten(treedef, nus))
@@ -539,16 +565,21 @@ def scale_by_lion(b1: float = 0.9, b2: float = 0.99, mu_dtype: torch.dtype | Non
         del params, extra_args
         gs, treedef = leaves(updates)
         mus = leaves_like(state.mu, treedef)
+        rv = F.real_views(gs, mus)  # complex leaves: real and imaginary parts, as torch.optim
+        if rv:
+            gs, mus = rv.real
         # c is new memory: g is still needed for the momentum below
-        c = F.lerp(F.clone(mus, _dtype_of(gs)), gs, 1.0 - b1, inplace=True)
+        c = F.lerp(F.clone_like(mus, gs), gs, 1.0 - b1, inplace=True)
         if mode == "hard":
             F.sign(c, inplace=True)
         elif mode == "smooth":
-            c = [torch.tanh_(x.mul_(smooth_beta)) for x in c]
+            F.tanh(F.mul(c, smooth_beta, inplace=True), inplace=True)
         else:
             F.clamp(c, -1.0, 1.0, inplace=True)
-        mus = F.lerp(mus, F.cast(gs, _dtype_of(mus)), 1.0 - b2, inplace=inplace)
+        mus = F.lerp(mus, gs, 1.0 - b2, inplace=inplace)
         count = increment(state.count, inplace)
+        if rv:
+            c, mus = rv.back(c, mus)
         return unflatten(treedef, c), ScaleByLionState(count, unflatten(treedef, mus))
 
     return GradientTransformation(init, update)
@@ -600,6 +631,9 @@ def scale_by_adan(b1: float = 0.98, b2: float = 0.92, b3: float = 0.99, eps: flo
         vs = leaves_like(state.v, treedef)
         ns = leaves_like(state.n, treedef)
         prev = leaves_like(state.g, treedef)
+        rv = F.real_views(gs, ms, vs, ns, prev)  # complex leaves: real and imaginary parts, as torch.optim
+        if rv:
+            gs, ms, vs, ns, prev = rv.real
         diff = F.sub(gs, prev)
         F.mul(diff, (state.t > 0).to(_F64), inplace=True)
         ms = F.lerp(ms, gs, 1.0 - b1, inplace=inplace)
@@ -615,9 +649,11 @@ def scale_by_adan(b1: float = 0.98, b2: float = 0.92, b3: float = 0.99, eps: flo
         out = F.div(F.copy_(gs, ms) if inplace else ms, _bias_correction(b1, t), inplace=inplace)
         F.add(out, F.mul(vs, b2 / _bias_correction(b2, t)), inplace=True)
         F.div(out, denom, inplace=True)
+        out = F.cast_like(out, gs)  # updates keep the gradients' dtype
+        if rv:
+            out, ms, vs, ns, prev = rv.back(out, ms, vs, ns, prev)
         new_state = ScaleByAdanState(unflatten(treedef, ms), unflatten(treedef, vs), unflatten(treedef, ns),
                                      unflatten(treedef, prev), t)
-        out = F.cast_like(out, gs)  # updates keep the gradients' dtype
         return unflatten(treedef, out), new_state
 
     return GradientTransformation(init, update)

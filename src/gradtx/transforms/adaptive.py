@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 
 from .. import _foreach as F  # noqa: N812
-from .._hparams import check, check_beta, increment, new_count
+from .._hparams import check, check_beta, full_like, increment, is_value, new_count
 from .._tree import Tree
 from ..base import GradientTransformation, transform
 from ._common import leaves, leaves_like, unflatten
@@ -21,9 +21,6 @@ class ScaleByAdamState(NamedTuple):
     mu: Tree  # first moment, dtype mu_dtype or the param's
     nu: Tree  # second moment, the param's dtype
 
-
-def _dtype_of(xs: list[torch.Tensor]) -> torch.dtype | None:
-    return xs[0].dtype if xs else None
 
 
 @transform(elementwise=True, inplace=True)
@@ -53,7 +50,10 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_roo
         gs, treedef = leaves(updates)
         mus = leaves_like(state.mu, treedef)
         nus = leaves_like(state.nu, treedef)
-        mus = F.lerp(mus, F.cast(gs, _dtype_of(mus)), 1.0 - b1, inplace=inplace)
+        rv = F.real_views(gs, mus, nus)  # complex leaves: real and imaginary parts, as torch.optim
+        if rv:
+            gs, mus, nus = rv.real
+        mus = F.lerp(mus, gs, 1.0 - b1, inplace=inplace)
         nus = F.mul(nus, b2, inplace=inplace)
         F.addcmul(nus, gs, gs, 1.0 - b2, inplace=True)
         count = increment(state.count, inplace)
@@ -67,14 +67,16 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_roo
             denom = F.add(F.sqrt(v_hat), eps)
             if nesterov:
                 bc1_next = _bias_correction(b1, count + 1)
-                numer = F.add(F.mul(gs, (1.0 - b1) / bc1), F.mul(F.cast(mus, _dtype_of(gs)), b1 / bc1_next))
+                numer = F.add(F.mul(gs, (1.0 - b1) / bc1), F.mul(F.cast_like(mus, gs), b1 / bc1_next))
             else:
-                numer = F.div(F.cast(mus, _dtype_of(gs)), bc1)
+                numer = F.div(F.cast_like(mus, gs), bc1)
             out = F.div(numer, denom)
         else:
             out = _adam_direction(gs, mus, nus, count, b1, bc1, bc2, eps, eps_root, nesterov, inplace)
-        new_state = ScaleByAdamState(count, unflatten(treedef, mus), unflatten(treedef, nus))
         out = F.cast_like(out, gs)  # updates keep the gradients' dtype
+        if rv:
+            out, mus, nus = rv.back(out, mus, nus)
+        new_state = ScaleByAdamState(count, unflatten(treedef, mus), unflatten(treedef, nus))
         return unflatten(treedef, out), new_state
 
     return GradientTransformation(init, update)
@@ -85,16 +87,16 @@ def _adam_direction(gs, mus, nus, count, b1, bc1, bc2, eps, eps_root, nesterov, 
     denominator, which is g's own buffer when the caller allows writing into it (g is not
     needed after the moments, except by nesterov), so the in-place path allocates nothing."""
     reuse = inplace and not nesterov
-    if eps_root == 0.0 and not nesterov:
+    if is_value(eps_root, 0.0) and not nesterov:
         # sqrt(v / bc2) + eps == (sqrt(v) + eps sqrt(bc2)) / sqrt(bc2): the division by
         # sqrt(bc2) joins the final scaling, one pass fewer over the tensors.
         root_bc2 = bc2.sqrt()
         denom = F.sqrt(F.copy_(gs, nus), inplace=True) if reuse else F.sqrt(nus)
         F.add(denom, eps * root_bc2, inplace=True)
         F.reciprocal(denom, inplace=True)
-        F.mul(denom, F.cast(mus, _dtype_of(denom)), inplace=True)
+        F.mul(denom, F.cast_like(mus, denom), inplace=True)
         return F.mul(denom, root_bc2 / bc1, inplace=True)
-    if eps_root == 0.0:
+    if is_value(eps_root, 0.0):
         denom = F.sqrt(F.copy_(gs, nus), inplace=True) if reuse else F.sqrt(nus)
         F.div(denom, bc2.sqrt(), inplace=True)
     else:
@@ -107,10 +109,10 @@ def _adam_direction(gs, mus, nus, count, b1, bc1, bc2, eps, eps_root, nesterov, 
         bc1_next = _bias_correction(b1, count + 1)
         # numerator b1 m / bc1_next + (1 - b1) g / bc1, built in g's buffer when allowed
         numer = F.mul(gs, (1.0 - b1) / bc1, inplace=inplace)
-        F.add(numer, F.mul(F.cast(mus, _dtype_of(gs)), b1 / bc1_next), inplace=True)
+        F.add(numer, F.mul(F.cast_like(mus, gs), b1 / bc1_next), inplace=True)
         return F.div(numer, denom, inplace=True)
     F.reciprocal(denom, inplace=True)
-    F.mul(denom, F.cast(mus, _dtype_of(denom)), inplace=True)
+    F.mul(denom, F.cast_like(mus, denom), inplace=True)
     return F.div(denom, bc1, inplace=True)
 
 
@@ -142,13 +144,16 @@ def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, initial_scale: float = 0
 
     def init(params):
         ps, treedef = leaves(params)
-        nu = unflatten(treedef, [torch.full_like(p, initial_scale) for p in ps])
+        nu = unflatten(treedef, [full_like(p, initial_scale) for p in ps])
         return ScaleByRmsBiasCorrectedState(new_count(), nu) if bias_correction else ScaleByRmsState(nu)
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         del params, extra_args
         gs, treedef = leaves(updates)
         nus = leaves_like(state.nu, treedef)
+        rv = F.real_views(gs, nus)  # complex leaves: real and imaginary parts, as torch.optim
+        if rv:
+            gs, nus = rv.real
         nus = F.mul(nus, decay, inplace=inplace)
         F.addcmul(nus, gs, gs, 1.0 - decay, inplace=True)
         if bias_correction:
@@ -162,10 +167,11 @@ def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, initial_scale: float = 0
         else:
             denom = F.sqrt(denom if denom is not None else nus, inplace=denom is not None)
             F.add(denom, eps, inplace=True)
-        out = F.div(gs, denom, inplace=inplace)
+        out = F.cast_like(F.div(gs, denom, inplace=inplace), gs)  # updates keep the gradients' dtype
+        if rv:
+            out, nus = rv.back(out, nus)
         nu = unflatten(treedef, nus)
         new_state = ScaleByRmsBiasCorrectedState(count, nu) if bias_correction else ScaleByRmsState(nu)
-        out = F.cast_like(out, gs)  # updates keep the gradients' dtype
         return unflatten(treedef, out), new_state
 
     return GradientTransformation(init, update)

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 
 from .. import _foreach as F  # noqa: N812
-from .._hparams import check
+from .._hparams import check, traced
 from ..base import EmptyState, GradientTransformation, transform
 from ._common import leaves, leaves_like, need_params, unflatten
 from .normalize import block_rms, scale_each
@@ -28,12 +28,14 @@ def clip_value(max_delta: float) -> GradientTransformation:
     Example: ``gx.clip_value(10.0)``.
     """
     check("max_delta", max_delta, low=0.0, allow_inf=True)  # inf: no clipping
-    bound = float(max_delta)
+    bound = max_delta if traced(max_delta) else float(max_delta)  # a traced bound keeps its gradient
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         del params, extra_args
         us, treedef = leaves(updates)
-        return unflatten(treedef, F.clamp(us, -bound, bound, inplace=inplace)), state
+        rv = F.real_views(us)  # a complex update: its real and imaginary parts clipped
+        out = F.clamp(rv.real[0] if rv else us, -bound, bound, inplace=inplace)
+        return unflatten(treedef, rv.back(out)[0] if rv else out), state
 
     return GradientTransformation(_empty, update)
 
@@ -79,7 +81,7 @@ def clip_by_block_rms(threshold: float) -> GradientTransformation:
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         del params, extra_args
         us, treedef = leaves(updates)
-        factors = [1.0 / torch.clamp_min(r / threshold, 1.0) for r in block_rms(us)]
+        factors = [1.0 / torch.clamp_min(r / threshold, 1.0) for r in block_rms(F.as_real(us))]
         return unflatten(treedef, scale_each(us, factors, inplace)), state
 
     return GradientTransformation(_empty, update)
@@ -107,7 +109,8 @@ def adaptive_grad_clip(clipping: float, eps: float = 1e-3, axis: int | tuple[int
     ``u_i <- u_i`` if ``||u_i|| < m_i`` else ``u_i * m_i / max(||u_i||, 1e-6)``.
     A unit is, by default, the whole tensor for scalars and vectors and one slice along
     dim 0 otherwise (norms over dims 1, 2, ...: an output unit in torch's layouts);
-    ``axis`` names the dimensions to reduce over instead. Needs ``params``.
+    ``axis`` names the dimensions to reduce over instead. Needs ``params``. A complex leaf's
+    units are those of the complex tensor, their norms over real and imaginary parts.
 
     Example: ``gx.chain(gx.adaptive_grad_clip(0.01), gx.sgd(0.1, momentum=0.9))``.
     """

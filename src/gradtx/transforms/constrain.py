@@ -46,9 +46,13 @@ def keep_params_nonnegative() -> GradientTransformation:
         need_params("keep_params_nonnegative", params)
         us, treedef = leaves(updates)
         ps = leaves_like(params, treedef, "params")
+        rv = F.real_views(us, ps)  # a complex parameter: real and imaginary parts kept >= 0
+        if rv:
+            us, ps = rv.real
         neg_p = F.neg([p.detach() if inplace else p for p in ps])
         neg_p = [n if n.dtype == u.dtype else _toward_zero(n, u.dtype) for n, u in zip(neg_p, us)]
-        return unflatten(treedef, F.maximum(us, neg_p, inplace=inplace)), state
+        out = F.maximum(us, neg_p, inplace=inplace)
+        return unflatten(treedef, rv.back(out)[0] if rv else out), state
 
     return GradientTransformation(_empty, update)
 
@@ -76,6 +80,9 @@ def zero_nans() -> GradientTransformation:
         del params, extra_args
         us, treedef = leaves(updates)
         previous = leaves_like(state.found_nan, treedef)  # also checks the updates fit the state
+        rv = F.real_views(us)  # a complex update: NaN real or imaginary parts zeroed apart
+        if rv:
+            (us,) = rv.real
         nan_masks = [torch.isnan(u) for u in us]
         found = [m.any() for m in nan_masks]
         if inplace:
@@ -83,6 +90,8 @@ def zero_nans() -> GradientTransformation:
             out = [u.masked_fill_(m, 0) for u, m in zip(us, nan_masks)]
         else:
             out = [u.masked_fill(m, 0) for u, m in zip(us, nan_masks)]
+        if rv:
+            (out,) = rv.back(out)
         return unflatten(treedef, out), ZeroNansState(unflatten(treedef, found))
 
     return GradientTransformation(init, update)

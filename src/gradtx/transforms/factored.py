@@ -8,10 +8,10 @@ from typing import NamedTuple
 
 import torch
 
-from .._hparams import check, check_beta, check_int, increment, new_count
+from .._hparams import check, check_beta, check_int, increment, is_value, new_count, traced
 from .._tree import Tree
 from ..base import GradientTransformation, transform
-from ._common import leaves, leaves_like, unflatten
+from ._common import leaves, leaves_like, refuse_complex, unflatten
 
 __all__ = ["FactoredState", "ScaleBySM3State", "scale_by_factored_rms", "scale_by_sm3"]
 
@@ -43,9 +43,12 @@ def scale_by_sm3(b1: float = 0.9, b2: float = 1.0, eps: float = 1e-8) -> Gradien
     check_beta("b1", b1)
     check("b2", b2, low=0.0, high=1.0)
     check("eps", eps, low=0.0)
-    c1, c2 = (1.0, 1.0) if b2 == 1.0 else (1.0 - b2, b2)
+    # b2 = 1 selects the paper's rule (a constant: no gradient flows to b2 there)
+    paper = is_value(b2.detach() if isinstance(b2, torch.Tensor) else b2, 1.0)
+    c1, c2 = (1.0, 1.0) if paper else (1.0 - b2, b2)
 
     def init(params):
+        refuse_complex("scale_by_sm3", params, "it keeps one accumulator per axis of each tensor")
         ps, treedef = leaves(params)
         mu = []
         for p in ps:
@@ -67,15 +70,21 @@ def scale_by_sm3(b1: float = 0.9, b2: float = 1.0, eps: float = 1e-8) -> Gradien
             else:
                 prev = functools.reduce(torch.minimum, [a.reshape(_expanded(g.shape, i)) for i, a in enumerate(accs)])
             acc = g * g
-            if c1 != 1.0:
-                acc.mul_(c1)
-            acc.add_(prev if c2 == 1.0 else prev * c2)
+            # acc is this step's own tensor, written in place unless a traced b2 must keep
+            # the values autograd saved
+            keep = traced(c1)
+            if not is_value(c1, 1.0):
+                acc = acc * c1 if keep else acc.mul_(c1)
+            term = prev if is_value(c2, 1.0) else prev * c2
+            acc = acc + term if keep else acc.add_(term)
             scaling = torch.where(acc > 0, torch.rsqrt(acc + eps), 0.0)
             if g.dim() < 2:
                 new_acc = [accs[0].copy_(acc) if inplace else acc]
             else:
                 dims = list(range(g.dim()))
-                maxes = [acc.amax(dim=[d for d in dims if d != i]) for i in dims]
+                # an empty tensor has seen nothing along any axis: its accumulators stay
+                maxes = ([acc.amax(dim=[d for d in dims if d != i]) for i in dims] if acc.numel()
+                         else [torch.zeros_like(a) for a in accs])
                 new_acc = [a.copy_(m) for a, m in zip(accs, maxes)] if inplace else maxes
             up = g.mul_(scaling) if inplace else g * scaling
             nu = nu.lerp_(up.to(nu.dtype), 1.0 - b1) if inplace else torch.lerp(nu, up.to(nu.dtype), 1.0 - b1)
@@ -158,6 +167,7 @@ def scale_by_factored_rms(factored: bool = True, decay_rate: float = 0.8, step_o
         raise ValueError(f"decay_rate_fn must be a callable (step, decay_rate) -> beta, got {decay_rate_fn!r}")
 
     def init(params):
+        refuse_complex("scale_by_factored_rms", params, "it factors the two largest axes of each tensor")
         ps, treedef = leaves(params)
         rows, cols, full = [], [], []
         for p in ps:
@@ -184,7 +194,7 @@ def scale_by_factored_rms(factored: bool = True, decay_rate: float = 0.8, step_o
         new_rows, new_cols, new_fulls, outs = [], [], [], []
         for g, row, col, full in zip(gs, rows, cols, fulls):
             sq = g * g
-            if epsilon:
+            if not is_value(epsilon, 0.0):
                 sq.add_(epsilon)
             dims = _factored_dims(g.shape, factored, min_dim_size_to_factor)
             if dims is None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple, Union
 
 import torch
 
@@ -13,6 +14,14 @@ from ..base import GradientTransformation, transform
 from ._common import leaves, leaves_like, unflatten
 
 __all__ = ["TraceState", "DampenedTraceState", "EmaState", "trace", "ema"]
+
+DtypeSpec = Union[torch.dtype, Callable[[torch.dtype], torch.dtype], None]
+
+
+def at_least_float32(dtype: torch.dtype) -> torch.dtype:
+    """An ``accumulator_dtype`` rule: float32 for a lower-precision parameter, the
+    parameter's own dtype when wider (a float64 parameter keeps a float64 state)."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 class TraceState(NamedTuple):
@@ -27,7 +36,7 @@ class DampenedTraceState(NamedTuple):
 
 
 @transform(elementwise=True, inplace=True)
-def trace(decay: float, nesterov: bool = False, accumulator_dtype: torch.dtype | None = None,
+def trace(decay: float, nesterov: bool = False, accumulator_dtype: DtypeSpec = None,
           dampening: float | None = None) -> GradientTransformation:
     """Heavy-ball momentum, as ``torch.optim.SGD`` (its ``momentum`` is ``decay``).
 
@@ -36,7 +45,9 @@ def trace(decay: float, nesterov: bool = False, accumulator_dtype: torch.dtype |
     ``nesterov`` needs ``dampening = 0``, as torch's. ``dampening=None`` (the default) is 0
     with the plain state :class:`TraceState`; a given ``dampening`` adds a step count to the
     state (:class:`DampenedTraceState`), to know the first step, so the state's structure
-    depends on whether it is given, never on its value.
+    depends on whether it is given, never on its value. ``m`` is kept in ``accumulator_dtype``
+    (a dtype, a rule ``param dtype -> dtype`` such as :func:`at_least_float32`, or ``None``:
+    each parameter's dtype).
 
     Example: ``gx.chain(gx.trace(0.9, dampening=0.1), gx.scale_by_lr(0.1))``.
     """
@@ -61,26 +72,28 @@ def trace(decay: float, nesterov: bool = False, accumulator_dtype: torch.dtype |
             count = increment(state.count, inplace)
             # torch's first step is m = u: weight 1 then, 1 - dampening after
             weight = torch.where(count == 1, 1.0, 1.0 - torch.as_tensor(dampening, dtype=torch.float64))
-            F.add(ms, F.mul(F.cast(us, accumulator_dtype), weight), inplace=True)
+            F.add(ms, F.mul(F.cast_like(us, ms), weight), inplace=True)
         else:
-            F.add(ms, F.cast(us, accumulator_dtype), inplace=True)
+            F.add(ms, F.cast_like(us, ms), inplace=True)
         if nesterov:
-            out = F.add(us, F.cast(ms, us[0].dtype if us else None), alpha=decay, inplace=inplace)
+            out = F.add(us, F.cast_like(ms, us), alpha=decay, inplace=inplace)
         elif inplace:
             # The caller may overwrite returned updates; never hand it our state buffer.
             out = F.copy_(us, ms)
         else:
             # a copy: the caller may write into the updates it gets, never into our state
-            out = F.clone(ms, us[0].dtype if us else None)
+            out = F.clone_like(ms, us)
         new_ms = unflatten(treedef, ms)
         return unflatten(treedef, out), DampenedTraceState(count, new_ms) if dampened else TraceState(new_ms)
 
     return GradientTransformation(init, update)
 
 
-def _zeros(params: Tree, dtype: torch.dtype | None) -> Tree:
+def _zeros(params: Tree, dtype: DtypeSpec) -> Tree:
+    """Zeros like each parameter, in ``dtype`` (a dtype, a rule ``param dtype -> dtype``, or
+    ``None``: the parameter's)."""
     ps, treedef = leaves(params)
-    return unflatten(treedef, [torch.zeros_like(p, dtype=dtype) for p in ps])
+    return unflatten(treedef, [torch.zeros_like(p, dtype=dtype(p.dtype) if callable(dtype) else dtype) for p in ps])
 
 
 class EmaState(NamedTuple):
@@ -94,12 +107,12 @@ def _bias_correction(decay: float, count: torch.Tensor) -> torch.Tensor:
 
 
 @transform(elementwise=True, inplace=True)
-def ema(decay: float, debias: bool = True, accumulator_dtype: torch.dtype | None = None
-        ) -> GradientTransformation:
+def ema(decay: float, debias: bool = True, accumulator_dtype: DtypeSpec = None) -> GradientTransformation:
     """Exponential moving average of updates.
 
     ``m <- decay * m + (1 - decay) * u``; ``u <- m / (1 - decay**t)`` when ``debias``
-    (t counts steps from 1), else ``u <- m``.
+    (t counts steps from 1), else ``u <- m``. ``m`` is kept in ``accumulator_dtype`` (as in
+    :func:`trace`).
 
     Example: ``gx.chain(gx.ema(0.9), gx.scale_by_lr(0.1))``.
     """
@@ -112,7 +125,7 @@ def ema(decay: float, debias: bool = True, accumulator_dtype: torch.dtype | None
         del params, extra_args
         us, treedef = leaves(updates)
         ms = leaves_like(state.ema, treedef)
-        ms = F.lerp(ms, F.cast(us, ms[0].dtype if ms else None), 1.0 - decay, inplace=inplace)
+        ms = F.lerp(ms, us, 1.0 - decay, inplace=inplace)
         count = increment(state.count, inplace)
         if inplace:
             out = F.copy_(us, ms)
@@ -120,9 +133,9 @@ def ema(decay: float, debias: bool = True, accumulator_dtype: torch.dtype | None
                 F.div(out, _bias_correction(decay, count), inplace=True)
         else:
             if debias:
-                out = F.cast(F.div(ms, _bias_correction(decay, count)), us[0].dtype if us else None)
+                out = F.cast_like(F.div(ms, _bias_correction(decay, count)), us)
             else:  # a copy: the caller may write into the updates it gets, never into our state
-                out = F.clone(ms, us[0].dtype if us else None)
+                out = F.clone_like(ms, us)
         return unflatten(treedef, out), EmaState(count, unflatten(treedef, ms))
 
     return GradientTransformation(init, update)

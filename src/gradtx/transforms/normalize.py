@@ -31,7 +31,8 @@ def block_norms(xs: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def block_rms(xs: list[torch.Tensor]) -> list[torch.Tensor]:
-    """``sqrt(mean(x^2))`` of each tensor (0 for an empty tensor)."""
+    """``sqrt(mean(x^2))`` of each tensor (0 for an empty tensor); pass complex tensors as
+    their real views (:func:`gradtx._foreach.as_real`) for the mean over real components."""
     return [n / math.sqrt(max(x.numel(), 1)) for n, x in zip(block_norms(xs), xs)]
 
 
@@ -129,7 +130,7 @@ def scale_by_param_block_rms(min_scale: float = 1e-3) -> GradientTransformation:
         del extra_args
         us, treedef = leaves(updates)
         ps = _param_leaves("scale_by_param_block_rms", params, treedef, inplace)
-        factors = [r.clamp_min(min_scale) for r in block_rms(ps)]
+        factors = [r.clamp_min(min_scale) for r in block_rms(F.as_real(ps))]
         return unflatten(treedef, scale_each(us, factors, inplace)), state
 
     return GradientTransformation(_empty, update)
@@ -142,7 +143,8 @@ def centralize() -> GradientTransformation:
     ``u <- u - mean(u, dims=1..)``; vectors and scalars are left unchanged.
 
     With torch's ``(out_features, in_features, ...)`` layouts this centres each output unit's
-    weights. Example: ``gx.chain(gx.centralize(), gx.scale_by_adam(), gx.scale_by_lr(1e-3))``.
+    weights. A complex leaf's real and imaginary parts are each centralized (the mean of the
+    complex tensor). Example: ``gx.chain(gx.centralize(), gx.scale_by_adam(), gx.scale_by_lr(1e-3))``.
     """
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):

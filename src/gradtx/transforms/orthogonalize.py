@@ -12,7 +12,7 @@ from .. import _foreach as F  # noqa: N812
 from .._hparams import check, check_beta, increment, new_count
 from .._tree import Tree
 from ..base import GradientTransformation, transform
-from ._common import leaves, leaves_like, unflatten
+from ._common import leaves, leaves_like, refuse_complex, unflatten
 from .momentum import _bias_correction
 
 __all__ = ["ScaleByMuonState", "orthogonalize_via_newton_schulz", "scale_by_muon"]
@@ -154,6 +154,7 @@ def scale_by_muon(ns_coeffs: NsCoeffs = MUON_NS_COEFFS, ns_steps: int = 5, beta:
                          f"float, got {adjust_lr_fn!r}")
 
     def init(params):
+        refuse_complex("scale_by_muon", params, "it orthogonalizes each matrix, a real matrix iteration")
         ps, treedef = leaves(params)
         mu = [torch.zeros_like(p, dtype=mu_dtype) if p.dim() >= 2 else p.new_zeros((0,), dtype=mu_dtype or p.dtype)
               for p in ps]
@@ -180,6 +181,9 @@ def scale_by_muon(ns_coeffs: NsCoeffs = MUON_NS_COEFFS, ns_steps: int = 5, beta:
             hat = F.cast_like(ms, gs)  # may be the state's buffers: nothing below writes into hat
         out = list(us)
         for i, h in zip(idx, hat):
+            if h.numel() == 0:  # an empty matrix (a zero-size axis) has nothing to orthogonalize
+                out[i] = torch.zeros_like(h)
+                continue
             o = _orthogonalize(h, coeffs, eps, ns_dtype)
             if adaptive:
                 o.mul_((h * o).sum(dim=(-2, -1), keepdim=True))

@@ -72,11 +72,16 @@ def add_noise(eta: float, gamma: float, seed: int = 0) -> GradientTransformation
         us, treedef = leaves(updates)
         count = increment(state.count, inplace)
         step, base = int(count), int(state.seed)
+        rv = F.real_views(us)  # a complex update: independent noise on real and imaginary parts
+        if rv:
+            (us,) = rv.real
         noise = [torch.randn(u.shape, dtype=u.dtype, device=u.device,
                              generator=_generator(u.device, _mix(base, step, j))) for j, u in enumerate(us)]
         std = torch.sqrt(eta / count.to(torch.float64) ** gamma)
         F.mul(noise, std, inplace=True)
         out = F.add(us, noise, inplace=inplace)
+        if rv:
+            (out,) = rv.back(out)
         return unflatten(treedef, out), AddNoiseState(count, state.seed)
 
     return GradientTransformation(init, update)

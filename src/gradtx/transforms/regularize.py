@@ -8,7 +8,7 @@ from typing import NamedTuple, Union
 import torch
 
 from .. import _foreach as F  # noqa: N812
-from .._hparams import check, to_state
+from .._hparams import check, to_state, traced
 from .._tree import Tree, mask_flags
 from ..base import GradientTransformation, transform
 from ._common import leaves, leaves_like, need_params, unflatten
@@ -58,12 +58,12 @@ def add_decayed_weights(weight_decay: float | torch.Tensor = 0.0, mask: Mask | N
         sel_us = [us[i] for i in idx]
         sel_ps = [ps[i].detach() if inplace else ps[i] for i in idx]
         same_dtype = all(u.dtype == p.dtype for u, p in zip(sel_us, sel_ps))
-        if same_dtype and not wd.requires_grad and wd.device.type == "cpu" and not torch.compiler.is_compiling():
+        if same_dtype and not traced(wd) and wd.device.type == "cpu":
             # one pass, no temporary: u + wd * p as a foreach add with a number alpha
             summed = F.add(sel_us, sel_ps, alpha=float(wd), inplace=inplace)
         else:
             decayed = F.mul(sel_ps, wd)
-            summed = F.add(sel_us, F.cast(decayed, us[idx[0]].dtype if idx else None), inplace=inplace)
+            summed = F.add(sel_us, F.cast_like(decayed, sel_us), inplace=inplace)
         out = list(us)
         for i, value in zip(idx, summed):
             out[i] = value

@@ -108,6 +108,8 @@ def scale_by_sign() -> GradientTransformation:
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         del params, extra_args
         us, treedef = leaves(updates)
-        return unflatten(treedef, F.sign(us, inplace=inplace)), state
+        rv = F.real_views(us)  # a complex update: the sign of its real and imaginary parts
+        out = F.sign(rv.real[0] if rv else us, inplace=inplace)
+        return unflatten(treedef, rv.back(out)[0] if rv else out), state
 
     return GradientTransformation(init, update)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import torch
 
 from .. import _foreach as F  # noqa: N812
-from .._hparams import check
+from .._hparams import check, is_value
 from .._tree import Tree
 from ..base import EmptyState, GradientTransformation, transform
 from ._common import first_device, leaves, leaves_like, need_params, unflatten
@@ -17,23 +16,14 @@ __all__ = ["DoGState", "ScaleByDistanceOverGradientsState", "ScaleByOptimisticGr
            "scale_by_distance_over_gradients", "scale_by_dog", "scale_by_optimistic_gradient", "scale_by_polyak"]
 
 
-def _wide(*dtypes: torch.dtype) -> torch.dtype:
-    """The dtype statistics of tensors of ``dtypes`` are kept in: float32 or wider."""
-    return functools.reduce(torch.promote_types, dtypes, torch.float32)
+_wide = F.wide_dtype  # the dtype statistics of tensors of given dtypes are kept in: float32 or wider
 
 
-def _norms(xs: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The l2 norm of each tensor, computed and returned in float32 or wider."""
-    if not xs:
-        return []
-    wide = {_wide(x.dtype) for x in xs}
-    if len(wide) == 1 and F._native():
-        return list(torch._foreach_norm(xs, 2, dtype=wide.pop()))
-    return [torch.linalg.vector_norm(x, dtype=_wide(x.dtype)) for x in xs]
-
-
-def _sq_norms(xs: list[torch.Tensor]) -> list[torch.Tensor]:
-    ns = _norms(xs)
+def _sq_norms(xs: list[torch.Tensor], dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+    """``||x||^2`` of each tensor, in ``dtype`` (by default each in its own :func:`_wide`):
+    a sum over all leaves passes the widest dtype of the tree, so that no leaf's share is
+    computed in a lower precision than the sum."""
+    ns = F.norms(xs, dtype)
     return F.mul(ns, ns, inplace=True)
 
 
@@ -83,9 +73,9 @@ def scale_by_polyak(f_min: float = 0.0, max_learning_rate: float = 1.0, eps: flo
         us, treedef = leaves(updates)
         if not us:
             return updates, state
-        dtype = _wide(*(u.dtype for u in us))
+        dtype = _wide(*{u.dtype for u in us})
         device = first_device(us)
-        sq_norm = _total(_sq_norms(us), dtype, device)
+        sq_norm = _total(_sq_norms(us, dtype), dtype, device)
         value = torch.as_tensor(value).detach()
         if value.numel() != 1:
             raise ValueError(f"scale_by_polyak needs a scalar loss as value, got shape {tuple(value.shape)}")
@@ -159,9 +149,12 @@ class ScaleByDistanceOverGradientsState(NamedTuple):
     init_params: Tree  # x_0, in param_dtype
 
 
-def _displacements(params: list[torch.Tensor], inits: list[torch.Tensor]) -> list[torch.Tensor]:
-    """``p - p0`` per leaf, in float32 or wider (params are read detached)."""
-    return [p.detach().to(_wide(p.dtype)) - p0.to(_wide(p.dtype)) for p, p0 in zip(params, inits)]
+def _displacements(params: list[torch.Tensor], inits: list[torch.Tensor], dtype: torch.dtype | None = None
+                   ) -> list[torch.Tensor]:
+    """``p - p0`` per leaf, in ``dtype`` or each in its own :func:`_wide` (params are read
+    detached; a complex leaf as its real view)."""
+    ps, p0s = F.as_real([p.detach() for p in params]), F.as_real(inits)
+    return [p.to(dtype or _wide(p.dtype)) - p0.to(dtype or _wide(p.dtype)) for p, p0 in zip(ps, p0s)]
 
 
 @transform(leafwise=True, inplace=True)
@@ -186,12 +179,12 @@ def scale_by_distance_over_gradients(reps_rel: float = 1e-6, eps: float = 1e-8,
     def init(params):
         ps, treedef = leaves(params)
         ps = [p.detach() for p in ps]
-        r0 = F.add(F.mul(_norms(ps), reps_rel, inplace=True), reps_rel, inplace=True)
+        r0 = F.add(F.mul(F.norms(ps), reps_rel, inplace=True), reps_rel, inplace=True)
         return ScaleByDistanceOverGradientsState(
             max_dist=unflatten(treedef, r0),
             grad_sum_of_squares=unflatten(treedef, [torch.zeros((), dtype=_wide(p.dtype), device=p.device)
                                                     for p in ps]),
-            init_params=unflatten(treedef, [p.to(dtype=param_dtype, copy=True) for p in ps]))
+            init_params=unflatten(treedef, [p.to(dtype=_param_dtype(param_dtype, p), copy=True) for p in ps]))
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         del extra_args
@@ -199,16 +192,23 @@ def scale_by_distance_over_gradients(reps_rel: float = 1e-6, eps: float = 1e-8,
         us, treedef = leaves(updates)
         ps = leaves_like(params, treedef, "params")
         inits = leaves_like(state.init_params, treedef)
-        max_dist = F.maximum(leaves_like(state.max_dist, treedef), _norms(_displacements(ps, inits)), inplace=inplace)
+        max_dist = F.maximum(leaves_like(state.max_dist, treedef), F.norms(_displacements(ps, inits)), inplace=inplace)
         sums = F.add(leaves_like(state.grad_sum_of_squares, treedef), _sq_norms(us), inplace=inplace)
         etas = F.div(max_dist, F.sqrt(F.add(sums, eps), inplace=True))
-        if global_scale != 1.0:
+        if not is_value(global_scale, 1.0):
             F.mul(etas, global_scale, inplace=True)
         out = _scale_each(us, etas, inplace)
         return unflatten(treedef, out), ScaleByDistanceOverGradientsState(
             unflatten(treedef, max_dist), unflatten(treedef, sums), state.init_params)
 
     return GradientTransformation(init, update)
+
+
+def _param_dtype(dtype: torch.dtype | None, p: torch.Tensor) -> torch.dtype:
+    # x_0 of a complex parameter stays complex, at the precision asked for
+    if dtype is None:
+        return p.dtype
+    return dtype.to_complex() if p.is_complex() and not dtype.is_complex else dtype
 
 
 class DoGState(NamedTuple):
@@ -246,9 +246,9 @@ def scale_by_dog(init_step: tuple[str, float] = ("heuristic", 1e-6), eps: float 
         ps, treedef = leaves(params)
         ps = [p.detach() for p in ps]
         device = first_device(ps)
-        dtype = _wide(*(p.dtype for p in ps))
+        dtype = _wide(*{p.dtype for p in ps})
         if kind == "heuristic":
-            r0 = value * (1.0 + _total(_sq_norms(ps), dtype, device).sqrt())
+            r0 = value * (1.0 + _total(_sq_norms(ps, dtype), dtype, device).sqrt())
         else:
             # Created on the params' device: the adapter then never mistakes it for a hyperparameter.
             r0 = torch.full((), value if kind == "distance" else 0.0, dtype=dtype, device=device)
@@ -263,9 +263,9 @@ def scale_by_dog(init_step: tuple[str, float] = ("heuristic", 1e-6), eps: float 
         ps = leaves_like(params, treedef, "params")
         inits = leaves_like(state.init_params, treedef)
         dtype, device = state.max_dist.dtype, state.max_dist.device
-        dist = _total(_sq_norms(_displacements(ps, inits)), dtype, device).sqrt()
+        dist = _total(_sq_norms(_displacements(ps, inits, dtype), dtype), dtype, device).sqrt()
         max_dist = torch.maximum(state.max_dist, dist)
-        total = state.sum_sq_norm_grads + _total(_sq_norms(us), dtype, device)
+        total = state.sum_sq_norm_grads + _total(_sq_norms(us, dtype), dtype, device)
         step = max_dist / torch.sqrt(total + eps)
         if kind == "learning_rate":
             step = torch.where(state.is_init_step, torch.full_like(step, value), step)
