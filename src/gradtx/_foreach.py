@@ -130,22 +130,27 @@ def addcdiv(xs: Tensors, ys: Tensors, zs: Tensors, value: float = 1, *, inplace:
 
 
 def sqrt(xs: Tensors, *, inplace: bool = False) -> Tensors:
+    """Elementwise ``sqrt(xs)``."""
     return _call("sqrt", inplace, xs)
 
 
 def reciprocal(xs: Tensors, *, inplace: bool = False) -> Tensors:
+    """Elementwise ``1 / xs``."""
     return _call("reciprocal", inplace, xs)
 
 
 def sign(xs: Tensors, *, inplace: bool = False) -> Tensors:
+    """Elementwise ``sign(xs)`` (-1, 0 or 1)."""
     return _call("sign", inplace, xs)
 
 
 def neg(xs: Tensors, *, inplace: bool = False) -> Tensors:
+    """Elementwise ``-xs``."""
     return _call("neg", inplace, xs)
 
 
 def abs(xs: Tensors, *, inplace: bool = False) -> Tensors:  # noqa: A001 - mirrors torch
+    """Elementwise ``|xs|``."""
     return _call("abs", inplace, xs)
 
 
@@ -226,10 +231,12 @@ def minimum(xs: Tensors, ys: Tensors, *, inplace: bool = False) -> Tensors:
 
 
 def exp(xs: Tensors, *, inplace: bool = False) -> Tensors:
+    """Elementwise ``exp(xs)``."""
     return _call("exp", inplace, xs)
 
 
 def log(xs: Tensors, *, inplace: bool = False) -> Tensors:
+    """Elementwise natural ``log(xs)``."""
     return _call("log", inplace, xs)
 
 
@@ -239,4 +246,5 @@ def pow(xs: Tensors, exponent: float, *, inplace: bool = False) -> Tensors:  # n
 
 
 def zeros_like(xs: Tensors, dtype: torch.dtype | None = None) -> Tensors:
+    """New zero tensors shaped like ``xs`` (optionally of another dtype)."""
     return [torch.zeros_like(x, dtype=dtype) for x in xs]

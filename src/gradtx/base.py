@@ -50,6 +50,18 @@ class GradientTransformation(NamedTuple):
     init: TransformInitFn
     update: TransformUpdateFn
 
+    def __repr__(self) -> str:
+        # A bare pair says only which functions it holds; the constructors decorated with
+        # @transform (every built-in) print as the call that built them instead.
+        return (f"GradientTransformation(init={_function_name(self.init)}, update={_function_name(self.update)})"
+                "  # decorate the constructor with @gx.transform for a readable repr")
+
+
+def _function_name(fn: Any) -> str:
+    """``make_tx.<locals>.update`` for a function, the type's name for another callable."""
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    return name if isinstance(name, str) else type(fn).__name__
+
 
 class _Described(GradientTransformation):
     # A GradientTransformation that remembers how it was built, for ``repr``. Subclassing

@@ -10,16 +10,18 @@ from .._tree import Tree, TreeDef, tree_flatten, tree_unflatten
 
 
 def leaves(tree: Tree) -> tuple[list[torch.Tensor], TreeDef]:
-    """The tensor leaves of ``tree`` and its structure."""
+    """The leaves of ``tree`` (in a fixed order) and its structure: ``gs, treedef = leaves(updates)``."""
     return tree_flatten(tree)
 
 
 def leaves_like(tree: Tree, treedef: TreeDef) -> list[Any]:
-    """The leaves of ``tree``, which must have structure ``treedef``."""
+    """The leaves of ``tree`` in the order of ``treedef``'s, where ``tree`` has that structure
+    down to them (a leaf may be a whole subtree): ``mus = leaves_like(state.mu, treedef)``."""
     return treedef.flatten_up_to(tree)
 
 
 def unflatten(treedef: TreeDef, values: list[Any]) -> Tree:
+    """The tree of structure ``treedef`` holding ``values`` as its leaves."""
     return tree_unflatten(values, treedef)
 
 
