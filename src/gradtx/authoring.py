@@ -73,6 +73,14 @@ def _grad_leaves(extra_args: dict[str, Any], treedef: TreeDef) -> list[Any] | No
         raise ValueError(f"grad must have the structure of updates ({treedef}), got {tree_structure(grad)}") from err
 
 
+def _check_tensor_leaves(state: Any, who: str) -> None:
+    # Checkpoints (weights_only) and compile need tensors: a step count is a 0-dim int32 tensor.
+    for leaf in tree_flatten(state)[0]:
+        if not isinstance(leaf, torch.Tensor):
+            raise ValueError(f"{who} must return a tensor or a tree of tensors (tuple, NamedTuple, dict, list; () "
+                             f"for none), got a leaf {leaf!r}; hold numbers as 0-dim tensors")
+
+
 def _keep_dtype(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     return new if not isinstance(new, torch.Tensor) or new.dtype == old.dtype else new.to(old.dtype)
 
@@ -151,10 +159,7 @@ def per_tensor(init_fn: Callable[[torch.Tensor], Tree], update_fn: Callable[...,
         states = []
         for p in ps:
             state = init_fn(p)
-            for leaf in tree_flatten(state)[0]:
-                if not isinstance(leaf, torch.Tensor):
-                    raise ValueError(f"init_fn {_name(init_fn)} must return a tensor or a tree of tensors "
-                                     f"(tuple, NamedTuple, dict; () for none), got a leaf {leaf!r}")
+            _check_tensor_leaves(state, f"init_fn {_name(init_fn)}")
             states.append(state)
         hyper = Hyperparams(*(to_state(hyperparams[name]) for name in kept))
         return PerTensorState(torch.zeros((), dtype=torch.int32), hyper, tree_unflatten(states, treedef))
@@ -318,6 +323,7 @@ def multi_tensor(init_fn: Callable[[list[torch.Tensor]], Any],
     def init(params):
         ps, treedef = tree_flatten(params)
         state = init_fn(list(ps))
+        _check_tensor_leaves(state, f"init_fn {_name(init_fn)}")
         return _lists_to_trees(state, skeleton_of(state, f"init_fn {_name(init_fn)}"), treedef, len(ps),
                                f"init_fn {_name(init_fn)}")
 
