@@ -124,6 +124,9 @@ def test_updates_and_state_keep_their_dtypes():
     updates, state = tx.update({"w": torch.ones(3, dtype=torch.bfloat16)}, state, params)
     assert updates["w"].dtype == torch.bfloat16
     assert state.per_tensor["w"].dtype == torch.float32
+    lists = gx.multi_tensor(lambda ps: (), lambda gs, s, ps: ([g.double() for g in gs], s))
+    updates, _ = lists.update({"w": torch.ones(3, dtype=torch.bfloat16)}, (), params)
+    assert updates["w"].dtype == torch.bfloat16
 
 
 def _sgd_groups(params):
