@@ -220,3 +220,27 @@ def test_multi_tensor_adam_in_place_matches_pure_and_pure_writes_nothing():
             torch.testing.assert_close(u_in[k], u_pure[k], rtol=0, atol=0)
         pure = new_pure
         params = gx.apply_updates(params, u_pure)
+
+
+def test_the_readme_transform_is_heavy_ball():
+    """README's "Your own transform" block, run on a model, steps as torch.optim.SGD(momentum=0.9)."""
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Your own transform", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert len(block.strip().splitlines()) <= 7, "the README's example grew"
+    model = torch.nn.Linear(4, 3).double()
+    reference = torch.nn.Linear(4, 3).double()
+    reference.load_state_dict(model.state_dict())
+    namespace = {"torch": torch, "gx": gx, "model": model}
+    exec(block, namespace)  # noqa: S102 - the README's code
+    opt, torch_opt = namespace["opt"], torch.optim.SGD(reference.parameters(), lr=1e-2, momentum=0.9)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        x = torch.randn(8, 4, generator=gen, dtype=torch.float64)
+        for net, optimizer in ((model, opt), (reference, torch_opt)):
+            optimizer.zero_grad()
+            net(x).sin().sum().backward()
+            optimizer.step()
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, **TOL)
+    assert opt.param_groups[0]["beta"] == 0.9
