@@ -28,8 +28,9 @@ from .base import EmptyState, GradientTransformation, describe
 
 __all__ = ["PerTensorState", "foreach", "multi_tensor", "per_tensor", "stateless_with_tree_map"]
 
-# Keywords the helpers hand to the author's function themselves (never hyperparameter names).
-_RESERVED = frozenset({"step", "grad", "inplace"})
+# Keywords the helpers hand to the author's function themselves, and the extra-argument
+# vocabulary: never hyperparameter names.
+_RESERVED = frozenset({"step", "grad", "inplace", "value", "value_fn", "value_and_grad_fn", "hvp_fn"})
 
 
 class _Keywords:
