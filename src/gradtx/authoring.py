@@ -24,7 +24,7 @@ import torch
 from . import foreach
 from ._hparams import check, is_schedule, to_state
 from ._tree import Tree, TreeDef, tree_flatten, tree_map, tree_structure, tree_unflatten
-from .base import EmptyState, GradientTransformation, describe
+from .base import EmptyState, GradientTransformation, _format_value, describe
 
 __all__ = ["PerTensorState", "foreach", "multi_tensor", "per_tensor", "stateless_with_tree_map"]
 
@@ -113,6 +113,9 @@ def per_tensor(init_fn: Callable[[torch.Tensor], Tree], update_fn: Callable[...,
     - each hyperparameter given here: a float64 0-dim tensor kept in the state, or a
       schedule's value at ``step``;
     - ``grad``: this tensor's raw gradient, when the caller passes ``grad``;
+    - ``inplace``: true only when the constructor is declared ``@gx.transform(inplace=True)``
+      and the caller allows it; the rule may then write into the update and state tensors
+      it is given, and keeps the promise of :func:`gradtx.supports_inplace`;
     - any other extra argument as given (``value``, ``value_fn``, ...).
 
     The state is ``PerTensorState(count, hyperparams, per_tensor)``: the per-tensor states
@@ -195,8 +198,7 @@ def per_tensor(init_fn: Callable[[torch.Tensor], Tree], update_fn: Callable[...,
         return (tree_unflatten(new_us, treedef),
                 PerTensorState(count, state.hyperparams, tree_unflatten(new_states, treedef)))
 
-    args = [_name(init_fn), _name(update_fn)] + [f"{k}={v!r}" if not is_schedule(v) else f"{k}={_name(v)}"
-                                                 for k, v in hyperparams.items()]
+    args = [_name(init_fn), _name(update_fn)] + [f"{k}={_format_value(v)}" for k, v in hyperparams.items()]
     return describe(GradientTransformation(init, update), f"per_tensor({', '.join(args)})")
 
 
