@@ -199,7 +199,9 @@ def per_tensor(init_fn: Callable[[torch.Tensor], Tree], update_fn: Callable[...,
                 PerTensorState(count, state.hyperparams, tree_unflatten(new_states, treedef)))
 
     args = [_name(init_fn), _name(update_fn)] + [f"{k}={_format_value(v)}" for k, v in hyperparams.items()]
-    return describe(GradientTransformation(init, update), f"per_tensor({', '.join(args)})")
+    # recipe: how to build it again (as base.stateless records it, for pickling gx.Optimizer)
+    return describe(GradientTransformation(init, update), f"per_tensor({', '.join(args)})",
+                    recipe=(per_tensor, (init_fn, update_fn), dict(hyperparams)))
 
 
 def stateless_with_tree_map(fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -224,7 +226,7 @@ def stateless_with_tree_map(fn: Callable[[torch.Tensor, torch.Tensor | None], to
         return tree_unflatten([one(u, p) for u, p in zip(us, ps)], treedef), state
 
     return describe(GradientTransformation(lambda params: EmptyState(), update),
-                    f"stateless_with_tree_map({_name(fn)})")
+                    f"stateless_with_tree_map({_name(fn)})", recipe=(stateless_with_tree_map, (fn,), {}))
 
 
 # --- level 2: multi-tensor ------------------------------------------------------------------
@@ -347,4 +349,5 @@ def multi_tensor(init_fn: Callable[[list[torch.Tensor]], Any],
         new_state = _lists_to_trees(new_state, skeleton_of(new_state, who), treedef, len(gs), who)
         return tree_unflatten(foreach.cast_like(list(new_gs), gs), treedef), new_state
 
-    return describe(GradientTransformation(init, update), f"multi_tensor({_name(init_fn)}, {_name(update_fn)})")
+    return describe(GradientTransformation(init, update), f"multi_tensor({_name(init_fn)}, {_name(update_fn)})",
+                    recipe=(multi_tensor, (init_fn, update_fn), {}))
