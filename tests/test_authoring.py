@@ -129,10 +129,6 @@ def test_updates_and_state_keep_their_dtypes():
     assert updates["w"].dtype == torch.bfloat16
 
 
-def _sgd_groups(params):
-    return [{"params": params[:2]}, {"params": params[2:], "beta": 0.5, "momentum": 0.5}]
-
-
 def test_per_tensor_under_the_optimizer_matches_torch_sgd_with_group_hyperparameters():
     """Heavy ball written per tensor with ``beta`` a hyperparameter: under gx.Optimizer
     ``beta`` is a group key (here overridden in one group), per-parameter state is filed under
@@ -149,11 +145,11 @@ def test_per_tensor_under_the_optimizer_matches_torch_sgd_with_group_hyperparame
     init = [torch.randn(s, generator=gen, dtype=torch.float64) for s in [(3, 2), (2,), (4,), ()]]
     mine = [x.clone().requires_grad_(True) for x in init]
     ref = [x.clone().requires_grad_(True) for x in init]
-    opt = gx.Optimizer(_sgd_groups(mine), build(), fast=False)
-    for group in _sgd_groups(mine):
-        group.pop("momentum", None)
-    torch_opt = torch.optim.SGD(_sgd_groups(ref)[:1] + [{"params": ref[2:], "momentum": 0.5}], lr=0.05,
-                                momentum=0.9)
+    def groups():  # the second group with its own beta
+        return [{"params": mine[:2]}, {"params": mine[2:], "beta": 0.5}]
+
+    opt = gx.Optimizer(groups(), build(), fast=False)
+    torch_opt = torch.optim.SGD([{"params": ref[:2]}, {"params": ref[2:], "momentum": 0.5}], lr=0.05, momentum=0.9)
     assert opt.param_groups[0]["beta"] == 0.9 and opt.param_groups[1]["beta"] == 0.5
     assert opt.param_groups[0]["lr"] == 0.05
     for step in range(20):
@@ -164,7 +160,7 @@ def test_per_tensor_under_the_optimizer_matches_torch_sgd_with_group_hyperparame
             buffer = io.BytesIO()
             torch.save(opt.state_dict(), buffer)
             buffer.seek(0)
-            opt = gx.Optimizer(_sgd_groups(mine), build(), fast=False)
+            opt = gx.Optimizer(groups(), build(), fast=False)
             opt.load_state_dict(torch.load(buffer, weights_only=True))
         opt.step()
         torch_opt.step()
@@ -369,6 +365,22 @@ def test_helper_reprs_name_the_rule():
 
     assert repr(heavy_ball(beta=0.8)) == "heavy_ball(beta=0.8)"
     assert gx.is_elementwise(heavy_ball()) and not gx.supports_inplace(heavy_ball())
+
+
+def test_per_tensor_and_stateless_with_tree_map_are_leafwise_under_any_decorator():
+    """A rule written per tensor is leafwise by construction, so gx.Optimizer runs it per param
+    group; a decorator that declares nothing does not take that away. multi_tensor is not
+    (its rule sees every tensor at once) until declared."""
+
+    @gx.transform
+    def heavy_ball(beta=0.9):
+        return gx.per_tensor(torch.zeros_like, _heavy_ball_update, beta=beta)
+
+    assert gx.is_leafwise(gx.per_tensor(torch.zeros_like, _heavy_ball_update, beta=0.9))
+    assert gx.is_leafwise(heavy_ball()) and not gx.is_elementwise(heavy_ball())
+    assert gx.is_leafwise(gx.stateless_with_tree_map(torch.sign))
+    assert not gx.is_leafwise(_ema())
+    assert gx.is_leafwise(gx.transform(leafwise=True)(_ema)())
 
 
 # --- gx.foreach ---------------------------------------------------------------------------

@@ -126,9 +126,12 @@ def per_tensor(init_fn: Callable[[torch.Tensor], Tree], update_fn: Callable[...,
     overrides. Each returned update keeps the dtype of the update it replaces, and each
     state leaf the dtype it had. A ``None`` update leaf passes through, its state kept.
 
-    Each tensor is one Python call: for many small tensors, :func:`multi_tensor` is faster.
-    Decorate the constructor with ``@gx.transform`` for a readable repr, and declare
-    ``elementwise=True`` when the rule is (``gx.Optimizer(..., compile=True)``).
+    The result is leafwise by construction (:func:`gradtx.is_leafwise`): ``gx.Optimizer``
+    runs it per param group, a state (count, hyperparameters) per group, so a group's
+    settings apply to that group alone. Each tensor is one Python call: for many small
+    tensors, :func:`multi_tensor` is faster. Decorate the constructor with
+    ``@gx.transform`` for a readable repr, and declare ``elementwise=True`` when the rule is
+    (``gx.Optimizer(..., compile=True)``).
 
     Example (heavy ball: ``m <- beta m + g``, ``u <- m``; returning one tensor as both the
     update and the state is safe)::
@@ -201,7 +204,7 @@ def per_tensor(init_fn: Callable[[torch.Tensor], Tree], update_fn: Callable[...,
     args = [_name(init_fn), _name(update_fn)] + [f"{k}={_format_value(v)}" for k, v in hyperparams.items()]
     # recipe: how to build it again (as base.stateless records it, for pickling gx.Optimizer)
     return describe(GradientTransformation(init, update), f"per_tensor({', '.join(args)})",
-                    recipe=(per_tensor, (init_fn, update_fn), dict(hyperparams)))
+                    recipe=(per_tensor, (init_fn, update_fn), dict(hyperparams)), leafwise=True)
 
 
 def stateless_with_tree_map(fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -209,6 +212,7 @@ def stateless_with_tree_map(fn: Callable[[torch.Tensor, torch.Tensor | None], to
     """A stateless transform from ``fn(update, param) -> update`` for one tensor, mapped over
     the leaves (optax's ``stateless_with_tree_map``); ``param`` is ``None`` when ``update``
     is called without params. Each update keeps its dtype; a ``None`` leaf passes through.
+    Leafwise by construction (:func:`gradtx.is_leafwise`).
 
     Example (L2 regularisation, ``u <- g + 1e-4 p``)::
 
@@ -226,7 +230,8 @@ def stateless_with_tree_map(fn: Callable[[torch.Tensor, torch.Tensor | None], to
         return tree_unflatten([one(u, p) for u, p in zip(us, ps)], treedef), state
 
     return describe(GradientTransformation(lambda params: EmptyState(), update),
-                    f"stateless_with_tree_map({_name(fn)})", recipe=(stateless_with_tree_map, (fn,), {}))
+                    f"stateless_with_tree_map({_name(fn)})", recipe=(stateless_with_tree_map, (fn,), {}),
+                    leafwise=True)
 
 
 # --- level 2: multi-tensor ------------------------------------------------------------------
@@ -292,6 +297,11 @@ def multi_tensor(init_fn: Callable[[list[torch.Tensor]], Any],
     ``**kwargs``): ``grad`` (the raw gradients, a list like ``updates``), ``inplace``,
     and any other extra argument as given (``value``, ``value_fn``, ...). Returned updates
     keep the dtype of the ones they replace.
+
+    Declare ``@gx.transform(leafwise=True)`` (or ``elementwise=True``) when each tensor's
+    update depends on that tensor alone (no norm over all of them): ``gx.Optimizer`` then
+    runs it per param group, so a group's settings apply to that group alone; otherwise it
+    runs once over the parameters of every group and each hyperparameter takes one value.
 
     In-place reuse: decorate the constructor with ``@gx.transform(inplace=True)`` and take
     the keyword ``inplace``; when it is true, ``update_fn`` may write into the tensors of

@@ -150,8 +150,9 @@ def transform(fn: Callable[..., GradientTransformation] | None = None, *,
         attrs.update(name=fn.__name__, args=dict(bound.arguments))
         if "parts" not in inner:  # an alias is as elementwise (and in-place) as the chain it returns
             attrs["elementwise"] = bool(elementwise(attrs["args"]) if callable(elementwise) else elementwise)
-            attrs["leafwise"] = attrs["elementwise"] or bool(leafwise(attrs["args"]) if callable(leafwise)
-                                                             else leafwise)
+            # leafwise by construction (gx.per_tensor's result) stays so under any decorator
+            attrs["leafwise"] = attrs["elementwise"] or inner.get("leafwise", False) or bool(
+                leafwise(attrs["args"]) if callable(leafwise) else leafwise)
             attrs["inplace"] = bool(inplace(attrs["args"]) if callable(inplace) else inplace)
         description = f"{fn.__name__}({', '.join(parts)})"
         if "parts" in inner and "description" in inner:
