@@ -12,7 +12,7 @@ import pathlib
 import gradtx as gx
 
 SECTIONS = [
-    ("Core", ["base", "combine", "_tree"]),
+    ("Core", ["base", "authoring", "combine", "_tree"]),
     ("Transforms", ["transforms."]),
     ("Wrappers", ["wrappers"]),
     ("Schedules", ["schedules"]),
@@ -55,6 +55,13 @@ def render() -> str:
                 summary = _summary(getattr(gx, name)).replace("|", "\\|")
                 lines.append(f"| `{name}` | {summary} |")
             lines.append("")
+    lines += ["## Multi-tensor kernels: `gx.foreach`", "",
+              _summary(gx.foreach).replace("|", "\\|") + " See [writing transforms](guides/writing_transforms.md).",
+              "", "| name | what it is |", "|---|---|"]
+    for name in sorted(gx.foreach.__all__, key=str.lower):
+        summary = _summary(getattr(gx.foreach, name)).replace("|", "\\|")
+        lines.append(f"| `foreach.{name}` | {summary} |")
+    lines.append("")
     return "\n".join(lines)
 
 

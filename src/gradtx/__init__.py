@@ -4,13 +4,14 @@
 >>> tx = gx.chain(gx.clip_value(10.0), gx.scale_by_adam(), gx.scale_by_lr(1e-3))
 
 The flat namespace gathers each module's ``__all__``; layers import downwards only:
-``_tree``/``_foreach`` < ``base`` < ``combine``/``transforms`` < ``wrappers``/``schedules``
+``_tree``/``_foreach`` < ``base`` < ``authoring``/``foreach`` < ``combine``/``transforms`` < ``wrappers``/``schedules``
 < ``aliases/`` < ``optim/`` (the ``torch.optim`` adapter).
 """
 
-from . import _tree, aliases, base, combine, optim, schedules, wrappers
+from . import _tree, aliases, authoring, base, combine, optim, schedules, wrappers
 from ._tree import *  # noqa: F403
 from .aliases import *  # noqa: F403
+from .authoring import *  # noqa: F403
 from .base import *  # noqa: F403
 from .combine import *  # noqa: F403
 from .optim import *  # noqa: F403
@@ -47,7 +48,8 @@ from .wrappers import *  # noqa: F403
 
 __version__ = "0.1.0"
 
-_MODULES = (_tree, base, combine, accumulators, adam_variants, adaptive, clipping, constrain, factored, momentum,
-            normalize, orthogonalize, perturb, regularize, scaling, stepsize, wrappers, schedules, aliases, optim)
+_MODULES = (_tree, base, authoring, combine, accumulators, adam_variants, adaptive, clipping, constrain, factored,
+            momentum, normalize, orthogonalize, perturb, regularize, scaling, stepsize, wrappers, schedules, aliases,
+            optim)
 
 __all__ = sorted({name for module in _MODULES for name in module.__all__})

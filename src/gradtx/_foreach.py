@@ -184,14 +184,17 @@ def addcdiv(xs: Tensors, ys: Tensors, zs: Tensors, value: float = 1, *, inplace:
 
 
 def sqrt(xs: Tensors, *, inplace: bool = False) -> Tensors:
+    """Elementwise ``sqrt(xs)``."""
     return _call("sqrt", inplace, xs)
 
 
 def reciprocal(xs: Tensors, *, inplace: bool = False) -> Tensors:
+    """Elementwise ``1 / xs``."""
     return _call("reciprocal", inplace, xs)
 
 
 def sign(xs: Tensors, *, inplace: bool = False) -> Tensors:
+    """Elementwise ``sign(xs)`` (-1, 0 or 1)."""
     return _call("sign", inplace, xs)
 
 
@@ -200,10 +203,12 @@ def tanh(xs: Tensors, *, inplace: bool = False) -> Tensors:
 
 
 def neg(xs: Tensors, *, inplace: bool = False) -> Tensors:
+    """Elementwise ``-xs``."""
     return _call("neg", inplace, xs)
 
 
 def abs(xs: Tensors, *, inplace: bool = False) -> Tensors:  # noqa: A001 - mirrors torch
+    """Elementwise ``|xs|``."""
     return _call("abs", inplace, xs)
 
 
@@ -384,10 +389,12 @@ def minimum(xs: Tensors, ys: Tensors, *, inplace: bool = False) -> Tensors:
 
 
 def exp(xs: Tensors, *, inplace: bool = False) -> Tensors:
+    """Elementwise ``exp(xs)``."""
     return _call("exp", inplace, xs)
 
 
 def log(xs: Tensors, *, inplace: bool = False) -> Tensors:
+    """Elementwise natural ``log(xs)``."""
     return _call("log", inplace, xs)
 
 
@@ -397,4 +404,5 @@ def pow(xs: Tensors, exponent: float, *, inplace: bool = False) -> Tensors:  # n
 
 
 def zeros_like(xs: Tensors, dtype: torch.dtype | None = None) -> Tensors:
+    """New zero tensors shaped like ``xs`` (optionally of another dtype)."""
     return [torch.zeros_like(x, dtype=dtype) for x in xs]

@@ -51,6 +51,18 @@ class GradientTransformation(NamedTuple):
     init: TransformInitFn
     update: TransformUpdateFn
 
+    def __repr__(self) -> str:
+        # A bare pair says only which functions it holds; the constructors decorated with
+        # @transform (every built-in) print as the call that built them instead.
+        return (f"GradientTransformation(init={_function_name(self.init)}, update={_function_name(self.update)})"
+                "  # decorate the constructor with @gx.transform for a readable repr")
+
+
+def _function_name(fn: Any) -> str:
+    """``make_tx.<locals>.update`` for a function, the type's name for another callable."""
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    return name if isinstance(name, str) else type(fn).__name__
+
 
 class ComplexParamsError(ValueError):
     """A transform refused complex parameters at ``init`` (its rule reads the shape of each
@@ -154,8 +166,9 @@ def transform(fn: Callable[..., GradientTransformation] | None = None, *,
         attrs.update(name=fn.__name__, args=dict(bound.arguments), recipe=(build, args, kwargs))
         if "parts" not in inner:  # an alias is as elementwise (and in-place) as the chain it returns
             attrs["elementwise"] = bool(elementwise(attrs["args"]) if callable(elementwise) else elementwise)
-            attrs["leafwise"] = attrs["elementwise"] or bool(leafwise(attrs["args"]) if callable(leafwise)
-                                                             else leafwise)
+            # leafwise by construction (gx.per_tensor's result) stays so under any decorator
+            attrs["leafwise"] = attrs["elementwise"] or inner.get("leafwise", False) or bool(
+                leafwise(attrs["args"]) if callable(leafwise) else leafwise)
             attrs["inplace"] = bool(inplace(attrs["args"]) if callable(inplace) else inplace)
         description = f"{fn.__name__}({', '.join(parts)})"
         if "parts" in inner:

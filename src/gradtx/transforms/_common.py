@@ -11,18 +11,22 @@ from ..base import ComplexParamsError
 
 
 def leaves(tree: Tree) -> tuple[list[torch.Tensor], TreeDef]:
-    """The tensor leaves of ``tree`` (updates or params) and its structure; a ``None`` leaf
-    raises ``ValueError`` naming its path (see :func:`gradtx._tree.tensor_leaves`)."""
+    """The tensor leaves of ``tree`` (updates or params, in a fixed order) and its structure:
+    ``gs, treedef = leaves(updates)``; a ``None`` leaf raises ``ValueError`` naming its path
+    (see :func:`gradtx._tree.tensor_leaves`)."""
     return tensor_leaves(tree)
 
 
 def leaves_like(tree: Tree, treedef: TreeDef, what: str = "the state") -> list[Any]:
-    """The leaves of ``tree`` (the state, or ``what``: ``"params"``), which must have the
-    updates' structure ``treedef``; otherwise ``ValueError`` naming the key paths that differ."""
+    """The leaves of ``tree`` (the state, or ``what``: ``"params"``) in the order of
+    ``treedef``'s, where ``tree`` has that structure down to them (a leaf may be a whole
+    subtree): ``mus = leaves_like(state.mu, treedef)``; otherwise ``ValueError`` naming the
+    key paths that differ."""
     return flatten_up_to(tree, treedef, what)
 
 
 def unflatten(treedef: TreeDef, values: list[Any]) -> Tree:
+    """The tree of structure ``treedef`` holding ``values`` as its leaves."""
     return tree_unflatten(values, treedef)
 
 
