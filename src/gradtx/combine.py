@@ -90,10 +90,12 @@ def members_runner(transforms: tuple[GradientTransformation, ...]):
 
     def run(updates, states, params, inplace, extra_args):
         new_states = []
-        if inplace and all_declared:
+        if (inplace and all_declared) or not (inplace or _owned.enabled()):
             # Every member keeps the promise: each may write into what the previous returned.
+            # Or nothing is written at all (compiling, or under torch.func: no reuse), and no
+            # identity may be read (it would pin the compiled graph to these tensors).
             for run_member, s in zip(runs, states):
-                updates, s = run_member(updates, s, params, True, extra_args)
+                updates, s = run_member(updates, s, params, inplace, extra_args)
                 new_states.append(s)
             return updates, new_states
         received = _owned.ids(tree_leaves(updates))
