@@ -39,7 +39,8 @@ def _grads(params, seed):
 
 
 def _layout(tree):
-    return [(p, tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else (p, type(x)) for p, x in gx.tree_paths(tree)]
+    return [(p, tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else (p, type(x))
+            for p, x in gx.tree_paths(tree)]
 
 
 @SETTINGS
