@@ -102,7 +102,7 @@ def test_extra_arguments_reach_update_fn_by_name_and_grad_per_tensor():
     assert set(got) == {"step", "value", "other"}
 
 
-def test_without_params_the_rule_gets_none_and_none_updates_pass_through():
+def test_without_params_the_rule_gets_none_and_none_updates_are_refused():
     def update_fn(g, m, p):
         assert p is None
         return g + m, m + 1
@@ -110,10 +110,10 @@ def test_without_params_the_rule_gets_none_and_none_updates_pass_through():
     tx = gx.per_tensor(torch.zeros_like, update_fn)
     params = {"a": torch.zeros(2), "b": torch.zeros(3)}
     state = tx.init(params)
-    updates, state = tx.update({"a": torch.ones(2), "b": None}, state)
-    assert updates["b"] is None
-    assert torch.equal(state.per_tensor["b"], torch.zeros(3))  # kept
-    assert torch.equal(state.per_tensor["a"], torch.ones(2))
+    updates, state = tx.update({"a": torch.ones(2), "b": torch.ones(3)}, state)
+    assert torch.equal(state.per_tensor["a"], torch.ones(2)) and torch.equal(updates["b"], torch.ones(3))
+    with pytest.raises(ValueError, match=r"None leaf at \['b'\]"):  # as every transform: gx.masked leaves one out
+        tx.update({"a": torch.ones(2), "b": None}, state)
 
 
 def test_updates_and_state_keep_their_dtypes():
@@ -202,9 +202,9 @@ def test_stateless_with_tree_map_applies_fn_per_tensor():
     updates, _ = tx.update(grads, state)  # no params: fn gets None
     for u, g in zip(gx.tree_leaves(updates), gx.tree_leaves(grads)):
         torch.testing.assert_close(u, 2 * g)
-    half = {"w": torch.ones(2, dtype=torch.bfloat16), "b": None}
+    half = {"w": torch.ones(2, dtype=torch.bfloat16), "b": torch.ones(1)}
     updates, _ = tx.update(half, state, {"w": torch.ones(2), "b": torch.ones(1)})
-    assert updates["w"].dtype == torch.bfloat16 and updates["b"] is None
+    assert updates["w"].dtype == torch.bfloat16 and updates["b"].dtype == torch.float32
 
 
 # --- multi_tensor -------------------------------------------------------------------------

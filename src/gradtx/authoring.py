@@ -23,7 +23,7 @@ import torch
 
 from . import foreach
 from ._hparams import check, is_schedule, to_state
-from ._tree import Tree, TreeDef, tree_flatten, tree_map, tree_structure, tree_unflatten
+from ._tree import Tree, TreeDef, flatten_up_to, tensor_leaves, tree_flatten, tree_map, tree_structure, tree_unflatten
 from .base import EmptyState, GradientTransformation, _format_value, describe
 
 __all__ = ["PerTensorState", "foreach", "multi_tensor", "per_tensor", "stateless_with_tree_map"]
@@ -124,7 +124,8 @@ def per_tensor(init_fn: Callable[[torch.Tensor], Tree], update_fn: Callable[...,
     tensor; a schedule ``step -> value`` is not kept) as a 0-dim tensor in a NamedTuple
     field of its name, so it is ``param_groups[i][name]`` for schedulers and per-group
     overrides. Each returned update keeps the dtype of the update it replaces, and each
-    state leaf the dtype it had. A ``None`` update leaf passes through, its state kept.
+    state leaf the dtype it had. A ``None`` leaf is refused naming its path, as by every
+    transform (``gx.masked``/``gx.freeze`` leave a parameter out).
 
     The result is leafwise by construction (:func:`gradtx.is_leafwise`): ``gx.Optimizer``
     runs it per param group, a state (count, hyperparameters) per group, so a group's
@@ -162,7 +163,7 @@ def per_tensor(init_fn: Callable[[torch.Tensor], Tree], update_fn: Callable[...,
     takes_inplace = "inplace" in takes.named
 
     def init(params):
-        ps, treedef = tree_flatten(params)
+        ps, treedef = tensor_leaves(params)
         states = []
         for p in ps:
             state = init_fn(p)
@@ -172,9 +173,9 @@ def per_tensor(init_fn: Callable[[torch.Tensor], Tree], update_fn: Callable[...,
         return PerTensorState(torch.zeros((), dtype=torch.int32), hyper, tree_unflatten(states, treedef))
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
-        us, treedef = tree_flatten(updates)
-        states = treedef.flatten_up_to(state.per_tensor)
-        ps = [None] * len(us) if params is None else treedef.flatten_up_to(params)
+        us, treedef = tensor_leaves(updates)
+        states = flatten_up_to(state.per_tensor, treedef)
+        ps = [None] * len(us) if params is None else flatten_up_to(params, treedef, "params")
         grads = _grad_leaves(extra_args, treedef) if "grad" in takes else None
         count = state.count + 1
         shared = takes.extra(extra_args)
@@ -211,7 +212,7 @@ def stateless_with_tree_map(fn: Callable[[torch.Tensor, torch.Tensor | None], to
                             ) -> GradientTransformation:
     """A stateless transform from ``fn(update, param) -> update`` for one tensor, mapped over
     the leaves (optax's ``stateless_with_tree_map``); ``param`` is ``None`` when ``update``
-    is called without params. Each update keeps its dtype; a ``None`` leaf passes through.
+    is called without params. Each update keeps its dtype; a ``None`` leaf is refused naming its path.
     Leafwise by construction (:func:`gradtx.is_leafwise`).
 
     Example (L2 regularisation, ``u <- g + 1e-4 p``)::
@@ -225,8 +226,8 @@ def stateless_with_tree_map(fn: Callable[[torch.Tensor, torch.Tensor | None], to
 
     def update(updates, state, params=None, **extra_args):
         del extra_args
-        us, treedef = tree_flatten(updates)
-        ps = [None] * len(us) if params is None else treedef.flatten_up_to(params)
+        us, treedef = tensor_leaves(updates)
+        ps = [None] * len(us) if params is None else flatten_up_to(params, treedef, "params")
         return tree_unflatten([one(u, p) for u, p in zip(us, ps)], treedef), state
 
     return describe(GradientTransformation(lambda params: EmptyState(), update),
@@ -336,14 +337,14 @@ def multi_tensor(init_fn: Callable[[list[torch.Tensor]], Any],
         return found
 
     def init(params):
-        ps, treedef = tree_flatten(params)
+        ps, treedef = tensor_leaves(params)
         state = init_fn(list(ps))
         _check_tensor_leaves(state, f"init_fn {_name(init_fn)}")
         return _lists_to_trees(state, skeleton_of(state, f"init_fn {_name(init_fn)}"), treedef, len(ps),
                                f"init_fn {_name(init_fn)}")
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
-        gs, treedef = tree_flatten(updates)
+        gs, treedef = tensor_leaves(updates)
         if not layout:  # a state from elsewhere: learn where its lists are from init_fn
             skeleton_of(init_fn(list(gs)), f"init_fn {_name(init_fn)}")
         keywords = takes.extra(extra_args)
@@ -351,7 +352,7 @@ def multi_tensor(init_fn: Callable[[list[torch.Tensor]], Any],
             keywords["grad"] = _grad_leaves(extra_args, treedef)
         if takes_inplace:
             keywords["inplace"] = inplace
-        ps = None if params is None else treedef.flatten_up_to(params)
+        ps = None if params is None else flatten_up_to(params, treedef, "params")
         new_gs, new_state = update_fn(gs, _trees_to_lists(state, layout[0], treedef), ps, **keywords)
         if len(new_gs) != len(gs):
             raise ValueError(f"update_fn {_name(update_fn)} returned {len(new_gs)} updates for {len(gs)} tensors")
