@@ -73,6 +73,18 @@ def functional_trajectory(problem: MLPProblem, tx, steps: int = 200) -> list[dic
     return out
 
 
+def optimizer_trajectory(params: dict[str, torch.Tensor], loss, opt, steps: int) -> list[dict[str, torch.Tensor]]:
+    """The params after each of ``steps`` steps of the torch optimizer ``opt`` (a
+    ``torch.optim`` one or ``gx.Optimizer``) over ``params``, with ``loss(params, t)``."""
+    out = []
+    for t in range(steps):
+        opt.zero_grad()
+        loss(params, t).backward()
+        opt.step()
+        out.append({k: v.detach().clone() for k, v in params.items()})
+    return out
+
+
 def assert_same(traj, ref, dtype=torch.float64) -> None:
     """Two trajectories (lists of params dicts) agree step by step within ``TOL[dtype]``."""
     assert len(traj) == len(ref)

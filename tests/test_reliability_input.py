@@ -11,7 +11,7 @@ import inspect
 
 import pytest
 import torch
-from conftest import MLPProblem, assert_same, default_dtype, functional_trajectory
+from conftest import MLPProblem, assert_same, default_dtype, functional_trajectory, optimizer_trajectory
 from registry import ENTRIES, example_params, extra_args
 
 import gradtx as gx
@@ -229,26 +229,13 @@ SGD_DAMPENING = [
 
 def _torch_sgd_trajectory(problem, kwargs, steps):
     params = problem.leaf_params()
-    opt = torch.optim.SGD(list(params.values()), **kwargs)
-    out = []
-    for t in range(steps):
-        opt.zero_grad()
-        problem.loss(params, t).backward()
-        opt.step()
-        out.append({k: v.detach().clone() for k, v in params.items()})
-    return out
+    return optimizer_trajectory(params, problem.loss, torch.optim.SGD(list(params.values()), **kwargs), steps)
 
 
 def _adapter_trajectory(problem, tx, steps, fast):
     params = problem.leaf_params()
     opt = gx.Optimizer(list(params.values()), tx, fast=fast)
-    out = []
-    for t in range(steps):
-        opt.zero_grad()
-        problem.loss(params, t).backward()
-        opt.step()
-        out.append({k: v.detach().clone() for k, v in params.items()})
-    return out, opt
+    return optimizer_trajectory(params, problem.loss, opt, steps), opt
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import optimizer_trajectory
 
 import gradtx as gx
 
@@ -196,14 +197,7 @@ class ComplexProblem:
 
 def _torch_complex(problem, make_opt):
     params = {k: v.clone().requires_grad_(True) for k, v in problem.params0.items()}
-    opt = make_opt(list(params.values()))
-    out = []
-    for t in range(COMPLEX_STEPS):
-        opt.zero_grad()
-        problem.loss(params, t).backward()
-        opt.step()
-        out.append({k: v.detach().clone() for k, v in params.items()})
-    return out
+    return optimizer_trajectory(params, problem.loss, make_opt(list(params.values())), COMPLEX_STEPS)
 
 
 def _assert_trajectories(traj, ref):
@@ -436,10 +430,5 @@ def test_complex_params_under_compile_match_torch_optim():
     problem = ComplexProblem()
     ref = _torch_complex(problem, lambda p: torch.optim.Adam(p, lr=1e-2))
     leaves = {k: v.clone().requires_grad_(True) for k, v in problem.params0.items()}
-    opt, traj = gx.Optimizer(list(leaves.values()), gx.adam(1e-2), compile=True), []
-    for t in range(COMPLEX_STEPS):
-        opt.zero_grad()
-        problem.loss(leaves, t).backward()
-        opt.step()
-        traj.append({k: v.detach().clone() for k, v in leaves.items()})
-    _assert_trajectories(traj, ref)
+    opt = gx.Optimizer(list(leaves.values()), gx.adam(1e-2), compile=True)
+    _assert_trajectories(optimizer_trajectory(leaves, problem.loss, opt, COMPLEX_STEPS), ref)
