@@ -11,25 +11,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TOL
+from conftest import TOL, CountingBackend
 from registry import ENTRIES
 
 import gradtx as gx
 from gradtx.optim import compiled as _compiled
 
 STEPS = 5
-
-
-class CountingBackend:
-    """A ``torch.compile`` backend that runs the traced graph as it is and counts graphs."""
-
-    def __init__(self) -> None:
-        self.graphs = 0
-
-    def __call__(self, gm, example_inputs):
-        del example_inputs
-        self.graphs += 1
-        return gm.forward
 
 
 @pytest.fixture(autouse=True)

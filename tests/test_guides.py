@@ -14,7 +14,7 @@ import types
 
 import pytest
 import torch
-from conftest import MLPProblem
+from conftest import CountingBackend, MLPProblem
 
 import gradtx as gx
 
@@ -155,18 +155,6 @@ def test_adam_through_the_optimizer_with_a_checkpoint(name, fast):
             assert all(t.shape == p.shape for t in entries.values())
 
 
-class _CountingBackend:
-    """Runs the graph dynamo traced as it is, counting graphs (no code generation: fast)."""
-
-    def __init__(self) -> None:
-        self.graphs = 0
-
-    def __call__(self, gm, example_inputs):
-        del example_inputs
-        self.graphs += 1
-        return gm.forward
-
-
 @pytest.mark.parametrize("name", ADAMS)
 def test_adam_is_declared_elementwise_and_compiles(name):
     """``@gx.transform(elementwise=True)`` admits the guide's Adam to ``compile=True``, one graph
@@ -175,7 +163,7 @@ def test_adam_is_declared_elementwise_and_compiles(name):
     assert gx.is_elementwise(build())
     problem = MLPProblem()
     runs = []
-    backend = _CountingBackend()
+    backend = CountingBackend()
     for compile_arg in ({"backend": backend}, False):
         params = [v.clone().requires_grad_(True) for v in problem.params0.values()]
         opt = gx.Optimizer(params, build(lr=LR), compile=compile_arg, fast=False)

@@ -121,7 +121,7 @@ def template(tx: GradientTransformation) -> tuple[dict[str, float], list[Slot]]:
         if field in RATIO_KEYS or counts[field] == 1:
             key = field
         else:
-            key = scoped if scoped != field else f"{field}"
+            key = scoped
             n = seen.get(key, 0)
             seen[key] = n + 1
             if n:
