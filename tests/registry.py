@@ -24,7 +24,8 @@ class Entry:
     build: Callable[[], gx.GradientTransformation]  # an example instance
     reference: str  # torch.optim class, paper or closed form it is checked against
     kind: str = "transform"  # "transform" | "alias" (a full optimizer: converges on its own)
-    needs: frozenset = field(default_factory=frozenset)  # extra args it needs: {"value", "value_fn"}
+    # extra args it needs: any of {"value", "grad", "value_fn", "value_and_grad_fn"}
+    needs: frozenset = field(default_factory=frozenset)
     # a transform whose output is zero or constant on purpose is not asked to descend
     converges: bool = True
     # known limitations, so the suite can skip one property with a reason:
@@ -79,13 +80,22 @@ def quadratic_value(params: dict[str, torch.Tensor]) -> torch.Tensor:
     return sum((v.double() ** 2).sum() for v in params.values())
 
 
+def quadratic_value_and_grad(params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``quadratic_value`` and its gradient ``2 x``, each leaf in its own dtype."""
+    return quadratic_value(params), {k: 2 * v for k, v in params.items()}
+
+
 def extra_args(entry: Entry, params: dict[str, torch.Tensor]) -> dict:
-    """The extra arguments ``entry`` needs (``value``, ``value_fn``) at ``params``."""
+    """The extra arguments ``entry`` needs at ``params``, all from ``quadratic_value``."""
     extra = {}
     if "value" in entry.needs:
         extra["value"] = quadratic_value(params)
+    if "grad" in entry.needs:
+        extra["grad"] = {k: 2 * v for k, v in params.items()}
     if "value_fn" in entry.needs:
         extra["value_fn"] = quadratic_value
+    if "value_and_grad_fn" in entry.needs:
+        extra["value_and_grad_fn"] = quadratic_value_and_grad
     return extra
 
 

@@ -202,6 +202,12 @@ def _rosenbrock_value(params):
     return (((1 - x[:-1]) ** 2).sum() + 10 * ((x[1:] - x[:-1] ** 2) ** 2).sum()) / 10
 
 
+def _rosenbrock_value_and_grad(params):
+    leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    value = _rosenbrock_value(leaves)
+    return value.detach(), dict(zip(leaves, torch.autograd.grad(value, list(leaves.values()))))
+
+
 @pytest.mark.parametrize("entry", [e for e in ENTRIES if e.converges], ids=[e.name for e in ENTRIES if e.converges])
 def test_descends_on_rosenbrock(entry):
     """1000 steps from x = 0 reduce the Rosenbrock value; a full alias reaches a tenth of it."""
@@ -218,8 +224,12 @@ def test_descends_on_rosenbrock(entry):
         grads = dict(zip(leaves, torch.autograd.grad(value, list(leaves.values()))))
         if "value" in entry.needs:
             extra["value"] = value.detach()
+        if "grad" in entry.needs:
+            extra["grad"] = grads
         if "value_fn" in entry.needs:
             extra["value_fn"] = _rosenbrock_value
+        if "value_and_grad_fn" in entry.needs:
+            extra["value_and_grad_fn"] = _rosenbrock_value_and_grad
         updates, state = tx.update(grads, state, params, **extra)
         params = gx.apply_updates(params, updates)
     end = float(_rosenbrock_value(params))
