@@ -163,7 +163,8 @@ def test_shared_names_get_qualified_keys_and_do_not_move_each_other():
     model = _model()
     opt = gx.Optimizer(_groups(model), tx)
     keys = set(opt.param_groups[0]) - {"params"}
-    assert keys == {"lr", "add_decayed_weights.weight_decay", "add_decayed_weights.weight_decay#1"}
+    assert keys == {"lr", "add_decayed_weights.weight_decay", "add_decayed_weights.weight_decay#1",
+                    "b1", "b2", "betas", "eps", "eps_root"}  # scale_by_adam's settings, unshared
     # overriding one leaves the other as it was: the second decay is the only one
     twin = copy.deepcopy(model)
     for group in opt.param_groups:
@@ -186,7 +187,8 @@ def test_named_chain_and_partition_names_scope_the_keys():
     tx = gx.partition({"a": gx.adamw(1e-3, weight_decay=0.1), "b": gx.adamw(1e-2, weight_decay=0.0)},
                       lambda name, p: "a" if p.dim() > 1 else "b")
     opt = gx.Optimizer(_model().named_parameters(), tx)
-    assert {"a.weight_decay", "b.weight_decay", "lr"} == set(opt.param_groups[0]) - {"params", "param_names"}
+    settings = {f"{label}.{name}" for label in "ab" for name in ("b1", "b2", "eps", "eps_root")}
+    assert {"a.weight_decay", "b.weight_decay", "lr"} | settings == set(opt.param_groups[0]) - {"params", "param_names"}
 
 
 def test_a_key_nothing_reads_is_warned_about():

@@ -546,7 +546,7 @@ def _torch_state(cls, kwargs, params, skip_second_after=None):
 
 REFUSED_LOADS = {
     # (torch class, kwargs, gradtx chain, what the error says)
-    "other_betas": (torch.optim.Adam, dict(lr=0.01), lambda: gx.adam(0.01, b1=0.8), r"b1=0.8, expected 0.9"),
+    # (other betas load: b1, b2 are param_groups keys, taken from the torch groups; test_group_settings.py)
     "other_algorithm": (torch.optim.Adam, dict(lr=0.01), lambda: gx.lion(0.01), r"not torch.optim.Adam's equivalent"),
     "adamw_into_adam": (torch.optim.AdamW, dict(lr=0.01), lambda: gx.adam(0.01), r"torch.optim.AdamW's equivalent"),
     "eps_inside_root": (torch.optim.RMSprop, dict(lr=0.01), lambda: gx.rmsprop(0.01, decay=0.99),

@@ -65,8 +65,10 @@ def _number(value: Any) -> float | None:
 
 def _is_chain(tx: Any, parts: tuple) -> bool:
     # ``chain`` keeps a tuple of its parts' states; ``named_chain`` (also with ``parts``) a dict.
+    # No parameters needed: a chain's state is its tuple of part states whatever the params
+    # (an init over none costs nothing, where a meta tensor's dispatch costs milliseconds).
     try:
-        state = tx.init({0: torch.empty(1, device="meta")})
+        state = tx.init({})
     except Exception:  # noqa: BLE001 - a transform that cannot init on meta just takes the generic path
         return False
     return type(state) is tuple and len(state) == len(parts)
@@ -202,12 +204,13 @@ def _group_by_device_and_dtype(ps: list[torch.Tensor]) -> dict[tuple[torch.devic
     return {key: indices for key, (_, indices) in grouped.items()}
 
 
-def lr_tail(tx: Any) -> tuple | None:
+def lr_tail(tx: Any, *, is_chain: bool | None = None) -> tuple | None:
     """The parts of ``tx`` when it is a ``chain`` ending in ``scale_by_lr(number)``: the
     adapter then runs the other parts itself and applies ``p <- p - lr * u`` in one pass
-    (``torch._foreach_add_(p, u, alpha=-lr)``) instead of scaling ``u`` first."""
+    (``torch._foreach_add_(p, u, alpha=-lr)``) instead of scaling ``u`` first. ``is_chain``
+    may say what is known already (a chain rebuilt with other settings)."""
     parts = getattr(tx, "__dict__", {}).get("parts")
-    if not parts or not _is_chain(tx, parts):
+    if not parts or not (is_chain if is_chain is not None else _is_chain(tx, parts)):
         return None
     name, args = _attrs(parts[-1])
     if name != "scale_by_lr" or is_schedule(args.get("lr")) or _number(args.get("lr")) is None:
@@ -215,9 +218,9 @@ def lr_tail(tx: Any) -> tuple | None:
     return tuple(parts)
 
 
-def plan(tx: Any) -> FusedPlan | None:
+def plan(tx: Any, *, is_chain: bool | None = None) -> FusedPlan | None:
     """The fused plan for ``tx``, or ``None`` when it does not have a recognised shape."""
-    parts = lr_tail(tx)  # every recognised shape is a chain ending in scale_by_lr(number)
+    parts = lr_tail(tx, is_chain=is_chain)  # every recognised shape is a chain ending in scale_by_lr(number)
     if parts is None:
         return None
     names = [_attrs(p)[0] for p in parts]

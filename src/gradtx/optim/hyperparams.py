@@ -99,9 +99,11 @@ def lr_schedule(tx: Any) -> Any:
     return None
 
 
-def template(tx: GradientTransformation) -> tuple[dict[str, float], list[Slot]]:
-    """The chain's hyperparameters as param-group defaults, and a :class:`Slot` for each
-    hyperparameter tensor of its state, by position (see the module docstring)."""
+def template(tx: GradientTransformation, settings: list[Any] = ()) -> tuple[dict[str, float], list[Slot], list[str]]:
+    """The chain's hyperparameters as param-group defaults, a :class:`Slot` for each
+    hyperparameter tensor of its state, by position (see the module docstring), and the key
+    of each of ``settings`` (``gradtx.optim.settings.find(tx)``: constructor arguments),
+    named by the same rule."""
     # Built on a meta tensor: no memory, known before any parameter has a gradient (LR
     # schedulers read param_groups at once), and a 0-dim state tensor computed from the
     # params (DoG's running distance) comes out on the meta device, telling it from a
@@ -113,23 +115,30 @@ def template(tx: GradientTransformation) -> tuple[dict[str, float], list[Slot]]:
         state = tx.init({0: torch.zeros(1)})
     found = walk(state, tx)
     fields = [scoped.rsplit(".", 1)[-1] for _, scoped, _, _ in found]
-    counts = {f: fields.count(f) for f in fields}
+    all_names = fields + [s.name for s in settings]
+    counts = {f: all_names.count(f) for f in all_names}
     seen: dict[str, int] = {}
+
+    def key_of(field: str, scoped: str, ratio: bool) -> str:
+        if (ratio and field in RATIO_KEYS) or counts[field] == 1:
+            return field
+        n = seen.get(scoped, 0)
+        seen[scoped] = n + 1
+        return f"{scoped}#{n}" if n else scoped
+
     defaults: dict[str, float] = {}
     slots: list[Slot] = []
     for (_, scoped, _, value), field in zip(found, fields):
-        if field in RATIO_KEYS or counts[field] == 1:
-            key = field
-        else:
-            key = scoped
-            n = seen.get(key, 0)
-            seen[key] = n + 1
-            if n:
-                key = f"{key}#{n}"
+        key = key_of(field, scoped, True)
         if value.device.type == "meta" or value.requires_grad:
             slots.append(Slot(key, None))
             continue
         x = float(value.item())
         first = defaults.setdefault(key, x)
         slots.append(Slot(key, 1.0 if x == first else (x / first if first != 0 else None)))
-    return defaults, slots
+    setting_keys = []
+    for setting in settings:
+        key = key_of(setting.name, f"{setting.scope}.{setting.name}" if setting.scope else setting.name, False)
+        setting_keys.append(key)
+        defaults[key] = setting.value
+    return defaults, slots, setting_keys

@@ -11,27 +11,46 @@ from __future__ import annotations
 
 import operator
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .. import _foreach as F  # noqa: N812
 from .._hparams import as_scalar, check
-from .._tree import ParamKey, merge_keys, param_leaves, select_keys, split_param_paths, tree_flatten, tree_unflatten
+from .._tree import ParamKey, merge_keys, param_leaves, select_keys, split_param_paths, tree_structure, tree_unflatten
 from ..base import GradientTransformation, supports_inplace, updater
 from ..combine import members_runner
+from . import closure as _closure
 from . import compiled as _compiled
 from . import fused as _fused
 from . import hyperparams
 from . import layout as _layout
 from . import pickling as _pickling
+from . import settings as _settings
 from . import torch_state as _torch_state
 from .groups import split_by_group
 
 __all__ = ["Optimizer"]
 
 STATE_FORMAT = "gradtx.Optimizer/1"
+
+# Chains built again with other settings, kept for the groups that use them; a scheduler
+# cycling a momentum makes a new one each step, so only the latest few are kept.
+_VARIANTS_KEPT = 16
+
+
+@dataclass(frozen=True)
+class _Variant:
+    """The chain built with one set of settings, and how the adapter runs it."""
+
+    tx: GradientTransformation
+    plan: Any  # a fused plan, or None
+    before_lr: Any  # the parts before a final scale_by_lr, run by members_runner, or None
+    run: Callable[..., Any]  # updater(tx)
+    declared: bool  # supports_inplace(tx)
 
 
 class StateView(dict):
@@ -72,6 +91,16 @@ class Optimizer(torch.optim.Optimizer):
       group key that no transform reads is warned about. A learning rate given as a gradtx
       schedule shows its first value as ``lr`` and refuses a change (a torch LR scheduler
       and a gradtx schedule cannot both drive it).
+    - The constructors' other float arguments are group keys too (``b1``, ``b2``, ``eps``,
+      ``momentum``, ...: see ``gradtx.optim.settings``), and torch's ``betas`` where the chain
+      has one ``b1`` and one ``b2``, kept in step with them, so ``OneCycleLR`` and ``CyclicLR``
+      (``cycle_momentum=True``) cycle Adam's ``b1`` or SGD's ``momentum`` as they cycle
+      torch's. A group whose values differ runs the chain built again with them (cached; a
+      value changed every step costs a rebuild, about a millisecond per group). A value that
+      would change the state's layout (``momentum`` of a chain built without momentum) or
+      that the constructor refuses raises ``ValueError``; so does any change under
+      ``compile=True``, where the numbers are compiled in (``gx.inject_hyperparams`` keeps
+      them in state instead).
     - Any ``GradientTransformation`` runs, an optax-style one included; only transforms
       that declare in-place reuse (:func:`gradtx.supports_inplace`) are written into.
     - ``check_descent`` (default on): the first step warns when it moved the parameters
@@ -80,7 +109,9 @@ class Optimizer(torch.optim.Optimizer):
       are shared by a param group: a parameter first seen late starts with fresh moments
       but the group's count.
     - ``step(closure)`` calls the closure (with grad enabled) first and returns its loss;
-      transforms receive ``value`` (that loss), ``grad`` and ``value_fn`` (params -> loss).
+      transforms receive ``value`` (that loss), ``grad``, and ``value_fn`` (params -> loss)
+      and ``value_and_grad_fn`` (params -> (loss, grads)) built from the closure, which
+      takes torchzero's ``backward`` flag (see :meth:`step`).
     - ``state_dict()`` holds tensors and plain containers only and reads back with
       ``torch.load(..., weights_only=True)``.
     - ``pickle``, ``torch.save(opt)`` and ``copy.deepcopy(opt)`` work as for ``torch.optim``: the
@@ -170,7 +201,18 @@ class Optimizer(torch.optim.Optimizer):
         self._param_keys: list[list[ParamKey] | None] = []  # per group: a key per parameter
         # per group: id() of each parameter when its state was made (a replaced one starts afresh)
         self._param_ids: list[list[int]] = []
-        defaults, self._slots = hyperparams.template(tx)
+        # Constructor arguments as group keys: a group's values rebuild the chain (settings.py).
+        self._settings = _settings.find(tx)
+        defaults, self._slots, self._setting_keys = hyperparams.template(tx, self._settings)
+        self._built_values = tuple(s.value for s in self._settings)
+        self._base = _Variant(tx, self._plan, self._before_lr, self._run, self._declared)
+        self._variants: OrderedDict[tuple[float, ...], _Variant] = OrderedDict()
+        self._splits: OrderedDict[tuple[tuple[float, ...], ...], Any] = OrderedDict()
+        # torch's name for Adam's betas, where the chain has exactly one b1 and one b2
+        self._betas = "b1" in self._setting_keys and "b2" in self._setting_keys
+        if self._betas:
+            defaults["betas"] = (defaults["b1"], defaults["b2"])
+        self._betas_seen: list[tuple[float, float] | None] = []
         # A learning rate given as a gradtx schedule drives itself: param_groups shows its first
         # value under 'lr' (torch's LR schedulers need the key), and a step refuses a change
         # to it rather than ignore it.
@@ -184,21 +226,95 @@ class Optimizer(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         where = f"param_groups[{len(self.param_groups)}]"
+        if self._betas:
+            param_group = self._betas_given(dict(param_group), where)
         for name in self.defaults:
-            if name in param_group:
-                check(f"{where}[{name!r}]", param_group[name], low=0.0)
+            if name in param_group and name != "betas":
+                check(f"{where}[{name!r}]", param_group[name], low=None if name in self._setting_keys else 0.0)
         unread = sorted(k for k in param_group if k not in self.defaults and k not in hyperparams.BOOKKEEPING_KEYS)
         if unread:
             warnings.warn(f"{where} sets {unread}, which no transform of this chain reads; its keys are "
                           f"{sorted(self.defaults)}", stacklevel=2)
         super().add_param_group(param_group)
         self._refuse_overlapping_params()
+        try:  # the constructors check the group's settings, naming the argument
+            self._variant(self._setting_values(self.param_groups[-1]), where)
+        except ValueError:
+            self.param_groups.pop()
+            raise
+        self._betas_seen.append(tuple(self.param_groups[-1]["betas"]) if self._betas else None)
         self._chain_states.append(None)
         self._known_keys.append(bytearray(len(self.param_groups[-1]["params"])))
         self._param_ids.append([0] * len(self.param_groups[-1]["params"]))
         self._param_keys.append(None)
         self._scratch.append(None)
         self._step_params.append(None)
+
+    def _betas_given(self, group: dict[str, Any], where: str) -> dict[str, Any]:
+        """``group`` with ``betas`` and ``b1``/``b2`` agreeing, from whichever was given."""
+        if "betas" in group:
+            betas = group["betas"]
+            if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+                raise ValueError(f"{where}['betas'] must be a pair (b1, b2), got {betas!r}")
+            for name, value in zip(("b1", "b2"), betas):
+                if name in group and group[name] != value:
+                    raise ValueError(f"{where} gives betas={tuple(betas)!r} and {name}={group[name]!r}, which disagree")
+            group["b1"], group["b2"] = betas
+            group["betas"] = tuple(betas)
+        elif "b1" in group or "b2" in group:
+            group["betas"] = (group.get("b1", self.defaults["b1"]), group.get("b2", self.defaults["b2"]))
+        return group
+
+    def _sync_betas(self) -> None:
+        """Keep ``betas`` and ``b1``/``b2`` equal in every group, following the one changed
+        since the last step (a torch scheduler writes ``betas``, a user may write ``b1``)."""
+        for gi, group in enumerate(self.param_groups):
+            betas = tuple(group["betas"])
+            seen = self._betas_seen[gi]
+            if seen is None or betas != seen:
+                group["b1"], group["b2"] = betas
+            else:
+                group["betas"] = betas = (group["b1"], group["b2"])
+            self._betas_seen[gi] = betas
+
+    def _setting_values(self, group: dict[str, Any]) -> tuple[float, ...]:
+        return tuple(float(as_scalar(group[key])) for key in self._setting_keys)
+
+    def _variant(self, values: tuple[float, ...], where: str = "param_groups") -> _Variant:
+        """The chain built with ``values`` (one per setting), cached; the built one when they
+        are its own. ``ValueError`` when the constructor refuses a value or the rebuilt chain
+        would keep another state."""
+        if values == self._built_values:
+            return self._base
+        variant = self._variants.get(values)
+        if variant is not None:
+            self._variants.move_to_end(values)
+            return variant
+        changed = {(s.path, s.name): v for s, v in zip(self._settings, values) if v != s.value}
+        keys = [k for k, s, v in zip(self._setting_keys, self._settings, values) if v != s.value]
+        if self._compiled is not None:
+            raise ValueError(f"{where} sets {keys} to values the chain was not built with, but under compile=True "
+                             "its numbers are compiled into the graph; build the chain with them, or wrap the "
+                             "transform in gx.inject_hyperparams to keep them in state")
+        try:
+            tx = _settings.rebuild(self.tx, changed)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+        if chain_signature(tx) != chain_signature(self.tx) or (
+                tree_structure(tx.init({})) != tree_structure(self.tx.init({}))):
+            raise ValueError(f"{where} sets {keys}, which the chain cannot take without another state: built "
+                             f"with these values it is {chain_signature(tx)}, not {chain_signature(self.tx)}. "
+                             "Build the chain with a value of the kind the groups will use (a momentum of 0 "
+                             "builds no momentum buffer)")
+        lr_tail = None if self._base.plan is None and self._base.before_lr is None else _fused.lr_tail(tx,
+                                                                                                       is_chain=True)
+        declared = supports_inplace(tx)
+        variant = _Variant(tx, None if self._base.plan is None else _fused.plan(tx, is_chain=True),
+                           None if lr_tail is None else members_runner(lr_tail[:-1]), updater(tx), declared)
+        self._variants[values] = variant
+        if len(self._variants) > _VARIANTS_KEPT:
+            self._variants.popitem(last=False)
+        return variant
 
     @property
     def state(self) -> StateView:  # type: ignore[override]
@@ -262,9 +378,10 @@ class Optimizer(torch.optim.Optimizer):
         self._param_keys[gi] = None
         self._scratch[gi] = None
 
-    def _group_state(self, gi: int, keys: list[int]) -> tuple[Any, bool]:
-        """The chain state over ``keys`` (initialising parameters seen for the first time),
-        and whether it is a selection from a state over more parameters."""
+    def _group_state(self, gi: int, keys: list[int], tx: GradientTransformation) -> tuple[Any, bool]:
+        """The chain state over ``keys`` (initialising parameters seen for the first time
+        with ``tx``, the group's chain), and whether it is a selection from a state over
+        more parameters."""
         group = self.param_groups[gi]
         full = self._chain_states[gi]
         known = self._known_keys[gi]
@@ -272,7 +389,7 @@ class Optimizer(torch.optim.Optimizer):
             known.extend(bytes(len(group["params"]) - len(known)))
         new = [k for k in keys if not known[k]]
         if new:
-            fresh = self.tx.init(self._param_dict(gi, new))
+            fresh = tx.init(self._param_dict(gi, new))
             full = fresh if full is None else merge_keys(fresh, full)
             self._chain_states[gi] = full
             ids = self._param_ids[gi]
@@ -295,14 +412,26 @@ class Optimizer(torch.optim.Optimizer):
         return {made[k]: group["params"][k] for k in keys}
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One update of every param group; returns ``closure()``'s loss when given."""
+    def step(self, closure: Callable[..., Any] | None = None) -> Any:
+        """One update of every param group; returns the closure's loss at the parameters
+        before the step, when a closure is given.
+
+        The closure takes a ``backward`` flag (``closure(backward=True)`` computes the
+        gradients, ``backward=False`` only evaluates; see ``gradtx.optim.closure``), or none
+        (it then always runs its backward). It is called once with gradients before the
+        chain runs; members that evaluate again (line searches, L-BFGS) get ``value_fn`` and
+        ``value_and_grad_fn`` built from it, which leave the parameters and ``.grad`` as they
+        were. After the step the parameters hold the update and ``.grad`` the gradient at
+        the point the step started from."""
         loss = None
         if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+            if not callable(closure):
+                raise TypeError(f"closure must be callable (closure(backward=True) -> loss), got {closure!r}")
+            loss = _closure.Evaluations(closure, {}, []).first()
         if self._lr_schedule is not None:
             self._refuse_lr_change()
+        if self._betas:
+            self._sync_betas()
         before = self._descent_snapshot() if self._check_descent else None
         if self._split is not None:
             self._step_one_chain(closure, loss)
@@ -330,35 +459,43 @@ class Optimizer(torch.optim.Optimizer):
             for k, g in grads.items():
                 if g.is_sparse:
                     raise RuntimeError(f"gx.Optimizer does not support sparse gradients (param {k} of group {gi})")
-            state, is_selection = self._group_state(gi, keys)
+            variant = self._variant(self._setting_values(group), f"param_groups[{gi}]")
+            state, is_selection = self._group_state(gi, keys, variant.tx)
             self._write_hyperparameters(group, state)
             if self._compiled is not None:
                 self._chain_states[gi] = self._compiled.run(gi, self._chain_states[gi], keys, params, grads)
                 continue
-            if self._plan is not None and self._plan.run(state, keys, params, grads,
-                                                         lambda like, gi=gi, keys=keys: self._buffers(gi, keys, like)):
+            if variant.plan is not None and variant.plan.run(
+                    state, keys, params, grads, lambda like, gi=gi, keys=keys: self._buffers(gi, keys, like)):
                 if is_selection:
                     self._chain_states[gi] = merge_keys(self._chain_states[gi], state)
                 continue
             # The chain may write into the updates it is given: hand it a copy, never .grad.
             gs = [grads[k] for k in keys]
-            copies = F.copy_(self._buffers(gi, keys, gs), gs) if self._declared else F.clone(gs)
+            copies = F.copy_(self._buffers(gi, keys, gs), gs) if variant.declared else F.clone(gs)
             updates = dict(zip(keys, copies))
             extra = {"grad": grads}
             if closure is not None:
-                extra["value"] = loss
-                extra["value_fn"] = _value_fn(closure, params)
+                extra.update(self._evaluation_args(closure, loss, params))
             alpha = 1.0
-            if self._before_lr is not None and not state[-1].lr.requires_grad:
-                updates, new_state = self._before_lr(updates, state[:-1], params, True, extra)
+            if variant.before_lr is not None and not state[-1].lr.requires_grad:
+                updates, new_state = variant.before_lr(updates, state[:-1], params, True, extra)
                 alpha = -float(state[-1].lr)
                 state = (*new_state, state[-1])
             else:
-                updates, state = self._run(updates, state, params, self._declared, extra)
+                updates, state = variant.run(updates, state, params, variant.declared, extra)
             self._chain_states[gi] = merge_keys(self._chain_states[gi], state) if is_selection else state
             ps = [params[k] for k in keys]
             us = F.cast_like([updates[k] for k in keys], ps)
             F.add(ps, us, alpha=alpha, inplace=True)
+
+    def _evaluation_args(self, closure: Callable[..., Any], loss: Any, params: dict[Any, torch.Tensor]
+                         ) -> dict[str, Any]:
+        """The extra arguments a closure gives the chain: ``value`` (the loss the step
+        started from), ``value_fn`` and ``value_and_grad_fn`` over ``params``."""
+        evaluations = _closure.Evaluations(closure, params, self._all_params())
+        return {"value": loss.detach() if isinstance(loss, torch.Tensor) else loss,
+                "value_fn": evaluations.value_fn, "value_and_grad_fn": evaluations.value_and_grad_fn}
 
     def _refuse_lr_change(self) -> None:
         for gi, group in enumerate(self.param_groups):
@@ -420,23 +557,46 @@ class Optimizer(torch.optim.Optimizer):
             self._one_state = select_keys(self._one_state, kept) if kept else None
         new = [k for k in keys if int(k) not in self._one_known]
         if new:
-            fresh = self._split.init({k: params[k] for k in new})
+            fresh = self._current_split()[0].init({k: params[k] for k in new})
             self._one_state = fresh if self._one_state is None else merge_keys(fresh, self._one_state)
             self._one_known.update(int(k) for k in new)
             self._one_ids.update((int(k), id(params[k])) for k in new)
+        split, run, declared = self._current_split()
         is_selection = len(keys) != len(self._one_known)
         state = select_keys(self._one_state, keys) if is_selection else self._one_state
         self._write_hyperparameters(None, state)
         gs = list(grads.values())
-        copies = F.copy_(self._buffers(0, keys, gs), gs) if self._declared else F.clone(gs)
+        copies = F.copy_(self._buffers(0, keys, gs), gs) if declared else F.clone(gs)
         extra = {"grad": grads}
         if closure is not None:
-            extra["value"] = loss
-            extra["value_fn"] = _value_fn(closure, params)
-        updates, state = self._run(dict(zip(keys, copies)), state, params, self._declared, extra)
+            extra.update(self._evaluation_args(closure, loss, params))
+        updates, state = run(dict(zip(keys, copies)), state, params, declared, extra)
         self._one_state = merge_keys(self._one_state, state) if is_selection else state
         ps = list(params.values())
         F.add(ps, F.cast_like([updates[k] for k in keys], ps), inplace=True)
+
+    def _current_split(self) -> tuple[GradientTransformation, Callable[..., Any], bool]:
+        """With one chain over all groups: the split chain for the groups' settings, its
+        updater and whether it reuses buffers. Settings of parts that run over every group
+        take one value (``ValueError`` when groups disagree)."""
+        values = tuple(self._setting_values(group) for group in self.param_groups)
+        if all(v == self._built_values for v in values):
+            return self._split, self._run, self._declared
+        cached = self._splits.get(values)
+        if cached is None:
+            for i, setting in enumerate(self._settings):
+                if not setting.grouped:
+                    self._common_value(self._setting_keys[i], setting.scope)
+            variants = [self._variant(v, f"param_groups[{gi}]") for gi, v in enumerate(values)]
+            split = split_by_group(variants[0].tx, lambda: len(self.param_groups),
+                                   lambda g: variants[g].tx if g < len(variants) else self.tx)
+            cached = (split, updater(split), supports_inplace(split))
+            self._splits[values] = cached
+            if len(self._splits) > _VARIANTS_KEPT:
+                self._splits.popitem(last=False)
+        else:
+            self._splits.move_to_end(values)
+        return cached
 
     def _write_hyperparameters(self, group: dict[str, Any] | None, state: Any) -> None:
         """Write ``param_groups`` into the chain's hyperparameter tensors (keys and factors
@@ -565,9 +725,11 @@ class Optimizer(torch.optim.Optimizer):
             if len(saved["params"]) != len(group["params"]):
                 raise ValueError(f"param group {gi} has {len(group['params'])} params, the state dict "
                                  f"{len(saved['params'])}")
+            where = f"the state dict's param_groups[{gi}]"
             for name in self.defaults:  # validated as the constructor and add_param_group do
-                if name in saved:
-                    check(f"the state dict's param_groups[{gi}][{name!r}]", saved[name], low=0.0)
+                if name in saved and name != "betas" and name not in self._setting_keys:
+                    check(f"{where}[{name!r}]", saved[name], low=0.0)
+            self._variant(self._setting_values({**group, **saved}), where)
         stepped = state_dict.get("stepped")
         if self._split is not None:
             one = self._rebuild_one_chain(state_dict["state"], state_dict["shared"][0],
@@ -596,6 +758,8 @@ class Optimizer(torch.optim.Optimizer):
                 self._known_keys[gi][k] = 1
             self._scratch[gi] = None
             self._step_params[gi] = None
+            if self._betas:  # b1 and b2 are what a state dict (or a converted torch one) holds
+                group["betas"] = self._betas_seen[gi] = (group["b1"], group["b2"])
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
 
@@ -740,23 +904,3 @@ def _same_paths(where: str, expected: dict[str, Any], saved: dict[str, Any]) -> 
         missing, extra = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
         raise ValueError(f"{where}: the state dict comes from another chain (missing {missing}, "
                          f"unexpected {extra})")
-
-
-def _value_fn(closure: Callable[[], Any], params: dict[int, torch.Tensor]) -> Callable[[Any], Any]:
-    """``params -> loss``: evaluate the closure at other parameter values, then restore."""
-
-    def value_fn(new_params: dict[int, torch.Tensor]) -> Any:
-        current = [p.detach().clone() for p in params.values()]
-        leaves, _ = tree_flatten(new_params)
-        with torch.no_grad():
-            for p, v in zip(params.values(), leaves):
-                p.copy_(v)
-        try:
-            with torch.enable_grad():
-                return closure()
-        finally:
-            with torch.no_grad():
-                for p, v in zip(params.values(), current):
-                    p.copy_(v)
-
-    return value_fn

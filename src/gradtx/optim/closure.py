@@ -1,0 +1,118 @@
+"""``step(closure)``: the closure as the pure evaluation functions transforms take.
+
+torchzero's convention, which plain torch optimizers accept too: the closure takes a
+``backward`` flag::
+
+    def closure(backward=True):
+        loss = loss_fn(model(x), y)
+        if backward:
+            opt.zero_grad()
+            loss.backward()
+        return loss
+
+``backward=True`` computes the gradients, ``backward=False`` only evaluates. From it the
+adapter builds what a chain's members receive (see ``gradtx.evaluation`` for the functional
+forms): ``value_fn(params) -> loss`` and ``value_and_grad_fn(params) -> (loss, grads)``,
+which set the parameters to the trial values, call the closure, and put back the parameters
+and every ``.grad`` as they were, so to the chain they are pure. A closure without the flag
+(``def closure(): ...; loss.backward(); return loss``) works too: each evaluation then runs
+its backward, whose gradients are dropped when only the loss was asked for.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from .._tree import tree_flatten
+
+__all__ = ["Evaluations", "takes_backward"]
+
+
+def takes_backward(closure: Callable[..., Any]) -> bool:
+    """Whether ``closure`` takes the ``backward`` flag (by name, or through ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(closure).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable: call it plainly
+        return False
+    return any(p.name == "backward" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+class Evaluations:
+    """The closure of one ``step``: its first call, and the evaluation functions at other
+    parameter values. ``stepped`` maps the chain's keys to the parameters it steps;
+    ``everything`` is every parameter of the optimizer (whose ``.grad`` an evaluation must
+    leave as it found it)."""
+
+    def __init__(self, closure: Callable[..., Any], stepped: dict[Any, torch.Tensor],
+                 everything: Iterable[torch.Tensor]) -> None:
+        self.closure = closure
+        self.flag = takes_backward(closure)
+        self.stepped = stepped
+        self.everything = list(everything)
+        self._values: list[torch.Tensor] | None = None  # the parameters at the step's point
+        self.evaluations = 0
+
+    def first(self) -> Any:
+        """The closure at the current parameters, with gradients: the loss ``step`` returns."""
+        with torch.enable_grad():
+            return self.closure(backward=True) if self.flag else self.closure()
+
+    def _set(self, new_params: Any) -> None:
+        if self._values is None:  # kept once per step, put back after every evaluation
+            self._values = [p.detach().clone() for p in self.stepped.values()]
+        if isinstance(new_params, dict) and new_params.keys() == self.stepped.keys():
+            values = [new_params[k] for k in self.stepped]
+        else:
+            values, _ = tree_flatten(new_params)
+            if len(values) != len(self.stepped):
+                raise ValueError(f"value_fn got {len(values)} tensors for {len(self.stepped)} parameters: give it a "
+                                 "tree like the params the chain was given")
+        with torch.no_grad():
+            for p, v in zip(self.stepped.values(), values):
+                p.copy_(v)
+
+    def _restore(self) -> None:
+        with torch.no_grad():
+            for p, v in zip(self.stepped.values(), self._values):
+                p.copy_(v)
+
+    def _evaluate(self, new_params: Any, backward: bool) -> tuple[Any, list[torch.Tensor | None]]:
+        """The loss (and the stepped parameters' gradients, with ``backward``) at ``new_params``;
+        parameters and every ``.grad`` put back after."""
+        self.evaluations += 1
+        grads = [p.grad for p in self.everything]
+        self._set(new_params)
+        try:
+            for p in self.everything:  # the closure's zero_grad and backward write fresh tensors
+                p.grad = None
+            if backward or not self.flag:
+                with torch.enable_grad():
+                    loss = self.closure(backward=True) if self.flag else self.closure()
+            else:
+                with torch.no_grad():
+                    loss = self.closure(backward=False)
+            new_grads = [p.grad for p in self.stepped.values()] if backward else []
+        finally:
+            for p, g in zip(self.everything, grads):
+                p.grad = g
+            self._restore()
+        return _detached(loss), new_grads
+
+    def value_fn(self, new_params: Any) -> Any:
+        """The loss at ``new_params`` (a tree like the chain's params); nothing else changes."""
+        return self._evaluate(new_params, backward=False)[0]
+
+    def value_and_grad_fn(self, new_params: Any) -> tuple[Any, dict[Any, torch.Tensor]]:
+        """The loss and its gradient (a dict like the chain's params; zeros where a parameter
+        gets none) at ``new_params``; nothing else changes."""
+        loss, grads = self._evaluate(new_params, backward=True)
+        return loss, {k: torch.zeros_like(p) if g is None else g
+                      for (k, p), g in zip(self.stepped.items(), grads)}
+
+
+def _detached(loss: Any) -> Any:
+    return loss.detach() if isinstance(loss, torch.Tensor) else loss

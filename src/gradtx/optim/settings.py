@@ -1,0 +1,145 @@
+"""Constructor hyperparameters as ``param_groups`` keys: a group's values rebuild the chain.
+
+A transform keeps in its state only the hyperparameters it was written to change while
+training (``lr``, ``weight_decay``; see ``hyperparams``); the others (``b1``, ``b2``,
+``eps``, ``momentum``, ...) are numbers its constructor closed over. torch users expect
+those in ``param_groups`` too: a group with ``betas=(0.5, 0.999)``, ``OneCycleLR`` cycling
+the momentum. ``@transform`` records how each transform was built (``recipe``), so the
+adapter builds the chain again with a group's values where they differ from the
+constructor's, and runs that group with it. The state is the same (a rebuilt chain whose
+state would differ is refused), so a group may change its values at any step.
+
+A setting is a ``float`` argument of a transform built by a ``@transform`` constructor
+(bools, ints, schedules, tensors and ``None`` are not settings: a 0-dim tensor is the
+user's to drive). Arguments that are transforms are followed inside (``chain``,
+``named_chain``, ``partition``, wrappers); a transform's own ``parts`` are not, since its
+arguments built them (``gx.adam``'s ``b1`` is one setting, not one of ``adam`` and one of
+its ``scale_by_adam``). An argument the transform keeps in its state is a key already.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, NamedTuple
+
+from ..base import GradientTransformation, is_leafwise
+from ..combine import chain, named_chain
+from .hyperparams import walk
+
+__all__ = ["Setting", "find", "rebuild"]
+
+# A step from a transform to one of the transforms in its recipe's arguments: ("pos", i) or
+# ("kw", name), then an index or key inside a tuple/list/dict argument when there is one.
+Path = tuple[tuple[Any, ...], ...]
+
+
+class Setting(NamedTuple):
+    """A constructor argument that ``param_groups`` drives."""
+
+    path: Path  # how to reach the transform that takes it, from the chain
+    scope: str  # that transform's name, or the name a named_chain/partition gives it
+    name: str  # the argument
+    value: float  # as built
+    # its transform runs per param group (``groups.split_by_group``: leafwise, or inside a
+    # leafwise part reached through chains), so each group may set its own value
+    grouped: bool
+
+
+def _children(recipe: tuple) -> list[tuple[tuple[Any, ...], str | None, GradientTransformation]]:
+    """The transforms among a recipe's arguments: (step, the name a container gives it, tx)."""
+    _, args, kwargs = recipe
+    out = []
+    for where, items in (("pos", enumerate(args)), ("kw", kwargs.items())):
+        for key, value in items:
+            if isinstance(value, GradientTransformation):
+                out.append(((where, key), None, value))
+            elif isinstance(value, (tuple, list)):
+                if len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], GradientTransformation):
+                    out.append(((where, key, 1), value[0], value[1]))  # a named_chain's (name, tx) pair
+                else:
+                    out.extend(((where, key, i), None, v) for i, v in enumerate(value)
+                               if isinstance(v, GradientTransformation))
+            elif isinstance(value, dict):
+                out.extend(((where, key, k), str(k), v) for k, v in value.items()
+                           if isinstance(v, GradientTransformation))
+    return out
+
+
+def _held(tx: GradientTransformation) -> set[str]:
+    """Names of the hyperparameters ``tx`` keeps in its state (keys already)."""
+    try:
+        state = tx.init({})
+    except Exception:  # noqa: BLE001 - a transform that needs parameters to init: assume none
+        return set()
+    return {scoped.rsplit(".", 1)[-1] for _, scoped, _, _ in walk(state, tx)}
+
+
+def find(tx: GradientTransformation) -> list[Setting]:
+    """Every setting of ``tx``, in chain order (see the module docstring)."""
+    out: list[Setting] = []
+
+    def visit(node: GradientTransformation, path: Path, scope: str | None, grouped: bool, splits: bool) -> None:
+        attrs = getattr(node, "__dict__", {})
+        recipe = attrs.get("recipe")
+        if recipe is None:
+            return  # nothing says how it was built: it keeps its numbers
+        grouped = grouped or (splits and is_leafwise(node))
+        own = attrs.get("name")
+        if own is not None:
+            held = _held(node)
+            for name, value in attrs.get("args", {}).items():
+                if type(value) is float and name not in held:
+                    out.append(Setting(path, scope or own, name, value, grouped))
+        # split_by_group goes into chains only: what another transform holds runs as it does
+        splits = splits and recipe[0] in (chain, named_chain)
+        for step, given_name, child in _children(recipe):
+            visit(child, (*path, step), given_name, grouped, splits)
+
+    visit(tx, (), None, False, True)
+    return out
+
+
+def _rebuilt(tx: GradientTransformation, changes: dict[str, float],
+             inner: dict[tuple[Any, ...], GradientTransformation]) -> GradientTransformation:
+    """``tx`` built again by its recipe with the arguments in ``changes`` and the transforms
+    in ``inner`` (by step) put in place of those it was given."""
+    build, args, kwargs = tx.__dict__["recipe"]
+    args, kwargs = list(args), dict(kwargs)
+    for step, child in inner.items():
+        where, key, *sub = step
+        holder = args if where == "pos" else kwargs
+        if not sub:
+            holder[key] = child
+        elif isinstance(holder[key], dict):
+            holder[key] = {**holder[key], sub[0]: child}
+        else:
+            items = list(holder[key])
+            items[sub[0]] = child
+            holder[key] = type(holder[key])(items) if isinstance(holder[key], tuple) else items
+    if changes:
+        bound = inspect.signature(build).bind(*args, **kwargs)
+        bound.arguments.update(changes)
+        return build(*bound.args, **bound.kwargs)
+    return build(*args, **kwargs)
+
+
+def rebuild(tx: GradientTransformation, values: dict[tuple[Path, str], float]) -> GradientTransformation:
+    """``tx`` built again with each setting ``(path, name)`` in ``values`` given its value;
+    parts of the chain that no value touches are kept as they are."""
+    by_path: dict[Path, dict[str, float]] = {}
+    for (path, name), value in values.items():
+        by_path.setdefault(path, {})[name] = value
+
+    def visit(node: GradientTransformation, path: Path) -> GradientTransformation:
+        touched = [p for p in by_path if p[:len(path)] == path]
+        if not touched:
+            return node
+        recipe = node.__dict__["recipe"]
+        inner = {}
+        for step, _, child in _children(recipe):
+            new = visit(child, (*path, step))
+            if new is not child:
+                inner[step] = new
+        return _rebuilt(node, by_path.get(path, {}), inner)
+
+    return visit(tx, ())
