@@ -1,0 +1,267 @@
+"""Methods that evaluate the loss again: evaluations and time to a gradient norm of 1e-8.
+
+For each problem (float64) and method: the function and gradient evaluations, iterations
+and wall time until ``||grad|| <= tol`` (or an iteration/time budget), side by side with
+``scipy.optimize.minimize`` and ``torch.optim.LBFGS`` in the same process, one run each.
+gradtx runs functionally (``tx.update`` with ``value_fn``/``value_and_grad_fn``), reusing
+the loss and gradient a line search keeps in its state where it keeps them
+(``gx.value_and_grad_from_state``), as optax's loop does; otherwise each iteration
+evaluates once more at the new point.
+
+The second table is the per-iteration time of ``gx.Optimizer(model, gx.lbfgs())`` against
+``torch.optim.LBFGS(line_search_fn="strong_wolfe", max_iter=1)`` on a model with about a
+million parameters: one ``step(closure)`` each, the same closure.
+
+Run: ``PYTHONPATH=src python benchmarks/closure_methods.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+import gradtx as gx
+
+torch.set_default_dtype(torch.float64)
+
+
+# --- problems ------------------------------------------------------------------------------
+
+
+@dataclass
+class Problem:
+    name: str
+    loss: Callable[[torch.Tensor], torch.Tensor]
+    x0: torch.Tensor
+
+
+def rosenbrock(n: int) -> Problem:
+    def loss(x):
+        return (100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2).sum()
+
+    x0 = torch.tensor([-1.2 if i % 2 == 0 else 1.0 for i in range(n)])
+    return Problem(f"rosenbrock-{n}", loss, x0)
+
+
+def ill_conditioned_quadratic(n: int = 50, condition: float = 1e4) -> Problem:
+    gen = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen))
+    a = q @ torch.diag(torch.logspace(0, math.log10(condition), n)) @ q.T
+    b = torch.randn(n, generator=gen)
+    return Problem(f"quadratic-{n} (cond {condition:.0e})", lambda x: 0.5 * x @ a @ x - b @ x, torch.zeros(n))
+
+
+def logistic_regression(samples: int = 500, features: int = 20) -> Problem:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(samples, features, generator=gen)
+    w_true = torch.randn(features, generator=gen)
+    y = (torch.rand(samples, generator=gen) < torch.sigmoid(x @ w_true)).double()
+
+    def loss(w):
+        return torch.nn.functional.binary_cross_entropy_with_logits(x @ w, y) + 1e-3 * (w ** 2).sum()
+
+    return Problem(f"logistic-{samples}x{features}", loss, torch.zeros(features))
+
+
+PROBLEMS = [rosenbrock(2), rosenbrock(10), rosenbrock(100), ill_conditioned_quadratic(), logistic_regression()]
+
+
+# --- counting evaluations ----------------------------------------------------------------
+
+
+@dataclass
+class Counted:
+    """The problem's loss with evaluation counters."""
+
+    problem: Problem
+    f: int = 0
+    g: int = 0
+
+    def value(self, x: torch.Tensor) -> float:
+        self.f += 1
+        with torch.no_grad():
+            return float(self.problem.loss(x))
+
+    def value_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.f += 1
+        self.g += 1
+        x = x.detach().requires_grad_(True)
+        value = self.problem.loss(x)
+        (grad,) = torch.autograd.grad(value, x)
+        return value.detach(), grad
+
+
+@dataclass
+class Result:
+    method: str
+    problem: str
+    iterations: int
+    f: int
+    g: int
+    final: float
+    grad_norm: float
+    seconds: float
+
+
+def run_gradtx(name: str, tx: gx.GradientTransformation, problem: Problem, tol: float, max_iter: int,
+               budget: float) -> Result:
+    counted = Counted(problem)
+    params = {"x": problem.x0.clone()}
+    state = tx.init(params)
+
+    def value_fn(p):
+        return torch.tensor(counted.value(p["x"]))
+
+    def value_and_grad_fn(p):
+        value, grad = counted.value_and_grad(p["x"])
+        return value, {"x": grad}
+
+    try:
+        from_state = gx.value_and_grad_from_state(value_and_grad_fn)
+        from_state(params, state)
+    except ValueError:
+        from_state = None  # no line search that keeps the point's value and gradient
+    start = time.perf_counter()
+    value, grad = value_and_grad_fn(params)
+    iterations = 0
+    while float(grad["x"].norm()) > tol and iterations < max_iter and time.perf_counter() - start < budget:
+        updates, state = tx.update(grad, state, params, value=value, grad=grad, value_fn=value_fn,
+                                   value_and_grad_fn=value_and_grad_fn)
+        params = gx.apply_updates(params, updates)
+        value, grad = from_state(params, state) if from_state is not None else value_and_grad_fn(params)
+        iterations += 1
+    return Result(name, problem.name, iterations, counted.f, counted.g, float(value), float(grad["x"].norm()),
+                  time.perf_counter() - start)
+
+
+def run_scipy(method: str, problem: Problem, tol: float, max_iter: int) -> Result:
+    import scipy.optimize
+
+    counted = Counted(problem)
+
+    def fun(x):
+        value, grad = counted.value_and_grad(torch.from_numpy(x))
+        return float(value), grad.numpy()
+
+    options = {"maxiter": max_iter, "gtol": tol}
+    if method == "L-BFGS-B":
+        options = {"maxiter": max_iter, "gtol": tol, "ftol": 0.0}
+    start = time.perf_counter()
+    out = scipy.optimize.minimize(fun, problem.x0.numpy(), jac=True, method=method, options=options)
+    seconds = time.perf_counter() - start
+    _, grad = counted.value_and_grad(torch.from_numpy(out.x))  # not counted against it below
+    return Result(f"scipy {method}", problem.name, int(out.nit), counted.f - 1, counted.g - 1, float(out.fun),
+                  float(grad.norm()), seconds)
+
+
+def run_torch_lbfgs(problem: Problem, tol: float, max_iter: int) -> Result:
+    counted = Counted(problem)
+    x = problem.x0.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([x], lr=1, max_iter=max_iter, max_eval=10 * max_iter, tolerance_grad=tol,
+                            tolerance_change=0.0, history_size=10, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        counted.f += 1
+        counted.g += 1
+        loss = problem.loss(x)
+        loss.backward()
+        return loss
+
+    start = time.perf_counter()
+    opt.step(closure)
+    seconds = time.perf_counter() - start
+    iterations = opt.state[x]["n_iter"]
+    value, grad = counted.value_and_grad(x)
+    return Result("torch LBFGS (strong_wolfe)", problem.name, iterations, counted.f - 1, counted.g - 1,
+                  float(value), float(grad.norm()), seconds)
+
+
+def gradtx_methods() -> dict[str, Callable[[], gx.GradientTransformation]]:
+    methods = {"gx.lbfgs (zoom)": lambda: gx.lbfgs()}
+    wolfe = getattr(gx, "scale_by_strong_wolfe", None)
+    if wolfe is not None:
+        methods["lbfgs + strong Wolfe"] = lambda: gx.chain(gx.scale_by_lbfgs(), gx.scale(-1.0), wolfe())
+        if hasattr(gx, "scale_by_bfgs"):
+            methods["bfgs + strong Wolfe"] = lambda: gx.chain(gx.scale_by_bfgs(), gx.scale(-1.0), wolfe())
+        if hasattr(gx, "scale_by_conjugate_gradient"):
+            methods["cg (PR+) + strong Wolfe"] = lambda: gx.chain(
+                gx.scale_by_conjugate_gradient("polak_ribiere_plus"), gx.scale(-1.0), wolfe(c2=0.1))
+    return methods
+
+
+def convergence_table(tol: float, max_iter: int, budget: float, problems: list[Problem]) -> list[Result]:
+    results = []
+    for problem in problems:
+        for name, make in gradtx_methods().items():
+            results.append(run_gradtx(name, make(), problem, tol, max_iter, budget))
+        for method in ("L-BFGS-B", "BFGS", "CG"):
+            results.append(run_scipy(method, problem, tol, max_iter))
+        results.append(run_torch_lbfgs(problem, tol, max_iter))
+    return results
+
+
+# --- per-iteration overhead on a large model -------------------------------------------------
+
+
+def overhead(iterations: int) -> tuple[float, float]:
+    """Seconds per ``step(closure)``: gx.Optimizer(gx.lbfgs()) and torch.optim.LBFGS(max_iter=1)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(1000, 1000), torch.nn.Tanh(), torch.nn.Linear(1000, 10)).float()
+    x = torch.randn(64, 1000, dtype=torch.float32)
+    y = torch.randn(64, 10, dtype=torch.float32)
+    times = {}
+    for kind in ("torch", "gradtx"):
+        params = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
+
+        def forward(ps, inputs=x):
+            h = torch.tanh(inputs @ ps[0].T + ps[1])
+            return h @ ps[2].T + ps[3]
+
+        if kind == "torch":
+            opt = torch.optim.LBFGS(params, lr=1, max_iter=1, history_size=10, line_search_fn="strong_wolfe")
+        else:
+            opt = gx.Optimizer(params, gx.lbfgs())
+
+        def closure(backward=True, opt=opt, params=params):
+            loss = torch.nn.functional.mse_loss(forward(params), y)
+            if backward:
+                opt.zero_grad()
+                loss.backward()
+            return loss
+
+        opt.step(closure)  # warm up
+        start = time.perf_counter()
+        for _ in range(iterations):
+            opt.step(closure)
+        times[kind] = (time.perf_counter() - start) / iterations
+    return times["gradtx"], times["torch"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller budgets, no 100-dim Rosenbrock")
+    parser.add_argument("--tol", type=float, default=1e-8)
+    args = parser.parse_args()
+    problems = [p for p in PROBLEMS if not (args.quick and p.name == "rosenbrock-100")]
+    max_iter, budget = (500, 5.0) if args.quick else (2000, 30.0)
+    print(f"torch {torch.__version__}, numpy {np.__version__}, tol {args.tol:g}, max_iter {max_iter}\n")
+    print("| problem | method | iterations | f evals | g evals | final loss | grad norm | seconds |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in convergence_table(args.tol, max_iter, budget, problems):
+        print(f"| {r.problem} | {r.method} | {r.iterations} | {r.f} | {r.g} | {r.final:.3e} | {r.grad_norm:.1e} | "
+              f"{r.seconds:.3f} |")
+    mine, theirs = overhead(5 if args.quick else 20)
+    print("\n| model (1.0M params) | gx.lbfgs s/step | torch LBFGS s/step | ratio |")
+    print("|---|---:|---:|---:|")
+    print(f"| mlp 1000-1000-10 | {mine:.4f} | {theirs:.4f} | {mine / theirs:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
