@@ -1,0 +1,3 @@
+"""Line searches, trust regions, quasi-Newton and conjugate-gradient methods."""
+
+from .quasi_newton import *  # noqa: F403
