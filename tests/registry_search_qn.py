@@ -36,6 +36,8 @@ ENTRIES = [
     # conjugate gradient), so a fixed step stalls by design; tested with a line search.
     Entry("scale_by_shor_r", lambda: gx.chain(gx.scale_by_shor_r(), gx.scale_by_lr(0.05)),
           "Shor 1970; torchzero ShorR", converges=False),
+    Entry("scale_by_lsr1", lambda: gx.chain(gx.scale_by_lsr1(memory_size=3), gx.scale_by_lr(0.1)),
+          "scale_by_sr1 on the last m pairs; torchzero LSR1", skip=NEEDS_LINE_SEARCH),
 ]
 
-NOT_TRANSFORMS = {"QuasiNewtonState"}
+NOT_TRANSFORMS = {"QuasiNewtonState", "LSR1State"}

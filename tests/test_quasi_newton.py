@@ -466,3 +466,74 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="built for 2"):
         tx = gx.scale_by_bfgs()
         tx.update({"x": torch.ones(3)}, tx.init({"x": torch.ones(2)}), {"x": torch.ones(3)})
+
+
+# --- limited-memory SR1 ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("init_scale", [1.0, 2.5])
+def test_lsr1_with_enough_memory_is_full_sr1(init_scale):
+    """With memory for every pair, L-SR1's direction equals full SR1's (inverse form, the same
+    H_0 and skip rule) at every step, on an indefinite quadratic with a 2-leaf tree."""
+    n = 5
+    rng = np.random.default_rng(11)
+    A = _spd(n, 12) - 1.5 * np.eye(n)  # indefinite: SR1 keeps it so
+    full, lim = gx.scale_by_sr1(init_scale=init_scale), gx.scale_by_lsr1(memory_size=8, init_scale=init_scale)
+    xs = [rng.standard_normal(n) for _ in range(8)]
+    sf, sl = full.init(_split_tree(xs[0])), lim.init(_split_tree(xs[0]))
+    for x in xs:
+        g = _split_tree(A @ x)
+        uf, sf = full.update(g, sf, _split_tree(x))
+        ul, sl = lim.update(g, sl, _split_tree(x))
+        np.testing.assert_allclose(_join(ul), _join(uf), rtol=1e-9, atol=1e-12)
+
+
+def test_lsr1_keeps_the_last_m_pairs():
+    """memory_size=2 after 5 pairs: the direction is SR1's from H_0 = I through the last two
+    pairs only (written here in numpy), so the ring buffer's order is right after wrapping."""
+    n = 4
+    rng = np.random.default_rng(13)
+    A = _spd(n, 14)
+    xs = [rng.standard_normal(n) for _ in range(6)]
+    tx = gx.scale_by_lsr1(memory_size=2)
+    state = tx.init({"x": torch.zeros(n, dtype=torch.float64)})
+    for x in xs:
+        u, state = tx.update({"x": torch.from_numpy(A @ x)}, state, {"x": torch.from_numpy(x)})
+    H = np.eye(n)
+    for k in (4, 5):
+        H = _np_sr1_h(H, xs[k] - xs[k - 1], A @ (xs[k] - xs[k - 1]), None)
+    np.testing.assert_allclose(u["x"].numpy(), H @ (A @ xs[-1]), rtol=1e-10)
+
+
+def test_lsr1_matches_torchzero():
+    """Eight steps with a fixed step of 0.2: the iterates equal torchzero 0.4's LSR1 to 1e-10."""
+    tz = pytest.importorskip("torchzero")
+    n = 5
+    A = torch.from_numpy(_spd(n, 10))
+    b = torch.linspace(-1, 1, n, dtype=torch.float64)
+    x_tz = torch.nn.Parameter(torch.ones(n, dtype=torch.float64))
+    opt = tz.Optimizer([x_tz], tz.m.LSR1(history_size=3), tz.m.LR(0.2))
+
+    def closure(backward=True):
+        loss = _quadratic_loss(A, b, x_tz)
+        if backward:
+            opt.zero_grad()
+            loss.backward()
+        return loss
+
+    tx = gx.chain(gx.scale_by_lsr1(memory_size=3, eps=0.0), gx.scale_by_lr(0.2))
+    params = {"x": torch.ones(n, dtype=torch.float64)}
+    state = tx.init(params)
+    for step in range(8):
+        x = params["x"].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(_quadratic_loss(A, b, x), x)
+        updates, state = tx.update({"x": g}, state, params)
+        params = gx.apply_updates(params, updates)
+        opt.step(closure)
+        torch.testing.assert_close(params["x"], x_tz.detach(), rtol=1e-10, atol=1e-12,
+                                   msg=lambda m, step=step: f"step {step}: {m}")
+
+
+def test_lsr1_minimises_rosenbrock_with_a_line_search():
+    x, _ = _armijo_run(gx.scale_by_lsr1(memory_size=5), _rosenbrock, np.array([-1.2, 1.0]), max_iter=1000)
+    assert _rosenbrock(x)[0] < 1e-3 * _rosenbrock(np.array([-1.2, 1.0]))[0]
