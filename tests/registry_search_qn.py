@@ -40,4 +40,4 @@ ENTRIES = [
           "scale_by_sr1 on the last m pairs; torchzero LSR1", skip=NEEDS_LINE_SEARCH),
 ]
 
-NOT_TRANSFORMS = {"QuasiNewtonState", "LSR1State"}
+NOT_TRANSFORMS = {"QuasiNewtonState", "LSR1State", "ScipyMinimize"}
