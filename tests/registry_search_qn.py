@@ -32,6 +32,7 @@ ENTRIES = [
     _qn("scale_by_pearson", "Pearson 1969 alg. 3; torchzero Pearson", skip=NEEDS_LINE_SEARCH),
     _qn("scale_by_icum", "Lopes & Martinez 1995; torchzero ICUM", skip=NEEDS_LINE_SEARCH),
     _qn("scale_by_hoshino", "Hoshino 1972; torchzero Horisho"),
+    _qn("scale_by_ssvm", "Oren & Spedicato 1976; torchzero SSVM"),
     # Shor's r-algorithm shrinks H along every gradient: it has no step size of its own (as
     # conjugate gradient), so a fixed step stalls by design; tested with a line search.
     Entry("scale_by_shor_r", lambda: gx.chain(gx.scale_by_shor_r(), gx.scale_by_lr(0.05)),

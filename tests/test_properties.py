@@ -95,7 +95,8 @@ COUPLES_LEAVES = {"clip_by_global_norm", "normalize_by_update_norm", "flatten", 
 # quasi-Newton matrices over all leaves as one vector
 COUPLES_LEAVES |= {"scale_by_bfgs", "scale_by_dfp", "scale_by_sr1", "scale_by_psb", "scale_by_broyden_good",
                    "scale_by_broyden_bad", "scale_by_greenstadt1", "scale_by_greenstadt2", "scale_by_mccormick",
-                   "scale_by_pearson", "scale_by_icum", "scale_by_hoshino", "scale_by_shor_r", "scale_by_lsr1"}
+                   "scale_by_pearson", "scale_by_icum", "scale_by_hoshino", "scale_by_shor_r", "scale_by_lsr1",
+                   "scale_by_ssvm"}
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
@@ -422,7 +423,7 @@ NOT_DIFFERENTIABLE.update({f"{name}.eps": "compared in the curvature test: selec
                            for name in ("scale_by_bfgs", "scale_by_dfp", "scale_by_sr1", "scale_by_broyden_good",
                                         "scale_by_broyden_bad", "scale_by_greenstadt1", "scale_by_greenstadt2",
                                         "scale_by_mccormick", "scale_by_pearson", "scale_by_icum", "scale_by_hoshino",
-                                        "scale_by_lsr1")})
+                                        "scale_by_lsr1", "scale_by_ssvm")})
 
 
 # Entries that read params (or the loss) detached, as documented: their step size is a

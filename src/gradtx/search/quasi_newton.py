@@ -53,7 +53,7 @@ from ..base import GradientTransformation, transform
 
 __all__ = ["QuasiNewtonState", "scale_by_bfgs", "scale_by_broyden_bad", "scale_by_broyden_good", "scale_by_dfp",
            "scale_by_greenstadt1", "scale_by_greenstadt2", "scale_by_hoshino", "scale_by_icum",
-           "scale_by_mccormick", "scale_by_pearson", "scale_by_psb", "scale_by_shor_r", "scale_by_sr1"]
+           "scale_by_mccormick", "scale_by_pearson", "scale_by_psb", "scale_by_shor_r", "scale_by_sr1", "scale_by_ssvm"]
 
 
 class QuasiNewtonState(NamedTuple):
@@ -252,6 +252,38 @@ def hoshino_inverse(H, s, y, g_prev, eps, **_):
     return H + num / denom, ok
 
 
+def ssvm_inverse(H, s, y, g_prev, eps, *, g, switch, **_):
+    """Oren & Spedicato's self-scaling variable metric update (torchzero's ``SSVM`` definitions):
+    ``H+ = mu (H - H y y^T H / y^T H y + theta v v^T) + s s^T / s.y``,
+    ``v = sqrt(y^T H y) (s / s.y - H y / y^T H y)``, ``mu = phi g.s / g^T H y + (1 - phi) s.y / y^T H y``."""
+    sy = s @ y
+    Hy = H @ y
+    yHy, gHy, gs = y @ Hy, g @ Hy, g @ s
+    ok = (sy > eps) & (yHy > _tiny(yHy)) & (gHy.abs() > _tiny(gHy))
+    sy, yHy, gHy = _safe(sy, ok), _safe(yHy, ok), _safe(gHy, ok)
+    one = torch.ones_like(sy)
+    if isinstance(switch, tuple):
+        phi, theta = switch
+    else:
+        o, t, e = sy, yHy, gs / gHy
+        if switch in (1, 3):
+            denom = e * t - o * o
+            middle = o * (e - o) if switch == 1 else o * (t - o)
+            low, high = e / o <= 1, o / t >= 1
+            phi = torch.where(low, e / o, torch.where(high, o / t, one))
+            theta = torch.where(low | high, torch.where(low, 0 * one, one),
+                                middle / torch.where(low | high, one, denom))
+        elif switch == 2:
+            phi = (e / t).sqrt()
+            theta = 1 / (1 + (t * e / (o * o)).sqrt())
+        else:
+            phi, theta = e / t, 0.5 * one
+    v = yHy.sqrt() * (s / sy - Hy / yHy)
+    mu = phi * (gs / gHy) + (1 - phi) * (sy / yHy)
+    new = mu * (H - torch.outer(Hy, H.T @ y) / yHy + theta * torch.outer(v, v)) + torch.outer(s, s) / sy
+    return new, ok
+
+
 def shor_r_inverse(H, s, y, g_prev, eps, *, alpha, **_):
     """``H+ = H - (1 - alpha^2) H y (H y)^T / y^T H y`` (space dilation along ``y``)."""
     Hy = H @ y
@@ -354,7 +386,7 @@ def quasi_newton(name: str, rule: Rule, *, inverse: bool, init_scale: Any = "aut
             scaled = scaled | first
         if damping:
             y = _damped(y, s, M, inverse)
-        new, ok = rule(M, s, y, state.prev_update, eps, **hyperparams)
+        new, ok = rule(M, s, y, state.prev_update, eps, g=g, **hyperparams)
         ok = ok & valid & ~reset & torch.isfinite(new).all()
         M = torch.where(ok, new, M)
         if inverse:
@@ -551,6 +583,42 @@ def scale_by_hoshino(init_scale: float | str = "auto", eps: float = 1e-32,
                         reset_interval=reset_interval)
 
 
+def _check_switch(switch: Any) -> None:
+    if isinstance(switch, tuple):
+        if len(switch) != 2:
+            raise ValueError(f"switch must be 1, 2, 3, 4 or a pair (phi, theta), got {switch!r}")
+        check("switch[0] (phi)", switch[0])
+        check("switch[1] (theta)", switch[1])
+        return
+    if isinstance(switch, bool) or switch not in (1, 2, 3, 4):
+        raise ValueError(f"switch must be 1, 2, 3, 4 or a pair (phi, theta), got {switch!r}")
+
+
+@transform
+def scale_by_ssvm(switch: int | tuple[float, float] = 3, init_scale: float | str = "auto", eps: float = 1e-32,
+                  reset_interval: int | str | None = None) -> GradientTransformation:
+    """Self-scaling variable metric method (Oren & Spedicato 1976): ``u <- H_k g_k``.
+
+    ``H+ = mu (H - H y y^T H / y^T H y + theta v v^T) + s s^T / s.y`` with
+    ``v = sqrt(y^T H y) (s / s.y - H y / y^T H y)`` and
+    ``mu = phi g.s / g^T H y + (1 - phi) s.y / y^T H y`` (``g`` the current update), skipped
+    when ``s.y <= eps``. ``switch`` picks ``(phi, theta)``: a pair given directly, or, with
+    ``o = s.y``, ``t = y^T H y``, ``e = g.s / g^T H y``: 1 and 3, ``(e / o, 0)`` if ``e <= o``,
+    else ``(o / t, 1)`` if ``o >= t``, else ``phi = 1`` and ``theta = o (e - o) / (e t - o^2)``
+    (1) or ``o (t - o) / (e t - o^2)`` (3); 2, ``(sqrt(e / t), 1 / (1 + sqrt(t e / o^2)))``;
+    4, ``(e / t, 1 / 2)``. These are torchzero 0.4's ``SSVM`` definitions (its reading of the
+    paper's ``epsilon`` as ``g.s / g^T H y``). ``theta = 0, mu = 1`` is DFP, ``theta = 1, mu = 1``
+    BFGS.
+    {common}
+
+    Example: ``gx.chain(gx.scale_by_ssvm(), line_search)``.
+    """
+    _check_switch(switch)
+    _check_common(eps, init_scale, reset_interval)
+    return quasi_newton("scale_by_ssvm", ssvm_inverse, inverse=True, init_scale=init_scale, eps=eps,
+                        reset_interval=reset_interval, switch=switch)
+
+
 @transform
 def scale_by_shor_r(alpha: float = 0.5, init_scale: float | str = 1.0,
                     reset_interval: int | str | None = None) -> GradientTransformation:
@@ -571,8 +639,8 @@ def scale_by_shor_r(alpha: float = 0.5, init_scale: float | str = 1.0,
 
 
 for _fn in (scale_by_bfgs, scale_by_dfp, scale_by_sr1, scale_by_psb, scale_by_broyden_good, scale_by_broyden_bad,
-            scale_by_hoshino, scale_by_shor_r, scale_by_greenstadt1, scale_by_greenstadt2, scale_by_mccormick,
-            scale_by_pearson, scale_by_icum):
+            scale_by_hoshino, scale_by_ssvm, scale_by_shor_r, scale_by_greenstadt1, scale_by_greenstadt2,
+            scale_by_mccormick, scale_by_pearson, scale_by_icum):
     if _fn.__doc__ and "{" in _fn.__doc__:
         _fn.__doc__ = _fn.__doc__.replace("{common}", _COMMON_ARGS).replace("{rank_one}", _RANK_ONE)
 del _fn
