@@ -92,6 +92,11 @@ DTYPE_TOL = {torch.bfloat16: dict(rtol=1.6e-2, atol=1e-4), torch.float16: dict(r
 # leaves, a loss, noise drawn by leaf position.
 COUPLES_LEAVES = {"clip_by_global_norm", "normalize_by_update_norm", "flatten", "scale_by_polyak", "polyak_sgd",
                   "scale_by_dog", "dog", "add_noise", "noisy_sgd"}
+# quasi-Newton matrices over all leaves as one vector
+COUPLES_LEAVES |= {"scale_by_bfgs", "scale_by_dfp", "scale_by_sr1", "scale_by_psb", "scale_by_broyden_good",
+                   "scale_by_broyden_bad", "scale_by_greenstadt1", "scale_by_greenstadt2", "scale_by_mccormick",
+                   "scale_by_pearson", "scale_by_icum", "scale_by_hoshino", "scale_by_shor_r", "scale_by_lsr1",
+                   "scale_by_ssvm"}
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
@@ -411,6 +416,14 @@ def test_requires_grad_hyperparameters_give_the_float_numbers(entry):
         assert outputs, f"{label}: no update or state depends on it through autograd"
         (grad,) = torch.autograd.grad(sum(x.sum() for x in outputs), hp, allow_unused=True)
         assert grad is not None and torch.isfinite(grad), f"{label}: gradient {grad}"
+
+
+# the quasi-Newton skip thresholds (a curvature test) only select whether the matrix is updated
+NOT_DIFFERENTIABLE.update({f"{name}.eps": "compared in the curvature test: selects whether to update the matrix"
+                           for name in ("scale_by_bfgs", "scale_by_dfp", "scale_by_sr1", "scale_by_broyden_good",
+                                        "scale_by_broyden_bad", "scale_by_greenstadt1", "scale_by_greenstadt2",
+                                        "scale_by_mccormick", "scale_by_pearson", "scale_by_icum", "scale_by_hoshino",
+                                        "scale_by_lsr1", "scale_by_ssvm")})
 
 
 # Entries that read params (or the loss) detached, as documented: their step size is a

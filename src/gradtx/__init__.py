@@ -15,7 +15,12 @@ from .authoring import *  # noqa: F403
 from .base import *  # noqa: F403
 from .combine import *  # noqa: F403
 from .optim import *  # noqa: F403
+from .optim import scipy_minimize
+from .optim.scipy_minimize import *  # noqa: F403
 from .schedules import *  # noqa: F403
+from .search import lsr1, quasi_newton
+from .search.lsr1 import *  # noqa: F403
+from .search.quasi_newton import *  # noqa: F403
 from .transforms import (
     accumulators,
     adam_variants,
@@ -50,6 +55,6 @@ __version__ = "0.1.0"
 
 _MODULES = (_tree, base, authoring, combine, accumulators, adam_variants, adaptive, clipping, constrain, factored,
             momentum, normalize, orthogonalize, perturb, regularize, scaling, stepsize, wrappers, schedules, aliases,
-            optim)
+            optim, quasi_newton, lsr1, scipy_minimize)
 
 __all__ = sorted({name for module in _MODULES for name in module.__all__})
