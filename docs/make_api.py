@@ -14,6 +14,7 @@ import gradtx as gx
 SECTIONS = [
     ("Core", ["base", "authoring", "combine", "_tree"]),
     ("Transforms", ["transforms."]),
+    ("Search: conjugate gradient, line searches, quasi-Newton, trust regions", ["search."]),
     ("Wrappers", ["wrappers"]),
     ("Schedules", ["schedules"]),
     ("Optimizers (aliases)", ["aliases"]),

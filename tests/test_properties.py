@@ -91,7 +91,7 @@ DTYPE_TOL = {torch.bfloat16: dict(rtol=1.6e-2, atol=1e-4), torch.float16: dict(r
 # Entries whose update of one leaf depends on the others: global norms, one vector over all
 # leaves, a loss, noise drawn by leaf position.
 COUPLES_LEAVES = {"clip_by_global_norm", "normalize_by_update_norm", "flatten", "scale_by_polyak", "polyak_sgd",
-                  "scale_by_dog", "dog", "add_noise", "noisy_sgd"}
+                  "scale_by_dog", "dog", "add_noise", "noisy_sgd", "scale_by_conjugate_gradient"}
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
@@ -379,6 +379,7 @@ NOT_DIFFERENTIABLE = {
     "radam.threshold": "compared with rho_t: switches rectification on or off",
     "scale_by_lion.smooth_beta": "read only with mode='smooth' (the entry uses mode='hard')",
     "scale_by_sm3.b2": "b2 = 1 selects the paper's rule, a constant",
+    "scale_by_conjugate_gradient.restart_threshold": "compared with |g_k.g_{k-1}| / |g_k|^2: restarts or not",
 }
 
 

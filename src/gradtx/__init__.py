@@ -16,6 +16,8 @@ from .base import *  # noqa: F403
 from .combine import *  # noqa: F403
 from .optim import *  # noqa: F403
 from .schedules import *  # noqa: F403
+from .search import conjugate_gradient
+from .search.conjugate_gradient import *  # noqa: F403
 from .transforms import (
     accumulators,
     adam_variants,
@@ -50,6 +52,6 @@ __version__ = "0.1.0"
 
 _MODULES = (_tree, base, authoring, combine, accumulators, adam_variants, adaptive, clipping, constrain, factored,
             momentum, normalize, orthogonalize, perturb, regularize, scaling, stepsize, wrappers, schedules, aliases,
-            optim)
+            optim, conjugate_gradient)
 
 __all__ = sorted({name for module in _MODULES for name in module.__all__})

@@ -1,0 +1,1 @@
+from .conjugate_gradient import *  # noqa: F403
