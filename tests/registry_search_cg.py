@@ -6,9 +6,16 @@ from registry import Entry
 
 import gradtx as gx
 
+VALUE = frozenset({"value"})
+
 ENTRIES = [
     Entry("scale_by_conjugate_gradient",
           lambda: gx.chain(gx.scale_by_conjugate_gradient("polak_ribiere_plus", restart_every=4,
                                                           restart_threshold=0.2), gx.scale_by_lr(0.02)),
           "Nocedal & Wright ch. 5; scipy.optimize.minimize(method='CG')"),
+    Entry("scale_by_barzilai_borwein",
+          lambda: gx.chain(gx.scale_by_barzilai_borwein("long", init_step=0.05, delta=0.5), gx.scale_by_lr(1.0)),
+          "Barzilai & Borwein 1988; Burdakov, Dai & Huang 2019; closed form on a quadratic"),
+    Entry("scale_by_bold_driver", lambda: gx.chain(gx.scale_by_bold_driver(0.05, decrease=0.25), gx.scale_by_lr(1.0)),
+          "Vogl et al. 1988; Battiti 1989", needs=VALUE),
 ]

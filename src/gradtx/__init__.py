@@ -16,8 +16,9 @@ from .base import *  # noqa: F403
 from .combine import *  # noqa: F403
 from .optim import *  # noqa: F403
 from .schedules import *  # noqa: F403
-from .search import conjugate_gradient
+from .search import conjugate_gradient, step_size
 from .search.conjugate_gradient import *  # noqa: F403
+from .search.step_size import *  # noqa: F403
 from .transforms import (
     accumulators,
     adam_variants,
@@ -52,6 +53,6 @@ __version__ = "0.1.0"
 
 _MODULES = (_tree, base, authoring, combine, accumulators, adam_variants, adaptive, clipping, constrain, factored,
             momentum, normalize, orthogonalize, perturb, regularize, scaling, stepsize, wrappers, schedules, aliases,
-            optim, conjugate_gradient)
+            optim, conjugate_gradient, step_size)
 
 __all__ = sorted({name for module in _MODULES for name in module.__all__})

@@ -1,1 +1,2 @@
 from .conjugate_gradient import *  # noqa: F403
+from .step_size import *  # noqa: F403
