@@ -16,9 +16,10 @@ from .base import *  # noqa: F403
 from .combine import *  # noqa: F403
 from .optim import *  # noqa: F403
 from .schedules import *  # noqa: F403
-from .search import conjugate_gradient, step_size
+from .search import conjugate_gradient, step_size, trust_region
 from .search.conjugate_gradient import *  # noqa: F403
 from .search.step_size import *  # noqa: F403
+from .search.trust_region import *  # noqa: F403
 from .transforms import (
     accumulators,
     adam_variants,
@@ -53,6 +54,6 @@ __version__ = "0.1.0"
 
 _MODULES = (_tree, base, authoring, combine, accumulators, adam_variants, adaptive, clipping, constrain, factored,
             momentum, normalize, orthogonalize, perturb, regularize, scaling, stepsize, wrappers, schedules, aliases,
-            optim, conjugate_gradient, step_size)
+            optim, conjugate_gradient, step_size, trust_region)
 
 __all__ = sorted({name for module in _MODULES for name in module.__all__})
