@@ -257,3 +257,28 @@ def test_optimizer_follows_the_functional_trajectory_and_resumes_bit_identically
             o.step(closure_for(m, o))
     for a, b in zip(model.parameters(), twin.parameters()):
         assert torch.equal(a, b)
+
+
+def test_bfgs_model_prints_and_pickles_as_its_call():
+    import pickle
+
+    tx = gx.scale_by_trust_region("levenberg_marquardt", hessian=gx.bfgs_hessian(2.0))
+    assert repr(tx) == "scale_by_trust_region(subproblem='levenberg_marquardt', hessian=bfgs_hessian(2.0))"
+    w = torch.nn.Parameter(torch.tensor([3.0, -4.0], dtype=torch.float64))
+    opt = gx.Optimizer([w], tx, check_descent=False)
+
+    def closure_for(w, opt):
+        def closure():
+            opt.zero_grad()
+            loss = (w ** 2).sum() + w.prod() + w[0] ** 4
+            loss.backward()
+            return loss
+        return closure
+
+    opt.step(closure_for(w, opt))
+    twin = pickle.loads(pickle.dumps(opt))
+    w2 = twin.param_groups[0]["params"][0]
+    for _ in range(3):
+        opt.step(closure_for(w, opt))
+        twin.step(closure_for(w2, twin))
+    assert torch.equal(w, w2)

@@ -29,6 +29,8 @@ class HessianApproximation(NamedTuple):
     :func:`bfgs_hessian` is one. A quasi-Newton transform that keeps a dense ``B`` (or its
     inverse ``H``, given as ``matrix = inverse(H)``) fits by wrapping its update rule in
     these three functions; an exact Hessian of a quadratic is ``matrix = lambda _: A``.
+    Pickling ``gx.Optimizer`` needs the three to be module-level functions (or partials of
+    them); :func:`bfgs_hessian`'s result pickles as its call.
 
     Example::
 
@@ -81,7 +83,25 @@ def bfgs_hessian(init_scale: float | None = None) -> HessianApproximation:
         new = b - torch.outer(bs, bs) * inv_sbs + torch.outer(y, y) * inv_sy
         return BFGSHessianState(torch.where(ok, new, state.matrix), state.count + ok.to(state.count.device).int())
 
-    return HessianApproximation(init, update, lambda state: state.matrix)
+    out = _Rebuilt(init, update, _matrix_field)
+    out.__dict__["recipe"] = (bfgs_hessian, () if init_scale is None else (init_scale,), {})
+    return out
+
+
+def _matrix_field(state: BFGSHessianState) -> torch.Tensor:
+    return state.matrix
+
+
+class _Rebuilt(HessianApproximation):
+    # A model built by a public constructor: it prints and pickles as the call that built it
+    # (pickling gx.Optimizer rebuilds the chain from its arguments; closures do not pickle).
+    def __repr__(self) -> str:
+        fn, args, _ = self.__dict__["recipe"]
+        return f"{fn.__name__}({', '.join(repr(a) for a in args)})"
+
+    def __reduce__(self):
+        fn, args, _ = self.__dict__["recipe"]
+        return fn, args
 
 
 class TrustRegionState(NamedTuple):
