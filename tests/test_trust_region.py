@@ -110,7 +110,8 @@ def test_subproblem_steps_satisfy_their_conditions():
     """Given B and g: the LM step solves (B + mu I) p = -g with mu >= 0, B + mu I positive
     semi-definite and mu (Delta - |p|) = 0 (N&W Thm 4.1), on a definite and an indefinite
     B; the dogleg step is Newton's inside the radius, else on the boundary between the
-    Cauchy and Newton points; the quadratic Cauchy step is N&W Alg. 4.2's."""
+    Cauchy and Newton points, and the Cauchy point for an indefinite B; the quadratic Cauchy
+    step is N&W Alg. 4.2's."""
     gen = torch.Generator().manual_seed(0)
     q, _ = torch.linalg.qr(torch.randn(5, 5, generator=gen, dtype=torch.float64))
     g = torch.randn(5, generator=gen, dtype=torch.float64)
@@ -151,6 +152,13 @@ def test_subproblem_steps_satisfy_their_conditions():
             torch.testing.assert_close(p, cauchy + t * (newton - cauchy))
         tau = min(float(g.norm() ** 3 / (radius * (g @ b @ g))), 1.0)
         torch.testing.assert_close(step("cauchy", b, radius), -tau * radius * g / g.norm())
+    # an indefinite B: the dogleg falls back to the Cauchy point (along -g, to the boundary
+    # where g'Bg <= 0)
+    for eigenvalues in ([-2.0, -0.5, 1.0, 3.0, 4.0], [-9.0, -8.0, -7.0, -6.0, 0.5]):
+        b = q @ torch.diag(torch.tensor(eigenvalues, dtype=torch.float64)) @ q.T
+        gbg = float(g @ b @ g)
+        tau = 1.0 if gbg <= 0 else min(float(g.norm() ** 3) / (0.3 * gbg), 1.0)
+        torch.testing.assert_close(step("dogleg", b, 0.3), -tau * 0.3 * g / g.norm())
 
 
 def test_bfgs_hessian_update_is_the_formula():

@@ -141,8 +141,12 @@ def _cauchy(g, b, radius):
 
 
 def _dogleg(g, b, radius):
-    """N&W §4.1, eq. 4.16 (``B`` positive definite; otherwise the Cauchy step to the boundary)."""
-    full = -torch.linalg.solve(b, g)
+    """N&W §4.1, eq. 4.16, for a positive definite ``B``; for any other, the Cauchy point
+    (Alg. 4.2), the step the dogleg path starts along."""
+    chol, info = torch.linalg.cholesky_ex(b)
+    definite = info == 0
+    full = -torch.cholesky_solve(g.unsqueeze(-1), chol).squeeze(-1)
+    full = torch.where(definite, full, torch.zeros_like(full))  # no NaN from a failed factorisation
     gbg = torch.dot(g, b @ g)
     coef, ok = safe_div(torch.dot(g, g), gbg)
     unconstrained = -coef * g  # the model's minimiser along -g
@@ -152,11 +156,13 @@ def _dogleg(g, b, radius):
     a0 = torch.dot(unconstrained, unconstrained) - radius ** 2
     tau, _ = safe_div(-a1 + _sqrt(a1 * a1 - 4 * a2 * a0), 2 * a2)
     dogleg = unconstrained + tau.clamp(0.0, 1.0) * edge
-    positive = ok & (gbg > 0)
+    positive = definite & ok & (gbg > 0)
     inside = positive & (torch.linalg.vector_norm(full) <= radius)
-    past = ~positive | (torch.linalg.vector_norm(unconstrained) >= radius)
-    step = torch.where(inside, full, torch.where(past, _to_boundary(g, radius), dogleg))
-    return step, ~inside
+    past = torch.linalg.vector_norm(unconstrained) >= radius
+    cauchy, cauchy_boundary = _cauchy(g, b, radius)
+    step = torch.where(inside, full, torch.where(positive & past, _to_boundary(g, radius), dogleg))
+    step = torch.where(positive, step, cauchy)
+    return step, torch.where(positive, ~inside, cauchy_boundary)
 
 
 _LM_ITERATIONS = 40
