@@ -142,7 +142,8 @@ def scale_by_conjugate_gradient(beta: str = "polak_ribiere_plus", restart_every:
     ``d_k`` is not a descent direction (``g_k.d_k >= 0``). ``g_{k-1}`` and ``p_{k-1}`` are
     kept per parameter in its dtype; the betas are computed in the widest dtype of the tree
     (at least float32). A complex parameter counts as its real view. The step length is left
-    to what follows: a line search (the classic method) or a learning rate.
+    to what follows: a line search (the classic method; N&W §5.2 advise strong Wolfe with
+    ``c2 = 0.1``) or a learning rate (then ``beta`` acts as an adaptive momentum).
 
     Example::
 
@@ -172,17 +173,20 @@ def scale_by_conjugate_gradient(beta: str = "polak_ribiere_plus", restart_every:
         if not gs:
             return updates, state
         dtype = wide(gs, g_prev, p_prev)
-        gg, g_gp, gp_gp = dot(gs, gs, dtype), dot(gs, g_prev, dtype), dot(g_prev, g_prev, dtype)
-        g_p, gp_p, p_p = dot(gs, p_prev, dtype), dot(g_prev, p_prev, dtype), dot(p_prev, p_prev, dtype)
-        # d = -p: d.y = -(g.p - g_prev.p), d.g = -g.p, d.g_prev = -g_prev.p
-        dots = _Dots(gg=gg, gy=gg - g_gp, yy=gg - 2 * g_gp + gp_gp, dy=gp_p - g_p, dg=-g_p, dg_prev=-gp_p,
-                     gg_prev=gp_gp, dd=p_p)
+        # y formed explicitly: g.y as |g|^2 - g.g_prev would cancel as g_k nears g_{k-1}
+        ys = [g.to(_math_dtype(g, q)) - q.to(_math_dtype(g, q)) for g, q in zip(gs, g_prev)]
+        gg, gy, yy = dot(gs, gs, dtype), dot(gs, ys, dtype), dot(ys, ys, dtype)
+        g_p, y_p, gp_p = dot(gs, p_prev, dtype), dot(ys, p_prev, dtype), dot(g_prev, p_prev, dtype)
+        # in terms of d = -p: d.y = -p.y, d.g = -g.p, d.g_prev = -g_prev.p
+        dots = _Dots(gg=gg, gy=gy, yy=yy, dy=-y_p, dg=-g_p, dg_prev=-gp_p, gg_prev=dot(g_prev, g_prev, dtype),
+                     dd=dot(p_prev, p_prev, dtype))
+        del ys
         b, ok = rule(dots)
         restart = (state.since_restart == 0).to(b.device) | ~ok
         if restart_every is not None:
             restart = restart | (state.since_restart >= restart_every).to(b.device)
         if restart_threshold is not None:
-            restart = restart | (g_gp.abs() >= restart_threshold * gg)
+            restart = restart | (dot(gs, g_prev, dtype).abs() >= restart_threshold * gg)
         if restart_on_ascent:
             # g.d_k = -(|g|^2 + beta g.p_{k-1}) must be < 0
             restart = restart | (gg + b * g_p <= 0)
