@@ -58,10 +58,11 @@ def scale_by_barzilai_borwein(variant: str = "long", init_step: float = 1e-3,
     - ``variant="short"`` (BB2): ``alpha_k = s.y / y.y``.
 
     ``alpha_0 = init_step``; when ``s.y <= 0`` (no positive curvature along ``s``) or a
-    denominator is 0, the previous ``alpha`` is kept. With ``delta`` (the stabilised
-    method), ``alpha_k <- min(alpha_k, delta / |g_k|)``, so that no step is longer than
-    ``delta``. ``g`` is the update that reaches it; ``params`` are read detached. Follow with ``scale_by_lr(1.0)`` to
-    descend (the output is gradient-like, as ``scale_by_polyak``'s).
+    denominator is 0, the previous ``alpha`` (as used) is kept. With ``delta`` (the
+    stabilised method, a constant bound), ``alpha_k <- min(alpha_k, delta / |g_k|)``, so
+    that no step is longer than ``delta``. ``g`` is the update that reaches it; ``params``
+    are read detached. No line search: follow with ``scale_by_lr(1.0)`` to descend (the
+    output is gradient-like, as ``scale_by_polyak``'s).
 
     Example: ``gx.chain(gx.scale_by_barzilai_borwein("short", delta=1.0), gx.scale_by_lr(1.0))``.
     """
@@ -134,6 +135,7 @@ def scale_by_bold_driver(init_step: float = 1e-2, increase: float = 1.1,
     ``alpha_k = increase * alpha_{k-1}`` when ``f_k < f_{k-1}``, else
     ``decrease * alpha_{k-1}``; ``u <- alpha_k g``. Battiti's factors are the defaults. Only
     the step size changes: a step that raised the loss is not undone (Vogl's variant does).
+    ``value`` is read detached.
     Follow with ``scale_by_lr(1.0)`` to descend (the output is gradient-like).
 
     Example: ``gx.chain(gx.scale_by_bold_driver(1e-2), gx.scale_by_lr(1.0))``;
