@@ -290,3 +290,22 @@ def test_bfgs_model_prints_and_pickles_as_its_call():
         opt.step(closure_for(w, opt))
         twin.step(closure_for(w2, twin))
     assert torch.equal(w, w2)
+
+
+def test_without_value_the_loss_at_params_comes_from_value_fn():
+    calls = []
+
+    def counted(p):
+        calls.append(1)
+        return _rosen(p)
+
+    tx = gx.scale_by_trust_region("dogleg")
+    p = {"x": torch.tensor([-1.2, 1.0], dtype=torch.float64)}
+    with_value, without = tx.init(p), tx.init(p)
+    for _ in range(5):
+        f, g = _value_and_grad(p)
+        u, with_value = tx.update({"x": g}, with_value, p, value=f, value_fn=_rosen)
+        v, without = tx.update({"x": g}, without, p, value_fn=counted)
+        assert torch.equal(u["x"], v["x"]) and torch.equal(with_value.radius, without.radius)
+        p = gx.apply_updates(p, u)
+    assert len(calls) == 10  # the point and the trial, each update
