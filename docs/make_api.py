@@ -14,7 +14,7 @@ import gradtx as gx
 SECTIONS = [
     ("Core", ["base", "authoring", "combine", "_tree"]),
     ("Transforms", ["transforms."]),
-    ("Line searches, quasi-Newton and conjugate gradient", ["search."]),
+    ("Search: line searches, quasi-Newton, conjugate gradient, trust regions", ["search."]),
     ("Wrappers", ["wrappers"]),
     ("Schedules", ["schedules"]),
     ("Optimizers (aliases)", ["aliases"]),

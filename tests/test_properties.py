@@ -91,7 +91,8 @@ DTYPE_TOL = {torch.bfloat16: dict(rtol=1.6e-2, atol=1e-4), torch.float16: dict(r
 # Entries whose update of one leaf depends on the others: global norms, one vector over all
 # leaves, a loss, noise drawn by leaf position.
 COUPLES_LEAVES = {"clip_by_global_norm", "normalize_by_update_norm", "flatten", "scale_by_polyak", "polyak_sgd",
-                  "scale_by_dog", "dog", "add_noise", "noisy_sgd"}
+                  "scale_by_dog", "dog", "add_noise", "noisy_sgd", "scale_by_conjugate_gradient",
+                  "scale_by_barzilai_borwein", "scale_by_bold_driver", "scale_by_trust_region"}
 # quasi-Newton matrices over all leaves as one vector
 COUPLES_LEAVES |= {"scale_by_bfgs", "scale_by_dfp", "scale_by_sr1", "scale_by_psb", "scale_by_broyden_good",
                    "scale_by_broyden_bad", "scale_by_greenstadt1", "scale_by_greenstadt2", "scale_by_mccormick",
@@ -384,6 +385,10 @@ NOT_DIFFERENTIABLE = {
     "radam.threshold": "compared with rho_t: switches rectification on or off",
     "scale_by_lion.smooth_beta": "read only with mode='smooth' (the entry uses mode='hard')",
     "scale_by_sm3.b2": "b2 = 1 selects the paper's rule, a constant",
+    "scale_by_conjugate_gradient.restart_threshold": "compared with |g_k.g_{k-1}| / |g_k|^2: restarts or not",
+    "scale_by_trust_region.eta": "compared with rho: accepts the step or not",
+    "scale_by_trust_region.shrink_below": "compared with rho: shrinks the radius or not",
+    "scale_by_trust_region.expand_above": "compared with rho: expands the radius or not",
 }
 
 
@@ -428,7 +433,8 @@ NOT_DIFFERENTIABLE.update({f"{name}.eps": "compared in the curvature test: selec
 
 # Entries that read params (or the loss) detached, as documented: their step size is a
 # constant of autograd, so a hypergradient is checked over one step (params independent of it).
-READS_PARAMS_DETACHED = {"dog", "scale_by_dog", "scale_by_distance_over_gradients", "scale_by_polyak", "polyak_sgd"}
+READS_PARAMS_DETACHED = {"dog", "scale_by_dog", "scale_by_distance_over_gradients", "scale_by_polyak", "polyak_sgd",
+                         "scale_by_barzilai_borwein", "scale_by_bold_driver", "scale_by_trust_region"}
 AT_A_KINK = {
     "adafactor.clipping_threshold": "Adafactor's normalised step has rms ~1 = the threshold: clipping's kink",
     "adafactor.eps": "moves the step's rms across the clipping threshold (1.0): clipping's kink",
@@ -483,7 +489,8 @@ def test_hypergradients_match_finite_differences(entry):
 # torch.optim steps a complex parameter as its torch.view_as_real view (real and imaginary
 # parts as independent reals); every entry does the same or refuses complex params at init.
 
-REFUSES_COMPLEX = {"scale_by_factored_rms", "adafactor", "scale_by_sm3", "sm3", "scale_by_muon", "muon"}
+REFUSES_COMPLEX = {"scale_by_factored_rms", "adafactor", "scale_by_sm3", "sm3", "scale_by_muon", "muon",
+                   "scale_by_trust_region"}
 # Entries whose masks or units read a leaf's shape, which the real view changes (a vector
 # becomes a matrix): checked on a tree of leaves where both shapes give the same decisions.
 COMPLEX_READS_SHAPE = {"masked", "partition", "multi_transform", "freeze", "adaptive_grad_clip"}

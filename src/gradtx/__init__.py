@@ -18,9 +18,12 @@ from .optim import *  # noqa: F403
 from .optim import scipy_minimize
 from .optim.scipy_minimize import *  # noqa: F403
 from .schedules import *  # noqa: F403
-from .search import lsr1, quasi_newton
+from .search import conjugate_gradient, lsr1, quasi_newton, step_size, trust_region
+from .search.conjugate_gradient import *  # noqa: F403
 from .search.lsr1 import *  # noqa: F403
 from .search.quasi_newton import *  # noqa: F403
+from .search.step_size import *  # noqa: F403
+from .search.trust_region import *  # noqa: F403
 from .transforms import (
     accumulators,
     adam_variants,
@@ -55,6 +58,6 @@ __version__ = "0.1.0"
 
 _MODULES = (_tree, base, authoring, combine, accumulators, adam_variants, adaptive, clipping, constrain, factored,
             momentum, normalize, orthogonalize, perturb, regularize, scaling, stepsize, wrappers, schedules, aliases,
-            optim, quasi_newton, lsr1, scipy_minimize)
+            optim, quasi_newton, lsr1, scipy_minimize, conjugate_gradient, step_size, trust_region)
 
 __all__ = sorted({name for module in _MODULES for name in module.__all__})

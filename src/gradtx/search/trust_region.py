@@ -1,0 +1,312 @@
+"""A trust region with its radius in state: Cauchy point, dogleg and Levenberg–Marquardt
+steps on a model of the loss, accepted or refused by the loss at the trial point."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+
+from .._hparams import check, check_order
+from ..base import EmptyState, GradientTransformation, transform
+from ..transforms._common import first_device, leaves, leaves_like, need_params, refuse_complex, unflatten
+from ._vector import concat, safe_div, split_like, wide
+
+__all__ = ["BFGSHessianState", "HessianApproximation", "TrustRegionState", "bfgs_hessian", "scale_by_trust_region"]
+
+
+class HessianApproximation(NamedTuple):
+    """A model ``B`` of the Hessian over the flattened parameters (one real vector of ``n``
+    coordinates, in the order of the tree's leaves), for :func:`scale_by_trust_region`.
+
+    - ``init(x0) -> state``: ``x0`` the flat parameters (shape ``(n,)``); the state is a
+      pytree of tensors whose structure, shapes and dtypes never change.
+    - ``update(state, s, y) -> state``: after a step ``s = x_k - x_{k-1}`` with gradient change
+      ``y = g_k - g_{k-1}`` (``s = 0`` after a refused step: nothing to learn).
+    - ``matrix(state) -> B``: the ``(n, n)`` symmetric matrix of the model.
+
+    :func:`bfgs_hessian` is one. A quasi-Newton transform that keeps a dense ``B`` (or its
+    inverse ``H``, given as ``matrix = inverse(H)``) fits by wrapping its update rule in
+    these three functions; an exact Hessian of a quadratic is ``matrix = lambda _: A``.
+    Pickling ``gx.Optimizer`` needs the three to be module-level functions (or partials of
+    them); :func:`bfgs_hessian`'s result pickles as its call.
+
+    Example::
+
+        A = torch.diag(torch.tensor([1.0, 10.0]))
+        exact = gx.HessianApproximation(init=lambda x: (), update=lambda st, s, y: st, matrix=lambda st: A)
+        tx = gx.scale_by_trust_region("dogleg", hessian=exact)
+    """
+
+    init: Callable[[torch.Tensor], Any]
+    update: Callable[[Any, torch.Tensor, torch.Tensor], Any]
+    matrix: Callable[[Any], torch.Tensor]
+
+
+class BFGSHessianState(NamedTuple):
+    matrix: torch.Tensor  # B, (n, n)
+    count: torch.Tensor  # int32 0-dim: pairs (s, y) taken
+
+
+def bfgs_hessian(init_scale: float | None = None) -> HessianApproximation:
+    """The BFGS approximation of the Hessian itself (not its inverse), dense, as a
+    :class:`HessianApproximation` (Nocedal & Wright, eq. 6.19):
+
+    ``B <- B - (B s)(B s)^T / (s^T B s) + y y^T / (y^T s)``, skipped unless
+    ``y^T s > sqrt(eps) |s| |y|`` (so ``B`` stays positive definite). ``B_0 = init_scale I``;
+    with ``init_scale=None`` (default) ``B_0 = I`` until the first pair, which first rescales
+    it to ``(y^T y / y^T s) I`` (the Hessian form of N&W eq. 6.20). Memory: ``n^2``.
+
+    Example: ``gx.scale_by_trust_region("dogleg", hessian=gx.bfgs_hessian())``.
+    """
+    if init_scale is not None:
+        check("init_scale", init_scale, low=0.0, low_open=True)
+
+    def init(x0):
+        scale = 1.0 if init_scale is None else init_scale
+        eye = torch.eye(x0.numel(), dtype=x0.dtype, device=x0.device)
+        return BFGSHessianState(matrix=eye * torch.as_tensor(scale, dtype=x0.dtype).to(x0.device),
+                                count=torch.zeros((), dtype=torch.int32))
+
+    def update(state, s, y):
+        b = state.matrix
+        sy = torch.dot(s, y)
+        ok = sy > torch.finfo(s.dtype).eps ** 0.5 * torch.linalg.vector_norm(s) * torch.linalg.vector_norm(y)
+        if init_scale is None:
+            scale, _ = safe_div(torch.dot(y, y), sy)
+            first = (state.count == 0).to(b.device)
+            b = torch.where(first & ok, scale * torch.eye(b.shape[0], dtype=b.dtype, device=b.device), b)
+        bs = b @ s
+        inv_sbs, _ = safe_div(torch.ones_like(sy), torch.dot(s, bs))
+        inv_sy, _ = safe_div(torch.ones_like(sy), sy)
+        new = b - torch.outer(bs, bs) * inv_sbs + torch.outer(y, y) * inv_sy
+        return BFGSHessianState(torch.where(ok, new, state.matrix), state.count + ok.to(state.count.device).int())
+
+    out = _Rebuilt(init, update, _matrix_field)
+    out.__dict__["recipe"] = (bfgs_hessian, () if init_scale is None else (init_scale,), {})
+    return out
+
+
+def _matrix_field(state: BFGSHessianState) -> torch.Tensor:
+    return state.matrix
+
+
+class _Rebuilt(HessianApproximation):
+    # A model built by a public constructor: it prints and pickles as the call that built it
+    # (pickling gx.Optimizer rebuilds the chain from its arguments; closures do not pickle).
+    def __repr__(self) -> str:
+        fn, args, _ = self.__dict__["recipe"]
+        return f"{fn.__name__}({', '.join(repr(a) for a in args)})"
+
+    def __reduce__(self):
+        fn, args, _ = self.__dict__["recipe"]
+        return fn, args
+
+
+class TrustRegionState(NamedTuple):
+    radius: torch.Tensor  # 0-dim: Delta_k, on the params' device
+    count: torch.Tensor  # int32 0-dim: updates so far
+    prev_params: torch.Tensor  # flat x_{k-1}, for the model's (s, y)
+    prev_grad: torch.Tensor  # flat g_{k-1}
+    model: Any  # the HessianApproximation's state (EmptyState for the linear model)
+
+
+_SUBPROBLEMS = ("cauchy", "dogleg", "levenberg_marquardt")
+
+
+def _sqrt(x: torch.Tensor) -> torch.Tensor:
+    """``sqrt(max(x, 0))`` whose gradient is 0 (not inf) at 0: no NaN reaches a hyperparameter
+    through a branch ``torch.where`` did not take."""
+    positive = x > 0
+    return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.zeros_like(x))
+
+
+def _to_boundary(g: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+    """``-radius g / |g|`` (0 for ``g = 0``)."""
+    scale, _ = safe_div(radius, torch.linalg.vector_norm(g))
+    return -scale * g
+
+
+def _cauchy(g, b, radius):
+    """N&W Alg. 4.2: the minimiser of the model along -g within the radius."""
+    step = _to_boundary(g, radius)
+    if b is None:  # linear model: always to the boundary
+        return step, torch.ones((), dtype=torch.bool, device=g.device)
+    gbg = torch.dot(g, b @ g)
+    g_norm = torch.linalg.vector_norm(g)
+    tau, ok = safe_div(g_norm ** 3, radius * gbg)
+    tau = torch.where(ok & (gbg > 0), tau.clamp(max=1.0), torch.ones_like(tau))
+    return tau * step, tau >= 1.0
+
+
+def _dogleg(g, b, radius):
+    """N&W §4.1, eq. 4.16, for a positive definite ``B``; for any other, the Cauchy point
+    (Alg. 4.2), the step the dogleg path starts along."""
+    chol, info = torch.linalg.cholesky_ex(b)
+    definite = info == 0
+    full = -torch.cholesky_solve(g.unsqueeze(-1), chol).squeeze(-1)
+    full = torch.where(definite, full, torch.zeros_like(full))  # no NaN from a failed factorisation
+    gbg = torch.dot(g, b @ g)
+    coef, ok = safe_div(torch.dot(g, g), gbg)
+    unconstrained = -coef * g  # the model's minimiser along -g
+    edge = full - unconstrained
+    a2 = torch.dot(edge, edge)
+    a1 = 2 * torch.dot(unconstrained, edge)
+    a0 = torch.dot(unconstrained, unconstrained) - radius ** 2
+    tau, _ = safe_div(-a1 + _sqrt(a1 * a1 - 4 * a2 * a0), 2 * a2)
+    dogleg = unconstrained + tau.clamp(0.0, 1.0) * edge
+    positive = definite & ok & (gbg > 0)
+    inside = positive & (torch.linalg.vector_norm(full) <= radius)
+    past = torch.linalg.vector_norm(unconstrained) >= radius
+    cauchy, cauchy_boundary = _cauchy(g, b, radius)
+    step = torch.where(inside, full, torch.where(positive & past, _to_boundary(g, radius), dogleg))
+    step = torch.where(positive, step, cauchy)
+    return step, torch.where(positive, ~inside, cauchy_boundary)
+
+
+_LM_ITERATIONS = 40
+
+
+def _levenberg_marquardt(g, b, radius):
+    """The step ``(B + mu I) p = -g`` with ``mu >= max(0, -lambda_min(B))`` and ``|p| <= radius``,
+    ``mu (radius - |p|) = 0`` (Moré 1978; N&W §4.3, Alg. 4.3), on the eigendecomposition of
+    ``B``: Newton's iteration on ``1/|p(mu)| - 1/radius`` from the left of the root, a fixed
+    number of times (no data-dependent branch); the hard case adds the lowest eigenvector."""
+    lam, q = torch.linalg.eigh(b)
+    a = q.T @ g
+    tiny = torch.finfo(g.dtype).eps * lam.abs().max().clamp_min(1.0)
+    low = (-lam[0]).clamp_min(0.0)
+    mu = torch.where(lam[0] > 0, torch.zeros_like(low), low + tiny)
+
+    def norms(mu):
+        denom = lam + mu
+        p2 = torch.sum((a / denom) ** 2)
+        q2 = torch.sum(a * a / denom ** 3)
+        return p2, q2
+
+    p2, _ = norms(mu)
+    interior = (lam[0] > 0) & (p2.sqrt() <= radius)
+    start_inside = p2.sqrt() <= radius  # with mu > 0 here: the hard case
+    for _ in range(_LM_ITERATIONS):
+        p2, q2 = norms(mu)
+        p_norm = p2.sqrt()
+        delta_mu, _ = safe_div(p2 * (p_norm - radius), q2 * radius)
+        mu = torch.where(interior | start_inside, mu, (mu + delta_mu).clamp_min(low))
+    step = -q @ (a / (lam + mu))
+    hard = ~interior & start_inside
+    extra = _sqrt(radius ** 2 - torch.dot(step, step))
+    step = torch.where(hard, step + extra * q[:, 0], step)
+    return step, ~interior
+
+
+_SOLVERS = {"cauchy": _cauchy, "dogleg": _dogleg, "levenberg_marquardt": _levenberg_marquardt}
+
+
+@transform(inplace=True)
+def scale_by_trust_region(subproblem: str = "dogleg", hessian: HessianApproximation | None = None,
+                          init_radius: float = 1.0, max_radius: float = 1000.0, eta: float = 0.15,
+                          shrink_below: float = 0.25, expand_above: float = 0.75, shrink_factor: float = 0.25,
+                          expand_factor: float = 2.0) -> GradientTransformation:
+    """A trust-region step (Nocedal & Wright, *Numerical Optimization*, 2nd ed., ch. 4,
+    Alg. 4.1), the radius in state; needs ``params`` and ``value_fn`` (``value`` saves one
+    evaluation). The output is the step itself, to be added: the last member of a chain.
+
+    With ``g`` the update that reaches it (the gradient at ``x = params``) and the model
+    ``m(p) = f(x) + g.p + p.B p / 2`` over the flattened parameters, each update:
+
+    1. updates ``B`` with ``s = x_k - x_{k-1}``, ``y = g_k - g_{k-1}`` (``hessian.update``);
+    2. solves the subproblem ``min m(p), |p| <= Delta`` approximately (``subproblem``):
+       ``"cauchy"`` (N&W Alg. 4.2; with ``hessian=None`` on the linear model ``B = 0``:
+       ``p = -Delta g / |g|``, a first-order trust region), ``"dogleg"`` (N&W §4.1, ``B``
+       positive definite) or ``"levenberg_marquardt"`` (``(B + mu I) p = -g``, ``mu >= 0``
+       making ``|p| = Delta`` when the model's minimiser lies outside: Moré 1978, N&W §4.3);
+       ``hessian=None`` is :func:`bfgs_hessian` for the last two;
+    3. ``rho = (f(x) - f(x + p)) / (m(0) - m(p))`` with ``f(x + p) = value_fn(params + p)``;
+    4. the radius (Alg. 4.1): ``rho < shrink_below``: ``Delta <- shrink_factor Delta``;
+       ``rho > expand_above`` and ``|p| = Delta``: ``Delta <- min(expand_factor Delta,
+       max_radius)``; otherwise kept;
+    5. ``u <- p`` when ``rho > eta``, else ``u <- 0`` (the step is refused; the next update,
+       at the same point, tries a smaller radius).
+
+    Defaults: Alg. 4.1's thresholds and factors, scipy's ``trust-*`` methods'
+    ``init_radius=1``, ``max_radius=1000`` and ``eta=0.15``. A non-finite ``f(x + p)``
+    counts as ``rho = -inf``. Loss values and params are read detached. ``x``, ``g`` and
+    ``B`` are one vector / matrix over all leaves in their widest dtype (at least float32),
+    so under ``gx.Optimizer`` every parameter needs a gradient at every step. Complex
+    parameters are refused (the model is over real coordinates; optimise their real views).
+
+    Example::
+
+        tx = gx.scale_by_trust_region("dogleg")
+        updates, state = tx.update(grads, state, params, value=loss, value_fn=loss_fn)
+    """
+    if subproblem not in _SOLVERS:
+        raise ValueError(f"subproblem must be one of {_SUBPROBLEMS}, got {subproblem!r}")
+    if hessian is not None and not isinstance(hessian, HessianApproximation):
+        raise ValueError(f"hessian must be a gx.HessianApproximation (e.g. gx.bfgs_hessian()) or None, "
+                         f"got {type(hessian).__name__}")
+    check("init_radius", init_radius, low=0.0, low_open=True)
+    check("max_radius", max_radius, low=0.0, low_open=True)
+    check_order("init_radius", init_radius, "max_radius", max_radius)
+    check("eta", eta, low=0.0, high=1.0, high_open=True)
+    check("shrink_below", shrink_below, low=0.0, high=1.0, low_open=True, high_open=True)
+    check("expand_above", expand_above, low=0.0, high=1.0, low_open=True, high_open=True)
+    check_order("shrink_below", shrink_below, "expand_above", expand_above)
+    check("shrink_factor", shrink_factor, low=0.0, high=1.0, low_open=True, high_open=True)
+    check("expand_factor", expand_factor, low=1.0)
+    model = hessian if hessian is not None or subproblem == "cauchy" else bfgs_hessian()
+    solve = _SOLVERS[subproblem]
+
+    def init(params):
+        refuse_complex("scale_by_trust_region", params, "its model is a matrix over real coordinates")
+        ps, _ = leaves(params)
+        dtype, device = wide(ps), first_device(ps)
+        x0 = concat([p.detach() for p in ps], dtype).to(device)
+        radius = (init_radius if isinstance(init_radius, torch.Tensor)
+                  else torch.tensor(float(init_radius), dtype=torch.float64))
+        return TrustRegionState(radius=radius.to(dtype=dtype, device=device).clone(),
+                                count=torch.zeros((), dtype=torch.int32), prev_params=x0,
+                                prev_grad=torch.zeros_like(x0),
+                                model=EmptyState() if model is None else model.init(x0))
+
+    def update(updates, state, params=None, *, inplace=False, value=None, value_fn=None, **extra_args):
+        del inplace, extra_args
+        need_params("scale_by_trust_region", params)
+        if value_fn is None:
+            raise ValueError("scale_by_trust_region needs value_fn (params -> loss) to evaluate the trial point: "
+                             "call update(grads, state, params, value_fn=...), or gx.Optimizer.step(closure)")
+        gs, treedef = leaves(updates)
+        ps = [p.detach() for p in leaves_like(params, treedef, "params")]
+        dtype, device = state.prev_params.dtype, state.prev_params.device
+        g, x = concat(gs, dtype).to(device), concat(ps, dtype).to(device)
+        if g.numel() != state.prev_params.numel():
+            raise ValueError(f"scale_by_trust_region: the updates hold {g.numel()} elements but the state was built "
+                             f"for {state.prev_params.numel()}: its model is over all parameters together, so every "
+                             "parameter needs a gradient at every step")
+        started = (state.count > 0).to(device)
+        model_state = state.model
+        if model is not None:
+            s = torch.where(started, x - state.prev_params, torch.zeros_like(x))
+            model_state = model.update(model_state, s, g - state.prev_grad)
+        b = None if model is None else model.matrix(model_state)
+        radius = state.radius
+        step, on_boundary = solve(g, b, radius)
+        predicted = -torch.dot(g, step) - (0.0 if b is None else 0.5 * torch.dot(step, b @ step))
+        f0 = (value_fn(params) if value is None else value)
+        f0 = torch.as_tensor(f0).detach().reshape(()).to(dtype=dtype, device=device)
+        trial = [p + piece for p, piece in zip(ps, split_like(step, ps))]
+        f1 = torch.as_tensor(value_fn(unflatten(treedef, trial))).detach().reshape(()).to(dtype=dtype, device=device)
+        informative = predicted > 0
+        rho, _ = safe_div(f0 - f1, torch.where(informative, predicted, torch.ones_like(predicted)))
+        rho = torch.where(torch.isfinite(f1), rho, torch.full_like(rho, -torch.inf))
+        rho = torch.where(informative, rho, torch.ones_like(rho))  # nothing to learn: keep the radius
+        expanded = torch.minimum(expand_factor * radius, torch.as_tensor(max_radius, dtype=dtype).to(device))
+        new_radius = torch.where(rho < shrink_below, shrink_factor * radius,
+                                 torch.where((rho > expand_above) & on_boundary & informative, expanded, radius))
+        accept = informative & (rho > eta)
+        out = torch.where(accept, step, torch.zeros_like(step))
+        new_state = TrustRegionState(new_radius, state.count + 1, x, g.clone(), model_state)
+        return unflatten(treedef, split_like(out, gs)), new_state
+
+    return GradientTransformation(init, update)

@@ -1,0 +1,156 @@
+"""Barzilai-Borwein (closed forms on a quadratic) and the bold driver (its rule written here)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+import gradtx as gx
+
+
+def _quadratic(n=6, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+    a = q @ torch.diag(torch.linspace(1.0, 20.0, n, dtype=torch.float64)) @ q.T
+    return a, torch.randn(n, generator=gen, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("variant", ["long", "short"])
+@pytest.mark.parametrize("delta", [None, 0.5])
+def test_barzilai_borwein_steps_are_the_closed_forms_on_a_quadratic(variant, delta):
+    """On f = x'Ax/2 - b'x, y = A s: BB1 = s's / s'As, BB2 = s'As / s'AAs; stabilised:
+    min(that, delta / |g|); the first step is init_step. The iterates reach A^-1 b."""
+    a, b = _quadratic()
+    tx = gx.chain(gx.scale_by_barzilai_borwein(variant, init_step=0.01, delta=delta), gx.scale_by_lr(1.0))
+    x = {"x": torch.zeros(6, dtype=torch.float64)}
+    state = tx.init(x)
+    prev = None
+    for k in range(60):
+        g = a @ x["x"] - b
+        u, state = tx.update({"x": g}, state, x)
+        if k == 0:
+            alpha = torch.tensor(0.01, dtype=torch.float64)
+        else:
+            s = x["x"] - prev
+            alpha = (s @ s) / (s @ a @ s) if variant == "long" else (s @ a @ s) / (s @ a @ a @ s)
+        if delta is not None and g.norm() > 0:
+            alpha = torch.minimum(alpha, delta / g.norm())
+        if k < 20:
+            torch.testing.assert_close(u["x"], -alpha * g, rtol=1e-10, atol=1e-14)
+        prev = x["x"]
+        x = gx.apply_updates(x, u)
+    torch.testing.assert_close(x["x"], torch.linalg.solve(a, b), rtol=1e-8, atol=1e-8)
+
+
+def test_barzilai_borwein_keeps_its_step_without_positive_curvature():
+    tx = gx.scale_by_barzilai_borwein("long", init_step=0.1)
+    state = tx.init({"x": torch.zeros(2, dtype=torch.float64)})
+    _, state = tx.update({"x": torch.tensor([1.0, 0.0], dtype=torch.float64)}, state,
+                         {"x": torch.zeros(2, dtype=torch.float64)})
+    # s = (1, 0), y = (-2, 0): s.y < 0
+    u, state = tx.update({"x": torch.tensor([-1.0, 0.0], dtype=torch.float64)}, state,
+                         {"x": torch.tensor([1.0, 0.0], dtype=torch.float64)})
+    torch.testing.assert_close(u["x"], torch.tensor([-0.1, 0.0], dtype=torch.float64))
+    # s = (1, 0), y = (2, 1): s.y = 2 > 0, BB1 = 1 / 2
+    u, _ = tx.update({"x": torch.tensor([1.0, 1.0], dtype=torch.float64)}, state,
+                     {"x": torch.tensor([2.0, 0.0], dtype=torch.float64)})
+    torch.testing.assert_close(u["x"], torch.tensor([0.5, 0.5], dtype=torch.float64))
+
+
+def test_bold_driver_follows_its_rule():
+    tx = gx.scale_by_bold_driver(init_step=0.1, increase=1.2, decrease=0.25)
+    params = {"x": torch.zeros(3, dtype=torch.float64)}
+    state = tx.init(params)
+    g = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)
+    alpha = 0.1
+    prev = None
+    for value in (5.0, 4.0, 4.5, 4.5, 3.0, 1.0):
+        if prev is not None:
+            alpha *= 1.2 if value < prev else 0.25
+        u, state = tx.update({"x": g}, state, params, value=torch.tensor(value))
+        torch.testing.assert_close(u["x"], alpha * g, rtol=1e-12, atol=0)
+        prev = value
+    with pytest.raises(ValueError, match="value"):
+        tx.update({"x": g}, state, params)
+
+
+def test_bad_arguments_are_named():
+    for call, name in ((lambda: gx.scale_by_barzilai_borwein("medium"), "variant"),
+                       (lambda: gx.scale_by_barzilai_borwein(init_step=0.0), "init_step"),
+                       (lambda: gx.scale_by_barzilai_borwein(delta=-1.0), "delta"),
+                       (lambda: gx.scale_by_bold_driver(increase=0.9), "increase"),
+                       (lambda: gx.scale_by_bold_driver(decrease=1.5), "decrease")):
+        with pytest.raises(ValueError, match=name):
+            call()
+
+
+# --- through gx.Optimizer ---------------------------------------------------------------------
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).double()
+
+
+def _batch():
+    gen = torch.Generator().manual_seed(1)
+    return (torch.randn(16, 3, generator=gen, dtype=torch.float64),
+            torch.randn(16, 1, generator=gen, dtype=torch.float64))
+
+
+def _make_tx():
+    return gx.chain(gx.scale_by_barzilai_borwein("short", init_step=0.05, delta=0.5), gx.scale_by_lr(1.0))
+
+
+def _make_bold():
+    return gx.chain(gx.scale_by_bold_driver(0.05), gx.scale_by_lr(1.0))
+
+
+@pytest.mark.parametrize("make", [_make_tx, _make_bold], ids=["barzilai_borwein", "bold_driver"])
+def test_optimizer_follows_the_functional_trajectory_and_resumes_bit_identically(make):
+    model = _model()
+    x, y = _batch()
+    names = [n for n, _ in model.named_parameters()]
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    tx = make()
+    state = tx.init(params)
+
+    def loss_of(ps):
+        return torch.func.functional_call(model, ps, (x,)).sub(y).square().mean()
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    opt = gx.Optimizer(model.parameters(), make())
+    for _ in range(6):
+        ps = {n: v.clone().requires_grad_(True) for n, v in params.items()}
+        loss = loss_of(ps)
+        grads = dict(zip(names, torch.autograd.grad(loss, list(ps.values()))))
+        updates, state = tx.update(grads, state, params, value=loss.detach())
+        params = gx.apply_updates(params, updates)
+        opt.step(closure)
+        for n, p in model.named_parameters():
+            torch.testing.assert_close(p.detach(), params[n], rtol=1e-12, atol=1e-14)
+
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    twin = _model()
+    twin.load_state_dict(model.state_dict())
+    opt2 = gx.Optimizer(twin.parameters(), make())
+    opt2.load_state_dict(torch.load(buffer, weights_only=True))
+    for _ in range(4):
+        for m, o in ((model, opt), (twin, opt2)):
+            def step_closure(m=m, o=o):
+                o.zero_grad()
+                loss = torch.nn.functional.mse_loss(m(x), y)
+                loss.backward()
+                return loss
+            o.step(step_closure)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
