@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -11,9 +10,18 @@ from .._foreach import wide_dtype
 from .._hparams import check_int
 from .._tree import Tree, flatten_up_to, tensor_leaves, tree_unflatten
 from ..base import GradientTransformation, transform
-from ._line import count, device_of, tree_dot
+from ._line import device_of, real_view
 
 __all__ = ["ScaleByLBFGSState", "scale_by_lbfgs"]
+
+
+def _dot(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> torch.Tensor:
+    """``Re <x, y>`` over all leaves as a float64 0-dim tensor (autograd flows through it;
+    no value is read on the host)."""
+    parts = [torch.dot(real_view(x).reshape(-1).double(), real_view(y).reshape(-1).double()) for x, y in zip(xs, ys)]
+    if not parts:
+        return torch.zeros((), dtype=torch.float64)
+    return torch.stack([p.to(parts[0].device) for p in parts]).sum()
 
 
 class ScaleByLBFGSState(NamedTuple):
@@ -61,7 +69,7 @@ def scale_by_lbfgs(memory_size: int = 10, scale_init_precond: bool = True) -> Gr
         def zeros():
             return tree_unflatten([torch.zeros_like(p) for p in ps], treedef)
 
-        return ScaleByLBFGSState(count(0, ps), zeros(), zeros(), tuple(zeros() for _ in range(m)),
+        return ScaleByLBFGSState(torch.zeros((), dtype=torch.int32), zeros(), zeros(), tuple(zeros() for _ in range(m)),
                                  tuple(zeros() for _ in range(m)),
                                  torch.zeros(m, dtype=torch.float64, device=device_of(ps)))
 
@@ -75,44 +83,43 @@ def scale_by_lbfgs(memory_size: int = 10, scale_init_precond: bool = True) -> Gr
         prev_us = flatten_up_to(state.updates, treedef)
         mem_s = [flatten_up_to(tree, treedef) for tree in state.diff_params_memory]
         mem_y = [flatten_up_to(tree, treedef) for tree in state.diff_updates_memory]
-        rhos = [float(r) for r in state.weights_memory.cpu()]
         k = int(state.count)
-        idx, prev = k % m, (k - 1) % m
+        prev = (k - 1) % m  # the slot of the newest pair
         # copies: the state keeps the params' dtypes and aliases neither the params nor the updates
         us_kept = [u.to(p.dtype, copy=True) for u, p in zip(us, ps)]
+        weights = state.weights_memory.clone()
         if k > 0:
             s = [p - q for p, q in zip(ps, prev_ps)]
             y = [u - q for u, q in zip(us_kept, prev_us)]
-            sy = tree_dot(y, s)
-            rho = 0.0 if sy == 0.0 else 1.0 / sy
+            sy = _dot(y, s)
+            inverse = 1.0 / sy
+            # <y, s> = 0 (optax's rule) or so small that 1 / <y, s> overflows: the pair is left out
+            weights[prev] = torch.where(torch.isfinite(inverse), inverse, torch.zeros_like(inverse))
         else:
             s = [torch.zeros_like(p) for p in ps]
             y = [torch.zeros_like(p) for p in ps]
-            sy, rho = 0.0, 0.0
-        mem_s[prev], mem_y[prev], rhos[prev] = s, y, rho
+            sy = None
+            weights[prev] = 0.0
+        mem_s[prev], mem_y[prev] = s, y
         if not scale_init_precond:
-            gamma = 1.0
-        elif k > 0:
-            yy = tree_dot(y, y)
-            gamma = sy / yy if yy > 0.0 else 1.0
+            gamma = None
+        elif sy is not None:
+            yy = _dot(y, y)
+            gamma = torch.where(yy > 0, sy / torch.where(yy > 0, yy, torch.ones_like(yy)), torch.ones_like(yy))
         else:
-            norm = math.sqrt(tree_dot(us, us))
-            gamma = min(1.0, 1.0 / norm) if norm > 0 else 1.0
-        # two-loop recursion, newest pair first, then oldest first; empty slots (rho = 0) add nothing
+            norm = _dot([u.detach() for u in us], [u.detach() for u in us]).sqrt()
+            gamma = torch.clamp(1.0 / norm, max=1.0)  # 1 / 0 = inf -> 1
+        # two-loop recursion over the filled slots (the last min(k, m) pairs): newest first, then oldest first
         q = [u.to(wide_dtype(u.dtype, p.dtype)) if not u.is_complex() else u for u, p in zip(us, ps)]
-        order = [(idx + i) % m for i in range(m)]
+        filled = [(prev - i) % m for i in range(min(k, m))]
         alphas = {}
-        for j in reversed(order):
-            if rhos[j] == 0.0:
-                continue
-            alphas[j] = rhos[j] * tree_dot(mem_s[j], q)
-            q = [x - alphas[j] * yj.to(x.dtype) for x, yj in zip(q, mem_y[j])]
-        r = [x * gamma for x in q]
-        for j in order:
-            if rhos[j] == 0.0:
-                continue
-            beta = rhos[j] * tree_dot(mem_y[j], r)
-            r = [x + (alphas[j] - beta) * sj.to(x.dtype) for x, sj in zip(r, mem_s[j])]
+        for j in filled:
+            alphas[j] = weights[j] * _dot(mem_s[j], q)
+            q = [x - alphas[j] * yj for x, yj in zip(q, mem_y[j])]
+        r = q if gamma is None else [x * gamma for x in q]
+        for j in reversed(filled):
+            beta = weights[j] * _dot(mem_y[j], r)
+            r = [x + (alphas[j] - beta) * sj for x, sj in zip(r, mem_s[j])]
         out = tree_unflatten([x.to(u.dtype) for x, u in zip(r, us)], treedef)
 
         def tree(leaves):
@@ -121,8 +128,7 @@ def scale_by_lbfgs(memory_size: int = 10, scale_init_precond: bool = True) -> Gr
         diff_params = list(state.diff_params_memory)
         diff_updates = list(state.diff_updates_memory)
         diff_params[prev], diff_updates[prev] = tree(s), tree(y)
-        weights = torch.tensor(rhos, dtype=torch.float64, device=state.weights_memory.device)
-        new = ScaleByLBFGSState(state.count + 1, tree(p.detach().clone() for p in ps), tree(us_kept),
+        new = ScaleByLBFGSState(state.count + 1, tree(p.clone() for p in ps), tree(us_kept),
                                 tuple(diff_params), tuple(diff_updates), weights)
         return out, new
 
