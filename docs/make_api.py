@@ -12,8 +12,9 @@ import pathlib
 import gradtx as gx
 
 SECTIONS = [
-    ("Core", ["base", "authoring", "combine", "_tree"]),
+    ("Core", ["base", "authoring", "combine", "_tree", "evaluation"]),
     ("Transforms", ["transforms."]),
+    ("Methods that evaluate again: line searches, quasi-Newton", ["search"]),
     ("Wrappers", ["wrappers"]),
     ("Schedules", ["schedules"]),
     ("Optimizers (aliases)", ["aliases"]),
