@@ -29,7 +29,8 @@ class Entry:
     # a transform whose output is zero or constant on purpose is not asked to descend
     converges: bool = True
     # known limitations, so the suite can skip one property with a reason:
-    # {"dtypes": (...), "why": "..."} or {"rosenbrock": "why"}
+    # {"dtypes": (...), "why": "..."}, {"rosenbrock": "why"}, {"mixed": "why"} (the mixed-dtype tree test),
+    # {"complex": "why"}, {"numbers_only": (transform names whose hyperparameters are read as numbers)}
     skip: dict = field(default_factory=dict)
 
 

@@ -232,3 +232,27 @@ def test_the_readme_transform_is_heavy_ball():
     for p, q in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(p, q, **TOL)
     assert opt.param_groups[0]["beta"] == 0.9
+
+
+def test_the_guides_line_search_is_scale_by_backtracking():
+    """The guide's Armijo backtracking takes gx.scale_by_backtracking's steps, to float64
+    round-off, over 60 steps on Rosenbrock's function (where every search accepts a step)."""
+    found = [i for i, block in enumerate(BLOCKS) if re.search(r"^def armijo_backtracking\(", block, re.M)]
+    assert len(found) == 1
+    namespace = _run_block(found[0])
+    guide, loss_fn = namespace["armijo_backtracking"], namespace["loss_fn"]
+    runs = []
+    for search in (guide(init=1.0, beta=0.5, c=1e-4), gx.scale_by_backtracking(init=1.0, beta=0.5, c=1e-4)):
+        tx = gx.chain(gx.scale(-1.0), search)
+        params = {"x": torch.tensor(-1.2, dtype=torch.float64), "y": torch.tensor(1.0, dtype=torch.float64)}
+        state = tx.init(params)
+        trajectory = []
+        for _ in range(60):
+            extra = gx.evaluation_args(loss_fn, params)
+            updates, state = tx.update(extra["grad"], state, params, **extra)
+            params = gx.apply_updates(params, updates)
+            trajectory.append(torch.stack([params["x"], params["y"]]))
+        runs.append(torch.stack(trajectory))
+    torch.testing.assert_close(runs[0], runs[1], **TOL)
+    with pytest.raises(ValueError, match="value_fn"):
+        guide().update({"x": torch.ones(())}, (), {"x": torch.ones(())})

@@ -8,18 +8,21 @@ The flat namespace gathers each module's ``__all__``; layers import downwards on
 < ``aliases/`` < ``optim/`` (the ``torch.optim`` adapter).
 """
 
-from . import _tree, aliases, authoring, base, combine, optim, schedules, wrappers
+from . import _tree, aliases, authoring, base, combine, evaluation, optim, schedules, wrappers
 from ._tree import *  # noqa: F403
 from .aliases import *  # noqa: F403
 from .authoring import *  # noqa: F403
 from .base import *  # noqa: F403
 from .combine import *  # noqa: F403
+from .evaluation import *  # noqa: F403
 from .optim import *  # noqa: F403
 from .optim import scipy_minimize
 from .optim.scipy_minimize import *  # noqa: F403
 from .schedules import *  # noqa: F403
-from .search import conjugate_gradient, lsr1, quasi_newton, step_size, trust_region
+from .search import conjugate_gradient, lbfgs, line_search, lsr1, quasi_newton, step_size, trust_region
 from .search.conjugate_gradient import *  # noqa: F403
+from .search.lbfgs import *  # noqa: F403
+from .search.line_search import *  # noqa: F403
 from .search.lsr1 import *  # noqa: F403
 from .search.quasi_newton import *  # noqa: F403
 from .search.step_size import *  # noqa: F403
@@ -56,8 +59,9 @@ from .wrappers import *  # noqa: F403
 
 __version__ = "0.1.0"
 
-_MODULES = (_tree, base, authoring, combine, accumulators, adam_variants, adaptive, clipping, constrain, factored,
-            momentum, normalize, orthogonalize, perturb, regularize, scaling, stepsize, wrappers, schedules, aliases,
-            optim, quasi_newton, lsr1, scipy_minimize, conjugate_gradient, step_size, trust_region)
+_MODULES = (_tree, base, authoring, combine, evaluation, accumulators, adam_variants, adaptive, clipping, constrain,
+            factored, momentum, normalize, orthogonalize, perturb, regularize, scaling, stepsize, wrappers, schedules,
+            aliases, optim, scipy_minimize, line_search, lbfgs, quasi_newton, lsr1, conjugate_gradient, step_size,
+            trust_region)
 
 __all__ = sorted({name for module in _MODULES for name in module.__all__})
