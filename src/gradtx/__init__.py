@@ -19,7 +19,8 @@ from .optim import *  # noqa: F403
 from .optim import scipy_minimize
 from .optim.scipy_minimize import *  # noqa: F403
 from .schedules import *  # noqa: F403
-from .search import conjugate_gradient, lbfgs, line_search, lsr1, quasi_newton, step_size, trust_region
+from .search import conjugate_gradient, line_search, lsr1, quasi_newton, step_size, trust_region
+from .search import lbfgs as _lbfgs_module  # the name gx.lbfgs is the alias
 from .search.conjugate_gradient import *  # noqa: F403
 from .search.lbfgs import *  # noqa: F403
 from .search.line_search import *  # noqa: F403
@@ -61,7 +62,7 @@ __version__ = "0.1.0"
 
 _MODULES = (_tree, base, authoring, combine, evaluation, accumulators, adam_variants, adaptive, clipping, constrain,
             factored, momentum, normalize, orthogonalize, perturb, regularize, scaling, stepsize, wrappers, schedules,
-            aliases, optim, scipy_minimize, line_search, lbfgs, quasi_newton, lsr1, conjugate_gradient, step_size,
-            trust_region)
+            aliases, optim, scipy_minimize, line_search, _lbfgs_module, quasi_newton, lsr1, conjugate_gradient,
+            step_size, trust_region)
 
 __all__ = sorted({name for module in _MODULES for name in module.__all__})
