@@ -14,6 +14,7 @@ import gradtx as gx
 SECTIONS = [
     ("Core", ["base", "authoring", "combine", "_tree"]),
     ("Transforms", ["transforms."]),
+    ("Preconditioners", ["precondition"]),
     ("Wrappers", ["wrappers"]),
     ("Schedules", ["schedules"]),
     ("Optimizers (aliases)", ["aliases"]),

@@ -1,0 +1,323 @@
+"""SOAP and Shampoo (gradtx.precondition) against pytorch_optimizer's SOAP (a port of Vyas et
+al.'s code) and Shampoo, in float64, and against Shampoo's rule written out here with numpy;
+the shape rules; gx.Optimizer trajectories and checkpoint resume in the middle of a refresh
+interval."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+import gradtx as gx
+from gradtx.precondition._factors import merged_shape
+
+F64 = dict(rtol=1e-10, atol=1e-12)
+
+
+def _problem(shapes: dict[str, tuple], seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    p0 = {k: torch.randn(s, generator=gen, dtype=torch.float64) for k, s in shapes.items()}
+    a = {k: torch.randn(s, generator=gen, dtype=torch.float64) for k, s in shapes.items()}
+
+    def grad(params):  # of sum(a p^2 / 2 ... ) + a non-quadratic term: gradients that rotate
+        return {k: a[k] * params[k] + torch.sin(3 * params[k]) for k in params}
+
+    return p0, grad
+
+
+def _reference_run(opt_cls, p0, grad, steps, **kwargs):
+    ref = {k: v.clone().requires_grad_(True) for k, v in p0.items()}
+    opt = opt_cls(list(ref.values()), **kwargs)
+    out = []
+    for _ in range(steps):
+        g = grad({k: v.detach() for k, v in ref.items()})
+        for k, v in ref.items():
+            v.grad = g[k].clone()
+        opt.step()
+        out.append({k: v.detach().clone() for k, v in ref.items()})
+    return out
+
+
+def _functional_run(tx, p0, grad, steps):
+    params = {k: v.clone() for k, v in p0.items()}
+    state = tx.init(params)
+    out = []
+    for _ in range(steps):
+        updates, state = tx.update(grad(params), state, params)
+        params = gx.apply_updates(params, updates)
+        out.append(params)
+    return out
+
+
+def _assert_trajectories(got, want, tol=F64):
+    for t, (a, b) in enumerate(zip(got, want)):
+        for k in b:
+            torch.testing.assert_close(a[k], b[k], **tol, msg=lambda m, t=t, k=k: f"step {t}, {k}: {m}")
+
+
+# --- SOAP ---------------------------------------------------------------------------------------
+
+SOAP_SHAPES = {"w": (5, 4), "conv": (3, 2, 2, 2), "b": (4,), "s": ()}
+
+
+@pytest.mark.parametrize("precondition_1d", [False, True])
+def test_soap_matches_pytorch_optimizer_over_refreshes(precondition_1d):
+    """30 steps with a refresh every 4 (7 QR refreshes after the first eigh), on a matrix, a
+    conv weight (4 factors), a vector (a factor only with precondition_1d) and a 0-dim tensor."""
+    po = pytest.importorskip("pytorch_optimizer")
+    p0, grad = _problem(SOAP_SHAPES)
+    want = _reference_run(po.SOAP, p0, grad, 30, lr=0.05, betas=(0.9, 0.95), shampoo_beta=0.9, weight_decay=0.0,
+                          precondition_frequency=4, precondition_1d=precondition_1d, eps=1e-8)
+    got = _functional_run(gx.soap(0.05, b1=0.9, b2=0.95, shampoo_beta=0.9, weight_decay=0.0, precondition_frequency=4,
+                                  precondition_1d=precondition_1d), p0, grad, 30)
+    assert not torch.equal(want[-1]["w"], p0["w"])
+    _assert_trajectories(got, want)
+
+
+def test_soap_normalized_and_uncorrected_match_pytorch_optimizer():
+    po = pytest.importorskip("pytorch_optimizer")
+    p0, grad = _problem({"w": (4, 6), "b": (3,)}, seed=1)
+    want = _reference_run(po.SOAP, p0, grad, 12, lr=0.02, weight_decay=0.0, precondition_frequency=3,
+                          correct_bias=False, normalize_gradient=True)
+    tx = gx.chain(gx.scale_by_soap(precondition_frequency=3, correct_bias=False, normalize_grads=True),
+                  gx.scale_by_lr(0.02))
+    _assert_trajectories(_functional_run(tx, p0, grad, 12), want)
+
+
+def test_soap_axis_longer_than_max_precond_dim_gets_no_factor():
+    po = pytest.importorskip("pytorch_optimizer")
+    p0, grad = _problem({"w": (6, 3)}, seed=2)
+    want = _reference_run(po.SOAP, p0, grad, 10, lr=0.05, weight_decay=0.0, precondition_frequency=3,
+                          max_precondition_dim=4)
+    tx = gx.soap(0.05, weight_decay=0.0, precondition_frequency=3, max_precond_dim=4)
+    _assert_trajectories(_functional_run(tx, p0, grad, 10), want)
+    factors = tx.init(p0)[0].factors["w"]
+    assert [tuple(f.shape) for f in factors] == [(0,), (3, 3)]
+
+
+def test_merged_shape_rule():
+    assert merged_shape(torch.Size([64, 32, 3, 3]), 1024) == [64, 288]
+    assert merged_shape(torch.Size([64, 32, 3, 3]), 10000) == [6144, 3]
+    assert merged_shape(torch.Size([4, 3, 2, 2]), 8) == [4, 6, 2]
+    assert merged_shape(torch.Size([20000, 3]), 10000) == [20000, 3]
+    assert merged_shape(torch.Size([1, 1]), 10) == [1]
+
+
+def test_soap_merge_dims_is_soap_on_the_merged_tensor():
+    """merge_dims on a (4, 3, 2, 2) weight with max_precond_dim=8 is SOAP (pytorch_optimizer's,
+    unmerged) on the same numbers shaped (4, 6, 2)."""
+    po = pytest.importorskip("pytorch_optimizer")
+    p0, grad = _problem({"conv": (4, 3, 2, 2)}, seed=3)
+    p_merged = {"conv": p0["conv"].reshape(4, 6, 2)}
+
+    def grad_merged(params):
+        return {"conv": grad({"conv": params["conv"].reshape(4, 3, 2, 2)})["conv"].reshape(4, 6, 2)}
+
+    want = _reference_run(po.SOAP, p_merged, grad_merged, 10, lr=0.05, weight_decay=0.0, precondition_frequency=3,
+                          max_precondition_dim=8)
+    tx = gx.soap(0.05, weight_decay=0.0, precondition_frequency=3, max_precond_dim=8, merge_dims=True)
+    got = _functional_run(tx, p0, grad, 10)
+    _assert_trajectories([{"conv": g["conv"].reshape(4, 6, 2)} for g in got], want)
+    assert [tuple(f.shape) for f in tx.init(p0)[0].factors["conv"]] == [(4, 4), (6, 6), (2, 2)]
+
+
+def test_soap_first_step_is_zero_and_bases_refresh_on_schedule():
+    p0, grad = _problem({"w": (4, 3)}, seed=4)
+    tx = gx.scale_by_soap(precondition_frequency=3)
+    params, state = p0, tx.init(p0)
+    bases = []
+    for t in range(8):
+        updates, state = tx.update(grad(params), state, params)
+        if t == 0:
+            assert torch.equal(updates["w"], torch.zeros(4, 3, dtype=torch.float64))
+        params = gx.apply_updates(params, updates)
+        bases.append([q.clone() for q in state.bases["w"]])
+        for q in state.bases["w"]:  # orthonormal columns
+            torch.testing.assert_close(q.mT @ q, torch.eye(q.shape[0], dtype=torch.float64), atol=1e-6, rtol=0)
+    changed = [t for t in range(1, 8) if not all(torch.equal(a, b) for a, b in zip(bases[t], bases[t - 1]))]
+    assert changed == [3, 6]  # refreshed after steps t = 3 and t = 6 (the first call is t = 0)
+
+
+def test_soap_float32_follows_pytorch_optimizer():
+    po = pytest.importorskip("pytorch_optimizer")
+    p0, grad = _problem({"w": (5, 4), "b": (3,)}, seed=5)
+    p32 = {k: v.float() for k, v in p0.items()}
+
+    def grad32(params):
+        return {k: v.float() for k, v in grad({k: v.double() for k, v in params.items()}).items()}
+
+    want = _reference_run(po.SOAP, p32, grad32, 8, lr=0.01, weight_decay=0.0, precondition_frequency=3)
+    got = _functional_run(gx.soap(0.01, weight_decay=0.0, precondition_frequency=3), p32, grad32, 8)
+    assert got[-1]["w"].dtype == torch.float32
+    _assert_trajectories(got, want, dict(rtol=1e-4, atol=1e-5))
+
+
+# --- Shampoo ------------------------------------------------------------------------------------
+
+SHAMPOO_SHAPES = {"w": (5, 4), "t": (3, 2, 2), "b": (4,), "s": ()}
+
+
+def test_shampoo_matches_pytorch_optimizer():
+    po = pytest.importorskip("pytorch_optimizer")
+    p0, grad = _problem(SHAMPOO_SHAPES, seed=6)
+    want = _reference_run(po.Shampoo, p0, grad, 20, lr=0.05, matrix_eps=1e-4, weight_decay=1e-2)
+    got = _functional_run(gx.shampoo(0.05, eps=1e-4, weight_decay=1e-2), p0, grad, 20)
+    assert not torch.equal(want[-1]["t"], p0["t"])
+    _assert_trajectories(got, want, dict(rtol=1e-9, atol=1e-11))
+
+
+def _np_power(h: np.ndarray, power: float) -> np.ndarray:
+    w, v = np.linalg.eigh(h)
+    return (v * w**power) @ v.T
+
+
+def _shampoo_rule(p0, grad, steps, lr, eps, update_freq, beta=None):
+    """Gupta et al.'s Algorithm 2 with numpy: H_i from eps I, roots every update_freq steps."""
+    params = {k: v.numpy().copy() for k, v in p0.items()}
+    stats = {k: [eps * np.eye(n) for n in v.shape] for k, v in params.items()}
+    roots = {k: [None] * v.ndim for k, v in params.items()}
+    out = []
+    for t in range(steps):
+        g = {k: v.numpy() for k, v in grad({k: torch.from_numpy(v) for k, v in params.items()}).items()}
+        for k, x in g.items():
+            for i in range(x.ndim):
+                unfolded = np.moveaxis(x, i, 0).reshape(x.shape[i], -1)
+                gg = unfolded @ unfolded.T
+                stats[k][i] = stats[k][i] + gg if beta is None else beta * stats[k][i] + (1 - beta) * gg
+                if t % update_freq == 0:
+                    roots[k][i] = _np_power(stats[k][i], -1.0 / (2 * x.ndim))
+            u = x
+            for i in range(x.ndim):
+                u = np.moveaxis(np.tensordot(roots[k][i], np.moveaxis(u, i, 0), axes=1), 0, i)
+            params[k] = np.asarray(params[k] - lr * u)
+        out.append({k: torch.from_numpy(v.copy()) for k, v in params.items()})
+    return out
+
+
+@pytest.mark.parametrize("beta", [None, 0.9])
+def test_shampoo_update_freq_and_ema_follow_the_paper_rule(beta):
+    p0, grad = _problem(SHAMPOO_SHAPES, seed=7)
+    want = _shampoo_rule(p0, grad, 12, lr=0.05, eps=1e-3, update_freq=3, beta=beta)
+    got = _functional_run(gx.shampoo(0.05, eps=1e-3, update_freq=3, beta=beta), p0, grad, 12)
+    _assert_trajectories(got, want, dict(rtol=1e-9, atol=1e-11))
+
+
+def test_shampoo_graft_takes_the_grafted_norm_per_leaf():
+    p0, grad = _problem({"w": (4, 3), "s": ()}, seed=8)
+    tx = gx.scale_by_shampoo(eps=1e-3, graft=gx.scale_by_rss())
+    plain, rss = gx.scale_by_shampoo(eps=1e-3), gx.scale_by_rss()
+    state, plain_state, rss_state = tx.init(p0), plain.init(p0), rss.init(p0)
+    params = p0
+    for _ in range(4):
+        g = grad(params)
+        u, state = tx.update(g, state, params)
+        d, plain_state = plain.update(g, plain_state, params)
+        r, rss_state = rss.update(g, rss_state, params)
+        want_w = d["w"] * torch.linalg.vector_norm(r["w"]) / torch.linalg.vector_norm(d["w"])
+        torch.testing.assert_close(u["w"], want_w, **F64)
+        torch.testing.assert_close(u["s"], r["s"], **F64)  # no factor: the graft's own update
+        params = gx.apply_updates(params, gx.tree_map(lambda x: -0.1 * x, u))
+
+
+def test_shampoo_float32_and_bfloat16_keep_dtypes_and_stay_finite():
+    for dtype in (torch.float32, torch.bfloat16):
+        p0, grad = _problem({"w": (5, 4), "b": (3,)}, seed=9)
+        p = {k: v.to(dtype) for k, v in p0.items()}
+        tx = gx.shampoo(0.05, eps=1e-4)
+        state = tx.init(p)
+        assert state[1].factors["w"][0].dtype == (torch.float32 if dtype == torch.bfloat16 else dtype)
+        for _ in range(3):
+            u, state = tx.update({k: v.to(dtype) for k, v in grad(p).items()}, state, p)
+            assert all(x.dtype == dtype and torch.isfinite(x).all() for x in u.values())
+            p = gx.apply_updates(p, u)
+
+
+# --- validation and refusals --------------------------------------------------------------------
+
+@pytest.mark.parametrize("build, name", [
+    (lambda: gx.scale_by_soap(precondition_frequency=0), "precondition_frequency"),
+    (lambda: gx.scale_by_soap(b2=1.0), "b2"),
+    (lambda: gx.scale_by_soap(shampoo_beta=-0.1), "shampoo_beta"),
+    (lambda: gx.scale_by_soap(precond_dtype=torch.float16), "precond_dtype"),
+    (lambda: gx.scale_by_shampoo(update_freq=1.5), "update_freq"),
+    (lambda: gx.scale_by_shampoo(eps=-1.0), "eps"),
+    (lambda: gx.scale_by_shampoo(graft="adagrad"), "graft"),
+    (lambda: gx.shampoo(0.1, momentum=1.0), "momentum"),
+])
+def test_bad_hyperparameters_name_the_argument(build, name):
+    with pytest.raises(ValueError, match=name):
+        build()
+
+
+def test_complex_params_are_refused_naming_view_as_real():
+    for tx in (gx.soap(), gx.shampoo(0.1)):
+        with pytest.raises(ValueError, match="view_as_real"):
+            tx.init({"w": torch.zeros(2, 2, dtype=torch.complex64)})
+
+
+# --- through gx.Optimizer -----------------------------------------------------------------------
+
+def _model_params():
+    gen = torch.Generator().manual_seed(10)
+    return {"conv": torch.randn(3, 2, 2, 2, generator=gen, dtype=torch.float64),
+            "w": torch.randn(4, 5, generator=gen, dtype=torch.float64),
+            "b": torch.randn(4, generator=gen, dtype=torch.float64)}
+
+
+def _loss(params, t):
+    x = torch.linspace(-1, 1, 5, dtype=torch.float64) * (1 + 0.1 * t)
+    y = torch.tanh(params["w"] @ x + params["b"])
+    return (y ** 2).sum() + (params["conv"] ** 2).sum() + torch.sin(params["conv"]).sum() * y.sum()
+
+
+def _optimizer_run(build, steps, split=None):
+    params = {k: v.clone().requires_grad_(True) for k, v in _model_params().items()}
+    opt = gx.Optimizer(list(params.values()), build())
+    out = []
+    for t in range(steps):
+        if t == split:
+            buf = io.BytesIO()
+            torch.save(opt.state_dict(), buf)
+            buf.seek(0)
+            params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+            opt = gx.Optimizer(list(params.values()), build())
+            opt.load_state_dict(torch.load(buf, weights_only=True))
+        opt.zero_grad()
+        _loss(params, t).backward()
+        opt.step()
+        out.append({k: v.detach().clone() for k, v in params.items()})
+    return out
+
+
+BUILDS = {
+    "soap": lambda: gx.soap(0.02, precondition_frequency=3, weight_decay=1e-3, precondition_1d=True),
+    "shampoo": lambda: gx.shampoo(0.02, eps=1e-3, update_freq=3, momentum=0.5, graft=gx.scale_by_rss()),
+}
+
+
+@pytest.mark.parametrize("name", list(BUILDS))
+def test_optimizer_follows_the_functional_trajectory(name):
+    got = _optimizer_run(BUILDS[name], 7)
+    tx = BUILDS[name]()
+    params = _model_params()
+    state = tx.init(params)
+    for t in range(7):
+        p = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+        grads = dict(zip(p, torch.autograd.grad(_loss(p, t), list(p.values()))))
+        updates, state = tx.update(grads, state, params)
+        params = gx.apply_updates(params, updates)
+        for k in params:
+            torch.testing.assert_close(got[t][k], params[k], **F64)
+
+
+@pytest.mark.parametrize("name", list(BUILDS))
+@pytest.mark.parametrize("split", [2, 4, 5])  # after the first call, mid-interval, right after a refresh
+def test_checkpoint_resume_is_bit_identical(name, split):
+    straight = _optimizer_run(BUILDS[name], 9)
+    resumed = _optimizer_run(BUILDS[name], 9, split=split)
+    for t in range(9):
+        for k in straight[t]:
+            assert torch.equal(straight[t][k], resumed[t][k]), f"step {t}, {k}"
