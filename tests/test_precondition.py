@@ -1,7 +1,7 @@
-"""SOAP and Shampoo (gradtx.precondition) against pytorch_optimizer's SOAP (a port of Vyas et
-al.'s code) and Shampoo, in float64, and against Shampoo's rule written out here with numpy;
-the shape rules; gx.Optimizer trajectories and checkpoint resume in the middle of a refresh
-interval."""
+"""gradtx.precondition in float64: SOAP and Shampoo against pytorch_optimizer's SOAP (a port of
+Vyas et al.'s code) and Shampoo, Shampoo's and GGT's rules written out here with numpy,
+full-matrix AdaGrad against torchzero's; the shape rules; gx.Optimizer trajectories and
+checkpoint resume in the middle of a refresh interval."""
 
 from __future__ import annotations
 
@@ -246,6 +246,10 @@ def test_shampoo_float32_and_bfloat16_keep_dtypes_and_stay_finite():
     (lambda: gx.scale_by_shampoo(eps=-1.0), "eps"),
     (lambda: gx.scale_by_shampoo(graft="adagrad"), "graft"),
     (lambda: gx.shampoo(0.1, momentum=1.0), "momentum"),
+    (lambda: gx.scale_by_full_matrix_adagrad(init="ones"), "init"),
+    (lambda: gx.scale_by_full_matrix_adagrad(inner=0.9), "inner"),
+    (lambda: gx.scale_by_ggt(window=0), "window"),
+    (lambda: gx.scale_by_ggt(eps=0.0), "eps"),
 ])
 def test_bad_hyperparameters_name_the_argument(build, name):
     with pytest.raises(ValueError, match=name):
@@ -253,7 +257,7 @@ def test_bad_hyperparameters_name_the_argument(build, name):
 
 
 def test_complex_params_are_refused_naming_view_as_real():
-    for tx in (gx.soap(), gx.shampoo(0.1)):
+    for tx in (gx.soap(), gx.shampoo(0.1), gx.scale_by_full_matrix_adagrad(), gx.scale_by_ggt()):
         with pytest.raises(ValueError, match="view_as_real"):
             tx.init({"w": torch.zeros(2, 2, dtype=torch.complex64)})
 
@@ -321,3 +325,70 @@ def test_checkpoint_resume_is_bit_identical(name, split):
     for t in range(9):
         for k in straight[t]:
             assert torch.equal(straight[t][k], resumed[t][k]), f"step {t}, {k}"
+
+
+# --- full-matrix AdaGrad and GGT ----------------------------------------------------------------
+
+FULL_SHAPES = {"w": (3, 4), "b": (4,), "s": ()}
+
+
+@pytest.mark.parametrize("kwargs, tz_kwargs", [
+    ({}, {}),
+    (dict(beta=0.9, update_freq=3), dict(beta=0.9, precond_freq=3)),
+    (dict(beta=0.9, beta_debias=False, init="zeros", eps=1e-6), dict(beta=0.9, beta_debias=False, init="zeros",
+                                                                     reg=1e-6)),
+])
+@pytest.mark.parametrize("with_inner", [False, True])
+def test_full_matrix_adagrad_matches_torchzero(kwargs, tz_kwargs, with_inner):
+    """torchzero's FullMatrixAdagrad per tensor (concat_params=False), inner EMA or none."""
+    tz = pytest.importorskip("torchzero")
+    p0, grad = _problem(FULL_SHAPES, seed=11)
+
+    def build(params):
+        inner = tz.m.EMA(0.9) if with_inner else None
+        return tz.Optimizer(params, tz.m.FullMatrixAdagrad(concat_params=False, inner=inner, **tz_kwargs),
+                            tz.m.LR(0.05))
+
+    want = _reference_run(build, p0, grad, 15)
+    inner = gx.ema(0.9, debias=False) if with_inner else None
+    tx = gx.chain(gx.scale_by_full_matrix_adagrad(inner=inner, **kwargs), gx.scale_by_lr(0.05))
+    _assert_trajectories(_functional_run(tx, p0, grad, 15), want, dict(rtol=1e-8, atol=1e-10))
+
+
+def test_full_matrix_adagrad_large_leaf_is_diagonal_adagrad():
+    p0, grad = _problem({"w": (3, 4)}, seed=12)
+    tx = gx.scale_by_full_matrix_adagrad(max_dim=5, eps=1e-8)
+    state, params, acc = tx.init(p0), p0, torch.ones(3, 4, dtype=torch.float64)
+    for _ in range(4):
+        g = grad(params)
+        u, state = tx.update(g, state, params)
+        acc = acc + g["w"] ** 2
+        torch.testing.assert_close(u["w"], g["w"] / (acc + 1e-8).sqrt(), **F64)
+        params = gx.apply_updates(params, gx.tree_map(lambda x: -0.1 * x, u))
+
+
+def _ggt_rule(p0, grad, steps, lr, window, b2, eps):
+    """Agarwal et al.'s update written with an n x n eigendecomposition: ((G G^T)^(1/2) + eps I)^-1 g."""
+    params = {k: v.numpy().copy() for k, v in p0.items()}
+    history = {k: [] for k in params}
+    out = []
+    for _ in range(steps):
+        g = {k: v.numpy() for k, v in grad({k: torch.from_numpy(v) for k, v in params.items()}).items()}
+        for k, x in g.items():
+            history[k] = ([x.reshape(-1)] + history[k])[:window]
+            m = np.stack([b2**i * h for i, h in enumerate(history[k])], axis=1)
+            w, v = np.linalg.eigh(m @ m.T)
+            root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+            u = np.linalg.solve(root + eps * np.eye(len(w)), x.reshape(-1)).reshape(x.shape)
+            params[k] = np.asarray(params[k] - lr * u)
+        out.append({k: torch.from_numpy(v.copy()) for k, v in params.items()})
+    return out
+
+
+@pytest.mark.parametrize("window, b2", [(3, 1.0), (4, 0.9)])
+def test_ggt_follows_the_paper_rule(window, b2):
+    p0, grad = _problem({"w": (3, 4), "b": (5,), "s": ()}, seed=13)
+    want = _ggt_rule(p0, grad, 10, lr=0.01, window=window, b2=b2, eps=1e-2)
+    got = _functional_run(gx.chain(gx.scale_by_ggt(window=window, b2=b2, eps=1e-2), gx.scale_by_lr(0.01)), p0, grad,
+                          10)
+    _assert_trajectories(got, want, dict(rtol=1e-8, atol=1e-10))

@@ -471,7 +471,8 @@ def test_hypergradients_match_finite_differences(entry):
 # parts as independent reals); every entry does the same or refuses complex params at init.
 
 REFUSES_COMPLEX = {"scale_by_factored_rms", "adafactor", "scale_by_sm3", "sm3", "scale_by_muon", "muon",
-                   "scale_by_soap", "soap", "scale_by_shampoo", "shampoo"}
+                   "scale_by_soap", "soap", "scale_by_shampoo", "shampoo", "scale_by_full_matrix_adagrad",
+                   "scale_by_ggt"}
 # Entries whose masks or units read a leaf's shape, which the real view changes (a vector
 # becomes a matrix): checked on a tree of leaves where both shapes give the same decisions.
 COMPLEX_READS_SHAPE = {"masked", "partition", "multi_transform", "freeze", "adaptive_grad_clip"}

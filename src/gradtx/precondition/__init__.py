@@ -1,8 +1,10 @@
-"""Matrix preconditioners: SOAP, Shampoo (one Kronecker factor per axis of each tensor)."""
+"""Matrix preconditioners: SOAP and Shampoo (one Kronecker factor per axis of each tensor),
+full-matrix AdaGrad and GGT (one matrix per flattened tensor)."""
 
-from . import shampoo, soap
+from . import full_matrix, shampoo, soap
+from .full_matrix import *  # noqa: F403
 from .shampoo import *  # noqa: F403
 from .soap import *  # noqa: F403
 
-MODULES = (shampoo, soap)
+MODULES = (full_matrix, shampoo, soap)
 __all__ = sorted({name for module in MODULES for name in module.__all__})

@@ -65,3 +65,52 @@ def multiply_axes(x: torch.Tensor, mats: list[torch.Tensor], has: list[bool], tr
         else:
             x = x.permute([*range(1, x.dim()), 0])
     return x
+
+
+class _SymmetricPower(torch.autograd.Function):
+    """``H^p`` of a symmetric positive definite ``H`` by ``eigh``, with the Daleckii-Krein
+    backward: ``dH = V (F o (V^T dP V)) V^T``, ``F_ij = (l_i^p - l_j^p) / (l_i - l_j)`` and
+    ``p l_i^(p-1)`` where the eigenvalues (nearly) coincide. ``eigh``'s own backward divides
+    by ``l_i - l_j`` and fails on the repeated eigenvalues of ``eps I + G G^T``, although the
+    power is smooth there (a hyperparameter's gradient reaches it through the parameters)."""
+
+    @staticmethod
+    def forward(ctx, matrix, power, absolute, floor):
+        values, vectors = torch.linalg.eigh(matrix)
+        # round-off can push a PSD statistic's eigenvalue below 0: torchzero takes |l|, the
+        # others clamp; either way the floor keeps the root finite
+        signs = values.sign() if absolute else torch.ones_like(values)
+        values = (values.abs() if absolute else values).clamp_min(floor)
+        power = power.to(values.dtype)
+        powered = values.pow(power)
+        ctx.save_for_backward(values, vectors, signs, power, powered)
+        return (vectors * powered.unsqueeze(-2)) @ vectors.mT
+
+    @staticmethod
+    def backward(ctx, grad):
+        values, vectors, signs, p, powered = ctx.saved_tensors
+        li, lj = values.unsqueeze(-1), values.unsqueeze(-2)
+        gap = li - lj
+        close = gap.abs() <= 1e-6 * torch.maximum(li.abs(), lj.abs())
+        derivative = p * values.pow(p - 1.0) * signs
+        mean_derivative = 0.5 * (derivative.unsqueeze(-1) + derivative.unsqueeze(-2))
+        divided = torch.where(close, mean_derivative,
+                              (powered.unsqueeze(-1) - powered.unsqueeze(-2)) / torch.where(close, 1.0, gap))
+        sym = 0.5 * (grad + grad.mT)
+        inner = vectors.mT @ sym @ vectors
+        grad_matrix = vectors @ (divided * inner) @ vectors.mT if ctx.needs_input_grad[0] else None
+        # d/dp V diag(l^p) V^T = V diag(l^p log l) V^T
+        grad_power = (inner.diagonal(dim1=-2, dim2=-1) * powered * values.log()).sum() if ctx.needs_input_grad[1] \
+            else None
+        return grad_matrix, grad_power, None, None
+
+
+def symmetric_power(matrix: torch.Tensor, power, *, absolute: bool = False, floor: float | None = None
+                    ) -> torch.Tensor:
+    """``matrix^power`` of a symmetric PSD matrix by ``eigh``: eigenvalues (their absolute
+    values with ``absolute``) floored at ``floor`` (default the dtype's smallest normal), with a
+    backward that holds at repeated eigenvalues (see ``_SymmetricPower``)."""
+    floor = torch.finfo(matrix.dtype).tiny if floor is None else floor
+    # a tensor power (a hyperparameter with autograd history) gets its gradient too
+    power = power if isinstance(power, torch.Tensor) else torch.tensor(float(power), dtype=torch.float64)
+    return _SymmetricPower.apply(matrix, power, absolute, floor)

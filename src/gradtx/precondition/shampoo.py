@@ -11,7 +11,7 @@ from .._hparams import check, check_int, new_count
 from .._tree import Tree
 from ..base import GradientTransformation, is_leafwise, transform, updater
 from ..transforms._common import leaves, leaves_like, refuse_complex, unflatten
-from ._factors import empty_like_factor, factor_sizes, gram, multiply_axes
+from ._factors import empty_like_factor, factor_sizes, gram, multiply_axes, symmetric_power
 
 __all__ = ["ScaleByShampooState", "scale_by_shampoo"]
 
@@ -25,43 +25,11 @@ class ScaleByShampooState(NamedTuple):
     graft_state: Any  # the state of ``graft`` (an EmptyState-like () when there is none)
 
 
-class _SymmetricPower(torch.autograd.Function):
-    """``H^p`` of a symmetric positive definite ``H`` by ``eigh``, with the Daleckii-Krein
-    backward: ``dH = V (F o (V^T dP V)) V^T``, ``F_ij = (l_i^p - l_j^p) / (l_i - l_j)`` and
-    ``p l_i^(p-1)`` where the eigenvalues (nearly) coincide. ``eigh``'s own backward divides
-    by ``l_i - l_j`` and fails on the repeated eigenvalues of ``eps I + G G^T``, although the
-    power is smooth there (a hyperparameter's gradient reaches it through the parameters)."""
-
-    @staticmethod
-    def forward(ctx, matrix, power):
-        values, vectors = torch.linalg.eigh(matrix)
-        # round-off can push a PSD statistic's eigenvalue below 0; clamping keeps the root finite
-        values = values.clamp_min(torch.finfo(values.dtype).tiny)
-        ctx.save_for_backward(values, vectors)
-        ctx.power = power
-        return (vectors * values.pow(power).unsqueeze(-2)) @ vectors.mT
-
-    @staticmethod
-    def backward(ctx, grad):
-        values, vectors = ctx.saved_tensors
-        p = ctx.power
-        powered = values.pow(p)
-        li, lj = values.unsqueeze(-1), values.unsqueeze(-2)
-        gap = li - lj
-        close = gap.abs() <= 1e-6 * torch.maximum(li.abs(), lj.abs())
-        derivative = p * values.pow(p - 1.0)
-        mean_derivative = 0.5 * (derivative.unsqueeze(-1) + derivative.unsqueeze(-2))
-        divided = torch.where(close, mean_derivative,
-                              (powered.unsqueeze(-1) - powered.unsqueeze(-2)) / torch.where(close, 1.0, gap))
-        sym = 0.5 * (grad + grad.mT)
-        return vectors @ (divided * (vectors.mT @ sym @ vectors)) @ vectors.mT, None
-
-
 def _inverse_root(factor: torch.Tensor, power: float, precond_dtype: torch.dtype | None) -> torch.Tensor:
     """``factor^(-1/power)`` by a symmetric eigendecomposition, in float64 for a float64 factor
     and float32 otherwise unless ``precond_dtype`` says, as pytorch_optimizer's (SVD) does."""
     dtype = precond_dtype or (torch.float64 if factor.dtype == torch.float64 else torch.float32)
-    return _SymmetricPower.apply(factor.to(dtype), -1.0 / power).to(factor.dtype)
+    return symmetric_power(factor.to(dtype), -1.0 / power).to(factor.dtype)
 
 
 def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
