@@ -10,6 +10,7 @@ conditioned enough for the finite differences of that property.
 
 from __future__ import annotations
 
+import torch
 from registry import Entry
 
 import gradtx as gx
@@ -28,6 +29,9 @@ ENTRIES = [
           "torchzero FullMatrixAdagrad(concat_params=False)"),
     Entry("scale_by_ggt", lambda: gx.chain(gx.scale_by_ggt(window=2, b2=0.9, eps=1e-2), gx.scale_by_lr(0.01)),
           "Agarwal et al. 2019 Alg. 1 (numpy rule in test_precondition.py)"),
+    Entry("scale_by_psgd_kron",
+          lambda: gx.chain(gx.scale_by_psgd_kron(precond_dtype=torch.float64), gx.scale_by_lr(0.02)),
+          "pytorch_optimizer.Kron (kron_torch); Li 2018"),
     Entry("soap", lambda: gx.soap(0.05, precondition_frequency=2, weight_decay=1e-3),
           "pytorch_optimizer.SOAP", kind="alias"),
     Entry("shampoo", lambda: gx.shampoo(0.1, eps=1e-2, update_freq=2, momentum=0.5, graft=gx.scale_by_rss()),

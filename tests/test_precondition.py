@@ -1,6 +1,7 @@
 """gradtx.precondition in float64: SOAP and Shampoo against pytorch_optimizer's SOAP (a port of
 Vyas et al.'s code) and Shampoo, Shampoo's and GGT's rules written out here with numpy,
-full-matrix AdaGrad against torchzero's; the shape rules; gx.Optimizer trajectories and
+full-matrix AdaGrad against torchzero's, PSGD Kron against pytorch_optimizer's Kron (kron_torch);
+the shape rules; gx.Optimizer trajectories and
 checkpoint resume in the middle of a refresh interval."""
 
 from __future__ import annotations
@@ -250,6 +251,9 @@ def test_shampoo_float32_and_bfloat16_keep_dtypes_and_stay_finite():
     (lambda: gx.scale_by_full_matrix_adagrad(inner=0.9), "inner"),
     (lambda: gx.scale_by_ggt(window=0), "window"),
     (lambda: gx.scale_by_ggt(eps=0.0), "eps"),
+    (lambda: gx.scale_by_psgd_kron(seed=1.5), "seed"),
+    (lambda: gx.scale_by_psgd_kron(update_prob=0.0), "update_prob"),
+    (lambda: gx.scale_by_psgd_kron(precond_dtype=torch.bfloat16), "precond_dtype"),
 ])
 def test_bad_hyperparameters_name_the_argument(build, name):
     with pytest.raises(ValueError, match=name):
@@ -257,7 +261,8 @@ def test_bad_hyperparameters_name_the_argument(build, name):
 
 
 def test_complex_params_are_refused_naming_view_as_real():
-    for tx in (gx.soap(), gx.shampoo(0.1), gx.scale_by_full_matrix_adagrad(), gx.scale_by_ggt()):
+    for tx in (gx.soap(), gx.shampoo(0.1), gx.scale_by_full_matrix_adagrad(), gx.scale_by_ggt(),
+               gx.scale_by_psgd_kron()):
         with pytest.raises(ValueError, match="view_as_real"):
             tx.init({"w": torch.zeros(2, 2, dtype=torch.complex64)})
 
@@ -299,6 +304,7 @@ def _optimizer_run(build, steps, split=None):
 BUILDS = {
     "soap": lambda: gx.soap(0.02, precondition_frequency=3, weight_decay=1e-3, precondition_1d=True),
     "shampoo": lambda: gx.shampoo(0.02, eps=1e-3, update_freq=3, momentum=0.5, graft=gx.scale_by_rss()),
+    "psgd_kron": lambda: gx.chain(gx.scale_by_psgd_kron(update_prob=0.5, balance_prob=0.5), gx.scale_by_lr(0.02)),
 }
 
 
@@ -392,3 +398,58 @@ def test_ggt_follows_the_paper_rule(window, b2):
     got = _functional_run(gx.chain(gx.scale_by_ggt(window=window, b2=b2, eps=1e-2), gx.scale_by_lr(0.01)), p0, grad,
                           10)
     _assert_trajectories(got, want, dict(rtol=1e-8, atol=1e-10))
+
+
+# --- PSGD Kron ----------------------------------------------------------------------------------
+
+def _kron_reference(monkeypatch, shape, steps, seed, **kwargs):
+    """pytorch_optimizer.Kron on one parameter, its triangular solves in float64 (they are
+    float32 there whatever the dtype) and its noise the documented stream of gx's state seed."""
+    po = pytest.importorskip("pytorch_optimizer")
+    psgd_ref = pytest.importorskip("pytorch_optimizer.optimizer.psgd")
+    from gradtx.transforms.perturb import _generator, _mix
+
+    def solve64(x, a):
+        return torch.linalg.solve_triangular(a, x.reshape(-1, x.size(-1)), upper=True, left=False).reshape_as(x)
+
+    monkeypatch.setattr(psgd_ref, "solve_triangular_right", solve64)
+    p0, grad = _problem({"p": shape}, seed=14)
+    ref = p0["p"].clone().requires_grad_(True)
+    opt = po.Kron([ref], lr=0.05, balance_prob=0.0, precondition_dtype=torch.float64, **kwargs)
+    real_randn_like = torch.randn_like
+    out = []
+    for t in range(steps):
+        noise = torch.randn(shape, dtype=torch.float64, generator=_generator(torch.device("cpu"), _mix(seed, t, 0)))
+        monkeypatch.setattr(torch, "randn_like", lambda x, dtype=None, noise=noise, **kw: noise.clone())
+        ref.grad = grad({"p": ref.detach()})["p"]
+        opt.step()
+        monkeypatch.setattr(torch, "randn_like", real_randn_like)
+        out.append({"p": ref.detach().clone()})
+    return p0, grad, out
+
+
+@pytest.mark.parametrize("shape", [(5, 4), (3, 2, 2), (4,), ()])
+@pytest.mark.parametrize("update_prob", [None, 0.5])
+def test_psgd_kron_matches_pytorch_optimizer(monkeypatch, shape, update_prob):
+    kwargs = {} if update_prob is None else dict(pre_conditioner_update_probability=update_prob)
+    p0, grad, want = _kron_reference(monkeypatch, shape, 15, seed=3, **kwargs)
+    tx = gx.chain(gx.scale_by_psgd_kron(precond_dtype=torch.float64, balance_prob=0.0, update_prob=update_prob,
+                                        seed=3), gx.scale_by_lr(0.05))
+    assert not torch.equal(want[-1]["p"], p0["p"])
+    _assert_trajectories(_functional_run(tx, p0, grad, 15), want)
+
+
+def test_psgd_kron_touches_no_global_rng_and_balancing_keeps_the_preconditioner():
+    p0, grad = _problem({"w": (4, 3), "b": (3,)}, seed=15)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    plain = _functional_run(gx.scale_by_psgd_kron(balance_prob=0.0, precond_dtype=torch.float64), p0, grad, 6)
+    balanced = _functional_run(gx.scale_by_psgd_kron(balance_prob=1.0, precond_dtype=torch.float64), p0, grad, 6)
+    assert torch.equal(torch.get_rng_state(), before)
+    _assert_trajectories(balanced, plain, dict(rtol=1e-9, atol=1e-11))
+    tx = gx.scale_by_psgd_kron(balance_prob=1.0, precond_dtype=torch.float64)
+    state = tx.init(p0)
+    for _ in range(3):
+        _, state = tx.update(grad(p0), state, p0)
+    norms = [float(q.abs().max()) for q in state.qs["w"]]
+    assert norms[0] != pytest.approx(1.0) and norms[0] == pytest.approx(norms[1], rel=0.3)

@@ -379,6 +379,7 @@ NOT_DIFFERENTIABLE = {
     "radam.threshold": "compared with rho_t: switches rectification on or off",
     "scale_by_lion.smooth_beta": "read only with mode='smooth' (the entry uses mode='hard')",
     "scale_by_sm3.b2": "b2 = 1 selects the paper's rule, a constant",
+    "scale_by_psgd_kron.balance_prob": "compared with a uniform draw: switches balancing on or off",
 }
 
 
@@ -472,7 +473,7 @@ def test_hypergradients_match_finite_differences(entry):
 
 REFUSES_COMPLEX = {"scale_by_factored_rms", "adafactor", "scale_by_sm3", "sm3", "scale_by_muon", "muon",
                    "scale_by_soap", "soap", "scale_by_shampoo", "shampoo", "scale_by_full_matrix_adagrad",
-                   "scale_by_ggt"}
+                   "scale_by_ggt", "scale_by_psgd_kron"}
 # Entries whose masks or units read a leaf's shape, which the real view changes (a vector
 # becomes a matrix): checked on a tree of leaves where both shapes give the same decisions.
 COMPLEX_READS_SHAPE = {"masked", "partition", "multi_transform", "freeze", "adaptive_grad_clip"}
