@@ -142,6 +142,35 @@ def test_soap_first_step_is_zero_and_bases_refresh_on_schedule():
     assert changed == [3, 6]  # refreshed after steps t = 3 and t = 6 (the first call is t = 0)
 
 
+def test_soap_weight_decay_skips_the_first_call_and_is_a_param_group_key():
+    """As the authors' code: the first call (statistics only) leaves the parameters alone, the
+    decay included; later calls decay by lr * weight_decay * p (before the step, as adamw)."""
+    po = pytest.importorskip("pytorch_optimizer")
+    p0, grad = _problem({"w": (4, 3)}, seed=16)
+    got = _functional_run(gx.soap(0.05, weight_decay=0.1, precondition_frequency=3), p0, grad, 6)
+    assert torch.equal(got[0]["w"], p0["w"])
+    want = _reference_run(po.SOAP, p0, grad, 6, lr=0.05, weight_decay=0.1, precondition_frequency=3)
+    # the reference decays the stepped parameter: a difference of lr^2 wd |u| per step
+    _assert_trajectories(got, want, dict(rtol=0, atol=6 * 0.05**2 * 0.1 * 2))
+    p = torch.nn.Parameter(p0["w"].clone())
+    opt = gx.Optimizer([p], gx.soap(0.05, weight_decay=0.1))
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(0.1)
+
+
+def test_shampoo_float32_roots_floor_at_eps():
+    """eps I + g g^T in float32: eigh puts the null-space eigenvalues below eps (even below 0);
+    the roots stay those of eps there, so the update stays near the float64 one (within float32
+    round-off of the eigenvectors times eps^(-1/2); a root of a negative or tiny eigenvalue would
+    put 1e15 there)."""
+    gen = torch.Generator().manual_seed(17)
+    g = {"b": torch.randn(64, generator=gen) * 10}
+    tx = gx.scale_by_shampoo(eps=1e-6)
+    u32, _ = tx.update(g, tx.init(g))
+    g64 = {"b": g["b"].double()}
+    u64, _ = tx.update(g64, tx.init(g64))
+    torch.testing.assert_close(u32["b"].double(), u64["b"], rtol=0, atol=5e-2)
+
+
 def test_soap_float32_follows_pytorch_optimizer():
     po = pytest.importorskip("pytorch_optimizer")
     p0, grad = _problem({"w": (5, 4), "b": (3,)}, seed=5)

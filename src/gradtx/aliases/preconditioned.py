@@ -2,18 +2,43 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-from .._hparams import ScalarOrSchedule, check_beta
-from ..base import GradientTransformation, transform
+from .._hparams import ScalarOrSchedule, check_beta, increment, new_count
+from ..base import GradientTransformation, describe, transform
 from ..combine import chain
 from ..precondition.shampoo import scale_by_shampoo
 from ..precondition.soap import scale_by_soap
 from ..transforms.momentum import trace
-from ..transforms.regularize import Mask, add_decayed_weights
+from ..transforms.regularize import AddDecayedWeightsState, Mask, add_decayed_weights
 from ..transforms.scaling import scale_by_lr
 
 __all__ = ["shampoo", "soap"]
+
+
+class _SoapWeightDecayState(NamedTuple):
+    weight_decay: torch.Tensor  # 0-dim; param_groups[i]['weight_decay'], as add_decayed_weights'
+    count: torch.Tensor  # int32, steps taken
+
+
+def _decay_after_first_step(weight_decay, mask: Mask | None) -> GradientTransformation:
+    """``add_decayed_weights`` from the second call on: SOAP's first call only collects
+    statistics (a zero update), and the reference decays nothing then either."""
+    inner = add_decayed_weights(weight_decay, mask)
+
+    def init(params):
+        return _SoapWeightDecayState(inner.init(params).weight_decay, new_count())
+
+    def update(updates, state, params=None, *, inplace=False, **extra_args):
+        if int(state.count) > 0:
+            updates, _ = inner.update(updates, AddDecayedWeightsState(state.weight_decay), params, inplace=inplace,
+                                      **extra_args)
+        return updates, _SoapWeightDecayState(state.weight_decay, increment(state.count, inplace))
+
+    return describe(GradientTransformation(init, update), f"add_decayed_weights({weight_decay!r}) after step 1",
+                    leafwise=True, inplace=True)
 
 
 @transform
@@ -26,17 +51,17 @@ def soap(lr: ScalarOrSchedule = 3e-3, b1: float = 0.95, b2: float = 0.95, shampo
     weight decay; the authors' defaults.
 
     ``chain(scale_by_soap(...), add_decayed_weights(weight_decay, mask), scale_by_lr(lr))``:
-    ``p <- p - lr * (u_soap + weight_decay * p)``. The authors' code (and
-    ``pytorch_optimizer.SOAP``) decays the already stepped parameter,
-    ``p <- (p - lr u) (1 - lr weight_decay)``, and skips the decay on the first call; this
-    chain decays ``p`` before the step on every call, as ``gx.adamw`` (they differ by
-    ``lr^2 weight_decay u`` per step). See :func:`scale_by_soap` for the rest.
+    ``p <- p - lr * (u_soap + weight_decay * p)``, the decay skipped on the first call (which
+    only collects statistics), as the authors' code. That code (and ``pytorch_optimizer.SOAP``)
+    decays the already stepped parameter, ``p <- (p - lr u) (1 - lr weight_decay)``; this chain
+    decays ``p`` before the step, as ``gx.adamw`` (they differ by ``lr^2 weight_decay u`` per
+    step). See :func:`scale_by_soap` for the rest.
 
     Example: ``gx.Optimizer(model.parameters(), gx.soap(3e-3, weight_decay=0.01))``.
     """
     return chain(scale_by_soap(b1, b2, shampoo_beta, eps, precondition_frequency, max_precond_dim, merge_dims,
                                precondition_1d, normalize_grads, correct_bias, precond_dtype),
-                 add_decayed_weights(weight_decay, mask), scale_by_lr(lr))
+                 _decay_after_first_step(weight_decay, mask), scale_by_lr(lr))
 
 
 @transform

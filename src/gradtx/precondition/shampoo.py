@@ -25,11 +25,19 @@ class ScaleByShampooState(NamedTuple):
     graft_state: Any  # the state of ``graft`` (an EmptyState-like () when there is none)
 
 
-def _inverse_root(factor: torch.Tensor, power: float, precond_dtype: torch.dtype | None) -> torch.Tensor:
+def _inverse_root(factor: torch.Tensor, power: float, precond_dtype: torch.dtype | None, floor) -> torch.Tensor:
     """``factor^(-1/power)`` by a symmetric eigendecomposition, in float64 for a float64 factor
-    and float32 otherwise unless ``precond_dtype`` says, as pytorch_optimizer's (SVD) does."""
+    and float32 otherwise unless ``precond_dtype`` says, as pytorch_optimizer's (SVD) does.
+    Eigenvalues are floored at ``floor``, the statistic's own lower bound (``eps`` times the
+    decay of the initial ``eps I``): in float32 the eigenvalues of ``eps I + g g^T`` come out
+    below ``eps``, even negative, and their root would blow up the null-space directions."""
     dtype = precond_dtype or (torch.float64 if factor.dtype == torch.float64 else torch.float32)
-    return symmetric_power(factor.to(dtype), -1.0 / power).to(factor.dtype)
+    floor = max(float(floor), torch.finfo(dtype).tiny)
+    return symmetric_power(factor.to(dtype), -1.0 / power, floor=floor).to(factor.dtype)
+
+
+def _value(x) -> float:
+    return float(x.detach()) if isinstance(x, torch.Tensor) else float(x)
 
 
 def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -55,7 +63,9 @@ def scale_by_shampoo(eps: float = 1e-6, update_freq: int = 1, beta: float | None
     axis ``i`` first, the others flattened). Every ``update_freq`` steps (the first step
     included) the roots ``P_i = H_i^(-1/(2k))`` are recomputed, ``k`` the rank of the working
     shape, by an eigendecomposition in float64 for float64 factors and float32 otherwise (or
-    ``precond_dtype``); the update is ``u <- g x_1 P_1 ... x_k P_k``. Statistics and roots are
+    ``precond_dtype``), eigenvalues floored at ``eps`` (``eps beta^t`` with ``beta``), the
+    statistic's true lower bound, which float32 round-off undershoots; the update is
+    ``u <- g x_1 P_1 ... x_k P_k``. Statistics and roots are
     kept in float32 for half-precision parameters (whose rounding would zero the small
     eigenvalues and overflow the roots), in the parameter's dtype otherwise.
 
@@ -109,6 +119,8 @@ def scale_by_shampoo(eps: float = 1e-6, update_freq: int = 1, beta: float | None
         all_factors = leaves_like(state.factors, treedef)
         all_roots = leaves_like(state.roots, treedef)
         refresh = int(state.count) % update_freq == 0  # Python control flow: the schedule of roots
+        # the smallest eigenvalue the statistic can have: eps, decayed by the EMA if any
+        floor = _value(eps) * (1.0 if beta is None else _value(beta) ** (int(state.count) + 1))
         outs, new_factors, new_roots = [], [], []
         for g, factors, roots in zip(gs, all_factors, all_roots):
             shape, has = layout(g)
@@ -121,7 +133,8 @@ def scale_by_shampoo(eps: float = 1e-6, update_freq: int = 1, beta: float | None
                 factors = [torch.lerp(f, next(it), 1.0 - beta) if on else f for f, on in zip(factors, has)]
             if refresh:
                 power = 2.0 * len(shape)
-                roots = [_inverse_root(f, power, precond_dtype) if on else r for f, r, on in zip(factors, roots, has)]
+                roots = [_inverse_root(f, power, precond_dtype, floor) if on else r
+                         for f, r, on in zip(factors, roots, has)]
             out = multiply_axes(work, roots, has, transpose=False) if any(has) else work
             outs.append(out.reshape(g.shape).to(g.dtype, copy=out is work))
             new_factors.append(factors)
