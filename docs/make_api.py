@@ -15,6 +15,7 @@ SECTIONS = [
     ("Core", ["base", "authoring", "combine", "_tree", "evaluation"]),
     ("Transforms", ["transforms."]),
     ("Search: line searches, quasi-Newton, conjugate gradient, trust regions", ["search."]),
+    ("Preconditioners", ["precondition"]),
     ("Wrappers", ["wrappers"]),
     ("Schedules", ["schedules"]),
     ("Optimizers (aliases)", ["aliases"]),

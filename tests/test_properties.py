@@ -391,6 +391,7 @@ NOT_DIFFERENTIABLE = {
     "scale_by_trust_region.eta": "compared with rho: accepts the step or not",
     "scale_by_trust_region.shrink_below": "compared with rho: shrinks the radius or not",
     "scale_by_trust_region.expand_above": "compared with rho: expands the radius or not",
+    "scale_by_psgd_kron.balance_prob": "compared with a uniform draw: switches balancing on or off",
 }
 
 
@@ -499,7 +500,8 @@ def test_hypergradients_match_finite_differences(entry):
 # parts as independent reals); every entry does the same or refuses complex params at init.
 
 REFUSES_COMPLEX = {"scale_by_factored_rms", "adafactor", "scale_by_sm3", "sm3", "scale_by_muon", "muon",
-                   "scale_by_trust_region"}
+                   "scale_by_trust_region", "scale_by_soap", "soap", "scale_by_shampoo", "shampoo",
+                   "scale_by_full_matrix_adagrad", "scale_by_ggt", "scale_by_psgd_kron"}
 # Entries whose masks or units read a leaf's shape, which the real view changes (a vector
 # becomes a matrix): checked on a tree of leaves where both shapes give the same decisions.
 COMPLEX_READS_SHAPE = {"masked", "partition", "multi_transform", "freeze", "adaptive_grad_clip"}

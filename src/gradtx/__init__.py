@@ -8,7 +8,7 @@ The flat namespace gathers each module's ``__all__``; layers import downwards on
 < ``aliases/`` < ``optim/`` (the ``torch.optim`` adapter).
 """
 
-from . import _tree, aliases, authoring, base, combine, evaluation, optim, schedules, wrappers
+from . import _tree, aliases, authoring, base, combine, evaluation, optim, precondition, schedules, wrappers
 from ._tree import *  # noqa: F403
 from .aliases import *  # noqa: F403
 from .authoring import *  # noqa: F403
@@ -18,6 +18,7 @@ from .evaluation import *  # noqa: F403
 from .optim import *  # noqa: F403
 from .optim import scipy_minimize
 from .optim.scipy_minimize import *  # noqa: F403
+from .precondition import *  # noqa: F403
 from .schedules import *  # noqa: F403
 from .search import conjugate_gradient, line_search, lsr1, quasi_newton, step_size, trust_region
 from .search import lbfgs as _lbfgs_module  # the name gx.lbfgs is the alias
@@ -60,9 +61,15 @@ from .wrappers import *  # noqa: F403
 
 __version__ = "0.1.0"
 
-_MODULES = (_tree, base, authoring, combine, evaluation, accumulators, adam_variants, adaptive, clipping, constrain,
-            factored, momentum, normalize, orthogonalize, perturb, regularize, scaling, stepsize, wrappers, schedules,
-            aliases, optim, scipy_minimize, line_search, _lbfgs_module, quasi_newton, lsr1, conjugate_gradient,
-            step_size, trust_region)
+_MODULES = (
+    _tree, base, authoring, evaluation, combine,
+    # transforms/
+    accumulators, adam_variants, adaptive, clipping, constrain, factored, momentum, normalize, orthogonalize, perturb,
+    regularize, scaling, stepsize,
+    # precondition/, search/
+    precondition,
+    line_search, _lbfgs_module, quasi_newton, lsr1, conjugate_gradient, step_size, trust_region,
+    wrappers, schedules, aliases, optim, scipy_minimize,
+)
 
 __all__ = sorted({name for module in _MODULES for name in module.__all__})

@@ -1,0 +1,107 @@
+"""Step time of the matrix preconditioners: gradtx's SOAP, Shampoo and PSGD Kron under
+``gx.Optimizer`` against the torch implementations installed beside it, in one process.
+
+Usage::
+
+    PYTHONPATH=src python benchmarks/precondition_step.py            # resnet-like set, 30 steps
+    PYTHONPATH=src python benchmarks/precondition_step.py --steps 12 --set small
+
+Each optimizer runs ``--steps`` steps on the same parameters and gradients (a refresh of the
+eigenbases / roots every 10 steps is included, so the median covers both kinds of step); the
+variants of one algorithm are timed in turn, round after round, and the median step time is
+reported with its ratio to each reference. One run, no memory figures (the CPU peak of a
+preconditioner is its factors, the same for every implementation). References missing from
+the environment are skipped. heavyball is left out: its SOAP and PSGDKron compile parts of
+their step with inductor even with ``compile_step=False``, which took minutes per optimizer on
+the CPU here (and failed for PSGDKron), so a step time of it measures the compiler; on a GPU
+machine it belongs in this table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+import gradtx as gx
+
+FREQ = 10
+
+
+def shapes(name: str) -> list[tuple[int, ...]]:
+    if name == "resnet":  # a narrow resnet-18: conv weights, batch-norm vectors, the classifier
+        convs = [(64, 3, 7, 7)] + [(64, 64, 3, 3)] * 4 + [(128, 64, 3, 3)] + [(128, 128, 3, 3)] * 3 + \
+            [(256, 128, 3, 3)] + [(256, 256, 3, 3)] * 3
+        vectors = [(c,) for c in (64,) * 10 + (128,) * 8 + (256,) * 8]
+        return convs + vectors + [(10, 256), (10,)]
+    if name == "small":
+        return [(64, 64, 3, 3)] * 2 + [(64,)] * 4 + [(10, 64)]
+    raise ValueError(f"unknown set {name!r}")
+
+
+def make(name: str) -> list[torch.nn.Parameter]:
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for s in shapes(name):
+        p = torch.nn.Parameter(torch.randn(s, generator=gen) * 0.1)
+        p.grad = torch.randn(s, generator=gen)
+        out.append(p)
+    return out
+
+
+def variants() -> dict[str, dict[str, Callable]]:
+    algos: dict[str, dict[str, Callable]] = {
+        "soap": {"gradtx": lambda ps: gx.Optimizer(ps, gx.soap(3e-3, precondition_frequency=FREQ))},
+        "shampoo": {"gradtx": lambda ps: gx.Optimizer(ps, gx.shampoo(1e-3, update_freq=FREQ))},
+        "psgd_kron": {"gradtx": lambda ps: gx.Optimizer(ps, gx.chain(gx.scale_by_psgd_kron(), gx.scale_by_lr(1e-3)))},
+    }
+    try:
+        import pytorch_optimizer as po
+
+        algos["soap"]["pytorch_optimizer"] = lambda ps: po.SOAP(ps, lr=3e-3, precondition_frequency=FREQ)
+        algos["shampoo"]["pytorch_optimizer"] = lambda ps: po.Shampoo(ps, lr=1e-3,
+                                                                      preconditioning_compute_steps=FREQ)
+        algos["psgd_kron"]["pytorch_optimizer"] = lambda ps: po.Kron(ps, lr=1e-3)
+    except ImportError:
+        pass
+    return algos
+
+
+def run(set_name: str, steps: int) -> None:
+    torch.manual_seed(0)
+    for algo, impls in variants().items():
+        opts, params = {}, {}
+        for label, build in impls.items():
+            params[label] = make(set_name)
+            try:
+                opts[label] = build(params[label])
+                opts[label].step()  # first step: state, lazy imports, first decomposition
+            except Exception as error:  # noqa: BLE001 - a reference that fails here is reported, not fatal
+                print(f"{algo:10s} {label:18s} skipped: {type(error).__name__}: {error}")
+                opts.pop(label, None)
+        times: dict[str, list[float]] = {label: [] for label in opts}
+        for _ in range(steps):
+            for label, opt in opts.items():
+                start = time.perf_counter()
+                opt.step()
+                times[label].append(time.perf_counter() - start)
+        medians = {label: statistics.median(ts) for label, ts in times.items()}
+        for label, t in medians.items():
+            ratios = ", ".join(f"{t / medians[other]:.2f}x {other}" for other in medians if other != label)
+            print(f"{algo:10s} {label:18s} {t * 1e3:9.2f} ms/step   {ratios}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--set", default="resnet", choices=["resnet", "small"])
+    parser.add_argument("--steps", type=int, default=30)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, set {args.set}, {args.steps} steps")
+    run(args.set, args.steps)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Shampoo: one Kronecker factor per axis, the update multiplied by their inverse roots
+(Gupta, Koren & Singer, 2018)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+
+from .._hparams import check, check_int, new_count
+from .._tree import Tree
+from ..base import GradientTransformation, is_leafwise, transform, updater
+from ..transforms._common import leaves, leaves_like, refuse_complex, unflatten
+from ._factors import empty_like_factor, factor_sizes, gram, multiply_axes, symmetric_power
+
+__all__ = ["ScaleByShampooState", "scale_by_shampoo"]
+
+
+class ScaleByShampooState(NamedTuple):
+    """State of :func:`scale_by_shampoo`."""
+
+    count: torch.Tensor  # int32, steps taken
+    factors: Tree  # per parameter, one (n, n) statistic per axis of its working shape; (0,) where none
+    roots: Tree  # per parameter, the inverse root of each statistic used since the last refresh
+    graft_state: Any  # the state of ``graft`` (an EmptyState-like () when there is none)
+
+
+def _inverse_root(factor: torch.Tensor, power: float, precond_dtype: torch.dtype | None, floor) -> torch.Tensor:
+    """``factor^(-1/power)`` by a symmetric eigendecomposition, in float64 for a float64 factor
+    and float32 otherwise unless ``precond_dtype`` says, as pytorch_optimizer's (SVD) does.
+    Eigenvalues are floored at ``floor``, the statistic's own lower bound (``eps`` times the
+    decay of the initial ``eps I``): in float32 the eigenvalues of ``eps I + g g^T`` come out
+    below ``eps``, even negative, and their root would blow up the null-space directions."""
+    dtype = precond_dtype or (torch.float64 if factor.dtype == torch.float64 else torch.float32)
+    floor = max(float(floor), torch.finfo(dtype).tiny)
+    return symmetric_power(factor.to(dtype), -1.0 / power, floor=floor).to(factor.dtype)
+
+
+def _value(x) -> float:
+    return float(x.detach()) if isinstance(x, torch.Tensor) else float(x)
+
+
+def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    # half types would round the small eigenvalues of eps I + G G^T to 0 and overflow the root
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _graft_leafwise(args: dict) -> bool:
+    return args["graft"] is None or is_leafwise(args["graft"])
+
+
+@transform(leafwise=_graft_leafwise)
+def scale_by_shampoo(eps: float = 1e-6, update_freq: int = 1, beta: float | None = None,
+                     max_precond_dim: int = 10000, merge_dims: bool = False, precondition_1d: bool = True,
+                     graft: GradientTransformation | None = None,
+                     precond_dtype: torch.dtype | None = None) -> GradientTransformation:
+    """Shampoo's preconditioning (Gupta et al., 2018, "Shampoo: Preconditioned Stochastic Tensor
+    Optimization", Algorithm 2 for order-``k`` tensors).
+
+    Each parameter (reshaped to its working shape, the rule of :func:`scale_by_soap`) keeps one
+    statistic per axis, started at ``eps I``: ``H_i <- H_i + G_(i) G_(i)^T``, or an EMA
+    ``H_i <- beta H_i + (1-beta) G_(i) G_(i)^T`` when ``beta`` is given (``G_(i)``: ``g`` with
+    axis ``i`` first, the others flattened). Every ``update_freq`` steps (the first step
+    included) the roots ``P_i = H_i^(-1/(2k))`` are recomputed, ``k`` the rank of the working
+    shape, by an eigendecomposition in float64 for float64 factors and float32 otherwise (or
+    ``precond_dtype``), eigenvalues floored at ``eps`` (``eps beta^t`` with ``beta``), the
+    statistic's true lower bound, which float32 round-off undershoots; the update is
+    ``u <- g x_1 P_1 ... x_k P_k``. Statistics and roots are
+    kept in float32 for half-precision parameters (whose rounding would zero the small
+    eigenvalues and overflow the roots), in the parameter's dtype otherwise.
+
+    A vector gets a full ``(n, n)`` statistic (``k = 1``: full-matrix AdaGrad) with
+    ``precondition_1d`` (the default, as the paper and pytorch_optimizer), an axis longer than
+    ``max_precond_dim`` none (identity along it); a 0-dim tensor, or a vector without a
+    statistic, passes through unchanged. Such leaves usually take another rule through
+    ``graft``: with ``graft`` (a transform, e.g. ``gx.scale_by_rss()`` for AdaGrad grafting or
+    ``gx.scale_by_adam()``), each leaf's update is Shampoo's direction with the graft's norm,
+    ``u <- u_shampoo ||u_graft|| / ||u_shampoo||`` (``u_graft`` on a leaf with no statistic;
+    0 when ``u_shampoo`` is), the graft state kept in ``graft_state``.
+
+    With ``update_freq=1`` this is ``pytorch_optimizer.Shampoo(momentum=0)`` step for step;
+    for ``update_freq > 1`` that implementation multiplies by zero roots until step
+    ``update_freq``, where this one computes them on the first step. For momentum chain
+    ``gx.trace``. Complex parameters are refused at ``init`` (optimize ``torch.view_as_real(p)``).
+
+    Example: ``gx.chain(gx.scale_by_shampoo(update_freq=10, graft=gx.scale_by_rss()), gx.scale_by_lr(0.1))``,
+    or ``gx.shampoo(0.1)``.
+    """
+    check("eps", eps, low=0.0)
+    check_int("update_freq", update_freq, low=1)
+    if beta is not None:
+        check("beta", beta, low=0.0, high=1.0, high_open=True)
+    check_int("max_precond_dim", max_precond_dim, low=1)
+    if precond_dtype is not None and precond_dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"precond_dtype must be None, torch.float32 or torch.float64, got {precond_dtype!r}")
+    if graft is not None and not isinstance(graft, GradientTransformation):
+        raise ValueError(f"graft must be None or a GradientTransformation (e.g. gx.scale_by_rss()), got {graft!r}")
+    run_graft = None if graft is None else updater(graft)
+
+    def layout(p: torch.Tensor) -> tuple[list[int], list[bool]]:
+        return factor_sizes(p.shape, max_dim=max_precond_dim, merge=merge_dims, precondition_1d=precondition_1d)
+
+    def init(params):
+        refuse_complex("scale_by_shampoo", params, "its statistics are built from each tensor's axes")
+        ps, treedef = leaves(params)
+        factors, roots = [], []
+        for p in ps:
+            shape, has = layout(p)
+            dtype = _stat_dtype(p.dtype)
+            factors.append([torch.eye(n, dtype=dtype, device=p.device) * eps if on else empty_like_factor(p)
+                            for n, on in zip(shape, has)])
+            roots.append([p.new_zeros(n, n, dtype=dtype) if on else empty_like_factor(p) for n, on in zip(shape, has)])
+        graft_state = () if graft is None else graft.init(params)
+        return ScaleByShampooState(new_count(), unflatten(treedef, factors), unflatten(treedef, roots), graft_state)
+
+    def update(updates, state, params=None, *, inplace=False, **extra_args):
+        del inplace  # not declared in-place: computes into fresh tensors
+        gs, treedef = leaves(updates)
+        all_factors = leaves_like(state.factors, treedef)
+        all_roots = leaves_like(state.roots, treedef)
+        refresh = int(state.count) % update_freq == 0  # Python control flow: the schedule of roots
+        # the smallest eigenvalue the statistic can have: eps, decayed by the EMA if any
+        floor = _value(eps) * (1.0 if beta is None else _value(beta) ** (int(state.count) + 1))
+        outs, new_factors, new_roots = [], [], []
+        for g, factors, roots in zip(gs, all_factors, all_roots):
+            shape, has = layout(g)
+            work = g.reshape(shape).to(_stat_dtype(g.dtype))
+            stats = [gram(work, i).to(f.dtype) for i, (f, on) in enumerate(zip(factors, has)) if on]
+            it = iter(stats)
+            if beta is None:
+                factors = [f + next(it) if on else f for f, on in zip(factors, has)]
+            else:
+                factors = [torch.lerp(f, next(it), 1.0 - beta) if on else f for f, on in zip(factors, has)]
+            if refresh:
+                power = 2.0 * len(shape)
+                roots = [_inverse_root(f, power, precond_dtype, floor) if on else r
+                         for f, r, on in zip(factors, roots, has)]
+            out = multiply_axes(work, roots, has, transpose=False) if any(has) else work
+            outs.append(out.reshape(g.shape).to(g.dtype, copy=out is work))
+            new_factors.append(factors)
+            new_roots.append(roots)
+        graft_state = state.graft_state
+        if graft is not None:
+            grafted, graft_state = run_graft(updates, graft_state, params, False, extra_args)
+            for i, (gu, g) in enumerate(zip(leaves_like(grafted, treedef, "the graft's updates"), gs)):
+                if not any(layout(g)[1]):
+                    outs[i] = gu.to(g.dtype, copy=True)
+                    continue
+                norm = torch.linalg.vector_norm(outs[i])
+                ratio = torch.where(norm > 0, torch.linalg.vector_norm(gu) / norm, torch.zeros_like(norm))
+                outs[i] = outs[i] * ratio.to(outs[i].dtype)
+        new_state = ScaleByShampooState(state.count + 1, unflatten(treedef, new_factors), unflatten(treedef, new_roots),
+                                        graft_state)
+        return unflatten(treedef, outs), new_state
+
+    return GradientTransformation(init, update)
