@@ -188,3 +188,52 @@ def test_memory_is_a_ring_of_trees_like_the_params():
         gx.scale_by_lbfgs(memory_size=0)
     with pytest.raises(ValueError, match="needs params"):
         tx.update(params, state)
+
+
+def _olbfgs_reference(grad, w0, lr, m, c, lam, eps, steps):
+    """oLBFGS (Schraudolph, Yu & Günter, 2007, Alg. 2) in numpy, pairs in a list."""
+    pairs, w, out = [], w0.copy(), []
+    for _ in range(steps):
+        g = grad(w)
+        if not pairs:
+            p = -eps * g
+        else:
+            q, alphas = g.copy(), []
+            for s, y in reversed(pairs):
+                alphas.append((s @ q) / (y @ s))
+                q = q - alphas[-1] * y
+            r = np.mean([(s @ y) / (y @ y) for s, y in pairs]) * q
+            for (s, y), a in zip(pairs, reversed(alphas)):
+                r = r + (a - (y @ r) / (y @ s)) * s
+            p = -r
+        s = lr / c * p
+        y = grad(w + s) - g + lam * s
+        if s @ y > 0:
+            pairs = (pairs + [(s, y)])[-m:]
+        w = w + s
+        out.append(w)
+    return out
+
+
+def test_online_lbfgs_follows_the_papers_algorithm():
+    """On the (convex) logistic regression, full batch: the iterates of the paper's algorithm
+    written out in numpy, float64 round-off."""
+    fn, x0 = problems_torch()["logistic"]
+    vg = gx.make_value_and_grad_fn(fn)
+
+    def grad(w):
+        return vg({"x": torch.tensor(w)})[1]["x"].numpy()
+
+    lr, m, c, lam, eps = 0.5, 3, 0.8, 1e-2, 1e-10
+    want = _olbfgs_reference(grad, x0, lr, m, c, lam, eps, 25)
+    tx = gx.scale_by_online_lbfgs(lr, memory_size=m, c=c, lambda_=lam, epsilon=eps)
+    params = {"x": torch.tensor(x0)}
+    state = tx.init(params)
+    for step in range(25):
+        _, grads = vg(params)
+        updates, state = tx.update(grads, state, params, value_and_grad_fn=vg)
+        params = gx.apply_updates(params, updates)
+        np.testing.assert_allclose(params["x"].numpy(), want[step], rtol=1e-9, atol=1e-12, err_msg=f"step {step}")
+    assert float(fn(params)) < 0.9 * float(fn({"x": torch.tensor(x0)}))
+    with pytest.raises(ValueError, match="value_and_grad_fn"):
+        tx.update(grads, state, params)
