@@ -33,7 +33,7 @@ class ScaleByLBFGSState(NamedTuple):
     weights_memory: torch.Tensor  # float64 (memory_size,): rho_j = 1 / <y_j, s_j> (0: empty slot)
 
 
-@transform
+@transform(inplace=True)  # writes into nothing it is given; returns fresh tensors (or a given update as is)
 def scale_by_lbfgs(memory_size: int = 10, scale_init_precond: bool = True) -> GradientTransformation:
     """L-BFGS direction ``u <- P_k g_k`` (Nocedal & Wright, 2006, Alg. 7.4; Liu & Nocedal,
     1989), as ``optax.scale_by_lbfgs``; needs ``params``.
@@ -73,8 +73,8 @@ def scale_by_lbfgs(memory_size: int = 10, scale_init_precond: bool = True) -> Gr
                                  tuple(zeros() for _ in range(m)),
                                  torch.zeros(m, dtype=torch.float64, device=device_of(ps)))
 
-    def update(updates, state, params=None, **extra_args):
-        del extra_args
+    def update(updates, state, params=None, *, inplace=False, **extra_args):
+        del inplace, extra_args
         if params is None:
             raise ValueError("scale_by_lbfgs needs params: call update(updates, state, params)")
         us, treedef = tensor_leaves(updates)
@@ -135,7 +135,7 @@ class ScaleByOnlineLBFGSState(NamedTuple):
     ratios_memory: torch.Tensor  # float64 (memory_size,): <s_j, y_j> / <y_j, y_j>, for the initial scaling
 
 
-@transform
+@transform(inplace=True)  # writes into nothing it is given; returns fresh tensors (or a given update as is)
 def scale_by_online_lbfgs(learning_rate: float, memory_size: int = 10, c: float = 1.0, lambda_: float = 0.0,
                           epsilon: float = 1e-10) -> GradientTransformation:
     """Online L-BFGS (oLBFGS; Schraudolph, Yu & Günter, 2007, Alg. 2), for stochastic
@@ -172,8 +172,8 @@ def scale_by_online_lbfgs(learning_rate: float, memory_size: int = 10, c: float 
                                        torch.zeros(m, dtype=torch.float64, device=device_of(ps)),
                                        torch.zeros(m, dtype=torch.float64, device=device_of(ps)))
 
-    def update(updates, state, params=None, *, value_and_grad_fn=None, **extra_args):
-        del extra_args
+    def update(updates, state, params=None, *, inplace=False, value_and_grad_fn=None, **extra_args):
+        del inplace, extra_args
         if params is None:
             raise ValueError("scale_by_online_lbfgs needs params: call update(grads, state, params, ...)")
         if value_and_grad_fn is None:
