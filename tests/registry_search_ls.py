@@ -28,6 +28,11 @@ SEARCH = {**SEARCH_MIXED, "numbers_only": SEARCHES,
 # scale (scale.step_size) reaches the update through autograd as if t were fixed, and not in value.
 INTERPOLATING = {**SEARCH, "numbers_only": SEARCHES + ("scale",)}
 
+# oLBFGS reads the gradient after its step from value_and_grad_fn, which has no autograd link to the
+# step: its hyperparameters reach the pairs (s, y) only as numbers.
+ONLINE = {**LBFGS_MIXED, "numbers_only": ("scale_by_online_lbfgs",),
+          "complex": "the registry's value_and_grad_fn takes real views, oLBFGS calls it on the complex params"}
+
 ENTRIES = [
     Entry("scale_by_backtracking", lambda: gx.chain(gx.scale(-1.0), gx.scale_by_backtracking()),
           "Nocedal & Wright Alg. 3.1 (Armijo), closed form in test_line_search.py", needs=ARMIJO, skip=SEARCH),
@@ -42,6 +47,8 @@ ENTRIES = [
           "optax.scale_by_zoom_linesearch", needs=WOLFE, skip=INTERPOLATING),
     Entry("scale_by_lbfgs", lambda: gx.chain(gx.scale_by_lbfgs(), gx.scale_by_lr(0.1)), "optax.scale_by_lbfgs",
           skip=LBFGS_MIXED),
+    Entry("scale_by_online_lbfgs", lambda: gx.scale_by_online_lbfgs(0.1), "Schraudolph, Yu & Gunter 2007, Alg. 2 "
+          "(written out in test_lbfgs.py)", needs=frozenset({"value_and_grad_fn"}), skip=ONLINE),
     Entry("lbfgs", lambda: gx.lbfgs(), "optax.lbfgs; scipy L-BFGS-B", kind="alias", needs=WOLFE, skip=SEARCH),
 ]
 

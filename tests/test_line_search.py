@@ -33,7 +33,7 @@ def _sd(optax, search):
     return optax.chain(optax.sgd(1.0), search)
 
 
-@pytest.mark.parametrize("name", list(ZOOM_CASES))
+@pytest.mark.parametrize("name", [pytest.param("logistic", marks=pytest.mark.slow), "rosenbrock2"])
 def test_zoom_linesearch_matches_optax(name):
     jax = jax_x64()
     import optax
@@ -48,7 +48,7 @@ def test_zoom_linesearch_matches_optax(name):
         np.testing.assert_allclose(np.stack(got), np.stack(want), rtol=1e-7, atol=1e-10, err_msg=f"{name}, {guess}")
 
 
-@pytest.mark.parametrize("name", ["quadratic", "logistic"])
+@pytest.mark.parametrize("name", ["quadratic", pytest.param("logistic", marks=pytest.mark.slow)])
 def test_backtracking_linesearch_matches_optax(name):
     jax = jax_x64()
     import optax

@@ -7,12 +7,12 @@ from typing import NamedTuple
 import torch
 
 from .._foreach import wide_dtype
-from .._hparams import check_int
+from .._hparams import check, check_int
 from .._tree import Tree, flatten_up_to, tensor_leaves, tree_unflatten
 from ..base import GradientTransformation, transform
 from ._line import device_of, real_view
 
-__all__ = ["ScaleByLBFGSState", "scale_by_lbfgs"]
+__all__ = ["ScaleByLBFGSState", "ScaleByOnlineLBFGSState", "scale_by_lbfgs", "scale_by_online_lbfgs"]
 
 
 def _dot(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> torch.Tensor:
@@ -33,7 +33,7 @@ class ScaleByLBFGSState(NamedTuple):
     weights_memory: torch.Tensor  # float64 (memory_size,): rho_j = 1 / <y_j, s_j> (0: empty slot)
 
 
-@transform
+@transform(inplace=True)  # writes into nothing it is given; returns fresh tensors (or a given update as is)
 def scale_by_lbfgs(memory_size: int = 10, scale_init_precond: bool = True) -> GradientTransformation:
     """L-BFGS direction ``u <- P_k g_k`` (Nocedal & Wright, 2006, Alg. 7.4; Liu & Nocedal,
     1989), as ``optax.scale_by_lbfgs``; needs ``params``.
@@ -73,8 +73,8 @@ def scale_by_lbfgs(memory_size: int = 10, scale_init_precond: bool = True) -> Gr
                                  tuple(zeros() for _ in range(m)),
                                  torch.zeros(m, dtype=torch.float64, device=device_of(ps)))
 
-    def update(updates, state, params=None, **extra_args):
-        del extra_args
+    def update(updates, state, params=None, *, inplace=False, **extra_args):
+        del inplace, extra_args
         if params is None:
             raise ValueError("scale_by_lbfgs needs params: call update(updates, state, params)")
         us, treedef = tensor_leaves(updates)
@@ -111,15 +111,7 @@ def scale_by_lbfgs(memory_size: int = 10, scale_init_precond: bool = True) -> Gr
             gamma = torch.clamp(1.0 / norm, max=1.0)  # 1 / 0 = inf -> 1
         # two-loop recursion over the filled slots (the last min(k, m) pairs): newest first, then oldest first
         q = [u.to(wide_dtype(u.dtype, p.dtype)) if not u.is_complex() else u for u, p in zip(us, ps)]
-        filled = [(prev - i) % m for i in range(min(k, m))]
-        alphas = {}
-        for j in filled:
-            alphas[j] = weights[j] * _dot(mem_s[j], q)
-            q = [x - alphas[j] * yj for x, yj in zip(q, mem_y[j])]
-        r = q if gamma is None else [x * gamma for x in q]
-        for j in reversed(filled):
-            beta = weights[j] * _dot(mem_y[j], r)
-            r = [x + (alphas[j] - beta) * sj for x, sj in zip(r, mem_s[j])]
+        r = _two_loop(q, mem_s, mem_y, weights, [(prev - i) % m for i in range(min(k, m))], gamma)
         out = tree_unflatten([x.to(u.dtype) for x, u in zip(r, us)], treedef)
 
         def tree(leaves):
@@ -133,3 +125,105 @@ def scale_by_lbfgs(memory_size: int = 10, scale_init_precond: bool = True) -> Gr
         return out, new
 
     return GradientTransformation(init, update)
+
+
+class ScaleByOnlineLBFGSState(NamedTuple):
+    count: torch.Tensor  # int32 0-dim: updates so far
+    diff_params_memory: tuple  # memory_size trees like params: s_j, the steps taken
+    diff_updates_memory: tuple  # memory_size trees like params: y_j = g(w_j + s_j) - g(w_j) + lambda s_j
+    weights_memory: torch.Tensor  # float64 (memory_size,): rho_j = 1 / <y_j, s_j> (0: empty slot)
+    ratios_memory: torch.Tensor  # float64 (memory_size,): <s_j, y_j> / <y_j, y_j>, for the initial scaling
+
+
+@transform(inplace=True)  # writes into nothing it is given; returns fresh tensors (or a given update as is)
+def scale_by_online_lbfgs(learning_rate: float, memory_size: int = 10, c: float = 1.0, lambda_: float = 0.0,
+                          epsilon: float = 1e-10) -> GradientTransformation:
+    """Online L-BFGS (oLBFGS; Schraudolph, Yu & Günter, 2007, Alg. 2), for stochastic
+    gradients; takes the raw gradient ``g_t`` (put it first in a chain) and needs ``params``
+    and ``value_and_grad_fn`` on the same minibatch as ``g_t``. Returns the step itself
+    (already negative: follow it with nothing that rescales).
+
+    ``p_t = -H_t g_t`` by the two-loop recursion over the last ``memory_size`` pairs, from
+    ``H_0 = (1 / k) sum_j <s_j, y_j> / <y_j, y_j>`` (the mean over the ``k`` pairs kept) and
+    ``p_0 = -epsilon g_0``; ``s_t = (learning_rate / c) p_t``;
+    ``y_t = g(w_t + s_t) - g_t + lambda_ s_t`` with ``g(w_t + s_t)`` from
+    ``value_and_grad_fn`` (the same minibatch: one extra gradient per step, as the paper);
+    ``u <- s_t``. A pair with ``<y, s> <= 0`` is not stored. Defaults ``c=1``,
+    ``lambda_=0`` and ``epsilon=1e-10`` are the paper's.
+
+    Example: ``tx = gx.scale_by_online_lbfgs(0.1)``; per minibatch
+    ``tx.update(grads, state, params, value_and_grad_fn=batch_value_and_grad)``.
+    """
+    check("learning_rate", learning_rate, low=0.0, low_open=True)
+    check_int("memory_size", memory_size, low=1)
+    check("c", c, low=0.0, high=1.0, low_open=True)
+    check("lambda_", lambda_, low=0.0)
+    check("epsilon", epsilon, low=0.0, low_open=True)
+    m = memory_size
+
+    def init(params):
+        ps, treedef = tensor_leaves(params)
+
+        def zeros():
+            return tree_unflatten([torch.zeros_like(p) for p in ps], treedef)
+
+        return ScaleByOnlineLBFGSState(torch.zeros((), dtype=torch.int32), tuple(zeros() for _ in range(m)),
+                                       tuple(zeros() for _ in range(m)),
+                                       torch.zeros(m, dtype=torch.float64, device=device_of(ps)),
+                                       torch.zeros(m, dtype=torch.float64, device=device_of(ps)))
+
+    def update(updates, state, params=None, *, inplace=False, value_and_grad_fn=None, **extra_args):
+        del inplace, extra_args
+        if params is None:
+            raise ValueError("scale_by_online_lbfgs needs params: call update(grads, state, params, ...)")
+        if value_and_grad_fn is None:
+            raise ValueError("scale_by_online_lbfgs needs the extra argument value_and_grad_fn (params -> (loss, "
+                             "grads)) on the minibatch of the gradient, for the gradient after the step")
+        us, treedef = tensor_leaves(updates)
+        ps = flatten_up_to(params, treedef, "params")
+        mem_s = [flatten_up_to(tree, treedef) for tree in state.diff_params_memory]
+        mem_y = [flatten_up_to(tree, treedef) for tree in state.diff_updates_memory]
+        weights, ratios = state.weights_memory, state.ratios_memory
+        k = int(state.count)
+        filled = [(k - 1 - i) % m for i in range(min(k, m))]  # newest first
+        q = [u.to(wide_dtype(u.dtype, p.dtype)) if not u.is_complex() else u for u, p in zip(us, ps)]
+        if filled:
+            kept = weights[filled] != 0
+            n = kept.sum().clamp(min=1)
+            gamma = (ratios[filled] * kept).sum() / n
+            gamma = torch.where(kept.any(), gamma, torch.full_like(gamma, float(epsilon)))
+            direction = _two_loop(q, mem_s, mem_y, weights, filled, gamma)
+        else:
+            direction = [x * float(epsilon) for x in q]
+        scale = -float(learning_rate) / float(c)
+        steps = [(x * scale).to(p.dtype) for x, p in zip(direction, ps)]
+        _, new_grad = value_and_grad_fn(tree_unflatten([p + s for p, s in zip(ps, steps)], treedef))
+        new_gs = flatten_up_to(new_grad, treedef, "the gradient value_and_grad_fn returned", "the updates")
+        y = [(g2.detach().to(p.dtype) - u.to(p.dtype) + float(lambda_) * s) for g2, u, s, p in
+             zip(new_gs, us, steps, ps)]
+        sy, yy = _dot(y, steps), _dot(y, y)
+        good = (sy > 0) & (yy > 0)
+        slot = k % m
+        weights, ratios = weights.clone(), ratios.clone()
+        weights[slot] = torch.where(good, 1.0 / torch.where(good, sy, torch.ones_like(sy)), torch.zeros_like(sy))
+        ratios[slot] = torch.where(good, sy / torch.where(good, yy, torch.ones_like(yy)), torch.zeros_like(yy))
+        diff_params, diff_updates = list(state.diff_params_memory), list(state.diff_updates_memory)
+        diff_params[slot] = tree_unflatten([s.clone() for s in steps], treedef)
+        diff_updates[slot] = tree_unflatten(y, treedef)
+        out = tree_unflatten([s.to(u.dtype) for s, u in zip(steps, us)], treedef)
+        return out, ScaleByOnlineLBFGSState(state.count + 1, tuple(diff_params), tuple(diff_updates), weights, ratios)
+
+    return GradientTransformation(init, update)
+
+
+def _two_loop(q, mem_s, mem_y, weights, filled, gamma):
+    """``H q`` for the pairs in slots ``filled`` (newest first) from ``H_0 = gamma I``."""
+    alphas = {}
+    for j in filled:
+        alphas[j] = weights[j] * _dot(mem_s[j], q)
+        q = [x - alphas[j] * yj for x, yj in zip(q, mem_y[j])]
+    r = q if gamma is None else [x * gamma for x in q]
+    for j in reversed(filled):
+        beta = weights[j] * _dot(mem_y[j], r)
+        r = [x + (alphas[j] - beta) * sj for x, sj in zip(r, mem_s[j])]
+    return r

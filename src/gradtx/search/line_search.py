@@ -78,7 +78,7 @@ def _check_backtracking(init, beta, c, max_steps) -> None:
     check_int("max_steps", max_steps, low=1)
 
 
-@transform
+@transform(inplace=True)  # never writes into its inputs; its updates are fresh tensors
 def scale_by_backtracking(init: float = 1.0, beta: float = 0.5, c: float = 1e-4,
                           max_steps: int = 25) -> GradientTransformation:
     """Backtracking line search with the Armijo condition (Nocedal & Wright, 2006, Alg. 3.1);
@@ -101,9 +101,9 @@ def scale_by_backtracking(init: float = 1.0, beta: float = 0.5, c: float = 1e-4,
         ps = _params_leaves(params)
         return BacktrackingState(running(0.0, ps), count(0, ps))
 
-    def update(updates, state, params=None, *, value=None, grad=None, value_fn=None, value_and_grad_fn=None,
-               **extra_args):
-        del extra_args
+    def update(updates, state, params=None, *, inplace=False, value=None, grad=None, value_fn=None,
+               value_and_grad_fn=None, **extra_args):
+        del inplace, extra_args
         line = Line("scale_by_backtracking", updates, params, value=value, grad=grad, value_fn=value_fn,
                     value_and_grad_fn=value_and_grad_fn)
         t, _, _ = _backtrack(line, _f(init), _f(beta), _f(c), max_steps)
@@ -122,7 +122,7 @@ class AdaptiveBacktrackingState(NamedTuple):
     num_evaluations: torch.Tensor  # int32 0-dim
 
 
-@transform
+@transform(inplace=True)  # never writes into its inputs; its updates are fresh tensors
 def scale_by_adaptive_backtracking(init: float = 1.0, beta: float = 0.5, c: float = 1e-4, max_steps: int = 20,
                                    nplus: float = 2.0, scale_beta: float = 0.0) -> GradientTransformation:
     """Armijo backtracking whose first trial adapts to the last accepted step (torchzero's
@@ -147,9 +147,9 @@ def scale_by_adaptive_backtracking(init: float = 1.0, beta: float = 0.5, c: floa
         ps = _params_leaves(params)
         return AdaptiveBacktrackingState(running(0.0, ps), running(1.0, ps), running(1.0, ps), count(0, ps))
 
-    def update(updates, state, params=None, *, value=None, grad=None, value_fn=None, value_and_grad_fn=None,
-               **extra_args):
-        del extra_args
+    def update(updates, state, params=None, *, inplace=False, value=None, grad=None, value_fn=None,
+               value_and_grad_fn=None, **extra_args):
+        del inplace, extra_args
         line = Line("scale_by_adaptive_backtracking", updates, params, value=value, grad=grad, value_fn=value_fn,
                     value_and_grad_fn=value_and_grad_fn)
         scale, b = float(state.initial_scale), float(state.beta_scale)
@@ -204,7 +204,7 @@ def _cubic_step(a: float, fa: float, ga: float, b: float, fb: float, gb: float) 
     return min(max(t, lo), hi) if math.isfinite(t) else (lo + hi) / 2
 
 
-@transform
+@transform(inplace=True)  # never writes into its inputs; its updates are fresh tensors
 def scale_by_strong_wolfe(init: float = 1.0, c1: float = 1e-4, c2: float = 0.9, max_steps: int = 25,
                           max_step_size: float = 1e10, interval_threshold: float = 1e-9) -> GradientTransformation:
     """Line search for the strong Wolfe conditions (Nocedal & Wright, 2006, Alg. 3.5 and 3.6,
@@ -237,9 +237,9 @@ def scale_by_strong_wolfe(init: float = 1.0, c1: float = 1e-4, c2: float = 0.9, 
         ps = _params_leaves(params)
         return StrongWolfeState(running(0.0, ps), count(0, ps))
 
-    def update(updates, state, params=None, *, value=None, grad=None, value_fn=None, value_and_grad_fn=None,
-               **extra_args):
-        del extra_args
+    def update(updates, state, params=None, *, inplace=False, value=None, grad=None, value_fn=None,
+               value_and_grad_fn=None, **extra_args):
+        del inplace, extra_args
         line = Line("scale_by_strong_wolfe", updates, params, value=value, grad=grad, value_fn=value_fn,
                     value_and_grad_fn=value_and_grad_fn, need_grad_fn=True)
         t = _strong_wolfe(line, _f(init), _f(c1), _f(c2), max_steps, _f(max_step_size), _f(interval_threshold))
@@ -327,7 +327,7 @@ class ScaleByBacktrackingLinesearchState(NamedTuple):
     info: BacktrackingLinesearchInfo
 
 
-@transform
+@transform(inplace=True)  # never writes into its inputs; its updates are fresh tensors
 def scale_by_backtracking_linesearch(max_backtracking_steps: int, slope_rtol: float = 1e-4,
                                      decrease_factor: float = 0.8, increase_factor: float = 1.5,
                                      max_learning_rate: float = 1.0, atol: float = 0.0, rtol: float = 0.0,
@@ -365,9 +365,9 @@ def scale_by_backtracking_linesearch(max_backtracking_steps: int, slope_rtol: fl
         return ScaleByBacktrackingLinesearchState(running(1.0, ps), running(math.inf, ps), grad,
                                                   BacktrackingLinesearchInfo(count(0, ps), running(math.inf, ps)))
 
-    def update(updates, state, params=None, *, value=None, grad=None, value_fn=None, value_and_grad_fn=None,
-               **extra_args):
-        del extra_args
+    def update(updates, state, params=None, *, inplace=False, value=None, grad=None, value_fn=None,
+               value_and_grad_fn=None, **extra_args):
+        del inplace, extra_args
         line = Line(name, updates, params, value=value, grad=grad, value_fn=value_fn,
                     value_and_grad_fn=value_and_grad_fn, need_grad_fn=store_grad)
         c, dec, rt = _f(slope_rtol), _f(decrease_factor), _f(rtol)
@@ -444,7 +444,7 @@ class _Point(NamedTuple):
     slope: float
 
 
-@transform
+@transform(inplace=True)  # never writes into its inputs; its updates are fresh tensors
 def scale_by_zoom_linesearch(max_linesearch_steps: int, max_learning_rate: float | None = None, tol: float = 0.0,
                              increase_factor: float = 2.0, slope_rtol: float = 1e-4, curv_rtol: float = 0.9,
                              approx_dec_rtol: float | None = 1e-6, stepsize_precision: float = 1e-5,
@@ -493,9 +493,9 @@ def scale_by_zoom_linesearch(max_linesearch_steps: int, max_learning_rate: float
             running(1.0, ps), running(math.inf, ps), tree_unflatten([torch.zeros_like(p) for p in ps], treedef),
             ZoomLinesearchInfo(count(0, ps), running(math.inf, ps), running(math.inf, ps)))
 
-    def update(updates, state, params=None, *, value=None, grad=None, value_fn=None, value_and_grad_fn=None,
-               **extra_args):
-        del extra_args
+    def update(updates, state, params=None, *, inplace=False, value=None, grad=None, value_fn=None,
+               value_and_grad_fn=None, **extra_args):
+        del inplace, extra_args
         line = Line(name, updates, params, value=value, grad=grad, value_fn=value_fn,
                     value_and_grad_fn=value_and_grad_fn, need_grad_fn=True)
         guess = 1.0 if initial_guess_strategy == "one" else float(state.learning_rate)
