@@ -22,12 +22,20 @@ def real_view(x: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(x) if x.is_complex() else x
 
 
+def same_precision(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` and ``y`` in their common dtype, at least float32 (a half-precision dot product
+    would round every partial sum)."""
+    dtype = torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)
+    return x.to(dtype), y.to(dtype)
+
+
 def tree_dot(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> float:
-    """``Re <x, y>`` over all leaves, in float64."""
+    """``Re <x, y>`` over all leaves: each leaf's in its own precision (at least float32, as
+    torch.optim.LBFGS does), summed in float64."""
     total = 0.0
     for x, y in zip(xs, ys):
         if x.numel():
-            total += float(torch.dot(real_view(x).reshape(-1).double(), real_view(y).reshape(-1).double()))
+            total += float(torch.dot(*same_precision(real_view(x).reshape(-1), real_view(y).reshape(-1))))
     return total
 
 

@@ -10,15 +10,18 @@ from .._foreach import wide_dtype
 from .._hparams import check, check_int
 from .._tree import Tree, flatten_up_to, tensor_leaves, tree_unflatten
 from ..base import GradientTransformation, transform
-from ._line import device_of, real_view
+from ._line import device_of, real_view, same_precision
 
 __all__ = ["ScaleByLBFGSState", "ScaleByOnlineLBFGSState", "scale_by_lbfgs", "scale_by_online_lbfgs"]
 
 
 def _dot(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> torch.Tensor:
     """``Re <x, y>`` over all leaves as a float64 0-dim tensor (autograd flows through it;
-    no value is read on the host)."""
-    parts = [torch.dot(real_view(x).reshape(-1).double(), real_view(y).reshape(-1).double()) for x, y in zip(xs, ys)]
+    no value is read on the host). Each leaf's product is summed in its own precision (at
+    least float32), as torch.optim.LBFGS does: upcasting every leaf to float64 first cost a
+    copy of each and tripled the step time of a 1M-parameter model."""
+    parts = [torch.dot(*same_precision(real_view(x).reshape(-1), real_view(y).reshape(-1))).double()
+             for x, y in zip(xs, ys)]
     if not parts:
         return torch.zeros((), dtype=torch.float64)
     return torch.stack([p.to(parts[0].device) for p in parts]).sum()
