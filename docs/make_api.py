@@ -14,7 +14,7 @@ import gradtx as gx
 SECTIONS = [
     ("Core", ["base", "authoring", "combine", "_tree"]),
     ("Transforms", ["transforms."]),
-    ("Wrappers", ["wrappers"]),
+    ("Wrappers", ["wrappers", "monitoring"]),
     ("Schedules", ["schedules"]),
     ("Optimizers (aliases)", ["aliases"]),
     ("The torch.optim adapter", ["optim"]),

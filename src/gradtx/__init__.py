@@ -8,12 +8,13 @@ The flat namespace gathers each module's ``__all__``; layers import downwards on
 < ``aliases/`` < ``optim/`` (the ``torch.optim`` adapter).
 """
 
-from . import _tree, aliases, authoring, base, combine, optim, schedules, wrappers
+from . import _tree, aliases, authoring, base, combine, monitoring, optim, schedules, wrappers
 from ._tree import *  # noqa: F403
 from .aliases import *  # noqa: F403
 from .authoring import *  # noqa: F403
 from .base import *  # noqa: F403
 from .combine import *  # noqa: F403
+from .monitoring import *  # noqa: F403
 from .optim import *  # noqa: F403
 from .schedules import *  # noqa: F403
 from .transforms import (
@@ -49,7 +50,7 @@ from .wrappers import *  # noqa: F403
 __version__ = "0.1.0"
 
 _MODULES = (_tree, base, authoring, combine, accumulators, adam_variants, adaptive, clipping, constrain, factored,
-            momentum, normalize, orthogonalize, perturb, regularize, scaling, stepsize, wrappers, schedules, aliases,
-            optim)
+            momentum, normalize, orthogonalize, perturb, regularize, scaling, stepsize, wrappers, monitoring, schedules,
+            aliases, optim)
 
 __all__ = sorted({name for module in _MODULES for name in module.__all__})
