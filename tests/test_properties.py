@@ -91,7 +91,7 @@ DTYPE_TOL = {torch.bfloat16: dict(rtol=1.6e-2, atol=1e-4), torch.float16: dict(r
 # Entries whose update of one leaf depends on the others: global norms, one vector over all
 # leaves, a loss, noise drawn by leaf position.
 COUPLES_LEAVES = {"clip_by_global_norm", "normalize_by_update_norm", "flatten", "scale_by_polyak", "polyak_sgd",
-                  "scale_by_dog", "dog", "add_noise", "noisy_sgd"}
+                  "scale_by_dog", "dog", "add_noise", "noisy_sgd", "mars_correction", "scale_by_adaptive_heavy_ball"}
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
@@ -415,7 +415,8 @@ def test_requires_grad_hyperparameters_give_the_float_numbers(entry):
 
 # Entries that read params (or the loss) detached, as documented: their step size is a
 # constant of autograd, so a hypergradient is checked over one step (params independent of it).
-READS_PARAMS_DETACHED = {"dog", "scale_by_dog", "scale_by_distance_over_gradients", "scale_by_polyak", "polyak_sgd"}
+READS_PARAMS_DETACHED = {"dog", "scale_by_dog", "scale_by_distance_over_gradients", "scale_by_polyak", "polyak_sgd",
+                         "scale_by_adaptive_heavy_ball"}
 AT_A_KINK = {
     "adafactor.clipping_threshold": "Adafactor's normalised step has rms ~1 = the threshold: clipping's kink",
     "adafactor.eps": "moves the step's rms across the clipping threshold (1.0): clipping's kink",

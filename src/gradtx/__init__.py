@@ -21,10 +21,12 @@ from .transforms import (
     accumulators,
     adam_variants,
     adaptive,
+    averaging,
     clipping,
     constrain,
     factored,
     momentum,
+    momentum_corrections,
     normalize,
     orthogonalize,
     perturb,
@@ -35,10 +37,12 @@ from .transforms import (
 from .transforms.accumulators import *  # noqa: F403
 from .transforms.adam_variants import *  # noqa: F403
 from .transforms.adaptive import *  # noqa: F403
+from .transforms.averaging import *  # noqa: F403
 from .transforms.clipping import *  # noqa: F403
 from .transforms.constrain import *  # noqa: F403
 from .transforms.factored import *  # noqa: F403
 from .transforms.momentum import *  # noqa: F403
+from .transforms.momentum_corrections import *  # noqa: F403
 from .transforms.normalize import *  # noqa: F403
 from .transforms.orthogonalize import *  # noqa: F403
 from .transforms.perturb import *  # noqa: F403
@@ -49,8 +53,8 @@ from .wrappers import *  # noqa: F403
 
 __version__ = "0.1.0"
 
-_MODULES = (_tree, base, authoring, combine, accumulators, adam_variants, adaptive, clipping, constrain, factored,
-            momentum, normalize, orthogonalize, perturb, regularize, scaling, stepsize, wrappers, monitoring, schedules,
-            aliases, optim)
+_MODULES = (_tree, base, authoring, combine, accumulators, adam_variants, adaptive, averaging, clipping, constrain,
+            factored, momentum, momentum_corrections, normalize, orthogonalize, perturb, regularize, scaling,
+            stepsize, wrappers, monitoring, schedules, aliases, optim)
 
 __all__ = sorted({name for module in _MODULES for name in module.__all__})
