@@ -1,4 +1,5 @@
-"""Registry entries: averaging over past updates, MARS correction, adaptive heavy ball."""
+"""Registry entries: averaging over past updates, MARS correction, adaptive heavy ball, and clipping or
+normalising by a moving average (torchzero's modules as references)."""
 
 from __future__ import annotations
 
@@ -18,4 +19,15 @@ ENTRIES = [
     Entry("scale_by_adaptive_heavy_ball",
           lambda: gx.chain(gx.scale_by_adaptive_heavy_ball(), gx.scale_by_lr(1.0)),
           "torchzero AdaptiveHeavyBall; Goujaud, Taylor & Dieuleveut 2024", needs=frozenset({"value"})),
+]
+
+ENTRIES += [
+    Entry("normalize_per_tensor", lambda: gx.chain(gx.normalize_per_tensor(), gx.scale_by_lr(0.02)),
+          "torchzero Normalize"),
+    Entry("clip_norm_by_ema", lambda: gx.chain(gx.clip_norm_by_ema(0.9), gx.scale_by_lr(0.05)),
+          "torchzero ClipNormByEMA"),
+    Entry("normalize_by_ema", lambda: gx.chain(gx.normalize_by_ema(0.9), gx.scale_by_lr(0.05)),
+          "torchzero NormalizeByEMA"),
+    Entry("clip_value_by_ema", lambda: gx.chain(gx.clip_value_by_ema(0.9, init=0.5), gx.scale_by_lr(0.05)),
+          "torchzero ClipValueByEMA"),
 ]

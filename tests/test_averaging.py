@@ -216,3 +216,38 @@ def test_mars_under_optimizer_matches_functional_and_resumes(problem):
     for a, b in zip(again, rest):
         for k in a:
             assert torch.equal(a[k], b[k])
+
+
+# --- clipping and normalising by a moving average ------------------------------------------------------
+
+
+@pytest.mark.parametrize("tensorwise", [True, False])
+@pytest.mark.parametrize("growth", [1.5, None])
+def test_clip_and_normalize_by_ema_match_torchzero(problem, tensorwise, growth):
+    for mine, theirs in ((gx.clip_norm_by_ema, tz.m.ClipNormByEMA), (gx.normalize_by_ema, tz.m.NormalizeByEMA)):
+        tx = gx.chain(mine(0.8, tensorwise=tensorwise, max_ema_growth=growth), gx.scale_by_lr(0.05))
+        ref = [theirs(0.8, tensorwise=tensorwise, max_ema_growth=growth), tz.m.LR(0.05)]
+        _same(_functional(problem, tx, 12), _torchzero(problem, ref, 12))
+
+
+def test_clip_value_by_ema_and_normalize_per_tensor_match_torchzero(problem):
+    for init in (0.0, 1.0):
+        _same(_functional(problem, gx.chain(gx.clip_value_by_ema(0.7, init=init), gx.scale_by_lr(0.05)), 10),
+              _torchzero(problem, [tz.m.ClipValueByEMA(0.7, init=init), tz.m.LR(0.05)], 10))
+    _same(_functional(problem, gx.chain(gx.normalize_per_tensor(2.0), gx.scale_by_lr(0.01)), 10),
+          _torchzero(problem, [tz.m.Normalize(2.0), tz.m.LR(0.01)], 10))
+
+
+def test_ema_clipping_in_place_gives_the_same_numbers():
+    gen = torch.Generator().manual_seed(4)
+    grads = [{"w": torch.randn(4, 2, generator=gen, dtype=torch.float64) * (t + 1),
+              "s": torch.randn((), generator=gen, dtype=torch.float64)} for t in range(5)]
+    for tx in (gx.clip_norm_by_ema(0.5), gx.normalize_by_ema(0.5, tensorwise=False), gx.clip_value_by_ema(0.5, 1.0),
+               gx.normalize_per_tensor()):
+        params = {k: torch.zeros_like(v) for k, v in grads[0].items()}
+        s1, s2 = tx.init(params), tx.init(params)
+        for g in grads:
+            u1, s1 = tx.update(g, s1, params)
+            u2, s2 = tx.update({k: v.clone() for k, v in g.items()}, s2, params, inplace=True)
+            for k in g:
+                torch.testing.assert_close(u1[k], u2[k], rtol=0, atol=0)
