@@ -31,3 +31,10 @@ ENTRIES += [
     Entry("clip_value_by_ema", lambda: gx.chain(gx.clip_value_by_ema(0.9, init=0.5), gx.scale_by_lr(0.05)),
           "torchzero ClipValueByEMA"),
 ]
+
+ENTRIES += [
+    Entry("clip_value_growth", lambda: gx.chain(gx.clip_value_growth(add=0.5, mul=1.5), gx.scale_by_lr(0.05)),
+          "torchzero ClipValueGrowth"),
+    Entry("clip_norm_growth", lambda: gx.chain(gx.clip_norm_growth(mul=1.5), gx.scale_by_lr(0.05)),
+          "torchzero ClipNormGrowth"),
+]

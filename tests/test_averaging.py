@@ -251,3 +251,43 @@ def test_ema_clipping_in_place_gives_the_same_numbers():
             u2, s2 = tx.update({k: v.clone() for k, v in g.items()}, s2, params, inplace=True)
             for k in g:
                 torch.testing.assert_close(u1[k], u2[k], rtol=0, atol=0)
+
+
+# --- growth clipping --------------------------------------------------------------------------------
+
+
+class Growing(MLPProblem):
+    """The MLP loss scaled by 1.6^t: gradients grow past the default bound (1.5 per step)."""
+
+    def loss(self, params, step):
+        return super().loss(params, step) * 1.6 ** step
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(add=0.01, mul=None), dict(add=0.02, mul=1.2, max_decay=None),
+                                    dict(mul=1.3, min_value=None)])
+def test_clip_value_growth_matches_torchzero(kwargs):
+    problem = Growing(torch.float64)
+    _same(_functional(problem, gx.chain(gx.clip_value_growth(**kwargs), gx.scale_by_lr(0.05)), 10),
+          _torchzero(problem, [tz.m.ClipValueGrowth(**kwargs), tz.m.LR(0.05)], 10))
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(add=0.05, mul=None), dict(add=0.1, mul=1.2, max_decay=None),
+                                    dict(tensorwise=False), dict(mul=1.1, tensorwise=False, min_value=None)])
+def test_clip_norm_growth_matches_torchzero(kwargs):
+    problem = Growing(torch.float64)
+    _same(_functional(problem, gx.chain(gx.clip_norm_growth(**kwargs), gx.scale_by_lr(0.05)), 10),
+          _torchzero(problem, [tz.m.ClipNormGrowth(**kwargs), tz.m.LR(0.05)], 10))
+
+
+def test_growth_clipping_bounds_the_growth():
+    tx = gx.clip_norm_growth(mul=1.5, max_decay=None)
+    params = {"w": torch.zeros(3, dtype=torch.float64)}
+    state = tx.init(params)
+    norms = []
+    for t in range(5):
+        out, state = tx.update({"w": torch.full((3,), 3.0 ** t, dtype=torch.float64)}, state)
+        norms.append(float(out["w"].norm()))
+    for a, b in zip(norms, norms[1:]):
+        assert b <= 1.5 * a * (1 + 1e-12)
+    with pytest.raises(ValueError, match="add and mul"):
+        gx.clip_value_growth(add=None, mul=None)

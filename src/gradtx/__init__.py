@@ -26,6 +26,7 @@ from .transforms import (
     constrain,
     ema_clipping,
     factored,
+    growth_clipping,
     momentum,
     momentum_corrections,
     normalize,
@@ -43,6 +44,7 @@ from .transforms.clipping import *  # noqa: F403
 from .transforms.constrain import *  # noqa: F403
 from .transforms.ema_clipping import *  # noqa: F403
 from .transforms.factored import *  # noqa: F403
+from .transforms.growth_clipping import *  # noqa: F403
 from .transforms.momentum import *  # noqa: F403
 from .transforms.momentum_corrections import *  # noqa: F403
 from .transforms.normalize import *  # noqa: F403
@@ -56,7 +58,7 @@ from .wrappers import *  # noqa: F403
 __version__ = "0.1.0"
 
 _MODULES = (_tree, base, authoring, combine, accumulators, adam_variants, adaptive, averaging, clipping, constrain,
-            ema_clipping, factored, momentum, momentum_corrections, normalize, orthogonalize, perturb, regularize,
-            scaling, stepsize, wrappers, monitoring, schedules, aliases, optim)
+            ema_clipping, factored, growth_clipping, momentum, momentum_corrections, normalize, orthogonalize,
+            perturb, regularize, scaling, stepsize, wrappers, monitoring, schedules, aliases, optim)
 
 __all__ = sorted({name for module in _MODULES for name in module.__all__})
