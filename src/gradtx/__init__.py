@@ -32,6 +32,7 @@ from .transforms import (
     normalize,
     orthogonalize,
     perturb,
+    projections,
     regularize,
     scaling,
     stepsize,
@@ -50,6 +51,7 @@ from .transforms.momentum_corrections import *  # noqa: F403
 from .transforms.normalize import *  # noqa: F403
 from .transforms.orthogonalize import *  # noqa: F403
 from .transforms.perturb import *  # noqa: F403
+from .transforms.projections import *  # noqa: F403
 from .transforms.regularize import *  # noqa: F403
 from .transforms.scaling import *  # noqa: F403
 from .transforms.stepsize import *  # noqa: F403
@@ -59,6 +61,6 @@ __version__ = "0.1.0"
 
 _MODULES = (_tree, base, authoring, combine, accumulators, adam_variants, adaptive, averaging, clipping, constrain,
             ema_clipping, factored, growth_clipping, momentum, momentum_corrections, normalize, orthogonalize,
-            perturb, regularize, scaling, stepsize, wrappers, monitoring, schedules, aliases, optim)
+            perturb, projections, regularize, scaling, stepsize, wrappers, monitoring, schedules, aliases, optim)
 
 __all__ = sorted({name for module in _MODULES for name in module.__all__})
