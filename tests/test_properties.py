@@ -91,7 +91,8 @@ DTYPE_TOL = {torch.bfloat16: dict(rtol=1.6e-2, atol=1e-4), torch.float16: dict(r
 # Entries whose update of one leaf depends on the others: global norms, one vector over all
 # leaves, a loss, noise drawn by leaf position.
 COUPLES_LEAVES = {"clip_by_global_norm", "normalize_by_update_norm", "flatten", "scale_by_polyak", "polyak_sgd",
-                  "scale_by_dog", "dog", "add_noise", "noisy_sgd", "scale_by_conjugate_gradient",
+                  "scale_by_dog", "dog", "add_noise", "noisy_sgd", "scale_by_conjugate_gradient", "mars_correction",
+                  "scale_by_adaptive_heavy_ball",
                   "scale_by_barzilai_borwein", "scale_by_bold_driver", "scale_by_trust_region"}
 # quasi-Newton matrices over all leaves as one vector
 COUPLES_LEAVES |= {"scale_by_bfgs", "scale_by_dfp", "scale_by_sr1", "scale_by_psb", "scale_by_broyden_good",
@@ -444,7 +445,8 @@ NOT_DIFFERENTIABLE.update({f"{name}.eps": "compared in the curvature test: selec
 # Entries that read params (or the loss) detached, as documented: their step size is a
 # constant of autograd, so a hypergradient is checked over one step (params independent of it).
 READS_PARAMS_DETACHED = {"dog", "scale_by_dog", "scale_by_distance_over_gradients", "scale_by_polyak", "polyak_sgd",
-                         "scale_by_barzilai_borwein", "scale_by_bold_driver", "scale_by_trust_region"}
+                         "scale_by_barzilai_borwein", "scale_by_bold_driver", "scale_by_trust_region",
+                         "scale_by_adaptive_heavy_ball"}
 AT_A_KINK = {
     "adafactor.clipping_threshold": "Adafactor's normalised step has rms ~1 = the threshold: clipping's kink",
     "adafactor.eps": "moves the step's rms across the clipping threshold (1.0): clipping's kink",

@@ -65,6 +65,7 @@ INF_ALLOWED = {
 NO_NUMERIC = {"identity", "scale_by_sign", "scale_by_schedule", "chain", "named_chain", "masked", "partition",
               "multi_transform", "freeze", "inject_hyperparams", "conditionally_transform", "flatten", "centralize",
               "keep_params_nonnegative", "zero_nans", "sign_sgd",
+              "set_to_zero", "selective_transform", "conditionally_mask", "snapshot", "monitor", "project_params",
               # the authoring helpers take the author's functions; their hyperparameters are **kwargs
               "per_tensor", "multi_tensor", "stateless_with_tree_map"}
 

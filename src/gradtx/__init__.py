@@ -8,13 +8,14 @@ The flat namespace gathers each module's ``__all__``; layers import downwards on
 < ``aliases/`` < ``optim/`` (the ``torch.optim`` adapter).
 """
 
-from . import _tree, aliases, authoring, base, combine, evaluation, optim, precondition, schedules, wrappers
+from . import _tree, aliases, authoring, base, combine, evaluation, monitoring, optim, precondition, schedules, wrappers
 from ._tree import *  # noqa: F403
 from .aliases import *  # noqa: F403
 from .authoring import *  # noqa: F403
 from .base import *  # noqa: F403
 from .combine import *  # noqa: F403
 from .evaluation import *  # noqa: F403
+from .monitoring import *  # noqa: F403
 from .optim import *  # noqa: F403
 from .optim import scipy_minimize
 from .optim.scipy_minimize import *  # noqa: F403
@@ -33,13 +34,18 @@ from .transforms import (
     accumulators,
     adam_variants,
     adaptive,
+    averaging,
     clipping,
     constrain,
+    ema_clipping,
     factored,
+    growth_clipping,
     momentum,
+    momentum_corrections,
     normalize,
     orthogonalize,
     perturb,
+    projections,
     regularize,
     scaling,
     stepsize,
@@ -47,13 +53,18 @@ from .transforms import (
 from .transforms.accumulators import *  # noqa: F403
 from .transforms.adam_variants import *  # noqa: F403
 from .transforms.adaptive import *  # noqa: F403
+from .transforms.averaging import *  # noqa: F403
 from .transforms.clipping import *  # noqa: F403
 from .transforms.constrain import *  # noqa: F403
+from .transforms.ema_clipping import *  # noqa: F403
 from .transforms.factored import *  # noqa: F403
+from .transforms.growth_clipping import *  # noqa: F403
 from .transforms.momentum import *  # noqa: F403
+from .transforms.momentum_corrections import *  # noqa: F403
 from .transforms.normalize import *  # noqa: F403
 from .transforms.orthogonalize import *  # noqa: F403
 from .transforms.perturb import *  # noqa: F403
+from .transforms.projections import *  # noqa: F403
 from .transforms.regularize import *  # noqa: F403
 from .transforms.scaling import *  # noqa: F403
 from .transforms.stepsize import *  # noqa: F403
@@ -64,12 +75,12 @@ __version__ = "0.1.0"
 _MODULES = (
     _tree, base, authoring, evaluation, combine,
     # transforms/
-    accumulators, adam_variants, adaptive, clipping, constrain, factored, momentum, normalize, orthogonalize, perturb,
-    regularize, scaling, stepsize,
+    accumulators, adam_variants, adaptive, averaging, clipping, constrain, ema_clipping, factored, growth_clipping,
+    momentum, momentum_corrections, normalize, orthogonalize, perturb, projections, regularize, scaling, stepsize,
     # precondition/, search/
     precondition,
     line_search, _lbfgs_module, quasi_newton, lsr1, conjugate_gradient, step_size, trust_region,
-    wrappers, schedules, aliases, optim, scipy_minimize,
+    wrappers, monitoring, schedules, aliases, optim, scipy_minimize,
 )
 
 __all__ = sorted({name for module in _MODULES for name in module.__all__})

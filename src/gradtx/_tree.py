@@ -23,8 +23,12 @@ import torch.utils._pytree as _pytree
 Tree = Any
 TreeDef = _pytree.TreeSpec
 
-__all__ = ["ParamKey", "leaf_names", "tree_add", "tree_get", "tree_get_all", "tree_l2_norm", "tree_leaves",
-           "tree_map", "tree_paths", "tree_scale", "tree_sub", "tree_vdot", "tree_zeros_like"]
+__all__ = ["ParamKey", "leaf_names", "tree_add", "tree_add_scale", "tree_allclose", "tree_batch_shape",
+           "tree_bias_correction", "tree_cast", "tree_cast_like", "tree_clip", "tree_conj", "tree_div",
+           "tree_full_like", "tree_get", "tree_get_all", "tree_l2_norm", "tree_leaves", "tree_map", "tree_max",
+           "tree_min", "tree_mul", "tree_norm", "tree_ones_like", "tree_paths", "tree_random_like", "tree_real",
+           "tree_scale", "tree_set", "tree_size", "tree_sub", "tree_sum", "tree_update_infinity_moment",
+           "tree_update_moment", "tree_update_moment_per_elem_norm", "tree_vdot", "tree_where", "tree_zeros_like"]
 
 tree_flatten = _pytree.tree_flatten
 tree_unflatten = _pytree.tree_unflatten
@@ -109,9 +113,9 @@ def tree_zeros_like(tree: Tree, dtype: torch.dtype | None = None) -> Tree:
     return tree_map(lambda x: torch.zeros_like(x, dtype=dtype), tree)
 
 
-def tree_add(a: Tree, b: Tree) -> Tree:
-    """Leafwise ``a + b``."""
-    return tree_map(torch.add, a, b)
+def tree_add(a: Tree, b: Tree, *others: Tree) -> Tree:
+    """Leafwise ``a + b (+ ...)`` (optax.tree.add)."""
+    return tree_map(lambda x, *ys: sum(ys, x), a, b, *others)
 
 
 def tree_sub(a: Tree, b: Tree) -> Tree:
@@ -135,6 +139,7 @@ def tree_l2_norm(tree: Tree, squared: bool = False) -> torch.Tensor:
     leaves = [x for x in tree_leaves(tree) if x is not None]
     if not leaves:
         return torch.zeros(())
+    leaves = [torch.view_as_real(x) if x.is_complex() else x for x in leaves]  # |z|^2 = re^2 + im^2
     sq = sum(torch.sum(torch.square(x.to(torch.promote_types(x.dtype, torch.float32)))) for x in leaves)
     return sq if squared else torch.sqrt(sq)
 
@@ -151,17 +156,21 @@ def _named_nodes(tree: Tree, name: str) -> Iterator[Any]:
         for value in tree:
             yield from _named_nodes(value, name)
     elif isinstance(tree, dict):
-        for value in tree.values():
-            yield from _named_nodes(value, name)
+        for key, value in tree.items():
+            if isinstance(key, str) and not isinstance(key, ParamKey) and key == name:
+                yield value
+            else:
+                yield from _named_nodes(value, name)
 
 
 def tree_get_all(tree: Tree, name: str) -> list[Any]:
-    """Every value held under a NamedTuple field called ``name``, in tree order."""
+    """Every value held under a NamedTuple field or a (string) dict key called ``name``, in
+    tree order (``gx.snapshot``'s measurements are dict entries)."""
     return list(_named_nodes(tree, name))
 
 
 def tree_get(tree: Tree, name: str, default: Any = None) -> Any:
-    """The value of the unique NamedTuple field ``name`` in ``tree``.
+    """The value of the unique NamedTuple field or dict key ``name`` in ``tree`` (optax.tree.get).
 
     Raises ``KeyError`` when the name occurs more than once; returns ``default`` when absent.
     Example: ``gx.tree_get(state, "count")``.
@@ -170,6 +179,195 @@ def tree_get(tree: Tree, name: str, default: Any = None) -> Any:
     if len(found) > 1:
         raise KeyError(f"field {name!r} occurs {len(found)} times in the tree; use tree_get_all")
     return found[0] if found else default
+
+
+def _rebuilt(tree: Tree, values: dict[str, Any]) -> Tree:
+    if hasattr(tree, "_fields"):
+        return type(tree)(*(values[f] if f in values else _rebuilt(getattr(tree, f), values) for f in tree._fields))
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_rebuilt(v, values) for v in tree)
+    if isinstance(tree, dict):
+        return type(tree)({k: values[k] if isinstance(k, str) and k in values else _rebuilt(v, values)
+                           for k, v in tree.items()})
+    return tree
+
+
+def tree_set(tree: Tree, **values: Any) -> Tree:
+    """A copy of ``tree`` with every NamedTuple field or string dict key named in ``values``
+    replaced (optax.tree.set); a name found nowhere raises ``KeyError``.
+
+    Example: ``state = gx.tree_set(state, lr=torch.tensor(1e-4, dtype=torch.float64))``.
+    """
+    missing = [name for name in values if not tree_get_all(tree, name)]
+    if missing:
+        raise KeyError(f"tree_set: no field or key named {', '.join(map(repr, missing))} in the tree")
+    return _rebuilt(tree, values)
+
+
+# --- leafwise arithmetic and reductions (optax.tree) -----------------------------------------
+
+
+def tree_add_scale(a: Tree, scalar: float | torch.Tensor, b: Tree) -> Tree:
+    """Leafwise ``a + scalar * b`` (optax.tree.add_scale)."""
+    return tree_map(lambda x, y: x + scalar * y, a, b)
+
+
+def tree_mul(a: Tree, b: Tree) -> Tree:
+    """Leafwise ``a * b`` (optax.tree.mul)."""
+    return tree_map(torch.mul, a, b)
+
+
+def tree_div(a: Tree, b: Tree) -> Tree:
+    """Leafwise ``a / b`` (optax.tree.div)."""
+    return tree_map(torch.div, a, b)
+
+
+def _tensors(tree: Tree) -> list[torch.Tensor]:
+    return [torch.as_tensor(x) for x in tree_leaves(tree) if x is not None]
+
+
+def tree_sum(tree: Tree) -> torch.Tensor:
+    """The sum of every element of every leaf (optax.tree.sum); 0 for an empty tree."""
+    xs = _tensors(tree)
+    return torch.stack([x.sum() for x in xs]).sum() if xs else torch.zeros(())
+
+
+def tree_max(tree: Tree) -> torch.Tensor:
+    """The largest element over all leaves (optax.tree.max); ``-inf`` for an empty tree."""
+    xs = [x for x in _tensors(tree) if x.numel()]
+    return torch.stack([x.max() for x in xs]).max() if xs else torch.tensor(float("-inf"))
+
+
+def tree_min(tree: Tree) -> torch.Tensor:
+    """The smallest element over all leaves (optax.tree.min); ``inf`` for an empty tree."""
+    xs = [x for x in _tensors(tree) if x.numel()]
+    return torch.stack([x.min() for x in xs]).min() if xs else torch.tensor(float("inf"))
+
+
+def tree_size(tree: Tree) -> int:
+    """The number of elements over all leaves (optax.tree.size)."""
+    return sum(x.numel() for x in _tensors(tree))
+
+
+def tree_norm(tree: Tree, ord: int | float | str | None = None, squared: bool = False) -> torch.Tensor:
+    """The vector norm of all leaves concatenated (optax.tree.norm): ``ord`` 2 (or ``None``),
+    1, ``inf`` (or ``"inf"``); ``squared`` gives its square. Complex leaves use ``|x|``.
+
+    Example: ``gx.tree_norm(grads, ord=1)``.
+    """
+    xs = [x.abs() for x in _tensors(tree)]
+    if ord in (None, 2, "fro"):
+        value = tree_l2_norm(xs)
+        return value ** 2 if squared else value
+    if ord == 1:
+        value = tree_sum(xs)
+    elif ord in (float("inf"), "inf"):
+        value = tree_max(xs) if xs else torch.zeros(())
+    else:
+        raise ValueError(f"ord must be None, 1, 2, 'fro', inf or 'inf', got {ord!r}")
+    return value ** 2 if squared else value
+
+
+def tree_ones_like(tree: Tree, dtype: torch.dtype | None = None) -> Tree:
+    """A tree of ones shaped like ``tree`` (optax.tree.ones_like)."""
+    return tree_map(lambda x: torch.ones_like(x, dtype=dtype), tree)
+
+
+def tree_full_like(tree: Tree, fill_value: float | torch.Tensor, dtype: torch.dtype | None = None) -> Tree:
+    """A tree filled with ``fill_value``, shaped like ``tree`` (optax.tree.full_like)."""
+    return tree_map(lambda x: torch.full_like(x, fill_value, dtype=dtype), tree)
+
+
+def tree_cast(tree: Tree, dtype: torch.dtype | None) -> Tree:
+    """Every leaf cast to ``dtype``; ``None`` leaves the tree as it is (optax.tree.cast)."""
+    return tree if dtype is None else tree_map(lambda x: x.to(dtype), tree)
+
+
+def tree_cast_like(tree: Tree, other: Tree) -> Tree:
+    """Each leaf of ``tree`` cast to the dtype of the same leaf of ``other`` (optax.tree.cast_like)."""
+    return tree_map(lambda x, y: x.to(y.dtype), tree, other)
+
+
+def tree_clip(tree: Tree, min_value: float | torch.Tensor | None = None,
+              max_value: float | torch.Tensor | None = None) -> Tree:
+    """Each element clamped into ``[min_value, max_value]`` (either may be ``None``) (optax.tree.clip)."""
+    return tree_map(lambda x: torch.clamp(x, min_value, max_value), tree)
+
+
+def tree_where(condition: bool | torch.Tensor, a: Tree, b: Tree) -> Tree:
+    """Leafwise ``torch.where(condition, a, b)`` for one condition (optax.tree.where)."""
+    condition = torch.as_tensor(condition)
+    return tree_map(lambda x, y: torch.where(condition.to(x.device), x, y), a, b)
+
+
+def tree_allclose(a: Tree, b: Tree, rtol: float = 1e-5, atol: float = 1e-8, equal_nan: bool = False) -> bool:
+    """Whether the trees have the same structure and every leaf pair is ``torch.allclose``
+    (optax.tree.allclose)."""
+    la, ta = tree_flatten(a)
+    lb, tb = tree_flatten(b)
+    return ta == tb and all(torch.allclose(torch.as_tensor(x), torch.as_tensor(y), rtol=rtol, atol=atol,
+                                           equal_nan=equal_nan) for x, y in zip(la, lb))
+
+
+def tree_conj(tree: Tree) -> Tree:
+    """The complex conjugate of every leaf (a real leaf unchanged) (optax.tree.conj)."""
+    return tree_map(lambda x: x.conj().resolve_conj() if x.is_complex() else x, tree)
+
+
+def tree_real(tree: Tree) -> Tree:
+    """The real part of every leaf (a real leaf unchanged) (optax.tree.real)."""
+    return tree_map(lambda x: x.real if x.is_complex() else x, tree)
+
+
+def tree_batch_shape(tree: Tree, shape: tuple[int, ...] = ()) -> Tree:
+    """Each leaf's shape with ``shape`` prepended, as ``torch.Size`` leaves of the same tree
+    (optax.tree.batch_shape, for leaves that are tensors)."""
+    leaves, treedef = tree_flatten(tree)
+    return tree_unflatten([torch.Size((*shape, *x.shape)) for x in leaves], treedef)
+
+
+def tree_random_like(generator: torch.Generator | None, tree: Tree,
+                     sampler: Callable[..., torch.Tensor] = torch.randn, dtype: torch.dtype | None = None) -> Tree:
+    """A tree of random tensors shaped like ``tree`` (optax.tree.random_like), drawn with
+    ``sampler(shape, generator=..., dtype=..., device=...)`` (``torch.randn`` by default,
+    ``torch.rand`` for uniform) from ``generator`` in leaf order.
+
+    Example: ``noise = gx.tree_random_like(torch.Generator().manual_seed(0), params)``.
+    """
+    return tree_map(lambda x: sampler(x.shape, generator=generator, dtype=dtype or x.dtype, device=x.device), tree)
+
+
+# --- moment updates (optax.tree) --------------------------------------------------------------
+
+
+def tree_update_moment(updates: Tree, moments: Tree, decay: float | torch.Tensor, order: int) -> Tree:
+    """``decay * m + (1 - decay) * u^order``, leafwise (optax.tree.update_moment)."""
+    return tree_map(lambda u, m: (1 - decay) * (u ** order) + decay * m, updates, moments)
+
+
+def tree_update_moment_per_elem_norm(updates: Tree, moments: Tree, decay: float | torch.Tensor,
+                                     order: int) -> Tree:
+    """``decay * m + (1 - decay) * u^order`` for a real ``u``, ``(|u|^2)^(order/2)`` for a
+    complex one, leafwise (optax.tree.update_moment_per_elem_norm)."""
+    def power(u):
+        if not u.is_complex():
+            return u ** order
+        return (u * u.conj()).real ** (order // 2 if order % 2 == 0 else order / 2)
+
+    return tree_map(lambda u, m: (1 - decay) * power(u) + decay * m, updates, moments)
+
+
+def tree_update_infinity_moment(updates: Tree, moments: Tree, decay: float | torch.Tensor,
+                                eps: float | torch.Tensor) -> Tree:
+    """``max(|u| + eps, decay * m)``, leafwise (optax.tree.update_infinity_moment, AdaMax's)."""
+    return tree_map(lambda u, m: torch.maximum(u.abs() + eps, decay * m), updates, moments)
+
+
+def tree_bias_correction(moment: Tree, decay: float | torch.Tensor, count: int | torch.Tensor) -> Tree:
+    """``m / (1 - decay^count)``, leafwise (optax.tree.bias_correction); the factor is computed
+    in float64 and each leaf keeps its dtype."""
+    correction = 1 - torch.as_tensor(decay, dtype=torch.float64) ** torch.as_tensor(count, dtype=torch.float64)
+    return tree_map(lambda m: (m / correction).to(m.dtype), moment)
 
 
 # --- param-keyed sub-trees --------------------------------------------------------------

@@ -24,8 +24,9 @@ from . import _foreach as F
 from ._hparams import as_scalar
 from ._tree import Tree, flatten_up_to, tree_flatten, tree_unflatten
 
-__all__ = ["EmptyState", "GradientTransformation", "apply_updates", "describe", "identity", "is_elementwise",
-           "is_leafwise", "stateless", "supports_inplace", "transform"]
+__all__ = ["EmptyState", "GradientTransformation", "apply_updates", "describe", "identity", "incremental_update",
+           "is_elementwise", "is_leafwise", "periodic_update", "scale_gradient", "stateless", "supports_inplace",
+           "transform"]
 
 
 class TransformInitFn(Protocol):
@@ -343,3 +344,74 @@ def apply_updates(params: Tree, updates: Tree, *, inplace: bool = False) -> Tree
     for i, new in zip(idx, F.add(ps, us)):
         out[i] = new
     return tree_unflatten(out, treedef)
+
+
+def incremental_update(new_tensors: Tree, old_tensors: Tree, step_size: float | torch.Tensor) -> Tree:
+    """Polyak averaging of parameters: ``step_size * new + (1 - step_size) * old``, leafwise (optax).
+
+    For a slowly moving copy of the parameters (a target network, an evaluation average):
+    ``target = gx.incremental_update(params, target, 0.01)`` after each step. A ``None`` leaf
+    of ``new_tensors`` stays ``None``. Pure: returns new tensors.
+    (Polyak & Juditsky, 1992.)
+
+    Example: ``ema_params = gx.incremental_update(params, ema_params, step_size=1e-3)``.
+    """
+    new_leaves, treedef = tree_flatten(new_tensors)
+    old_leaves = flatten_up_to(old_tensors, treedef, "old_tensors", "new_tensors")
+    out = [None if new is None else step_size * new + (1.0 - step_size) * old
+           for new, old in zip(new_leaves, old_leaves)]
+    return tree_unflatten(out, treedef)
+
+
+def periodic_update(new_tensors: Tree, old_tensors: Tree, steps: int | torch.Tensor,
+                    update_period: int | torch.Tensor) -> Tree:
+    """``new_tensors`` when ``steps % update_period == 0``, else ``old_tensors`` (optax).
+
+    A copy of the parameters refreshed every ``update_period`` steps (a DQN target network;
+    Mnih et al., 2015). Returns one of the two trees itself, not a copy: clone it if the
+    other will be changed in place.
+
+    Example: ``target = gx.periodic_update(params, target, step, update_period=100)``.
+    """
+    return new_tensors if int(steps) % int(update_period) == 0 else old_tensors
+
+
+class _ScaleGradient(torch.autograd.Function):
+    generate_vmap_rule = True  # torch.func.vmap / grad work through it
+
+    @staticmethod
+    def forward(x, scale):
+        return x.view_as(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.scale = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+
+def scale_gradient(inputs: Tree, scale: float | torch.Tensor) -> Tree:
+    """The identity on ``inputs`` in the forward pass; gradients flowing back through it are
+    multiplied by ``scale`` (optax's ``scale_gradient``).
+
+    This acts on autograd, not on an optimizer's updates: put it in the model or the loss
+    (``head(gx.scale_gradient(features, 0.1))`` trains the layers below ``features`` with a
+    tenth of the gradient from this head). gradtx's transforms are not differentiated through
+    when they step, so inside an optimizer it changes nothing; it matters only where you
+    differentiate through code that calls it (your loss, or an unrolled inner loop that
+    uses ``torch.func``). ``scale = 0`` detaches; ``scale = 1`` returns ``inputs`` as they are.
+
+    Example: ``y = gx.scale_gradient({"h": h}, 0.5)["h"]``.
+    """
+    if isinstance(scale, (int, float)) and scale == 1.0:
+        return inputs
+    if isinstance(scale, (int, float)) and scale == 0.0:
+        return _tree_map_tensors(torch.Tensor.detach, inputs)
+    return _tree_map_tensors(lambda x: _ScaleGradient.apply(x, scale), inputs)
+
+
+def _tree_map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], tree: Tree) -> Tree:
+    leaves, treedef = tree_flatten(tree)
+    return tree_unflatten([fn(x) if isinstance(x, torch.Tensor) else x for x in leaves], treedef)

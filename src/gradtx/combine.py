@@ -25,7 +25,7 @@ from ._tree import (
 from .base import EmptyState, GradientTransformation, describe, is_leafwise, supports_inplace, transform, updater
 
 __all__ = ["chain", "named_chain", "MaskedNode", "MaskedState", "PartitionState", "masked", "partition",
-           "multi_transform", "freeze"]
+           "multi_transform", "freeze", "selective_transform", "set_to_zero"]
 
 
 def _indent(text: str) -> str:
@@ -364,10 +364,20 @@ def multi_transform(transforms: dict[str, GradientTransformation], param_labels:
     return partition(transforms, param_labels, mask_compatible_extra_args=mask_compatible_extra_args)
 
 
-def _set_to_zero() -> GradientTransformation:
-    def init(params):
-        del params
-        return EmptyState()
+def _zero_init(params):
+    del params
+    return EmptyState()
+
+
+@transform(elementwise=True, inplace=True)
+def set_to_zero() -> GradientTransformation:
+    """Replace every update by zeros: ``u <- 0`` (optax's ``set_to_zero``).
+
+    No state. Under ``masked``/``partition`` it freezes the leaves it is given (see
+    :func:`freeze`, :func:`selective_transform`).
+
+    Example: ``gx.partition({"train": gx.adam(1e-3), "frozen": gx.set_to_zero()}, labels)``.
+    """
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         del params, extra_args
@@ -378,8 +388,10 @@ def _set_to_zero() -> GradientTransformation:
             zeros = [torch.zeros_like(u) if isinstance(u, torch.Tensor) else u for u in leaves]
         return tree_unflatten(zeros, treedef), state
 
-    return describe(GradientTransformation(init, update), "set_to_zero()", elementwise=True, leafwise=True,
-                    inplace=True)
+    return GradientTransformation(_zero_init, update)
+
+
+_set_to_zero = set_to_zero
 
 
 @transform(leafwise=True, inplace=True)
@@ -395,3 +407,31 @@ def freeze(mask: Any) -> GradientTransformation:
     """
     _check_mask(mask)
     return masked(_set_to_zero(), mask)
+
+
+@transform(leafwise=lambda args: is_leafwise(args["optimizer"]),
+           inplace=lambda args: _all_declared(args["optimizer"]))
+def selective_transform(optimizer: GradientTransformation, *, freeze_mask: Any) -> GradientTransformation:
+    """Run ``optimizer`` on the leaves ``freeze_mask`` leaves unfrozen; zero the frozen ones (optax).
+
+    ``u_i <- 0`` where ``freeze_mask_i``, else ``optimizer(u)_i``: ``partition({"train":
+    optimizer, "freeze": set_to_zero()}, labels)``, so ``optimizer`` keeps state only for
+    the trained leaves (unlike :func:`freeze`, which zeroes after the optimizer has run on
+    all of them). ``freeze_mask`` is a bool (freeze everything or nothing) or any mask form
+    :func:`masked` takes (a tree of bools, a callable of the params, a glob, a
+    ``(name, tensor)`` predicate); keyword-only, as in optax, so it is not read as a
+    "train" mask.
+
+    Example: ``gx.selective_transform(gx.adam(1e-3), freeze_mask={"w": True, "b": False})``.
+    """
+    _check_mask(freeze_mask, "freeze_mask")
+
+    def labels(subject):
+        leaves, treedef = tree_flatten(subject)
+        if isinstance(freeze_mask, bool):
+            flags = [freeze_mask] * len(leaves)
+        else:
+            flags = mask_flags(freeze_mask, subject, None, "freeze_mask")
+        return tree_unflatten(["freeze" if f else "train" for f in flags], treedef)
+
+    return partition({"train": optimizer, "freeze": set_to_zero()}, labels)

@@ -34,8 +34,9 @@ from .base import GradientTransformation, describe, is_leafwise, supports_inplac
 from .transforms._common import need_params
 
 __all__ = ["InjectHyperparamsState", "MultiStepsState", "ApplyEveryState", "ApplyIfFiniteState",
-           "ConditionallyTransformState", "LookaheadState", "inject_hyperparams", "multi_steps", "skip_not_finite",
-           "skip_large_updates", "apply_every", "apply_if_finite", "conditionally_transform", "lookahead", "flatten"]
+           "ConditionallyTransformState", "ConditionallyMaskState", "LookaheadState", "MultiSteps",
+           "inject_hyperparams", "inject_stateful_hyperparams", "multi_steps", "skip_not_finite", "skip_large_updates",
+           "apply_every", "apply_if_finite", "conditionally_transform", "conditionally_mask", "lookahead", "flatten"]
 
 
 def _zeros_out(us: list[torch.Tensor], inplace: bool) -> list[torch.Tensor]:
@@ -172,6 +173,11 @@ def inject_hyperparams(inner_factory: Callable[..., GradientTransformation], sta
     Under ``gx.Optimizer`` the hyperparameters appear in ``param_groups`` (``lr`` ...), so
     torch LR schedulers drive them.
 
+    ``gx.inject_stateful_hyperparams`` is this same function (optax 0.2.8 deprecates it in
+    favour of ``inject_hyperparams``). optax's ``StatefulSchedule`` objects (``init``/``update``
+    methods and a state of their own) are not taken: a schedule here is a function of the
+    step count only.
+
     Example::
 
         tx = gx.inject_hyperparams(gx.adam)(lr=gx.cosine_decay_schedule(1e-3, 1000), b1=0.9)
@@ -265,6 +271,9 @@ def inject_hyperparams(inner_factory: Callable[..., GradientTransformation], sta
     wrapped.recipe = (inject_hyperparams, (inner_factory, tuple(sorted(static)), hyperparam_dtype), {})
     wrapped.__doc__ = inner_factory.__doc__
     return wrapped
+
+
+inject_stateful_hyperparams = inject_hyperparams  # optax's deprecated spelling, the same function
 
 
 # --- multi_steps ------------------------------------------------------------------------------
@@ -396,6 +405,33 @@ def multi_steps(opt: GradientTransformation, every_k_schedule: int | Callable[[t
         return out, new_state
 
     return GradientTransformation(init, update)
+
+
+class MultiSteps:
+    """optax's class spelling of :func:`multi_steps`: ``MultiSteps(opt, k).gradient_transformation()``.
+
+    The instance has ``init`` and ``update`` itself, like optax's; ``has_updated(state)``
+    says whether the last ``update`` applied ``opt`` (``mini_step == 0`` and
+    ``gradient_step > 0``). The arguments are those of :func:`multi_steps`.
+
+    Example: ``tx = gx.MultiSteps(gx.adam(1e-3), every_k_schedule=4).gradient_transformation()``.
+    """
+
+    def __init__(self, opt: GradientTransformation, every_k_schedule: int | Callable[[torch.Tensor], Any],
+                 use_grad_mean: bool = True, should_skip_update_fn: Callable | None = None,
+                 accumulator_dtype: torch.dtype | None = None):
+        self._tx = multi_steps(opt, every_k_schedule, use_grad_mean, should_skip_update_fn, accumulator_dtype)
+        self.init = self._tx.init
+        self.update = self._tx.update
+
+    @staticmethod
+    def has_updated(state: MultiStepsState) -> torch.Tensor:
+        """A 0-dim bool tensor: did the last ``update`` take a step of the inner optimizer?"""
+        return torch.logical_and(state.mini_step == 0, state.gradient_step > 0)
+
+    def gradient_transformation(self) -> GradientTransformation:
+        """The transform itself (the same as ``gx.multi_steps(...)`` with these arguments)."""
+        return self._tx
 
 
 # --- apply_every --------------------------------------------------------------------------------
@@ -537,6 +573,46 @@ def conditionally_transform(inner: GradientTransformation, should_transform_fn: 
         else:
             inner_state = state.inner_state
         return updates, ConditionallyTransformState(inner_state, increment(state.step, inplace))
+
+    return GradientTransformation(init, update)
+
+
+class ConditionallyMaskState(NamedTuple):
+    """State of :func:`conditionally_mask`: the step count and the inner state."""
+
+    step: torch.Tensor  # int32, calls to update so far
+    inner_state: Any
+
+
+@transform(leafwise=lambda args: is_leafwise(args["inner"]), inplace=lambda args: supports_inplace(args["inner"]))
+def conditionally_mask(inner: GradientTransformation, should_transform_fn: Callable[..., Any],
+                       forward_extra_args: bool = False) -> GradientTransformation:
+    """Run ``inner`` where ``should_transform_fn(step)`` is true; elsewhere return zeros (optax).
+
+    ``u <- inner(u)`` at those steps, else ``u <- 0`` with ``inner``'s state unchanged;
+    ``step`` counts calls to ``update`` from 0. :func:`conditionally_transform` passes the
+    updates through instead of zeroing them. With ``forward_extra_args`` the extra
+    arguments (``value``, ...) go to ``should_transform_fn`` too. The step is read on the CPU
+    (``bool(...)``), as in :func:`conditionally_transform`.
+
+    Example: ``gx.conditionally_mask(gx.adam(1e-3), lambda step: step % 2 == 0)`` steps every other call.
+    """
+    if not is_schedule(should_transform_fn):
+        raise ValueError(f"should_transform_fn must be a callable step -> bool, got {should_transform_fn!r}")
+
+    run_inner = updater(inner)
+
+    def init(params):
+        return ConditionallyMaskState(new_count(), inner.init(params))
+
+    def update(updates, state, params=None, *, inplace=False, **extra_args):
+        us, treedef = tensor_leaves(updates)
+        condition_args = extra_args if forward_extra_args else {}
+        if bool(should_transform_fn(state.step, **condition_args)):
+            updates, inner_state = run_inner(updates, state.inner_state, params, inplace, extra_args)
+        else:
+            updates, inner_state = tree_unflatten(_zeros_out(us, inplace), treedef), state.inner_state
+        return updates, ConditionallyMaskState(increment(state.step, inplace), inner_state)
 
     return GradientTransformation(init, update)
 

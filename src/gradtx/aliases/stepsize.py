@@ -1,15 +1,18 @@
-"""Optimizers with adaptive step sizes: Polyak SGD, optimistic gradient descent, DoG."""
+"""Optimizers with adaptive step sizes: Polyak SGD, optimistic gradient descent and Adam, DoG."""
 
 from __future__ import annotations
 
-from .._hparams import ScalarOrSchedule
+import torch
+
+from .._hparams import ScalarOrSchedule, check, is_schedule
 from ..base import GradientTransformation, identity, transform
 from ..combine import chain
+from ..transforms.adaptive import scale_by_adam
 from ..transforms.regularize import Mask, add_decayed_weights
 from ..transforms.scaling import scale_by_lr
 from ..transforms.stepsize import scale_by_dog, scale_by_optimistic_gradient, scale_by_polyak
 
-__all__ = ["dog", "optimistic_gradient_descent", "polyak_sgd"]
+__all__ = ["dog", "optimistic_adam", "optimistic_adam_v2", "optimistic_gradient_descent", "polyak_sgd"]
 
 
 @transform
@@ -41,6 +44,48 @@ def optimistic_gradient_descent(lr: ScalarOrSchedule, alpha: float = 1.0, beta: 
     Example: ``gx.Optimizer(model.parameters(), gx.optimistic_gradient_descent(0.05))``.
     """
     return chain(scale_by_optimistic_gradient(alpha, beta), scale_by_lr(lr))
+
+
+@transform
+def optimistic_adam_v2(lr: ScalarOrSchedule, *, alpha: float = 1.0, beta: float = 1.0, b1: float = 0.9,
+                       b2: float = 0.999, eps: float = 1e-8, eps_root: float = 0.0, mu_dtype: torch.dtype | None = None,
+                       nesterov: bool = True) -> GradientTransformation:
+    """Optimistic Adam (Daskalakis et al., 2018, "Training GANs with Optimism"), optax's
+    ``optimistic_adam_v2``: the optimistic step applied to Adam's direction.
+
+    ``d_t = adam(g)_t`` (:func:`scale_by_adam`, Nesterov by default as optax);
+    ``p <- p - lr ((alpha + beta) d_t - beta d_{t-1})`` (``d_{-1} := d_0``):
+    ``chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
+    scale_by_optimistic_gradient(alpha, beta), scale_by_lr(lr))``. For min-max games.
+
+    Example: ``gx.optimistic_adam_v2(1e-3, alpha=1.0, beta=1.0)``.
+    """
+    return chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
+                 scale_by_optimistic_gradient(alpha, beta), scale_by_lr(lr))
+
+
+@transform
+def optimistic_adam(lr: float, optimism: float | None = None, b1: float = 0.9, b2: float = 0.999,
+                    eps: float = 1e-8, eps_root: float = 0.0, mu_dtype: torch.dtype | None = None, *,
+                    nesterov: bool = True) -> GradientTransformation:
+    """Optimistic Adam in optax's first (deprecated there) parameterisation.
+
+    With ``d_t`` Adam's direction and ``o = optimism`` (default ``lr``):
+    ``p <- p - ((lr + o) d_t - o d_{t-1})`` (Daskalakis et al., 2018). optax builds it as
+    ``chain(scale_by_adam, scale_by_optimistic_gradient(alpha=lr, beta=o), scale_by_learning_rate(1))``;
+    here it is the same rule written as ``optimistic_adam_v2(lr, alpha=1, beta=o / lr)``, so
+    ``lr`` is the chain's learning rate (``param_groups[i]["lr"]``; a scheduler scaling it
+    scales ``o`` along). Same numbers as optax's up to rounding; no schedules (as optax).
+
+    Example: ``gx.optimistic_adam(1e-3, optimism=1e-2)``.
+    """
+    if is_schedule(lr):
+        raise ValueError("optimistic_adam takes no learning-rate schedule (as optax); use optimistic_adam_v2")
+    check("lr", lr, low=0.0, low_open=True)
+    optimism = lr if optimism is None else optimism
+    check("optimism", optimism, low=0.0)
+    return optimistic_adam_v2(lr, alpha=1.0, beta=optimism / lr, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
+                              mu_dtype=mu_dtype, nesterov=nesterov)
 
 
 @transform

@@ -8,11 +8,13 @@ import torch
 
 from .. import _foreach as F  # noqa: N812
 from .._hparams import check, traced
+from .._tree import tree_flatten, tree_leaves, tree_unflatten
 from ..base import EmptyState, GradientTransformation, transform
 from ._common import leaves, leaves_like, need_params, unflatten
 from .normalize import block_rms, scale_each
 
-__all__ = ["clip_value", "clip_by_global_norm", "clip_by_block_rms", "adaptive_grad_clip"]
+__all__ = ["adaptive_grad_clip", "clip", "clip_by_block_rms", "clip_by_global_norm", "clip_value",
+           "per_example_global_norm_clip", "per_example_layer_norm_clip"]
 
 
 def _empty(params):
@@ -38,6 +40,9 @@ def clip_value(max_delta: float) -> GradientTransformation:
         return unflatten(treedef, rv.back(out)[0] if rv else out), state
 
     return GradientTransformation(_empty, update)
+
+
+clip = clip_value  # optax's name for the same transform
 
 
 class ClipByGlobalNormState(NamedTuple):
@@ -134,3 +139,67 @@ def adaptive_grad_clip(clipping: float, eps: float = 1e-3, axis: int | tuple[int
         return unflatten(treedef, out), state
 
     return GradientTransformation(_empty, update)
+
+
+# --- per-example clipping (differential privacy) ------------------------------------------------
+
+
+def _batched_leaves(grads, who: str) -> list[torch.Tensor]:
+    gs = [g for g in tree_leaves(grads)]
+    if not all(isinstance(g, torch.Tensor) and g.dim() >= 1 for g in gs) or len({g.shape[0] for g in gs}) > 1:
+        raise ValueError(f"{who} expects every leaf of grads to be a tensor with the same batch size on axis 0 "
+                         f"(one gradient per example); got shapes {[tuple(getattr(g, 'shape', ())) for g in gs]}")
+    return gs
+
+
+def _clipped_sum(gs: list[torch.Tensor], l2_norm_clip) -> tuple[list[torch.Tensor], torch.Tensor]:
+    norms = torch.sqrt(sum(g.reshape(g.shape[0], -1).abs().square().sum(1, dtype=torch.promote_types(
+        g.dtype, torch.float32)) for g in gs))
+    # optax's multiplier: min(c / norm, 1), and 1 where that is NaN (0 / 0, inf / inf)
+    multipliers = torch.nan_to_num(torch.clamp(l2_norm_clip / norms, max=1.0), nan=1.0)
+    clipped = [torch.tensordot(multipliers.to(g.dtype), g, dims=1) for g in gs]
+    return clipped, (multipliers < 1.0).sum().to(torch.int32)
+
+
+def per_example_global_norm_clip(grads, l2_norm_clip: float | torch.Tensor):
+    """Clip each example's gradient to global norm ``l2_norm_clip`` and sum over the batch (optax).
+
+    Every leaf of ``grads`` holds per-example gradients along axis 0 (``torch.func.vmap`` of
+    ``grad``). With ``n_i`` the global norm of example ``i`` over all leaves,
+    ``g <- sum_i min(1, c / n_i) g_i`` (a multiplier of 1 where ``c / n_i`` is NaN). Returns
+    ``(summed grads, number of examples clipped)``; the DP-SGD step (Abadi et al., 2016).
+    A function, not a transform: the batch axis is gone from what it returns.
+
+    Example: ``g, n_clipped = gx.per_example_global_norm_clip(per_example_grads, 1.0)``.
+    """
+    leaves_, treedef = tree_flatten(grads)
+    gs = _batched_leaves(grads, "per_example_global_norm_clip")
+    if not gs:
+        return grads, torch.zeros((), dtype=torch.int32)
+    clipped, num = _clipped_sum(gs, l2_norm_clip)
+    return tree_unflatten(clipped, treedef), num
+
+
+def per_example_layer_norm_clip(grads, global_l2_norm_clip: float | torch.Tensor, uniform: bool = True):
+    """Clip each example's gradient per layer, then sum over the batch (optax; McMahan et al., 2017).
+
+    Each of the ``K`` leaves (axis 0 the examples) is clipped on its own, by
+    :func:`per_example_global_norm_clip`, to ``C / sqrt(K)`` when ``uniform``, else to
+    ``C sqrt(D_k / D)`` (``D_k`` the size of one example's leaf, ``D`` their total). Returns
+    ``(summed grads, tree of per-leaf numbers of examples clipped)``.
+
+    Example: ``g, n_clipped = gx.per_example_layer_norm_clip(per_example_grads, 1.0)``.
+    """
+    leaves_, treedef = tree_flatten(grads)
+    gs = _batched_leaves(grads, "per_example_layer_norm_clip")
+    if uniform:
+        clips = [global_l2_norm_clip * (1.0 / len(gs)) ** 0.5 for _ in gs]
+    else:
+        total = sum(g[0].numel() for g in gs)
+        clips = [global_l2_norm_clip * (g[0].numel() / total) ** 0.5 for g in gs]
+    sums, counts = [], []
+    for g, c in zip(gs, clips):
+        (s,), n = _clipped_sum([g], c)
+        sums.append(s)
+        counts.append(n)
+    return tree_unflatten(sums, treedef), tree_unflatten(counts, treedef)

@@ -11,7 +11,8 @@ from .._hparams import ScalarOrSchedule, check, check_schedule, increment, is_sc
 from ..base import EmptyState, GradientTransformation, transform
 from ._common import leaves, unflatten
 
-__all__ = ["ScaleByLrState", "ScaleByScheduleState", "scale", "scale_by_lr", "scale_by_schedule", "scale_by_sign"]
+__all__ = ["ScaleByLrState", "ScaleByScheduleState", "scale", "scale_by_learning_rate", "scale_by_lr",
+           "scale_by_schedule", "scale_by_sign"]
 
 
 def _scaled(updates, factor, inplace):
@@ -95,6 +96,29 @@ def scale_by_lr(lr: ScalarOrSchedule) -> GradientTransformation:
         return _scaled(updates, -state.lr, inplace), state
 
     return GradientTransformation(init, update)
+
+
+@transform(elementwise=True, inplace=True)
+def scale_by_learning_rate(learning_rate: ScalarOrSchedule, *, flip_sign: bool = True) -> GradientTransformation:
+    """optax's spelling of :func:`scale_by_lr`: ``u <- -learning_rate * u``; with ``flip_sign=False``
+    ``u <- learning_rate * u`` (:func:`scale`, or :func:`scale_by_schedule` for a schedule).
+
+    A thin alias: the same update and state (``ScaleByLrState(lr)``, so under ``gx.Optimizer``
+    the group key is ``lr``); only the name it prints and pickles as differs, and the fused
+    fast paths recognise ``scale_by_lr`` by name, so prefer that spelling under ``gx.Optimizer``.
+
+    Example: ``gx.chain(gx.scale_by_adam(), gx.scale_by_learning_rate(1e-3))``.
+    """
+    if not isinstance(flip_sign, bool):
+        raise ValueError(f"flip_sign must be a bool, got {flip_sign!r}")
+    if is_schedule(learning_rate):
+        check_schedule("learning_rate", learning_rate)
+        return _scaled_by_schedule((lambda count: -learning_rate(count)) if flip_sign else learning_rate)
+    if flip_sign:
+        check("learning_rate", learning_rate, low=0.0)
+        return scale_by_lr(learning_rate)
+    check("learning_rate", learning_rate)
+    return scale(learning_rate)
 
 
 @transform(elementwise=True, inplace=True)
