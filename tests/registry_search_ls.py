@@ -50,6 +50,10 @@ ENTRIES = [
     Entry("scale_by_online_lbfgs", lambda: gx.scale_by_online_lbfgs(0.1), "Schraudolph, Yu & Gunter 2007, Alg. 2 "
           "(written out in test_lbfgs.py)", needs=frozenset({"value_and_grad_fn"}), skip=ONLINE),
     Entry("lbfgs", lambda: gx.lbfgs(), "optax.lbfgs; scipy L-BFGS-B", kind="alias", needs=WOLFE, skip=SEARCH),
+    Entry("bfgs", lambda: gx.bfgs(), "scipy BFGS; torch.optim.LBFGS's minimiser (test_closure_methods.py)",
+          kind="alias", needs=WOLFE, skip={**SEARCH, "complex": "BFGS's matrix is over the real view"}),
+    Entry("nonlinear_cg", lambda: gx.nonlinear_cg(), "scipy CG; the minimiser (test_closure_methods.py)",
+          kind="alias", needs=WOLFE, skip=SEARCH),
 ]
 
 NOT_TRANSFORMS = {"make_value_fn", "make_value_and_grad_fn", "module_loss_fn", "evaluation_args",

@@ -84,7 +84,10 @@ def test_lbfgs_reaches_torch_lbfgs_minimiser_in_as_few_evaluations():
     lambda: gx.chain(gx.scale_by_bfgs(), gx.scale(-1.0), gx.scale_by_strong_wolfe()),
     lambda: gx.chain(gx.scale_by_conjugate_gradient(), gx.scale(-1.0), gx.scale_by_strong_wolfe(c2=0.1)),
     lambda: gx.chain(gx.scale_by_lbfgs(), gx.scale(-1.0), gx.scale_by_backtracking()),
-], ids=["lbfgs_wolfe", "bfgs_wolfe", "cg_wolfe", "lbfgs_armijo"])
+    lambda: gx.bfgs(),
+    lambda: gx.nonlinear_cg(),
+    lambda: gx.nonlinear_cg("hager_zhang"),
+], ids=["lbfgs_wolfe", "bfgs_wolfe", "cg_wolfe", "lbfgs_armijo", "bfgs", "nonlinear_cg", "nonlinear_cg_hz"])
 def test_closure_methods_reach_the_minimiser(make):
     model, calls = _minimise_with_gradtx(make(), steps=300, tol=1e-8)
     assert _grad_norm(model) < 1e-8

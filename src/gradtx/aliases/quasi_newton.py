@@ -1,18 +1,23 @@
-"""L-BFGS with a line search (optax's ``lbfgs``)."""
+"""Directions searched along by a line search: L-BFGS (optax's ``lbfgs``), BFGS, nonlinear CG."""
 
 from __future__ import annotations
 
 from .._hparams import ScalarOrSchedule
 from ..base import GradientTransformation, identity, transform
 from ..combine import chain
+from ..search.conjugate_gradient import scale_by_conjugate_gradient
 from ..search.lbfgs import scale_by_lbfgs
-from ..search.line_search import scale_by_zoom_linesearch
+from ..search.line_search import scale_by_strong_wolfe, scale_by_zoom_linesearch
+from ..search.quasi_newton import scale_by_bfgs
 from ..transforms.scaling import scale, scale_by_lr
 
-__all__ = ["lbfgs"]
+__all__ = ["bfgs", "lbfgs", "nonlinear_cg"]
 
 # optax's default line search for L-BFGS (pure, so one instance serves every call)
 _ZOOM = scale_by_zoom_linesearch(max_linesearch_steps=20, initial_guess_strategy="one")
+# the strong Wolfe search with scipy's and torch.optim.LBFGS's constants, and N&W's c2 = 0.1 for CG
+_WOLFE = scale_by_strong_wolfe()
+_WOLFE_CG = scale_by_strong_wolfe(c2=0.1)
 
 
 @transform
@@ -39,3 +44,57 @@ def lbfgs(lr: ScalarOrSchedule | None = None, memory_size: int = 10, scale_init_
     base_scaling = scale(-1.0) if lr is None else scale_by_lr(lr)
     return chain(scale_by_lbfgs(memory_size=memory_size, scale_init_precond=scale_init_precond), base_scaling,
                  identity() if linesearch is None else linesearch)
+
+
+def _searched(direction: GradientTransformation, lr: ScalarOrSchedule | None,
+              linesearch: GradientTransformation | None) -> GradientTransformation:
+    """``direction`` (an update to subtract), turned downhill, scaled by ``lr`` and searched along."""
+    return chain(direction, scale(-1.0) if lr is None else scale_by_lr(lr), identity() if linesearch is None
+                 else linesearch)
+
+
+@transform
+def bfgs(lr: ScalarOrSchedule | None = None, damping: bool = False,
+         linesearch: GradientTransformation | None = _WOLFE) -> GradientTransformation:
+    """BFGS with a line search (Nocedal & Wright, 2006, Alg. 6.1), as ``scipy.optimize.minimize(method="BFGS")``;
+    ``update`` needs ``params``, ``value``, ``grad`` and ``value_and_grad_fn`` for the search.
+
+    ``p <- p - t H_k g_k``: ``H_k`` the inverse-Hessian approximation of
+    :func:`scale_by_bfgs` (over all parameters as one vector: ``O(n^2)`` memory, for problems
+    of up to a few thousand parameters; :func:`lbfgs` scales), ``t`` the step the line search
+    finds (by default :func:`scale_by_strong_wolfe` with ``c1 = 1e-4``, ``c2 = 0.9``), times
+    ``lr`` when given. ``damping=True``: Powell's damped update. ``linesearch=None`` takes
+    fixed steps of ``lr``. ``chain(scale_by_bfgs(damping=damping), scale(-1.0) or
+    scale_by_lr(lr), linesearch)``.
+
+    Example::
+
+        opt = gx.Optimizer(model.parameters(), gx.bfgs())
+        def closure(backward=True):
+            loss = loss_fn(model(x), y)
+            if backward:
+                opt.zero_grad()
+                loss.backward()
+            return loss
+        opt.step(closure)
+    """
+    return _searched(scale_by_bfgs(damping=damping), lr, linesearch)
+
+
+@transform
+def nonlinear_cg(beta: str = "polak_ribiere_plus", lr: ScalarOrSchedule | None = None,
+                 linesearch: GradientTransformation | None = _WOLFE_CG) -> GradientTransformation:
+    """Nonlinear conjugate gradient with a line search (Nocedal & Wright, 2006, Alg. 5.4), as
+    ``scipy.optimize.minimize(method="CG")`` with ``beta="polak_ribiere"``; ``update`` needs
+    ``params``, ``value``, ``grad`` and ``value_and_grad_fn`` for the search.
+
+    ``p <- p + t d_k`` with ``d_k = -g_k + beta_k d_{k-1}`` (:func:`scale_by_conjugate_gradient`:
+    the choice of ``beta`` and its restarts), ``t`` the step the line search finds (by default
+    :func:`scale_by_strong_wolfe` with ``c2 = 0.1``, the tighter curvature condition N&W
+    recommend for CG, §5.2), times ``lr`` when given. ``chain(scale_by_conjugate_gradient(beta),
+    scale(-1.0) or scale_by_lr(lr), linesearch)``.
+
+    Example: ``opt = gx.Optimizer(model.parameters(), gx.nonlinear_cg("hager_zhang"))``, then
+    ``opt.step(closure)`` as for :func:`bfgs`.
+    """
+    return _searched(scale_by_conjugate_gradient(beta), lr, linesearch)
