@@ -12,7 +12,7 @@ import pathlib
 import gradtx as gx
 
 SECTIONS = [
-    ("Core", ["base", "authoring", "combine", "_tree"]),
+    ("Core", ["base", "authoring", "combine", "branching", "_tree"]),
     ("Transforms", ["transforms."]),
     ("Wrappers", ["wrappers"]),
     ("Schedules", ["schedules"]),

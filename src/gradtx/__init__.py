@@ -8,11 +8,12 @@ The flat namespace gathers each module's ``__all__``; layers import downwards on
 < ``aliases/`` < ``optim/`` (the ``torch.optim`` adapter).
 """
 
-from . import _tree, aliases, authoring, base, combine, optim, schedules, wrappers
+from . import _tree, aliases, authoring, base, branching, combine, optim, schedules, wrappers
 from ._tree import *  # noqa: F403
 from .aliases import *  # noqa: F403
 from .authoring import *  # noqa: F403
 from .base import *  # noqa: F403
+from .branching import *  # noqa: F403
 from .combine import *  # noqa: F403
 from .optim import *  # noqa: F403
 from .schedules import *  # noqa: F403
@@ -20,9 +21,11 @@ from .transforms import (
     accumulators,
     adam_variants,
     adaptive,
+    blocks,
     clipping,
     constrain,
     factored,
+    gradient_aware,
     momentum,
     normalize,
     orthogonalize,
@@ -30,13 +33,16 @@ from .transforms import (
     regularize,
     scaling,
     stepsize,
+    weight_decay,
 )
 from .transforms.accumulators import *  # noqa: F403
 from .transforms.adam_variants import *  # noqa: F403
 from .transforms.adaptive import *  # noqa: F403
+from .transforms.blocks import *  # noqa: F403
 from .transforms.clipping import *  # noqa: F403
 from .transforms.constrain import *  # noqa: F403
 from .transforms.factored import *  # noqa: F403
+from .transforms.gradient_aware import *  # noqa: F403
 from .transforms.momentum import *  # noqa: F403
 from .transforms.normalize import *  # noqa: F403
 from .transforms.orthogonalize import *  # noqa: F403
@@ -44,12 +50,13 @@ from .transforms.perturb import *  # noqa: F403
 from .transforms.regularize import *  # noqa: F403
 from .transforms.scaling import *  # noqa: F403
 from .transforms.stepsize import *  # noqa: F403
+from .transforms.weight_decay import *  # noqa: F403
 from .wrappers import *  # noqa: F403
 
 __version__ = "0.1.0"
 
-_MODULES = (_tree, base, authoring, combine, accumulators, adam_variants, adaptive, clipping, constrain, factored,
-            momentum, normalize, orthogonalize, perturb, regularize, scaling, stepsize, wrappers, schedules, aliases,
-            optim)
+_MODULES = (_tree, base, authoring, combine, branching, accumulators, adam_variants, adaptive, blocks, clipping,
+            constrain, factored, gradient_aware, momentum, normalize, orthogonalize, perturb, regularize, scaling,
+            stepsize, weight_decay, wrappers, schedules, aliases, optim)
 
 __all__ = sorted({name for module in _MODULES for name in module.__all__})
