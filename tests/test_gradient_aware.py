@@ -252,3 +252,22 @@ def test_decay_after_lr_shrinks_by_one_minus_weight_decay():
         new = gx.apply_updates(p, u)
         for k in p:
             torch.testing.assert_close(new[k], 0.99 * p[k] - lr * g[k])
+
+
+def test_weight_decay_is_a_param_group_key():
+    """Under gx.Optimizer the variants' coefficient is param_groups[i]["weight_decay"]: setting
+    it there changes the step as building with that value does."""
+    torch.manual_seed(0)
+    for make in (gx.add_l1_decay, gx.add_cautious_decayed_weights, gx.add_relative_decayed_weights):
+        models = [torch.nn.Linear(3, 2).double() for _ in range(2)]
+        models[1].load_state_dict(models[0].state_dict())
+        opts = [gx.Optimizer(models[0].parameters(), gx.chain(make(0.0), gx.scale_by_lr(0.1))),
+                gx.Optimizer(models[1].parameters(), gx.chain(make(0.5), gx.scale_by_lr(0.1)))]
+        opts[0].param_groups[0]["weight_decay"] = 0.5
+        x = torch.randn(4, 3, dtype=F64)
+        for m, o in zip(models, opts):
+            o.zero_grad()
+            m(x).sum().backward()
+            o.step()
+        for p, q in zip(models[0].parameters(), models[1].parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-14, atol=0)

@@ -82,7 +82,8 @@ def _slot_step(tx: GradientTransformation, spec: Any, per_param: tuple[bool, ...
 
     def slot_step(leaves: list[torch.Tensor]) -> list[torch.Tensor]:
         grads, state, params = tree_unflatten(leaves, spec)
-        updates, new_state = update(grads, state, params)
+        # the pure update writes into nothing: the slots' gradients stay the raw gradient
+        updates, new_state = update(grads, state, params, grad=grads)
         shared = []
         for old, new, is_param in zip(tree_leaves(state), tree_leaves(new_state), per_param):
             if is_param:

@@ -3,20 +3,33 @@ and decay applied after the learning rate."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from .. import _foreach as F  # noqa: N812
-from .._hparams import check
-from ..base import EmptyState, GradientTransformation, transform
+from .._hparams import check, to_state
+from ..base import GradientTransformation, transform
 from ._common import leaves, leaves_like, need_params, unflatten
 from .gradient_aware import grad_leaves
 
-__all__ = ["add_cautious_decayed_weights", "add_l1_decay", "add_relative_decayed_weights", "decay_weights"]
+__all__ = ["WeightDecayState", "add_cautious_decayed_weights", "add_l1_decay", "add_relative_decayed_weights",
+           "decay_weights"]
 
 
-def _empty(params):
-    del params
-    return EmptyState()
+class WeightDecayState(NamedTuple):
+    """State of the weight decay variants: the coefficient, which ``gx.Optimizer`` shows as
+    ``param_groups[i]["weight_decay"]`` (a scheduler or a per-group override drives it)."""
+
+    weight_decay: torch.Tensor  # 0-dim float64
+
+
+def _init_for(weight_decay):
+    def init(params):
+        del params
+        return WeightDecayState(weight_decay=to_state(weight_decay))
+
+    return init
 
 
 def _param_leaves(name: str, params, treedef, inplace: bool) -> list[torch.Tensor]:
@@ -47,11 +60,11 @@ def add_l1_decay(weight_decay: float | torch.Tensor = 0.0) -> GradientTransforma
         del extra_args
         us, treedef = leaves(updates)
         xs, ps, back = _real(us, _param_leaves("add_l1_decay", params, treedef, inplace))
-        signs = F.mul(F.sign(ps), weight_decay, inplace=True)
+        signs = F.mul(F.sign(ps), state.weight_decay, inplace=True)
         out = F.add(xs, F.cast_like(signs, xs), inplace=inplace)
         return unflatten(treedef, back(out)), state
 
-    return GradientTransformation(_empty, update)
+    return GradientTransformation(_init_for(weight_decay), update)
 
 
 _RELATIVE_TO = ("update", "grad", "params")
@@ -89,13 +102,13 @@ def add_relative_decayed_weights(weight_decay: float | torch.Tensor = 0.1, relat
         dtype = F.wide_dtype(*{x.dtype for x in src})
         device = src[0].device
         total = torch.stack([x.abs().sum(dtype=dtype).to(device) for x in src]).sum()
-        scale = total / sum(x.numel() for x in src) * weight_decay
+        scale = total / sum(x.numel() for x in src) * state.weight_decay.to(device)
         xs, rps, back = _real(us, ps)
         decay = [(p.to(dtype) * scale.to(p.device)).to(x.dtype) for p, x in zip(rps, xs)]
         out = F.add(xs, decay, inplace=inplace)
         return unflatten(treedef, back(out)), state
 
-    return GradientTransformation(_empty, update)
+    return GradientTransformation(_init_for(weight_decay), update)
 
 
 @transform(elementwise=True, inplace=True)
@@ -118,11 +131,11 @@ def add_cautious_decayed_weights(weight_decay: float | torch.Tensor = 0.0) -> Gr
         xs, ps, back = _real(us, _param_leaves("add_cautious_decayed_weights", params, treedef, inplace))
         decay = [torch.where(x * p.to(x.dtype) >= 0, p.to(x.dtype), torch.zeros((), dtype=x.dtype, device=x.device))
                  for x, p in zip(xs, ps)]
-        F.mul(decay, weight_decay, inplace=True)
+        F.mul(decay, state.weight_decay, inplace=True)
         out = F.add(xs, decay, inplace=inplace)
         return unflatten(treedef, back(out)), state
 
-    return GradientTransformation(_empty, update)
+    return GradientTransformation(_init_for(weight_decay), update)
 
 
 @transform(elementwise=True, inplace=True)
@@ -144,8 +157,8 @@ def decay_weights(weight_decay: float | torch.Tensor = 0.0) -> GradientTransform
         del extra_args
         us, treedef = leaves(updates)
         ps = _param_leaves("decay_weights", params, treedef, inplace)
-        decayed = F.cast_like(F.mul(ps, weight_decay), us)
+        decayed = F.cast_like(F.mul(ps, state.weight_decay), us)
         out = F.sub(us, decayed, inplace=inplace)
         return unflatten(treedef, out), state
 
-    return GradientTransformation(_empty, update)
+    return GradientTransformation(_init_for(weight_decay), update)
