@@ -12,7 +12,7 @@ import pathlib
 import gradtx as gx
 
 SECTIONS = [
-    ("Core", ["base", "authoring", "combine", "_tree", "evaluation"]),
+    ("Core", ["base", "authoring", "combine", "branching", "_tree", "evaluation"]),
     ("Transforms", ["transforms."]),
     ("Search: line searches, quasi-Newton, conjugate gradient, trust regions", ["search."]),
     ("Preconditioners", ["precondition"]),

@@ -92,7 +92,7 @@ DTYPE_TOL = {torch.bfloat16: dict(rtol=1.6e-2, atol=1e-4), torch.float16: dict(r
 # leaves, a loss, noise drawn by leaf position.
 COUPLES_LEAVES = {"clip_by_global_norm", "normalize_by_update_norm", "flatten", "scale_by_polyak", "polyak_sgd",
                   "scale_by_dog", "dog", "add_noise", "noisy_sgd", "scale_by_conjugate_gradient", "mars_correction",
-                  "scale_by_adaptive_heavy_ball",
+                  "scale_by_adaptive_heavy_ball", "scale_by_grad_cosine_similarity", "add_relative_decayed_weights",
                   "scale_by_barzilai_borwein", "scale_by_bold_driver", "scale_by_trust_region"}
 # quasi-Newton matrices over all leaves as one vector
 COUPLES_LEAVES |= {"scale_by_bfgs", "scale_by_dfp", "scale_by_sr1", "scale_by_psb", "scale_by_broyden_good",
@@ -450,6 +450,7 @@ READS_PARAMS_DETACHED = {"dog", "scale_by_dog", "scale_by_distance_over_gradient
 AT_A_KINK = {
     "adafactor.clipping_threshold": "Adafactor's normalised step has rms ~1 = the threshold: clipping's kink",
     "adafactor.eps": "moves the step's rms across the clipping threshold (1.0): clipping's kink",
+    "orthograd.eps": "a 0-dim leaf's update is parallel to its weight and removed; eps + delta tilts it off that",
 }
 
 

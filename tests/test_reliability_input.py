@@ -67,7 +67,11 @@ NO_NUMERIC = {"identity", "scale_by_sign", "scale_by_schedule", "chain", "named_
               "keep_params_nonnegative", "zero_nans", "sign_sgd",
               "set_to_zero", "selective_transform", "conditionally_mask", "snapshot", "monitor", "project_params",
               # the authoring helpers take the author's functions; their hyperparameters are **kwargs
-              "per_tensor", "multi_tensor", "stateless_with_tree_map"}
+              "per_tensor", "multi_tensor", "stateless_with_tree_map",
+              # blocks, combinators and gradient-aware members with no number to set
+              "sum_of", "difference", "product", "copysign", "abs", "sqrt", "reciprocal", "accumulate_maximum",
+              "accumulate_minimum", "accumulate_sum", "accumulate_mean", "cautious", "copy_grad_sign",
+              "copy_update_sign", "sign_consistency_mask"}
 
 BAD_VALUES = [("nan", float("nan")), ("inf", float("inf")), ("string", "abc"), ("None", None)]
 

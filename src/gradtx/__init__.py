@@ -8,11 +8,25 @@ The flat namespace gathers each module's ``__all__``; layers import downwards on
 < ``aliases/`` < ``optim/`` (the ``torch.optim`` adapter).
 """
 
-from . import _tree, aliases, authoring, base, combine, evaluation, monitoring, optim, precondition, schedules, wrappers
+from . import (
+               _tree,
+               aliases,
+               authoring,
+               base,
+               branching,
+               combine,
+               evaluation,
+               monitoring,
+               optim,
+               precondition,
+               schedules,
+               wrappers,
+)
 from ._tree import *  # noqa: F403
 from .aliases import *  # noqa: F403
 from .authoring import *  # noqa: F403
 from .base import *  # noqa: F403
+from .branching import *  # noqa: F403
 from .combine import *  # noqa: F403
 from .evaluation import *  # noqa: F403
 from .monitoring import *  # noqa: F403
@@ -31,33 +45,38 @@ from .search.quasi_newton import *  # noqa: F403
 from .search.step_size import *  # noqa: F403
 from .search.trust_region import *  # noqa: F403
 from .transforms import (
-    accumulators,
-    adam_variants,
-    adaptive,
-    averaging,
-    clipping,
-    constrain,
-    ema_clipping,
-    factored,
-    growth_clipping,
-    momentum,
-    momentum_corrections,
-    normalize,
-    orthogonalize,
-    perturb,
-    projections,
-    regularize,
-    scaling,
-    stepsize,
+               accumulators,
+               adam_variants,
+               adaptive,
+               averaging,
+               blocks,
+               clipping,
+               constrain,
+               ema_clipping,
+               factored,
+               gradient_aware,
+               growth_clipping,
+               momentum,
+               momentum_corrections,
+               normalize,
+               orthogonalize,
+               perturb,
+               projections,
+               regularize,
+               scaling,
+               stepsize,
+               weight_decay,
 )
 from .transforms.accumulators import *  # noqa: F403
 from .transforms.adam_variants import *  # noqa: F403
 from .transforms.adaptive import *  # noqa: F403
 from .transforms.averaging import *  # noqa: F403
+from .transforms.blocks import *  # noqa: F403
 from .transforms.clipping import *  # noqa: F403
 from .transforms.constrain import *  # noqa: F403
 from .transforms.ema_clipping import *  # noqa: F403
 from .transforms.factored import *  # noqa: F403
+from .transforms.gradient_aware import *  # noqa: F403
 from .transforms.growth_clipping import *  # noqa: F403
 from .transforms.momentum import *  # noqa: F403
 from .transforms.momentum_corrections import *  # noqa: F403
@@ -68,15 +87,17 @@ from .transforms.projections import *  # noqa: F403
 from .transforms.regularize import *  # noqa: F403
 from .transforms.scaling import *  # noqa: F403
 from .transforms.stepsize import *  # noqa: F403
+from .transforms.weight_decay import *  # noqa: F403
 from .wrappers import *  # noqa: F403
 
 __version__ = "0.1.0"
 
 _MODULES = (
-    _tree, base, authoring, evaluation, combine,
+    _tree, base, authoring, evaluation, combine, branching,
     # transforms/
-    accumulators, adam_variants, adaptive, averaging, clipping, constrain, ema_clipping, factored, growth_clipping,
-    momentum, momentum_corrections, normalize, orthogonalize, perturb, projections, regularize, scaling, stepsize,
+    accumulators, adam_variants, adaptive, averaging, blocks, clipping, constrain, ema_clipping, factored,
+    gradient_aware, growth_clipping, momentum, momentum_corrections, normalize, orthogonalize, perturb, projections,
+    regularize, scaling, stepsize, weight_decay,
     # precondition/, search/
     precondition,
     line_search, _lbfgs_module, quasi_newton, lsr1, conjugate_gradient, step_size, trust_region,

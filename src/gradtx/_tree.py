@@ -432,6 +432,15 @@ def leaf_names(tree: Tree) -> list[str]:
     return [".".join(_key_name(k) for k in path) for path, _ in pairs]
 
 
+def leaves_at_paths_of(tree: Tree, like: Tree) -> list[Any]:
+    """The subtrees of ``tree`` at the key paths of ``like``'s leaves: ``tree`` may hold more
+    (the full gradient where ``like`` is a masked member's view, its hidden leaves
+    ``MaskedNode``s without leaves). ``KeyError``/``IndexError``/``TypeError`` when a path is
+    missing from ``tree``."""
+    pairs, _ = _pytree.tree_flatten_with_path(like)
+    return [_pytree.key_get(tree, path) for path, _ in pairs]
+
+
 def select_keys(tree: Tree, keys: list[int]) -> Tree:
     """``tree`` with every int-keyed dict restricted to ``keys`` (in that order)."""
     if _is_param_dict(tree):

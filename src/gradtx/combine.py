@@ -252,7 +252,9 @@ def masked(inner: GradientTransformation, mask: Any, *, mask_compatible_extra_ar
     parameter names (``"*.bias"``, ``"encoder.*"``). Names are :func:`leaf_names` of the
     params: ``named_parameters()`` names under ``gx.Optimizer(model.named_parameters(), tx)``,
     dotted keys for a functional params tree. With ``mask_compatible_extra_args`` the extra
-    arguments with the structure of the updates (``grad``) are masked too.
+    arguments with the structure of the updates (``grad``) are masked too; either way a
+    gradient-aware member (``gx.cautious``, ``gx.copy_grad_sign``, ...) compares each leaf it
+    sees with the raw gradient of that same leaf.
 
     Example: ``gx.masked(gx.add_decayed_weights(1e-2), lambda name, p: p.dim() > 1)``.
     """

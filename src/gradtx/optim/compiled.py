@@ -35,7 +35,7 @@ import torch
 import torch.fx.experimental._config as _fx_config
 
 from .._tree import param_leaves, tree_flatten, tree_leaves, tree_unflatten
-from ..base import GradientTransformation, non_elementwise_parts
+from ..base import GradientTransformation, non_elementwise_parts, updater
 from . import layout as _layout
 
 __all__ = ["CompiledChain"]
@@ -78,11 +78,12 @@ def _fresh_function(fn: types.FunctionType) -> types.FunctionType:
 
 def _slot_step(tx: GradientTransformation, spec: Any, per_param: tuple[bool, ...]):
     """The function compiled: one update of the chain on ``SLOTS`` flat slots, in place."""
-    update = tx.update
+    run = updater(tx)  # an undeclared transform gets only the extra arguments it names
 
     def slot_step(leaves: list[torch.Tensor]) -> list[torch.Tensor]:
         grads, state, params = tree_unflatten(leaves, spec)
-        updates, new_state = update(grads, state, params)
+        # the pure update writes into nothing: the slots' gradients stay the raw gradient
+        updates, new_state = run(grads, state, params, False, {"grad": grads})
         shared = []
         for old, new, is_param in zip(tree_leaves(state), tree_leaves(new_state), per_param):
             if is_param:
