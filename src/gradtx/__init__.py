@@ -29,6 +29,7 @@ from .transforms import (
     perturb,
     regularize,
     scaling,
+    schedule_free_core,
     stepsize,
 )
 from .transforms.accumulators import *  # noqa: F403
@@ -43,13 +44,14 @@ from .transforms.orthogonalize import *  # noqa: F403
 from .transforms.perturb import *  # noqa: F403
 from .transforms.regularize import *  # noqa: F403
 from .transforms.scaling import *  # noqa: F403
+from .transforms.schedule_free_core import *  # noqa: F403
 from .transforms.stepsize import *  # noqa: F403
 from .wrappers import *  # noqa: F403
 
 __version__ = "0.1.0"
 
 _MODULES = (_tree, base, authoring, combine, accumulators, adam_variants, adaptive, clipping, constrain, factored,
-            momentum, normalize, orthogonalize, perturb, regularize, scaling, stepsize, wrappers, schedules, aliases,
-            optim)
+            momentum, normalize, orthogonalize, perturb, regularize, scaling, schedule_free_core, stepsize, wrappers,
+            schedules, aliases, optim)
 
 __all__ = sorted({name for module in _MODULES for name in module.__all__})
