@@ -6,7 +6,21 @@ from registry import Entry
 
 import gradtx as gx
 
+# growth_rate finite: the hypergradient suite perturbs every float argument (inf has no neighbourhood)
 ENTRIES = [
+    Entry("scale_by_prodigy", lambda: gx.chain(gx.scale_by_prodigy(weight_decay=1e-3, growth_rate=1.5),
+                                               gx.scale(-1.0)), "prodigyopt.Prodigy"),
+    Entry("prodigy", lambda: gx.prodigy(d0=1e-3, growth_rate=2.0, use_bias_correction=True), "prodigyopt.Prodigy",
+          kind="alias"),
+    Entry("scale_by_dadapt_adam", lambda: gx.chain(gx.scale_by_dadapt_adam(growth_rate=1.5), gx.scale(-1.0)),
+          "dadaptation.DAdaptAdam"),
+    Entry("dadapt_adam", lambda: gx.dadapt_adam(d0=1e-3, weight_decay=1e-4, decouple=True, growth_rate=2.0),
+          "dadaptation.DAdaptAdam", kind="alias"),
+    Entry("scale_by_dadapt_sgd", lambda: gx.chain(gx.scale_by_dadapt_sgd(0.1, momentum=0.9, growth_rate=1.5),
+                                                  gx.scale(-1.0)),
+          "dadaptation.DAdaptSGD"),
+    Entry("dadapt_sgd", lambda: gx.dadapt_sgd(0.1, momentum=0.9, d0=1e-3, growth_rate=2.0), "dadaptation.DAdaptSGD",
+          kind="alias"),
     Entry("schedule_free", lambda: gx.schedule_free(gx.chain(gx.scale_by_adam(b1=0.0), gx.scale_by_lr(0.05)), 0.05),
           "optax.contrib.schedule_free; Defazio et al. 2024"),
     Entry("schedule_free_sgd", lambda: gx.schedule_free_sgd(0.1, weight_decay=1e-4, warmup_steps=2),

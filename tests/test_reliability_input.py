@@ -55,6 +55,9 @@ INF_ALLOWED = {
     ("scale_by_rprop", "max_step_size"), ("rprop", "max_step_size"),
     ("scale_by_polyak", "max_learning_rate"), ("polyak_sgd", "max_learning_rate"),
     ("scale_by_asgd", "t0"), ("asgd", "t0"),  # t0 = inf: never start averaging
+    # growth_rate = inf (the default): d grows without a cap
+    *((name, "growth_rate") for name in ("scale_by_prodigy", "prodigy", "scale_by_dadapt_adam", "dadapt_adam",
+                                         "scale_by_dadapt_sgd", "dadapt_sgd")),
 }
 
 # Registered constructors with no numeric argument of their own (combinators, parameter-free

@@ -1,13 +1,24 @@
 """Aliases: named optimizers, each a documented chain of transforms (``gx.adam``, ...)."""
 
-from . import adam_family, layerwise, orthogonalized, rms_family, schedule_free_family, sgd_adam, stepsize
+from . import (
+    adam_family,
+    layerwise,
+    learning_rate_free_family,
+    orthogonalized,
+    rms_family,
+    schedule_free_family,
+    sgd_adam,
+    stepsize,
+)
 from .adam_family import *  # noqa: F403
 from .layerwise import *  # noqa: F403
+from .learning_rate_free_family import *  # noqa: F403
 from .orthogonalized import *  # noqa: F403
 from .rms_family import *  # noqa: F403
 from .schedule_free_family import *  # noqa: F403
 from .sgd_adam import *  # noqa: F403
 from .stepsize import *  # noqa: F403
 
-MODULES = (adam_family, layerwise, orthogonalized, rms_family, schedule_free_family, sgd_adam, stepsize)
+MODULES = (adam_family, layerwise, learning_rate_free_family, orthogonalized, rms_family, schedule_free_family,
+           sgd_adam, stepsize)
 __all__ = sorted({name for module in MODULES for name in module.__all__})
