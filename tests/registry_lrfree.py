@@ -29,4 +29,29 @@ ENTRIES = [
           "schedulefree.AdamWScheduleFree", kind="alias"),
 ]
 
-NOT_TRANSFORMS = {"schedule_free_eval_params", "schedule_free_train_params"}
+NOT_TRANSFORMS = {"schedule_free_eval_params", "schedule_free_train_params", "quarter_power"}
+
+ENTRIES += [
+    Entry("scale_by_adopt", lambda: gx.chain(gx.scale_by_adopt(), gx.scale_by_lr(0.05)),
+          "optax.contrib.scale_by_adopt"),
+    Entry("adopt", lambda: gx.adopt(0.05, b2=0.999), "optax.contrib.adopt", kind="alias"),
+    Entry("scale_by_ademamix", lambda: gx.chain(gx.scale_by_ademamix(b3=0.99, alpha=2.0), gx.scale_by_lr(0.02)),
+          "optax.contrib.scale_by_ademamix"),
+    Entry("ademamix", lambda: gx.ademamix(0.02, b3=0.99, alpha=2.0, weight_decay=1e-3), "optax.contrib.ademamix",
+          kind="alias"),
+    Entry("scale_by_simplified_ademamix",
+          lambda: gx.chain(gx.scale_by_simplified_ademamix(b1=0.9, alpha=1.0), gx.scale_by_lr(0.005)),
+          "optax.contrib.scale_by_simplified_ademamix"),
+    Entry("simplified_ademamix", lambda: gx.simplified_ademamix(0.005, b1=0.9, alpha=1.0, weight_decay=1e-3),
+          "optax.contrib.simplified_ademamix", kind="alias"),
+    Entry("scale_by_laprop", lambda: gx.chain(gx.scale_by_laprop(), gx.scale_by_lr(0.05)), "pytorch_optimizer.LaProp"),
+    Entry("laprop", lambda: gx.laprop(0.05), "pytorch_optimizer.LaProp", kind="alias"),
+]
+
+ENTRIES += [
+    Entry("scale_by_dowg", lambda: gx.chain(gx.scale_by_dowg(), gx.scale_by_lr(1.0)), "optax.contrib.scale_by_dowg"),
+    Entry("dowg", lambda: gx.dowg(), "optax.contrib.dowg", kind="alias"),
+    Entry("scale_by_cocob", lambda: gx.scale_by_cocob(), "optax.contrib.scale_by_cocob"),
+    Entry("cocob", lambda: gx.cocob(), "optax.contrib.cocob", kind="alias"),
+    Entry("mechanize", lambda: gx.mechanize(gx.adam(0.05)), "optax.contrib.mechanize", kind="alias"),
+]

@@ -136,5 +136,56 @@ def test_errors_name_the_argument():
             gx.prodigy(**bad)
     with pytest.raises(ValueError, match="momentum"):
         gx.dadapt_sgd(momentum=1.0)
-    with pytest.raises(ValueError, match="does not support complex"):
-        gx.prodigy().init({"a": torch.ones(2, dtype=torch.complex64)})
+    with pytest.raises(ValueError, match="base_optimizer"):
+        gx.mechanize(0.1)
+    with pytest.raises(ValueError, match="num_betas"):
+        gx.mechanize(gx.sgd(0.1), num_betas=0)
+
+
+@pytest.fixture(scope="module")
+def jax_x64():
+    jax = pytest.importorskip("jax")
+    pytest.importorskip("optax")
+    jax.config.update("jax_enable_x64", True)
+    return jax
+
+
+def _optax_trajectory(jax, problem: MLPProblem, tx, steps: int = 40):
+    import numpy as np
+    import optax
+
+    params = {k: jax.numpy.asarray(v.numpy()) for k, v in problem.params0.items()}
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    out = []
+    for t in range(steps):
+        torch_params = {k: torch.from_numpy(np.asarray(v).copy()) for k, v in params.items()}
+        grads = {k: jax.numpy.asarray(g.numpy()) for k, g in problem.grads(torch_params, t).items()}
+        updates, state = step(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        out.append({k: torch.from_numpy(np.asarray(v).copy()) for k, v in params.items()})
+    return out
+
+
+OPTAX_CASES = [
+    ("dowg", lambda c, o: c.dowg(), lambda: gx.dowg()),
+    ("dowg-init-wd", lambda c, o: c.dowg(0.5, init_estim_sq_dist=1e-2, weight_decay=1e-3),
+     lambda: gx.dowg(0.5, init_estim_sq_dist=1e-2, weight_decay=1e-3)),
+    ("cocob", lambda c, o: c.cocob(), lambda: gx.cocob()),
+    ("cocob-lr-alpha-wd", lambda c, o: c.cocob(0.5, alpha=50.0, weight_decay=1e-3),
+     lambda: gx.cocob(0.5, alpha=50.0, weight_decay=1e-3)),
+    ("mechanize-adam", lambda c, o: c.mechanize(o.adam(1e-2)), lambda: gx.mechanize(gx.adam(1e-2))),
+    ("mechanize-sgd", lambda c, o: c.mechanize(o.sgd(0.1, momentum=0.9), weight_decay=0.0, num_betas=3),
+     lambda: gx.mechanize(gx.sgd(0.1, momentum=0.9), weight_decay=0.0, num_betas=3)),
+]
+
+
+@pytest.mark.slow  # jax compiles each optax update once (several seconds)
+@pytest.mark.parametrize(("name", "ref", "mine"), OPTAX_CASES, ids=[c[0] for c in OPTAX_CASES])
+def test_matches_optax_contrib(jax_x64, name, ref, mine):
+    import optax
+    import optax.contrib
+
+    problem = MLPProblem()
+    want = _optax_trajectory(jax_x64, problem, ref(optax.contrib, optax))
+    _assert_trajectories(_functional(problem, mine(), steps=40), want)

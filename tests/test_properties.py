@@ -92,7 +92,8 @@ DTYPE_TOL = {torch.bfloat16: dict(rtol=1.6e-2, atol=1e-4), torch.float16: dict(r
 # leaves, a loss, noise drawn by leaf position.
 COUPLES_LEAVES = {"clip_by_global_norm", "normalize_by_update_norm", "flatten", "scale_by_polyak", "polyak_sgd",
                   "scale_by_dog", "dog", "add_noise", "noisy_sgd", "scale_by_prodigy", "prodigy",
-                  "scale_by_dadapt_adam", "dadapt_adam", "scale_by_dadapt_sgd", "dadapt_sgd"}
+                  "scale_by_dadapt_adam", "dadapt_adam", "scale_by_dadapt_sgd", "dadapt_sgd", "scale_by_dowg", "dowg",
+                  "mechanize"}
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=IDS)

@@ -28,6 +28,7 @@ from .transforms import (
     normalize,
     orthogonalize,
     perturb,
+    recent,
     regularize,
     scaling,
     schedule_free_core,
@@ -44,6 +45,7 @@ from .transforms.momentum import *  # noqa: F403
 from .transforms.normalize import *  # noqa: F403
 from .transforms.orthogonalize import *  # noqa: F403
 from .transforms.perturb import *  # noqa: F403
+from .transforms.recent import *  # noqa: F403
 from .transforms.regularize import *  # noqa: F403
 from .transforms.scaling import *  # noqa: F403
 from .transforms.schedule_free_core import *  # noqa: F403
@@ -53,7 +55,7 @@ from .wrappers import *  # noqa: F403
 __version__ = "0.1.0"
 
 _MODULES = (_tree, base, authoring, combine, accumulators, adam_variants, adaptive, clipping, constrain, factored,
-            learning_rate_free, momentum, normalize, orthogonalize, perturb, regularize, scaling, schedule_free_core,
-            stepsize, wrappers, schedules, aliases, optim)
+            learning_rate_free, momentum, normalize, orthogonalize, perturb, recent, regularize, scaling,
+            schedule_free_core, stepsize, wrappers, schedules, aliases, optim)
 
 __all__ = sorted({name for module in _MODULES for name in module.__all__})

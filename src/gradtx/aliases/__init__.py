@@ -5,6 +5,7 @@ from . import (
     layerwise,
     learning_rate_free_family,
     orthogonalized,
+    recent_family,
     rms_family,
     schedule_free_family,
     sgd_adam,
@@ -14,11 +15,12 @@ from .adam_family import *  # noqa: F403
 from .layerwise import *  # noqa: F403
 from .learning_rate_free_family import *  # noqa: F403
 from .orthogonalized import *  # noqa: F403
+from .recent_family import *  # noqa: F403
 from .rms_family import *  # noqa: F403
 from .schedule_free_family import *  # noqa: F403
 from .sgd_adam import *  # noqa: F403
 from .stepsize import *  # noqa: F403
 
-MODULES = (adam_family, layerwise, learning_rate_free_family, orthogonalized, rms_family, schedule_free_family,
-           sgd_adam, stepsize)
+MODULES = (adam_family, layerwise, learning_rate_free_family, orthogonalized, recent_family, rms_family,
+           schedule_free_family, sgd_adam, stepsize)
 __all__ = sorted({name for module in MODULES for name in module.__all__})

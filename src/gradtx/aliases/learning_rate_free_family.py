@@ -6,12 +6,20 @@ import math
 
 import torch
 
-from ..base import GradientTransformation, transform
+from .._hparams import ScalarOrSchedule, check
+from ..base import GradientTransformation, identity, transform
 from ..combine import chain
-from ..transforms.learning_rate_free import scale_by_dadapt_adam, scale_by_dadapt_sgd, scale_by_prodigy
-from ..transforms.scaling import scale
+from ..transforms.learning_rate_free import (
+    scale_by_cocob,
+    scale_by_dadapt_adam,
+    scale_by_dadapt_sgd,
+    scale_by_dowg,
+    scale_by_prodigy,
+)
+from ..transforms.regularize import Mask, add_decayed_weights
+from ..transforms.scaling import scale, scale_by_lr
 
-__all__ = ["dadapt_adam", "dadapt_sgd", "prodigy"]
+__all__ = ["cocob", "dadapt_adam", "dadapt_sgd", "dowg", "prodigy"]
 
 
 @transform
@@ -58,3 +66,32 @@ def dadapt_sgd(lr: float | torch.Tensor = 1.0, momentum: float = 0.0, weight_dec
     Example: ``gx.Optimizer(model.parameters(), gx.dadapt_sgd(momentum=0.9))``.
     """
     return chain(scale_by_dadapt_sgd(lr, momentum, weight_decay, d0, growth_rate), scale(-1.0))
+
+
+@transform
+def dowg(lr: ScalarOrSchedule = 1.0, init_estim_sq_dist: float | None = None, eps: float = 1e-4,
+         weight_decay: float | None = None, mask: Mask | None = None) -> GradientTransformation:
+    """DoWG (Khaled et al., 2023), as ``optax.contrib.dowg``: rule in :func:`scale_by_dowg`.
+
+    ``chain(add_decayed_weights(weight_decay, mask) or identity(), scale_by_dowg(init_estim_sq_dist, eps),
+    scale_by_lr(lr))``.
+
+    Example: ``gx.Optimizer(model.parameters(), gx.dowg())``.
+    """
+    decay = identity() if weight_decay is None else add_decayed_weights(weight_decay, mask)
+    return chain(decay, scale_by_dowg(init_estim_sq_dist, eps), scale_by_lr(lr))
+
+
+@transform
+def cocob(lr: float | torch.Tensor = 1.0, alpha: float = 100.0, eps: float = 1e-8, weight_decay: float = 0.0,
+          mask: Mask | None = None) -> GradientTransformation:
+    """COCOB-Backprop (Orabona & Tommasi, 2017), as ``optax.contrib.cocob``: the gradient
+    (plus ``weight_decay x``) scaled by ``lr`` feeds the coin-betting rule of
+    :func:`scale_by_cocob`, which returns the whole step.
+
+    ``chain(add_decayed_weights(weight_decay, mask), scale(lr), scale_by_cocob(alpha, eps))``.
+
+    Example: ``gx.Optimizer(model.parameters(), gx.cocob())``.
+    """
+    check("lr", lr, low=0.0, low_open=True)
+    return chain(add_decayed_weights(weight_decay, mask), scale(lr), scale_by_cocob(alpha, eps))

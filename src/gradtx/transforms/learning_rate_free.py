@@ -1,4 +1,4 @@
-"""Learning-rate-free methods: Prodigy, D-Adaptation (Adam, SGD).
+"""Learning-rate-free methods: Prodigy, D-Adaptation (Adam, SGD), DoWG, Mechanic.
 
 Each estimates the distance to the solution, ``d``, from sums over every parameter, so
 none is leafwise: under ``gx.Optimizer`` it runs once over all param groups. The running
@@ -12,19 +12,21 @@ The transforms return the step to *subtract* (learning rate included): the alias
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
 from .. import _foreach as F  # noqa: N812
 from .._foreach import wide_dtype
-from .._hparams import check, check_beta, is_value, new_count, to_state
+from .._hparams import check, check_beta, check_int, full_like, is_value, new_count, to_state
 from .._tree import Tree
-from ..base import GradientTransformation, transform
+from ..authoring import per_tensor
+from ..base import GradientTransformation, supports_inplace, transform, updater
 from ._common import first_device, leaves, leaves_like, need_params, unflatten
+from .recent import real_rule
 
-__all__ = ["DAdaptAdamState", "DAdaptSGDState", "ProdigyState", "scale_by_dadapt_adam", "scale_by_dadapt_sgd",
-           "scale_by_prodigy"]
+__all__ = ["DAdaptAdamState", "DAdaptSGDState", "DoWGState", "MechanicState", "ProdigyState", "mechanize",
+           "scale_by_cocob", "scale_by_dadapt_adam", "scale_by_dadapt_sgd", "scale_by_dowg", "scale_by_prodigy"]
 
 
 def _scalar_dtype(ps: list[torch.Tensor]) -> torch.dtype:
@@ -390,3 +392,184 @@ def scale_by_dadapt_sgd(lr: float | torch.Tensor = 1.0, momentum: float = 0.0, w
                                                        unflatten(treedef, new_s), state.init_params)
 
     return GradientTransformation(init, update)
+
+
+# --- DoWG ----------------------------------------------------------------------------------
+
+
+class DoWGState(NamedTuple):
+    init_params: Tree  # x0
+    estim_sq_dist: torch.Tensor  # 0-dim: max_t ||x_t - x0||^2
+    weighted_sq_norm_grads: torch.Tensor  # 0-dim: sum_t r_t^2 ||g_t||^2
+
+
+@transform(inplace=True)
+def scale_by_dowg(init_estim_sq_dist: float | None = None, eps: float = 1e-4) -> GradientTransformation:
+    """Distance over weighted gradients (DoWG; Khaled et al., 2023), as
+    ``optax.contrib.scale_by_dowg``; needs ``params``.
+
+    ``r^2 <- max(r^2, ||x - x0||^2)``, ``v <- v + r^2 ||g||^2`` (global norms),
+    ``u <- r^2 / (sqrt(v) + eps) g``; ``r^2`` starts at ``init_estim_sq_dist`` (``eps`` when
+    ``None``). Follow with ``scale_by_lr(lr)``. The scalars are kept in the widest params
+    dtype (optax: the lowest).
+
+    Example: ``gx.chain(gx.scale_by_dowg(), gx.scale_by_lr(1.0))`` (that is ``gx.dowg()``).
+    """
+    if init_estim_sq_dist is not None:
+        check("init_estim_sq_dist", init_estim_sq_dist, low=0.0)
+    check("eps", eps, low=0.0)
+
+    def init(params):
+        ps, treedef = leaves(params)
+        ps = [p.detach() for p in ps]
+        start = eps if init_estim_sq_dist is None else init_estim_sq_dist
+        return DoWGState(unflatten(treedef, [p.clone() for p in ps]), _scalar(start, ps), _scalar(0.0, ps))
+
+    def update(updates, state, params=None, *, inplace=False, **extra_args):
+        del inplace, extra_args
+        need_params("scale_by_dowg", params)
+        gs, treedef = leaves(updates)
+        ps = F.as_real(leaves_like(params, treedef, "params"))
+        x0s = F.as_real(leaves_like(state.init_params, treedef))
+        like = state.estim_sq_dist
+        dtype = like.dtype
+        dist = _sum([((x0.to(dtype) - p.to(dtype)) ** 2).sum() for p, x0 in zip(ps, x0s)], like)
+        estim = torch.maximum(state.estim_sq_dist, dist)
+        g_sq = _sum([(g.to(dtype) ** 2).sum() for g in F.as_real(gs)], like)
+        weighted = estim * g_sq + state.weighted_sq_norm_grads
+        step = estim / (weighted.sqrt() + eps)
+        out = [g * step.to(device=g.device, dtype=F.real_dtype(g.dtype)) for g in gs]
+        return unflatten(treedef, out), DoWGState(
+            state.init_params, estim, weighted)
+
+    return GradientTransformation(init, update)
+
+
+# --- Mechanic ------------------------------------------------------------------------------
+
+
+class MechanicState(NamedTuple):
+    base_optimizer_state: Any
+    count: torch.Tensor  # int32, steps taken
+    r: torch.Tensor  # (num_betas,): the betting rewards
+    m: torch.Tensor  # (num_betas,): running max of |h|
+    v: torch.Tensor  # (num_betas,): discounted sum of h^2
+    s: torch.Tensor  # (num_betas,): the scales; x = x0 + sum(s) * (sum of base updates)
+    x0: Tree  # the params at the first update
+
+
+@transform(inplace=lambda args: supports_inplace(args["base_optimizer"]))
+def mechanize(base_optimizer: GradientTransformation, weight_decay: float = 1e-2, eps: float = 1e-8,
+              s_init: float = 1e-6, num_betas: int = 6) -> GradientTransformation:
+    """Mechanic (Cutkosky, Defazio & Mehta, 2023): learns the scale of any optimizer's steps,
+    as ``optax.contrib.mechanize``; needs ``params``. Not leafwise (inner products over all leaves).
+
+    With ``Delta`` the sum of the base updates so far, kept as ``(x0 - x) / (sum(s) + eps)``,
+    ``u_b = base(g)``, ``S = sum(s)``:
+    ``g <- g + weight_decay S ||g|| / (||x|| + eps) x``; ``h = <g, Delta>``;
+    with ``beta_i = 1 - 0.1^i`` (``i = 1..num_betas``):
+    ``m <- max(beta m, |h| + eps)``, ``v <- beta^2 v + h^2``, ``r <- beta r + clip(h, +-m_old) s``,
+    ``s <- (s_init / num_betas m + max(r, 0)) / (sqrt(v) + eps)``;
+    ``x' = x0 - sum(s) (Delta - u_b)``, the update ``x' - x``. ``x0`` is the params at the
+    first update. The vectors ``r, m, v, s`` are in the widest params dtype (optax: lowest).
+
+    Example: ``gx.mechanize(gx.adam(1e-3))``.
+    """
+    if not isinstance(base_optimizer, GradientTransformation):
+        raise ValueError(f"base_optimizer must be a GradientTransformation, got {type(base_optimizer).__name__}")
+    check("weight_decay", weight_decay, low=0.0)
+    check("eps", eps, low=0.0)
+    check("s_init", s_init, low=0.0)
+    check_int("num_betas", num_betas, low=1)
+    run_base = updater(base_optimizer)
+
+    def init(params):
+        ps, treedef = leaves(params)
+        ps = [p.detach() for p in ps]
+        dtype, device = _scalar_dtype(ps), first_device(ps)
+
+        def vec(value):
+            return torch.full((num_betas,), float(value), dtype=dtype, device=device) if not isinstance(
+                value, torch.Tensor) else value.to(device=device, dtype=dtype) * torch.ones(num_betas, dtype=dtype,
+                                                                                           device=device)
+
+        return MechanicState(base_optimizer.init(params), new_count(), vec(0.0), vec(0.0), vec(0.0), vec(s_init),
+                             unflatten(treedef, [p.clone() for p in ps]))
+
+    def update(updates, state, params=None, *, inplace=False, **extra_args):
+        need_params("mechanize", params)
+        gs, treedef = leaves(updates)
+        ps = leaves_like(params, treedef, "params")
+        x0s = leaves_like(state.x0, treedef)
+        like = state.s
+        dtype = like.dtype
+        g_real = [F.as_real([g])[0].to(dtype) for g in gs]
+        first = int(state.count) == 0
+        x0s = [p.detach().clone() for p in ps] if first else x0s
+        s_sum = state.s.sum()
+        grad_norm = _sum([(g ** 2).sum() for g in g_real], like[0]).sqrt()
+        p_real = [F.as_real([p])[0].to(dtype) for p in ps]
+        x0_real = [F.as_real([x])[0].to(dtype) for x in x0s]
+        param_norm = _sum([(p ** 2).sum() for p in p_real], like[0]).sqrt()
+        coef = weight_decay * s_sum * grad_norm / (param_norm + eps)
+        delta_prev = [(x0 - p) / (s_sum + eps) for p, x0 in zip(p_real, x0_real)]
+        h = _sum([((g + coef * p) * dp).sum() for g, p, dp in zip(g_real, p_real, delta_prev)], like[0])
+        dtypes = [g.dtype for g in gs]
+        # the base may write into the updates (in place): everything read from them is computed above
+        base_u, base_state = run_base(updates, state.base_optimizer_state, params, inplace, extra_args)
+        bs = leaves_like(base_u, treedef, "the base's updates")
+        clipped_h = torch.clamp(torch.full_like(state.m, 0) + h, min=-state.m, max=state.m)
+        betas = 1.0 - 0.1 ** torch.arange(1, num_betas + 1, dtype=dtype, device=like.device)
+        m = torch.maximum(betas * state.m, h.abs() + eps)
+        v = betas ** 2 * state.v + h ** 2
+        r = betas * state.r + clipped_h * state.s
+        wealth = (s_init / num_betas) * m + torch.clamp(r, min=0.0)
+        positive = v > 0  # sqrt's gradient at 0 is infinite: keep it out of autograd's products
+        s = wealth / (torch.where(positive, torch.where(positive, v, torch.ones_like(v)).sqrt(), torch.zeros_like(v))
+                      + eps)
+        total = s.sum()
+        out = []
+        for dt, p, x0, dp, b in zip(dtypes, p_real, x0_real, delta_prev, bs):
+            b_real = F.as_real([b])[0].to(dtype)
+            u = (x0 - total * (dp - b_real) - p).to(F.real_dtype(dt))
+            out.append(torch.view_as_complex(u.contiguous()) if dt.is_complex else u)
+        return unflatten(treedef, out), MechanicState(base_state, state.count + 1, r, m, v, s,
+                                                      unflatten(treedef, x0s) if first else state.x0)
+
+    return GradientTransformation(init, update)
+
+
+# --- COCOB ---------------------------------------------------------------------------------
+
+
+@transform(elementwise=True, inplace=True)
+def scale_by_cocob(alpha: float = 100.0, eps: float = 1e-8) -> GradientTransformation:
+    """COCOB-Backprop (Orabona & Tommasi, 2017), as ``optax.contrib.scale_by_cocob``; needs
+    ``params``. Returns the whole step (no learning rate after it). Per element, with ``x0``
+    the initial params:
+
+    ``L <- max(L, |g|)`` (``L_0 = eps``), ``G <- G + |g|``, ``R <- max(R - g (x - x0), 0)``,
+    ``C <- C - g``; ``u = x0 + C (L + R) / (L max(G + L, alpha L)) - x``.
+
+    State per parameter: ``(x0, C, L, G, R)``. Example: ``gx.scale_by_cocob()`` (``gx.cocob()`` adds weight decay).
+    """
+    check("alpha", alpha, low=0.0, low_open=True)
+    check("eps", eps, low=0.0, low_open=True)
+
+    def cocob_init(p: torch.Tensor) -> tuple:
+        p = p.detach()
+        return p.clone(), torch.zeros_like(p), full_like(p, eps), torch.zeros_like(p), torch.zeros_like(p)
+
+    def cocob_update(g, state, p, *, alpha):
+        if p is None:
+            raise ValueError("scale_by_cocob needs params: call update(updates, state, params)")
+        x0, cum, scale, sub, reward = state
+        dt = g.dtype
+        scale = torch.maximum(scale, g.abs())
+        sub = sub + g.abs()
+        reward = torch.clamp(reward - g * (p - x0), min=0.0)
+        cum = cum - g
+        u = x0 + cum / (scale * torch.maximum(sub + scale, alpha.to(dt) * scale)) * (scale + reward) - p
+        return u, (x0, cum, scale, sub, reward)
+
+    return per_tensor(cocob_init, real_rule(cocob_update), alpha=alpha)
