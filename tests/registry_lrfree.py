@@ -55,3 +55,14 @@ ENTRIES += [
     Entry("cocob", lambda: gx.cocob(), "optax.contrib.cocob", kind="alias"),
     Entry("mechanize", lambda: gx.mechanize(gx.adam(0.05)), "optax.contrib.mechanize", kind="alias"),
 ]
+
+ENTRIES += [
+    # eps 1e-8: the defaults (1e-16) leave g / sqrt(variance) unbounded once the gradient settles (Rosenbrock)
+    Entry("scale_by_acprop", lambda: gx.chain(gx.scale_by_acprop(eps=1e-8, eps_root=1e-8), gx.scale_by_lr(0.01)),
+          "optax.contrib.scale_by_acprop"),
+    Entry("acprop", lambda: gx.acprop(0.01, eps=1e-8, eps_root=1e-8, weight_decay=1e-4), "optax.contrib.acprop",
+          kind="alias"),
+    Entry("scale_by_madgrad", lambda: gx.scale_by_madgrad(0.05), "optax.contrib.scale_by_madgrad; madgrad"),
+    Entry("madgrad", lambda: gx.madgrad(0.05, weight_decay=1e-4), "pytorch_optimizer.MADGRAD", kind="alias"),
+    Entry("ranger", lambda: gx.ranger(0.1), "torch.optim.RAdam inside Lookahead", kind="alias"),
+]

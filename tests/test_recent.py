@@ -79,6 +79,10 @@ def _cases():
          lambda: gx.ademamix(1e-2, b3=_torch_schedule(0.9, 0.0015), alpha=_torch_schedule(0.0, 0.1))),
         ("simplified_ademamix", lambda c: c.simplified_ademamix(1e-3, alpha=2.0, eps_root=1e-12, weight_decay=1e-3),
          lambda: gx.simplified_ademamix(1e-3, alpha=2.0, eps_root=1e-12, weight_decay=1e-3)),
+        ("acprop", lambda c: c.acprop(1e-3, weight_decay=1e-3), lambda: gx.acprop(1e-3, weight_decay=1e-3)),
+        ("acprop-eps", lambda c: c.acprop(1e-3, b1=0.8, b2=0.99, eps=1e-8, eps_root=1e-10),
+         lambda: gx.acprop(1e-3, b1=0.8, b2=0.99, eps=1e-8, eps_root=1e-10)),
+
     ]
 
 
@@ -164,3 +168,43 @@ def test_errors_name_the_argument():
         gx.adopt(1e-3, clip_value_fn=2.0)
     with pytest.raises(ValueError, match="eps_root"):
         gx.laprop(eps_root=-1.0)
+
+
+def test_ranger_is_torch_radam_inside_lookahead():
+    """Ranger against torch.optim.RAdam stepping the fast weights, with the Lookahead rule
+    written out: every k steps slow += alpha (fast - slow), fast = slow."""
+    problem = MLPProblem()
+    lr, k, alpha = 1e-2, 4, 0.5
+    got = _functional(problem, gx.ranger(lr, sync_period=k, slow_step_size=alpha), steps=30)
+    leaves = problem.leaf_params()
+    opt = torch.optim.RAdam(list(leaves.values()), lr=lr, betas=(0.95, 0.999), eps=1e-5)
+    slow = {n: v.detach().clone() for n, v in leaves.items()}
+    for t in range(30):
+        opt.zero_grad()
+        problem.loss(leaves, t).backward()
+        opt.step()
+        if (t + 1) % k == 0:
+            with torch.no_grad():
+                for n, v in leaves.items():
+                    slow[n] += alpha * (v - slow[n])
+                    v.copy_(slow[n])
+        for n, v in leaves.items():
+            torch.testing.assert_close(got[t][n], v.detach(), **TOL, msg=lambda m, t=t, n=n: f"step {t}, {n}: {m}")
+
+
+@pytest.mark.parametrize("kwargs", [dict(lr=1e-2), dict(lr=3e-2, momentum=0.5, weight_decay=1e-3, eps=1e-5)],
+                         ids=["defaults", "wd-momentum-eps"])
+def test_madgrad_matches_pytorch_optimizer(kwargs):
+    """Facebook's MADGRAD rule as pytorch_optimizer runs it (optax.contrib.madgrad computes
+    lr * sqrt(k + 1) in float32 even under x64, so it is not the float64 reference)."""
+    pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
+    problem = MLPProblem()
+    leaves = problem.leaf_params()
+    opt = pytorch_optimizer.MADGRAD(list(leaves.values()), **kwargs)
+    want = []
+    for t in range(STEPS):
+        opt.zero_grad()
+        problem.loss(leaves, t).backward()
+        opt.step()
+        want.append({k: v.detach().clone() for k, v in leaves.items()})
+    _assert_trajectories(_functional(problem, gx.madgrad(**kwargs)), want)

@@ -1,4 +1,4 @@
-"""Recent Adam relatives: ADOPT, AdEMAMix and its simplified form, LaProp.
+"""Recent Adam relatives: ADOPT, AdEMAMix and its simplified form, LaProp, AcProp, MADGRAD.
 
 Each is a rule for one tensor looped over the leaves (:func:`gradtx.per_tensor`): every
 hyperparameter is a float64 0-dim tensor in the state (a ``param_groups`` key), the step
@@ -19,7 +19,8 @@ from .._hparams import ScalarOrSchedule, check, check_beta, check_schedule, is_s
 from ..authoring import per_tensor
 from ..base import GradientTransformation, transform
 
-__all__ = ["quarter_power", "scale_by_ademamix", "scale_by_adopt", "scale_by_laprop", "scale_by_simplified_ademamix"]
+__all__ = ["quarter_power", "scale_by_acprop", "scale_by_ademamix", "scale_by_adopt", "scale_by_laprop",
+           "scale_by_madgrad", "scale_by_simplified_ademamix"]
 
 
 def real_rule(rule: Callable) -> Callable:
@@ -213,3 +214,81 @@ def scale_by_laprop(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-15, eps_
         return m / (1 - b1 ** t), (m, nu)
 
     return per_tensor(_zeros(2), real_rule(laprop_update), b1=b1, b2=b2, eps=eps, eps_root=eps_root)
+
+
+# --- AcProp --------------------------------------------------------------------------------
+
+
+@transform(elementwise=True, inplace=True)
+def scale_by_acprop(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-16, eps_root: float = 1e-16
+                    ) -> GradientTransformation:
+    """AcProp's rescaling (Zhuang et al., 2021), as ``optax.contrib.scale_by_acprop``: the
+    gradient divided by the *previous* step's centred second moment (asynchronous update).
+
+    ``s_hat = s_{t-1} / (1 - b2^(t-1))`` (1 at the first step); ``u <- g / (sqrt(s_hat) + eps)``;
+    then ``s <- b2 s + (1-b2) (g - m_{t-1})^2 + eps_root`` and ``m <- b1 m + (1-b1) g``.
+    As in optax, ``m`` enters only ``s`` (the update carries no momentum of its own).
+
+    Example: ``gx.chain(gx.scale_by_acprop(), gx.scale_by_lr(1e-3))``.
+    """
+    check_beta("b1", b1)
+    check_beta("b2", b2)
+    check("eps", eps, low=0.0)
+    check("eps_root", eps_root, low=0.0)
+
+    def acprop_update(g, state, p, *, step, b1, b2, eps, eps_root):
+        mu, nu = state
+        dt = g.dtype
+        b1, b2 = b1.to(dt), b2.to(dt)
+        first = step == 1
+        t_prev = torch.where(first, step, step - 1).to(dt)
+        nu_hat = torch.where(first, torch.ones_like(nu), nu / (1 - b2 ** t_prev))
+        u = g / (nu_hat.sqrt() + eps.to(dt))
+        err = g - mu
+        nu = b2 * nu + (1 - b2) * err * err + eps_root.to(dt)
+        mu = b1 * mu + (1 - b1) * g
+        return u, (mu, nu)
+
+    return per_tensor(_zeros(2), real_rule(acprop_update), b1=b1, b2=b2, eps=eps, eps_root=eps_root)
+
+
+# --- MADGRAD -------------------------------------------------------------------------------
+
+
+def _madgrad_init(p: torch.Tensor) -> tuple:
+    p = p.detach()
+    return torch.zeros_like(p), torch.zeros_like(p), p.clone()
+
+
+@transform(elementwise=True, inplace=True)
+def scale_by_madgrad(lr: ScalarOrSchedule, momentum: float = 0.9, eps: float = 1e-6) -> GradientTransformation:
+    """MADGRAD (Defazio & Jelassi, 2021), as ``optax.contrib.scale_by_madgrad`` and facebook's
+    ``madgrad``; needs ``params``. Returns the whole step (learning rate included):
+
+    ``lambda = (lr + eps) sqrt(k + 1)`` (``k`` steps taken); ``G <- G + lambda g^2``;
+    ``s <- s + lambda g``; ``z = x0 - s / (G^(1/3) + eps)``;
+    ``x' = (1 - momentum) z + momentum x``; the update is ``x' - x``.
+
+    Example: ``gx.scale_by_madgrad(1e-2)`` (``gx.madgrad`` adds weight decay before it).
+    """
+    if is_schedule(lr):
+        check_schedule("lr", lr)
+    else:
+        check("lr", lr, low=0.0)
+    check_beta("momentum", momentum)
+    check("eps", eps, low=0.0)
+
+    def madgrad_update(g, state, p, *, step, lr, momentum, eps):
+        if p is None:
+            raise ValueError("scale_by_madgrad needs params: call update(updates, state, params)")
+        grad_sum_sq, s, x0 = state
+        dt = g.dtype
+        lamb = (torch.as_tensor(lr).to(dt) + eps.to(dt)) * step.to(dt).sqrt()
+        grad_sum_sq = grad_sum_sq + lamb * g * g
+        s = s + lamb * g
+        z = x0 - s / (grad_sum_sq.pow(1.0 / 3.0) + eps.to(dt))
+        mom = momentum.to(dt)
+        return (1 - mom) * z + mom * p - p, (grad_sum_sq, s, x0)
+
+    return per_tensor(_madgrad_init, real_rule(madgrad_update), lr=_optax_schedule("lr", lr), momentum=momentum,
+                      eps=eps)
