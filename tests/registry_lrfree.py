@@ -66,3 +66,9 @@ ENTRIES += [
     Entry("madgrad", lambda: gx.madgrad(0.05, weight_decay=1e-4), "pytorch_optimizer.MADGRAD", kind="alias"),
     Entry("ranger", lambda: gx.ranger(0.1), "torch.optim.RAdam inside Lookahead", kind="alias"),
 ]
+
+ENTRIES += [
+    Entry("reduce_on_plateau", lambda: gx.chain(gx.scale_by_adam(), gx.reduce_on_plateau(patience=3, cooldown=1),
+                                                gx.scale_by_lr(0.05)),
+          "optax.contrib.reduce_on_plateau", needs=frozenset({"value"})),
+]

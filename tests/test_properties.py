@@ -380,6 +380,8 @@ NOT_DIFFERENTIABLE = {
     "scale_by_radam.threshold": "compared with rho_t: switches rectification on or off",
     "radam.threshold": "compared with rho_t: switches rectification on or off",
     "scale_by_lion.smooth_beta": "read only with mode='smooth' (the entry uses mode='hard')",
+    "reduce_on_plateau.rtol": "compared with the loss: decides whether it improved",
+    "reduce_on_plateau.atol": "compared with the loss: decides whether it improved",
     "scale_by_sm3.b2": "b2 = 1 selects the paper's rule, a constant",
 }
 

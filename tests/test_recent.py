@@ -208,3 +208,27 @@ def test_madgrad_matches_pytorch_optimizer(kwargs):
         opt.step()
         want.append({k: v.detach().clone() for k, v in leaves.items()})
     _assert_trajectories(_functional(problem, gx.madgrad(**kwargs)), want)
+
+
+@pytest.mark.slow  # jax compiles the optax update once
+def test_reduce_on_plateau_matches_optax(jax_x64):
+    """A loss sequence with plateaus, windows of 2, patience 2, cooldown 1: the scale over
+    time equals optax.contrib.reduce_on_plateau's, float64."""
+    import optax.contrib
+
+    jnp = jax_x64.numpy
+    losses = [5.0, 4.0, 4.0, 4.0, 4.0, 4.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    kwargs = dict(factor=0.5, patience=2, rtol=1e-3, atol=1e-2, cooldown=1, accumulation_size=2, min_scale=0.1)
+    ref = optax.contrib.reduce_on_plateau(**kwargs)
+    mine = gx.reduce_on_plateau(**kwargs)
+    g = {"w": jnp.ones(3, dtype=jnp.float64)}
+    ref_state = ref.init(g)
+    state = mine.init({"w": torch.ones(3, dtype=torch.float64)})
+    step = jax_x64.jit(lambda u, s, v: ref.update(u, s, value=v))
+    scales = []
+    for loss in losses:
+        want, ref_state = step(g, ref_state, jnp.asarray(loss, jnp.float64))
+        got, state = mine.update({"w": torch.ones(3, dtype=torch.float64)}, state, value=torch.tensor(loss))
+        scales.append(float(got["w"][0]))
+        assert float(got["w"][0]) == float(want["w"][0])
+    assert min(scales) < 1.0  # the sequence reduces the scale at least once

@@ -28,6 +28,7 @@ from .transforms import (
     normalize,
     orthogonalize,
     perturb,
+    plateau,
     recent,
     regularize,
     scaling,
@@ -45,6 +46,7 @@ from .transforms.momentum import *  # noqa: F403
 from .transforms.normalize import *  # noqa: F403
 from .transforms.orthogonalize import *  # noqa: F403
 from .transforms.perturb import *  # noqa: F403
+from .transforms.plateau import *  # noqa: F403
 from .transforms.recent import *  # noqa: F403
 from .transforms.regularize import *  # noqa: F403
 from .transforms.scaling import *  # noqa: F403
@@ -55,7 +57,7 @@ from .wrappers import *  # noqa: F403
 __version__ = "0.1.0"
 
 _MODULES = (_tree, base, authoring, combine, accumulators, adam_variants, adaptive, clipping, constrain, factored,
-            learning_rate_free, momentum, normalize, orthogonalize, perturb, recent, regularize, scaling,
+            learning_rate_free, momentum, normalize, orthogonalize, perturb, plateau, recent, regularize, scaling,
             schedule_free_core, stepsize, wrappers, schedules, aliases, optim)
 
 __all__ = sorted({name for module in _MODULES for name in module.__all__})
