@@ -72,3 +72,10 @@ ENTRIES += [
                                                 gx.scale_by_lr(0.05)),
           "optax.contrib.reduce_on_plateau", needs=frozenset({"value"})),
 ]
+
+ENTRIES += [
+    Entry("momo", lambda: gx.momo(0.5, weight_decay=1e-4), "optax.contrib.momo", kind="alias",
+          needs=frozenset({"value"})),
+    Entry("momo_adam", lambda: gx.momo_adam(0.05, weight_decay=1e-4), "optax.contrib.momo_adam", kind="alias",
+          needs=frozenset({"value"})),
+]

@@ -189,3 +189,46 @@ def test_matches_optax_contrib(jax_x64, name, ref, mine):
     problem = MLPProblem()
     want = _optax_trajectory(jax_x64, problem, ref(optax.contrib, optax))
     _assert_trajectories(_functional(problem, mine(), steps=40), want)
+
+
+MOMO_CASES = [
+    ("momo", lambda c: c.momo(0.5, beta=0.9), lambda: gx.momo(0.5)),
+    ("momo-wd-adapt", lambda c: c.momo(0.5, beta=0.8, lower_bound=0.01, weight_decay=1e-2,
+                                       adapt_lower_bound=True),
+     lambda: gx.momo(0.5, beta=0.8, lower_bound=0.01, weight_decay=1e-2, adapt_lower_bound=True)),
+    ("momo_adam", lambda c: c.momo_adam(0.05, b1=0.9, b2=0.999), lambda: gx.momo_adam(0.05)),
+    ("momo_adam-wd-adapt", lambda c: c.momo_adam(0.05, b1=0.9, b2=0.999, weight_decay=1e-2,
+                                                 adapt_lower_bound=True),
+     lambda: gx.momo_adam(0.05, weight_decay=1e-2, adapt_lower_bound=True)),
+]
+
+
+@pytest.mark.slow  # jax compiles each optax update once
+@pytest.mark.parametrize(("name", "ref", "mine"), MOMO_CASES, ids=[c[0] for c in MOMO_CASES])
+def test_momo_matches_optax_contrib(jax_x64, name, ref, mine):
+    """The loss is passed as ``value`` to both, float64."""
+    import numpy as np
+    import optax
+    import optax.contrib
+
+    jax = jax_x64
+    problem = MLPProblem()
+    tx_ref = ref(optax.contrib)
+    params_ref = {k: jax.numpy.asarray(v.numpy()) for k, v in problem.params0.items()}
+    state_ref = tx_ref.init(params_ref)
+    step = jax.jit(lambda g, s, p, v: tx_ref.update(g, s, p, value=v))
+    tx = mine()
+    params = {k: v.clone() for k, v in problem.params0.items()}
+    state = tx.init(params)
+    for t in range(40):
+        torch_params = {k: torch.from_numpy(np.asarray(v).copy()) for k, v in params_ref.items()}
+        loss = problem.loss(torch_params, t)
+        grads = problem.grads(torch_params, t)
+        updates, state_ref = step({k: jax.numpy.asarray(g.numpy()) for k, g in grads.items()}, state_ref,
+                                  params_ref, jax.numpy.asarray(float(loss)))
+        params_ref = optax.apply_updates(params_ref, updates)
+        updates, state = tx.update(problem.grads(params, t), state, params, value=problem.loss(params, t))
+        params = gx.apply_updates(params, updates)
+        for k in params:
+            torch.testing.assert_close(params[k], torch.from_numpy(np.asarray(params_ref[k]).copy()), **TOL,
+                                       msg=lambda m, t=t, k=k: f"step {t}, {k}: {m}")

@@ -93,7 +93,7 @@ DTYPE_TOL = {torch.bfloat16: dict(rtol=1.6e-2, atol=1e-4), torch.float16: dict(r
 COUPLES_LEAVES = {"clip_by_global_norm", "normalize_by_update_norm", "flatten", "scale_by_polyak", "polyak_sgd",
                   "scale_by_dog", "dog", "add_noise", "noisy_sgd", "scale_by_prodigy", "prodigy",
                   "scale_by_dadapt_adam", "dadapt_adam", "scale_by_dadapt_sgd", "dadapt_sgd", "scale_by_dowg", "dowg",
-                  "mechanize"}
+                  "mechanize", "momo", "momo_adam"}
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
@@ -419,7 +419,8 @@ def test_requires_grad_hyperparameters_give_the_float_numbers(entry):
 
 # Entries that read params (or the loss) detached, as documented: their step size is a
 # constant of autograd, so a hypergradient is checked over one step (params independent of it).
-READS_PARAMS_DETACHED = {"dog", "scale_by_dog", "scale_by_distance_over_gradients", "scale_by_polyak", "polyak_sgd"}
+READS_PARAMS_DETACHED = {"dog", "scale_by_dog", "scale_by_distance_over_gradients", "scale_by_polyak", "polyak_sgd",
+                         "momo", "momo_adam"}
 AT_A_KINK = {
     "adafactor.clipping_threshold": "Adafactor's normalised step has rms ~1 = the threshold: clipping's kink",
     "adafactor.eps": "moves the step's rms across the clipping threshold (1.0): clipping's kink",

@@ -25,6 +25,7 @@ from .transforms import (
     factored,
     learning_rate_free,
     momentum,
+    momo_stepsize,
     normalize,
     orthogonalize,
     perturb,
@@ -43,6 +44,7 @@ from .transforms.constrain import *  # noqa: F403
 from .transforms.factored import *  # noqa: F403
 from .transforms.learning_rate_free import *  # noqa: F403
 from .transforms.momentum import *  # noqa: F403
+from .transforms.momo_stepsize import *  # noqa: F403
 from .transforms.normalize import *  # noqa: F403
 from .transforms.orthogonalize import *  # noqa: F403
 from .transforms.perturb import *  # noqa: F403
@@ -57,7 +59,7 @@ from .wrappers import *  # noqa: F403
 __version__ = "0.1.0"
 
 _MODULES = (_tree, base, authoring, combine, accumulators, adam_variants, adaptive, clipping, constrain, factored,
-            learning_rate_free, momentum, normalize, orthogonalize, perturb, plateau, recent, regularize, scaling,
-            schedule_free_core, stepsize, wrappers, schedules, aliases, optim)
+            learning_rate_free, momentum, momo_stepsize, normalize, orthogonalize, perturb, plateau, recent, regularize,
+            scaling, schedule_free_core, stepsize, wrappers, schedules, aliases, optim)
 
 __all__ = sorted({name for module in _MODULES for name in module.__all__})

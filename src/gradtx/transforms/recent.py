@@ -23,6 +23,11 @@ __all__ = ["quarter_power", "scale_by_acprop", "scale_by_ademamix", "scale_by_ad
            "scale_by_madgrad", "scale_by_simplified_ademamix"]
 
 
+def _exact(x) -> torch.Tensor:
+    """``x`` as a tensor; a Python number exactly, as float64 (``torch.as_tensor(0.9)`` would round it to float32)."""
+    return x if isinstance(x, torch.Tensor) else torch.tensor(float(x), dtype=torch.float64)
+
+
 def real_rule(rule: Callable) -> Callable:
     """``rule(g, state, p, **kw)`` on real tensors, run on the real views of complex ones and
     computed in float32 or wider; results back in the update's and state's form."""
@@ -95,7 +100,7 @@ def scale_by_adopt(b1: float = 0.9, b2: float = 0.9999, eps: float = 1e-6, *, ne
         first = step == 1
         scaled = g / torch.clamp(nu.sqrt(), min=eps.to(g.dtype))
         if use_clipping:
-            bound = torch.as_tensor(clip_value_fn(step - 1)).to(dtype=g.dtype, device=g.device)
+            bound = _exact(clip_value_fn(step - 1)).to(dtype=g.dtype, device=g.device)
             scaled = torch.minimum(torch.maximum(scaled, -bound), bound)
         b1_ = torch.where(first, torch.ones_like(b1), b1).to(g.dtype)
         b2_ = torch.where(first, torch.zeros_like(b2), b2).to(g.dtype)
@@ -135,7 +140,7 @@ def scale_by_ademamix(b1: float = 0.9, b2: float = 0.999, b3: ScalarOrSchedule =
     def ademamix_update(g, state, p, *, step, b1, b2, b3, alpha, eps, eps_root):
         m1, m2, nu = state
         dt = g.dtype
-        b1, b2, b3, alpha = (torch.as_tensor(x).to(dtype=dt, device=g.device) for x in (b1, b2, b3, alpha))
+        b1, b2, b3, alpha = (_exact(x).to(dtype=dt, device=g.device) for x in (b1, b2, b3, alpha))
         m1 = b1 * m1 + (1 - b1) * g
         m2 = b3 * m2 + (1 - b3) * g
         nu = b2 * nu + (1 - b2) * g * g
@@ -171,7 +176,7 @@ def scale_by_simplified_ademamix(b1: float = 0.99, b2: float = 0.95, alpha: Scal
     def simplified_ademamix_update(g, state, p, *, step, b1, b2, alpha, eps, eps_root):
         m, nu = state
         dt = g.dtype
-        b1, b2, alpha = (torch.as_tensor(x).to(dtype=dt, device=g.device) for x in (b1, b2, alpha))
+        b1, b2, alpha = (_exact(x).to(dtype=dt, device=g.device) for x in (b1, b2, alpha))
         m = b1 * m + g
         nu = b2 * nu + (1 - b2) * g * g
         nu_hat = nu / (1 - b2 ** step.to(dt))
@@ -283,7 +288,7 @@ def scale_by_madgrad(lr: ScalarOrSchedule, momentum: float = 0.9, eps: float = 1
             raise ValueError("scale_by_madgrad needs params: call update(updates, state, params)")
         grad_sum_sq, s, x0 = state
         dt = g.dtype
-        lamb = (torch.as_tensor(lr).to(dt) + eps.to(dt)) * step.to(dt).sqrt()
+        lamb = (_exact(lr).to(dt) + eps.to(dt)) * step.to(dt).sqrt()
         grad_sum_sq = grad_sum_sq + lamb * g * g
         s = s + lamb * g
         z = x0 - s / (grad_sum_sq.pow(1.0 / 3.0) + eps.to(dt))

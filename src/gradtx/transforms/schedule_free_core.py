@@ -150,7 +150,9 @@ def schedule_free(base: GradientTransformation, lr: ScalarOrSchedule, b1: float 
         ys = leaves_like(params, treedef, "params")
         zs = leaves_like(state.z, treedef)
         lr_now = at(lr, state.count) if scheduled else state.lr
-        lr_now = torch.as_tensor(lr_now, dtype=state.lr_max.dtype).to(state.lr_max.device)
+        if not isinstance(lr_now, torch.Tensor):  # a schedule's Python number, taken exactly
+            lr_now = torch.tensor(float(lr_now), dtype=torch.float64)
+        lr_now = lr_now.to(dtype=state.lr_max.dtype, device=state.lr_max.device)
         lr_max = torch.maximum(state.lr_max, lr_now)
         k1 = (state.count + 1).to(state.lr_max.dtype).to(state.lr_max.device)
         weight = k1 ** r * lr_max ** weight_lr_power
