@@ -79,3 +79,7 @@ ENTRIES += [
     Entry("momo_adam", lambda: gx.momo_adam(0.05, weight_decay=1e-4), "optax.contrib.momo_adam", kind="alias",
           needs=frozenset({"value"})),
 ]
+
+ENTRIES += [
+    Entry("adabound", lambda: gx.adabound(0.02, final_lr=0.05), "pytorch_optimizer.AdaBound", kind="alias"),
+]

@@ -232,3 +232,18 @@ def test_reduce_on_plateau_matches_optax(jax_x64):
         scales.append(float(got["w"][0]))
         assert float(got["w"][0]) == float(want["w"][0])
     assert min(scales) < 1.0  # the sequence reduces the scale at least once
+
+
+def test_adabound_matches_pytorch_optimizer():
+    pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
+    problem = MLPProblem()
+    leaves = problem.leaf_params()
+    kwargs = dict(lr=1e-2, final_lr=0.05, gamma=1e-2)
+    opt = pytorch_optimizer.AdaBound(list(leaves.values()), betas=(0.8, 0.99), foreach=False, **kwargs)
+    want = []
+    for t in range(STEPS):
+        opt.zero_grad()
+        problem.loss(leaves, t).backward()
+        opt.step()
+        want.append({k: v.detach().clone() for k, v in leaves.items()})
+    _assert_trajectories(_functional(problem, gx.adabound(b1=0.8, b2=0.99, **kwargs)), want)

@@ -1,4 +1,5 @@
-"""Recent Adam relatives: ADOPT, AdEMAMix and its simplified form, LaProp, AcProp, MADGRAD.
+"""Recent Adam relatives: ADOPT, AdEMAMix and its simplified form, LaProp, AcProp, MADGRAD,
+AdaBound.
 
 Each is a rule for one tensor looped over the leaves (:func:`gradtx.per_tensor`): every
 hyperparameter is a float64 0-dim tensor in the state (a ``param_groups`` key), the step
@@ -19,7 +20,7 @@ from .._hparams import ScalarOrSchedule, check, check_beta, check_schedule, is_s
 from ..authoring import per_tensor
 from ..base import GradientTransformation, transform
 
-__all__ = ["quarter_power", "scale_by_acprop", "scale_by_ademamix", "scale_by_adopt", "scale_by_laprop",
+__all__ = ["adabound", "quarter_power", "scale_by_acprop", "scale_by_ademamix", "scale_by_adopt", "scale_by_laprop",
            "scale_by_madgrad", "scale_by_simplified_ademamix"]
 
 
@@ -296,4 +297,46 @@ def scale_by_madgrad(lr: ScalarOrSchedule, momentum: float = 0.9, eps: float = 1
         return (1 - mom) * z + mom * p - p, (grad_sum_sq, s, x0)
 
     return per_tensor(_madgrad_init, real_rule(madgrad_update), lr=_optax_schedule("lr", lr), momentum=momentum,
+                      eps=eps)
+
+
+# --- AdaBound ------------------------------------------------------------------------------
+
+
+@transform(elementwise=True, inplace=True)
+def adabound(lr: float = 1e-3, final_lr: float = 0.1, b1: float = 0.9, b2: float = 0.999, gamma: float = 1e-3,
+             eps: float = 1e-8) -> GradientTransformation:
+    """AdaBound (Luo et al., 2019), as ``pytorch_optimizer.AdaBound`` (no weight decay, no
+    AMSBound): Adam whose per-element step size is clipped into bounds that close on
+    ``final_lr``. Returns the whole (descending) step.
+
+    ``m <- b1 m + (1-b1) g``; ``v <- b2 v + (1-b2) g^2``;
+    ``eta = clip(lr sqrt(1 - b2^t) / (1 - b1^t) / (sqrt(v + 1e-15) + eps), lo_t, hi_t)`` with
+    ``lo_t = final_lr (1 - 1 / (gamma t + 1))``, ``hi_t = final_lr (1 + 1 / (gamma t))``;
+    ``u = -eta m``. ``lr`` is ``param_groups[i]['lr']``; the reference scales ``final_lr``
+    by ``lr / initial lr`` when a scheduler changes ``lr``, which is not done here.
+
+    Example: ``gx.Optimizer(model.parameters(), gx.adabound(1e-3, final_lr=0.1))``.
+    """
+    check("lr", lr, low=0.0)
+    check("final_lr", final_lr, low=0.0)
+    check_beta("b1", b1)
+    check_beta("b2", b2)
+    check("gamma", gamma, low=0.0, low_open=True)
+    check("eps", eps, low=0.0)
+
+    def adabound_update(g, state, p, *, step, lr, final_lr, b1, b2, gamma, eps):
+        m, nu = state
+        dt = g.dtype
+        lr, final_lr, b1, b2, gamma, eps = (x.to(dt) for x in (lr, final_lr, b1, b2, gamma, eps))
+        t = step.to(dt)
+        m = b1 * m + (1 - b1) * g
+        nu = b2 * nu + (1 - b2) * g * g
+        step_size = lr * (1 - b2 ** t).sqrt() / (1 - b1 ** t)
+        lower = final_lr * (1 - 1 / (gamma * t + 1))
+        upper = final_lr * (1 + 1 / (gamma * t))
+        eta = torch.minimum(torch.maximum(step_size / ((nu + 1e-15).sqrt() + eps), lower), upper)
+        return -eta * m, (m, nu)
+
+    return per_tensor(_zeros(2), real_rule(adabound_update), lr=lr, final_lr=final_lr, b1=b1, b2=b2, gamma=gamma,
                       eps=eps)
