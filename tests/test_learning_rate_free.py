@@ -180,7 +180,6 @@ OPTAX_CASES = [
 ]
 
 
-@pytest.mark.slow  # jax compiles each optax update once (several seconds)
 @pytest.mark.parametrize(("name", "ref", "mine"), OPTAX_CASES, ids=[c[0] for c in OPTAX_CASES])
 def test_matches_optax_contrib(jax_x64, name, ref, mine):
     import optax
@@ -203,7 +202,6 @@ MOMO_CASES = [
 ]
 
 
-@pytest.mark.slow  # jax compiles each optax update once
 @pytest.mark.parametrize(("name", "ref", "mine"), MOMO_CASES, ids=[c[0] for c in MOMO_CASES])
 def test_momo_matches_optax_contrib(jax_x64, name, ref, mine):
     """The loss is passed as ``value`` to both, float64."""

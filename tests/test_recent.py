@@ -86,7 +86,6 @@ def _cases():
     ]
 
 
-@pytest.mark.slow  # jax compiles each optax update once (several seconds)
 @pytest.mark.parametrize(("name", "ref", "mine"), _cases(), ids=[c[0] for c in _cases()])
 def test_matches_optax_contrib(jax_x64, name, ref, mine):
     import optax.contrib
@@ -210,7 +209,6 @@ def test_madgrad_matches_pytorch_optimizer(kwargs):
     _assert_trajectories(_functional(problem, gx.madgrad(**kwargs)), want)
 
 
-@pytest.mark.slow  # jax compiles the optax update once
 def test_reduce_on_plateau_matches_optax(jax_x64):
     """A loss sequence with plateaus, windows of 2, patience 2, cooldown 1: the scale over
     time equals optax.contrib.reduce_on_plateau's, float64."""
