@@ -93,7 +93,9 @@ DTYPE_TOL = {torch.bfloat16: dict(rtol=1.6e-2, atol=1e-4), torch.float16: dict(r
 COUPLES_LEAVES = {"clip_by_global_norm", "normalize_by_update_norm", "flatten", "scale_by_polyak", "polyak_sgd",
                   "scale_by_dog", "dog", "add_noise", "noisy_sgd", "scale_by_conjugate_gradient", "mars_correction",
                   "scale_by_adaptive_heavy_ball", "scale_by_grad_cosine_similarity", "add_relative_decayed_weights",
-                  "scale_by_barzilai_borwein", "scale_by_bold_driver", "scale_by_trust_region"}
+                  "scale_by_barzilai_borwein", "scale_by_bold_driver", "scale_by_trust_region", "scale_by_prodigy", "prodigy",
+                  "scale_by_dadapt_adam", "dadapt_adam", "scale_by_dadapt_sgd", "dadapt_sgd", "scale_by_dowg", "dowg",
+                  "mechanize", "momo", "momo_adam"}
 # quasi-Newton matrices over all leaves as one vector
 COUPLES_LEAVES |= {"scale_by_bfgs", "scale_by_dfp", "scale_by_sr1", "scale_by_psb", "scale_by_broyden_good",
                    "scale_by_broyden_bad", "scale_by_greenstadt1", "scale_by_greenstadt2", "scale_by_mccormick",
@@ -387,6 +389,8 @@ NOT_DIFFERENTIABLE = {
     "scale_by_radam.threshold": "compared with rho_t: switches rectification on or off",
     "radam.threshold": "compared with rho_t: switches rectification on or off",
     "scale_by_lion.smooth_beta": "read only with mode='smooth' (the entry uses mode='hard')",
+    "reduce_on_plateau.rtol": "compared with the loss: decides whether it improved",
+    "reduce_on_plateau.atol": "compared with the loss: decides whether it improved",
     "scale_by_sm3.b2": "b2 = 1 selects the paper's rule, a constant",
     "scale_by_conjugate_gradient.restart_threshold": "compared with |g_k.g_{k-1}| / |g_k|^2: restarts or not",
     "scale_by_trust_region.eta": "compared with rho: accepts the step or not",
@@ -446,7 +450,7 @@ NOT_DIFFERENTIABLE.update({f"{name}.eps": "compared in the curvature test: selec
 # constant of autograd, so a hypergradient is checked over one step (params independent of it).
 READS_PARAMS_DETACHED = {"dog", "scale_by_dog", "scale_by_distance_over_gradients", "scale_by_polyak", "polyak_sgd",
                          "scale_by_barzilai_borwein", "scale_by_bold_driver", "scale_by_trust_region",
-                         "scale_by_adaptive_heavy_ball"}
+                         "scale_by_adaptive_heavy_ball", "momo", "momo_adam"}
 AT_A_KINK = {
     "adafactor.clipping_threshold": "Adafactor's normalised step has rms ~1 = the threshold: clipping's kink",
     "adafactor.eps": "moves the step's rms across the clipping threshold (1.0): clipping's kink",

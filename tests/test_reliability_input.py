@@ -58,6 +58,9 @@ INF_ALLOWED = {
     # no largest step; increase_factor = inf: start at max_learning_rate; curv_rtol = inf: no curvature condition
     ("scale_by_strong_wolfe", "max_step_size"), ("scale_by_backtracking_linesearch", "increase_factor"),
     ("scale_by_zoom_linesearch", "max_learning_rate"), ("scale_by_zoom_linesearch", "curv_rtol"),
+    # growth_rate = inf (the default): d grows without a cap
+    *((name, "growth_rate") for name in ("scale_by_prodigy", "prodigy", "scale_by_dadapt_adam", "dadapt_adam",
+                                         "scale_by_dadapt_sgd", "dadapt_sgd")),
 }
 
 # Registered constructors with no numeric argument of their own (combinators, parameter-free

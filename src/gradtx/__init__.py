@@ -45,27 +45,32 @@ from .search.quasi_newton import *  # noqa: F403
 from .search.step_size import *  # noqa: F403
 from .search.trust_region import *  # noqa: F403
 from .transforms import (
-               accumulators,
-               adam_variants,
-               adaptive,
-               averaging,
-               blocks,
-               clipping,
-               constrain,
-               ema_clipping,
-               factored,
-               gradient_aware,
-               growth_clipping,
-               momentum,
-               momentum_corrections,
-               normalize,
-               orthogonalize,
-               perturb,
-               projections,
-               regularize,
-               scaling,
-               stepsize,
-               weight_decay,
+    accumulators,
+    adam_variants,
+    adaptive,
+    averaging,
+    blocks,
+    clipping,
+    constrain,
+    ema_clipping,
+    factored,
+    gradient_aware,
+    growth_clipping,
+    learning_rate_free,
+    momentum,
+    momentum_corrections,
+    momo_stepsize,
+    normalize,
+    orthogonalize,
+    perturb,
+    plateau,
+    projections,
+    recent,
+    regularize,
+    scaling,
+    schedule_free_core,
+    stepsize,
+    weight_decay,
 )
 from .transforms.accumulators import *  # noqa: F403
 from .transforms.adam_variants import *  # noqa: F403
@@ -78,14 +83,19 @@ from .transforms.ema_clipping import *  # noqa: F403
 from .transforms.factored import *  # noqa: F403
 from .transforms.gradient_aware import *  # noqa: F403
 from .transforms.growth_clipping import *  # noqa: F403
+from .transforms.learning_rate_free import *  # noqa: F403
 from .transforms.momentum import *  # noqa: F403
 from .transforms.momentum_corrections import *  # noqa: F403
+from .transforms.momo_stepsize import *  # noqa: F403
 from .transforms.normalize import *  # noqa: F403
 from .transforms.orthogonalize import *  # noqa: F403
 from .transforms.perturb import *  # noqa: F403
+from .transforms.plateau import *  # noqa: F403
 from .transforms.projections import *  # noqa: F403
+from .transforms.recent import *  # noqa: F403
 from .transforms.regularize import *  # noqa: F403
 from .transforms.scaling import *  # noqa: F403
+from .transforms.schedule_free_core import *  # noqa: F403
 from .transforms.stepsize import *  # noqa: F403
 from .transforms.weight_decay import *  # noqa: F403
 from .wrappers import *  # noqa: F403
@@ -96,8 +106,9 @@ _MODULES = (
     _tree, base, authoring, evaluation, combine, branching,
     # transforms/
     accumulators, adam_variants, adaptive, averaging, blocks, clipping, constrain, ema_clipping, factored,
-    gradient_aware, growth_clipping, momentum, momentum_corrections, normalize, orthogonalize, perturb, projections,
-    regularize, scaling, stepsize, weight_decay,
+    gradient_aware, growth_clipping, learning_rate_free, momentum, momentum_corrections, momo_stepsize, normalize,
+    orthogonalize, perturb, plateau, projections, recent, regularize, scaling, schedule_free_core, stepsize,
+    weight_decay,
     # precondition/, search/
     precondition,
     line_search, _lbfgs_module, quasi_newton, lsr1, conjugate_gradient, step_size, trust_region,

@@ -850,6 +850,53 @@ class Optimizer(torch.optim.Optimizer):
                                                       [g["params"] for g in self.param_groups])
         return state_dict
 
+    # -- evaluation parameters (schedule-free) -----------------------------------------------
+    # A state node (a NamedTuple) with ``eval_params(params)`` and ``train_params(eval_params)``,
+    # as gx.schedule_free's state has, keeps parameters to evaluate at other than the trained ones.
+
+    def eval(self) -> Optimizer:
+        """Set the parameters to their evaluation values, as ``schedulefree``'s ``opt.eval()``:
+        for a schedule-free chain the average ``x`` (see :func:`gradtx.schedule_free`); a chain
+        without such state leaves them as they are. ``train()`` sets them back; call it before
+        the next ``step()``, and save checkpoints in the mode they will be loaded in (the mode
+        is not part of ``state_dict``). Repeated calls do nothing.
+
+        Example: ``opt.eval(); evaluate(model); opt.train()``.
+        """
+        if not getattr(self, "_eval_mode", False):
+            self._swap_eval_params("eval_params")
+            self._eval_mode = True
+        return self
+
+    def train(self) -> Optimizer:
+        """Set the parameters back to the training values after :meth:`eval` (a no-op otherwise)."""
+        if getattr(self, "_eval_mode", False):
+            self._swap_eval_params("train_params")
+            self._eval_mode = False
+        return self
+
+    @torch.no_grad()
+    def _swap_eval_params(self, method: str) -> None:
+        if self._split is not None:
+            everyone = self._all_params()
+            states = [(self._one_state, everyone)]
+        else:
+            states = [(s, g["params"]) for s, g in zip(self._chain_states, self.param_groups)]
+        for state, params in states:
+            for node in self._eval_nodes(state):
+                indices = list(dict.fromkeys(i for i, _, _ in param_leaves(node)[0] if i is not None))
+                current = {i: params[i].detach() for i in indices}
+                for i, value in getattr(node, method)(current).items():
+                    params[i].copy_(value)
+
+    @staticmethod
+    def _eval_nodes(node: Any) -> list[Any]:
+        """The state nodes of the evaluation protocol (``eval_params``, ``train_params``) in ``node``."""
+        if hasattr(node, "_fields") and hasattr(node, "eval_params") and hasattr(node, "train_params"):
+            return [node]
+        values = node.values() if isinstance(node, dict) else node if isinstance(node, (list, tuple)) else ()
+        return [found for value in values for found in Optimizer._eval_nodes(value)]
+
 
 def chain_signature(tx: GradientTransformation) -> str:
     """What ``tx`` is made of, without its hyperparameter values: the innermost transforms'
