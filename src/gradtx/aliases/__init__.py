@@ -25,6 +25,6 @@ from .schedule_free_family import *  # noqa: F403
 from .sgd_adam import *  # noqa: F403
 from .stepsize import *  # noqa: F403
 
-MODULES = (adam_family, layerwise, learning_rate_free_family, orthogonalized, preconditioned, quasi_newton, recent_family,
-           rms_family, schedule_free_family, sgd_adam, stepsize)
+MODULES = (adam_family, layerwise, learning_rate_free_family, orthogonalized, preconditioned, quasi_newton,
+           recent_family, rms_family, schedule_free_family, sgd_adam, stepsize)
 __all__ = sorted({name for module in MODULES for name in module.__all__})
