@@ -94,8 +94,8 @@ COUPLES_LEAVES = {"clip_by_global_norm", "normalize_by_update_norm", "flatten", 
                   "scale_by_dog", "dog", "add_noise", "noisy_sgd", "scale_by_conjugate_gradient", "mars_correction",
                   "scale_by_adaptive_heavy_ball", "scale_by_grad_cosine_similarity", "add_relative_decayed_weights",
                   "scale_by_barzilai_borwein", "scale_by_bold_driver", "scale_by_trust_region", "scale_by_prodigy",
-                  "prodigy", "scale_by_dadapt_adam", "dadapt_adam", "scale_by_dadapt_sgd", "dadapt_sgd", "scale_by_dowg", "dowg",
-                  "mechanize", "momo", "momo_adam"}
+                  "prodigy", "scale_by_dadapt_adam", "dadapt_adam", "scale_by_dadapt_sgd", "dadapt_sgd",
+                  "scale_by_dowg", "dowg", "mechanize", "momo", "momo_adam"}
 # quasi-Newton matrices over all leaves as one vector
 COUPLES_LEAVES |= {"scale_by_bfgs", "scale_by_dfp", "scale_by_sr1", "scale_by_psb", "scale_by_broyden_good",
                    "scale_by_broyden_bad", "scale_by_greenstadt1", "scale_by_greenstadt2", "scale_by_mccormick",
