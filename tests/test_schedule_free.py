@@ -172,6 +172,20 @@ def test_eval_without_schedule_free_state_changes_nothing():
     assert torch.equal(p.detach(), before)
 
 
+def test_a_step_in_eval_mode_is_refused_and_changes_nothing():
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = gx.Optimizer([p], gx.schedule_free_sgd(0.1))
+    p.grad = torch.ones(3)
+    opt.step()
+    opt.eval()
+    before = p.detach().clone()
+    with pytest.raises(RuntimeError, match=r"opt.train\(\)"):
+        opt.step()
+    assert torch.equal(p.detach(), before)
+    opt.train()
+    opt.step()  # back in train mode, it steps
+
+
 def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="b1"):
         gx.schedule_free_sgd(b1=0.0)

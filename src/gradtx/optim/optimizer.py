@@ -423,6 +423,10 @@ class Optimizer(torch.optim.Optimizer):
         ``value_and_grad_fn`` built from it, which leave the parameters and ``.grad`` as they
         were. After the step the parameters hold the update and ``.grad`` the gradient at
         the point the step started from."""
+        if getattr(self, "_eval_mode", False):
+            # the parameters hold the evaluation values: a step from them would be lost on train()
+            raise RuntimeError("step() called in eval mode: call opt.train() before stepping (opt.eval() put the "
+                               "evaluation parameters in place), as with schedulefree's optimizers")
         loss = None
         if closure is not None:
             if not callable(closure):
@@ -858,8 +862,9 @@ class Optimizer(torch.optim.Optimizer):
         """Set the parameters to their evaluation values, as ``schedulefree``'s ``opt.eval()``:
         for a schedule-free chain the average ``x`` (see :func:`gradtx.schedule_free`); a chain
         without such state leaves them as they are. ``train()`` sets them back; call it before
-        the next ``step()``, and save checkpoints in the mode they will be loaded in (the mode
-        is not part of ``state_dict``). Repeated calls do nothing.
+        the next ``step()`` (which refuses to run in eval mode), and save checkpoints in the
+        mode they will be loaded in (the mode is not part of ``state_dict``). Repeated calls do
+        nothing.
 
         Example: ``opt.eval(); evaluate(model); opt.train()``.
         """
