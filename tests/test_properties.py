@@ -219,6 +219,7 @@ def _rosenbrock_value_and_grad(params):
     return value.detach(), dict(zip(leaves, torch.autograd.grad(value, list(leaves.values()))))
 
 
+@pytest.mark.slow  # 1000 steps for each of ~260 entries: minutes; CI runs it (.ci/run)
 @pytest.mark.parametrize("entry", [e for e in ENTRIES if e.converges], ids=[e.name for e in ENTRIES if e.converges])
 def test_descends_on_rosenbrock(entry):
     """1000 steps from x = 0 reduce the Rosenbrock value; a full alias reaches a tenth of it."""

@@ -583,7 +583,8 @@ def test_dog_needs_params_and_hides_its_scalars_from_param_groups():
         with pytest.raises(ValueError, match="params"):
             tx.update(params, tx.init(params))
     opt = gx.Optimizer([torch.ones(2, requires_grad=True)], gx.dog())
-    assert set(opt.param_groups[0]) - {"params"} == {"lr"}
+    # its running scalars (r-bar, the sum of squared norms) are no keys; lr and the eps it was built with are
+    assert set(opt.param_groups[0]) - {"params"} == {"lr", "eps"}
 
 
 # --- hyperparameter validation ---------------------------------------------------------------------

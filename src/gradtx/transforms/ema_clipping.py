@@ -174,7 +174,9 @@ class ClipValueByEmaState(NamedTuple):
     ema: Tree  # moving average of |u|, shaped like params
 
 
-@transform(elementwise=True, inplace=True)
+# leafwise, not declared elementwise: its first step is a Python branch on the step count,
+# which compile=True cannot trace
+@transform(leafwise=True, inplace=True)
 def clip_value_by_ema(beta: float = 0.99, init: float = 0.0) -> GradientTransformation:
     """Clip each element to a moving average of its past magnitudes (torchzero's ``ClipValueByEMA``).
 

@@ -39,7 +39,9 @@ class ClipValueGrowthState(NamedTuple):
     prev: Tree  # the reference update for the next step's bound, shaped like params
 
 
-@transform(elementwise=True, inplace=True)
+# leafwise, not declared elementwise: its first step is a Python branch on the step count,
+# which compile=True cannot trace
+@transform(leafwise=True, inplace=True)
 def clip_value_growth(add: float | None = None, mul: float | None = 1.5, min_value: float | None = 1e-4,
                       max_decay: float | None = 2.0) -> GradientTransformation:
     """Bound each element's growth over the previous step's (torchzero's ``ClipValueGrowth``).
