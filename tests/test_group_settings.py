@@ -215,3 +215,57 @@ def test_a_torch_adam_state_dict_brings_its_betas():
         _step(model, opt)
         _step(twin, ref)
     _assert_same_params(model, twin)
+
+
+def test_a_user_per_tensor_transform_takes_a_group_value():
+    # gx.per_tensor builds a NamedTuple class per call: the rebuilt chain's state is still the same
+    @gx.transform
+    def scaled_momentum(decay: float = 0.9) -> gx.GradientTransformation:
+        def init_fn(p):
+            return torch.zeros_like(p)
+
+        def update_fn(g, m, p, *, step):
+            m = decay * m + g
+            return m.clone(), m
+
+        return gx.per_tensor(init_fn, update_fn)
+
+    model, twin = _model(), _model()
+    opt = gx.Optimizer(_groups(model, decay=0.5), gx.chain(scaled_momentum(0.9), gx.scale_by_lr(1e-2)))
+    ref = torch.optim.SGD(_groups(twin, momentum=0.5), lr=1e-2, momentum=0.9)
+    for _ in range(10):
+        _step(model, opt)
+        _step(twin, ref)
+    _assert_same_params(model, twin)
+
+
+def test_numbers_given_as_ints_or_numpy_floats_are_keys_too():
+    np = pytest.importorskip("numpy")
+    opt = gx.Optimizer(_model().parameters(), gx.adam(1e-2, b1=0, b2=np.float64(0.99)))
+    assert opt.param_groups[0]["betas"] == (0.0, 0.99)
+
+
+def test_betas_for_chains_that_keep_b1_and_b2_in_state():
+    opt = gx.Optimizer(_groups(_model(), betas=(0.8, 0.99)), gx.schedule_free_adamw(1e-2))
+    assert opt.param_groups[0]["b1"] == 0.8 and opt.param_groups[1]["betas"][0] == 0.9
+
+
+def test_a_checkpoint_between_scheduler_and_step_keeps_the_scheduled_betas():
+    model = _model()
+    opt = gx.Optimizer(model.parameters(), gx.adam(1e-2))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=40)
+    for _ in range(3):
+        _step(model, opt)
+        sched.step()
+    betas = opt.param_groups[0]["betas"]
+    saved = opt.state_dict()
+    resumed = gx.Optimizer(model.parameters(), gx.adam(1e-2))
+    resumed.load_state_dict(saved)
+    assert resumed.param_groups[0]["betas"] == betas and resumed.param_groups[0]["b1"] == betas[0]
+
+
+def test_line_search_aliases_have_an_lr_for_torch_schedulers():
+    for tx in (gx.lbfgs(), gx.bfgs(), gx.nonlinear_cg()):
+        opt = gx.Optimizer(_model().parameters(), tx)
+        assert opt.param_groups[0]["lr"] == 1.0
+        torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)  # needs the lr key

@@ -21,7 +21,7 @@ _WOLFE_CG = scale_by_strong_wolfe(c2=0.1)
 
 
 @transform
-def lbfgs(lr: ScalarOrSchedule | None = None, memory_size: int = 10, scale_init_precond: bool = True,
+def lbfgs(lr: ScalarOrSchedule | None = 1.0, memory_size: int = 10, scale_init_precond: bool = True,
           linesearch: GradientTransformation | None = _ZOOM) -> GradientTransformation:
     """L-BFGS (Nocedal & Wright, 2006, Alg. 7.4 and 7.5; Liu & Nocedal, 1989), as ``optax.lbfgs``;
     ``update`` needs ``params``, ``value``, ``grad`` and ``value_and_grad_fn`` (or
@@ -30,8 +30,9 @@ def lbfgs(lr: ScalarOrSchedule | None = None, memory_size: int = 10, scale_init_
     ``p <- p - t P_k g_k``: ``P_k g_k`` the L-BFGS direction (:func:`scale_by_lbfgs`) and ``t``
     the step the line search finds along ``-P_k g_k`` (by default optax's zoom search for the
     strong Wolfe conditions, ``scale_by_zoom_linesearch(20, initial_guess_strategy="one")``),
-    times ``lr`` when given (``lr`` is optax's ``learning_rate``; ``None``: the line search's
-    step alone). ``linesearch=None`` takes fixed steps of ``lr``.
+    times ``lr`` (optax's ``learning_rate``; 1 as in ``torch.optim.LBFGS``, and a
+    ``param_groups`` key torch's LR schedulers drive; ``None``: no ``lr`` at all, optax's
+    default, the same numbers). ``linesearch=None`` takes fixed steps of ``lr``.
     ``chain(scale_by_lbfgs(memory_size, scale_init_precond), scale(-1.0) or scale_by_lr(lr),
     linesearch)``.
 
@@ -54,7 +55,7 @@ def _searched(direction: GradientTransformation, lr: ScalarOrSchedule | None,
 
 
 @transform
-def bfgs(lr: ScalarOrSchedule | None = None, damping: bool = False,
+def bfgs(lr: ScalarOrSchedule | None = 1.0, damping: bool = False,
          linesearch: GradientTransformation | None = _WOLFE) -> GradientTransformation:
     """BFGS with a line search (Nocedal & Wright, 2006, Alg. 6.1), as ``scipy.optimize.minimize(method="BFGS")``;
     ``update`` needs ``params``, ``value``, ``grad`` and ``value_and_grad_fn`` for the search.
@@ -63,7 +64,8 @@ def bfgs(lr: ScalarOrSchedule | None = None, damping: bool = False,
     :func:`scale_by_bfgs` (over all parameters as one vector: ``O(n^2)`` memory, for problems
     of up to a few thousand parameters; :func:`lbfgs` scales), ``t`` the step the line search
     finds (by default :func:`scale_by_strong_wolfe` with ``c1 = 1e-4``, ``c2 = 0.9``), times
-    ``lr`` when given. ``damping=True``: Powell's damped update. ``linesearch=None`` takes
+    ``lr`` (a ``param_groups`` key for torch's LR schedulers; ``None``: none).
+    ``damping=True``: Powell's damped update. ``linesearch=None`` takes
     fixed steps of ``lr``. ``chain(scale_by_bfgs(damping=damping), scale(-1.0) or
     scale_by_lr(lr), linesearch)``.
 
@@ -82,7 +84,7 @@ def bfgs(lr: ScalarOrSchedule | None = None, damping: bool = False,
 
 
 @transform
-def nonlinear_cg(beta: str = "polak_ribiere_plus", lr: ScalarOrSchedule | None = None,
+def nonlinear_cg(beta: str = "polak_ribiere_plus", lr: ScalarOrSchedule | None = 1.0,
                  linesearch: GradientTransformation | None = _WOLFE_CG) -> GradientTransformation:
     """Nonlinear conjugate gradient with a line search (Nocedal & Wright, 2006, Alg. 5.4), as
     ``scipy.optimize.minimize(method="CG")`` with ``beta="polak_ribiere"``; ``update`` needs
@@ -91,8 +93,8 @@ def nonlinear_cg(beta: str = "polak_ribiere_plus", lr: ScalarOrSchedule | None =
     ``p <- p + t d_k`` with ``d_k = -g_k + beta_k d_{k-1}`` (:func:`scale_by_conjugate_gradient`:
     the choice of ``beta`` and its restarts), ``t`` the step the line search finds (by default
     :func:`scale_by_strong_wolfe` with ``c2 = 0.1``, the tighter curvature condition N&W
-    recommend for CG, §5.2), times ``lr`` when given. ``chain(scale_by_conjugate_gradient(beta),
-    scale(-1.0) or scale_by_lr(lr), linesearch)``.
+    recommend for CG, §5.2), times ``lr`` (a ``param_groups`` key; ``None``: none).
+    ``chain(scale_by_conjugate_gradient(beta), scale(-1.0) or scale_by_lr(lr), linesearch)``.
 
     Example: ``opt = gx.Optimizer(model.parameters(), gx.nonlinear_cg("hager_zhang"))``, then
     ``opt.step(closure)`` as for :func:`bfgs`.

@@ -20,7 +20,7 @@ import torch
 
 from .. import _foreach as F  # noqa: N812
 from .._hparams import as_scalar, check
-from .._tree import ParamKey, merge_keys, param_leaves, select_keys, split_param_paths, tree_structure, tree_unflatten
+from .._tree import ParamKey, merge_keys, param_leaves, select_keys, split_param_paths, tree_unflatten
 from ..base import GradientTransformation, supports_inplace, updater
 from ..combine import members_runner
 from . import closure as _closure
@@ -96,9 +96,10 @@ class Optimizer(torch.optim.Optimizer):
       has one ``b1`` and one ``b2``, kept in step with them, so ``OneCycleLR`` and ``CyclicLR``
       (``cycle_momentum=True``) cycle Adam's ``b1`` or SGD's ``momentum`` as they cycle
       torch's. A group whose values differ runs the chain built again with them (cached; a
-      value changed every step costs a rebuild, about a millisecond per group). A value that
-      would change the state's layout (``momentum`` of a chain built without momentum) or
-      that the constructor refuses raises ``ValueError``; so does any change under
+      value changed every step costs a rebuild, about a millisecond per group). Only
+      arguments given as numbers are keys (``gx.sgd(lr)`` has no momentum, so no
+      ``momentum`` key: build it with ``momentum=0.0`` to drive it). A value that would
+      change the state's layout or that the constructor refuses raises ``ValueError``; so does any change under
       ``compile=True``, where the numbers are compiled in (``gx.inject_hyperparams`` keeps
       them in state instead).
     - Any ``GradientTransformation`` runs, an optax-style one included; only transforms
@@ -209,7 +210,7 @@ class Optimizer(torch.optim.Optimizer):
         self._variants: OrderedDict[tuple[float, ...], _Variant] = OrderedDict()
         self._splits: OrderedDict[tuple[tuple[float, ...], ...], Any] = OrderedDict()
         # torch's name for Adam's betas, where the chain has exactly one b1 and one b2
-        self._betas = "b1" in self._setting_keys and "b2" in self._setting_keys
+        self._betas = "b1" in defaults and "b2" in defaults
         if self._betas:
             defaults["betas"] = (defaults["b1"], defaults["b2"])
         self._betas_seen: list[tuple[float, float] | None] = []
@@ -300,12 +301,12 @@ class Optimizer(torch.optim.Optimizer):
             tx = _settings.rebuild(self.tx, changed)
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from None
-        if chain_signature(tx) != chain_signature(self.tx) or (
-                tree_structure(tx.init({})) != tree_structure(self.tx.init({}))):
+        built, rebuilt = _layout_of(self.tx.init({})), _layout_of(tx.init({}))
+        if chain_signature(tx) != chain_signature(self.tx) or built != rebuilt:
             raise ValueError(f"{where} sets {keys}, which the chain cannot take without another state: built "
-                             f"with these values it is {chain_signature(tx)}, not {chain_signature(self.tx)}. "
-                             "Build the chain with a value of the kind the groups will use (a momentum of 0 "
-                             "builds no momentum buffer)")
+                             f"with these values it is {chain_signature(tx)} with state {rebuilt}, not "
+                             f"{chain_signature(self.tx)} with state {built}. Build the chain with a value of the "
+                             "kind the groups will use (a momentum of 0 builds no momentum buffer)")
         lr_tail = None if self._base.plan is None and self._base.before_lr is None else _fused.lr_tail(tx,
                                                                                                        is_chain=True)
         declared = supports_inplace(tx)
@@ -651,6 +652,8 @@ class Optimizer(torch.optim.Optimizer):
         registered with ``register_state_dict_pre_hook`` / ``_post_hook``, as torch does."""
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
+        if self._betas:  # a scheduler may have written betas since the last step
+            self._sync_betas()
         state: dict[int, dict[str, torch.Tensor]] = {}
         shared: list[dict[str, torch.Tensor]] = []
         stepped: list[list[int]] = []
@@ -920,6 +923,20 @@ def chain_signature(tx: GradientTransformation) -> str:
         values = value.values() if isinstance(value, dict) else [value]
         inner.extend(chain_signature(v) for v in values if isinstance(v, GradientTransformation))
     return f"{name}({', '.join(inner)})" if inner else name
+
+
+def _layout_of(state: Any) -> Any:
+    """The shape of a state tree, NamedTuples by their fields (a ``per_tensor`` transform makes
+    a NamedTuple class per build, equal in all but identity)."""
+    if isinstance(state, tuple) and hasattr(state, "_fields"):
+        return (type(state).__name__, tuple(zip(state._fields, map(_layout_of, state))))
+    if isinstance(state, (tuple, list)):
+        return tuple(_layout_of(x) for x in state)
+    if isinstance(state, dict):
+        return tuple((k, _layout_of(v)) for k, v in state.items())
+    if isinstance(state, torch.Tensor):
+        return ("tensor", state.dtype, tuple(state.shape))
+    return type(state).__name__
 
 
 def _restore(fresh: Any, where: str, saved_shared: dict[str, Any], saved_params: dict[int, dict[str, Any]]) -> Any:

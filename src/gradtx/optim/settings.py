@@ -20,7 +20,10 @@ its ``scale_by_adam``). An argument the transform keeps in its state is a key al
 from __future__ import annotations
 
 import inspect
+import numbers
 from typing import Any, NamedTuple
+
+import torch
 
 from ..base import GradientTransformation, is_leafwise
 from ..combine import chain, named_chain
@@ -74,6 +77,20 @@ def _held(tx: GradientTransformation) -> set[str]:
     return {scoped.rsplit(".", 1)[-1] for _, scoped, _, _ in walk(state, tx)}
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not isinstance(value, torch.Tensor)
+
+
+def _float_arguments(build: Any) -> set[str]:
+    """The arguments of ``build`` annotated as taking a float, so ``b1=0`` or a numpy float
+    given for them is a setting too (an ``int`` argument such as a memory size is not)."""
+    try:
+        parameters = inspect.signature(build).parameters.values()
+    except (TypeError, ValueError):
+        return set()
+    return {p.name for p in parameters if "float" in str(p.annotation) or "Scalar" in str(p.annotation)}
+
+
 def find(tx: GradientTransformation) -> list[Setting]:
     """Every setting of ``tx``, in chain order (see the module docstring)."""
     out: list[Setting] = []
@@ -87,9 +104,10 @@ def find(tx: GradientTransformation) -> list[Setting]:
         own = attrs.get("name")
         if own is not None:
             held = _held(node)
+            floats = _float_arguments(recipe[0])
             for name, value in attrs.get("args", {}).items():
-                if type(value) is float and name not in held:
-                    out.append(Setting(path, scope or own, name, value, grouped))
+                if _is_number(value) and (type(value) is float or name in floats) and name not in held:
+                    out.append(Setting(path, scope or own, name, float(value), grouped))
         # split_by_group goes into chains only: what another transform holds runs as it does
         splits = splits and recipe[0] in (chain, named_chain)
         for step, given_name, child in _children(recipe):

@@ -1,9 +1,9 @@
 """The loss along a line ``t -> f(p + t d)``: what every line search evaluates.
 
 Values and slopes are Python floats (float64): a line search is a short scalar loop whose
-decisions read them anyway. Dot products over the tree are summed in float64 over each
-leaf's float64 values (complex leaves as their real views: ``Re <g, d>``), so the slope is
-the same whatever the leaves' dtypes.
+decisions read them anyway. Dot products over the tree are each leaf's in its own precision
+(at least float32, as torch.optim.LBFGS), summed in float64 (complex leaves as their real
+views: ``Re <g, d>``).
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ class Line:
                 return _vg(p)[0]
         if value_fn is None:
             raise ValueError(f"{name} needs the extra argument {NEEDS}: call update(updates, state, params, "
-                             "value=loss, grad=grads, value_fn=..., value_and_grad_fn=...)")
+                             "value=loss, grad=grads, value_fn=..., value_and_grad_fn=...); with gx.Optimizer, "
+                             "give step a closure: opt.step(closure), def closure(backward=True) -> loss")
         self.value_fn, self.value_and_grad_fn = value_fn, value_and_grad_fn
         self.evaluations = 0
         if value is None or grad is None:
