@@ -71,6 +71,7 @@ def test_the_elementwise_catalogue_is_declared():
     assert not names & {"clip_by_global_norm", "lamb", "lars", "muon", "novograd", "fromage", "dog"}
 
 
+@pytest.mark.slow  # an Inductor compile per elementwise entry (~100): minutes; CI runs it
 @pytest.mark.parametrize("entry", ELEMENTWISE, ids=[e.name for e in ELEMENTWISE])
 def test_elementwise_entry_compiled_matches_eager(entry):
     """Every transform declared elementwise traces as one graph (fullgraph) and, split into
