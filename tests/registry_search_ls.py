@@ -33,6 +33,10 @@ INTERPOLATING = {**SEARCH, "numbers_only": SEARCHES + ("scale",)}
 ONLINE = {**LBFGS_MIXED, "numbers_only": ("scale_by_online_lbfgs",),
           "complex": "the registry's value_and_grad_fn takes real views, oLBFGS calls it on the complex params"}
 
+# The aliases' lr scales the direction the line search then rescales: t is read as a number, so
+# lr reaches the step only through the numbers (as scale's step_size for interpolating searches).
+SEARCHED_WITH_LR = {**SEARCH, "numbers_only": SEARCHES + ("scale_by_lr", "lbfgs", "bfgs", "nonlinear_cg")}
+
 ENTRIES = [
     Entry("scale_by_backtracking", lambda: gx.chain(gx.scale(-1.0), gx.scale_by_backtracking()),
           "Nocedal & Wright Alg. 3.1 (Armijo), closed form in test_line_search.py", needs=ARMIJO, skip=SEARCH),
@@ -49,11 +53,12 @@ ENTRIES = [
           skip=LBFGS_MIXED),
     Entry("scale_by_online_lbfgs", lambda: gx.scale_by_online_lbfgs(0.1), "Schraudolph, Yu & Gunter 2007, Alg. 2 "
           "(written out in test_lbfgs.py)", needs=frozenset({"value_and_grad_fn"}), skip=ONLINE),
-    Entry("lbfgs", lambda: gx.lbfgs(), "optax.lbfgs; scipy L-BFGS-B", kind="alias", needs=WOLFE, skip=SEARCH),
+    Entry("lbfgs", lambda: gx.lbfgs(), "optax.lbfgs; scipy L-BFGS-B", kind="alias", needs=WOLFE,
+          skip=SEARCHED_WITH_LR),
     Entry("bfgs", lambda: gx.bfgs(), "scipy BFGS; torch.optim.LBFGS's minimiser (test_closure_methods.py)",
-          kind="alias", needs=WOLFE, skip={**SEARCH, "complex": "BFGS's matrix is over the real view"}),
+          kind="alias", needs=WOLFE, skip={**SEARCHED_WITH_LR, "complex": "BFGS's matrix is over the real view"}),
     Entry("nonlinear_cg", lambda: gx.nonlinear_cg(), "scipy CG; the minimiser (test_closure_methods.py)",
-          kind="alias", needs=WOLFE, skip=SEARCH),
+          kind="alias", needs=WOLFE, skip=SEARCHED_WITH_LR),
 ]
 
 NOT_TRANSFORMS = {"make_value_fn", "make_value_and_grad_fn", "module_loss_fn", "evaluation_args",
