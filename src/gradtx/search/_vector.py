@@ -32,14 +32,16 @@ def safe_div(num: torch.Tensor, den: torch.Tensor) -> tuple[torch.Tensor, torch.
     return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num)), ok
 
 
-def concat(xs: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    """All leaves as one real vector of ``dtype`` (complex leaves as their real views)."""
+def concat(xs: list[torch.Tensor], dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
+    """All leaves as one ``dtype`` vector (a complex leaf as its real view, torch.optim's view)."""
     if not xs:
-        return torch.zeros(0, dtype=dtype)
+        return torch.zeros(0, dtype=dtype, device=device)
     return torch.cat([x.reshape(-1).to(dtype) for x in F.as_real(xs)])
 
 
-def split_like(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
-    """``flat`` cut into pieces shaped like ``like``, each in its tensor's dtype."""
-    pieces = torch.split(flat, [x.numel() for x in like]) if like else []
-    return [piece.reshape(x.shape).to(x.dtype) for piece, x in zip(pieces, like)]
+def split(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``flat`` cut into tensors shaped like ``like``, each in its leaf's dtype (complex again)."""
+    reals = F.as_real(like)
+    pieces = torch.split(flat, [x.numel() for x in reals]) if like else []
+    shaped = [p.reshape(r.shape).to(r.dtype).contiguous() for p, r in zip(pieces, reals)]
+    return F.as_complex_like(shaped, like)

@@ -9,7 +9,8 @@ import torch
 from .._hparams import check, check_int
 from .._tree import tensor_leaves, tree_unflatten
 from ..base import GradientTransformation, transform
-from .quasi_newton import _check_init_scale, split, vector_dtype, vector_inputs
+from ._vector import split, wide
+from .quasi_newton import _check_init_scale, vector_inputs
 
 __all__ = ["LSR1State", "scale_by_lsr1"]
 
@@ -56,7 +57,7 @@ def scale_by_lsr1(memory_size: int = 10, init_scale: float | str = 1.0, eps: flo
 
     def init(params):
         ps, _ = tensor_leaves(params)
-        dtype = vector_dtype(ps)
+        dtype = wide(ps)
         device = ps[0].device if ps else None
         n = sum(p.numel() * (2 if p.is_complex() else 1) for p in ps)
         count = torch.zeros((), dtype=torch.int32, device=device)

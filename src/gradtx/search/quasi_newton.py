@@ -46,10 +46,10 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .. import _foreach as F  # noqa: N812
 from .._hparams import check, check_int
 from .._tree import Tree, TreeDef, flatten_up_to, tensor_leaves, tree_unflatten
 from ..base import GradientTransformation, transform
+from ._vector import concat, split, wide
 
 __all__ = ["QuasiNewtonState", "scale_by_bfgs", "scale_by_broyden_bad", "scale_by_broyden_good", "scale_by_dfp",
            "scale_by_greenstadt1", "scale_by_greenstadt2", "scale_by_hoshino", "scale_by_icum",
@@ -67,26 +67,6 @@ class QuasiNewtonState(NamedTuple):
 # --- one vector over all leaves ---------------------------------------------------------------
 
 
-def vector_dtype(xs: list[torch.Tensor]) -> torch.dtype:
-    """The dtype of the concatenated vector: the leaves' promoted real dtype, at least float32."""
-    return F.wide_dtype(*{x.dtype for x in xs})
-
-
-def concat(xs: list[torch.Tensor], dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
-    """All leaves as one ``dtype`` vector (a complex leaf as its real view, torch.optim's view)."""
-    if not xs:
-        return torch.zeros(0, dtype=dtype, device=device)
-    return torch.cat([x.reshape(-1).to(dtype) for x in F.as_real(xs)])
-
-
-def split(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
-    """``flat`` cut into tensors shaped like ``like``, each in its leaf's dtype (complex again)."""
-    reals = F.as_real(like)
-    pieces = torch.split(flat, [x.numel() for x in reals]) if like else []
-    shaped = [p.reshape(r.shape).to(r.dtype).contiguous() for p, r in zip(pieces, reals)]
-    return F.as_complex_like(shaped, like)
-
-
 def vector_inputs(name: str, updates: Tree, params: Tree | None, size: int
                   ) -> tuple[list[torch.Tensor], TreeDef, torch.Tensor, torch.Tensor]:
     """``(update leaves, treedef, g, x)``: the updates and params as vectors in the dtype of
@@ -95,7 +75,7 @@ def vector_inputs(name: str, updates: Tree, params: Tree | None, size: int
         raise ValueError(f"{name} needs params (s = x_k - x_(k-1)): call update(updates, state, params)")
     us, treedef = tensor_leaves(updates)
     ps = flatten_up_to(params, treedef, "params")
-    dtype = vector_dtype(us + ps)
+    dtype = wide(us, ps)
     device = us[0].device if us else None
     g, x = concat(us, dtype, device), concat(ps, dtype, device)
     if g.numel() != size:
@@ -351,7 +331,7 @@ def quasi_newton(name: str, rule: Rule, *, inverse: bool, init_scale: Any = "aut
 
     def init(params):
         ps, _ = tensor_leaves(params)
-        dtype = vector_dtype(ps)
+        dtype = wide(ps)
         device = ps[0].device if ps else None
         n = sum(p.numel() * (2 if p.is_complex() else 1) for p in ps)
         zeros = torch.zeros(n, dtype=dtype, device=device)

@@ -11,7 +11,7 @@ import torch
 from .._hparams import check, check_order
 from ..base import EmptyState, GradientTransformation, transform
 from ..transforms._common import first_device, leaves, leaves_like, need_params, refuse_complex, unflatten
-from ._vector import concat, safe_div, split_like, wide
+from ._vector import concat, safe_div, split, wide
 
 __all__ = ["BFGSHessianState", "HessianApproximation", "TrustRegionState", "bfgs_hessian", "scale_by_trust_region"]
 
@@ -295,7 +295,7 @@ def scale_by_trust_region(subproblem: str = "dogleg", hessian: HessianApproximat
         predicted = -torch.dot(g, step) - (0.0 if b is None else 0.5 * torch.dot(step, b @ step))
         f0 = (value_fn(params) if value is None else value)
         f0 = torch.as_tensor(f0).detach().reshape(()).to(dtype=dtype, device=device)
-        trial = [p + piece for p, piece in zip(ps, split_like(step, ps))]
+        trial = [p + piece for p, piece in zip(ps, split(step, ps))]
         f1 = torch.as_tensor(value_fn(unflatten(treedef, trial))).detach().reshape(()).to(dtype=dtype, device=device)
         informative = predicted > 0
         rho, _ = safe_div(f0 - f1, torch.where(informative, predicted, torch.ones_like(predicted)))
@@ -307,6 +307,6 @@ def scale_by_trust_region(subproblem: str = "dogleg", hessian: HessianApproximat
         accept = informative & (rho > eta)
         out = torch.where(accept, step, torch.zeros_like(step))
         new_state = TrustRegionState(new_radius, state.count + 1, x, g.clone(), model_state)
-        return unflatten(treedef, split_like(out, gs)), new_state
+        return unflatten(treedef, split(out, gs)), new_state
 
     return GradientTransformation(init, update)
