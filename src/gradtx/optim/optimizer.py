@@ -287,10 +287,9 @@ class Optimizer(torch.optim.Optimizer):
         would keep another state."""
         if values == self._built_values:
             return self._base
-        variant = self._variants.get(values)
-        if variant is not None:
-            self._variants.move_to_end(values)
-            return variant
+        return _cached(self._variants, values, lambda: self._build_variant(values, where))
+
+    def _build_variant(self, values: tuple[float, ...], where: str) -> _Variant:
         changed = {(s.path, s.name): v for s, v in zip(self._settings, values) if v != s.value}
         keys = [k for k, s, v in zip(self._setting_keys, self._settings, values) if v != s.value]
         if self._compiled is not None:
@@ -307,15 +306,11 @@ class Optimizer(torch.optim.Optimizer):
                              f"with these values it is {chain_signature(tx)} with state {rebuilt}, not "
                              f"{chain_signature(self.tx)} with state {built}. Build the chain with a value of the "
                              "kind the groups will use (a momentum of 0 builds no momentum buffer)")
+        # the fast paths the built chain has, for the rebuilt one (same shape: no need to recognise it)
         lr_tail = None if self._base.plan is None and self._base.before_lr is None else _fused.lr_tail(tx,
                                                                                                        is_chain=True)
-        declared = supports_inplace(tx)
-        variant = _Variant(tx, None if self._base.plan is None else _fused.plan(tx, is_chain=True),
-                           None if lr_tail is None else members_runner(lr_tail[:-1]), updater(tx), declared)
-        self._variants[values] = variant
-        if len(self._variants) > _VARIANTS_KEPT:
-            self._variants.popitem(last=False)
-        return variant
+        return _Variant(tx, None if self._base.plan is None else _fused.plan(tx, is_chain=True),
+                        None if lr_tail is None else members_runner(lr_tail[:-1]), updater(tx), supports_inplace(tx))
 
     @property
     def state(self) -> StateView:  # type: ignore[override]
@@ -587,21 +582,16 @@ class Optimizer(torch.optim.Optimizer):
         values = tuple(self._setting_values(group) for group in self.param_groups)
         if all(v == self._built_values for v in values):
             return self._split, self._run, self._declared
-        cached = self._splits.get(values)
-        if cached is None:
-            for i, setting in enumerate(self._settings):
-                if not setting.grouped:
-                    self._common_value(self._setting_keys[i], setting.scope)
-            variants = [self._variant(v, f"param_groups[{gi}]") for gi, v in enumerate(values)]
-            split = split_by_group(variants[0].tx, lambda: len(self.param_groups),
-                                   lambda g: variants[g].tx if g < len(variants) else self.tx)
-            cached = (split, updater(split), supports_inplace(split))
-            self._splits[values] = cached
-            if len(self._splits) > _VARIANTS_KEPT:
-                self._splits.popitem(last=False)
-        else:
-            self._splits.move_to_end(values)
-        return cached
+        return _cached(self._splits, values, lambda: self._build_split(values))
+
+    def _build_split(self, values: tuple[tuple[float, ...], ...]) -> tuple[GradientTransformation, Callable, bool]:
+        for i, setting in enumerate(self._settings):
+            if not setting.grouped:
+                self._common_value(self._setting_keys[i], setting.scope)
+        variants = [self._variant(v, f"param_groups[{gi}]") for gi, v in enumerate(values)]
+        split = split_by_group(variants[0].tx, lambda: len(self.param_groups),
+                               lambda g: variants[g].tx if g < len(variants) else self.tx)
+        return split, updater(split), supports_inplace(split)
 
     def _write_hyperparameters(self, group: dict[str, Any] | None, state: Any) -> None:
         """Write ``param_groups`` into the chain's hyperparameter tensors (keys and factors
@@ -923,6 +913,18 @@ def chain_signature(tx: GradientTransformation) -> str:
         values = value.values() if isinstance(value, dict) else [value]
         inner.extend(chain_signature(v) for v in values if isinstance(v, GradientTransformation))
     return f"{name}({', '.join(inner)})" if inner else name
+
+
+def _cached(cache: OrderedDict, key: Any, make: Callable[[], Any]) -> Any:
+    """``cache[key]``, made by ``make()`` on a miss; past ``_VARIANTS_KEPT`` entries the least
+    recently used is dropped."""
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    value = cache[key] = make()
+    if len(cache) > _VARIANTS_KEPT:
+        cache.popitem(last=False)
+    return value
 
 
 def _layout_of(state: Any) -> Any:
