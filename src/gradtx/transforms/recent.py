@@ -99,7 +99,7 @@ def scale_by_adopt(b1: float = 0.9, b2: float = 0.9999, eps: float = 1e-6, *, ne
     def adopt_update(g, state, p, *, step, b1, b2, eps):
         mu, nu = state
         first = step == 1
-        scaled = g / torch.clamp(nu.sqrt(), min=eps.to(g.dtype))
+        scaled = g / torch.clamp(nu.sqrt(), min=eps.to(g))
         if use_clipping:
             bound = _exact(clip_value_fn(step - 1)).to(dtype=g.dtype, device=g.device)
             scaled = torch.minimum(torch.maximum(scaled, -bound), bound)
