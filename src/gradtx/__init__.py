@@ -16,6 +16,7 @@ from . import (
                branching,
                combine,
                evaluation,
+               external,
                monitoring,
                optim,
                precondition,
@@ -29,6 +30,7 @@ from .base import *  # noqa: F403
 from .branching import *  # noqa: F403
 from .combine import *  # noqa: F403
 from .evaluation import *  # noqa: F403
+from .external import *  # noqa: F403
 from .monitoring import *  # noqa: F403
 from .optim import *  # noqa: F403
 from .optim import scipy_minimize
@@ -112,7 +114,7 @@ _MODULES = (
     # precondition/, search/
     precondition,
     line_search, _lbfgs_module, quasi_newton, lsr1, conjugate_gradient, step_size, trust_region,
-    wrappers, monitoring, schedules, aliases, optim, scipy_minimize,
+    wrappers, external, monitoring, schedules, aliases, optim, scipy_minimize,
 )
 
 __all__ = sorted({name for module in _MODULES for name in module.__all__})

@@ -91,6 +91,16 @@ def _float_arguments(build: Any) -> set[str]:
     return {p.name for p in parameters if "float" in str(p.annotation) or "Scalar" in str(p.annotation)}
 
 
+def _keywords_argument(build: Any) -> str | None:
+    """The name of ``build``'s ``**kwargs`` argument, whose float values are settings too
+    (``wrap_optimizer(torch.optim.Adam, lr=1e-3)``'s ``lr``)."""
+    try:
+        parameters = inspect.signature(build).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    return next((p.name for p in parameters if p.kind is inspect.Parameter.VAR_KEYWORD), None)
+
+
 def find(tx: GradientTransformation) -> list[Setting]:
     """Every setting of ``tx``, in chain order (see the module docstring)."""
     out: list[Setting] = []
@@ -105,7 +115,9 @@ def find(tx: GradientTransformation) -> list[Setting]:
         if own is not None:
             held = _held(node)
             floats = _float_arguments(recipe[0])
-            for name, value in attrs.get("args", {}).items():
+            args = dict(attrs.get("args", {}))
+            args.update(args.pop(_keywords_argument(recipe[0]), None) or {})
+            for name, value in args.items():
                 if _is_number(value) and (type(value) is float or name in floats) and name not in held:
                     out.append(Setting(path, scope or own, name, float(value), grouped))
         # split_by_group goes into chains only: what another transform holds runs as it does
@@ -135,8 +147,14 @@ def _rebuilt(tx: GradientTransformation, changes: dict[str, float],
             items[sub[0]] = child
             holder[key] = type(holder[key])(items) if isinstance(holder[key], tuple) else items
     if changes:
-        bound = inspect.signature(build).bind(*args, **kwargs)
-        bound.arguments.update(changes)
+        signature = inspect.signature(build)
+        bound = signature.bind(*args, **kwargs)
+        keywords = _keywords_argument(build)
+        for name, value in changes.items():
+            if name in signature.parameters or keywords is None:
+                bound.arguments[name] = value
+            else:
+                bound.arguments[keywords] = {**bound.arguments.get(keywords, {}), name: value}
         return build(*bound.args, **bound.kwargs)
     return build(*args, **kwargs)
 
