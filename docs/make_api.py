@@ -16,7 +16,7 @@ SECTIONS = [
     ("Transforms", ["transforms."]),
     ("Search: line searches, quasi-Newton, conjugate gradient, trust regions", ["search."]),
     ("Preconditioners", ["precondition"]),
-    ("Wrappers", ["wrappers", "external", "monitoring"]),
+    ("Wrappers", ["wrappers", "projected", "external", "monitoring"]),
     ("Schedules", ["schedules"]),
     ("Optimizers (aliases)", ["aliases"]),
     ("The torch.optim adapter", ["optim"]),

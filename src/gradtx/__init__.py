@@ -20,6 +20,7 @@ from . import (
                monitoring,
                optim,
                precondition,
+               projected,
                schedules,
                wrappers,
 )
@@ -36,6 +37,7 @@ from .optim import *  # noqa: F403
 from .optim import scipy_minimize
 from .optim.scipy_minimize import *  # noqa: F403
 from .precondition import *  # noqa: F403
+from .projected import *  # noqa: F403
 from .schedules import *  # noqa: F403
 from .search import conjugate_gradient, line_search, lsr1, quasi_newton, step_size, trust_region
 from .search import lbfgs as _lbfgs_module  # the name gx.lbfgs is the alias
@@ -114,7 +116,7 @@ _MODULES = (
     # precondition/, search/
     precondition,
     line_search, _lbfgs_module, quasi_newton, lsr1, conjugate_gradient, step_size, trust_region,
-    wrappers, external, monitoring, schedules, aliases, optim, scipy_minimize,
+    wrappers, projected, external, monitoring, schedules, aliases, optim, scipy_minimize,
 )
 
 __all__ = sorted({name for module in _MODULES for name in module.__all__})
