@@ -17,14 +17,19 @@ if not dist.is_available():
 import distributed_worker as worker  # noqa: E402
 
 DEFAULT = ["ddp_adamw", "fsdp_adamw_generic", "fsdp_lion_clip_value", "fsdp_clip_by_global_norm", "fsdp_muon",
-           "zero_checkpoint"]
+           "zero_checkpoint", "dcp_resume", "dcp_resume_global_norm"]
 SLOW = ["fsdp_adamw_fused", "fsdp_adamw_against_torch", "fsdp_lamb", "fsdp_normalize_by_update_norm",
         "fsdp_lbfgs", "fsdp_compiled"]
 
 
 @pytest.fixture(scope="module")
-def default_results(tmp_path_factory):
-    return worker.run_scenarios(DEFAULT, str(tmp_path_factory.mktemp("dist")))
+def outdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("dist")
+
+
+@pytest.fixture(scope="module")
+def default_results(outdir):
+    return worker.run_scenarios(DEFAULT, str(outdir))
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +40,20 @@ def slow_results(tmp_path_factory):
 @pytest.mark.parametrize("name", DEFAULT)
 def test_two_ranks(name, default_results):
     assert default_results[name] == "ok", default_results[name]
+
+
+@pytest.mark.parametrize(("name", "make_tx"), [("dcp", lambda: gx.adamw(1e-2, weight_decay=0.1)),
+                                               ("dcp_global", worker.dcp_tx)])
+def test_dcp_checkpoint_of_two_ranks_loads_in_one_process(name, make_tx, default_results, outdir):
+    import torch.distributed.checkpoint as dcp
+
+    assert default_results[f"{name}_resume" if name == "dcp" else "dcp_resume_global_norm"] == "ok"
+    m = worker.model()
+    opt = gx.Optimizer(m.parameters(), make_tx())
+    dcp.load({"app": worker.AppState(m, opt)}, checkpoint_id=str(outdir / name))
+    _train(m, opt, range(3, 6))
+    # the 2-rank run averaged the ranks' gradients: the same numbers up to round-off
+    worker.assert_close([p.detach() for p in m.parameters()], torch.load(outdir / f"{name}_after.pt"))
 
 
 @pytest.mark.slow
