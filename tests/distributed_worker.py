@@ -143,6 +143,10 @@ def scenario_fsdp_muon(rank):  # Newton-Schulz on the whole (sharded) matrices
     fsdp_against_unsharded(rank, lambda: gx.muon(1e-2))
 
 
+def scenario_fsdp_shampoo(rank):  # preconditioners of the whole matrices
+    fsdp_against_unsharded(rank, lambda: gx.shampoo(1e-2))
+
+
 def scenario_fsdp_lbfgs(rank):  # a line search through the closure: losses averaged over ranks
     fsdp_against_unsharded(rank, lambda: gx.lbfgs(memory_size=3), closure=True)
 
