@@ -217,7 +217,8 @@ def test_checkpoint_moves_between_compiled_and_eager(direction, tmp_path):
     for index, leaves in saved["state"].items():
         for path, value in leaves.items():
             assert torch.equal(loaded["state"][index][path], value)
-            assert loaded["state"][index][path].shape == a[index].shape
+            if not path.startswith("shared:"):  # the chain's shared leaves, kept in each entry
+                assert loaded["state"][index][path].shape == a[index].shape
     _assert_close(_run(opt_b, b, steps=3), _run(opt_a, a, steps=3))
 
 
@@ -257,5 +258,5 @@ def test_empty_parameters_still_advance_the_count():
         for p in params:
             p.grad = torch.zeros_like(p)
         opt.step()
-    assert int(opt.state_dict()["shared"][0]["[0].count"]) == 3
+    assert int(opt.state_dict()["state"][0]["shared:[0].count"]) == 3
 

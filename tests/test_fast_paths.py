@@ -81,7 +81,7 @@ def _close(actual, expected, dtype):
 
 
 def _state_tensors(opt):
-    sd = opt.state_dict()
+    sd = opt._old_state_dict()
     out = []
     for index in sorted(sd["state"]):
         out.extend(sd["state"][index][k] for k in sorted(sd["state"][index]))

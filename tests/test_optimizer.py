@@ -99,7 +99,7 @@ def test_state_dict_holds_only_tensors_and_plain_containers():
     _train(model, opt, None, range(2))
     sd = opt.state_dict()
     assert _is_plain(sd)
-    assert sd["format"] == "gradtx.Optimizer/1"
+    assert sd["format"] == "gradtx.Optimizer/2"
     assert sorted(sd["state"]) == list(range(4))  # one entry per parameter, by global index
     assert sd["param_groups"][0]["lr"] == 1e-3
     # moments have the parameter's shape and dtype

@@ -95,12 +95,20 @@ class Evaluations:
             else:
                 with torch.no_grad():
                     loss = self.closure(backward=False)
-            new_grads = [p.grad for p in self.stepped.values()] if backward else []
+            new_grads = self.new_grads() if backward else []
         finally:
             for p, g in zip(self.everything, grads):
                 p.grad = g
             self._restore()
-        return _detached(loss), new_grads
+        return self.reduced(loss), new_grads
+
+    def new_grads(self) -> list[torch.Tensor | None]:
+        """The stepped parameters' gradients the closure's backward just wrote."""
+        return [p.grad for p in self.stepped.values()]
+
+    def reduced(self, loss: Any) -> Any:
+        """The loss as the chain sees it (detached; averaged over ranks where parameters are sharded)."""
+        return _detached(loss)
 
     def value_fn(self, new_params: Any) -> Any:
         """The loss at ``new_params`` (a tree like the chain's params); nothing else changes."""

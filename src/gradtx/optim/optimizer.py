@@ -23,8 +23,10 @@ from .._hparams import as_scalar, check
 from .._tree import ParamKey, merge_keys, param_leaves, select_keys, split_param_paths, tree_unflatten
 from ..base import GradientTransformation, supports_inplace, updater
 from ..combine import members_runner
+from . import checkpoint as _checkpoint
 from . import closure as _closure
 from . import compiled as _compiled
+from . import distributed as _distributed
 from . import fused as _fused
 from . import hyperparams
 from . import layout as _layout
@@ -35,7 +37,11 @@ from .groups import split_by_group
 
 __all__ = ["Optimizer"]
 
-STATE_FORMAT = "gradtx.Optimizer/1"
+STATE_FORMAT = _checkpoint.OLD_FORMAT  # the layout the adapter works on; state_dict() gives format 2
+
+# Constructor arguments that ZeroRedundancyOptimizer(optimizer_class=gx.Optimizer, tx=...) also
+# puts in every param group; the chain itself is kept there as its signature (a string pickles).
+_CONSTRUCTOR_KEYS = frozenset({"tx", "fast", "compile", "check_descent", "differentiable"})
 
 # Chains built again with other settings, kept for the groups that use them; a scheduler
 # cycling a momentum makes a new one each step, so only the latest few are kept.
@@ -64,6 +70,14 @@ class StateView(dict):
 
     def __missing__(self, key: Any) -> dict[str, torch.Tensor]:
         return {}
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        """``opt.state[param] = entry`` loads ``entry`` (the parameter's entry of a
+        :meth:`Optimizer.state_dict`, as ``ZeroRedundancyOptimizer.load_state_dict`` writes it)."""
+        self._optimizer._load_param_entry(key, value)
+
+    def _fill(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
 
     def clear(self) -> None:
         super().clear()
@@ -221,6 +235,8 @@ class Optimizer(torch.optim.Optimizer):
         if self._lr_schedule is not None:
             defaults["lr"] = float(self._lr_schedule(torch.zeros((), dtype=torch.int32)))
         self._check_descent = check_descent
+        self._has_dtensors = False  # a parameter is a DTensor (FSDP2): see gradtx.optim.distributed
+        self._evaluations: Any = None  # while stepping DTensor parameters, their closure evaluations
         super().__init__(params, defaults)
 
     # -- torch.optim.Optimizer plumbing -----------------------------------------------
@@ -232,12 +248,16 @@ class Optimizer(torch.optim.Optimizer):
         for name in self.defaults:
             if name in param_group and name != "betas":
                 check(f"{where}[{name!r}]", param_group[name], low=None if name in self._setting_keys else 0.0)
-        unread = sorted(k for k in param_group if k not in self.defaults and k not in hyperparams.BOOKKEEPING_KEYS)
+        if isinstance(param_group.get("tx"), GradientTransformation):
+            param_group = {**param_group, "tx": chain_signature(param_group["tx"])}
+        unread = sorted(k for k in param_group if k not in self.defaults and k not in hyperparams.BOOKKEEPING_KEYS
+                        and k not in _CONSTRUCTOR_KEYS)
         if unread:
             warnings.warn(f"{where} sets {unread}, which no transform of this chain reads; its keys are "
                           f"{sorted(self.defaults)}", stacklevel=2)
         super().add_param_group(param_group)
         self._refuse_overlapping_params()
+        self._has_dtensors = self._has_dtensors or _distributed.has_dtensors(self.param_groups[-1]["params"])
         try:  # the constructors check the group's settings, naming the argument
             self._variant(self._setting_values(self.param_groups[-1]), where)
         except ValueError:
@@ -323,13 +343,13 @@ class Optimizer(torch.optim.Optimizer):
             if self._one_state is not None:
                 all_params = self._all_params()
                 for index, leaves in split_param_paths(self._one_state)[1].items():
-                    view[all_params[index]] = leaves
+                    view._fill(all_params[index], leaves)
             return view
         for group, chain_state in zip(self.param_groups, self._chain_states):
             if chain_state is not None:
                 _, per_param = split_param_paths(chain_state)
                 for index, leaves in per_param.items():
-                    view[group["params"][index]] = leaves
+                    view._fill(group["params"][index], leaves)
         return view
 
     @state.setter
@@ -432,13 +452,14 @@ class Optimizer(torch.optim.Optimizer):
             self._refuse_lr_change()
         if self._betas:
             self._sync_betas()
-        before = self._descent_snapshot() if self._check_descent else None
-        if self._split is not None:
-            self._step_one_chain(closure, loss)
-        else:
-            self._step_per_group(closure, loss)
-        if before is not None:
-            self._warn_if_uphill(before)
+        with _distributed.chain_params(self, "step"):  # plain tensors for DTensor parameters
+            before = self._descent_snapshot() if self._check_descent else None
+            if self._split is not None:
+                self._step_one_chain(closure, loss)
+            else:
+                self._step_per_group(closure, loss)
+            if before is not None:
+                self._warn_if_uphill(before)
         return loss
 
     def _step_per_group(self, closure: Callable[..., Any] | None, loss: Any) -> None:
@@ -493,8 +514,8 @@ class Optimizer(torch.optim.Optimizer):
                          ) -> dict[str, Any]:
         """The extra arguments a closure gives the chain: ``value`` (the loss the step
         started from), ``value_fn`` and ``value_and_grad_fn`` over ``params``."""
-        evaluations = _closure.Evaluations(closure, params, self._all_params())
-        return {"value": loss.detach() if isinstance(loss, torch.Tensor) else loss,
+        evaluations = (self._evaluations or _closure.Evaluations)(closure, params, self._all_params())
+        return {"value": evaluations.reduced(loss),
                 "value_fn": evaluations.value_fn, "value_and_grad_fn": evaluations.value_and_grad_fn}
 
     def _refuse_lr_change(self) -> None:
@@ -636,12 +657,28 @@ class Optimizer(torch.optim.Optimizer):
     # -- checkpoints -------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """``{'format', 'state': {param index: {path: tensor}}, 'shared': [per group
-        {path: tensor}], 'stepped': [per group, the param indices the chain state covers],
-        'param_groups': [...]}``: tensors and plain containers only. Runs the hooks
-        registered with ``register_state_dict_pre_hook`` / ``_post_hook``, as torch does."""
+        """``{'format', 'state': {param index: {path: tensor}}, 'param_groups': [...]}``, torch's
+        shape: tensors and plain containers only. ``state[i]`` holds parameter ``i``'s state
+        leaves and the chain's shared ones (step counts, hyperparameter tensors) under
+        ``"shared:" + path``; each group in ``param_groups`` carries ``"gradtx"`` (format, chain,
+        layout). So ``torch.distributed.checkpoint`` (``get_optimizer_state_dict``, ``dcp.save``),
+        which keep only ``state`` and ``param_groups``, keep all of it (see
+        ``gradtx.optim.checkpoint``); under FSDP2 sharded state comes as ``DTensor``s. Runs the
+        hooks registered with ``register_state_dict_pre_hook`` / ``_post_hook``, as torch does."""
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
+        out = _distributed.for_checkpoint(self, _checkpoint.to_torch_shape(self._old_state_dict()))
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            result = post_hook(self, out)
+            if result is not None:
+                out = result
+        return out
+
+    def _old_state_dict(self) -> dict[str, Any]:
+        """The state dict in the layout the adapter works on (format 1): ``{'format', 'chain',
+        'layout', 'state': {param index: {path: tensor}}, 'shared': [per group (or one per
+        chain) {path: tensor}], 'stepped': [per group, the param indices the chain state
+        covers], 'param_groups': [...]}``."""
         if self._betas:  # a scheduler may have written betas since the last step
             self._sync_betas()
         state: dict[int, dict[str, torch.Tensor]] = {}
@@ -674,30 +711,78 @@ class Optimizer(torch.optim.Optimizer):
                 n = len(group["params"])
                 stepped.append([i for i in range(offset, offset + n) if i in self._one_known])
                 offset += n
-        out = {"format": STATE_FORMAT, "chain": chain_signature(self.tx), "layout": self._layout(),
-               "state": state, "shared": shared, "stepped": stepped, "param_groups": groups}
-        for post_hook in self._optimizer_state_dict_post_hooks.values():
-            result = post_hook(self, out)
-            if result is not None:
-                out = result
-        return out
+        return {"format": STATE_FORMAT, "chain": chain_signature(self.tx), "layout": self._layout(),
+                "state": state, "shared": shared, "stepped": stepped, "param_groups": groups}
 
     def _layout(self) -> str:
         return "one_chain" if self._split is not None else "per_group"
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a :meth:`state_dict`; raises ``ValueError`` and changes nothing when it
-        comes from another chain or model, or holds a hyperparameter the chain would refuse.
-        A ``torch.optim`` state dict is converted first (see :meth:`load_torch_state_dict`).
-        Runs the hooks registered with ``register_load_state_dict_pre_hook`` / ``_post_hook``."""
+        """Load a :meth:`state_dict` (of this format, of the older ``gradtx.Optimizer/1``, or
+        as ``torch.distributed.checkpoint`` gives it back: parameters keyed by name, sharded
+        state as ``DTensor``s of any placement); raises ``ValueError`` and changes nothing
+        when it comes from another chain or model, or holds a hyperparameter the chain would
+        refuse. A ``torch.optim`` state dict is converted first (see
+        :meth:`load_torch_state_dict`). Runs the hooks registered with
+        ``register_load_state_dict_pre_hook`` / ``_post_hook``."""
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
             result = pre_hook(self, state_dict)
             if result is not None:
                 state_dict = result
-        state_dict = self._converted_from_torch(state_dict)
+        self._load(state_dict)
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def _load(self, state_dict: Any, fresh_shared: Callable[[int], dict[str, Any]] | None = None) -> None:
+        if _checkpoint.is_gradtx(state_dict):
+            state_dict = _checkpoint.from_torch_shape(state_dict, fresh_shared)
+        if isinstance(state_dict, dict) and isinstance(state_dict.get("state"), dict):
+            state_dict = _distributed.localize(self, state_dict)
+        with _distributed.chain_params(self, "load"):  # plain tensors of the state's shapes for DTensors
+            self._load_old_format(self._converted_from_torch(state_dict))
+
+    def _load_param_entry(self, param: Any, entry: Any) -> None:
+        """``opt.state[param] = entry``: load one parameter's entry of a :meth:`state_dict`
+        (its shared leaves, being the same for the parameters that share them, set theirs)."""
+        index = next((i for i, p in enumerate(self._all_params()) if p is param), None)
+        if index is None:
+            raise KeyError("opt.state[param] = ...: not a parameter of this optimizer")
+        if not isinstance(entry, dict):
+            raise ValueError(f"opt.state[param] takes the parameter's entry of a state_dict(), got {entry!r:.80}")
+        sd = _checkpoint.to_torch_shape(self._old_state_dict())
+        scope = self._scope_of(index)
+        written = {path: v for path, v in entry.items()
+                   if isinstance(path, str) and path.startswith(_checkpoint.SHARED)}
+        for other, values in sd["state"].items():
+            if self._scope_of(other) == scope:
+                values.update((path, v) for path, v in written.items() if path in values)
+        sd["state"][index] = dict(entry)
+        self._load(sd, self._fresh_shared)
+
+    def _scope_of(self, index: int) -> int:
+        """The scope of a parameter's shared state: its param group, or 0 for one chain over all."""
+        if self._split is not None:
+            return 0
+        for gi, group in enumerate(self.param_groups):
+            if index < len(group["params"]):
+                return gi
+            index -= len(group["params"])
+        return -1
+
+    def _fresh_shared(self, scope: int) -> dict[str, Any]:
+        """The shared leaves of a fresh state of ``scope`` (made over its first parameter)."""
+        with _distributed.chain_params(self, "load"):
+            if self._split is not None:
+                key, param = self._all_keys()[0], self._all_params()[0]
+                return split_param_paths(self._split.init({key: param}))[0]
+            return split_param_paths(self.tx.init(self._param_dict(scope, [0])))[0]
+
+    def _load_old_format(self, state_dict: Any) -> None:
+        """Load a state dict of format 1, checked whole before anything changes."""
         if not isinstance(state_dict, dict) or state_dict.get("format") != STATE_FORMAT:
             found = state_dict.get("format") if isinstance(state_dict, dict) else type(state_dict).__name__
-            raise ValueError(f"not a gx.Optimizer state dict (format {found!r}, expected {STATE_FORMAT!r})")
+            raise ValueError(f"not a gx.Optimizer state dict (format {found!r}, expected "
+                             f"{_checkpoint.FORMAT!r} or {STATE_FORMAT!r})")
         signature, saved_signature = chain_signature(self.tx), state_dict.get("chain", None)
         if saved_signature is not None and saved_signature != signature:
             raise ValueError(f"the state dict comes from another chain: it was saved by {saved_signature}, "
@@ -757,8 +842,6 @@ class Optimizer(torch.optim.Optimizer):
             self._step_params[gi] = None
             if self._betas:  # b1 and b2 are what a state dict (or a converted torch one) holds
                 group["betas"] = self._betas_seen[gi] = (group["b1"], group["b2"])
-        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
-            post_hook(self)
 
     def _rebuild_one_chain(self, saved_state: dict[int, dict[str, Any]], saved_shared: dict[str, Any],
                            covered: list[int]) -> tuple[Any, set[int]]:
@@ -826,8 +909,10 @@ class Optimizer(torch.optim.Optimizer):
             opt = gx.Optimizer(model.parameters(), gx.adam(1e-3))
             opt.load_torch_state_dict(torch.load("adam_checkpoint.pt")["optimizer"])
         """
-        self.load_state_dict(_torch_state.from_torch_state_dict(
-            self.tx, state_dict, self.state_dict(), [g["params"] for g in self.param_groups]))
+        with _distributed.chain_params(self, "load"):
+            converted = _torch_state.from_torch_state_dict(self.tx, state_dict, self._old_state_dict(),
+                                                           [g["params"] for g in self.param_groups])
+        self.load_state_dict(converted)
 
     def torch_state_dict(self, kind: Any = None) -> dict[str, Any]:
         """This optimizer's state as a state dict for ``torch.optim.<kind>`` (a class or its
@@ -837,13 +922,13 @@ class Optimizer(torch.optim.Optimizer):
 
         Example: ``torch.optim.AdamW(model.parameters()).load_state_dict(opt.torch_state_dict("AdamW"))``.
         """
-        return _torch_state.to_torch_state_dict(self.tx, self.state_dict(), [g["params"] for g in self.param_groups],
-                                                kind)
+        return _torch_state.to_torch_state_dict(self.tx, self._old_state_dict(),
+                                                [g["params"] for g in self.param_groups], kind)
 
     def _converted_from_torch(self, state_dict: Any) -> Any:
         """``state_dict`` converted when it is a ``torch.optim`` one, else as it is."""
         if _torch_state.is_torch_state_dict(state_dict):
-            return _torch_state.from_torch_state_dict(self.tx, state_dict, self.state_dict(),
+            return _torch_state.from_torch_state_dict(self.tx, state_dict, self._old_state_dict(),
                                                       [g["params"] for g in self.param_groups])
         return state_dict
 

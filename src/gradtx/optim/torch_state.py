@@ -46,6 +46,7 @@ import torch
 
 from .._tree import ParamKey, split_param_paths
 from ..base import GradientTransformation
+from .checkpoint import is_gradtx
 
 __all__ = ["KINDS", "from_torch_state_dict", "is_torch_state_dict", "to_torch_state_dict"]
 
@@ -380,7 +381,7 @@ def _field(path: str) -> str:
 def is_torch_state_dict(sd: Any) -> bool:
     """Whether ``sd`` looks like a ``torch.optim`` state dict (``state`` and ``param_groups``,
     no gradtx ``format``)."""
-    return (isinstance(sd, dict) and "format" not in sd and "shared" not in sd
+    return (isinstance(sd, dict) and "format" not in sd and "shared" not in sd and not is_gradtx(sd)
             and isinstance(sd.get("state"), dict) and isinstance(sd.get("param_groups"), list)
             and all(isinstance(g, dict) and "params" in g for g in sd["param_groups"]))
 
