@@ -10,6 +10,7 @@ as a key of ``param_groups``.
 from __future__ import annotations
 
 import operator
+import textwrap
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -439,6 +440,8 @@ class Optimizer(torch.optim.Optimizer):
         ``value_and_grad_fn`` built from it, which leave the parameters and ``.grad`` as they
         were. After the step the parameters hold the update and ``.grad`` the gradient at
         the point the step started from."""
+        if torch.compiler.is_compiling():
+            return self._step_outside_graph(closure)
         if getattr(self, "_eval_mode", False):
             # the parameters hold the evaluation values: a step from them would be lost on train()
             raise RuntimeError("step() called in eval mode: call opt.train() before stepping (opt.eval() put the "
@@ -461,6 +464,18 @@ class Optimizer(torch.optim.Optimizer):
             if before is not None:
                 self._warn_if_uphill(before)
         return loss
+
+    @torch.compiler.disable
+    def _step_outside_graph(self, closure: Callable[..., Any] | None) -> Any:
+        """``step`` under ``torch.compile`` (``torch.compile(opt.step)``, or a compiled training
+        step that calls it): run outside the graph, as torch.optim runs its fused kernels. Traced,
+        every ``param_groups`` float would be a guarded constant (a recompile per scheduler step),
+        a rebuilt chain (a cycled momentum) another graph, the fused kernels cannot be
+        functionalized, and Inductor loses writes to 0-dim float64 CPU tensors, which hold the
+        hyperparameters (docs/upstream/compile_fill_lost.py). Out of the graph the step reads the
+        groups afresh each call and runs its own kernels: the fused ones, the multi-tensor ones,
+        or ``compile=True``'s graph, whose hyperparameters are tensor inputs."""
+        return self.step(closure)
 
     def _step_per_group(self, closure: Callable[..., Any] | None, loss: Any) -> None:
         """One step of a leafwise chain: each param group on its own (fused, compiled or generic)."""
@@ -882,6 +897,17 @@ class Optimizer(torch.optim.Optimizer):
         except ValueError:
             self.param_groups.pop()
             raise
+
+    def __repr__(self) -> str:
+        """torch's format (the class, then each param group's keys) with the chain's repr, and
+        the adapter's options where they are not the defaults, after the class name."""
+        head, _, groups = super().__repr__().partition("\n")
+        options = {k: v for k, v in self._init_options.items() if v != {"fast": True, "compile": False,
+                                                                         "check_descent": True}[k]}
+        lines = [head, "Chain:", textwrap.indent(repr(self.tx), "    ")]
+        if options:
+            lines.append("Options: " + ", ".join(f"{k}={v!r}" for k, v in options.items()))
+        return "\n".join(lines + [groups])
 
     # -- hooks of gradtx.optim.pickling: pickle, copy.deepcopy, torch.save -------------------
 
