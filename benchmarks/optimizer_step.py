@@ -5,6 +5,7 @@ Usage::
     PYTHONPATH=src python benchmarks/optimizer_step.py            # full run (a few minutes on 2 cores)
     PYTHONPATH=src python benchmarks/optimizer_step.py --quick    # fewer repetitions
     PYTHONPATH=src python benchmarks/optimizer_step.py --no-memory --sets big --algos adamw
+    PYTHONPATH=src python benchmarks/optimizer_step.py --no-memory --algos catalogue  # every algorithm
 
 An optimizer step is memory-bound, so every variant of one (algorithm, parameter set) is
 timed in turn, round after round (interleaved), and the median per-step time is reported
