@@ -5,6 +5,7 @@ Usage::
     PYTHONPATH=src python benchmarks/optimizer_step.py            # full run (a few minutes on 2 cores)
     PYTHONPATH=src python benchmarks/optimizer_step.py --quick    # fewer repetitions
     PYTHONPATH=src python benchmarks/optimizer_step.py --no-memory --sets big --algos adamw
+    PYTHONPATH=src python benchmarks/optimizer_step.py --no-memory --algos catalogue  # every algorithm
 
 An optimizer step is memory-bound, so every variant of one (algorithm, parameter set) is
 timed in turn, round after round (interleaved), and the median per-step time is reported
@@ -31,6 +32,9 @@ from collections.abc import Callable
 import torch
 
 import gradtx as gx
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from _algorithms import CATALOGUE, summary  # noqa: E402 - the catalogue table, beside this script
 
 LR = 1e-3
 
@@ -121,7 +125,7 @@ def algorithms(with_compile: bool) -> dict[str, tuple[int, dict[str, Callable]]]
         for name in ("adamw", "mission"):
             tx = (lambda: gx.adamw(LR, weight_decay=0.01)) if name == "adamw" else mission
             out[name][1]["gradtx compiled"] = _gx(tx, compile=True)
-    return out
+    return {**out, **CATALOGUE}
 
 
 class PureStep:
@@ -245,7 +249,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--sets", nargs="+", default=["big", "resnet", "small"])
-    parser.add_argument("--algos", nargs="+", default=["adamw", "adam", "sgd_nesterov", "adamw_masked", "mission"])
+    parser.add_argument("--algos", nargs="+", default=["adamw", "adam", "sgd_nesterov", "adamw_masked", "mission"],
+                        help=f"also: catalogue (every entry of _algorithms.py: {', '.join(CATALOGUE)}), or any of them")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--compile", action="store_true", help="also time gx.Optimizer(..., compile=True)")
     parser.add_argument("--threads", type=int, default=2)
@@ -264,12 +269,14 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, float32; in-place bandwidth "
           f"{bandwidth / 1e9:.1f} GB/s; median of {rounds} rounds x {steps} steps\n")
     algos = algorithms(args.compile)
-    for algo in args.algos:
+    results = {}
+    for algo in [a for name in args.algos for a in (CATALOGUE if name == "catalogue" else [name])]:
         nbytes, variants = algos[algo]
         for set_name in args.sets:
             numel = sum(torch.Size(s).numel() for s in param_shapes(set_name))
             pure = (lambda: gx.adamw(LR, weight_decay=0.01)) if algo == "adamw" and set_name == "big" else None
             times = time_variants(variants, set_name, rounds, steps, pure)
+            results[algo, set_name] = times
             bound = nbytes * numel / bandwidth
             print(f"## {algo} on {set_name} ({numel / 1e6:.1f}M elements, {nbytes} B/elem, "
                   f"lower bound {bound * 1e3:.1f} ms)")
@@ -287,6 +294,8 @@ def main() -> None:
                     print(f"\n{name}: first step {seconds:.1f} s in a fresh process, compilation included, "
                           "caches off", flush=True)
             print()
+    print("## gradtx / torch (each algorithm's fastest torch.optim implementation, or an AdamW step)")
+    print(summary(results, args.sets))
 
 
 if __name__ == "__main__":

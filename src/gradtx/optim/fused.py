@@ -218,12 +218,19 @@ def lr_tail(tx: Any, *, is_chain: bool | None = None) -> tuple | None:
     return tuple(parts)
 
 
-def plan(tx: Any, *, is_chain: bool | None = None) -> FusedPlan | None:
-    """The fused plan for ``tx``, or ``None`` when it does not have a recognised shape."""
+def plan(tx: Any, *, is_chain: bool | None = None) -> Any:
+    """The fast plan for ``tx``: a ``FusedPlan``, a ``multi_tensor.MultiTensorPlan`` (torch's
+    other algorithms), or ``None`` when it does not have a recognised shape."""
     parts = lr_tail(tx, is_chain=is_chain)  # every recognised shape is a chain ending in scale_by_lr(number)
     if parts is None:
         return None
     names = [_attrs(p)[0] for p in parts]
+    if names[0] != "clip_value":
+        from . import multi_tensor  # imports this module's helpers
+
+        other = multi_tensor.plan(parts)
+        if other is not None:
+            return other
     args = [_attrs(p)[1] for p in parts]
     clips = []
     i = 0

@@ -501,8 +501,8 @@ class Optimizer(torch.optim.Optimizer):
             if self._compiled is not None:
                 self._chain_states[gi] = self._compiled.run(gi, self._chain_states[gi], keys, params, grads)
                 continue
-            if variant.plan is not None and variant.plan.run(
-                    state, keys, params, grads, lambda like, gi=gi, keys=keys: self._buffers(gi, keys, like)):
+            scratch = lambda like, slot=0, gi=gi, keys=keys: self._buffers(gi, keys, like, slot)  # noqa: E731
+            if variant.plan is not None and variant.plan.run(state, keys, params, grads, scratch):
                 if is_selection:
                     self._chain_states[gi] = merge_keys(self._chain_states[gi], state)
                 continue
@@ -659,14 +659,17 @@ class Optimizer(torch.optim.Optimizer):
                              f"set {key!r} alike in every group")
         return values[0]
 
-    def _buffers(self, gi: int, keys: list[int], like: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Scratch tensors shaped like ``like`` (the grads of ``keys``), kept for the next step."""
+    def _buffers(self, gi: int, keys: list[int], like: list[torch.Tensor], slot: int = 0) -> list[torch.Tensor]:
+        """Scratch tensors shaped like ``like`` (the grads of ``keys``), kept for the next step;
+        a kernel that needs two temporaries asks for a second ``slot``."""
         cached = self._scratch[gi]
-        if cached is not None and cached[0] == keys and all(
-                b.shape == x.shape and b.dtype == x.dtype and b.device == x.device for b, x in zip(cached[1], like)):
-            return cached[1]
-        bufs = [torch.empty_like(x, memory_format=torch.preserve_format) for x in like]
-        self._scratch[gi] = (list(keys), bufs)
+        if cached is None or cached[0] != keys:
+            cached = self._scratch[gi] = (list(keys), {})
+        bufs = cached[1].get(slot)
+        if bufs is not None and all(
+                b.shape == x.shape and b.dtype == x.dtype and b.device == x.device for b, x in zip(bufs, like)):
+            return bufs
+        bufs = cached[1][slot] = [torch.empty_like(x, memory_format=torch.preserve_format) for x in like]
         return bufs
 
     # -- checkpoints -------------------------------------------------------------------
