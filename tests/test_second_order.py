@@ -102,6 +102,27 @@ def test_batched_hvp_fn_is_the_stack_of_products(method):
         _assert_tree_close({k: x[i] for k, x in looped.items()}, want, **tol)
 
 
+def test_results_in_another_key_order_are_matched_by_key():
+    """A hand-written hvp_fn or value_and_grad_fn may return its dict in another key order."""
+    params, v = _params(), _params(seed=1)
+    exact = gx.make_hvp_fn(_loss)
+
+    def reordered(p, w):
+        out = exact(p, w)
+        return {k: out[k] for k in sorted(out, reverse=True)}
+
+    def reordered_vg(p):
+        value, grads = gx.make_value_and_grad_fn(_loss)(p)
+        return value, {k: grads[k] for k in sorted(grads, reverse=True)}
+
+    want = _reference_hvp(params, v)
+    stacked = gx.batch_hvp(reordered)(params, {k: x[None] for k, x in v.items()})
+    _assert_tree_close({k: x[0] for k, x in stacked.items()}, want, rtol=1e-12, atol=1e-12)
+    for method in ("fd_forward", "fd_central"):
+        got = gx.hvp_from_grads(reordered_vg, method, h=1e-6 if method == "fd_forward" else 1e-4)(params, v)
+        _assert_tree_close(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_hvp_fn_is_pure_and_keeps_dtypes():
     params = _params(torch.float32)
     v = _params(torch.float32, seed=1)
@@ -276,3 +297,185 @@ def test_hessian_diag_is_the_diagonal_of_the_hessian():
     want = torch.diagonal(torch.autograd.functional.hessian(f, flat))
     torch.testing.assert_close(gx.hessian_diag(lambda p, x, y: _loss(p), params, None, None), want,
                                rtol=1e-12, atol=1e-12)
+
+
+# --- Newton and Newton-CG ------------------------------------------------------------------
+
+
+def _quadratic(n=6, seed=0, cond=None):
+    """``f(x) = x.A x / 2 - b.x`` over a tree {"a": (2, 2), "b": (n - 4,)}, float64, ``A`` SPD."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    eig = torch.linspace(1.0, 10.0 if cond is None else cond, n, dtype=torch.float64)
+    a = q @ torch.diag(eig) @ q.T
+    b = torch.randn(n, generator=g, dtype=torch.float64)
+
+    def flat(p):
+        return torch.cat([p["a"].reshape(-1), p["b"]])
+
+    def loss(p):
+        x = flat(p)
+        return 0.5 * x @ a @ x - b @ x
+
+    params = {"a": torch.zeros(2, 2, dtype=torch.float64), "b": torch.zeros(n - 4, dtype=torch.float64)}
+    return loss, params, a.numpy(), b.numpy(), flat
+
+
+def _run(tx, loss, params, steps=1, **extra_kwargs):
+    state = tx.init(params)
+    for _ in range(steps):
+        extra = gx.evaluation_args(loss, params, **extra_kwargs)
+        updates, state = tx.update(extra["grad"], state, params, **extra)
+        params = gx.apply_updates(params, updates)
+    return params, state
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"hessian_method": "func"}, {"eigenvalues": "abs"}, {"eigenvalues": "clip"},
+                                    {"hvp_method": "fd_central"}])
+def test_newton_reaches_the_minimiser_of_a_quadratic_in_one_step(kwargs):
+    loss, params, a, b, flat = _quadratic()
+    out, _ = _run(gx.chain(gx.scale_by_newton(**kwargs), gx.scale_by_lr(1.0)), loss, params)
+    tol = 1e-6 if kwargs.get("hvp_method") else 1e-10
+    np.testing.assert_allclose(flat(out).numpy(), np.linalg.solve(a, b), rtol=tol, atol=tol)
+
+
+def test_newton_damping_and_eigenvalue_modification_follow_their_formulas():
+    """On an indefinite quadratic, each option's direction equals the formula written with numpy."""
+    g = torch.Generator().manual_seed(3)
+    q, _ = torch.linalg.qr(torch.randn(5, 5, generator=g, dtype=torch.float64))
+    lam = np.array([-2.0, -0.5, 1e-12, 1.0, 4.0])
+    a = (q.numpy() * lam) @ q.numpy().T
+    x0 = torch.randn(5, generator=g, dtype=torch.float64)
+    loss = lambda p: 0.5 * p["x"] @ torch.tensor(a) @ p["x"]  # noqa: E731
+    params = {"x": x0}
+    grad = a @ x0.numpy()
+    qn = q.numpy()
+    cases = {
+        ("none", 0.3): np.linalg.solve(a + 0.3 * np.eye(5), grad),
+        ("abs", 0.0): qn @ ((qn.T @ grad) / np.maximum(np.abs(lam), 1e-3)),
+        ("clip", 0.1): qn @ ((qn.T @ grad) / (np.maximum(lam, 1e-3) + 0.1)),
+    }
+    for (eigenvalues, damping), want in cases.items():
+        tx = gx.scale_by_newton(damping=damping, eigenvalues=eigenvalues, min_eigenvalue=1e-3)
+        extra = gx.evaluation_args(loss, params)
+        u, _ = tx.update(extra["grad"], tx.init(params), params, **extra)
+        np.testing.assert_allclose(u["x"].numpy(), want, rtol=1e-8, atol=1e-8)
+
+
+def test_newton_cg_solves_a_quadratic_in_n_iterations():
+    loss, params, a, b, flat = _quadratic(n=7, cond=100.0)
+    calls = []
+    exact = gx.make_hvp_fn(loss)
+
+    def counting(p, v):
+        calls.append(1)
+        return exact(p, v)
+
+    tx = gx.chain(gx.scale_by_newton_cg(tol=0.0), gx.scale_by_lr(1.0))
+    state = tx.init(params)
+    extra = {**gx.evaluation_args(loss, params), "hvp_fn": counting}
+    updates, state = tx.update(extra["grad"], state, params, **extra)
+    out = gx.apply_updates(params, updates)
+    np.testing.assert_allclose(flat(out).numpy(), np.linalg.solve(a, b), rtol=1e-9, atol=1e-9)
+    assert len(calls) == 7 and int(state[0].iterations) == 7  # n products, no more
+
+
+def test_newton_cg_stops_at_tolerance_and_at_negative_curvature():
+    loss, params, a, b, flat = _quadratic(n=30, cond=10.0)
+    _, state = _run(gx.scale_by_newton_cg(tol=1e-2), loss, params)
+    assert 1 <= int(state.iterations) < 15
+    # a negative-curvature first direction: the output is the gradient itself (steepest descent)
+    neg = lambda p: -(p["x"] ** 2).sum() + p["x"].sum()  # noqa: E731
+    x = {"x": torch.tensor([0.3, -0.2], dtype=torch.float64)}
+    extra = gx.evaluation_args(neg, x)
+    u, st = gx.scale_by_newton_cg().update(extra["grad"], gx.scale_by_newton_cg().init(x), x, **extra)
+    torch.testing.assert_close(u["x"], extra["grad"]["x"])
+    assert int(st.iterations) == 1
+
+
+def test_steihaug_stays_in_the_radius_and_matches_newton_inside_it():
+    loss, params, a, b, flat = _quadratic(n=6)
+    newton_step = np.linalg.solve(a, b)  # from x = 0
+    for radius in (0.05, 0.3, 1e3):
+        tx = gx.scale_by_newton_cg_trust_region(init_radius=radius, tol=1e-12)
+        extra = gx.evaluation_args(loss, params)
+        u, state = tx.update(extra["grad"], tx.init(params), params, **extra)
+        step = flat(u).numpy()
+        assert np.linalg.norm(step) <= radius * (1 + 1e-12)
+        if radius > np.linalg.norm(newton_step):
+            np.testing.assert_allclose(step, newton_step, rtol=1e-9, atol=1e-9)
+        else:
+            assert np.isclose(np.linalg.norm(step), radius)  # on the boundary
+            assert float(loss({"a": u["a"], "b": u["b"]})) < 0  # a decrease
+
+
+def test_steihaug_goes_to_the_boundary_along_negative_curvature():
+    lam = torch.tensor([-3.0, 1.0], dtype=torch.float64)  # d = -g = -(1, 1) has d.Hd = -2
+    loss = lambda p: 0.5 * (lam * p["x"] ** 2).sum() + p["x"].sum()  # noqa: E731
+    x = {"x": torch.tensor([0.0, 0.0], dtype=torch.float64)}
+    tx = gx.scale_by_newton_cg_trust_region(init_radius=0.7)
+    extra = gx.evaluation_args(loss, x)
+    u, _ = tx.update(extra["grad"], tx.init(x), x, **extra)
+    assert abs(float(u["x"].norm()) - 0.7) < 1e-12
+
+
+def test_newton_cg_trust_region_minimises_rosenbrock_like_scipy_trust_ncg():
+    scipy_optimize = pytest.importorskip("scipy.optimize")
+
+    def rosen(p):
+        x = p["x"]
+        return ((1 - x[:-1]) ** 2).sum() + 100 * ((x[1:] - x[:-1] ** 2) ** 2).sum()
+
+    x0 = np.array([-1.2, 1.0])  # (in 4-D there is a local minimum near (-0.78, 0.61, 0.38, 0.15))
+    params = {"x": torch.tensor(x0)}
+    tx = gx.scale_by_newton_cg_trust_region(init_radius=1.0)
+    out, _ = _run(tx, rosen, params, steps=200)
+    ref = scipy_optimize.minimize(scipy_optimize.rosen, x0, method="trust-ncg", jac=scipy_optimize.rosen_der,
+                                  hessp=scipy_optimize.rosen_hess_prod)
+    np.testing.assert_allclose(out["x"].numpy(), ref.x, atol=1e-6)
+    assert float(rosen(out)) < 1e-12
+
+
+def test_newton_cg_under_the_optimizer_gives_the_functional_trajectory_and_round_trips(tmp_path):
+    def make():
+        return gx.chain(gx.scale_by_newton_cg(max_iters=4), gx.scale(-1.0), gx.scale_by_backtracking())
+
+    model = _Model()
+    opt = gx.Optimizer(model.parameters(), make())
+
+    def closure(backward=True):
+        loss = model()
+        if backward:
+            opt.zero_grad()
+            loss.backward()
+        return loss
+
+    params = _params()
+    tx = make()
+    state = tx.init(params)
+    for step in range(4):
+        extra = gx.evaluation_args(_loss, params)
+        updates, state = tx.update(extra["grad"], state, params, **extra)
+        params = gx.apply_updates(params, updates)
+        opt.step(closure)
+        got = {"w": model.w.detach(), "b": model.b.detach(), "s": model.s.detach()}
+        _assert_tree_close(got, params, rtol=1e-10, atol=1e-12)
+        if step == 1:  # checkpoint: a fresh optimizer from the saved state continues the same
+            path = tmp_path / "opt.pt"
+            torch.save(opt.state_dict(), path)
+            model2 = _Model()
+            with torch.no_grad():
+                for p2, p in zip(model2.parameters(), model.parameters()):
+                    p2.copy_(p)
+            opt2 = gx.Optimizer(model2.parameters(), make())
+            opt2.load_state_dict(torch.load(path, weights_only=True))
+    for _ in range(2):
+        def closure2(backward=True):
+            loss = model2()
+            if backward:
+                opt2.zero_grad()
+                loss.backward()
+            return loss
+        opt2.step(closure2)
+    for p2, p in zip(model2.parameters(), model.parameters()):
+        torch.testing.assert_close(p2.detach(), p.detach(), rtol=0, atol=0)

@@ -1,4 +1,6 @@
 """Methods that use curvature: Hessian-vector products, Newton, Newton-CG, Nystrom, Gauss-Newton, cubic
 regularisation."""
 
+from .newton import *  # noqa: F403
+from .newton_cg import *  # noqa: F403
 from .optax_second_order import *  # noqa: F403
