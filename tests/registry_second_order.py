@@ -10,8 +10,11 @@ HVP = frozenset({"hvp_fn"})
 REAL_ONLY = {"complex": "the curvature model is over real coordinates (complex parameters are refused)"}
 # CG's stopping rules, the trust region's comparisons and the finite-difference step read their
 # hyperparameters as numbers (as the line searches do): no autograd link to them.
-NUMBERS = ("scale_by_newton", "scale_by_newton_cg", "scale_by_newton_cg_trust_region")
+NUMBERS = ("scale_by_newton", "scale_by_newton_cg", "scale_by_newton_cg_trust_region", "scale_by_nystrom_pcg",
+           "scale_by_nystrom_sketch_and_solve")
 SOLVER = {**REAL_ONLY, "numbers_only": NUMBERS}
+SKETCH = {**SOLVER, "mixed": "the random sketch mixes all coordinates, so a low-precision leaf's rounding changes "
+                             "every leaf's update (a global coupling beyond round-off)"}
 TRIAL = {**SOLVER, "mixed": "the accepted step depends on the loss at a trial point rounded in each leaf's dtype, so "
                             "a low-precision leaf changes every leaf's update (a global coupling beyond round-off)"}
 
@@ -23,8 +26,13 @@ ENTRIES = [
     Entry("scale_by_newton_cg_trust_region", lambda: gx.scale_by_newton_cg_trust_region(init_radius=0.5),
           "Steihaug 1983, Nocedal & Wright Alg. 7.2 + 4.1; scipy trust-ncg", needs=HVP | {"value_fn"},
           skip=TRIAL),
+    Entry("scale_by_nystrom_sketch_and_solve",
+          lambda: gx.chain(gx.scale_by_nystrom_sketch_and_solve(rank=4, damping=1.0), gx.scale_by_lr(0.5)),
+          "Frangella, Tropp & Udell 2023 (Alg. 2.1, eq. 1.3); numpy solve", needs=HVP, skip=SKETCH),
+    Entry("scale_by_nystrom_pcg", lambda: gx.chain(gx.scale_by_nystrom_pcg(rank=4), gx.scale_by_lr(0.5)),
+          "Frangella, Tropp & Udell 2023 (Alg. 5.3); numpy solve", needs=HVP, skip=SKETCH),
 ]
 
 # Hessian-vector product builders and optax's second_order utilities: functions, not transforms.
 NOT_TRANSFORMS = {"make_hvp_fn", "hvp_from_grads", "batch_hvp", "curvature_fns", "hvp", "hessian_diag",
-                  "fisher_diag", "NewtonCGState", "NewtonCGTrustRegionState"}
+                  "fisher_diag", "NewtonCGState", "NewtonCGTrustRegionState", "NystromState", "NystromPCGState"}

@@ -479,3 +479,70 @@ def test_newton_cg_under_the_optimizer_gives_the_functional_trajectory_and_round
         opt2.step(closure2)
     for p2, p in zip(model2.parameters(), model.parameters()):
         torch.testing.assert_close(p2.detach(), p.detach(), rtol=0, atol=0)
+
+
+# --- Nyström ----------------------------------------------------------------------------
+
+
+def _grad_at_zero(b):
+    return -b  # the gradient of x.A x / 2 - b.x at x = 0
+
+
+def test_nystrom_sketch_and_solve_is_exact_at_full_rank_and_on_low_rank_hessians():
+    loss, params, a, b, flat = _quadratic(n=6)
+    mu = 0.05
+    _, st = _run(gx.scale_by_nystrom_sketch_and_solve(rank=6, damping=mu), loss, params)
+    tx = gx.scale_by_nystrom_sketch_and_solve(rank=6, damping=mu)
+    extra = gx.evaluation_args(loss, params)
+    u, state = tx.update(extra["grad"], tx.init(params), params, **extra)
+    np.testing.assert_allclose(flat(u).numpy(), np.linalg.solve(a + mu * np.eye(6), _grad_at_zero(b)), rtol=1e-8,
+                               atol=1e-10)
+    assert int(state.count) == 1
+    # a rank-3 PSD Hessian: a rank-3 sketch recovers it, so the solve is exact too
+    g = torch.Generator().manual_seed(5)
+    f = torch.randn(8, 3, generator=g, dtype=torch.float64)
+    low = f @ f.T
+    c = torch.randn(8, generator=g, dtype=torch.float64)
+    lossl = lambda p: 0.5 * p["x"] @ low @ p["x"] - c @ p["x"]  # noqa: E731
+    x0 = {"x": torch.zeros(8, dtype=torch.float64)}
+    extra = gx.evaluation_args(lossl, x0)
+    tx = gx.scale_by_nystrom_sketch_and_solve(rank=3, damping=0.1, seed=7)
+    u, _ = tx.update(extra["grad"], tx.init(x0), x0, **extra)
+    np.testing.assert_allclose(u["x"].numpy(), np.linalg.solve(low.numpy() + 0.1 * np.eye(8), -c.numpy()),
+                               rtol=1e-7, atol=1e-9)
+
+
+def test_nystrom_sketch_is_reproducible_from_the_seed_and_count():
+    loss, params, a, b, flat = _quadratic(n=10, cond=50.0)
+    extra = gx.evaluation_args(loss, params)
+    outs = []
+    for seed in (0, 0, 1):
+        tx = gx.scale_by_nystrom_sketch_and_solve(rank=3, seed=seed)
+        outs.append(flat(tx.update(extra["grad"], tx.init(params), params, **extra)[0]))
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+    assert not torch.allclose(outs[0], outs[2])
+    state = tx.init(params)
+    first, state = tx.update(extra["grad"], state, params, **extra)
+    second, _ = tx.update(extra["grad"], state, params, **extra)  # the next count: another sketch
+    assert not torch.allclose(flat(first), flat(second))
+
+
+def test_nystrom_pcg_solves_the_damped_system_in_fewer_iterations_than_cg():
+    n = 40
+    g = torch.Generator().manual_seed(2)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    eig = torch.cat([torch.logspace(4, 2, 8, dtype=torch.float64), torch.linspace(1.0, 2.0, n - 8,
+                                                                                 dtype=torch.float64)])
+    a = q @ torch.diag(eig) @ q.T
+    c = torch.randn(n, generator=g, dtype=torch.float64)
+    loss = lambda p: 0.5 * p["x"] @ a @ p["x"] - c @ p["x"]  # noqa: E731
+    x0 = {"x": torch.zeros(n, dtype=torch.float64)}
+    mu = 1e-3
+    want = np.linalg.solve(a.numpy() + mu * np.eye(n), -c.numpy())
+    extra = gx.evaluation_args(loss, x0)
+    pcg = gx.scale_by_nystrom_pcg(rank=10, damping=mu, tol=1e-10)
+    u, state = pcg.update(extra["grad"], pcg.init(x0), x0, **extra)
+    np.testing.assert_allclose(u["x"].numpy(), want, rtol=1e-8, atol=1e-10)
+    cg = gx.scale_by_newton_cg(damping=mu, tol=1e-10)
+    _, cg_state = cg.update(extra["grad"], cg.init(x0), x0, **extra)
+    assert int(state.iterations) < int(cg_state.iterations)  # the sketch took the 8 large eigenvalues away

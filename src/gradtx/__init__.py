@@ -46,9 +46,10 @@ from .search.step_size import *  # noqa: F403
 from .search.trust_region import *  # noqa: F403
 from .second_order import newton as _newton_module  # the names gx.newton / gx.newton_cg are aliases
 from .second_order import newton_cg as _newton_cg_module
-from .second_order import optax_second_order
+from .second_order import nystrom, optax_second_order
 from .second_order.newton import *  # noqa: F403
 from .second_order.newton_cg import *  # noqa: F403
+from .second_order.nystrom import *  # noqa: F403
 from .second_order.optax_second_order import *  # noqa: F403
 from .transforms import (
     accumulators,
@@ -119,7 +120,7 @@ _MODULES = (
     precondition,
     line_search, _lbfgs_module, quasi_newton, lsr1, conjugate_gradient, step_size, trust_region,
     # second_order/
-    optax_second_order, _newton_module, _newton_cg_module,
+    optax_second_order, _newton_module, _newton_cg_module, nystrom,
     wrappers, monitoring, schedules, aliases, optim, scipy_minimize,
 )
 

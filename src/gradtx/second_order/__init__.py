@@ -3,4 +3,5 @@ regularisation."""
 
 from .newton import *  # noqa: F403
 from .newton_cg import *  # noqa: F403
+from .nystrom import *  # noqa: F403
 from .optax_second_order import *  # noqa: F403
