@@ -239,6 +239,12 @@ def _rosenbrock_hvp(params, v):
     return out
 
 
+def _rosenbrock_residuals(params):
+    """Residuals ``r`` with ``||r||^2 / 2 = _rosenbrock_value``."""
+    x = torch.cat([params[k].double().reshape(-1) for k in sorted(params)])
+    return torch.cat([0.2 ** 0.5 * (1 - x[:-1]), 2 ** 0.5 * (x[1:] - x[:-1] ** 2)])
+
+
 @pytest.mark.slow  # 1000 steps for each of ~260 entries: minutes; CI runs it (.ci/run)
 @pytest.mark.parametrize("entry", [e for e in ENTRIES if e.converges], ids=[e.name for e in ENTRIES if e.converges])
 def test_descends_on_rosenbrock(entry):
@@ -264,6 +270,8 @@ def test_descends_on_rosenbrock(entry):
             extra["value_and_grad_fn"] = _rosenbrock_value_and_grad
         if "hvp_fn" in entry.needs:
             extra["hvp_fn"] = _rosenbrock_hvp
+        if "residual_fn" in entry.needs:
+            extra["residual_fn"] = _rosenbrock_residuals
         updates, state = tx.update(grads, state, params, **extra)
         params = gx.apply_updates(params, updates)
     end = float(_rosenbrock_value(params))

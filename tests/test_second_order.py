@@ -546,3 +546,114 @@ def test_nystrom_pcg_solves_the_damped_system_in_fewer_iterations_than_cg():
     cg = gx.scale_by_newton_cg(damping=mu, tol=1e-10)
     _, cg_state = cg.update(extra["grad"], cg.init(x0), x0, **extra)
     assert int(state.iterations) < int(cg_state.iterations)  # the sketch took the 8 large eigenvalues away
+
+
+# --- Gauss-Newton -----------------------------------------------------------------------
+
+
+def _exponential_fit():
+    t = np.linspace(0.0, 2.0, 12)
+    y = 2.5 * np.exp(-1.3 * t) + 0.3 + 0.01 * np.sin(7 * t)
+    tt, yt = torch.tensor(t), torch.tensor(y)
+
+    def residual_fn(p):
+        return p["a"] * torch.exp(p["k"] * tt) + p["c"] - yt
+
+    def residual_np(z):
+        return z[0] * np.exp(z[1] * t) + z[2] - y
+
+    return residual_fn, residual_np
+
+
+def test_gauss_newton_step_is_the_least_squares_solution_of_the_linearisation():
+    residual_fn, residual_np = _exponential_fit()
+    params = {"a": torch.tensor(1.0, dtype=torch.float64), "k": torch.tensor(-0.5, dtype=torch.float64),
+              "c": torch.tensor(0.0, dtype=torch.float64)}
+    z = np.array([1.0, -0.5, 0.0])
+    eps = 1e-6
+    jac = np.stack([(residual_np(z + eps * e) - residual_np(z - eps * e)) / (2 * eps) for e in np.eye(3)], axis=1)
+    want = np.linalg.lstsq(jac, residual_np(z), rcond=None)[0]  # J^+ r: the Gauss-Newton step is -this
+    loss = lambda p: 0.5 * (residual_fn(p) ** 2).sum()  # noqa: E731
+    for jacobian in ("reverse", "forward"):
+        tx = gx.scale_by_gauss_newton(jacobian=jacobian)
+        extra = gx.evaluation_args(loss, params)
+        u, _ = tx.update(extra["grad"], tx.init(params), params, residual_fn=residual_fn)
+        np.testing.assert_allclose([float(u[k]) for k in ("a", "k", "c")], want, rtol=1e-7, atol=1e-9)
+
+
+def test_gauss_newton_converges_to_scipy_least_squares():
+    scipy_optimize = pytest.importorskip("scipy.optimize")
+    residual_fn, residual_np = _exponential_fit()
+    params = {"a": torch.tensor(1.0, dtype=torch.float64), "k": torch.tensor(-0.5, dtype=torch.float64),
+              "c": torch.tensor(0.0, dtype=torch.float64)}
+    loss = lambda p: 0.5 * (residual_fn(p) ** 2).sum()  # noqa: E731
+    tx = gx.chain(gx.scale_by_gauss_newton(), gx.scale(-1.0), gx.scale_by_backtracking())  # damped Gauss-Newton
+    state = tx.init(params)
+    for _ in range(30):
+        extra = gx.evaluation_args(loss, params)
+        updates, state = tx.update(extra["grad"], state, params, residual_fn=residual_fn, **extra)
+        params = gx.apply_updates(params, updates)
+    ref = scipy_optimize.least_squares(residual_np, np.array([1.0, -0.5, 0.0]), xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    np.testing.assert_allclose([float(params[k]) for k in ("a", "k", "c")], ref.x, rtol=1e-8, atol=1e-10)
+
+
+def test_gauss_newton_needs_residual_fn():
+    with pytest.raises(ValueError, match="residual_fn"):
+        tx = gx.scale_by_gauss_newton()
+        p = {"x": torch.zeros(2)}
+        tx.update(p, tx.init(p), p)
+
+
+# --- cubic regularisation -----------------------------------------------------------------
+
+
+def _model(g, hess, sigma, s):
+    return g @ s + 0.5 * s @ hess @ s + sigma / 3 * np.linalg.norm(s) ** 3
+
+
+@pytest.mark.parametrize("lowest", [-2.0, 0.5])
+def test_cubic_step_is_the_global_minimiser_of_the_model(lowest):
+    """Nesterov-Polyak's step (adaptive=False) meets the global-minimiser conditions of the cubic
+    model (Cartis, Gould & Toint 2011, Thm 3.1) and beats scipy's local minimisations of it."""
+    scipy_optimize = pytest.importorskip("scipy.optimize")
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(5, 5)))
+    hess = (q * np.array([lowest, 1.0, 2.0, 3.0, 5.0])) @ q.T
+    g = rng.normal(size=5)
+    sigma = 0.7
+    x0 = {"x": torch.zeros(5, dtype=torch.float64)}
+    ht, gt = torch.tensor(hess), torch.tensor(g)
+    loss = lambda p: gt @ p["x"] + 0.5 * p["x"] @ ht @ p["x"]  # noqa: E731
+    tx = gx.scale_by_cubic_regularization(sigma=sigma, adaptive=False)
+    extra = gx.evaluation_args(loss, x0)
+    u, state = tx.update(extra["grad"], tx.init(x0), x0, **extra)
+    s = u["x"].numpy()
+    lam = sigma * np.linalg.norm(s)
+    np.testing.assert_allclose(g + hess @ s + lam * s, 0, atol=1e-9)  # stationary
+    assert np.linalg.eigvalsh(hess + lam * np.eye(5)).min() >= -1e-9  # H + sigma |s| I is PSD
+    best = min(scipy_optimize.minimize(lambda z: _model(g, hess, sigma, z), rng.normal(size=5), method="BFGS").fun
+               for _ in range(5))
+    assert _model(g, hess, sigma, s) <= best + 1e-9
+    assert float(state.sigma) == sigma
+
+
+def test_cubic_step_escapes_a_saddle_point_in_the_hard_case():
+    hess = torch.diag(torch.tensor([-2.0, 1.0], dtype=torch.float64))
+    loss = lambda p: 0.5 * p["x"] @ hess @ p["x"]  # noqa: E731
+    x0 = {"x": torch.zeros(2, dtype=torch.float64)}  # g = 0 at the saddle
+    tx = gx.scale_by_cubic_regularization(sigma=0.5, adaptive=False)
+    extra = gx.evaluation_args(loss, x0)
+    u, _ = tx.update(extra["grad"], tx.init(x0), x0, **extra)
+    np.testing.assert_allclose(np.abs(u["x"].numpy()), [4.0, 0.0], atol=1e-12)  # |s| = -lambda_1 / sigma
+
+
+def test_arc_adapts_sigma_and_minimises_rosenbrock():
+    def rosen(p):
+        x = p["x"]
+        return (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2
+
+    params = {"x": torch.tensor([-1.2, 1.0], dtype=torch.float64)}
+    tx = gx.scale_by_cubic_regularization(sigma=1.0)
+    out, state = _run(tx, rosen, params, steps=100)
+    np.testing.assert_allclose(out["x"].numpy(), [1.0, 1.0], atol=1e-8)
+    assert float(state.sigma) != 1.0 and int(state.count) == 100

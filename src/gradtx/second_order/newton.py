@@ -15,7 +15,7 @@ _EIGENVALUES = ("none", "abs", "clip")
 _HESSIAN_METHODS = ("hvp", "func")
 
 
-def _solve(hess: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+def solve_symmetric(hess: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """``H^{-1} g``; the minimum-norm least-squares solution where ``H`` is singular."""
     x, info = torch.linalg.solve_ex(hess, g)
     if int(info) != 0 or not bool(torch.isfinite(x).all()):
@@ -88,7 +88,7 @@ def scale_by_newton(damping: float = 0.0, eigenvalues: str = "none", min_eigenva
         g = flat.g
         damp = torch.as_tensor(damping, dtype=flat.dtype).to(flat.device)
         if eigenvalues == "none":
-            x = _solve(hess + damp * torch.eye(flat.n, dtype=flat.dtype, device=flat.device), g)
+            x = solve_symmetric(hess + damp * torch.eye(flat.n, dtype=flat.dtype, device=flat.device), g)
         else:
             lam, q = torch.linalg.eigh(hess)
             floor = torch.as_tensor(min_eigenvalue, dtype=flat.dtype).to(flat.device)
