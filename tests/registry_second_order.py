@@ -15,6 +15,11 @@ NUMBERS = ("scale_by_newton", "scale_by_newton_cg", "scale_by_newton_cg_trust_re
 SOLVER = {**REAL_ONLY, "numbers_only": NUMBERS}
 SKETCH = {**SOLVER, "mixed": "the random sketch mixes all coordinates, so a low-precision leaf's rounding changes "
                              "every leaf's update (a global coupling beyond round-off)"}
+# The aliases' Armijo search reads t as a number, so lr reaches the step only through the numbers.
+SEARCHED = {**REAL_ONLY, "numbers_only": NUMBERS + ("scale_by_lr", "scale_by_backtracking", "newton", "newton_cg"),
+            "mixed": "the accepted step depends on trial points rounded in each leaf's dtype, so a low-precision "
+                     "leaf changes every leaf's update (a global coupling beyond round-off)"}
+SEARCH_NEEDS = frozenset({"hvp_fn", "value", "grad", "value_fn"})
 TRIAL = {**SOLVER, "mixed": "the accepted step depends on the loss at a trial point rounded in each leaf's dtype, so "
                             "a low-precision leaf changes every leaf's update (a global coupling beyond round-off)"}
 
@@ -35,6 +40,10 @@ ENTRIES = [
           "Nocedal & Wright §10.3; scipy.optimize.least_squares", needs=frozenset({"residual_fn"}), skip=SOLVER),
     Entry("scale_by_cubic_regularization", lambda: gx.scale_by_cubic_regularization(sigma=1.0),
           "Cartis, Gould & Toint 2011 (ARC); Nesterov & Polyak 2006", needs=HVP | {"value_fn"}, skip=TRIAL),
+    Entry("newton", lambda: gx.newton(eigenvalues="abs"), "Nocedal & Wright §3.3 + Alg. 3.1; torchzero Newton",
+          kind="alias", needs=SEARCH_NEEDS, skip=SEARCHED),
+    Entry("newton_cg", lambda: gx.newton_cg(), "Nocedal & Wright Alg. 7.1 + 3.1; scipy Newton-CG", kind="alias",
+          needs=SEARCH_NEEDS, skip=SEARCHED),
 ]
 
 # Hessian-vector product builders and optax's second_order utilities: functions, not transforms.
