@@ -76,7 +76,8 @@ def scale_by_cubic_regularization(sigma: float = 1.0, adaptive: bool = True, eta
     - ``adaptive=True`` (default, ARC): ``rho = (f(x) - f(x + s)) / (f(x) - m(s))``; the step is
       taken when ``rho >= eta1`` (else ``u = 0``); ``rho >= eta2``: ``sigma <- max(sigma /
       gamma, min_sigma)``; ``rho < eta1``: ``sigma <- gamma sigma``; otherwise kept. ``sigma`` is
-      the initial weight, in state. A non-finite ``f(x + s)`` counts as ``rho = -inf``.
+      the initial weight, in state. A non-finite ``f(x + s)`` counts as ``rho = -inf``; a
+      predicted decrease below ``100`` ulps of ``f`` as ``rho = 1`` (round-off).
 
     Defaults: ``eta1 = 0.1``, ``eta2 = 0.9``, ``gamma = 2`` (Cartis et al.'s experiments).
     Memory ``n^2``: for up to a few thousand parameters. Complex parameters are refused.
@@ -125,6 +126,8 @@ def scale_by_cubic_regularization(sigma: float = 1.0, adaptive: bool = True, eta
         if not bool(predicted > 0):  # g = 0 at a minimum: nothing to gain
             return flat.tree(torch.zeros_like(step)), CubicRegularizationState(state.sigma, count)
         rho = (f0 - f1) / predicted if bool(torch.isfinite(f1)) else torch.tensor(-torch.inf, dtype=dtype)
+        if bool(torch.isfinite(f1)) and float(predicted) <= 100 * torch.finfo(dtype).eps * max(abs(float(f0)), 1.0):
+            rho = torch.ones((), dtype=dtype)  # a decrease below the loss's round-off: trust the model
         if float(rho) >= float(eta2):
             new = torch.clamp(weight / float(gamma), min=float(min_sigma))
         elif float(rho) < float(eta1):

@@ -16,6 +16,10 @@ from ._curvature import Flat, boundary_tau, check_hvp_method
 __all__ = ["NewtonCGState", "NewtonCGTrustRegionState", "scale_by_newton_cg", "scale_by_newton_cg_trust_region"]
 
 
+# a predicted decrease below this many ulps of the loss is not measured by f(x) - f(x + p)
+_ROUNDOFF = 100.0
+
+
 class NewtonCGState(NamedTuple):
     iterations: torch.Tensor  # int32 0-dim: CG iterations (Hessian-vector products) of the last solve
 
@@ -158,7 +162,9 @@ def scale_by_newton_cg_trust_region(init_radius: float = 1.0, max_radius: float 
     ``rho = (f(x) - f(x + p)) / (m(0) - m(p))``; ``rho < shrink_below``: ``Delta <-
     shrink_factor Delta``; ``rho > expand_above`` with ``p`` on the boundary: ``Delta <-
     min(expand_factor Delta, max_radius)``; ``u <- p`` when ``rho > eta``, else ``0``
-    (refused). Defaults as :func:`gradtx.scale_by_trust_region` (N&W Alg. 4.1, scipy).
+    (refused). A predicted decrease below ``100`` ulps of ``f`` is taken as ``rho = 1`` (the
+    difference of losses is round-off there). Defaults as :func:`gradtx.scale_by_trust_region`
+    (N&W Alg. 4.1, scipy).
     Complex parameters are refused.
 
     Example::
@@ -200,6 +206,9 @@ def scale_by_newton_cg_trust_region(init_radius: float = 1.0, max_radius: float 
         f1 = torch.as_tensor(value_fn(flat.at(step))).detach().reshape(()).to(dtype=dtype, device=device)
         informative = bool(predicted > 0)
         rho = (f0 - f1) / predicted if informative else torch.ones((), dtype=dtype, device=device)
+        if informative and float(predicted) <= _ROUNDOFF * torch.finfo(dtype).eps * max(abs(float(f0)), 1.0):
+            # the decrease is below the loss's round-off: f0 - f1 is noise, the model is all we know
+            rho = torch.ones((), dtype=dtype, device=device)
         if not bool(torch.isfinite(f1)):
             rho = torch.full((), -torch.inf, dtype=dtype, device=device)
         if float(rho) < float(shrink_below):
