@@ -657,3 +657,49 @@ def test_arc_adapts_sigma_and_minimises_rosenbrock():
     out, state = _run(tx, rosen, params, steps=100)
     np.testing.assert_allclose(out["x"].numpy(), [1.0, 1.0], atol=1e-8)
     assert float(state.sigma) != 1.0 and int(state.count) == 100
+
+
+# --- more under gx.Optimizer ---------------------------------------------------------------
+
+
+def _closure_for(model, opt, flag=True):
+    if flag:
+        def closure(backward=True):
+            loss = model()
+            if backward:
+                opt.zero_grad()
+                loss.backward()
+            return loss
+    else:
+        def closure():
+            opt.zero_grad()
+            loss = model()
+            loss.backward()
+            return loss
+    return closure
+
+
+@pytest.mark.parametrize("make,flag,tol", [
+    (lambda: gx.scale_by_newton_cg_trust_region(init_radius=0.5), True, 1e-10),
+    (lambda: gx.scale_by_cubic_regularization(sigma=2.0), True, 1e-10),
+    (lambda: gx.chain(gx.scale_by_nystrom_pcg(rank=3, damping=0.1), gx.scale(-1.0), gx.scale_by_backtracking()),
+     True, 1e-10),
+    (lambda: gx.newton(eigenvalues="abs"), True, 1e-10),
+    # finite differences of the closure's gradients: no backward flag needed
+    (lambda: gx.newton_cg(hvp_method="fd_central", h=1e-4), False, 1e-6),
+], ids=["trust_region", "arc", "nystrom_pcg", "newton", "newton_cg_fd"])
+def test_under_the_optimizer_the_closure_gives_the_functional_trajectory(make, flag, tol):
+    model = _Model()
+    opt = gx.Optimizer(model.parameters(), make())
+    closure = _closure_for(model, opt, flag)
+    params = _params()
+    tx = make()
+    state = tx.init(params)
+    for _ in range(3):
+        extra = gx.evaluation_args(_loss, params)
+        updates, state = tx.update(extra["grad"], state, params, **extra)
+        params = gx.apply_updates(params, updates)
+        opt.step(closure)
+        got = {"w": model.w.detach(), "b": model.b.detach(), "s": model.s.detach()}
+        _assert_tree_close(got, params, rtol=tol, atol=tol)
+    assert float(_loss(params)) < float(_loss(_params()))
