@@ -220,7 +220,7 @@ def gradtx_methods() -> dict[str, Callable[[], gx.GradientTransformation]]:
             methods["cg (PR+) + strong Wolfe"] = lambda: gx.chain(
                 gx.scale_by_conjugate_gradient("polak_ribiere_plus"), gx.scale(-1.0), wolfe(c2=0.1))
     if hasattr(gx, "scale_by_newton_cg"):  # second order (hvp_fn; Gauss-Newton: residual_fn)
-        methods["gx.newton (abs eigenvalues)"] = lambda: gx.newton(eigenvalues="abs")
+        methods["gx.newton (abs eigenvalues, damping 1e-3)"] = lambda: gx.newton(eigenvalues="abs", damping=1e-3)
         methods["gx.newton_cg"] = lambda: gx.newton_cg()
         methods["newton_cg trust region (Steihaug)"] = lambda: gx.scale_by_newton_cg_trust_region()
         methods["nystrom pcg (rank 10) + backtracking"] = lambda: gx.chain(
