@@ -20,6 +20,7 @@ from . import (
                optim,
                precondition,
                schedules,
+               sharpness,
                wrappers,
 )
 from ._tree import *  # noqa: F403
@@ -44,8 +45,16 @@ from .search.lsr1 import *  # noqa: F403
 from .search.quasi_newton import *  # noqa: F403
 from .search.step_size import *  # noqa: F403
 from .search.trust_region import *  # noqa: F403
-from .second_order import optax_second_order
+from .second_order import adahessian as _adahessian_module  # gx.adahessian is the alias
+from .second_order import hutchinson, optax_second_order
+from .second_order import matrix_momentum as _matrix_momentum_module  # gx.matrix_momentum is the transform
+from .second_order import sophia as _sophia_module  # gx.sophia is the alias
+from .second_order.adahessian import *  # noqa: F403
+from .second_order.hutchinson import *  # noqa: F403
+from .second_order.matrix_momentum import *  # noqa: F403
 from .second_order.optax_second_order import *  # noqa: F403
+from .second_order.sophia import *  # noqa: F403
+from .sharpness import *  # noqa: F403
 from .transforms import (
     accumulators,
     adam_variants,
@@ -115,8 +124,8 @@ _MODULES = (
     precondition,
     line_search, _lbfgs_module, quasi_newton, lsr1, conjugate_gradient, step_size, trust_region,
     # second_order/
-    optax_second_order,
-    wrappers, monitoring, schedules, aliases, optim, scipy_minimize,
+    optax_second_order, hutchinson, _sophia_module, _adahessian_module, _matrix_momentum_module,
+    wrappers, sharpness, monitoring, schedules, aliases, optim, scipy_minimize,
 )
 
 __all__ = sorted({name for module in _MODULES for name in module.__all__})
