@@ -464,3 +464,20 @@ def test_missing_curvature_is_a_clear_error():
         tx.update(p, tx.init(p), p)
     with pytest.raises(ValueError, match="distribution"):
         gx.scale_by_adahessian(distribution="uniform")
+
+
+@pytest.mark.parametrize("make", [lambda m: gx.adahessian(0.1, hvp_method=m, h=1e-4),
+                                  lambda m: gx.sophia_h(0.1, update_interval=2, hvp_method=m, h=1e-4),
+                                  lambda m: gx.matrix_momentum(0.05, hvp_method=m, h=1e-4)],
+                         ids=["adahessian", "sophia_h", "matrix_momentum"])
+def test_finite_difference_curvature_follows_the_exact_one(make):
+    """hvp_method='fd_central' (from value_and_grad_fn only) stays within O(h^2) of the exact products."""
+    exact = _run(make("autograd"), coupled, _params(16), 5)
+    p, tx = _params(16), make("fd_central")
+    state = tx.init(p)
+    for t in range(5):
+        g = torch.func.grad(coupled)(p)
+        u, state = tx.update(g, state, p, grad=g, value_and_grad_fn=_vg(coupled))
+        p = gx.apply_updates(p, u)
+        for k in p:
+            torch.testing.assert_close(p[k], exact[t][k], rtol=1e-6, atol=1e-7)
