@@ -33,8 +33,6 @@ def sep_grad(p):
     return {k: x ** 3 + x + torch.cos(x) for k, x in p.items()}
 
 
-A = None
-
 
 def coupled(p):
     """a non-separable loss: a quadratic with a dense matrix plus a quartic."""

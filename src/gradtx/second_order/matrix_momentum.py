@@ -32,11 +32,11 @@ def _norm(xs: list[torch.Tensor]) -> torch.Tensor:
 def _first_step_scale(us: list[torch.Tensor]) -> torch.Tensor:
     """torchzero's first step: scale ``us`` by ``1 / ||us||_1``, at most 1 and at least what
     keeps its largest entry above ``1e-7`` (torch L-BFGS's first step)."""
-    if not us:
+    full = [u.double().abs() for u in us if u.numel()]
+    if not full:
         return torch.ones((), dtype=torch.float64)
-    total = sum(u.double().abs().sum().cpu() for u in us)
-    largest = max(u.double().abs().max().cpu() for u in us if u.numel()) if any(u.numel() for u in us) else \
-        torch.zeros((), dtype=torch.float64)
+    total = sum(u.sum().cpu() for u in full)
+    largest = torch.stack([u.max().cpu() for u in full]).max()
     floor = 1e-7 / largest  # torchzero takes max(1e-7, machine eps); one constant keeps leaves' dtypes apart
     if bool(floor >= 1):
         return torch.ones((), dtype=torch.float64)
