@@ -17,7 +17,7 @@ SECTIONS = [
     ("Search: line searches, quasi-Newton, conjugate gradient, trust regions", ["search."]),
     ("Second order: Hessian-vector products, Newton methods", ["second_order."]),
     ("Preconditioners", ["precondition"]),
-    ("Wrappers", ["wrappers", "projected", "external", "monitoring"]),
+    ("Wrappers", ["wrappers", "sharpness", "projected", "external", "monitoring"]),
     ("Schedules", ["schedules"]),
     ("Optimizers (aliases)", ["aliases"]),
     ("The torch.optim adapter", ["optim"]),

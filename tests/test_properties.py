@@ -102,6 +102,9 @@ COUPLES_LEAVES |= {"scale_by_bfgs", "scale_by_dfp", "scale_by_sr1", "scale_by_ps
                    "scale_by_pearson", "scale_by_icum", "scale_by_hoshino", "scale_by_shor_r", "scale_by_lsr1",
                    "scale_by_ssvm"}
 
+# Hutchinson probes drawn by leaf position; global norms (SAM, MSAM); matrix momentum's first step
+COUPLES_LEAVES |= {"scale_by_sophia_h", "sophia_h", "matrix_momentum", "sam_gradient", "asam_gradient", "sam", "msam"}
+
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
 def test_mixed_dtype_tree_matches_each_dtype_alone(entry):
@@ -432,6 +435,14 @@ NOT_DIFFERENTIABLE = {
     "scale_by_psgd_kron.balance_prob": "compared with a uniform draw: switches balancing on or off",
 }
 
+# finite-difference steps read only with hvp_method="fd_*" (the entries take the given hvp_fn)
+NOT_DIFFERENTIABLE.update({f"{name}.h": "finite-difference step: read only with hvp_method='fd_forward' or 'fd_central'"
+                           for name in ("hutchinson_estimator_diag_hessian", "scale_by_sophia_h", "sophia_h",
+                                        "scale_by_adahessian", "adahessian", "matrix_momentum")})
+NOT_DIFFERENTIABLE.update({f"{name}.p": "selects the dual norm: p = 2 takes the closed form rho T^2 g / ||T g||"
+                           for name in ("sam_gradient", "asam_gradient")})
+NOT_DIFFERENTIABLE["sam_gradient.eta"] = "ASAM's offset: read only with adaptive=True (the entry is plain SAM)"
+
 
 def _not_differentiable(entry, label: str) -> bool:
     """Whether ``label`` selects a formula (``NOT_DIFFERENTIABLE``) or belongs to a transform
@@ -542,6 +553,9 @@ def test_hypergradients_match_finite_differences(entry):
 REFUSES_COMPLEX = {"scale_by_factored_rms", "adafactor", "scale_by_sm3", "sm3", "scale_by_muon", "muon",
                    "scale_by_trust_region", "scale_by_soap", "soap", "scale_by_shampoo", "shampoo",
                    "scale_by_full_matrix_adagrad", "scale_by_ggt", "scale_by_psgd_kron"}
+# Hessian diagonals and curvature of a real loss; ASAM's |x|
+REFUSES_COMPLEX |= {"hutchinson_estimator_diag_hessian", "scale_by_sophia", "sophia", "scale_by_sophia_h", "sophia_h",
+                    "scale_by_adahessian", "adahessian", "matrix_momentum", "asam_gradient"}
 # Entries whose masks or units read a leaf's shape, which the real view changes (a vector
 # becomes a matrix): checked on a tree of leaves where both shapes give the same decisions.
 COMPLEX_READS_SHAPE = {"masked", "partition", "multi_transform", "freeze", "adaptive_grad_clip"}

@@ -61,6 +61,9 @@ INF_ALLOWED = {
     # growth_rate = inf (the default): d grows without a cap
     *((name, "growth_rate") for name in ("scale_by_prodigy", "prodigy", "scale_by_dadapt_adam", "dadapt_adam",
                                          "scale_by_dadapt_sgd", "dadapt_sgd")),
+    # clip_threshold = inf: Sophia unclipped; p = inf: SAM's l_inf ball, e = rho sign(g)
+    *((name, "clip_threshold") for name in ("scale_by_sophia", "sophia", "scale_by_sophia_h", "sophia_h")),
+    ("sam_gradient", "p"), ("asam_gradient", "p"),
 }
 
 # Registered constructors with no numeric argument of their own (combinators, parameter-free

@@ -22,6 +22,7 @@ from . import (
                precondition,
                projected,
                schedules,
+               sharpness,
                wrappers,
 )
 from ._tree import *  # noqa: F403
@@ -48,15 +49,23 @@ from .search.lsr1 import *  # noqa: F403
 from .search.quasi_newton import *  # noqa: F403
 from .search.step_size import *  # noqa: F403
 from .search.trust_region import *  # noqa: F403
-from .second_order import cubic, gauss_newton, nystrom, optax_second_order
+from .second_order import adahessian as _adahessian_module  # gx.adahessian is the alias
+from .second_order import cubic, gauss_newton, hutchinson, nystrom, optax_second_order
+from .second_order import matrix_momentum as _matrix_momentum_module  # gx.matrix_momentum is the transform
 from .second_order import newton as _newton_module  # the names gx.newton / gx.newton_cg are aliases
 from .second_order import newton_cg as _newton_cg_module
+from .second_order import sophia as _sophia_module  # gx.sophia is the alias
+from .second_order.adahessian import *  # noqa: F403
 from .second_order.cubic import *  # noqa: F403
 from .second_order.gauss_newton import *  # noqa: F403
+from .second_order.hutchinson import *  # noqa: F403
+from .second_order.matrix_momentum import *  # noqa: F403
 from .second_order.newton import *  # noqa: F403
 from .second_order.newton_cg import *  # noqa: F403
 from .second_order.nystrom import *  # noqa: F403
 from .second_order.optax_second_order import *  # noqa: F403
+from .second_order.sophia import *  # noqa: F403
+from .sharpness import *  # noqa: F403
 from .transforms import (
                accumulators,
                adam_variants,
@@ -127,7 +136,8 @@ _MODULES = (
     line_search, _lbfgs_module, quasi_newton, lsr1, conjugate_gradient, step_size, trust_region,
     # second_order/
     optax_second_order, _newton_module, _newton_cg_module, nystrom, gauss_newton, cubic,
-    wrappers, projected, external, monitoring, schedules, aliases, optim, scipy_minimize,
+    hutchinson, _sophia_module, _adahessian_module, _matrix_momentum_module,
+    wrappers, sharpness, projected, external, monitoring, schedules, aliases, optim, scipy_minimize,
 )
 
 __all__ = sorted({name for module in _MODULES for name in module.__all__})

@@ -2,6 +2,7 @@
 
 from . import (
     adam_family,
+    curvature,
     layerwise,
     learning_rate_free_family,
     orthogonalized,
@@ -15,6 +16,7 @@ from . import (
     stepsize,
 )
 from .adam_family import *  # noqa: F403
+from .curvature import *  # noqa: F403
 from .layerwise import *  # noqa: F403
 from .learning_rate_free_family import *  # noqa: F403
 from .orthogonalized import *  # noqa: F403
@@ -27,6 +29,6 @@ from .second_order import *  # noqa: F403
 from .sgd_adam import *  # noqa: F403
 from .stepsize import *  # noqa: F403
 
-MODULES = (adam_family, layerwise, learning_rate_free_family, orthogonalized, preconditioned, quasi_newton,
+MODULES = (adam_family, curvature, layerwise, learning_rate_free_family, orthogonalized, preconditioned, quasi_newton,
            recent_family, rms_family, schedule_free_family, second_order, sgd_adam, stepsize)
 __all__ = sorted({name for module in MODULES for name in module.__all__})
