@@ -11,11 +11,13 @@ The flat namespace gathers each module's ``__all__``; layers import downwards on
 from . import (
                _tree,
                aliases,
+               approx,
                authoring,
                base,
                branching,
                combine,
                evaluation,
+               handover,
                monitoring,
                optim,
                precondition,
@@ -24,11 +26,13 @@ from . import (
 )
 from ._tree import *  # noqa: F403
 from .aliases import *  # noqa: F403
+from .approx import *  # noqa: F403
 from .authoring import *  # noqa: F403
 from .base import *  # noqa: F403
 from .branching import *  # noqa: F403
 from .combine import *  # noqa: F403
 from .evaluation import *  # noqa: F403
+from .handover import *  # noqa: F403
 from .monitoring import *  # noqa: F403
 from .optim import *  # noqa: F403
 from .optim import scipy_minimize
@@ -113,6 +117,8 @@ _MODULES = (
     precondition,
     line_search, _lbfgs_module, quasi_newton, lsr1, conjugate_gradient, step_size, trust_region,
     wrappers, monitoring, schedules, aliases, optim, scipy_minimize,
+    # approx/
+    handover, approx,
 )
 
 __all__ = sorted({name for module in _MODULES for name in module.__all__})

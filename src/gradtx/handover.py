@@ -1,0 +1,135 @@
+"""Members that make their own gradients, and what they hand the members after them.
+
+A gradient-approximation member (finite differences, SPSA, MeZO, Gaussian smoothing, forward
+gradients) computes its update from evaluations alone: it reads ``value_fn`` and ignores
+the updates it is given. It keeps the usual ``update(updates, state, params, **extra_args)
+-> (updates, state)`` contract and *declares* what it can hand on, with
+:func:`declare_gradient_source`: a function ``source(state, extra_args) ->
+value_and_grad_fn`` that gives, for the state the member was called with (its seed), the
+loss and the approximated gradient at any params. A chain reads the declaration
+(:func:`gradient_source`) and gives every member after such a member, in place of the
+extra arguments it was called with:
+
+- ``grad``: the approximated gradient at the step's params (the member's output, or
+  ``value_and_grad_fn(params)`` when its output is not the gradient itself);
+- ``value_and_grad_fn``: ``source(state, extra_args)``: at the step's params it returns
+  that same gradient (the same seed draws the same perturbations);
+- ``hvp_fn(params, v)``: central differences of that gradient along ``v`` (step
+  ``HVP_STEP / ||v||``), so a Newton method after it is a zeroth-order Newton method;
+- ``value``: the loss at params (the one given, else one evaluation of ``value_fn``).
+
+Nothing is guessed: a user's plain optax-style pair declares nothing and is called as
+before. ``gx.Optimizer`` reads :func:`makes_gradients` to call the closure with
+``backward=False`` only and to step parameters that have no ``.grad``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ._tree import Tree, tree_flatten, tree_unflatten
+from .base import GradientTransformation, describe
+
+__all__ = ["HVP_STEP", "declare_gradient_source", "finite_difference_hvp_fn", "gradient_source", "handover_args",
+           "makes_gradients"]
+
+# The finite-difference step of the hand-over's hvp_fn, relative to ||v||: small enough for the
+# difference of two smooth approximated gradients, large enough against float64 round-off.
+HVP_STEP = 1e-4
+
+Source = Callable[[Any, dict], Callable[[Tree], tuple[torch.Tensor, Tree]]]
+
+
+def declare_gradient_source(tx: GradientTransformation, source: Source, *, outputs_gradient: bool = True
+                            ) -> GradientTransformation:
+    """``tx`` declared a gradient source: ``source(state, extra_args)`` returns
+    ``value_and_grad_fn(params) -> (loss, approximated gradient)`` for the state ``tx.update``
+    was called with. ``outputs_gradient``: whether ``tx``'s update is that gradient itself (so
+    the chain hands its output on as ``grad`` without evaluating again).
+
+    Example::
+
+        tx = gx.declare_gradient_source(gx.GradientTransformation(init, update),
+                                        lambda state, extra: my_estimator(state, extra["value_fn"]))
+    """
+    attrs = dict(getattr(tx, "__dict__", {}))
+    description = attrs.pop("description", repr(tx))
+    attrs.update(gradient_source=source, outputs_gradient=outputs_gradient)
+    return describe(GradientTransformation(tx.init, tx.update), description, **attrs)
+
+
+def gradient_source(tx: GradientTransformation) -> Source | None:
+    """The ``source`` ``tx`` declared (:func:`declare_gradient_source`), else ``None``."""
+    return getattr(tx, "__dict__", {}).get("gradient_source")
+
+
+def outputs_gradient(tx: GradientTransformation) -> bool:
+    return bool(getattr(tx, "__dict__", {}).get("outputs_gradient", False))
+
+
+def makes_gradients(tx: GradientTransformation) -> bool:
+    """Whether ``tx`` or any part of it (a chain's member, a wrapper's inner transform)
+    declares itself a gradient source: such a chain needs only ``value_fn``.
+
+    Example: ``gx.makes_gradients(gx.chain(gx.spsa(), gx.scale_by_lr(0.1)))`` is true.
+    """
+    return _makes(tx, set())
+
+
+def _makes(tx: Any, seen: set[int]) -> bool:
+    if id(tx) in seen or not isinstance(tx, GradientTransformation):
+        return False
+    seen.add(id(tx))
+    attrs = getattr(tx, "__dict__", {})
+    if attrs.get("gradient_source") is not None:
+        return True
+    inner = list(attrs.get("parts", ())) + [attrs.get("grouped")]
+    for value in attrs.get("args", {}).values():
+        inner.extend(value.values() if isinstance(value, dict) else [value])
+    return any(_makes(x, seen) for x in inner)
+
+
+def finite_difference_hvp_fn(value_and_grad_fn: Callable[[Tree], tuple[Any, Tree]], step: float = HVP_STEP
+                             ) -> Callable[[Tree, Tree], Tree]:
+    """``hvp_fn(params, v) ~ H v`` by central differences of a gradient function:
+    ``(g(p + r v) - g(p - r v)) / (2 r)`` with ``r = step / ||v||`` (``0`` for ``v = 0``).
+
+    Example: ``hvp_fn = gx.finite_difference_hvp_fn(value_and_grad_fn); hv = hvp_fn(params, v)``.
+    """
+
+    def hvp_fn(params: Tree, v: Tree) -> Tree:
+        ps, treedef = tree_flatten(params)
+        vs, _ = tree_flatten(v)
+        norm = torch.sqrt(sum((x.detach().double() ** 2).sum() for x in vs)) if vs else torch.zeros((),
+                                                                                                dtype=torch.float64)
+        if float(norm) == 0.0:
+            return tree_unflatten([torch.zeros_like(x) for x in vs], treedef)
+        r = step / float(norm)
+        plus = tree_unflatten([(p + r * x).to(p.dtype) for p, x in zip(ps, vs)], treedef)
+        minus = tree_unflatten([(p - r * x).to(p.dtype) for p, x in zip(ps, vs)], treedef)
+        gp, _ = tree_flatten(value_and_grad_fn(plus)[1])
+        gm, _ = tree_flatten(value_and_grad_fn(minus)[1])
+        return tree_unflatten([((a - b) / (2 * r)).to(x.dtype) for a, b, x in zip(gp, gm, vs)], treedef)
+
+    return hvp_fn
+
+
+def handover_args(tx: GradientTransformation, state_before: Any, updates: Tree, params: Tree | None,
+                  extra_args: dict) -> dict:
+    """The extra arguments for the members after ``tx`` (a gradient source), which was called
+    with ``state_before`` and returned ``updates`` (see the module docstring)."""
+    source = gradient_source(tx)
+    value_and_grad_fn = source(state_before, extra_args)
+    if outputs_gradient(tx):
+        grad = updates
+        value = extra_args.get("value")
+        if value is None and params is not None and extra_args.get("value_fn") is not None:
+            value = extra_args["value_fn"](params)
+    else:
+        value, grad = value_and_grad_fn(params)
+        value = extra_args.get("value", value)
+    return {**extra_args, "value": value, "grad": grad, "value_and_grad_fn": value_and_grad_fn,
+            "hvp_fn": finite_difference_hvp_fn(value_and_grad_fn)}
