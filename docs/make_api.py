@@ -15,6 +15,7 @@ SECTIONS = [
     ("Core", ["base", "authoring", "combine", "branching", "_tree", "evaluation"]),
     ("Transforms", ["transforms."]),
     ("Search: line searches, quasi-Newton, conjugate gradient, trust regions", ["search."]),
+    ("Second order: Hessian-vector products, Newton methods", ["second_order."]),
     ("Preconditioners", ["precondition"]),
     ("Wrappers", ["wrappers", "monitoring"]),
     ("Schedules", ["schedules"]),

@@ -24,7 +24,7 @@ class Entry:
     build: Callable[[], gx.GradientTransformation]  # an example instance
     reference: str  # torch.optim class, paper or closed form it is checked against
     kind: str = "transform"  # "transform" | "alias" (a full optimizer: converges on its own)
-    # extra args it needs: any of {"value", "grad", "value_fn", "value_and_grad_fn"}
+    # extra args it needs: any of {"value", "grad", "value_fn", "value_and_grad_fn", "hvp_fn"}
     needs: frozenset = field(default_factory=frozenset)
     # a transform whose output is zero or constant on purpose is not asked to descend
     converges: bool = True
@@ -86,6 +86,11 @@ def quadratic_value_and_grad(params: dict[str, torch.Tensor]) -> tuple[torch.Ten
     return quadratic_value(params), {k: 2 * v for k, v in params.items()}
 
 
+def quadratic_hvp(params: dict[str, torch.Tensor], v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The Hessian of ``quadratic_value`` (``2 I``) times ``v``, each leaf in its own dtype."""
+    return {k: 2 * v[k] for k in params}
+
+
 def extra_args(entry: Entry, params: dict[str, torch.Tensor]) -> dict:
     """The extra arguments ``entry`` needs at ``params``, all from ``quadratic_value``."""
     extra = {}
@@ -97,6 +102,8 @@ def extra_args(entry: Entry, params: dict[str, torch.Tensor]) -> dict:
         extra["value_fn"] = quadratic_value
     if "value_and_grad_fn" in entry.needs:
         extra["value_and_grad_fn"] = quadratic_value_and_grad
+    if "hvp_fn" in entry.needs:
+        extra["hvp_fn"] = quadratic_hvp
     return extra
 
 

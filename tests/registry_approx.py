@@ -46,5 +46,4 @@ ENTRIES = [
           "torchzero.modules.LaplacianSmoothing; Osher et al. 2022"),
 ]
 
-NOT_TRANSFORMS = {"declare_gradient_source", "gradient_source", "makes_gradients", "finite_difference_hvp_fn",
-                  "handover_args"}
+NOT_TRANSFORMS = {"declare_gradient_source", "gradient_source", "makes_gradients", "handover_args"}

@@ -221,6 +221,13 @@ def _rosenbrock_value_and_grad(params):
     return value.detach(), dict(zip(leaves, torch.autograd.grad(value, list(leaves.values()))))
 
 
+def _rosenbrock_hvp(params, v):
+    """The Hessian of ``_rosenbrock_value`` times ``v``, by double backward."""
+    leaves = {k: x.detach().requires_grad_(True) for k, x in params.items()}
+    grads = torch.autograd.grad(_rosenbrock_value(leaves), list(leaves.values()), create_graph=True)
+    return dict(zip(leaves, torch.autograd.grad(grads, list(leaves.values()), grad_outputs=[v[k] for k in leaves])))
+
+
 @pytest.mark.slow  # 1000 steps for each of ~260 entries: minutes; CI runs it (.ci/run)
 @pytest.mark.parametrize("entry", [e for e in ENTRIES if e.converges], ids=[e.name for e in ENTRIES if e.converges])
 def test_descends_on_rosenbrock(entry):
@@ -244,6 +251,8 @@ def test_descends_on_rosenbrock(entry):
             extra["value_fn"] = _rosenbrock_value
         if "value_and_grad_fn" in entry.needs:
             extra["value_and_grad_fn"] = _rosenbrock_value_and_grad
+        if "hvp_fn" in entry.needs:
+            extra["hvp_fn"] = _rosenbrock_hvp
         updates, state = tx.update(grads, state, params, **extra)
         params = gx.apply_updates(params, updates)
     end = float(_rosenbrock_value(params))

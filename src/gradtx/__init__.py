@@ -48,6 +48,8 @@ from .search.lsr1 import *  # noqa: F403
 from .search.quasi_newton import *  # noqa: F403
 from .search.step_size import *  # noqa: F403
 from .search.trust_region import *  # noqa: F403
+from .second_order import optax_second_order
+from .second_order.optax_second_order import *  # noqa: F403
 from .transforms import (
     accumulators,
     adam_variants,
@@ -116,6 +118,8 @@ _MODULES = (
     # precondition/, search/
     precondition,
     line_search, _lbfgs_module, quasi_newton, lsr1, conjugate_gradient, step_size, trust_region,
+    # second_order/
+    optax_second_order,
     wrappers, monitoring, schedules, aliases, optim, scipy_minimize,
     # approx/
     handover, approx,

@@ -14,8 +14,10 @@ extra arguments it was called with:
   ``value_and_grad_fn(params)`` when its output is not the gradient itself);
 - ``value_and_grad_fn``: ``source(state, extra_args)``: at the step's params it returns
   that same gradient (the same seed draws the same perturbations);
-- ``hvp_fn(params, v)``: central differences of that gradient along ``v`` (step
-  ``HVP_STEP / ||v||``), so a Newton method after it is a zeroth-order Newton method;
+- ``hvp_fn(params, v)``: central differences of that gradient along ``v``
+  (:func:`gradtx.hvp_from_grads`, trial points ``HVP_STEP`` from ``x``), and
+  ``batched_hvp_fn`` looping over it, so a Newton method after it is a zeroth-order Newton
+  method (whatever its ``hvp_method``: the fd ones difference ``value_and_grad_fn``);
 - ``value``: the loss at params (the one given, else one evaluation of ``value_fn``).
 
 Nothing is guessed: a user's plain optax-style pair declares nothing and is called as
@@ -30,15 +32,15 @@ from typing import Any
 
 import torch
 
-from ._tree import Tree, tree_flatten, tree_unflatten
+from ._tree import Tree
 from .base import GradientTransformation, describe
+from .evaluation import batch_hvp, hvp_from_grads
 
-__all__ = ["HVP_STEP", "declare_gradient_source", "finite_difference_hvp_fn", "gradient_source", "handover_args",
-           "makes_gradients"]
+__all__ = ["declare_gradient_source", "gradient_source", "handover_args", "makes_gradients"]
 
-# The finite-difference step of the hand-over's hvp_fn, relative to ||v||: small enough for the
-# difference of two smooth approximated gradients, large enough against float64 round-off.
-HVP_STEP = 1e-4
+# The finite-difference step of the hand-over's hvp_fn (trial points HVP_STEP from x, whatever
+# ||v||): torchzero's default for hvp_fd_central.
+HVP_STEP = 1e-3
 
 Source = Callable[[Any, dict], Callable[[Tree], tuple[torch.Tensor, Tree]]]
 
@@ -92,31 +94,6 @@ def _makes(tx: Any, seen: set[int]) -> bool:
     return any(_makes(x, seen) for x in inner)
 
 
-def finite_difference_hvp_fn(value_and_grad_fn: Callable[[Tree], tuple[Any, Tree]], step: float = HVP_STEP
-                             ) -> Callable[[Tree, Tree], Tree]:
-    """``hvp_fn(params, v) ~ H v`` by central differences of a gradient function:
-    ``(g(p + r v) - g(p - r v)) / (2 r)`` with ``r = step / ||v||`` (``0`` for ``v = 0``).
-
-    Example: ``hvp_fn = gx.finite_difference_hvp_fn(value_and_grad_fn); hv = hvp_fn(params, v)``.
-    """
-
-    def hvp_fn(params: Tree, v: Tree) -> Tree:
-        ps, treedef = tree_flatten(params)
-        vs, _ = tree_flatten(v)
-        norm = torch.sqrt(sum((x.detach().double() ** 2).sum() for x in vs)) if vs else torch.zeros((),
-                                                                                                dtype=torch.float64)
-        if float(norm) == 0.0:
-            return tree_unflatten([torch.zeros_like(x) for x in vs], treedef)
-        r = step / float(norm)
-        plus = tree_unflatten([(p + r * x).to(p.dtype) for p, x in zip(ps, vs)], treedef)
-        minus = tree_unflatten([(p - r * x).to(p.dtype) for p, x in zip(ps, vs)], treedef)
-        gp, _ = tree_flatten(value_and_grad_fn(plus)[1])
-        gm, _ = tree_flatten(value_and_grad_fn(minus)[1])
-        return tree_unflatten([((a - b) / (2 * r)).to(x.dtype) for a, b, x in zip(gp, gm, vs)], treedef)
-
-    return hvp_fn
-
-
 def handover_args(tx: GradientTransformation, state_before: Any, updates: Tree, params: Tree | None,
                   extra_args: dict) -> dict:
     """The extra arguments for the members after ``tx`` (a gradient source), which was called
@@ -131,5 +108,6 @@ def handover_args(tx: GradientTransformation, state_before: Any, updates: Tree, 
     else:
         value, grad = value_and_grad_fn(params)
         value = extra_args.get("value", value)
-    return {**extra_args, "value": value, "grad": grad, "value_and_grad_fn": value_and_grad_fn,
-            "hvp_fn": finite_difference_hvp_fn(value_and_grad_fn)}
+    hvp_fn = hvp_from_grads(value_and_grad_fn, "fd_central", HVP_STEP)
+    return {**extra_args, "value": value, "grad": grad, "value_and_grad_fn": value_and_grad_fn, "hvp_fn": hvp_fn,
+            "batched_hvp_fn": batch_hvp(hvp_fn)}

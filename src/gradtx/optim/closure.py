@@ -12,9 +12,16 @@ torchzero's convention, which plain torch optimizers accept too: the closure tak
 
 ``backward=True`` computes the gradients, ``backward=False`` only evaluates. From it the
 adapter builds what a chain's members receive (see ``gradtx.evaluation`` for the functional
-forms): ``value_fn(params) -> loss`` and ``value_and_grad_fn(params) -> (loss, grads)``,
-which set the parameters to the trial values, call the closure, and put back the parameters
-and every ``.grad`` as they were, so to the chain they are pure. A closure without the flag
+forms): ``value_fn(params) -> loss``, ``value_and_grad_fn(params) -> (loss, grads)``,
+``hvp_fn(params, v) -> Hv`` and ``batched_hvp_fn(params, vs) -> Hvs``, which set the
+parameters to the trial values, call the closure, and put back the parameters and every
+``.grad`` as they were, so to the chain they are pure. The Hessian-vector products are by
+double backward: ``closure(backward=False)`` under grad mode gives the loss with its graph,
+``torch.autograd.grad(loss, params, create_graph=True)`` the gradient with its own, and one
+more ``torch.autograd.grad`` per vector the products (``batched_hvp_fn`` builds the graph
+once for all its vectors). They need the ``backward`` flag (a closure that runs its own
+``backward()`` frees the graph); without it, a transform's ``hvp_method="fd_central"``
+builds them from ``value_and_grad_fn`` instead (:func:`gradtx.hvp_from_grads`). A closure without the flag
 (``def closure(): ...; loss.backward(); return loss``) works too: each evaluation then runs
 its backward, whose gradients are dropped when only the loss was asked for.
 """
@@ -159,6 +166,80 @@ class Evaluations:
                 z = direction(i, p)
                 p.add_(z if z.dtype == p.dtype else z.to(p.dtype), alpha=alpha)
                 del z
+
+    def _leaves_like(self, tree: Any, what: str) -> list[torch.Tensor]:
+        if isinstance(tree, dict) and tree.keys() == self.stepped.keys():
+            leaves = [tree[k] for k in self.stepped]
+        else:
+            leaves, _ = tree_flatten(tree)
+        if len(leaves) != len(self.stepped):
+            raise ValueError(f"{what} got {len(leaves)} tensors for {len(self.stepped)} parameters: give it a tree "
+                             "like the params the chain was given")
+        return leaves
+
+    def _hvps(self, new_params: Any, vectors: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
+        """``H v`` at ``new_params`` for each of ``vectors`` (lists in the order of the stepped
+        parameters), by double backward through one graph; parameters and ``.grad`` put back."""
+        if not self.flag:
+            raise ValueError("hvp_fn under gx.Optimizer needs a closure that takes the backward flag "
+                             "(def closure(backward=True): ...), whose closure(backward=False) returns the loss with "
+                             "its graph; a closure that runs its own backward() frees it. Or give the transform "
+                             "hvp_method='fd_central', which needs gradients only")
+        self.evaluations += 1
+        grads = [p.grad for p in self.everything]
+        self._set(new_params)
+        ps = list(self.stepped.values())
+        try:
+            for p in self.everything:
+                p.grad = None
+            with torch.enable_grad():
+                loss = self.closure(backward=False)
+                if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                    raise ValueError(f"closure(backward=False) must return the loss as a one-element tensor, got "
+                                     f"{type(loss).__name__}")
+                if not loss.requires_grad:
+                    raise ValueError("closure(backward=False) returned a loss without a graph (computed under "
+                                     "torch.no_grad()?): hvp_fn differentiates it twice; or give the transform "
+                                     "hvp_method='fd_central'")
+                firsts = torch.autograd.grad(loss.reshape(()), ps, create_graph=True, allow_unused=True)
+                # a gradient with no graph is constant in the parameters: its rows of H are 0
+                live = [i for i, g in enumerate(firsts) if g is not None and g.requires_grad]
+                out = []
+                for j, v in enumerate(vectors):
+                    products: list[torch.Tensor | None] = [None] * len(ps)
+                    if live:
+                        products = list(torch.autograd.grad(
+                            [firsts[i] for i in live], ps, grad_outputs=[v[i].to(firsts[i].dtype) for i in live],
+                            retain_graph=j < len(vectors) - 1, allow_unused=True))
+                    out.append([torch.zeros_like(p) if hv is None else hv.detach().to(p.dtype)
+                                for p, hv in zip(ps, products)])
+        finally:
+            for p, g in zip(self.everything, grads):
+                p.grad = g
+            self._restore()
+        return out
+
+    def hvp_fn(self, new_params: Any, v: Any) -> dict[Any, torch.Tensor]:
+        """The Hessian of the loss at ``new_params`` times ``v`` (both trees like the chain's
+        params), as a dict like the chain's params; nothing else changes."""
+        vs = self._leaves_like(v, "hvp_fn's v")
+        return dict(zip(self.stepped, self._hvps(new_params, [vs])[0]))
+
+    def batched_hvp_fn(self, new_params: Any, vs: Any) -> dict[Any, torch.Tensor]:
+        """``H vs[i]`` for every ``i``: ``vs`` like the chain's params with a leading batch
+        dimension ``k`` on every leaf, the result a dict like the params with it too; one
+        forward and one first backward for all ``k`` products."""
+        leaves = self._leaves_like(vs, "batched_hvp_fn's vs")
+        sizes = {x.shape[0] if x.dim() > 0 else None for x in leaves}
+        shapes_ok = all(x.shape[1:] == p.shape for x, p in zip(leaves, self.stepped.values()))
+        if len(sizes) != 1 or None in sizes or not shapes_ok:
+            raise ValueError("batched_hvp_fn's vs must be shaped (k, *param.shape) on every leaf, one k, got "
+                             f"{[tuple(x.shape) for x in leaves]}")
+        k = sizes.pop()
+        if k == 0:
+            return {key: torch.zeros_like(x) for key, x in zip(self.stepped, leaves)}
+        products = self._hvps(new_params, [[x[i] for x in leaves] for i in range(k)])
+        return {key: torch.stack(col) for key, col in zip(self.stepped, zip(*products))}
 
     def value_and_grad_fn(self, new_params: Any) -> tuple[Any, dict[Any, torch.Tensor]]:
         """The loss and its gradient (a dict like the chain's params; zeros where a parameter

@@ -112,8 +112,9 @@ class Optimizer(torch.optim.Optimizer):
       but the group's count.
     - ``step(closure)`` calls the closure (with grad enabled) first and returns its loss;
       transforms receive ``value`` (that loss), ``grad``, and ``value_fn`` (params -> loss)
-      and ``value_and_grad_fn`` (params -> (loss, grads)) built from the closure, which
-      takes torchzero's ``backward`` flag (see :meth:`step`).
+      and ``value_and_grad_fn`` (params -> (loss, grads)), ``hvp_fn`` ((params, v) -> Hv,
+      by double backward) and ``batched_hvp_fn`` built from the closure, which takes
+      torchzero's ``backward`` flag (see :meth:`step`).
     - ``state_dict()`` holds tensors and plain containers only and reads back with
       ``torch.load(..., weights_only=True)``.
     - ``pickle``, ``torch.save(opt)`` and ``copy.deepcopy(opt)`` work as for ``torch.optim``: the
@@ -504,12 +505,14 @@ class Optimizer(torch.optim.Optimizer):
     def _evaluation_args(self, closure: Callable[..., Any], loss: Any, params: dict[Any, torch.Tensor]
                          ) -> dict[str, Any]:
         """The extra arguments a closure gives the chain: ``value`` (the loss the step
-        started from), ``value_fn`` and ``value_and_grad_fn`` over ``params``."""
+        started from), ``value_fn``, ``value_and_grad_fn``, ``hvp_fn`` and ``batched_hvp_fn``
+        over ``params``."""
         evaluations = _closure.Evaluations(closure, params, self._all_params())
         extra = {"value": loss.detach() if isinstance(loss, torch.Tensor) else loss,
                  "value_fn": evaluations.value_fn_for_chain()}
-        if not self._own_gradients:  # it would call closure(backward=True)
-            extra["value_and_grad_fn"] = evaluations.value_and_grad_fn
+        if not self._own_gradients:  # these differentiate the closure; members after a gradient source get its own
+            extra.update(value_and_grad_fn=evaluations.value_and_grad_fn, hvp_fn=evaluations.hvp_fn,
+                         batched_hvp_fn=evaluations.batched_hvp_fn)
         return extra
 
     def _stepped(self, p: torch.Tensor) -> bool:
