@@ -122,7 +122,8 @@ _MODULES = (
     optax_second_order,
     wrappers, monitoring, schedules, aliases, optim, scipy_minimize,
     # approx/
-    handover, approx,
+    handover, approx.fdm, approx.randomized, approx.mezo, approx.forward_gradient, approx.homotopy,
+    approx.laplacian,
 )
 
 __all__ = sorted({name for module in _MODULES for name in module.__all__})
