@@ -11,7 +11,6 @@ The flat namespace gathers each module's ``__all__``; layers import downwards on
 from . import (
                _tree,
                aliases,
-               approx,
                authoring,
                base,
                branching,
@@ -108,6 +107,11 @@ from .wrappers import *  # noqa: F403
 
 __version__ = "0.1.0"
 
+import sys as _sys  # noqa: E402
+
+_approx_modules = tuple(_sys.modules[f"{__name__}.approx.{m}"]
+                        for m in ("fdm", "randomized", "mezo", "forward_gradient", "homotopy", "laplacian"))
+
 _MODULES = (
     _tree, base, authoring, evaluation, combine, branching,
     # transforms/
@@ -122,8 +126,7 @@ _MODULES = (
     optax_second_order,
     wrappers, monitoring, schedules, aliases, optim, scipy_minimize,
     # approx/
-    handover, approx.fdm, approx.randomized, approx.mezo, approx.forward_gradient, approx.homotopy,
-    approx.laplacian,
+    handover, *_approx_modules,
 )
 
 __all__ = sorted({name for module in _MODULES for name in module.__all__})
