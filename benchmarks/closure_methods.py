@@ -39,14 +39,18 @@ class Problem:
     name: str
     loss: Callable[[torch.Tensor], torch.Tensor]
     x0: torch.Tensor
+    residuals: Callable[[torch.Tensor], torch.Tensor] | None = None  # loss = ||r||^2 / 2, for Gauss-Newton
 
 
 def rosenbrock(n: int) -> Problem:
     def loss(x):
         return (100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2).sum()
 
+    def residuals(x):
+        return 2 ** 0.5 * torch.cat([10 * (x[1:] - x[:-1] ** 2), 1 - x[:-1]])
+
     x0 = torch.tensor([-1.2 if i % 2 == 0 else 1.0 for i in range(n)])
-    return Problem(f"rosenbrock-{n}", loss, x0)
+    return Problem(f"rosenbrock-{n}", loss, x0, residuals)
 
 
 def ill_conditioned_quadratic(n: int = 50, condition: float = 1e4) -> Problem:
@@ -82,6 +86,11 @@ class Counted:
     problem: Problem
     f: int = 0
     g: int = 0
+    h: int = 0  # Hessian-vector products
+
+    def hvp(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        self.h += 1
+        return torch.func.jvp(torch.func.grad(self.problem.loss), (x,), (v,))[1]
 
     def value(self, x: torch.Tensor) -> float:
         self.f += 1
@@ -107,6 +116,7 @@ class Result:
     final: float
     grad_norm: float
     seconds: float
+    hvps: int = 0
 
 
 def run_gradtx(name: str, tx: gx.GradientTransformation, problem: Problem, tol: float, max_iter: int,
@@ -122,6 +132,13 @@ def run_gradtx(name: str, tx: gx.GradientTransformation, problem: Problem, tol: 
         value, grad = counted.value_and_grad(p["x"])
         return value, {"x": grad}
 
+    def hvp_fn(p, v):
+        return {"x": counted.hvp(p["x"], v["x"])}
+
+    curvature = {"hvp_fn": hvp_fn}
+    if problem.residuals is not None:
+        curvature["residual_fn"] = lambda p: problem.residuals(p["x"])
+
     try:
         from_state = gx.value_and_grad_from_state(value_and_grad_fn)
         from_state(params, state)
@@ -132,12 +149,12 @@ def run_gradtx(name: str, tx: gx.GradientTransformation, problem: Problem, tol: 
     iterations = 0
     while float(grad["x"].norm()) > tol and iterations < max_iter and time.perf_counter() - start < budget:
         updates, state = tx.update(grad, state, params, value=value, grad=grad, value_fn=value_fn,
-                                   value_and_grad_fn=value_and_grad_fn)
+                                   value_and_grad_fn=value_and_grad_fn, **curvature)
         params = gx.apply_updates(params, updates)
         value, grad = from_state(params, state) if from_state is not None else value_and_grad_fn(params)
         iterations += 1
     return Result(name, problem.name, iterations, counted.f, counted.g, float(value), float(grad["x"].norm()),
-                  time.perf_counter() - start)
+                  time.perf_counter() - start, counted.h)
 
 
 def run_scipy(method: str, problem: Problem, tol: float, max_iter: int) -> Result:
@@ -149,15 +166,24 @@ def run_scipy(method: str, problem: Problem, tol: float, max_iter: int) -> Resul
         value, grad = counted.value_and_grad(torch.from_numpy(x))
         return float(value), grad.numpy()
 
+    def hessp(x, v):
+        return counted.hvp(torch.from_numpy(x), torch.from_numpy(v)).numpy()
+
     options = {"maxiter": max_iter, "gtol": tol}
+    extra = {}
     if method == "L-BFGS-B":
         options = {"maxiter": max_iter, "gtol": tol, "ftol": 0.0}
+    if method == "Newton-CG":
+        options = {"maxiter": max_iter, "xtol": 1e-14}
+        extra = {"hessp": hessp}
+    if method == "trust-ncg":
+        extra = {"hessp": hessp}
     start = time.perf_counter()
-    out = scipy.optimize.minimize(fun, problem.x0.numpy(), jac=True, method=method, options=options)
+    out = scipy.optimize.minimize(fun, problem.x0.numpy(), jac=True, method=method, options=options, **extra)
     seconds = time.perf_counter() - start
     _, grad = counted.value_and_grad(torch.from_numpy(out.x))  # not counted against it below
     return Result(f"scipy {method}", problem.name, int(out.nit), counted.f - 1, counted.g - 1, float(out.fun),
-                  float(grad.norm()), seconds)
+                  float(grad.norm()), seconds, counted.h)
 
 
 def run_torch_lbfgs(problem: Problem, tol: float, max_iter: int) -> Result:
@@ -193,6 +219,15 @@ def gradtx_methods() -> dict[str, Callable[[], gx.GradientTransformation]]:
         if hasattr(gx, "scale_by_conjugate_gradient"):
             methods["cg (PR+) + strong Wolfe"] = lambda: gx.chain(
                 gx.scale_by_conjugate_gradient("polak_ribiere_plus"), gx.scale(-1.0), wolfe(c2=0.1))
+    if hasattr(gx, "scale_by_newton_cg"):  # second order (hvp_fn; Gauss-Newton: residual_fn)
+        methods["gx.newton (abs eigenvalues, damping 1e-3)"] = lambda: gx.newton(eigenvalues="abs", damping=1e-3)
+        methods["gx.newton_cg"] = lambda: gx.newton_cg()
+        methods["newton_cg trust region (Steihaug)"] = lambda: gx.scale_by_newton_cg_trust_region()
+        methods["nystrom pcg (rank 10) + backtracking"] = lambda: gx.chain(
+            gx.scale_by_nystrom_pcg(rank=10, damping=1e-6), gx.scale(-1.0), gx.scale_by_backtracking())
+        methods["cubic regularisation (ARC)"] = lambda: gx.scale_by_cubic_regularization()
+        methods["gauss-newton + backtracking"] = lambda: gx.chain(
+            gx.scale_by_gauss_newton(), gx.scale(-1.0), gx.scale_by_backtracking())
     return methods
 
 
@@ -200,8 +235,10 @@ def convergence_table(tol: float, max_iter: int, budget: float, problems: list[P
     results = []
     for problem in problems:
         for name, make in gradtx_methods().items():
+            if "gauss-newton" in name and problem.residuals is None:
+                continue
             results.append(run_gradtx(name, make(), problem, tol, max_iter, budget))
-        for method in ("L-BFGS-B", "BFGS", "CG"):
+        for method in ("L-BFGS-B", "BFGS", "CG", "Newton-CG", "trust-ncg"):
             results.append(run_scipy(method, problem, tol, max_iter))
         results.append(run_torch_lbfgs(problem, tol, max_iter))
     return results
@@ -252,11 +289,11 @@ def main() -> None:
     problems = [p for p in PROBLEMS if not (args.quick and p.name == "rosenbrock-100")]
     max_iter, budget = (500, 5.0) if args.quick else (2000, 30.0)
     print(f"torch {torch.__version__}, numpy {np.__version__}, tol {args.tol:g}, max_iter {max_iter}\n")
-    print("| problem | method | iterations | f evals | g evals | final loss | grad norm | seconds |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| problem | method | iterations | f evals | g evals | Hv products | final loss | grad norm | seconds |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in convergence_table(args.tol, max_iter, budget, problems):
-        print(f"| {r.problem} | {r.method} | {r.iterations} | {r.f} | {r.g} | {r.final:.3e} | {r.grad_norm:.1e} | "
-              f"{r.seconds:.3f} |")
+        print(f"| {r.problem} | {r.method} | {r.iterations} | {r.f} | {r.g} | {r.hvps} | {r.final:.3e} | "
+              f"{r.grad_norm:.1e} | {r.seconds:.3f} |")
     mine, theirs = overhead(5 if args.quick else 20)
     print("\n| model (1.0M params) | gx.lbfgs s/step | torch LBFGS s/step | ratio |")
     print("|---|---:|---:|---:|")

@@ -24,7 +24,7 @@ class Entry:
     build: Callable[[], gx.GradientTransformation]  # an example instance
     reference: str  # torch.optim class, paper or closed form it is checked against
     kind: str = "transform"  # "transform" | "alias" (a full optimizer: converges on its own)
-    # extra args it needs: any of {"value", "grad", "value_fn", "value_and_grad_fn", "hvp_fn"}
+    # extra args it needs: any of {"value", "grad", "value_fn", "value_and_grad_fn", "hvp_fn", "residual_fn"}
     needs: frozenset = field(default_factory=frozenset)
     # a transform whose output is zero or constant on purpose is not asked to descend
     converges: bool = True
@@ -91,6 +91,11 @@ def quadratic_hvp(params: dict[str, torch.Tensor], v: dict[str, torch.Tensor]) -
     return {k: 2 * v[k] for k in params}
 
 
+def quadratic_residuals(params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Residuals ``r`` with ``||r||^2 / 2 = quadratic_value`` (for least-squares methods)."""
+    return torch.cat([(2 ** 0.5) * v.double().reshape(-1) for v in params.values()])
+
+
 def extra_args(entry: Entry, params: dict[str, torch.Tensor]) -> dict:
     """The extra arguments ``entry`` needs at ``params``, all from ``quadratic_value``."""
     extra = {}
@@ -104,6 +109,8 @@ def extra_args(entry: Entry, params: dict[str, torch.Tensor]) -> dict:
         extra["value_and_grad_fn"] = quadratic_value_and_grad
     if "hvp_fn" in entry.needs:
         extra["hvp_fn"] = quadratic_hvp
+    if "residual_fn" in entry.needs:
+        extra["residual_fn"] = quadratic_residuals
     return extra
 
 

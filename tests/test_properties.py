@@ -222,10 +222,29 @@ def _rosenbrock_value_and_grad(params):
 
 
 def _rosenbrock_hvp(params, v):
-    """The Hessian of ``_rosenbrock_value`` times ``v``, by double backward."""
-    leaves = {k: x.detach().requires_grad_(True) for k, x in params.items()}
-    grads = torch.autograd.grad(_rosenbrock_value(leaves), list(leaves.values()), create_graph=True)
-    return dict(zip(leaves, torch.autograd.grad(grads, list(leaves.values()), grad_outputs=[v[k] for k in leaves])))
+    """The Hessian of ``_rosenbrock_value`` times ``v``, in closed form (tridiagonal: ``H_ii =
+    (0.2 - 4 x_{i+1} + 12 x_i^2) [i < n-1] + 2 [i > 0]``, ``H_{i,i+1} = -4 x_i``)."""
+    keys = sorted(params)
+    x = torch.cat([params[k].double().reshape(-1) for k in keys])
+    w = torch.cat([v[k].double().reshape(-1) for k in keys])
+    diag = torch.zeros_like(x)
+    diag[:-1] += 0.2 - 4 * x[1:] + 12 * x[:-1] ** 2
+    diag[1:] += 2
+    hv = diag * w
+    hv[:-1] -= 4 * x[:-1] * w[1:]
+    hv[1:] -= 4 * x[:-1] * w[:-1]
+    out, start = {}, 0
+    for k in keys:
+        n = params[k].numel()
+        out[k] = hv[start:start + n].reshape(params[k].shape).to(params[k].dtype)
+        start += n
+    return out
+
+
+def _rosenbrock_residuals(params):
+    """Residuals ``r`` with ``||r||^2 / 2 = _rosenbrock_value``."""
+    x = torch.cat([params[k].double().reshape(-1) for k in sorted(params)])
+    return torch.cat([0.2 ** 0.5 * (1 - x[:-1]), 2 ** 0.5 * (x[1:] - x[:-1] ** 2)])
 
 
 @pytest.mark.slow  # 1000 steps for each of ~260 entries: minutes; CI runs it (.ci/run)
@@ -253,6 +272,8 @@ def test_descends_on_rosenbrock(entry):
             extra["value_and_grad_fn"] = _rosenbrock_value_and_grad
         if "hvp_fn" in entry.needs:
             extra["hvp_fn"] = _rosenbrock_hvp
+        if "residual_fn" in entry.needs:
+            extra["residual_fn"] = _rosenbrock_residuals
         updates, state = tx.update(grads, state, params, **extra)
         params = gx.apply_updates(params, updates)
     end = float(_rosenbrock_value(params))

@@ -193,17 +193,18 @@ def _model_params() -> list[nn.Parameter]:
 
 
 def _train(opt: torch.optim.Optimizer, params: list[torch.Tensor], start: int, steps: int) -> None:
-    """``steps`` steps on a loss that moves with the step number (grads, ``value`` and
-    ``value_fn`` all come from the closure)."""
+    """``steps`` steps on a loss that moves with the step number (grads, ``value``,
+    ``value_fn`` and ``hvp_fn`` all come from the closure)."""
     for step in range(start, start + steps):
         targets = [torch.full_like(p, 0.3 * ((step + i) % 4) - 0.5) for i, p in enumerate(params)]
 
-        def closure(targets=targets):
-            for p in params:
-                p.grad = None
+        def closure(backward=True, targets=targets):  # the backward flag: hvp_fn differentiates twice
             loss = sum(((p - t) ** 2 * (1 + i)).sum() + (p ** 4).sum() * 0.01
                        for i, (p, t) in enumerate(zip(params, targets)))
-            loss.backward()
+            if backward:
+                for p in params:
+                    p.grad = None
+                loss.backward()
             return loss
 
         opt.step(closure)

@@ -47,35 +47,42 @@ from .search.lsr1 import *  # noqa: F403
 from .search.quasi_newton import *  # noqa: F403
 from .search.step_size import *  # noqa: F403
 from .search.trust_region import *  # noqa: F403
-from .second_order import optax_second_order
+from .second_order import cubic, gauss_newton, nystrom, optax_second_order
+from .second_order import newton as _newton_module  # the names gx.newton / gx.newton_cg are aliases
+from .second_order import newton_cg as _newton_cg_module
+from .second_order.cubic import *  # noqa: F403
+from .second_order.gauss_newton import *  # noqa: F403
+from .second_order.newton import *  # noqa: F403
+from .second_order.newton_cg import *  # noqa: F403
+from .second_order.nystrom import *  # noqa: F403
 from .second_order.optax_second_order import *  # noqa: F403
 from .transforms import (
-    accumulators,
-    adam_variants,
-    adaptive,
-    averaging,
-    blocks,
-    clipping,
-    constrain,
-    ema_clipping,
-    factored,
-    gradient_aware,
-    growth_clipping,
-    learning_rate_free,
-    momentum,
-    momentum_corrections,
-    momo_stepsize,
-    normalize,
-    orthogonalize,
-    perturb,
-    plateau,
-    projections,
-    recent,
-    regularize,
-    scaling,
-    schedule_free_core,
-    stepsize,
-    weight_decay,
+               accumulators,
+               adam_variants,
+               adaptive,
+               averaging,
+               blocks,
+               clipping,
+               constrain,
+               ema_clipping,
+               factored,
+               gradient_aware,
+               growth_clipping,
+               learning_rate_free,
+               momentum,
+               momentum_corrections,
+               momo_stepsize,
+               normalize,
+               orthogonalize,
+               perturb,
+               plateau,
+               projections,
+               recent,
+               regularize,
+               scaling,
+               schedule_free_core,
+               stepsize,
+               weight_decay,
 )
 from .transforms.accumulators import *  # noqa: F403
 from .transforms.adam_variants import *  # noqa: F403
@@ -123,7 +130,7 @@ _MODULES = (
     precondition,
     line_search, _lbfgs_module, quasi_newton, lsr1, conjugate_gradient, step_size, trust_region,
     # second_order/
-    optax_second_order,
+    optax_second_order, _newton_module, _newton_cg_module, nystrom, gauss_newton, cubic,
     wrappers, monitoring, schedules, aliases, optim, scipy_minimize,
     # approx/
     handover, *_approx_modules,

@@ -248,11 +248,11 @@ def hvp_from_grads(value_and_grad_fn: ValueAndGradFn, method: str = "fd_central"
         def grad(sign: float) -> list[torch.Tensor]:
             shifted = [(p + (sign * e).to(p.real.dtype if p.is_complex() else p.dtype) * x).to(p.dtype)
                        for p, x in zip(ps, vs)]
-            return flatten(value_and_grad_fn(unflatten(shifted, spec))[1])[0]
+            return _leaves_in(value_and_grad_fn(unflatten(shifted, spec))[1], spec, "value_and_grad_fn's grads")
 
         plus = grad(1.0)
         if grad_at is not None:
-            base, denominator = flatten(grad_at(params))[0], e
+            base, denominator = _leaves_in(grad_at(params), spec, "value_and_grad_fn's grads"), e
         else:
             base, denominator = grad(-1.0), 2 * e
         return unflatten([((a - b) / denominator.to(a.real.dtype if a.is_complex() else a.dtype)).to(p.dtype)
@@ -261,9 +261,21 @@ def hvp_from_grads(value_and_grad_fn: ValueAndGradFn, method: str = "fd_central"
     return fd_hvp_fn
 
 
+def _leaves_in(tree: Tree, spec: Any, what: str) -> list[Any]:
+    """The leaves of ``tree`` in the order of ``spec``'s (a dict built in another key order
+    gives its leaves in ``spec``'s order)."""
+    try:
+        return spec.flatten_up_to(tree)
+    except (ValueError, TypeError):
+        raise ValueError(f"{what} must be a tree like params") from None
+
+
 def _like(v: Tree, ps: list[torch.Tensor], spec: Any, what: str) -> list[torch.Tensor]:
     """The leaves of ``v``, a tree like params (or just as many leaves in the same order)."""
-    vs, vspec = torch.utils._pytree.tree_flatten(v)
+    try:
+        vs = spec.flatten_up_to(v)
+    except (ValueError, TypeError):
+        vs, _ = torch.utils._pytree.tree_flatten(v)
     if len(vs) != len(ps):
         raise ValueError(f"{what} must be a tree like params ({len(ps)} tensors), got {len(vs)} tensors")
     for x, p in zip(vs, ps):
@@ -332,8 +344,8 @@ def make_hvp_fn(loss_fn: Callable[[Tree], torch.Tensor], *, method: str = "forwa
 
 
 def _batch_size(vs: Tree, params: Tree) -> int:
-    ps, _ = torch.utils._pytree.tree_flatten(params)
-    leaves, _ = torch.utils._pytree.tree_flatten(vs)
+    ps, spec = torch.utils._pytree.tree_flatten(params)
+    leaves = _batched_leaves(vs, spec)
     if len(leaves) != len(ps):
         raise ValueError(f"vs must be a tree like params ({len(ps)} tensors) with a leading batch dimension, got "
                          f"{len(leaves)} tensors")
@@ -346,6 +358,13 @@ def _batch_size(vs: Tree, params: Tree) -> int:
             raise ValueError(f"vs leaves must be shaped (k, *param.shape); got {tuple(x.shape)} for a parameter of "
                              f"shape {tuple(p.shape)}")
     return sizes.pop()
+
+
+def _batched_leaves(vs: Tree, spec: Any) -> list[torch.Tensor]:
+    try:
+        return spec.flatten_up_to(vs)
+    except (ValueError, TypeError):
+        return torch.utils._pytree.tree_flatten(vs)[0]
 
 
 def batch_hvp(hvp_fn: HvpFn) -> HvpFn:
@@ -364,10 +383,10 @@ def batch_hvp(hvp_fn: HvpFn) -> HvpFn:
 
     def looped_hvp_fn(params: Tree, vs: Tree) -> Tree:
         k = _batch_size(vs, params)
-        leaves, spec = torch.utils._pytree.tree_flatten(vs)
-        ps, pspec = torch.utils._pytree.tree_flatten(params)
-        outs = [torch.utils._pytree.tree_leaves(hvp_fn(params, torch.utils._pytree.tree_unflatten(
-            [x[i] for x in leaves], pspec))) for i in range(k)]
+        pspec = torch.utils._pytree.tree_structure(params)
+        leaves = _batched_leaves(vs, pspec)
+        outs = [_leaves_in(hvp_fn(params, torch.utils._pytree.tree_unflatten([x[i] for x in leaves], pspec)), pspec,
+                           "hvp_fn's result") for i in range(k)]
         if k == 0:
             return torch.utils._pytree.tree_unflatten([torch.zeros_like(x) for x in leaves], pspec)
         return torch.utils._pytree.tree_unflatten([torch.stack(col) for col in zip(*outs)], pspec)

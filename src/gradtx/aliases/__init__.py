@@ -10,6 +10,7 @@ from . import (
     recent_family,
     rms_family,
     schedule_free_family,
+    second_order,
     sgd_adam,
     stepsize,
 )
@@ -22,9 +23,10 @@ from .quasi_newton import *  # noqa: F403
 from .recent_family import *  # noqa: F403
 from .rms_family import *  # noqa: F403
 from .schedule_free_family import *  # noqa: F403
+from .second_order import *  # noqa: F403
 from .sgd_adam import *  # noqa: F403
 from .stepsize import *  # noqa: F403
 
 MODULES = (adam_family, layerwise, learning_rate_free_family, orthogonalized, preconditioned, quasi_newton,
-           recent_family, rms_family, schedule_free_family, sgd_adam, stepsize)
+           recent_family, rms_family, schedule_free_family, second_order, sgd_adam, stepsize)
 __all__ = sorted({name for module in MODULES for name in module.__all__})

@@ -19,9 +19,11 @@ parameters to the trial values, call the closure, and put back the parameters an
 double backward: ``closure(backward=False)`` under grad mode gives the loss with its graph,
 ``torch.autograd.grad(loss, params, create_graph=True)`` the gradient with its own, and one
 more ``torch.autograd.grad`` per vector the products (``batched_hvp_fn`` builds the graph
-once for all its vectors). They need the ``backward`` flag (a closure that runs its own
-``backward()`` frees the graph); without it, a transform's ``hvp_method="fd_central"``
-builds them from ``value_and_grad_fn`` instead (:func:`gradtx.hvp_from_grads`). A closure without the flag
+once for all its vectors; each ``hvp_fn`` call costs a forward and two backward passes, as
+the parameters go back between calls and a graph cannot outlive them). They need the
+``backward`` flag (a closure that runs its own ``backward()`` frees the graph); without it,
+a transform's ``hvp_method="fd_central"`` builds them from ``value_and_grad_fn`` instead
+(:func:`gradtx.hvp_from_grads`). A closure without the flag
 (``def closure(): ...; loss.backward(); return loss``) works too: each evaluation then runs
 its backward, whose gradients are dropped when only the loss was asked for.
 """
