@@ -12,10 +12,11 @@ import pathlib
 import gradtx as gx
 
 SECTIONS = [
-    ("Core", ["base", "authoring", "combine", "branching", "_tree", "evaluation"]),
+    ("Core", ["base", "authoring", "combine", "branching", "_tree", "evaluation", "handover"]),
     ("Transforms", ["transforms."]),
     ("Search: line searches, quasi-Newton, conjugate gradient, trust regions", ["search."]),
     ("Second order: Hessian-vector products, Newton methods", ["second_order."]),
+    ("Gradient approximation: finite differences, SPSA, MeZO, forward gradients", ["approx."]),
     ("Preconditioners", ["precondition"]),
     ("Wrappers", ["wrappers", "sharpness", "projected", "external", "monitoring"]),
     ("Schedules", ["schedules"]),

@@ -101,6 +101,8 @@ COUPLES_LEAVES |= {"scale_by_bfgs", "scale_by_dfp", "scale_by_sr1", "scale_by_ps
                    "scale_by_broyden_bad", "scale_by_greenstadt1", "scale_by_greenstadt2", "scale_by_mccormick",
                    "scale_by_pearson", "scale_by_icum", "scale_by_hoshino", "scale_by_shor_r", "scale_by_lsr1",
                    "scale_by_ssvm"}
+# finite differences of one loss over all leaves (its round-off is the whole tree's)
+COUPLES_LEAVES |= {"fdm"}
 
 # Hutchinson probes drawn by leaf position; global norms (SAM, MSAM); matrix momentum's first step
 COUPLES_LEAVES |= {"scale_by_sophia_h", "sophia_h", "matrix_momentum", "sam_gradient", "asam_gradient", "sam", "msam"}

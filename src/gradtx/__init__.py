@@ -17,6 +17,7 @@ from . import (
                combine,
                evaluation,
                external,
+               handover,
                monitoring,
                optim,
                precondition,
@@ -27,12 +28,14 @@ from . import (
 )
 from ._tree import *  # noqa: F403
 from .aliases import *  # noqa: F403
+from .approx import *  # noqa: F403
 from .authoring import *  # noqa: F403
 from .base import *  # noqa: F403
 from .branching import *  # noqa: F403
 from .combine import *  # noqa: F403
 from .evaluation import *  # noqa: F403
 from .external import *  # noqa: F403
+from .handover import *  # noqa: F403
 from .monitoring import *  # noqa: F403
 from .optim import *  # noqa: F403
 from .optim import scipy_minimize
@@ -124,6 +127,11 @@ from .wrappers import *  # noqa: F403
 
 __version__ = "0.1.0"
 
+import sys as _sys  # noqa: E402
+
+_approx_modules = tuple(_sys.modules[f"{__name__}.approx.{m}"]
+                        for m in ("fdm", "randomized", "mezo", "forward_gradient", "homotopy", "laplacian"))
+
 _MODULES = (
     _tree, base, authoring, evaluation, combine, branching,
     # transforms/
@@ -138,6 +146,8 @@ _MODULES = (
     optax_second_order, _newton_module, _newton_cg_module, nystrom, gauss_newton, cubic,
     hutchinson, _sophia_module, _adahessian_module, _matrix_momentum_module,
     wrappers, sharpness, projected, external, monitoring, schedules, aliases, optim, scipy_minimize,
+    # approx/
+    handover, *_approx_modules,
 )
 
 __all__ = sorted({name for module in _MODULES for name in module.__all__})

@@ -23,6 +23,7 @@ from ._tree import (
     tree_unflatten,
 )
 from .base import EmptyState, GradientTransformation, describe, is_leafwise, supports_inplace, transform, updater
+from .handover import gradient_source, handover_args
 
 __all__ = ["chain", "named_chain", "MaskedNode", "MaskedState", "PartitionState", "masked", "partition",
            "multi_transform", "freeze", "selective_transform", "set_to_zero"]
@@ -71,13 +72,53 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     body = ",\n  ".join(_indent(repr(tx)) for tx in transforms)
     return describe(GradientTransformation(init, update), f"chain(\n  {body},\n)" if transforms else "chain()",
                     parts=transforms, inplace=True,
-                    recipe=(chain, transforms, {}))
+                    recipe=(chain, transforms, {}), **_nested_source(transforms, lambda state, i: state[i]))
+
+
+def _nested_source(transforms: tuple[GradientTransformation, ...], member_state) -> dict:
+    """A chain whose member makes its own gradients declares that member's source (its
+    output is not the gradient: the members after the source changed it)."""
+    for i, tx in enumerate(transforms):
+        source = gradient_source(tx)
+        if source is not None:
+            return {"gradient_source": lambda state, extra, i=i, source=source: source(member_state(state, i), extra),
+                    "outputs_gradient": len(transforms) == i + 1 and bool(tx.__dict__.get("outputs_gradient"))}
+    return {}
 
 
 def members_runner(transforms: tuple[GradientTransformation, ...]):
     """``run(updates, states, params, inplace, extra_args) -> (updates, new_states)``: the
     members of a chain in sequence, each called as its declaration allows, writing only
-    into tensors the chain owns (the rules are in ``_owned``'s docstring)."""
+    into tensors the chain owns (the rules are in ``_owned``'s docstring). A member that
+    makes its own gradients (``gradtx.handover``) hands the members after it its gradient,
+    value/gradient function and Hessian-vector product as their extra arguments."""
+    sources = [i for i, tx in enumerate(transforms) if gradient_source(tx) is not None and i + 1 < len(transforms)]
+    if sources:
+        return _handing_over(transforms, sources[0])
+    return _plain_runner(transforms)
+
+
+def _handing_over(transforms: tuple[GradientTransformation, ...], i: int):
+    """The runner of a chain whose member ``i`` makes its own gradients (see ``handover``):
+    the members up to it, then the others with its hand-over as extra arguments. On the
+    in-place path they write into a copy of its output, which stays the ``grad`` they read."""
+    head, tail = _plain_runner(transforms[:i + 1]), members_runner(transforms[i + 1:])
+    source_tx = transforms[i]
+
+    def run(updates, states, params, inplace, extra_args):
+        states = list(states)
+        updates, head_states = head(updates, states[:i + 1], params, inplace, extra_args)
+        extra = handover_args(source_tx, states[i], updates, params, extra_args)
+        if inplace:
+            updates = tree_unflatten([x.clone() if isinstance(x, torch.Tensor) else x
+                                      for x in tree_leaves(updates)], tree_structure(updates))
+        updates, tail_states = tail(updates, states[i + 1:], params, inplace, extra)
+        return updates, list(head_states) + list(tail_states)
+
+    return run
+
+
+def _plain_runner(transforms: tuple[GradientTransformation, ...]):
     runs = tuple(updater(tx) for tx in transforms)
     declared = tuple(supports_inplace(tx) for tx in transforms)
     all_declared = all(declared)
@@ -166,7 +207,8 @@ def named_chain(*named_transforms: tuple[str, GradientTransformation]) -> Gradie
     body = ",\n  ".join(f"({name!r}, {_indent(repr(tx))})" for name, tx in named_transforms)
     return describe(GradientTransformation(init, update), f"named_chain(\n  {body},\n)",
                     parts=tuple(tx for _, tx in named_transforms), inplace=True,
-                    recipe=(named_chain, named_transforms, {}))
+                    recipe=(named_chain, named_transforms, {}),
+                    **_nested_source(tuple(tx for _, tx in named_transforms), lambda state, i: state[names[i]]))
 
 
 # --- masking and partitioning -------------------------------------------------------------

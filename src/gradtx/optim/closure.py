@@ -65,8 +65,12 @@ class Evaluations:
         self._values: list[torch.Tensor] | None = None  # the parameters at the step's point
         self.evaluations = 0
 
-    def first(self) -> Any:
-        """The closure at the current parameters, with gradients: the loss ``step`` returns."""
+    def first(self, backward: bool = True) -> Any:
+        """The closure at the current parameters, with gradients (or, ``backward=False``, for
+        a chain that makes its own gradients, without): the loss ``step`` returns."""
+        if not backward:
+            with torch.no_grad():
+                return self.closure(backward=False)
         with torch.enable_grad():
             return self.closure(backward=True) if self.flag else self.closure()
 
@@ -122,6 +126,56 @@ class Evaluations:
     def value_fn(self, new_params: Any) -> Any:
         """The loss at ``new_params`` (a tree like the chain's params); nothing else changes."""
         return self._evaluate(new_params, backward=False)[0]
+
+    def value_fn_for_chain(self) -> Callable[[Any], Any]:
+        """:meth:`value_fn` as the function a chain gets: marked ``from_closure`` (``torch.func``
+        cannot trace it) and offering ``at_offsets`` (:meth:`value_at_offsets`)."""
+
+        def value_fn(new_params: Any) -> Any:
+            return self.value_fn(new_params)
+
+        value_fn.from_closure = True
+        value_fn.at_offsets = self.value_at_offsets
+        return value_fn
+
+    def value_at_offsets(self, direction: Callable[[int, torch.Tensor], torch.Tensor],
+                         scales: list[float]) -> list[Any]:
+        """The loss at ``p + s * direction(i, p)`` for each ``s`` in ``scales``, evaluated by
+        moving the stepped parameters in place (``p += (s - s_prev) direction(i, p)``) and moving
+        them back after the last: ``direction`` must give the same values at every call (it is
+        drawn again for each move, leaf by leaf, so nothing the size of the parameters is
+        allocated). The parameters come back to within the round-off of the additions, not
+        bitwise; every ``.grad`` is put back as it was. Needs the closure's ``backward`` flag."""
+        if not self.flag:
+            raise ValueError("evaluating without gradients needs a closure that takes the backward flag: "
+                             "def closure(backward=True): ...")
+        params = list(self.stepped.values())
+        grads = [p.grad for p in self.everything]
+        losses, at = [], 0.0
+        try:
+            for p in self.everything:
+                p.grad = None
+            for s in scales:
+                self._move(params, direction, s - at)
+                at = s
+                self.evaluations += 1
+                with torch.no_grad():
+                    losses.append(_detached(self.closure(backward=False)))
+        finally:
+            self._move(params, direction, -at)
+            for p, g in zip(self.everything, grads):
+                p.grad = g
+        return losses
+
+    @staticmethod
+    def _move(params: list[torch.Tensor], direction: Callable, alpha: float) -> None:
+        if alpha == 0.0:
+            return
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                z = direction(i, p)
+                p.add_(z if z.dtype == p.dtype else z.to(p.dtype), alpha=alpha)
+                del z
 
     def _leaves_like(self, tree: Any, what: str) -> list[torch.Tensor]:
         if isinstance(tree, dict) and tree.keys() == self.stepped.keys():

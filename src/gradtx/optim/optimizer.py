@@ -24,6 +24,7 @@ from .._hparams import as_scalar, check
 from .._tree import ParamKey, merge_keys, param_leaves, select_keys, split_param_paths, tree_unflatten
 from ..base import GradientTransformation, supports_inplace, updater
 from ..combine import members_runner
+from ..handover import makes_gradients
 from . import checkpoint as _checkpoint
 from . import closure as _closure
 from . import compiled as _compiled
@@ -177,6 +178,9 @@ class Optimizer(torch.optim.Optimizer):
         if not isinstance(compile, (bool, dict)):
             raise ValueError(f"compile must be a bool or a dict of torch.compile arguments, got {compile!r}")
         self.tx = tx
+        # A chain with a member that makes its own gradients (gradtx.handover) steps every
+        # parameter that requires grad, from closure(backward=False) evaluations alone.
+        self._own_gradients = makes_gradients(tx)
         self._init_options = {"fast": fast, "compile": compile, "check_descent": check_descent}  # for pickling
         # compile=True (or torch.compile's arguments) runs an elementwise chain compiled, in
         # slots of flat tensors, so compile time does not grow with the parameter count.
@@ -448,10 +452,18 @@ class Optimizer(torch.optim.Optimizer):
             raise RuntimeError("step() called in eval mode: call opt.train() before stepping (opt.eval() put the "
                                "evaluation parameters in place), as with schedulefree's optimizers")
         loss = None
+        if self._own_gradients and closure is None:
+            raise ValueError("this chain makes its own gradients from the loss alone (it has a gradient-approximation "
+                             "member such as gx.spsa or gx.mezo): step it with a closure that evaluates the loss, "
+                             "opt.step(lambda backward=False: loss_fn(model(x), y)); it is called with backward=False "
+                             "only")
         if closure is not None:
             if not callable(closure):
                 raise TypeError(f"closure must be callable (closure(backward=True) -> loss), got {closure!r}")
-            loss = _closure.Evaluations(closure, {}, []).first()
+            if self._own_gradients and not _closure.takes_backward(closure):
+                raise ValueError("a chain that makes its own gradients calls the closure with backward=False only: "
+                                 "give it the flag, def closure(backward=False): return loss_fn(model(x), y)")
+            loss = _closure.Evaluations(closure, {}, []).first(backward=not self._own_gradients)
         if self._lr_schedule is not None:
             self._refuse_lr_change()
         if self._betas:
@@ -481,7 +493,7 @@ class Optimizer(torch.optim.Optimizer):
     def _step_per_group(self, closure: Callable[..., Any] | None, loss: Any) -> None:
         """One step of a leafwise chain: each param group on its own (fused, compiled or generic)."""
         for gi, group in enumerate(self.param_groups):
-            keys = [k for k, p in enumerate(group["params"]) if p.grad is not None]
+            keys = [k for k, p in enumerate(group["params"]) if self._stepped(p)]
             if not keys:
                 continue
             cached = self._step_params[gi]
@@ -492,7 +504,7 @@ class Optimizer(torch.optim.Optimizer):
                 self._forget_replaced(gi)
                 params = self._param_dict(gi, keys)
                 self._step_params[gi] = (keys, group["params"], params, tuple(group["params"]))
-            grads = {k: params[k].grad for k in keys}
+            grads = self._grads_or_zeros(gi, keys, params)
             for k, g in grads.items():
                 if g.is_sparse:
                     raise RuntimeError(f"gx.Optimizer does not support sparse gradients (param {k} of group {gi})")
@@ -511,7 +523,7 @@ class Optimizer(torch.optim.Optimizer):
             gs = [grads[k] for k in keys]
             copies = F.copy_(self._buffers(gi, keys, gs), gs) if variant.declared else F.clone(gs)
             updates = dict(zip(keys, copies))
-            extra = {"grad": grads}
+            extra = {} if self._own_gradients else {"grad": grads}
             if closure is not None:
                 extra.update(self._evaluation_args(closure, loss, params))
             alpha = 1.0
@@ -532,9 +544,25 @@ class Optimizer(torch.optim.Optimizer):
         started from), ``value_fn``, ``value_and_grad_fn``, ``hvp_fn`` and ``batched_hvp_fn``
         over ``params``."""
         evaluations = (self._evaluations or _closure.Evaluations)(closure, params, self._all_params())
-        return {"value": evaluations.reduced(loss),
-                "value_fn": evaluations.value_fn, "value_and_grad_fn": evaluations.value_and_grad_fn,
-                "hvp_fn": evaluations.hvp_fn, "batched_hvp_fn": evaluations.batched_hvp_fn}
+        extra = {"value": evaluations.reduced(loss),
+                 "value_fn": evaluations.value_fn_for_chain()}
+        if not self._own_gradients:  # these differentiate the closure; members after a gradient source get its own
+            extra.update(value_and_grad_fn=evaluations.value_and_grad_fn, hvp_fn=evaluations.hvp_fn,
+                         batched_hvp_fn=evaluations.batched_hvp_fn)
+        return extra
+
+    def _stepped(self, p: torch.Tensor) -> bool:
+        """Whether ``p`` is stepped: it has a ``.grad``, or the chain makes its own gradients
+        and ``p`` requires grad."""
+        return p.grad is not None or (self._own_gradients and p.requires_grad)
+
+    def _grads_or_zeros(self, slot: int, keys: list[Any], params: dict[Any, torch.Tensor]) -> dict[Any, torch.Tensor]:
+        """The ``.grad`` of each stepped parameter; for a chain that makes its own gradients,
+        zeros in the scratch buffers (the updates it is given and ignores)."""
+        if not self._own_gradients:
+            return {k: params[k].grad for k in keys}
+        ps = [params[k] for k in keys]
+        return dict(zip(keys, [b.zero_() for b in self._buffers(slot, keys, ps)]))
 
     def _refuse_lr_change(self) -> None:
         for gi, group in enumerate(self.param_groups):
@@ -580,14 +608,13 @@ class Optimizer(torch.optim.Optimizer):
     def _step_one_chain(self, closure: Callable[..., Any] | None, loss: Any) -> None:
         """One step of a chain with parts that see every group's parameters at once."""
         all_keys = self._all_keys()
-        params = {key: p for key, p in zip(all_keys, self._all_params()) if p.grad is not None}
+        params = {key: p for key, p in zip(all_keys, self._all_params()) if self._stepped(p)}
         if not params:
             return
-        grads = {}
-        for key, p in params.items():
-            if p.grad.is_sparse:
+        grads = self._grads_or_zeros(0, list(params), params)
+        for key, g in grads.items():
+            if g.is_sparse:
                 raise RuntimeError(f"gx.Optimizer does not support sparse gradients (param {int(key)})")
-            grads[key] = p.grad
         keys = list(params)
         replaced = [k for k in keys if int(k) in self._one_known and self._one_ids.get(int(k)) != id(params[k])]
         if replaced:  # a tensor put in place of a parameter starts afresh, as in torch
@@ -605,8 +632,12 @@ class Optimizer(torch.optim.Optimizer):
         state = select_keys(self._one_state, keys) if is_selection else self._one_state
         self._write_hyperparameters(None, state)
         gs = list(grads.values())
-        copies = F.copy_(self._buffers(0, keys, gs), gs) if declared else F.clone(gs)
-        extra = {"grad": grads}
+        if self._own_gradients:  # zeros in the scratch buffers already: nothing to copy
+            copies = gs if declared else F.clone(gs)
+            extra = {}
+        else:
+            copies = F.copy_(self._buffers(0, keys, gs), gs) if declared else F.clone(gs)
+            extra = {"grad": grads}
         if closure is not None:
             extra.update(self._evaluation_args(closure, loss, params))
         updates, state = run(dict(zip(keys, copies)), state, params, declared, extra)
