@@ -6,6 +6,9 @@ Usage::
     PYTHONPATH=src python benchmarks/optimizer_step.py --quick    # fewer repetitions
     PYTHONPATH=src python benchmarks/optimizer_step.py --no-memory --sets big --algos adamw
     PYTHONPATH=src python benchmarks/optimizer_step.py --no-memory --algos catalogue  # every algorithm
+    PYTHONPATH=src python benchmarks/optimizer_step.py --sets tiny-many      # flat=True's set
+    PYTHONPATH=src python benchmarks/optimizer_step.py --python-time          # per-step Python cost
+    PYTHONPATH=src python benchmarks/optimizer_step.py --figure docs/figures/step_time_vs_tensors.png
 
 An optimizer step is memory-bound, so every variant of one (algorithm, parameter set) is
 timed in turn, round after round (interleaved), and the median per-step time is reported
@@ -42,6 +45,8 @@ LR = 1e-3
 
 
 def param_shapes(name: str) -> list[tuple[int, ...]]:
+    if name in FLAT_SETS:
+        return FLAT_SETS[name]()
     if name == "big":
         return [(16 * 1024 * 1024,)]
     if name == "resnet":
@@ -125,6 +130,7 @@ def algorithms(with_compile: bool) -> dict[str, tuple[int, dict[str, Callable]]]
         for name in ("adamw", "mission"):
             tx = (lambda: gx.adamw(LR, weight_decay=0.01)) if name == "adamw" else mission
             out[name][1]["gradtx compiled"] = _gx(tx, compile=True)
+    add_flat_variants(out, with_compile)
     return {**out, **CATALOGUE}
 
 
@@ -141,6 +147,101 @@ class PureStep:
         with torch.no_grad():
             updates, self.state = self.tx.update(self.grads, self.state, self.params)
             self.params = gx.apply_updates(self.params, updates)
+
+
+# --- contiguous storage: gx.Optimizer(..., flat=True) ------------------------------------------
+# The flat variants (columns), the tiny-many set, the per-step Python time and the figure of
+# step time against the number of tensors at a fixed total size.
+
+FLAT_SETS = {
+    # many tiny tensors (norm scales, biases, per-layer adapters) beside some big ones
+    "tiny-many": lambda: [()] * 20_000 + [(256, 256)] * 200,
+}
+
+
+def add_flat_variants(out: dict, with_compile: bool) -> None:
+    """``gradtx flat`` (and ``gradtx flat compiled``) beside each elementwise gradtx variant."""
+    makers = {"adamw": lambda: gx.adamw(LR, weight_decay=0.01), "adam": lambda: gx.adam(LR),
+              "sgd_nesterov": lambda: gx.sgd(LR, momentum=0.9, nesterov=True), "mission": mission}
+    for name, tx in makers.items():
+        if name in out:
+            out[name][1]["gradtx flat"] = _gx(tx, flat=True)
+            if with_compile:
+                out[name][1]["gradtx flat compiled"] = _gx(tx, flat=True, compile=True)
+
+
+def python_time(rounds: int) -> None:
+    """Per-step time over 20 and over 20,000 scalars (the kernels' work is nothing: what is
+    left is per-step Python), gradtx flat against the default path and torch fused."""
+    def scalars(n: int) -> list[torch.Tensor]:
+        params = [torch.nn.Parameter(torch.zeros(())) for _ in range(n)]
+        for p in params:
+            p.grad = torch.ones(())
+        return params
+    makers = {"torch fused": _torch(torch.optim.AdamW, weight_decay=0.01, fused=True),
+              "gradtx": _gx(lambda: gx.adamw(LR, weight_decay=0.01)),
+              "gradtx flat": _gx(lambda: gx.adamw(LR, weight_decay=0.01), flat=True)}
+    print("## per-step time of adamw over n scalars (Python cost), median ms")
+    print("| variant | n = 20 | n = 20,000 | ratio |")
+    print("|---|---:|---:|---:|")
+    for name, make in makers.items():
+        opts = {n: make(scalars(n)) for n in (20, 20_000)}
+        samples: dict[int, list[float]] = {n: [] for n in opts}
+        for opt in opts.values():
+            opt.step()
+        for _ in range(rounds):
+            for n, opt in opts.items():
+                reps = 200 if n == 20 else 3
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    opt.step()
+                samples[n].append((time.perf_counter() - t0) / reps)
+        small, many = (statistics.median(samples[n]) for n in (20, 20_000))
+        print(f"| {name} | {small * 1e3:.3f} | {many * 1e3:.2f} | {many / small:.1f} |", flush=True)
+    print()
+
+
+def figure(path: str, rounds: int, with_compile: bool, total: int = 1 << 21) -> None:
+    """ms/step of AdamW against the number of tensors at ``total`` elements, log-log: torch
+    foreach and fused, gradtx default, flat (and compiled); a table, and a PNG with matplotlib."""
+    adamw = lambda: gx.adamw(LR, weight_decay=0.01)  # noqa: E731
+    variants = {"torch foreach": _torch(torch.optim.AdamW, weight_decay=0.01, foreach=True),
+                "torch fused": _torch(torch.optim.AdamW, weight_decay=0.01, fused=True),
+                "gradtx": _gx(adamw), "gradtx flat": _gx(adamw, flat=True)}
+    if with_compile:
+        variants["gradtx compiled"] = _gx(adamw, compile=True)
+        variants["gradtx flat compiled"] = _gx(adamw, flat=True, compile=True)
+    counts = [1, 16, 256, 4096, 16384]
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    print(f"## adamw, {total / 1e6:.1f}M elements in n tensors: median ms/step")
+    print("| n | " + " | ".join(variants) + " |")
+    print("|---:|" + "---:|" * len(variants))
+    for n in counts:
+        FLAT_SETS["_figure"] = lambda n=n: [(total // n,)] * n
+        got = time_variants(variants, "_figure", rounds, 1 if n >= 4096 else 3, None)
+        for name in variants:
+            times[name].append(got[name] * 1e3)
+        print(f"| {n} | " + " | ".join(f"{times[name][-1]:.2f}" for name in variants) + " |", flush=True)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib not installed: no figure)")
+        return
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for name, ys in times.items():
+        ax.loglog(counts, ys, marker="o", linestyle="--" if name.startswith("torch") else "-", label=name)
+    ax.set_xlabel(f"number of tensors ({total / 1e6:.1f}M float32 elements in all)")
+    ax.set_ylabel("ms per AdamW step")
+    ax.set_title(f"Step time against tensor count (torch {torch.__version__.split('+')[0]}, "
+                 f"{torch.get_num_threads()} threads)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"figure written to {path}")
 
 
 # --- timing -----------------------------------------------------------------------------------
@@ -254,6 +355,8 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--compile", action="store_true", help="also time gx.Optimizer(..., compile=True)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--python-time", action="store_true", help="per-step time over 20 and 20,000 scalars")
+    parser.add_argument("--figure", metavar="PNG", help="step time against tensor count (table and figure)")
     parser.add_argument("--memory-one", nargs=3, metavar=("ALGO", "VARIANT", "SET"), help=argparse.SUPPRESS)
     parser.add_argument("--compile-one", nargs=3, metavar=("ALGO", "VARIANT", "SET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -265,6 +368,12 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     rounds, steps = (3, 2) if args.quick else (7, 3)
+    if args.python_time or args.figure:
+        if args.python_time:
+            python_time(rounds)
+        if args.figure:
+            figure(args.figure, rounds, args.compile)
+        return
     bandwidth = inplace_bandwidth(16 * 1024 * 1024, 5 if args.quick else 15)
     print(f"torch {torch.__version__}, {args.threads} threads, float32; in-place bandwidth "
           f"{bandwidth / 1e9:.1f} GB/s; median of {rounds} rounds x {steps} steps\n")

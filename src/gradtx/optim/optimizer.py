@@ -29,6 +29,7 @@ from . import checkpoint as _checkpoint
 from . import closure as _closure
 from . import compiled as _compiled
 from . import distributed as _distributed
+from . import flat as _flat
 from . import fused as _fused
 from . import hyperparams
 from . import layout as _layout
@@ -152,6 +153,13 @@ class Optimizer(torch.optim.Optimizer):
       parameters packed together, so compile time does not grow with the number of
       parameters; hyperparameters and step counts are tensors, so schedulers never
       recompile. Other chains raise ``ValueError``. The state layout is the eager one.
+    - ``flat=True`` keeps each param group's parameters (per device and dtype) as views into
+      one flat buffer and their gradients as views into another, so an elementwise chain's
+      step is one kernel pass over each buffer (fused, multi-tensor or compiled) whatever the
+      number of parameters; ``zero_grad()`` zeroes the buffer in place. Anything the layout
+      cannot take that step runs on the default path, with its numbers; the state layout and
+      checkpoints are the default ones (see ``gradtx.optim.flat``). Other chains raise
+      ``ValueError``.
 
     Example::
 
@@ -162,7 +170,7 @@ class Optimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[Any], tx: GradientTransformation, *, fast: bool = True,
                  compile: bool | dict[str, Any] = False,  # noqa: A002 - torch.compile's word
-                 check_descent: bool = True, differentiable: bool = False) -> None:
+                 check_descent: bool = True, differentiable: bool = False, flat: bool = False) -> None:
         if not isinstance(tx, GradientTransformation):
             raise TypeError(f"tx must be a GradientTransformation, got {type(tx).__name__}")
         if differentiable:
@@ -177,11 +185,17 @@ class Optimizer(torch.optim.Optimizer):
             raise ValueError(f"fast must be a bool, got {fast!r}")
         if not isinstance(compile, (bool, dict)):
             raise ValueError(f"compile must be a bool or a dict of torch.compile arguments, got {compile!r}")
+        if not isinstance(flat, bool):
+            raise ValueError(f"flat must be a bool, got {flat!r}")
         self.tx = tx
         # A chain with a member that makes its own gradients (gradtx.handover) steps every
         # parameter that requires grad, from closure(backward=False) evaluations alone.
         self._own_gradients = makes_gradients(tx)
         self._init_options = {"fast": fast, "compile": compile, "check_descent": check_descent}  # for pickling
+        self._flat = None
+        if flat:  # contiguous storage (gradtx.optim.flat)
+            self._init_options["flat"] = True
+            self._flat = _flat.FlatStorage.for_chain(tx)
         # compile=True (or torch.compile's arguments) runs an elementwise chain compiled, in
         # slots of flat tensors, so compile time does not grow with the parameter count.
         self._compiled = (None if compile is False else
@@ -276,6 +290,12 @@ class Optimizer(torch.optim.Optimizer):
         self._param_keys.append(None)
         self._scratch.append(None)
         self._step_params.append(None)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        if self._flat is None:
+            super().zero_grad(set_to_none)
+        else:  # the flat groups' gradient buffers zeroed in place, keeping the views
+            self._flat.zero_grad(self, set_to_none)
 
     def _betas_given(self, group: dict[str, Any], where: str) -> dict[str, Any]:
         """``group`` with ``betas`` and ``b1``/``b2`` agreeing, from whichever was given."""
@@ -493,6 +513,8 @@ class Optimizer(torch.optim.Optimizer):
     def _step_per_group(self, closure: Callable[..., Any] | None, loss: Any) -> None:
         """One step of a leafwise chain: each param group on its own (fused, compiled or generic)."""
         for gi, group in enumerate(self.param_groups):
+            if self._flat is not None and closure is None and self._flat.step(self, gi, group):
+                continue
             keys = [k for k, p in enumerate(group["params"]) if self._stepped(p)]
             if not keys:
                 continue

@@ -1,0 +1,422 @@
+"""Contiguous storage for ``gx.Optimizer(..., flat=True)``: one kernel pass per step whatever
+the number of parameters.
+
+Each param group's stepped parameters of one (device, dtype) become views into one flat
+buffer, their gradients views into a second (the design of Megatron-LM's and DeepSpeed's
+contiguous gradient buffers and of DDP's ``gradient_as_bucket_view``), and the chain's
+per-parameter state lives in flat buffers too. An elementwise chain (``gx.is_elementwise``)
+then runs over one tensor per buffer: torch's fused kernel, one in-place multi-tensor op of
+one tensor, or the compiled graph with one slot; its numbers cannot depend on the split.
+
+- **State**: the chain runs on a state over the flat buffers (the *flat state*); the
+  adapter's own per-group state (what ``opt.state``, ``state_dict`` and the default path
+  see) holds views of its segments and the same shared tensors (step counts,
+  hyperparameters). So checkpoints have the default layout and move both ways; a state
+  loaded or made by the default path is copied in at the next flat step.
+- **Gradients**: autograd adds into a gradient that exists in place, so backward fills the
+  buffer. Each gradient view is made with ``Tensor.set_`` on the buffer's storage: it has a
+  version counter of its own, which ``opt.zero_grad()`` (zeroing the buffer, keeping the
+  views) records, so a parameter that backward did not reach reads as having no gradient,
+  as after torch's ``zero_grad(set_to_none=True)``: its gradient is set to ``None`` and
+  that step runs on the default path, which skips it.
+- **Checks each step** (one C-level pass over the parameters each, no per-parameter Python):
+  the group holds the same parameter objects, each parameter's and gradient's data pointer
+  is its segment's. A gradient that is not its view (``model.zero_grad()`` set it to ``None``
+  and backward made a new one, ``p.grad = g``) is copied in and the view put back; a
+  parameter moved (``p.data = ...``, ``model.to(dtype)``), replaced or added rebuilds the
+  layout (replaced ones start afresh, as on the default path); anything the layout cannot
+  take (no gradient on a stepped parameter, a gradient of another dtype, a sparse one, a
+  DTensor, a parameter sharing memory with another tensor, a closure) runs that step on
+  the default path, with its numbers.
+
+Parameters are *moved* into the buffer: a tensor that aliased a parameter's old memory (a
+``.data`` kept aside) no longer sees it. Weight tying by sharing one ``Parameter`` works; two
+parameters sharing memory are left where they are (their group runs on the default path).
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .. import _foreach as F  # noqa: N812
+from .._tree import ParamKey, param_leaves, tree_unflatten
+from ..base import non_elementwise_parts
+from . import compiled as _compiled
+
+__all__ = ["FlatStorage"]
+
+_GRAD = operator.attrgetter("grad")
+_VERSION = operator.attrgetter("_version")
+_PTR = torch.Tensor.data_ptr
+
+
+class _NotFlat(Exception):  # noqa: N818 - internal signal, never raised to the user
+    """The chain's state does not have one leaf per parameter of the parameter's shape."""
+
+
+def _alias(base: torch.Tensor, offset: int, shape: torch.Size) -> torch.Tensor:
+    """A tensor over ``base``'s memory from element ``offset``, shaped ``shape`` (contiguous),
+    with a version counter of its own (a view would share ``base``'s)."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    out = torch.empty(0, dtype=base.dtype, device=base.device)
+    return out.set_(base.untyped_storage(), base.storage_offset() + offset, shape, tuple(reversed(strides)))
+
+
+def _owns_memory(p: torch.Tensor) -> bool:
+    """Whether ``p`` is the only tensor over its storage's memory (moving it unties nothing)."""
+    return p.storage_offset() == 0 and p.untyped_storage().nbytes() == p.numel() * p.element_size()
+
+
+def _eligible(p: torch.Tensor, own: set[int]) -> bool:
+    g = p.grad
+    return (type(p.data) is torch.Tensor and p.layout is torch.strided and p.is_contiguous()
+            and (_owns_memory(p) or p.untyped_storage().data_ptr() in own)
+            and type(g) is torch.Tensor and g.layout is torch.strided and g.dtype == p.dtype
+            and g.device == p.device and g.shape == p.shape)
+
+
+@dataclass
+class _Layout:
+    """One param group's buffers and what the checks compare against."""
+
+    plist: list  # the group's params list object
+    snapshot: tuple  # its parameters when built
+    keys: list[int]  # indices of the stepped (flat) parameters
+    bparams: list[torch.Tensor]  # those parameters
+    others: list[torch.Tensor]  # the group's other parameters: no gradient while flat runs
+    where: dict[int, tuple[int, int, int, torch.Size]]  # key -> (bucket, offset, numel, shape)
+    fparams: dict[ParamKey, torch.Tensor]  # bucket -> flat parameters
+    fgrads: dict[ParamKey, torch.Tensor]  # bucket -> flat gradients
+    pptrs: list[int]
+    gptrs: list[int]
+    gviews: list[torch.Tensor] = field(default_factory=list)
+    zero_versions: list[int] | None = None  # gradient versions when zero_grad(set_to_none) kept them
+    canonical: Any = None  # the adapter's state of the group, linked to ``fstate``
+    fstate: Any = None  # the chain's state over ``fparams``
+    scratch: list[torch.Tensor] | None = None
+
+    def same_params(self, params: list) -> bool:
+        return (params is self.plist and len(params) == len(self.snapshot)
+                and all(map(operator.is_, params, self.snapshot))
+                and list(map(_PTR, self.bparams)) == self.pptrs
+                and all(g is None for g in map(_GRAD, self.others)))
+
+
+_DISABLED = "disabled"
+
+
+class FlatStorage:
+    """The flat layouts of an optimizer's param groups (``gx.Optimizer(..., flat=True)``)."""
+
+    def __init__(self) -> None:
+        self._layouts: dict[int, Any] = {}
+
+    @classmethod
+    def for_chain(cls, tx: Any) -> FlatStorage:
+        """The storage for ``tx``; ``ValueError`` when it is not elementwise (its numbers would
+        depend on where one parameter ends and the next begins)."""
+        bad = non_elementwise_parts(tx)
+        if bad:
+            names = ", ".join(sorted({getattr(b, "__dict__", {}).get("name") or repr(b) for b in bad}))
+            raise ValueError(f"flat=True runs chains of elementwise transforms (gx.is_elementwise); not elementwise: "
+                             f"{names} (use flat=False for this chain)")
+        return cls()
+
+    # -- zero_grad ----------------------------------------------------------------------
+
+    def zero_grad(self, opt: Any, set_to_none: bool) -> None:
+        """``opt.zero_grad``: a flat group's gradient buffer is zeroed and its views kept
+        (with ``set_to_none`` a view that backward does not reach then reads as ``None``);
+        other gradients as torch does."""
+        for gi, group in enumerate(opt.param_groups):
+            lay = self._layouts.get(gi)
+            rest = group["params"]
+            if isinstance(lay, _Layout) and lay.plist is group["params"]:
+                grads = list(map(_GRAD, lay.bparams))
+                if all(map(operator.is_, grads, lay.gviews)) and list(map(_PTR, grads)) == lay.gptrs:
+                    for g in lay.fgrads.values():
+                        g.zero_()
+                    if set_to_none:
+                        lay.zero_versions = list(map(_VERSION, grads))
+                    rest = lay.others
+            _zero_like_torch(rest, set_to_none)
+
+    # -- stepping -----------------------------------------------------------------------
+
+    def step(self, opt: Any, gi: int, group: dict[str, Any]) -> bool:
+        """One flat step of param group ``gi``; ``False`` (having changed nothing but
+        gradients no backward reached, now ``None``) when the default path must run it."""
+        lay = self._layouts.get(gi)
+        if lay is _DISABLED:
+            return False
+        if lay is None or not lay.same_params(group["params"]):
+            lay = self._build(opt, gi, group)
+            if lay is None:
+                return False
+        elif not self._grads_ready(lay):
+            return False
+        variant = opt._variant(opt._setting_values(group), f"param_groups[{gi}]")
+        if lay.canonical is None or opt._chain_states[gi] is not lay.canonical:
+            try:
+                self._link(opt, gi, lay, variant.tx)
+            except _NotFlat:
+                self._layouts[gi] = _DISABLED
+                return False
+        opt._write_hyperparameters(group, lay.canonical)
+        self._run(opt, gi, lay, variant)
+        return True
+
+    def forget(self) -> None:
+        """Drop every layout (the parameters stay where they are; the next step rebuilds)."""
+        self._layouts.clear()
+
+    def _grads_ready(self, lay: _Layout) -> bool:
+        """Whether every stepped parameter's gradient is its view, after copying in the ones
+        that are not; ``False`` when one has none (or one backward did not reach since
+        ``zero_grad``, set to ``None`` here) or cannot be copied in."""
+        grads = list(map(_GRAD, lay.bparams))
+        try:
+            same = list(map(_PTR, grads)) == lay.gptrs
+        except TypeError:  # a None gradient
+            same = False
+        if lay.zero_versions is not None:
+            untouched = [i for i, (g, view, v) in enumerate(zip(grads, lay.gviews, lay.zero_versions))
+                         if g is view and g._version == v]
+            lay.zero_versions = None
+            if untouched:  # zero_grad(set_to_none=True) and no backward since: no gradient
+                for i in untouched:
+                    lay.bparams[i].grad = None
+                return False
+        if same:
+            return True
+        for p, g in zip(lay.bparams, grads):
+            if (type(g) is not torch.Tensor or g.layout is not torch.strided or g.dtype != p.dtype
+                    or g.device != p.device):
+                return False
+        views = [_alias(lay.fgrads[ParamKey(b)], off, shape) for b, off, _, shape in
+                 (lay.where[k] for k in lay.keys)]
+        torch._foreach_copy_(views, grads)
+        for p, view in zip(lay.bparams, views):
+            p.grad = view
+        lay.gviews = views
+        return True
+
+    def _build(self, opt: Any, gi: int, group: dict[str, Any]) -> _Layout | None:
+        """Move the stepped parameters of group ``gi`` and their gradients into flat buffers;
+        ``None`` (nothing moved) when some cannot be."""
+        params = group["params"]
+        # parameters in a buffer of this optimizer may move to a new one
+        own = {x.untyped_storage().data_ptr() for lay in self._layouts.values() if isinstance(lay, _Layout)
+               for x in lay.fparams.values()}
+        self._layouts.pop(gi, None)
+        keys = [k for k, p in enumerate(params) if p.grad is not None]
+        if not keys:
+            return None
+        ptrs = set()
+        for k in keys:
+            p = params[k]
+            if not _eligible(p, own) or (p.numel() and p.data_ptr() in ptrs):
+                return None
+            ptrs.add(p.data_ptr())
+        opt._forget_replaced(gi)
+        kinds: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        for k in keys:
+            kinds.setdefault((params[k].device, params[k].dtype), []).append(k)
+        where: dict[int, tuple[int, int, int, torch.Size]] = {}
+        fparams, fgrads = {}, {}
+        with torch.no_grad():
+            for b, ((device, dtype), ks) in enumerate(kinds.items()):
+                total = sum(params[k].numel() for k in ks)
+                flat_p = torch.empty(total, dtype=dtype, device=device)
+                flat_g = torch.empty(total, dtype=dtype, device=device)
+                offset = 0
+                for k in ks:
+                    p = params[k]
+                    n = p.numel()
+                    where[k] = (b, offset, n, p.shape)
+                    # one parameter at a time, so its old memory is freed before the next is copied
+                    flat_p[offset:offset + n].copy_(p.detach().reshape(-1))
+                    p.data = flat_p[offset:offset + n].view(p.shape)
+                    offset += n
+                fparams[ParamKey(b)] = flat_p
+                fgrads[ParamKey(b)] = flat_g
+        lay = _Layout(params, tuple(params), keys, [params[k] for k in keys],
+                      [p for k, p in enumerate(params) if k not in where], where, fparams, fgrads,
+                      [params[k].data_ptr() for k in keys], [])
+        views = [_alias(fgrads[ParamKey(b)], off, shape) for b, off, _, shape in (where[k] for k in keys)]
+        for p, view in zip(lay.bparams, views):
+            view.copy_(p.grad)
+            p.grad = view
+        lay.gviews = views
+        lay.gptrs = [v.data_ptr() for v in views]
+        self._layouts[gi] = lay
+        return lay
+
+    def _link(self, opt: Any, gi: int, lay: _Layout, tx: Any) -> None:
+        """Make the group's state (the adapter's) views of the flat state, copying its values
+        in; a group without state gets a fresh flat state and views of it, never the
+        per-parameter tensors (no transient copy of the whole state)."""
+        if lay.fstate is None or opt._chain_states[gi] is None:  # a group without state starts afresh
+            lay.fstate = tx.init(lay.fparams)
+        if opt._chain_states[gi] is None and self._link_fresh(opt, gi, lay, tx):
+            return
+        opt._group_state(gi, lay.keys, tx)  # initialises the ones seen for the first time
+        full = opt._chain_states[gi]
+        positioned, treedef = param_leaves(full)
+        flat_leaves, flat_def = param_leaves(lay.fstate)
+        by_path = {(index, path): leaf for index, path, leaf in flat_leaves}
+        shared = {path: leaf for index, path, leaf in positioned if index is None}
+        leaves, copies = [], []
+        for index, path, leaf in positioned:
+            if index is None or index not in lay.where:
+                leaves.append(leaf)
+                continue
+            b, off, n, shape = lay.where[index]
+            big = by_path.get((b, path))
+            if (big is None or not isinstance(leaf, torch.Tensor) or leaf.shape != shape or leaf.dtype != big.dtype
+                    or big.shape != (lay.fparams[ParamKey(b)].numel(),)):
+                raise _NotFlat
+            view = big[off:off + n].view(shape)
+            if view.data_ptr() != leaf.data_ptr():
+                copies.append((view, leaf))
+            leaves.append(view)
+        self._check_covered(lay, positioned, flat_leaves, shared)
+        if copies:
+            torch._foreach_copy_([v for v, _ in copies], [x for _, x in copies])
+        lay.fstate = tree_unflatten([shared[path] if index is None else leaf for index, path, leaf in flat_leaves],
+                                    flat_def)
+        lay.canonical = opt._chain_states[gi] = tree_unflatten(leaves, treedef)
+
+    @staticmethod
+    def _check_covered(lay: _Layout, positioned: list, flat_leaves: list, shared: dict) -> None:
+        """Each stepped parameter has every per-parameter path of the flat state, and the flat
+        state's shared leaves are the group's."""
+        flat_paths = {path for index, path, _ in flat_leaves if index is not None}
+        have: dict[int, set[str]] = {k: set() for k in lay.keys}
+        for index, path, _ in positioned:
+            if index in have:
+                have[index].add(path)
+        if any(paths != flat_paths for paths in have.values()):
+            raise _NotFlat
+        if {path for index, path, _ in flat_leaves if index is None} != set(shared):
+            raise _NotFlat
+
+    def _link_fresh(self, opt: Any, gi: int, lay: _Layout, tx: Any) -> bool:
+        """A group without state: its state made of views of a fresh flat state (its
+        structure from ``init`` over meta tensors); ``False`` when the chain cannot init
+        on meta."""
+        pdict = opt._param_dict(gi, lay.keys)
+        try:
+            template = tx.init({key: torch.empty(p.shape, dtype=p.dtype, device="meta") for key, p in pdict.items()})
+        except Exception:  # noqa: BLE001 - a chain that needs real tensors to init copies instead
+            return False
+        positioned, treedef = param_leaves(template)
+        flat_leaves, _ = param_leaves(lay.fstate)
+        by_path = {(index, path): leaf for index, path, leaf in flat_leaves}
+        shared = {path: leaf for index, path, leaf in flat_leaves if index is None}
+        leaves = []
+        for index, path, leaf in positioned:
+            if index is None:
+                if path not in shared:
+                    raise _NotFlat
+                leaves.append(shared[path])
+                continue
+            b, off, n, shape = lay.where[index]
+            big = by_path.get((b, path))
+            if (big is None or not isinstance(leaf, torch.Tensor) or leaf.shape != shape or leaf.dtype != big.dtype
+                    or big.shape != (lay.fparams[ParamKey(b)].numel(),)):
+                raise _NotFlat
+            leaves.append(big[off:off + n].view(shape))
+        self._check_covered(lay, positioned, flat_leaves, {p: 0 for i, p, _ in positioned if i is None})
+        known, ids, params = opt._known_keys[gi], opt._param_ids[gi], opt.param_groups[gi]["params"]
+        n = len(params)
+        if len(known) < n:
+            known.extend(bytes(n - len(known)))
+        if len(ids) < n:
+            ids.extend([0] * (n - len(ids)))
+        for k in lay.keys:
+            known[k] = 1
+            ids[k] = id(params[k])
+        lay.canonical = opt._chain_states[gi] = tree_unflatten(leaves, treedef)
+        return True
+
+    def _run(self, opt: Any, gi: int, lay: _Layout, variant: Any) -> None:
+        """The chain over the flat buffers, in place (fused, compiled or multi-tensor)."""
+        keys = list(lay.fparams)
+        ps, gs = list(lay.fparams.values()), list(lay.fgrads.values())
+        compiled = opt._compiled
+        # packing a small buffer into the compiled path's own copies would detach the state's views
+        if compiled is not None and all(p.numel() >= _compiled.PACK_BELOW for p in ps):
+            new = compiled.run(-1 - gi, lay.fstate, keys, lay.fparams, lay.fgrads)
+            self._keep(opt, gi, lay, new)
+            return
+        if variant.plan is not None and variant.plan.run(lay.fstate, keys, lay.fparams, lay.fgrads,
+                                                         lambda like: self._scratch(lay, like)):
+            return
+        copies = F.copy_(self._scratch(lay, gs), gs) if variant.declared else F.clone(gs)
+        updates = dict(zip(keys, copies))
+        extra = {"grad": dict(lay.fgrads)}
+        state, alpha = lay.fstate, 1.0
+        if variant.before_lr is not None and not state[-1].lr.requires_grad:
+            updates, new_state = variant.before_lr(updates, state[:-1], lay.fparams, True, extra)
+            alpha = -float(state[-1].lr)
+            new = (*new_state, state[-1])
+        else:
+            updates, new = variant.run(updates, state, lay.fparams, variant.declared, extra)
+        self._keep(opt, gi, lay, new)
+        F.add(ps, F.cast_like([updates[k] for k in keys], ps), alpha=alpha, inplace=True)
+
+    @staticmethod
+    def _keep(opt: Any, gi: int, lay: _Layout, new: Any) -> None:
+        """Keep the flat state's tensors (the group's state holds views of them): a chain that
+        returned fresh ones has them copied in; a shared leaf that is not a tensor (a user's
+        Python counter) is taken as returned, in both states."""
+        old_leaves, flat_def = param_leaves(lay.fstate)
+        new_leaves = param_leaves(new)[0]
+        fresh = [(o, n) for (_, _, o), (_, _, n) in zip(old_leaves, new_leaves) if o is not n]
+        if not fresh:
+            lay.fstate = new  # the same tensors: the compiled path recognises its tree
+            return
+        others = {}
+        for (_, path, o), (_, _, n) in zip(old_leaves, new_leaves):
+            if o is n:
+                continue
+            if isinstance(o, torch.Tensor):
+                o.copy_(n)
+            else:
+                others[path] = n
+        if others:
+            lay.fstate = tree_unflatten([others.get(path, o) if index is None else o
+                                         for index, path, o in old_leaves], flat_def)
+            positioned, treedef = param_leaves(lay.canonical)
+            lay.canonical = opt._chain_states[gi] = tree_unflatten(
+                [others.get(path, leaf) if index is None else leaf for index, path, leaf in positioned], treedef)
+
+    @staticmethod
+    def _scratch(lay: _Layout, like: list[torch.Tensor]) -> list[torch.Tensor]:
+        if lay.scratch is None or len(lay.scratch) != len(like):
+            lay.scratch = [torch.empty_like(x) for x in like]
+        return lay.scratch
+
+
+def _zero_like_torch(params: list[torch.Tensor], set_to_none: bool) -> None:
+    """``torch.optim.Optimizer.zero_grad`` over ``params``."""
+    for p in params:
+        g = p.grad
+        if g is None:
+            continue
+        if set_to_none:
+            p.grad = None
+        else:
+            if g.grad_fn is not None:
+                g.detach_()
+            else:
+                g.requires_grad_(False)
+            g.zero_()

@@ -1,0 +1,332 @@
+"""``gx.Optimizer(..., flat=True)``: contiguous storage gives the default path's numbers.
+
+Every elementwise alias of the registry runs 50 steps both ways (f32 to 1e-6 and f64 to
+1e-12 relative); each thing users do to parameters and gradients (zeroing them either way,
+replacing or adding parameters, tied and frozen ones, gradients of another dtype, moving
+or loading the model, compiled models, checkpoints both ways) is checked against the
+default path's numbers, and the fast path is checked to be taken (one buffer).
+"""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from registry import ENTRIES
+
+import gradtx as gx
+from gradtx.optim import compiled as _compiled
+
+ALIASES = [e for e in ENTRIES if e.kind == "alias" and gx.is_elementwise(e.build())]
+SHAPES = [(7, 5), (30,), (3, 4, 2), (), (1,), (6, 6)]
+REL = {torch.float32: 1e-6, torch.float64: 1e-12}
+
+
+def _params(dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s in SHAPES]
+
+
+def _backward(params, step, skip=()):
+    """Gradients by backward (accumulated into what ``.grad`` holds): ``sum w_i * p_i + p_i^2 / 2``."""
+    gen = torch.Generator().manual_seed(100 + step)
+    loss = 0.0
+    for i, p in enumerate(params):
+        if i in skip:
+            continue
+        w = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype)
+        loss = loss + (w * p).sum() + 0.5 * (p * p).sum()
+    loss.backward()
+
+
+def _assert_close(got, expected, rel):
+    for i, (a, b) in enumerate(zip(got, expected)):
+        a, b = a.detach(), b.detach()
+        assert a.dtype == b.dtype and a.shape == b.shape
+        scale = max(float(b.abs().max()), 1.0) if b.numel() else 1.0
+        err = float((a - b).abs().max()) if b.numel() else 0.0
+        assert err <= rel * scale, f"param {i}: |flat - default| = {err:.3g} > {rel:g} * {scale:.3g}"
+
+
+def _one_buffer(params):
+    """Whether the parameters, and their gradients, each live in one storage."""
+    p_storages = {p.untyped_storage().data_ptr() for p in params}
+    g_storages = {p.grad.untyped_storage().data_ptr() for p in params if p.grad is not None}
+    return len(p_storages) == 1 and len(g_storages) <= 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("entry", ALIASES, ids=[e.name for e in ALIASES])
+def test_elementwise_alias_flat_matches_default(entry, dtype):
+    results = []
+    for flat in (False, True):
+        params = _params(dtype)
+        opt = gx.Optimizer(params, entry.build(), flat=flat)
+        for step in range(50):
+            opt.zero_grad()
+            _backward(params, step)
+            opt.step()
+        if flat:
+            assert _one_buffer(params)
+        results.append(params)
+    _assert_close(results[1], results[0], REL[dtype])
+
+
+def test_flat_refuses_a_chain_that_is_not_elementwise():
+    with pytest.raises(ValueError, match="flat=True runs chains of elementwise transforms.*lamb|not elementwise"):
+        gx.Optimizer(_params(torch.float32), gx.lamb(1e-3), flat=True)
+    with pytest.raises(ValueError, match="flat must be a bool"):
+        gx.Optimizer(_params(torch.float32), gx.adam(1e-3), flat=1)
+
+
+def _both(train, tx=lambda: gx.adamw(0.05, weight_decay=0.1), dtype=torch.float64, **kw):
+    """``train(opt, params)`` with the default path and with flat storage; their params."""
+    out = []
+    for flat in (False, True):
+        params = _params(dtype)
+        opt = gx.Optimizer(params, tx(), flat=flat, **kw)
+        out.append(train(opt, params))
+    return out
+
+
+def _check(train, **kw):
+    default, flat = _both(train, **kw)
+    _assert_close(flat, default, 1e-12)
+    return default, flat
+
+
+def test_model_zero_grad_set_to_none_gathers_and_keeps_stepping():
+    def train(opt, params):
+        for step in range(6):
+            for p in params:  # model.zero_grad(): gradients set to None, backward makes new ones
+                p.grad = None
+            _backward(params, step)
+            opt.step()
+        return params
+    _check(train)
+
+
+def test_a_parameter_backward_does_not_reach_after_zero_grad_is_skipped():
+    def train(opt, params):
+        for step in range(8):
+            opt.zero_grad()  # set_to_none=True: a parameter without gradient is not stepped
+            _backward(params, step, skip=(1, 3) if step % 3 == 1 else ())
+            opt.step()
+            if opt._flat is not None and step % 3 == 1:
+                assert params[1].grad is None and params[3].grad is None
+        return params
+    _check(train)
+
+
+def test_zero_grad_without_set_to_none_steps_zero_gradients():
+    def train(opt, params):
+        for step in range(6):
+            opt.zero_grad(set_to_none=False)
+            _backward(params, step, skip=(2,) if step == 3 else ())
+            opt.step()
+        return params
+    _check(train)
+
+
+def test_gradients_assigned_each_step():
+    def train(opt, params):
+        gen = torch.Generator().manual_seed(5)
+        for _ in range(5):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+            opt.step()
+        return params
+    _check(train)
+
+
+def test_replaced_and_added_parameters_start_afresh():
+    def train(opt, params):
+        for step in range(4):
+            opt.zero_grad()
+            _backward(params, step)
+            opt.step()
+        new = torch.nn.Parameter(torch.full((30,), 0.5, dtype=torch.float64))
+        opt.param_groups[0]["params"][1] = new
+        params[1] = new
+        extra = torch.nn.Parameter(torch.ones(4, 4, dtype=torch.float64))
+        opt.add_param_group({"params": [extra], "lr": 0.01})
+        for step in range(4, 8):
+            opt.zero_grad()
+            _backward(params + [extra], step)
+            opt.step()
+        return params + [extra]
+    _check(train)
+
+
+def test_frozen_parameters_and_a_parameter_frozen_later():
+    def train(opt, params):
+        params[2].requires_grad_(False)
+        for step in range(8):
+            if step == 4:
+                params[0].requires_grad_(False)
+            opt.zero_grad()
+            _backward(params, step, skip=(0, 2) if step >= 4 else (2,))
+            opt.step()
+        return params
+    _check(train)
+
+
+def test_tied_weights():
+    def run(flat):
+        torch.manual_seed(0)
+        emb = torch.nn.Embedding(11, 6).double()
+        head = torch.nn.Linear(6, 11, bias=True).double()
+        head.weight = emb.weight  # tied: one Parameter in two modules
+        model = torch.nn.ModuleList([emb, head])
+        opt = gx.Optimizer(model.parameters(), gx.adam(0.01), flat=flat)
+        tokens = torch.arange(11)
+        for _ in range(6):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(head(emb(tokens)), tokens).backward()
+            opt.step()
+        assert head.weight is emb.weight
+        return list(model.parameters())
+    _assert_close(run(True), run(False), 1e-12)
+
+
+def test_gradients_of_another_dtype_fall_back():
+    def train(opt, params):
+        gen = torch.Generator().manual_seed(3)
+        params[0].grad_dtype = torch.float32
+        for _ in range(4):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.grad_dtype or p.dtype)
+            opt.step()
+        return params
+    _check(train)
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+
+
+def _train_model(model, opt, steps, start=0):
+    for step in range(start, start + steps):
+        gen = torch.Generator().manual_seed(step)
+        x = torch.randn(16, 5, generator=gen, dtype=next(model.parameters()).dtype)
+        opt.zero_grad()
+        (model(x) ** 2).mean().backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("change", ["moved", "load_model_state", "data_assigned"])
+def test_model_moved_or_loaded_after_the_optimizer_was_made(change):
+    results = []
+    for flat in (False, True):
+        model = _mlp()
+        opt = gx.Optimizer(model.parameters(), gx.adamw(0.01, weight_decay=0.1), flat=flat)
+        _train_model(model, opt, 3)
+        if change == "moved":  # what .to(another device) does: new memory for params and grads
+            model._apply(lambda t: t.clone())
+        elif change == "load_model_state":
+            model.load_state_dict({k: v * 0.9 for k, v in model.state_dict().items()})
+        else:
+            model[0].weight.data = model[0].weight.detach() * 1.5
+        _train_model(model, opt, 3, start=3)
+        results.append(list(model.parameters()))
+    _assert_close(results[1], results[0], 1e-12)
+
+
+@pytest.mark.slow  # a dynamo trace of the model and its backward: ~10 s
+def test_compiled_model():
+    results = []
+    for flat in (False, True):
+        model = _mlp()
+        opt = gx.Optimizer(model.parameters(), gx.adam(0.01), flat=flat)
+        compiled = torch.compile(model, backend="aot_eager")
+        _train_model(compiled, opt, 5)
+        if flat:
+            assert _one_buffer(list(model.parameters()))
+        results.append(list(model.parameters()))
+    _assert_close(results[1], results[0], 1e-12)
+
+
+@pytest.mark.slow  # a dynamo trace of the chain: ~20 s
+def test_compile_true_with_flat_storage(monkeypatch):
+    monkeypatch.setattr(_compiled, "PACK_BELOW", 16)
+    eager, flat = _both(lambda opt, params: _steps(opt, params, 5), dtype=torch.float64)
+    params = _params(torch.float64)
+    opt = gx.Optimizer(params, gx.adamw(0.05, weight_decay=0.1), flat=True, compile={"backend": "eager"})
+    _assert_close(_steps(opt, params, 5), eager, 1e-12)
+    assert _one_buffer(params)
+
+
+def _steps(opt, params, n, start=0):
+    for step in range(start, start + n):
+        opt.zero_grad()
+        _backward(params, step)
+        opt.step()
+    return params
+
+
+def test_lr_scheduler_and_group_settings_reach_the_flat_step():
+    def train(opt, params):
+        opt.param_groups[0]["b1"] = 0.8
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+        for step in range(6):
+            _steps(opt, params, 1, start=step)
+            sched.step()
+        return params
+    _check(train)
+
+
+@pytest.mark.parametrize("direction", ["flat_to_default", "default_to_flat"])
+def test_checkpoints_move_between_flat_and_default(direction):
+    src_flat = direction == "flat_to_default"
+    params = _params(torch.float64)
+    opt = gx.Optimizer(params, gx.adamw(0.05, weight_decay=0.1), flat=src_flat)
+    _steps(opt, params, 4)
+    buf = io.BytesIO()
+    torch.save({"params": [p.detach() for p in params], "opt": opt.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    _steps(opt, params, 4, start=4)
+
+    restored = [torch.nn.Parameter(p.clone()) for p in saved["params"]]
+    other = gx.Optimizer(restored, gx.adamw(0.05, weight_decay=0.1), flat=not src_flat)
+    other.load_state_dict(saved["opt"])
+    _steps(other, restored, 4, start=4)
+    _assert_close(restored, params, 1e-12)
+    # and the state dicts agree in layout and values
+    a, b = opt.state_dict(), other.state_dict()
+    assert a["state"].keys() == b["state"].keys()
+    for k in a["state"]:
+        for path in a["state"][k]:
+            torch.testing.assert_close(a["state"][k][path], b["state"][k][path], rtol=1e-12, atol=1e-14)
+
+
+def test_state_clear_starts_afresh_as_on_the_default_path():
+    def train(opt, params):
+        _steps(opt, params, 3)
+        opt.state.clear()
+        _steps(opt, params, 3, start=3)
+        return params
+    _check(train)
+
+
+def test_opt_state_shows_views_of_the_flat_state():
+    params = _params(torch.float32)
+    opt = gx.Optimizer(params, gx.adam(0.05), flat=True)
+    _steps(opt, params, 2)
+    mus = [opt.state[p]["[0].mu"] for p in params]
+    assert len({m.untyped_storage().data_ptr() for m in mus}) == 1
+    assert all(m.shape == p.shape for m, p in zip(mus, params))
+
+
+def test_closure_steps_on_the_default_path_with_the_same_numbers():
+    def train(opt, params):
+        for step in range(4):
+            def closure(step=step):
+                opt.zero_grad()
+                _backward(params, step)
+                return torch.zeros(())
+            opt.step(closure)
+        return params
+    _check(train)
