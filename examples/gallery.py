@@ -79,7 +79,7 @@ def plot_trajectories(name: str, out: pathlib.Path) -> pathlib.Path:
     zs = torch.vmap(torch.vmap(lambda a, b: loss_fn({"xy": torch.stack([a, b])})))(xs, ys)
     fig, ax = plt.subplots(figsize=(7, 5))
     levels = torch.logspace(-2, math.log10(zs.max().item()), 18).tolist()
-    ax.contour(xs, ys, zs, levels=levels, cmap="Greys", linewidths=0.6)
+    ax.contour(xs, ys, zs, levels=levels, colors="0.7", linewidths=0.6)
     for label, tx in optimizers.items():
         path = trajectory(tx, loss_fn, start, steps)
         ax.plot(path[:, 0], path[:, 1], ".-", ms=2.5, lw=1, label=f"{label}: f = {loss_fn({'xy': path[-1]}):.1e}")
