@@ -33,6 +33,10 @@ PAGES = [
 ]
 
 
+# a package's submodule listed before its others (the rest follow alphabetically)
+FIRST = {"gradtx.aliases": "gradtx.aliases.sgd_adam"}
+
+
 def _page_of(module: str) -> str:
     for page, _, prefixes in PAGES:
         if any(module == p or module.startswith(p if p.endswith(".") else p + ".") for p in prefixes):
@@ -66,7 +70,9 @@ def _family(module) -> list[tuple[object, list[str]]]:
     names = list(module.__all__)
     groups = []
     if hasattr(module, "__path__"):
-        for sub in sorted(vars(module).values(), key=lambda m: getattr(m, "__name__", "")):
+        first = FIRST.get(module.__name__)
+        for sub in sorted(vars(module).values(), key=lambda m: (getattr(m, "__name__", "") != first,
+                                                                  getattr(m, "__name__", ""))):
             if inspect.ismodule(sub) and sub.__name__.startswith(module.__name__ + ".") and hasattr(sub, "__all__"):
                 own = [n for n in sub.__all__ if n in names and getattr(module, n) is getattr(sub, n)]
                 if own:
