@@ -142,7 +142,12 @@ def main(out: pathlib.Path | str = "docs/gallery") -> list[pathlib.Path]:
     matplotlib.use("Agg")
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    return [plot_trajectories("rosenbrock", out), plot_trajectories("quadratic", out), plot_training(out)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: more threads only add synchronisation
+    try:
+        return [plot_trajectories("rosenbrock", out), plot_trajectories("quadratic", out), plot_training(out)]
+    finally:
+        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":
