@@ -256,3 +256,37 @@ def test_the_guides_line_search_is_scale_by_backtracking():
     torch.testing.assert_close(runs[0], runs[1], **TOL)
     with pytest.raises(ValueError, match="value_fn"):
         guide().update({"x": torch.ones(())}, (), {"x": torch.ones(())})
+
+
+# The other guides read top to bottom: their python blocks run in order in one namespace, as a
+# reader pasting them into one session would, and the asserts in them are the guide's claims.
+GUIDES = sorted(p for p in GUIDE.parent.glob("*.md") if p.name != GUIDE.name)
+SLOW_GUIDES = {"torch_func.md"}  # compiles with Inductor (tens of seconds): CI's slow step runs it
+
+
+def _run_guide(path: pathlib.Path) -> dict:
+    blocks = re.findall(r"^```python\n(.*?)^```", path.read_text(), re.S | re.M)
+    module = types.ModuleType(f"guide_{path.stem}")
+    sys.modules[module.__name__] = module  # torch.compile looks globals up by module name
+    for index, block in enumerate(blocks):
+        filename = f"<{path.name} block {index}>"
+        linecache.cache[filename] = (len(block), None, block.splitlines(True), filename)
+        exec(compile(block, filename, "exec"), module.__dict__)  # noqa: S102 - the guide's code
+    return module.__dict__
+
+
+def test_every_guide_has_code():
+    runnable = {"getting_started.md", "param_groups.md", "masks.md", "accumulation.md", "checkpoints.md",
+                "torch_func.md", "closures.md", "migration.md", "faq.md"}
+    by_name = {p.name: p for p in GUIDES}
+    assert runnable <= set(by_name), sorted(runnable - set(by_name))
+    for name in runnable:
+        assert re.search(r"^```python\n", by_name[name].read_text(), re.M), f"{name} has no python block"
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=[pytest.mark.slow] if p.name in SLOW_GUIDES else [])
+                                  for p in GUIDES], ids=lambda p: p.stem)
+def test_guide_runs(path, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # a guide that saves a checkpoint writes here
+    torch.manual_seed(0)
+    _run_guide(path)
