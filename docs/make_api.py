@@ -21,12 +21,13 @@ DOCS = pathlib.Path(__file__).parent
 
 # (page, title, module prefixes under gradtx.): every module of gx._MODULES must match one
 PAGES = [
-    ("core", "Core: the contract, trees, authoring, evaluation", ["base", "_tree", "authoring", "evaluation", "handover"]),
+    ("core", "Core: the contract, trees, authoring, evaluation",
+     ["base", "_tree", "authoring", "evaluation", "handover"]),
     ("combinators", "Combinators and branching", ["combine", "branching"]),
     ("transforms", "Transforms", ["transforms."]),
     ("preconditioners", "Matrix preconditioners", ["precondition"]),
     ("search", "Line searches, quasi-Newton, conjugate gradient, trust regions", ["search."]),
-    ("second_order", "Second order: Hessian-vector products, Newton methods, diagonal curvature", ["second_order."]),
+    ("second_order", "Second order: Hessian-vector products, Newton, diagonal curvature", ["second_order."]),
     ("approx", "Gradient approximation: finite differences, SPSA, MeZO, forward gradients", ["approx."]),
     ("wrappers", "Wrappers and monitoring", ["wrappers", "sharpness", "projected", "external", "monitoring"]),
     ("schedules", "Schedules", ["schedules"]),
