@@ -74,6 +74,10 @@ NO_NUMERIC = {"identity", "scale_by_sign", "scale_by_schedule", "chain", "named_
               "set_to_zero", "selective_transform", "conditionally_mask", "snapshot", "monitor", "project_params",
               # the authoring helpers take the author's functions; their hyperparameters are **kwargs
               "per_tensor", "multi_tensor", "stateless_with_tree_map",
+              # its numbers are the wrapped optimizer's **kwargs, checked by that optimizer's constructor
+              "wrap_optimizer",
+              # its numbers belong to the projection it is given (gx.galore_projection checks rank...)
+              "in_projected_space",
               # blocks, combinators and gradient-aware members with no number to set
               "sum_of", "difference", "product", "copysign", "abs", "sqrt", "reciprocal", "accumulate_maximum",
               "accumulate_minimum", "accumulate_sum", "accumulate_mean", "cautious", "copy_grad_sign",
