@@ -93,9 +93,9 @@ def wrap_optimizer(optimizer_class: type[torch.optim.Optimizer], *, closure: boo
 
     def layout(leaves: list[torch.Tensor]) -> tuple[list[dict[str, _Entry]], dict[str, type]]:
         """What the optimizer keeps per parameter and in its group, from one step on zeros."""
-        key = tuple((tuple(p.shape), p.dtype, p.device) for p in leaves)
         if not leaves:  # torch optimizers refuse an empty parameter list
             return [], {}
+        key = tuple((tuple(p.shape), p.dtype, p.device) for p in leaves)
         if key not in layouts:
             # gradients of ones: a step that moves, so the optimizer makes all it keeps (on zeros,
             # torch's LBFGS returns before making its history)
@@ -148,7 +148,8 @@ def wrap_optimizer(optimizer_class: type[torch.optim.Optimizer], *, closure: boo
             return updates, state
         copies = [p.detach().clone() for p in leaves]
         for c, g in zip(copies, grads):
-            c.grad = g.to(c.dtype) if inplace else g.to(c.dtype, copy=True)
+            # always a copy: an optimizer may keep p.grad itself in its state, which must hold no update tensor
+            c.grad = g.to(c.dtype, copy=True)
         opt = _build(optimizer_class, copies, hyperparameters)
         slot_leaves = {k: flatten_up_to(v, treedef, f"the state's {k!r}") for k, v in state.slots.items()}
         if bool(state.started):

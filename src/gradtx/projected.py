@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ._foreach import as_complex_like, as_real
 from ._hparams import check, check_int, increment, new_count
 from ._tree import flatten_up_to, tensor_leaves, tree_unflatten
 from .base import GradientTransformation, is_leafwise, transform
@@ -82,36 +83,30 @@ def in_projected_space(inner: GradientTransformation, projection: Projection) ->
 
     def init(params):
         leaves, treedef = tensor_leaves(params)
-        leaves = [_real(p) for p in leaves]
+        leaves = as_real(leaves)  # a complex leaf is projected as its real view, as every transform steps it
         projected = tree_unflatten([projection.projected_like(p) for p in leaves], treedef)
         return InProjectedSpaceState(new_count(), tree_unflatten([projection.init(p) for p in leaves], treedef),
                                      inner.init(projected))
 
     def update(updates, state, params=None, **extra_args):
         given, treedef = tensor_leaves(updates)
-        leaves = [_real(u) for u in given]
+        leaves = as_real(given)
         count = int(state.count)
         proj = [projection.refresh(u, s, count)
                 for u, s in zip(leaves, flatten_up_to(state.projection, treedef, "the projection state"))]
         projected = tree_unflatten([projection.project(u, s) for u, s in zip(leaves, proj)], treedef)
         projected_params = None
         if params is not None:
-            projected_params = tree_unflatten([projection.project(_real(p), s) for p, s in zip(
-                flatten_up_to(params, treedef, "params"), proj)], treedef)
+            projected_params = tree_unflatten([projection.project(p, s) for p, s in zip(
+                as_real(flatten_up_to(params, treedef, "params")), proj)], treedef)
         kept = {"value": extra_args["value"]} if "value" in extra_args else {}
         out, inner_state = inner.update(projected, state.inner, projected_params, **kept)
         back = [projection.unproject(v, s, u) for v, s, u in zip(flatten_up_to(out, treedef, "the inner updates"),
                                                                  proj, leaves)]
-        back = [torch.view_as_complex(b.contiguous()) if g.is_complex() else b for b, g in zip(back, given)]
-        return tree_unflatten(back, treedef), InProjectedSpaceState(increment(state.count, False), tree_unflatten(
-            proj, treedef), inner_state)
+        new_state = InProjectedSpaceState(increment(state.count, False), tree_unflatten(proj, treedef), inner_state)
+        return tree_unflatten(as_complex_like(back, given), treedef), new_state
 
     return GradientTransformation(init, update)
-
-
-def _real(x: torch.Tensor) -> torch.Tensor:
-    """A complex leaf is projected as its real view (``(..., 2)``), as every transform steps it."""
-    return torch.view_as_real(x) if x.is_complex() else x
 
 
 # --- GaLore ---------------------------------------------------------------------------------
