@@ -330,7 +330,8 @@ def test_adapter_steps_params_without_grad_from_backward_false_closures(make, to
             torch.testing.assert_close(params[k].detach(), want[step][k], rtol=0, atol=tol)
     assert flags and not any(flags), "the closure was called with backward=True"
     assert all(x.grad is None for x in params.values())
-    assert len(opt.state[params["w"]]) >= 0 and opt.state_dict()["stepped"] == [[0, 1]]
+    # both params were stepped, so both have an entry in the state dict (format 2)
+    assert sorted(opt.state_dict()["state"]) == [0, 1]
 
 
 def test_adapter_refuses_a_gradient_source_without_closure():

@@ -394,5 +394,5 @@ def test_foreach_is_the_builtins_kernels_and_documented():
         assert fn is getattr(_foreach, name, None) or fn is getattr(_common, name), name
         assert (fn.__doc__ or "").strip(), f"gx.foreach.{name} has no docstring"
     api = (pathlib.Path(__file__).parent.parent / "docs" / "api.md").read_text()
-    documented = set(re.findall(r"^\| `foreach\.([A-Za-z_][A-Za-z0-9_]*)` \|", api, re.M))
+    documented = set(re.findall(r"^\| \[`foreach\.([A-Za-z_][A-Za-z0-9_]*)`\]", api, re.M))
     assert documented == set(gx.foreach.__all__), "run python docs/make_api.py"

@@ -73,19 +73,23 @@ def estimate(ps: list[torch.Tensor], treedef, value_fn: Callable, value: Any, di
             d = d / n_samples
         if factor is not None:
             d = d * factor
+        # d in each leaf's dtype: a 0-d leaf would otherwise promote to d's dtype out of place
+        # but not in place, and the two paths must give the same bits
         if grads is None:
             grads = []
             for i, p in enumerate(ps):
                 z = direction(i, p)
+                dz = d.to(z.dtype)
                 if outs is not None and outs[i].dtype == z.dtype and not z.requires_grad and not d.requires_grad:
-                    grads.append(outs[i].copy_(z.mul_(d)))
+                    grads.append(outs[i].copy_(z.mul_(dz)))
                 else:
-                    grads.append(z * d)
+                    grads.append(z * dz)
         else:
             for i, p in enumerate(ps):
                 z = direction(i, p)
+                dz = d.to(z.dtype)
                 mine = outs is not None and grads[i] is outs[i]
-                grads[i] = grads[i].add_(z.mul_(d)) if mine else grads[i] + z * d
+                grads[i] = grads[i].add_(z.mul_(dz)) if mine else grads[i] + z * dz
     if grads is None:  # n_samples is at least 1; only a tree without leaves gets here
         grads = []
     return f0, grads

@@ -100,7 +100,7 @@ class _Layout:
     zero_versions: list[int] | None = None  # gradient versions when zero_grad(set_to_none) kept them
     canonical: Any = None  # the adapter's state of the group, linked to ``fstate``
     fstate: Any = None  # the chain's state over ``fparams``
-    scratch: list[torch.Tensor] | None = None
+    scratch: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # slot -> temporaries
 
     def same_params(self, params: list) -> bool:
         return (params is self.plist and len(params) == len(self.snapshot)
@@ -358,7 +358,7 @@ class FlatStorage:
             self._keep(opt, gi, lay, new)
             return
         if variant.plan is not None and variant.plan.run(lay.fstate, keys, lay.fparams, lay.fgrads,
-                                                         lambda like: self._scratch(lay, like)):
+                                                         lambda like, slot=0: self._scratch(lay, like, slot)):
             return
         copies = F.copy_(self._scratch(lay, gs), gs) if variant.declared else F.clone(gs)
         updates = dict(zip(keys, copies))
@@ -400,10 +400,12 @@ class FlatStorage:
                 [others.get(path, leaf) if index is None else leaf for index, path, leaf in positioned], treedef)
 
     @staticmethod
-    def _scratch(lay: _Layout, like: list[torch.Tensor]) -> list[torch.Tensor]:
-        if lay.scratch is None or len(lay.scratch) != len(like):
-            lay.scratch = [torch.empty_like(x) for x in like]
-        return lay.scratch
+    def _scratch(lay: _Layout, like: list[torch.Tensor], slot: int = 0) -> list[torch.Tensor]:
+        """Temporaries like the flat buffers ``like``, kept per ``slot`` (a kernel may need two)."""
+        bufs = lay.scratch.get(slot)
+        if bufs is None or len(bufs) != len(like):
+            bufs = lay.scratch[slot] = [torch.empty_like(x) for x in like]
+        return bufs
 
 
 def _zero_like_torch(params: list[torch.Tensor], set_to_none: bool) -> None:

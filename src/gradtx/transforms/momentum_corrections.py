@@ -148,7 +148,7 @@ def scale_by_adaptive_heavy_ball(f_star: float = 0.0) -> GradientTransformation:
         tiny = torch.finfo(F.real_dtype(ps[0].dtype)).tiny if ps else 0.0
         if int(state.count) == 0:
             steps = [g * h.to(g.dtype) for g in gs]
-        elif float(d) <= 2 * tiny:  # at the minimum: torchzero's guard
+        elif float(d.detach()) <= 2 * tiny:  # at the minimum: torchzero's guard (f_star may need grad)
             steps = [g.clone() for g in gs]
         else:
             ggp = _dot(gs, g_prev)
