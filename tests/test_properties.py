@@ -554,7 +554,7 @@ def test_hypergradients_match_finite_differences(entry):
 
 REFUSES_COMPLEX = {"scale_by_factored_rms", "adafactor", "scale_by_sm3", "sm3", "scale_by_muon", "muon",
                    "scale_by_trust_region", "scale_by_soap", "soap", "scale_by_shampoo", "shampoo",
-                   "scale_by_full_matrix_adagrad", "scale_by_ggt", "scale_by_psgd_kron"}
+                   "scale_by_full_matrix_adagrad", "scale_by_ggt", "scale_by_psgd_kron", "in_eigenbasis"}
 # Hessian diagonals and curvature of a real loss; ASAM's |x|
 REFUSES_COMPLEX |= {"hutchinson_estimator_diag_hessian", "scale_by_sophia", "sophia", "scale_by_sophia_h", "sophia_h",
                     "scale_by_adahessian", "adahessian", "matrix_momentum", "asam_gradient"}

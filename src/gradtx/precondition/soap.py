@@ -50,27 +50,45 @@ def _eigenbasis(factor: torch.Tensor, precond_dtype: torch.dtype | None) -> torc
     return torch.flip(q, dims=[1]).to(factor.dtype).contiguous()
 
 
-def _refresh(factors: list[torch.Tensor], bases: list[torch.Tensor], has: list[bool], nu: torch.Tensor,
-             precond_dtype: torch.dtype | None) -> tuple[list[torch.Tensor], torch.Tensor]:
+def _new_bases(factors: list[torch.Tensor], bases: list[torch.Tensor], has: list[bool],
+               precond_dtype: torch.dtype | None) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
     """One power iteration and a QR per factor (Vyas et al., Algorithm 4): the estimated
-    eigenvalues ``diag(Q^T L Q)`` order the columns (largest first), the second moment's axis
-    is permuted with them so each entry stays with its direction, and ``Q <- qr(L Q)``."""
-    new_bases = []
-    for axis, (factor, q, on) in enumerate(zip(factors, bases, has)):
+    eigenvalues ``diag(Q^T L Q)`` order the columns (largest first) and ``Q <- qr(L Q)``.
+    Returns the new bases and, per axis, the column order (``None`` where no factor), with
+    which a diagonal statistic kept in the old basis is permuted so each entry stays with its
+    direction (:func:`_permute`)."""
+    new_bases, orders = [], []
+    for factor, q, on in zip(factors, bases, has):
         if not on:
             new_bases.append(q)
+            orders.append(None)
             continue
         product = factor @ q
         estimate = (q * product).sum(dim=0)
         order = torch.argsort(estimate, descending=True)
-        nu = nu.index_select(axis, order)
         power = product.index_select(1, order)
         # QR in float32 unless asked otherwise, as the references: orthogonality of Q matters
         # more than the factor's precision, and torch has no QR for half types
         qr_dtype = precond_dtype if precond_dtype is not None else torch.float32
         new_q, _ = torch.linalg.qr(power.to(qr_dtype))
         new_bases.append(new_q.to(q.dtype).contiguous())
-    return new_bases, nu
+        orders.append(order)
+    return new_bases, orders
+
+
+def _permute(x: torch.Tensor, orders: list[torch.Tensor | None]) -> torch.Tensor:
+    """``x`` (in the working shape) with each factored axis reordered as the refresh sorted it."""
+    for axis, order in enumerate(orders):
+        if order is not None:
+            x = x.index_select(axis, order)
+    return x
+
+
+def _refresh(factors: list[torch.Tensor], bases: list[torch.Tensor], has: list[bool], nu: torch.Tensor,
+             precond_dtype: torch.dtype | None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The refreshed bases (:func:`_new_bases`), and the second moment permuted with them."""
+    new_bases, orders = _new_bases(factors, bases, has, precond_dtype)
+    return new_bases, _permute(nu, orders)
 
 
 @transform(leafwise=True)
