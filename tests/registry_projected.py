@@ -16,4 +16,5 @@ ENTRIES = [
     Entry("in_projected_space", lambda: _adam_in(gx.galore_projection(rank=1, update_every=3, scale=1.0)),
           "GaLore (Zhao et al., 2024), the rule written in test_projected.py"),
 ]
-NOT_TRANSFORMS = {"Projection", "InProjectedSpaceState", "galore_projection", "dct_projection", "fft_projection"}
+NOT_TRANSFORMS = {"Projection", "InProjectedSpaceState", "galore_projection", "dct_projection", "fft_projection",
+                  "block_projection", "flat_projection"}

@@ -134,3 +134,130 @@ def test_refusals_name_the_argument():
         gx.galore_projection(rank=2, update_every=0)
     with pytest.raises(ValueError, match="projection must be a gx.Projection"):
         gx.in_projected_space(gx.scale_by_adam(), "galore")
+
+
+# --- block partition and the flat vector ------------------------------------------------------
+
+_TREE_SHAPES = {"w": (4, 7), "b": (5,), "s": (), "c": (2, 3, 2)}
+
+
+def _tree(seed):
+    gen = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(s, generator=gen, dtype=torch.float64) for k, s in _TREE_SHAPES.items()}
+
+
+def _run(tx, steps=4, with_params=True):
+    params = _tree(100)
+    state = tx.init(params)
+    outs = []
+    for t in range(steps):
+        u, state = tx.update(_tree(t), state, params if with_params else None)
+        outs.append(u)
+    return outs
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_elementwise_chain_under_blocks_is_the_chain(batched):
+    inner = lambda: gx.chain(gx.scale_by_adam(b1=0.8), gx.add_decayed_weights(0.1))  # noqa: E731
+    got = _run(gx.in_projected_space(inner(), gx.block_projection(3, batched=batched)))
+    want = _run(inner())
+    for a, b in zip(got, want):
+        for k in _TREE_SHAPES:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-14, atol=1e-15)
+
+
+def test_trust_ratio_per_block_is_lamb_per_block():
+    """The per-tensor trust ratio ||p|| / ||u|| taken per block of 3 (row-major, last block
+    shorter), written out with numpy."""
+    tx = gx.in_projected_space(gx.scale_by_trust_ratio(), gx.block_projection(3))
+    params, g = _tree(100), _tree(0)
+    u, _ = tx.update(g, tx.init(params), params)
+    for k in _TREE_SHAPES:
+        p_flat, g_flat = params[k].numpy().ravel(), g[k].numpy().ravel()
+        want = np.empty_like(g_flat)
+        for start in range(0, g_flat.size, 3):
+            pb, gb = p_flat[start:start + 3], g_flat[start:start + 3]
+            want[start:start + 3] = gb * np.linalg.norm(pb) / np.linalg.norm(gb)
+        np.testing.assert_allclose(u[k].numpy().ravel(), want, rtol=1e-12, atol=1e-14)
+
+
+def test_batched_blocks_are_rows_of_a_zero_padded_matrix():
+    seen = []
+
+    def row_sums(updates, params):
+        seen.append({k: tuple(v.shape) for k, v in updates.items()})
+        return {k: v.sum(dim=1, keepdim=True).expand_as(v) for k, v in updates.items()}
+
+    tx = gx.in_projected_space(gx.stateless(row_sums), gx.block_projection(4, batched=True))
+    g = _tree(0)
+    u, _ = tx.update(g, tx.init(g))
+    assert seen[0] == {"w": (7, 4), "b": (2, 4), "s": (1, 4), "c": (3, 4)}
+    for k in _TREE_SHAPES:
+        flat = g[k].numpy().ravel()
+        padded = np.concatenate([flat, np.zeros(-flat.size % 4)]).reshape(-1, 4)
+        want = np.repeat(padded.sum(axis=1), 4)[:flat.size]
+        np.testing.assert_allclose(u[k].numpy().ravel(), want, rtol=1e-14, atol=1e-15)
+
+
+def test_flat_projection_makes_per_tensor_rules_global():
+    """Under the flat projection a per-tensor rule sees one tensor: the trust ratio becomes
+    ||p||_global / ||u||_global over all leaves; a global-norm chain keeps its numbers."""
+    params, g = _tree(100), _tree(0)
+    tx = gx.in_projected_space(gx.scale_by_trust_ratio(), gx.flat_projection())
+    u, _ = tx.update(g, tx.init(params), params)
+    p_norm = np.sqrt(sum((v.numpy() ** 2).sum() for v in params.values()))
+    g_norm = np.sqrt(sum((v.numpy() ** 2).sum() for v in g.values()))
+    for k in _TREE_SHAPES:
+        np.testing.assert_allclose(u[k].numpy(), g[k].numpy() * p_norm / g_norm, rtol=1e-12, atol=1e-14)
+    inner = lambda: gx.chain(gx.clip_by_global_norm(1.0), gx.scale_by_adam())  # noqa: E731
+    for a, b in zip(_run(gx.in_projected_space(inner(), gx.flat_projection())), _run(inner())):
+        for k in _TREE_SHAPES:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-13, atol=1e-15)
+
+
+def test_flat_projection_is_gx_flatten():
+    inner = lambda: gx.chain(gx.scale_by_adam(), gx.scale_by_trust_ratio())  # noqa: E731
+    for a, b in zip(_run(gx.in_projected_space(inner(), gx.flat_projection())), _run(gx.flatten(inner()))):
+        for k in _TREE_SHAPES:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_flat_projection_is_not_leafwise_and_blocks_are():
+    inner = gx.scale_by_adam()
+    assert gx.is_leafwise(gx.in_projected_space(inner, gx.block_projection(8)))
+    assert not gx.is_leafwise(gx.in_projected_space(inner, gx.flat_projection()))
+
+
+@pytest.mark.parametrize("projection", [gx.block_projection(4), gx.block_projection(4, batched=True),
+                                        gx.flat_projection()], ids=["blocks", "batched", "flat"])
+def test_blocks_and_flat_under_the_adapter_resume(projection):
+    torch.manual_seed(0)
+    init = {"w": torch.randn(8, 6, dtype=torch.float64) * 0.3, "v": torch.randn(6, dtype=torch.float64)}
+    make = lambda: gx.chain(gx.in_projected_space(  # noqa: E731
+        gx.chain(gx.scale_by_adam(), gx.scale_by_trust_ratio()), projection), gx.scale_by_lr(0.05))
+    tx = make()
+    params, state = dict(init), tx.init(init)
+    for step in range(6):
+        updates, state = tx.update(torch.func.grad(_problem_loss)(params, step), state, params)
+        params = gx.apply_updates(params, updates)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in init.items()}
+    opt = gx.Optimizer(list(leaves.values()), make())
+    for step in range(6):
+        if step == 3:
+            buffer = io.BytesIO()
+            torch.save(opt.state_dict(), buffer)
+            buffer.seek(0)
+            opt = gx.Optimizer(list(leaves.values()), make())
+            opt.load_state_dict(torch.load(buffer, weights_only=True))
+        opt.zero_grad()
+        _problem_loss(leaves, step).backward()
+        opt.step()
+    for k in init:
+        torch.testing.assert_close(leaves[k].detach(), params[k], rtol=1e-12, atol=1e-14)
+
+
+def test_block_refusals():
+    with pytest.raises(ValueError, match="block_size"):
+        gx.block_projection(0)
+    with pytest.raises(ValueError, match="batched"):
+        gx.block_projection(4, batched="yes")

@@ -9,7 +9,10 @@ there with its state kept in that space's shapes, and its output is mapped back:
 - :func:`dct_projection` and :func:`fft_projection`: each leaf, flattened, through the
   orthonormal DCT-II or the real FFT (torchzero's projections).
 
-(Every parameter as one flat vector is :func:`gradtx.flatten`.)
+- :func:`block_projection`: each leaf, flattened, cut into blocks of a fixed size (each block
+  a leaf of its own, or all of them as the rows of one matrix);
+- :func:`flat_projection`: every leaf flattened and joined into one vector (a *joint*
+  projection: it maps the whole tree at once; the same numbers as :func:`gradtx.flatten`).
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ from ._hparams import check, check_int, increment, new_count
 from ._tree import flatten_up_to, tensor_leaves, tree_unflatten
 from .base import GradientTransformation, is_leafwise, transform
 
-__all__ = ["InProjectedSpaceState", "Projection", "dct_projection", "fft_projection", "galore_projection",
-           "in_projected_space"]
+__all__ = ["InProjectedSpaceState", "Projection", "block_projection", "dct_projection", "fft_projection",
+           "flat_projection", "galore_projection", "in_projected_space"]
 
 
 class Projection(NamedTuple):
@@ -39,6 +42,12 @@ class Projection(NamedTuple):
       (``like`` is the original leaf, for its shape and dtype);
     - ``projected_like(p) -> y``: zeros shaped as ``project`` would shape ``p``, for the inner
       chain's ``init``.
+
+    ``y`` may be a tensor or a list of tensors (each then a leaf of the inner chain's tree, as
+    :func:`block_projection`'s blocks). With ``joint=True`` the functions take the list of all
+    leaves instead of one (``init(ps)``, ``refresh(gs, s, count)``, ``project(xs, s) -> y``,
+    ``unproject(y, s, likes) -> xs``, ``projected_like(ps)``), for a projection that mixes
+    leaves (:func:`flat_projection`); the inner chain then sees ``y`` as its whole tree.
     """
 
     name: str
@@ -47,6 +56,7 @@ class Projection(NamedTuple):
     project: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     unproject: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     projected_like: Callable[[torch.Tensor], torch.Tensor]
+    joint: bool = False
 
     def __repr__(self) -> str:
         return self.name
@@ -60,7 +70,7 @@ class InProjectedSpaceState(NamedTuple):
     inner: Any  # the inner chain's state, over the projected tree
 
 
-@transform(leafwise=lambda args: is_leafwise(args["inner"]))
+@transform(leafwise=lambda args: is_leafwise(args["inner"]) and not args["projection"].joint)
 def in_projected_space(inner: GradientTransformation, projection: Projection) -> GradientTransformation:
     """``inner`` run on the updates mapped by ``projection``, its output mapped back.
 
@@ -84,6 +94,9 @@ def in_projected_space(inner: GradientTransformation, projection: Projection) ->
     def init(params):
         leaves, treedef = tensor_leaves(params)
         leaves = as_real(leaves)  # a complex leaf is projected as its real view, as every transform steps it
+        if projection.joint:
+            return InProjectedSpaceState(new_count(), projection.init(leaves),
+                                         inner.init(projection.projected_like(leaves)))
         projected = tree_unflatten([projection.projected_like(p) for p in leaves], treedef)
         return InProjectedSpaceState(new_count(), tree_unflatten([projection.init(p) for p in leaves], treedef),
                                      inner.init(projected))
@@ -92,6 +105,15 @@ def in_projected_space(inner: GradientTransformation, projection: Projection) ->
         given, treedef = tensor_leaves(updates)
         leaves = as_real(given)
         count = int(state.count)
+        kept = {"value": extra_args["value"]} if "value" in extra_args else {}
+        if projection.joint:
+            proj = projection.refresh(leaves, state.projection, count)
+            projected_params = None if params is None else projection.project(
+                as_real(flatten_up_to(params, treedef, "params")), proj)
+            out, inner_state = inner.update(projection.project(leaves, proj), state.inner, projected_params, **kept)
+            back = projection.unproject(out, proj, leaves)
+            new_state = InProjectedSpaceState(increment(state.count, False), proj, inner_state)
+            return tree_unflatten(as_complex_like(back, given), treedef), new_state
         proj = [projection.refresh(u, s, count)
                 for u, s in zip(leaves, flatten_up_to(state.projection, treedef, "the projection state"))]
         projected = tree_unflatten([projection.project(u, s) for u, s in zip(leaves, proj)], treedef)
@@ -99,7 +121,6 @@ def in_projected_space(inner: GradientTransformation, projection: Projection) ->
         if params is not None:
             projected_params = tree_unflatten([projection.project(p, s) for p, s in zip(
                 as_real(flatten_up_to(params, treedef, "params")), proj)], treedef)
-        kept = {"value": extra_args["value"]} if "value" in extra_args else {}
         out, inner_state = inner.update(projected, state.inner, projected_params, **kept)
         back = [projection.unproject(v, s, u) for v, s, u in zip(flatten_up_to(out, treedef, "the inner updates"),
                                                                  proj, leaves)]
@@ -251,3 +272,89 @@ def fft_projection() -> Projection:
 
     return Projection("fft_projection()", _no_state, _keep, project, unproject,
                       lambda p: p.new_zeros((p.numel() // 2 + 1, 2)))
+
+
+# --- blocks of each leaf, and every leaf as one vector -------------------------------------------
+
+
+def block_projection(block_size: int, batched: bool = False) -> Projection:
+    """Each leaf, flattened (row-major), cut into blocks of ``block_size`` elements.
+
+    By default each block is a leaf of its own for the inner chain (the last one shorter when
+    ``block_size`` does not divide the leaf's size), so a rule per tensor (a norm, a trust
+    ratio, a per-tensor learning rate) acts per block; an elementwise chain gives the numbers
+    it gives without the projection. With ``batched=True`` the blocks are the rows of one
+    ``(ceil(n / block_size), block_size)`` matrix, the last row padded with zeros (dropped when
+    mapping back), for rules that read a matrix (Muon, SOAP, Adafactor's factored moments).
+    A leaf of at most ``block_size`` elements is one block (a vector, or a one-row matrix when
+    batched). torchzero's ``BlockPartition(max_size, batched)`` is the same map, except that
+    it passes small tensors through in their own shape.
+
+    Example (LAMB's trust ratio per block of 4096 elements)::
+
+        gx.in_projected_space(gx.chain(gx.scale_by_adam(), gx.scale_by_trust_ratio()),
+                              gx.block_projection(4096))
+    """
+    check_int("block_size", block_size, low=1)
+    if not isinstance(batched, bool):
+        raise ValueError(f"batched must be a bool, got {batched!r}")
+
+    def rows(n: int) -> int:
+        return max(1, -(-n // block_size))
+
+    def project(x, s):
+        flat = x.reshape(-1)
+        if batched:
+            pad = rows(flat.numel()) * block_size - flat.numel()
+            return torch.cat([flat, flat.new_zeros(pad)]).reshape(-1, block_size)
+        # clones: a block is a leaf the inner chain owns, not a view into the update
+        return [b.clone() for b in torch.split(flat, block_size)] if flat.numel() else [flat.clone()]
+
+    def unproject(y, s, like):
+        flat = y.reshape(-1)[:like.numel()] if batched else torch.cat([b.reshape(-1) for b in y])
+        return flat.reshape(like.shape).to(like.dtype)
+
+    def projected_like(p):
+        n = p.numel()
+        if batched:
+            return p.new_zeros((rows(n), block_size))
+        return [p.new_zeros(min(block_size, n - start)) for start in range(0, n, block_size)] or [p.new_zeros(0)]
+
+    return Projection(f"block_projection({block_size}{', batched=True' if batched else ''})", _no_state, _keep,
+                      project, unproject, projected_like)
+
+
+def _joint_no_state(ps: list[torch.Tensor]) -> torch.Tensor:
+    return torch.zeros(0, dtype=ps[0].dtype if ps else torch.float32)
+
+
+def _joint_keep(gs: list[torch.Tensor], s: torch.Tensor, count: int) -> torch.Tensor:
+    return s
+
+
+def flat_projection() -> Projection:
+    """Every leaf flattened (row-major) and joined into one vector, in the order of the tree's
+    leaves; back by cutting it into pieces of each leaf's size and shape, each in its dtype
+    (leaves of mixed dtypes are joined in their promoted dtype). The inner chain sees one
+    vector, so a norm, a line search's step or a trust ratio spans every parameter; the same
+    numbers as :func:`gradtx.flatten` (which also carries ``grad`` and ``value_fn`` into the
+    vector). A joint projection: the result is not leafwise, and under ``gx.Optimizer`` the
+    inner state is one vector per param group, so every parameter needs a gradient at every step.
+    torchzero's ``VectorProjection``.
+
+    Example: ``gx.in_projected_space(gx.chain(gx.normalize_by_update_norm(), gx.scale_by_adam()),
+    gx.flat_projection())``.
+    """
+    def project(xs, s):
+        if not xs:
+            return torch.zeros(0)
+        return torch.cat([x.reshape(-1) for x in xs])
+
+    def unproject(y, s, likes):
+        pieces = torch.split(y, [x.numel() for x in likes]) if likes else []
+        return [piece.reshape(x.shape).to(x.dtype) for piece, x in zip(pieces, likes)]
+
+    def projected_like(ps):
+        return torch.zeros_like(project(ps, None))
+
+    return Projection("flat_projection()", _joint_no_state, _joint_keep, project, unproject, projected_like, joint=True)
