@@ -167,3 +167,65 @@ def test_update_leaves_its_inputs_untouched():
     tx.update(grads, state, params)
     after = (params["x"], grads["x"], *gx.tree_leaves(state))
     assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+# --- allocations: one copy of the params, the update handed over without a copy in place -------
+
+N = 1000
+
+
+def _fresh_allocations(tx, inplace=False):
+    from test_pure_reuse import CountFresh
+
+    gen = torch.Generator().manual_seed(0)
+    params, grads = [torch.randn(N, generator=gen)], [torch.randn(N, generator=gen)]
+    state = tx.init(params)
+    with torch.no_grad():
+        _, state = tx.update(grads, state, params)  # the optimizer makes its state outside the count
+        with CountFresh(N) as mode:
+            tx.update(grads, state, params, inplace=inplace)
+    return mode.fresh
+
+
+def test_only_the_params_copy_is_allocated():
+    """SGD with momentum steps its buffer and the copy in place, and the update is computed in
+    the copy: in place (as gx.Optimizer calls it) the member allocates only the copy of the
+    params; on the pure path also the update's and the state's copies, which the caller owns."""
+    sgd = lambda: gx.wrap_optimizer(torch.optim.SGD, lr=0.1, momentum=0.9, foreach=False)  # noqa: E731
+    assert len(_fresh_allocations(sgd(), inplace=True)) == 1
+    assert len(_fresh_allocations(gx.chain(gx.scale(0.5), sgd(), gx.scale_by_lr(1.0)), inplace=True)) == 1
+    assert len(_fresh_allocations(sgd())) == 3  # the copy, the update's copy, the momentum's copy
+
+
+class _KeepsGrad(torch.optim.Optimizer):
+    """Keeps p.grad itself (not a copy) in its state and writes into it: what a careless
+    optimizer may do."""
+
+    def __init__(self, params, lr=0.1):
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad.mul_(2.0)
+                self.state[p]["last"] = p.grad
+                p.add_(p.grad, alpha=-group["lr"])
+
+
+def test_state_never_holds_the_update_it_was_given():
+    params = {"x": torch.linspace(-1, 1, N, dtype=torch.float64)}
+    grads = {"x": torch.full((N,), 0.5, dtype=torch.float64)}
+    tx = gx.chain(gx.scale(1.0), gx.wrap_optimizer(_KeepsGrad, lr=0.1), gx.scale(3.0))
+    state = tx.init(params)
+    for _ in range(2):
+        buffer = grads["x"].clone()
+        updates, state = tx.update({"x": buffer}, state, params, inplace=True)
+        buffer.fill_(99.0)  # the caller reuses its buffer (supports_inplace's promise 3)
+        kept = state[1].slots["last"]["x"]
+        assert kept.untyped_storage().data_ptr() != updates["x"].untyped_storage().data_ptr()
+        torch.testing.assert_close(kept, torch.full((N,), 1.0, dtype=torch.float64), rtol=0, atol=0)
+        torch.testing.assert_close(updates["x"], torch.full((N,), -0.3, dtype=torch.float64), rtol=0, atol=1e-15)
+    pure, _ = tx.update(grads, state, params)  # the pure path writes into nothing it is given
+    assert torch.equal(grads["x"], torch.full((N,), 0.5, dtype=torch.float64))
+    torch.testing.assert_close(pure["x"], updates["x"], rtol=0, atol=0)

@@ -74,7 +74,22 @@ def wrap_optimizer(optimizer_class: type[torch.optim.Optimizer], *, closure: boo
     shares one value of each hyperparameter.
 
     Each step copies the params and builds the optimizer again, a cost in memory (one copy of
-    the params) and Python time that a native gradtx transform does not pay.
+    the params) and Python time that a native gradtx transform does not pay. That copy is the
+    only full-size allocation of its own: the optimizer steps it, the outgoing update is
+    computed in its memory (``x' <- x' - x``), and where the caller lets the member write into
+    the incoming update (``inplace=True``, e.g. after another member in a chain) the update is
+    the optimizer's ``.grad`` without a copy (a state entry that is, or views, that gradient
+    is cloned, so the state never holds an update tensor).
+
+    Stepping the real parameters when the member is last (saving the copy and the addition
+    ``gx.Optimizer`` then makes) is not done, because it cannot keep the guarantees: ``update``
+    never writes ``params`` (the functional path's params are the caller's tree, and every
+    transform is pure in its inputs); a member does not know it is last, and what wraps or
+    follows the chain (``apply_if_finite``, ``multi_steps``, ``lookahead``, ``masked``, the
+    adapter's skip of a non-finite ``GradScaler`` step) needs the update before anything moves;
+    an optimizer that raised part-way would leave parameters moved with the state of the step
+    before, which no checkpoint could resume; and ``gx.Optimizer`` would have to recognise this
+    member, while it knows nothing of any particular transform.
 
     Example::
 
@@ -148,8 +163,9 @@ def wrap_optimizer(optimizer_class: type[torch.optim.Optimizer], *, closure: boo
             return updates, state
         copies = [p.detach().clone() for p in leaves]
         for c, g in zip(copies, grads):
-            # always a copy: an optimizer may keep p.grad itself in its state, which must hold no update tensor
-            c.grad = g.to(c.dtype, copy=True)
+            # the update itself only where this call may write into it (the optimizer may change
+            # p.grad in place); whatever of it the optimizer keeps is cloned below
+            c.grad = g.to(c.dtype) if inplace else g.to(c.dtype, copy=True)
         opt = _build(optimizer_class, copies, hyperparameters)
         slot_leaves = {k: flatten_up_to(v, treedef, f"the state's {k!r}") for k, v in state.slots.items()}
         if bool(state.started):
@@ -165,6 +181,9 @@ def wrap_optimizer(optimizer_class: type[torch.optim.Optimizer], *, closure: boo
             if unknown:
                 raise ValueError(f"wrap_optimizer: {name} made state {sorted(unknown)} for parameter {i} that its "
                                  "first step did not make; a transform's state keeps its structure")
+        # an optimizer may keep p.grad itself (or a view of it) in its state, and the state must
+        # hold none of the update tensors it was given (nor the copies, whose memory becomes the output)
+        given = {_storage(g) for g in grads} | {_storage(c) for c in copies}
         new_slots = {}
         for k, leaves_k in slot_leaves.items():
             new = []
@@ -173,6 +192,8 @@ def wrap_optimizer(optimizer_class: type[torch.optim.Optimizer], *, closure: boo
                     new.append(old)
                     continue
                 value = _as_tensor(opt.state[c][k])
+                if value.numel() and _storage(value) in given:
+                    value = value.clone()
                 if value.shape != old.shape or value.dtype != old.dtype:
                     raise ValueError(f"wrap_optimizer: {name}'s state {k!r} of parameter {i} changed from "
                                      f"{tuple(old.shape)} {old.dtype} to {tuple(value.shape)} {value.dtype}; a "
@@ -180,11 +201,16 @@ def wrap_optimizer(optimizer_class: type[torch.optim.Optimizer], *, closure: boo
                 new.append(value)
             new_slots[k] = tree_unflatten(new, treedef)
         new_group = {k: _as_tensor(float(opt.param_groups[0][k])) for k in group_types}
-        out = [(c - p).to(g.dtype) for c, p, g in zip(copies, leaves, grads)]
+        # the step in the copy's own memory: nothing else holds it once the optimizer is dropped
+        out = [c.detach().sub_(p).to(g.dtype) for c, p, g in zip(copies, leaves, grads)]
         return tree_unflatten(out, treedef), WrappedOptimizerState(torch.ones((), dtype=torch.bool), new_slots,
                                                                    new_group)
 
     return GradientTransformation(init, update)
+
+
+def _storage(x: torch.Tensor) -> int:
+    return x.untyped_storage().data_ptr()
 
 
 def _build(optimizer_class: type[torch.optim.Optimizer], params: list[torch.Tensor],
