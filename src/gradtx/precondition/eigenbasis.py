@@ -43,6 +43,18 @@ _BUILT_IN: dict[str, str] = {
     "ClipValueGrowthState.prev": "rotate", "EmaNormClipState.ema": "rotate", "ClipValueByEmaState.ema": "permute",
 }
 
+# Rules written with gx.per_tensor keep a plain tuple per tensor: their entries are named by
+# the constructor (found through chains by their parts).
+_PER_TENSOR = "PerTensorState.per_tensor"
+_BY_NAME: dict[str, dict[str, str]] = {
+    name: {f"{_PER_TENSOR}.{i}": kind for i, kind in enumerate(kinds)}
+    for name, kinds in {
+        "scale_by_laprop": ("rotate", "permute"), "scale_by_adopt": ("rotate", "permute"),
+        "scale_by_acprop": ("rotate", "permute"), "scale_by_simplified_ademamix": ("rotate", "permute"),
+        "scale_by_ademamix": ("rotate", "rotate", "permute"),
+    }.items()
+}
+
 
 class InEigenbasisState(NamedTuple):
     """State of :func:`in_eigenbasis`."""
@@ -58,14 +70,28 @@ class _Carry:
     ``"StateClass.field"`` (or ``"StateClass.field.i"``, the ``i``-th entry of a per-tensor
     tuple) it sits under, and rotates, permutes or keeps it."""
 
-    def __init__(self, rules: Mapping[str, str], treedef: TreeDef, shapes: list[list[int]], has: list[list[bool]]):
-        self.rules, self.treedef, self.shapes, self.has = rules, treedef, shapes, has
+    def __init__(self, rules: Mapping[str, str], user: Mapping[str, str], treedef: TreeDef, shapes: list[list[int]],
+                 has: list[list[bool]]):
+        self.base, self.user, self.treedef, self.shapes, self.has = rules, user, treedef, shapes, has
+        self.rules = rules
         self.working = {tuple(s) for s, h in zip(shapes, has) if any(h)}
 
-    def __call__(self, state: Any, move) -> Any:
-        """``state`` with ``move(kind, i, x)`` applied to each per-parameter tensor ``x`` of
-        parameter ``i`` (``move=None`` only checks that every such tensor has a rule)."""
-        return self._walk(state, move, "the inner state")
+    def __call__(self, tx: GradientTransformation, state: Any, move) -> Any:
+        """``state`` (``tx``'s) with ``move(kind, i, x)`` applied to each per-parameter tensor
+        ``x`` of parameter ``i`` (``move=None`` only checks that every such tensor has a rule)."""
+        return self._member(tx, state, move)
+
+    def _member(self, tx: Any, state: Any, move) -> Any:
+        attrs = getattr(tx, "__dict__", {})
+        parts = attrs.get("parts")
+        if parts is not None and type(state) is tuple and len(state) == len(parts):  # a chain's members
+            return tuple(self._member(part, s, move) for part, s in zip(parts, state))
+        # a built-in per_tensor rule's entries by its name; the user's moments win
+        self.rules = {**self.base, **_BY_NAME.get(attrs.get("name"), {}), **self.user}
+        try:
+            return self._walk(state, move, "the inner state")
+        finally:
+            self.rules = self.base
 
     def _walk(self, node: Any, move, where: str) -> Any:
         if isinstance(node, tuple) and hasattr(node, "_fields"):
@@ -143,7 +169,7 @@ class _Carry:
 
 def _check_moments(moments: Mapping[str, str] | None) -> dict[str, str]:
     if moments is None:
-        return dict(_BUILT_IN)
+        return {}
     if not isinstance(moments, Mapping):
         raise ValueError(f"moments must be a mapping {{'StateClass.field': 'rotate' | 'permute' | 'keep'}}, got "
                          f"{moments!r}")
@@ -152,7 +178,7 @@ def _check_moments(moments: Mapping[str, str] | None) -> dict[str, str]:
             raise ValueError(f"moments: keys are 'StateClass.field' or 'StateClass.field.i', got {key!r}")
         if kind not in _KINDS:
             raise ValueError(f"moments[{key!r}] must be one of {_KINDS}, got {kind!r}")
-    return {**_BUILT_IN, **moments}
+    return dict(moments)
 
 
 @transform(leafwise=lambda args: is_leafwise(args["inner"]))
@@ -182,10 +208,11 @@ def in_eigenbasis(inner: GradientTransformation, shampoo_beta: float = 0.95, pre
 
     Which state is which comes from ``moments``: ``{"StateClass.field": kind}`` with kind
     ``"rotate"``, ``"permute"`` or ``"keep"`` (``"StateClass.field.i"`` for the ``i``-th entry of a
-    per-tensor tuple, e.g. ``"PerTensorState.per_tensor.0"`` for :func:`gradtx.per_tensor` rules
-    such as ``scale_by_laprop``), added to the built-in table (Adam, AMSGrad, NAdam, AdaBelief,
+    per-tensor tuple, e.g. ``"PerTensorState.per_tensor.0"`` for a rule written with
+    :func:`gradtx.per_tensor`), added to the built-in table (Adam, AMSGrad, NAdam, AdaBelief,
     Lion, Adan, RMSprop, AdaGrad, AdaDelta, ``trace``, ``ema``, ``ema_squared``, MARS, growth
-    and EMA clipping). A tensor shaped like a rotated parameter that no rule names is refused at
+    and EMA clipping; LaProp, ADOPT, AcProp and AdEMAMix found by name, also as members of a
+    chain). A tensor shaped like a rotated parameter that no rule names is refused at
     ``init``, so an inner state is never silently left in the old basis. Factored second moments
     (Adafactor's row and column statistics) are not param-shaped and have no exact or
     permutation rule: they are refused, as torchzero leaves them out of ``SOAPBasis``.
@@ -214,7 +241,7 @@ def in_eigenbasis(inner: GradientTransformation, shampoo_beta: float = 0.95, pre
     check_int("max_precond_dim", max_precond_dim, low=1)
     if precond_dtype is not None and precond_dtype not in (torch.float32, torch.float64):
         raise ValueError(f"precond_dtype must be None, torch.float32 or torch.float64, got {precond_dtype!r}")
-    rules = _check_moments(moments)
+    user_rules = _check_moments(moments)
     run_inner = updater(inner)
 
     def layout(p: torch.Tensor) -> tuple[list[int], list[bool]]:
@@ -222,7 +249,7 @@ def in_eigenbasis(inner: GradientTransformation, shampoo_beta: float = 0.95, pre
 
     def carry_for(ps: list[torch.Tensor], treedef: TreeDef) -> _Carry:
         shapes, has = zip(*(layout(p) for p in ps)) if ps else ((), ())
-        return _Carry(rules, treedef, list(shapes), list(has))
+        return _Carry({**_BUILT_IN, **user_rules}, user_rules, treedef, list(shapes), list(has))
 
     def init(params):
         refuse_complex("in_eigenbasis", params, "its factors are built from each tensor's axes")
@@ -234,7 +261,7 @@ def in_eigenbasis(inner: GradientTransformation, shampoo_beta: float = 0.95, pre
             bases.append([p.new_zeros(n, n) if on else empty_like_factor(p) for n, on in zip(shape, has)])
             rotated.append(p.new_zeros(shape))
         inner_state = inner.init(unflatten(treedef, rotated))
-        carry_for(ps, treedef)(inner_state, None)  # every rotated-shaped tensor has a rule
+        carry_for(ps, treedef)(inner, inner_state, None)  # every rotated-shaped tensor has a rule
         return InEigenbasisState(new_count(), unflatten(treedef, factors), unflatten(treedef, bases), inner_state)
 
     def update(updates, state, params=None, **extra_args):
@@ -288,7 +315,7 @@ def in_eigenbasis(inner: GradientTransformation, shampoo_beta: float = 0.95, pre
                 back = multiply_axes(work, all_bases[i], has, transpose=True)
                 return multiply_axes(back, new_bases[i], has, transpose=False).to(x.dtype)
 
-            inner_state = carry_for(gs, treedef)(inner_state, move)
+            inner_state = carry_for(gs, treedef)(inner, inner_state, move)
         new_state = InEigenbasisState(state.count + 1, unflatten(treedef, new_factors), unflatten(treedef, new_bases),
                                       inner_state)
         return unflatten(treedef, outs), new_state
