@@ -86,12 +86,28 @@ def _family(module) -> list[tuple[object, list[str]]]:
     return groups
 
 
+def _outer_colon(text: str) -> int:
+    """Index of the first ": " outside backticks, parentheses and quotes, or -1."""
+    depth, code, quoted = 0, False, False
+    for i, ch in enumerate(text):
+        if ch == "`":
+            code = not code
+        elif ch == '"' and not code:
+            quoted = not quoted
+        elif not (code or quoted):
+            depth += {"(": 1, ")": -1}.get(ch, 0)
+            if depth == 0 and text.startswith(": ", i):
+                return i
+    return -1
+
+
 def _title(module) -> str:
-    """A module's family name: its docstring's first sentence up to the colon (or parenthesis)."""
+    """A module's family name: its docstring's first sentence up to the colon (or parenthesis),
+    without a citation such as "(Defazio et al., 2024)"."""
     first = _plain((inspect.getdoc(module) or module.__name__).strip().split("\n\n")[0].replace("\n", " "))
-    head = re.split(r": (?=[^`]*(?:`[^`]*`[^`]*)*$)", first, maxsplit=1)[0]
-    if head == first:
-        head = first.split(" (")[0]
+    colon = _outer_colon(first)
+    head = first[:colon] if colon >= 0 else first.split(" (")[0]
+    head = re.sub(r" \((?:[^()]|\([^()]*\))*\b(?:1[89]|20)\d\d\b(?:[^()]|\([^()]*\))*\)$", "", head)
     return head.rstrip(".")
 
 

@@ -77,8 +77,9 @@ def example_params(dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor
 
 
 def quadratic_value(params: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``sum x^2`` over every leaf, in float64: the loss behind ``value`` and ``value_fn``."""
-    return sum((v.double() ** 2).sum() for v in params.values())
+    """``sum |x|^2`` over every leaf, in float64: the loss behind ``value`` and ``value_fn``."""
+    return sum((v.to(torch.complex128).abs() ** 2 if v.is_complex() else v.double() ** 2).sum()
+               for v in params.values())
 
 
 def quadratic_value_and_grad(params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

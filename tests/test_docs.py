@@ -76,3 +76,23 @@ def test_every_public_function_has_a_docstring():
     bare = [name for name in gx.__all__
             if not inspect.isclass(getattr(gx, name)) and not (inspect.getdoc(getattr(gx, name)) or "").strip()]
     assert not bare, f"public functions without a docstring: {bare}"
+
+
+def test_every_public_attribute_is_exported_and_so_documented():
+    """A name reachable as ``gx.NAME`` (not a submodule) is in ``gx.__all__``, which the reference
+    pages are built from: a function imported into gradtx/__init__.py from a module missing from
+    ``gx._MODULES`` would otherwise be public with no reference entry."""
+    hidden = sorted(name for name, value in vars(gx).items()
+                    if not name.startswith("_") and not inspect.ismodule(value) and name not in gx.__all__)
+    assert not hidden, f"public attributes of gradtx missing from gx.__all__ (add their module to _MODULES): {hidden}"
+
+
+def test_family_headings_are_whole():
+    """A family heading is a name, not a sentence cut inside a parenthesis or a quoted title."""
+    make_api = _make_api()
+    pages = make_api.reference_pages()
+    headings = [h for text in pages.values() for h in re.findall(r"^## (.*)$", text, re.M)]
+    for heading in headings:
+        assert heading.count("(") == heading.count(")"), heading
+        assert heading.count('"') % 2 == 0, heading
+    assert make_api._outer_colon('Sophia (Liu et al., 2023, "Sophia: A Scalable Optimizer"): momentum') == 57

@@ -230,3 +230,20 @@ def test_descent_is_quiet_and_the_check_can_be_turned_off():
         warnings.simplefilter("error")
         gx.Optimizer(model.parameters(), gx.adam(1e-3)).step()
         gx.Optimizer(model.parameters(), gx.scale(1e-3), check_descent=False).step()
+
+
+@pytest.mark.parametrize("direction", [1.0, 1j, 1 - 2j])
+def test_the_uphill_check_uses_the_real_inner_product_on_complex_params(direction):
+    """For a complex parameter the slope of a step ``u`` is ``Re <g, u>``: a step along the
+    gradient warns and one against it is quiet, whatever the gradient's phase (the imaginary
+    parts count), and no ComplexWarning is raised on the way."""
+    for dtype in (torch.complex64, torch.complex128):
+        p = torch.nn.Parameter(torch.tensor([0.5 - 0.25j, -1.0 + 2.0j], dtype=dtype))
+        p.grad = direction * torch.tensor([1.0j, -0.5j], dtype=dtype)  # purely imaginary when direction is 1
+        with pytest.warns(UserWarning, match="uphill") as record:
+            gx.Optimizer([p], gx.scale(1e-3)).step()
+        assert not [w for w in record if "imaginary" in str(w.message) or "Complex" in type(w.message).__name__]
+        p.grad = direction * torch.tensor([1.0j, -0.5j], dtype=dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            gx.Optimizer([p], gx.sgd(1e-3)).step()

@@ -87,6 +87,15 @@ class StateView(dict):
         self._optimizer._forget_state()
 
 
+def _real_flat(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as one float64 vector of real numbers: a complex tensor as its (re, im) pairs, so that
+    the dot product of two is the real inner product ``Re <a, b>`` (the slope along a complex step)."""
+    t = t.reshape(-1)
+    if t.is_complex():
+        t = torch.view_as_real(t.resolve_conj()).reshape(-1)
+    return t.double()
+
+
 class Optimizer(torch.optim.Optimizer):
     """A ``torch.optim.Optimizer`` that runs a gradient transformation.
 
@@ -602,7 +611,7 @@ class Optimizer(torch.optim.Optimizer):
 
     def _warn_if_uphill(self, before: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Warn when the first step moved the parameters along the gradient (uphill)."""
-        slope = sum(float(torch.vdot((p.detach() - old).reshape(-1).double(), p.grad.reshape(-1).double()).real)
+        slope = sum(float(torch.dot(_real_flat(p.detach() - old), _real_flat(p.grad)))
                     for p, old in before if p.grad is not None)
         if slope > 0:
             warnings.warn(
