@@ -165,7 +165,8 @@ def test_psgd_lra_newton_matches_li(monkeypatch, update_prob):
 
 # --- dense --------------------------------------------------------------------------------------
 
-DQS = ["Q0.5EQ1.5", "EQ", "QEQ", "QEP", "QUAD", "QUAD4P"]
+# the default and the triangular (Cholesky-factor) coordinates in the default run, the others slow
+DQS = ["Q0.5EQ1.5", "EQ"] + [pytest.param(dq, marks=pytest.mark.slow) for dq in ("QEQ", "QEP", "QUAD", "QUAD4P")]
 
 
 @pytest.mark.parametrize("dq", DQS)
