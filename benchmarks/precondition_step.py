@@ -1,10 +1,12 @@
-"""Step time of the matrix preconditioners: gradtx's SOAP, Shampoo and PSGD Kron under
-``gx.Optimizer`` against the torch implementations installed beside it, in one process.
+"""Step time of the matrix preconditioners: gradtx's SOAP, Shampoo, PSGD Kron and PSGD's
+dense and low-rank forms under ``gx.Optimizer`` against the torch implementations installed
+beside it, in one process.
 
 Usage::
 
     PYTHONPATH=src python benchmarks/precondition_step.py            # resnet-like set, 30 steps
     PYTHONPATH=src python benchmarks/precondition_step.py --steps 12 --set small
+    PYTHONPATH=src python benchmarks/precondition_step.py --set tiny  # an MLP: PSGD dense runs too
 
 Each optimizer runs ``--steps`` steps on the same parameters and gradients (a refresh of the
 eigenbases / roots every 10 steps is included, so the median covers both kinds of step); the
@@ -14,7 +16,11 @@ preconditioner is its factors, the same for every implementation). References mi
 the environment are skipped. heavyball is left out: its SOAP and PSGDKron compile parts of
 their step with inductor even with ``compile_step=False``, which took minutes per optimizer on
 the CPU here (and failed for PSGDKron), so a step time of it measures the compiler; on a GPU
-machine it belongs in this table.
+machine it belongs in this table. PSGD's forms over all parameters flattened run only where
+they fit: dense (an n x n matrix) up to ``DENSE_MAX`` parameters, the low-rank form (rank 10)
+up to ``LRA_MAX``; the low-rank reference is torchzero's ``PSGDLRAWhiten`` (Xi-Lin Li's code).
+Li's dense class is Newton-only (Hessian-vector products from a closure), so the dense
+whitening form has no reference here.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ import torch
 import gradtx as gx
 
 FREQ = 10
+DENSE_MAX, LRA_MAX = 5_000, 2_000_000
+# algorithms over all parameters at once: the largest parameter count they are run at
+SIZE_LIMITS = {"psgd_dense": DENSE_MAX, "psgd_lra": LRA_MAX}
 
 
 def shapes(name: str) -> list[tuple[int, ...]]:
@@ -39,6 +48,8 @@ def shapes(name: str) -> list[tuple[int, ...]]:
         return convs + vectors + [(10, 256), (10,)]
     if name == "small":
         return [(64, 64, 3, 3)] * 2 + [(64,)] * 4 + [(10, 64)]
+    if name == "tiny":  # a small MLP (874 parameters)
+        return [(32, 16), (32,), (10, 32), (10,)]
     raise ValueError(f"unknown set {name!r}")
 
 
@@ -57,7 +68,15 @@ def variants() -> dict[str, dict[str, Callable]]:
         "soap": {"gradtx": lambda ps: gx.Optimizer(ps, gx.soap(3e-3, precondition_frequency=FREQ))},
         "shampoo": {"gradtx": lambda ps: gx.Optimizer(ps, gx.shampoo(1e-3, update_freq=FREQ))},
         "psgd_kron": {"gradtx": lambda ps: gx.Optimizer(ps, gx.chain(gx.scale_by_psgd_kron(), gx.scale_by_lr(1e-3)))},
+        "psgd_dense": {"gradtx": lambda ps: gx.Optimizer(ps, gx.psgd_dense(1e-3))},
+        "psgd_lra": {"gradtx": lambda ps: gx.Optimizer(ps, gx.psgd_lra(1e-3))},
     }
+    try:
+        import torchzero as tz
+
+        algos["psgd_lra"]["torchzero"] = lambda ps: tz.Optimizer(ps, tz.m.PSGDLRAWhiten(), tz.m.LR(1e-3))
+    except ImportError:
+        pass
     try:
         import pytorch_optimizer as po
 
@@ -72,7 +91,11 @@ def variants() -> dict[str, dict[str, Callable]]:
 
 def run(set_name: str, steps: int) -> None:
     torch.manual_seed(0)
+    count = sum(int(torch.Size(s).numel()) for s in shapes(set_name))
     for algo, impls in variants().items():
+        if count > SIZE_LIMITS.get(algo, count):
+            print(f"{algo:10s} skipped: {count} parameters, above its limit of {SIZE_LIMITS[algo]}")
+            continue
         opts, params = {}, {}
         for label, build in impls.items():
             params[label] = make(set_name)
@@ -96,7 +119,7 @@ def run(set_name: str, steps: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", default="resnet", choices=["resnet", "small"])
+    parser.add_argument("--set", default="resnet", choices=["resnet", "small", "tiny"])
     parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, set {args.set}, {args.steps} steps")

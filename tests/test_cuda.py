@@ -17,7 +17,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 CUDA = torch.device("cuda")
 # Their updates draw random numbers, which a CUDA generator draws differently from a CPU one.
-RANDOM_DRAWS = {"add_noise", "noisy_sgd", "scale_by_psgd_kron"}
+RANDOM_DRAWS = {"add_noise", "noisy_sgd", "scale_by_psgd_kron", "psgd_kron", "scale_by_psgd_dense", "psgd_dense",
+                "scale_by_psgd_lra", "psgd_lra"}
 # SOAP rotates into the eigenbasis of rank-deficient factors: within their null space any basis is
 # an eigenbasis, and cuSOLVER and LAPACK pick different ones, which Adam's diagonal then tells apart.
 BASIS_DEPENDENT = {"soap", "scale_by_soap"}

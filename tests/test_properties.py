@@ -103,6 +103,8 @@ COUPLES_LEAVES |= {"scale_by_bfgs", "scale_by_dfp", "scale_by_sr1", "scale_by_ps
                    "scale_by_ssvm"}
 # finite differences of one loss over all leaves (its round-off is the whole tree's)
 COUPLES_LEAVES |= {"fdm"}
+# PSGD's dense and low-rank preconditioners over all leaves as one vector
+COUPLES_LEAVES |= {"scale_by_psgd_dense", "psgd_dense", "scale_by_psgd_lra", "psgd_lra"}
 
 # Hutchinson probes drawn by leaf position; global norms (SAM, MSAM); matrix momentum's first step
 COUPLES_LEAVES |= {"scale_by_sophia_h", "sophia_h", "matrix_momentum", "sam_gradient", "asam_gradient", "sam", "msam"}
@@ -435,6 +437,9 @@ NOT_DIFFERENTIABLE = {
     "scale_by_trust_region.shrink_below": "compared with rho: shrinks the radius or not",
     "scale_by_trust_region.expand_above": "compared with rho: expands the radius or not",
     "scale_by_psgd_kron.balance_prob": "compared with a uniform draw: switches balancing on or off",
+    "psgd_kron.balance_prob": "compared with a uniform draw: switches balancing on or off",
+    **{f"{name}.update_prob": "compared with a uniform draw: switches the preconditioner's fit on or off"
+       for name in ("scale_by_psgd_dense", "psgd_dense", "scale_by_psgd_lra", "psgd_lra")},
 }
 
 # finite-difference steps read only with hvp_method="fd_*" (the entries take the given hvp_fn)
@@ -554,7 +559,8 @@ def test_hypergradients_match_finite_differences(entry):
 
 REFUSES_COMPLEX = {"scale_by_factored_rms", "adafactor", "scale_by_sm3", "sm3", "scale_by_muon", "muon",
                    "scale_by_trust_region", "scale_by_soap", "soap", "scale_by_shampoo", "shampoo",
-                   "scale_by_full_matrix_adagrad", "scale_by_ggt", "scale_by_psgd_kron", "in_eigenbasis"}
+                   "scale_by_full_matrix_adagrad", "scale_by_ggt", "scale_by_psgd_kron", "in_eigenbasis",
+                   "psgd_kron", "scale_by_psgd_dense", "psgd_dense", "scale_by_psgd_lra", "psgd_lra"}
 # Hessian diagonals and curvature of a real loss; ASAM's |x|
 REFUSES_COMPLEX |= {"hutchinson_estimator_diag_hessian", "scale_by_sophia", "sophia", "scale_by_sophia_h", "sophia_h",
                     "scale_by_adahessian", "adahessian", "matrix_momentum", "asam_gradient"}

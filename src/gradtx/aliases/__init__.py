@@ -7,6 +7,7 @@ from . import (
     learning_rate_free_family,
     orthogonalized,
     preconditioned,
+    psgd_family,
     quasi_newton,
     recent_family,
     rms_family,
@@ -21,6 +22,7 @@ from .layerwise import *  # noqa: F403
 from .learning_rate_free_family import *  # noqa: F403
 from .orthogonalized import *  # noqa: F403
 from .preconditioned import *  # noqa: F403
+from .psgd_family import *  # noqa: F403
 from .quasi_newton import *  # noqa: F403
 from .recent_family import *  # noqa: F403
 from .rms_family import *  # noqa: F403
@@ -29,6 +31,6 @@ from .second_order import *  # noqa: F403
 from .sgd_adam import *  # noqa: F403
 from .stepsize import *  # noqa: F403
 
-MODULES = (adam_family, curvature, layerwise, learning_rate_free_family, orthogonalized, preconditioned, quasi_newton,
-           recent_family, rms_family, schedule_free_family, second_order, sgd_adam, stepsize)
+MODULES = (adam_family, curvature, layerwise, learning_rate_free_family, orthogonalized, preconditioned, psgd_family,
+           quasi_newton, recent_family, rms_family, schedule_free_family, second_order, sgd_adam, stepsize)
 __all__ = sorted({name for module in MODULES for name in module.__all__})
