@@ -49,7 +49,7 @@ class ClipByGlobalNormState(NamedTuple):
     """Stateless; kept as a named type so states read well."""
 
 
-@transform(inplace=True)
+@transform(inplace=True, segmented=True)  # a global norm: the same on any split of the leaves
 def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     """Rescale all updates together so their global l2 norm is at most ``max_norm``.
 
