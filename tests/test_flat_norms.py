@@ -182,3 +182,27 @@ def test_a_global_norm_over_the_groups_runs_on_the_default_path():
         _steps(opt, params, 20)
         results.append(params)
     _assert_close(results[1], results[0], 0.0)
+
+
+def test_lamb_over_two_dtypes_and_an_added_group():
+    """float32 and float64 parameters in one group (a buffer and its segments per dtype), and a
+    group added after some steps."""
+    def train(flat):
+        params = _params(torch.float64)
+        for i in (1, 4, 6, 9):
+            params[i] = torch.nn.Parameter(params[i].detach().float())
+        opt = gx.Optimizer(params[:8], gx.lamb(0.02, weight_decay=0.01), flat=flat)
+        for step in range(5):
+            opt.zero_grad()
+            _backward(params[:8], step)
+            opt.step()
+        if flat:  # a buffer per dtype
+            assert len({p.untyped_storage().data_ptr() for p in params[:8]}) == 2
+        opt.add_param_group({"params": params[8:], "lr": 0.005})
+        _steps(opt, params, 5, start=5)
+        if flat:
+            assert len({p.untyped_storage().data_ptr() for p in params}) == 4
+        return params
+    default, flat = train(False), train(True)
+    for a, b in zip(flat, default):
+        _assert_close([a], [b], REL[b.dtype])
