@@ -53,7 +53,9 @@ class Segments:
         """``[||x_i||]`` over the segments, in :func:`gradtx._foreach.wide_dtype` of ``x``."""
         dtype = wide_dtype(x.dtype)
         kind = dtype.to_complex() if x.is_complex() else dtype
-        parts = [torch.linalg.vector_norm(self._block(x, run), dim=1, dtype=kind) for run in self.runs]
+        # a run of one segment is reduced whole (the scalar reduction is the faster kernel)
+        parts = [torch.linalg.vector_norm(self._block(x, run), dim=1, dtype=kind) if run[2] > 1 else
+                 torch.linalg.vector_norm(self._block(x, run), dtype=kind).reshape(1) for run in self.runs]
         if not parts:
             return torch.zeros(0, dtype=dtype, device=x.device)
         return parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -72,7 +74,9 @@ class Segments:
         out = x if inplace else torch.empty_like(x)
         for run in self.runs:
             first, _, count, _ = run
-            torch.mul(self._block(x, run), factors[first:first + count, None], out=self._block(out, run))
+            # one segment: a 0-dim factor (torch's scalar path, not a broadcast)
+            f = factors[first:first + count, None] if count > 1 else factors[first]
+            torch.mul(self._block(x, run), f, out=self._block(out, run))
         return out
 
     def views(self, x: torch.Tensor) -> list[torch.Tensor]:
