@@ -200,6 +200,21 @@ def add_segmented_flat_variants(algos: dict) -> dict:
     return out
 
 
+def flat_summary(results: dict[tuple[str, str], dict[str, float]], sets: list[str]) -> str:
+    """``gradtx flat`` over the default gradtx path and over torch fused (after
+    ``clip_grad_value_`` for the mission chain), per algorithm and set."""
+    refs = ["gradtx", "torch fused", "torch fused + clip_grad_value_"]
+    lines = ["## gradtx flat / reference", "| algorithm | reference | " + " | ".join(sets) + " |",
+             "|---|---|" + "---:|" * len(sets)]
+    for algo in dict.fromkeys(a for a, _ in results):
+        for ref in refs:
+            cells = [f"{times['gradtx flat'] / times[ref]:.2f}" if "gradtx flat" in times and ref in times else "-"
+                     for times in (results.get((algo, s), {}) for s in sets)]
+            if any(c != "-" for c in cells):
+                lines.append(f"| {algo} | {ref} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def python_time(rounds: int) -> None:
     """Per-step time over 20 and over 20,000 scalars (the kernels' work is nothing: what is
     left is per-step Python), gradtx flat against the default path and torch fused."""
@@ -439,8 +454,9 @@ def main() -> None:
                     print(f"\n{name}: first step {seconds:.1f} s in a fresh process, compilation included, "
                           "caches off", flush=True)
             print()
+    print(flat_summary(results, args.sets))
     print("## gradtx / torch (each algorithm's fastest torch.optim implementation, or an AdamW step)")
-    print(summary(results, args.sets))
+    print(summary({k: v for k, v in results.items() if any(n.startswith("torch") for n in v)}, args.sets))
 
 
 if __name__ == "__main__":
