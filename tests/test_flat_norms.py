@@ -88,7 +88,10 @@ def test_segmented_alias_flat_matches_default(entry, dtype):
     lambda: gx.chain(gx.scale_by_adam(), gx.scale_by_trust_ratio(min_norm=0.5, trust_coefficient=0.3, eps=1e-3),
                      gx.scale_by_lr(0.02)),
     lambda: gx.chain(gx.trace(0.9), gx.scale_by_param_block_norm(0.1), gx.scale_by_lr(0.01)),
-], ids=["lamb", "lars_nesterov", "trust_ratio_options", "param_block_norm"])
+    lambda: gx.chain(gx.clip_by_block_rms(0.05), gx.scale_by_adam(), gx.scale_by_lr(0.02)),
+    lambda: gx.chain(gx.scale_by_adam(), gx.scale_by_param_block_rms(0.1), gx.scale_by_lr(0.02)),
+], ids=["lamb", "lars_nesterov", "trust_ratio_options", "param_block_norm", "clip_by_block_rms",
+        "param_block_rms"])
 def test_segmented_chains_with_two_param_groups(tx):
     """Two groups (one with another learning rate and decay): a layout and segments per group."""
     results = []
@@ -206,3 +209,27 @@ def test_lamb_over_two_dtypes_and_an_added_group():
     default, flat = train(False), train(True)
     for a, b in zip(flat, default):
         _assert_close([a], [b], REL[b.dtype])
+
+
+@pytest.mark.parametrize("tx", [lambda: gx.lamb(0.02, weight_decay=0.01),
+                                lambda: gx.chain(gx.clip_by_block_rms(0.05), gx.scale_by_param_block_rms(0.1),
+                                                 gx.scale_by_lr(0.02))], ids=["lamb", "block_rms"])
+def test_complex_parameters(tx):
+    """Complex segments: norms over |x|, rms over the real components (as the default path's
+    real views)."""
+    results = []
+    for flat in (False, True):
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.complex128)) for s in SHAPES]
+        opt = gx.Optimizer(params, tx(), flat=flat, check_descent=False)  # its check reads real parts
+        for step in range(10):
+            opt.zero_grad()
+            g = torch.Generator().manual_seed(100 + step)
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype) if p.grad is None else p.grad.copy_(
+                    torch.randn(p.shape, generator=g, dtype=p.dtype))
+            opt.step()
+        if flat:
+            assert _one_buffer(params)
+        results.append(params)
+    _assert_close(results[1], results[0], 1e-12)

@@ -61,9 +61,11 @@ class Segments:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def rms(self, x: torch.Tensor) -> torch.Tensor:
-        """``[sqrt(mean(x_i^2))]`` over the segments (0 for an empty one)."""
+        """``[sqrt(mean(x_i^2))]`` over the segments (0 for an empty one); for a complex
+        ``x`` the mean over real components, as over ``gradtx._foreach.as_real`` views."""
         n = self.norms(x)
-        return n / self.sizes.to(n.device, n.dtype).clamp_min(1.0).sqrt()
+        sizes = self.sizes.to(n.device, n.dtype) * (2 if x.is_complex() else 1)
+        return n / sizes.clamp_min(1.0).sqrt()
 
     def scale(self, x: torch.Tensor, factors: torch.Tensor, inplace: bool) -> torch.Tensor:
         """``x`` with segment ``i`` times ``factors[i]`` (cast to ``x``'s dtype); a 0-dim

@@ -36,7 +36,7 @@ def block_norms(xs: list[torch.Tensor], segments: list | None = None) -> list[to
 def block_rms(xs: list[torch.Tensor], segments: list | None = None) -> list[torch.Tensor]:
     """``sqrt(mean(x^2))`` of each tensor (0 for an empty tensor); pass complex tensors as
     their real views (:func:`gradtx._foreach.as_real`) for the mean over real components.
-    With ``segments`` (real flat leaves) one per segment."""
+    With ``segments`` (flat leaves, complex ones as they are) one per segment."""
     if segments:
         return [seg.rms(x) for x, seg in zip(xs, segments)]
     return [n / math.sqrt(max(x.numel(), 1)) for n, x in zip(block_norms(xs), xs)]
@@ -137,7 +137,7 @@ def scale_by_param_block_norm(min_scale: float = 1e-3) -> GradientTransformation
     return GradientTransformation(_empty, update)
 
 
-@transform(leafwise=True, inplace=True)
+@transform(leafwise=True, inplace=True, segmented=True)
 def scale_by_param_block_rms(min_scale: float = 1e-3) -> GradientTransformation:
     """Scale each block by the root mean square of its parameter:
     ``u <- u * max(sqrt(mean(p^2)), min_scale)`` (Adafactor's relative step, Shazeer & Stern, 2018).
@@ -147,11 +147,11 @@ def scale_by_param_block_rms(min_scale: float = 1e-3) -> GradientTransformation:
     check("min_scale", min_scale, low=0.0)
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
-        del extra_args
         us, treedef = leaves(updates)
         ps = _param_leaves("scale_by_param_block_rms", params, treedef, inplace)
-        factors = [r.clamp_min(min_scale) for r in block_rms(F.as_real(ps))]
-        return unflatten(treedef, scale_each(us, factors, inplace)), state
+        segs = leaf_segments(extra_args, treedef)
+        factors = [r.clamp_min(min_scale) for r in (block_rms(ps, segs) if segs else block_rms(F.as_real(ps)))]
+        return unflatten(treedef, scale_each(us, factors, inplace, segs)), state
 
     return GradientTransformation(_empty, update)
 
