@@ -207,8 +207,13 @@ class FlatStorage:
         except TypeError:  # a None gradient
             same = False
         if lay.zero_versions is not None:
-            untouched = [i for i, (g, view, v) in enumerate(zip(grads, lay.gviews, lay.zero_versions))
-                         if g is view and g._version == v]
+            # every gradient's version moved (the usual case: backward reached them all): no
+            # parameter untouched, found in C-level passes; else the exact per-parameter test
+            if same and not any(map(operator.eq, map(_VERSION, grads), lay.zero_versions)):
+                untouched = []
+            else:
+                untouched = [i for i, (g, view, v) in enumerate(zip(grads, lay.gviews, lay.zero_versions))
+                             if g is view and g._version == v]
             lay.zero_versions = None
             if untouched:  # zero_grad(set_to_none=True) and no backward since: no gradient
                 for i in untouched:
