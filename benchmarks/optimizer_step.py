@@ -131,7 +131,7 @@ def algorithms(with_compile: bool) -> dict[str, tuple[int, dict[str, Callable]]]
             tx = (lambda: gx.adamw(LR, weight_decay=0.01)) if name == "adamw" else mission
             out[name][1]["gradtx compiled"] = _gx(tx, compile=True)
     add_flat_variants(out, with_compile)
-    return {**out, **CATALOGUE}
+    return add_segmented_flat_variants({**out, **CATALOGUE})
 
 
 class PureStep:
@@ -168,6 +168,51 @@ def add_flat_variants(out: dict, with_compile: bool) -> None:
             out[name][1]["gradtx flat"] = _gx(tx, flat=True)
             if with_compile:
                 out[name][1]["gradtx flat compiled"] = _gx(tx, flat=True, compile=True)
+
+
+class _ClipThenStep:
+    """torch's way to clip elementwise before a step: ``clip_grad_value_`` then the optimizer."""
+
+    def __init__(self, opt: torch.optim.Optimizer, bound: float) -> None:
+        self.opt, self.bound = opt, bound
+        self.params = [p for group in opt.param_groups for p in group["params"]]
+
+    def step(self) -> None:
+        torch.nn.utils.clip_grad_value_(self.params, self.bound)
+        self.opt.step()
+
+
+def add_segmented_flat_variants(algos: dict) -> dict:
+    """``gradtx flat`` beside the gradtx path of the chains with per-tensor norms (lamb, lars:
+    norms per segment of the flat buffer), and torch fused Adam after ``clip_grad_value_``
+    beside the mission chain (its torch equivalent)."""
+    out = dict(algos)
+    segmented = {"lamb": lambda: gx.lamb(LR), "lars": lambda: gx.lars(LR)}
+    for name, tx in segmented.items():
+        if name in out:
+            nbytes, variants = out[name]
+            out[name] = (nbytes, {**variants, "gradtx flat": _gx(tx, flat=True)})
+    if "mission" in out:
+        nbytes, variants = out["mission"]
+        clip = {"torch fused + clip_grad_value_": lambda ps: _ClipThenStep(torch.optim.Adam(ps, lr=LR, fused=True),
+                                                                           10.0)}
+        out["mission"] = (nbytes, {**variants, **clip})
+    return out
+
+
+def flat_summary(results: dict[tuple[str, str], dict[str, float]], sets: list[str]) -> str:
+    """``gradtx flat`` over the default gradtx path and over torch fused (after
+    ``clip_grad_value_`` for the mission chain), per algorithm and set."""
+    refs = ["gradtx", "torch fused", "torch fused + clip_grad_value_"]
+    lines = ["## gradtx flat / reference", "| algorithm | reference | " + " | ".join(sets) + " |",
+             "|---|---|" + "---:|" * len(sets)]
+    for algo in dict.fromkeys(a for a, _ in results):
+        for ref in refs:
+            cells = [f"{times['gradtx flat'] / times[ref]:.2f}" if "gradtx flat" in times and ref in times else "-"
+                     for times in (results.get((algo, s), {}) for s in sets)]
+            if any(c != "-" for c in cells):
+                lines.append(f"| {algo} | {ref} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def python_time(rounds: int) -> None:
@@ -357,6 +402,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--python-time", action="store_true", help="per-step time over 20 and 20,000 scalars")
     parser.add_argument("--figure", metavar="PNG", help="step time against tensor count (table and figure)")
+    parser.add_argument("--rounds", type=int, help="rounds (default 7, --quick 3)")
+    parser.add_argument("--steps", type=int, help="steps per round (default 3, --quick 2)")
+    parser.add_argument("--variants", nargs="+", help="time only these variants (names as in the tables)")
     parser.add_argument("--memory-one", nargs=3, metavar=("ALGO", "VARIANT", "SET"), help=argparse.SUPPRESS)
     parser.add_argument("--compile-one", nargs=3, metavar=("ALGO", "VARIANT", "SET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -368,6 +416,7 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     rounds, steps = (3, 2) if args.quick else (7, 3)
+    rounds, steps = args.rounds or rounds, args.steps or steps
     if args.python_time or args.figure:
         if args.python_time:
             python_time(rounds)
@@ -381,6 +430,8 @@ def main() -> None:
     results = {}
     for algo in [a for name in args.algos for a in (CATALOGUE if name == "catalogue" else [name])]:
         nbytes, variants = algos[algo]
+        if args.variants:
+            variants = {name: make for name, make in variants.items() if name in args.variants}
         for set_name in args.sets:
             numel = sum(torch.Size(s).numel() for s in param_shapes(set_name))
             pure = (lambda: gx.adamw(LR, weight_decay=0.01)) if algo == "adamw" and set_name == "big" else None
@@ -403,8 +454,9 @@ def main() -> None:
                     print(f"\n{name}: first step {seconds:.1f} s in a fresh process, compilation included, "
                           "caches off", flush=True)
             print()
+    print(flat_summary(results, args.sets))
     print("## gradtx / torch (each algorithm's fastest torch.optim implementation, or an AdamW step)")
-    print(summary(results, args.sets))
+    print(summary({k: v for k, v in results.items() if any(n.startswith("torch") for n in v)}, args.sets))
 
 
 if __name__ == "__main__":

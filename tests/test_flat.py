@@ -73,9 +73,13 @@ def test_elementwise_alias_flat_matches_default(entry, dtype):
     _assert_close(results[1], results[0], REL[dtype])
 
 
-def test_flat_refuses_a_chain_that_is_not_elementwise():
-    with pytest.raises(ValueError, match="flat=True runs chains of elementwise transforms.*lamb|not elementwise"):
-        gx.Optimizer(_params(torch.float32), gx.lamb(1e-3), flat=True)
+def test_flat_refuses_a_chain_that_is_not_elementwise_or_segmented():
+    # muon's matrix/other split and a user's transform have no per-segment form (lamb has: test_flat_norms)
+    with pytest.raises(ValueError, match="flat=True runs chains of elementwise .* or segmented.*neither"):
+        gx.Optimizer(_params(torch.float32), gx.muon(1e-3), flat=True)
+    user = gx.stateless(lambda u, p: u)
+    with pytest.raises(ValueError, match="flat=True runs chains.*use flat=False"):
+        gx.Optimizer(_params(torch.float32), gx.chain(user, gx.adam(1e-3)), flat=True)
     with pytest.raises(ValueError, match="flat must be a bool"):
         gx.Optimizer(_params(torch.float32), gx.adam(1e-3), flat=1)
 

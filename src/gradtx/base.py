@@ -98,7 +98,8 @@ def _format_value(value: Any) -> str:
 def transform(fn: Callable[..., GradientTransformation] | None = None, *,
               elementwise: bool | Callable[[dict[str, Any]], bool] = False,
               leafwise: bool | Callable[[dict[str, Any]], bool] = False,
-              inplace: bool | Callable[[dict[str, Any]], bool] = False) -> Any:
+              inplace: bool | Callable[[dict[str, Any]], bool] = False,
+              segmented: bool | Callable[[dict[str, Any]], bool] = False) -> Any:
     """Decorator for a transform constructor: the result's ``repr`` shows the call.
 
     ``gx.scale_by_adam(b1=0.8)`` prints as ``scale_by_adam(b1=0.8)``: only the arguments
@@ -121,6 +122,13 @@ def transform(fn: Callable[..., GradientTransformation] | None = None, *,
     ``gx.Optimizer`` runs a leafwise transform per param group, so a group's settings apply
     to that group alone (see :func:`is_leafwise`); elementwise implies leafwise.
 
+    ``@transform(segmented=True)`` declares that the transform is leafwise and, when the
+    extra argument ``segments`` maps a leaf to a :class:`gradtx._segments.Segments`, treats
+    that leaf as the concatenation of those segments (a per-leaf norm becomes one norm per
+    segment), or that its numbers do not depend on how the leaves are split at all (a global
+    norm): ``gx.Optimizer(..., flat=True)`` runs such chains over flat buffers (see
+    :func:`flat_blocking_parts`).
+
     ``@transform(inplace=True)`` declares that ``update`` takes the keyword ``inplace`` and
     keeps the promise :func:`supports_inplace` states; leave it out for an optax-style
     ``update`` (the combinators then never pass ``inplace`` and never write into what it
@@ -139,7 +147,8 @@ def transform(fn: Callable[..., GradientTransformation] | None = None, *,
         scale_by_two()  # prints as scale_by_two()
     """
     if fn is None:
-        return functools.partial(transform, elementwise=elementwise, leafwise=leafwise, inplace=inplace)
+        return functools.partial(transform, elementwise=elementwise, leafwise=leafwise, inplace=inplace,
+                                 segmented=segmented)
     signature = inspect.signature(fn)
 
     @functools.wraps(fn)
@@ -171,6 +180,8 @@ def transform(fn: Callable[..., GradientTransformation] | None = None, *,
             attrs["leafwise"] = attrs["elementwise"] or inner.get("leafwise", False) or bool(
                 leafwise(attrs["args"]) if callable(leafwise) else leafwise)
             attrs["inplace"] = bool(inplace(attrs["args"]) if callable(inplace) else inplace)
+            attrs["segmented"] = inner.get("segmented", False) or bool(
+                segmented(attrs["args"]) if callable(segmented) else segmented)
         description = f"{fn.__name__}({', '.join(parts)})"
         if "parts" in inner:
             tx = GradientTransformation(_naming_refusals(fn.__name__, tx.init), tx.update)
@@ -230,6 +241,17 @@ def non_elementwise_parts(tx: GradientTransformation) -> list[GradientTransforma
     if "parts" in attrs:
         return [bad for part in attrs["parts"] for bad in non_elementwise_parts(part)]
     return [] if attrs.get("elementwise", False) else [tx]
+
+
+def flat_blocking_parts(tx: GradientTransformation) -> list[GradientTransformation]:
+    """The innermost parts of ``tx`` that can not run over flat buffers: neither elementwise
+    nor declared ``segmented`` (``@transform(segmented=True)``: it reduces per segment of a
+    flat leaf given the ``segments`` extra argument, or its numbers do not depend on the
+    split). ``gx.Optimizer(..., flat=True)`` takes chains without any."""
+    attrs = getattr(tx, "__dict__", {})
+    if "parts" in attrs:
+        return [bad for part in attrs["parts"] for bad in flat_blocking_parts(part)]
+    return [] if attrs.get("elementwise", False) or attrs.get("segmented", False) else [tx]
 
 
 def supports_inplace(tx: GradientTransformation) -> bool:

@@ -167,8 +167,10 @@ class Optimizer(torch.optim.Optimizer):
       step is one kernel pass over each buffer (fused, multi-tensor or compiled) whatever the
       number of parameters; ``zero_grad()`` zeroes the buffer in place. Anything the layout
       cannot take that step runs on the default path, with its numbers; the state layout and
-      checkpoints are the default ones (see ``gradtx.optim.flat``). Other chains raise
-      ``ValueError``.
+      checkpoints are the default ones (see ``gradtx.optim.flat``). Chains with per-tensor
+      norms (``gx.lamb``, ``gx.lars``) run there too, one norm per segment of the buffer; a
+      global norm over every group (``clip_by_global_norm``) runs on the default path. Other
+      chains (``gx.muon``, ``gx.adafactor``, a user's transform) raise ``ValueError``.
 
     Example::
 

@@ -11,7 +11,7 @@ from .._hparams import check, traced
 from .._tree import tree_flatten, tree_leaves, tree_unflatten
 from ..base import EmptyState, GradientTransformation, transform
 from ._common import leaves, leaves_like, need_params, unflatten
-from .normalize import block_rms, scale_each
+from .normalize import block_rms, leaf_segments, scale_each
 
 __all__ = ["adaptive_grad_clip", "clip", "clip_by_block_rms", "clip_by_global_norm", "clip_value",
            "per_example_global_norm_clip", "per_example_layer_norm_clip"]
@@ -49,7 +49,7 @@ class ClipByGlobalNormState(NamedTuple):
     """Stateless; kept as a named type so states read well."""
 
 
-@transform(inplace=True)
+@transform(inplace=True, segmented=True)  # a global norm: the same on any split of the leaves
 def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     """Rescale all updates together so their global l2 norm is at most ``max_norm``.
 
@@ -73,7 +73,7 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     return GradientTransformation(_empty, update)
 
 
-@transform(leafwise=True, inplace=True)
+@transform(leafwise=True, inplace=True, segmented=True)
 def clip_by_block_rms(threshold: float) -> GradientTransformation:
     """Clip each block (leaf) to a root mean square of at most ``threshold``:
     ``u <- u / max(1, sqrt(mean(u^2)) / threshold)``, one factor per leaf
@@ -84,10 +84,12 @@ def clip_by_block_rms(threshold: float) -> GradientTransformation:
     check("threshold", threshold, low=0.0, low_open=True, allow_inf=True)  # inf: no clipping
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
-        del params, extra_args
+        del params
         us, treedef = leaves(updates)
-        factors = [1.0 / torch.clamp_min(r / threshold, 1.0) for r in block_rms(F.as_real(us))]
-        return unflatten(treedef, scale_each(us, factors, inplace)), state
+        segs = leaf_segments(extra_args, treedef)
+        rms = block_rms(us, segs) if segs else block_rms(F.as_real(us))
+        factors = [1.0 / torch.clamp_min(r / threshold, 1.0) for r in rms]
+        return unflatten(treedef, scale_each(us, factors, inplace, segs)), state
 
     return GradientTransformation(_empty, update)
 

@@ -25,21 +25,38 @@ def _empty(params):
     return EmptyState()
 
 
-def block_norms(xs: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The l2 norm of each tensor as a 0-dim tensor, in float32 or wider."""
+def block_norms(xs: list[torch.Tensor], segments: list | None = None) -> list[torch.Tensor]:
+    """The l2 norm of each tensor as a 0-dim tensor, in float32 or wider; with ``segments``
+    (flat leaves, see :func:`leaf_segments`) a 1-D tensor of one norm per segment."""
+    if segments:
+        return [seg.norms(x) for x, seg in zip(xs, segments)]
     return [n if n.dtype == torch.promote_types(n.dtype, torch.float32) else n.float() for n in F.norms(xs)]
 
 
-def block_rms(xs: list[torch.Tensor]) -> list[torch.Tensor]:
+def block_rms(xs: list[torch.Tensor], segments: list | None = None) -> list[torch.Tensor]:
     """``sqrt(mean(x^2))`` of each tensor (0 for an empty tensor); pass complex tensors as
-    their real views (:func:`gradtx._foreach.as_real`) for the mean over real components."""
+    their real views (:func:`gradtx._foreach.as_real`) for the mean over real components.
+    With ``segments`` (flat leaves, complex ones as they are) one per segment."""
+    if segments:
+        return [seg.rms(x) for x, seg in zip(xs, segments)]
     return [n / math.sqrt(max(x.numel(), 1)) for n, x in zip(block_norms(xs), xs)]
 
 
-def scale_each(xs: list[torch.Tensor], factors: list[torch.Tensor], inplace: bool) -> list[torch.Tensor]:
+def scale_each(xs: list[torch.Tensor], factors: list[torch.Tensor], inplace: bool,
+               segments: list | None = None) -> list[torch.Tensor]:
     """``xs[i] * factors[i]`` for 0-dim ``factors``, each cast to its tensor's dtype so the
-    result keeps it (a float32 factor would promote a 0-dim bfloat16 update)."""
+    result keeps it (a float32 factor would promote a 0-dim bfloat16 update); with
+    ``segments``, ``factors[i]`` holds one factor per segment of ``xs[i]``."""
+    if segments:
+        return [seg.scale(x, f, inplace) for x, f, seg in zip(xs, factors, segments)]
     return F.mul(xs, [f.to(x.dtype) for f, x in zip(factors, xs)], inplace=inplace)
+
+
+def leaf_segments(extra_args: dict, treedef) -> list | None:
+    """The :class:`gradtx._segments.Segments` of each leaf when the flat path passes
+    ``segments`` (each leaf is then many parameters' tensors end to end), else ``None``."""
+    segments = extra_args.get("segments")
+    return None if segments is None else leaves_like(segments, treedef, "segments")
 
 
 def _param_leaves(name: str, params, treedef, inplace: bool) -> list[torch.Tensor]:
@@ -58,14 +75,15 @@ def trust_ratio_transform(min_norm=0.0, trust_coefficient=1.0, eps=0.0, mask=Non
     check("eps", eps, low=0.0)
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
-        del extra_args
         us, treedef = leaves(updates)
         ps = _param_leaves("scale_by_trust_ratio", params, treedef, inplace)
+        segs = leaf_segments(extra_args, treedef) if mask is None else None
         flags = mask_leaves(mask, params)
         idx = [i for i, f in enumerate(flags) if f and us[i] is not None]
         sel_u = [us[i] for i in idx]
-        p_norms = [n.clamp_min(min_norm) for n in block_norms([ps[i] for i in idx])]
-        u_norms = [n.clamp_min(min_norm) for n in block_norms(sel_u)]
+        sel_s = segs and [segs[i] for i in idx]
+        p_norms = [n.clamp_min(min_norm) for n in block_norms([ps[i] for i in idx], sel_s)]
+        u_norms = [n.clamp_min(min_norm) for n in block_norms(sel_u, sel_s)]
         factors = []
         for pn, un in zip(p_norms, u_norms):
             pn = pn.to(torch.promote_types(pn.dtype, un.dtype))
@@ -73,13 +91,15 @@ def trust_ratio_transform(min_norm=0.0, trust_coefficient=1.0, eps=0.0, mask=Non
             # optax: a zero norm (possible only with min_norm = 0) leaves the update unscaled
             factors.append(torch.where((pn == 0) | (un == 0), torch.ones_like(ratio), ratio))
         out = list(us)
-        for i, value in zip(idx, scale_each(sel_u, factors, inplace)):
+        for i, value in zip(idx, scale_each(sel_u, factors, inplace, sel_s)):
             out[i] = value
         return unflatten(treedef, out), state
 
     inner = f"scale_by_trust_ratio(min_norm={min_norm!r}, trust_coefficient={trust_coefficient!r}, eps={eps!r})"
     description = inner if mask is None else f"masked({inner}, mask={mask!r})"
-    return describe(GradientTransformation(_empty, update), description, leafwise=True, inplace=True)
+    # a mask picks leaves, which flat buffers do not have: only the unmasked form is segmented
+    return describe(GradientTransformation(_empty, update), description, leafwise=True, inplace=True,
+                    segmented=mask is None)
 
 
 @transform(leafwise=True, inplace=True)
@@ -96,7 +116,7 @@ def scale_by_trust_ratio(min_norm: float = 0.0, trust_coefficient: float = 1.0, 
     return trust_ratio_transform(min_norm, trust_coefficient, eps)
 
 
-@transform(leafwise=True, inplace=True)
+@transform(leafwise=True, inplace=True, segmented=True)
 def scale_by_param_block_norm(min_scale: float = 1e-3) -> GradientTransformation:
     """Scale each block by the norm of its parameter: ``u <- u * max(||p||, min_scale)``.
 
@@ -108,16 +128,16 @@ def scale_by_param_block_norm(min_scale: float = 1e-3) -> GradientTransformation
     check("min_scale", min_scale, low=0.0)
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
-        del extra_args
         us, treedef = leaves(updates)
         ps = _param_leaves("scale_by_param_block_norm", params, treedef, inplace)
-        factors = [n.clamp_min(min_scale) for n in block_norms(ps)]
-        return unflatten(treedef, scale_each(us, factors, inplace)), state
+        segs = leaf_segments(extra_args, treedef)
+        factors = [n.clamp_min(min_scale) for n in block_norms(ps, segs)]
+        return unflatten(treedef, scale_each(us, factors, inplace, segs)), state
 
     return GradientTransformation(_empty, update)
 
 
-@transform(leafwise=True, inplace=True)
+@transform(leafwise=True, inplace=True, segmented=True)
 def scale_by_param_block_rms(min_scale: float = 1e-3) -> GradientTransformation:
     """Scale each block by the root mean square of its parameter:
     ``u <- u * max(sqrt(mean(p^2)), min_scale)`` (Adafactor's relative step, Shazeer & Stern, 2018).
@@ -127,11 +147,11 @@ def scale_by_param_block_rms(min_scale: float = 1e-3) -> GradientTransformation:
     check("min_scale", min_scale, low=0.0)
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
-        del extra_args
         us, treedef = leaves(updates)
         ps = _param_leaves("scale_by_param_block_rms", params, treedef, inplace)
-        factors = [r.clamp_min(min_scale) for r in block_rms(F.as_real(ps))]
-        return unflatten(treedef, scale_each(us, factors, inplace)), state
+        segs = leaf_segments(extra_args, treedef)
+        factors = [r.clamp_min(min_scale) for r in (block_rms(ps, segs) if segs else block_rms(F.as_real(ps)))]
+        return unflatten(treedef, scale_each(us, factors, inplace, segs)), state
 
     return GradientTransformation(_empty, update)
 
