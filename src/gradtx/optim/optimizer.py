@@ -134,7 +134,8 @@ class Optimizer(torch.optim.Optimizer):
       a step that ends on a point its line search evaluated with gradients keeps that
       evaluation, and the next ``step`` with the same closure object, from those exact
       parameters, takes it instead of its first closure call (as ``torch.optim.LBFGS``'s next
-      iteration does); ``False`` for a closure that reads data changing between steps.
+      iteration does; it holds that point and its gradients between steps, twice the
+      parameters' memory); ``False`` for a closure that reads data changing between steps.
     - ``state_dict()`` holds tensors and plain containers only and reads back with
       ``torch.load(..., weights_only=True)``.
     - ``pickle``, ``torch.save(opt)`` and ``copy.deepcopy(opt)`` work as for ``torch.optim``: the
