@@ -18,9 +18,10 @@ Run: ``PYTHONPATH=src python benchmarks/closure_methods.py [--quick]``.
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -139,9 +140,9 @@ def run_gradtx(name: str, tx: gx.GradientTransformation, problem: Problem, tol: 
     if problem.residuals is not None:
         curvature["residual_fn"] = lambda p: problem.residuals(p["x"])
 
-    try:
+    try:  # (probed with a function that counts nothing: before the first step it is called)
+        gx.value_and_grad_from_state(lambda p: (None, None))(params, state)
         from_state = gx.value_and_grad_from_state(value_and_grad_fn)
-        from_state(params, state)
     except ValueError:
         from_state = None  # no line search that keeps the point's value and gradient
     start = time.perf_counter()
@@ -211,9 +212,14 @@ def run_torch_lbfgs(problem: Problem, tol: float, max_iter: int) -> Result:
 
 def gradtx_methods() -> dict[str, Callable[[], gx.GradientTransformation]]:
     methods = {"gx.lbfgs (zoom)": lambda: gx.lbfgs()}
+    if "first_step" in inspect.signature(gx.lbfgs).parameters:
+        methods["gx.lbfgs (zoom, first_step='unit')"] = lambda: gx.lbfgs(first_step="unit")
     wolfe = getattr(gx, "scale_by_strong_wolfe", None)
     if wolfe is not None:
         methods["lbfgs + strong Wolfe"] = lambda: gx.chain(gx.scale_by_lbfgs(), gx.scale(-1.0), wolfe())
+        if "approx_dec_rtol" in inspect.signature(wolfe).parameters:
+            methods["lbfgs + strong Wolfe (approx_dec_rtol=1e-6)"] = lambda: gx.chain(
+                gx.scale_by_lbfgs(), gx.scale(-1.0), wolfe(approx_dec_rtol=1e-6))
         if hasattr(gx, "scale_by_bfgs"):
             methods["bfgs + strong Wolfe"] = lambda: gx.chain(gx.scale_by_bfgs(), gx.scale(-1.0), wolfe())
         if hasattr(gx, "scale_by_conjugate_gradient"):
@@ -231,17 +237,91 @@ def gradtx_methods() -> dict[str, Callable[[], gx.GradientTransformation]]:
     return methods
 
 
-def convergence_table(tol: float, max_iter: int, budget: float, problems: list[Problem]) -> list[Result]:
-    results = []
+def convergence_table(tol: float, max_iter: int, budget: float, problems: list[Problem],
+                      only: list[str] | None = None) -> Iterator[Result]:
+    """A row per method and problem, as they finish; ``only``: methods whose name holds one of these."""
+
+    def wanted(name: str) -> bool:
+        return not only or any(part in name for part in only)
+
     for problem in problems:
         for name, make in gradtx_methods().items():
-            if "gauss-newton" in name and problem.residuals is None:
+            if ("gauss-newton" in name and problem.residuals is None) or not wanted(name):
                 continue
-            results.append(run_gradtx(name, make(), problem, tol, max_iter, budget))
+            yield run_gradtx(name, make(), problem, tol, max_iter, budget)
         for method in ("L-BFGS-B", "BFGS", "CG", "Newton-CG", "trust-ncg"):
-            results.append(run_scipy(method, problem, tol, max_iter))
-        results.append(run_torch_lbfgs(problem, tol, max_iter))
-    return results
+            if wanted(f"scipy {method}"):
+                yield run_scipy(method, problem, tol, max_iter)
+        if wanted("torch LBFGS"):
+            yield run_torch_lbfgs(problem, tol, max_iter)
+
+
+# --- closure calls through gx.Optimizer ------------------------------------------------------
+
+
+def closure_calls(tol: float = 1e-8) -> list[tuple[str, int, int, float]]:
+    """Closure calls to bring an L2-regularised logistic regression (``nn.Linear(10, 1)``,
+    200 samples, float64) to a gradient norm of ``tol``: ``gx.Optimizer`` stepped in a loop
+    with one closure (with and without ``reuse_evaluations``) and ``torch.optim.LBFGS`` in one
+    ``step`` (``max_iter`` large, ``tolerance_grad=tol``). Rows: (method, steps or
+    iterations, closure calls, final gradient norm)."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(200, 10, generator=gen)
+    y = (torch.rand(200, generator=gen) < torch.sigmoid(x @ torch.randn(10, generator=gen))).double()
+
+    def loss_of(model):
+        logits = model(x).squeeze(-1)
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, y) + 1e-2 * model.weight.pow(2).sum()
+
+    def grad_norm(model):
+        grads = torch.autograd.grad(loss_of(model), list(model.parameters()))
+        return float(torch.cat([g.reshape(-1) for g in grads]).norm())
+
+    def make_model():
+        torch.manual_seed(0)
+        return torch.nn.Linear(10, 1)
+
+    rows = []
+    model, calls = make_model(), [0]
+    ref = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=500, tolerance_grad=tol, tolerance_change=0,
+                            history_size=10, line_search_fn="strong_wolfe")
+
+    def ref_closure():
+        calls[0] += 1
+        ref.zero_grad()
+        loss = loss_of(model)
+        loss.backward()
+        return loss
+
+    ref.step(ref_closure)
+    rows.append(("torch LBFGS (strong_wolfe)", ref.state[model.weight]["n_iter"], calls[0], grad_norm(model)))
+    wolfe = getattr(gx, "scale_by_strong_wolfe", None)
+    makers = {"gx.lbfgs (zoom)": gx.lbfgs}
+    if wolfe is not None:
+        makers["lbfgs + strong Wolfe"] = lambda: gx.chain(gx.scale_by_lbfgs(), gx.scale(-1.0), wolfe())
+    for name, make in makers.items():
+        for reuse in (True, False):
+            model, calls, steps = make_model(), [0], 0
+            try:
+                opt = gx.Optimizer(model.parameters(), make(), reuse_evaluations=reuse)
+            except TypeError:  # a gradtx without reuse_evaluations
+                if not reuse:
+                    continue
+                opt = gx.Optimizer(model.parameters(), make())
+
+            def closure(backward=True, model=model, opt=opt, calls=calls):
+                calls[0] += 1
+                loss = loss_of(model)
+                if backward:
+                    opt.zero_grad()
+                    loss.backward()
+                return loss
+
+            while grad_norm(model) > tol and steps < 500:
+                opt.step(closure)
+                steps += 1
+            rows.append((f"{name}, reuse_evaluations={reuse}", steps, calls[0], grad_norm(model)))
+    return rows
 
 
 # --- per-iteration overhead on a large model -------------------------------------------------
@@ -285,15 +365,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller budgets, no 100-dim Rosenbrock")
     parser.add_argument("--tol", type=float, default=1e-8)
+    parser.add_argument("--only", nargs="*", help="methods whose name holds one of these (all by default)")
     args = parser.parse_args()
     problems = [p for p in PROBLEMS if not (args.quick and p.name == "rosenbrock-100")]
     max_iter, budget = (500, 5.0) if args.quick else (2000, 30.0)
     print(f"torch {torch.__version__}, numpy {np.__version__}, tol {args.tol:g}, max_iter {max_iter}\n")
     print("| problem | method | iterations | f evals | g evals | Hv products | final loss | grad norm | seconds |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for r in convergence_table(args.tol, max_iter, budget, problems):
+    for r in convergence_table(args.tol, max_iter, budget, problems, args.only):
         print(f"| {r.problem} | {r.method} | {r.iterations} | {r.f} | {r.g} | {r.hvps} | {r.final:.3e} | "
-              f"{r.grad_norm:.1e} | {r.seconds:.3f} |")
+              f"{r.grad_norm:.1e} | {r.seconds:.3f} |", flush=True)
+    print("\n| gx.Optimizer / torch.optim, logistic model | steps (iterations) | closure calls | grad norm |")
+    print("|---|---:|---:|---:|")
+    for name, steps, calls, norm in closure_calls(args.tol):
+        print(f"| {name} | {steps} | {calls} | {norm:.1e} |", flush=True)
     mine, theirs = overhead(5 if args.quick else 20)
     print("\n| model (1.0M params) | gx.lbfgs s/step | torch LBFGS s/step | ratio |")
     print("|---|---:|---:|---:|")

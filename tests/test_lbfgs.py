@@ -270,3 +270,17 @@ def test_lbfgs_state_checkpoint_resumes_bit_identically():
     _, _, resumed = run(loaded["params"], pytree.tree_unflatten(loaded["leaves"], treedef), 6)
     for a, b in zip(continued, resumed):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("norm", [1e-3, 5.0])
+def test_first_step_unit_is_scipys_unit_length_first_step(norm):
+    """``first_step="unit"``: the first direction is ``g / ||g||`` whatever ``||g||`` (scipy's
+    L-BFGS-B first trial ``1 / ||d||``); optax's default, ``min(1, 1 / ||g||) g``."""
+    g = torch.tensor([3.0, -4.0], dtype=torch.float64) * (norm / 5.0)
+    params = {"x": torch.zeros(2, dtype=torch.float64)}
+    for first_step, want in (("unit", g / norm), ("optax", g * min(1.0, 1.0 / norm))):
+        tx = gx.scale_by_lbfgs(first_step=first_step)
+        out, _ = tx.update({"x": g.clone()}, tx.init(params), params)
+        torch.testing.assert_close(out["x"], want, rtol=1e-15, atol=0)
+    with pytest.raises(ValueError, match="first_step"):
+        gx.scale_by_lbfgs(first_step="one")

@@ -223,7 +223,9 @@ def test_evaluation_builders_are_pure_and_match_autograd():
         gx.make_value_and_grad_fn(loss_fn, backend="jax")
 
 
-def test_value_and_grad_from_state_reuses_the_zoom_searchs_evaluation():
+@pytest.mark.parametrize("search", [lambda: gx.scale_by_zoom_linesearch(15), lambda: gx.scale_by_strong_wolfe()],
+                         ids=["zoom", "strong_wolfe"])
+def test_value_and_grad_from_state_reuses_the_searchs_evaluation(search):
     fn, x0 = problems_torch()["quadratic"]
     vg = gx.make_value_and_grad_fn(fn)
     calls = []
@@ -232,7 +234,7 @@ def test_value_and_grad_from_state_reuses_the_zoom_searchs_evaluation():
         calls.append(1)
         return vg(p)
 
-    tx = gx.chain(gx.scale(-1.0), gx.scale_by_zoom_linesearch(15))
+    tx = gx.chain(gx.scale(-1.0), search())
     params = {"x": torch.tensor(x0)}
     state = tx.init(params)
     from_state = gx.value_and_grad_from_state(counted)
@@ -244,3 +246,23 @@ def test_value_and_grad_from_state_reuses_the_zoom_searchs_evaluation():
         updates, state = tx.update(grad, state, params, value=value, grad=grad, value_and_grad_fn=vg)
         params = gx.apply_updates(params, updates)
     assert len(calls) == 1  # only before the first step
+
+
+def test_strong_wolfe_approximate_decrease_steps_where_the_loss_change_is_below_round_off():
+    """Every trial's loss reads 1e-12 above f(p) (round-off larger than the true decrease,
+    2e-14), the gradient is exact: the Armijo test fails at every trial and the search
+    returns t = 0; with approx_dec_rtol the slopes show the decrease (Hager & Zhang's
+    approximate Wolfe conditions) and the unit step, onto the minimiser, is taken."""
+    x = torch.full((4,), 1e-7, dtype=torch.float64)
+
+    def value_and_grad_fn(p):
+        return 1.0 + 0.5 * p["x"].dot(p["x"]) + 1e-12, {"x": p["x"].clone()}
+
+    value = 1.0 + 0.5 * x.dot(x)
+    for rtol, want in ((None, 0.0), (1e-6, 1.0)):
+        tx = gx.chain(gx.scale(-1.0), gx.scale_by_strong_wolfe(approx_dec_rtol=rtol))
+        params = {"x": x}
+        updates, state = tx.update({"x": x.clone()}, tx.init(params), params, value=value, grad={"x": x.clone()},
+                                   value_and_grad_fn=value_and_grad_fn)
+        assert float(state[-1].step_size) == want
+        torch.testing.assert_close(updates["x"], -want * x, rtol=0, atol=0)

@@ -22,7 +22,7 @@ _WOLFE_CG = scale_by_strong_wolfe(c2=0.1)
 
 @transform
 def lbfgs(lr: ScalarOrSchedule | None = 1.0, memory_size: int = 10, scale_init_precond: bool = True,
-          linesearch: GradientTransformation | None = _ZOOM) -> GradientTransformation:
+          linesearch: GradientTransformation | None = _ZOOM, first_step: str = "optax") -> GradientTransformation:
     """L-BFGS (Nocedal & Wright, 2006, Alg. 7.4 and 7.5; Liu & Nocedal, 1989), as ``optax.lbfgs``;
     ``update`` needs ``params``, ``value``, ``grad`` and ``value_and_grad_fn`` (or
     ``value_fn``) for the line search.
@@ -33,8 +33,12 @@ def lbfgs(lr: ScalarOrSchedule | None = 1.0, memory_size: int = 10, scale_init_p
     times ``lr`` (optax's ``learning_rate``; 1 as in ``torch.optim.LBFGS``, and a
     ``param_groups`` key torch's LR schedulers drive; ``None``: no ``lr`` at all, optax's
     default, the same numbers). ``linesearch=None`` takes fixed steps of ``lr``.
-    ``chain(scale_by_lbfgs(memory_size, scale_init_precond), scale(-1.0) or scale_by_lr(lr),
-    linesearch)``.
+    ``chain(scale_by_lbfgs(memory_size, scale_init_precond, first_step), scale(-1.0) or
+    scale_by_lr(lr), linesearch)``. Beyond optax: ``first_step="unit"`` (the first step's
+    length 1, as scipy's L-BFGS-B; see :func:`scale_by_lbfgs`), and
+    ``linesearch=scale_by_strong_wolfe()``, whose cubic interpolation uses the slopes at both
+    ends of the bracket (as scipy's and torch's searches) where optax's zoom uses one: on
+    Rosenbrock's function it needs fewer evaluations (``docs/benchmarks.md``).
 
     Example::
 
@@ -43,7 +47,8 @@ def lbfgs(lr: ScalarOrSchedule | None = 1.0, memory_size: int = 10, scale_init_p
         updates, state = tx.update(extra["grad"], state, params, **extra)
     """
     base_scaling = scale(-1.0) if lr is None else scale_by_lr(lr)
-    return chain(scale_by_lbfgs(memory_size=memory_size, scale_init_precond=scale_init_precond), base_scaling,
+    return chain(scale_by_lbfgs(memory_size=memory_size, scale_init_precond=scale_init_precond,
+                                first_step=first_step), base_scaling,
                  identity() if linesearch is None else linesearch)
 
 

@@ -26,19 +26,29 @@ a transform's ``hvp_method="fd_central"`` builds them from ``value_and_grad_fn``
 (:func:`gradtx.hvp_from_grads`). A closure without the flag
 (``def closure(): ...; loss.backward(); return loss``) works too: each evaluation then runs
 its backward, whose gradients are dropped when only the loss was asked for.
+
+Reusing the last evaluation (``gx.Optimizer(..., reuse_evaluations=True)``, the default): a
+line search ends on a point it evaluated with gradients, which is where the next step starts.
+As ``torch.optim.LBFGS`` reuses its line search's last evaluation for its next iteration, the
+adapter keeps that evaluation (:class:`Kept`: the trial parameters, the loss and every
+``.grad`` the closure left) when the step moved the parameters exactly there, and the next
+``step`` takes it instead of calling the closure, when it is given the same closure object
+and every parameter is still bitwise the kept trial value.
 """
 
 from __future__ import annotations
 
 import inspect
+import operator
+import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from .._tree import tree_flatten
 
-__all__ = ["Evaluations", "takes_backward"]
+__all__ = ["Evaluations", "Kept", "takes_backward"]
 
 
 def takes_backward(closure: Callable[..., Any]) -> bool:
@@ -64,6 +74,8 @@ class Evaluations:
         self.everything = list(everything)
         self._values: list[torch.Tensor] | None = None  # the parameters at the step's point
         self.evaluations = 0
+        # the last evaluation with gradients: (trial values of the stepped params, loss, every .grad)
+        self.last: tuple[list[torch.Tensor], Any, list[torch.Tensor | None]] | None = None
 
     def first(self, backward: bool = True) -> Any:
         """The closure at the current parameters, with gradients (or, ``backward=False``, for
@@ -105,6 +117,7 @@ class Evaluations:
             if backward or not self.flag:
                 with torch.enable_grad():
                     loss = self.closure(backward=True) if self.flag else self.closure()
+                self._keep(loss)
             else:
                 with torch.no_grad():
                     loss = self.closure(backward=False)
@@ -114,6 +127,15 @@ class Evaluations:
                 p.grad = g
             self._restore()
         return self.reduced(loss), new_grads
+
+    def _keep(self, loss: Any) -> None:
+        """Keep this evaluation as :attr:`last`: a copy of the trial values (the member may
+        reuse its tensors for the next trial), made in one set of buffers per step."""
+        buffers = self.last[0] if self.last is not None else [torch.empty_like(p) for p in self.stepped.values()]
+        with torch.no_grad():
+            for b, p in zip(buffers, self.stepped.values()):
+                b.copy_(p)  # p holds the trial value, in its own dtype, as the closure saw it
+        self.last = (buffers, _detached(loss), [p.grad for p in self.everything])
 
     def new_grads(self) -> list[torch.Tensor | None]:
         """The stepped parameters' gradients the closure's backward just wrote."""
@@ -257,6 +279,62 @@ class Evaluations:
         loss, grads = self._evaluate(new_params, backward=True)
         return loss, {k: torch.zeros_like(p) if g is None else g
                       for (k, p), g in zip(self.stepped.items(), grads)}
+
+
+class Kept(NamedTuple):
+    """The closure's evaluation at the point a step moved to, for the next step's first call:
+    a weak reference to the closure, the optimizer's parameters and the stepped ones (as the
+    step saw them), their values there, the loss and every parameter's ``.grad`` after it."""
+
+    closure: Any  # weakref.ref or weakref.WeakMethod
+    everything: list[torch.Tensor]
+    stepped: list[torch.Tensor]
+    values: list[torch.Tensor]
+    loss: Any
+    grads: list[torch.Tensor | None]
+
+    @staticmethod
+    def after_step(evaluations: Evaluations) -> Kept | None:
+        """The last evaluation with gradients of this step, if the step moved the stepped
+        parameters bitwise onto its trial point (else ``None``)."""
+        if evaluations.last is None:
+            return None
+        values, loss, grads = evaluations.last
+        stepped = list(evaluations.stepped.values())
+        if not _same_values(stepped, values):
+            return None
+        try:  # a bound method is made afresh at each attribute access: watch its object and function
+            ref = (weakref.WeakMethod if inspect.ismethod(evaluations.closure) else weakref.ref)(evaluations.closure)
+        except TypeError:  # an object without weak references: nothing to recognise it by
+            return None
+        return Kept(ref, evaluations.everything, stepped, values, loss, grads)
+
+    def first(self, closure: Callable[..., Any], everything: list[torch.Tensor]) -> Any:
+        """What ``closure(backward=True)`` would give now, without calling it: the kept loss,
+        with every ``.grad`` set to a copy of the kept one; ``None`` (nothing set) unless
+        ``closure`` is the kept closure and every parameter is where the evaluation was."""
+        target = self.closure()
+        same = target is closure or (inspect.ismethod(closure) and target == closure)
+        if not same or len(everything) != len(self.everything) or not all(map(operator.is_, everything,
+                                                                               self.everything)):
+            return None
+        if not _same_values(self.stepped, self.values):
+            return None
+        for p, g in zip(everything, self.grads):
+            p.grad = None if g is None else g.clone()  # a member may keep the tensor it was given
+        return self.loss
+
+
+def _same_values(params: list[torch.Tensor], values: list[torch.Tensor]) -> bool:
+    """Every parameter bitwise equal to its value (same shape and dtype)."""
+    if len(params) != len(values):
+        return False
+    for p, v in zip(params, values):
+        if not isinstance(v, torch.Tensor) or v.dtype != p.dtype or v.shape != p.shape or v.device != p.device:
+            return False
+        if not torch.equal(p.detach(), v):
+            return False
+    return True
 
 
 def _detached(loss: Any) -> Any:

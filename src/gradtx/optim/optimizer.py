@@ -139,7 +139,12 @@ class Optimizer(torch.optim.Optimizer):
       transforms receive ``value`` (that loss), ``grad``, and ``value_fn`` (params -> loss)
       and ``value_and_grad_fn`` (params -> (loss, grads)), ``hvp_fn`` ((params, v) -> Hv,
       by double backward) and ``batched_hvp_fn`` built from the closure, which takes
-      torchzero's ``backward`` flag (see :meth:`step`).
+      torchzero's ``backward`` flag (see :meth:`step`). ``reuse_evaluations`` (default on):
+      a step that ends on a point its line search evaluated with gradients keeps that
+      evaluation, and the next ``step`` with the same closure object, from those exact
+      parameters, takes it instead of its first closure call (as ``torch.optim.LBFGS``'s next
+      iteration does; it holds that point and its gradients between steps, twice the
+      parameters' memory); ``False`` for a closure that reads data changing between steps.
     - ``state_dict()`` holds tensors and plain containers only and reads back with
       ``torch.load(..., weights_only=True)``.
     - ``pickle``, ``torch.save(opt)`` and ``copy.deepcopy(opt)`` work as for ``torch.optim``: the
@@ -181,7 +186,8 @@ class Optimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[Any], tx: GradientTransformation, *, fast: bool = True,
                  compile: bool | dict[str, Any] = False,  # noqa: A002 - torch.compile's word
-                 check_descent: bool = True, differentiable: bool = False, flat: bool = False) -> None:
+                 check_descent: bool = True, differentiable: bool = False, flat: bool = False,
+                 reuse_evaluations: bool = True) -> None:
         if not isinstance(tx, GradientTransformation):
             raise TypeError(f"tx must be a GradientTransformation, got {type(tx).__name__}")
         if differentiable:
@@ -198,12 +204,20 @@ class Optimizer(torch.optim.Optimizer):
             raise ValueError(f"compile must be a bool or a dict of torch.compile arguments, got {compile!r}")
         if not isinstance(flat, bool):
             raise ValueError(f"flat must be a bool, got {flat!r}")
+        if not isinstance(reuse_evaluations, bool):
+            raise ValueError(f"reuse_evaluations must be a bool, got {reuse_evaluations!r}")
         self.tx = tx
         # A chain with a member that makes its own gradients (gradtx.handover) steps every
         # parameter that requires grad, from closure(backward=False) evaluations alone.
         self._own_gradients = makes_gradients(tx)
         self._init_options = {"fast": fast, "compile": compile, "check_descent": check_descent}  # for pickling
         self._flat = None
+        if not reuse_evaluations:
+            self._init_options["reuse_evaluations"] = False
+        # the closure's evaluation where the last step ended (see gradtx.optim.closure): not state
+        self._reuse = reuse_evaluations
+        self._kept: Any = None
+        self._step_evaluations: Any = None  # while stepping with a closure: its Evaluations
         if flat:  # contiguous storage (gradtx.optim.flat)
             self._init_options["flat"] = True
             self._flat = _flat.FlatStorage.for_chain(tx)
@@ -475,7 +489,15 @@ class Optimizer(torch.optim.Optimizer):
         chain runs; members that evaluate again (line searches, L-BFGS) get ``value_fn`` and
         ``value_and_grad_fn`` built from it, which leave the parameters and ``.grad`` as they
         were. After the step the parameters hold the update and ``.grad`` the gradient at
-        the point the step started from."""
+        the point the step started from.
+
+        With ``reuse_evaluations`` (the default), that first call is skipped when the last
+        step ended on a point its line search evaluated with gradients, ``closure`` is the
+        same object as then, and every parameter is still bitwise that point: ``.grad`` is
+        set to (a copy of) what the closure left there and its loss, detached, is returned.
+        The closure must then give the same loss at the same parameters (the data it reads
+        unchanged between steps); otherwise build the optimizer with
+        ``reuse_evaluations=False``."""
         if torch.compiler.is_compiling():
             return self._step_outside_graph(closure)
         if getattr(self, "_eval_mode", False):
@@ -483,6 +505,7 @@ class Optimizer(torch.optim.Optimizer):
             raise RuntimeError("step() called in eval mode: call opt.train() before stepping (opt.eval() put the "
                                "evaluation parameters in place), as with schedulefree's optimizers")
         loss = None
+        kept, self._kept = self._kept, None  # good for this step only
         if self._own_gradients and closure is None:
             raise ValueError("this chain makes its own gradients from the loss alone (it has a gradient-approximation "
                              "member such as gx.spsa or gx.mezo): step it with a closure that evaluates the loss, "
@@ -494,17 +517,23 @@ class Optimizer(torch.optim.Optimizer):
             if self._own_gradients and not _closure.takes_backward(closure):
                 raise ValueError("a chain that makes its own gradients calls the closure with backward=False only: "
                                  "give it the flag, def closure(backward=False): return loss_fn(model(x), y)")
-            loss = _closure.Evaluations(closure, {}, []).first(backward=not self._own_gradients)
+            if kept is not None:
+                loss = kept.first(closure, self._all_params())
+            if loss is None:
+                loss = _closure.Evaluations(closure, {}, []).first(backward=not self._own_gradients)
         if self._lr_schedule is not None:
             self._refuse_lr_change()
         if self._betas:
             self._sync_betas()
         with _distributed.chain_params(self, "step"):  # plain tensors for DTensor parameters
             before = self._descent_snapshot() if self._check_descent else None
-            if self._split is not None:
-                self._step_one_chain(closure, loss)
-            else:
-                self._step_per_group(closure, loss)
+            try:
+                if self._split is not None:
+                    self._step_one_chain(closure, loss)
+                else:
+                    self._step_per_group(closure, loss)
+            finally:
+                self._step_evaluations = None
             if before is not None:
                 self._warn_if_uphill(before)
         return loss
@@ -577,6 +606,7 @@ class Optimizer(torch.optim.Optimizer):
         started from), ``value_fn``, ``value_and_grad_fn``, ``hvp_fn`` and ``batched_hvp_fn``
         over ``params``."""
         evaluations = (self._evaluations or _closure.Evaluations)(closure, params, self._all_params())
+        self._step_evaluations = evaluations
         extra = {"value": evaluations.reduced(loss),
                  "value_fn": evaluations.value_fn_for_chain()}
         if not self._own_gradients:  # these differentiate the closure; members after a gradient source get its own
@@ -677,6 +707,18 @@ class Optimizer(torch.optim.Optimizer):
         self._one_state = merge_keys(self._one_state, state) if is_selection else state
         ps = list(params.values())
         F.add(ps, F.cast_like([updates[k] for k in keys], ps), inplace=True)
+        if closure is not None and self._reusable():
+            self._kept = _closure.Kept.after_step(self._step_evaluations)
+
+    def _reusable(self) -> bool:
+        """Whether a step may keep its last evaluation for the next (``reuse_evaluations``):
+        not for a chain that makes its own gradients (its first call has no backward), nor
+        with sharded parameters or several processes, where every rank must call the closure
+        (its collectives) whenever one does, and each decides alone."""
+        if not self._reuse or self._own_gradients or self._has_dtensors or self._evaluations is not None:
+            return False
+        dist = torch.distributed
+        return not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
 
     def _current_split(self) -> tuple[GradientTransformation, Callable[..., Any], bool]:
         """With one chain over all groups: the split chain for the groups' settings, its
@@ -973,7 +1015,8 @@ class Optimizer(torch.optim.Optimizer):
         the adapter's options where they are not the defaults, after the class name."""
         head, _, groups = super().__repr__().partition("\n")
         options = {k: v for k, v in self._init_options.items() if v != {"fast": True, "compile": False,
-                                                                         "check_descent": True}[k]}
+                                                                         "check_descent": True,
+                                                                         "reuse_evaluations": True}.get(k)}
         lines = [head, "Chain:", textwrap.indent(repr(self.tx), "    ")]
         if options:
             lines.append("Options: " + ", ".join(f"{k}={v!r}" for k, v in options.items()))

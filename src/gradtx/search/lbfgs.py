@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -37,7 +38,8 @@ class ScaleByLBFGSState(NamedTuple):
 
 
 @transform(inplace=True)  # writes into nothing it is given; returns fresh tensors (or a given update as is)
-def scale_by_lbfgs(memory_size: int = 10, scale_init_precond: bool = True) -> GradientTransformation:
+def scale_by_lbfgs(memory_size: int = 10, scale_init_precond: bool = True,
+                   first_step: str = "optax") -> GradientTransformation:
     """L-BFGS direction ``u <- P_k g_k`` (Nocedal & Wright, 2006, Alg. 7.4; Liu & Nocedal,
     1989), as ``optax.scale_by_lbfgs``; needs ``params``.
 
@@ -47,7 +49,11 @@ def scale_by_lbfgs(memory_size: int = 10, scale_init_precond: bool = True) -> Gr
     ``V_j = I - rho_j y_j s_j^T``, from ``P_{k,k-m} = gamma_k I``:
     ``gamma_k = <s_{k-1}, y_{k-1}> / <y_{k-1}, y_{k-1}>`` with ``scale_init_precond`` (1 if
     ``y = 0``), else 1; at the first step ``gamma_0 = min(1, 1 / ||g_0||)`` with
-    ``scale_init_precond`` (optax's heuristic: the first step has length at most 1). Dot
+    ``scale_init_precond`` (optax's heuristic: the first step has length at most 1), or
+    ``gamma_0 = 1 / ||g_0||`` with ``first_step="unit"`` (a first step of length 1 whatever the
+    gradient's norm, as scipy's L-BFGS-B and Nocedal & Wright's first trial: from a small
+    gradient it saves the first iterations' short steps; one evaluation fewer than optax's on
+    the logistic problem of ``benchmarks/closure_methods.py``, the same iterates as scipy). Dot
     products run over all leaves together, summed in float64. The output is the
     preconditioned gradient, not yet a descent step: follow with ``scale(-1.0)`` and a line
     search (``gx.lbfgs``) or ``scale_by_lr``. As optax, a pair with negative curvature
@@ -64,6 +70,9 @@ def scale_by_lbfgs(memory_size: int = 10, scale_init_precond: bool = True) -> Gr
     check_int("memory_size", memory_size, low=1)
     if not isinstance(scale_init_precond, bool):
         raise ValueError(f"scale_init_precond must be a bool, got {scale_init_precond!r}")
+    if first_step not in ("optax", "unit"):
+        raise ValueError(f"first_step must be 'optax' or 'unit', got {first_step!r}")
+    longest = 1.0 if first_step == "optax" else math.inf
     m = memory_size
 
     def init(params):
@@ -111,7 +120,9 @@ def scale_by_lbfgs(memory_size: int = 10, scale_init_precond: bool = True) -> Gr
             gamma = torch.where(yy > 0, sy / torch.where(yy > 0, yy, torch.ones_like(yy)), torch.ones_like(yy))
         else:
             norm = _dot([u.detach() for u in us], [u.detach() for u in us]).sqrt()
-            gamma = torch.clamp(1.0 / norm, max=1.0)  # 1 / 0 = inf -> 1
+            inverse = 1.0 / norm
+            # 1 / 0 = inf: no scale for a zero gradient
+            gamma = torch.where(torch.isinf(inverse), torch.ones_like(inverse), inverse).clamp(max=longest)
         # two-loop recursion over the filled slots (the last min(k, m) pairs): newest first, then oldest first
         q = [u.to(wide_dtype(u.dtype, p.dtype)) if not u.is_complex() else u for u, p in zip(us, ps)]
         r = _two_loop(q, mem_s, mem_y, weights, [(prev - i) % m for i in range(min(k, m))], gamma)

@@ -11,7 +11,8 @@ sign, e.g. ``chain(scale_by_lbfgs(), scale(-1.0), scale_by_zoom_linesearch(20))`
 
 The state holds the accepted step and the evaluation counts as 0-dim tensors (so a
 checkpoint resumes exactly); optax's two also keep the loss, and the zoom search the
-gradient, at the accepted point, as optax does, for :func:`value_and_grad_from_state`.
+gradient, at the accepted point, as optax does, and so does ``scale_by_strong_wolfe``, for
+:func:`value_and_grad_from_state`.
 """
 
 from __future__ import annotations
@@ -186,6 +187,8 @@ def scale_by_adaptive_backtracking(init: float = 1.0, beta: float = 0.5, c: floa
 class StrongWolfeState(NamedTuple):
     step_size: torch.Tensor  # float64 0-dim: the accepted step
     num_evaluations: torch.Tensor  # int32 0-dim: value-and-gradient evaluations of the last search
+    value: torch.Tensor  # float64 0-dim: the loss at the accepted point (inf before the first search)
+    grad: Tree  # the gradient at the accepted point, a tree like params
 
 
 def _cubic_step(a: float, fa: float, ga: float, b: float, fb: float, gb: float) -> float:
@@ -206,7 +209,8 @@ def _cubic_step(a: float, fa: float, ga: float, b: float, fb: float, gb: float) 
 
 @transform(inplace=True)  # never writes into its inputs; its updates are fresh tensors
 def scale_by_strong_wolfe(init: float = 1.0, c1: float = 1e-4, c2: float = 0.9, max_steps: int = 25,
-                          max_step_size: float = 1e10, interval_threshold: float = 1e-9) -> GradientTransformation:
+                          max_step_size: float = 1e10, interval_threshold: float = 1e-9,
+                          approx_dec_rtol: float | None = None) -> GradientTransformation:
     """Line search for the strong Wolfe conditions (Nocedal & Wright, 2006, Alg. 3.5 and 3.6,
     cubic interpolation eq. 3.59); needs ``params``, ``value``, ``grad`` and
     ``value_and_grad_fn`` (or ``value_fn``, differentiated with autograd).
@@ -219,8 +223,16 @@ def scale_by_strong_wolfe(init: float = 1.0, c1: float = 1e-4, c2: float = 0.9, 
     and slopes), kept 10 % of the bracket away from its ends, replaces the end that keeps a
     minimiser inside. At most ``max_steps`` evaluations; when they run out or the bracket is
     shorter than ``interval_threshold``, the best trial satisfying the decrease condition is
-    taken (``t = 0`` if none). Defaults (torch.optim.LBFGS's, scipy's): ``c1=1e-4``,
-    ``c2=0.9``, ``init=1``, ``max_steps=25``.
+    taken (``t = 0`` if none). With ``approx_dec_rtol`` (off by default, as torch's and
+    scipy's searches), a trial with ``f(p + t d) <= f(p) + approx_dec_rtol |f(p)|`` and
+    ``<g(p + t d), d> <= (2 c1 - 1) <g, d>`` meets the decrease condition too (Hager & Zhang,
+    2005, the approximate Wolfe conditions, as ``scale_by_zoom_linesearch``'s default 1e-6):
+    near a minimiser, where the change of the loss is below its round-off, the slopes still
+    tell a decrease, and the search goes on where the Armijo test alone fails on every trial
+    and returns ``t = 0``. The state keeps ``t`` and the loss and gradient at
+    ``p + t d`` (at ``p`` when ``t = 0``), for :func:`value_and_grad_from_state`, as optax's zoom
+    search keeps them. Defaults (torch.optim.LBFGS's, scipy's): ``c1=1e-4``, ``c2=0.9``,
+    ``init=1``, ``max_steps=25``.
 
     Example: ``gx.chain(gx.scale_by_lbfgs(), gx.scale(-1.0), gx.scale_by_strong_wolfe())``.
     """
@@ -230,34 +242,43 @@ def scale_by_strong_wolfe(init: float = 1.0, c1: float = 1e-4, c2: float = 0.9, 
     check_int("max_steps", max_steps, low=1)
     check("max_step_size", max_step_size, low=0.0, low_open=True, allow_inf=True)
     check("interval_threshold", interval_threshold, low=0.0)
+    if approx_dec_rtol is not None:
+        check("approx_dec_rtol", approx_dec_rtol, low=0.0)
     if _f(c2) <= _f(c1):
         raise ValueError(f"c2 must be > c1 (0 < c1 < c2 < 1), got c1={_f(c1)!r}, c2={_f(c2)!r}")
 
     def init_fn(params):
-        ps = _params_leaves(params)
-        return StrongWolfeState(running(0.0, ps), count(0, ps))
+        ps, treedef = tensor_leaves(params)
+        return StrongWolfeState(running(0.0, ps), count(0, ps), running(math.inf, ps),
+                                tree_unflatten([torch.zeros_like(p) for p in ps], treedef))
 
     def update(updates, state, params=None, *, inplace=False, value=None, grad=None, value_fn=None,
                value_and_grad_fn=None, **extra_args):
         del inplace, extra_args
         line = Line("scale_by_strong_wolfe", updates, params, value=value, grad=grad, value_fn=value_fn,
                     value_and_grad_fn=value_and_grad_fn, need_grad_fn=True)
-        t = _strong_wolfe(line, _f(init), _f(c1), _f(c2), max_steps, _f(max_step_size), _f(interval_threshold))
-        return line.scaled(t), StrongWolfeState(running(t, line.ps), count(line.evaluations, line.ps))
+        t, f, gs = _strong_wolfe(line, _f(init), _f(c1), _f(c2), max_steps, _f(max_step_size),
+                                 _f(interval_threshold), None if approx_dec_rtol is None else _f(approx_dec_rtol))
+        ps = line.ps
+        kept = tree_unflatten([g.to(p.dtype, copy=True) for g, p in zip(gs, ps)], line.treedef)
+        return line.scaled(t), StrongWolfeState(running(t, ps), count(line.evaluations, ps), running(f, ps), kept)
 
     return GradientTransformation(init_fn, update)
 
 
 def _strong_wolfe(line: Line, t: float, c1: float, c2: float, max_steps: int, t_max: float,
-                  threshold: float) -> float:
+                  threshold: float, c3: float | None = None) -> tuple[float, float, list[torch.Tensor]]:
+    """The step taken, the loss and the gradient's leaves there (at ``t = 0``: ``line``'s own)."""
     f0, g0 = line.value0, line.slope0
     if not g0 < 0:  # not a descent direction: no step along it decreases the loss first
-        return 0.0
+        return 0.0, f0, line.gs0
     budget = max_steps
-    best = (0.0, f0)  # the trial of least loss that satisfies the decrease condition
+    best = (0.0, f0, line.gs0)  # the trial of least loss that satisfies the decrease condition
 
-    def sufficient(step: float, f: float) -> bool:
-        return f <= f0 + c1 * step * g0
+    def sufficient(step: float, f: float, g: float) -> bool:
+        if f <= f0 + c1 * step * g0:
+            return True
+        return c3 is not None and f <= f0 + c3 * abs(f0) and g <= (2 * c1 - 1) * g0
 
     def curvature(g: float) -> bool:
         return abs(g) <= -c2 * g0
@@ -266,27 +287,27 @@ def _strong_wolfe(line: Line, t: float, c1: float, c2: float, max_steps: int, t_
     lo = hi = None
     t = min(t, t_max)
     while budget > 0:  # bracketing, Alg. 3.5
-        f, g, _ = line.value_and_slope(t)
+        f, g, gs = line.value_and_slope(t)
         budget -= 1
         if not math.isfinite(f):
             lo, hi = prev, (t, math.inf, math.nan)
             break
-        if sufficient(t, f) and f < best[1]:
-            best = (t, f)
-        if not sufficient(t, f) or (f >= prev[1] and prev[0] > 0):
+        if sufficient(t, f, g) and f < best[1]:
+            best = (t, f, gs)
+        if not sufficient(t, f, g) or (f >= prev[1] and prev[0] > 0):
             lo, hi = prev, (t, f, g)
             break
         if curvature(g):
-            return t
+            return t, f, gs
         if g >= 0:
             lo, hi = (t, f, g), prev
             break
         if t >= t_max:
-            return t
+            return t, f, gs
         prev = (t, f, g)
         t = min(2 * t, t_max)
     else:
-        return best[0]
+        return best
     while budget > 0:  # zoom, Alg. 3.6: lo satisfies the decrease condition with the least loss so far
         a, b = lo[0], hi[0]
         if abs(b - a) <= threshold:
@@ -297,19 +318,19 @@ def _strong_wolfe(line: Line, t: float, c1: float, c2: float, max_steps: int, t_
             t = (a + b) / 2
         margin = 0.1 * abs(b - a)
         t = min(max(t, min(a, b) + margin), max(a, b) - margin)
-        f, g, _ = line.value_and_slope(t)
+        f, g, gs = line.value_and_slope(t)
         budget -= 1
-        if not math.isfinite(f) or not sufficient(t, f) or f >= lo[1]:
+        if not math.isfinite(f) or not sufficient(t, f, g) or f >= lo[1]:
             hi = (t, f, g)
             continue
         if f < best[1]:
-            best = (t, f)
+            best = (t, f, gs)
         if curvature(g):
-            return t
+            return t, f, gs
         if g * (b - a) >= 0:
             hi = lo
         lo = (t, f, g)
-    return best[0]
+    return best
 
 
 # --- optax's backtracking line search ------------------------------------------------------
@@ -617,8 +638,8 @@ def value_and_grad_from_state(value_and_grad_fn: Callable[[Tree], tuple[torch.Te
     def fn(params: Tree, state: Tree) -> tuple[torch.Tensor, Tree]:
         value, grad = tree_get(state, "value"), tree_get(state, "grad")
         if value is None or grad is None or isinstance(grad, tuple) and not grad:
-            raise ValueError("no value and grad found in the state: use scale_by_zoom_linesearch, or "
-                             "scale_by_backtracking_linesearch with store_grad=True")
+            raise ValueError("no value and grad found in the state: use scale_by_zoom_linesearch, "
+                             "scale_by_strong_wolfe, or scale_by_backtracking_linesearch with store_grad=True")
         if not bool(torch.isfinite(value)):
             return value_and_grad_fn(params)
         return value, grad
