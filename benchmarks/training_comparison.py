@@ -31,7 +31,8 @@ smoothed by an exponential moving average (debiased, half-life ~14 steps); test 
 measured every 25 steps. ``torch.set_num_threads(1)``.
 
 Outputs: ``--figure`` (default ``docs/figures/training_comparison.png``), ``--json``
-(default ``docs/figures/training_comparison.json``) and a markdown table on stdout.
+(default ``docs/figures/training_comparison.json``: the losses, accuracies, sweep and times of
+each kept run; ``--replot`` redraws the figure from it) and a markdown table on stdout.
 """
 
 from __future__ import annotations
@@ -233,7 +234,7 @@ OPTIMIZERS: dict[str, tuple[str, Callable[[float], gx.GradientTransformation], l
     "muon_conv": ("Muon, conv weights as out x (in kh kw) matrices",
                   lambda lr: gx.in_projected_space(gx.muon(lr), _conv_as_matrix()), [1e-2, 3e-2, 1e-1]),
     "schedule_free_adamw": ("Schedule-free AdamW (warmup 25)",
-                            lambda lr: gx.schedule_free_adamw(lr, warmup_steps=25), [3e-3, 1e-2, 3e-2]),
+                            lambda lr: gx.schedule_free_adamw(lr, warmup_steps=25), [1e-2, 3e-2, 1e-1]),
     "prodigy": ("Prodigy (lr multiplies the estimate)", lambda lr: gx.prodigy(lr), [0.1, 0.3, 1.0]),
 }
 
@@ -286,17 +287,17 @@ def figure(results: dict, path: pathlib.Path, steps: int) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for r in results.values():
-        line, = left.plot(range(1, len(r["losses"]) + 1), smooth(r["losses"]), lw=1.3,
-                          label=f"{r['label']}, lr {r['lr']:g}")
+        line, = left.plot(range(1, len(r["losses"]) + 1), smooth(r["losses"]), lw=1.3)
         xs, accs = zip(*r["test_curve"]) if r["test_curve"] else ((), ())
-        right.plot(xs, [100 * a for a in accs], ".-", lw=1.2, ms=3, color=line.get_color())
+        right.plot(xs, [100 * a for a in accs], ".-", lw=1.2, ms=3, color=line.get_color(),
+                   label=f"{r['label']}, lr {r['lr']:g}")
     left.set(yscale="log", xlabel="step", ylabel="training loss (cross-entropy, smoothed)", xlim=(0, steps),
              title="Training loss")
     right.set(xlabel="step", ylabel="test accuracy (%)", xlim=(0, steps), title="Held-out accuracy (2048 images)")
     accuracies = [100 * a for r in results.values() for _, a in r["test_curve"]]
     if accuracies:
         right.set_ylim(bottom=max(0, min(accuracies) - 5), top=100)
-    left.legend(fontsize=8)
+    right.legend(fontsize=7, loc="lower right")  # the empty corner once accuracy has risen
     for ax in (left, right):
         ax.grid(alpha=0.3)
     fig.suptitle(f"A 16k-parameter CNN on rendered digits, batch {BATCH}, best of 3 learning rates each", fontsize=10)
@@ -313,21 +314,27 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
     parser.add_argument("--figure", default="docs/figures/training_comparison.png")
     parser.add_argument("--json", default="docs/figures/training_comparison.json")
+    parser.add_argument("--replot", metavar="JSON", help="redraw the figure and table of a saved run; no training")
     args = parser.parse_args(argv)
-    steps = args.steps or (100 if args.quick else STEPS)
-    torch.set_num_threads(1)  # small tensors; and the machine is shared
-    t0 = time.perf_counter()
-    data = Data()
-    results = run(args.optimizers, data, steps, args.quick)
-    print(f"\ntorch {torch.__version__}, 1 thread, {steps} steps of batch {BATCH}, "
-          f"total {time.perf_counter() - t0:.0f} s\n")
+    if args.replot:
+        saved = json.loads(pathlib.Path(args.replot).read_text())
+        steps, results = saved["steps"], saved["results"]
+        args.json = None
+    else:
+        steps = args.steps or (100 if args.quick else STEPS)
+        torch.set_num_threads(1)  # small tensors; and the machine is shared
+        t0 = time.perf_counter()
+        data = Data()
+        results = run(args.optimizers, data, steps, args.quick)
+        print(f"\ntorch {torch.__version__}, 1 thread, {steps} steps of batch {BATCH}, "
+              f"total {time.perf_counter() - t0:.0f} s\n")
     print(table(results))
     if args.figure:
         figure(results, pathlib.Path(args.figure), steps)
         print(f"\nfigure written to {args.figure}")
     if args.json:
-        summary = {name: {k: v for k, v in r.items() if k not in ("losses",)} | {
-            "final_train_loss_smoothed": smooth(r["losses"])[-1]} for name, r in results.items()}
+        summary = {name: r | {"losses": [round(v, 4) for v in r["losses"]],
+                              "final_train_loss_smoothed": smooth(r["losses"])[-1]} for name, r in results.items()}
         pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(args.json).write_text(json.dumps({"torch": torch.__version__, "steps": steps, "batch": BATCH,
                                                        "results": summary}, indent=1) + "\n")
