@@ -1,7 +1,8 @@
 """``torch.compile`` around ``gx.Optimizer``: ``torch.compile(opt.step)`` and a compiled training
 step (forward, backward and ``opt.step()`` in one compiled function) on every path of the
 adapter (fused kernels, ``fast=False``, ``compile=True``), with schedulers moving the learning
-rate and a momentum: no recompile after the first steps, and the eager numbers.
+rate and a momentum (under ``compile=True`` too, whose graph reads them as tensors): no recompile
+after the first steps, and the eager numbers.
 
 Recompiles are counted by dynamo itself: after warm-up ``torch._dynamo.config.error_on_recompile``
 makes any recompile raise, and ``counters["stats"]["unique_graphs"]`` must not grow. The
@@ -49,10 +50,11 @@ PATHS = [
      lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9)),
     ("sgd-generic", lambda: gx.sgd(0.01, momentum=0.9), {"fast": False}, "momentum",
      lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9)),
-    # compile=True compiles the constructor's numbers in (a changed b1 raises ValueError, by
-    # design): the scheduler moves the learning rate, a tensor input of its graph
-    ("adamw-compiled", lambda: gx.adamw(0.01, weight_decay=0.1), {"compile": True}, None,
+    # compile=True: the learning rate, b1 and the momentum are tensor inputs of its graph
+    ("adamw-compiled", lambda: gx.adamw(0.01, weight_decay=0.1), {"compile": True}, "b1",
      lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1)),
+    ("sgd-compiled", lambda: gx.sgd(0.01, momentum=0.9, nesterov=True), {"compile": True}, "momentum",
+     lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9, nesterov=True)),
 ]
 
 
@@ -163,3 +165,35 @@ def test_a_closure_under_a_compiled_step():
         ref_loss = ref_opt.step(closure(ref, ref_opt))
         torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-7)
     _compare([p.detach() for p in model.parameters()], [p.detach() for p in ref.parameters()], 1e-5, 1e-6)
+
+
+@pytest.mark.parametrize("path_id", ["adamw-compiled", pytest.param("sgd-compiled", marks=pytest.mark.slow)])
+def test_compile_true_cycles_the_momentum_without_recompiling(path_id):
+    """compile=True under OneCycleLR(cycle_momentum=True): the scheduler writes ``betas`` (or
+    ``momentum``) and ``lr`` every step, the graph reads them as tensors (no recompile after
+    warm-up, checked in ``_train``), and the parameters are the eager chain's, whose rebuilt
+    chain takes each value as a float, and torch.optim's."""
+    _, factory, options, key, twin = next(p for p in PATHS if p[0] == path_id)
+    compiled = _train(_gx(factory, options), key, "eager")
+    eager = _train(_gx(factory, {"fast": False}), key, "eager")
+    _compare(compiled, eager)
+    _compare(compiled, _train(twin, key, "eager"), rtol=1e-5, atol=1e-6)
+    fixed = _train(_gx(factory, {"fast": False}), None, "eager")  # the same run without momentum cycling
+    assert max(float((a - b).abs().max()) for a, b in zip(compiled, fixed)) > 1e-4  # the momentum took effect
+
+
+def test_compile_true_per_group_momentum():
+    """Two param groups with their own ``betas`` under compile=True: each group's step reads its
+    own values (written into the graph's tensors before its call), as the eager path does."""
+    runs = []
+    for options in ({"compile": True}, {"fast": False}):
+        model = _model()
+        x, y = _data()
+        opt = gx.Optimizer([{"params": model[0].parameters(), "betas": (0.5, 0.9)},
+                            {"params": model[2].parameters()}], gx.adam(0.01), **options)
+        for _ in range(4):
+            opt.zero_grad()
+            ((model(x) - y) ** 2).mean().backward()
+            opt.step()
+        runs.append([p.detach().clone() for p in model.parameters()])
+    _compare(runs[0], runs[1])

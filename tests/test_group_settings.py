@@ -165,10 +165,35 @@ def test_a_value_that_needs_another_state_is_refused():
         _step(model, opt)
 
 
-def test_compiled_chains_refuse_a_changed_setting():
+@pytest.mark.parametrize("flat", [False, True])
+def test_compiled_chains_take_a_changed_setting(flat):
+    # compile=True builds the chain with its settings as tensors the graph reads: a changed b1
+    # is used (tests/test_compile_step.py counts recompiles under Inductor); with flat=True the
+    # small buffers run outside the graph, on the same tensors
+    runs = []
+    for options in ({"compile": {"backend": "eager"}, "flat": flat}, {"fast": False}):
+        model = _model()
+        opt = gx.Optimizer(model.parameters(), gx.adam(1e-2), **options)
+        for step in range(3):
+            opt.param_groups[0]["b1"] = 0.5 + 0.1 * step
+            _step(model, opt)
+        runs.append(model)
+    _assert_same_params(*runs)
+
+
+def test_compiled_chains_refuse_a_setting_their_constructor_takes_as_a_number_only():
+    @gx.transform(elementwise=True)
+    def times(factor: float = 2.0):  # a float argument, so a group key; no tensor taken
+        if isinstance(factor, torch.Tensor):
+            raise TypeError("factor must be a Python number")
+        return gx.GradientTransformation(lambda params: (), lambda u, s, p=None, **kw: (
+            {k: factor * v for k, v in u.items()}, s))
+
     model = _model()
-    opt = gx.Optimizer(model.parameters(), gx.adam(1e-2), compile=True)
-    opt.param_groups[0]["b1"] = 0.5
+    opt = gx.Optimizer(model.parameters(), gx.chain(times(0.5), gx.scale_by_lr(1e-2)),
+                       compile={"backend": "eager"})
+    _step(model, opt)  # its own value runs
+    opt.param_groups[0]["factor"] = 0.25
     with pytest.raises(ValueError, match="inject_hyperparams"):
         _step(model, opt)
 

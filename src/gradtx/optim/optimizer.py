@@ -125,9 +125,11 @@ class Optimizer(torch.optim.Optimizer):
       value changed every step costs a rebuild, about a millisecond per group). Only
       arguments given as numbers are keys (``gx.sgd(lr)`` has no momentum, so no
       ``momentum`` key: build it with ``momentum=0.0`` to drive it). A value that would
-      change the state's layout or that the constructor refuses raises ``ValueError``; so does any change under
-      ``compile=True``, where the numbers are compiled in (``gx.inject_hyperparams`` keeps
-      them in state instead).
+      change the state's layout or that the constructor refuses raises ``ValueError``. Under
+      ``compile=True`` the chain is built once with its settings as 0-dim tensors, which the
+      graph reads as inputs: a group's values are written into them, with no rebuild and no
+      recompile (a chain whose constructors do not take tensors keeps its numbers compiled in
+      and refuses a change).
     - Any ``GradientTransformation`` runs, an optax-style one included; only transforms
       that declare in-place reuse (:func:`gradtx.supports_inplace`) are written into.
     - ``check_descent`` (default on): the first step warns when it moved the parameters
@@ -221,10 +223,22 @@ class Optimizer(torch.optim.Optimizer):
         if flat:  # contiguous storage (gradtx.optim.flat)
             self._init_options["flat"] = True
             self._flat = _flat.FlatStorage.for_chain(tx)
+        # Constructor arguments as group keys: a group's values rebuild the chain (settings.py).
+        self._settings = _settings.find(tx)
         # compile=True (or torch.compile's arguments) runs an elementwise chain compiled, in
-        # slots of flat tensors, so compile time does not grow with the parameter count.
-        self._compiled = (None if compile is False else
-                          _compiled.CompiledChain(tx, {} if compile is True else compile))
+        # slots of flat tensors, so compile time does not grow with the parameter count. Its
+        # settings are 0-dim tensors the graph reads (a cycled momentum is a fill_, not a
+        # rebuilt chain and a new graph), where the constructors take tensors for them.
+        self._setting_tensors: list[torch.Tensor] | None = None
+        self._setting_filled: tuple[float, ...] | None = None
+        self._compiled = None
+        compiled_tx = tx
+        if compile is not False:
+            found = _settings.as_tensors(tx, self._settings)
+            if found is not None and chain_signature(found[0]) == chain_signature(tx) and (
+                    _layout_of(found[0].init({})) == _layout_of(tx.init({}))):
+                compiled_tx, self._setting_tensors = found
+            self._compiled = _compiled.CompiledChain(compiled_tx, {} if compile is True else compile)
         # A chain with the shape of adam / adamw / sgd runs on torch's fused kernels, on the
         # same state tensors (see _fused); fast=False forces the generic path (for tests).
         self._plan = _fused.plan(tx) if fast and self._compiled is None else None
@@ -261,11 +275,12 @@ class Optimizer(torch.optim.Optimizer):
         self._param_keys: list[list[ParamKey] | None] = []  # per group: a key per parameter
         # per group: id() of each parameter when its state was made (a replaced one starts afresh)
         self._param_ids: list[list[int]] = []
-        # Constructor arguments as group keys: a group's values rebuild the chain (settings.py).
-        self._settings = _settings.find(tx)
         defaults, self._slots, self._setting_keys = hyperparams.template(tx, self._settings)
         self._built_values = tuple(s.value for s in self._settings)
         self._base = _Variant(tx, self._plan, self._before_lr, self._run, self._declared)
+        if self._setting_tensors is not None:
+            # what runs outside the graph (flat=True's small buffers) reads the same tensors
+            self._base = _Variant(compiled_tx, None, None, updater(compiled_tx), supports_inplace(compiled_tx))
         self._variants: OrderedDict[tuple[float, ...], _Variant] = OrderedDict()
         self._splits: OrderedDict[tuple[tuple[float, ...], ...], Any] = OrderedDict()
         # torch's name for Adam's betas, where the chain has exactly one b1 and one b2
@@ -363,9 +378,10 @@ class Optimizer(torch.optim.Optimizer):
     def _build_variant(self, values: tuple[float, ...], where: str) -> _Variant:
         changed = {(s.path, s.name): v for s, v in zip(self._settings, values) if v != s.value}
         keys = [k for k, s, v in zip(self._setting_keys, self._settings, values) if v != s.value]
-        if self._compiled is not None:
+        if self._compiled is not None and self._setting_tensors is None:
             raise ValueError(f"{where} sets {keys} to values the chain was not built with, but under compile=True "
-                             "its numbers are compiled into the graph; build the chain with them, or wrap the "
+                             "its numbers are compiled into the graph (its constructors do not take them as "
+                             "tensors, which the graph would read); build the chain with them, or wrap the "
                              "transform in gx.inject_hyperparams to keep them in state")
         try:
             tx = _settings.rebuild(self.tx, changed)
@@ -377,11 +393,23 @@ class Optimizer(torch.optim.Optimizer):
                              f"with these values it is {chain_signature(tx)} with state {rebuilt}, not "
                              f"{chain_signature(self.tx)} with state {built}. Build the chain with a value of the "
                              "kind the groups will use (a momentum of 0 builds no momentum buffer)")
+        if self._compiled is not None:
+            return self._base  # the compiled graph reads the values from self._setting_tensors
         # the fast paths the built chain has, for the rebuilt one (same shape: no need to recognise it)
         lr_tail = None if self._base.plan is None and self._base.before_lr is None else _fused.lr_tail(tx,
                                                                                                        is_chain=True)
         return _Variant(tx, None if self._base.plan is None else _fused.plan(tx, is_chain=True),
                         None if lr_tail is None else members_runner(lr_tail[:-1]), updater(tx), supports_inplace(tx))
+
+    def _fill_settings(self, group: dict[str, Any]) -> None:
+        """Under ``compile=True``: ``group``'s settings into the tensors the graph reads."""
+        if self._setting_tensors is None:
+            return
+        values = self._setting_values(group)
+        if values != self._setting_filled:
+            for tensor, value in zip(self._setting_tensors, values):
+                tensor.fill_(value)
+            self._setting_filled = values
 
     @property
     def state(self) -> StateView:  # type: ignore[override]
@@ -553,6 +581,7 @@ class Optimizer(torch.optim.Optimizer):
     def _step_per_group(self, closure: Callable[..., Any] | None, loss: Any) -> None:
         """One step of a leafwise chain: each param group on its own (fused, compiled or generic)."""
         for gi, group in enumerate(self.param_groups):
+            self._fill_settings(group)
             if self._flat is not None and closure is None and self._flat.step(self, gi, group):
                 continue
             keys = [k for k, p in enumerate(group["params"]) if self._stepped(p)]

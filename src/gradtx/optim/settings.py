@@ -29,7 +29,7 @@ from ..base import GradientTransformation, is_leafwise
 from ..combine import chain, named_chain
 from .hyperparams import walk
 
-__all__ = ["Setting", "find", "rebuild"]
+__all__ = ["Setting", "as_tensors", "find", "rebuild"]
 
 # A step from a transform to one of the transforms in its recipe's arguments: ("pos", i) or
 # ("kw", name), then an index or key inside a tuple/list/dict argument when there is one.
@@ -179,3 +179,22 @@ def rebuild(tx: GradientTransformation, values: dict[tuple[Path, str], float]) -
         return _rebuilt(node, by_path.get(path, {}), inner)
 
     return visit(tx, ())
+
+
+def as_tensors(tx: GradientTransformation, settings: list[Setting]
+               ) -> tuple[GradientTransformation, list[torch.Tensor]] | None:
+    """``tx`` built again with each of ``settings`` given as a 0-dim float64 tensor holding its
+    value, and those tensors (in the order of ``settings``); ``None`` when a constructor does
+    not take a tensor for one of them (``ValueError``/``TypeError``).
+
+    For ``gx.Optimizer(..., compile=True)``: the compiled graph reads the tensors as inputs,
+    so a group's values (a scheduler cycling the momentum) are written into them with
+    ``fill_`` and the graph, compiled once, uses them; a rebuilt chain would be a new graph
+    with its numbers as constants (a recompile per value)."""
+    if not settings:
+        return None
+    tensors = [torch.tensor(s.value, dtype=torch.float64) for s in settings]
+    try:
+        return rebuild(tx, {(s.path, s.name): t for s, t in zip(settings, tensors)}), tensors
+    except (ValueError, TypeError):
+        return None
