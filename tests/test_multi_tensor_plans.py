@@ -12,6 +12,7 @@ import torch
 
 import gradtx as gx
 from gradtx.optim import fused as _fused
+from gradtx.optim import multi_tensor
 from gradtx.optim.multi_tensor import MultiTensorPlan
 
 STEPS = 20  # RAdam rectifies from step 6 on
@@ -181,3 +182,35 @@ def test_param_groups_lr_and_schedulers():
             opt.step()
             sched.step()
     _close(fast, slow, dtype)
+
+
+@pytest.mark.parametrize("flat", [False, True])
+@pytest.mark.parametrize("name", sorted(PLANS))
+def test_blocks(name, flat, monkeypatch):
+    """Kernels run block by block (long tensors cut, short ones taken together) with the
+    generic path's numbers, on the default path and over flat buffers; a group mixing float32
+    and float64 runs unblocked, on the adapter's scratch."""
+    monkeypatch.setattr(multi_tensor, "_BLOCK", 8)  # SHAPES: 35 cut in 5, then 5 + (24 cut in 3) + 1
+    make, make_torch = PLANS[name]
+    dtype = torch.float32
+    fast, slow = _params(dtype), _params(dtype)
+    fast_opt, slow_opt = gx.Optimizer(fast, make(), flat=flat), gx.Optimizer(slow, make(), fast=False)
+    _steps(fast_opt, fast, dtype, 0, 8)
+    _steps(slow_opt, slow, dtype, 0, 8)
+    assert name.startswith("adagrad_torch") or fast_opt._plan._blocks is not None
+    _close(fast, slow, dtype)
+    _close(_state(fast_opt), _state(slow_opt), dtype)
+    if make_torch is not None:
+        ref = _params(dtype)
+        _steps(make_torch(ref), ref, dtype, 0, 8)
+        _close(fast, ref, dtype)
+    mixed = [p.detach().double() if i % 2 else p.detach().clone() for i, p in enumerate(_params(dtype))]
+    mixed_slow = [torch.nn.Parameter(p.clone()) for p in mixed]
+    mixed = [torch.nn.Parameter(p) for p in mixed]
+    opts = gx.Optimizer(mixed, make()), gx.Optimizer(mixed_slow, make(), fast=False)
+    for step in range(4):
+        for ps, opt in zip((mixed, mixed_slow), opts):
+            for p, g in zip(ps, _grads(step, dtype)):
+                p.grad = g.to(p.dtype)
+            opt.step()
+    _close(mixed, mixed_slow, dtype)
