@@ -296,6 +296,15 @@ def peak_memory(algo: str, variant: str, set_name: str) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
 
 
+def memory_reference(mems: dict[str, float]) -> float | None:
+    """The peak memory the ``mem / torch`` ratios divide by: torch fused's where torch has a
+    fused implementation, else the least of torch's (the for-loop's, usually)."""
+    if "torch fused" in mems:
+        return mems["torch fused"]
+    torch_mems = [m for name, m in mems.items() if name.startswith("torch")]
+    return min(torch_mems) if torch_mems else None
+
+
 def compile_seconds(algo: str, variant: str, set_name: str, threads: int) -> float:
     """Seconds to build the optimizer and take its first step, compilation included, in a
     fresh process with every compile cache off (what a user's first run costs)."""
@@ -322,7 +331,7 @@ def _status_kib(field: str) -> int:
 
 def _memory_one(algo: str, variant: str, set_name: str) -> None:
     torch.set_num_threads(2)
-    factory = algorithms(with_compile=variant == "gradtx compiled")[algo][1][variant]
+    factory = algorithms(with_compile="compiled" in variant)[algo][1][variant]
     # A first optimizer of the same kind on one small tensor, so that what any first use
     # costs once per process (lazy imports: ~70 MiB for torch.optim's first optimizer) is
     # not counted as this optimizer's memory.
@@ -378,7 +387,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, float32; in-place bandwidth "
           f"{bandwidth / 1e9:.1f} GB/s; median of {rounds} rounds x {steps} steps\n")
     algos = algorithms(args.compile)
-    results = {}
+    results, memories = {}, {}
     for algo in [a for name in args.algos for a in (CATALOGUE if name == "catalogue" else [name])]:
         nbytes, variants = algos[algo]
         for set_name in args.sets:
@@ -389,14 +398,20 @@ def main() -> None:
             bound = nbytes * numel / bandwidth
             print(f"## {algo} on {set_name} ({numel / 1e6:.1f}M elements, {nbytes} B/elem, "
                   f"lower bound {bound * 1e3:.1f} ms)")
-            print("| variant | ms/step | / forloop | / foreach | / fused | GB/s | / bound | peak MiB |")
-            print("|---|---:|---:|---:|---:|---:|---:|---:|")
+            mems = {} if args.no_memory else {name: peak_memory(algo, name, set_name) for name in times
+                                                if name != "gradtx pure"}
+            mem_ref = memory_reference(mems)
+            print("| variant | ms/step | / forloop | / foreach | / fused | GB/s | / bound | peak MiB | mem / torch |")
+            print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
             for name, t in times.items():
                 ratios = [f"{t / times[ref]:.2f}" if ref in times else "-"
                           for ref in ("torch forloop", "torch foreach", "torch fused")]
-                mem = "-" if args.no_memory or name == "gradtx pure" else f"{peak_memory(algo, name, set_name):.1f}"
+                mem = f"{mems[name]:.1f}" if name in mems else "-"
+                mem_ratio = f"{mems[name] / mem_ref:.2f}" if name in mems and mem_ref else "-"
                 print(f"| {name} | {t * 1e3:.1f} | {' | '.join(ratios)} | {nbytes * numel / t / 1e9:.1f} | "
-                      f"{t / bound:.2f} | {mem} |", flush=True)
+                      f"{t / bound:.2f} | {mem} | {mem_ratio} |", flush=True)
+            if mems:
+                memories[algo, set_name] = {name: m / mem_ref for name, m in mems.items() if mem_ref}
             for name in times:
                 if "compiled" in name:
                     seconds = compile_seconds(algo, name, set_name, args.threads)
@@ -405,6 +420,9 @@ def main() -> None:
             print()
     print("## gradtx / torch (each algorithm's fastest torch.optim implementation, or an AdamW step)")
     print(summary(results, args.sets))
+    if memories:
+        print("\n## peak memory / torch's (torch fused's, else the least of torch's implementations)")
+        print(summary(memories, args.sets, reference=None))
 
 
 if __name__ == "__main__":

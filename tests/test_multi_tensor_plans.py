@@ -154,9 +154,11 @@ def test_falls_back_with_the_same_numbers():
     assert not isinstance(_fused.plan(traced), MultiTensorPlan)
 
 
-def test_transposed_gradient_on_the_fused_adagrad_kernel():
-    """The fused kernel walks memory linearly: a gradient of other strides runs on copies."""
-    make = PLANS["adagrad_torch"][0]
+@pytest.mark.parametrize("name", ["adagrad_torch", "rmsprop_torch", "asgd"])
+def test_transposed_gradient_on_the_fused_kernels(name):
+    """torch's fused kernels (Adagrad's; Adam's for RMSprop, SGD's for ASGD) walk memory
+    linearly: a gradient of other strides runs on copies or on the foreach passes."""
+    make = PLANS[name][0]
     base = torch.randn(6, 4, dtype=torch.float64)
     fast, slow = torch.nn.Parameter(base.clone()), torch.nn.Parameter(base.clone())
     opts = gx.Optimizer([fast], make()), gx.Optimizer([slow], make(), fast=False)

@@ -195,6 +195,10 @@ def _layout(shapes: list[torch.Size]) -> tuple[list, list]:
     return blocks, []
 
 
+def _contiguous(*lists: list[torch.Tensor]) -> bool:
+    return all(all(map(torch.Tensor.is_contiguous, x)) for x in lists)
+
+
 def _fused_adagrad(hp, s, keys, ps, gs, lr, wd) -> None:
     """torch's own kernel: its numbers are Adagrad's, one pass per tensor."""
     (ss,) = [[s.sum_of_squares[k] for k in keys]]
@@ -224,15 +228,19 @@ def _adagrad_body(sc, ps, gs, ss, denom, numel) -> None:
 
 
 def _rmsprop(hp, s, lr):
-    return lr, hp["decay"], hp["eps"]
+    return (lr, hp["decay"], hp["eps"], None) if hp["eps_in_sqrt"] else (lr, hp["decay"], None, hp["eps"])
 
 
 def _rmsprop_body(sc, ps, gs, nus, denom, numel) -> None:
-    lr, decay, eps = sc
+    lr, decay, eps_in, eps_out = sc  # eps inside the root (gradtx's default) or outside (torch's)
     torch._foreach_mul_(nus, decay)
     torch._foreach_addcmul_(nus, gs, gs, 1.0 - decay)
-    _into("add", denom, nus, numel, eps)  # eps inside the root (gradtx's default form)
-    torch._foreach_sqrt_(denom)
+    if eps_out is None:
+        _into("add", denom, nus, numel, eps_in)
+        torch._foreach_sqrt_(denom)
+    else:
+        _into("sqrt", denom, nus, numel)
+        torch._foreach_add_(denom, eps_out)
     torch._foreach_addcdiv_(ps, gs, denom, -lr)
 
 
@@ -240,7 +248,10 @@ def _rmsprop_adam_body(sc, ps, gs, nus, ms, numel) -> None:
     """torch's RMSprop is Adam's kernel with b1 = 0 (the first moment is the gradient) and
     both bias corrections 1 (a step count of infinity): one pass. The first moment lands
     in scratch, zeroed first so that nothing non-finite carries over from another block."""
-    lr, decay, eps = sc
+    lr, decay, _, eps = sc
+    if not _contiguous(ps, gs, nus):  # the kernel walks memory linearly
+        _rmsprop_body((lr, decay, None, eps), ps, gs, nus, ms, numel)
+        return
     torch._foreach_zero_(ms)
     step = torch.full((), math.inf, dtype=torch.float32, device=ps[0].device)
     torch._fused_adam_(ps, gs, ms, nus, [], [step] * len(ps), lr=lr, beta1=0.0, beta2=decay, weight_decay=0.0,
@@ -345,9 +356,13 @@ def _asgd(hp, s, lr):
 
 def _asgd_body(sc, ps, gs, axs, numel) -> None:
     lambd, eta, mu = sc
-    # p - eta (g + lambd p): torch's SGD kernel with weight decay lambd, one pass
-    torch._fused_sgd_(ps, gs, [], weight_decay=lambd, momentum=0.0, lr=eta, dampening=0.0, nesterov=False,
-                      maximize=False, is_first_step=False)
+    if _contiguous(ps, gs):  # p - eta (g + lambd p): torch's SGD kernel with weight decay lambd, one pass
+        torch._fused_sgd_(ps, gs, [], weight_decay=lambd, momentum=0.0, lr=eta, dampening=0.0, nesterov=False,
+                          maximize=False, is_first_step=False)
+    else:  # the kernel walks memory linearly; these tensors take two passes, in torch's order
+        if lambd != 0.0:
+            torch._foreach_mul_(ps, 1.0 - lambd * eta)
+        torch._foreach_add_(ps, gs, alpha=-eta)
     if mu == 1.0:
         torch._foreach_copy_(axs, ps)
     else:
