@@ -352,6 +352,24 @@ def _memory_one(algo: str, variant: str, set_name: str) -> None:
     print(json.dumps({"peak_mib": (_status_kib("VmHWM") - before) / 1024}))
 
 
+def memory_table(algo_names: list[str], sets: list[str]) -> None:
+    """Peak memory of every variant (a fresh process each), and its ratio to torch's."""
+    algos = algorithms(with_compile=False)
+    memories = {}
+    print("## peak MiB (mem / torch fused, else / the least of torch's)")
+    print("| algorithm | set | variants: peak MiB (ratio) |")
+    print("|---|---|---|")
+    for algo in [a for name in algo_names for a in (CATALOGUE if name == "catalogue" else [name])]:
+        for set_name in sets:
+            mems = {name: peak_memory(algo, name, set_name) for name in algos[algo][1]}
+            ref = memory_reference(mems)
+            memories[algo, set_name] = {name: m / ref for name, m in mems.items()}
+            cells = ", ".join(f"{name} {m:.1f} ({m / ref:.2f})" for name, m in mems.items())
+            print(f"| {algo} | {set_name} | {cells} |", flush=True)
+    print("\n## peak memory / torch's (torch fused's, else the least of torch's implementations)")
+    print(summary(memories, sets, reference=None))
+
+
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -362,6 +380,7 @@ def main() -> None:
     parser.add_argument("--algos", nargs="+", default=["adamw", "adam", "sgd_nesterov", "adamw_masked", "mission"],
                         help=f"also: catalogue (every entry of _algorithms.py: {', '.join(CATALOGUE)}), or any of them")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    parser.add_argument("--memory-only", action="store_true", help="peak memory only (no step times)")
     parser.add_argument("--compile", action="store_true", help="also time gx.Optimizer(..., compile=True)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--python-time", action="store_true", help="per-step time over 20 and 20,000 scalars")
@@ -376,6 +395,9 @@ def main() -> None:
         _compile_one(*args.compile_one, threads=args.threads)
         return
     torch.set_num_threads(args.threads)
+    if args.memory_only:
+        memory_table(args.algos, args.sets)
+        return
     rounds, steps = (3, 2) if args.quick else (7, 3)
     if args.python_time or args.figure:
         if args.python_time:

@@ -216,3 +216,24 @@ def test_blocks(name, flat, monkeypatch):
                 p.grad = g.to(p.dtype)
             opt.step()
     _close(mixed, mixed_slow, dtype)
+
+
+@pytest.mark.parametrize("flat", [False, True])
+@pytest.mark.parametrize("make", [
+    lambda: gx.chain(gx.clip_value(0.5), gx.scale_by_adam(), gx.scale_by_lr(1e-2)),
+    lambda: gx.chain(gx.clip_value(0.5), gx.scale_by_adam(), gx.add_decayed_weights(0.1), gx.scale_by_lr(1e-2)),
+    lambda: gx.chain(gx.clip_value(0.5), gx.trace(0.9, nesterov=True), gx.scale_by_lr(1e-2)),
+], ids=["adam", "adamw", "sgd"])
+def test_clipped_fused_chains_in_blocks(make, flat, monkeypatch):
+    """A leading clip_value before torch's fused kernels runs block by block (the clipped
+    gradients in a scratch block): the generic path's numbers, .grad untouched."""
+    monkeypatch.setattr(multi_tensor, "_BLOCK", 8)
+    dtype = torch.float64
+    fast, slow = _params(dtype), _params(dtype)
+    fast_opt, slow_opt = gx.Optimizer(fast, make(), flat=flat), gx.Optimizer(slow, make(), fast=False)
+    assert isinstance(fast_opt._plan, _fused.FusedPlan) and fast_opt._plan.clips
+    _steps(fast_opt, fast, dtype, 0, 6)
+    _steps(slow_opt, slow, dtype, 0, 6)
+    assert fast_opt._plan._blocks is not None
+    _close(fast, slow, dtype)
+    _close(_state(fast_opt), _state(slow_opt), dtype)

@@ -14,6 +14,14 @@ torch has no fused kernel for, and runs them in place on the chain's own state t
 - ``[add_decayed_weights(0)] + scale_by_adadelta(...) + scale_by_lr(lr)`` (``gx.adadelta``);
 - ``[add_decayed_weights(0)] + scale_by_asgd(...) + scale_by_lr(lr)`` (``gx.asgd``).
 
+torch's RMSprop runs torch's fused Adam kernel (``b1 = 0``: the first moment is the gradient,
+in a scratch block; a step count of infinity makes both bias corrections 1), ASGD torch's
+fused SGD kernel (its weight decay is ``lambd``): one pass each where the tensors are
+contiguous. The kernels of several passes run them block by block (``cut``: ``_BLOCK``
+elements, long tensors cut in pieces, runs of short ones together), so that a block's
+tensors stay in cache between passes, as torch's for-loop implementations get by going one
+tensor at a time; the scratch is one block's.
+
 What makes them faster than the generic in-place path: the gradients are read where they
 are (no copy into scratch first), ``-lr`` and the step's bias corrections are folded into
 the one pass that updates the parameters (``addcdiv_``), a weight decay of zero costs no
@@ -129,36 +137,39 @@ class MultiTensorPlan:
         if scalars is None:
             return False
         lists = [ps, gs, *([getattr(s, name)[k] for k in keys] for name in kernel.fields)]
-        for block, scratch, numel in self._cut(lists, kernel.scratch, buffers, uniform):
+        for block, scratch, numel in cut(self, lists, kernel.scratch, buffers, uniform):
             kernel.body(scalars, *block, *scratch, numel)
         return True
 
-    def _cut(self, lists: list[list[torch.Tensor]], nscratch: int, buffers: Callable, uniform: bool) -> Any:
-        """``(lists of a block, its scratch lists, its element count)`` block by block; the
-        whole lists at once, with the adapter's scratch, when they mix dtypes or devices."""
-        ps = lists[0]
-        if not uniform:
-            yield lists, [buffers(lists[1], slot) for slot in range(nscratch)], sum(p.numel() for p in ps)
-            return
-        shapes = list(map(_SHAPE, ps))
-        cached = self._blocks
-        if cached is None or cached[0] != shapes or cached[1] != ps[0].device or cached[2] != ps[0].dtype:
-            cached = self._blocks = (shapes, ps[0].device, ps[0].dtype, *_layout(shapes))
-        blocks, bufs = cached[3], cached[4]
-        while len(bufs) < nscratch:
-            bufs.append(torch.empty(_BLOCK, dtype=ps[0].dtype, device=ps[0].device))
-        for lo, hi, numel, views in blocks:
-            if views is not None:  # a run of whole tensors, scratch views shaped like them
-                yield [x[lo:hi] for x in lists], views(bufs, nscratch), numel
-                continue
-            tensors = [x[lo] for x in lists]
-            if not all(t.is_contiguous() for t in tensors):  # rare: the whole tensor, fresh scratch
-                yield [[t] for t in tensors], [[torch.empty_like(tensors[1])] for _ in range(nscratch)], numel
-                continue
-            pieces = [t.view(-1).split(_BLOCK) for t in tensors]
-            for j in range(len(pieces[0])):
-                n = pieces[0][j].numel()
-                yield [[x[j]] for x in pieces], [[b[:n]] for b in bufs[:nscratch]], n
+
+def cut(owner: Any, lists: list[list[torch.Tensor]], nscratch: int, buffers: Callable, uniform: bool) -> Any:
+    """``(lists of a block, its scratch lists, its element count)`` block by block (the blocks
+    and their scratch kept on ``owner._blocks`` while the shapes stay); the whole lists at
+    once, with the adapter's scratch ``buffers(like, slot)``, when they mix dtypes or devices
+    (``uniform`` false)."""
+    ps = lists[0]
+    if not uniform:
+        yield lists, [buffers(lists[1], slot) for slot in range(nscratch)], sum(p.numel() for p in ps)
+        return
+    shapes = list(map(_SHAPE, ps))
+    cached = owner._blocks
+    if cached is None or cached[0] != shapes or cached[1] != ps[0].device or cached[2] != ps[0].dtype:
+        cached = owner._blocks = (shapes, ps[0].device, ps[0].dtype, *_layout(shapes))
+    blocks, bufs = cached[3], cached[4]
+    while len(bufs) < nscratch:
+        bufs.append(torch.empty(_BLOCK, dtype=ps[0].dtype, device=ps[0].device))
+    for lo, hi, numel, views in blocks:
+        if views is not None:  # a run of whole tensors, scratch views shaped like them
+            yield [x[lo:hi] for x in lists], views(bufs, nscratch), numel
+            continue
+        tensors = [x[lo] for x in lists]
+        if not all(t.is_contiguous() for t in tensors):  # rare: the whole tensor, fresh scratch
+            yield [[t] for t in tensors], [[torch.empty_like(tensors[1])] for _ in range(nscratch)], numel
+            continue
+        pieces = [t.view(-1).split(_BLOCK) for t in tensors]
+        for j in range(len(pieces[0])):
+            n = pieces[0][j].numel()
+            yield [[x[j]] for x in pieces], [[b[:n]] for b in bufs[:nscratch]], n
 
 
 class _Views:
