@@ -235,7 +235,7 @@ def figure(path: str, rounds: int, with_compile: bool, total: int = 1 << 21) -> 
     ax.set_xlabel(f"number of tensors ({total / 1e6:.1f}M float32 elements in all)")
     ax.set_ylabel("ms per AdamW step")
     ax.set_title(f"Step time against tensor count (torch {torch.__version__.split('+')[0]}, "
-                 f"{torch.get_num_threads()} threads)")
+                 f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
