@@ -62,7 +62,7 @@ class _Variant:
     declared: bool  # supports_inplace(tx)
 
 
-def _slope(pairs: list[tuple[torch.Tensor, torch.Tensor]], block: int = 1 << 18) -> float:
+def _slope(pairs: list[tuple[torch.Tensor, torch.Tensor]], block: int = 1 << 16) -> float:
     """``sum <x, g>`` over ``pairs`` in float64, a block of elements at a time (no float64
     copy of a whole tensor)."""
     total = 0.0
