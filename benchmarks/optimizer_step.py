@@ -280,7 +280,7 @@ def figure(path: str, rounds: int, with_compile: bool, total: int = 1 << 21) -> 
     ax.set_xlabel(f"number of tensors ({total / 1e6:.1f}M float32 elements in all)")
     ax.set_ylabel("ms per AdamW step")
     ax.set_title(f"Step time against tensor count (torch {torch.__version__.split('+')[0]}, "
-                 f"{torch.get_num_threads()} threads)")
+                 f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -341,6 +341,15 @@ def peak_memory(algo: str, variant: str, set_name: str) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
 
 
+def memory_reference(mems: dict[str, float]) -> float | None:
+    """The peak memory the ``mem / torch`` ratios divide by: torch fused's where torch has a
+    fused implementation, else the least of torch's (the for-loop's, usually)."""
+    if "torch fused" in mems:
+        return mems["torch fused"]
+    torch_mems = [m for name, m in mems.items() if name.startswith("torch")]
+    return min(torch_mems) if torch_mems else None
+
+
 def compile_seconds(algo: str, variant: str, set_name: str, threads: int) -> float:
     """Seconds to build the optimizer and take its first step, compilation included, in a
     fresh process with every compile cache off (what a user's first run costs)."""
@@ -367,7 +376,7 @@ def _status_kib(field: str) -> int:
 
 def _memory_one(algo: str, variant: str, set_name: str) -> None:
     torch.set_num_threads(2)
-    factory = algorithms(with_compile=variant == "gradtx compiled")[algo][1][variant]
+    factory = algorithms(with_compile="compiled" in variant)[algo][1][variant]
     # A first optimizer of the same kind on one small tensor, so that what any first use
     # costs once per process (lazy imports: ~70 MiB for torch.optim's first optimizer) is
     # not counted as this optimizer's memory.
@@ -388,6 +397,24 @@ def _memory_one(algo: str, variant: str, set_name: str) -> None:
     print(json.dumps({"peak_mib": (_status_kib("VmHWM") - before) / 1024}))
 
 
+def memory_table(algo_names: list[str], sets: list[str]) -> None:
+    """Peak memory of every variant (a fresh process each), and its ratio to torch's."""
+    algos = algorithms(with_compile=False)
+    memories = {}
+    print("## peak MiB (mem / torch fused, else / the least of torch's)")
+    print("| algorithm | set | variants: peak MiB (ratio) |")
+    print("|---|---|---|")
+    for algo in [a for name in algo_names for a in (CATALOGUE if name == "catalogue" else [name])]:
+        for set_name in sets:
+            mems = {name: peak_memory(algo, name, set_name) for name in algos[algo][1]}
+            ref = memory_reference(mems)
+            memories[algo, set_name] = {name: m / ref for name, m in mems.items()}
+            cells = ", ".join(f"{name} {m:.1f} ({m / ref:.2f})" for name, m in mems.items())
+            print(f"| {algo} | {set_name} | {cells} |", flush=True)
+    print("\n## peak memory / torch's (torch fused's, else the least of torch's implementations)")
+    print(summary(memories, sets, reference=None))
+
+
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -398,6 +425,7 @@ def main() -> None:
     parser.add_argument("--algos", nargs="+", default=["adamw", "adam", "sgd_nesterov", "adamw_masked", "mission"],
                         help=f"also: catalogue (every entry of _algorithms.py: {', '.join(CATALOGUE)}), or any of them")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    parser.add_argument("--memory-only", action="store_true", help="peak memory only (no step times)")
     parser.add_argument("--compile", action="store_true", help="also time gx.Optimizer(..., compile=True)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--python-time", action="store_true", help="per-step time over 20 and 20,000 scalars")
@@ -415,6 +443,9 @@ def main() -> None:
         _compile_one(*args.compile_one, threads=args.threads)
         return
     torch.set_num_threads(args.threads)
+    if args.memory_only:
+        memory_table(args.algos, args.sets)
+        return
     rounds, steps = (3, 2) if args.quick else (7, 3)
     rounds, steps = args.rounds or rounds, args.steps or steps
     if args.python_time or args.figure:
@@ -427,7 +458,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, float32; in-place bandwidth "
           f"{bandwidth / 1e9:.1f} GB/s; median of {rounds} rounds x {steps} steps\n")
     algos = algorithms(args.compile)
-    results = {}
+    results, memories = {}, {}
     for algo in [a for name in args.algos for a in (CATALOGUE if name == "catalogue" else [name])]:
         nbytes, variants = algos[algo]
         if args.variants:
@@ -440,14 +471,20 @@ def main() -> None:
             bound = nbytes * numel / bandwidth
             print(f"## {algo} on {set_name} ({numel / 1e6:.1f}M elements, {nbytes} B/elem, "
                   f"lower bound {bound * 1e3:.1f} ms)")
-            print("| variant | ms/step | / forloop | / foreach | / fused | GB/s | / bound | peak MiB |")
-            print("|---|---:|---:|---:|---:|---:|---:|---:|")
+            mems = {} if args.no_memory else {name: peak_memory(algo, name, set_name) for name in times
+                                                if name != "gradtx pure"}
+            mem_ref = memory_reference(mems)
+            print("| variant | ms/step | / forloop | / foreach | / fused | GB/s | / bound | peak MiB | mem / torch |")
+            print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
             for name, t in times.items():
                 ratios = [f"{t / times[ref]:.2f}" if ref in times else "-"
                           for ref in ("torch forloop", "torch foreach", "torch fused")]
-                mem = "-" if args.no_memory or name == "gradtx pure" else f"{peak_memory(algo, name, set_name):.1f}"
+                mem = f"{mems[name]:.1f}" if name in mems else "-"
+                mem_ratio = f"{mems[name] / mem_ref:.2f}" if name in mems and mem_ref else "-"
                 print(f"| {name} | {t * 1e3:.1f} | {' | '.join(ratios)} | {nbytes * numel / t / 1e9:.1f} | "
-                      f"{t / bound:.2f} | {mem} |", flush=True)
+                      f"{t / bound:.2f} | {mem} | {mem_ratio} |", flush=True)
+            if mems:
+                memories[algo, set_name] = {name: m / mem_ref for name, m in mems.items() if mem_ref}
             for name in times:
                 if "compiled" in name:
                     seconds = compile_seconds(algo, name, set_name, args.threads)
@@ -457,6 +494,9 @@ def main() -> None:
     print(flat_summary(results, args.sets))
     print("## gradtx / torch (each algorithm's fastest torch.optim implementation, or an AdamW step)")
     print(summary({k: v for k, v in results.items() if any(n.startswith("torch") for n in v)}, args.sets))
+    if memories:
+        print("\n## peak memory / torch's (torch fused's, else the least of torch's implementations)")
+        print(summary(memories, args.sets, reference=None))
 
 
 if __name__ == "__main__":

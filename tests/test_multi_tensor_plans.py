@@ -12,6 +12,7 @@ import torch
 
 import gradtx as gx
 from gradtx.optim import fused as _fused
+from gradtx.optim import multi_tensor
 from gradtx.optim.multi_tensor import MultiTensorPlan
 
 STEPS = 20  # RAdam rectifies from step 6 on
@@ -153,9 +154,11 @@ def test_falls_back_with_the_same_numbers():
     assert not isinstance(_fused.plan(traced), MultiTensorPlan)
 
 
-def test_transposed_gradient_on_the_fused_adagrad_kernel():
-    """The fused kernel walks memory linearly: a gradient of other strides runs on copies."""
-    make = PLANS["adagrad_torch"][0]
+@pytest.mark.parametrize("name", ["adagrad_torch", "rmsprop_torch", "asgd"])
+def test_transposed_gradient_on_the_fused_kernels(name):
+    """torch's fused kernels (Adagrad's; Adam's for RMSprop, SGD's for ASGD) walk memory
+    linearly: a gradient of other strides runs on copies or on the foreach passes."""
+    make = PLANS[name][0]
     base = torch.randn(6, 4, dtype=torch.float64)
     fast, slow = torch.nn.Parameter(base.clone()), torch.nn.Parameter(base.clone())
     opts = gx.Optimizer([fast], make()), gx.Optimizer([slow], make(), fast=False)
@@ -181,3 +184,56 @@ def test_param_groups_lr_and_schedulers():
             opt.step()
             sched.step()
     _close(fast, slow, dtype)
+
+
+@pytest.mark.parametrize("flat", [False, True])
+@pytest.mark.parametrize("name", sorted(PLANS))
+def test_blocks(name, flat, monkeypatch):
+    """Kernels run block by block (long tensors cut, short ones taken together) with the
+    generic path's numbers, on the default path and over flat buffers; a group mixing float32
+    and float64 runs unblocked, on the adapter's scratch."""
+    monkeypatch.setattr(multi_tensor, "_BLOCK", 8)  # SHAPES: 35 cut in 5, then 5 + (24 cut in 3) + 1
+    make, make_torch = PLANS[name]
+    dtype = torch.float32
+    fast, slow = _params(dtype), _params(dtype)
+    fast_opt, slow_opt = gx.Optimizer(fast, make(), flat=flat), gx.Optimizer(slow, make(), fast=False)
+    _steps(fast_opt, fast, dtype, 0, 8)
+    _steps(slow_opt, slow, dtype, 0, 8)
+    assert name.startswith("adagrad_torch") or fast_opt._plan._blocks is not None
+    _close(fast, slow, dtype)
+    _close(_state(fast_opt), _state(slow_opt), dtype)
+    if make_torch is not None:
+        ref = _params(dtype)
+        _steps(make_torch(ref), ref, dtype, 0, 8)
+        _close(fast, ref, dtype)
+    mixed = [p.detach().double() if i % 2 else p.detach().clone() for i, p in enumerate(_params(dtype))]
+    mixed_slow = [torch.nn.Parameter(p.clone()) for p in mixed]
+    mixed = [torch.nn.Parameter(p) for p in mixed]
+    opts = gx.Optimizer(mixed, make()), gx.Optimizer(mixed_slow, make(), fast=False)
+    for step in range(4):
+        for ps, opt in zip((mixed, mixed_slow), opts):
+            for p, g in zip(ps, _grads(step, dtype)):
+                p.grad = g.to(p.dtype)
+            opt.step()
+    _close(mixed, mixed_slow, dtype)
+
+
+@pytest.mark.parametrize("flat", [False, True])
+@pytest.mark.parametrize("make", [
+    lambda: gx.chain(gx.clip_value(0.5), gx.scale_by_adam(), gx.scale_by_lr(1e-2)),
+    lambda: gx.chain(gx.clip_value(0.5), gx.scale_by_adam(), gx.add_decayed_weights(0.1), gx.scale_by_lr(1e-2)),
+    lambda: gx.chain(gx.clip_value(0.5), gx.trace(0.9, nesterov=True), gx.scale_by_lr(1e-2)),
+], ids=["adam", "adamw", "sgd"])
+def test_clipped_fused_chains_in_blocks(make, flat, monkeypatch):
+    """A leading clip_value before torch's fused kernels runs block by block (the clipped
+    gradients in a scratch block): the generic path's numbers, .grad untouched."""
+    monkeypatch.setattr(multi_tensor, "_BLOCK", 8)
+    dtype = torch.float64
+    fast, slow = _params(dtype), _params(dtype)
+    fast_opt, slow_opt = gx.Optimizer(fast, make(), flat=flat), gx.Optimizer(slow, make(), fast=False)
+    assert isinstance(fast_opt._plan, _fused.FusedPlan) and fast_opt._plan.clips
+    _steps(fast_opt, fast, dtype, 0, 6)
+    _steps(slow_opt, slow, dtype, 0, 6)
+    assert fast_opt._plan._blocks is not None
+    _close(fast, slow, dtype)
+    _close(_state(fast_opt), _state(slow_opt), dtype)

@@ -24,7 +24,10 @@ runs on contiguous copies of its tensors, copied back after: the numbers of the 
 and nothing written outside the parameter.
 
 A leading ``clip_value`` is exact, so it runs first on a private copy of the gradients,
-which the kernel then reads: ``.grad`` is never changed. ``add_decayed_weights`` with a
+which the kernel then reads: ``.grad`` is never changed. Where the tensors are contiguous and
+of one dtype and device, the copy, the clip and the kernel go block by block
+(``multi_tensor.cut``): the scratch is one block, not a copy of every gradient (the peak
+memory of torch's fused Adam), and each block is read by the kernel while in cache. ``add_decayed_weights`` with a
 ``mask`` (``gx.adamw(..., mask="*.weight")``: no decay on biases) runs the kernel twice, on
 the masked parameters with the decay and on the others without; the mask is evaluated once
 per set of parameters the adapter steps.
@@ -88,6 +91,8 @@ class FusedPlan:
     # the mask's flags for the last params dict (the adapter reuses it while the same
     # parameters step): (params dict, flags)
     _flags: tuple[Any, list[bool]] | None = field(default=None, repr=False)
+    _blocks: Any = field(default=None, repr=False, compare=False)  # multi_tensor.cut's blocks (clipped chains)
+    _lr: float = field(default=0.0, repr=False, compare=False)  # this step's learning rate
 
     def run(self, state: tuple, keys: list[int], params: dict, grads: dict,
             buffers: Any | None) -> bool:
@@ -117,7 +122,12 @@ class FusedPlan:
         wd = _number(state[self.decay].weight_decay) if self.decay >= 0 else 0.0
         if lr is None or wd is None:
             return False
+        self._lr = lr
 
+        flags = self._mask_flags(params) if self.mask is not None else None
+        if self.clips and flags is None and len(groups) == 1 and _contiguous(ps, gs, *per_param):
+            self._clipped_blocks(state, ps, gs, per_param, lr, wd, buffers)
+            return True
         if self.clips:
             gs = F.copy_(buffers(gs), gs)
             for c in self.clips:
@@ -126,7 +136,6 @@ class FusedPlan:
         ps, gs, per_param, write_back = _linear_layout(ps, gs, per_param)
 
         # (device, indices, weight decay) per kernel call: a masked decay splits each group in two
-        flags = self._mask_flags(params) if self.mask is not None else None
         calls = []
         for (device, _), idx in groups.items():
             if flags is None:
@@ -135,42 +144,69 @@ class FusedPlan:
             decayed, kept = [i for i in idx if flags[i]], [i for i in idx if not flags[i]]
             calls.extend((device, part, decay) for part, decay in ((decayed, wd), (kept, 0.0)) if part)
 
-        if self.kind in ("adam", "adamw"):
-            count = state[self.core].count
-            count.add_(1)
-            kernel = torch._fused_adamw_ if self.kind == "adamw" else torch._fused_adam_
-            for device, idx, decay in calls:
-                # torch keeps one float step per parameter; gradtx one int32 count per transform.
-                # The kernel only reads the steps, so one tensor serves every parameter.
-                step = count.to(device=device, dtype=torch.float32)
-                kernel([ps[i] for i in idx], [gs[i] for i in idx], [per_param[0][i] for i in idx],
-                       [per_param[1][i] for i in idx], [], [step] * len(idx), lr=lr, beta1=self.hp["b1"],
-                       beta2=self.hp["b2"], weight_decay=decay, eps=self.hp["eps"], amsgrad=False, maximize=False)
-        else:
-            dampening = self.hp.get("dampening", 0.0)
-            # Without dampening is_first_step=False is exact: the trace starts at zero and
-            # momentum * 0 + g == g, torch's first step (buf = g). A trace given a dampening
-            # counts steps (DampenedTraceState) and the kernel's first step is buf = g, as
-            # trace's (the count is on the CPU: reading it costs no device sync).
-            first = False
-            if self.hp.get("counted"):
-                count = state[self.core].count
-                first = bool(count == 0)
-                count.add_(1)
-            for _, idx, decay in calls:
-                bufs = [per_param[0][i] for i in idx] if per_param else []
-                torch._fused_sgd_([ps[i] for i in idx], [gs[i] for i in idx], bufs, weight_decay=decay,
-                                  momentum=self.hp.get("momentum", 0.0), lr=lr, dampening=dampening,
-                                  nesterov=self.hp.get("nesterov", False), maximize=False, is_first_step=first)
+        counter = self._count(state)
+        for device, idx, decay in calls:
+            self._kernel(counter, device, [ps[i] for i in idx], [gs[i] for i in idx],
+                         [[buf[i] for i in idx] for buf in per_param], decay)
         if write_back:
             torch._foreach_copy_([dst for dst, _ in write_back], [src for _, src in write_back])
         return True
+
+    def _count(self, state: tuple) -> Any:
+        """The step's count, advanced: Adam's count tensor; SGD's first-step flag."""
+        if self.kind in ("adam", "adamw"):
+            count = state[self.core].count
+            count.add_(1)
+            return count
+        # Without dampening is_first_step=False is exact: the trace starts at zero and
+        # momentum * 0 + g == g, torch's first step (buf = g). A trace given a dampening
+        # counts steps (DampenedTraceState) and the kernel's first step is buf = g, as
+        # trace's (the count is on the CPU: reading it costs no device sync).
+        first = False
+        if self.hp.get("counted"):
+            count = state[self.core].count
+            first = bool(count == 0)
+            count.add_(1)
+        return first
+
+    def _kernel(self, counter: Any, device: torch.device, ps: list, gs: list, per_param: list[list],
+                decay: float) -> None:
+        if self.kind in ("adam", "adamw"):
+            kernel = torch._fused_adamw_ if self.kind == "adamw" else torch._fused_adam_
+            # torch keeps one float step per parameter; gradtx one int32 count per transform.
+            # The kernel only reads the steps, so one tensor serves every parameter.
+            step = counter.to(device=device, dtype=torch.float32)
+            kernel(ps, gs, per_param[0], per_param[1], [], [step] * len(ps), lr=self._lr, beta1=self.hp["b1"],
+                   beta2=self.hp["b2"], weight_decay=decay, eps=self.hp["eps"], amsgrad=False, maximize=False)
+        else:
+            torch._fused_sgd_(ps, gs, per_param[0] if per_param else [], weight_decay=decay,
+                              momentum=self.hp.get("momentum", 0.0), lr=self._lr,
+                              dampening=self.hp.get("dampening", 0.0), nesterov=self.hp.get("nesterov", False),
+                              maximize=False, is_first_step=counter)
+
+    def _clipped_blocks(self, state: tuple, ps: list, gs: list, per_param: list[list], lr: float, wd: float,
+                        buffers: Any) -> None:
+        """The leading clips and the kernel block by block: each block's gradients clipped
+        into a scratch block (never ``.grad``) that the kernel reads while it is in cache;
+        scratch of one block, not of every gradient."""
+        from .multi_tensor import cut  # imports this module's helpers
+
+        counter = self._count(state)
+        for (bp, bg, *bs), (scratch,), _ in cut(self, [ps, gs, *per_param], 1, buffers, True):
+            torch._foreach_copy_(scratch, bg)
+            for c in self.clips:
+                F.clamp(scratch, -c, c, inplace=True)
+            self._kernel(counter, bp[0].device, bp, scratch, bs, wd)
 
     def _mask_flags(self, params: dict) -> list[bool]:
         """The decay mask over ``params`` (in its order), as ``add_decayed_weights`` reads it."""
         if self._flags is None or self._flags[0] is not params:
             self._flags = (params, mask_flags(self.mask, params, params))
         return self._flags[1]
+
+
+def _contiguous(*lists: list[torch.Tensor]) -> bool:
+    return all(all(map(torch.Tensor.is_contiguous, x)) for x in lists)
 
 
 def _linear_layout(ps: list, gs: list, per_param: list[list]) -> tuple[list, list, list[list], list]:

@@ -14,6 +14,14 @@ torch has no fused kernel for, and runs them in place on the chain's own state t
 - ``[add_decayed_weights(0)] + scale_by_adadelta(...) + scale_by_lr(lr)`` (``gx.adadelta``);
 - ``[add_decayed_weights(0)] + scale_by_asgd(...) + scale_by_lr(lr)`` (``gx.asgd``).
 
+torch's RMSprop runs torch's fused Adam kernel (``b1 = 0``: the first moment is the gradient,
+in a scratch block; a step count of infinity makes both bias corrections 1), ASGD torch's
+fused SGD kernel (its weight decay is ``lambd``): one pass each where the tensors are
+contiguous. The kernels of several passes run them block by block (``cut``: ``_BLOCK``
+elements, long tensors cut in pieces, runs of short ones together), so that a block's
+tensors stay in cache between passes, as torch's for-loop implementations get by going one
+tensor at a time; the scratch is one block's.
+
 What makes them faster than the generic in-place path: the gradients are read where they
 are (no copy into scratch first), ``-lr`` and the step's bias corrections are folded into
 the one pass that updates the parameters (``addcdiv_``), a weight decay of zero costs no
@@ -29,6 +37,7 @@ and hyperparameters that carry autograd history take the generic path.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +51,15 @@ _DTYPES = (torch.float32, torch.float64)
 # Mean elements per tensor from which a Python loop of ``op(x, out=buffer)`` (one pass) beats
 # a copy into the buffer and an in-place foreach op (two passes, but one call for the list).
 _LOOP_MIN = 1 << 15
+
+# Elements per block: a kernel of several passes runs them block by block, so that a block's
+# tensors stay in the cache from one pass to the next (torch's for-loop implementations get
+# this from going one tensor at a time). Tensors longer than a block are cut into pieces and
+# runs of shorter ones are taken together: 2^18 elements (1 MiB a stream in float32) keep a
+# kernel's few streams in the L2/L3 caches with few enough calls that Python costs little.
+_BLOCK = 1 << 18
+
+_SHAPE = operator.attrgetter("shape")
 
 
 def _into(op: str, dst: list[torch.Tensor], src: list[torch.Tensor], numel: int, *args: Any) -> list[torch.Tensor]:
@@ -62,6 +80,18 @@ def _step(count: torch.Tensor) -> int:
 
 
 @dataclass
+class _Kernel:
+    """One algorithm: the state fields it updates, the scratch tensors a block needs, the
+    step's scalars (``prepare``, once per step: counts, bias corrections; ``None`` refuses),
+    and the passes over one block (``body(scalars, ps, gs, *fields, *scratch, numel)``)."""
+
+    fields: tuple[str, ...]
+    scratch: int
+    prepare: Callable[..., Any]
+    body: Callable[..., None]
+
+
+@dataclass
 class MultiTensorPlan:
     """How to run one recognised chain as multi-tensor passes (see the module docstring)."""
 
@@ -70,83 +100,188 @@ class MultiTensorPlan:
     decay: int  # index of add_decayed_weights (-1: none)
     lr: int  # index of scale_by_lr
     hp: dict[str, Any] = field(default_factory=dict)  # the scaling transform's constructor arguments
+    # the blocks of the last shapes seen: (shapes, device, dtype, blocks, scratch buffers)
+    _blocks: Any = field(default=None, repr=False, compare=False)
 
     def run(self, state: tuple, keys: list[int], params: dict, grads: dict,
             buffers: Callable[..., list[torch.Tensor]]) -> bool:
         """One step in place on ``state``; ``False``, having changed nothing, when these
         tensors or hyperparameters do not suit the kernels (the caller then takes the
         generic path). ``buffers(like, slot)`` gives scratch tensors like ``like``, kept
-        from step to step, one set per ``slot``."""
+        from step to step, one set per ``slot`` (used when the tensors cannot be blocked)."""
         ps = [params[k] for k in keys]
         gs = [grads[k] for k in keys]
+        if not ps:
+            return False
+        dtype, device = ps[0].dtype, ps[0].device
+        uniform = True  # one dtype and device: the tensors can be blocked
         for p, g in zip(ps, gs):
             if p.dtype not in _DTYPES or g.dtype != p.dtype or g.device != p.device:
                 return False
+            if p.dtype is not dtype or p.device != device:
+                uniform = False
         lr = _number(state[self.lr].lr)
         wd = _number(state[self.decay].weight_decay) if self.decay >= 0 else 0.0
         if lr is None or wd is None or (wd != 0.0 and self.kind != "adagrad"):
             return False
         s = state[self.core]
-        numel = sum(p.numel() for p in ps)
-        return _KERNELS[self.kind](self.hp, s, keys, ps, gs, lr, wd, numel, buffers)
-
-
-def _fields(s: Any, keys: list[int], *names: str) -> list[list[torch.Tensor]]:
-    return [[getattr(s, name)[k] for k in keys] for name in names]
-
-
-def _adagrad(hp, s, keys, ps, gs, lr, wd, numel, buffers) -> bool:
-    (ss,) = _fields(s, keys, "sum_of_squares")
-    eps = hp["eps"]
-    if not hp["eps_in_sqrt"] and all(p.device.type == "cpu" for p in ps):
-        # torch's own kernel: its numbers are Adagrad's, one pass per tensor
-        ps, gs, (ss,), write_back = _linear_layout(ps, gs, [ss])
-        step = torch.ones((), dtype=torch.float32)  # lr_decay 0: the kernel does not read the step
-        for idx in _group_by_device_and_dtype(ps).values():
-            torch._fused_adagrad_([ps[i] for i in idx], [gs[i] for i in idx], [ss[i] for i in idx],
-                                  [step] * len(idx), lr=lr, lr_decay=0.0, weight_decay=wd, eps=eps, maximize=False)
-        if write_back:
-            torch._foreach_copy_([dst for dst, _ in write_back], [src for _, src in write_back])
+        if self.kind == "adagrad" and not self.hp["eps_in_sqrt"] and all(p.device.type == "cpu" for p in ps):
+            _fused_adagrad(self.hp, s, keys, ps, gs, lr, wd)
+            return True
+        kernel = _KERNELS[self.kind]
+        if self.kind == "rmsprop" and not self.hp["eps_in_sqrt"] and self.hp["decay"] < 1.0:
+            kernel = _RMSPROP_ON_ADAM
+        if wd != 0.0:  # only torch's fused Adagrad kernel takes a weight decay
+            return False
+        scalars = kernel.prepare(self.hp, s, lr)
+        if scalars is None:
+            return False
+        lists = [ps, gs, *([getattr(s, name)[k] for k in keys] for name in kernel.fields)]
+        for block, scratch, numel in cut(self, lists, kernel.scratch, buffers, uniform):
+            kernel.body(scalars, *block, *scratch, numel)
         return True
-    if wd != 0.0 or eps == 0.0:  # eps 0 zeroes 0/0 (scale_by_rss' convention): the generic path
-        return False
+
+
+def cut(owner: Any, lists: list[list[torch.Tensor]], nscratch: int, buffers: Callable, uniform: bool) -> Any:
+    """``(lists of a block, its scratch lists, its element count)`` block by block (the blocks
+    and their scratch kept on ``owner._blocks`` while the shapes stay); the whole lists at
+    once, with the adapter's scratch ``buffers(like, slot)``, when they mix dtypes or devices
+    (``uniform`` false)."""
+    ps = lists[0]
+    if not uniform:
+        yield lists, [buffers(lists[1], slot) for slot in range(nscratch)], sum(p.numel() for p in ps)
+        return
+    shapes = list(map(_SHAPE, ps))
+    cached = owner._blocks
+    if cached is None or cached[0] != shapes or cached[1] != ps[0].device or cached[2] != ps[0].dtype:
+        cached = owner._blocks = (shapes, ps[0].device, ps[0].dtype, *_layout(shapes))
+    blocks, bufs = cached[3], cached[4]
+    while len(bufs) < nscratch:
+        bufs.append(torch.empty(_BLOCK, dtype=ps[0].dtype, device=ps[0].device))
+    for lo, hi, numel, views in blocks:
+        if views is not None:  # a run of whole tensors, scratch views shaped like them
+            yield [x[lo:hi] for x in lists], views(bufs, nscratch), numel
+            continue
+        tensors = [x[lo] for x in lists]
+        if not all(t.is_contiguous() for t in tensors):  # rare: the whole tensor, fresh scratch
+            yield [[t] for t in tensors], [[torch.empty_like(tensors[1])] for _ in range(nscratch)], numel
+            continue
+        pieces = [t.view(-1).split(_BLOCK) for t in tensors]
+        for j in range(len(pieces[0])):
+            n = pieces[0][j].numel()
+            yield [[x[j]] for x in pieces], [[b[:n]] for b in bufs[:nscratch]], n
+
+
+class _Views:
+    """Scratch tensors shaped like a run of whole tensors: views of the block buffers, made
+    once per buffer."""
+
+    def __init__(self, shapes: list[torch.Size], numels: list[int]) -> None:
+        self.shapes, self.numels, self.made = shapes, numels, []
+
+    def __call__(self, bufs: list[torch.Tensor], count: int) -> list[list[torch.Tensor]]:
+        while len(self.made) < count:
+            buf = bufs[len(self.made)]
+            pieces = buf[:sum(self.numels)].split(self.numels)
+            self.made.append([v.view(s) for v, s in zip(pieces, self.shapes)])
+        return self.made[:count]
+
+
+def _layout(shapes: list[torch.Size]) -> tuple[list, list]:
+    """Blocks over tensors of ``shapes``: ``(lo, hi, numel, views)``, ``views`` making scratch
+    tensors shaped like tensors ``lo:hi`` (``None``: one tensor cut into pieces)."""
+    numels = [math.prod(s) for s in shapes]
+    blocks, lo, total = [], 0, 0
+    for i, n in enumerate(numels + [None]):
+        if n is None or n > _BLOCK or total + n > _BLOCK:
+            if i > lo:
+                blocks.append((lo, i, total, _Views(shapes[lo:i], numels[lo:i])))
+            lo, total = i, 0
+            if n is not None and n > _BLOCK:
+                blocks.append((i, i + 1, n, None))
+                lo = i + 1
+                continue
+        if n is not None:
+            total += n
+    return blocks, []
+
+
+def _contiguous(*lists: list[torch.Tensor]) -> bool:
+    return all(all(map(torch.Tensor.is_contiguous, x)) for x in lists)
+
+
+def _fused_adagrad(hp, s, keys, ps, gs, lr, wd) -> None:
+    """torch's own kernel: its numbers are Adagrad's, one pass per tensor."""
+    (ss,) = [[s.sum_of_squares[k] for k in keys]]
+    ps, gs, (ss,), write_back = _linear_layout(ps, gs, [ss])
+    step = torch.ones((), dtype=torch.float32)  # lr_decay 0: the kernel does not read the step
+    for idx in _group_by_device_and_dtype(ps).values():
+        torch._fused_adagrad_([ps[i] for i in idx], [gs[i] for i in idx], [ss[i] for i in idx],
+                              [step] * len(idx), lr=lr, lr_decay=0.0, weight_decay=wd, eps=hp["eps"], maximize=False)
+    if write_back:
+        torch._foreach_copy_([dst for dst, _ in write_back], [src for _, src in write_back])
+
+
+def _adagrad(hp, s, lr):
+    return None if hp["eps"] == 0.0 else (lr, hp["eps"], hp["eps_in_sqrt"])  # eps 0: scale_by_rss zeroes 0/0
+
+
+def _adagrad_body(sc, ps, gs, ss, denom, numel) -> None:
+    lr, eps, in_sqrt = sc
     torch._foreach_addcmul_(ss, gs, gs)
-    if hp["eps_in_sqrt"]:
-        denom = _into("add", buffers(gs, 0), ss, numel, eps)
+    if in_sqrt:
+        _into("add", denom, ss, numel, eps)
         torch._foreach_sqrt_(denom)
     else:
-        denom = _into("sqrt", buffers(gs, 0), ss, numel)
+        _into("sqrt", denom, ss, numel)
         torch._foreach_add_(denom, eps)
     torch._foreach_addcdiv_(ps, gs, denom, -lr)
-    return True
 
 
-def _rmsprop(hp, s, keys, ps, gs, lr, wd, numel, buffers) -> bool:
-    (nus,) = _fields(s, keys, "nu")
-    decay, eps = hp["decay"], hp["eps"]
+def _rmsprop(hp, s, lr):
+    return (lr, hp["decay"], hp["eps"], None) if hp["eps_in_sqrt"] else (lr, hp["decay"], None, hp["eps"])
+
+
+def _rmsprop_body(sc, ps, gs, nus, denom, numel) -> None:
+    lr, decay, eps_in, eps_out = sc  # eps inside the root (gradtx's default) or outside (torch's)
     torch._foreach_mul_(nus, decay)
     torch._foreach_addcmul_(nus, gs, gs, 1.0 - decay)
-    if hp["eps_in_sqrt"]:
-        denom = _into("add", buffers(gs, 0), nus, numel, eps)
+    if eps_out is None:
+        _into("add", denom, nus, numel, eps_in)
         torch._foreach_sqrt_(denom)
     else:
-        denom = _into("sqrt", buffers(gs, 0), nus, numel)
-        torch._foreach_add_(denom, eps)
+        _into("sqrt", denom, nus, numel)
+        torch._foreach_add_(denom, eps_out)
     torch._foreach_addcdiv_(ps, gs, denom, -lr)
-    return True
 
 
-def _adamax(hp, s, keys, ps, gs, lr, wd, numel, buffers) -> bool:
-    mus, nus = _fields(s, keys, "mu", "nu")
-    b1, b2 = hp["b1"], hp["b2"]
+def _rmsprop_adam_body(sc, ps, gs, nus, ms, numel) -> None:
+    """torch's RMSprop is Adam's kernel with b1 = 0 (the first moment is the gradient) and
+    both bias corrections 1 (a step count of infinity): one pass. The first moment lands
+    in scratch, zeroed first so that nothing non-finite carries over from another block."""
+    lr, decay, _, eps = sc
+    if not _contiguous(ps, gs, nus):  # the kernel walks memory linearly
+        _rmsprop_body((lr, decay, None, eps), ps, gs, nus, ms, numel)
+        return
+    torch._foreach_zero_(ms)
+    step = torch.full((), math.inf, dtype=torch.float32, device=ps[0].device)
+    torch._fused_adam_(ps, gs, ms, nus, [], [step] * len(ps), lr=lr, beta1=0.0, beta2=decay, weight_decay=0.0,
+                       eps=eps, amsgrad=False, maximize=False)
+
+
+def _adamax(hp, s, lr):
+    t = _step(s.count)
+    return hp["b1"], hp["b2"], hp["eps"], -lr / (1.0 - hp["b1"] ** t)
+
+
+def _adamax_body(sc, ps, gs, mus, nus, bound, numel) -> None:
+    b1, b2, eps, alpha = sc
     torch._foreach_lerp_(mus, gs, 1.0 - b1)
-    bound = _into("abs", buffers(gs, 0), gs, numel)  # |g| + eps
-    torch._foreach_add_(bound, hp["eps"])
+    _into("abs", bound, gs, numel)  # |g| + eps
+    torch._foreach_add_(bound, eps)
     torch._foreach_mul_(nus, b2)
     torch._foreach_maximum_(nus, bound)
-    t = _step(s.count)
-    torch._foreach_addcdiv_(ps, mus, nus, -lr / (1.0 - b1 ** t))
-    return True
+    torch._foreach_addcdiv_(ps, mus, nus, alpha)
 
 
 def _moments(mus, nus, gs, b1: float, b2: float) -> None:
@@ -155,85 +290,106 @@ def _moments(mus, nus, gs, b1: float, b2: float) -> None:
     torch._foreach_addcmul_(nus, gs, gs, 1.0 - b2)
 
 
-def _nadam(hp, s, keys, ps, gs, lr, wd, numel, buffers) -> bool:
-    mus, nus = _fields(s, keys, "mu", "nu")
+def _nadam(hp, s, lr):
     b1, b2, decay = hp["b1"], hp["b2"], hp["momentum_decay"]
-    _moments(mus, nus, gs, b1, b2)
     t = _step(s.count)
     mu_t = b1 * (1.0 - 0.5 * 0.96 ** (t * decay))
     mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t + 1.0) * decay))
     product = float(s.mu_product.mul_(mu_t))
     # sqrt(v / bc2) + eps == (sqrt(v) + eps sqrt(bc2)) / sqrt(bc2): sqrt(bc2) joins the factors
     root_bc2 = math.sqrt(1.0 - b2 ** t)
-    denom = _into("sqrt", buffers(gs, 0), nus, numel)
-    torch._foreach_add_(denom, hp["eps"] * root_bc2)
-    torch._foreach_addcdiv_(ps, gs, denom, -lr * root_bc2 * (1.0 - mu_t) / (1.0 - product))
-    torch._foreach_addcdiv_(ps, mus, denom, -lr * root_bc2 * mu_next / (1.0 - product * mu_next))
-    return True
+    return (b1, b2, hp["eps"] * root_bc2, -lr * root_bc2 * (1.0 - mu_t) / (1.0 - product),
+            -lr * root_bc2 * mu_next / (1.0 - product * mu_next))
 
 
-def _radam(hp, s, keys, ps, gs, lr, wd, numel, buffers) -> bool:
-    mus, nus = _fields(s, keys, "mu", "nu")
-    b1, b2, eps = hp["b1"], hp["b2"], hp["eps"]
+def _nadam_body(sc, ps, gs, mus, nus, denom, numel) -> None:
+    b1, b2, eps, alpha_g, alpha_m = sc
     _moments(mus, nus, gs, b1, b2)
+    _into("sqrt", denom, nus, numel)
+    torch._foreach_add_(denom, eps)
+    torch._foreach_addcdiv_(ps, gs, denom, alpha_g)
+    torch._foreach_addcdiv_(ps, mus, denom, alpha_m)
+
+
+def _radam(hp, s, lr):
+    b1, b2, eps = hp["b1"], hp["b2"], hp["eps"]
     t = _step(s.count)
     bc1, bc2 = 1.0 - b1 ** t, 1.0 - b2 ** t
     rho_inf = 2.0 / (1.0 - b2) - 1.0
     rho = rho_inf - 2.0 * t * b2 ** t / bc2
     if not rho >= hp["threshold"]:
-        torch._foreach_add_(ps, mus, alpha=-lr / bc1)  # the update is m_hat itself
-        return True
+        return b1, b2, None, -lr / bc1  # the update is m_hat itself
     r = math.sqrt(max((rho - 4.0) * (rho - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho), 0.0))
     root_bc2 = math.sqrt(bc2)
     # torch's denominator (sqrt(v) + eps) / sqrt(bc2); optax's sqrt(v / bc2) + eps, which is
     # (sqrt(v) + eps sqrt(bc2)) / sqrt(bc2)
-    denom = _into("sqrt", buffers(gs, 0), nus, numel)
-    torch._foreach_add_(denom, eps if hp["eps_before_debias"] else eps * root_bc2)
-    torch._foreach_addcdiv_(ps, mus, denom, -lr * r * root_bc2 / bc1)
-    return True
+    return b1, b2, eps if hp["eps_before_debias"] else eps * root_bc2, -lr * r * root_bc2 / bc1
 
 
-def _adadelta(hp, s, keys, ps, gs, lr, wd, numel, buffers) -> bool:
-    egs, exs = _fields(s, keys, "e_g", "e_x")
-    rho, eps = hp["rho"], hp["eps"]
+def _radam_body(sc, ps, gs, mus, nus, denom, numel) -> None:
+    b1, b2, eps, alpha = sc
+    _moments(mus, nus, gs, b1, b2)
+    if eps is None:
+        torch._foreach_add_(ps, mus, alpha=alpha)
+        return
+    _into("sqrt", denom, nus, numel)
+    torch._foreach_add_(denom, eps)
+    torch._foreach_addcdiv_(ps, mus, denom, alpha)
+
+
+def _adadelta(hp, s, lr):
+    return hp["rho"], hp["eps"], lr
+
+
+def _adadelta_body(sc, ps, gs, egs, exs, delta, std, numel) -> None:
+    rho, eps, lr = sc
     torch._foreach_mul_(egs, rho)
     torch._foreach_addcmul_(egs, gs, gs, 1.0 - rho)
-    std = _into("add", buffers(gs, 1), egs, numel, eps)
+    _into("add", std, egs, numel, eps)
     torch._foreach_sqrt_(std)
-    delta = _into("add", buffers(gs, 0), exs, numel, eps)
+    _into("add", delta, exs, numel, eps)
     torch._foreach_sqrt_(delta)
     torch._foreach_div_(delta, std)
     torch._foreach_mul_(delta, gs)
     torch._foreach_mul_(exs, rho)
     torch._foreach_addcmul_(exs, delta, delta, 1.0 - rho)
     torch._foreach_add_(ps, delta, alpha=-lr)
-    return True
 
 
-def _asgd(hp, s, keys, ps, gs, lr, wd, numel, buffers) -> bool:
-    (axs,) = _fields(s, keys, "ax")
+def _asgd(hp, s, lr):
     rate = _number(s.lr)
     if rate is None or rate != lr:  # the update is (g + lambd p) eta_t / lr, then times lr
-        return False
-    lambd, t0 = hp["lambd"], hp["t0"]
+        return None
     t = _step(s.count)
-    eta = lr * (1.0 + lambd * lr * (t - 1.0)) ** (-hp["alpha"])
-    # p - eta (g + lambd p), in torch's order
-    if lambd != 0.0:
-        torch._foreach_mul_(ps, 1.0 - lambd * eta)
-    torch._foreach_add_(ps, gs, alpha=-eta)
-    mu = 1.0 / max(t - 1.0 - t0, 1.0)
+    eta = lr * (1.0 + hp["lambd"] * lr * (t - 1.0)) ** (-hp["alpha"])
+    return hp["lambd"], eta, 1.0 / max(t - 1.0 - hp["t0"], 1.0)
+
+
+def _asgd_body(sc, ps, gs, axs, numel) -> None:
+    lambd, eta, mu = sc
+    if _contiguous(ps, gs):  # p - eta (g + lambd p): torch's SGD kernel with weight decay lambd, one pass
+        torch._fused_sgd_(ps, gs, [], weight_decay=lambd, momentum=0.0, lr=eta, dampening=0.0, nesterov=False,
+                          maximize=False, is_first_step=False)
+    else:  # the kernel walks memory linearly; these tensors take two passes, in torch's order
+        if lambd != 0.0:
+            torch._foreach_mul_(ps, 1.0 - lambd * eta)
+        torch._foreach_add_(ps, gs, alpha=-eta)
     if mu == 1.0:
         torch._foreach_copy_(axs, ps)
     else:
         torch._foreach_lerp_(axs, ps, mu)
-    return True
 
 
-_KERNELS: dict[str, Callable[..., bool]] = {
-    "adagrad": _adagrad, "rmsprop": _rmsprop, "adamax": _adamax, "nadam": _nadam, "radam": _radam,
-    "adadelta": _adadelta, "asgd": _asgd,
+_KERNELS: dict[str, _Kernel] = {
+    "adagrad": _Kernel(("sum_of_squares",), 1, _adagrad, _adagrad_body),
+    "rmsprop": _Kernel(("nu",), 1, _rmsprop, _rmsprop_body),
+    "adamax": _Kernel(("mu", "nu"), 1, _adamax, _adamax_body),
+    "nadam": _Kernel(("mu", "nu"), 1, _nadam, _nadam_body),
+    "radam": _Kernel(("mu", "nu"), 1, _radam, _radam_body),
+    "adadelta": _Kernel(("e_g", "e_x"), 2, _adadelta, _adadelta_body),
+    "asgd": _Kernel(("ax",), 0, _asgd, _asgd_body),
 }
+_RMSPROP_ON_ADAM = _Kernel(("nu",), 1, _rmsprop, _rmsprop_adam_body)
 
 
 def _numbers(args: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any] | None:

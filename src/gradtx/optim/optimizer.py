@@ -62,6 +62,18 @@ class _Variant:
     declared: bool  # supports_inplace(tx)
 
 
+def _slope(pairs: list[tuple[torch.Tensor, torch.Tensor]], block: int = 1 << 16) -> float:
+    """``sum <x, g>`` over ``pairs`` in float64, a block of elements at a time (no float64
+    copy of a whole tensor)."""
+    total = 0.0
+    for x, g in pairs:
+        x, g = x.reshape(-1), g.reshape(-1)
+        for i in range(0, x.numel(), block):
+            total += float(torch.vdot(x[i:i + block].to(torch.complex128 if x.is_complex() else torch.float64),
+                                      g[i:i + block].to(torch.complex128 if g.is_complex() else torch.float64)).real)
+    return total
+
+
 class StateView(dict):
     """``opt.state`` of a :class:`Optimizer`: ``{param: {path: tensor}}`` holding the chain's
     live state tensors. A parameter without state reads as ``{}`` (torch's ``defaultdict``);
@@ -85,15 +97,6 @@ class StateView(dict):
     def clear(self) -> None:
         super().clear()
         self._optimizer._forget_state()
-
-
-def _real_flat(t: torch.Tensor) -> torch.Tensor:
-    """``t`` as one float64 vector of real numbers: a complex tensor as its (re, im) pairs, so that
-    the dot product of two is the real inner product ``Re <a, b>`` (the slope along a complex step)."""
-    t = t.reshape(-1)
-    if t.is_complex():
-        t = torch.view_as_real(t.resolve_conj()).reshape(-1)
-    return t.double()
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -554,7 +557,7 @@ class Optimizer(torch.optim.Optimizer):
         if self._betas:
             self._sync_betas()
         with _distributed.chain_params(self, "step"):  # plain tensors for DTensor parameters
-            before = self._descent_snapshot() if self._check_descent else None
+            before = self._descent_snapshot(closure is not None) if self._check_descent else None
             try:
                 if self._split is not None:
                     self._step_one_chain(closure, loss)
@@ -665,15 +668,24 @@ class Optimizer(torch.optim.Optimizer):
                     "which drives it. Give the chain a float lr to drive it from param_groups, or drop one of "
                     "the two schedules.")
 
-    def _descent_snapshot(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-        """Before the first step: each stepped parameter's value (its gradient is read after)."""
+    def _descent_snapshot(self, clone: bool) -> tuple[list, float | None]:
+        """Before the first step: the stepped parameters and the sum of ``<p, grad>`` over
+        them, the step's slope along the gradient being that sum after the step minus it (no
+        copy of the parameters: the check costs a block of memory). With a closure, which may
+        write new gradients during the step, copies of the parameters instead."""
         self._check_descent = False  # once per optimizer
-        return [(p, p.detach().clone()) for group in self.param_groups for p in group["params"] if p.grad is not None]
+        params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if clone:
+            return [(p, p.detach().clone()) for p in params], None
+        return params, _slope([(p.detach(), p.grad) for p in params])
 
-    def _warn_if_uphill(self, before: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def _warn_if_uphill(self, before: tuple[list, float | None]) -> None:
         """Warn when the first step moved the parameters along the gradient (uphill)."""
-        slope = sum(float(torch.dot(_real_flat(p.detach() - old), _real_flat(p.grad)))
-                    for p, old in before if p.grad is not None)
+        params, start = before
+        if start is None:
+            slope = sum(_slope([(p.detach() - old, p.grad)]) for p, old in params if p.grad is not None)
+        else:
+            slope = _slope([(p.detach(), p.grad) for p in params if p.grad is not None]) - start
         if slope > 0:
             warnings.warn(
                 "the first step moved the parameters uphill (its update points along the gradient): updates are "
