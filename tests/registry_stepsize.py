@@ -7,6 +7,14 @@ from registry import Entry
 import gradtx as gx
 
 VALUE = frozenset({"value"})
+ARMIJO = frozenset({"value", "grad", "value_fn"})
+# As the line searches' entries (registry_search_ls.py): the accepted step t is read as a number from
+# trial points rounded in each leaf's dtype (so f_min reaches t d only through d, as lr does in
+# registry_search_ls's SEARCHED_WITH_LR), and the registry's value_fn takes complex params' real views.
+SEARCHED = {"mixed": "the accepted step depends on trial points rounded in each leaf's dtype, so a low-precision "
+                     "leaf changes every leaf's update (a global coupling beyond round-off)",
+            "numbers_only": ("scale_by_backtracking", "polyak_linesearch"),
+            "complex": "the registry's value_fn takes real views, the line search calls it on the complex params"}
 
 ENTRIES = [
     Entry("scale_by_polyak", lambda: gx.chain(gx.scale_by_polyak(max_learning_rate=0.5), gx.scale_by_lr(1.0)),
@@ -23,6 +31,8 @@ ENTRIES = [
           "optax.contrib.scale_by_muon; torch.optim.Muon"),
     Entry("polyak_sgd", lambda: gx.polyak_sgd(max_learning_rate=0.5), "optax.polyak_sgd", kind="alias",
           needs=VALUE),
+    Entry("polyak_linesearch", lambda: gx.polyak_linesearch(), "torchzero PolyakStepSize + Backtracking",
+          kind="alias", needs=ARMIJO, skip=SEARCHED),
     Entry("optimistic_gradient_descent", lambda: gx.optimistic_gradient_descent(0.03),
           "optax.optimistic_gradient_descent", kind="alias"),
     Entry("dog", lambda: gx.dog(init_step=("heuristic", 1e-3)), "optax.contrib.dog", kind="alias"),

@@ -54,6 +54,7 @@ INF_ALLOWED = {
     ("adaptive_grad_clip", "clipping"), ("adafactor", "clipping_threshold"),
     ("scale_by_rprop", "max_step_size"), ("rprop", "max_step_size"),
     ("scale_by_polyak", "max_learning_rate"), ("polyak_sgd", "max_learning_rate"),
+    ("polyak_linesearch", "max_learning_rate"),
     ("scale_by_asgd", "t0"), ("asgd", "t0"),  # t0 = inf: never start averaging
     # no largest step; increase_factor = inf: start at max_learning_rate; curv_rtol = inf: no curvature condition
     ("scale_by_strong_wolfe", "max_step_size"), ("scale_by_backtracking_linesearch", "increase_factor"),

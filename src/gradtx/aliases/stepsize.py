@@ -1,18 +1,26 @@
-"""Optimizers with adaptive step sizes: Polyak SGD, optimistic gradient descent and Adam, DoG."""
+"""Optimizers with adaptive step sizes: Polyak SGD and Polyak with a line search, optimistic gradient descent
+and Adam, DoG."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from .._hparams import ScalarOrSchedule, check, is_schedule
 from ..base import GradientTransformation, identity, transform
 from ..combine import chain
+from ..search.line_search import scale_by_backtracking
 from ..transforms.adaptive import scale_by_adam
 from ..transforms.regularize import Mask, add_decayed_weights
-from ..transforms.scaling import scale_by_lr
+from ..transforms.scaling import scale, scale_by_lr
 from ..transforms.stepsize import scale_by_dog, scale_by_optimistic_gradient, scale_by_polyak
 
-__all__ = ["dog", "optimistic_adam", "optimistic_adam_v2", "optimistic_gradient_descent", "polyak_sgd"]
+__all__ = ["dog", "optimistic_adam", "optimistic_adam_v2", "optimistic_gradient_descent",
+           "polyak_linesearch", "polyak_sgd"]
+
+# Armijo backtracking from t = 1, i.e. from the Polyak step (pure, so one instance serves every call)
+_BACKTRACKING = scale_by_backtracking()
 
 
 @transform
@@ -31,6 +39,39 @@ def polyak_sgd(lr: ScalarOrSchedule = 1.0, max_learning_rate: float = 1.0, f_min
     then ``opt.step(closure)`` (the closure's loss is the ``value``).
     """
     return chain(scale_by_polyak(f_min, max_learning_rate, eps, variant), scale_by_lr(lr))
+
+
+@transform
+def polyak_linesearch(f_min: float = 0.0, max_learning_rate: float = math.inf, eps: float = 0.0,
+                      variant: str = "sps", linesearch: GradientTransformation = _BACKTRACKING
+                      ) -> GradientTransformation:
+    """Gradient descent whose line search starts from Polyak's step (torchzero's
+    ``PolyakStepSize`` followed by ``Backtracking``); ``update`` needs ``params``, ``value``
+    and the line search's evaluation arguments (``grad`` and ``value_fn`` for the default).
+
+    ``d <- -min((f - f_min) / (||g||^2 + eps), max_learning_rate) g`` (:func:`scale_by_polyak`),
+    then ``p <- p + t d`` with ``t`` from ``linesearch``, whose first trial ``t = 1`` is the
+    Polyak step itself: by default Armijo backtracking, ``t <- 0.5 t`` until
+    ``f(p + t d) <= f + 1e-4 t <g, d>`` (:func:`scale_by_backtracking`). Any line search
+    that scales the update reaching it fits, e.g. ``linesearch=gx.scale_by_strong_wolfe()``.
+    ``max_learning_rate`` defaults to no cap, as torchzero's ``max=None``: the search
+    shortens a too-long step. ``f_min`` must be at most the loss's minimum: once ``f < f_min``
+    the Polyak step points uphill (``variant="sps+"``: is 0) and the search stays at ``p``.
+
+    ``chain(scale_by_polyak(f_min, max_learning_rate, eps, variant), scale(-1.0), linesearch)``.
+
+    Example::
+
+        tx = gx.polyak_linesearch(f_min=0.0)
+        updates, state = tx.update(grads, state, params, value=loss, grad=grads, value_fn=loss_fn)
+
+    or ``opt = gx.Optimizer(model.parameters(), gx.polyak_linesearch())`` and
+    ``opt.step(closure)``.
+    """
+    if not isinstance(linesearch, GradientTransformation):
+        raise TypeError(f"linesearch must be a GradientTransformation (e.g. gx.scale_by_backtracking()), "
+                        f"got {type(linesearch).__name__}")
+    return chain(scale_by_polyak(f_min, max_learning_rate, eps, variant), scale(-1.0), linesearch)
 
 
 @transform
