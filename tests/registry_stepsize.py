@@ -36,8 +36,9 @@ ENTRIES = [
     Entry("optimistic_gradient_descent", lambda: gx.optimistic_gradient_descent(0.03),
           "optax.optimistic_gradient_descent", kind="alias"),
     Entry("dog", lambda: gx.dog(init_step=("heuristic", 1e-3)), "optax.contrib.dog", kind="alias"),
-    Entry("muon", lambda: gx.muon(0.02, weight_decay=1e-4, adam_weight_decay=1e-3), "optax.contrib.muon; "
-          "torch.optim.Muon", kind="alias"),
+    # the options' code paths (the defaults are checked against torch and optax in their tests)
+    Entry("muon", lambda: gx.muon(0.02, weight_decay=1e-4, adam_weight_decay=1e-3, adam_lr=0.01, conv="matrix"),
+          "optax.contrib.muon; torch.optim.Muon", kind="alias"),
 ]
 
 NOT_TRANSFORMS = {"orthogonalize_via_newton_schulz"}

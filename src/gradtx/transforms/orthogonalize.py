@@ -134,7 +134,7 @@ def scale_by_muon(ns_coeffs: NsCoeffs = MUON_NS_COEFFS, ns_steps: int = 5, beta:
     dimensions; leaves with fewer pass through unchanged (the ``muon`` alias sends them, and
     every leaf that is not 2-D, to Adam, as optax.contrib.muon does by default). A conv weight
     ``(out, in, kh, kw)`` would thus be taken as ``out * in`` matrices of ``kh x kw``: to treat
-    it as one ``out x (in kh kw)`` matrix, reshape its gradient first.
+    it as one ``out x (in kh kw)`` matrix, reshape its gradient first (``muon(conv="matrix")``).
 
     ``torch.optim.Muon`` is ``chain(scale_by_muon(beta=momentum, eps=1e-7, bias_correction=False,
     ns_dtype=torch.bfloat16), add_decayed_weights(weight_decay), scale_by_lr(lr))`` with
