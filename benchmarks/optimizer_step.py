@@ -37,6 +37,7 @@ import torch
 import gradtx as gx
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import _memory  # noqa: E402 - beside this script
 from _algorithms import CATALOGUE, summary  # noqa: E402 - the catalogue table, beside this script
 
 LR = 1e-3
@@ -332,13 +333,7 @@ def time_variants(variants: dict[str, Callable], set_name: str, rounds: int, ste
 
 def peak_memory(algo: str, variant: str, set_name: str) -> float:
     """Extra peak RSS (MiB) of a few steps of one optimizer, in a fresh process."""
-    cmd = [sys.executable, __file__, "--memory-one", algo, variant, set_name]
-    # A fixed mmap threshold: glibc otherwise raises it as large blocks are freed (building
-    # the params frees some), after which big tensors come from the heap and the RSS peak
-    # depends on that history (run to run, two optimizers swapped places by 30 MiB).
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+    return _memory.peak_mib(__file__, ["--memory-one", algo, variant, set_name])
 
 
 def memory_reference(mems: dict[str, float]) -> float | None:
@@ -367,34 +362,9 @@ def _compile_one(algo: str, variant: str, set_name: str, threads: int) -> None:
     print(json.dumps({"seconds": time.perf_counter() - t0}))
 
 
-def _status_kib(field: str) -> int:
-    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def _memory_one(algo: str, variant: str, set_name: str) -> None:
-    torch.set_num_threads(2)
     factory = algorithms(with_compile="compiled" in variant)[algo][1][variant]
-    # A first optimizer of the same kind on one small tensor, so that what any first use
-    # costs once per process (lazy imports: ~70 MiB for torch.optim's first optimizer) is
-    # not counted as this optimizer's memory.
-    warm = [torch.nn.Parameter(torch.zeros(8))]
-    warm[0].grad = torch.zeros(8)
-    warm_opt = factory(warm)
-    for _ in range(2):
-        warm_opt.step()
-    del warm_opt, warm
-    params = make_params(set_name)
-    # Reset the high-water mark (Linux: 5 into clear_refs): building the params made
-    # temporaries as large as them, which would otherwise hide the optimizer's own peak.
-    pathlib.Path("/proc/self/clear_refs").write_text("5")
-    before = _status_kib("VmRSS")
-    opt = factory(params)
-    for _ in range(3):
-        opt.step()
-    print(json.dumps({"peak_mib": (_status_kib("VmHWM") - before) / 1024}))
+    _memory.measure(factory, lambda: make_params(set_name))
 
 
 def memory_table(algo_names: list[str], sets: list[str]) -> None:

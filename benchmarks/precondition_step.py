@@ -1,18 +1,23 @@
-"""Step time of the matrix preconditioners: gradtx's SOAP, Shampoo, PSGD Kron and PSGD's
-dense and low-rank forms under ``gx.Optimizer`` against the torch implementations installed
-beside it, in one process.
+"""Step time and peak memory of the matrix preconditioners: gradtx's SOAP, Shampoo, PSGD Kron
+and PSGD's dense and low-rank forms under ``gx.Optimizer`` against the torch implementations
+installed beside it.
 
 Usage::
 
     PYTHONPATH=src python benchmarks/precondition_step.py            # resnet-like set, 30 steps
     PYTHONPATH=src python benchmarks/precondition_step.py --steps 12 --set small
     PYTHONPATH=src python benchmarks/precondition_step.py --set tiny  # an MLP: PSGD dense runs too
+    PYTHONPATH=src python benchmarks/precondition_step.py --memory-only  # peak memory only
 
 Each optimizer runs ``--steps`` steps on the same parameters and gradients (a refresh of the
 eigenbases / roots every 10 steps is included, so the median covers both kinds of step); the
-variants of one algorithm are timed in turn, round after round, and the median step time is
-reported with its ratio to each reference. One run, no memory figures (the CPU peak of a
-preconditioner is its factors, the same for every implementation). References missing from
+variants of one algorithm are timed in turn, round after round, in one process, and the median
+step time is reported with its ratio to each reference. One run. Peak memory is measured per
+optimizer in a fresh process (``_memory.py``, as in ``optimizer_step.py``): the extra peak RSS
+over ``MEMORY_STEPS`` steps (the first step, which builds the factors, and the first refresh),
+after a first optimizer of the same kind on small tensors has paid for lazy imports; it is not
+the same for every implementation, since the temporaries of a refresh (eigendecompositions,
+matrix roots, QR) and what each keeps besides the factors differ. References missing from
 the environment are skipped. heavyball is left out: its SOAP and PSGDKron compile parts of
 their step with inductor even with ``compile_step=False``, which took minutes per optimizer on
 the CPU here (and failed for PSGDKron), so a step time of it measures the compiler; on a GPU
@@ -22,11 +27,13 @@ up to ``LRA_MAX``; the low-rank reference is torchzero's ``PSGDLRAWhiten`` (Xi-L
 Li's dense class is Newton-only (Hessian-vector products from a closure), so the dense
 whitening form has no reference here.
 """
-
 from __future__ import annotations
 
 import argparse
+import pathlib
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -34,10 +41,14 @@ import torch
 
 import gradtx as gx
 
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import _memory  # noqa: E402 - the peak-memory helper, beside this script
+
 FREQ = 10
 DENSE_MAX, LRA_MAX = 5_000, 2_000_000
 # algorithms over all parameters at once: the largest parameter count they are run at
 SIZE_LIMITS = {"psgd_dense": DENSE_MAX, "psgd_lra": LRA_MAX}
+MEMORY_STEPS = FREQ + 1  # the first step and the first refresh
 
 
 def shapes(name: str) -> list[tuple[int, ...]]:
@@ -117,13 +128,47 @@ def run(set_name: str, steps: int) -> None:
             print(f"{algo:10s} {label:18s} {t * 1e3:9.2f} ms/step   {ratios}")
 
 
+def _memory_one(algo: str, label: str, set_name: str) -> None:
+    _memory.measure(variants()[algo][label], lambda: make(set_name), steps=MEMORY_STEPS,
+                    warm_shapes=[(4, 4, 3, 3), (8, 8), (8,)], warm_steps=MEMORY_STEPS)
+
+
+def memory_table(set_name: str) -> None:
+    """Peak memory of every implementation (a fresh process each), and its ratio to the others'."""
+    count = sum(int(torch.Size(s).numel()) for s in shapes(set_name))
+    print(f"## peak MiB over {MEMORY_STEPS} steps, set {set_name}")
+    for algo, impls in variants().items():
+        if count > SIZE_LIMITS.get(algo, count):
+            continue
+        mems = {}
+        for label in impls:
+            try:
+                mems[label] = _memory.peak_mib(__file__, ["--memory-one", algo, label, set_name])
+            except subprocess.CalledProcessError as error:
+                last = (error.stderr or "").strip().splitlines()[-1:] or ["?"]
+                print(f"{algo:10s} {label:18s} skipped: {last[0]}")
+        for label, m in mems.items():
+            ratios = ", ".join(f"{m / mems[other]:.2f}x {other}" for other in mems
+                               if other != label and mems[other] > 0)  # a tiny set can round to 0 MiB
+            print(f"{algo:10s} {label:18s} {m:9.1f} MiB   {ratios}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", default="resnet", choices=["resnet", "small", "tiny"])
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    parser.add_argument("--memory-only", action="store_true", help="peak memory only (no step times)")
+    parser.add_argument("--memory-one", nargs=3, metavar=("ALGO", "VARIANT", "SET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_one:
+        _memory_one(*args.memory_one)
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, set {args.set}, {args.steps} steps")
-    run(args.set, args.steps)
+    if not args.memory_only:
+        run(args.set, args.steps)
+    if not args.no_memory:
+        memory_table(args.set)
 
 
 if __name__ == "__main__":
