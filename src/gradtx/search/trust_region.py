@@ -8,9 +8,10 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .._hparams import check, check_order
+from .._hparams import check
 from ..base import EmptyState, GradientTransformation, transform
 from ..transforms._common import first_device, leaves, leaves_like, need_params, refuse_complex, unflatten
+from ._radius import accepted, check_radius_args, next_radius, ratio
 from ._vector import concat, safe_div, split, wide
 
 __all__ = ["BFGSHessianState", "HessianApproximation", "TrustRegionState", "bfgs_hessian", "scale_by_trust_region"]
@@ -246,15 +247,7 @@ def scale_by_trust_region(subproblem: str = "dogleg", hessian: HessianApproximat
     if hessian is not None and not isinstance(hessian, HessianApproximation):
         raise ValueError(f"hessian must be a gx.HessianApproximation (e.g. gx.bfgs_hessian()) or None, "
                          f"got {type(hessian).__name__}")
-    check("init_radius", init_radius, low=0.0, low_open=True)
-    check("max_radius", max_radius, low=0.0, low_open=True)
-    check_order("init_radius", init_radius, "max_radius", max_radius)
-    check("eta", eta, low=0.0, high=1.0, high_open=True)
-    check("shrink_below", shrink_below, low=0.0, high=1.0, low_open=True, high_open=True)
-    check("expand_above", expand_above, low=0.0, high=1.0, low_open=True, high_open=True)
-    check_order("shrink_below", shrink_below, "expand_above", expand_above)
-    check("shrink_factor", shrink_factor, low=0.0, high=1.0, low_open=True, high_open=True)
-    check("expand_factor", expand_factor, low=1.0)
+    check_radius_args(init_radius, max_radius, eta, shrink_below, expand_above, shrink_factor, expand_factor)
     model = hessian if hessian is not None or subproblem == "cauchy" else bfgs_hessian()
     solve = _SOLVERS[subproblem]
 
@@ -297,14 +290,11 @@ def scale_by_trust_region(subproblem: str = "dogleg", hessian: HessianApproximat
         f0 = torch.as_tensor(f0).detach().reshape(()).to(dtype=dtype, device=device)
         trial = [p + piece for p, piece in zip(ps, split(step, ps))]
         f1 = torch.as_tensor(value_fn(unflatten(treedef, trial))).detach().reshape(()).to(dtype=dtype, device=device)
-        informative = predicted > 0
-        rho, _ = safe_div(f0 - f1, torch.where(informative, predicted, torch.ones_like(predicted)))
-        rho = torch.where(torch.isfinite(f1), rho, torch.full_like(rho, -torch.inf))
-        rho = torch.where(informative, rho, torch.ones_like(rho))  # nothing to learn: keep the radius
-        expanded = torch.minimum(expand_factor * radius, torch.as_tensor(max_radius, dtype=dtype).to(device))
-        new_radius = torch.where(rho < shrink_below, shrink_factor * radius,
-                                 torch.where((rho > expand_above) & on_boundary & informative, expanded, radius))
-        accept = informative & (rho > eta)
+        rho, informative = ratio(f0, f1, predicted)
+        new_radius = next_radius(radius, rho, on_boundary & informative, max_radius=max_radius,
+                                 shrink_below=shrink_below, expand_above=expand_above, shrink_factor=shrink_factor,
+                                 expand_factor=expand_factor)
+        accept = accepted(rho, informative, eta)
         out = torch.where(accept, step, torch.zeros_like(step))
         new_state = TrustRegionState(new_radius, state.count + 1, x, g.clone(), model_state)
         return unflatten(treedef, split(out, gs)), new_state

@@ -7,8 +7,9 @@ from typing import NamedTuple
 
 import torch
 
-from .._hparams import check, check_int, check_order
+from .._hparams import check, check_int
 from ..base import GradientTransformation, transform
+from ..search._radius import accepted, check_radius_args, next_radius, ratio
 from ..search._vector import wide
 from ..transforms._common import first_device, leaves
 from ._curvature import Flat, boundary_tau, check_hvp_method
@@ -173,15 +174,7 @@ def scale_by_newton_cg_trust_region(init_radius: float = 1.0, max_radius: float 
         extra = gx.evaluation_args(loss_fn, params)
         updates, state = tx.update(extra["grad"], state, params, **extra)
     """
-    check("init_radius", init_radius, low=0.0, low_open=True)
-    check("max_radius", max_radius, low=0.0, low_open=True)
-    check_order("init_radius", init_radius, "max_radius", max_radius)
-    check("eta", eta, low=0.0, high=1.0, high_open=True)
-    check("shrink_below", shrink_below, low=0.0, high=1.0, low_open=True, high_open=True)
-    check("expand_above", expand_above, low=0.0, high=1.0, low_open=True, high_open=True)
-    check_order("shrink_below", shrink_below, "expand_above", expand_above)
-    check("shrink_factor", shrink_factor, low=0.0, high=1.0, low_open=True, high_open=True)
-    check("expand_factor", expand_factor, low=1.0)
+    check_radius_args(init_radius, max_radius, eta, shrink_below, expand_above, shrink_factor, expand_factor)
     _check_cg(max_iters, tol)
     check_hvp_method(hvp_method, h)
 
@@ -204,21 +197,13 @@ def scale_by_newton_cg_trust_region(init_radius: float = 1.0, max_radius: float 
         f0 = value_fn(flat.params) if value is None else value
         f0 = torch.as_tensor(f0).detach().reshape(()).to(dtype=dtype, device=device)
         f1 = torch.as_tensor(value_fn(flat.at(step))).detach().reshape(()).to(dtype=dtype, device=device)
-        informative = bool(predicted > 0)
-        rho = (f0 - f1) / predicted if informative else torch.ones((), dtype=dtype, device=device)
-        if informative and float(predicted) <= _ROUNDOFF * torch.finfo(dtype).eps * max(abs(float(f0)), 1.0):
-            # the decrease is below the loss's round-off: f0 - f1 is noise, the model is all we know
-            rho = torch.ones((), dtype=dtype, device=device)
-        if not bool(torch.isfinite(f1)):
-            rho = torch.full((), -torch.inf, dtype=dtype, device=device)
-        if float(rho) < float(shrink_below):
-            new_radius = float(shrink_factor) * radius
-        elif float(rho) > float(expand_above) and on_boundary and informative:
-            new_radius = torch.clamp(float(expand_factor) * radius, max=float(max_radius))
-        else:
-            new_radius = radius
-        accept = informative and float(rho) > float(eta)
-        out = step if accept else torch.zeros_like(step)
+        # a decrease below the loss's round-off is not measured by f0 - f1: the model is all we know
+        rho, informative = ratio(f0, f1, predicted.detach(), roundoff=_ROUNDOFF)
+        boundary = informative & torch.tensor(on_boundary, device=device)
+        new_radius = next_radius(radius, rho, boundary, max_radius=float(max_radius),
+                                 shrink_below=float(shrink_below), expand_above=float(expand_above),
+                                 shrink_factor=float(shrink_factor), expand_factor=float(expand_factor))
+        out = step if bool(accepted(rho, informative, float(eta))) else torch.zeros_like(step)
         new_state = NewtonCGTrustRegionState(new_radius.to(state.radius.dtype).reshape(()).clone(),
                                              torch.tensor(iterations, dtype=torch.int32))
         return flat.tree(out), new_state
