@@ -23,5 +23,5 @@ ENTRIES = [
           "Nocedal & Wright Alg. 4.1; scipy.optimize.minimize(method='dogleg')", needs=VALUE_FN),
 ]
 
-# HessianApproximation's constructor: a model for scale_by_trust_region, not a transform
-NOT_TRANSFORMS = {"bfgs_hessian"}
+# HessianApproximation constructors: models for scale_by_trust_region, not transforms
+NOT_TRANSFORMS = {"bfgs_hessian", "quasi_newton_hessian"}

@@ -322,12 +322,80 @@ def _damped(y: torch.Tensor, s: torch.Tensor, M: torch.Tensor, inverse: bool) ->
     return theta * y + (1 - theta) * Bs
 
 
-def quasi_newton(name: str, rule: Rule, *, inverse: bool, init_scale: Any = "auto", eps: Any = 1e-32,
-                 reset_interval: int | str | None = None, damping: bool = False,
-                 **hyperparams: Any) -> GradientTransformation:
-    """The shared machinery: ``rule(M, s, y, g_prev, eps, **hyperparams) -> (new M, ok)`` on
-    the flattened params and updates (see the module's docstring for what it adds)."""
+class Extra(NamedTuple):
+    """A method's own tensor beside the matrix (Thomas's ``R``, the projected Newton-Raphson
+    estimate ``R``): ``init(n, dtype, device)``, and ``reset(H_0, extra) -> (matrix, extra)`` on
+    a reset (``keep_scale``: a reset keeps the automatic scale already set)."""
+
+    init: Callable[[int, torch.dtype, Any], torch.Tensor]
+    reset: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    keep_scale: bool = False
+
+
+def advance(M: torch.Tensor, scaled: torch.Tensor, count: torch.Tensor, s: torch.Tensor, y: torch.Tensor,
+            g_prev: torch.Tensor, g: torch.Tensor, rule: Rule, *, inverse: bool, init_scale: Any = "auto",
+            eps: Any = 1e-32, reset_interval: int | str | None = None, damping: bool = False,
+            extra: torch.Tensor | None = None, extra_rule: Extra | None = None,
+            **hyperparams: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One call's change of the matrix: ``(new M, new scaled, new extra)`` from the pair
+    ``(s, y)`` of the ``count + 1``-th call (the rules of the module's docstring: reset,
+    automatic initial scale, damping, the method's ``rule`` and its skips; a skipped pair
+    changes nothing, ``extra`` included). Shared by the transforms and the trust region's
+    quasi-Newton models (:func:`gradtx.quasi_newton_hessian`)."""
+    n = M.shape[0]
     auto = isinstance(init_scale, str)
+    valid = (count > 0) & (s != 0).any() & (y != 0).any()
+    if reset_interval is not None:
+        every = n + 1 if reset_interval == "auto" else reset_interval
+        reset = valid & ((count + 1) % every == 0)
+        initial = _initial(n, M.dtype, M.device, inverse, init_scale)
+        if extra_rule is not None:
+            initial, reset_extra = extra_rule.reset(initial, extra)
+            extra = torch.where(reset, reset_extra, extra)
+        M = torch.where(reset, initial, M)
+        if extra_rule is None or not extra_rule.keep_scale:
+            scaled = torch.where(reset, torch.tensor(not auto, device=scaled.device), scaled)
+    else:
+        reset = torch.zeros_like(valid)
+    if auto:
+        sy, yy = s @ y, y @ y
+        first = valid & ~scaled & (sy > _tiny(sy)) & (yy > _tiny(yy))
+        factor = (sy / _safe(yy, first)) if inverse else (yy / _safe(sy, first))
+        M = torch.where(first, M * factor, M)
+        scaled = scaled | first
+    if damping:
+        y = _damped(y, s, M, inverse)
+    if extra_rule is None:
+        new, ok = rule(M, s, y, g_prev, eps, g=g, **hyperparams)
+    else:
+        new, ok, new_extra = rule(M, s, y, g_prev, eps, g=g, extra=extra, **hyperparams)
+    ok = ok & valid & ~reset & torch.isfinite(new).all()
+    if extra_rule is not None:
+        extra = torch.where(ok & torch.isfinite(new_extra).all(), new_extra, extra)
+        ok = ok & torch.isfinite(new_extra).all()
+    return torch.where(ok, new, M), scaled, extra
+
+
+class QuasiNewtonExtraState(NamedTuple):
+    count: torch.Tensor  # int32 0-dim: calls so far
+    scaled: torch.Tensor  # bool 0-dim: the initial scale is set
+    matrix: torch.Tensor  # (n, n): H
+    extra: torch.Tensor  # the method's own tensor ((n, n) R, or (0,) when it keeps none)
+    prev_params: torch.Tensor  # (n,): x_{k-1}
+    prev_update: torch.Tensor  # (n,): g_{k-1}
+    prev_value: torch.Tensor  # 0-dim: f_{k-1} (0 for a method that reads no loss)
+
+
+def quasi_newton(name: str, rule: Rule, *, inverse: bool, init_scale: Any = "auto", eps: Any = 1e-32,
+                 reset_interval: int | str | None = None, damping: bool = False, extra_rule: Extra | None = None,
+                 needs_value: bool = False, **hyperparams: Any) -> GradientTransformation:
+    """The shared machinery: ``rule(M, s, y, g_prev, eps, **hyperparams) -> (new M, ok)`` on
+    the flattened params and updates (see the module's docstring for what it adds). With
+    ``extra_rule`` the rule also takes and returns the method's own tensor (``extra=``), and
+    with ``needs_value`` it reads ``f=value, f_prev=`` the previous call's loss; both keep a
+    :class:`QuasiNewtonExtraState`."""
+    auto = isinstance(init_scale, str)
+    extended = extra_rule is not None or needs_value
 
     def init(params):
         ps, _ = tensor_leaves(params)
@@ -335,46 +403,46 @@ def quasi_newton(name: str, rule: Rule, *, inverse: bool, init_scale: Any = "aut
         device = ps[0].device if ps else None
         n = sum(p.numel() * (2 if p.is_complex() else 1) for p in ps)
         zeros = torch.zeros(n, dtype=dtype, device=device)
-        return QuasiNewtonState(count=torch.zeros((), dtype=torch.int32, device=device),
-                                scaled=torch.tensor(not auto, device=device),
-                                matrix=_initial(n, dtype, device, inverse, init_scale),
-                                prev_params=zeros, prev_update=zeros.clone())
+        common = dict(count=torch.zeros((), dtype=torch.int32, device=device),
+                      scaled=torch.tensor(not auto, device=device),
+                      matrix=_initial(n, dtype, device, inverse, init_scale))
+        if not extended:
+            return QuasiNewtonState(**common, prev_params=zeros, prev_update=zeros.clone())
+        extra = (torch.zeros(0, dtype=dtype, device=device) if extra_rule is None
+                 else extra_rule.init(n, dtype, device))
+        return QuasiNewtonExtraState(**common, extra=extra, prev_params=zeros, prev_update=zeros.clone(),
+                                     prev_value=torch.zeros((), dtype=dtype, device=device))
 
-    def update(updates, state, params=None, **extra_args):
+    def update(updates, state, params=None, *, value=None, **extra_args):
         del extra_args
         n = state.prev_params.numel()
         us, treedef, g, x = vector_inputs(name, updates, params, n)
         dtype = state.matrix.dtype
         g, x = g.to(dtype), x.to(dtype)
-        M = state.matrix
-        count = state.count + 1
-        s, y = x - state.prev_params, g - state.prev_update
-        valid = (state.count > 0) & (s != 0).any() & (y != 0).any()
-        scaled = state.scaled
-        if reset_interval is not None:
-            every = n + 1 if reset_interval == "auto" else reset_interval
-            reset = valid & (count % every == 0)
-            M = torch.where(reset, _initial(n, dtype, M.device, inverse, init_scale), M)
-            scaled = torch.where(reset, torch.tensor(not auto, device=scaled.device), scaled)
-        else:
-            reset = torch.zeros_like(valid)
-        if auto:
-            sy, yy = s @ y, y @ y
-            first = valid & ~scaled & (sy > _tiny(sy)) & (yy > _tiny(yy))
-            factor = (sy / _safe(yy, first)) if inverse else (yy / _safe(sy, first))
-            M = torch.where(first, M * factor, M)
-            scaled = scaled | first
-        if damping:
-            y = _damped(y, s, M, inverse)
-        new, ok = rule(M, s, y, state.prev_update, eps, g=g, **hyperparams)
-        ok = ok & valid & ~reset & torch.isfinite(new).all()
-        M = torch.where(ok, new, M)
+        more = dict(hyperparams)
+        if needs_value:
+            if value is None:
+                raise ValueError(f"{name} needs value (the loss at params): call update(updates, state, params, "
+                                 "value=loss), or gx.Optimizer.step(closure)")
+            value = torch.as_tensor(value).detach().reshape(()).to(dtype=dtype, device=state.prev_value.device)
+            more.update(f=value, f_prev=state.prev_value)
+        if extra_rule is not None:
+            more.update(extra=state.extra, extra_rule=extra_rule)
+        M, scaled, extra = advance(state.matrix, state.scaled, state.count, x - state.prev_params,
+                                   g - state.prev_update, state.prev_update, g, rule, inverse=inverse,
+                                   init_scale=init_scale, eps=eps, reset_interval=reset_interval, damping=damping,
+                                   **more)
         if inverse:
             out = M @ g
         else:
             solved, info = torch.linalg.solve_ex(M, g)
             out = torch.where((info == 0) & torch.isfinite(solved).all(), solved, g)
-        new_state = QuasiNewtonState(count=count, scaled=scaled, matrix=M, prev_params=x, prev_update=g)
+        common = dict(count=state.count + 1, scaled=scaled, matrix=M, prev_params=x, prev_update=g)
+        if not extended:
+            new_state = QuasiNewtonState(**common)
+        else:
+            new_state = QuasiNewtonExtraState(**common, extra=state.extra if extra is None else extra,
+                                              prev_value=value if needs_value else state.prev_value)
         return tree_unflatten(split(out, us), treedef), new_state
 
     return GradientTransformation(init, update)
@@ -624,3 +692,25 @@ for _fn in (scale_by_bfgs, scale_by_dfp, scale_by_sr1, scale_by_psb, scale_by_br
     if _fn.__doc__ and "{" in _fn.__doc__:
         _fn.__doc__ = _fn.__doc__.replace("{common}", _COMMON_ARGS).replace("{rank_one}", _RANK_ONE)
 del _fn
+
+
+# --- the update rules as models of the Hessian, for gradtx.quasi_newton_hessian -----------------
+# method -> (inverse rule or None, Hessian rule or None, default init_scale, default eps, Extra or None,
+#            checks of its own hyperparameters, their defaults). Shor's r-algorithm is left out: it
+# never reads s (no secant condition), so its H^{-1} is no model of the Hessian.
+
+MODELS: dict[str, tuple[Any, ...]] = {
+    "bfgs": (bfgs_inverse, bfgs_hessian, "auto", 1e-32, None, None, {}),
+    "dfp": (dfp_inverse, dfp_hessian, "auto", 1e-32, None, None, {}),
+    "sr1": (sr1_inverse, sr1_hessian, 1.0, 1e-8, None, None, {}),
+    "psb": (None, psb_hessian, "auto", 0.0, None, None, {}),
+    "broyden_good": (broyden_good_inverse, broyden_good_hessian, "auto", 1e-32, None, None, {}),
+    "broyden_bad": (broyden_bad_inverse, broyden_bad_hessian, "auto", 1e-32, None, None, {}),
+    "greenstadt1": (greenstadt1_inverse, None, "auto", 1e-32, None, None, {}),
+    "greenstadt2": (greenstadt2_inverse, None, "auto", 1e-32, None, None, {}),
+    "mccormick": (mccormick_inverse, None, "auto", 1e-32, None, None, {}),
+    "pearson": (pearson_inverse, None, "auto", 1e-32, None, None, {}),
+    "icum": (icum_inverse, None, "auto", 1e-32, None, None, {}),
+    "hoshino": (hoshino_inverse, None, "auto", 1e-32, None, None, {}),
+    "ssvm": (ssvm_inverse, None, "auto", 1e-32, None, _check_switch, {"switch": 3}),
+}

@@ -3,6 +3,7 @@ steps on a model of the loss, accepted or refused by the loss at the trial point
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -11,10 +12,12 @@ import torch
 from .._hparams import check
 from ..base import EmptyState, GradientTransformation, transform
 from ..transforms._common import first_device, leaves, leaves_like, need_params, refuse_complex, unflatten
+from . import quasi_newton as _qn
 from ._radius import accepted, check_radius_args, next_radius, ratio
 from ._vector import concat, safe_div, split, wide
 
-__all__ = ["BFGSHessianState", "HessianApproximation", "TrustRegionState", "bfgs_hessian", "scale_by_trust_region"]
+__all__ = ["BFGSHessianState", "HessianApproximation", "QuasiNewtonHessianState", "TrustRegionState", "bfgs_hessian",
+           "quasi_newton_hessian", "scale_by_trust_region"]
 
 
 class HessianApproximation(NamedTuple):
@@ -97,12 +100,102 @@ class _Rebuilt(HessianApproximation):
     # A model built by a public constructor: it prints and pickles as the call that built it
     # (pickling gx.Optimizer rebuilds the chain from its arguments; closures do not pickle).
     def __repr__(self) -> str:
-        fn, args, _ = self.__dict__["recipe"]
-        return f"{fn.__name__}({', '.join(repr(a) for a in args)})"
+        fn, args, kwargs = self.__dict__["recipe"]
+        shown = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+        return f"{fn.__name__}({', '.join(shown)})"
 
     def __reduce__(self):
-        fn, args, _ = self.__dict__["recipe"]
-        return fn, args
+        fn, args, kwargs = self.__dict__["recipe"]
+        return (functools.partial(fn, **kwargs) if kwargs else fn), args
+
+
+class QuasiNewtonHessianState(NamedTuple):
+    count: torch.Tensor  # int32 0-dim: pairs offered (refused steps included)
+    scaled: torch.Tensor  # bool 0-dim: the initial scale is set
+    matrix: torch.Tensor  # (n, n): B (Hessian form) or H (inverse form)
+    grad: torch.Tensor  # (n,): g_{k-1}, the sum of the y's offered
+    extra: torch.Tensor  # the method's own tensor ((0,) for most)
+
+
+def quasi_newton_hessian(method: str = "sr1", inverse: bool | None = None, init_scale: float | str | None = None,
+                         eps: float | None = None, **hyperparams: Any) -> HessianApproximation:
+    """A quasi-Newton update of :mod:`gradtx.search.quasi_newton` as the model ``B`` of
+    :func:`scale_by_trust_region`: the same update rule, initial scale and skips as the
+    transform ``gx.scale_by_<method>`` (its docstring gives the rule), applied to the
+    trust region's pairs ``(s, y)`` (a refused step offers ``s = 0``: skipped).
+
+    ``method``: ``"bfgs"``, ``"dfp"``, ``"sr1"``, ``"psb"``, ``"broyden_good"``,
+    ``"broyden_bad"``, ``"greenstadt1"``, ``"greenstadt2"``, ``"mccormick"``, ``"pearson"``,
+    ``"icum"``, ``"hoshino"``, ``"ssvm"`` (``switch=``) or any other key of
+    ``gradtx.search.quasi_newton.MODELS`` (Shor's r-algorithm is not one: it has no secant
+    condition). ``inverse=None`` (default) keeps ``B``
+    itself where the method has a Hessian form (BFGS, DFP, SR1, PSB, Broyden) and its
+    inverse ``H`` otherwise; ``init_scale`` and ``eps`` default to the transform's. The
+    model's matrix is the symmetric part ``(B + B^T) / 2`` (all a quadratic model sees; the
+    rank-one class keeps no symmetric matrix), with ``B = H^{-1}`` in the inverse form
+    (``O(n^3)`` per step; ``B = I`` while ``H`` is singular). ``g_k`` (SSVM's and
+    Greenstadt's rules read it) is the sum of the ``y``'s offered.
+
+    SR1, PSB and the rank-one class may give an indefinite ``B``: ``"levenberg_marquardt"``
+    solves the subproblem for any symmetric ``B`` (Moré 1978), while ``"dogleg"``, defined
+    for a positive definite ``B`` only, takes the Cauchy point (N&W Alg. 4.2) there. This is
+    torchzero's ``TrustRegion(hess_module=tz.m.SR1(inverse=False))`` design with N&W's
+    subproblems and radius rule. Memory: ``n^2`` (twice for Thomas's method).
+
+    Example: ``gx.scale_by_trust_region("levenberg_marquardt", hessian=gx.quasi_newton_hessian("sr1"))``.
+    """
+    given = {k: v for k, v in (("inverse", inverse), ("init_scale", init_scale), ("eps", eps)) if v is not None}
+    if method not in _qn.MODELS:
+        raise ValueError(f"method must be one of {tuple(_qn.MODELS)}, got {method!r}")
+    inverse_rule, hessian_rule, default_scale, default_eps, extra_rule, check_own, own = _qn.MODELS[method]
+    if inverse is None:
+        inverse = hessian_rule is None
+    if not isinstance(inverse, bool):
+        raise ValueError(f"inverse must be True, False or None, got {inverse!r}")
+    rule = inverse_rule if inverse else hessian_rule
+    if rule is None:
+        raise ValueError(f"inverse={inverse}: the method {method!r} has no {'inverse' if inverse else 'Hessian'} form")
+    unknown = set(hyperparams) - set(own)
+    if unknown:
+        raise ValueError(f"{method!r} takes no argument {sorted(unknown)} (its own: {sorted(own) or 'none'})")
+    for value in hyperparams.values():
+        check_own(value)
+    settings = {**own, **hyperparams}
+    scale = default_scale if init_scale is None else init_scale
+    tol = default_eps if eps is None else eps
+    _qn._check_common(tol, scale, None)
+    auto = isinstance(scale, str)
+
+    def init(x0):
+        n = x0.numel()
+        return QuasiNewtonHessianState(
+            count=torch.zeros((), dtype=torch.int32), scaled=torch.tensor(not auto),
+            matrix=_qn._initial(n, x0.dtype, x0.device, inverse, scale), grad=torch.zeros_like(x0),
+            extra=(torch.zeros(0, dtype=x0.dtype, device=x0.device) if extra_rule is None
+                   else extra_rule.init(n, x0.dtype, x0.device)))
+
+    def update(state, s, y):
+        g = state.grad + y
+        more = dict(settings)
+        if extra_rule is not None:
+            more.update(extra=state.extra, extra_rule=extra_rule)
+        m, scaled, extra = _qn.advance(state.matrix, state.scaled.to(s.device), state.count.to(s.device), s, y,
+                                       state.grad, g, rule, inverse=inverse, init_scale=scale, eps=tol, **more)
+        return QuasiNewtonHessianState(state.count + 1, scaled.to(state.scaled.device), m, g,
+                                       state.extra if extra is None else extra)
+
+    out = _Rebuilt(init, update, functools.partial(_model_matrix, inverse))
+    out.__dict__["recipe"] = (quasi_newton_hessian, (method,), {**given, **hyperparams})
+    return out
+
+
+def _model_matrix(inverse: bool, state: QuasiNewtonHessianState) -> torch.Tensor:
+    m = state.matrix
+    if inverse:
+        b, info = torch.linalg.inv_ex(m)
+        fine = (info == 0) & torch.isfinite(b).all()
+        m = torch.where(fine, b, torch.eye(m.shape[0], dtype=m.dtype, device=m.device))
+    return 0.5 * (m + m.T)
 
 
 class TrustRegionState(NamedTuple):
@@ -112,6 +205,9 @@ class TrustRegionState(NamedTuple):
     prev_grad: torch.Tensor  # flat g_{k-1}
     model: Any  # the HessianApproximation's state (EmptyState for the linear model)
 
+
+# a predicted decrease below this many ulps of the loss is not measured by f(x) - f(x + p)
+_ROUNDOFF = 100.0
 
 _SUBPROBLEMS = ("cauchy", "dogleg", "levenberg_marquardt")
 
@@ -220,10 +316,15 @@ def scale_by_trust_region(subproblem: str = "dogleg", hessian: HessianApproximat
     2. solves the subproblem ``min m(p), |p| <= Delta`` approximately (``subproblem``):
        ``"cauchy"`` (N&W Alg. 4.2; with ``hessian=None`` on the linear model ``B = 0``:
        ``p = -Delta g / |g|``, a first-order trust region), ``"dogleg"`` (N&W §4.1, ``B``
-       positive definite) or ``"levenberg_marquardt"`` (``(B + mu I) p = -g``, ``mu >= 0``
-       making ``|p| = Delta`` when the model's minimiser lies outside: Moré 1978, N&W §4.3);
-       ``hessian=None`` is :func:`bfgs_hessian` for the last two;
-    3. ``rho = (f(x) - f(x + p)) / (m(0) - m(p))`` with ``f(x + p) = value_fn(params + p)``;
+       positive definite; the Cauchy point for any other ``B``) or ``"levenberg_marquardt"``
+       (``(B + mu I) p = -g``, ``mu >= 0`` making ``|p| = Delta`` when the model's minimiser
+       lies outside: Moré 1978, N&W §4.3);
+       ``hessian=None`` is :func:`bfgs_hessian` for the last two; any quasi-Newton update of
+       :mod:`gradtx.search.quasi_newton` is a model through :func:`quasi_newton_hessian`
+       (SR1, PSB, ...: ``"levenberg_marquardt"`` for an indefinite ``B``);
+    3. ``rho = (f(x) - f(x + p)) / (m(0) - m(p))`` with ``f(x + p) = value_fn(params + p)``
+       (``rho = 1`` when ``m(0) - m(p)`` is below ``100`` ulps of ``max(|f(x)|, 1)``, where
+       ``f(x) - f(x + p)`` is round-off, as :func:`gradtx.scale_by_newton_cg_trust_region`);
     4. the radius (Alg. 4.1): ``rho < shrink_below``: ``Delta <- shrink_factor Delta``;
        ``rho > expand_above`` and ``|p| = Delta``: ``Delta <- min(expand_factor Delta,
        max_radius)``; otherwise kept;
@@ -290,7 +391,7 @@ def scale_by_trust_region(subproblem: str = "dogleg", hessian: HessianApproximat
         f0 = torch.as_tensor(f0).detach().reshape(()).to(dtype=dtype, device=device)
         trial = [p + piece for p, piece in zip(ps, split(step, ps))]
         f1 = torch.as_tensor(value_fn(unflatten(treedef, trial))).detach().reshape(()).to(dtype=dtype, device=device)
-        rho, informative = ratio(f0, f1, predicted)
+        rho, informative = ratio(f0, f1, predicted, roundoff=_ROUNDOFF)
         new_radius = next_radius(radius, rho, on_boundary & informative, max_radius=max_radius,
                                  shrink_below=shrink_below, expand_above=expand_above, shrink_factor=shrink_factor,
                                  expand_factor=expand_factor)
