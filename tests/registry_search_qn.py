@@ -33,6 +33,13 @@ ENTRIES = [
     _qn("scale_by_icum", "Lopes & Martinez 1995; torchzero ICUM", skip=NEEDS_LINE_SEARCH),
     _qn("scale_by_hoshino", "Hoshino 1972; torchzero Horisho"),
     _qn("scale_by_ssvm", "Oren & Spedicato 1976; torchzero SSVM"),
+    _qn("scale_by_thomas", "Thomas 1975; torchzero ThomasOptimalMethod"),
+    # the projection empties H along every direction seen until the restart from R (n + 1
+    # calls): a fixed step moves little in between, and R need not be positive definite
+    _qn("scale_by_projected_newton_raphson", "Pearson 1969 alg. 7; torchzero ProjectedNewtonRaphson", lr=0.3,
+        skip=NEEDS_LINE_SEARCH),
+    Entry("scale_by_new_ssm", lambda: gx.chain(gx.scale_by_new_ssm(), gx.scale_by_lr(0.3)),
+          "Moghrabi, Hassan & Askar 2022; torchzero NewSSM", needs=frozenset({"value"}), skip=NEEDS_LINE_SEARCH),
     # Shor's r-algorithm shrinks H along every gradient: it has no step size of its own (as
     # conjugate gradient), so a fixed step stalls by design; tested with a line search.
     Entry("scale_by_shor_r", lambda: gx.chain(gx.scale_by_shor_r(), gx.scale_by_lr(0.05)),

@@ -100,7 +100,7 @@ COUPLES_LEAVES = {"clip_by_global_norm", "normalize_by_update_norm", "flatten", 
 COUPLES_LEAVES |= {"scale_by_bfgs", "scale_by_dfp", "scale_by_sr1", "scale_by_psb", "scale_by_broyden_good",
                    "scale_by_broyden_bad", "scale_by_greenstadt1", "scale_by_greenstadt2", "scale_by_mccormick",
                    "scale_by_pearson", "scale_by_icum", "scale_by_hoshino", "scale_by_shor_r", "scale_by_lsr1",
-                   "scale_by_ssvm"}
+                   "scale_by_ssvm", "scale_by_thomas", "scale_by_projected_newton_raphson", "scale_by_new_ssm"}
 # finite differences of one loss over all leaves (its round-off is the whole tree's)
 COUPLES_LEAVES |= {"fdm"}
 # PSGD's dense and low-rank preconditioners over all leaves as one vector
@@ -494,14 +494,15 @@ NOT_DIFFERENTIABLE.update({f"{name}.eps": "compared in the curvature test: selec
                            for name in ("scale_by_bfgs", "scale_by_dfp", "scale_by_sr1", "scale_by_broyden_good",
                                         "scale_by_broyden_bad", "scale_by_greenstadt1", "scale_by_greenstadt2",
                                         "scale_by_mccormick", "scale_by_pearson", "scale_by_icum", "scale_by_hoshino",
-                                        "scale_by_lsr1", "scale_by_ssvm")})
+                                        "scale_by_lsr1", "scale_by_ssvm", "scale_by_thomas",
+                                        "scale_by_projected_newton_raphson", "scale_by_new_ssm")})
 
 
 # Entries that read params (or the loss) detached, as documented: their step size is a
 # constant of autograd, so a hypergradient is checked over one step (params independent of it).
 READS_PARAMS_DETACHED = {"dog", "scale_by_dog", "scale_by_distance_over_gradients", "scale_by_polyak", "polyak_sgd",
                          "scale_by_barzilai_borwein", "scale_by_bold_driver", "scale_by_trust_region",
-                         "scale_by_adaptive_heavy_ball", "momo", "momo_adam"}
+                         "scale_by_adaptive_heavy_ball", "momo", "momo_adam", "scale_by_new_ssm"}
 AT_A_KINK = {
     "adafactor.clipping_threshold": "Adafactor's normalised step has rms ~1 = the threshold: clipping's kink",
     "adafactor.eps": "moves the step's rms across the clipping threshold (1.0): clipping's kink",

@@ -113,7 +113,9 @@ RULES = {
     "hoshino": (gx.scale_by_hoshino, {}, _np_hoshino_h, True),
     "shor_r": (gx.scale_by_shor_r, {"init_scale": "auto"}, _np_shor_h, True),
 }
-RULES_WITH_LINE_SEARCH = dict(RULES, ssvm=(gx.scale_by_ssvm, {}, None, True))
+RULES_WITH_LINE_SEARCH = dict(RULES, ssvm=(gx.scale_by_ssvm, {}, None, True),
+                              thomas=(gx.scale_by_thomas, {}, None, True),
+                              projected_newton_raphson=(gx.scale_by_projected_newton_raphson, {}, None, True))
 
 
 def _spd(n: int, seed: int, cond: float = 10.0) -> np.ndarray:
@@ -345,6 +347,12 @@ TZ = {  # gradtx constructor -> torchzero module, where the conventions agree
     # torchzero's iterate becomes NaN and gradtx skips the update; checked against numpy above)
     "ssvm-4": (lambda: gx.scale_by_ssvm(switch=4), "SSVM", {"switch": 4}),
     "shor_r": (lambda: gx.scale_by_shor_r(), "ShorR", {}),
+    "thomas": (lambda: gx.scale_by_thomas(), "ThomasOptimalMethod", {}),
+    "thomas-reset": (lambda: gx.scale_by_thomas(reset_interval=4), "ThomasOptimalMethod", {"restart_interval": 4}),
+    # n = 5: the 6th call restarts H from R
+    "projected_newton_raphson": (lambda: gx.scale_by_projected_newton_raphson(), "ProjectedNewtonRaphson", {}),
+    "new_ssm": (lambda: gx.scale_by_new_ssm(), "NewSSM", {}),
+    "new_ssm-2": (lambda: gx.scale_by_new_ssm(kind=2), "NewSSM", {"type": 2}),
 }
 
 
@@ -378,8 +386,9 @@ def test_matches_torchzero(key):
     state = tx.init(params)
     for step in range(8):
         x = params["x"].clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(_quadratic_loss(A, b, x), x)
-        updates, state = tx.update({"x": g}, state, params)
+        loss = _quadratic_loss(A, b, x)
+        (g,) = torch.autograd.grad(loss, x)
+        updates, state = tx.update({"x": g}, state, params, value=loss.detach())  # (NewSSM reads it)
         params = gx.apply_updates(params, updates)
         opt.step(closure)
         torch.testing.assert_close(params["x"], x_tz.detach(), rtol=1e-10, atol=1e-12,
@@ -432,7 +441,8 @@ def test_bfgs_matches_scipy_on_rosenbrock(n):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("key", ["sr1", "psb", "broyden_good", "broyden_bad", "greenstadt1", "greenstadt2",
-                                 "mccormick", "pearson", "icum", "hoshino", "dfp", "ssvm"])
+                                 "mccormick", "pearson", "icum", "hoshino", "dfp", "ssvm", "thomas",
+                                 "projected_newton_raphson"])
 def test_other_rules_minimise_rosenbrock_with_a_line_search(key):
     """Every rule with a backtracking line search (and a gradient fallback where the direction
     does not descend) reaches Rosenbrock's minimiser in 2 dimensions."""
@@ -517,6 +527,31 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="built for 2"):
         tx = gx.scale_by_bfgs()
         tx.update({"x": torch.ones(3)}, tx.init({"x": torch.ones(2)}), {"x": torch.ones(3)})
+    with pytest.raises(ValueError, match="kind"):
+        gx.scale_by_new_ssm(kind=3)
+    with pytest.raises(ValueError, match="needs value"):
+        tx = gx.scale_by_new_ssm()
+        tx.update({"x": torch.ones(2)}, tx.init({"x": torch.ones(2)}), {"x": torch.ones(2)})
+    with pytest.raises(ValueError, match="reset_interval"):
+        gx.scale_by_projected_newton_raphson(reset_interval=-1)
+
+
+def test_projected_newton_raphson_restarts_from_its_inverse_hessian_estimate():
+    """On a quadratic g = A x, after n independent pairs the projection H is 0 and R = A^{-1}
+    (R y_i = s_i for every pair, Pearson 1969); with ``reset_interval=n + 2`` (the first call
+    has no pair) the next call restarts H from R, so its direction is Newton's, A^{-1} g."""
+    n = 4
+    A = _spd(n, 3)
+    rng = np.random.default_rng(4)
+    tx = gx.scale_by_projected_newton_raphson(init_scale=1.0, reset_interval=n + 2)
+    state = tx.init({"x": torch.zeros(n, dtype=torch.float64)})
+    for k in range(n + 2):
+        x = rng.standard_normal(n)
+        u, state = tx.update({"x": torch.from_numpy(A @ x)}, state, {"x": torch.from_numpy(x)})
+        if k == n:
+            np.testing.assert_allclose(state.extra.numpy(), np.linalg.inv(A), rtol=1e-8, atol=1e-10)
+            np.testing.assert_allclose(state.matrix.numpy(), np.zeros((n, n)), atol=1e-10)
+    np.testing.assert_allclose(u["x"].numpy(), x, rtol=1e-8)
 
 
 # --- limited-memory SR1 ---------------------------------------------------------------------------
@@ -577,8 +612,9 @@ def test_lsr1_matches_torchzero():
     state = tx.init(params)
     for step in range(8):
         x = params["x"].clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(_quadratic_loss(A, b, x), x)
-        updates, state = tx.update({"x": g}, state, params)
+        loss = _quadratic_loss(A, b, x)
+        (g,) = torch.autograd.grad(loss, x)
+        updates, state = tx.update({"x": g}, state, params, value=loss.detach())  # (NewSSM reads it)
         params = gx.apply_updates(params, updates)
         opt.step(closure)
         torch.testing.assert_close(params["x"], x_tz.detach(), rtol=1e-10, atol=1e-12,

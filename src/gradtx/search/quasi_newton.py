@@ -51,9 +51,11 @@ from .._tree import Tree, TreeDef, flatten_up_to, tensor_leaves, tree_unflatten
 from ..base import GradientTransformation, transform
 from ._vector import concat, split, wide
 
-__all__ = ["QuasiNewtonState", "scale_by_bfgs", "scale_by_broyden_bad", "scale_by_broyden_good", "scale_by_dfp",
-           "scale_by_greenstadt1", "scale_by_greenstadt2", "scale_by_hoshino", "scale_by_icum",
-           "scale_by_mccormick", "scale_by_pearson", "scale_by_psb", "scale_by_shor_r", "scale_by_sr1", "scale_by_ssvm"]
+__all__ = ["QuasiNewtonExtraState", "QuasiNewtonState", "scale_by_bfgs", "scale_by_broyden_bad",
+           "scale_by_broyden_good", "scale_by_dfp", "scale_by_greenstadt1", "scale_by_greenstadt2", "scale_by_hoshino",
+           "scale_by_icum", "scale_by_mccormick", "scale_by_new_ssm", "scale_by_pearson",
+           "scale_by_projected_newton_raphson", "scale_by_psb", "scale_by_shor_r", "scale_by_sr1", "scale_by_ssvm",
+           "scale_by_thomas"]
 
 
 class QuasiNewtonState(NamedTuple):
@@ -272,6 +274,59 @@ def shor_r_inverse(H, s, y, g_prev, eps, *, alpha, **_):
     return H - (1 - alpha * alpha) * torch.outer(Hy, Hy) / _safe(yHy, ok), ok
 
 
+def thomas_inverse(H, s, y, g_prev, eps, *, extra, **_):
+    """Thomas (1975): ``d = (R + |s| I / 2) s``, ``c = H^T d`` in the rank-one class, and
+    ``R+ = (1 + |s|) (R + |s| I - d d^T / d.s)``; skipped (``R`` too) if ``|c.y| <= eps ||c|| ||y||``
+    or ``d.s = 0``."""
+    s_norm = _norm(s)
+    d = extra @ s + (0.5 * s_norm) * s
+    ds = d @ s
+    fine = ds.abs() > _tiny(ds)
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    r = (1 + s_norm) * (extra + s_norm * eye - torch.outer(d, d) / _safe(ds, fine))
+    new, ok = _rank_one_class(H, s, y, H.T @ d, eps)
+    return new, ok & fine, r
+
+
+def projected_newton_raphson_inverse(H, s, y, g_prev, eps, *, extra, **_):
+    """Pearson (1969), algorithm 7: ``H+ = H - H y (H y)^T / y^T H y`` (a projection) and
+    ``R+ = R + (s - R y) (H y)^T / y^T H y``; skipped if ``|y^T H y| <= eps``."""
+    Hy = H @ y
+    yHy = y @ Hy
+    ok = (yHy.abs() > eps) & (yHy.abs() > _tiny(yHy))
+    yHy = _safe(yHy, ok)
+    return H - torch.outer(Hy, Hy) / yHy, ok, extra + torch.outer(s - extra @ y, Hy) / yHy
+
+
+def new_ssm_inverse(H, s, y, g_prev, eps, *, f, f_prev, kind, **_):
+    """Moghrabi, Hassan & Askar (2022) as torchzero 0.4's ``NewSSM``:
+    ``H+ = H - (H y s^T + s y^T H) / s.y + (1 / b + y^T H y / s.y) s s^T / s.y`` with
+    ``b = (2 s.y + 2 (f - f_prev)) / s.y`` (``kind=1``) or ``(f_prev - f + 1 / (2 s.y)) / s.y``
+    (``kind=2``); skipped if ``s.y < eps`` or ``b = 0``."""
+    sy = s @ y
+    ok = (sy >= eps) & (sy.abs() > _tiny(sy))
+    sy = _safe(sy, ok)
+    b = (2 * sy + 2 * (f - f_prev)) / sy if kind == 1 else (f_prev - f + 1 / (2 * sy)) / sy
+    ok = ok & (b.abs() > _tiny(b))
+    b = _safe(b, ok)
+    Hy, yH = H @ y, H.T @ y
+    new = H - (torch.outer(Hy, s) + torch.outer(s, yH)) / sy + torch.outer(s, s) * ((1 / b + (y @ Hy) / sy) / sy)
+    return new, ok
+
+
+def _eye_extra(n: int, dtype: torch.dtype, device: Any) -> torch.Tensor:
+    return torch.eye(n, dtype=dtype, device=device)
+
+
+def _thomas_reset(initial: torch.Tensor, extra: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return initial, torch.eye(extra.shape[0], dtype=extra.dtype, device=extra.device)
+
+
+def _pnr_reset(initial: torch.Tensor, extra: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # the projection is exhausted: restart from the estimate R built so far
+    return extra, extra
+
+
 # --- the machinery ------------------------------------------------------------------------------
 
 
@@ -330,6 +385,10 @@ class Extra(NamedTuple):
     init: Callable[[int, torch.dtype, Any], torch.Tensor]
     reset: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
     keep_scale: bool = False
+
+
+THOMAS = Extra(_eye_extra, _thomas_reset)
+PROJECTED_NEWTON_RAPHSON = Extra(_eye_extra, _pnr_reset, keep_scale=True)
 
 
 def advance(M: torch.Tensor, scaled: torch.Tensor, count: torch.Tensor, s: torch.Tensor, y: torch.Tensor,
@@ -471,6 +530,7 @@ def scale_by_bfgs(inverse: bool = True, init_scale: float | str = "auto", eps: f
     With exact line searches on a strictly convex quadratic it stops after at most ``n``
     steps with ``H_n`` the inverse Hessian (quadratic termination; Fletcher, *Practical
     Methods of Optimization*, 1987, ch. 3). Defaults as torchzero's ``BFGS`` (``tol=1e-32``).
+    torchzero's ``FletcherVMM`` (Fletcher 1970) is this inverse update, skipped when ``|s.y| < tol``.
     {common}
 
     Example: ``gx.chain(gx.scale_by_bfgs(), gx.scale_by_lr(1.0))``, or before a line search.
@@ -686,9 +746,78 @@ def scale_by_shor_r(alpha: float = 0.5, init_scale: float | str = 1.0,
                         reset_interval=reset_interval, alpha=alpha)
 
 
+@transform
+def scale_by_thomas(init_scale: float | str = "auto", eps: float = 1e-32,
+                    reset_interval: int | str | None = None) -> GradientTransformation:
+    """Thomas's "optimal" quasi-Newton method (S. W. Thomas, *Sequential estimation techniques
+    for quasi-Newton algorithms*, Cornell 1975; torchzero's ``ThomasOptimalMethod``): ``u <- H_k g_k``.
+
+    With a second matrix ``R`` (``R_0 = I``, kept in state): ``d = (R + |s| I / 2) s``,
+    ``H+ = H + (s - H y) d^T H / d^T H y`` (the rank-one class with ``c = H^T d``) and
+    ``R+ = (1 + |s|) (R + |s| I - d d^T / d.s)``. A reset sets ``R`` to ``I`` again.
+    {rank_one}
+    {common}
+
+    Memory: ``2 n^2``. Example: ``gx.chain(gx.scale_by_thomas(), line_search)``.
+    """
+    _check_common(eps, init_scale, reset_interval)
+    return quasi_newton("scale_by_thomas", thomas_inverse, inverse=True, init_scale=init_scale, eps=eps,
+                        reset_interval=reset_interval, extra_rule=THOMAS)
+
+
+@transform
+def scale_by_projected_newton_raphson(init_scale: float | str = "auto", eps: float = 1e-32,
+                                      reset_interval: int | str | None = "auto") -> GradientTransformation:
+    """Projected Newton-Raphson (J. D. Pearson, "Variable metric methods of minimisation",
+    The Computer Journal 12(2), 1969, algorithm 7; torchzero's ``ProjectedNewtonRaphson``):
+    ``u <- H_k g_k``.
+
+    ``H+ = H - H y (H y)^T / y^T H y`` projects the directions seen out of ``H``, while
+    ``R+ = R + (s - R y) (H y)^T / y^T H y`` (``R_0 = I``) builds an inverse-Hessian estimate
+    with ``R y_i = s_i``; every ``reset_interval`` calls ``H`` restarts from ``R`` (not from
+    ``H_0``; the automatic scale is kept). Default ``"auto"``, ``n + 1`` calls, as torchzero:
+    ``n - 1`` pairs per cycle, the first call having none; with ``n + 2`` the ``n`` pairs of a
+    quadratic empty ``H`` and make ``R = A^{-1}``, so the restart takes Newton's step.
+    Skipped when ``|y^T H y| <= eps``.
+    {common}
+
+    Memory: ``2 n^2``. Example: ``gx.chain(gx.scale_by_projected_newton_raphson(), line_search)``.
+    """
+    _check_common(eps, init_scale, reset_interval)
+    return quasi_newton("scale_by_projected_newton_raphson", projected_newton_raphson_inverse, inverse=True,
+                        init_scale=init_scale, eps=eps, reset_interval=reset_interval,
+                        extra_rule=PROJECTED_NEWTON_RAPHSON)
+
+
+@transform
+def scale_by_new_ssm(kind: int = 1, init_scale: float | str = "auto", eps: float = 1e-32,
+                     reset_interval: int | str | None = None) -> GradientTransformation:
+    """A self-scaling BFGS-type method (I. A. Moghrabi, B. A. Hassan & A. Askar, "New
+    self-scaling quasi-Newton methods for unconstrained optimization", Int. J. Math. Comput.
+    Sci. 17, 2022; torchzero's ``NewSSM``): ``u <- H_k g_k``; needs ``value`` (the loss at params).
+
+    ``H+ = H - (H y s^T + s y^T H) / s.y + (1 / b + y^T H y / s.y) s s^T / s.y``, BFGS's
+    inverse update with its ``1`` replaced by ``1 / b``, from the losses ``f = f(x_k)`` and
+    ``f_prev = f(x_{k-1})`` (the previous call's ``value``):
+    ``b = (2 s.y + 2 (f - f_prev)) / s.y`` (``kind=1``) or ``(f_prev - f + 1 / (2 s.y)) / s.y``
+    (``kind=2``); ``value`` is read detached. These are torchzero 0.4's formulas (the paper was not at hand to check
+    them against). Skipped when ``s.y < eps`` or ``b = 0``. Meant for a line search
+    (torchzero's advice: strong Wolfe).
+    {common}
+
+    Example: ``gx.chain(gx.scale_by_new_ssm(), line_search)``, with ``update(..., value=loss)``.
+    """
+    if isinstance(kind, bool) or kind not in (1, 2):
+        raise ValueError(f"kind must be 1 or 2, got {kind!r}")
+    _check_common(eps, init_scale, reset_interval)
+    return quasi_newton("scale_by_new_ssm", new_ssm_inverse, inverse=True, init_scale=init_scale, eps=eps,
+                        reset_interval=reset_interval, needs_value=True, kind=kind)
+
+
 for _fn in (scale_by_bfgs, scale_by_dfp, scale_by_sr1, scale_by_psb, scale_by_broyden_good, scale_by_broyden_bad,
             scale_by_hoshino, scale_by_ssvm, scale_by_shor_r, scale_by_greenstadt1, scale_by_greenstadt2,
-            scale_by_mccormick, scale_by_pearson, scale_by_icum):
+            scale_by_mccormick, scale_by_pearson, scale_by_icum, scale_by_thomas, scale_by_projected_newton_raphson,
+            scale_by_new_ssm):
     if _fn.__doc__ and "{" in _fn.__doc__:
         _fn.__doc__ = _fn.__doc__.replace("{common}", _COMMON_ARGS).replace("{rank_one}", _RANK_ONE)
 del _fn
@@ -697,7 +826,9 @@ del _fn
 # --- the update rules as models of the Hessian, for gradtx.quasi_newton_hessian -----------------
 # method -> (inverse rule or None, Hessian rule or None, default init_scale, default eps, Extra or None,
 #            checks of its own hyperparameters, their defaults). Shor's r-algorithm is left out: it
-# never reads s (no secant condition), so its H^{-1} is no model of the Hessian.
+# never reads s (no secant condition), so its H^{-1} is no model of the Hessian; projected
+# Newton-Raphson's H is a projection that reaches 0 (its estimate R only takes over at a reset);
+# NewSSM reads loss values, which a model is not given.
 
 MODELS: dict[str, tuple[Any, ...]] = {
     "bfgs": (bfgs_inverse, bfgs_hessian, "auto", 1e-32, None, None, {}),
@@ -713,4 +844,5 @@ MODELS: dict[str, tuple[Any, ...]] = {
     "icum": (icum_inverse, None, "auto", 1e-32, None, None, {}),
     "hoshino": (hoshino_inverse, None, "auto", 1e-32, None, None, {}),
     "ssvm": (ssvm_inverse, None, "auto", 1e-32, None, _check_switch, {"switch": 3}),
+    "thomas": (thomas_inverse, None, "auto", 1e-32, THOMAS, None, {}),
 }
