@@ -80,6 +80,9 @@ def test_bad_arguments_are_named():
     for call, name in ((lambda: gx.scale_by_barzilai_borwein("medium"), "variant"),
                        (lambda: gx.scale_by_barzilai_borwein(init_step=0.0), "init_step"),
                        (lambda: gx.scale_by_barzilai_borwein(delta=-1.0), "delta"),
+                       (lambda: gx.scale_by_barzilai_borwein(delta=1.0, adaptive_delta=0.2), "adaptive_delta"),
+                       (lambda: gx.scale_by_barzilai_borwein(adaptive_delta=0.0), "adaptive_delta"),
+                       (lambda: gx.scale_by_barzilai_borwein(adaptive_delta=0.2, adaptive_iters=0), "adaptive_iters"),
                        (lambda: gx.scale_by_bold_driver(increase=0.9), "increase"),
                        (lambda: gx.scale_by_bold_driver(decrease=1.5), "decrease")):
         with pytest.raises(ValueError, match=name):
@@ -104,11 +107,17 @@ def _make_tx():
     return gx.chain(gx.scale_by_barzilai_borwein("short", init_step=0.05, delta=0.5), gx.scale_by_lr(1.0))
 
 
+def _make_adaptive():
+    return gx.chain(gx.scale_by_barzilai_borwein("geometric", init_step=0.05, adaptive_delta=0.2, adaptive_iters=2),
+                    gx.scale_by_lr(1.0))
+
+
 def _make_bold():
     return gx.chain(gx.scale_by_bold_driver(0.05), gx.scale_by_lr(1.0))
 
 
-@pytest.mark.parametrize("make", [_make_tx, _make_bold], ids=["barzilai_borwein", "bold_driver"])
+@pytest.mark.parametrize("make", [_make_tx, _make_adaptive, _make_bold],
+                         ids=["barzilai_borwein", "barzilai_borwein_adaptive", "bold_driver"])
 def test_optimizer_follows_the_functional_trajectory_and_resumes_bit_identically(make):
     model = _model()
     x, y = _batch()
@@ -154,3 +163,89 @@ def test_optimizer_follows_the_functional_trajectory_and_resumes_bit_identically
             o.step(step_closure)
     for a, b in zip(model.parameters(), twin.parameters()):
         assert torch.equal(a, b)
+
+
+# --- torchzero's BarzilaiBorwein and BBStab as oracles -------------------------------------------
+
+_TZ_TYPES = {"long": "long", "short": "short", "geometric": "geom"}
+
+
+def _tz_run(tz, module, a, b, steps):
+    x = torch.nn.Parameter(torch.zeros(a.shape[0], dtype=torch.float64))
+    opt = tz.Optimizer([x], module)
+
+    def closure(backward=True):
+        loss = 0.5 * x @ a @ x - b @ x
+        if backward:
+            opt.zero_grad()
+            loss.backward()
+        return loss
+
+    out = []
+    for _ in range(steps):
+        opt.step(closure)
+        out.append(x.detach().clone())
+    return out
+
+
+def _gx_run(tx, a, b, steps):
+    x = {"x": torch.zeros(a.shape[0], dtype=torch.float64)}
+    state = tx.init(x)
+    out = []
+    for _ in range(steps):
+        u, state = tx.update({"x": a @ x["x"] - b}, state, x)
+        x = gx.apply_updates(x, u)
+        out.append(x["x"].clone())
+    return out
+
+
+@pytest.mark.parametrize("variant", list(_TZ_TYPES))
+@pytest.mark.parametrize("stabilised", [False, True])
+def test_barzilai_borwein_matches_torchzero(variant, stabilised):
+    """30 steps on a convex quadratic (s.y > 0 throughout, |g_0|_max >= 1 so torchzero's first
+    step is its alpha_0), float64: the iterates of torchzero 0.4's ``BarzilaiBorwein(type)`` and,
+    stabilised, ``BBStab(c=0.2, delta=None, inf_iters=3)`` (the adaptive bound) to 1e-9 (BB is
+    not monotone: round-off grows to ~1e-8 by step 35)."""
+    tz = pytest.importorskip("torchzero")
+    a, b = _quadratic()
+    b = 5 * b
+    kind = _TZ_TYPES[variant]
+    if stabilised:
+        module = tz.m.BBStab(c=0.2, delta=None, type=kind, alpha_0=0.01, inf_iters=3)
+        tx = gx.scale_by_barzilai_borwein(variant, init_step=0.01, adaptive_delta=0.2, adaptive_iters=3)
+    else:
+        module = tz.m.BarzilaiBorwein(type=kind, alpha_0=0.01)
+        tx = gx.scale_by_barzilai_borwein(variant, init_step=0.01)
+    want = _tz_run(tz, module, a, b, 30)
+    got = _gx_run(gx.chain(tx, gx.scale_by_lr(1.0)), a, b, 30)
+    for k, (x, y) in enumerate(zip(got, want)):
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-11, msg=lambda m, k=k: f"step {k}: {m}")
+
+
+def test_adaptive_bound_is_c_times_the_shortest_warm_up_step():
+    """The rule written here: BB1 steps; the 2nd to 4th BB steps record |s|; from the 5th on,
+    alpha = min(BB1, 0.3 min|s| / |g|). The bound is active at least once."""
+    a, b = _quadratic()
+    tx = gx.chain(gx.scale_by_barzilai_borwein("long", init_step=0.01, adaptive_delta=0.3, adaptive_iters=3),
+                  gx.scale_by_lr(1.0))
+    x = {"x": torch.zeros(6, dtype=torch.float64)}
+    state = tx.init(x)
+    prev, norms, active = None, [], 0
+    for k in range(30):
+        g = a @ x["x"] - b
+        u, state = tx.update({"x": g}, state, x)
+        if k == 0:
+            alpha = torch.tensor(0.01, dtype=torch.float64)
+        else:
+            s = x["x"] - prev
+            alpha = (s @ s) / (s @ a @ s)
+            if 2 <= k <= 4:
+                norms.append(float(s.norm()))
+            if k >= 5:
+                bound = 0.3 * min(norms) / g.norm()
+                active += bool(bound < alpha)
+                alpha = torch.minimum(alpha, bound)
+        torch.testing.assert_close(u["x"], -alpha * g, rtol=1e-10, atol=1e-14, msg=f"step {k}")
+        prev = x["x"]
+        x = gx.apply_updates(x, u)
+    assert active

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 
 from .. import _foreach as F  # noqa: N812
-from .._hparams import check
+from .._hparams import check, check_int
 from .._tree import Tree
 from ..base import GradientTransformation, transform
 from ..transforms._common import first_device, leaves, leaves_like, need_params, unflatten
@@ -42,11 +42,16 @@ class BarzilaiBorweinState(NamedTuple):
     step_size: torch.Tensor  # 0-dim: the last alpha_k, on the params' device
     prev_params: Tree  # x_{k-1}
     prev_grad: Tree  # g_{k-1}
+    bb_count: torch.Tensor  # int32 0-dim: updates that computed a Barzilai-Borwein step
+    min_step: torch.Tensor  # 0-dim: min |s| over the adaptive bound's warm-up (inf before)
+
+
+_VARIANTS = ("long", "short", "geometric")
 
 
 @transform(inplace=True)
-def scale_by_barzilai_borwein(variant: str = "long", init_step: float = 1e-3,
-                              delta: float | None = None) -> GradientTransformation:
+def scale_by_barzilai_borwein(variant: str = "long", init_step: float = 1e-3, delta: float | None = None,
+                              adaptive_delta: float | None = None, adaptive_iters: int = 3) -> GradientTransformation:
     """Barzilai–Borwein step sizes (Barzilai & Borwein, "Two-point step size gradient
     methods", 1988), optionally stabilised (Burdakov, Dai & Huang, "Stabilized
     Barzilai–Borwein method", 2019); needs ``params``.
@@ -55,29 +60,46 @@ def scale_by_barzilai_borwein(variant: str = "long", init_step: float = 1e-3,
     the whole tree) and
 
     - ``variant="long"`` (BB1): ``alpha_k = s.s / s.y``;
-    - ``variant="short"`` (BB2): ``alpha_k = s.y / y.y``.
+    - ``variant="short"`` (BB2): ``alpha_k = s.y / y.y``;
+    - ``variant="geometric"``: their geometric mean ``sqrt(BB1 BB2) = |s| / |y|`` (Dai,
+      Al-Baali & Yang, "A positive Barzilai–Borwein-like stepsize and an extension for
+      symmetric linear systems", 2015; torchzero's ``type="geom"``).
 
     ``alpha_0 = init_step``; when ``s.y <= 0`` (no positive curvature along ``s``) or a
     denominator is 0, the previous ``alpha`` (as used) is kept. With ``delta`` (the
     stabilised method, a constant bound), ``alpha_k <- min(alpha_k, delta / |g_k|)``, so
-    that no step is longer than ``delta``. ``g`` is the update that reaches it; ``params``
-    are read detached. No line search: follow with ``scale_by_lr(1.0)`` to descend (the
-    output is gradient-like, as ``scale_by_polyak``'s).
+    that no step is longer than ``delta``. With ``adaptive_delta=c`` instead (the paper's
+    adaptive bound, as torchzero's ``BBStab(c, delta=None, inf_iters=adaptive_iters)``): the
+    first Barzilai–Borwein step is not bounded and not measured (its ``s`` is the
+    ``init_step`` step), the next ``adaptive_iters`` are not bounded while their ``|s|`` are
+    recorded, and every later one takes ``delta = c min |s|`` over those. ``g`` is the update
+    that reaches it; ``params`` are read detached. No line search: follow with
+    ``scale_by_lr(1.0)`` to descend (the output is gradient-like, as ``scale_by_polyak``'s).
+    (torchzero falls back from one variant to the other, or to its ``alpha_0``, where
+    ``s.y <= 0``; here the previous step is kept.)
 
     Example: ``gx.chain(gx.scale_by_barzilai_borwein("short", delta=1.0), gx.scale_by_lr(1.0))``.
     """
-    if variant not in ("long", "short"):
-        raise ValueError(f"variant must be 'long' or 'short', got {variant!r}")
+    if variant not in _VARIANTS:
+        raise ValueError(f"variant must be one of {_VARIANTS}, got {variant!r}")
     check("init_step", init_step, low=0.0, low_open=True)
     if delta is not None:
         check("delta", delta, low=0.0, low_open=True)
+    if adaptive_delta is not None:
+        if delta is not None:
+            raise ValueError("give delta (a constant bound) or adaptive_delta (c of the adaptive bound), not both")
+        check("adaptive_delta", adaptive_delta, low=0.0, low_open=True)
+    check_int("adaptive_iters", adaptive_iters, low=1)
 
     def init(params):
         ps, treedef = leaves(params)
+        dtype, device = wide(ps), first_device(ps)
         return BarzilaiBorweinState(count=torch.zeros((), dtype=torch.int32),
-                                    step_size=_scalar(init_step, wide(ps), first_device(ps)),
+                                    step_size=_scalar(init_step, dtype, device),
                                     prev_params=unflatten(treedef, [p.detach().clone() for p in ps]),
-                                    prev_grad=unflatten(treedef, F.zeros_like(ps)))
+                                    prev_grad=unflatten(treedef, F.zeros_like(ps)),
+                                    bb_count=torch.zeros((), dtype=torch.int32),
+                                    min_step=torch.full((), torch.inf, dtype=dtype, device=device))
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         del extra_args
@@ -93,23 +115,40 @@ def scale_by_barzilai_borwein(variant: str = "long", init_step: float = 1e-3,
         sy = dot(ss_, ys, dtype)
         if variant == "long":
             alpha, ok = safe_div(dot(ss_, ss_, dtype), sy)
-        else:
+        elif variant == "short":
             alpha, ok = safe_div(sy, dot(ys, ys, dtype))
+        else:
+            ratio, ok = safe_div(dot(ss_, ss_, dtype), dot(ys, ys, dtype))
+            alpha = ratio.clamp_min(0.0).sqrt()
         usable = ok & (sy > 0) & (state.count > 0).to(sy.device)
         alpha = torch.where(usable, alpha, state.step_size)
+        bb_count, min_step = state.bb_count, state.min_step
+        g_norm = dot(gs, gs, dtype).sqrt() if delta is not None or adaptive_delta is not None else None
         if delta is not None:
-            g_norm = dot(gs, gs, dtype).sqrt()
             bound, has_norm = safe_div(torch.as_tensor(delta, dtype=dtype, device=g_norm.device), g_norm)
             alpha = torch.where(has_norm, torch.minimum(alpha, bound), alpha)
+        if adaptive_delta is not None:
+            n = bb_count.to(sy.device)
+            warming = usable & (n >= 1) & (n <= adaptive_iters)
+            min_step = torch.where(warming, torch.minimum(min_step, dot(ss_, ss_, dtype).sqrt()), min_step)
+            measured = torch.isfinite(min_step)  # (no inf reaches autograd through the branch not taken)
+            bound, has_norm = safe_div(adaptive_delta * torch.where(measured, min_step, torch.ones_like(min_step)),
+                                       g_norm)
+            bounded = usable & (n > adaptive_iters) & measured & has_norm
+            alpha = torch.where(bounded, torch.minimum(alpha, bound), alpha)
+            bb_count = bb_count + usable.to(bb_count.device).int()
         count = state.count + 1
         if inplace:
             F.copy_(x_prev, ps)
             F.copy_(g_prev, gs)  # before the updates are scaled in place
             state.count.copy_(count)
             state.step_size.copy_(alpha)
+            state.bb_count.copy_(bb_count)
+            state.min_step.copy_(min_step)
             return unflatten(treedef, _scale(gs, alpha, True)), state
         new_state = BarzilaiBorweinState(count, alpha, unflatten(treedef, F.clone_like(ps, x_prev)),
-                                         unflatten(treedef, F.clone_like(gs, g_prev)))
+                                         unflatten(treedef, F.clone_like(gs, g_prev)), bb_count.clone(),
+                                         min_step.clone())
         return unflatten(treedef, _scale(gs, alpha, False)), new_state
 
     return GradientTransformation(init, update)
