@@ -27,6 +27,10 @@ Shared rules (one machinery, each method a small update rule):
   float32 (float64 for float64 params); each update leaf keeps its own dtype.
 - The Hessian form solves ``B x = g`` (``torch.linalg.solve_ex``); where ``B`` is singular
   the update is passed through unchanged.
+- Methods with a second matrix (Thomas's, projected Newton-Raphson) or that read the loss
+  (NewSSM, ``value``) keep a :class:`QuasiNewtonExtraState`; a skipped pair changes neither.
+- Each update rule is also a model of the Hessian for a trust region:
+  :func:`gradtx.quasi_newton_hessian` (the keys of ``MODELS``).
 
 Not leafwise: ``gx.Optimizer`` runs these once over every parameter of every group, and
 every parameter must have a gradient at every step (the state is over the whole vector).

@@ -30,9 +30,9 @@ class HessianApproximation(NamedTuple):
       ``y = g_k - g_{k-1}`` (``s = 0`` after a refused step: nothing to learn).
     - ``matrix(state) -> B``: the ``(n, n)`` symmetric matrix of the model.
 
-    :func:`bfgs_hessian` is one. A quasi-Newton transform that keeps a dense ``B`` (or its
-    inverse ``H``, given as ``matrix = inverse(H)``) fits by wrapping its update rule in
-    these three functions; an exact Hessian of a quadratic is ``matrix = lambda _: A``.
+    :func:`bfgs_hessian` is one, and :func:`quasi_newton_hessian` makes one of every
+    full-matrix quasi-Newton update of :mod:`gradtx.search.quasi_newton`; an exact Hessian of
+    a quadratic is ``matrix = lambda _: A``.
     Pickling ``gx.Optimizer`` needs the three to be module-level functions (or partials of
     them); :func:`bfgs_hessian`'s result pickles as its call.
 
