@@ -169,6 +169,15 @@ def assert_same(traj, ref, dtype=torch.float64) -> None:
             torch.testing.assert_close(a[k], b[k], **TOL[dtype], msg=lambda m, t=t, k=k: f"step {t}, {k}: {m}")
 
 
+@pytest.fixture(scope="module")
+def jax_x64():
+    """jax with float64 enabled (the optax references in float64); skips without jax or optax."""
+    jax = pytest.importorskip("jax")
+    pytest.importorskip("optax")
+    jax.config.update("jax_enable_x64", True)
+    return jax
+
+
 @pytest.fixture
 def problem64():
     return MLPProblem(torch.float64)

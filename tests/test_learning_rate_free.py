@@ -113,14 +113,6 @@ def test_errors_name_the_argument():
         gx.mechanize(gx.sgd(0.1), num_betas=0)
 
 
-@pytest.fixture(scope="module")
-def jax_x64():
-    jax = pytest.importorskip("jax")
-    pytest.importorskip("optax")
-    jax.config.update("jax_enable_x64", True)
-    return jax
-
-
 def _optax_trajectory(jax, problem: MLPProblem, tx, steps: int = 40):
     return optax_trajectory(jax, problem, tx, steps)
 

@@ -27,14 +27,6 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def jax_x64():
-    jax = pytest.importorskip("jax")
-    pytest.importorskip("optax")
-    jax.config.update("jax_enable_x64", True)
-    return jax
-
-
 class ConvProblem:
     """A small CNN: a conv weight (4-D), its bias (1-D), a 3-D leaf, a linear weight (2-D),
     a scalar."""

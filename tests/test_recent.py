@@ -13,14 +13,6 @@ STEPS = 60
 TOL = dict(rtol=1e-10, atol=1e-12)
 
 
-@pytest.fixture(scope="module")
-def jax_x64():
-    jax = pytest.importorskip("jax")
-    pytest.importorskip("optax")
-    jax.config.update("jax_enable_x64", True)
-    return jax
-
-
 def _optax_trajectory(jax, problem: MLPProblem, tx, steps: int = STEPS):
     return optax_trajectory(jax, problem, tx, steps)
 
