@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 
 import pytest
 import torch
@@ -73,16 +74,91 @@ def functional_trajectory(problem: MLPProblem, tx, steps: int = 200) -> list[dic
     return out
 
 
-def optimizer_trajectory(params: dict[str, torch.Tensor], loss, opt, steps: int) -> list[dict[str, torch.Tensor]]:
-    """The params after each of ``steps`` steps of the torch optimizer ``opt`` (a
-    ``torch.optim`` one or ``gx.Optimizer``) over ``params``, with ``loss(params, t)``."""
+def optax_trajectory(jax, problem, tx, steps: int) -> list[dict[str, torch.Tensor]]:
+    """The params after each of ``steps`` updates of the optax transform ``tx`` on ``problem``
+    (``params0`` and ``grads(params, t)``, as ``MLPProblem``), the gradients from torch, the
+    arithmetic in jax (float64 where ``jax_enable_x64`` is set)."""
+    import numpy as np
+    import optax
+
+    params = {k: jax.numpy.asarray(v.numpy()) for k, v in problem.params0.items()}
+    state = tx.init(params)
+    step = jax.jit(tx.update)
     out = []
     for t in range(steps):
-        opt.zero_grad()
-        loss(params, t).backward()
-        opt.step()
+        torch_params = {k: torch.from_numpy(np.asarray(v).copy()) for k, v in params.items()}
+        grads = {k: jax.numpy.asarray(g.numpy()) for k, g in problem.grads(torch_params, t).items()}
+        updates, state = step(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        out.append({k: torch.from_numpy(np.asarray(v).copy()) for k, v in params.items()})
+    return out
+
+
+def optimizer_trajectory(params: dict[str, torch.Tensor], loss, opt, steps: int, *, start: int = 0,
+                         closure: str | None = None) -> list[dict[str, torch.Tensor]]:
+    """The params after each of ``steps`` steps of the torch optimizer ``opt`` (a
+    ``torch.optim`` one or ``gx.Optimizer``) over ``params``, with ``loss(params, t)`` for
+    ``t`` from ``start``. ``closure``: None steps after ``backward()``; ``"backward"`` steps with
+    ``def closure(backward=True)``; ``"plain"`` with ``def closure()`` (its own backward)."""
+    out = []
+    for t in range(start, start + steps):
+        if closure is None:
+            opt.zero_grad()
+            loss(params, t).backward()
+            opt.step()
+        elif closure == "backward":
+            def flagged(backward=True, t=t):
+                value = loss(params, t)
+                if backward:
+                    opt.zero_grad()
+                    value.backward()
+                return value
+            opt.step(flagged)
+        elif closure == "plain":
+            def plain(t=t):
+                opt.zero_grad()
+                value = loss(params, t)
+                value.backward()
+                return value
+            opt.step(plain)
+        else:
+            raise ValueError(f"closure must be None, 'backward' or 'plain', got {closure!r}")
         out.append({k: v.detach().clone() for k, v in params.items()})
     return out
+
+
+def round_trip(obj):
+    """``obj`` through ``torch.save`` and ``torch.load(weights_only=True)``."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def leaf_copy(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fresh leaf tensors (``requires_grad``) with the values of ``params``."""
+    return {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+
+
+def assert_resume_bit_exact(make_opt, params: dict[str, torch.Tensor], loss, steps: int, split: int, *,
+                            closure: str | None = None) -> list[dict[str, torch.Tensor]]:
+    """Checkpoint-resume check: ``make_opt(params)`` runs ``steps`` steps of ``loss(params, t)``
+    (see ``optimizer_trajectory``); after ``split`` its ``state_dict`` goes through ``round_trip``
+    into ``make_opt`` over a ``leaf_copy`` of the params then, which runs the remaining steps; every
+    one of them must equal the uninterrupted run's bit for bit. Returns the uninterrupted
+    trajectory (``steps`` params dicts), for the caller to compare with a reference."""
+    opt = make_opt(params)
+    first = optimizer_trajectory(params, loss, opt, split, closure=closure)
+    resumed = leaf_copy(params)
+    opt2 = make_opt(resumed)
+    opt2.load_state_dict(round_trip(opt.state_dict()))
+    rest = optimizer_trajectory(params, loss, opt, steps - split, start=split, closure=closure)
+    again = optimizer_trajectory(resumed, loss, opt2, steps - split, start=split, closure=closure)
+    assert len(again) == len(rest) == steps - split > 0
+    for t, (a, b) in enumerate(zip(again, rest), start=split):
+        for k in b:
+            assert torch.equal(a[k], b[k]), f"resumed step {t}, {k}: not bit-identical to the uninterrupted run"
+    return first + rest
 
 
 def assert_same(traj, ref, dtype=torch.float64) -> None:
@@ -91,6 +167,15 @@ def assert_same(traj, ref, dtype=torch.float64) -> None:
     for t, (a, b) in enumerate(zip(traj, ref)):
         for k in b:
             torch.testing.assert_close(a[k], b[k], **TOL[dtype], msg=lambda m, t=t, k=k: f"step {t}, {k}: {m}")
+
+
+@pytest.fixture(scope="module")
+def jax_x64():
+    """jax with float64 enabled (the optax references in float64); skips without jax or optax."""
+    jax = pytest.importorskip("jax")
+    pytest.importorskip("optax")
+    jax.config.update("jax_enable_x64", True)
+    return jax
 
 
 @pytest.fixture

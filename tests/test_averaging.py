@@ -5,11 +5,9 @@ problem), and against the rules written out below; float64, rtol 1e-10.
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
-from conftest import MLPProblem, assert_same, optimizer_trajectory
+from conftest import MLPProblem, assert_resume_bit_exact, assert_same
 
 import gradtx as gx
 
@@ -201,21 +199,9 @@ def test_mars_under_optimizer_matches_functional_and_resumes(problem):
         return gx.chain(gx.mars_correction(0.9), gx.scale_by_adam(), gx.scale_by_lr(0.01))
 
     functional = _functional(problem, build(), 10)
-    leaves = problem.leaf_params()
-    opt = gx.Optimizer(list(leaves.values()), build())
-    first = optimizer_trajectory(leaves, problem.loss, opt, 5)
-    buffer = io.BytesIO()
-    torch.save(opt.state_dict(), buffer)
-    rest = optimizer_trajectory(leaves, lambda p, t: problem.loss(p, t + 5), opt, 5)
-    assert_same(first + rest, functional)
-    resumed = {k: v.detach().clone().requires_grad_(True) for k, v in first[-1].items()}
-    opt2 = gx.Optimizer(list(resumed.values()), build())
-    buffer.seek(0)
-    opt2.load_state_dict(torch.load(buffer, weights_only=True))
-    again = optimizer_trajectory(resumed, lambda p, t: problem.loss(p, t + 5), opt2, 5)
-    for a, b in zip(again, rest):
-        for k in a:
-            assert torch.equal(a[k], b[k])
+    got = assert_resume_bit_exact(lambda leaves: gx.Optimizer(list(leaves.values()), build()), problem.leaf_params(),
+                                  problem.loss, steps=10, split=5)
+    assert_same(got, functional)
 
 
 # --- clipping and normalising by a moving average ------------------------------------------------------

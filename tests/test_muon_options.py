@@ -8,12 +8,10 @@ torch's ``(out, in, ...)`` layout (reduction over every axis but the first, outp
 
 from __future__ import annotations
 
-import io
-
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_resume_bit_exact, functional_trajectory, optax_trajectory, optimizer_trajectory
 
 import gradtx as gx
 
@@ -27,14 +25,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def jax_x64():
-    jax = pytest.importorskip("jax")
-    pytest.importorskip("optax")
-    jax.config.update("jax_enable_x64", True)
-    return jax
 
 
 class ConvProblem:
@@ -68,30 +58,11 @@ class ConvProblem:
 
 
 def _optax_trajectory(jax, problem, tx, steps=STEPS):
-    import optax
-
-    params = {k: jax.numpy.asarray(v.numpy()) for k, v in problem.params0.items()}
-    state = tx.init(params)
-    step = jax.jit(tx.update)
-    out = []
-    for t in range(steps):
-        torch_params = {k: torch.from_numpy(np.asarray(v).copy()) for k, v in params.items()}
-        grads = {k: jax.numpy.asarray(g.numpy()) for k, g in problem.grads(torch_params, t).items()}
-        updates, state = step(grads, state, params)
-        params = optax.apply_updates(params, updates)
-        out.append({k: torch.from_numpy(np.asarray(v).copy()) for k, v in params.items()})
-    return out
+    return optax_trajectory(jax, problem, tx, steps)
 
 
 def _functional(problem, tx, steps=STEPS):
-    params = {k: v.clone() for k, v in problem.params0.items()}
-    state = tx.init(params)
-    out = []
-    for t in range(steps):
-        updates, state = tx.update(problem.grads(params, t), state, params)
-        params = gx.apply_updates(params, updates)
-        out.append(params)
-    return out
+    return functional_trajectory(problem, tx, steps)
 
 
 def _assert_same(got, want, keys=None, **tol):
@@ -168,7 +139,7 @@ def test_param_group_keys_and_adam_lr_override(jax_x64):
                         {"params": [params[k] for k in second], "adam_lr": 5e-3}],
                        gx.muon(0.02, adam_lr=1e-3, **KW))
     assert opt.param_groups[0]["adam_lr"] == 1e-3 and opt.param_groups[1]["adam_lr"] == 5e-3
-    got = _run(opt, params, problem, STEPS)
+    got = optimizer_trajectory(params, problem.loss, opt, STEPS)
     ref = optax.partition({"first": optax.contrib.muon(0.02, adam_learning_rate=1e-3, **OPTAX_KW),
                            "second": optax.contrib.muon(0.02, adam_learning_rate=5e-3, **OPTAX_KW)},
                           {k: "first" if k in first else "second" for k in problem.params0})
@@ -179,32 +150,15 @@ def test_param_group_keys_and_adam_lr_override(jax_x64):
     assert not torch.allclose(one[-1]["bias"], want[2]["bias"], rtol=1e-6, atol=1e-8)
 
 
-def _run(opt, params, problem, steps, start=0):
-    out = []
-    for t in range(start, start + steps):
-        opt.zero_grad()
-        problem.loss(params, t).backward()
-        opt.step()
-        out.append({k: v.detach().clone() for k, v in params.items()})
-    return out
-
-
 def test_conv_matrix_under_optimizer_and_checkpoint_round_trip():
     problem = ConvProblem()
     tx = gx.muon(0.02, adam_lr=3e-3, conv="matrix", **KW)
-    params = problem.leaf_params()
-    opt = gx.Optimizer(list(params.values()), tx)
-    got = _run(opt, params, problem, 10)
-    _assert_same(got, _functional(problem, tx, 10), rtol=1e-12, atol=1e-14)
 
-    buffer = io.BytesIO()
-    torch.save(opt.state_dict(), buffer)
-    buffer.seek(0)
-    clone = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
-    opt2 = gx.Optimizer(list(clone.values()), gx.muon(0.02, adam_lr=3e-3, conv="matrix", **KW))
-    opt2.load_state_dict(torch.load(buffer, weights_only=True))
-    a, b = _run(opt, params, problem, 5, 10), _run(opt2, clone, problem, 5, 10)
-    assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in x)
+    def make(params):
+        return gx.Optimizer(list(params.values()), gx.muon(0.02, adam_lr=3e-3, conv="matrix", **KW))
+
+    got = assert_resume_bit_exact(make, problem.leaf_params(), problem.loss, steps=15, split=10)
+    _assert_same(got, _functional(problem, tx, 15), rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("make,name", [(lambda: gx.muon(0.1, conv="batch"), "conv"),

@@ -3,11 +3,10 @@ with numpy/scipy."""
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 import torch
+from conftest import assert_resume_bit_exact, leaf_copy
 
 import gradtx as gx
 
@@ -99,32 +98,26 @@ def _problem_loss(params, step):
     return ((torch.tanh(x @ params["w"]) @ params["v"] - 1.0) ** 2).mean()
 
 
-def test_adapter_matches_functional_and_resumes_mid_interval():
+def _assert_adapter_resumes(make, steps, split):
+    """gx.Optimizer over ``make()`` ends where the functional run does (1e-12) and resumes from a
+    checkpoint at ``split`` bit-identically."""
     torch.manual_seed(0)
     init = {"w": torch.randn(8, 6, dtype=torch.float64) * 0.3, "v": torch.randn(6, dtype=torch.float64)}
-    make = lambda: gx.chain(gx.in_projected_space(gx.scale_by_adam(), gx.galore_projection(rank=2, update_every=4)),  # noqa: E731
-                            gx.scale_by_lr(0.05))
     tx = make()
     params, state = dict(init), tx.init(init)
-    for step in range(9):
-        grads = torch.func.grad(_problem_loss)(params, step)
-        updates, state = tx.update(grads, state, params)
+    for step in range(steps):
+        updates, state = tx.update(torch.func.grad(_problem_loss)(params, step), state, params)
         params = gx.apply_updates(params, updates)
-
-    leaves = {k: v.clone().requires_grad_(True) for k, v in init.items()}
-    opt = gx.Optimizer(list(leaves.values()), make())
-    for step in range(9):
-        if step == 6:  # mid refresh interval: the basis and the projected moments travel
-            buffer = io.BytesIO()
-            torch.save(opt.state_dict(), buffer)
-            buffer.seek(0)
-            opt = gx.Optimizer(list(leaves.values()), make())
-            opt.load_state_dict(torch.load(buffer, weights_only=True))
-        opt.zero_grad()
-        _problem_loss(leaves, step).backward()
-        opt.step()
+    got = assert_resume_bit_exact(lambda leaves: gx.Optimizer(list(leaves.values()), make()), leaf_copy(init),
+                                  _problem_loss, steps, split)
     for k in init:
-        torch.testing.assert_close(leaves[k].detach(), params[k], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(got[-1][k], params[k], rtol=1e-12, atol=1e-14)
+
+
+def test_adapter_matches_functional_and_resumes_mid_interval():
+    make = lambda: gx.chain(gx.in_projected_space(gx.scale_by_adam(), gx.galore_projection(rank=2, update_every=4)),  # noqa: E731
+                            gx.scale_by_lr(0.05))
+    _assert_adapter_resumes(make, 9, 6)  # mid refresh interval: the basis and the projected moments travel
 
 
 def test_refusals_name_the_argument():
@@ -231,29 +224,9 @@ def test_flat_projection_is_not_leafwise_and_blocks_are():
 @pytest.mark.parametrize("projection", [gx.block_projection(4), gx.block_projection(4, batched=True),
                                         gx.flat_projection()], ids=["blocks", "batched", "flat"])
 def test_blocks_and_flat_under_the_adapter_resume(projection):
-    torch.manual_seed(0)
-    init = {"w": torch.randn(8, 6, dtype=torch.float64) * 0.3, "v": torch.randn(6, dtype=torch.float64)}
     make = lambda: gx.chain(gx.in_projected_space(  # noqa: E731
         gx.chain(gx.scale_by_adam(), gx.scale_by_trust_ratio()), projection), gx.scale_by_lr(0.05))
-    tx = make()
-    params, state = dict(init), tx.init(init)
-    for step in range(6):
-        updates, state = tx.update(torch.func.grad(_problem_loss)(params, step), state, params)
-        params = gx.apply_updates(params, updates)
-    leaves = {k: v.clone().requires_grad_(True) for k, v in init.items()}
-    opt = gx.Optimizer(list(leaves.values()), make())
-    for step in range(6):
-        if step == 3:
-            buffer = io.BytesIO()
-            torch.save(opt.state_dict(), buffer)
-            buffer.seek(0)
-            opt = gx.Optimizer(list(leaves.values()), make())
-            opt.load_state_dict(torch.load(buffer, weights_only=True))
-        opt.zero_grad()
-        _problem_loss(leaves, step).backward()
-        opt.step()
-    for k in init:
-        torch.testing.assert_close(leaves[k].detach(), params[k], rtol=1e-12, atol=1e-14)
+    _assert_adapter_resumes(make, 6, 3)
 
 
 def test_block_refusals():

@@ -3,12 +3,9 @@ pytorch_optimizer."""
 
 from __future__ import annotations
 
-import io
-
-import numpy as np
 import pytest
 import torch
-from conftest import MLPProblem
+from conftest import MLPProblem, assert_resume_bit_exact, functional_trajectory, optax_trajectory
 
 import gradtx as gx
 
@@ -16,39 +13,12 @@ STEPS = 60
 TOL = dict(rtol=1e-10, atol=1e-12)
 
 
-@pytest.fixture(scope="module")
-def jax_x64():
-    jax = pytest.importorskip("jax")
-    pytest.importorskip("optax")
-    jax.config.update("jax_enable_x64", True)
-    return jax
-
-
 def _optax_trajectory(jax, problem: MLPProblem, tx, steps: int = STEPS):
-    import optax
-
-    params = {k: jax.numpy.asarray(v.numpy()) for k, v in problem.params0.items()}
-    state = tx.init(params)
-    step = jax.jit(tx.update)
-    out = []
-    for t in range(steps):
-        torch_params = {k: torch.from_numpy(np.asarray(v).copy()) for k, v in params.items()}
-        grads = {k: jax.numpy.asarray(g.numpy()) for k, g in problem.grads(torch_params, t).items()}
-        updates, state = step(grads, state, params)
-        params = optax.apply_updates(params, updates)
-        out.append({k: torch.from_numpy(np.asarray(v).copy()) for k, v in params.items()})
-    return out
+    return optax_trajectory(jax, problem, tx, steps)
 
 
 def _functional(problem: MLPProblem, tx, steps: int = STEPS):
-    params = {k: v.clone() for k, v in problem.params0.items()}
-    state = tx.init(params)
-    out = []
-    for t in range(steps):
-        updates, state = tx.update(problem.grads(params, t), state, params)
-        params = gx.apply_updates(params, updates)
-        out.append(params)
-    return out
+    return functional_trajectory(problem, tx, steps)
 
 
 def _assert_trajectories(got, want):
@@ -137,27 +107,10 @@ def test_ademamix_through_optimizer_and_checkpoint():
     problem = MLPProblem()
     tx = lambda: gx.ademamix(1e-2, b3=0.999, weight_decay=1e-2)  # noqa: E731
     want = _functional(problem, tx(), steps=20)
-    leaves = problem.leaf_params()
-    opt = gx.Optimizer(list(leaves.values()), tx())
-
-    def run(opt, leaves, start, stop):
-        for t in range(start, stop):
-            opt.zero_grad()
-            problem.loss(leaves, t).backward()
-            opt.step()
-
-    run(opt, leaves, 0, 10)
-    buffer = io.BytesIO()
-    torch.save(opt.state_dict(), buffer)
-    other = {k: v.detach().clone().requires_grad_(True) for k, v in leaves.items()}
-    opt2 = gx.Optimizer(list(other.values()), tx())
-    buffer.seek(0)
-    opt2.load_state_dict(torch.load(buffer, weights_only=True))
-    run(opt, leaves, 10, 20)
-    run(opt2, other, 10, 20)
-    for k in leaves:
-        torch.testing.assert_close(leaves[k].detach(), want[-1][k], **TOL)
-        assert torch.equal(leaves[k], other[k])
+    got = assert_resume_bit_exact(lambda leaves: gx.Optimizer(list(leaves.values()), tx()), problem.leaf_params(),
+                                  problem.loss, steps=20, split=10)
+    _assert_trajectories(got, want)
+    assert len(got) == len(want) == 20
 
 
 def test_errors_name_the_argument():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import assert_resume_bit_exact, leaf_copy, optimizer_trajectory
 
 import gradtx as gx
 
@@ -436,20 +437,13 @@ def test_newton_cg_trust_region_minimises_rosenbrock_like_scipy_trust_ncg():
     assert float(rosen(out)) < 1e-12
 
 
-def test_newton_cg_under_the_optimizer_gives_the_functional_trajectory_and_round_trips(tmp_path):
+def test_newton_cg_under_the_optimizer_gives_the_functional_trajectory_and_round_trips():
     def make():
         return gx.chain(gx.scale_by_newton_cg(max_iters=4), gx.scale(-1.0), gx.scale_by_backtracking())
 
-    model = _Model()
-    opt = gx.Optimizer(model.parameters(), make())
-
-    def closure(backward=True):
-        loss = model()
-        if backward:
-            opt.zero_grad()
-            loss.backward()
-        return loss
-
+    # checkpoint after two steps: a fresh optimizer from the saved state continues the same
+    got = assert_resume_bit_exact(lambda leaves: gx.Optimizer(list(leaves.values()), make()), leaf_copy(_params()),
+                                  lambda p, t: _loss(p), steps=4, split=2, closure="backward")
     params = _params()
     tx = make()
     state = tx.init(params)
@@ -457,28 +451,7 @@ def test_newton_cg_under_the_optimizer_gives_the_functional_trajectory_and_round
         extra = gx.evaluation_args(_loss, params)
         updates, state = tx.update(extra["grad"], state, params, **extra)
         params = gx.apply_updates(params, updates)
-        opt.step(closure)
-        got = {"w": model.w.detach(), "b": model.b.detach(), "s": model.s.detach()}
-        _assert_tree_close(got, params, rtol=1e-10, atol=1e-12)
-        if step == 1:  # checkpoint: a fresh optimizer from the saved state continues the same
-            path = tmp_path / "opt.pt"
-            torch.save(opt.state_dict(), path)
-            model2 = _Model()
-            with torch.no_grad():
-                for p2, p in zip(model2.parameters(), model.parameters()):
-                    p2.copy_(p)
-            opt2 = gx.Optimizer(model2.parameters(), make())
-            opt2.load_state_dict(torch.load(path, weights_only=True))
-    for _ in range(2):
-        def closure2(backward=True):
-            loss = model2()
-            if backward:
-                opt2.zero_grad()
-                loss.backward()
-            return loss
-        opt2.step(closure2)
-    for p2, p in zip(model2.parameters(), model.parameters()):
-        torch.testing.assert_close(p2.detach(), p.detach(), rtol=0, atol=0)
+        _assert_tree_close(got[step], params, rtol=1e-10, atol=1e-12)
 
 
 # --- Nyström ----------------------------------------------------------------------------
@@ -662,23 +635,6 @@ def test_arc_adapts_sigma_and_minimises_rosenbrock():
 # --- more under gx.Optimizer ---------------------------------------------------------------
 
 
-def _closure_for(model, opt, flag=True):
-    if flag:
-        def closure(backward=True):
-            loss = model()
-            if backward:
-                opt.zero_grad()
-                loss.backward()
-            return loss
-    else:
-        def closure():
-            opt.zero_grad()
-            loss = model()
-            loss.backward()
-            return loss
-    return closure
-
-
 @pytest.mark.parametrize("make,flag,tol", [
     (lambda: gx.scale_by_newton_cg_trust_region(init_radius=0.5), True, 1e-10),
     (lambda: gx.scale_by_cubic_regularization(sigma=2.0), True, 1e-10),
@@ -689,17 +645,15 @@ def _closure_for(model, opt, flag=True):
     (lambda: gx.newton_cg(hvp_method="fd_central", h=1e-4), False, 1e-6),
 ], ids=["trust_region", "arc", "nystrom_pcg", "newton", "newton_cg_fd"])
 def test_under_the_optimizer_the_closure_gives_the_functional_trajectory(make, flag, tol):
-    model = _Model()
-    opt = gx.Optimizer(model.parameters(), make())
-    closure = _closure_for(model, opt, flag)
+    leaves = leaf_copy(_params())
+    got = optimizer_trajectory(leaves, lambda p, t: _loss(p), gx.Optimizer(list(leaves.values()), make()), 3,
+                               closure="backward" if flag else "plain")
     params = _params()
     tx = make()
     state = tx.init(params)
-    for _ in range(3):
+    for step in range(3):
         extra = gx.evaluation_args(_loss, params)
         updates, state = tx.update(extra["grad"], state, params, **extra)
         params = gx.apply_updates(params, updates)
-        opt.step(closure)
-        got = {"w": model.w.detach(), "b": model.b.detach(), "s": model.s.detach()}
-        _assert_tree_close(got, params, rtol=tol, atol=tol)
+        _assert_tree_close(got[step], params, rtol=tol, atol=tol)
     assert float(_loss(params)) < float(_loss(_params()))

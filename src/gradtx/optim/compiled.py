@@ -27,6 +27,7 @@ after the last, so every call sees the values of the step's start.
 from __future__ import annotations
 
 import contextlib
+import functools
 import types
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +59,16 @@ _INDUCTOR_CONFIG = {
     "size_asserts": False,
     "alignment_asserts": False,
 }
+
+
+@functools.cache
+def _inductor_settings() -> dict:
+    """``_INDUCTOR_CONFIG`` less the settings this torch's Inductor lacks (an older release
+    lacks some; all are speed settings, so leaving one out changes no number)."""
+    import torch._inductor.config as inductor_config
+
+    known = inductor_config.get_config_copy()
+    return {k: v for k, v in _INDUCTOR_CONFIG.items() if k in known}
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor | None:
@@ -182,7 +193,7 @@ class CompiledChain:
             import torch._inductor.config as inductor_config
 
             # a patch, not torch.compile's options, which cannot be given with a mode
-            stack.enter_context(inductor_config.patch(_INDUCTOR_CONFIG))
+            stack.enter_context(inductor_config.patch(_inductor_settings()))
         return stack
 
     @staticmethod

@@ -40,7 +40,7 @@ from .checkpoint import SHARED
 
 try:
     from torch.distributed.tensor import DTensor
-except ImportError:  # a torch built without distributed
+except ImportError:  # a torch built without distributed, or torch < 2.5 (DTensor was not public yet)
     DTensor = None
 
 __all__ = ["chain_params", "for_checkpoint", "has_dtensors", "is_dtensor", "localize"]
@@ -51,7 +51,15 @@ def is_dtensor(t: Any) -> bool:
 
 
 def has_dtensors(params: Any) -> bool:
-    return DTensor is not None and any(isinstance(p, DTensor) for p in params)
+    if DTensor is None:
+        # torch < 2.5 has DTensor only as torch.distributed._tensor, untested here: refuse it
+        # clearly rather than step its shards as plain tensors.
+        if any(type(p).__name__ == "DTensor" for p in params):
+            raise RuntimeError(f"gx.Optimizer on DTensor parameters (FSDP2's fully_shard, tensor parallelism) needs "
+                               f"torch >= 2.5, where DTensor is torch.distributed.tensor.DTensor; this is torch "
+                               f"{torch.__version__}")
+        return False
+    return any(isinstance(p, DTensor) for p in params)
 
 
 def on_shards(opt: Any) -> bool:
