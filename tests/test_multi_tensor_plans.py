@@ -34,6 +34,10 @@ PLANS = {
     "adadelta": (lambda: gx.adadelta(0.5), lambda ps: O.Adadelta(ps, lr=0.5)),
     "asgd": (lambda: gx.asgd(1e-2), lambda ps: O.ASGD(ps, lr=1e-2)),
     "asgd_averaging": (lambda: gx.asgd(1e-2, lambd=1e-2, t0=5), lambda ps: O.ASGD(ps, lr=1e-2, lambd=1e-2, t0=5)),
+    "rprop": (lambda: gx.rprop(1e-2), lambda ps: O.Rprop(ps, lr=1e-2)),
+    # bounds reached within the steps: the clamps on both sides
+    "rprop_bounded": (lambda: gx.rprop(1e-2, eta_minus=0.3, eta_plus=1.5, min_step_size=2e-3, max_step_size=3e-2),
+                      lambda ps: O.Rprop(ps, lr=1e-2, etas=(0.3, 1.5), step_sizes=(2e-3, 3e-2))),
 }
 
 SHAPES = [(7, 5), (5,), (3, 4, 2), (1,)]
