@@ -95,3 +95,19 @@ def _functional_steps(steps):
         updates, state = tx.update(_tree(100 + t), state, params)
         params = gx.apply_updates(params, updates)
     return params
+
+
+def test_stacked_outputs_differentiable_and_writable():
+    """A hypergradient through stacked matrices, with a later part writing the updates in place."""
+    lr = torch.tensor(0.02, dtype=torch.float64, requires_grad=True)
+    tx = gx.chain(gx.scale_by_muon(), gx.add_decayed_weights(0.1), gx.scale_by_lr(lr))
+    params = {k: v.requires_grad_(True) for k, v in _tree(0).items() if v.dim() == 2}
+    scale = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    grads = {k: v * scale for k, v in _tree(100).items() if v.dim() == 2}  # gradients with a graph
+    updates, _ = tx.update(grads, tx.init(params), params, inplace=True)
+    direction, _ = gx.scale_by_muon().update(grads, gx.scale_by_muon().init(params))
+    for u in direction.values():  # fresh tensors: a caller may write them in place
+        u.mul_(2.0).mul_(lr)
+    loss = sum((p + u).square().sum() for p, u in zip(params.values(), updates.values()))
+    loss.backward()
+    assert lr.grad is not None and torch.isfinite(lr.grad) and scale.grad is not None

@@ -217,7 +217,13 @@ def scale_by_muon(ns_coeffs: NsCoeffs = MUON_NS_COEFFS, ns_steps: int = 5, beta:
                 if adaptive:
                     o.mul_((h * o).sum(dim=(-2, -1), keepdim=True))
                 o.mul_(_shape_factor(adjust_lr_fn, h.shape[-2], h.shape[-1]))
-            for i, piece in zip(positions, o.unbind(0) if stacked else (o,)):
+            if not stacked:
+                out[positions[0]] = o
+                continue
+            # unbind's views may not be written in place with grad mode on (a later part's
+            # in-place scaling by a traced lr); select's may
+            pieces = [o[k] for k in range(len(positions))] if torch.is_grad_enabled() else o.unbind(0)
+            for i, piece in zip(positions, pieces):
                 out[i] = piece
         new_mu = list(mus)
         for i, m in zip(idx, ms):
