@@ -34,6 +34,10 @@ PLANS = {
     "adadelta": (lambda: gx.adadelta(0.5), lambda ps: O.Adadelta(ps, lr=0.5)),
     "asgd": (lambda: gx.asgd(1e-2), lambda ps: O.ASGD(ps, lr=1e-2)),
     "asgd_averaging": (lambda: gx.asgd(1e-2, lambd=1e-2, t0=5), lambda ps: O.ASGD(ps, lr=1e-2, lambd=1e-2, t0=5)),
+    "rprop": (lambda: gx.rprop(1e-2), lambda ps: O.Rprop(ps, lr=1e-2)),
+    # bounds reached within the steps: the clamps on both sides
+    "rprop_bounded": (lambda: gx.rprop(1e-2, eta_minus=0.3, eta_plus=1.5, min_step_size=2e-3, max_step_size=3e-2),
+                      lambda ps: O.Rprop(ps, lr=1e-2, etas=(0.3, 1.5), step_sizes=(2e-3, 3e-2))),
 }
 
 SHAPES = [(7, 5), (5,), (3, 4, 2), (1,)]
@@ -218,16 +222,21 @@ def test_blocks(name, flat, monkeypatch):
     _close(mixed, mixed_slow, dtype)
 
 
+@pytest.mark.parametrize("loop", [False, True])
 @pytest.mark.parametrize("flat", [False, True])
 @pytest.mark.parametrize("make", [
     lambda: gx.chain(gx.clip_value(0.5), gx.scale_by_adam(), gx.scale_by_lr(1e-2)),
+    lambda: gx.chain(gx.clip_value(0.5), gx.clip_value(0.3), gx.scale_by_adam(), gx.scale_by_lr(1e-2)),
     lambda: gx.chain(gx.clip_value(0.5), gx.scale_by_adam(), gx.add_decayed_weights(0.1), gx.scale_by_lr(1e-2)),
     lambda: gx.chain(gx.clip_value(0.5), gx.trace(0.9, nesterov=True), gx.scale_by_lr(1e-2)),
-], ids=["adam", "adamw", "sgd"])
-def test_clipped_fused_chains_in_blocks(make, flat, monkeypatch):
+], ids=["adam", "adam_two_clips", "adamw", "sgd"])
+def test_clipped_fused_chains_in_blocks(make, flat, loop, monkeypatch):
     """A leading clip_value before torch's fused kernels runs block by block (the clipped
-    gradients in a scratch block): the generic path's numbers, .grad untouched."""
+    gradients in a scratch block, copied and clipped or, for long tensors, ``loop``, clipped
+    straight into it): the generic path's numbers, .grad untouched."""
     monkeypatch.setattr(multi_tensor, "_BLOCK", 8)
+    if loop:
+        monkeypatch.setattr(multi_tensor, "_LOOP_MIN", 1)
     dtype = torch.float64
     fast, slow = _params(dtype), _params(dtype)
     fast_opt, slow_opt = gx.Optimizer(fast, make(), flat=flat), gx.Optimizer(slow, make(), fast=False)

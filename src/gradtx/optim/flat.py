@@ -41,9 +41,12 @@ vector: both slower than a foreach norm per tensor; runs 20x faster on 2000 tens
 Elementwise parts run as before over the whole buffer. A part that is neither elementwise
 nor segmented (muon's split between matrices and the rest, adafactor's factored moments, a
 masked trust ratio, a user's transform) makes the constructor raise ``ValueError`` naming
-``flat=True``; a chain with a part over every param group at once (``clip_by_global_norm``,
-declared segmented since a global norm is the same on any split) is stepped by the adapter's
-one-chain path, never by this one: the default path's numbers.
+``flat=True`` (and, for muon and adafactor, why: per-parameter state not shaped like the
+parameter, which the flat state's views cannot hold; a per-matrix Newton-Schulz batched
+over runs of equal shapes would be muon's flat form); a chain with a part over every param
+group at once (``clip_by_global_norm``, declared segmented since a global norm is the same on
+any split) is stepped by the adapter's one-chain path, never by this one: the default path's
+numbers.
 
 Parameters are *moved* into the buffer: a tensor that aliased a parameter's old memory (a
 ``.data`` kept aside) no longer sees it. Weight tying by sharing one ``Parameter`` works; two
@@ -129,6 +132,15 @@ class _Layout:
 
 _DISABLED = "disabled"
 
+# Why known parts have no flat form yet (the refusal says it): both keep per-parameter state
+# that is not shaped like the parameter (a flat buffer's segments are), and reduce per matrix.
+_WHY_NOT = {
+    "scale_by_factored_rms": ("; adafactor's factored second moments are a row and a column vector per matrix, "
+                              "not segments of a flat buffer"),
+    "only(": ("; muon's split picks leaves by their number of dimensions, which segments of one flat buffer do "
+              "not have, and each side keeps empty tensors for the other side's leaves"),
+}
+
 
 class FlatStorage:
     """The flat layouts of an optimizer's param groups (``gx.Optimizer(..., flat=True)``)."""
@@ -143,10 +155,12 @@ class FlatStorage:
         segmented (its numbers would depend on where one parameter ends and the next begins)."""
         bad = flat_blocking_parts(tx)
         if bad:
-            names = ", ".join(sorted({getattr(b, "__dict__", {}).get("name") or repr(b) for b in bad}))
+            names = sorted({getattr(b, "__dict__", {}).get("name") or repr(b) for b in bad})
+            why = sorted({reason for name in names for key, reason in _WHY_NOT.items() if name.startswith(key)})
             raise ValueError(f"flat=True runs chains of elementwise (gx.is_elementwise) or segmented transforms "
                              f"(per-tensor norms computed per segment of the flat buffer, as in gx.lamb, gx.lars, "
-                             f"gx.clip_by_global_norm); neither: {names} (use flat=False for this chain)")
+                             f"gx.clip_by_global_norm); neither: {', '.join(names)}{''.join(why)} "
+                             f"(use flat=False for this chain)")
         return cls(segmented=bool(non_elementwise_parts(tx)))
 
     # -- zero_grad ----------------------------------------------------------------------

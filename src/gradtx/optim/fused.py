@@ -27,7 +27,9 @@ A leading ``clip_value`` is exact, so it runs first on a private copy of the gra
 which the kernel then reads: ``.grad`` is never changed. Where the tensors are contiguous and
 of one dtype and device, the copy, the clip and the kernel go block by block
 (``multi_tensor.cut``): the scratch is one block, not a copy of every gradient (the peak
-memory of torch's fused Adam), and each block is read by the kernel while in cache. ``add_decayed_weights`` with a
+memory of torch's fused Adam), a long tensor's block is clipped straight into it (one pass
+over the gradient, where torch's ``clip_grad_value_`` makes two), and each block is read by
+the kernel while in cache. ``add_decayed_weights`` with a
 ``mask`` (``gx.adamw(..., mask="*.weight")``: no decay on biases) runs the kernel twice, on
 the masked parameters with the decay and on the others without; the mask is evaluated once
 per set of parameters the adapter steps.
@@ -170,12 +172,13 @@ class FusedPlan:
         return first
 
     def _kernel(self, counter: Any, device: torch.device, ps: list, gs: list, per_param: list[list],
-                decay: float) -> None:
+                decay: float, step: torch.Tensor | None = None) -> None:
         if self.kind in ("adam", "adamw"):
             kernel = torch._fused_adamw_ if self.kind == "adamw" else torch._fused_adam_
             # torch keeps one float step per parameter; gradtx one int32 count per transform.
             # The kernel only reads the steps, so one tensor serves every parameter.
-            step = counter.to(device=device, dtype=torch.float32)
+            if step is None:
+                step = counter.to(device=device, dtype=torch.float32)
             kernel(ps, gs, per_param[0], per_param[1], [], [step] * len(ps), lr=self._lr, beta1=self.hp["b1"],
                    beta2=self.hp["b2"], weight_decay=decay, eps=self.hp["eps"], amsgrad=False, maximize=False)
         else:
@@ -188,15 +191,24 @@ class FusedPlan:
                         buffers: Any) -> None:
         """The leading clips and the kernel block by block: each block's gradients clipped
         into a scratch block (never ``.grad``) that the kernel reads while it is in cache;
-        scratch of one block, not of every gradient."""
-        from .multi_tensor import cut  # imports this module's helpers
+        scratch of one block, not of every gradient. Long tensors are clipped straight into
+        the scratch (``torch.clamp(..., out=)``: one pass, not a copy and a clamp)."""
+        from .multi_tensor import _LOOP_MIN, cut  # imports this module's helpers
 
         counter = self._count(state)
-        for (bp, bg, *bs), (scratch,), _ in cut(self, [ps, gs, *per_param], 1, buffers, True):
-            torch._foreach_copy_(scratch, bg)
-            for c in self.clips:
+        device = ps[0].device
+        step = counter.to(device=device, dtype=torch.float32) if self.kind in ("adam", "adamw") else None
+        first, rest = self.clips[0], self.clips[1:]
+        for (bp, bg, *bs), (scratch,), numel in cut(self, [ps, gs, *per_param], 1, buffers, True):
+            if numel >= _LOOP_MIN * len(bg):
+                for dst, src in zip(scratch, bg):
+                    torch.clamp(src, -first, first, out=dst)
+            else:
+                torch._foreach_copy_(scratch, bg)
+                F.clamp(scratch, -first, first, inplace=True)
+            for c in rest:
                 F.clamp(scratch, -c, c, inplace=True)
-            self._kernel(counter, bp[0].device, bp, scratch, bs, wd)
+            self._kernel(counter, device, bp, scratch, bs, wd, step)
 
     def _mask_flags(self, params: dict) -> list[bool]:
         """The decay mask over ``params`` (in its order), as ``add_decayed_weights`` reads it."""

@@ -12,12 +12,18 @@ torch has no fused kernel for, and runs them in place on the chain's own state t
 - ``scale_by_nadam(...) + scale_by_lr(lr)`` (``gx.nadam`` with ``momentum_decay``, torch's NAdam);
 - ``scale_by_radam(...) + scale_by_lr(lr)`` (``gx.radam``, both denominators);
 - ``[add_decayed_weights(0)] + scale_by_adadelta(...) + scale_by_lr(lr)`` (``gx.adadelta``);
-- ``[add_decayed_weights(0)] + scale_by_asgd(...) + scale_by_lr(lr)`` (``gx.asgd``).
+- ``[add_decayed_weights(0)] + scale_by_asgd(...) + scale_by_lr(lr)`` (``gx.asgd``);
+- ``scale_by_rprop(...) + scale_by_lr(lr)`` (``gx.rprop``).
 
 torch's RMSprop runs torch's fused Adam kernel (``b1 = 0``: the first moment is the gradient,
 in a scratch block; a step count of infinity makes both bias corrections 1), ASGD torch's
 fused SGD kernel (its weight decay is ``lambd``): one pass each where the tensors are
-contiguous. The kernels of several passes run them block by block (``cut``: ``_BLOCK``
+contiguous. Rprop's three-way choice of factor (``eta_plus``, ``eta_minus``, 1 by the sign of
+``g * u_prev``) has no multi-tensor ``where``: it is made of the sign ``q``, its positive
+part ``P`` and its negative part ``N`` as ``(1 + (eta_plus - 1) P) (1 + N) - eta_minus N``,
+exact (a product by 0 or 1, a sum with 0; the plan is refused for an ``eta_plus`` where
+``1 + (eta_plus - 1)`` is not ``eta_plus`` in float32 or float64), so the step sizes are
+the generic path's bit for bit. The kernels of several passes run them block by block (``cut``: ``_BLOCK``
 elements, long tensors cut in pieces, runs of short ones together), so that a block's
 tensors stay in cache between passes, as torch's for-loop implementations get by going one
 tensor at a time; the scratch is one block's.
@@ -380,6 +386,41 @@ def _asgd_body(sc, ps, gs, axs, numel) -> None:
         torch._foreach_lerp_(axs, ps, mu)
 
 
+def _rprop(hp, s, lr):
+    return hp["eta_plus"] - 1.0, hp["eta_minus"], hp["min_step_size"], hp["max_step_size"], lr
+
+
+def _rprop_body(sc, ps, gs, ds, us, factor, sign, numel) -> None:
+    """``u_prev`` (``us``) is overwritten in turn by ``q = sign(g u_prev)``, its negative part
+    ``N``, ``1 + N`` (0 where the sign flipped) and the new ``u = d sign(g) (1 + N)``; the
+    factor is ``(1 + (eta_plus - 1) P) (1 + N) - eta_minus N`` with ``P`` the positive part."""
+    up, eta_minus, lo, hi, lr = sc
+    torch._foreach_mul_(us, gs)
+    torch._foreach_sign_(us)
+    _into("clamp_min", factor, us, numel, 0.0)  # P
+    torch._foreach_sub_(us, factor)  # N
+    torch._foreach_mul_(factor, up)
+    torch._foreach_add_(factor, 1.0)
+    torch._foreach_addcmul_(factor, factor, us)
+    torch._foreach_add_(factor, us, alpha=-eta_minus)
+    torch._foreach_mul_(ds, factor)
+    torch._foreach_clamp_min_(ds, lo)
+    torch._foreach_clamp_max_(ds, hi)
+    torch._foreach_add_(us, 1.0)
+    _into("sign", sign, gs, numel)
+    torch._foreach_mul_(sign, ds)
+    torch._foreach_mul_(us, sign)
+    torch._foreach_add_(ps, us, alpha=-lr)
+
+
+def _rprop_exact(eta_plus: float) -> bool:
+    """Whether ``1 + (eta_plus - 1)`` is ``eta_plus`` in float32 and float64, with the scalar
+    cast as the kernels cast it (true for ``eta_plus`` up to 2 in float64, and for the usual
+    values in float32)."""
+    return all(float(torch.ones((), dtype=dtype) + torch.tensor(eta_plus - 1.0, dtype=dtype))
+               == float(torch.tensor(eta_plus, dtype=dtype)) for dtype in _DTYPES)
+
+
 _KERNELS: dict[str, _Kernel] = {
     "adagrad": _Kernel(("sum_of_squares",), 1, _adagrad, _adagrad_body),
     "rmsprop": _Kernel(("nu",), 1, _rmsprop, _rmsprop_body),
@@ -388,6 +429,7 @@ _KERNELS: dict[str, _Kernel] = {
     "radam": _Kernel(("mu", "nu"), 1, _radam, _radam_body),
     "adadelta": _Kernel(("e_g", "e_x"), 2, _adadelta, _adadelta_body),
     "asgd": _Kernel(("ax",), 0, _asgd, _asgd_body),
+    "rprop": _Kernel(("step_sizes", "prev_updates"), 2, _rprop, _rprop_body),
 }
 _RMSPROP_ON_ADAM = _Kernel(("nu",), 1, _rmsprop, _rmsprop_adam_body)
 
@@ -411,6 +453,7 @@ _SHAPES: dict[str, tuple[str, tuple[str, ...], bool]] = {
     "scale_by_radam": ("radam", ("b1", "b2", "eps", "eps_root", "threshold", "nesterov", "eps_before_debias"), False),
     "scale_by_adadelta": ("adadelta", ("rho", "eps"), True),
     "scale_by_asgd": ("asgd", ("lambd", "alpha", "t0"), True),
+    "scale_by_rprop": ("rprop", ("eta_minus", "eta_plus", "min_step_size", "max_step_size"), False),
 }
 
 
@@ -439,5 +482,7 @@ def plan(parts: tuple) -> MultiTensorPlan | None:
         return None
     if kind in ("nadam", "radam") and (hp["eps_root"] != 0.0 or args[i].get("mu_dtype") is not None
                                        or hp.get("nesterov")):
+        return None
+    if kind == "rprop" and not _rprop_exact(hp["eta_plus"]):
         return None
     return MultiTensorPlan(kind, i, decay, len(parts) - 1, hp)

@@ -107,6 +107,33 @@ def _shape_factor(adjust_lr_fn: AdjustLrFn, rows: int, cols: int) -> float:
     return float(adjust_lr_fn(rows, cols))
 
 
+# Matrices of up to _BATCH_NUMEL elements run the iteration stacked with the others of their
+# shape, dtype and device, at most _BATCH_TOTAL elements a stack: many small matrices then
+# cost a few batched products per step instead of a few per matrix (Python and dispatch
+# dominate there); larger ones run one by one, with no stacked copy.
+_BATCH_NUMEL = 1 << 14
+_BATCH_TOTAL = 1 << 18
+
+
+def _batches(idx: list[int], hats: list[torch.Tensor]):
+    """``(positions, tensor, stacked)``: each small matrix with the others of its kind in a
+    stack (``stacked``: its first dimension runs over ``positions``), every other alone."""
+    kinds: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
+    for i, h in zip(idx, hats):
+        if 0 < h.numel() <= _BATCH_NUMEL:
+            kinds.setdefault((h.shape, h.dtype, h.device), []).append((i, h))
+        else:
+            yield [i], h, False
+    for members in kinds.values():
+        per = max(_BATCH_TOTAL // members[0][1].numel(), 1)
+        for start in range(0, len(members), per):
+            chunk = members[start:start + per]
+            if len(chunk) == 1:
+                yield [chunk[0][0]], chunk[0][1], False
+            else:
+                yield [i for i, _ in chunk], torch.stack([h for _, h in chunk]), True
+
+
 class ScaleByMuonState(NamedTuple):
     count: torch.Tensor  # int32, steps taken
     mu: Tree  # momentum of each matrix leaf (mu_dtype or its dtype); an empty tensor for other leaves
@@ -130,8 +157,10 @@ def scale_by_muon(ns_coeffs: NsCoeffs = MUON_NS_COEFFS, ns_steps: int = 5, beta:
     ``sqrt(max(1, rows/cols))`` (Keller Jordan's, torch's default), ``"match_rms_adamw"``
     ``0.2 sqrt(max(rows, cols))`` (Moonshot's), or a callable ``(rows, cols) -> s``.
 
-    Leaves with more than two dimensions are batches of matrices over their last two
-    dimensions; leaves with fewer pass through unchanged (the ``muon`` alias sends them, and
+    Small matrices (up to 2^14 elements) of one shape run the iteration together, stacked
+    (the numbers of one at a time to round-off, with a few batched products per step instead
+    of a few per matrix). Leaves with more than two dimensions are batches of matrices over
+    their last two dimensions; leaves with fewer pass through unchanged (the ``muon`` alias sends them, and
     every leaf that is not 2-D, to Adam, as optax.contrib.muon does by default). A conv weight
     ``(out, in, kh, kw)`` would thus be taken as ``out * in`` matrices of ``kh x kw``: to treat
     it as one ``out x (in kh kw)`` matrix, reshape its gradient first (``muon(conv="matrix")``).
@@ -180,15 +209,22 @@ def scale_by_muon(ns_coeffs: NsCoeffs = MUON_NS_COEFFS, ns_steps: int = 5, beta:
         else:
             hat = F.cast_like(ms, gs)  # may be the state's buffers: nothing below writes into hat
         out = list(us)
-        for i, h in zip(idx, hat):
+        for positions, h, stacked in _batches(idx, hat):
             if h.numel() == 0:  # an empty matrix (a zero-size axis) has nothing to orthogonalize
-                out[i] = torch.zeros_like(h)
+                o = torch.zeros_like(h)
+            else:
+                o = _orthogonalize(h, coeffs, eps, ns_dtype)
+                if adaptive:
+                    o.mul_((h * o).sum(dim=(-2, -1), keepdim=True))
+                o.mul_(_shape_factor(adjust_lr_fn, h.shape[-2], h.shape[-1]))
+            if not stacked:
+                out[positions[0]] = o
                 continue
-            o = _orthogonalize(h, coeffs, eps, ns_dtype)
-            if adaptive:
-                o.mul_((h * o).sum(dim=(-2, -1), keepdim=True))
-            o.mul_(_shape_factor(adjust_lr_fn, h.shape[-2], h.shape[-1]))
-            out[i] = o
+            # unbind's views may not be written in place with grad mode on (a later part's
+            # in-place scaling by a traced lr); select's may
+            pieces = [o[k] for k in range(len(positions))] if torch.is_grad_enabled() else o.unbind(0)
+            for i, piece in zip(positions, pieces):
+                out[i] = piece
         new_mu = list(mus)
         for i, m in zip(idx, ms):
             new_mu[i] = m
