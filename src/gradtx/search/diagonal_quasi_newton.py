@@ -166,8 +166,12 @@ def diagonal_quasi_newton(name: str, rule: Rule, *, inverse: bool, init_scale: A
     def init(params):
         ps, treedef = tensor_leaves(params)
         device = ps[0].device if ps else None
-        scale = 1.0 if auto else init_scale.item() if isinstance(init_scale, torch.Tensor) else float(init_scale)
-        diag = [_full_like(p, 1 / scale if inverse else scale) for p in ps]
+        diag = [_full_like(p, 1.0) for p in ps]
+        if not auto:  # (a tensor init_scale keeps its autograd link)
+            def scaled_(d):
+                c = init_scale.to(F.as_real([d])[0].dtype) if isinstance(init_scale, torch.Tensor) else init_scale
+                return d / c if inverse else d * c
+            diag = [scaled_(d) for d in diag]
         return DiagonalQuasiNewtonState(
             count=torch.zeros((), dtype=torch.int32, device=device),
             scaled=torch.tensor(not auto, device=device),
@@ -238,8 +242,8 @@ _COMMON_ARGS = """
 
 def _check_bounds(lb: Any, ub: Any) -> tuple[float, float]:
     check("lb", lb, low=0.0)
-    check("ub", ub, low=0.0, allow_inf=True)
-    lb, ub = float(lb), float(ub)
+    check("ub", ub, low=0.0)
+    lb, ub = (float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for v in (lb, ub))
     if not lb < ub:
         raise ValueError(f"lb must be below ub, got lb={lb!r}, ub={ub!r}")
     return lb, ub
