@@ -241,6 +241,29 @@ def test_converges_with_a_line_search(build):
     assert _rosenbrock(x) < (0.2 if build is gx.scale_by_new_dqn else 1e-3) * _rosenbrock(start)
 
 
+def test_docstring_chain_with_gradtx_backtracking_minimises_the_quadratic():
+    """The docstrings' chain, ``scale_by_dnrtr() -> scale(-1) -> scale_by_backtracking()`` fed by
+    ``gx.evaluation_args``, reaches scipy's minimiser of the quadratic to 1e-6 in 200 steps."""
+    optimize = pytest.importorskip("scipy.optimize")
+    fn, x0, _ = PROBLEMS["quadratic"]
+
+    def fg(v):
+        t = torch.from_numpy(v).requires_grad_(True)
+        f = fn(t)
+        (g,) = torch.autograd.grad(f, t)
+        return f.item(), g.numpy()
+
+    ref = optimize.minimize(fg, x0.numpy(), jac=True, method="BFGS", options={"gtol": 1e-12})
+    tx = gx.chain(gx.scale_by_dnrtr(), gx.scale(-1.0), gx.scale_by_backtracking())
+    params = {"x": x0.clone()}
+    state = tx.init(params)
+    for _ in range(200):
+        extra = gx.evaluation_args(lambda p: fn(p["x"]), params)
+        updates, state = tx.update(extra["grad"], state, params, **extra)
+        params = gx.apply_updates(params, updates)
+    np.testing.assert_allclose(params["x"].numpy(), ref.x, atol=1e-6)
+
+
 # --- hyperparameters ------------------------------------------------------------------------------
 
 

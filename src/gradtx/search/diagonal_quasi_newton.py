@@ -9,7 +9,7 @@ The diagonal is built from the pairs
 
 and the output is the preconditioned direction ``H g`` (inverse form, ``D = H``) or ``g / B``
 (Hessian form, ``D = B``), elementwise; not a step: follow with ``scale_by_lr(lr)`` or a line
-search (``gx.chain(gx.scale_by_quasi_cauchy(), gx.scale_by_lr(1.0))``).
+search (``gx.chain(gx.scale_by_quasi_cauchy(), gx.scale(-1.0), gx.scale_by_backtracking())``).
 
 Every rule reads global sums over all leaves (``s.y``, ``sum s^4``, ...), taken over all
 params as one vector as torchzero's modules do (``concat_params=True``): these transforms are
@@ -263,7 +263,8 @@ def scale_by_diagonal_bfgs(init_scale: float | str = "auto", eps: float = 1e-32,
     Defaults as torchzero (``tol=1e-32``, ``init_scale="auto"``).
     {common}
 
-    Example: ``gx.chain(gx.scale_by_diagonal_bfgs(), gx.scale_by_backtracking_linesearch())``.
+    Example: ``gx.chain(gx.scale_by_diagonal_bfgs(), gx.scale(-1.0), gx.scale_by_backtracking())``,
+    a line search along ``-u`` (or ``gx.scale_by_lr(lr)`` after it for a fixed step).
     """
     _check_common(eps, init_scale, reset_interval)
     return diagonal_quasi_newton("scale_by_diagonal_bfgs", diagonal_bfgs_inverse, inverse=True,
@@ -284,7 +285,8 @@ def scale_by_diagonal_sr1(inverse: bool = True, init_scale: float | str = 1.0, e
     (N&W's ``r``); torchzero's ``DiagonalSR1`` defaults to ``"auto"`` and ``tol=1e-32``.
     {common}
 
-    Example: ``gx.chain(gx.scale_by_diagonal_sr1(), gx.scale_by_backtracking_linesearch())``.
+    Example: ``gx.chain(gx.scale_by_diagonal_sr1(), gx.scale(-1.0), gx.scale_by_backtracking())``,
+    a line search along ``-u`` (or ``gx.scale_by_lr(lr)`` after it for a fixed step).
     """
     _check_common(eps, init_scale, reset_interval)
     return diagonal_quasi_newton("scale_by_diagonal_sr1", diagonal_sr1_inverse if inverse else diagonal_sr1_hessian,
@@ -300,12 +302,14 @@ def scale_by_quasi_cauchy(init_scale: float | str = "auto",
 
     The diagonal nearest ``B`` in Frobenius norm with the weak secant (quasi-Cauchy) relation
     ``s^T B+ s = s.y``: ``B+ = B + s^2 (s.y - s^T B s) / sum s^4`` (elementwise ``s^2``);
-    skipped only when ``s = 0``. ``B`` is not kept positive (as torchzero, no safeguard): a
-    negative element flips that coordinate's direction, so pair it with a line search, or use
+    skipped only when ``s = 0``. ``B`` is not kept positive (as torchzero, no safeguard; the
+    paper also proposes variants with hereditary positive definiteness, not these): a negative
+    element flips that coordinate's direction, so pair it with a line search, or use
     :func:`scale_by_dnrtr`'s truncation.
     {common}
 
-    Example: ``gx.chain(gx.scale_by_quasi_cauchy(), gx.scale_by_backtracking_linesearch())``.
+    Example: ``gx.chain(gx.scale_by_quasi_cauchy(), gx.scale(-1.0), gx.scale_by_backtracking())``,
+    a line search along ``-u`` (or ``gx.scale_by_lr(lr)`` after it for a fixed step).
     """
     _check_common(0.0, init_scale, reset_interval)
     return diagonal_quasi_newton("scale_by_quasi_cauchy", quasi_cauchy_hessian, inverse=False,
@@ -326,7 +330,8 @@ def scale_by_weighted_quasi_cauchy(init_scale: float | str = "auto",
     safeguard (as torchzero): use a line search.
     {common}
 
-    Example: ``gx.chain(gx.scale_by_weighted_quasi_cauchy(), gx.scale_by_backtracking_linesearch())``.
+    Example: ``gx.chain(gx.scale_by_weighted_quasi_cauchy(), gx.scale(-1.0), gx.scale_by_backtracking())``,
+    a line search along ``-u`` (or ``gx.scale_by_lr(lr)`` after it for a fixed step).
     """
     _check_common(0.0, init_scale, reset_interval)
     return diagonal_quasi_newton("scale_by_weighted_quasi_cauchy", weighted_quasi_cauchy_hessian, inverse=False,
@@ -351,7 +356,8 @@ def scale_by_dnrtr(lb: float = 1e-2, ub: float = 1e5, init_scale: float | str = 
     one of ``dnrtr_B_``), with torchzero's truncation.
     {common}
 
-    Example: ``gx.chain(gx.scale_by_dnrtr(), gx.scale_by_backtracking_linesearch())``.
+    Example: ``gx.chain(gx.scale_by_dnrtr(), gx.scale(-1.0), gx.scale_by_backtracking())``,
+    a line search along ``-u`` (or ``gx.scale_by_lr(lr)`` after it for a fixed step).
     """
     bounds = _check_bounds(lb, ub)
     _check_common(0.0, init_scale, reset_interval)
@@ -372,7 +378,8 @@ def scale_by_new_dqn(lb: float = 1e-2, ub: float = 1e5, init_scale: float | str 
     hand to check them against.
     {common}
 
-    Example: ``gx.chain(gx.scale_by_new_dqn(), gx.scale_by_backtracking_linesearch())``.
+    Example: ``gx.chain(gx.scale_by_new_dqn(), gx.scale(-1.0), gx.scale_by_backtracking())``,
+    a line search along ``-u`` (or ``gx.scale_by_lr(lr)`` after it for a fixed step).
     """
     bounds = _check_bounds(lb, ub)
     _check_common(0.0, init_scale, reset_interval)
