@@ -170,6 +170,31 @@ def test_weak_secant_holds_after_an_update(build):
     torch.testing.assert_close((s * B) @ s, s @ y, rtol=1e-12, atol=0)
 
 
+def test_curvature_failure_skips_and_truncation_passes_the_gradient():
+    """Diagonal BFGS keeps H when s.y < 0 (a concave pair); DNRTR's stored diagonal follows
+    Andrei's rule while an element outside (lb, ub) divides by 1 (u_i = g_i)."""
+    x0 = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    x1 = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    tx = gx.scale_by_diagonal_bfgs(init_scale=1.0)
+    state = tx.init({"x": x0})
+    _, state = tx.update({"x": -x0}, state, {"x": x0})  # g = -x: s.y = -|s|^2 < 0
+    u, state = tx.update({"x": -x1}, state, {"x": x1})
+    torch.testing.assert_close(state.diagonal["x"], torch.ones(2, dtype=torch.float64), rtol=0, atol=0)
+    torch.testing.assert_close(u["x"], -x1, rtol=0, atol=0)
+
+    # s = (-1, -1), y = (-10, -0.001): Andrei's B+ = B - 1 + s^2 (s.y + s.s - s^T B s) / sum s^4
+    tx = gx.scale_by_dnrtr(lb=0.5, ub=2.0, init_scale=1.0)
+    state = tx.init({"x": x0})
+    g0, g1 = torch.tensor([3.0, 4.0], dtype=torch.float64), torch.tensor([-7.0, 3.999], dtype=torch.float64)
+    _, state = tx.update({"x": g0}, state, {"x": x0})
+    u, state = tx.update({"x": g1}, state, {"x": x1})
+    s, y = x1 - x0, g1 - g0
+    B = 1.0 - 1.0 + s**2 * ((s @ y + s @ s - s @ s) / (s**4).sum())
+    torch.testing.assert_close(state.diagonal["x"], B, rtol=1e-14, atol=0)
+    assert B[0] > 2.0 and B[1] > 2.0  # both outside (0.5, 2): truncated to 1 where used
+    torch.testing.assert_close(u["x"], g1, rtol=0, atol=0)
+
+
 def test_split_tree_equals_one_vector_and_complex_is_its_real_view():
     """The sums are global: a tree {(2, 2) matrix, complex 1-vector} gives the same numbers as
     one real 6-vector in the same order."""
