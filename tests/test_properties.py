@@ -101,6 +101,9 @@ COUPLES_LEAVES |= {"scale_by_bfgs", "scale_by_dfp", "scale_by_sr1", "scale_by_ps
                    "scale_by_broyden_bad", "scale_by_greenstadt1", "scale_by_greenstadt2", "scale_by_mccormick",
                    "scale_by_pearson", "scale_by_icum", "scale_by_hoshino", "scale_by_shor_r", "scale_by_lsr1",
                    "scale_by_ssvm", "scale_by_thomas", "scale_by_projected_newton_raphson", "scale_by_new_ssm"}
+# diagonal quasi-Newton: sums over all leaves (s.y, sum s^4)
+COUPLES_LEAVES |= {"scale_by_diagonal_bfgs", "scale_by_diagonal_sr1", "scale_by_quasi_cauchy",
+                   "scale_by_weighted_quasi_cauchy", "scale_by_dnrtr", "scale_by_new_dqn"}
 # finite differences of one loss over all leaves (its round-off is the whole tree's)
 COUPLES_LEAVES |= {"fdm"}
 # PSGD's dense and low-rank preconditioners over all leaves as one vector
@@ -495,7 +498,11 @@ NOT_DIFFERENTIABLE.update({f"{name}.eps": "compared in the curvature test: selec
                                         "scale_by_broyden_bad", "scale_by_greenstadt1", "scale_by_greenstadt2",
                                         "scale_by_mccormick", "scale_by_pearson", "scale_by_icum", "scale_by_hoshino",
                                         "scale_by_lsr1", "scale_by_ssvm", "scale_by_thomas",
-                                        "scale_by_projected_newton_raphson", "scale_by_new_ssm")})
+                                        "scale_by_projected_newton_raphson", "scale_by_new_ssm",
+                                        "scale_by_diagonal_bfgs", "scale_by_diagonal_sr1")})
+# the diagonal quasi-Newton truncation bounds only select which elements are replaced by 1
+NOT_DIFFERENTIABLE.update({f"{name}.{b}": "compared with the diagonal: selects which elements are truncated to 1"
+                           for name in ("scale_by_dnrtr", "scale_by_new_dqn") for b in ("lb", "ub")})
 
 
 # Entries that read params (or the loss) detached, as documented: their step size is a

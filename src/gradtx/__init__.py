@@ -43,9 +43,10 @@ from .optim.scipy_minimize import *  # noqa: F403
 from .precondition import *  # noqa: F403
 from .projected import *  # noqa: F403
 from .schedules import *  # noqa: F403
-from .search import conjugate_gradient, line_search, lsr1, quasi_newton, step_size, trust_region
+from .search import conjugate_gradient, diagonal_quasi_newton, line_search, lsr1, quasi_newton, step_size, trust_region
 from .search import lbfgs as _lbfgs_module  # the name gx.lbfgs is the alias
 from .search.conjugate_gradient import *  # noqa: F403
+from .search.diagonal_quasi_newton import *  # noqa: F403
 from .search.lbfgs import *  # noqa: F403
 from .search.line_search import *  # noqa: F403
 from .search.lsr1 import *  # noqa: F403
@@ -141,7 +142,7 @@ _MODULES = (
     weight_decay,
     # precondition/, search/
     precondition,
-    line_search, _lbfgs_module, quasi_newton, lsr1, conjugate_gradient, step_size, trust_region,
+    line_search, _lbfgs_module, quasi_newton, diagonal_quasi_newton, lsr1, conjugate_gradient, step_size, trust_region,
     # second_order/
     optax_second_order, _newton_module, _newton_cg_module, nystrom, gauss_newton, cubic,
     hutchinson, _sophia_module, _adahessian_module, _matrix_momentum_module,
