@@ -624,3 +624,28 @@ def test_lsr1_matches_torchzero():
 def test_lsr1_minimises_rosenbrock_with_a_line_search():
     x, _ = _armijo_run(gx.scale_by_lsr1(memory_size=5), _rosenbrock, np.array([-1.2, 1.0]), max_iter=1000)
     assert _rosenbrock(x)[0] < 1e-3 * _rosenbrock(np.array([-1.2, 1.0]))[0]
+
+
+def test_a_complex_leaf_after_an_odd_length_real_leaf_is_one_vector_of_real_coordinates():
+    """BFGS over {real 3-vector, complex 2-vector} equals BFGS over the 7 real coordinates: the
+    complex leaf's piece of the flat vector starts at an odd offset (it used to fail to view)."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(7, 7, generator=gen, dtype=torch.float64)
+    a = a @ a.T + 7 * torch.eye(7, dtype=torch.float64)
+
+    def grad_of(v):
+        return a @ v
+
+    tx = gx.chain(gx.scale_by_bfgs(), gx.scale_by_lr(0.1))
+    v = torch.randn(7, generator=gen, dtype=torch.float64)
+    tree = {"a": v[:3].clone(), "b": torch.view_as_complex(v[3:].reshape(2, 2).clone())}
+    flat = {"x": v.clone()}
+    tree_state, flat_state = tx.init(tree), tx.init(flat)
+    for _ in range(5):
+        g = grad_of(torch.cat([tree["a"], torch.view_as_real(tree["b"]).reshape(-1)]))
+        u, tree_state = tx.update({"a": g[:3], "b": torch.view_as_complex(g[3:].reshape(2, 2).clone())}, tree_state, tree)
+        tree = gx.apply_updates(tree, u)
+        w, flat_state = tx.update({"x": grad_of(flat["x"])}, flat_state, flat)
+        flat = gx.apply_updates(flat, w)
+    got = torch.cat([tree["a"], torch.view_as_real(tree["b"]).reshape(-1)])
+    torch.testing.assert_close(got, flat["x"], rtol=1e-12, atol=1e-14)

@@ -298,6 +298,12 @@ def as_real(xs: Tensors) -> Tensors:
     return [torch.view_as_real(x.resolve_conj()) if x.is_complex() else x for x in xs]
 
 
+def _complex_viewable(x: torch.Tensor) -> bool:
+    # view_as_complex needs whole complex elements: unit last stride, even other strides and
+    # an even storage offset (a piece cut from a flat real vector may start at an odd one)
+    return x.stride(-1) == 1 and x.storage_offset() % 2 == 0 and all(s % 2 == 0 for s in x.stride()[:-1])
+
+
 def as_complex_like(xs: Tensors, refs: Tensors, views: Tensors | None = None) -> Tensors:
     """Undo :func:`as_real`: where ``refs[i]`` is complex, ``xs[i]`` (a real tensor with a
     trailing axis of size 2) as a complex tensor; ``refs[i]`` itself when ``xs[i]`` is
@@ -309,7 +315,8 @@ def as_complex_like(xs: Tensors, refs: Tensors, views: Tensors | None = None) ->
         elif views is not None and x is views[i]:
             out.append(r)
         else:
-            out.append(torch.view_as_complex(x if x.stride(-1) == 1 else x.contiguous()))
+            whole = x if _complex_viewable(x) else x.clone(memory_format=torch.contiguous_format)
+            out.append(torch.view_as_complex(whole))
     return out
 
 
