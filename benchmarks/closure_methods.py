@@ -26,7 +26,7 @@ import inspect
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -78,7 +78,25 @@ def logistic_regression(samples: int = 500, features: int = 20) -> Problem:
     return Problem(f"logistic-{samples}x{features}", loss, torch.zeros(features))
 
 
-PROBLEMS = [rosenbrock(2), rosenbrock(10), rosenbrock(100), ill_conditioned_quadratic(), logistic_regression()]
+def mlp_regression(samples: int = 100, inputs: int = 5, hidden: int = 10, weight_decay: float = 1e-2) -> Problem:
+    """A small tanh MLP (``inputs``-``hidden``-1) regressing a noisy sine of a projection, its
+    weights one vector, with an L2 penalty: non-convex, converging to a local minimiser."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(samples, inputs, generator=gen)
+    y = torch.sin(x @ torch.randn(inputs, generator=gen)).unsqueeze(-1) + 0.1 * torch.randn(samples, 1, generator=gen)
+    shapes = [(hidden, inputs), (hidden,), (1, hidden), (1,)]
+    sizes = [math.prod(shape) for shape in shapes]
+
+    def loss(w):
+        w1, b1, w2, b2 = (part.reshape(shape) for part, shape in zip(torch.split(w, sizes), shapes))
+        prediction = torch.tanh(x @ w1.T + b1) @ w2.T + b2
+        return 0.5 * ((prediction - y) ** 2).mean() + weight_decay * (w @ w)
+
+    return Problem(f"mlp-{inputs}-{hidden}-1 ({samples} samples)", loss, 0.5 * torch.randn(sum(sizes), generator=gen))
+
+
+PROBLEMS = [rosenbrock(2), rosenbrock(10), rosenbrock(100), ill_conditioned_quadratic(), logistic_regression(),
+            mlp_regression()]
 
 
 # --- counting evaluations ----------------------------------------------------------------
@@ -92,6 +110,11 @@ class Counted:
     f: int = 0
     g: int = 0
     h: int = 0  # Hessian-vector products
+    trace: list[tuple[int, float]] = field(default_factory=list)  # (f count, grad norm) at each gradient
+
+    def first_below(self, target: float) -> int | None:
+        """The evaluations made when the gradient norm first fell to ``target`` (None: never)."""
+        return next((f for f, norm in self.trace if norm <= target), None)
 
     def hvp(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         self.h += 1
@@ -108,6 +131,7 @@ class Counted:
         x = x.detach().requires_grad_(True)
         value = self.problem.loss(x)
         (grad,) = torch.autograd.grad(value, x)
+        self.trace.append((self.f, float(grad.norm())))
         return value.detach(), grad
 
 
@@ -122,6 +146,7 @@ class Result:
     grad_norm: float
     seconds: float
     hvps: int = 0
+    counted: Counted | None = None
 
 
 def run_gradtx(name: str, tx: gx.GradientTransformation, problem: Problem, tol: float, max_iter: int,
@@ -159,7 +184,7 @@ def run_gradtx(name: str, tx: gx.GradientTransformation, problem: Problem, tol: 
         value, grad = from_state(params, state) if from_state is not None else value_and_grad_fn(params)
         iterations += 1
     return Result(name, problem.name, iterations, counted.f, counted.g, float(value), float(grad["x"].norm()),
-                  time.perf_counter() - start, counted.h)
+                  time.perf_counter() - start, counted.h, counted)
 
 
 def run_scipy(method: str, problem: Problem, tol: float, max_iter: int) -> Result:
@@ -187,8 +212,9 @@ def run_scipy(method: str, problem: Problem, tol: float, max_iter: int) -> Resul
     out = scipy.optimize.minimize(fun, problem.x0.numpy(), jac=True, method=method, options=options, **extra)
     seconds = time.perf_counter() - start
     _, grad = counted.value_and_grad(torch.from_numpy(out.x))  # not counted against it below
+    counted.trace.pop()
     return Result(f"scipy {method}", problem.name, int(out.nit), counted.f - 1, counted.g - 1, float(out.fun),
-                  float(grad.norm()), seconds, counted.h)
+                  float(grad.norm()), seconds, counted.h, counted)
 
 
 def run_torch_lbfgs(problem: Problem, tol: float, max_iter: int) -> Result:
@@ -203,6 +229,7 @@ def run_torch_lbfgs(problem: Problem, tol: float, max_iter: int) -> Result:
         counted.g += 1
         loss = problem.loss(x)
         loss.backward()
+        counted.trace.append((counted.f, float(x.grad.norm())))
         return loss
 
     start = time.perf_counter()
@@ -210,14 +237,22 @@ def run_torch_lbfgs(problem: Problem, tol: float, max_iter: int) -> Result:
     seconds = time.perf_counter() - start
     iterations = opt.state[x]["n_iter"]
     value, grad = counted.value_and_grad(x)
+    counted.trace.pop()
     return Result("torch LBFGS (strong_wolfe)", problem.name, iterations, counted.f - 1, counted.g - 1,
-                  float(value), float(grad.norm()), seconds)
+                  float(value), float(grad.norm()), seconds, counted=counted)
+
+
+MORE_THUENTE = "gx.lbfgs (More-Thuente, first_step='unit')"
+LBFGS_ROWS = ("gx.lbfgs (zoom)", MORE_THUENTE, "scipy L-BFGS-B", "torch LBFGS (strong_wolfe)")
 
 
 def gradtx_methods() -> dict[str, Callable[[], gx.GradientTransformation]]:
     methods = {"gx.lbfgs (zoom)": lambda: gx.lbfgs()}
     if "first_step" in inspect.signature(gx.lbfgs).parameters:
         methods["gx.lbfgs (zoom, first_step='unit')"] = lambda: gx.lbfgs(first_step="unit")
+    if hasattr(gx, "scale_by_more_thuente"):
+        methods[MORE_THUENTE] = lambda: gx.lbfgs(first_step="unit",
+                                                 linesearch=gx.scale_by_more_thuente(approx_dec_rtol=1e-6))
     wolfe = getattr(gx, "scale_by_strong_wolfe", None)
     if wolfe is not None:
         methods["lbfgs + strong Wolfe"] = lambda: gx.chain(gx.scale_by_lbfgs(), gx.scale(-1.0), wolfe())

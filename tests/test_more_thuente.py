@@ -1,0 +1,158 @@
+"""``scale_by_more_thuente`` against scipy's MINPACK-2 port (``scipy.optimize._dcsrch.DCSRCH``,
+the search of scipy's L-BFGS-B) on single lines: the same step to 1e-12 relative and the same
+number of evaluations. ``gx.lbfgs(first_step="unit", linesearch=scale_by_more_thuente())``
+against ``scipy.optimize.minimize(method="L-BFGS-B")``: the same minimiser and no more
+evaluations than scipy's to the same gradient norm, scipy's count computed in the test.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from search_problems import problems_torch
+
+import gradtx as gx
+
+
+def _line_case(name, direction_scale):
+    fn, x0 = problems_torch()[name]
+    x = torch.tensor(x0)
+    vg = gx.make_value_and_grad_fn(fn)
+    value, grad = vg({"x": x})
+    d = -direction_scale * grad["x"]
+    return fn, vg, x, value, grad, d
+
+
+@pytest.mark.parametrize("name, direction_scale, init, c2, least", [
+    ("rosenbrock2", 1.0, 1.0, 0.9, 4),  # a long first trial: bracketed, then interpolation
+    ("rosenbrock2", 1e-4, 1.0, 0.1, 3),  # short ones: extrapolation before the bracket
+    ("quadratic", 1e-3, 1.0, 0.1, 2),
+    ("logistic", 1.0, 1.0, 0.9, 1),
+    ("logistic", 1.0, 1.0, 0.01, 3),
+    ("rosenbrock10", 1.0, 0.5, 0.9, 3),
+])
+def test_more_thuente_is_minpack_dcsrch(name, direction_scale, init, c2, least):
+    dcsrch = pytest.importorskip("scipy.optimize._dcsrch")
+    fn, vg, x, value, grad, d = _line_case(name, direction_scale)
+    calls = [0]
+
+    def phi(t):
+        calls[0] += 1
+        with torch.no_grad():
+            return float(fn({"x": x + t * d}))
+
+    def derphi(t):
+        return float(vg({"x": x + t * d})[1]["x"] @ d)
+
+    search = dcsrch.DCSRCH(phi, derphi, ftol=1e-3, gtol=c2, xtol=0.1, stpmin=0.0, stpmax=1e10)
+    want, _, _, task = search(init, phi0=float(value), derphi0=float(grad["x"] @ d), maxiter=20)
+    assert task.startswith(b"CONV"), task
+    tx = gx.scale_by_more_thuente(init=init, c2=c2)
+    params = {"x": x}
+    updates, state = tx.update({"x": d}, tx.init(params), params, value=value, grad=grad, value_and_grad_fn=vg)
+    np.testing.assert_allclose(float(state.step_size), want, rtol=1e-12)
+    np.testing.assert_allclose(updates["x"].numpy(), (want * d).numpy(), rtol=1e-12, atol=1e-300)
+    assert int(state.num_evaluations) == calls[0] >= least
+    # the state keeps the loss and gradient at the accepted point, for value_and_grad_from_state
+    at = {"x": x + float(state.step_size) * d}
+    np.testing.assert_allclose(float(state.value), float(fn(at)), rtol=1e-12)
+    np.testing.assert_allclose(state.grad["x"].numpy(), vg(at)[1]["x"].numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_more_thuente_conditions_and_errors():
+    fn, vg, x, value, grad, d = _line_case("rosenbrock2", 1.0)
+    tx = gx.scale_by_more_thuente(c1=1e-4, c2=0.1)
+    params = {"x": x}
+    updates, state = tx.update({"x": d}, tx.init(params), params, value=value, grad=grad, value_and_grad_fn=vg)
+    t = float(state.step_size)
+    slope0 = float(grad["x"] @ d)
+    new_value, new_grad = vg({"x": x + updates["x"]})
+    assert float(new_value) <= float(value) + 1e-4 * t * slope0
+    assert abs(float(new_grad["x"] @ d)) <= 0.1 * abs(slope0)
+    # an ascent direction: no step, no evaluation
+    updates, state = tx.update({"x": -d}, tx.init(params), params, value=value, grad=grad, value_and_grad_fn=vg)
+    assert float(state.step_size) == 0.0 and float(updates["x"].abs().max()) == 0.0
+    for kwargs, arg in (({"c1": 0.5, "c2": 0.4}, "c2"), ({"xtol": -1.0}, "xtol"), ({"max_steps": 0}, "max_steps"),
+                        ({"approx_dec_rtol": -1.0}, "approx_dec_rtol")):
+        with pytest.raises(ValueError, match=arg):
+            gx.scale_by_more_thuente(**kwargs)
+
+
+def _count_gradtx(tx, fn, x0, target):
+    """Evaluations (value-and-gradient calls, the first at x0 included) until the gradient
+    norm at an accepted point is at most ``target``, reusing the search's kept evaluation."""
+    vg = gx.make_value_and_grad_fn(fn)
+    calls = [0]
+
+    def counted(p):
+        calls[0] += 1
+        return vg(p)
+
+    params = {"x": torch.tensor(x0)}
+    state = tx.init(params)
+    from_state = gx.value_and_grad_from_state(counted)
+    value, grad = counted(params)
+    while float(grad["x"].norm()) > target and calls[0] < 2000:
+        updates, state = tx.update(grad, state, params, value=value, grad=grad, value_and_grad_fn=counted)
+        params = gx.apply_updates(params, updates)
+        value, grad = from_state(params, state)
+    return params["x"].numpy(), calls[0], float(grad["x"].norm())
+
+
+@pytest.mark.parametrize("name", ["rosenbrock2", "rosenbrock10", "logistic", "quadratic"])
+def test_lbfgs_more_thuente_needs_no_more_evaluations_than_scipy(name):
+    """scipy's L-BFGS-B run to its own stop (largest gradient entry below 1e-10); the count
+    is of its evaluations until the gradient norm first fell to the target (the larger of
+    1e-8 and its final norm): gx.lbfgs with the More-Thuente search needs no more."""
+    scipy_optimize = pytest.importorskip("scipy.optimize")
+    fn, x0 = problems_torch()[name]
+    vg = gx.make_value_and_grad_fn(fn)
+    norms = []
+
+    def fun(x):
+        value, grad = vg({"x": torch.tensor(x)})
+        norms.append(float(grad["x"].norm()))
+        return float(value), grad["x"].numpy()
+
+    res = scipy_optimize.minimize(fun, x0, jac=True, method="L-BFGS-B",
+                                  options={"gtol": 1e-10, "ftol": 0.0, "maxiter": 1000})
+    target = max(1e-8, norms[-1])
+    scipy_count = next(i + 1 for i, n in enumerate(norms) if n <= target)
+    tx = gx.lbfgs(first_step="unit", linesearch=gx.scale_by_more_thuente(approx_dec_rtol=1e-6))
+    x, count, norm = _count_gradtx(tx, fn, x0, target)
+    assert norm <= target
+    np.testing.assert_allclose(x, res.x, rtol=1e-6, atol=1e-6)
+    assert count <= scipy_count, (count, scipy_count)
+
+
+def test_lbfgs_more_thuente_through_the_optimizer_is_the_functional_loop():
+    """Under ``gx.Optimizer`` with a ``backward`` closure: the functional trajectory, bitwise."""
+    fn, x0 = problems_torch()["rosenbrock2"]
+
+    def make():
+        return gx.lbfgs(first_step="unit", linesearch=gx.scale_by_more_thuente())
+
+    vg = gx.make_value_and_grad_fn(fn)
+    params = {"x": torch.tensor(x0)}
+    tx = make()
+    state = tx.init(params)
+    want = []
+    for _ in range(6):
+        value, grad = vg(params)
+        updates, state = tx.update(grad, state, params, value=value, grad=grad, value_and_grad_fn=vg)
+        params = gx.apply_updates(params, updates)
+        want.append(params["x"].clone())
+    w = torch.nn.Parameter(torch.tensor(x0))
+    opt = gx.Optimizer([w], make(), reuse_evaluations=False)
+
+    def closure(backward=True):
+        loss = fn({"x": w})
+        if backward:
+            opt.zero_grad()
+            loss.backward()
+        return loss
+
+    for expected in want:
+        opt.step(closure)
+        torch.testing.assert_close(w.detach(), expected, rtol=0, atol=0)
