@@ -520,6 +520,12 @@ def common_target_table(results: list[Result], tol: float) -> None:
         print(f"| {problem} | {target:.1e} | " + " | ".join(cells) + " |")
 
 
+def _named(problem: str, name: str) -> bool:
+    """``name`` starts the problem's name, and does not run into its number ("rosenbrock-10" is
+    not "rosenbrock-100")."""
+    return problem.startswith(name) and not problem[len(name):len(name) + 1].isdigit()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller budgets, no 100-dim Rosenbrock")
@@ -533,7 +539,7 @@ def main() -> None:
                         help="only the convergence tables (no closure calls, zeroth order or overhead)")
     args = parser.parse_args()
     problems = [p for p in PROBLEMS if not (args.quick and p.name == "rosenbrock-100")
-                and (not args.problem or any(p.name.startswith(name) for name in args.problem))]
+                and (not args.problem or any(_named(p.name, name) for name in args.problem))]
     max_iter, budget = (500, 5.0) if args.quick else (2000, 30.0)
     print(f"torch {torch.__version__}, numpy {np.__version__}, tol {args.tol:g}, max_iter {max_iter}\n")
     if args.zeroth_order_only:
