@@ -221,3 +221,47 @@ def test_lbfgs_more_thuente_on_an_mlp_through_the_optimizer_against_torch_lbfgs(
     assert _grad_norm(model, loss_of) <= tol
     np.testing.assert_allclose(float(loss_of(model).detach()), torch_loss, rtol=1e-9)
     assert calls[0] <= torch_calls, (calls[0], torch_calls)
+
+
+def test_more_thuente_backs_off_from_a_non_finite_loss():
+    """A loss that is infinite from t = 0.3 on along the line and minimal at t = 0.2:
+    the search brackets away from the infinite trial and returns a finite point that meets
+    the strong Wolfe conditions."""
+
+    def fn(p):
+        x = p["x"]
+        t = x.sum()
+        return torch.where(t < 0.3, 10 * (t - 0.2) ** 2, torch.inf)
+
+    vg = gx.make_value_and_grad_fn(fn)
+    params = {"x": torch.zeros(1, dtype=torch.float64)}
+    value, grad = vg(params)
+    d = torch.ones(1, dtype=torch.float64)
+    tx = gx.scale_by_more_thuente(c2=0.1)
+    updates, state = tx.update({"x": d}, tx.init(params), params, value=value, grad=grad, value_and_grad_fn=vg)
+    t = float(state.step_size)
+    assert 0.0 < t < 0.3 and np.isfinite(float(state.value))
+    slope0 = float(grad["x"] @ d)
+    new_value, new_grad = vg({"x": params["x"] + updates["x"]})
+    assert float(new_value) <= float(value) + 1e-3 * t * slope0
+    assert abs(float(new_grad["x"] @ d)) <= 0.1 * abs(slope0)
+
+
+def test_more_thuente_steepening_up_to_an_infinite_wall():
+    """``f(t) = -t - 5 t^2`` for ``t < 0.3``, infinite beyond: no step meets the curvature
+    condition; the search ends on a finite trial with sufficient decrease, closer to the wall
+    than the first finite one."""
+
+    def fn(p):
+        t = p["x"].sum()
+        return torch.where(t < 0.3, -t - 5 * t ** 2, torch.inf)
+
+    vg = gx.make_value_and_grad_fn(fn)
+    params = {"x": torch.zeros(1, dtype=torch.float64)}
+    value, grad = vg(params)
+    tx = gx.scale_by_more_thuente()
+    _, state = tx.update({"x": torch.ones(1, dtype=torch.float64)}, tx.init(params), params, value=value, grad=grad,
+                         value_and_grad_fn=vg)
+    t = float(state.step_size)
+    assert 0.25 <= t < 0.3
+    np.testing.assert_allclose(float(state.value), -t - 5 * t ** 2, rtol=1e-12)

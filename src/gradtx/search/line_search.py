@@ -450,6 +450,8 @@ def _more_thuente(line: Line, stp: float, ftol: float, gtol: float, xtol: float,
                 gsx = gs
             stx, fx, gx_, sty, fy, gy, stp, brackt = _safeguarded_step(stx, fx, gx_, sty, fy, gy, stp, f, g, brackt,
                                                                        stmin, stmax)
+        if not math.isfinite(stp):  # interpolation through a non-finite end (a trial of inf loss): bisect
+            stp = stx + 0.5 * (sty - stx)
         if brackt:
             if abs(sty - stx) >= 0.66 * width1:
                 stp = stx + 0.5 * (sty - stx)
