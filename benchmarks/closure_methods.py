@@ -12,11 +12,12 @@ The zeroth-order table runs issue 12's gradient-free methods (the zeroth-order N
 ``chain(gaussian_smoothing, newton_cg, backtracking)``, SPSA with backtracking, MeZO) given
 ``value_fn`` only, to a gradient norm of ``--zo-tol``, counting every loss evaluation.
 
-The last table is the per-iteration time of ``gx.Optimizer(model, gx.lbfgs())`` against
-``torch.optim.LBFGS(line_search_fn="strong_wolfe", max_iter=1)`` on a model with about a
-million parameters: one ``step(closure)`` each, the same closure.
+The last table is the per-iteration time and overhead (outside the closure) of
+``gx.Optimizer(model, gx.lbfgs())`` against ``torch.optim.LBFGS(line_search_fn="strong_wolfe")``
+on a model with about a million parameters, the same closure (:func:`overhead`).
 
-Run: ``PYTHONPATH=src python benchmarks/closure_methods.py [--quick]``.
+Run: ``PYTHONPATH=src python benchmarks/closure_methods.py [--quick] [--problem rosenbrock-10]
+[--only lbfgs scipy torch] [--tables-only | --overhead-only]``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import inspect
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -78,7 +79,25 @@ def logistic_regression(samples: int = 500, features: int = 20) -> Problem:
     return Problem(f"logistic-{samples}x{features}", loss, torch.zeros(features))
 
 
-PROBLEMS = [rosenbrock(2), rosenbrock(10), rosenbrock(100), ill_conditioned_quadratic(), logistic_regression()]
+def mlp_regression(samples: int = 100, inputs: int = 5, hidden: int = 10, weight_decay: float = 1e-2) -> Problem:
+    """A small tanh MLP (``inputs``-``hidden``-1) regressing a noisy sine of a projection, its
+    weights one vector, with an L2 penalty: non-convex, converging to a local minimiser."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(samples, inputs, generator=gen)
+    y = torch.sin(x @ torch.randn(inputs, generator=gen)).unsqueeze(-1) + 0.1 * torch.randn(samples, 1, generator=gen)
+    shapes = [(hidden, inputs), (hidden,), (1, hidden), (1,)]
+    sizes = [math.prod(shape) for shape in shapes]
+
+    def loss(w):
+        w1, b1, w2, b2 = (part.reshape(shape) for part, shape in zip(torch.split(w, sizes), shapes))
+        prediction = torch.tanh(x @ w1.T + b1) @ w2.T + b2
+        return 0.5 * ((prediction - y) ** 2).mean() + weight_decay * (w @ w)
+
+    return Problem(f"mlp-{inputs}-{hidden}-1 ({samples} samples)", loss, 0.5 * torch.randn(sum(sizes), generator=gen))
+
+
+PROBLEMS = [rosenbrock(2), rosenbrock(10), rosenbrock(100), ill_conditioned_quadratic(), logistic_regression(),
+            mlp_regression()]
 
 
 # --- counting evaluations ----------------------------------------------------------------
@@ -92,6 +111,11 @@ class Counted:
     f: int = 0
     g: int = 0
     h: int = 0  # Hessian-vector products
+    trace: list[tuple[int, float]] = field(default_factory=list)  # (f count, grad norm) at each gradient
+
+    def first_below(self, target: float) -> int | None:
+        """The evaluations made when the gradient norm first fell to ``target`` (None: never)."""
+        return next((f for f, norm in self.trace if norm <= target), None)
 
     def hvp(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         self.h += 1
@@ -108,6 +132,7 @@ class Counted:
         x = x.detach().requires_grad_(True)
         value = self.problem.loss(x)
         (grad,) = torch.autograd.grad(value, x)
+        self.trace.append((self.f, float(grad.norm())))
         return value.detach(), grad
 
 
@@ -122,6 +147,7 @@ class Result:
     grad_norm: float
     seconds: float
     hvps: int = 0
+    counted: Counted | None = None
 
 
 def run_gradtx(name: str, tx: gx.GradientTransformation, problem: Problem, tol: float, max_iter: int,
@@ -159,7 +185,7 @@ def run_gradtx(name: str, tx: gx.GradientTransformation, problem: Problem, tol: 
         value, grad = from_state(params, state) if from_state is not None else value_and_grad_fn(params)
         iterations += 1
     return Result(name, problem.name, iterations, counted.f, counted.g, float(value), float(grad["x"].norm()),
-                  time.perf_counter() - start, counted.h)
+                  time.perf_counter() - start, counted.h, counted)
 
 
 def run_scipy(method: str, problem: Problem, tol: float, max_iter: int) -> Result:
@@ -187,8 +213,9 @@ def run_scipy(method: str, problem: Problem, tol: float, max_iter: int) -> Resul
     out = scipy.optimize.minimize(fun, problem.x0.numpy(), jac=True, method=method, options=options, **extra)
     seconds = time.perf_counter() - start
     _, grad = counted.value_and_grad(torch.from_numpy(out.x))  # not counted against it below
+    counted.trace.pop()
     return Result(f"scipy {method}", problem.name, int(out.nit), counted.f - 1, counted.g - 1, float(out.fun),
-                  float(grad.norm()), seconds, counted.h)
+                  float(grad.norm()), seconds, counted.h, counted)
 
 
 def run_torch_lbfgs(problem: Problem, tol: float, max_iter: int) -> Result:
@@ -203,6 +230,7 @@ def run_torch_lbfgs(problem: Problem, tol: float, max_iter: int) -> Result:
         counted.g += 1
         loss = problem.loss(x)
         loss.backward()
+        counted.trace.append((counted.f, float(x.grad.norm())))
         return loss
 
     start = time.perf_counter()
@@ -210,14 +238,22 @@ def run_torch_lbfgs(problem: Problem, tol: float, max_iter: int) -> Result:
     seconds = time.perf_counter() - start
     iterations = opt.state[x]["n_iter"]
     value, grad = counted.value_and_grad(x)
+    counted.trace.pop()
     return Result("torch LBFGS (strong_wolfe)", problem.name, iterations, counted.f - 1, counted.g - 1,
-                  float(value), float(grad.norm()), seconds)
+                  float(value), float(grad.norm()), seconds, counted=counted)
+
+
+MORE_THUENTE = "gx.lbfgs (More-Thuente, first_step='unit')"
+LBFGS_ROWS = ("gx.lbfgs (zoom)", MORE_THUENTE, "scipy L-BFGS-B", "torch LBFGS (strong_wolfe)")
 
 
 def gradtx_methods() -> dict[str, Callable[[], gx.GradientTransformation]]:
     methods = {"gx.lbfgs (zoom)": lambda: gx.lbfgs()}
     if "first_step" in inspect.signature(gx.lbfgs).parameters:
         methods["gx.lbfgs (zoom, first_step='unit')"] = lambda: gx.lbfgs(first_step="unit")
+    if hasattr(gx, "scale_by_more_thuente"):
+        methods[MORE_THUENTE] = lambda: gx.lbfgs(first_step="unit",
+                                                 linesearch=gx.scale_by_more_thuente(approx_dec_rtol=1e-6))
     wolfe = getattr(gx, "scale_by_strong_wolfe", None)
     if wolfe is not None:
         methods["lbfgs + strong Wolfe"] = lambda: gx.chain(gx.scale_by_lbfgs(), gx.scale(-1.0), wolfe())
@@ -385,38 +421,124 @@ def closure_calls(tol: float = 1e-8) -> list[tuple[str, int, int, float]]:
 # --- per-iteration overhead on a large model -------------------------------------------------
 
 
-def overhead(iterations: int) -> tuple[float, float]:
-    """Seconds per ``step(closure)``: gx.Optimizer(gx.lbfgs()) and torch.optim.LBFGS(max_iter=1)."""
+@dataclass
+class Overhead:
+    name: str
+    iterations: int
+    calls: int  # closure calls
+    seconds: float  # all iterations
+    closure_seconds: float  # one closure call with backward, measured apart
+
+    @property
+    def per_iteration(self) -> float:
+        return self.seconds / self.iterations
+
+    @property
+    def overhead(self) -> float:
+        """Seconds per iteration outside the closure calls."""
+        return (self.seconds - self.calls * self.closure_seconds) / self.iterations
+
+
+def overhead(iterations: int, repeats: int = 3) -> list[Overhead]:
+    """``iterations`` L-BFGS iterations on an MLP of 1.01M parameters (1000-1000-10, float32,
+    a batch of 64, one thread), through ``torch.optim.LBFGS(line_search_fn="strong_wolfe")``
+    (one ``step`` of ``max_iter=iterations``: its loop reuses the search's last evaluation)
+    and ``gx.Optimizer`` stepped ``iterations`` times (``gx.lbfgs()``, and with the
+    Moré-Thuente search; both reuse it too), the same closure; history 10; timed after 10
+    iterations of warm-up (the history full). The closure's own time (one
+    call with backward, measured apart) times the calls is subtracted to give the optimizer's
+    overhead per iteration. Runs alternate, ``repeats`` times; the fastest is kept."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(1000, 1000), torch.nn.Tanh(), torch.nn.Linear(1000, 10)).float()
     x = torch.randn(64, 1000, dtype=torch.float32)
     y = torch.randn(64, 10, dtype=torch.float32)
-    times = {}
-    for kind in ("torch", "gradtx"):
-        params = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
+    threads, history = torch.get_num_threads(), 10
+    torch.set_num_threads(1)
+    # fixed steps first (one closure call per iteration in both: the recursion's and the adapter's
+    # overhead alone), then the line searches (their trials add evaluations and their overhead)
+    makers = {"torch LBFGS (fixed lr 0.1)": "torch", "gx.lbfgs(lr=0.1, linesearch=None)":
+              lambda: gx.lbfgs(lr=0.1, linesearch=None), "torch LBFGS (strong_wolfe)": "torch",
+              "gx.lbfgs (zoom)": lambda: gx.lbfgs()}
+    if hasattr(gx, "scale_by_more_thuente"):
+        makers[MORE_THUENTE] = lambda: gx.lbfgs(first_step="unit", linesearch=gx.scale_by_more_thuente())
+    best: dict[str, Overhead] = {}
+    try:
+        for _ in range(repeats):
+            for name, make in makers.items():
+                params = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
+                fixed = "fixed" in name
+                if make == "torch":
+                    opt = torch.optim.LBFGS(params, lr=0.1 if fixed else 1, max_iter=iterations,
+                                            max_eval=10 * iterations, tolerance_grad=0.0, tolerance_change=0.0,
+                                            history_size=history, line_search_fn=None if fixed else "strong_wolfe")
+                else:
+                    opt = gx.Optimizer(params, make())
+                calls = [0]
 
-        def forward(ps, inputs=x):
-            h = torch.tanh(inputs @ ps[0].T + ps[1])
-            return h @ ps[2].T + ps[3]
+                def closure(backward=True, opt=opt, params=params, calls=calls):
+                    calls[0] += 1
+                    h = torch.tanh(x @ params[0].T + params[1])
+                    loss = torch.nn.functional.mse_loss(h @ params[2].T + params[3], y)
+                    if backward:
+                        opt.zero_grad()
+                        loss.backward()
+                    return loss
 
-        if kind == "torch":
-            opt = torch.optim.LBFGS(params, lr=1, max_iter=1, history_size=10, line_search_fn="strong_wolfe")
-        else:
-            opt = gx.Optimizer(params, gx.lbfgs())
+                # warm up: the history filled (torch's state persists across steps)
+                if make == "torch":
+                    opt.param_groups[0]["max_iter"] = history
+                    opt.step(closure)
+                    opt.param_groups[0]["max_iter"] = iterations
+                    before = opt.state[params[0]]["n_iter"]
+                else:
+                    for _ in range(history):
+                        opt.step(closure)
+                start = time.perf_counter()
+                for _ in range(5):
+                    closure()
+                closure_seconds = (time.perf_counter() - start) / 5
+                calls[0] = 0
+                start = time.perf_counter()
+                if make == "torch":
+                    opt.step(closure)
+                    done = opt.state[params[0]]["n_iter"] - before
+                else:
+                    for _ in range(iterations):
+                        opt.step(closure)
+                    done = iterations
+                row = Overhead(name, done, calls[0], time.perf_counter() - start, closure_seconds)
+                if name not in best or row.overhead < best[name].overhead:
+                    best[name] = row
+    finally:
+        torch.set_num_threads(threads)
+    return list(best.values())
 
-        def closure(backward=True, opt=opt, params=params):
-            loss = torch.nn.functional.mse_loss(forward(params), y)
-            if backward:
-                opt.zero_grad()
-                loss.backward()
-            return loss
 
-        opt.step(closure)  # warm up
-        start = time.perf_counter()
-        for _ in range(iterations):
-            opt.step(closure)
-        times[kind] = (time.perf_counter() - start) / iterations
-    return times["gradtx"], times["torch"]
+def common_target_table(results: list[Result], tol: float) -> None:
+    """Per problem, the evaluations each L-BFGS needed until its gradient norm first fell to
+    the loosest final norm among scipy's and torch's (at least ``tol``): scipy and torch stop
+    on their largest gradient entry or a failed search, some above ``tol``."""
+    by_problem: dict[str, dict[str, Result]] = {}
+    for r in results:
+        if r.method in LBFGS_ROWS and r.counted is not None:
+            by_problem.setdefault(r.problem, {})[r.method] = r
+    if not by_problem:
+        return
+    print("\n| problem | target grad norm | " + " | ".join(LBFGS_ROWS) + " |")
+    print("|---|---:|" + "---:|" * len(LBFGS_ROWS))
+    for problem, rows in by_problem.items():
+        target = max([tol] + [rows[m].grad_norm for m in LBFGS_ROWS[2:] if m in rows])
+        cells = []
+        for m in LBFGS_ROWS:
+            hit = rows[m].counted.first_below(target) if m in rows else None
+            cells.append("-" if m not in rows else str(hit) if hit is not None else f"> {rows[m].f}")
+        print(f"| {problem} | {target:.1e} | " + " | ".join(cells) + " |")
+
+
+def _named(problem: str, name: str) -> bool:
+    """``name`` starts the problem's name, and does not run into its number ("rosenbrock-10" is
+    not "rosenbrock-100")."""
+    return problem.startswith(name) and not problem[len(name):len(name) + 1].isdigit()
 
 
 def main() -> None:
@@ -424,29 +546,47 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller budgets, no 100-dim Rosenbrock")
     parser.add_argument("--tol", type=float, default=1e-8)
     parser.add_argument("--only", nargs="*", help="methods whose name holds one of these (all by default)")
+    parser.add_argument("--problem", nargs="*", help="problems whose name starts with one of these (all by default)")
     parser.add_argument("--zo-tol", type=float, default=1e-3, help="gradient norm the zeroth-order methods stop at")
     parser.add_argument("--zeroth-order-only", action="store_true", help="only the zeroth-order table")
+    parser.add_argument("--overhead-only", action="store_true", help="only the 1M-parameter per-iteration table")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="only the convergence tables (no closure calls, zeroth order or overhead)")
     args = parser.parse_args()
-    problems = [p for p in PROBLEMS if not (args.quick and p.name == "rosenbrock-100")]
+    problems = [p for p in PROBLEMS if not (args.quick and p.name == "rosenbrock-100")
+                and (not args.problem or any(_named(p.name, name) for name in args.problem))]
     max_iter, budget = (500, 5.0) if args.quick else (2000, 30.0)
     print(f"torch {torch.__version__}, numpy {np.__version__}, tol {args.tol:g}, max_iter {max_iter}\n")
     if args.zeroth_order_only:
         zeroth_order_report(args.zo_tol, max_iter, budget, problems)
         return
-    print("| problem | method | iterations | f evals | g evals | Hv products | final loss | grad norm | seconds |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for r in convergence_table(args.tol, max_iter, budget, problems, args.only):
-        print(f"| {r.problem} | {r.method} | {r.iterations} | {r.f} | {r.g} | {r.hvps} | {r.final:.3e} | "
-              f"{r.grad_norm:.1e} | {r.seconds:.3f} |", flush=True)
-    print("\n| gx.Optimizer / torch.optim, logistic model | steps (iterations) | closure calls | grad norm |")
-    print("|---|---:|---:|---:|")
-    for name, steps, calls, norm in closure_calls(args.tol):
-        print(f"| {name} | {steps} | {calls} | {norm:.1e} |", flush=True)
-    zeroth_order_report(args.zo_tol, max_iter, budget, problems)
-    mine, theirs = overhead(5 if args.quick else 20)
-    print("\n| model (1.0M params) | gx.lbfgs s/step | torch LBFGS s/step | ratio |")
-    print("|---|---:|---:|---:|")
-    print(f"| mlp 1000-1000-10 | {mine:.4f} | {theirs:.4f} | {mine / theirs:.2f} |")
+    if not args.overhead_only:
+        print("| problem | method | iterations | f evals | g evals | Hv products | final loss | grad norm | seconds |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        results = []
+        for r in convergence_table(args.tol, max_iter, budget, problems, args.only):
+            results.append(r)
+            print(f"| {r.problem} | {r.method} | {r.iterations} | {r.f} | {r.g} | {r.hvps} | {r.final:.3e} | "
+                  f"{r.grad_norm:.1e} | {r.seconds:.3f} |", flush=True)
+        common_target_table(results, args.tol)
+        if args.tables_only:
+            return
+        print("\n| gx.Optimizer / torch.optim, logistic model | steps (iterations) | closure calls | grad norm |")
+        print("|---|---:|---:|---:|")
+        for name, steps, calls, norm in closure_calls(args.tol):
+            print(f"| {name} | {steps} | {calls} | {norm:.1e} |", flush=True)
+        zeroth_order_report(args.zo_tol, max_iter, budget, problems)
+    rows = overhead(5 if args.quick else 10)
+    print("\n| model (1.01M params, float32, 1 thread) | iterations | closure calls | ms / iteration | "
+          "closure ms | overhead ms / iteration | overhead / torch's |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    reference, base = {}, rows[0]
+    for r in rows:  # each against the torch row above it (fixed steps, then strong Wolfe)
+        base = r if r.name.startswith("torch") else base
+        reference[r.name] = base.overhead
+    for r in rows:
+        print(f"| {r.name} | {r.iterations} | {r.calls} | {1e3 * r.per_iteration:.1f} | "
+              f"{1e3 * r.closure_seconds:.1f} | {1e3 * r.overhead:.1f} | {r.overhead / reference[r.name]:.2f} |")
 
 
 def zeroth_order_report(tol: float, max_iter: int, budget: float, problems: list[Problem]) -> None:

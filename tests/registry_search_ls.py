@@ -18,7 +18,7 @@ LBFGS_MIXED = {"mixed": "the two-loop recursion's dot products run over all leav
                         "history (its params and gradients as that dtype holds them) changes every leaf's direction"}
 
 SEARCHES = ("scale_by_backtracking", "scale_by_adaptive_backtracking", "scale_by_strong_wolfe",
-            "scale_by_backtracking_linesearch", "scale_by_zoom_linesearch")
+            "scale_by_backtracking_linesearch", "scale_by_zoom_linesearch", "scale_by_more_thuente")
 # value_fn and value_and_grad_fn of the registry take the real views of complex params; the line
 # searches evaluate them at complex trial points (complex params are tested in test_line_search.py)
 SEARCH = {**SEARCH_MIXED, "numbers_only": SEARCHES,
@@ -44,6 +44,8 @@ ENTRIES = [
           "torchzero.modules.AdaptiveBacktracking's rule", needs=ARMIJO, skip=SEARCH),
     Entry("scale_by_strong_wolfe", lambda: gx.chain(gx.scale(-1.0), gx.scale_by_strong_wolfe()),
           "Nocedal & Wright Alg. 3.5/3.6; strong Wolfe conditions checked", needs=WOLFE, skip=INTERPOLATING),
+    Entry("scale_by_more_thuente", lambda: gx.chain(gx.scale(-1.0), gx.scale_by_more_thuente()),
+          "scipy.optimize._dcsrch.DCSRCH (MINPACK-2), test_more_thuente.py", needs=WOLFE, skip=INTERPOLATING),
     Entry("scale_by_backtracking_linesearch",
           lambda: gx.chain(gx.scale(-1.0), gx.scale_by_backtracking_linesearch(max_backtracking_steps=15)),
           "optax.scale_by_backtracking_linesearch", needs=ARMIJO, skip=SEARCH),

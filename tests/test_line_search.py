@@ -151,6 +151,7 @@ def test_adaptive_backtracking_follows_torchzeros_rule():
     (lambda: gx.scale_by_strong_wolfe(), "value_and_grad_fn"),
     (lambda: gx.scale_by_backtracking_linesearch(10), "value_fn"),
     (lambda: gx.scale_by_zoom_linesearch(10), "value_and_grad_fn"),
+    (lambda: gx.scale_by_more_thuente(), "value_and_grad_fn"),
 ])
 def test_a_missing_evaluation_argument_is_named(build, needs):
     tx = build()
@@ -182,7 +183,8 @@ def test_complex_params_search_as_their_real_views():
     def loss_real(p):
         return loss({"z": torch.view_as_complex(p["z"])})
 
-    for search in (gx.scale_by_zoom_linesearch(10), gx.scale_by_strong_wolfe(), gx.scale_by_backtracking()):
+    for search in (gx.scale_by_zoom_linesearch(10), gx.scale_by_strong_wolfe(), gx.scale_by_backtracking(),
+                   gx.scale_by_more_thuente()):
         tx = gx.chain(gx.scale(-1.0), search)
         zc, zr = {"z": z0}, {"z": torch.view_as_real(z0).clone()}
         sc, sr = tx.init(zc), tx.init(zr)
@@ -223,8 +225,8 @@ def test_evaluation_builders_are_pure_and_match_autograd():
         gx.make_value_and_grad_fn(loss_fn, backend="jax")
 
 
-@pytest.mark.parametrize("search", [lambda: gx.scale_by_zoom_linesearch(15), lambda: gx.scale_by_strong_wolfe()],
-                         ids=["zoom", "strong_wolfe"])
+@pytest.mark.parametrize("search", [lambda: gx.scale_by_zoom_linesearch(15), lambda: gx.scale_by_strong_wolfe(),
+                                    lambda: gx.scale_by_more_thuente()], ids=["zoom", "strong_wolfe", "more_thuente"])
 def test_value_and_grad_from_state_reuses_the_searchs_evaluation(search):
     fn, x0 = problems_torch()["quadratic"]
     vg = gx.make_value_and_grad_fn(fn)

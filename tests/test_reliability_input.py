@@ -57,7 +57,8 @@ INF_ALLOWED = {
     ("polyak_linesearch", "max_learning_rate"),
     ("scale_by_asgd", "t0"), ("asgd", "t0"),  # t0 = inf: never start averaging
     # no largest step; increase_factor = inf: start at max_learning_rate; curv_rtol = inf: no curvature condition
-    ("scale_by_strong_wolfe", "max_step_size"), ("scale_by_backtracking_linesearch", "increase_factor"),
+    ("scale_by_strong_wolfe", "max_step_size"), ("scale_by_more_thuente", "max_step_size"),
+    ("scale_by_backtracking_linesearch", "increase_factor"),
     ("scale_by_zoom_linesearch", "max_learning_rate"), ("scale_by_zoom_linesearch", "curv_rtol"),
     # growth_rate = inf (the default): d grows without a cap
     *((name, "growth_rate") for name in ("scale_by_prodigy", "prodigy", "scale_by_dadapt_adam", "dadapt_adam",

@@ -39,6 +39,10 @@ def lbfgs(lr: ScalarOrSchedule | None = 1.0, memory_size: int = 10, scale_init_p
     ``linesearch=scale_by_strong_wolfe()``, whose cubic interpolation uses the slopes at both
     ends of the bracket (as scipy's and torch's searches) where optax's zoom uses one: on
     Rosenbrock's function it needs fewer evaluations (``docs/benchmarks.md``).
+    ``gx.lbfgs(first_step="unit", linesearch=gx.scale_by_more_thuente(approx_dec_rtol=1e-6))``
+    is scipy's L-BFGS-B (its first step, its Moré-Thuente search and constants), with the
+    approximate Wolfe conditions below the loss's round-off: scipy's iterates and evaluation
+    counts, fewer evaluations than optax's defaults; the defaults stay optax's.
 
     Example::
 

@@ -28,10 +28,11 @@ from .._tree import Tree, tensor_leaves, tree_get, tree_unflatten
 from ..base import GradientTransformation, transform
 from ._line import Line, count, nan_max, nan_min, nan_to_inf, running
 
-__all__ = ["AdaptiveBacktrackingState", "BacktrackingLinesearchInfo", "BacktrackingState",
+__all__ = ["AdaptiveBacktrackingState", "BacktrackingLinesearchInfo", "BacktrackingState", "MoreThuenteState",
            "ScaleByBacktrackingLinesearchState", "ScaleByZoomLinesearchState", "StrongWolfeState",
            "ZoomLinesearchInfo", "scale_by_adaptive_backtracking", "scale_by_backtracking",
-           "scale_by_backtracking_linesearch", "scale_by_strong_wolfe", "scale_by_zoom_linesearch",
+           "scale_by_backtracking_linesearch", "scale_by_more_thuente", "scale_by_strong_wolfe",
+           "scale_by_zoom_linesearch",
            "value_and_grad_from_state"]
 
 
@@ -331,6 +332,199 @@ def _strong_wolfe(line: Line, t: float, c1: float, c2: float, max_steps: int, t_
             hi = lo
         lo = (t, f, g)
     return best
+
+
+# --- More-Thuente (MINPACK-2's dcsrch, scipy's L-BFGS-B search) ----------------------------
+
+
+class MoreThuenteState(NamedTuple):
+    step_size: torch.Tensor  # float64 0-dim: the accepted step
+    num_evaluations: torch.Tensor  # int32 0-dim: value-and-gradient evaluations of the last search
+    value: torch.Tensor  # float64 0-dim: the loss at the accepted point (inf before the first search)
+    grad: Tree  # the gradient at the accepted point, a tree like params
+
+
+def _safeguarded_step(stx: float, fx: float, dx: float, sty: float, fy: float, dy: float, stp: float, fp: float,
+                      dp: float, brackt: bool, stmin: float, stmax: float):
+    """One step of Moré & Thuente's (1994) safeguarded interval update (their Sec. 4, cases
+    1-4): the next trial from the best point ``x``, the other end ``y`` and the trial ``p``
+    (values and slopes), and the new interval. Returns ``(stx, fx, dx, sty, fy, dy, stp, brackt)``."""
+    sgnd = dp * math.copysign(1.0, dx)
+
+    def cubic(theta: float, da: float, db: float, flip: bool, clip: bool = False) -> float:
+        s = max(abs(theta), abs(da), abs(db))
+        radical = (theta / s) ** 2 - (da / s) * (db / s)
+        gamma = s * math.sqrt(max(0.0, radical) if clip else radical)
+        return -gamma if flip else gamma
+
+    if fp > fx:  # case 1: a higher loss, the minimiser is bracketed; the cubic's or half-way to the quadratic's
+        theta = 3.0 * (fx - fp) / (stp - stx) + dx + dp
+        gamma = cubic(theta, dx, dp, stp < stx)
+        r = ((gamma - dx) + theta) / (((gamma - dx) + gamma) + dp)
+        stpc = stx + r * (stp - stx)
+        stpq = stx + ((dx / ((fx - fp) / (stp - stx) + dx)) / 2.0) * (stp - stx)
+        stpf = stpc if abs(stpc - stx) < abs(stpq - stx) else stpc + (stpq - stpc) / 2.0
+        brackt = True
+    elif sgnd < 0:  # case 2: the slope changes sign: bracketed; the step farther from stp
+        theta = 3.0 * (fx - fp) / (stp - stx) + dx + dp
+        gamma = cubic(theta, dx, dp, stp > stx)
+        r = ((gamma - dp) + theta) / (((gamma - dp) + gamma) + dx)
+        stpc = stp + r * (stx - stp)
+        stpq = stp + (dp / (dp - dx)) * (stx - stp)
+        stpf = stpc if abs(stpc - stp) > abs(stpq - stp) else stpq
+        brackt = True
+    elif abs(dp) < abs(dx):  # case 3: the slope decreases in size: cubic (or the bound) against the secant
+        theta = 3.0 * (fx - fp) / (stp - stx) + dx + dp
+        gamma = cubic(theta, dx, dp, stp > stx, clip=True)
+        r = ((gamma - dp) + theta) / ((gamma + (dx - dp)) + gamma)
+        if r < 0.0 and gamma != 0.0:
+            stpc = stp + r * (stx - stp)
+        else:
+            stpc = stmax if stp > stx else stmin
+        stpq = stp + (dp / (dp - dx)) * (stx - stp)
+        if brackt:
+            stpf = stpc if abs(stpc - stp) < abs(stpq - stp) else stpq
+            bound = stp + 0.66 * (sty - stp)
+            stpf = min(bound, stpf) if stp > stx else max(bound, stpf)
+        else:
+            stpf = stpc if abs(stpc - stp) > abs(stpq - stp) else stpq
+            stpf = max(stmin, min(stmax, stpf))
+    elif brackt:  # case 4: the slope does not decrease: the cubic through p and y
+        theta = 3.0 * (fp - fy) / (sty - stp) + dy + dp
+        gamma = cubic(theta, dy, dp, stp > sty)
+        r = ((gamma - dp) + theta) / (((gamma - dp) + gamma) + dy)
+        stpf = stp + r * (sty - stp)
+    else:
+        stpf = stmax if stp > stx else stmin
+    if fp > fx:
+        sty, fy, dy = stp, fp, dp
+    else:
+        if sgnd < 0:
+            sty, fy, dy = stx, fx, dx
+        stx, fx, dx = stp, fp, dp
+    return stx, fx, dx, sty, fy, dy, stpf, brackt
+
+
+def _more_thuente(line: Line, stp: float, ftol: float, gtol: float, xtol: float, stpmin: float, stpmax: float,
+                  max_steps: int, c3: float | None = None) -> tuple[float, float, list[torch.Tensor]]:
+    """Moré & Thuente's search (MINPACK-2 ``dcsrch``) along ``line`` from the trial ``stp``:
+    the step taken, the loss and the gradient's leaves there (at ``t = 0``: ``line``'s own)."""
+    finit, ginit = line.value0, line.slope0
+    if not ginit < 0:
+        return 0.0, finit, line.gs0
+    gtest = ftol * ginit
+    width = stpmax - stpmin
+    width1 = 2.0 * width
+    brackt, stage = False, 1
+    stx, fx, gx_, gsx = 0.0, finit, ginit, line.gs0  # the best step so far (least auxiliary function)
+    sty, fy, gy = 0.0, finit, ginit
+    stmin, stmax = 0.0, stp + 4.0 * stp
+    stp = min(max(stp, stpmin), stpmax)
+    for _ in range(max_steps):
+        f, g, gs = line.value_and_slope(stp)
+        if not math.isfinite(f) or not math.isfinite(g):
+            # a non-finite loss: shrink towards the best point, as a trial of infinite loss
+            f, g = math.inf, math.inf
+        ftest = finit + stp * gtest
+        approx = c3 is not None and f <= finit + c3 * abs(finit) and g <= (2 * ftol - 1) * ginit
+        if (f <= ftest or approx) and abs(g) <= -gtol * ginit:
+            return stp, f, gs
+        if stage == 1 and f <= ftest and g >= 0.0:
+            stage = 2
+        if ((brackt and (stp <= stmin or stp >= stmax)) or (brackt and stmax - stmin <= xtol * stmax)
+                or (stp == stpmax and f <= ftest and g <= gtest) or (stp == stpmin and (f > ftest or g >= gtest))):
+            break  # rounding errors, the interval below xtol, or a bound reached: take the best point
+        if not math.isfinite(f):
+            sty, fy, gy, brackt = stp, f, g, True
+            stp = stx + 0.5 * (stp - stx)
+        elif stage == 1 and f <= fx and f > ftest:
+            # the modified function f(t) - f(0) - ftol t f'(0) until a step meets the decrease condition
+            if not f - stp * gtest > fx - stx * gtest:  # the trial becomes the best point
+                gsx = gs
+            stx, fxm, gxm, sty, fym, gym, stp, brackt = _safeguarded_step(
+                stx, fx - stx * gtest, gx_ - gtest, sty, fy - sty * gtest, gy - gtest, stp, f - stp * gtest,
+                g - gtest, brackt, stmin, stmax)
+            fx, gx_, fy, gy = fxm + stx * gtest, gxm + gtest, fym + sty * gtest, gym + gtest
+        else:
+            if not f > fx:
+                gsx = gs
+            stx, fx, gx_, sty, fy, gy, stp, brackt = _safeguarded_step(stx, fx, gx_, sty, fy, gy, stp, f, g, brackt,
+                                                                       stmin, stmax)
+        if not math.isfinite(stp):  # interpolation through a non-finite end (a trial of inf loss): bisect
+            stp = stx + 0.5 * (sty - stx)
+        if brackt:
+            if abs(sty - stx) >= 0.66 * width1:
+                stp = stx + 0.5 * (sty - stx)
+            width1, width = width, abs(sty - stx)
+            stmin, stmax = min(stx, sty), max(stx, sty)
+        else:
+            stmin, stmax = stp + 1.1 * (stp - stx), stp + 4.0 * (stp - stx)
+        stp = min(max(stp, stpmin), stpmax)
+        if brackt and (stp <= stmin or stp >= stmax or stmax - stmin <= xtol * stmax):
+            stp = stx
+    if stx > 0.0 and fx <= finit + stx * gtest:
+        return stx, fx, gsx
+    return 0.0, finit, line.gs0
+
+
+@transform(inplace=True)  # never writes into its inputs; its updates are fresh tensors
+def scale_by_more_thuente(init: float = 1.0, c1: float = 1e-3, c2: float = 0.9, xtol: float = 0.1,
+                          max_steps: int = 20, max_step_size: float = 1e10,
+                          approx_dec_rtol: float | None = None) -> GradientTransformation:
+    """Moré & Thuente's line search (1994; MINPACK-2's ``dcsrch``, the search of scipy's
+    L-BFGS-B) for the strong Wolfe conditions; needs ``params``, ``value``, ``grad`` and
+    ``value_and_grad_fn`` (or ``value_fn``, differentiated with autograd).
+
+    Finds ``t`` with ``f(p + t d) <= f(p) + c1 t <g, d>`` and
+    ``|<g(p + t d), d>| <= c2 |<g, d>|``, ``u <- t d``, from the trial ``t = init``. Each
+    trial updates an interval ``[t_x, t_y]`` (``t_x`` the best step so far) by the
+    safeguarded cubic and quadratic interpolation of Moré & Thuente's four cases, on the
+    auxiliary function ``f(p + t d) - f(p) - c1 t <g, d>`` until a trial meets the decrease
+    condition with a non-negative slope; before the minimiser is bracketed the trial
+    extrapolates to between ``1.1`` and ``4`` times the last step's length
+    (up to ``max_step_size``); once bracketed, an interval that did not shrink by a third
+    in two trials is bisected. It stops at ``max_steps`` evaluations or an interval shorter
+    than ``xtol t_max`` and takes the best step ``t_x`` when it meets the decrease condition
+    (else ``t = 0``). With ``approx_dec_rtol`` (off by default, as scipy), a trial with
+    ``f(p + t d) <= f(p) + approx_dec_rtol |f(p)|``, ``<g(p + t d), d> <= (2 c1 - 1) <g, d>``
+    and the curvature condition is accepted too (Hager & Zhang's approximate Wolfe conditions,
+    as :func:`scale_by_strong_wolfe`'s): where the change of the loss falls below its
+    round-off every trial fails the decrease test, scipy stops, and this goes on.
+    The state keeps ``t`` and the loss and gradient at ``p + t d``, for
+    :func:`value_and_grad_from_state`. Defaults are scipy's L-BFGS-B's (``c1 = 1e-3``,
+    ``c2 = 0.9``, ``xtol = 0.1``, 20 evaluations); with ``gx.lbfgs(first_step="unit")`` it
+    follows scipy's L-BFGS-B iterates.
+
+    Example: ``gx.lbfgs(first_step="unit", linesearch=gx.scale_by_more_thuente())``.
+    """
+    check("init", init, low=0.0, low_open=True)
+    check("c1", c1, low=0.0, high=1.0, low_open=True, high_open=True)
+    check("c2", c2, low=0.0, high=1.0, low_open=True, high_open=True)
+    check("xtol", xtol, low=0.0)
+    check_int("max_steps", max_steps, low=1)
+    check("max_step_size", max_step_size, low=0.0, low_open=True, allow_inf=True)
+    if approx_dec_rtol is not None:
+        check("approx_dec_rtol", approx_dec_rtol, low=0.0)
+    if _f(c2) <= _f(c1):
+        raise ValueError(f"c2 must be > c1 (0 < c1 < c2 < 1), got c1={_f(c1)!r}, c2={_f(c2)!r}")
+
+    def init_fn(params):
+        ps, treedef = tensor_leaves(params)
+        return MoreThuenteState(running(0.0, ps), count(0, ps), running(math.inf, ps),
+                                tree_unflatten([torch.zeros_like(p) for p in ps], treedef))
+
+    def update(updates, state, params=None, *, inplace=False, value=None, grad=None, value_fn=None,
+               value_and_grad_fn=None, **extra_args):
+        del inplace, extra_args
+        line = Line("scale_by_more_thuente", updates, params, value=value, grad=grad, value_fn=value_fn,
+                    value_and_grad_fn=value_and_grad_fn, need_grad_fn=True)
+        t, f, gs = _more_thuente(line, _f(init), _f(c1), _f(c2), _f(xtol), 0.0, _f(max_step_size), max_steps,
+                                 None if approx_dec_rtol is None else _f(approx_dec_rtol))
+        ps = line.ps
+        kept = tree_unflatten([g.to(p.dtype, copy=True) for g, p in zip(gs, ps)], line.treedef)
+        return line.scaled(t), MoreThuenteState(running(t, ps), count(line.evaluations, ps), running(f, ps), kept)
+
+    return GradientTransformation(init_fn, update)
 
 
 # --- optax's backtracking line search ------------------------------------------------------
