@@ -14,20 +14,31 @@ one tensor, or the compiled graph with one slot; its numbers cannot depend on th
   hyperparameters). So checkpoints have the default layout and move both ways; a state
   loaded or made by the default path is copied in at the next flat step.
 - **Gradients**: autograd adds into a gradient that exists in place, so backward fills the
-  buffer. Each gradient view is made with ``Tensor.set_`` on the buffer's storage: it has a
-  version counter of its own, which ``opt.zero_grad()`` (zeroing the buffer, keeping the
-  views) records, so a parameter that backward did not reach reads as having no gradient,
-  as after torch's ``zero_grad(set_to_none=True)``: its gradient is set to ``None`` and
-  that step runs on the default path, which skips it.
-- **Checks each step** (one C-level pass over the parameters each, no per-parameter Python):
-  the group holds the same parameter objects, each parameter's and gradient's data pointer
-  is its segment's. A gradient that is not its view (``model.zero_grad()`` set it to ``None``
-  and backward made a new one, ``p.grad = g``) is copied in and the view put back; a
-  parameter moved (``p.data = ...``, ``model.to(dtype)``), replaced or added rebuilds the
-  layout (replaced ones start afresh, as on the default path); anything the layout cannot
-  take (no gradient on a stepped parameter, a gradient of another dtype, a sparse one, a
-  DTensor, a parameter sharing memory with another tensor, a closure) runs that step on
-  the default path, with its numbers.
+  buffer. The gradient views of a buffer are views of one base tensor and share its version
+  counter: each in-place write into any of them (backward's addition, clipping, unscaling)
+  moves it by one. ``opt.zero_grad()`` fills the buffer in place and keeps the views; with
+  ``set_to_none=True`` (torch's default) it fills it with -0.0, which backward's addition
+  turns into the gradient, so a parameter that backward did not reach reads as having no
+  gradient, as after torch's ``zero_grad``: its gradient is set to ``None`` and that step
+  runs on the default path, which skips it. (A gradient of exactly -0.0 in every element
+  looks the same and is taken as not reached.)
+- **Checks each step**, at a cost that does not grow with the number of parameters when
+  nothing changed (the usual loop): the group's ``params`` list is the one laid out and was
+  not changed in place (the list notes changes), no tensor over a buffer's memory came or
+  went (the storages' use counts: a parameter moved by ``p.data = ...`` or ``model.to``, or a
+  gradient view dropped by ``p.grad = ...`` or ``model.zero_grad()``, lowers them), and the
+  gradients were written since the last step (or ``zero_grad``) as often as in the last step
+  checked in full (a loop's backward passes and in-place operations on the gradients give
+  the same count each step; a gradient that backward wrote elsewhere or did not reach lowers
+  it). Otherwise the step checks in full, one pass over the parameters: each parameter's
+  data is its segment, each gradient its view. A gradient that is not its view is copied in
+  and the view put back; a parameter moved, replaced or added rebuilds the layout (replaced
+  ones start afresh, as on the default path); anything the layout cannot take (no gradient
+  on a stepped parameter, a gradient of another dtype, a sparse one, a DTensor, a parameter
+  sharing memory with another tensor, a closure) runs that step on the default path, with
+  its numbers. Not seen: a gradient assigned (``p.grad = other``) after backward while the
+  old gradient tensor is still referenced elsewhere and the write count is unchanged (the
+  view neither dropped nor written less); such a step uses the old gradient.
 
 **Per-tensor norms** (``gx.lamb``, ``gx.lars``, ``gx.fromage``): a transform declared
 ``@transform(segmented=True)`` (see :func:`gradtx.base.flat_blocking_parts`) gets the extra
@@ -346,7 +357,10 @@ class FlatStorage:
                 return None
             ptrs.add(p.data_ptr())
         opt._forget_replaced(gi)
-        params = group["params"] = _Params(params)
+        if type(params) is _Params:
+            params.changed = False
+        else:  # a list the user put in the group since
+            params = group["params"] = _Params(params)
         kinds: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for k in keys:
             kinds.setdefault((params[k].device, params[k].dtype), []).append(k)
