@@ -86,15 +86,19 @@ class _NotFlat(Exception):  # noqa: N818 - internal signal, never raised to the 
     """The chain's state does not have one leaf per parameter of the parameter's shape."""
 
 
-def _alias(base: torch.Tensor, offset: int, shape: torch.Size) -> torch.Tensor:
-    """A tensor over ``base``'s memory from element ``offset``, shaped ``shape`` (contiguous),
-    with a version counter of its own (a view would share ``base``'s)."""
+def _strides(shape: torch.Size) -> tuple[int, ...]:
     strides, step = [], 1
     for size in reversed(shape):
         strides.append(step)
         step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+def _alias(base: torch.Tensor, offset: int, shape: torch.Size) -> torch.Tensor:
+    """A tensor over ``base``'s memory from element ``offset``, shaped ``shape`` (contiguous),
+    with a version counter of its own (a view would share ``base``'s) and no view bookkeeping."""
     out = torch.empty(0, dtype=base.dtype, device=base.device)
-    return out.set_(base.untyped_storage(), base.storage_offset() + offset, shape, tuple(reversed(strides)))
+    return out.set_(base.untyped_storage(), base.storage_offset() + offset, shape, _strides(shape))
 
 
 def _owns_memory(p: torch.Tensor) -> bool:
@@ -198,7 +202,8 @@ class _Layout:
     def grad_view(self, i: int) -> torch.Tensor:
         """The view of bucket memory that is stepped parameter ``i``'s gradient."""
         b, off, n, shape = self.where[self.keys[i]]
-        return self.gbases[b][off:off + n].view(shape)
+        base = self.gbases[b]
+        return base.as_strided(shape, _strides(shape), base.storage_offset() + off)
 
 
 _DISABLED = "disabled"
@@ -426,7 +431,7 @@ class FlatStorage:
             if (big is None or not isinstance(leaf, torch.Tensor) or leaf.shape != shape or leaf.dtype != big.dtype
                     or big.shape != (lay.fparams[ParamKey(b)].numel(),)):
                 raise _NotFlat
-            view = big[off:off + n].view(shape)
+            view = _alias(big, off, shape)  # no view bookkeeping: a tensor over the same memory
             if view.data_ptr() != leaf.data_ptr():
                 copies.append((view, leaf))
             leaves.append(view)
@@ -461,23 +466,34 @@ class FlatStorage:
         except Exception:  # noqa: BLE001 - a chain that needs real tensors to init copies instead
             return False
         positioned, treedef = param_leaves(template)
+        del template
         flat_leaves, _ = param_leaves(lay.fstate)
         by_path = {(index, path): leaf for index, path, leaf in flat_leaves}
         shared = {path: leaf for index, path, leaf in flat_leaves if index is None}
-        leaves = []
+        # what the template says, then the template freed before the views are made: its
+        # memory serves them (made while it lives, they would grow the heap past it)
+        spec = []
         for index, path, leaf in positioned:
             if index is None:
                 if path not in shared:
                     raise _NotFlat
-                leaves.append(shared[path])
+                spec.append((None, path))
                 continue
             b, off, n, shape = lay.where[index]
             big = by_path.get((b, path))
             if (big is None or not isinstance(leaf, torch.Tensor) or leaf.shape != shape or leaf.dtype != big.dtype
                     or big.shape != (lay.fparams[ParamKey(b)].numel(),)):
                 raise _NotFlat
-            leaves.append(big[off:off + n].view(shape))
+            spec.append((index, path))
         self._check_covered(lay, positioned, flat_leaves, {p: 0 for i, p, _ in positioned if i is None})
+        del positioned
+        leaves = []
+        for index, path in spec:
+            if index is None:
+                leaves.append(shared[path])
+            else:
+                b, off, _, shape = lay.where[index]
+                leaves.append(_alias(by_path[b, path], off, shape))
         known, ids, params = opt._known_keys[gi], opt._param_ids[gi], opt.param_groups[gi]["params"]
         n = len(params)
         if len(known) < n:
