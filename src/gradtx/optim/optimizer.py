@@ -319,6 +319,8 @@ class Optimizer(torch.optim.Optimizer):
             warnings.warn(f"{where} sets {unread}, which no transform of this chain reads; its keys are "
                           f"{sorted(self.defaults)}", stacklevel=2)
         super().add_param_group(param_group)
+        if self._flat is not None:  # a list that notes changes in place (gradtx.optim.flat)
+            self.param_groups[-1]["params"] = _flat._Params(self.param_groups[-1]["params"])
         self._refuse_overlapping_params()
         self._has_dtensors = self._has_dtensors or _distributed.has_dtensors(self.param_groups[-1]["params"])
         try:  # the constructors check the group's settings, naming the argument
