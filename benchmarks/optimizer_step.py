@@ -186,10 +186,12 @@ class _ClipThenStep:
 
 def add_segmented_flat_variants(algos: dict) -> dict:
     """``gradtx flat`` beside the gradtx path of the chains with per-tensor norms (lamb, lars:
-    norms per segment of the flat buffer), and torch fused Adam after ``clip_grad_value_``
-    beside the mission chain (its torch equivalent)."""
+    norms per segment of the flat buffer) and of muon and adafactor (stepped per parameter over
+    views of the buffers), and torch fused Adam after ``clip_grad_value_`` beside the mission
+    chain (its torch equivalent)."""
     out = dict(algos)
-    segmented = {"lamb": lambda: gx.lamb(LR), "lars": lambda: gx.lars(LR)}
+    segmented = {"lamb": lambda: gx.lamb(LR), "lars": lambda: gx.lars(LR), "muon": lambda: gx.muon(LR),
+                 "adafactor": lambda: gx.adafactor(LR)}
     for name, tx in segmented.items():
         if name in out:
             nbytes, variants = out[name]

@@ -49,15 +49,19 @@ puts parameters of equal size side by side, so the segments form one run per dis
 and a reduction is one ``(count, size)`` kernel per run, whatever the number of tensors
 (measured on CPU against ``torch.segment_reduce`` and ``index_add_`` over a segment-id
 vector: both slower than a foreach norm per tensor; runs 20x faster on 2000 tensors).
-Elementwise parts run as before over the whole buffer. A part that is neither elementwise
-nor segmented (muon's split between matrices and the rest, adafactor's factored moments, a
-masked trust ratio, a user's transform) makes the constructor raise ``ValueError`` naming
-``flat=True`` (and, for muon and adafactor, why: per-parameter state not shaped like the
-parameter, which the flat state's views cannot hold; a per-matrix Newton-Schulz batched
-over runs of equal shapes would be muon's flat form); a chain with a part over every param
-group at once (``clip_by_global_norm``, declared segmented since a global norm is the same on
-any split) is stepped by the adapter's one-chain path, never by this one: the default path's
-numbers.
+Elementwise parts run as before over the whole buffer. **Muon and adafactor** (parts
+neither elementwise nor segmented: muon's split between matrices and the rest, adafactor's
+factored moments) keep per-parameter state not shaped like the parameter (each side of
+muon's split keeps empty tensors for the other side's leaves; adafactor a row and a column
+vector per matrix), which the flat state's views cannot hold: their parameters and
+gradients live in the buffers all the same (one allocation, ``zero_grad`` one fill, the
+same checks), and the default path steps their per-parameter views, with its numbers and
+its state exactly (a flat form, Newton-Schulz batched over runs of equal shapes as views of
+the buffer and Adam over the rest as one range, is not built yet). Any other part that is
+neither (a masked trust ratio, a user's transform) makes the constructor raise
+``ValueError`` naming ``flat=True``. A chain with a part over every param group at once
+(``clip_by_global_norm``, declared segmented since a global norm is the same on any split)
+is stepped by the adapter's one-chain path, never by this one: the default path's numbers.
 
 Parameters are *moved* into the buffer: a tensor that aliased a parameter's old memory (a
 ``.data`` kept aside) no longer sees it. Weight tying by sharing one ``Parameter`` works; two
@@ -211,22 +215,23 @@ class _Layout:
 
 _DISABLED = "disabled"
 
-# Why known parts have no flat form yet (the refusal says it): both keep per-parameter state
-# that is not shaped like the parameter (a flat buffer's segments are), and reduce per matrix.
-_WHY_NOT = {
-    "scale_by_factored_rms": ("; adafactor's factored second moments are a row and a column vector per matrix, "
-                              "not segments of a flat buffer"),
-    "only(": ("; muon's split picks leaves by their number of dimensions, which segments of one flat buffer do "
-              "not have, and each side keeps empty tensors for the other side's leaves"),
-}
+# Parts known to keep per-parameter state not shaped like the parameter (muon's split keeps
+# empty tensors for the other side's leaves; adafactor's factored moments are a row and a
+# column vector per matrix) and to reduce per matrix, but to touch each parameter's tensor
+# alone: with them ``flat=True`` keeps the contiguous buffers and steps per-parameter views
+# of them on the default path, whose numbers and state they are.
+_PER_PARAMETER = ("scale_by_factored_rms", "only(")
 
 
 class FlatStorage:
     """The flat layouts of an optimizer's param groups (``gx.Optimizer(..., flat=True)``)."""
 
-    def __init__(self, segmented: bool = False) -> None:
+    def __init__(self, segmented: bool = False, per_parameter: bool = False) -> None:
         self._layouts: dict[int, Any] = {}
         self._segmented = segmented  # the chain reduces per parameter: pass it the segments
+        # muon, adafactor: the buffers hold the parameters and gradients, the chain runs on
+        # the default path over their per-parameter views (its numbers and state exactly)
+        self._per_parameter = per_parameter
 
     @classmethod
     def for_chain(cls, tx: Any) -> FlatStorage:
@@ -235,10 +240,12 @@ class FlatStorage:
         bad = flat_blocking_parts(tx)
         if bad:
             names = sorted({getattr(b, "__dict__", {}).get("name") or repr(b) for b in bad})
-            why = sorted({reason for name in names for key, reason in _WHY_NOT.items() if name.startswith(key)})
+            if all(any(name.startswith(key) for key in _PER_PARAMETER) for name in names):
+                return cls(per_parameter=True)
             raise ValueError(f"flat=True runs chains of elementwise (gx.is_elementwise) or segmented transforms "
                              f"(per-tensor norms computed per segment of the flat buffer, as in gx.lamb, gx.lars, "
-                             f"gx.clip_by_global_norm); neither: {', '.join(names)}{''.join(why)} "
+                             f"gx.clip_by_global_norm) or muon's and adafactor's parts (stepped per parameter); "
+                             f"neither: {', '.join(names)} "
                              f"(use flat=False for this chain)")
         return cls(segmented=bool(non_elementwise_parts(tx)))
 
@@ -277,6 +284,9 @@ class FlatStorage:
                 return False
         elif not ready:
             lay.mark, lay.pending = lay.versions(), False
+            return False
+        if self._per_parameter:  # the default path steps the views; the checks see its writes as a step's
+            lay.mark, lay.pending, lay.counts = lay.versions(), False, lay.use_counts()
             return False
         variant = opt._variant(opt._setting_values(group), f"param_groups[{gi}]")
         if lay.canonical is None or opt._chain_states[gi] is not lay.canonical:

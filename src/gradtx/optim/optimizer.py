@@ -179,8 +179,9 @@ class Optimizer(torch.optim.Optimizer):
       cannot take that step runs on the default path, with its numbers; the state layout and
       checkpoints are the default ones (see ``gradtx.optim.flat``). Chains with per-tensor
       norms (``gx.lamb``, ``gx.lars``) run there too, one norm per segment of the buffer; a
-      global norm over every group (``clip_by_global_norm``) runs on the default path. Other
-      chains (``gx.muon``, ``gx.adafactor``, a user's transform) raise ``ValueError``.
+      global norm over every group (``clip_by_global_norm``) runs on the default path.
+      ``gx.muon`` and ``gx.adafactor`` keep the buffers and step per-parameter views of them
+      (the default path's numbers). Other chains (a user's transform) raise ``ValueError``.
 
     Example::
 
