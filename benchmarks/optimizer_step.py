@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -185,10 +186,12 @@ class _ClipThenStep:
 
 def add_segmented_flat_variants(algos: dict) -> dict:
     """``gradtx flat`` beside the gradtx path of the chains with per-tensor norms (lamb, lars:
-    norms per segment of the flat buffer), and torch fused Adam after ``clip_grad_value_``
-    beside the mission chain (its torch equivalent)."""
+    norms per segment of the flat buffer) and of muon and adafactor (stepped per parameter over
+    views of the buffers), and torch fused Adam after ``clip_grad_value_`` beside the mission
+    chain (its torch equivalent)."""
     out = dict(algos)
-    segmented = {"lamb": lambda: gx.lamb(LR), "lars": lambda: gx.lars(LR)}
+    segmented = {"lamb": lambda: gx.lamb(LR), "lars": lambda: gx.lars(LR), "muon": lambda: gx.muon(LR),
+                 "adafactor": lambda: gx.adafactor(LR)}
     for name, tx in segmented.items():
         if name in out:
             nbytes, variants = out[name]
@@ -216,9 +219,54 @@ def flat_summary(results: dict[tuple[str, str], dict[str, float]], sets: list[st
     return "\n".join(lines) + "\n"
 
 
+def _grads_of(opt: Any) -> list[torch.Tensor]:
+    return [p.grad for group in opt.param_groups for p in group["params"]]
+
+
+def _loop_step(opt: Any, grads: dict[int, list], n: int, pad: list[torch.Tensor], zero: bool,
+               prof: Any = None) -> float:
+    """Seconds of ``opt.step()`` (after ``opt.zero_grad()`` when ``zero``, timed too), after
+    every gradient is written once in place (``grads[n]``), as backward writes them; the timed
+    calls profiled by ``prof`` (a ``cProfile.Profile``) if given."""
+    if prof:
+        prof.enable()
+    t0 = time.perf_counter()
+    if zero:
+        opt.zero_grad()
+    t1 = time.perf_counter()
+    if prof:
+        prof.disable()
+    if any(g is None for g in _grads_of(opt)):  # zero_grad set them to None: backward makes new ones
+        for group in opt.param_groups:
+            for p in group["params"]:
+                p.grad = torch.zeros(())
+    if zero:
+        grads[n] = _grads_of(opt)
+    torch._foreach_add_(grads[n], 1.0)
+    if pad:
+        torch._foreach_add_(pad, 1.0)
+    if prof:
+        prof.enable()
+    t2 = time.perf_counter()
+    opt.step()
+    t3 = time.perf_counter()
+    if prof:
+        prof.disable()
+    return (t1 - t0) + (t3 - t2)
+
+
 def python_time(rounds: int) -> None:
     """Per-step time over 20 and over 20,000 scalars (the kernels' work is nothing: what is
-    left is per-step Python), gradtx flat against the default path and torch fused."""
+    left is per-step Python), gradtx flat against the default path and torch fused.
+
+    Each timed step follows a stand-in for backward: every gradient written once in place
+    (one ``_foreach_add_``, padded to 20,000 tensors for both counts so that caches are
+    alike), as backward writes them; a second table times ``zero_grad()`` + step, the usual
+    loop. The Python function calls of one step (counted by ``cProfile``) say whether any
+    work grows with the count, whatever the machine's load."""
+    import cProfile
+    import pstats
+
     def scalars(n: int) -> list[torch.Tensor]:
         params = [torch.nn.Parameter(torch.zeros(())) for _ in range(n)]
         for p in params:
@@ -227,24 +275,39 @@ def python_time(rounds: int) -> None:
     makers = {"torch fused": _torch(torch.optim.AdamW, weight_decay=0.01, fused=True),
               "gradtx": _gx(lambda: gx.adamw(LR, weight_decay=0.01)),
               "gradtx flat": _gx(lambda: gx.adamw(LR, weight_decay=0.01), flat=True)}
-    print("## per-step time of adamw over n scalars (Python cost), median ms")
-    print("| variant | n = 20 | n = 20,000 | ratio |")
-    print("|---|---:|---:|---:|")
-    for name, make in makers.items():
-        opts = {n: make(scalars(n)) for n in (20, 20_000)}
-        samples: dict[int, list[float]] = {n: [] for n in opts}
-        for opt in opts.values():
-            opt.step()
-        for _ in range(rounds):
+    counts, most = (20, 20_000), 20_000
+    for zero in (False, True):
+        print(f"## per-step time of adamw over n scalars (Python cost), median ms: "
+              f"{'zero_grad() + step' if zero else 'step'} after every gradient is written")
+        print("| variant | n = 20 | n = 20,000 | ratio | calls/step n = 20 | calls/step n = 20,000 |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for name, make in makers.items():
+            opts = {n: make(scalars(n)) for n in counts}
+            grads = {}
             for n, opt in opts.items():
-                reps = 200 if n == 20 else 3
-                t0 = time.perf_counter()
-                for _ in range(reps):
-                    opt.step()
-                samples[n].append((time.perf_counter() - t0) / reps)
-        small, many = (statistics.median(samples[n]) for n in (20, 20_000))
-        print(f"| {name} | {small * 1e3:.3f} | {many * 1e3:.2f} | {many / small:.1f} |", flush=True)
-    print()
+                opt.step()  # the flat buffers are built at the first step
+                grads[n] = _grads_of(opt)
+            pads = {n: [torch.zeros(()) for _ in range(most - n)] for n in counts}
+
+            def one(n: int) -> float:
+                return _loop_step(opts[n], grads, n, pads[n], zero)  # noqa: B023 - called in this iteration
+            for n in counts:
+                for _ in range(3):
+                    one(n)
+            samples: dict[int, list[float]] = {n: [] for n in counts}
+            for _ in range(rounds):
+                for n in counts:
+                    reps = 20 if n == 20 else 5
+                    samples[n].append(sum(one(n) for _ in range(reps)) / reps)
+            calls = {}
+            for n in counts:
+                prof = cProfile.Profile()
+                _loop_step(opts[n], grads, n, pads[n], zero, prof)
+                calls[n] = pstats.Stats(prof).total_calls
+            small, many = (statistics.median(samples[n]) for n in counts)
+            print(f"| {name} | {small * 1e3:.3f} | {many * 1e3:.2f} | {many / small:.1f} | {calls[20]} | "
+                  f"{calls[most]} |", flush=True)
+        print()
 
 
 def figure(path: str, rounds: int, with_compile: bool, total: int = 1 << 21) -> None:

@@ -14,20 +14,31 @@ one tensor, or the compiled graph with one slot; its numbers cannot depend on th
   hyperparameters). So checkpoints have the default layout and move both ways; a state
   loaded or made by the default path is copied in at the next flat step.
 - **Gradients**: autograd adds into a gradient that exists in place, so backward fills the
-  buffer. Each gradient view is made with ``Tensor.set_`` on the buffer's storage: it has a
-  version counter of its own, which ``opt.zero_grad()`` (zeroing the buffer, keeping the
-  views) records, so a parameter that backward did not reach reads as having no gradient,
-  as after torch's ``zero_grad(set_to_none=True)``: its gradient is set to ``None`` and
-  that step runs on the default path, which skips it.
-- **Checks each step** (one C-level pass over the parameters each, no per-parameter Python):
-  the group holds the same parameter objects, each parameter's and gradient's data pointer
-  is its segment's. A gradient that is not its view (``model.zero_grad()`` set it to ``None``
-  and backward made a new one, ``p.grad = g``) is copied in and the view put back; a
-  parameter moved (``p.data = ...``, ``model.to(dtype)``), replaced or added rebuilds the
-  layout (replaced ones start afresh, as on the default path); anything the layout cannot
-  take (no gradient on a stepped parameter, a gradient of another dtype, a sparse one, a
-  DTensor, a parameter sharing memory with another tensor, a closure) runs that step on
-  the default path, with its numbers.
+  buffer. The gradient views of a buffer are views of one base tensor and share its version
+  counter: each in-place write into any of them (backward's addition, clipping, unscaling)
+  moves it by one. ``opt.zero_grad()`` fills the buffer in place and keeps the views; with
+  ``set_to_none=True`` (torch's default) it fills it with -0.0, which backward's addition
+  turns into the gradient, so a parameter that backward did not reach reads as having no
+  gradient, as after torch's ``zero_grad``: its gradient is set to ``None`` and that step
+  runs on the default path, which skips it. (A gradient of exactly -0.0 in every element
+  looks the same and is taken as not reached.)
+- **Checks each step**, at a cost that does not grow with the number of parameters when
+  nothing changed (the usual loop): the group's ``params`` list is the one laid out and was
+  not changed in place (the list notes changes), no tensor over a buffer's memory came or
+  went (the storages' use counts: a parameter moved by ``p.data = ...`` or ``model.to``, or a
+  gradient view dropped by ``p.grad = ...`` or ``model.zero_grad()``, lowers them), and the
+  gradients were written since the last step (or ``zero_grad``) as often as in the last step
+  checked in full (a loop's backward passes and in-place operations on the gradients give
+  the same count each step; a gradient that backward wrote elsewhere or did not reach lowers
+  it). Otherwise the step checks in full, one pass over the parameters: each parameter's
+  data is its segment, each gradient its view. A gradient that is not its view is copied in
+  and the view put back; a parameter moved, replaced or added rebuilds the layout (replaced
+  ones start afresh, as on the default path); anything the layout cannot take (no gradient
+  on a stepped parameter, a gradient of another dtype, a sparse one, a DTensor, a parameter
+  sharing memory with another tensor, a closure) runs that step on the default path, with
+  its numbers. Not seen: a gradient assigned (``p.grad = other``) after backward while the
+  old gradient tensor is still referenced elsewhere and the write count is unchanged (the
+  view neither dropped nor written less); such a step uses the old gradient.
 
 **Per-tensor norms** (``gx.lamb``, ``gx.lars``, ``gx.fromage``): a transform declared
 ``@transform(segmented=True)`` (see :func:`gradtx.base.flat_blocking_parts`) gets the extra
@@ -38,15 +49,19 @@ puts parameters of equal size side by side, so the segments form one run per dis
 and a reduction is one ``(count, size)`` kernel per run, whatever the number of tensors
 (measured on CPU against ``torch.segment_reduce`` and ``index_add_`` over a segment-id
 vector: both slower than a foreach norm per tensor; runs 20x faster on 2000 tensors).
-Elementwise parts run as before over the whole buffer. A part that is neither elementwise
-nor segmented (muon's split between matrices and the rest, adafactor's factored moments, a
-masked trust ratio, a user's transform) makes the constructor raise ``ValueError`` naming
-``flat=True`` (and, for muon and adafactor, why: per-parameter state not shaped like the
-parameter, which the flat state's views cannot hold; a per-matrix Newton-Schulz batched
-over runs of equal shapes would be muon's flat form); a chain with a part over every param
-group at once (``clip_by_global_norm``, declared segmented since a global norm is the same on
-any split) is stepped by the adapter's one-chain path, never by this one: the default path's
-numbers.
+Elementwise parts run as before over the whole buffer. **Muon and adafactor** (parts
+neither elementwise nor segmented: muon's split between matrices and the rest, adafactor's
+factored moments) keep per-parameter state not shaped like the parameter (each side of
+muon's split keeps empty tensors for the other side's leaves; adafactor a row and a column
+vector per matrix), which the flat state's views cannot hold: their parameters and
+gradients live in the buffers all the same (one allocation, ``zero_grad`` one fill, the
+same checks), and the default path steps their per-parameter views, with its numbers and
+its state exactly (a flat form, Newton-Schulz batched over runs of equal shapes as views of
+the buffer and Adam over the rest as one range, is not built yet). Any other part that is
+neither (a masked trust ratio, a user's transform) makes the constructor raise
+``ValueError`` naming ``flat=True``. A chain with a part over every param group at once
+(``clip_by_global_norm``, declared segmented since a global norm is the same on any split)
+is stepped by the adapter's one-chain path, never by this one: the default path's numbers.
 
 Parameters are *moved* into the buffer: a tensor that aliased a parameter's old memory (a
 ``.data`` kept aside) no longer sees it. Weight tying by sharing one ``Parameter`` works; two
@@ -56,6 +71,7 @@ parameters sharing memory are left where they are (their group runs on the defau
 from __future__ import annotations
 
 import operator
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,7 +86,6 @@ from . import compiled as _compiled
 __all__ = ["FlatStorage"]
 
 _GRAD = operator.attrgetter("grad")
-_VERSION = operator.attrgetter("_version")
 _PTR = torch.Tensor.data_ptr
 
 
@@ -78,15 +93,19 @@ class _NotFlat(Exception):  # noqa: N818 - internal signal, never raised to the 
     """The chain's state does not have one leaf per parameter of the parameter's shape."""
 
 
-def _alias(base: torch.Tensor, offset: int, shape: torch.Size) -> torch.Tensor:
-    """A tensor over ``base``'s memory from element ``offset``, shaped ``shape`` (contiguous),
-    with a version counter of its own (a view would share ``base``'s)."""
+def _strides(shape: torch.Size) -> tuple[int, ...]:
     strides, step = [], 1
     for size in reversed(shape):
         strides.append(step)
         step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+def _alias(base: torch.Tensor, offset: int, shape: torch.Size) -> torch.Tensor:
+    """A tensor over ``base``'s memory from element ``offset``, shaped ``shape`` (contiguous),
+    with a version counter of its own (a view would share ``base``'s) and no view bookkeeping."""
     out = torch.empty(0, dtype=base.dtype, device=base.device)
-    return out.set_(base.untyped_storage(), base.storage_offset() + offset, shape, tuple(reversed(strides)))
+    return out.set_(base.untyped_storage(), base.storage_offset() + offset, shape, _strides(shape))
 
 
 def _owns_memory(p: torch.Tensor) -> bool:
@@ -102,52 +121,117 @@ def _eligible(p: torch.Tensor, own: set[int]) -> bool:
             and g.device == p.device and g.shape == p.shape)
 
 
+class _Params(list):
+    """A flat group's ``params`` list: notes any change made to it in place (an item replaced,
+    one added or removed), so that the step need not compare the parameters one by one."""
+
+    __slots__ = ("changed",)
+
+    def __init__(self, items: Any = ()) -> None:
+        super().__init__(items)
+        self.changed = False
+
+    def _changing(name: str) -> Any:  # noqa: N805 - builds the methods below
+        method = getattr(list, name)
+
+        def changing(self: _Params, *args: Any, **kwargs: Any) -> Any:
+            self.changed = True
+            return method(self, *args, **kwargs)
+        changing.__name__ = name
+        return changing
+
+    for _name in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "extend", "insert", "pop",
+                  "remove", "clear", "sort", "reverse"):
+        locals()[_name] = _changing(_name)
+    del _name, _changing
+
+
+def _real(g: torch.Tensor) -> torch.Tensor:
+    """``g``'s real components (a complex tensor's as pairs), flat."""
+    return torch.view_as_real(g).view(-1) if g.is_complex() else g
+
+
+def _use_count(storage: torch.UntypedStorage) -> int:
+    """How many tensors (and storage objects) hold ``storage``'s memory."""
+    return torch._C._storage_Use_Count(storage._cdata)
+
+
+_TRIM = None
+
+
+def _release_freed_heap(device: torch.device) -> None:
+    """Hand the heap pages freed by moving CPU tensors into the buffers back to the system
+    (glibc's ``malloc_trim``): tensors under the mmap threshold live in the heap, whose
+    freed pages stay resident otherwise, so the move would cost a buffer's worth of memory."""
+    global _TRIM
+    if device.type != "cpu":
+        return
+    if _TRIM is None:
+        try:
+            import ctypes
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
 @dataclass
 class _Layout:
     """One param group's buffers and what the checks compare against."""
 
-    plist: list  # the group's params list object
-    snapshot: tuple  # its parameters when built
+    plist: _Params  # the group's params list object
     keys: list[int]  # indices of the stepped (flat) parameters
     bparams: list[torch.Tensor]  # those parameters
     others: list[torch.Tensor]  # the group's other parameters: no gradient while flat runs
     where: dict[int, tuple[int, int, int, torch.Size]]  # key -> (bucket, offset, numel, shape)
     fparams: dict[ParamKey, torch.Tensor]  # bucket -> flat parameters
     fgrads: dict[ParamKey, torch.Tensor]  # bucket -> flat gradients
+    gbases: list[torch.Tensor]  # per bucket, the gradients' base: its views share one version counter
     pptrs: list[int]
-    gptrs: list[int]
-    gviews: list[torch.Tensor] = field(default_factory=list)
-    zero_versions: list[int] | None = None  # gradient versions when zero_grad(set_to_none) kept them
+    grefs: list[Any] = field(default_factory=list)  # weak references to the gradient views
+    stores: list[torch.UntypedStorage] = field(default_factory=list)  # the buffers' storages
+    counts: tuple[int, ...] = ()  # their use counts when last checked
+    mark: tuple[int, ...] = ()  # the gradient bases' versions at the last step or zero_grad
+    pending: bool = False  # zero_grad(set_to_none=True) since the last step
+    writes: dict[bool, tuple[int, ...] | None] = field(default_factory=lambda: {False: None, True: None})
     canonical: Any = None  # the adapter's state of the group, linked to ``fstate``
     fstate: Any = None  # the chain's state over ``fparams``
     scratch: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # slot -> temporaries
     segments: dict[ParamKey, Segments] | None = None  # bucket -> its parameters' segments (segmented chains)
 
-    def same_params(self, params: list) -> bool:
-        return (params is self.plist and len(params) == len(self.snapshot)
-                and all(map(operator.is_, params, self.snapshot))
-                and list(map(_PTR, self.bparams)) == self.pptrs
-                and all(g is None for g in map(_GRAD, self.others)))
+    def versions(self) -> tuple[int, ...]:
+        return tuple(b._version for b in self.gbases)
+
+    def use_counts(self) -> tuple[int, ...]:
+        return tuple(map(_use_count, self.stores))
+
+    def grad_view(self, i: int) -> torch.Tensor:
+        """The view of bucket memory that is stepped parameter ``i``'s gradient."""
+        b, off, n, shape = self.where[self.keys[i]]
+        base = self.gbases[b]
+        return base.as_strided(shape, _strides(shape), base.storage_offset() + off)
 
 
 _DISABLED = "disabled"
 
-# Why known parts have no flat form yet (the refusal says it): both keep per-parameter state
-# that is not shaped like the parameter (a flat buffer's segments are), and reduce per matrix.
-_WHY_NOT = {
-    "scale_by_factored_rms": ("; adafactor's factored second moments are a row and a column vector per matrix, "
-                              "not segments of a flat buffer"),
-    "only(": ("; muon's split picks leaves by their number of dimensions, which segments of one flat buffer do "
-              "not have, and each side keeps empty tensors for the other side's leaves"),
-}
+# Parts known to keep per-parameter state not shaped like the parameter (muon's split keeps
+# empty tensors for the other side's leaves; adafactor's factored moments are a row and a
+# column vector per matrix) and to reduce per matrix, but to touch each parameter's tensor
+# alone: with them ``flat=True`` keeps the contiguous buffers and steps per-parameter views
+# of them on the default path, whose numbers and state they are.
+_PER_PARAMETER = ("scale_by_factored_rms", "only(")
 
 
 class FlatStorage:
     """The flat layouts of an optimizer's param groups (``gx.Optimizer(..., flat=True)``)."""
 
-    def __init__(self, segmented: bool = False) -> None:
+    def __init__(self, segmented: bool = False, per_parameter: bool = False) -> None:
         self._layouts: dict[int, Any] = {}
         self._segmented = segmented  # the chain reduces per parameter: pass it the segments
+        # muon, adafactor: the buffers hold the parameters and gradients, the chain runs on
+        # the default path over their per-parameter views (its numbers and state exactly)
+        self._per_parameter = per_parameter
 
     @classmethod
     def for_chain(cls, tx: Any) -> FlatStorage:
@@ -156,30 +240,32 @@ class FlatStorage:
         bad = flat_blocking_parts(tx)
         if bad:
             names = sorted({getattr(b, "__dict__", {}).get("name") or repr(b) for b in bad})
-            why = sorted({reason for name in names for key, reason in _WHY_NOT.items() if name.startswith(key)})
+            if all(any(name.startswith(key) for key in _PER_PARAMETER) for name in names):
+                return cls(per_parameter=True)
             raise ValueError(f"flat=True runs chains of elementwise (gx.is_elementwise) or segmented transforms "
                              f"(per-tensor norms computed per segment of the flat buffer, as in gx.lamb, gx.lars, "
-                             f"gx.clip_by_global_norm); neither: {', '.join(names)}{''.join(why)} "
+                             f"gx.clip_by_global_norm) or muon's and adafactor's parts (stepped per parameter); "
+                             f"neither: {', '.join(names)} "
                              f"(use flat=False for this chain)")
         return cls(segmented=bool(non_elementwise_parts(tx)))
 
     # -- zero_grad ----------------------------------------------------------------------
 
     def zero_grad(self, opt: Any, set_to_none: bool) -> None:
-        """``opt.zero_grad``: a flat group's gradient buffer is zeroed and its views kept
-        (with ``set_to_none`` a view that backward does not reach then reads as ``None``);
-        other gradients as torch does."""
+        """``opt.zero_grad``: a flat group's gradient buffer is cleared and its views kept
+        (with ``set_to_none`` it is filled with -0.0, so that a gradient backward does not
+        reach reads as ``None`` at the step); other gradients as torch does."""
         for gi, group in enumerate(opt.param_groups):
             lay = self._layouts.get(gi)
             rest = group["params"]
-            if isinstance(lay, _Layout) and lay.plist is group["params"]:
-                grads = list(map(_GRAD, lay.bparams))
-                if all(map(operator.is_, grads, lay.gviews)) and list(map(_PTR, grads)) == lay.gptrs:
-                    for g in lay.fgrads.values():
-                        g.zero_()
-                    if set_to_none:
-                        lay.zero_versions = list(map(_VERSION, grads))
-                    rest = lay.others
+            if (isinstance(lay, _Layout) and rest is lay.plist and not rest.changed
+                    and lay.use_counts() == lay.counts):  # every gradient view is alive
+                for g in lay.fgrads.values():
+                    _real(g).fill_(-0.0 if set_to_none else 0.0)
+                lay.mark, lay.pending = lay.versions(), set_to_none
+                rest = lay.others
+            elif isinstance(lay, _Layout):
+                lay.pending = False
             _zero_like_torch(rest, set_to_none)
 
     # -- stepping -----------------------------------------------------------------------
@@ -190,11 +276,17 @@ class FlatStorage:
         lay = self._layouts.get(gi)
         if lay is _DISABLED:
             return False
-        if lay is None or not lay.same_params(group["params"]):
+        params = group["params"]
+        ready = self._ready(lay) if isinstance(lay, _Layout) and params is lay.plist and not params.changed else None
+        if ready is None:
             lay = self._build(opt, gi, group)
             if lay is None:
                 return False
-        elif not self._grads_ready(lay):
+        elif not ready:
+            lay.mark, lay.pending = lay.versions(), False
+            return False
+        if self._per_parameter:  # the default path steps the views; the checks see its writes as a step's
+            lay.mark, lay.pending, lay.counts = lay.versions(), False, lay.use_counts()
             return False
         variant = opt._variant(opt._setting_values(group), f"param_groups[{gi}]")
         if lay.canonical is None or opt._chain_states[gi] is not lay.canonical:
@@ -205,47 +297,76 @@ class FlatStorage:
                 return False
         opt._write_hyperparameters(group, lay.canonical)
         self._run(opt, gi, lay, variant)
+        lay.mark, lay.pending, lay.counts = lay.versions(), False, lay.use_counts()
         return True
 
     def forget(self) -> None:
         """Drop every layout (the parameters stay where they are; the next step rebuilds)."""
         self._layouts.clear()
 
-    def _grads_ready(self, lay: _Layout) -> bool:
-        """Whether every stepped parameter's gradient is its view, after copying in the ones
-        that are not; ``False`` when one has none (or one backward did not reach since
-        ``zero_grad``, set to ``None`` here) or cannot be copied in."""
+    def _ready(self, lay: _Layout) -> bool | None:
+        """Whether the layout's buffers hold the group's parameters and gradients (``None``:
+        rebuild it; ``False``: the default path runs this step).
+
+        Each step costs the same whatever the number of parameters when nothing changed: no
+        tensor over a buffer's memory came or went (a parameter moved by ``p.data = ...`` or
+        ``model.to``, a gradient view dropped by ``p.grad = None``, change the storages' use
+        counts), and the gradients' shared version counter moved since the last step (or
+        ``zero_grad``) as it did in the last step checked in full (one write per gradient
+        for each backward and each in-place operation on them: a gradient that backward wrote
+        somewhere else, or did not reach, makes a difference). Anything else is checked in
+        full, one pass over the parameters."""
+        writes = tuple(v - m for v, m in zip(lay.versions(), lay.mark))
+        if (writes == lay.writes[lay.pending] and lay.use_counts() == lay.counts
+                and (not lay.others or all(g is None for g in map(_GRAD, lay.others)))):
+            return True
+        return self._check(lay, writes)
+
+    def _check(self, lay: _Layout, writes: tuple[int, ...]) -> bool | None:
+        """:meth:`_ready` in full: each parameter's data and gradient; a gradient that is not
+        its view is copied in and the view put back; after ``zero_grad(set_to_none=True)`` a
+        gradient backward did not reach (still -0.0 throughout) is set to ``None``."""
+        if any(g is not None for g in map(_GRAD, lay.others)) or list(map(_PTR, lay.bparams)) != lay.pptrs:
+            return None
         grads = list(map(_GRAD, lay.bparams))
-        try:
-            same = list(map(_PTR, grads)) == lay.gptrs
-        except TypeError:  # a None gradient
-            same = False
-        if lay.zero_versions is not None:
-            # every gradient's version moved (the usual case: backward reached them all): no
-            # parameter untouched, found in C-level passes; else the exact per-parameter test
-            if same and not any(map(operator.eq, map(_VERSION, grads), lay.zero_versions)):
-                untouched = []
-            else:
-                untouched = [i for i, (g, view, v) in enumerate(zip(grads, lay.gviews, lay.zero_versions))
-                             if g is view and g._version == v]
-            lay.zero_versions = None
+        own = [g is not None and r() is g for r, g in zip(lay.grefs, grads)]
+        if lay.pending:
+            untouched = [i for i in self._unwritten(lay) if own[i]]
             if untouched:  # zero_grad(set_to_none=True) and no backward since: no gradient
                 for i in untouched:
                     lay.bparams[i].grad = None
                 return False
-        if same:
-            return True
-        for p, g in zip(lay.bparams, grads):
+        missing = [i for i, mine in enumerate(own) if not mine]
+        for i in missing:
+            p, g = lay.bparams[i], grads[i]
             if (type(g) is not torch.Tensor or g.layout is not torch.strided or g.dtype != p.dtype
-                    or g.device != p.device):
+                    or g.device != p.device or g.shape != p.shape):
                 return False
-        views = [_alias(lay.fgrads[ParamKey(b)], off, shape) for b, off, _, shape in
-                 (lay.where[k] for k in lay.keys)]
-        torch._foreach_copy_(views, grads)
-        for p, view in zip(lay.bparams, views):
-            p.grad = view
-        lay.gviews = views
+        if missing:
+            views = [lay.grad_view(i) for i in missing]
+            torch._foreach_copy_(views, [grads[i] for i in missing])
+            for i, view in zip(missing, views):
+                lay.bparams[i].grad = view
+                lay.grefs[i] = weakref.ref(view)
+        elif all(writes):  # the gradients were written in their views: what a step like this one shows
+            lay.writes[lay.pending] = writes
         return True
+
+    def _unwritten(self, lay: _Layout) -> list[int]:
+        """The stepped parameters whose gradient is still -0.0 throughout (what ``zero_grad(
+        set_to_none=True)`` left: backward adds into it, and only a gradient of exactly -0.0
+        in every element leaves it so). One segment reduction per buffer."""
+        out = []
+        for b, g in enumerate(lay.fgrads.values()):
+            order = [i for i, k in enumerate(lay.keys) if lay.where[k][0] == b]
+            per = 2 if g.is_complex() else 1
+            lengths = torch.tensor([lay.where[lay.keys[i]][2] * per for i in order], device=g.device)
+            g = _real(g)
+            bits = g.view({1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[g.element_size()])
+            written = bits.ne(torch.iinfo(bits.dtype).min).to(torch.half)
+            hit = torch.segment_reduce(written, "max", lengths=lengths, unsafe=True).tolist()
+            out.extend(i for i, h, n in zip(order, hit, lengths.tolist()) if n and not h > 0)
+        return out
 
     def _build(self, opt: Any, gi: int, group: dict[str, Any]) -> _Layout | None:
         """Move the stepped parameters of group ``gi`` and their gradients into flat buffers;
@@ -265,6 +386,10 @@ class FlatStorage:
                 return None
             ptrs.add(p.data_ptr())
         opt._forget_replaced(gi)
+        if type(params) is _Params:
+            params.changed = False
+        else:  # a list the user put in the group since
+            params = group["params"] = _Params(params)
         kinds: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for k in keys:
             kinds.setdefault((params[k].device, params[k].dtype), []).append(k)
@@ -275,30 +400,34 @@ class FlatStorage:
         with torch.no_grad():
             for b, ((device, dtype), ks) in enumerate(kinds.items()):
                 total = sum(params[k].numel() for k in ks)
+                # one buffer, each parameter copied into its slice and rebound as a view of it
+                # at once, so that its old memory is freed before the next one is copied
                 flat_p = torch.empty(total, dtype=dtype, device=device)
-                flat_g = torch.empty(total, dtype=dtype, device=device)
                 offset = 0
                 for k in ks:
                     p = params[k]
                     n = p.numel()
                     where[k] = (b, offset, n, p.shape)
-                    # one parameter at a time, so its old memory is freed before the next is copied
                     flat_p[offset:offset + n].copy_(p.detach().reshape(-1))
                     p.data = flat_p[offset:offset + n].view(p.shape)
                     offset += n
+                _release_freed_heap(device)
                 fparams[ParamKey(b)] = flat_p
-                fgrads[ParamKey(b)] = flat_g
-        lay = _Layout(params, tuple(params), keys, [params[k] for k in keys],
-                      [p for k, p in enumerate(params) if k not in where], where, fparams, fgrads,
-                      [params[k].data_ptr() for k in keys], [])
-        views = [_alias(fgrads[ParamKey(b)], off, shape) for b, off, _, shape in (where[k] for k in keys)]
-        for p, view in zip(lay.bparams, views):
+                fgrads[ParamKey(b)] = torch.empty(total, dtype=dtype, device=device)
+        gbases = [_alias(g, 0, g.shape) for g in fgrads.values()]
+        lay = _Layout(params, keys, [params[k] for k in keys], [p for k, p in enumerate(params) if k not in where],
+                      where, fparams, fgrads, gbases, [params[k].data_ptr() for k in keys])
+        for i, p in enumerate(lay.bparams):
+            view = lay.grad_view(i)
             view.copy_(p.grad)
-            p.grad = view
-        lay.gviews = views
-        lay.gptrs = [v.data_ptr() for v in views]
+            p.grad = view  # the old gradient freed here, before the next one is copied
+            lay.grefs.append(weakref.ref(view))
+        for device in {d for d, _ in kinds}:
+            _release_freed_heap(device)
         if self._segmented:
             lay.segments = {ParamKey(b): Segments([params[k].shape for k in ks]) for b, ks in enumerate(kinds.values())}
+        lay.stores = [x.untyped_storage() for x in (*fparams.values(), *fgrads.values())]
+        lay.mark, lay.counts = lay.versions(), lay.use_counts()
         self._layouts[gi] = lay
         return lay
 
@@ -326,7 +455,7 @@ class FlatStorage:
             if (big is None or not isinstance(leaf, torch.Tensor) or leaf.shape != shape or leaf.dtype != big.dtype
                     or big.shape != (lay.fparams[ParamKey(b)].numel(),)):
                 raise _NotFlat
-            view = big[off:off + n].view(shape)
+            view = _alias(big, off, shape)  # no view bookkeeping: a tensor over the same memory
             if view.data_ptr() != leaf.data_ptr():
                 copies.append((view, leaf))
             leaves.append(view)
@@ -361,23 +490,34 @@ class FlatStorage:
         except Exception:  # noqa: BLE001 - a chain that needs real tensors to init copies instead
             return False
         positioned, treedef = param_leaves(template)
+        del template
         flat_leaves, _ = param_leaves(lay.fstate)
         by_path = {(index, path): leaf for index, path, leaf in flat_leaves}
         shared = {path: leaf for index, path, leaf in flat_leaves if index is None}
-        leaves = []
+        # what the template says, then the template freed before the views are made: its
+        # memory serves them (made while it lives, they would grow the heap past it)
+        spec = []
         for index, path, leaf in positioned:
             if index is None:
                 if path not in shared:
                     raise _NotFlat
-                leaves.append(shared[path])
+                spec.append((None, path))
                 continue
             b, off, n, shape = lay.where[index]
             big = by_path.get((b, path))
             if (big is None or not isinstance(leaf, torch.Tensor) or leaf.shape != shape or leaf.dtype != big.dtype
                     or big.shape != (lay.fparams[ParamKey(b)].numel(),)):
                 raise _NotFlat
-            leaves.append(big[off:off + n].view(shape))
+            spec.append((index, path))
         self._check_covered(lay, positioned, flat_leaves, {p: 0 for i, p, _ in positioned if i is None})
+        del positioned
+        leaves = []
+        for index, path in spec:
+            if index is None:
+                leaves.append(shared[path])
+            else:
+                b, off, _, shape = lay.where[index]
+                leaves.append(_alias(by_path[b, path], off, shape))
         known, ids, params = opt._known_keys[gi], opt._param_ids[gi], opt.param_groups[gi]["params"]
         n = len(params)
         if len(known) < n:

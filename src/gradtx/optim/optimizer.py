@@ -179,8 +179,9 @@ class Optimizer(torch.optim.Optimizer):
       cannot take that step runs on the default path, with its numbers; the state layout and
       checkpoints are the default ones (see ``gradtx.optim.flat``). Chains with per-tensor
       norms (``gx.lamb``, ``gx.lars``) run there too, one norm per segment of the buffer; a
-      global norm over every group (``clip_by_global_norm``) runs on the default path. Other
-      chains (``gx.muon``, ``gx.adafactor``, a user's transform) raise ``ValueError``.
+      global norm over every group (``clip_by_global_norm``) runs on the default path.
+      ``gx.muon`` and ``gx.adafactor`` keep the buffers and step per-parameter views of them
+      (the default path's numbers). Other chains (a user's transform) raise ``ValueError``.
 
     Example::
 
@@ -319,6 +320,8 @@ class Optimizer(torch.optim.Optimizer):
             warnings.warn(f"{where} sets {unread}, which no transform of this chain reads; its keys are "
                           f"{sorted(self.defaults)}", stacklevel=2)
         super().add_param_group(param_group)
+        if self._flat is not None:  # a list that notes changes in place (gradtx.optim.flat)
+            self.param_groups[-1]["params"] = _flat._Params(self.param_groups[-1]["params"])
         self._refuse_overlapping_params()
         self._has_dtensors = self._has_dtensors or _distributed.has_dtensors(self.param_groups[-1]["params"])
         try:  # the constructors check the group's settings, naming the argument

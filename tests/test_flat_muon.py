@@ -1,0 +1,133 @@
+"""``gx.muon`` and ``gx.adafactor`` under ``gx.Optimizer(..., flat=True)``.
+
+Their per-parameter state is not shaped like the parameter (muon's split keeps empty
+tensors for the other side's leaves; adafactor's factored moments are a row and a column
+vector per matrix), so the chain is stepped over per-parameter views of the flat buffers.
+Checked here: the parameters and gradients do live in one buffer each, the trajectory is
+the default path's over 50 steps (f32 to 1e-6, f64 to 1e-12 relative), the usual things
+users do to gradients keep the numbers, and checkpoints move both ways and continue equal.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+import gradtx as gx
+
+# matrices (muon's side, two of one shape), a conv weight, vectors and scalars (adam's side)
+SHAPES = [(7, 5), (30,), (3, 4, 2, 2), (), (1,), (6, 6), (6, 6), (4, 9)]
+REL = {torch.float32: 1e-6, torch.float64: 1e-12}
+CHAINS = {
+    "muon": lambda: gx.muon(0.02, weight_decay=0.01, adam_lr=0.01),
+    "muon_conv_matrix": lambda: gx.muon(0.02, conv="matrix", adaptive=True, nesterov=False),
+    "muon_torch": lambda: gx.muon(0.02, bias_correction=False, eps=1e-7, adjust_lr_fn="match_rms_adamw"),
+    "adafactor": lambda: gx.adafactor(0.01),
+}
+
+
+def _params(dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s in SHAPES]
+
+
+def _backward(params, step, skip=()):
+    """Gradients by backward: ``sum w_i * p_i + p_i^3 / 3`` (a curvature that varies)."""
+    gen = torch.Generator().manual_seed(100 + step)
+    loss = 0.0
+    for i, p in enumerate(params):
+        if i in skip:
+            continue
+        w = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype)
+        loss = loss + (w * p).sum() + (p * p * p).sum() / 3
+    loss.backward()
+
+
+def _assert_close(got, expected, rel):
+    for i, (a, b) in enumerate(zip(got, expected)):
+        a, b = a.detach(), b.detach()
+        assert a.dtype == b.dtype and a.shape == b.shape
+        scale = max(float(b.abs().max()), 1.0) if b.numel() else 1.0
+        err = float((a - b).abs().max()) if b.numel() else 0.0
+        assert err <= rel * scale, f"param {i}: |flat - default| = {err:.3g} > {rel:g} * {scale:.3g}"
+
+
+def _one_buffer(params):
+    p_storages = {p.untyped_storage().data_ptr() for p in params}
+    g_storages = {p.grad.untyped_storage().data_ptr() for p in params if p.grad is not None}
+    return len(p_storages) == 1 and len(g_storages) == 1
+
+
+def _train(opt, params, steps, start=0, skip_at=None):
+    for step in range(start, start + steps):
+        opt.zero_grad()
+        _backward(params, step, skip=(1, 2) if step == skip_at else ())
+        opt.step()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("name", list(CHAINS))
+def test_flat_matches_default_over_50_steps(name, dtype):
+    results = []
+    for flat in (False, True):
+        params = _params(dtype)
+        opt = gx.Optimizer(params, CHAINS[name](), flat=flat)
+        _train(opt, params, 50, skip_at=7)  # one step where backward reaches not every parameter
+        if flat:
+            assert _one_buffer(params)
+        results.append(params)
+    _assert_close(results[1], results[0], REL[dtype])
+
+
+def test_gradients_replaced_and_model_zero_grad_keep_the_numbers():
+    results = []
+    for flat in (False, True):
+        params = _params(torch.float64)
+        opt = gx.Optimizer(params, CHAINS["muon"](), flat=flat)
+        for step in range(12):
+            if step % 3 == 0:
+                for p in params:  # model.zero_grad(): new gradients, gathered back into the buffer
+                    p.grad = None
+            else:
+                opt.zero_grad(set_to_none=False)
+            _backward(params, step)
+            if step == 5:  # a gradient assigned after backward
+                params[0].grad = params[0].grad * 2
+            opt.step()
+        if flat:
+            assert _one_buffer(params)
+        results.append(params)
+    _assert_close(results[1], results[0], 1e-12)
+
+
+@pytest.mark.parametrize("name", ["muon", "adafactor"])
+@pytest.mark.parametrize("direction", ["flat_to_default", "default_to_flat"])
+def test_checkpoints_move_between_flat_and_default(name, direction):
+    source_flat = direction == "flat_to_default"
+    # reference: 10 steps, then 10 more, on the default path throughout
+    ref = _params(torch.float64)
+    opt = gx.Optimizer(ref, CHAINS[name]())
+    _train(opt, ref, 20)
+    # 10 steps one way, saved (torch.save / weights_only load), loaded into the other, 10 more
+    params = _params(torch.float64)
+    opt = gx.Optimizer(params, CHAINS[name](), flat=source_flat)
+    _train(opt, params, 10)
+    buf = io.BytesIO()
+    torch.save({"params": [p.detach().clone() for p in params], "opt": opt.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    resumed = [torch.nn.Parameter(x) for x in saved["params"]]
+    opt2 = gx.Optimizer(resumed, CHAINS[name](), flat=not source_flat)
+    opt2.load_state_dict(saved["opt"])
+    _train(opt2, resumed, 10, start=10)
+    if not source_flat:
+        assert _one_buffer(resumed)
+    _assert_close(resumed, ref, 1e-12)
+
+
+def test_a_users_transform_is_still_refused():
+    user = gx.stateless(lambda u, p: u)
+    with pytest.raises(ValueError, match="(?s)flat=True runs chains.*neither: .*stateless.*use flat=False"):
+        gx.Optimizer(_params(torch.float32), gx.chain(user, gx.muon(1e-3)), flat=True)
