@@ -59,13 +59,18 @@ def full_checks(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("loop", ["zero_grad", "zero_grad_keep", "clip", "accumulate", "no_zero_grad"])
+@pytest.mark.parametrize("loop", ["zero_grad", "zero_grad_keep", "clip", "accumulate", "no_zero_grad",
+                                  "parameters_kept"])
 def test_the_usual_loops_take_the_constant_cost_path(loop, full_checks):
     def train(opt, params):
         for step in range(8):
             if step == 4 and opt._flat is not None:
                 full_checks.clear()
-            if loop == "zero_grad":
+            if loop == "parameters_kept":  # a model.state_dict() made after the step, alive at zero_grad
+                kept = [p.detach() for p in params]
+                opt.zero_grad()
+                kept.clear()
+            elif loop == "zero_grad":
                 opt.zero_grad()
             elif loop in ("zero_grad_keep", "clip", "accumulate"):
                 opt.zero_grad(set_to_none=loop != "zero_grad_keep")

@@ -259,7 +259,9 @@ class FlatStorage:
             lay = self._layouts.get(gi)
             rest = group["params"]
             if (isinstance(lay, _Layout) and rest is lay.plist and not rest.changed
-                    and lay.use_counts() == lay.counts):  # every gradient view is alive
+                    and lay.use_counts()[len(lay.fparams):] == lay.counts[len(lay.fparams):]):
+                # every gradient view is alive (a view of the parameters kept aside, as by
+                # model.state_dict(), changes only their counts: the step checks those)
                 for g in lay.fgrads.values():
                     _real(g).fill_(-0.0 if set_to_none else 0.0)
                 lay.mark, lay.pending = lay.versions(), set_to_none
