@@ -294,6 +294,7 @@ def test_docstring_chain_with_gradtx_backtracking_minimises_the_quadratic():
 
 @pytest.mark.parametrize("call, match", [
     (lambda: gx.scale_by_diagonal_bfgs(eps=-1.0), "eps"),
+    (lambda: gx.scale_by_diagonal_sr1(inverse="no"), "inverse must be True or False"),
     (lambda: gx.scale_by_diagonal_sr1(eps=float("nan")), "eps"),
     (lambda: gx.scale_by_quasi_cauchy(init_scale=0.0), "init_scale"),
     (lambda: gx.scale_by_weighted_quasi_cauchy(init_scale="fast"), "init_scale"),
