@@ -762,7 +762,8 @@ def scale_by_thomas(init_scale: float | str = "auto", eps: float = 1e-32,
     {rank_one}
     {common}
 
-    Memory: ``2 n^2``. Example: ``gx.chain(gx.scale_by_thomas(), line_search)``.
+    Memory: ``2 n^2``. Example: ``gx.chain(gx.scale_by_thomas(), gx.scale(-1.0), gx.scale_by_backtracking())``
+    (a line search along ``-u``).
     """
     _check_common(eps, init_scale, reset_interval)
     return quasi_newton("scale_by_thomas", thomas_inverse, inverse=True, init_scale=init_scale, eps=eps,
@@ -785,7 +786,9 @@ def scale_by_projected_newton_raphson(init_scale: float | str = "auto", eps: flo
     Skipped when ``|y^T H y| <= eps``.
     {common}
 
-    Memory: ``2 n^2``. Example: ``gx.chain(gx.scale_by_projected_newton_raphson(), line_search)``.
+    Memory: ``2 n^2``. Example:
+    ``gx.chain(gx.scale_by_projected_newton_raphson(), gx.scale(-1.0), gx.scale_by_backtracking())``
+    (a line search along ``-u``).
     """
     _check_common(eps, init_scale, reset_interval)
     return quasi_newton("scale_by_projected_newton_raphson", projected_newton_raphson_inverse, inverse=True,
@@ -809,7 +812,8 @@ def scale_by_new_ssm(kind: int = 1, init_scale: float | str = "auto", eps: float
     (torchzero's advice: strong Wolfe).
     {common}
 
-    Example: ``gx.chain(gx.scale_by_new_ssm(), line_search)``, with ``update(..., value=loss)``.
+    Example: ``gx.chain(gx.scale_by_new_ssm(), gx.scale(-1.0), gx.scale_by_backtracking())``
+    (a line search along ``-u``), called with ``value=loss`` among the extra args.
     """
     if isinstance(kind, bool) or kind not in (1, 2):
         raise ValueError(f"kind must be 1 or 2, got {kind!r}")
