@@ -238,6 +238,19 @@ def _armijo_run(tx, fn, x0: torch.Tensor, iters: int) -> torch.Tensor:
     return x
 
 
+def _scipy_minimum(fn, x0):
+    """scipy's BFGS run on ``fn`` from ``x0`` to ``gtol=1e-12`` (its ``OptimizeResult``)."""
+    optimize = pytest.importorskip("scipy.optimize")
+
+    def fg(v):
+        t = torch.from_numpy(v).requires_grad_(True)
+        f = fn(t)
+        (g,) = torch.autograd.grad(f, t)
+        return f.item(), g.numpy()
+
+    return optimize.minimize(fg, x0.numpy(), jac=True, method="BFGS", options={"gtol": 1e-12})
+
+
 @pytest.mark.parametrize("build", [gx.scale_by_diagonal_bfgs, gx.scale_by_diagonal_sr1, gx.scale_by_quasi_cauchy,
                                    gx.scale_by_weighted_quasi_cauchy, gx.scale_by_dnrtr, gx.scale_by_new_dqn])
 def test_converges_with_a_line_search(build):
@@ -246,16 +259,8 @@ def test_converges_with_a_line_search(build):
     diagonal only grows while s.y > 0 (its steps shrink), so it is asked to cut the quadratic's
     optimality gap by 1e3 instead, and on Rosenbrock, where it stalls in the valley (its diagonal
     grows past ``ub`` and is truncated to 1 in turn), to cut the loss by 5."""
-    optimize = pytest.importorskip("scipy.optimize")
     fn, x0, _ = PROBLEMS["quadratic"]
-
-    def fg(v):
-        t = torch.from_numpy(v).requires_grad_(True)
-        f = fn(t)
-        (g,) = torch.autograd.grad(f, t)
-        return f.item(), g.numpy()
-
-    ref = optimize.minimize(fg, x0.numpy(), jac=True, method="BFGS", options={"gtol": 1e-12})
+    ref = _scipy_minimum(fn, x0)
     x = _armijo_run(build(), fn, x0, 300)
     if build is gx.scale_by_new_dqn:
         assert fn(x).item() - ref.fun < 1e-3 * (fn(x0).item() - ref.fun)
@@ -269,16 +274,8 @@ def test_converges_with_a_line_search(build):
 def test_docstring_chain_with_gradtx_backtracking_minimises_the_quadratic():
     """The docstrings' chain, ``scale_by_dnrtr() -> scale(-1) -> scale_by_backtracking()`` fed by
     ``gx.evaluation_args``, reaches scipy's minimiser of the quadratic to 1e-6 in 200 steps."""
-    optimize = pytest.importorskip("scipy.optimize")
     fn, x0, _ = PROBLEMS["quadratic"]
-
-    def fg(v):
-        t = torch.from_numpy(v).requires_grad_(True)
-        f = fn(t)
-        (g,) = torch.autograd.grad(f, t)
-        return f.item(), g.numpy()
-
-    ref = optimize.minimize(fg, x0.numpy(), jac=True, method="BFGS", options={"gtol": 1e-12})
+    ref = _scipy_minimum(fn, x0)
     tx = gx.chain(gx.scale_by_dnrtr(), gx.scale(-1.0), gx.scale_by_backtracking())
     params = {"x": x0.clone()}
     state = tx.init(params)
