@@ -297,8 +297,10 @@ def scale_by_quasi_cauchy(init_scale: float | str = "auto",
     ``s^T B+ s = s.y``: ``B+ = B + s^2 (s.y - s^T B s) / sum s^4`` (elementwise ``s^2``);
     skipped only when ``s = 0``. ``B`` is not kept positive (as torchzero, no safeguard; the
     paper also proposes variants with hereditary positive definiteness, not these): a negative
-    element flips that coordinate's direction, so pair it with a line search, or use
-    :func:`scale_by_dnrtr`'s truncation.
+    element flips that coordinate's direction. A line search refuses a direction that points
+    uphill with no move, after which ``s = 0`` and ``B`` is never updated again: the run
+    stalls there (seen on a badly scaled quadratic; a reset too waits for a pair with
+    ``s != 0``). :func:`scale_by_dnrtr`'s truncation keeps the direction downhill.
     {common}
 
     Example: ``gx.chain(gx.scale_by_quasi_cauchy(), gx.scale(-1.0), gx.scale_by_backtracking())``,
@@ -320,7 +322,8 @@ def scale_by_weighted_quasi_cauchy(init_scale: float | str = "auto",
     ``B+ = B + s^2 B^2 (s.y - s^T B s) / sum s^4 B^2`` (elementwise); skipped when
     ``sum s^4 B^2 = 0``. The change of each element scales with ``B_i^2``, so an element
     that reaches 0 stays there (its quotient then passes ``g_i`` through). No positivity
-    safeguard (as torchzero): use a line search.
+    safeguard (as torchzero): use a line search, which stalls as :func:`scale_by_quasi_cauchy`'s
+    when the direction points uphill.
     {common}
 
     Example: ``gx.chain(gx.scale_by_weighted_quasi_cauchy(), gx.scale(-1.0), gx.scale_by_backtracking())``,
