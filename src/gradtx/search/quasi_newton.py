@@ -759,6 +759,7 @@ def scale_by_thomas(init_scale: float | str = "auto", eps: float = 1e-32,
     With a second matrix ``R`` (``R_0 = I``, kept in state): ``d = (R + |s| I / 2) s``,
     ``H+ = H + (s - H y) d^T H / d^T H y`` (the rank-one class with ``c = H^T d``) and
     ``R+ = (1 + |s|) (R + |s| I - d d^T / d.s)``. A reset sets ``R`` to ``I`` again.
+    Defaults as torchzero's (``init_scale="auto"``, ``eps=1e-32`` its ``tol``, no reset).
     {rank_one}
     {common}
 
@@ -810,6 +811,7 @@ def scale_by_new_ssm(kind: int = 1, init_scale: float | str = "auto", eps: float
     (``kind=2``); ``value`` is read detached. These are torchzero 0.4's formulas (the paper was not at hand to check
     them against). Skipped when ``s.y < eps`` or ``b = 0``. Meant for a line search
     (torchzero's advice: strong Wolfe).
+    Defaults as torchzero's (``kind=1``, ``init_scale="auto"``, ``eps=1e-32`` its ``tol``, no reset).
     {common}
 
     Example: ``gx.chain(gx.scale_by_new_ssm(), gx.scale(-1.0), gx.scale_by_backtracking())``
