@@ -127,6 +127,19 @@ def optimizer_trajectory(params: dict[str, torch.Tensor], loss, opt, steps: int,
     return out
 
 
+def tanh_net() -> torch.nn.Module:
+    """A small float64 net (3 -> 4 -> 1, tanh), the same weights every call (seed 0)."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).double()
+
+
+def regression_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)``: 16 float64 inputs of 3 features and targets, from generator seed 1."""
+    gen = torch.Generator().manual_seed(1)
+    return (torch.randn(16, 3, generator=gen, dtype=torch.float64),
+            torch.randn(16, 1, generator=gen, dtype=torch.float64))
+
+
 def round_trip(obj):
     """``obj`` through ``torch.save`` and ``torch.load(weights_only=True)``."""
     buffer = io.BytesIO()

@@ -89,6 +89,32 @@ GX = {
 }
 
 
+def _side_by_side(tz, module, transform, fn, x0, lr, steps):
+    """Yields ``(x, x_tz, state)`` after each of ``steps`` fixed steps ``lr`` from ``x0`` on
+    ``fn``: gradtx's ``chain(transform, scale_by_lr(lr))`` and torchzero's
+    ``tz.Optimizer([x], module, tz.m.LR(lr))``."""
+    x_tz = torch.nn.Parameter(x0.clone())
+    opt = tz.Optimizer([x_tz], module, tz.m.LR(lr))
+
+    def closure(backward=True):
+        loss = fn(x_tz)
+        if backward:
+            opt.zero_grad()
+            loss.backward()
+        return loss
+
+    tx = gx.chain(transform, gx.scale_by_lr(lr))
+    params = {"x": x0.clone()}
+    state = tx.init(params)
+    for _ in range(steps):
+        x = params["x"].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(fn(x), x)
+        updates, state = tx.update({"x": g}, state, params)
+        params = gx.apply_updates(params, updates)
+        opt.step(closure)
+        yield params["x"], x_tz.detach().clone(), state
+
+
 @pytest.mark.parametrize("problem", list(PROBLEMS))
 @pytest.mark.parametrize("key", list(GX))
 def test_matches_torchzero(key, problem, monkeypatch):
@@ -98,28 +124,11 @@ def test_matches_torchzero(key, problem, monkeypatch):
     see the docstrings for why)."""
     tz = pytest.importorskip("torchzero")
     fn, x0, lr = PROBLEMS[problem]
-    x_tz = torch.nn.Parameter(x0.clone())
-    opt = tz.Optimizer([x_tz], _tz_module(tz, key, monkeypatch), tz.m.LR(lr))
-
-    def closure(backward=True):
-        loss = fn(x_tz)
-        if backward:
-            opt.zero_grad()
-            loss.backward()
-        return loss
-
-    tx = gx.chain(GX[key](), gx.scale_by_lr(lr))
-    params = {"x": x0.clone()}
-    state = tx.init(params)
-    for step in range(30):
-        x = params["x"].clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(fn(x), x)
-        updates, state = tx.update({"x": g}, state, params)
-        params = gx.apply_updates(params, updates)
-        opt.step(closure)
-        assert torch.isfinite(params["x"]).all()
-        torch.testing.assert_close(params["x"], x_tz.detach(), rtol=1e-10, atol=1e-12,
-                                   msg=lambda m, step=step: f"step {step}: {m}")
+    run = list(_side_by_side(tz, _tz_module(tz, key, monkeypatch), GX[key](), fn, x0, lr, 30))
+    for step, (x, x_tz, _) in enumerate(run):
+        assert torch.isfinite(x).all()
+        torch.testing.assert_close(x, x_tz, rtol=1e-10, atol=1e-12, msg=lambda m, step=step: f"step {step}: {m}")
+    state = run[-1][2]
     assert state[0].count.dtype == torch.int32 and state[0].count.item() == 30
 
 
@@ -129,26 +138,8 @@ def test_torchzero_dnrtr_and_diagonal_bfgs_differ_from_the_papers_rules():
     tz = pytest.importorskip("torchzero")
     fn, x0, lr = PROBLEMS["quadratic"]
     for module, build in ((tz.m.DNRTR(), gx.scale_by_dnrtr()), (tz.m.DiagonalBFGS(), gx.scale_by_diagonal_bfgs())):
-        x_tz = torch.nn.Parameter(x0.clone())
-        opt = tz.Optimizer([x_tz], module, tz.m.LR(lr))
-
-        def closure(backward=True, opt=opt, x_tz=x_tz):
-            loss = fn(x_tz)
-            if backward:
-                opt.zero_grad()
-                loss.backward()
-            return loss
-
-        tx = gx.chain(build, gx.scale_by_lr(lr))
-        params = {"x": x0.clone()}
-        state = tx.init(params)
-        for _ in range(10):
-            x = params["x"].clone().requires_grad_(True)
-            (g,) = torch.autograd.grad(fn(x), x)
-            updates, state = tx.update({"x": g}, state, params)
-            params = gx.apply_updates(params, updates)
-            opt.step(closure)
-        assert (params["x"] - x_tz.detach()).abs().max() > 1e-6
+        *_, (x, x_tz, _) = _side_by_side(tz, module, build, fn, x0, lr, 10)
+        assert (x - x_tz).abs().max() > 1e-6
 
 
 # --- closed forms ---------------------------------------------------------------------------------
@@ -238,6 +229,19 @@ def _armijo_run(tx, fn, x0: torch.Tensor, iters: int) -> torch.Tensor:
     return x
 
 
+def _scipy_minimum(fn, x0):
+    """scipy's BFGS run on ``fn`` from ``x0`` to ``gtol=1e-12`` (its ``OptimizeResult``)."""
+    optimize = pytest.importorskip("scipy.optimize")
+
+    def fg(v):
+        t = torch.from_numpy(v).requires_grad_(True)
+        f = fn(t)
+        (g,) = torch.autograd.grad(f, t)
+        return f.item(), g.numpy()
+
+    return optimize.minimize(fg, x0.numpy(), jac=True, method="BFGS", options={"gtol": 1e-12})
+
+
 @pytest.mark.parametrize("build", [gx.scale_by_diagonal_bfgs, gx.scale_by_diagonal_sr1, gx.scale_by_quasi_cauchy,
                                    gx.scale_by_weighted_quasi_cauchy, gx.scale_by_dnrtr, gx.scale_by_new_dqn])
 def test_converges_with_a_line_search(build):
@@ -246,16 +250,8 @@ def test_converges_with_a_line_search(build):
     diagonal only grows while s.y > 0 (its steps shrink), so it is asked to cut the quadratic's
     optimality gap by 1e3 instead, and on Rosenbrock, where it stalls in the valley (its diagonal
     grows past ``ub`` and is truncated to 1 in turn), to cut the loss by 5."""
-    optimize = pytest.importorskip("scipy.optimize")
     fn, x0, _ = PROBLEMS["quadratic"]
-
-    def fg(v):
-        t = torch.from_numpy(v).requires_grad_(True)
-        f = fn(t)
-        (g,) = torch.autograd.grad(f, t)
-        return f.item(), g.numpy()
-
-    ref = optimize.minimize(fg, x0.numpy(), jac=True, method="BFGS", options={"gtol": 1e-12})
+    ref = _scipy_minimum(fn, x0)
     x = _armijo_run(build(), fn, x0, 300)
     if build is gx.scale_by_new_dqn:
         assert fn(x).item() - ref.fun < 1e-3 * (fn(x0).item() - ref.fun)
@@ -269,16 +265,8 @@ def test_converges_with_a_line_search(build):
 def test_docstring_chain_with_gradtx_backtracking_minimises_the_quadratic():
     """The docstrings' chain, ``scale_by_dnrtr() -> scale(-1) -> scale_by_backtracking()`` fed by
     ``gx.evaluation_args``, reaches scipy's minimiser of the quadratic to 1e-6 in 200 steps."""
-    optimize = pytest.importorskip("scipy.optimize")
     fn, x0, _ = PROBLEMS["quadratic"]
-
-    def fg(v):
-        t = torch.from_numpy(v).requires_grad_(True)
-        f = fn(t)
-        (g,) = torch.autograd.grad(f, t)
-        return f.item(), g.numpy()
-
-    ref = optimize.minimize(fg, x0.numpy(), jac=True, method="BFGS", options={"gtol": 1e-12})
+    ref = _scipy_minimum(fn, x0)
     tx = gx.chain(gx.scale_by_dnrtr(), gx.scale(-1.0), gx.scale_by_backtracking())
     params = {"x": x0.clone()}
     state = tx.init(params)
@@ -294,6 +282,7 @@ def test_docstring_chain_with_gradtx_backtracking_minimises_the_quadratic():
 
 @pytest.mark.parametrize("call, match", [
     (lambda: gx.scale_by_diagonal_bfgs(eps=-1.0), "eps"),
+    (lambda: gx.scale_by_diagonal_sr1(inverse="no"), "inverse must be True or False"),
     (lambda: gx.scale_by_diagonal_sr1(eps=float("nan")), "eps"),
     (lambda: gx.scale_by_quasi_cauchy(init_scale=0.0), "init_scale"),
     (lambda: gx.scale_by_weighted_quasi_cauchy(init_scale="fast"), "init_scale"),

@@ -21,10 +21,10 @@ def _tree(seed):
     return {f"p{i}": torch.randn(s, generator=gen, dtype=torch.float64) for i, s in enumerate(SHAPES)}
 
 
-def _functional(tx):
+def _functional(tx, steps=STEPS):
     params = _tree(0)
     state = tx.init(params)
-    for t in range(STEPS):
+    for t in range(steps):
         updates, state = tx.update(_tree(100 + t), state, params)
         params = gx.apply_updates(params, updates)
     return params
@@ -82,19 +82,9 @@ def test_stacked_under_optimizer_keeps_state_and_writes_no_grad():
         opt.step()
         for p, g in zip(params, grads):
             assert torch.equal(p.grad, g)
-    want = _functional_steps(3)
+    want = _functional(gx.muon(0.02, beta=0.9), steps=3)
     for p, w in zip(params, want.values()):
         torch.testing.assert_close(p.detach(), w, rtol=1e-12, atol=1e-14)
-
-
-def _functional_steps(steps):
-    tx = gx.muon(0.02, beta=0.9)
-    params = _tree(0)
-    state = tx.init(params)
-    for t in range(steps):
-        updates, state = tx.update(_tree(100 + t), state, params)
-        params = gx.apply_updates(params, updates)
-    return params
 
 
 def test_stacked_outputs_differentiable_and_writable():

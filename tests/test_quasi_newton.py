@@ -643,7 +643,8 @@ def test_a_complex_leaf_after_an_odd_length_real_leaf_is_one_vector_of_real_coor
     tree_state, flat_state = tx.init(tree), tx.init(flat)
     for _ in range(5):
         g = grad_of(torch.cat([tree["a"], torch.view_as_real(tree["b"]).reshape(-1)]))
-        u, tree_state = tx.update({"a": g[:3], "b": torch.view_as_complex(g[3:].reshape(2, 2).clone())}, tree_state, tree)
+        pieces = {"a": g[:3], "b": torch.view_as_complex(g[3:].reshape(2, 2).clone())}
+        u, tree_state = tx.update(pieces, tree_state, tree)
         tree = gx.apply_updates(tree, u)
         w, flat_state = tx.update({"x": grad_of(flat["x"])}, flat_state, flat)
         flat = gx.apply_updates(flat, w)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_resume_bit_exact, leaf_copy
+from conftest import assert_resume_bit_exact, leaf_copy, regression_batch, tanh_net
 
 import gradtx as gx
 
@@ -91,17 +91,6 @@ def test_bad_arguments_are_named():
 # --- through gx.Optimizer ---------------------------------------------------------------------
 
 
-def _model():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).double()
-
-
-def _batch():
-    gen = torch.Generator().manual_seed(1)
-    return (torch.randn(16, 3, generator=gen, dtype=torch.float64),
-            torch.randn(16, 1, generator=gen, dtype=torch.float64))
-
-
 def _make_tx():
     return gx.chain(gx.scale_by_barzilai_borwein("short", init_step=0.05, delta=0.5), gx.scale_by_lr(1.0))
 
@@ -120,8 +109,8 @@ def _make_bold():
 def test_optimizer_follows_the_functional_trajectory_and_resumes_bit_identically(make):
     """gx.Optimizer follows the functional run (1e-12) for ten steps and resumes from a
     checkpoint after six bit-identically."""
-    model = _model()
-    x, y = _batch()
+    model = tanh_net()
+    x, y = regression_batch()
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
 
     def loss_of(ps, t=None):

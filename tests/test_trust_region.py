@@ -3,10 +3,9 @@ optimality conditions, the BFGS model's formula, Rosenbrock's minimiser and the 
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
+from conftest import regression_batch, round_trip, tanh_net
 
 import gradtx as gx
 
@@ -205,24 +204,13 @@ def test_errors_name_the_argument():
 # --- through gx.Optimizer ---------------------------------------------------------------------
 
 
-def _model():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).double()
-
-
-def _batch():
-    gen = torch.Generator().manual_seed(1)
-    return (torch.randn(16, 3, generator=gen, dtype=torch.float64),
-            torch.randn(16, 1, generator=gen, dtype=torch.float64))
-
-
 def _make_tx():
     return gx.scale_by_trust_region("dogleg", init_radius=0.5)
 
 
 def test_optimizer_follows_the_functional_trajectory_and_resumes_bit_identically():
-    model = _model()
-    x, y = _batch()
+    model = tanh_net()
+    x, y = regression_batch()
     names = [n for n, _ in model.named_parameters()]
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
     tx = _make_tx()
@@ -253,13 +241,10 @@ def test_optimizer_follows_the_functional_trajectory_and_resumes_bit_identically
         for n, p in model.named_parameters():
             torch.testing.assert_close(p.detach(), params[n], rtol=1e-12, atol=1e-14)
 
-    buffer = io.BytesIO()
-    torch.save(opt.state_dict(), buffer)
-    buffer.seek(0)
-    twin = _model()
+    twin = tanh_net()
     twin.load_state_dict(model.state_dict())
     opt2 = gx.Optimizer(twin.parameters(), _make_tx(), check_descent=False)
-    opt2.load_state_dict(torch.load(buffer, weights_only=True))
+    opt2.load_state_dict(round_trip(opt.state_dict()))
     for _ in range(4):
         for m, o in ((model, opt), (twin, opt2)):
             o.step(closure_for(m, o))

@@ -11,12 +11,12 @@ against torchzero in test_quasi_newton.py."""
 
 from __future__ import annotations
 
-import io
 import pickle
 
 import numpy as np
 import pytest
 import torch
+from conftest import regression_batch, round_trip, tanh_net
 
 import gradtx as gx
 from gradtx.search.quasi_newton import MODELS
@@ -202,17 +202,6 @@ def test_errors_name_the_argument():
 # --- through gx.Optimizer ---------------------------------------------------------------------
 
 
-def _model():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).double()
-
-
-def _batch():
-    gen = torch.Generator().manual_seed(1)
-    return (torch.randn(16, 3, generator=gen, dtype=torch.float64),
-            torch.randn(16, 1, generator=gen, dtype=torch.float64))
-
-
 def _make_tx():
     return gx.scale_by_trust_region("levenberg_marquardt", hessian=gx.quasi_newton_hessian("sr1", eps=1e-7),
                                     init_radius=0.5)
@@ -229,8 +218,8 @@ def _closure_for(m, o, x, y):
 
 
 def test_optimizer_follows_the_functional_trajectory_and_resumes_bit_identically():
-    model = _model()
-    x, y = _batch()
+    model = tanh_net()
+    x, y = regression_batch()
     names = [n for n, _ in model.named_parameters()]
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
     tx = _make_tx()
@@ -253,13 +242,10 @@ def test_optimizer_follows_the_functional_trajectory_and_resumes_bit_identically
         for n, p in model.named_parameters():
             torch.testing.assert_close(p.detach(), params[n], rtol=1e-12, atol=1e-14)
 
-    buffer = io.BytesIO()
-    torch.save(opt.state_dict(), buffer)
-    buffer.seek(0)
-    twin = _model()
+    twin = tanh_net()
     twin.load_state_dict(model.state_dict())
     opt2 = gx.Optimizer(twin.parameters(), _make_tx(), check_descent=False)
-    opt2.load_state_dict(torch.load(buffer, weights_only=True))
+    opt2.load_state_dict(round_trip(opt.state_dict()))
     pickle.loads(pickle.dumps(opt))  # the model pickles as its call, keywords included
     ssvm = gx.quasi_newton_hessian("ssvm", inverse=True, switch=2)
     assert repr(pickle.loads(pickle.dumps(ssvm))) == repr(ssvm)

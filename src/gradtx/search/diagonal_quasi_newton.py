@@ -46,7 +46,7 @@ from .. import _foreach as F  # noqa: N812
 from .._hparams import check
 from .._tree import Tree, flatten_up_to, tensor_leaves, tree_unflatten
 from ..base import GradientTransformation, transform
-from ._vector import concat, wide
+from ._vector import concat, split, wide
 from .quasi_newton import _check_common
 
 __all__ = ["DiagonalQuasiNewtonState", "scale_by_diagonal_bfgs", "scale_by_diagonal_sr1", "scale_by_dnrtr",
@@ -129,15 +129,6 @@ def new_dqn_hessian(B, s, y, eps):
 
 
 Rule = Callable[..., tuple[torch.Tensor, torch.Tensor]]
-
-
-def split(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
-    """``flat`` cut into fresh tensors shaped and typed like ``like`` (a complex leaf again from
-    its real view; copied, since a piece at an odd offset cannot be viewed as complex)."""
-    reals = F.as_real(like)
-    pieces = torch.split(flat, [x.numel() for x in reals]) if like else []
-    shaped = [p.reshape(r.shape).to(r.dtype, copy=True) for p, r in zip(pieces, reals)]
-    return F.as_complex_like(shaped, like)
 
 
 def _full_like(p: torch.Tensor, value: float) -> torch.Tensor:
@@ -288,9 +279,11 @@ def scale_by_diagonal_sr1(inverse: bool = True, init_scale: float | str = 1.0, e
     Example: ``gx.chain(gx.scale_by_diagonal_sr1(), gx.scale(-1.0), gx.scale_by_backtracking())``,
     a line search along ``-u`` (or ``gx.scale_by_lr(lr)`` after it for a fixed step).
     """
+    if not isinstance(inverse, bool):
+        raise ValueError(f"inverse must be True or False, got {inverse!r}")
     _check_common(eps, init_scale, reset_interval)
     return diagonal_quasi_newton("scale_by_diagonal_sr1", diagonal_sr1_inverse if inverse else diagonal_sr1_hessian,
-                                 inverse=bool(inverse), init_scale=init_scale, eps=eps, reset_interval=reset_interval)
+                                 inverse=inverse, init_scale=init_scale, eps=eps, reset_interval=reset_interval)
 
 
 @transform
@@ -304,8 +297,10 @@ def scale_by_quasi_cauchy(init_scale: float | str = "auto",
     ``s^T B+ s = s.y``: ``B+ = B + s^2 (s.y - s^T B s) / sum s^4`` (elementwise ``s^2``);
     skipped only when ``s = 0``. ``B`` is not kept positive (as torchzero, no safeguard; the
     paper also proposes variants with hereditary positive definiteness, not these): a negative
-    element flips that coordinate's direction, so pair it with a line search, or use
-    :func:`scale_by_dnrtr`'s truncation.
+    element flips that coordinate's direction. A line search refuses a direction that points
+    uphill with no move, after which ``s = 0`` and ``B`` is never updated again: the run
+    stalls there (seen on a badly scaled quadratic; a reset too waits for a pair with
+    ``s != 0``). :func:`scale_by_dnrtr`'s truncation keeps the direction downhill.
     {common}
 
     Example: ``gx.chain(gx.scale_by_quasi_cauchy(), gx.scale(-1.0), gx.scale_by_backtracking())``,
@@ -327,7 +322,8 @@ def scale_by_weighted_quasi_cauchy(init_scale: float | str = "auto",
     ``B+ = B + s^2 B^2 (s.y - s^T B s) / sum s^4 B^2`` (elementwise); skipped when
     ``sum s^4 B^2 = 0``. The change of each element scales with ``B_i^2``, so an element
     that reaches 0 stays there (its quotient then passes ``g_i`` through). No positivity
-    safeguard (as torchzero): use a line search.
+    safeguard (as torchzero): use a line search, which stalls as :func:`scale_by_quasi_cauchy`'s
+    when the direction points uphill.
     {common}
 
     Example: ``gx.chain(gx.scale_by_weighted_quasi_cauchy(), gx.scale(-1.0), gx.scale_by_backtracking())``,

@@ -759,10 +759,12 @@ def scale_by_thomas(init_scale: float | str = "auto", eps: float = 1e-32,
     With a second matrix ``R`` (``R_0 = I``, kept in state): ``d = (R + |s| I / 2) s``,
     ``H+ = H + (s - H y) d^T H / d^T H y`` (the rank-one class with ``c = H^T d``) and
     ``R+ = (1 + |s|) (R + |s| I - d d^T / d.s)``. A reset sets ``R`` to ``I`` again.
+    Defaults as torchzero's (``init_scale="auto"``, ``eps=1e-32`` its ``tol``, no reset).
     {rank_one}
     {common}
 
-    Memory: ``2 n^2``. Example: ``gx.chain(gx.scale_by_thomas(), line_search)``.
+    Memory: ``2 n^2``. Example: ``gx.chain(gx.scale_by_thomas(), gx.scale(-1.0), gx.scale_by_backtracking())``
+    (a line search along ``-u``).
     """
     _check_common(eps, init_scale, reset_interval)
     return quasi_newton("scale_by_thomas", thomas_inverse, inverse=True, init_scale=init_scale, eps=eps,
@@ -785,7 +787,9 @@ def scale_by_projected_newton_raphson(init_scale: float | str = "auto", eps: flo
     Skipped when ``|y^T H y| <= eps``.
     {common}
 
-    Memory: ``2 n^2``. Example: ``gx.chain(gx.scale_by_projected_newton_raphson(), line_search)``.
+    Memory: ``2 n^2``. Example:
+    ``gx.chain(gx.scale_by_projected_newton_raphson(), gx.scale(-1.0), gx.scale_by_backtracking())``
+    (a line search along ``-u``).
     """
     _check_common(eps, init_scale, reset_interval)
     return quasi_newton("scale_by_projected_newton_raphson", projected_newton_raphson_inverse, inverse=True,
@@ -807,9 +811,11 @@ def scale_by_new_ssm(kind: int = 1, init_scale: float | str = "auto", eps: float
     (``kind=2``); ``value`` is read detached. These are torchzero 0.4's formulas (the paper was not at hand to check
     them against). Skipped when ``s.y < eps`` or ``b = 0``. Meant for a line search
     (torchzero's advice: strong Wolfe).
+    Defaults as torchzero's (``kind=1``, ``init_scale="auto"``, ``eps=1e-32`` its ``tol``, no reset).
     {common}
 
-    Example: ``gx.chain(gx.scale_by_new_ssm(), line_search)``, with ``update(..., value=loss)``.
+    Example: ``gx.chain(gx.scale_by_new_ssm(), gx.scale(-1.0), gx.scale_by_backtracking())``
+    (a line search along ``-u``), called with ``value=loss`` among the extra args.
     """
     if isinstance(kind, bool) or kind not in (1, 2):
         raise ValueError(f"kind must be 1 or 2, got {kind!r}")

@@ -77,6 +77,8 @@ def scale_by_barzilai_borwein(variant: str = "long", init_step: float = 1e-3, de
     ``scale_by_lr(1.0)`` to descend (the output is gradient-like, as ``scale_by_polyak``'s).
     (torchzero falls back from one variant to the other, or to its ``alpha_0``, where
     ``s.y <= 0``; here the previous step is kept.)
+    Defaults: ``variant="long"``, ``init_step=1e-3``, no bound (``delta=None``,
+    ``adaptive_delta=None``), ``adaptive_iters=3`` (torchzero's ``inf_iters``).
 
     Example: ``gx.chain(gx.scale_by_barzilai_borwein("short", delta=1.0), gx.scale_by_lr(1.0))``.
     """

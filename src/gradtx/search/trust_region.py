@@ -139,7 +139,7 @@ def quasi_newton_hessian(method: str = "sr1", inverse: bool | None = None, init_
     SR1, PSB and the rank-one class may give an indefinite ``B``: ``"levenberg_marquardt"``
     solves the subproblem for any symmetric ``B`` (Moré 1978), while ``"dogleg"``, defined
     for a positive definite ``B`` only, takes the Cauchy point (N&W Alg. 4.2) there. This is
-    torchzero's ``TrustRegion(hess_module=tz.m.SR1(inverse=False))`` design with N&W's
+    torchzero's ``LevenbergMarquardt(hess_module=tz.m.SR1(inverse=False))`` design with N&W's
     subproblems and radius rule. Memory: ``n^2`` (twice for Thomas's method).
 
     Example: ``gx.scale_by_trust_region("levenberg_marquardt", hessian=gx.quasi_newton_hessian("sr1"))``.
@@ -346,8 +346,8 @@ def scale_by_trust_region(subproblem: str = "dogleg", hessian: HessianApproximat
     if subproblem not in _SOLVERS:
         raise ValueError(f"subproblem must be one of {_SUBPROBLEMS}, got {subproblem!r}")
     if hessian is not None and not isinstance(hessian, HessianApproximation):
-        raise ValueError(f"hessian must be a gx.HessianApproximation (e.g. gx.bfgs_hessian()) or None, "
-                         f"got {type(hessian).__name__}")
+        raise ValueError("hessian must be a gx.HessianApproximation (e.g. gx.bfgs_hessian(), "
+                         f"gx.quasi_newton_hessian('sr1')) or None, got {type(hessian).__name__}")
     check_radius_args(init_radius, max_radius, eta, shrink_below, expand_above, shrink_factor, expand_factor)
     model = hessian if hessian is not None or subproblem == "cauchy" else bfgs_hessian()
     solve = _SOLVERS[subproblem]
