@@ -521,6 +521,9 @@ def test_errors_name_the_argument():
         gx.scale_by_bfgs(init_scale="bad")
     with pytest.raises(ValueError, match="reset_interval"):
         gx.scale_by_bfgs(reset_interval=0)
+    for make in (gx.scale_by_bfgs, gx.scale_by_dfp, gx.scale_by_sr1):
+        with pytest.raises(ValueError, match="inverse must be True or False"):
+            make(inverse="no")
     with pytest.raises(ValueError, match="needs params"):
         tx = gx.scale_by_bfgs()
         tx.update({"x": torch.ones(2)}, tx.init({"x": torch.ones(2)}))

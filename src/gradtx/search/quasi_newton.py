@@ -457,6 +457,8 @@ def quasi_newton(name: str, rule: Rule, *, inverse: bool, init_scale: Any = "aut
     ``extra_rule`` the rule also takes and returns the method's own tensor (``extra=``), and
     with ``needs_value`` it reads ``f=value, f_prev=`` the previous call's loss; both keep a
     :class:`QuasiNewtonExtraState`."""
+    if not isinstance(inverse, bool):
+        raise ValueError(f"inverse must be True or False, got {inverse!r}")
     auto = isinstance(init_scale, str)
     extended = extra_rule is not None or needs_value
 
@@ -541,7 +543,7 @@ def scale_by_bfgs(inverse: bool = True, init_scale: float | str = "auto", eps: f
     """
     _check_common(eps, init_scale, reset_interval)
     rule = bfgs_inverse if inverse else bfgs_hessian
-    return quasi_newton("scale_by_bfgs", rule, inverse=bool(inverse), init_scale=init_scale, eps=eps,
+    return quasi_newton("scale_by_bfgs", rule, inverse=inverse, init_scale=init_scale, eps=eps,
                         reset_interval=reset_interval, damping=bool(damping))
 
 
@@ -558,7 +560,7 @@ def scale_by_dfp(inverse: bool = True, init_scale: float | str = "auto", eps: fl
     Example: ``gx.chain(gx.scale_by_dfp(), gx.scale_by_lr(1.0))``.
     """
     _check_common(eps, init_scale, reset_interval)
-    return quasi_newton("scale_by_dfp", dfp_inverse if inverse else dfp_hessian, inverse=bool(inverse),
+    return quasi_newton("scale_by_dfp", dfp_inverse if inverse else dfp_hessian, inverse=inverse,
                         init_scale=init_scale, eps=eps, reset_interval=reset_interval)
 
 
@@ -580,7 +582,7 @@ def scale_by_sr1(inverse: bool = True, init_scale: float | str = 1.0, eps: float
     Example: ``gx.chain(gx.scale_by_sr1(), gx.scale_by_lr(1.0))``.
     """
     _check_common(eps, init_scale, reset_interval)
-    return quasi_newton("scale_by_sr1", sr1_inverse if inverse else sr1_hessian, inverse=bool(inverse),
+    return quasi_newton("scale_by_sr1", sr1_inverse if inverse else sr1_hessian, inverse=inverse,
                         init_scale=init_scale, eps=eps, reset_interval=reset_interval)
 
 
@@ -619,7 +621,7 @@ def scale_by_broyden_good(inverse: bool = True, init_scale: float | str = "auto"
     """
     _check_common(eps, init_scale, reset_interval)
     return quasi_newton("scale_by_broyden_good", broyden_good_inverse if inverse else broyden_good_hessian,
-                        inverse=bool(inverse), init_scale=init_scale, eps=eps, reset_interval=reset_interval)
+                        inverse=inverse, init_scale=init_scale, eps=eps, reset_interval=reset_interval)
 
 
 @transform
@@ -637,7 +639,7 @@ def scale_by_broyden_bad(inverse: bool = True, init_scale: float | str = "auto",
     """
     _check_common(eps, init_scale, reset_interval)
     return quasi_newton("scale_by_broyden_bad", broyden_bad_inverse if inverse else broyden_bad_hessian,
-                        inverse=bool(inverse), init_scale=init_scale, eps=eps, reset_interval=reset_interval)
+                        inverse=inverse, init_scale=init_scale, eps=eps, reset_interval=reset_interval)
 
 
 def _inverse_only(public: str, rule: Rule, doc_rule: str, reference: str) -> Callable[..., GradientTransformation]:
