@@ -274,12 +274,22 @@ class CompactBFGS:
         # an empty slot's columns of Psi are 0: a unit diagonal there keeps K invertible and adds nothing
         k = torch.cat([torch.cat([self.sigma * (self.s @ self.s.T), lower], 1),
                        torch.cat([lower.T, -torch.diag(torch.diagonal(sty))], 1)])
-        self.k = k + torch.diag(absent * torch.cat([torch.ones(m, dtype=k.dtype, device=k.device),
-                                                    -torch.ones(m, dtype=k.dtype, device=k.device)]))
+        k = k + torch.diag(absent * torch.cat([torch.ones(m, dtype=k.dtype, device=k.device),
+                                               -torch.ones(m, dtype=k.dtype, device=k.device)]))
+        # K is invertible while every kept pair has s'y > 0 (BNS Thm 2.3); should round-off make it
+        # singular, B falls back to sigma I rather than raise mid-training
+        self.lu, self.pivots, info = torch.linalg.lu_factor_ex(k)
+        self.singular = info != 0
+
+    def _k_solve(self, rhs: torch.Tensor) -> torch.Tensor:
+        """``K^{-1} rhs`` (0 where ``K`` is singular)."""
+        out = torch.linalg.lu_solve(self.lu, self.pivots, rhs if rhs.dim() == 2 else rhs.unsqueeze(-1))
+        out = out if rhs.dim() == 2 else out.squeeze(-1)
+        return torch.where(self.singular, torch.zeros_like(out), out)
 
     def mv(self, v: torch.Tensor) -> torch.Tensor:
         """``B v = sigma v - Psi K^{-1} Psi^T v``."""
-        return self.sigma * v - self.psi @ torch.linalg.solve(self.k, self.psi.T @ v)
+        return self.sigma * v - self.psi @ self._k_solve(self.psi.T @ v)
 
     def newton(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(-B^{-1} g, True)`` by the two-loop recursion (the kept pairs keep ``B`` definite)."""
@@ -293,6 +303,7 @@ class CompactBFGS:
         for j, alpha in zip(range(self.s.shape[0]), reversed(alphas)):
             beta = self.rho[j] * torch.dot(self.y[j], r)
             r = r + (alpha - beta) * self.s[j]
+        r = torch.where(self.singular, g / self.sigma, r)  # the same fallback as mv's
         return -r, torch.ones((), dtype=torch.bool, device=g.device)
 
     def spectral(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -300,7 +311,7 @@ class CompactBFGS:
         eigenvalues ``sigma - T``, vectors ``Q U``) and ``sigma`` with the unit vector of ``g``'s
         part outside the span (0 when there is none), sorted ascending."""
         q, r = torch.linalg.qr(self.psi)
-        inner = r @ torch.linalg.solve(self.k, r.T)
+        inner = r @ self._k_solve(r.T)
         theta, u = torch.linalg.eigh(0.5 * (inner + inner.T))
         vectors = q @ u
         rest = g - vectors @ (vectors.T @ g)
@@ -318,7 +329,7 @@ class CompactBFGS:
         """``B`` as an ``(n, n)`` matrix (``O(n^2)`` memory: for inspection and tests)."""
         n = self.psi.shape[0]
         eye = torch.eye(n, dtype=self.psi.dtype, device=self.psi.device)
-        return self.sigma * eye - self.psi @ torch.linalg.solve(self.k, self.psi.T)
+        return self.sigma * eye - self.psi @ self._k_solve(self.psi.T)
 
 
 class TrustRegionState(NamedTuple):
