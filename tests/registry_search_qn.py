@@ -44,6 +44,12 @@ ENTRIES = [
     # conjugate gradient), so a fixed step stalls by design; tested with a line search.
     Entry("scale_by_shor_r", lambda: gx.chain(gx.scale_by_shor_r(), gx.scale_by_lr(0.05)),
           "Shor 1970; torchzero ShorR", converges=False),
+    # the trust region on the compact L-BFGS model (the model is not a transform: registered by its name)
+    Entry("lbfgs_hessian", lambda: gx.scale_by_trust_region("dogleg", hessian=gx.lbfgs_hessian(memory_size=3),
+                                                            init_radius=0.5),
+          "Byrd, Nocedal & Schnabel 1994 compact form; N&W Alg. 4.1; the dense BFGS recursion "
+          "(test_trust_region_lbfgs.py)",
+          needs=frozenset({"value_fn"})),
     Entry("scale_by_lsr1", lambda: gx.chain(gx.scale_by_lsr1(memory_size=3), gx.scale_by_lr(0.1)),
           "scale_by_sr1 on the last m pairs; torchzero LSR1", skip=NEEDS_LINE_SEARCH),
 ]

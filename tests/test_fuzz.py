@@ -71,7 +71,7 @@ ONE_VECTOR = {"flatten", "scale_by_bfgs", "scale_by_dfp", "scale_by_sr1", "scale
               "scale_by_broyden_bad", "scale_by_greenstadt1", "scale_by_greenstadt2", "scale_by_mccormick",
               "scale_by_pearson", "scale_by_icum", "scale_by_hoshino", "scale_by_ssvm", "scale_by_shor_r",
               "scale_by_lsr1", "scale_by_trust_region", "bfgs", "scale_by_thomas", "scale_by_projected_newton_raphson",
-              "scale_by_new_ssm"}
+              "scale_by_new_ssm", "lbfgs_hessian"}
 
 
 @SETTINGS

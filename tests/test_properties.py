@@ -94,6 +94,7 @@ COUPLES_LEAVES = {"clip_by_global_norm", "normalize_by_update_norm", "flatten", 
                   "scale_by_dog", "dog", "add_noise", "noisy_sgd", "scale_by_conjugate_gradient", "mars_correction",
                   "scale_by_adaptive_heavy_ball", "scale_by_grad_cosine_similarity", "add_relative_decayed_weights",
                   "scale_by_barzilai_borwein", "scale_by_bold_driver", "scale_by_trust_region", "scale_by_prodigy",
+                  "lbfgs_hessian",
                   "prodigy", "scale_by_dadapt_adam", "dadapt_adam", "scale_by_dadapt_sgd", "dadapt_sgd",
                   "scale_by_dowg", "dowg", "mechanize", "momo", "momo_adam"}
 # quasi-Newton matrices over all leaves as one vector
@@ -508,7 +509,7 @@ NOT_DIFFERENTIABLE.update({f"{name}.{b}": "compared with the diagonal: selects w
 # Entries that read params (or the loss) detached, as documented: their step size is a
 # constant of autograd, so a hypergradient is checked over one step (params independent of it).
 READS_PARAMS_DETACHED = {"dog", "scale_by_dog", "scale_by_distance_over_gradients", "scale_by_polyak", "polyak_sgd",
-                         "scale_by_barzilai_borwein", "scale_by_bold_driver", "scale_by_trust_region",
+                         "scale_by_barzilai_borwein", "scale_by_bold_driver", "scale_by_trust_region", "lbfgs_hessian",
                          "scale_by_adaptive_heavy_ball", "momo", "momo_adam", "scale_by_new_ssm"}
 AT_A_KINK = {
     "adafactor.clipping_threshold": "Adafactor's normalised step has rms ~1 = the threshold: clipping's kink",
@@ -566,7 +567,7 @@ def test_hypergradients_match_finite_differences(entry):
 # parts as independent reals); every entry does the same or refuses complex params at init.
 
 REFUSES_COMPLEX = {"scale_by_factored_rms", "adafactor", "scale_by_sm3", "sm3", "scale_by_muon", "muon",
-                   "scale_by_trust_region", "scale_by_soap", "soap", "scale_by_shampoo", "shampoo",
+                   "scale_by_trust_region", "lbfgs_hessian", "scale_by_soap", "soap", "scale_by_shampoo", "shampoo",
                    "scale_by_full_matrix_adagrad", "scale_by_ggt", "scale_by_psgd_kron", "in_eigenbasis",
                    "psgd_kron", "scale_by_psgd_dense", "psgd_dense", "scale_by_psgd_lra", "psgd_lra"}
 # Hessian diagonals and curvature of a real loss; ASAM's |x|

@@ -32,6 +32,12 @@ def _example_arguments(tx, name: str) -> dict | None:
         found = _example_arguments(part, name)
         if found is not None:
             return found
+    for value in attrs.get("args", {}).values():  # a model argument built by gx.<name> (gx.lbfgs_hessian)
+        recipe = getattr(value, "__dict__", {}).get("recipe")
+        if recipe is not None and recipe[0].__name__ == name:
+            bound = inspect.signature(recipe[0]).bind(*recipe[1], **recipe[2])
+            bound.apply_defaults()
+            return dict(bound.arguments)
     return None
 
 

@@ -16,8 +16,8 @@ from . import quasi_newton as _qn
 from ._radius import accepted, check_radius_args, next_radius, ratio
 from ._vector import concat, safe_div, split, wide
 
-__all__ = ["BFGSHessianState", "HessianApproximation", "QuasiNewtonHessianState", "TrustRegionState", "bfgs_hessian",
-           "quasi_newton_hessian", "scale_by_trust_region"]
+__all__ = ["BFGSHessianState", "HessianApproximation", "LBFGSHessianState", "QuasiNewtonHessianState",
+           "TrustRegionState", "bfgs_hessian", "lbfgs_hessian", "quasi_newton_hessian", "scale_by_trust_region"]
 
 
 class HessianApproximation(NamedTuple):
@@ -28,7 +28,9 @@ class HessianApproximation(NamedTuple):
       pytree of tensors whose structure, shapes and dtypes never change.
     - ``update(state, s, y) -> state``: after a step ``s = x_k - x_{k-1}`` with gradient change
       ``y = g_k - g_{k-1}`` (``s = 0`` after a refused step: nothing to learn).
-    - ``matrix(state) -> B``: the ``(n, n)`` symmetric matrix of the model.
+    - ``matrix(state) -> B``: the ``(n, n)`` symmetric matrix of the model, or (the
+      limited-memory model :func:`lbfgs_hessian`) an operator giving ``B v``, the Newton
+      point and ``B``'s eigenpairs without forming the matrix.
 
     :func:`bfgs_hessian` is one, and :func:`quasi_newton_hessian` makes one of every
     full-matrix quasi-Newton update of :mod:`gradtx.search.quasi_newton`; an exact Hessian of
@@ -198,6 +200,138 @@ def _model_matrix(inverse: bool, state: QuasiNewtonHessianState) -> torch.Tensor
     return 0.5 * (m + m.T)
 
 
+class LBFGSHessianState(NamedTuple):
+    count: torch.Tensor  # int32 0-dim: pairs kept so far (the next goes to slot count % m)
+    s: torch.Tensor  # (m, n): the kept steps, a ring buffer (zeros: empty slot)
+    y: torch.Tensor  # (m, n): their gradient changes
+
+
+def lbfgs_hessian(memory_size: int = 10) -> HessianApproximation:
+    """The L-BFGS model of the Hessian for :func:`scale_by_trust_region`, never formed: the
+    BFGS matrix built from ``B_0 = sigma I`` by the last ``memory_size`` pairs ``(s, y)``,
+    held in its compact form (Byrd, Nocedal & Schnabel 1994, Thm 2.3)
+
+    ``B = sigma I - Psi K^{-1} Psi^T``, ``Psi = [sigma S, Y]``,
+    ``K = [[sigma S^T S, L], [L^T, -D]]``,
+
+    ``S``, ``Y`` the pairs as columns (oldest first), ``L`` the strictly lower triangle of
+    ``S^T Y``, ``D`` its diagonal, ``sigma = y^T y / s^T y`` of the newest pair (N&W eq.
+    7.20's scale, ``1`` before any). A pair is kept when ``y^T s > sqrt(eps) |s| |y|``
+    (as :func:`bfgs_hessian`), so ``B`` is positive definite. The subproblems use it without
+    an ``n x n`` matrix: ``B v`` from the compact form (``O(mn)``), the dogleg's Newton point
+    ``-B^{-1} g`` by the two-loop recursion from ``H_0 = I / sigma`` (N&W Alg. 7.4), and
+    Levenberg–Marquardt's ``(B + mu I)^{-1} g`` from ``B``'s eigendecomposition on the span of
+    ``Psi`` (a thin QR of ``Psi`` and a ``2m x 2m`` eigenproblem; ``sigma`` on the rest:
+    Burdakov, Gong, Zikrin & Yuan 2017), the same subproblem solutions as the dense
+    :func:`bfgs_hessian`-style path given the same ``B``. ``model.matrix(state)`` returns this
+    operator (its ``dense()`` forms ``B``, for inspection). Memory: ``2 m n``; per step
+    ``O(m n + m^3)``. Default ``memory_size=10`` (optax's ``lbfgs``).
+
+    Example: ``gx.scale_by_trust_region("dogleg", hessian=gx.lbfgs_hessian(memory_size=10))``.
+    """
+    if isinstance(memory_size, bool) or not isinstance(memory_size, int) or memory_size < 1:
+        raise ValueError(f"memory_size must be a positive int, got {memory_size!r}")
+
+    def init(x0):
+        zeros = torch.zeros(memory_size, x0.numel(), dtype=x0.dtype, device=x0.device)
+        return LBFGSHessianState(count=torch.zeros((), dtype=torch.int32), s=zeros, y=zeros.clone())
+
+    def update(state, s, y):
+        sy = torch.dot(s, y)
+        ok = sy > torch.finfo(s.dtype).eps ** 0.5 * torch.linalg.vector_norm(s) * torch.linalg.vector_norm(y)
+        slot = (torch.arange(memory_size, device=s.device) == (state.count.to(s.device) % memory_size)) & ok
+        new_s = torch.where(slot.unsqueeze(-1), s.unsqueeze(0), state.s)
+        new_y = torch.where(slot.unsqueeze(-1), y.unsqueeze(0), state.y)
+        return LBFGSHessianState(state.count + ok.to(state.count.device).int(), new_s, new_y)
+
+    out = _Rebuilt(init, update, _compact)
+    out.__dict__["recipe"] = (lbfgs_hessian, (), {} if memory_size == 10 else {"memory_size": memory_size})
+    return out
+
+
+def _compact(state: LBFGSHessianState) -> CompactBFGS:
+    return CompactBFGS(state)
+
+
+class CompactBFGS:
+    """The L-BFGS matrix of :func:`lbfgs_hessian` as an operator (``mv``, ``newton``,
+    ``spectral``, ``dense``), built from its state; nothing of size ``n x n``."""
+
+    def __init__(self, state: LBFGSHessianState):
+        m = state.s.shape[0]
+        count = state.count.to(state.s.device)
+        order = (count + torch.arange(m, device=state.s.device)) % m  # oldest slot first
+        self.s, self.y = state.s[order], state.y[order]
+        self.valid = torch.arange(m, device=state.s.device) >= m - count.clamp(max=m)
+        sy = (self.s * self.y).sum(-1)
+        self.rho, _ = safe_div(torch.ones_like(sy), sy)
+        sigma, ok = safe_div((self.y[-1] * self.y[-1]).sum(), sy[-1])
+        self.sigma = torch.where(ok & self.valid[-1], sigma, torch.ones_like(sigma))
+        self.psi = torch.cat([self.sigma * self.s, self.y]).T  # (n, 2m)
+        sty = self.s @ self.y.T
+        lower = torch.tril(sty, diagonal=-1)
+        absent = torch.cat([~self.valid, ~self.valid]).to(sty.dtype)
+        # an empty slot's columns of Psi are 0: a unit diagonal there keeps K invertible and adds nothing
+        k = torch.cat([torch.cat([self.sigma * (self.s @ self.s.T), lower], 1),
+                       torch.cat([lower.T, -torch.diag(torch.diagonal(sty))], 1)])
+        k = k + torch.diag(absent * torch.cat([torch.ones(m, dtype=k.dtype, device=k.device),
+                                               -torch.ones(m, dtype=k.dtype, device=k.device)]))
+        # K is invertible while every kept pair has s'y > 0 (BNS Thm 2.3); should round-off make it
+        # singular, B falls back to sigma I rather than raise mid-training
+        self.lu, self.pivots, info = torch.linalg.lu_factor_ex(k)
+        self.singular = info != 0
+
+    def _k_solve(self, rhs: torch.Tensor) -> torch.Tensor:
+        """``K^{-1} rhs`` (0 where ``K`` is singular)."""
+        out = torch.linalg.lu_solve(self.lu, self.pivots, rhs if rhs.dim() == 2 else rhs.unsqueeze(-1))
+        out = out if rhs.dim() == 2 else out.squeeze(-1)
+        return torch.where(self.singular, torch.zeros_like(out), out)
+
+    def mv(self, v: torch.Tensor) -> torch.Tensor:
+        """``B v = sigma v - Psi K^{-1} Psi^T v``."""
+        return self.sigma * v - self.psi @ self._k_solve(self.psi.T @ v)
+
+    def newton(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(-B^{-1} g, True)`` by the two-loop recursion (the kept pairs keep ``B`` definite)."""
+        q = g.clone()
+        alphas = []
+        for j in reversed(range(self.s.shape[0])):  # newest first; an empty slot has rho = 0
+            alpha = self.rho[j] * torch.dot(self.s[j], q)
+            q = q - alpha * self.y[j]
+            alphas.append(alpha)
+        r = q / self.sigma
+        for j, alpha in zip(range(self.s.shape[0]), reversed(alphas)):
+            beta = self.rho[j] * torch.dot(self.y[j], r)
+            r = r + (alpha - beta) * self.s[j]
+        r = torch.where(self.singular, g / self.sigma, r)  # the same fallback as mv's
+        return -r, torch.ones((), dtype=torch.bool, device=g.device)
+
+    def spectral(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``B``'s eigenpairs on ``span(Psi)`` (thin QR ``Psi = Q R``, ``R K^{-1} R^T = U T U^T``:
+        eigenvalues ``sigma - T``, vectors ``Q U``) and ``sigma`` with the unit vector of ``g``'s
+        part outside the span (0 when there is none), sorted ascending."""
+        q, r = torch.linalg.qr(self.psi)
+        inner = r @ self._k_solve(r.T)
+        theta, u = torch.linalg.eigh(0.5 * (inner + inner.T))
+        vectors = q @ u
+        rest = g - vectors @ (vectors.T @ g)
+        rest = rest - vectors @ (vectors.T @ rest)  # twice is enough (Kahan–Parlett)
+        rest_norm = torch.linalg.vector_norm(rest)
+        # a remainder at round-off is no direction (its unit vector would not be orthogonal)
+        real = rest_norm > 1e3 * torch.finfo(g.dtype).eps * torch.linalg.vector_norm(g)
+        scale, _ = safe_div(real.to(g.dtype), rest_norm)
+        lam = torch.cat([self.sigma - theta, self.sigma.reshape(1)])
+        vectors = torch.cat([vectors, (scale * rest).unsqueeze(-1)], 1)
+        order = torch.argsort(lam)
+        return lam[order], vectors[:, order]
+
+    def dense(self) -> torch.Tensor:
+        """``B`` as an ``(n, n)`` matrix (``O(n^2)`` memory: for inspection and tests)."""
+        n = self.psi.shape[0]
+        eye = torch.eye(n, dtype=self.psi.dtype, device=self.psi.device)
+        return self.sigma * eye - self.psi @ self._k_solve(self.psi.T)
+
+
 class TrustRegionState(NamedTuple):
     radius: torch.Tensor  # 0-dim: Delta_k, on the params' device
     count: torch.Tensor  # int32 0-dim: updates so far
@@ -225,12 +359,33 @@ def _to_boundary(g: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
     return -scale * g
 
 
+class _Dense:
+    """A model given as its ``(n, n)`` matrix: the operations the subproblems need."""
+
+    def __init__(self, b: torch.Tensor):
+        self.b = b
+
+    def mv(self, v: torch.Tensor) -> torch.Tensor:
+        return self.b @ v
+
+    def newton(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(-B^{-1} g, B positive definite)`` (0 where it is not)."""
+        chol, info = torch.linalg.cholesky_ex(self.b)
+        definite = info == 0
+        full = -torch.cholesky_solve(g.unsqueeze(-1), chol).squeeze(-1)
+        return torch.where(definite, full, torch.zeros_like(full)), definite  # no NaN from a failed factorisation
+
+    def spectral(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(lambda, Q)``: eigenvalues ascending and orthonormal eigenvectors whose span holds ``g``."""
+        return torch.linalg.eigh(self.b)
+
+
 def _cauchy(g, b, radius):
     """N&W Alg. 4.2: the minimiser of the model along -g within the radius."""
     step = _to_boundary(g, radius)
     if b is None:  # linear model: always to the boundary
         return step, torch.ones((), dtype=torch.bool, device=g.device)
-    gbg = torch.dot(g, b @ g)
+    gbg = torch.dot(g, b.mv(g))
     g_norm = torch.linalg.vector_norm(g)
     tau, ok = safe_div(g_norm ** 3, radius * gbg)
     tau = torch.where(ok & (gbg > 0), tau.clamp(max=1.0), torch.ones_like(tau))
@@ -240,11 +395,8 @@ def _cauchy(g, b, radius):
 def _dogleg(g, b, radius):
     """N&W §4.1, eq. 4.16, for a positive definite ``B``; for any other, the Cauchy point
     (Alg. 4.2), the step the dogleg path starts along."""
-    chol, info = torch.linalg.cholesky_ex(b)
-    definite = info == 0
-    full = -torch.cholesky_solve(g.unsqueeze(-1), chol).squeeze(-1)
-    full = torch.where(definite, full, torch.zeros_like(full))  # no NaN from a failed factorisation
-    gbg = torch.dot(g, b @ g)
+    full, definite = b.newton(g)
+    gbg = torch.dot(g, b.mv(g))
     coef, ok = safe_div(torch.dot(g, g), gbg)
     unconstrained = -coef * g  # the model's minimiser along -g
     edge = full - unconstrained
@@ -268,9 +420,10 @@ _LM_ITERATIONS = 40
 def _levenberg_marquardt(g, b, radius):
     """The step ``(B + mu I) p = -g`` with ``mu >= max(0, -lambda_min(B))`` and ``|p| <= radius``,
     ``mu (radius - |p|) = 0`` (Moré 1978; N&W §4.3, Alg. 4.3), on the eigendecomposition of
-    ``B``: Newton's iteration on ``1/|p(mu)| - 1/radius`` from the left of the root, a fixed
-    number of times (no data-dependent branch); the hard case adds the lowest eigenvector."""
-    lam, q = torch.linalg.eigh(b)
+    ``B`` (over the eigenvectors whose span holds ``g``): Newton's iteration on
+    ``1/|p(mu)| - 1/radius`` from the left of the root, a fixed number of times (no
+    data-dependent branch); the hard case adds the lowest eigenvector."""
+    lam, q = b.spectral(g)
     a = q.T @ g
     tiny = torch.finfo(g.dtype).eps * lam.abs().max().clamp_min(1.0)
     low = (-lam[0]).clamp_min(0.0)
@@ -321,7 +474,8 @@ def scale_by_trust_region(subproblem: str = "dogleg", hessian: HessianApproximat
        lies outside: Moré 1978, N&W §4.3);
        ``hessian=None`` is :func:`bfgs_hessian` for the last two; any quasi-Newton update of
        :mod:`gradtx.search.quasi_newton` is a model through :func:`quasi_newton_hessian`
-       (SR1, PSB, ...: ``"levenberg_marquardt"`` for an indefinite ``B``);
+       (SR1, PSB, ...: ``"levenberg_marquardt"`` for an indefinite ``B``), and L-BFGS,
+       never forming ``B``, through :func:`lbfgs_hessian` (for large models);
     3. ``rho = (f(x) - f(x + p)) / (m(0) - m(p))`` with ``f(x + p) = value_fn(params + p)``
        (``rho = 1`` when ``m(0) - m(p)`` is below ``100`` ulps of ``max(|f(x)|, 1)``, where
        ``f(x) - f(x + p)`` is round-off, as :func:`gradtx.scale_by_newton_cg_trust_region`);
@@ -384,9 +538,10 @@ def scale_by_trust_region(subproblem: str = "dogleg", hessian: HessianApproximat
             s = torch.where(started, x - state.prev_params, torch.zeros_like(x))
             model_state = model.update(model_state, s, g - state.prev_grad)
         b = None if model is None else model.matrix(model_state)
+        b = b if b is None or isinstance(b, CompactBFGS) else _Dense(b)
         radius = state.radius
         step, on_boundary = solve(g, b, radius)
-        predicted = -torch.dot(g, step) - (0.0 if b is None else 0.5 * torch.dot(step, b @ step))
+        predicted = -torch.dot(g, step) - (0.0 if b is None else 0.5 * torch.dot(step, b.mv(step)))
         f0 = (value_fn(params) if value is None else value)
         f0 = torch.as_tensor(f0).detach().reshape(()).to(dtype=dtype, device=device)
         trial = [p + piece for p, piece in zip(ps, split(step, ps))]
