@@ -36,6 +36,11 @@ def _inverse_root(factor: torch.Tensor, power: float, precond_dtype: torch.dtype
     return symmetric_power(factor.to(dtype), -1.0 / power, floor=floor).to(factor.dtype)
 
 
+def _into(old: torch.Tensor, new: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """``new``, copied into the state tensor ``old`` when ``inplace``."""
+    return old.copy_(new) if inplace else new
+
+
 def _value(x) -> float:
     return float(x.detach()) if isinstance(x, torch.Tensor) else float(x)
 
@@ -49,7 +54,7 @@ def _graft_leafwise(args: dict) -> bool:
     return args["graft"] is None or is_leafwise(args["graft"])
 
 
-@transform(leafwise=_graft_leafwise)
+@transform(leafwise=_graft_leafwise, inplace=True)
 def scale_by_shampoo(eps: float = 1e-6, update_freq: int = 1, beta: float | None = None,
                      max_precond_dim: int = 10000, merge_dims: bool = False, precondition_1d: bool = True,
                      graft: GradientTransformation | None = None,
@@ -114,41 +119,52 @@ def scale_by_shampoo(eps: float = 1e-6, update_freq: int = 1, beta: float | None
         return ScaleByShampooState(new_count(), unflatten(treedef, factors), unflatten(treedef, roots), graft_state)
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
-        del inplace  # not declared in-place: computes into fresh tensors
+        # in place: the statistics and roots are written into, each update into g's buffer
         gs, treedef = leaves(updates)
         all_factors = leaves_like(state.factors, treedef)
         all_roots = leaves_like(state.roots, treedef)
         refresh = int(state.count) % update_freq == 0  # Python control flow: the schedule of roots
         # the smallest eigenvalue the statistic can have: eps, decayed by the EMA if any
         floor = _value(eps) * (1.0 if beta is None else _value(beta) ** (int(state.count) + 1))
+        graft_state, grafted = state.graft_state, None
+        if graft is not None:  # first: it reads the updates before they are overwritten
+            grafted, graft_state = run_graft(updates, graft_state, params, False, extra_args)
+            grafted = leaves_like(grafted, treedef, "the graft's updates")
         outs, new_factors, new_roots = [], [], []
-        for g, factors, roots in zip(gs, all_factors, all_roots):
+        for i, (g, factors, roots) in enumerate(zip(gs, all_factors, all_roots)):
             shape, has = layout(g)
             work = g.reshape(shape).to(_stat_dtype(g.dtype))
-            stats = [gram(work, i).to(f.dtype) for i, (f, on) in enumerate(zip(factors, has)) if on]
+            stats = [gram(work, axis).to(f.dtype) for axis, (f, on) in enumerate(zip(factors, has)) if on]
             it = iter(stats)
             if beta is None:
-                factors = [f + next(it) if on else f for f, on in zip(factors, has)]
+                factors = [(f.add_(next(it)) if inplace else f + next(it)) if on else f for f, on in zip(factors, has)]
             else:
-                factors = [torch.lerp(f, next(it), 1.0 - beta) if on else f for f, on in zip(factors, has)]
+                factors = [(f.lerp_(next(it), 1.0 - beta) if inplace else torch.lerp(f, next(it), 1.0 - beta))
+                           if on else f for f, on in zip(factors, has)]
+            del stats, it
             if refresh:
                 power = 2.0 * len(shape)
-                roots = [_inverse_root(f, power, precond_dtype, floor) if on else r
+                roots = [_into(r, _inverse_root(f, power, precond_dtype, floor), inplace) if on else r
                          for f, r, on in zip(factors, roots, has)]
-            out = multiply_axes(work, roots, has, transpose=False) if any(has) else work
-            outs.append(out.reshape(g.shape).to(g.dtype, copy=out is work))
+            # None: the leaf has no statistic and passes through
+            out = multiply_axes(work, roots, has, transpose=False).reshape(g.shape).to(g.dtype) if any(has) else None
+            del work
+            if grafted is not None:
+                gu, grafted[i] = grafted[i], None  # each graft update freed as the loop goes
+                if out is None:
+                    out = gu.to(g.dtype)
+                else:
+                    norm = torch.linalg.vector_norm(out)
+                    ratio = torch.where(norm > 0, torch.linalg.vector_norm(gu) / norm, torch.zeros_like(norm))
+                    out = out * ratio.to(out.dtype)
+                    del gu
+            if inplace:
+                out = g if out is None else g.copy_(out)
+            elif out is None or not any(has):  # g itself, or what the graft returned: a copy
+                out = (g if out is None else out).clone()
+            outs.append(out)
             new_factors.append(factors)
             new_roots.append(roots)
-        graft_state = state.graft_state
-        if graft is not None:
-            grafted, graft_state = run_graft(updates, graft_state, params, False, extra_args)
-            for i, (gu, g) in enumerate(zip(leaves_like(grafted, treedef, "the graft's updates"), gs)):
-                if not any(layout(g)[1]):
-                    outs[i] = gu.to(g.dtype, copy=True)
-                    continue
-                norm = torch.linalg.vector_norm(outs[i])
-                ratio = torch.where(norm > 0, torch.linalg.vector_norm(gu) / norm, torch.zeros_like(norm))
-                outs[i] = outs[i] * ratio.to(outs[i].dtype)
         new_state = ScaleByShampooState(state.count + 1, unflatten(treedef, new_factors), unflatten(treedef, new_roots),
                                         graft_state)
         return unflatten(treedef, outs), new_state
