@@ -170,7 +170,10 @@ def scale_by_psgd_kron(b1: float = 0.9, precond_lr: float = 0.1, precond_init_sc
                 new_mus.append(mu)
                 new_qs.append(list(qs))
                 continue
-            m_hat = (mu / bc1.to(mu.dtype)).to(precond_dtype)
+            # made where used, so only the factor update holds it there (recomputed: the same bits)
+            def debiased(mu=mu):
+                return (mu / bc1.to(mu.dtype)).to(precond_dtype)
+
             old_qs, qs = qs, [q.clone() for q in qs] if not inplace else list(qs)
             if g.dim() > 1 and balance:
                 norms = torch.stack([q.abs().max() for q in qs])
@@ -178,14 +181,13 @@ def scale_by_psgd_kron(b1: float = 0.9, precond_lr: float = 0.1, precond_init_sc
                 qs = [q * (mean / n) for q, n in zip(qs, norms)]
             if do_update:
                 # the noise is made in the call, so it is freed as soon as the factors are past it
-                qs = _update_factors(qs, m_hat if momentum_into_precond_update else g.to(precond_dtype),
+                qs = _update_factors(qs, debiased() if momentum_into_precond_update else g.to(precond_dtype),
                                      torch.randn(g.shape, dtype=precond_dtype, device=device,
                                                  generator=_generator(device, _mix(base, t, _NOISE))),
                                      precond_lr, eps)
             if inplace:  # the new factors into the state's tensors
                 qs = [old.copy_(q) if q is not old else q for old, q in zip(old_qs, qs)]
-            out = m_hat
-            del m_hat
+            out = debiased()
             if g.dim() == 0:
                 out = qs[0] * qs[0] * out
             else:
