@@ -125,13 +125,20 @@ def run(set_name: str, steps: int, heavyball: bool = False) -> None:
             params[label] = make(set_name)
             try:
                 opts[label] = build(params[label])
-                opts[label].step()  # first step: state, lazy imports, first decomposition
+                kept = [p.grad for p in params[label]]
+                opts[label].step()  # first step: state, lazy imports, first decomposition (heavyball: compilation)
+                for p, g in zip(params[label], kept):
+                    p.grad = g
             except Exception as error:  # noqa: BLE001 - a reference that fails here is reported, not fatal
                 print(f"{algo:10s} {label:18s} skipped: {type(error).__name__}: {error}")
                 opts.pop(label, None)
         times: dict[str, list[float]] = {label: [] for label in opts}
+        # heavyball sets p.grad to None once it has used it: every step gets the gradients back
+        grads = {label: [p.grad for p in params[label]] for label in opts}
         for _ in range(steps):
             for label, opt in opts.items():
+                for p, g in zip(params[label], grads[label]):
+                    p.grad = g
                 start = time.perf_counter()
                 opt.step()
                 times[label].append(time.perf_counter() - start)

@@ -405,7 +405,8 @@ def _optimizer_run(build, steps, split=None):
 
 BUILDS = {
     "soap": lambda: gx.soap(0.02, precondition_frequency=3, weight_decay=1e-3, precondition_1d=True),
-    "shampoo": lambda: gx.shampoo(0.02, eps=1e-3, update_freq=3, momentum=0.5, graft=gx.scale_by_rss()),
+    "shampoo": lambda: gx.shampoo(0.02, eps=1e-3, update_freq=3, momentum=0.5, graft=gx.scale_by_rss(),
+                                  start_preconditioning_step=2),
     "psgd_kron": lambda: gx.chain(gx.scale_by_psgd_kron(update_prob=0.5, balance_prob=0.5), gx.scale_by_lr(0.02)),
 }
 
