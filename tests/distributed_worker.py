@@ -144,7 +144,7 @@ def scenario_fsdp_muon(rank):  # Newton-Schulz on the whole (sharded) matrices
 
 
 def scenario_fsdp_shampoo(rank):  # preconditioners of the whole matrices
-    fsdp_against_unsharded(rank, lambda: gx.shampoo(1e-2))
+    fsdp_against_unsharded(rank, lambda: gx.shampoo(1e-2, start_preconditioning_step=1))  # Shampoo from step 1
 
 
 def scenario_fsdp_lbfgs(rank):  # a line search through the closure: losses averaged over ranks

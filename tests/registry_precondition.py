@@ -5,7 +5,8 @@ The suite's parameters are a (4, 3) matrix, a vector and a 0-dim tensor: SOAP is
 ``precondition_1d``, is tested in test_precondition.py: the first basis of a rank-1 factor is
 arbitrary in its null space, so the hypergradient property, a finite difference, cannot hold
 there). Shampoo grafts AdaGrad so the 0-dim leaf moves too; ``eps=1e-2`` keeps its roots well
-conditioned enough for the finite differences of that property.
+conditioned enough for the finite differences of that property, and starts preconditioning at step 2
+so the suite sees both phases (the graft alone, then Shampoo).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ ENTRIES = [
           lambda: gx.chain(gx.scale_by_soap(precondition_frequency=2), gx.scale_by_lr(0.05)),
           "pytorch_optimizer.SOAP (port of Vyas et al. 2024's code)"),
     Entry("scale_by_shampoo",
-          lambda: gx.chain(gx.scale_by_shampoo(eps=1e-2, update_freq=2, graft=gx.scale_by_rss()),
+          lambda: gx.chain(gx.scale_by_shampoo(eps=1e-2, update_freq=2, graft=gx.scale_by_rss(),
+                                               start_preconditioning_step=2),
                            gx.scale_by_lr(0.1)),
           "pytorch_optimizer.Shampoo; Gupta et al. 2018 Alg. 2"),
     Entry("scale_by_full_matrix_adagrad",
@@ -44,6 +46,7 @@ ENTRIES = [
     Entry("psgd_lra", lambda: gx.psgd_lra(0.02, rank=3, momentum=0.3), "psgd_torch LRAWhiten", kind="alias"),
     Entry("soap", lambda: gx.soap(0.05, precondition_frequency=2, weight_decay=1e-3),
           "pytorch_optimizer.SOAP", kind="alias"),
-    Entry("shampoo", lambda: gx.shampoo(0.1, eps=1e-2, update_freq=2, momentum=0.5, graft=gx.scale_by_rss()),
+    Entry("shampoo", lambda: gx.shampoo(0.1, eps=1e-2, update_freq=2, momentum=0.5, graft=gx.scale_by_rss(),
+                                         start_preconditioning_step=2),
           "pytorch_optimizer.Shampoo", kind="alias"),
 ]

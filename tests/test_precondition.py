@@ -164,7 +164,7 @@ def test_shampoo_float32_roots_floor_at_eps():
     put 1e15 there)."""
     gen = torch.Generator().manual_seed(17)
     g = {"b": torch.randn(64, generator=gen) * 10}
-    tx = gx.scale_by_shampoo(eps=1e-6)
+    tx = gx.scale_by_shampoo(eps=1e-6, **PLAIN)
     u32, _ = tx.update(g, tx.init(g))
     g64 = {"b": g["b"].double()}
     u64, _ = tx.update(g64, tx.init(g64))
@@ -188,13 +188,15 @@ def test_soap_float32_follows_pytorch_optimizer():
 # --- Shampoo ------------------------------------------------------------------------------------
 
 SHAMPOO_SHAPES = {"w": (5, 4), "t": (3, 2, 2), "b": (4,), "s": ()}
+# the paper's rule (and pytorch_optimizer.Shampoo's): no grafting, roots from the first step
+PLAIN = dict(graft=None, start_preconditioning_step=1)
 
 
 def test_shampoo_matches_pytorch_optimizer():
     po = pytest.importorskip("pytorch_optimizer")
     p0, grad = _problem(SHAMPOO_SHAPES, seed=6)
     want = _reference_run(po.Shampoo, p0, grad, 20, lr=0.05, matrix_eps=1e-4, weight_decay=1e-2)
-    got = _functional_run(gx.shampoo(0.05, eps=1e-4, weight_decay=1e-2), p0, grad, 20)
+    got = _functional_run(gx.shampoo(0.05, eps=1e-4, weight_decay=1e-2, **PLAIN), p0, grad, 20)
     assert not torch.equal(want[-1]["t"], p0["t"])
     _assert_trajectories(got, want, dict(rtol=1e-9, atol=1e-11))
 
@@ -231,14 +233,14 @@ def _shampoo_rule(p0, grad, steps, lr, eps, update_freq, beta=None):
 def test_shampoo_update_freq_and_ema_follow_the_paper_rule(beta):
     p0, grad = _problem(SHAMPOO_SHAPES, seed=7)
     want = _shampoo_rule(p0, grad, 12, lr=0.05, eps=1e-3, update_freq=3, beta=beta)
-    got = _functional_run(gx.shampoo(0.05, eps=1e-3, update_freq=3, beta=beta), p0, grad, 12)
+    got = _functional_run(gx.shampoo(0.05, eps=1e-3, update_freq=3, beta=beta, **PLAIN), p0, grad, 12)
     _assert_trajectories(got, want, dict(rtol=1e-9, atol=1e-11))
 
 
 def test_shampoo_graft_takes_the_grafted_norm_per_leaf():
     p0, grad = _problem({"w": (4, 3), "s": ()}, seed=8)
-    tx = gx.scale_by_shampoo(eps=1e-3, graft=gx.scale_by_rss())
-    plain, rss = gx.scale_by_shampoo(eps=1e-3), gx.scale_by_rss()
+    tx = gx.scale_by_shampoo(eps=1e-3, graft=gx.scale_by_rss(), start_preconditioning_step=1)
+    plain, rss = gx.scale_by_shampoo(eps=1e-3, **PLAIN), gx.scale_by_rss()
     state, plain_state, rss_state = tx.init(p0), plain.init(p0), rss.init(p0)
     params = p0
     for _ in range(4):
@@ -250,6 +252,76 @@ def test_shampoo_graft_takes_the_grafted_norm_per_leaf():
         torch.testing.assert_close(u["w"], want_w, **F64)
         torch.testing.assert_close(u["s"], r["s"], **F64)  # no factor: the graft's own update
         params = gx.apply_updates(params, gx.tree_map(lambda x: -0.1 * x, u))
+
+
+def _distributed_shampoo_rule(p0, grad, steps, lr, eps, update_freq, start):
+    """Distributed Shampoo's defaults (Anil et al. 2020) over the paper's rule, with numpy:
+    statistics from step 1; before step ``start`` the update is the gradient (SGD grafting's
+    own step); from it, roots at ``start`` and every ``update_freq`` steps after, and the
+    direction rescaled to the gradient's norm per tensor; a 0-dim tensor takes SGD steps."""
+    params = {k: v.numpy().copy() for k, v in p0.items()}
+    stats = {k: [eps * np.eye(n) for n in v.shape] for k, v in params.items()}
+    roots = {k: [None] * v.ndim for k, v in params.items()}
+    out = []
+    for t in range(1, steps + 1):
+        g = {k: v.numpy() for k, v in grad({k: torch.from_numpy(v) for k, v in params.items()}).items()}
+        for k, x in g.items():
+            u = x
+            for i in range(x.ndim):
+                unfolded = np.moveaxis(x, i, 0).reshape(x.shape[i], -1)
+                stats[k][i] = stats[k][i] + unfolded @ unfolded.T
+                if t >= start and (t - start) % update_freq == 0:
+                    roots[k][i] = _np_power(stats[k][i], -1.0 / (2 * x.ndim))
+            if t >= start and x.ndim:
+                for i in range(x.ndim):
+                    u = np.moveaxis(np.tensordot(roots[k][i], np.moveaxis(u, i, 0), axes=1), 0, i)
+                u = u * np.linalg.norm(x) / np.linalg.norm(u)
+            params[k] = np.asarray(params[k] - lr * u)
+        out.append({k: torch.from_numpy(v.copy()) for k, v in params.items()})
+    return out
+
+
+def test_shampoo_defaults_follow_distributed_shampoo_sgd_grafting_and_start_step():
+    p0, grad = _problem(SHAMPOO_SHAPES, seed=10)
+    want = _distributed_shampoo_rule(p0, grad, 12, lr=0.05, eps=1e-3, update_freq=3, start=5)
+    got = _functional_run(gx.shampoo(0.05, eps=1e-3, update_freq=3), p0, grad, 12)
+    assert not torch.equal(got[3]["w"], got[4]["w"])
+    _assert_trajectories(got, want, dict(rtol=1e-9, atol=1e-11))
+
+
+def _cnn_losses(make_opt, steps: int = 30) -> list[float]:
+    """Training losses of a small CNN (two 3x3 convolutions and a classifier) on 12x12 inputs
+    labelled by a random linear teacher, batches of 32, stopping at the first non-finite loss."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 1, 12, 12, generator=gen)
+    y = (x.flatten(1) @ torch.randn(10, 144, generator=gen).T).argmax(1)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 16, 3, padding=1, stride=2), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(16 * 36, 10))
+    opt, losses = make_opt(net.parameters()), []
+    for i in range(steps):
+        batch = slice(i * 32 % 256, i * 32 % 256 + 32)
+        loss = torch.nn.functional.cross_entropy(net(x[batch]), y[batch])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if not np.isfinite(losses[-1]):
+            break
+    return losses
+
+
+def test_shampoo_defaults_train_a_small_cnn_where_the_plain_rule_diverges():
+    """Roots from the first gradient, kept for 10 steps and ungrafted, blow the CNN up; the
+    defaults (SGD grafting, roots from step 5) train it as far as AdamW does in 30 steps."""
+    plain = _cnn_losses(lambda ps: gx.Optimizer(ps, gx.shampoo(0.1, update_freq=10, **PLAIN)))
+    assert not np.isfinite(plain[-1])
+    stable = _cnn_losses(lambda ps: gx.Optimizer(ps, gx.shampoo(0.1, update_freq=10)))
+    adamw = _cnn_losses(lambda ps: torch.optim.AdamW(ps, 1e-3))
+    assert len(stable) == 30 and np.isfinite(stable).all()
+    assert np.mean(stable[-5:]) < stable[0] - 0.1
+    assert np.mean(stable[-5:]) < 1.05 * np.mean(adamw[-5:])
 
 
 def test_shampoo_float32_and_bfloat16_keep_dtypes_and_stay_finite():
@@ -275,6 +347,7 @@ def test_shampoo_float32_and_bfloat16_keep_dtypes_and_stay_finite():
     (lambda: gx.scale_by_shampoo(update_freq=1.5), "update_freq"),
     (lambda: gx.scale_by_shampoo(eps=-1.0), "eps"),
     (lambda: gx.scale_by_shampoo(graft="adagrad"), "graft"),
+    (lambda: gx.scale_by_shampoo(start_preconditioning_step=0), "start_preconditioning_step"),
     (lambda: gx.shampoo(0.1, momentum=1.0), "momentum"),
     (lambda: gx.scale_by_full_matrix_adagrad(init="ones"), "init"),
     (lambda: gx.scale_by_full_matrix_adagrad(inner=0.9), "inner"),
@@ -332,7 +405,8 @@ def _optimizer_run(build, steps, split=None):
 
 BUILDS = {
     "soap": lambda: gx.soap(0.02, precondition_frequency=3, weight_decay=1e-3, precondition_1d=True),
-    "shampoo": lambda: gx.shampoo(0.02, eps=1e-3, update_freq=3, momentum=0.5, graft=gx.scale_by_rss()),
+    "shampoo": lambda: gx.shampoo(0.02, eps=1e-3, update_freq=3, momentum=0.5, graft=gx.scale_by_rss(),
+                                  start_preconditioning_step=2),
     "psgd_kron": lambda: gx.chain(gx.scale_by_psgd_kron(update_prob=0.5, balance_prob=0.5), gx.scale_by_lr(0.02)),
 }
 

@@ -9,7 +9,7 @@ import torch
 from .._hparams import ScalarOrSchedule, check_beta, increment, new_count
 from ..base import GradientTransformation, describe, transform
 from ..combine import chain
-from ..precondition.shampoo import scale_by_shampoo
+from ..precondition.shampoo import START_PRECONDITIONING_STEP, scale_by_shampoo
 from ..precondition.soap import scale_by_soap
 from ..transforms.momentum import trace
 from ..transforms.regularize import AddDecayedWeightsState, Mask, add_decayed_weights
@@ -67,15 +67,19 @@ def soap(lr: ScalarOrSchedule = 3e-3, b1: float = 0.95, b2: float = 0.95, shampo
 @transform
 def shampoo(lr: ScalarOrSchedule, eps: float = 1e-6, update_freq: int = 1, beta: float | None = None,
             momentum: float | None = None, weight_decay: float = 0.0, max_precond_dim: int = 10000,
-            merge_dims: bool = False, precondition_1d: bool = True, graft: GradientTransformation | None = None,
-            precond_dtype: torch.dtype | None = None) -> GradientTransformation:
+            merge_dims: bool = False, precondition_1d: bool = True, graft: GradientTransformation | str | None = "sgd",
+            precond_dtype: torch.dtype | None = None,
+            start_preconditioning_step: int = START_PRECONDITIONING_STEP) -> GradientTransformation:
     """Shampoo (Gupta et al., 2018) with L2 weight decay and optional heavy-ball momentum.
 
     ``chain(add_decayed_weights(weight_decay), scale_by_shampoo(eps, update_freq, beta, ...,
     graft), trace(momentum), scale_by_lr(lr))`` (the ``trace`` only with ``momentum``):
     the decay is added to the gradient before preconditioning, as
-    ``pytorch_optimizer.Shampoo``'s default. With ``momentum=None`` and ``update_freq=1``
-    this is ``pytorch_optimizer.Shampoo(lr, matrix_eps=eps, weight_decay=weight_decay)``;
+    ``pytorch_optimizer.Shampoo``'s default. By default the direction takes the gradient's norm
+    per leaf (SGD grafting) and the first 4 steps are SGD steps (``start_preconditioning_step=5``),
+    Distributed Shampoo's defaults. With ``graft=None``, ``start_preconditioning_step=1``,
+    ``momentum=None`` and ``update_freq=1`` this is
+    ``pytorch_optimizer.Shampoo(lr, matrix_eps=eps, weight_decay=weight_decay)``;
     that optimizer's momentum (a lerp of the gradient towards the last preconditioned update)
     is not reproduced, this one is ``torch.optim.SGD``'s on the preconditioned update.
     See :func:`scale_by_shampoo` for grafting and shapes.
@@ -86,7 +90,7 @@ def shampoo(lr: ScalarOrSchedule, eps: float = 1e-6, update_freq: int = 1, beta:
         check_beta("momentum", momentum)
     parts = [add_decayed_weights(weight_decay),
              scale_by_shampoo(eps, update_freq, beta, max_precond_dim, merge_dims, precondition_1d, graft,
-                              precond_dtype)]
+                              precond_dtype, start_preconditioning_step)]
     if momentum is not None:
         parts.append(trace(momentum))
     parts.append(scale_by_lr(lr))

@@ -71,7 +71,7 @@ def _triangular_kinds(shape: torch.Size, max_size_triangular: int, min_ndim_tria
     return [not (n == 1 or n > max_size_triangular or len(shape) < min_ndim_triangular) for n in shape]
 
 
-@transform(leafwise=True)
+@transform(leafwise=True, inplace=True)
 def scale_by_psgd_kron(b1: float = 0.9, precond_lr: float = 0.1, precond_init_scale: float = 1.0,
                        max_size_triangular: int = 8192, min_ndim_triangular: int = 2,
                        update_prob: float | None = None, balance_prob: float = 0.01,
@@ -144,7 +144,8 @@ def scale_by_psgd_kron(b1: float = 0.9, precond_lr: float = 0.1, precond_init_sc
                                     unflatten(treedef, qs))
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
-        del params, inplace, extra_args
+        # in place: the momentum and factors are written into, each update into g's buffer
+        del params, extra_args
         gs, treedef = leaves(updates)
         mus = leaves_like(state.mu, treedef)
         all_qs = leaves_like(state.qs, treedef)
@@ -161,24 +162,32 @@ def scale_by_psgd_kron(b1: float = 0.9, precond_lr: float = 0.1, precond_init_sc
         bc1 = 1.0 - b1 ** torch.tensor(float(t + 1), dtype=torch.float64)
         outs, new_mus, new_qs = [], [], []
         for g, mu, qs in zip(gs, mus, all_qs):
-            mu = mu * b1 + g.to(mu.dtype) * (1.0 - b1)
+            step = g.to(mu.dtype) * (1.0 - b1)
+            mu = mu.mul_(b1).add_(step) if inplace else mu * b1 + step
+            del step
             if g.numel() == 0:  # nothing to precondition (and no norm of an empty factor)
-                outs.append(torch.zeros_like(g))
+                outs.append(g if inplace else torch.zeros_like(g))
                 new_mus.append(mu)
                 new_qs.append(list(qs))
                 continue
-            m_hat = (mu / bc1.to(mu.dtype)).to(precond_dtype)
-            qs = [q.clone() for q in qs]
+            # made where used, so only the factor update holds it there (recomputed: the same bits)
+            def debiased(mu=mu):
+                return (mu / bc1.to(mu.dtype)).to(precond_dtype)
+
+            old_qs, qs = qs, [q.clone() for q in qs] if not inplace else list(qs)
             if g.dim() > 1 and balance:
                 norms = torch.stack([q.abs().max() for q in qs])
                 mean = norms.prod() ** (1.0 / len(qs))
                 qs = [q * (mean / n) for q, n in zip(qs, norms)]
             if do_update:
-                noise = torch.randn(g.shape, dtype=precond_dtype, generator=_generator(device, _mix(base, t, _NOISE)),
-                                    device=device)
-                target = m_hat if momentum_into_precond_update else g.to(precond_dtype)
-                qs = _update_factors(qs, target, noise, precond_lr, eps)
-            out = m_hat
+                # the noise is made in the call, so it is freed as soon as the factors are past it
+                qs = _update_factors(qs, debiased() if momentum_into_precond_update else g.to(precond_dtype),
+                                     torch.randn(g.shape, dtype=precond_dtype, device=device,
+                                                 generator=_generator(device, _mix(base, t, _NOISE))),
+                                     precond_lr, eps)
+            if inplace:  # the new factors into the state's tensors
+                qs = [old.copy_(q) if q is not old else q for old, q in zip(old_qs, qs)]
+            out = debiased()
             if g.dim() == 0:
                 out = qs[0] * qs[0] * out
             else:
@@ -188,7 +197,8 @@ def scale_by_psgd_kron(b1: float = 0.9, precond_lr: float = 0.1, precond_init_sc
                     else:
                         out = out * (q * q).reshape([-1 if i == axis else 1 for i in range(g.dim())])
             out = out.to(g.dtype)
-            out = out * torch.clamp(1.1 / (out.square().mean().sqrt() + 1e-6), max=1.0)
+            clip = torch.clamp(1.1 / (out.square().mean().sqrt() + 1e-6), max=1.0)
+            out = g.copy_(out).mul_(clip) if inplace else out * clip
             outs.append(out)
             new_mus.append(mu)
             new_qs.append(qs)
@@ -208,8 +218,9 @@ def _update_factors(qs: list[torch.Tensor], h: torch.Tensor, v: torch.Tensor, lr
         step = (t1 - t2) * lr * q / ((t1 + t2).abs() + eps)
         return [q - step]
     a, b = h, v
+    del h, v  # the caller's noise is freed once b moves past it
     for axis, q in enumerate(qs):
-        shape = [-1 if i == axis else 1 for i in range(h.dim())]
+        shape = [-1 if i == axis else 1 for i in range(a.dim())]
         if q.dim() == 2:
             a = _along(a, axis, q)
             # B = V Q^-1 along the axis (a right triangular solve), as the reference

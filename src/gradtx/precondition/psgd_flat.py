@@ -94,7 +94,8 @@ def _scalar(x, dtype: torch.dtype, device: torch.device):
     return torch.as_tensor(x, device=device).to(dtype).reshape(()) if isinstance(x, torch.Tensor) else x
 
 
-def _check_common(precond_lr, precond_init_scale, beta_l, damping, momentum, update_prob, preconditioner_type, seed):
+def _check_common(precond_lr, precond_init_scale, beta_l, damping, momentum, update_prob, preconditioner_type,
+                  whiten_grad, seed):
     check("precond_lr", precond_lr, low=0.0)
     if precond_init_scale is not None:
         check("precond_init_scale", precond_init_scale, low=0.0, low_open=True)
@@ -104,8 +105,28 @@ def _check_common(precond_lr, precond_init_scale, beta_l, damping, momentum, upd
     check("update_prob", update_prob, low=0.0, high=1.0)
     if preconditioner_type not in _TYPES:
         raise ValueError(f"preconditioner_type must be one of {_TYPES}, got {preconditioner_type!r}")
+    if not isinstance(whiten_grad, bool) or (not whiten_grad and momentum == 0):
+        raise ValueError(f"whiten_grad must be a bool, and False only with momentum > 0, got {whiten_grad!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not -(1 << 63) <= seed < (1 << 63):
         raise ValueError(f"seed must be an int that fits in int64, got {seed!r}")
+
+
+def _setup(name: str, params) -> tuple[list[torch.Tensor], object, torch.dtype, torch.device, int]:
+    """``(leaves, treedef, dtype, device, n)`` of the parameters one flat preconditioner spans
+    (complex ones refused): the widest dtype (at least float32), the first leaf's device and
+    the number of entries."""
+    refuse_complex(name, params, "its preconditioner acts on the parameters flattened to one real vector")
+    ps, treedef = leaves(params)
+    device = ps[0].device if ps else torch.device("cpu")
+    return ps, treedef, _flat_dtype(ps), device, sum(p.numel() for p in ps)
+
+
+def _update_leaves(updates, params) -> tuple[list[torch.Tensor], object, int]:
+    """``(leaves, treedef, n)`` of the updates, ``params`` checked to have their structure."""
+    gs, treedef = leaves(updates)
+    if params is not None:
+        leaves_like(params, treedef, "params")
+    return gs, treedef, sum(g.numel() for g in gs)
 
 
 def _momentum(mu, gs, t: int, momentum: float, dtype):
@@ -250,19 +271,14 @@ def scale_by_psgd_dense(precond_lr: float = 0.1, precond_init_scale: float | Non
 
     Example: ``gx.chain(gx.scale_by_psgd_dense(), gx.scale_by_lr(1e-3))``.
     """
-    _check_common(precond_lr, precond_init_scale, beta_l, damping, momentum, update_prob, preconditioner_type, seed)
+    _check_common(precond_lr, precond_init_scale, beta_l, damping, momentum, update_prob, preconditioner_type,
+                  whiten_grad, seed)
     if dq not in _DQS:
         raise ValueError(f"dq must be one of {_DQS}, got {dq!r}")
-    if not isinstance(whiten_grad, bool) or (not whiten_grad and momentum == 0):
-        raise ValueError(f"whiten_grad must be a bool, and False only with momentum > 0, got {whiten_grad!r}")
     name = "scale_by_psgd_dense"
 
     def init(params):
-        refuse_complex(name, params, "its preconditioner acts on the parameters flattened to one real vector")
-        ps, treedef = leaves(params)
-        dtype = _flat_dtype(ps)
-        device = ps[0].device if ps else torch.device("cpu")
-        n = sum(p.numel() for p in ps)
+        ps, treedef, dtype, device, n = _setup(name, params)
         scale = 1.0 if precond_init_scale is None else precond_init_scale
         if dq == "QUAD4P":  # Q holds P
             scale = scale * scale
@@ -273,11 +289,8 @@ def scale_by_psgd_dense(precond_lr: float = 0.1, precond_init_scale: float | Non
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         del inplace
-        gs, treedef = leaves(updates)
-        if params is not None:
-            leaves_like(params, treedef, "params")
+        gs, treedef, n = _update_leaves(updates, params)
         q, lip = state.q, state.lipschitz
-        n = sum(g.numel() for g in gs)
         if n != q.shape[0]:
             raise ValueError(f"{name}: the updates hold {n} numbers but the preconditioner spans {q.shape[0]}: "
                              f"every parameter needs an update on every step")
@@ -401,17 +414,12 @@ def scale_by_psgd_lra(rank: int = 10, precond_lr: float = 0.1, precond_init_scal
     Example: ``gx.chain(gx.scale_by_psgd_lra(rank=10), gx.scale_by_lr(1e-3))``.
     """
     check_int("rank", rank, low=0)
-    _check_common(precond_lr, precond_init_scale, beta_l, damping, momentum, update_prob, preconditioner_type, seed)
-    if not isinstance(whiten_grad, bool) or (not whiten_grad and momentum == 0):
-        raise ValueError(f"whiten_grad must be a bool, and False only with momentum > 0, got {whiten_grad!r}")
+    _check_common(precond_lr, precond_init_scale, beta_l, damping, momentum, update_prob, preconditioner_type,
+                  whiten_grad, seed)
     name = "scale_by_psgd_lra"
 
     def init(params):
-        refuse_complex(name, params, "its preconditioner acts on the parameters flattened to one real vector")
-        ps, treedef = leaves(params)
-        dtype = _flat_dtype(ps)
-        device = ps[0].device if ps else torch.device("cpu")
-        n = sum(p.numel() for p in ps)
+        ps, treedef, dtype, device, n = _setup(name, params)
         r = min(rank, max(n - 1, 0))  # Li's bound: rank < n
         factors = []
         for stream in (_INIT_U, _INIT_V):
@@ -427,13 +435,10 @@ def scale_by_psgd_lra(rank: int = 10, precond_lr: float = 0.1, precond_init_scal
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         del inplace
-        gs, treedef = leaves(updates)
-        if params is not None:
-            leaves_like(params, treedef, "params")
+        gs, treedef, n = _update_leaves(updates, params)
         us, vs, ds = (leaves_like(x, treedef) for x in (state.u, state.v, state.d))
         lip = state.lipschitz
         dtype, device = lip.dtype, lip.device
-        n = sum(g.numel() for g in gs)
         t, base = int(state.count), int(state.seed)
         r = us[0].shape[-1] if us else 0
         u, v = (torch.cat([x.reshape(g.numel(), r).to(device) for x, g in zip(xs, gs)]) if xs else

@@ -25,11 +25,18 @@ class ScaleBySoapState(NamedTuple):
     bases: Tree  # per parameter, the eigenbasis Q of each factor; (0,) where none
 
 
-def _lerp(start: torch.Tensor, end: torch.Tensor, weight) -> torch.Tensor:
+def _lerp(start: torch.Tensor, end: torch.Tensor, weight, inplace: bool = False) -> torch.Tensor:
+    """``start + weight (end - start)``, written into ``start`` when ``inplace``."""
     # a 0-dim tensor hyperparameter takes the state's dtype (torch.lerp needs one dtype)
     if isinstance(weight, torch.Tensor):
         weight = weight.to(start.dtype)
-    return torch.lerp(start, end, weight)
+    return start.lerp_(end, weight) if inplace else torch.lerp(start, end, weight)
+
+
+def _into(old: torch.Tensor, new: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """``new``, copied into the state tensor ``old`` when ``inplace`` (so the old and new state
+    never coexist; a contiguous ``old`` keeps the checkpoint's row-major layout)."""
+    return old.copy_(new) if inplace else new
 
 
 def _decomposition_dtype(dtype: torch.dtype, precond_dtype: torch.dtype | None) -> torch.dtype:
@@ -91,7 +98,7 @@ def _refresh(factors: list[torch.Tensor], bases: list[torch.Tensor], has: list[b
     return new_bases, _permute(nu, orders)
 
 
-@transform(leafwise=True)
+@transform(leafwise=True, inplace=True)
 def scale_by_soap(b1: float = 0.95, b2: float = 0.95, shampoo_beta: float | None = None, eps: float = 1e-8,
                   precondition_frequency: int = 10, max_precond_dim: int = 10000, merge_dims: bool = False,
                   precondition_1d: bool = False, normalize_grads: bool = False, correct_bias: bool = True,
@@ -161,7 +168,7 @@ def scale_by_soap(b1: float = 0.95, b2: float = 0.95, shampoo_beta: float | None
                                 unflatten(treedef, factors), unflatten(treedef, bases))
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
-        del inplace  # not declared in-place: computes into fresh tensors
+        # in place: the moments, factors and bases are written into, the update into g's buffer
         del params, extra_args
         gs, treedef = leaves(updates)
         mus = leaves_like(state.mu, treedef)
@@ -178,27 +185,37 @@ def scale_by_soap(b1: float = 0.95, b2: float = 0.95, shampoo_beta: float | None
             shape, has = layout(g)
             work = g.reshape(shape).to(nu.dtype)  # low-precision grads on wider params: the state's dtype
             if t == 0:
-                out = torch.zeros_like(g)
+                out = None
             else:
                 rotated = multiply_axes(work, bases, has, transpose=False)
-                mu = _lerp(mu, work.reshape(g.shape).to(mu.dtype), 1.0 - b1)
-                nu_w = _lerp(nu.reshape(shape), rotated * rotated, 1.0 - b2)
+                mu = _lerp(mu, work.reshape(g.shape).to(mu.dtype), 1.0 - b1, inplace)
+                nu_w = _lerp(nu.reshape(shape), rotated * rotated, 1.0 - b2, inplace)
+                del rotated
                 nu = nu_w.reshape(g.shape)
                 denom = nu_w.sqrt() + eps
                 direction = multiply_axes(multiply_axes(mu.reshape(shape), bases, has, transpose=False) / denom,
                                           bases, has, transpose=True)
+                del denom
                 if normalize_grads:
                     direction = direction / (direction.square().mean().sqrt() + eps)
                 if scale is not None:
                     direction = direction * scale
-                out = direction.reshape(g.shape).to(g.dtype)
-            factors = [_lerp(f, gram(work, i).to(f.dtype), 1.0 - stat_beta) if on else f
+                out = direction.reshape(g.shape)
+            # the factors take g before the update overwrites its buffer
+            factors = [_lerp(f, gram(work, i).to(f.dtype), 1.0 - stat_beta, inplace) if on else f
                        for i, (f, on) in enumerate(zip(factors, has))]
+            del work
             if t == 0:
-                bases = [_eigenbasis(f, precond_dtype) if on else q for f, q, on in zip(factors, bases, has)]
+                bases = [_into(q, _eigenbasis(f, precond_dtype), inplace) if on else q
+                         for f, q, on in zip(factors, bases, has)]
             elif t % precondition_frequency == 0:
-                bases, nu_w = _refresh(factors, bases, has, nu.reshape(shape), precond_dtype)
-                nu = nu_w.reshape(g.shape)
+                fresh, nu_w = _refresh(factors, bases, has, nu.reshape(shape), precond_dtype)
+                bases = [_into(q, b, inplace) if on else q for q, b, on in zip(bases, fresh, has)]
+                nu = _into(nu, nu_w.reshape(g.shape), inplace)
+            if inplace:
+                out = g.zero_() if out is None else g.copy_(out)
+            else:
+                out = torch.zeros_like(g) if out is None else out.to(g.dtype)
             outs.append(out)
             new_mus.append(mu)
             new_nus.append(nu)
