@@ -229,7 +229,8 @@ OPTIMIZERS: dict[str, tuple[str, Callable[[float], gx.GradientTransformation], l
     # the roots of step 1 amplify every later direction by up to eps^(-1/2k): the practical
     # form (Anil et al., 2020) grafts Adam's step norm onto Shampoo's direction
     "shampoo": ("Shampoo (Adam grafting, roots every 10 steps)",
-                lambda lr: gx.shampoo(lr, update_freq=10, graft=gx.scale_by_adam()), [3e-3, 1e-2, 3e-2]),
+                lambda lr: gx.shampoo(lr, update_freq=10, graft=gx.scale_by_adam(), start_preconditioning_step=1),
+                [3e-3, 1e-2, 3e-2]),
     "muon": ("Muon (as gx.muon: Adam on conv weights and biases)", lambda lr: gx.muon(lr), [1e-3, 3e-3, 1e-2]),
     "muon_conv": ("Muon, conv weights as out x (in kh kw) matrices",
                   lambda lr: gx.in_projected_space(gx.muon(lr), _conv_as_matrix()), [1e-2, 3e-2, 1e-1]),
@@ -242,7 +243,7 @@ OPTIMIZERS: dict[str, tuple[str, Callable[[float], gx.GradientTransformation], l
 CODE = {
     "adamw": "gx.adamw(lr, weight_decay=0)",
     "soap": "gx.soap(lr, weight_decay=0)",
-    "shampoo": "gx.shampoo(lr, update_freq=10, graft=gx.scale_by_adam())",
+    "shampoo": "gx.shampoo(lr, update_freq=10, graft=gx.scale_by_adam(), start_preconditioning_step=1)",
     "muon": "gx.muon(lr)",
     "muon_conv": "gx.in_projected_space(gx.muon(lr), conv_as_matrix)",
     "schedule_free_adamw": "gx.schedule_free_adamw(lr, warmup_steps=25)",
