@@ -385,8 +385,13 @@ def time_variants(variants: dict[str, Callable], set_name: str, rounds: int, ste
         pure.step()
         runners["gradtx pure"] = pure.step
     samples: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, run in runners.items():
+    names = list(runners)
+    for r in range(rounds):
+        # each round starts one variant further on, every other one in reverse, so that no
+        # variant always runs in the same place (first, last, after the same neighbour)
+        order = names[r // 2 % len(names):] + names[:r // 2 % len(names)]
+        for name in order[::-1] if r % 2 else order:
+            run = runners[name]
             t0 = time.perf_counter()
             for _ in range(steps):
                 run()
