@@ -300,7 +300,10 @@ def as_real(xs: Tensors) -> Tensors:
 
 def _complex_viewable(x: torch.Tensor) -> bool:
     # view_as_complex needs whole complex elements: unit last stride, even other strides and
-    # an even storage offset (a piece cut from a flat real vector may start at an odd one)
+    # an even storage offset (a piece cut from a flat real vector may start at an odd one).
+    # Dynamo cannot trace storage_offset; compiled code works on values, not on storage.
+    if torch.compiler.is_compiling():
+        return x.stride(-1) == 1
     return x.stride(-1) == 1 and x.storage_offset() % 2 == 0 and all(s % 2 == 0 for s in x.stride()[:-1])
 
 
