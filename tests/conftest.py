@@ -211,3 +211,22 @@ class CountingBackend:
         del example_inputs
         self.graphs += 1
         return gm.forward
+
+
+def assert_close_to_scale(got, expected, rel: float) -> None:
+    """Each tensor of ``got`` equals ``expected``'s to ``rel`` times the larger of 1 and the
+    expected tensor's largest entry (how the flat and default paths are compared)."""
+    for i, (a, b) in enumerate(zip(got, expected)):
+        a, b = a.detach(), b.detach()
+        assert a.dtype == b.dtype and a.shape == b.shape
+        scale = max(float(b.abs().max()), 1.0) if b.numel() else 1.0
+        err = float((a - b).abs().max()) if b.numel() else 0.0
+        assert err <= rel * scale, f"param {i}: |flat - default| = {err:.3g} > {rel:g} * {scale:.3g}"
+
+
+def in_one_buffer(params, *, grads_required: bool = False) -> bool:
+    """Whether the parameters live in one storage, and their gradients in at most one (exactly
+    one with ``grads_required``)."""
+    p_storages = {p.untyped_storage().data_ptr() for p in params}
+    g_storages = {p.grad.untyped_storage().data_ptr() for p in params if p.grad is not None}
+    return len(p_storages) == 1 and (len(g_storages) == 1 if grads_required else len(g_storages) <= 1)

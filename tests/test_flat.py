@@ -13,6 +13,7 @@ import io
 
 import pytest
 import torch
+from conftest import assert_close_to_scale, in_one_buffer
 from registry import ENTRIES
 
 import gradtx as gx
@@ -40,20 +41,6 @@ def _backward(params, step, skip=()):
     loss.backward()
 
 
-def _assert_close(got, expected, rel):
-    for i, (a, b) in enumerate(zip(got, expected)):
-        a, b = a.detach(), b.detach()
-        assert a.dtype == b.dtype and a.shape == b.shape
-        scale = max(float(b.abs().max()), 1.0) if b.numel() else 1.0
-        err = float((a - b).abs().max()) if b.numel() else 0.0
-        assert err <= rel * scale, f"param {i}: |flat - default| = {err:.3g} > {rel:g} * {scale:.3g}"
-
-
-def _one_buffer(params):
-    """Whether the parameters, and their gradients, each live in one storage."""
-    p_storages = {p.untyped_storage().data_ptr() for p in params}
-    g_storages = {p.grad.untyped_storage().data_ptr() for p in params if p.grad is not None}
-    return len(p_storages) == 1 and len(g_storages) <= 1
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
@@ -68,9 +55,9 @@ def test_elementwise_alias_flat_matches_default(entry, dtype):
             _backward(params, step)
             opt.step()
         if flat:
-            assert _one_buffer(params)
+            assert in_one_buffer(params)
         results.append(params)
-    _assert_close(results[1], results[0], REL[dtype])
+    assert_close_to_scale(results[1], results[0], REL[dtype])
 
 
 def test_flat_refuses_a_chain_that_is_not_elementwise_or_segmented():
@@ -95,7 +82,7 @@ def _both(train, tx=lambda: gx.adamw(0.05, weight_decay=0.1), dtype=torch.float6
 
 def _check(train, **kw):
     default, flat = _both(train, **kw)
-    _assert_close(flat, default, 1e-12)
+    assert_close_to_scale(flat, default, 1e-12)
     return default, flat
 
 
@@ -190,7 +177,7 @@ def test_tied_weights():
             opt.step()
         assert head.weight is emb.weight
         return list(model.parameters())
-    _assert_close(run(True), run(False), 1e-12)
+    assert_close_to_scale(run(True), run(False), 1e-12)
 
 
 def test_gradients_of_another_dtype_fall_back():
@@ -234,7 +221,7 @@ def test_model_moved_or_loaded_after_the_optimizer_was_made(change):
             model[0].weight.data = model[0].weight.detach() * 1.5
         _train_model(model, opt, 3, start=3)
         results.append(list(model.parameters()))
-    _assert_close(results[1], results[0], 1e-12)
+    assert_close_to_scale(results[1], results[0], 1e-12)
 
 
 @pytest.mark.slow  # a dynamo trace of the model and its backward: ~10 s
@@ -246,9 +233,9 @@ def test_compiled_model():
         compiled = torch.compile(model, backend="aot_eager")
         _train_model(compiled, opt, 5)
         if flat:
-            assert _one_buffer(list(model.parameters()))
+            assert in_one_buffer(list(model.parameters()))
         results.append(list(model.parameters()))
-    _assert_close(results[1], results[0], 1e-12)
+    assert_close_to_scale(results[1], results[0], 1e-12)
 
 
 @pytest.mark.slow  # a dynamo trace of the chain: ~20 s
@@ -257,8 +244,8 @@ def test_compile_true_with_flat_storage(monkeypatch):
     eager, flat = _both(lambda opt, params: _steps(opt, params, 5), dtype=torch.float64)
     params = _params(torch.float64)
     opt = gx.Optimizer(params, gx.adamw(0.05, weight_decay=0.1), flat=True, compile={"backend": "eager"})
-    _assert_close(_steps(opt, params, 5), eager, 1e-12)
-    assert _one_buffer(params)
+    assert_close_to_scale(_steps(opt, params, 5), eager, 1e-12)
+    assert in_one_buffer(params)
 
 
 def _steps(opt, params, n, start=0):
@@ -296,7 +283,7 @@ def test_checkpoints_move_between_flat_and_default(direction):
     other = gx.Optimizer(restored, gx.adamw(0.05, weight_decay=0.1), flat=not src_flat)
     other.load_state_dict(saved["opt"])
     _steps(other, restored, 4, start=4)
-    _assert_close(restored, params, 1e-12)
+    assert_close_to_scale(restored, params, 1e-12)
     # and the state dicts agree in layout and values
     a, b = opt.state_dict(), other.state_dict()
     assert a["state"].keys() == b["state"].keys()

@@ -14,6 +14,7 @@ import io
 
 import pytest
 import torch
+from conftest import assert_close_to_scale, in_one_buffer
 from registry import ENTRIES
 
 import gradtx as gx
@@ -49,19 +50,6 @@ def _steps(opt, params, n, start=0):
     return params
 
 
-def _assert_close(got, expected, rel):
-    for i, (a, b) in enumerate(zip(got, expected)):
-        a, b = a.detach(), b.detach()
-        assert a.dtype == b.dtype and a.shape == b.shape
-        scale = max(float(b.abs().max()), 1.0) if b.numel() else 1.0
-        err = float((a - b).abs().max()) if b.numel() else 0.0
-        assert err <= rel * scale, f"param {i}: |flat - default| = {err:.3g} > {rel:g} * {scale:.3g}"
-
-
-def _one_buffer(params):
-    p_storages = {p.untyped_storage().data_ptr() for p in params}
-    g_storages = {p.grad.untyped_storage().data_ptr() for p in params if p.grad is not None}
-    return len(p_storages) == 1 and len(g_storages) <= 1
 
 
 def test_the_segmented_aliases_are_found():
@@ -77,9 +65,9 @@ def test_segmented_alias_flat_matches_default(entry, dtype):
         opt = gx.Optimizer(params, entry.build(), flat=flat)
         _steps(opt, params, 50)
         if flat:
-            assert _one_buffer(params)
+            assert in_one_buffer(params)
         results.append(params)
-    _assert_close(results[1], results[0], REL[dtype])
+    assert_close_to_scale(results[1], results[0], REL[dtype])
 
 
 @pytest.mark.parametrize("tx", [
@@ -100,9 +88,9 @@ def test_segmented_chains_with_two_param_groups(tx):
         opt = gx.Optimizer([{"params": params[:5]}, {"params": params[5:], "lr": 0.003}], tx(), flat=flat)
         _steps(opt, params, 30)
         if flat:
-            assert _one_buffer(params[:5]) and _one_buffer(params[5:])
+            assert in_one_buffer(params[:5]) and in_one_buffer(params[5:])
         results.append(params)
-    _assert_close(results[1], results[0], 1e-12)
+    assert_close_to_scale(results[1], results[0], 1e-12)
 
 
 def test_segments_reduce_each_tensor_on_its_own():
@@ -143,7 +131,7 @@ def test_lamb_checkpoints_move_between_flat_and_default(direction):
     other = gx.Optimizer(restored, gx.lamb(0.02, weight_decay=0.01), flat=not src_flat)
     other.load_state_dict(saved["opt"])
     _steps(other, restored, 4, start=4)
-    _assert_close(restored, params, 1e-12)
+    assert_close_to_scale(restored, params, 1e-12)
     a, b = opt.state_dict(), other.state_dict()
     assert a["state"].keys() == b["state"].keys()
     for k in a["state"]:
@@ -163,7 +151,7 @@ def test_frozen_and_replaced_parameters_with_lamb():
             _backward([p for i, p in enumerate(params) if i != 2], step)
             opt.step()
         return params
-    _assert_close(train(True), train(False), 1e-12)
+    assert_close_to_scale(train(True), train(False), 1e-12)
 
 
 def test_a_masked_trust_ratio_is_refused_naming_flat():
@@ -184,7 +172,7 @@ def test_a_global_norm_over_the_groups_runs_on_the_default_path():
         opt = gx.Optimizer([{"params": params[:5]}, {"params": params[5:]}], tx(), flat=flat)
         _steps(opt, params, 20)
         results.append(params)
-    _assert_close(results[1], results[0], 0.0)
+    assert_close_to_scale(results[1], results[0], 0.0)
 
 
 def test_lamb_over_two_dtypes_and_an_added_group():
@@ -208,7 +196,7 @@ def test_lamb_over_two_dtypes_and_an_added_group():
         return params
     default, flat = train(False), train(True)
     for a, b in zip(flat, default):
-        _assert_close([a], [b], REL[b.dtype])
+        assert_close_to_scale([a], [b], REL[b.dtype])
 
 
 @pytest.mark.parametrize("tx", [lambda: gx.lamb(0.02, weight_decay=0.01),
@@ -230,6 +218,6 @@ def test_complex_parameters(tx):
                     torch.randn(p.shape, generator=g, dtype=p.dtype))
             opt.step()
         if flat:
-            assert _one_buffer(params)
+            assert in_one_buffer(params)
         results.append(params)
-    _assert_close(results[1], results[0], 1e-12)
+    assert_close_to_scale(results[1], results[0], 1e-12)

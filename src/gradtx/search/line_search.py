@@ -208,6 +208,20 @@ def _cubic_step(a: float, fa: float, ga: float, b: float, fb: float, gb: float) 
     return min(max(t, lo), hi) if math.isfinite(t) else (lo + hi) / 2
 
 
+def _check_wolfe_arguments(init: Any, c1: Any, c2: Any, max_steps: Any, max_step_size: Any,
+                           approx_dec_rtol: Any) -> None:
+    # the arguments the strong Wolfe searches (zoom, More-Thuente) share
+    check("init", init, low=0.0, low_open=True)
+    check("c1", c1, low=0.0, high=1.0, low_open=True, high_open=True)
+    check("c2", c2, low=0.0, high=1.0, low_open=True, high_open=True)
+    check_int("max_steps", max_steps, low=1)
+    check("max_step_size", max_step_size, low=0.0, low_open=True, allow_inf=True)
+    if approx_dec_rtol is not None:
+        check("approx_dec_rtol", approx_dec_rtol, low=0.0)
+    if _f(c2) <= _f(c1):
+        raise ValueError(f"c2 must be > c1 (0 < c1 < c2 < 1), got c1={_f(c1)!r}, c2={_f(c2)!r}")
+
+
 @transform(inplace=True)  # never writes into its inputs; its updates are fresh tensors
 def scale_by_strong_wolfe(init: float = 1.0, c1: float = 1e-4, c2: float = 0.9, max_steps: int = 25,
                           max_step_size: float = 1e10, interval_threshold: float = 1e-9,
@@ -237,16 +251,8 @@ def scale_by_strong_wolfe(init: float = 1.0, c1: float = 1e-4, c2: float = 0.9, 
 
     Example: ``gx.chain(gx.scale_by_lbfgs(), gx.scale(-1.0), gx.scale_by_strong_wolfe())``.
     """
-    check("init", init, low=0.0, low_open=True)
-    check("c1", c1, low=0.0, high=1.0, low_open=True, high_open=True)
-    check("c2", c2, low=0.0, high=1.0, low_open=True, high_open=True)
-    check_int("max_steps", max_steps, low=1)
-    check("max_step_size", max_step_size, low=0.0, low_open=True, allow_inf=True)
+    _check_wolfe_arguments(init, c1, c2, max_steps, max_step_size, approx_dec_rtol)
     check("interval_threshold", interval_threshold, low=0.0)
-    if approx_dec_rtol is not None:
-        check("approx_dec_rtol", approx_dec_rtol, low=0.0)
-    if _f(c2) <= _f(c1):
-        raise ValueError(f"c2 must be > c1 (0 < c1 < c2 < 1), got c1={_f(c1)!r}, c2={_f(c2)!r}")
 
     def init_fn(params):
         ps, treedef = tensor_leaves(params)
@@ -497,16 +503,8 @@ def scale_by_more_thuente(init: float = 1.0, c1: float = 1e-3, c2: float = 0.9, 
 
     Example: ``gx.lbfgs(first_step="unit", linesearch=gx.scale_by_more_thuente())``.
     """
-    check("init", init, low=0.0, low_open=True)
-    check("c1", c1, low=0.0, high=1.0, low_open=True, high_open=True)
-    check("c2", c2, low=0.0, high=1.0, low_open=True, high_open=True)
+    _check_wolfe_arguments(init, c1, c2, max_steps, max_step_size, approx_dec_rtol)
     check("xtol", xtol, low=0.0)
-    check_int("max_steps", max_steps, low=1)
-    check("max_step_size", max_step_size, low=0.0, low_open=True, allow_inf=True)
-    if approx_dec_rtol is not None:
-        check("approx_dec_rtol", approx_dec_rtol, low=0.0)
-    if _f(c2) <= _f(c1):
-        raise ValueError(f"c2 must be > c1 (0 < c1 < c2 < 1), got c1={_f(c1)!r}, c2={_f(c2)!r}")
 
     def init_fn(params):
         ps, treedef = tensor_leaves(params)
