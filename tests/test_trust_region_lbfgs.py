@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_resume_bit_exact, leaf_copy
-from test_trust_region_models import _np_dogleg
+from test_trust_region_models import np_dogleg_trust_region_step
 
 import gradtx as gx
 from gradtx.search.trust_region import _Dense, _dogleg, _levenberg_marquardt
@@ -160,18 +160,8 @@ def test_radius_rule_follows_algorithm_4_1_written_here():
                 pairs = (pairs + [(s, y)])[-3:]
         prev = (x, g)
         b = _np_lbfgs_matrix(pairs, 4)
-        step, boundary = _np_dogleg(g, b, radius)
-        predicted = -(g @ step + 0.5 * step @ b @ step)
-        f1, _ = np_f_g(x + step)
-        rho = 1.0 if predicted <= 100 * np.finfo(float).eps * max(abs(f), 1.0) else (f - f1) / predicted
-        if rho < 0.25:
-            radius, shrunk = 0.25 * radius, shrunk + 1
-        elif rho > 0.75 and boundary:
-            radius, expanded = min(2 * radius, 1000.0), expanded + 1
-        if rho > 0.15:
-            x = x + step
-        else:
-            refused += 1
+        x, radius, outcome = np_dogleg_trust_region_step(x, f, g, b, radius, lambda z: np_f_g(z)[0])
+        shrunk, expanded, refused = shrunk + outcome.shrunk, expanded + outcome.expanded, refused + outcome.refused
         np.testing.assert_allclose(p["x"].numpy(), x, rtol=1e-9, atol=1e-12, err_msg=f"iterate {k}")
         assert float(state.radius) == pytest.approx(radius, rel=1e-9), k
     assert shrunk and expanded and refused

@@ -12,6 +12,7 @@ against torchzero in test_quasi_newton.py."""
 from __future__ import annotations
 
 import pickle
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -123,6 +124,26 @@ def _np_dogleg(g, b, radius):
     return cauchy + t * d, True
 
 
+class RadiusOutcome(NamedTuple):
+    shrunk: bool
+    expanded: bool
+    refused: bool
+
+
+def np_dogleg_trust_region_step(x, f, g, b, radius, f_of):
+    """One step of Nocedal & Wright's Alg. 4.1 with the dogleg on the model ``b`` (eta 0.15,
+    1/4, 3/4, factors 1/4 and 2, radius at most 1000, rho = 1 where the predicted decrease is
+    below 100 ulps of max(|f|, 1)): the new point and radius and which branches were taken."""
+    p, boundary = _np_dogleg(g, b, radius)
+    predicted = -(g @ p + 0.5 * p @ b @ p)
+    rho = 1.0 if predicted <= 100 * np.finfo(float).eps * max(abs(f), 1.0) else (f - f_of(x + p)) / predicted
+    shrunk = rho < 0.25
+    expanded = not shrunk and rho > 0.75 and boundary
+    radius = 0.25 * radius if shrunk else min(2 * radius, 1000.0) if expanded else radius
+    accepted = rho > 0.15
+    return (x + p if accepted else x), radius, RadiusOutcome(shrunk, bool(expanded), not accepted)
+
+
 def _np_rosen(x):
     f = (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2
     g = np.array([-2 * (1 - x[0]) - 400 * x[0] * (x[1] - x[0] ** 2), 200 * (x[1] - x[0] ** 2)])
@@ -152,18 +173,8 @@ def test_dogleg_on_the_model_follows_algorithm_4_1_written_here(method):
             new, ok = (_np_dfp if method == "dfp" else _np_sr1)(b, s, y)
             b = new if ok else b
         prev = (x, g)
-        p, boundary = _np_dogleg(g, b, radius)
-        predicted = -(g @ p + 0.5 * p @ b @ p)
-        f1, _ = _np_rosen(x + p)
-        rho = 1.0 if predicted <= 100 * np.finfo(float).eps * max(abs(f), 1.0) else (f - f1) / predicted
-        if rho < 0.25:
-            radius, shrunk = 0.25 * radius, shrunk + 1
-        elif rho > 0.75 and boundary:
-            radius, expanded = min(2 * radius, 1000.0), expanded + 1
-        if rho > 0.15:
-            x = x + p
-        else:
-            refused += 1
+        x, radius, outcome = np_dogleg_trust_region_step(x, f, g, b, radius, lambda z: _np_rosen(z)[0])
+        shrunk, expanded, refused = shrunk + outcome.shrunk, expanded + outcome.expanded, refused + outcome.refused
         got_x, got_radius, model = mine[k]
         np.testing.assert_allclose(got_x.numpy(), x, rtol=1e-9, atol=1e-12, err_msg=f"iterate {k}")
         assert float(got_radius) == pytest.approx(radius, rel=1e-9), k
