@@ -230,3 +230,23 @@ def in_one_buffer(params, *, grads_required: bool = False) -> bool:
     p_storages = {p.untyped_storage().data_ptr() for p in params}
     g_storages = {p.grad.untyped_storage().data_ptr() for p in params if p.grad is not None}
     return len(p_storages) == 1 and (len(g_storages) == 1 if grads_required else len(g_storages) <= 1)
+
+
+def seeded_params(shapes, dtype: torch.dtype = torch.float64, seed: int = 0) -> list[torch.nn.Parameter]:
+    """Parameters of ``shapes`` drawn from a seeded normal (the flat-storage tests' models)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s in shapes]
+
+
+def seeded_backward(params, step: int, skip=(), *, cubic: bool = False) -> None:
+    """Backward of ``sum w_i . p_i + p_i^2 / 2`` (``p_i^3 / 3`` with ``cubic``: a curvature that
+    varies) over the parameters not in ``skip``, ``w`` drawn for ``step``; the gradients
+    accumulate into what ``.grad`` holds."""
+    gen = torch.Generator().manual_seed(100 + step)
+    loss = 0.0
+    for i, p in enumerate(params):
+        if i in skip:
+            continue
+        w = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype)
+        loss = loss + (w * p).sum() + ((p * p * p).sum() / 3 if cubic else 0.5 * (p * p).sum())
+    loss.backward()

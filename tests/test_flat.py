@@ -13,7 +13,7 @@ import io
 
 import pytest
 import torch
-from conftest import assert_close_to_scale, in_one_buffer
+from conftest import assert_close_to_scale, in_one_buffer, seeded_backward, seeded_params
 from registry import ENTRIES
 
 import gradtx as gx
@@ -24,21 +24,8 @@ SHAPES = [(7, 5), (30,), (3, 4, 2), (), (1,), (6, 6)]
 REL = {torch.float32: 1e-6, torch.float64: 1e-12}
 
 
-def _params(dtype, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s in SHAPES]
 
 
-def _backward(params, step, skip=()):
-    """Gradients by backward (accumulated into what ``.grad`` holds): ``sum w_i * p_i + p_i^2 / 2``."""
-    gen = torch.Generator().manual_seed(100 + step)
-    loss = 0.0
-    for i, p in enumerate(params):
-        if i in skip:
-            continue
-        w = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype)
-        loss = loss + (w * p).sum() + 0.5 * (p * p).sum()
-    loss.backward()
 
 
 
@@ -48,11 +35,11 @@ def _backward(params, step, skip=()):
 def test_elementwise_alias_flat_matches_default(entry, dtype):
     results = []
     for flat in (False, True):
-        params = _params(dtype)
+        params = seeded_params(SHAPES, dtype)
         opt = gx.Optimizer(params, entry.build(), flat=flat)
         for step in range(50):
             opt.zero_grad()
-            _backward(params, step)
+            seeded_backward(params, step)
             opt.step()
         if flat:
             assert in_one_buffer(params)
@@ -65,16 +52,16 @@ def test_flat_refuses_a_chain_that_is_not_elementwise_or_segmented():
     # stepped per parameter: test_flat_muon)
     user = gx.stateless(lambda u, p: u)
     with pytest.raises(ValueError, match="flat=True runs chains.*use flat=False"):
-        gx.Optimizer(_params(torch.float32), gx.chain(user, gx.adam(1e-3)), flat=True)
+        gx.Optimizer(seeded_params(SHAPES, torch.float32), gx.chain(user, gx.adam(1e-3)), flat=True)
     with pytest.raises(ValueError, match="flat must be a bool"):
-        gx.Optimizer(_params(torch.float32), gx.adam(1e-3), flat=1)
+        gx.Optimizer(seeded_params(SHAPES, torch.float32), gx.adam(1e-3), flat=1)
 
 
 def _both(train, tx=lambda: gx.adamw(0.05, weight_decay=0.1), dtype=torch.float64, **kw):
     """``train(opt, params)`` with the default path and with flat storage; their params."""
     out = []
     for flat in (False, True):
-        params = _params(dtype)
+        params = seeded_params(SHAPES, dtype)
         opt = gx.Optimizer(params, tx(), flat=flat, **kw)
         out.append(train(opt, params))
     return out
@@ -91,7 +78,7 @@ def test_model_zero_grad_set_to_none_gathers_and_keeps_stepping():
         for step in range(6):
             for p in params:  # model.zero_grad(): gradients set to None, backward makes new ones
                 p.grad = None
-            _backward(params, step)
+            seeded_backward(params, step)
             opt.step()
         return params
     _check(train)
@@ -101,7 +88,7 @@ def test_a_parameter_backward_does_not_reach_after_zero_grad_is_skipped():
     def train(opt, params):
         for step in range(8):
             opt.zero_grad()  # set_to_none=True: a parameter without gradient is not stepped
-            _backward(params, step, skip=(1, 3) if step % 3 == 1 else ())
+            seeded_backward(params, step, skip=(1, 3) if step % 3 == 1 else ())
             opt.step()
             if opt._flat is not None and step % 3 == 1:
                 assert params[1].grad is None and params[3].grad is None
@@ -113,7 +100,7 @@ def test_zero_grad_without_set_to_none_steps_zero_gradients():
     def train(opt, params):
         for step in range(6):
             opt.zero_grad(set_to_none=False)
-            _backward(params, step, skip=(2,) if step == 3 else ())
+            seeded_backward(params, step, skip=(2,) if step == 3 else ())
             opt.step()
         return params
     _check(train)
@@ -134,7 +121,7 @@ def test_replaced_and_added_parameters_start_afresh():
     def train(opt, params):
         for step in range(4):
             opt.zero_grad()
-            _backward(params, step)
+            seeded_backward(params, step)
             opt.step()
         new = torch.nn.Parameter(torch.full((30,), 0.5, dtype=torch.float64))
         opt.param_groups[0]["params"][1] = new
@@ -143,7 +130,7 @@ def test_replaced_and_added_parameters_start_afresh():
         opt.add_param_group({"params": [extra], "lr": 0.01})
         for step in range(4, 8):
             opt.zero_grad()
-            _backward(params + [extra], step)
+            seeded_backward(params + [extra], step)
             opt.step()
         return params + [extra]
     _check(train)
@@ -156,7 +143,7 @@ def test_frozen_parameters_and_a_parameter_frozen_later():
             if step == 4:
                 params[0].requires_grad_(False)
             opt.zero_grad()
-            _backward(params, step, skip=(0, 2) if step >= 4 else (2,))
+            seeded_backward(params, step, skip=(0, 2) if step >= 4 else (2,))
             opt.step()
         return params
     _check(train)
@@ -242,7 +229,7 @@ def test_compiled_model():
 def test_compile_true_with_flat_storage(monkeypatch):
     monkeypatch.setattr(_compiled, "PACK_BELOW", 16)
     eager, flat = _both(lambda opt, params: _steps(opt, params, 5), dtype=torch.float64)
-    params = _params(torch.float64)
+    params = seeded_params(SHAPES, torch.float64)
     opt = gx.Optimizer(params, gx.adamw(0.05, weight_decay=0.1), flat=True, compile={"backend": "eager"})
     assert_close_to_scale(_steps(opt, params, 5), eager, 1e-12)
     assert in_one_buffer(params)
@@ -251,7 +238,7 @@ def test_compile_true_with_flat_storage(monkeypatch):
 def _steps(opt, params, n, start=0):
     for step in range(start, start + n):
         opt.zero_grad()
-        _backward(params, step)
+        seeded_backward(params, step)
         opt.step()
     return params
 
@@ -270,7 +257,7 @@ def test_lr_scheduler_and_group_settings_reach_the_flat_step():
 @pytest.mark.parametrize("direction", ["flat_to_default", "default_to_flat"])
 def test_checkpoints_move_between_flat_and_default(direction):
     src_flat = direction == "flat_to_default"
-    params = _params(torch.float64)
+    params = seeded_params(SHAPES, torch.float64)
     opt = gx.Optimizer(params, gx.adamw(0.05, weight_decay=0.1), flat=src_flat)
     _steps(opt, params, 4)
     buf = io.BytesIO()
@@ -302,7 +289,7 @@ def test_state_clear_starts_afresh_as_on_the_default_path():
 
 
 def test_opt_state_shows_views_of_the_flat_state():
-    params = _params(torch.float32)
+    params = seeded_params(SHAPES, torch.float32)
     opt = gx.Optimizer(params, gx.adam(0.05), flat=True)
     _steps(opt, params, 2)
     mus = [opt.state[p]["[0].mu"] for p in params]
@@ -315,7 +302,7 @@ def test_closure_steps_on_the_default_path_with_the_same_numbers():
         for step in range(4):
             def closure(step=step):
                 opt.zero_grad()
-                _backward(params, step)
+                seeded_backward(params, step)
                 return torch.zeros(())
             opt.step(closure)
         return params

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import seeded_backward, seeded_params
 
 import gradtx as gx
 from gradtx.optim import flat as _flat
@@ -19,26 +20,14 @@ from gradtx.optim import flat as _flat
 SHAPES = [(7, 5), (30,), (3, 4, 2), (), (1,), (6, 6)]
 
 
-def _params(seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64)) for s in SHAPES]
 
 
-def _backward(params, step, skip=()):
-    """``sum w_i * p_i + p_i^2 / 2`` over the parameters not in ``skip``, backward."""
-    gen = torch.Generator().manual_seed(100 + step)
-    loss = 0.0
-    for i, p in enumerate(params):
-        w = torch.randn(p.shape, generator=gen, dtype=torch.float64)
-        if i not in skip:
-            loss = loss + (w * p).sum() + 0.5 * (p * p).sum()
-    loss.backward()
 
 
 def _both(train, tx=lambda: gx.adamw(0.05, weight_decay=0.1)):
     out = []
     for flat in (False, True):
-        params = _params()
+        params = seeded_params(SHAPES)
         opt = gx.Optimizer(params, tx(), flat=flat)
         out.append(train(opt, params))
     for a, b in zip(*out):
@@ -77,9 +66,9 @@ def test_the_usual_loops_take_the_constant_cost_path(loop, full_checks):
             elif step:  # no zero_grad: gradients written anew in place, as a hook or DDP would
                 for p in params:
                     p.grad.mul_(0.0)
-            _backward(params, step)
+            seeded_backward(params, step)
             if loop == "accumulate":
-                _backward(params, step + 50)
+                seeded_backward(params, step + 50)
             if loop == "clip":
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
@@ -101,7 +90,7 @@ def test_gradients_kept_aside_then_replaced(full_checks):
                     p.grad = None
             else:
                 opt.zero_grad()
-            _backward(params, step)
+            seeded_backward(params, step)
             opt.step()
         return params
     _both(train)
@@ -120,7 +109,7 @@ def test_a_gradient_assigned_between_steps(when):
             held = params[1].grad
             if step == 3 and when == "before_backward_held":
                 params[1].grad = torch.zeros_like(params[1])
-            _backward(params, step)
+            seeded_backward(params, step)
             if step == 3 and when == "after_backward":
                 del held
                 params[1].grad = params[1].grad * 2.0
@@ -152,7 +141,7 @@ def test_params_list_changed_in_place(change):
             opt.zero_grad()
             for p in params + [extra]:
                 p.grad = None
-            _backward(ps, step)
+            seeded_backward(ps, step)
             opt.step()
         return params + [extra]
     _both(train)
@@ -165,8 +154,8 @@ def test_unreached_parameters_with_accumulation_and_clipping():
         for step in range(8):
             opt.zero_grad()
             skip = (1, 3) if step % 3 == 1 else ()
-            _backward(params, step, skip)
-            _backward(params, step + 50, skip + ((0,) if step == 5 else ()))
+            seeded_backward(params, step, skip)
+            seeded_backward(params, step + 50, skip + ((0,) if step == 5 else ()))
             torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], 1.0)
             opt.step()
             if opt._flat is not None and skip:
@@ -195,7 +184,7 @@ def test_a_parameter_moved_after_the_fast_path_started():
             if step == 4:
                 params[2].data = params[2].detach() * 0.5
             opt.zero_grad()
-            _backward(params, step)
+            seeded_backward(params, step)
             opt.step()
         return params
     _both(train)

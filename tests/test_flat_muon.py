@@ -14,7 +14,7 @@ import io
 
 import pytest
 import torch
-from conftest import assert_close_to_scale, in_one_buffer
+from conftest import assert_close_to_scale, in_one_buffer, seeded_backward, seeded_params
 
 import gradtx as gx
 
@@ -29,21 +29,8 @@ CHAINS = {
 }
 
 
-def _params(dtype, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s in SHAPES]
 
 
-def _backward(params, step, skip=()):
-    """Gradients by backward: ``sum w_i * p_i + p_i^3 / 3`` (a curvature that varies)."""
-    gen = torch.Generator().manual_seed(100 + step)
-    loss = 0.0
-    for i, p in enumerate(params):
-        if i in skip:
-            continue
-        w = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype)
-        loss = loss + (w * p).sum() + (p * p * p).sum() / 3
-    loss.backward()
 
 
 
@@ -51,7 +38,7 @@ def _backward(params, step, skip=()):
 def _train(opt, params, steps, start=0, skip_at=None):
     for step in range(start, start + steps):
         opt.zero_grad()
-        _backward(params, step, skip=(1, 2) if step == skip_at else ())
+        seeded_backward(params, step, skip=(1, 2) if step == skip_at else (), cubic=True)
         opt.step()
 
 
@@ -60,7 +47,7 @@ def _train(opt, params, steps, start=0, skip_at=None):
 def test_flat_matches_default_over_50_steps(name, dtype):
     results = []
     for flat in (False, True):
-        params = _params(dtype)
+        params = seeded_params(SHAPES, dtype)
         opt = gx.Optimizer(params, CHAINS[name](), flat=flat)
         _train(opt, params, 50, skip_at=7)  # one step where backward reaches not every parameter
         if flat:
@@ -72,7 +59,7 @@ def test_flat_matches_default_over_50_steps(name, dtype):
 def test_gradients_replaced_and_model_zero_grad_keep_the_numbers():
     results = []
     for flat in (False, True):
-        params = _params(torch.float64)
+        params = seeded_params(SHAPES, torch.float64)
         opt = gx.Optimizer(params, CHAINS["muon"](), flat=flat)
         for step in range(12):
             if step % 3 == 0:
@@ -80,7 +67,7 @@ def test_gradients_replaced_and_model_zero_grad_keep_the_numbers():
                     p.grad = None
             else:
                 opt.zero_grad(set_to_none=False)
-            _backward(params, step)
+            seeded_backward(params, step, cubic=True)
             if step == 5:  # a gradient assigned after backward
                 params[0].grad = params[0].grad * 2
             opt.step()
@@ -95,11 +82,11 @@ def test_gradients_replaced_and_model_zero_grad_keep_the_numbers():
 def test_checkpoints_move_between_flat_and_default(name, direction):
     source_flat = direction == "flat_to_default"
     # reference: 10 steps, then 10 more, on the default path throughout
-    ref = _params(torch.float64)
+    ref = seeded_params(SHAPES, torch.float64)
     opt = gx.Optimizer(ref, CHAINS[name]())
     _train(opt, ref, 20)
     # 10 steps one way, saved (torch.save / weights_only load), loaded into the other, 10 more
-    params = _params(torch.float64)
+    params = seeded_params(SHAPES, torch.float64)
     opt = gx.Optimizer(params, CHAINS[name](), flat=source_flat)
     _train(opt, params, 10)
     buf = io.BytesIO()
@@ -118,4 +105,4 @@ def test_checkpoints_move_between_flat_and_default(name, direction):
 def test_a_users_transform_is_still_refused():
     user = gx.stateless(lambda u, p: u)
     with pytest.raises(ValueError, match="(?s)flat=True runs chains.*neither: .*stateless.*use flat=False"):
-        gx.Optimizer(_params(torch.float32), gx.chain(user, gx.muon(1e-3)), flat=True)
+        gx.Optimizer(seeded_params(SHAPES, torch.float32), gx.chain(user, gx.muon(1e-3)), flat=True)

@@ -14,7 +14,7 @@ import io
 
 import pytest
 import torch
-from conftest import assert_close_to_scale, in_one_buffer
+from conftest import assert_close_to_scale, in_one_buffer, seeded_backward, seeded_params
 from registry import ENTRIES
 
 import gradtx as gx
@@ -28,24 +28,14 @@ SHAPES = [(7, 5), (30,), (3, 4, 2), (), (1,), (6, 6), (6, 6), (), (0, 3), (36,),
 REL = {torch.float32: 1e-6, torch.float64: 1e-12}
 
 
-def _params(dtype, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s in SHAPES]
 
 
-def _backward(params, step):
-    gen = torch.Generator().manual_seed(100 + step)
-    loss = 0.0
-    for p in params:
-        w = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype)
-        loss = loss + (w * p).sum() + 0.5 * (p * p).sum()
-    loss.backward()
 
 
 def _steps(opt, params, n, start=0):
     for step in range(start, start + n):
         opt.zero_grad()
-        _backward(params, step)
+        seeded_backward(params, step)
         opt.step()
     return params
 
@@ -61,7 +51,7 @@ def test_the_segmented_aliases_are_found():
 def test_segmented_alias_flat_matches_default(entry, dtype):
     results = []
     for flat in (False, True):
-        params = _params(dtype)
+        params = seeded_params(SHAPES, dtype)
         opt = gx.Optimizer(params, entry.build(), flat=flat)
         _steps(opt, params, 50)
         if flat:
@@ -84,7 +74,7 @@ def test_segmented_chains_with_two_param_groups(tx):
     """Two groups (one with another learning rate and decay): a layout and segments per group."""
     results = []
     for flat in (False, True):
-        params = _params(torch.float64)
+        params = seeded_params(SHAPES, torch.float64)
         opt = gx.Optimizer([{"params": params[:5]}, {"params": params[5:], "lr": 0.003}], tx(), flat=flat)
         _steps(opt, params, 30)
         if flat:
@@ -118,7 +108,7 @@ def test_segments_reduce_each_tensor_on_its_own():
 @pytest.mark.parametrize("direction", ["flat_to_default", "default_to_flat"])
 def test_lamb_checkpoints_move_between_flat_and_default(direction):
     src_flat = direction == "flat_to_default"
-    params = _params(torch.float64)
+    params = seeded_params(SHAPES, torch.float64)
     opt = gx.Optimizer(params, gx.lamb(0.02, weight_decay=0.01), flat=src_flat)
     _steps(opt, params, 4)
     buf = io.BytesIO()
@@ -141,14 +131,14 @@ def test_lamb_checkpoints_move_between_flat_and_default(direction):
 
 def test_frozen_and_replaced_parameters_with_lamb():
     def train(flat):
-        params = _params(torch.float64)
+        params = seeded_params(SHAPES, torch.float64)
         opt = gx.Optimizer(params, gx.lamb(0.02, weight_decay=0.01), flat=flat)
         _steps(opt, params, 3)
         params[2].requires_grad_(False)  # frozen: no gradient from now on
         params[2].grad = None
         for step in range(3, 6):
             opt.zero_grad(set_to_none=True)
-            _backward([p for i, p in enumerate(params) if i != 2], step)
+            seeded_backward([p for i, p in enumerate(params) if i != 2], step)
             opt.step()
         return params
     assert_close_to_scale(train(True), train(False), 1e-12)
@@ -157,7 +147,7 @@ def test_frozen_and_replaced_parameters_with_lamb():
 def test_a_masked_trust_ratio_is_refused_naming_flat():
     # a mask picks leaves, which a flat buffer does not have
     with pytest.raises(ValueError, match="flat=True runs chains.*use flat=False"):
-        gx.Optimizer(_params(torch.float32), gx.lars(0.1, trust_ratio_mask=lambda p: gx.tree_map(
+        gx.Optimizer(seeded_params(SHAPES, torch.float32), gx.lars(0.1, trust_ratio_mask=lambda p: gx.tree_map(
             lambda x: x.dim() > 1, p)), flat=True)
 
 
@@ -168,7 +158,7 @@ def test_a_global_norm_over_the_groups_runs_on_the_default_path():
         return gx.chain(gx.clip_by_global_norm(1.0), gx.adamw(0.02, weight_decay=0.01))
     results = []
     for flat in (False, True):
-        params = _params(torch.float32)
+        params = seeded_params(SHAPES, torch.float32)
         opt = gx.Optimizer([{"params": params[:5]}, {"params": params[5:]}], tx(), flat=flat)
         _steps(opt, params, 20)
         results.append(params)
@@ -179,13 +169,13 @@ def test_lamb_over_two_dtypes_and_an_added_group():
     """float32 and float64 parameters in one group (a buffer and its segments per dtype), and a
     group added after some steps."""
     def train(flat):
-        params = _params(torch.float64)
+        params = seeded_params(SHAPES, torch.float64)
         for i in (1, 4, 6, 9):
             params[i] = torch.nn.Parameter(params[i].detach().float())
         opt = gx.Optimizer(params[:8], gx.lamb(0.02, weight_decay=0.01), flat=flat)
         for step in range(5):
             opt.zero_grad()
-            _backward(params[:8], step)
+            seeded_backward(params[:8], step)
             opt.step()
         if flat:  # a buffer per dtype
             assert len({p.untyped_storage().data_ptr() for p in params[:8]}) == 2
