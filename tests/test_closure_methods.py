@@ -82,12 +82,8 @@ def test_lbfgs_reaches_torch_lbfgs_minimiser_in_as_few_evaluations():
     assert total <= ref_calls[0], (calls, ref_calls)
 
 
-def _stepped_with(reuse, steps=8, make=gx.lbfgs):
-    """Per step: the loss step returned, the parameters and .grad after it; and every
-    closure call's parameters (the weight's first entry is enough to tell points apart)."""
-    model = _model()
-    opt = gx.Optimizer(model.parameters(), make(), reuse_evaluations=reuse)
-    seen, out = [], []
+def _recording_closure(model, opt, seen):
+    """The model's closure (torchzero's backward flag), noting in ``seen`` the weight at each call."""
 
     def closure(backward=True):
         seen.append(model.weight.detach().clone())
@@ -96,6 +92,18 @@ def _stepped_with(reuse, steps=8, make=gx.lbfgs):
             opt.zero_grad()
             loss.backward()
         return loss
+
+    return closure
+
+
+def _stepped_with(reuse, steps=8, make=gx.lbfgs):
+    """Per step: the loss step returned, the parameters and .grad after it; and every
+    closure call's parameters (the weight's first entry is enough to tell points apart)."""
+    model = _model()
+    opt = gx.Optimizer(model.parameters(), make(), reuse_evaluations=reuse)
+    seen, out = [], []
+
+    closure = _recording_closure(model, opt, seen)
 
     for _ in range(steps):
         loss = opt.step(closure)
@@ -119,23 +127,15 @@ def test_reusing_the_last_evaluation_changes_nothing_but_the_calls(make):
 def test_returned_loss_and_grad_of_a_reused_step_are_the_closures_at_the_start():
     model = _model()
     opt = gx.Optimizer(model.parameters(), gx.lbfgs())
-    calls = [0]
-
-    def closure(backward=True):
-        calls[0] += 1
-        loss = _loss(model)
-        if backward:
-            opt.zero_grad()
-            loss.backward()
-        return loss
-
+    seen = []
+    closure = _recording_closure(model, opt, seen)
     opt.step(closure)
     start = [p.detach().clone() for p in model.parameters()]
     want_loss = _loss(model)
     want_grads = torch.autograd.grad(want_loss, list(model.parameters()))
-    before = calls[0]
+    before = len(seen)
     loss = opt.step(closure)
-    assert calls[0] - before == 1  # the search's one trial (t = 1 accepted); the start was reused
+    assert len(seen) - before == 1  # the search's one trial (t = 1 accepted); the start was reused
     torch.testing.assert_close(loss, want_loss.detach(), rtol=1e-15, atol=0)
     assert not loss.requires_grad
     for p, g in zip(model.parameters(), want_grads):  # .grad: the gradient at the step's start
@@ -154,15 +154,7 @@ def test_no_reuse_after_the_parameters_change_or_for_another_closure():
     model = _model()
     opt = gx.Optimizer(model.parameters(), gx.lbfgs())
     seen = []
-
-    def closure(backward=True):
-        seen.append(model.weight.detach().clone())
-        loss = _loss(model)
-        if backward:
-            opt.zero_grad()
-            loss.backward()
-        return loss
-
+    closure = _recording_closure(model, opt, seen)
     assert _first_call_is_at_the_start(opt, model, closure, seen)
     assert not _first_call_is_at_the_start(opt, model, closure, seen)  # reused: the first call is a trial
     model.weight.data.mul_(0.5)  # through .data: no version counter sees it
