@@ -203,6 +203,36 @@ def test_params_without_grad_are_skipped():
     assert not torch.equal(params[1], before)
 
 
+_MOVED_DTYPE = {"adamw": lambda: gx.adamw(1e-2, weight_decay=0.1), "sgd": lambda: gx.sgd(1e-2, momentum=0.9),
+                "adagrad": lambda: gx.adagrad(1e-2, initial_accumulator_value=0.0, eps=1e-10, eps_in_sqrt=False),
+                "nadam": lambda: gx.nadam(1e-2, momentum_decay=4e-3), "adamax": lambda: gx.adamax(1e-2)}
+
+
+@pytest.mark.parametrize("name", sorted(_MOVED_DTYPE))
+@pytest.mark.parametrize("moved", ["all", "one"])
+def test_parameters_moved_to_another_dtype_take_the_generic_path(moved, name):
+    """``p.data = p.data.double()`` (what ``model.double()`` does) after the first step puts
+    float64 parameters over float32 state: the fused and multi-tensor kernels would stop
+    midway ("expected scalar type Double but found Float", with some parameters stepped), so
+    those steps take the generic path, with the numbers of ``fast=False``."""
+    def run(fast):
+        params = _params(torch.float32)
+        opt = gx.Optimizer(params, _MOVED_DTYPE[name](), fast=fast)
+        for t in range(3):
+            gen = torch.Generator().manual_seed(t)
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+            if t == 1:
+                for p in params if moved == "all" else params[:1]:
+                    p.data = p.data.double()
+            opt.step()
+        return params
+
+    fast, generic = run(True), run(False)
+    assert [p.dtype for p in fast] == [p.dtype for p in generic]
+    _close(fast, generic, torch.float32)  # the first step ran fused: round-off apart
+
+
 class _DelayState(NamedTuple):
     last: dict
 

@@ -37,6 +37,7 @@ per set of parameters the adapter steps.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,9 @@ from .._hparams import is_schedule
 from .._tree import mask_flags
 from . import layout as _layout
 
+_DTYPE = operator.attrgetter("dtype")
+_DEVICE = operator.attrgetter("device")
+_IS_CPU = operator.attrgetter("is_cpu")
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -93,6 +97,9 @@ class FusedPlan:
     # the mask's flags for the last params dict (the adapter reuses it while the same
     # parameters step): (params dict, flags)
     _flags: tuple[Any, list[bool]] | None = field(default=None, repr=False)
+    # the parameters' (device, dtype) counts under which every state buffer was found to have
+    # its parameter's dtype and device (see _state_matches)
+    _verified: set = field(default_factory=set, repr=False, compare=False)
     _blocks: Any = field(default=None, repr=False, compare=False)  # multi_tensor.cut's blocks (clipped chains)
     _lr: float = field(default=0.0, repr=False, compare=False)  # this step's learning rate
 
@@ -102,8 +109,9 @@ class FusedPlan:
         Returns ``False``, having changed nothing, when these tensors do not suit the kernel
         (mixed dtypes, an unsupported device or dtype, ...): the caller then takes the
         generic path. ``buffers(grads)`` gives reusable scratch tensors like the gradients."""
-        ps = [params[k] for k in keys]
-        gs = [grads[k] for k in keys]
+        # the adapter's dicts hold exactly ``keys``, in order: their values are the lists
+        ps = list(params.values()) if len(params) == len(keys) else [params[k] for k in keys]
+        gs = list(grads.values()) if len(grads) == len(keys) else [grads[k] for k in keys]
         per_param = []
         if self.kind in ("adam", "adamw"):
             s = state[self.core]
@@ -114,10 +122,9 @@ class FusedPlan:
         # are zeros_like(params) (the plan excludes mu_dtype and loading keeps dtypes);
         # autograd and the .grad setter guarantee shapes, and the adapter refused sparse
         # gradients already. Layouts (strides) are checked below, on every tensor.
-        for p, g in zip(ps, gs):
-            if g.dtype != p.dtype or g.device != p.device:
-                return False
         groups = _group_by_device_and_dtype(ps)
+        if not grads_match(groups, ps, gs) or not state_matches(self._verified, groups, ps, per_param):
+            return False
         if any(dtype not in _FUSED_DTYPES or device.type not in ("cpu", "cuda") for device, dtype in groups):
             return False
         lr = _number(state[self.lr].lr)
@@ -148,6 +155,9 @@ class FusedPlan:
 
         counter = self._count(state)
         for device, idx, decay in calls:
+            if len(idx) == len(ps):  # one call over everything (the usual case): the lists as they are
+                self._kernel(counter, device, ps, gs, per_param, decay)
+                continue
             self._kernel(counter, device, [ps[i] for i in idx], [gs[i] for i in idx],
                          [[buf[i] for i in idx] for buf in per_param], decay)
         if write_back:
@@ -215,6 +225,34 @@ class FusedPlan:
         if self._flags is None or self._flags[0] is not params:
             self._flags = (params, mask_flags(self.mask, params, params))
         return self._flags[1]
+
+
+def state_matches(verified: set, groups: dict, ps: list[torch.Tensor], state: list[list[torch.Tensor]]) -> bool:
+    """Whether each buffer in the lists ``state`` has its parameter's dtype and device. They
+    are made so, but ``p.data = p.data.double()`` (what ``model.double()`` does) changes a
+    parameter under its state, and a kernel would then stop midway; the generic path steps
+    such a state as it is. Checked in full when the parameters' (device, dtype) counts
+    (``groups``) change and remembered in ``verified`` otherwise: one check per optimizer
+    in the usual loop."""
+    signature = tuple((key, len(idx)) for key, idx in groups.items())
+    if not state or signature in verified:
+        return True
+    if not all(b.dtype == p.dtype and b.device == p.device for buf in state for p, b in zip(ps, buf)):
+        return False
+    verified.add(signature)
+    return True
+
+
+def grads_match(groups: dict, ps: list[torch.Tensor], gs: list[torch.Tensor]) -> bool:
+    """Whether each gradient has its parameter's dtype and device: with one (device, dtype)
+    among the parameters, two C-level passes over the gradients (thousands, every step)."""
+    if len(groups) == 1:
+        (device, dtype), = groups
+        if set(map(_DTYPE, gs)) != {dtype}:
+            return False
+        # ``is_cpu`` reads a flag where ``device`` builds an object per tensor
+        return all(map(_IS_CPU, gs)) if device.type == "cpu" else set(map(_DEVICE, gs)) == {device}
+    return all(g.dtype == p.dtype and g.device == p.device for p, g in zip(ps, gs))
 
 
 def _contiguous(*lists: list[torch.Tensor]) -> bool:

@@ -50,7 +50,7 @@ from typing import Any
 
 import torch
 
-from .fused import _attrs, _group_by_device_and_dtype, _linear_layout, _number
+from .fused import _attrs, _group_by_device_and_dtype, _linear_layout, _number, grads_match, state_matches
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -108,6 +108,7 @@ class MultiTensorPlan:
     hp: dict[str, Any] = field(default_factory=dict)  # the scaling transform's constructor arguments
     # the blocks of the last shapes seen: (shapes, device, dtype, blocks, scratch buffers)
     _blocks: Any = field(default=None, repr=False, compare=False)
+    _verified: set = field(default_factory=set, repr=False, compare=False)  # see fused.state_matches
 
     def run(self, state: tuple, keys: list[int], params: dict, grads: dict,
             buffers: Callable[..., list[torch.Tensor]]) -> bool:
@@ -115,26 +116,29 @@ class MultiTensorPlan:
         tensors or hyperparameters do not suit the kernels (the caller then takes the
         generic path). ``buffers(like, slot)`` gives scratch tensors like ``like``, kept
         from step to step, one set per ``slot`` (used when the tensors cannot be blocked)."""
-        ps = [params[k] for k in keys]
-        gs = [grads[k] for k in keys]
+        # the adapter's dicts hold exactly ``keys``, in order: their values are the lists
+        ps = list(params.values()) if len(params) == len(keys) else [params[k] for k in keys]
+        gs = list(grads.values()) if len(grads) == len(keys) else [grads[k] for k in keys]
         if not ps:
             return False
-        dtype, device = ps[0].dtype, ps[0].device
-        uniform = True  # one dtype and device: the tensors can be blocked
-        for p, g in zip(ps, gs):
-            if p.dtype not in _DTYPES or g.dtype != p.dtype or g.device != p.device:
-                return False
-            if p.dtype is not dtype or p.device != device:
-                uniform = False
+        groups = _group_by_device_and_dtype(ps)
+        if any(dtype not in _DTYPES for _, dtype in groups) or not grads_match(groups, ps, gs):
+            return False
+        uniform = len(groups) == 1  # one dtype and device: the tensors can be blocked
         lr = _number(state[self.lr].lr)
         wd = _number(state[self.decay].weight_decay) if self.decay >= 0 else 0.0
         if lr is None or wd is None or (wd != 0.0 and self.kind != "adagrad"):
             return False
         s = state[self.core]
-        if self.kind == "adagrad" and not self.hp["eps_in_sqrt"] and all(p.device.type == "cpu" for p in ps):
+        fused_adagrad = self.kind == "adagrad" and not self.hp["eps_in_sqrt"] and all(
+            device.type == "cpu" for device, _ in groups)
+        kernel = _KERNELS[self.kind]
+        buffers_of = [[getattr(s, name)[k] for k in keys] for name in kernel.fields]
+        if not state_matches(self._verified, groups, ps, buffers_of):
+            return False
+        if fused_adagrad:
             _fused_adagrad(self.hp, s, keys, ps, gs, lr, wd)
             return True
-        kernel = _KERNELS[self.kind]
         if self.kind == "rmsprop" and not self.hp["eps_in_sqrt"] and self.hp["decay"] < 1.0:
             kernel = _RMSPROP_ON_ADAM
         if wd != 0.0:  # only torch's fused Adagrad kernel takes a weight decay
@@ -142,7 +146,7 @@ class MultiTensorPlan:
         scalars = kernel.prepare(self.hp, s, lr)
         if scalars is None:
             return False
-        lists = [ps, gs, *([getattr(s, name)[k] for k in keys] for name in kernel.fields)]
+        lists = [ps, gs, *buffers_of]
         for block, scratch, numel in cut(self, lists, kernel.scratch, buffers, uniform):
             kernel.body(scalars, *block, *scratch, numel)
         return True

@@ -50,6 +50,9 @@ _CONSTRUCTOR_KEYS = frozenset({"tx", "fast", "compile", "check_descent", "differ
 # cycling a momentum makes a new one each step, so only the latest few are kept.
 _VARIANTS_KEPT = 16
 
+_GRAD = operator.attrgetter("grad")
+_IS_SPARSE = operator.attrgetter("is_sparse")
+
 
 @dataclass(frozen=True)
 class _Variant:
@@ -488,7 +491,7 @@ class Optimizer(torch.optim.Optimizer):
         known = self._known_keys[gi]
         if len(known) < len(group["params"]):  # params appended to the group's list
             known.extend(bytes(len(group["params"]) - len(known)))
-        new = [k for k in keys if not known[k]]
+        new = [k for k in keys if not known[k]] if 0 in known else []  # `0 in`: one C-level scan
         if new:
             fresh = tx.init(self._param_dict(gi, new))
             full = fresh if full is None else merge_keys(fresh, full)
@@ -590,7 +593,12 @@ class Optimizer(torch.optim.Optimizer):
             self._fill_settings(group)
             if self._flat is not None and closure is None and self._flat.step(self, gi, group):
                 continue
-            keys = [k for k, p in enumerate(group["params"]) if self._stepped(p)]
+            plist = group["params"]
+            if self._own_gradients:
+                keys, all_grads = [k for k, p in enumerate(plist) if self._stepped(p)], None
+            else:  # one C-level pass for the gradients (thousands of parameters, every step)
+                all_grads = list(map(_GRAD, plist))
+                keys = [k for k, g in enumerate(all_grads) if g is not None]
             if not keys:
                 continue
             cached = self._step_params[gi]
@@ -601,10 +609,13 @@ class Optimizer(torch.optim.Optimizer):
                 self._forget_replaced(gi)
                 params = self._param_dict(gi, keys)
                 self._step_params[gi] = (keys, group["params"], params, tuple(group["params"]))
-            grads = self._grads_or_zeros(gi, keys, params)
-            for k, g in grads.items():
-                if g.is_sparse:
-                    raise RuntimeError(f"gx.Optimizer does not support sparse gradients (param {k} of group {gi})")
+            if all_grads is None:
+                grads = self._grads_or_zeros(gi, keys, params)
+            else:
+                grads = dict(zip(keys, all_grads if len(keys) == len(all_grads) else [all_grads[k] for k in keys]))
+            if any(map(_IS_SPARSE, grads.values())):
+                k = next(k for k, g in grads.items() if g.is_sparse)
+                raise RuntimeError(f"gx.Optimizer does not support sparse gradients (param {k} of group {gi})")
             variant = self._variant(self._setting_values(group), f"param_groups[{gi}]")
             state, is_selection = self._group_state(gi, keys, variant.tx)
             self._write_hyperparameters(group, state)
