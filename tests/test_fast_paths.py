@@ -34,6 +34,11 @@ FAST = {
                                        gx.scale_by_adam(), gx.scale_by_lr(1e-2)),
     "sgd_masked": lambda: gx.chain(gx.add_decayed_weights(0.1, mask=lambda p: gx.tree_map(lambda x: x.dim() != 1, p)),
                                    gx.trace(0.9), gx.scale_by_lr(0.05)),
+    # Adam's kernel into a scratch, then the per-tensor parts ("adam_then")
+    "lamb": lambda: gx.lamb(1e-2, weight_decay=0.1),
+    "lamb_masked": lambda: gx.lamb(1e-2, weight_decay=0.1, mask=lambda p: gx.tree_map(lambda x: x.dim() > 1, p)),
+    "adam_trust_ratio": lambda: gx.chain(gx.scale_by_adam(b1=0.8), gx.scale_by_trust_ratio(min_norm=0.5),
+                                         gx.scale_by_lr(1e-2)),
 }
 
 
@@ -103,6 +108,8 @@ def test_chain_is_recognised(name):
     gx.chain(gx.trace(0.0), gx.scale_by_lr(1e-3)),
     gx.named_chain(("adam", gx.scale_by_adam()), ("lr", gx.scale_by_lr(1e-3))),
     gx.scale_by_adam(),
+    gx.chain(gx.clip_value(1.0), gx.scale_by_adam(), gx.scale_by_trust_ratio(), gx.scale_by_lr(1e-3)),
+    gx.chain(gx.scale_by_adam(), gx.scale_by_trust_ratio(), gx.trace(0.9), gx.scale_by_lr(1e-3)),
 ], ids=lambda tx: repr(tx).split("(")[0])
 def test_other_chains_are_not(tx):
     assert _fused.plan(tx) is None

@@ -561,7 +561,8 @@ class FlatStorage:
             self._keep(opt, gi, lay, new)
             return
         if variant.plan is not None and variant.plan.run(lay.fstate, keys, lay.fparams, lay.fgrads,
-                                                         lambda like, slot=0: self._scratch(lay, like, slot)):
+                                                         lambda like, slot=0: self._scratch(lay, like, slot),
+                                                         segments=lay.segments):
             return
         copies = F.copy_(self._scratch(lay, gs), gs) if variant.declared else F.clone(gs)
         updates = dict(zip(keys, copies))

@@ -8,7 +8,12 @@
 - ``[clip_value(c)...] + scale_by_adam(...) + add_decayed_weights(wd) + scale_by_lr(lr)``
   runs ``torch._fused_adamw_`` (decoupled decay, ``gx.adamw``);
 - ``[clip_value(c)...] + [add_decayed_weights(wd)?] + [trace(m, nesterov, dampening)?] + scale_by_lr(lr)``
-  runs ``torch._fused_sgd_`` (``gx.sgd``).
+  runs ``torch._fused_sgd_`` (``gx.sgd``);
+- ``scale_by_adam(...) + [add_decayed_weights(wd, mask)?] + scale_by_trust_ratio(...) + scale_by_lr(lr)``
+  (``gx.lamb``) runs ``torch._fused_adam_`` on a zeroed scratch with learning rate -1, which
+  leaves Adam's direction there in one pass over the gradient and moments (the generic form
+  makes about ten), then the decay and the trust ratio by their own in-place update (per
+  segment on the flat path) and ``p <- p - lr u``.
 
 The kernels update the chain's own state tensors in place (the same ``mu``, ``nu``,
 ``trace`` buffers, the same int32 ``count``), so the state layout, ``state_dict`` and
@@ -52,6 +57,8 @@ from . import layout as _layout
 _DTYPE = operator.attrgetter("dtype")
 _DEVICE = operator.attrgetter("device")
 _IS_CPU = operator.attrgetter("is_cpu")
+# stateless per-tensor parts that may follow scale_by_adam in an "adam_then" plan (lamb)
+_THEN = frozenset({"add_decayed_weights", "scale_by_trust_ratio"})
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -87,13 +94,14 @@ def _is_chain(tx: Any, parts: tuple) -> bool:
 class FusedPlan:
     """How to run one recognised chain with a fused kernel."""
 
-    kind: str  # "adam", "adamw" or "sgd"
+    kind: str  # "adam", "adamw", "sgd" or "adam_then" (lamb: Adam's kernel, then per-tensor parts)
     clips: list[float]  # leading clip_value bounds, applied in order
     core: int  # index in the chain state of scale_by_adam / trace (-1: plain SGD)
     decay: int  # index of add_decayed_weights (-1: none)
     lr: int  # index of scale_by_lr
     hp: dict[str, Any] = field(default_factory=dict)  # b1, b2, eps / momentum, nesterov
     mask: Any = None  # add_decayed_weights' mask, in any form gx.masked takes
+    then: tuple = ()  # "adam_then": (index in the chain, transform) of each part between scale_by_adam and scale_by_lr
     # the mask's flags for the last params dict (the adapter reuses it while the same
     # parameters step): (params dict, flags)
     _flags: tuple[Any, list[bool]] | None = field(default=None, repr=False)
@@ -104,16 +112,18 @@ class FusedPlan:
     _lr: float = field(default=0.0, repr=False, compare=False)  # this step's learning rate
 
     def run(self, state: tuple, keys: list[int], params: dict, grads: dict,
-            buffers: Any | None) -> bool:
+            buffers: Any | None, segments: dict | None = None) -> bool:
         """One step in place on ``state`` (the chain's tuple of states over ``keys``).
         Returns ``False``, having changed nothing, when these tensors do not suit the kernel
         (mixed dtypes, an unsupported device or dtype, ...): the caller then takes the
-        generic path. ``buffers(grads)`` gives reusable scratch tensors like the gradients."""
+        generic path. ``buffers(grads)`` gives reusable scratch tensors like the gradients;
+        ``segments`` is the flat path's (each leaf many parameters end to end), which the
+        per-tensor parts of ``"adam_then"`` need."""
         # the adapter's dicts hold exactly ``keys``, in order: their values are the lists
         ps = list(params.values()) if len(params) == len(keys) else [params[k] for k in keys]
         gs = list(grads.values()) if len(grads) == len(keys) else [grads[k] for k in keys]
         per_param = []
-        if self.kind in ("adam", "adamw"):
+        if self.kind in ("adam", "adamw", "adam_then"):
             s = state[self.core]
             per_param = [[s.mu[k] for k in keys], [s.nu[k] for k in keys]]
         elif self.core >= 0:
@@ -133,6 +143,8 @@ class FusedPlan:
             return False
         self._lr = lr
 
+        if self.kind == "adam_then":
+            return self._adam_then(state, keys, params, ps, gs, per_param, groups, lr, buffers, segments)
         flags = self._mask_flags(params) if self.mask is not None else None
         if self.clips and flags is None and len(groups) == 1 and _contiguous(ps, gs, *per_param):
             self._clipped_blocks(state, ps, gs, per_param, lr, wd, buffers)
@@ -164,9 +176,35 @@ class FusedPlan:
             torch._foreach_copy_([dst for dst, _ in write_back], [src for _, src in write_back])
         return True
 
+    def _adam_then(self, state: tuple, keys: list[int], params: dict, ps: list, gs: list, per_param: list[list],
+                   groups: dict, lr: float, buffers: Any, segments: dict | None) -> bool:
+        """Adam's direction from torch's fused kernel, then the parts between it and the
+        learning rate (lamb's decay and trust ratio) by their own in-place update, then
+        ``p <- p - lr u``. The kernel steps a zeroed scratch "parameter" with learning rate
+        -1, which leaves ``m_hat / (sqrt(v_hat) + eps)`` in it: one pass over the gradient and
+        the moments where scale_by_adam's generic form makes about ten."""
+        if not _contiguous(gs, *per_param):  # the scratch is contiguous: the walk must pair them
+            return False
+        us = buffers(gs)
+        torch._foreach_zero_(us)
+        counter = self._count(state)
+        for (device, _), idx in groups.items():
+            every = len(idx) == len(ps)
+            step = counter.to(device=device, dtype=torch.float32)
+            torch._fused_adam_(us if every else [us[i] for i in idx], gs if every else [gs[i] for i in idx],
+                               *(buf if every else [buf[i] for i in idx] for buf in per_param), [],
+                               [step] * len(idx), lr=-1.0, beta1=self.hp["b1"], beta2=self.hp["b2"],
+                               weight_decay=0.0, eps=self.hp["eps"], amsgrad=False, maximize=False)
+        updates = dict(zip(keys, us))
+        extra = {} if segments is None else {"segments": segments}
+        for at, part in self.then:  # stateless parts (_THEN): their state stays as it is
+            updates, _ = part.update(updates, state[at], params, inplace=True, **extra)
+        F.add(ps, F.cast_like([updates[k] for k in keys], ps), alpha=-lr, inplace=True)
+        return True
+
     def _count(self, state: tuple) -> Any:
         """The step's count, advanced: Adam's count tensor; SGD's first-step flag."""
-        if self.kind in ("adam", "adamw"):
+        if self.kind in ("adam", "adamw", "adam_then"):
             count = state[self.core].count
             count.add_(1)
             return count
@@ -342,6 +380,10 @@ def plan(tx: Any, *, is_chain: bool | None = None) -> Any:
         if (any(v is None for v in hp.values()) or _number(a.get("eps_root")) != 0.0 or a.get("nesterov")
                 or a.get("mu_dtype") is not None):
             return None
+        between = rest[1:-1]
+        if rest[0] == "scale_by_adam" and not clips and set(between) <= _THEN and "scale_by_trust_ratio" in between:
+            return FusedPlan("adam_then", [], a_at, -1, lr_at, hp,
+                             then=tuple((j, parts[j]) for j in range(a_at + 1, lr_at)))
         if rest == ["scale_by_adam", "scale_by_lr"]:
             return FusedPlan("adam", clips, a_at, -1, lr_at, hp)
         if rest == ["add_decayed_weights", "scale_by_adam", "scale_by_lr"] and decay_ok(i):

@@ -111,11 +111,12 @@ class MultiTensorPlan:
     _verified: set = field(default_factory=set, repr=False, compare=False)  # see fused.state_matches
 
     def run(self, state: tuple, keys: list[int], params: dict, grads: dict,
-            buffers: Callable[..., list[torch.Tensor]]) -> bool:
+            buffers: Callable[..., list[torch.Tensor]], segments: dict | None = None) -> bool:
         """One step in place on ``state``; ``False``, having changed nothing, when these
         tensors or hyperparameters do not suit the kernels (the caller then takes the
         generic path). ``buffers(like, slot)`` gives scratch tensors like ``like``, kept
-        from step to step, one set per ``slot`` (used when the tensors cannot be blocked)."""
+        from step to step, one set per ``slot`` (used when the tensors cannot be blocked).
+        ``segments`` (the flat path's) is not needed: these chains are elementwise."""
         # the adapter's dicts hold exactly ``keys``, in order: their values are the lists
         ps = list(params.values()) if len(params) == len(keys) else [params[k] for k in keys]
         gs = list(grads.values()) if len(grads) == len(keys) else [grads[k] for k in keys]
