@@ -82,6 +82,7 @@ from .._segments import Segments
 from .._tree import ParamKey, param_leaves, tree_unflatten
 from ..base import flat_blocking_parts, non_elementwise_parts
 from . import compiled as _compiled
+from . import placement as _placement
 
 __all__ = ["FlatStorage"]
 
@@ -456,7 +457,7 @@ class FlatStorage:
         in; a group without state gets a fresh flat state and views of it, never the
         per-parameter tensors (no transient copy of the whole state)."""
         if lay.fstate is None or opt._chain_states[gi] is None:  # a group without state starts afresh
-            lay.fstate = tx.init(lay.fparams)
+            lay.fstate = _placement.staggered_init(tx.init, lay.fparams)
         if opt._chain_states[gi] is None and self._link_fresh(opt, gi, lay, tx):
             return
         opt._group_state(gi, lay.keys, tx)  # initialises the ones seen for the first time

@@ -34,6 +34,7 @@ from . import fused as _fused
 from . import hyperparams
 from . import layout as _layout
 from . import pickling as _pickling
+from . import placement as _placement
 from . import settings as _settings
 from . import torch_state as _torch_state
 from .groups import split_by_group
@@ -493,7 +494,7 @@ class Optimizer(torch.optim.Optimizer):
             known.extend(bytes(len(group["params"]) - len(known)))
         new = [k for k in keys if not known[k]] if 0 in known else []  # `0 in`: one C-level scan
         if new:
-            fresh = tx.init(self._param_dict(gi, new))
+            fresh = _placement.staggered_init(tx.init, self._param_dict(gi, new))
             full = fresh if full is None else merge_keys(fresh, full)
             self._chain_states[gi] = full
             ids = self._param_ids[gi]
@@ -741,7 +742,7 @@ class Optimizer(torch.optim.Optimizer):
             self._one_state = select_keys(self._one_state, kept) if kept else None
         new = [k for k in keys if int(k) not in self._one_known]
         if new:
-            fresh = self._current_split()[0].init({k: params[k] for k in new})
+            fresh = _placement.staggered_init(self._current_split()[0].init, {k: params[k] for k in new})
             self._one_state = fresh if self._one_state is None else merge_keys(fresh, self._one_state)
             self._one_known.update(int(k) for k in new)
             self._one_ids.update((int(k), id(params[k])) for k in new)
@@ -1034,7 +1035,7 @@ class Optimizer(torch.optim.Optimizer):
                 raise ValueError("shared state without any parameter state")
             return None, set()
         all_keys, all_params = self._all_keys(), self._all_params()
-        fresh = self._split.init({all_keys[i]: all_params[i] for i in covered})
+        fresh = _placement.staggered_init(self._split.init, {all_keys[i]: all_params[i] for i in covered})
         return _restore(fresh, "", saved_shared, {i: saved_state.get(i, {}) for i in covered}), set(covered)
 
     def _rebuild_group(self, gi: int, saved_group: dict[str, Any], saved_state: dict[int, dict[str, Any]],
@@ -1049,7 +1050,7 @@ class Optimizer(torch.optim.Optimizer):
             if saved_shared:
                 raise ValueError(f"param group {gi}: shared state without any parameter state")
             return None, []
-        fresh = self.tx.init(self._param_dict(gi, keys))
+        fresh = _placement.staggered_init(self.tx.init, self._param_dict(gi, keys))
         saved = {k: saved_state.get(saved_group["params"][k], {}) for k in keys}
         return _restore(fresh, f"param group {gi}", saved_shared, saved), keys
 

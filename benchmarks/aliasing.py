@@ -1,0 +1,79 @@
+"""4K aliasing in an optimizer step: torch's fused AdamW kernel on one large tensor, with its
+four streams (parameter, gradient, first and second moment) starting at chosen offsets past a
+4 KiB boundary. The evidence behind ``gradtx.optim.placement`` and the flat path's staggered
+buffers.
+
+Usage::
+
+    PYTHONPATH=src python benchmarks/aliasing.py            # 16.8M float32, 12 rounds
+    PYTHONPATH=src python benchmarks/aliasing.py --numel 4194304 --rounds 20
+
+Every layout's tensors are allocated once, then each round times a few kernel calls on each
+layout in a shuffled order (one process, one thread); the median and minimum per call are
+reported with their ratio to the layout where all four streams start alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+
+import torch
+
+from gradtx.optim.placement import at_offset
+
+# name -> byte offsets of (parameter, gradient, mu, nu) past a 4 KiB boundary
+LAYOUTS = {
+    "all at one offset": (64, 64, 64, 64),
+    "mu 1 KiB off": (64, 64, 1088, 64),
+    "nu 1 KiB off": (64, 64, 64, 1088),
+    "gradient 1 KiB off": (64, 1088, 64, 64),
+    "mu and nu 1 KiB off (together)": (64, 64, 1088, 1088),
+    "mu 2, nu 3 KiB off (gradtx default path)": (64, 64, 2112, 3136),
+    "p 1, g 2, mu 3, nu 0 KiB (gradtx flat=True)": (1088, 2112, 3136, 64),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--numel", type=int, default=16 * 1024 * 1024)
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--calls", type=int, default=3, help="kernel calls per layout and round")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    shape = torch.Size((args.numel,))
+    cpu = torch.device("cpu")
+    tensors = {}
+    for name, offsets in LAYOUTS.items():
+        p, g, m, v = (at_offset(shape, torch.float32, cpu, o) for o in offsets)
+        for x in (p, g, m):
+            x.normal_()
+        v.uniform_()
+        tensors[name] = (p, g, m, v)
+    step = torch.tensor(1.0)
+    times: dict[str, list[float]] = {name: [] for name in LAYOUTS}
+    for _ in range(args.rounds):
+        order = list(LAYOUTS)
+        random.shuffle(order)
+        for name in order:
+            p, g, m, v = tensors[name]
+            start = time.perf_counter()
+            for _ in range(args.calls):
+                # lr 0: the parameter's values stay as drawn; the kernel still reads and writes it
+                torch._fused_adamw_([p], [g], [m], [v], [], [step], lr=0.0, beta1=0.9, beta2=0.999,
+                                    weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
+            times[name].append((time.perf_counter() - start) / args.calls * 1e3)
+    base = statistics.median(times["all at one offset"])
+    print(f"torch {torch.__version__}, 1 thread, {args.numel} float32 elements, "
+          f"{args.rounds} rounds x {args.calls} calls")
+    print("| layout (p, g, mu, nu bytes past 4 KiB) | median ms | min ms | median / all at one offset |")
+    print("|---|---:|---:|---:|")
+    for name, offsets in LAYOUTS.items():
+        med = statistics.median(times[name])
+        print(f"| {name} {offsets} | {med:.2f} | {min(times[name]):.2f} | {med / base:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Where the adapter puts a chain's state in memory: staggered against 4K aliasing.
+
+An optimizer step streams through a parameter, its gradient and its state buffers element by
+element. When two of those streams start at the same address modulo 4 KiB, the CPU takes a
+store into one for a store to the load it is about to make from the other ("4K aliasing")
+and stalls. Large allocations come from ``mmap`` and all start at the same offset past a
+page, so a state made by ``zeros_like(p)`` sits exactly like its parameter and its gradient.
+Measured with torch's fused AdamW kernel on one tensor of 16.8M float32, one thread
+(``python benchmarks/aliasing.py``): the four streams at one offset 14.8 ms a step; the first
+moment 1 KiB off the others 9.7 ms; both moments off, at distinct offsets, 9.5 ms.
+
+:func:`staggered_init` runs a chain's ``init`` and moves each large per-parameter state
+tensor on the CPU whose elements are all one value (zeros or a constant: the initial state of
+nearly every optimizer) to memory starting 2, 3, then 2.5, 3.5, 0.5, 1.5 KiB past its
+parameter's offset modulo 4 KiB. (The flat path's gradient buffer sits 1 KiB past its
+parameters; a gradient that backward allocates afresh each step lands where the allocator
+puts it, for a large one its parameter's offset.) The original is freed before its
+replacement is made, so no transient copy is held, and the values are the same bit for bit.
+Any other tensor (a copy of the parameter, a view of it, one not contiguous, one on a GPU,
+where this stall does not exist) stays where it is. Each moved tensor costs 4 KiB of
+padding, so only tensors of at least :data:`MIN_BYTES` are moved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .._tree import param_leaves, tree_unflatten
+
+__all__ = ["MIN_BYTES", "at_offset", "staggered_init"]
+
+MIN_BYTES = 256 * 1024  # padding of 4 KiB is at most 1.6% of a moved tensor
+
+# bytes past the parameter's offset (mod 4 KiB) for its 1st, 2nd, ... moved state tensor
+_OFFSETS = (2048, 3072, 2560, 3584, 512, 1536)
+
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def at_offset(shape: torch.Size, dtype: torch.dtype, device: torch.device, offset: int) -> torch.Tensor:
+    """An uninitialised contiguous tensor whose data starts ``offset`` bytes past a 4 KiB
+    boundary (``offset`` a multiple of 64 and of the element size), with no view bookkeeping
+    (the padding is its storage's own)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    numel = shape.numel()
+    base = torch.empty(numel + 4096 // size, dtype=dtype, device=device)
+    pad = (offset - base.data_ptr()) % 4096 // size
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    out = torch.empty(0, dtype=dtype, device=device)
+    return out.set_(base.untyped_storage(), pad, shape, tuple(reversed(strides)))
+
+
+def _constant(x: torch.Tensor) -> torch.Tensor | None:
+    """The one value every element of ``x`` holds bit for bit (a 0-dim copy), or ``None``."""
+    flat = x.reshape(-1)
+    if flat.numel() == 0:
+        return None
+    size = flat.element_size()
+    # an element's bits as one integer (complex128: a row of two)
+    bits = flat.view(_BITS[size]) if size in _BITS else torch.view_as_real(flat).view(torch.int64)
+    # torch.equal on an expanded first element: one pass, no temporary the size of x
+    if not torch.equal(bits, bits[:1].expand_as(bits)):
+        return None
+    return x.reshape(-1)[0].clone()
+
+
+def _movable(leaf: Any, param: torch.Tensor | None, param_storages: set[int]) -> bool:
+    return (param is not None and type(leaf) is torch.Tensor and leaf.device.type == "cpu"
+            and not leaf.requires_grad and leaf.is_contiguous() and leaf.shape == param.shape
+            and leaf.numel() * leaf.element_size() >= MIN_BYTES
+            and leaf.untyped_storage().data_ptr() not in param_storages)
+
+
+def staggered_init(init: Callable[[dict], Any], params: dict) -> Any:
+    """``init(params)`` with its large constant per-parameter state tensors moved to memory
+    staggered against their parameter's (see the module docstring)."""
+    state = init(params)
+    positioned, treedef = param_leaves(state)
+    del state  # the list below then holds the only references: each original is freed when replaced
+    by_index = {int(k): p for k, p in params.items()}
+    param_storages = {p.untyped_storage().data_ptr() for p in params.values() if isinstance(p, torch.Tensor)}
+    leaves = [leaf for _, _, leaf in positioned]
+    owners = [index for index, _, _ in positioned]
+    del positioned
+    references: dict[int, int] = {}
+    for leaf in leaves:  # a tensor held at two places in the state must stay one tensor
+        references[id(leaf)] = references.get(id(leaf), 0) + 1
+    moved: dict[int, int] = {}  # parameter index -> state tensors moved so far
+    for i, index in enumerate(owners):
+        leaf = leaves[i]
+        param = by_index.get(index) if index is not None else None
+        if references.get(id(leaf)) != 1 or not _movable(leaf, param, param_storages):
+            continue
+        value = _constant(leaf)
+        if value is None:
+            continue
+        shape, dtype, device = leaf.shape, leaf.dtype, leaf.device
+        leaves[i] = leaf = None  # freed here, before its replacement exists
+        j = moved.get(index, 0)
+        moved[index] = j + 1
+        offset = (param.data_ptr() + _OFFSETS[j % len(_OFFSETS)]) % 4096
+        leaves[i] = at_offset(shape, dtype, device, offset).fill_(value)
+    return tree_unflatten(leaves, treedef)

@@ -1,0 +1,123 @@
+"""The adapter's state placement (gradtx.optim.placement): large constant state tensors are
+moved to memory staggered against their parameter's modulo 4 KiB, with the same values, and
+nothing else is moved."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import round_trip, seeded_backward, seeded_params
+
+import gradtx as gx
+from gradtx.optim import placement
+
+BIG = placement.MIN_BYTES // 4  # float32 elements of the smallest tensor that is moved
+
+
+def _offsets(*tensors):
+    return [t.data_ptr() % 4096 for t in tensors]
+
+
+def _state_tensors(opt, p):
+    return [v for k, v in sorted(opt.state[p].items()) if isinstance(v, torch.Tensor) and v.shape == p.shape]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("offset", [0, 64, 1024, 2112, 4032])
+def test_at_offset_starts_where_asked(offset, dtype):
+    x = placement.at_offset(torch.Size((3, 70000)), dtype, torch.device("cpu"), offset)
+    assert x.data_ptr() % 4096 == offset and x.is_contiguous() and x.shape == (3, 70000) and x.dtype == dtype
+    x.fill_(1.0)  # all of it is writable memory of its own
+    assert bool(x.eq(1.0).all())
+
+
+@pytest.mark.parametrize("flat", [False, True], ids=["default", "flat"])
+def test_adam_moments_start_apart_from_the_parameter_gradient_and_each_other(flat):
+    """Before: mu and nu from zeros_like(p) started at the parameter's offset (mmap'd blocks
+    all start 64 bytes past a page), which stalls the fused kernel (4K aliasing)."""
+    big, small = seeded_params([(BIG + 3,), (5,)], dtype=torch.float32)
+    opt = gx.Optimizer([big, small], gx.adamw(1e-3, weight_decay=0.1), flat=flat)
+    seeded_backward([big, small], 0)
+    opt.step()
+    moments = _offsets(*_state_tensors(opt, big))
+    assert len(moments) == len(set(moments)) == 2
+    assert set(moments).isdisjoint(_offsets(big, big.grad))  # where p and its gradient are: the user's
+    if flat:
+        assert len(set(_offsets(big, big.grad))) == 2
+
+
+@pytest.mark.parametrize("flat", [False, True], ids=["default", "flat"])
+@pytest.mark.parametrize("name", ["adamw", "rmsprop", "adagrad", "rprop"])
+def test_placement_changes_no_number(name, flat, monkeypatch):
+    """The same steps, bit for bit, with and without the moves (initial values: zeros, a
+    constant accumulator, Rprop's step sizes equal to the learning rate)."""
+    make = {"adamw": lambda: gx.adamw(1e-2, weight_decay=0.1), "rmsprop": lambda: gx.rmsprop(1e-2, momentum=0.9),
+            "adagrad": lambda: gx.adagrad(1e-2, initial_accumulator_value=0.3), "rprop": lambda: gx.rprop(1e-2)}[name]
+
+    def run():
+        params = seeded_params([(BIG,), (BIG // 2, 2), (7,)], dtype=torch.float32)
+        opt = gx.Optimizer(params, make(), flat=flat)
+        for t in range(4):
+            opt.zero_grad()
+            seeded_backward(params, t)
+            opt.step()
+        return params, opt
+
+    moved_params, moved_opt = run()
+    monkeypatch.setattr(placement, "MIN_BYTES", 1 << 62)
+    kept_params, kept_opt = run()
+    for a, b in zip(moved_params, kept_params):
+        assert torch.equal(a, b)
+    for p, q in zip(moved_params, kept_params):
+        for x, y in zip(_state_tensors(moved_opt, p), _state_tensors(kept_opt, q)):
+            assert torch.equal(x, y)
+
+
+def test_loaded_state_keeps_the_placement_and_the_values():
+    params = seeded_params([(BIG,)], dtype=torch.float32)
+    opt = gx.Optimizer(params, gx.adam(1e-3))
+    seeded_backward(params, 0)
+    opt.step()
+    saved = round_trip(opt.state_dict())
+    again = [torch.nn.Parameter(params[0].detach().clone())]
+    opt2 = gx.Optimizer(again, gx.adam(1e-3))
+    opt2.load_state_dict(saved)
+    mu, nu = _state_tensors(opt2, again[0])
+    assert torch.equal(mu, opt.state[params[0]]["[0].mu"]) and torch.equal(nu, opt.state[params[0]]["[0].nu"])
+    assert len(set(_offsets(again[0], mu, nu))) == 3
+
+
+def _init_with(fn):
+    return gx.GradientTransformation(lambda params: {k: fn(p) for k, p in params.items()},
+                                     lambda updates, state, params=None: (updates, state))
+
+
+def test_what_is_not_a_constant_copy_stays():
+    p = torch.randn(BIG)
+    zero = torch.zeros(BIG)
+    negative_zero = torch.full((BIG,), -0.0)
+    assert placement._constant(p) is None
+    assert placement._constant(torch.cat([zero[:-1], negative_zero[:1]])) is None  # -0.0 differs in bits
+    assert str(placement._constant(negative_zero).item()) == "-0.0"
+    for dtype in (torch.complex64, torch.complex128):
+        assert placement._constant(torch.full((4, 3), 2 + 1j, dtype=dtype)).item() == 2 + 1j
+        assert placement._constant(torch.tensor([2 + 1j, 2 + 2j], dtype=dtype)) is None
+    params = {0: p}
+    # a copy of the parameter, the parameter itself, a view of it, a non-contiguous tensor: as made
+    for fn in (torch.clone, lambda x: x, lambda x: x[:], lambda x: torch.zeros(2, BIG // 2).t()):
+        state = placement.staggered_init(_init_with(fn).init, params)
+        made = fn(p)
+        assert torch.equal(state[0], made) and state[0].stride() == made.stride()
+    assert placement.staggered_init(_init_with(lambda x: x).init, params)[0] is p
+
+
+def test_a_tensor_held_twice_stays_one_tensor():
+    p = torch.randn(BIG)
+
+    def init(params):
+        shared = torch.zeros_like(params[0])
+        return ({0: shared}, {0: shared}, {0: torch.zeros_like(params[0])})
+
+    a, b, c = placement.staggered_init(init, {0: p})
+    assert a[0] is b[0]
+    assert c[0].data_ptr() % 4096 == (p.data_ptr() + 2048) % 4096 and not c[0].any()
