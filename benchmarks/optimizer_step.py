@@ -102,6 +102,10 @@ def mission() -> gx.GradientTransformation:
     return gx.chain(gx.clip_value(10.0), gx.scale_by_adam(), gx.scale_by_lr(LR))
 
 
+def clip_norm_adamw() -> gx.GradientTransformation:
+    return gx.chain(gx.clip_by_global_norm(1.0), gx.adamw(LR, weight_decay=0.01))
+
+
 def algorithms(with_compile: bool) -> dict[str, tuple[int, dict[str, Callable]]]:
     A, S = torch.optim.AdamW, torch.optim.SGD  # noqa: N806
     adamw_torch = {"torch forloop": _torch(A, weight_decay=0.01, foreach=False),
@@ -128,6 +132,12 @@ def algorithms(with_compile: bool) -> dict[str, tuple[int, dict[str, Callable]]]
         "mission": (28, {**adamw_torch, "gradtx": _gx(mission), "gradtx in-place": _gx_inplace(mission),
                          "gradtx unfolded": _gx(mission, fast=False)}),
     }
+    # Adam after a global-norm clip (the usual transformer recipe): torch's variants call
+    # clip_grad_norm_ before their step (it scales .grad in place; gradtx leaves .grad as it was)
+    out["adamw_clip_norm"] = (28, {
+        "torch foreach": lambda ps: _ClipNormThenStep(A(ps, lr=LR, weight_decay=0.01, foreach=True), 1.0),
+        "torch fused": lambda ps: _ClipNormThenStep(A(ps, lr=LR, weight_decay=0.01, fused=True), 1.0),
+        "gradtx": _gx(clip_norm_adamw), "gradtx unfolded": _gx(clip_norm_adamw, fast=False)})
     if with_compile:
         for name in ("adamw", "mission"):
             tx = (lambda: gx.adamw(LR, weight_decay=0.01)) if name == "adamw" else mission
@@ -181,6 +191,19 @@ class _ClipThenStep:
 
     def step(self) -> None:
         torch.nn.utils.clip_grad_value_(self.params, self.bound)
+        self.opt.step()
+
+
+class _ClipNormThenStep:
+    """torch's way to clip the global norm before a step: ``clip_grad_norm_`` (foreach) then
+    the optimizer."""
+
+    def __init__(self, opt: torch.optim.Optimizer, max_norm: float) -> None:
+        self.opt, self.max_norm = opt, max_norm
+        self.params = [p for group in opt.param_groups for p in group["params"]]
+
+    def step(self) -> None:
+        torch.nn.utils.clip_grad_norm_(self.params, self.max_norm, foreach=True)
         self.opt.step()
 
 
@@ -460,7 +483,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--sets", nargs="+", default=["big", "resnet", "small"])
-    parser.add_argument("--algos", nargs="+", default=["adamw", "adam", "sgd_nesterov", "adamw_masked", "mission"],
+    parser.add_argument("--algos", nargs="+", default=["adamw", "adam", "sgd_nesterov", "adamw_masked", "mission",
+                                                       "adamw_clip_norm"],
                         help=f"also: catalogue (every entry of _algorithms.py: {', '.join(CATALOGUE)}), or any of them")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--memory-only", action="store_true", help="peak memory only (no step times)")

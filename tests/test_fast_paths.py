@@ -274,3 +274,67 @@ def test_chain_that_keeps_its_updates_in_state():
 def test_fast_must_be_bool():
     with pytest.raises(ValueError, match="fast"):
         gx.Optimizer(_params(torch.float32), gx.adam(1e-3), fast="yes")
+
+
+# chain(clip_by_global_norm(c), rest): the norm over every group, then each group's fused kernel
+# dividing the gradients it reads by n / c (fused.GlobalClipPlan)
+GLOBAL_CLIP = {
+    "adamw": lambda: gx.chain(gx.clip_by_global_norm(1.0), gx.adamw(1e-2, weight_decay=0.1)),
+    "parts": lambda: gx.chain(gx.clip_by_global_norm(0.5), gx.scale_by_adam(b1=0.8), gx.add_decayed_weights(0.1),
+                              gx.scale_by_lr(1e-2)),
+    "sgd_momentum": lambda: gx.chain(gx.clip_by_global_norm(1.0), gx.sgd(1e-2, momentum=0.9)),
+    "lamb": lambda: gx.chain(gx.clip_by_global_norm(1.0), gx.lamb(1e-2, weight_decay=0.1)),
+    "adamw_masked": lambda: gx.chain(gx.clip_by_global_norm(1.0), FAST["adamw_masked"]()),
+}
+
+
+def _two_group_run(make_tx, dtype, fast):
+    """Two param groups (another lr and weight decay in the second), a parameter without a
+    gradient, gradients that clip on odd steps only; returns params, grads seen and the
+    optimizer."""
+    params = _params(dtype)
+    groups = [{"params": params[:2]}, {"params": params[2:], "lr": 3e-2, "weight_decay": 0.0}]
+    opt = gx.Optimizer(groups, make_tx(), fast=fast)
+    for step in range(STEPS):
+        for i, (p, g) in enumerate(zip(params, _grads(step, params))):
+            p.grad = None if (i == 3 and step < 4) else g * (5.0 if step % 2 else 0.05)
+        kept = [None if p.grad is None else p.grad.clone() for p in params]
+        opt.step()
+        for p, g in zip(params, kept):  # .grad is the gradient after the step, never the clipped one
+            assert (p.grad is None and g is None) or torch.equal(p.grad, g)
+    return params, opt
+
+
+@pytest.mark.parametrize("name", sorted(GLOBAL_CLIP))
+def test_global_clip_chains_are_recognised(name):
+    assert _fused.global_clip_plan(GLOBAL_CLIP[name]()) is not None
+
+
+@pytest.mark.parametrize("tx", [
+    gx.chain(gx.clip_by_global_norm(1.0), gx.adam(1e-3, nesterov=True)),
+    gx.chain(gx.clip_by_global_norm(1.0), gx.clip_value(0.5), gx.adam(1e-3)),
+    gx.chain(gx.adamw(1e-3), gx.clip_by_global_norm(1.0)),
+    gx.chain(gx.clip_by_global_norm(1.0), gx.scale_by_adam()),
+], ids=["nesterov", "then_value_clip", "clip_last", "no_lr"])
+def test_other_global_clip_chains_are_not(tx):
+    assert _fused.global_clip_plan(tx) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", sorted(GLOBAL_CLIP))
+def test_global_clip_fused_and_generic_agree(name, dtype, monkeypatch):
+    calls = []
+    for kernel in ("_fused_adam_", "_fused_adamw_", "_fused_sgd_"):
+        real = getattr(torch, kernel)
+        monkeypatch.setattr(torch, kernel,
+                            lambda *a, real=real, **k: calls.append(k.get("grad_scale")) or real(*a, **k))
+    fast_params, fast_opt = _two_group_run(GLOBAL_CLIP[name], dtype, fast=True)
+    fused_calls = list(calls)
+    slow_params, slow_opt = _two_group_run(GLOBAL_CLIP[name], dtype, fast=False)
+    assert len(calls) == len(fused_calls)  # fast=False: no kernel
+    _close(fast_params, slow_params, dtype)
+    _close(_state_tensors(fast_opt), _state_tensors(slow_opt), dtype)
+    if dtype == torch.float32:  # the kernels' scale is float32: float64 takes the generic path
+        assert fused_calls and any(s is not None for s in fused_calls) and any(s is None for s in fused_calls)
+    else:
+        assert not fused_calls

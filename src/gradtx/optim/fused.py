@@ -13,7 +13,13 @@
   (``gx.lamb``) runs ``torch._fused_adam_`` on a zeroed scratch with learning rate -1, which
   leaves Adam's direction there in one pass over the gradient and moments (the generic form
   makes about ten), then the decay and the trust ratio by their own in-place update (per
-  segment on the flat path) and ``p <- p - lr u``.
+  segment on the flat path) and ``p <- p - lr u``;
+- ``chain(clip_by_global_norm(c), rest)`` with ``rest`` one of the shapes above (no value clip),
+  over every param group (the adapter's one-chain path): the norm ``n`` of all gradients, then
+  each group's kernel dividing the gradients it reads by ``n / c`` (its ``grad_scale``
+  argument, GradScaler's unscaling) — reading copies when it clips, since the kernel writes the
+  divided gradient back (``GlobalClipPlan``; float16, bfloat16 and float32, the scale being
+  float32).
 
 The kernels update the chain's own state tensors in place (the same ``mu``, ``nu``,
 ``trace`` buffers, the same int32 ``count``), so the state layout, ``state_dict`` and
@@ -43,6 +49,7 @@ per set of parameters the adapter steps.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +59,7 @@ from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 from .. import _foreach as F  # noqa: N812
 from .._hparams import is_schedule
 from .._tree import mask_flags
+from ..combine import chain
 from . import layout as _layout
 
 _DTYPE = operator.attrgetter("dtype")
@@ -119,6 +127,17 @@ class FusedPlan:
         generic path. ``buffers(grads)`` gives reusable scratch tensors like the gradients;
         ``segments`` is the flat path's (each leaf many parameters end to end), which the
         per-tensor parts of ``"adam_then"`` need."""
+        step = self.prepare(state, keys, params, grads, buffers, segments)
+        if step is None:
+            return False
+        step(None)
+        return True
+
+    def prepare(self, state: tuple, keys: list[int], params: dict, grads: dict, buffers: Any | None,
+                segments: dict | None = None) -> Callable[[torch.Tensor | None], None] | None:
+        """:meth:`run` in two halves: the checks now (``None`` when the tensors do not suit
+        the kernel; nothing changed), and the step as a function of ``grad_scale``, a 0-dim
+        float32 tensor the kernels divide each gradient by as they read it (``None``: 1)."""
         # the adapter's dicts hold exactly ``keys``, in order: their values are the lists
         ps = list(params.values()) if len(params) == len(keys) else [params[k] for k in keys]
         gs = list(grads.values()) if len(grads) == len(keys) else [grads[k] for k in keys]
@@ -134,57 +153,60 @@ class FusedPlan:
         # gradients already. Layouts (strides) are checked below, on every tensor.
         groups = _group_by_device_and_dtype(ps)
         if not grads_match(groups, ps, gs) or not state_matches(self._verified, groups, ps, per_param):
-            return False
+            return None
         if any(dtype not in _FUSED_DTYPES or device.type not in ("cpu", "cuda") for device, dtype in groups):
-            return False
+            return None
         lr = _number(state[self.lr].lr)
         wd = _number(state[self.decay].weight_decay) if self.decay >= 0 else 0.0
         if lr is None or wd is None:
-            return False
-        self._lr = lr
+            return None
 
         if self.kind == "adam_then":
-            return self._adam_then(state, keys, params, ps, gs, per_param, groups, lr, buffers, segments)
+            if not _contiguous(gs, *per_param):  # the scratch is contiguous: the walk must pair them
+                return None
+            return lambda scale: self._adam_then(state, keys, params, ps, gs, per_param, groups, lr, buffers,
+                                                 segments, scale)
         flags = self._mask_flags(params) if self.mask is not None else None
         if self.clips and flags is None and len(groups) == 1 and _contiguous(ps, gs, *per_param):
-            self._clipped_blocks(state, ps, gs, per_param, lr, wd, buffers)
-            return True
-        if self.clips:
-            gs = F.copy_(buffers(gs), gs)
-            for c in self.clips:
-                F.clamp(gs, -c, c, inplace=True)
-        # The kernels walk memory linearly: tensors of another layout run on contiguous copies.
-        ps, gs, per_param, write_back = _linear_layout(ps, gs, per_param)
+            return lambda scale: self._clipped_blocks(state, ps, gs, per_param, lr, wd, buffers, scale)
 
-        # (device, indices, weight decay) per kernel call: a masked decay splits each group in two
-        calls = []
-        for (device, _), idx in groups.items():
-            if flags is None:
-                calls.append((device, idx, wd))
-                continue
-            decayed, kept = [i for i in idx if flags[i]], [i for i in idx if not flags[i]]
-            calls.extend((device, part, decay) for part, decay in ((decayed, wd), (kept, 0.0)) if part)
+        def step(scale: torch.Tensor | None) -> None:
+            self._lr = lr
+            nonlocal ps, gs, per_param
+            if self.clips:
+                gs = F.copy_(buffers(gs), gs)
+                for c in self.clips:
+                    F.clamp(gs, -c, c, inplace=True)
+            # The kernels walk memory linearly: tensors of another layout run on contiguous copies.
+            ps, gs, per_param, write_back = _linear_layout(ps, gs, per_param)
+            # (device, indices, weight decay) per kernel call: a masked decay splits each group in two
+            calls = []
+            for (device, _), idx in groups.items():
+                if flags is None:
+                    calls.append((device, idx, wd))
+                    continue
+                decayed, kept = [i for i in idx if flags[i]], [i for i in idx if not flags[i]]
+                calls.extend((device, part, decay) for part, decay in ((decayed, wd), (kept, 0.0)) if part)
+            counter = self._count(state)
+            for device, idx, decay in calls:
+                if len(idx) == len(ps):  # one call over everything (the usual case): the lists as they are
+                    self._kernel(counter, device, ps, gs, per_param, decay, grad_scale=scale)
+                    continue
+                self._kernel(counter, device, [ps[i] for i in idx], [gs[i] for i in idx],
+                             [[buf[i] for i in idx] for buf in per_param], decay, grad_scale=scale)
+            if write_back:
+                torch._foreach_copy_([dst for dst, _ in write_back], [src for _, src in write_back])
 
-        counter = self._count(state)
-        for device, idx, decay in calls:
-            if len(idx) == len(ps):  # one call over everything (the usual case): the lists as they are
-                self._kernel(counter, device, ps, gs, per_param, decay)
-                continue
-            self._kernel(counter, device, [ps[i] for i in idx], [gs[i] for i in idx],
-                         [[buf[i] for i in idx] for buf in per_param], decay)
-        if write_back:
-            torch._foreach_copy_([dst for dst, _ in write_back], [src for _, src in write_back])
-        return True
+        return step
 
     def _adam_then(self, state: tuple, keys: list[int], params: dict, ps: list, gs: list, per_param: list[list],
-                   groups: dict, lr: float, buffers: Any, segments: dict | None) -> bool:
+                   groups: dict, lr: float, buffers: Any, segments: dict | None,
+                   grad_scale: torch.Tensor | None) -> None:
         """Adam's direction from torch's fused kernel, then the parts between it and the
         learning rate (lamb's decay and trust ratio) by their own in-place update, then
         ``p <- p - lr u``. The kernel steps a zeroed scratch "parameter" with learning rate
         -1, which leaves ``m_hat / (sqrt(v_hat) + eps)`` in it: one pass over the gradient and
         the moments where scale_by_adam's generic form makes about ten."""
-        if not _contiguous(gs, *per_param):  # the scratch is contiguous: the walk must pair them
-            return False
         us = buffers(gs)
         torch._foreach_zero_(us)
         counter = self._count(state)
@@ -194,13 +216,13 @@ class FusedPlan:
             torch._fused_adam_(us if every else [us[i] for i in idx], gs if every else [gs[i] for i in idx],
                                *(buf if every else [buf[i] for i in idx] for buf in per_param), [],
                                [step] * len(idx), lr=-1.0, beta1=self.hp["b1"], beta2=self.hp["b2"],
-                               weight_decay=0.0, eps=self.hp["eps"], amsgrad=False, maximize=False)
+                               weight_decay=0.0, eps=self.hp["eps"], amsgrad=False, maximize=False,
+                               grad_scale=_on(grad_scale, device))
         updates = dict(zip(keys, us))
         extra = {} if segments is None else {"segments": segments}
         for at, part in self.then:  # stateless parts (_THEN): their state stays as it is
             updates, _ = part.update(updates, state[at], params, inplace=True, **extra)
         F.add(ps, F.cast_like([updates[k] for k in keys], ps), alpha=-lr, inplace=True)
-        return True
 
     def _count(self, state: tuple) -> Any:
         """The step's count, advanced: Adam's count tensor; SGD's first-step flag."""
@@ -220,7 +242,8 @@ class FusedPlan:
         return first
 
     def _kernel(self, counter: Any, device: torch.device, ps: list, gs: list, per_param: list[list],
-                decay: float, step: torch.Tensor | None = None) -> None:
+                decay: float, step: torch.Tensor | None = None, grad_scale: torch.Tensor | None = None) -> None:
+        grad_scale = _on(grad_scale, device)
         if self.kind in ("adam", "adamw"):
             kernel = torch._fused_adamw_ if self.kind == "adamw" else torch._fused_adam_
             # torch keeps one float step per parameter; gradtx one int32 count per transform.
@@ -228,21 +251,23 @@ class FusedPlan:
             if step is None:
                 step = counter.to(device=device, dtype=torch.float32)
             kernel(ps, gs, per_param[0], per_param[1], [], [step] * len(ps), lr=self._lr, beta1=self.hp["b1"],
-                   beta2=self.hp["b2"], weight_decay=decay, eps=self.hp["eps"], amsgrad=False, maximize=False)
+                   beta2=self.hp["b2"], weight_decay=decay, eps=self.hp["eps"], amsgrad=False, maximize=False,
+                   grad_scale=grad_scale)
         else:
             torch._fused_sgd_(ps, gs, per_param[0] if per_param else [], weight_decay=decay,
                               momentum=self.hp.get("momentum", 0.0), lr=self._lr,
                               dampening=self.hp.get("dampening", 0.0), nesterov=self.hp.get("nesterov", False),
-                              maximize=False, is_first_step=counter)
+                              maximize=False, is_first_step=counter, grad_scale=grad_scale)
 
     def _clipped_blocks(self, state: tuple, ps: list, gs: list, per_param: list[list], lr: float, wd: float,
-                        buffers: Any) -> None:
+                        buffers: Any, grad_scale: torch.Tensor | None = None) -> None:
         """The leading clips and the kernel block by block: each block's gradients clipped
         into a scratch block (never ``.grad``) that the kernel reads while it is in cache;
         scratch of one block, not of every gradient. Long tensors are clipped straight into
         the scratch (``torch.clamp(..., out=)``: one pass, not a copy and a clamp)."""
         from .multi_tensor import _LOOP_MIN, cut  # imports this module's helpers
 
+        self._lr = lr
         counter = self._count(state)
         device = ps[0].device
         step = counter.to(device=device, dtype=torch.float32) if self.kind in ("adam", "adamw") else None
@@ -256,13 +281,100 @@ class FusedPlan:
                 F.clamp(scratch, -first, first, inplace=True)
             for c in rest:
                 F.clamp(scratch, -c, c, inplace=True)
-            self._kernel(counter, device, bp, scratch, bs, wd, step)
+            self._kernel(counter, device, bp, scratch, bs, wd, step, grad_scale)
 
     def _mask_flags(self, params: dict) -> list[bool]:
         """The decay mask over ``params`` (in its order), as ``add_decayed_weights`` reads it."""
         if self._flags is None or self._flags[0] is not params:
             self._flags = (params, mask_flags(self.mask, params, params))
         return self._flags[1]
+
+
+# the kernels' grad_scale is float32: a float64 step would lose its precision
+_SCALED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@dataclass
+class GlobalClipPlan:
+    """``chain(clip_by_global_norm(c), rest)`` run over every param group (the adapter's
+    one-chain path), where ``rest`` has a :class:`FusedPlan`: the norm ``n`` of every group's
+    gradients together, then each group's kernel, which divides each gradient by
+    ``grad_scale = n / c`` (1 when ``n <= c``) as it reads it (the argument torch's kernels
+    take for GradScaler's unscaling). The generic path writes clipped copies of the
+    gradients and then runs Adam's generic form; this reads the gradients twice in all.
+    ``single``: ``rest`` is one part (an alias such as ``gx.adamw``) rather than several."""
+
+    single: bool
+    _plans: dict = field(default_factory=dict, repr=False)  # id(rest) -> (rest, its FusedPlan or None)
+
+    def _plan_of(self, tx: Any) -> FusedPlan | None:
+        """The fused plan of the part(s) after the clip in ``tx`` (a group's chain)."""
+        parts = tx.__dict__["parts"]
+        found = self._plans.get(id(parts[1]))
+        if found is None or found[0] is not parts[1]:
+            rest = parts[1] if self.single else chain(*parts[1:])
+            found = self._plans[id(parts[1])] = (parts[1], _clip_free_fused(rest))
+        return found[1]
+
+    def run(self, txs: dict[int, Any], state: tuple, per_group: dict[int, tuple[list, dict, dict]],
+            buffers: Callable[[int], Any]) -> bool:
+        """One step in place on ``state`` (the split chain's: the clip's state, then one
+        ``GroupStates`` per part after it); ``txs[g]`` is group ``g``'s chain, ``per_group[g]``
+        its ``(keys, params, grads)``, ``buffers(g)`` its scratch. ``False`` (nothing
+        changed) when some group does not suit its kernel."""
+        max_norm = _number(_attrs(txs[min(txs)].__dict__["parts"][0])[1].get("max_norm"))
+        if max_norm is None:
+            return False
+        grads = [g for _, _, gs in per_group.values() for g in gs.values()]
+        # clip_by_global_norm's own norm and comparison; the kernels divide by its inverse factor
+        norm = F.global_norm(grads)
+        # they also write the divided gradient back: when it clips, they read copies (``.grad``
+        # stays the gradient); on the CPU, where the comparison costs no device sync, a step
+        # that does not clip reads the gradients themselves
+        clips = norm.device.type != "cpu" or bool(norm > max_norm)
+        steps = []
+        for g, (keys, params, gs) in per_group.items():
+            plan = self._plan_of(txs[g])
+            if plan is None or any(p.dtype not in _SCALED_DTYPES for p in params.values()):
+                return False
+            group_state = state[1].states[g] if self.single else tuple(part.states[g] for part in state[1:])
+            scratch = buffers(g)
+            if clips:
+                gs = dict(zip(gs, F.copy_(scratch(list(gs.values()), 1), list(gs.values()))))
+            step = plan.prepare(group_state, keys, params, gs, scratch)
+            if step is None:
+                return False
+            steps.append(step)
+        scale = None
+        if clips:
+            scale = torch.where(norm > max_norm, norm / max_norm, torch.ones_like(norm)).to(torch.float32)
+        for step in steps:
+            step(scale)
+        return True
+
+
+def global_clip_plan(tx: Any) -> GlobalClipPlan | None:
+    """A :class:`GlobalClipPlan` for ``tx`` when it is ``chain(clip_by_global_norm(c), rest)``
+    with ``c`` a number and a fused plan for ``rest`` (without leading value clips)."""
+    parts = getattr(tx, "__dict__", {}).get("parts")
+    if not parts or len(parts) < 2 or not _is_chain(tx, parts):
+        return None
+    name, args = _attrs(parts[0])
+    if name != "clip_by_global_norm" or _number(args.get("max_norm")) is None:
+        return None
+    single = len(parts) == 2
+    if _clip_free_fused(parts[1] if single else chain(*parts[1:])) is None:
+        return None
+    return GlobalClipPlan(single)
+
+
+def _clip_free_fused(tx: Any) -> FusedPlan | None:
+    found = plan(tx)
+    return found if isinstance(found, FusedPlan) and not found.clips else None
+
+
+def _on(x: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return x if x is None or x.device == device else x.to(device)
 
 
 def state_matches(verified: set, groups: dict, ps: list[torch.Tensor], state: list[list[torch.Tensor]]) -> bool:

@@ -264,7 +264,11 @@ class Optimizer(torch.optim.Optimizer):
         # norm, a user's transform) runs once over all parameters, its leafwise parts per
         # group (see groups.py); a leafwise chain runs per group on the paths above.
         self._split = split_by_group(tx, lambda: len(self.param_groups)) if self._compiled is None else None
+        # chain(clip_by_global_norm(c), adamw / sgd / ...): the norm once, then each group's
+        # fused kernel reading the gradients divided by n / c (see fused.GlobalClipPlan)
+        self._clip_plan = None
         if self._split is not None:
+            self._clip_plan = _fused.global_clip_plan(tx) if fast else None
             self._plan = self._before_lr = None
             self._declared = supports_inplace(self._split)
             self._run = updater(self._split)
@@ -750,6 +754,18 @@ class Optimizer(torch.optim.Optimizer):
         is_selection = len(keys) != len(self._one_known)
         state = select_keys(self._one_state, keys) if is_selection else self._one_state
         self._write_hyperparameters(None, state)
+        if self._clip_plan is not None and closure is None and not self._own_gradients and not self._has_dtensors:
+            per_group: dict[int, tuple[list, dict, dict]] = {}
+            for k in keys:
+                keys_g, params_g, grads_g = per_group.setdefault(k.group, ([], {}, {}))
+                keys_g.append(k)
+                params_g[k], grads_g[k] = params[k], grads[k]
+            txs = {g: self._variant(self._setting_values(self.param_groups[g]), f"param_groups[{g}]").tx
+                   for g in per_group}
+            if self._clip_plan.run(txs, state, per_group,
+                                   lambda g: lambda like, slot=0: self._buffers(g, per_group[g][0], like, slot)):
+                self._one_state = merge_keys(self._one_state, state) if is_selection else state
+                return
         gs = list(grads.values())
         if self._own_gradients:  # zeros in the scratch buffers already: nothing to copy
             copies = gs if declared else F.clone(gs)
