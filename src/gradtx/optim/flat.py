@@ -80,7 +80,7 @@ import torch
 from .. import _foreach as F  # noqa: N812
 from .._segments import Segments
 from .._tree import ParamKey, param_leaves, tree_unflatten
-from ..base import flat_blocking_parts, non_elementwise_parts
+from ..base import flat_blocking_parts, is_leafwise, non_elementwise_parts
 from . import compiled as _compiled
 
 __all__ = ["FlatStorage"]
@@ -261,11 +261,21 @@ class FlatStorage:
             if all(any(name.startswith(key) for key in _PER_PARAMETER) for name in names):
                 return cls(per_parameter=True)
             raise ValueError(f"flat=True runs chains of elementwise (gx.is_elementwise) or segmented transforms "
-                             f"(per-tensor norms computed per segment of the flat buffer, as in gx.lamb, gx.lars, "
-                             f"gx.clip_by_global_norm) or muon's and adafactor's parts (stepped per parameter); "
+                             f"(per-tensor norms computed per segment of the flat buffer, as in gx.lamb, gx.lars) "
+                             f"or muon's and adafactor's parts (stepped per parameter); "
                              f"neither: {', '.join(names)} "
                              f"(use flat=False for this chain)")
         return cls(segmented=bool(non_elementwise_parts(tx)))
+
+    @staticmethod
+    def unused_warning(tx: Any) -> str:
+        """What ``gx.Optimizer`` warns when ``flat=True`` is given a chain with a part over every
+        param group at once (a global norm): the one-chain path that runs it has no flat form."""
+        names = ", ".join(sorted(set(_global_parts(tx))))
+        return (f"flat=True has no effect with this chain: {names} runs over the parameters of every param group "
+                f"at once, so every step runs on the default path (the same numbers; the parameters stay where "
+                f"they are). For flat storage, clip with torch.nn.utils.clip_grad_norm_(model.parameters(), "
+                f"max_norm) before opt.step() (it adds 1e-6 to the norm) and leave the clip out of the chain")
 
     # -- zero_grad ----------------------------------------------------------------------
 
@@ -612,6 +622,14 @@ class FlatStorage:
         if bufs is None or len(bufs) != len(like):
             bufs = lay.scratch[slot] = [torch.empty_like(x) for x in like]
         return bufs
+
+
+def _global_parts(tx: Any) -> list[str]:
+    """The names of the innermost parts of ``tx`` that are not leafwise (see ``groups.py``)."""
+    attrs = getattr(tx, "__dict__", {})
+    if "parts" in attrs:
+        return [name for part in attrs["parts"] for name in _global_parts(part)]
+    return [] if is_leafwise(tx) else [attrs.get("name") or repr(tx)]
 
 
 def _zero_like_torch(params: list[torch.Tensor], set_to_none: bool) -> None:

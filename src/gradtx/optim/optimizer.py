@@ -265,6 +265,8 @@ class Optimizer(torch.optim.Optimizer):
         self._split = split_by_group(tx, lambda: len(self.param_groups)) if self._compiled is None else None
         if self._split is not None:
             self._plan = self._before_lr = None
+            if self._flat is not None:  # the one-chain path has no flat form: say so, not silently
+                warnings.warn(self._flat.unused_warning(tx), stacklevel=2)
             self._declared = supports_inplace(self._split)
             self._run = updater(self._split)
         self._one_state: Any = None  # with _split: the state over every group's stepped params
