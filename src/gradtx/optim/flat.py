@@ -32,13 +32,14 @@ one tensor, or the compiled graph with one slot; its numbers cannot depend on th
   the same count each step; a gradient that backward wrote elsewhere or did not reach lowers
   it). Otherwise the step checks in full, one pass over the parameters: each parameter's
   data is its segment, each gradient its view. A gradient that is not its view is copied in
-  and the view put back; a parameter moved, replaced or added rebuilds the layout (replaced
-  ones start afresh, as on the default path); anything the layout cannot take (no gradient
-  on a stepped parameter, a gradient of another dtype, a sparse one, a DTensor, a parameter
-  sharing memory with another tensor, a closure) runs that step on the default path, with
-  its numbers. Not seen: a gradient assigned (``p.grad = other``) after backward while the
-  old gradient tensor is still referenced elsewhere and the write count is unchanged (the
-  view neither dropped nor written less); such a step uses the old gradient.
+  and the view put back; a parameter moved, replaced, added or frozen (``requires_grad_(False)``)
+  rebuilds the layout (replaced ones start afresh, as on the default path); anything the
+  layout cannot take (another stepped parameter without a gradient, a gradient of another
+  dtype, a sparse one, a DTensor, a parameter sharing memory with another tensor, a closure)
+  runs that step on the default path, with its numbers. Not seen: a gradient assigned
+  (``p.grad = other``) after backward while the old gradient tensor is still referenced
+  elsewhere and the write count is unchanged (the view neither dropped nor written less);
+  such a step uses the old gradient.
 
 **Per-tensor norms** (``gx.lamb``, ``gx.lars``, ``gx.fromage``): a transform declared
 ``@transform(segmented=True)`` (see :func:`gradtx.base.flat_blocking_parts`) gets the extra
@@ -365,8 +366,12 @@ class FlatStorage:
             if untouched:  # zero_grad(set_to_none=True) and no backward since: no gradient
                 for i in untouched:
                     lay.bparams[i].grad = None
-                return False
+                return None if any(not lay.bparams[i].requires_grad for i in untouched) else False
         missing = [i for i, mine in enumerate(own) if not mine]
+        if any(grads[i] is None and not lay.bparams[i].requires_grad for i in missing):
+            # frozen since the layout was made (fine-tuning in stages): laid out again without
+            # it, or every later step would run on the default path
+            return None
         for i in missing:
             p, g = lay.bparams[i], grads[i]
             if (type(g) is not torch.Tensor or g.layout is not torch.strided or g.dtype != p.dtype
@@ -407,14 +412,19 @@ class FlatStorage:
                for x in lay.fparams.values()}
         self._layouts.pop(gi, None)
         keys = [k for k, p in enumerate(params) if p.grad is not None]
-        if not keys:
-            return None
         ptrs = set()
         for k in keys:
             p = params[k]
             if not _eligible(p, own) or (p.numel() and p.data_ptr() in ptrs):
                 return None
             ptrs.add(p.data_ptr())
+        with torch.no_grad():
+            for p in params:
+                if p.grad is None and p.untyped_storage().data_ptr() in own:
+                    # left out (frozen): memory of its own, or it could not join a later layout
+                    p.data = p.detach().clone()
+        if not keys:
+            return None
         opt._forget_replaced(gi)
         if type(params) is _Params:
             params.changed = False
