@@ -419,8 +419,9 @@ class FlatStorage:
                 return None
             ptrs.add(p.data_ptr())
         with torch.no_grad():
-            for p in params:
-                if p.grad is None and p.untyped_storage().data_ptr() in own:
+            for p in params if own else ():
+                if (p.grad is None and type(p.data) is torch.Tensor and p.layout is torch.strided
+                        and p.untyped_storage().data_ptr() in own):
                     # left out (frozen): memory of its own, or it could not join a later layout
                     p.data = p.detach().clone()
         if not keys:
