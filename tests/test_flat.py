@@ -18,6 +18,7 @@ from registry import ENTRIES
 
 import gradtx as gx
 from gradtx.optim import compiled as _compiled
+from gradtx.optim import flat as _flat
 
 ALIASES = [e for e in ENTRIES if e.kind == "alias" and gx.is_elementwise(e.build())]
 SHAPES = [(7, 5), (30,), (3, 4, 2), (), (1,), (6, 6)]
@@ -147,6 +148,34 @@ def test_frozen_parameters_and_a_parameter_frozen_later():
             opt.step()
         return params
     _check(train)
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_a_parameter_frozen_later_leaves_the_others_flat(monkeypatch, set_to_none):
+    """Freezing a parameter after the layout was made (fine-tuning in stages) lays the others out
+    again without it, rather than sending every later step to the default path; unfrozen, it
+    joins a layout again. The numbers are the default path's throughout."""
+    flat_steps = []
+    run = _flat.FlatStorage._run
+    monkeypatch.setattr(_flat.FlatStorage, "_run", lambda self, *args: (flat_steps.append(1), run(self, *args))[1])
+
+    def train(opt, params):
+        for step in range(12):
+            if step == 3:
+                params[0].requires_grad_(False)
+            if step == 8:
+                params[0].requires_grad_(True)
+            opt.zero_grad(set_to_none=set_to_none)
+            seeded_backward(params, step, skip=(0,) if 3 <= step < 8 else ())
+            opt.step()
+            if opt._flat is not None and step == 7:
+                # with zeroed gradients kept, the frozen one has a gradient and is stepped, as by torch
+                assert in_one_buffer(params[1:]) and in_one_buffer(params) is not set_to_none
+        if opt._flat is not None:
+            assert in_one_buffer(params)
+        return params
+    _check(train)
+    assert len(flat_steps) == 12
 
 
 def test_tied_weights():

@@ -11,6 +11,7 @@ checkpoints move both ways; chains the flat path cannot run are refused (naming
 from __future__ import annotations
 
 import io
+import warnings
 
 import pytest
 import torch
@@ -159,10 +160,23 @@ def test_a_global_norm_over_the_groups_runs_on_the_default_path():
     results = []
     for flat in (False, True):
         params = seeded_params(SHAPES, torch.float32)
-        opt = gx.Optimizer([{"params": params[:5]}, {"params": params[5:]}], tx(), flat=flat)
+        if flat:  # said at construction, not left for the user to find by timing it
+            with pytest.warns(UserWarning, match=r"flat=True has no effect.*clip_by_global_norm.*clip_grad_norm_"):
+                opt = gx.Optimizer([{"params": params[:5]}, {"params": params[5:]}], tx(), flat=True)
+        else:
+            opt = gx.Optimizer([{"params": params[:5]}, {"params": params[5:]}], tx())
         _steps(opt, params, 20)
         results.append(params)
+        if flat:  # the parameters were not moved into a buffer
+            assert len({p.untyped_storage().data_ptr() for p in params}) == len(params)
     assert_close_to_scale(results[1], results[0], 0.0)
+
+
+def test_flat_chains_without_a_global_part_do_not_warn():
+    for tx in (gx.adamw(0.01), gx.lamb(0.01), gx.muon(0.01), gx.chain(gx.clip_value(1.0), gx.lars(0.1))):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            gx.Optimizer(seeded_params(SHAPES, torch.float32), tx, flat=True)
 
 
 def test_lamb_over_two_dtypes_and_an_added_group():

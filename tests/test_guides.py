@@ -279,7 +279,7 @@ def _run_guide(path: pathlib.Path) -> dict:
 
 def test_every_guide_has_code():
     runnable = {"getting_started.md", "param_groups.md", "masks.md", "accumulation.md", "checkpoints.md",
-                "torch_func.md", "closures.md", "migration.md", "faq.md"}
+                "torch_func.md", "closures.md", "migration.md", "faq.md", "performance.md"}
     by_name = {p.name: p for p in GUIDES}
     assert runnable <= set(by_name), sorted(runnable - set(by_name))
     for name in runnable:

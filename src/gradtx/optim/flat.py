@@ -32,13 +32,14 @@ one tensor, or the compiled graph with one slot; its numbers cannot depend on th
   the same count each step; a gradient that backward wrote elsewhere or did not reach lowers
   it). Otherwise the step checks in full, one pass over the parameters: each parameter's
   data is its segment, each gradient its view. A gradient that is not its view is copied in
-  and the view put back; a parameter moved, replaced or added rebuilds the layout (replaced
-  ones start afresh, as on the default path); anything the layout cannot take (no gradient
-  on a stepped parameter, a gradient of another dtype, a sparse one, a DTensor, a parameter
-  sharing memory with another tensor, a closure) runs that step on the default path, with
-  its numbers. Not seen: a gradient assigned (``p.grad = other``) after backward while the
-  old gradient tensor is still referenced elsewhere and the write count is unchanged (the
-  view neither dropped nor written less); such a step uses the old gradient.
+  and the view put back; a parameter moved, replaced, added or frozen (``requires_grad_(False)``)
+  rebuilds the layout (replaced ones start afresh, as on the default path); anything the
+  layout cannot take (another stepped parameter without a gradient, a gradient of another
+  dtype, a sparse one, a DTensor, a parameter sharing memory with another tensor, a closure)
+  runs that step on the default path, with its numbers. Not seen: a gradient assigned
+  (``p.grad = other``) after backward while the old gradient tensor is still referenced
+  elsewhere and the write count is unchanged (the view neither dropped nor written less);
+  such a step uses the old gradient.
 
 **Per-tensor norms** (``gx.lamb``, ``gx.lars``, ``gx.fromage``): a transform declared
 ``@transform(segmented=True)`` (see :func:`gradtx.base.flat_blocking_parts`) gets the extra
@@ -80,7 +81,7 @@ import torch
 from .. import _foreach as F  # noqa: N812
 from .._segments import Segments
 from .._tree import ParamKey, param_leaves, tree_unflatten
-from ..base import flat_blocking_parts, non_elementwise_parts
+from ..base import flat_blocking_parts, is_leafwise, non_elementwise_parts
 from . import compiled as _compiled
 from . import placement as _placement
 
@@ -262,11 +263,21 @@ class FlatStorage:
             if all(any(name.startswith(key) for key in _PER_PARAMETER) for name in names):
                 return cls(per_parameter=True)
             raise ValueError(f"flat=True runs chains of elementwise (gx.is_elementwise) or segmented transforms "
-                             f"(per-tensor norms computed per segment of the flat buffer, as in gx.lamb, gx.lars, "
-                             f"gx.clip_by_global_norm) or muon's and adafactor's parts (stepped per parameter); "
+                             f"(per-tensor norms computed per segment of the flat buffer, as in gx.lamb, gx.lars) "
+                             f"or muon's and adafactor's parts (stepped per parameter); "
                              f"neither: {', '.join(names)} "
                              f"(use flat=False for this chain)")
         return cls(segmented=bool(non_elementwise_parts(tx)))
+
+    @staticmethod
+    def unused_warning(tx: Any) -> str:
+        """What ``gx.Optimizer`` warns when ``flat=True`` is given a chain with a part over every
+        param group at once (a global norm): the one-chain path that runs it has no flat form."""
+        names = ", ".join(sorted(set(_global_parts(tx))))
+        return (f"flat=True has no effect with this chain: {names} runs over the parameters of every param group "
+                f"at once, so every step runs on the default path (the same numbers; the parameters stay where "
+                f"they are). For flat storage, clip with torch.nn.utils.clip_grad_norm_(model.parameters(), "
+                f"max_norm) before opt.step() (it adds 1e-6 to the norm) and leave the clip out of the chain")
 
     # -- zero_grad ----------------------------------------------------------------------
 
@@ -356,8 +367,12 @@ class FlatStorage:
             if untouched:  # zero_grad(set_to_none=True) and no backward since: no gradient
                 for i in untouched:
                     lay.bparams[i].grad = None
-                return False
+                return None if any(not lay.bparams[i].requires_grad for i in untouched) else False
         missing = [i for i, mine in enumerate(own) if not mine]
+        if any(grads[i] is None and not lay.bparams[i].requires_grad for i in missing):
+            # frozen since the layout was made (fine-tuning in stages): laid out again without
+            # it, or every later step would run on the default path
+            return None
         for i in missing:
             p, g = lay.bparams[i], grads[i]
             if (type(g) is not torch.Tensor or g.layout is not torch.strided or g.dtype != p.dtype
@@ -398,14 +413,20 @@ class FlatStorage:
                for x in lay.fparams.values()}
         self._layouts.pop(gi, None)
         keys = [k for k, p in enumerate(params) if p.grad is not None]
-        if not keys:
-            return None
         ptrs = set()
         for k in keys:
             p = params[k]
             if not _eligible(p, own) or (p.numel() and p.data_ptr() in ptrs):
                 return None
             ptrs.add(p.data_ptr())
+        with torch.no_grad():
+            for p in params if own else ():
+                if (p.grad is None and type(p.data) is torch.Tensor and p.layout is torch.strided
+                        and p.untyped_storage().data_ptr() in own):
+                    # left out (frozen): memory of its own, or it could not join a later layout
+                    p.data = p.detach().clone()
+        if not keys:
+            return None
         opt._forget_replaced(gi)
         if type(params) is _Params:
             params.changed = False
@@ -613,6 +634,14 @@ class FlatStorage:
         if bufs is None or len(bufs) != len(like):
             bufs = lay.scratch[slot] = [torch.empty_like(x) for x in like]
         return bufs
+
+
+def _global_parts(tx: Any) -> list[str]:
+    """The names of the innermost parts of ``tx`` that are not leafwise (see ``groups.py``)."""
+    attrs = getattr(tx, "__dict__", {})
+    if "parts" in attrs:
+        return [name for part in attrs["parts"] for name in _global_parts(part)]
+    return [] if is_leafwise(tx) else [attrs.get("name") or repr(tx)]
 
 
 def _zero_like_torch(params: list[torch.Tensor], set_to_none: bool) -> None:

@@ -166,10 +166,17 @@ class Optimizer(torch.optim.Optimizer):
     - Speed (``fast=True``, the default): a chain with the shape of Adam, AdamW or SGD
       (momentum, Nesterov, weight decay, masked or not), optionally after ``clip_value``, runs on torch's
       fused kernels (``torch._fused_adam_`` / ``_fused_adamw_`` / ``_fused_sgd_``) on the
-      chain's own state tensors; any other chain runs in place on multi-tensor kernels, on
-      a copy of the gradients kept from step to step, with a final ``scale_by_lr(lr)``
-      folded into ``p <- p - lr * u``. The paths agree to round-off and share one state
-      layout, so checkpoints move between them; ``fast=False`` runs ``tx.update`` as is.
+      chain's own state tensors, and LAMB on Adam's kernel then its trust ratio (see
+      ``gradtx.optim.fused``); the other ``torch.optim`` algorithms (Adagrad, RMSprop, Adamax,
+      NAdam, RAdam, Adadelta, ASGD, Rprop) run as a few multi-tensor passes
+      (``gradtx.optim.multi_tensor``). A shape is matched on the parts of one chain, with the
+      learning rate a plain number (not a gradtx schedule): ``chain(clip_value(1.0),
+      scale_by_adam(), scale_by_lr(lr))`` matches, ``chain(clip_value(1.0), adam(lr))`` does
+      not. Any other chain runs in place on multi-tensor kernels, on a copy of the gradients
+      kept from step to step, with a final ``scale_by_lr(lr)`` folded into ``p <- p - lr * u``.
+      The paths agree to round-off and share one state layout, so checkpoints move between
+      them; ``fast=False`` runs ``tx.update`` as is. docs/guides/performance.md says how to
+      tell which path runs and when ``compile`` or ``flat`` pays.
     - ``compile=True`` (or a dict of ``torch.compile`` arguments, e.g. ``{"mode": ...}``) runs a
       chain of elementwise transforms (:func:`gradtx.is_elementwise`) under ``torch.compile``:
       one graph updates a few flat parameters at a time in one fused pass each, with small
@@ -179,11 +186,14 @@ class Optimizer(torch.optim.Optimizer):
     - ``flat=True`` keeps each param group's parameters (per device and dtype) as views into
       one flat buffer and their gradients as views into another, so an elementwise chain's
       step is one kernel pass over each buffer (fused, multi-tensor or compiled) whatever the
-      number of parameters; ``zero_grad()`` zeroes the buffer in place. Anything the layout
+      number of parameters; ``zero_grad()`` zeroes the buffer in place (so ``p.grad`` stays a
+      tensor, of -0.0 after ``set_to_none=True``), and the parameters are moved into the buffer
+      at the first step (a ``.data`` kept from before no longer aliases). Anything the layout
       cannot take that step runs on the default path, with its numbers; the state layout and
       checkpoints are the default ones (see ``gradtx.optim.flat``). Chains with per-tensor
-      norms (``gx.lamb``, ``gx.lars``) run there too, one norm per segment of the buffer; a
-      global norm over every group (``clip_by_global_norm``) runs on the default path.
+      norms (``gx.lamb``, ``gx.lars``) run there too, one norm per segment of the buffer; with
+      a global norm over every group (``clip_by_global_norm``) every step runs on the default
+      path, and the constructor warns that ``flat=True`` has no effect.
       ``gx.muon`` and ``gx.adafactor`` keep the buffers and step per-parameter views of them
       (the default path's numbers). Other chains (a user's transform) raise ``ValueError``.
 
@@ -270,6 +280,8 @@ class Optimizer(torch.optim.Optimizer):
         if self._split is not None:
             self._clip_plan = _fused.global_clip_plan(tx) if fast else None
             self._plan = self._before_lr = None
+            if self._flat is not None:  # the one-chain path has no flat form: say so, not silently
+                warnings.warn(self._flat.unused_warning(tx), stacklevel=2)
             self._declared = supports_inplace(self._split)
             self._run = updater(self._split)
         self._one_state: Any = None  # with _split: the state over every group's stepped params
