@@ -34,6 +34,10 @@ FAST = {
                                        gx.scale_by_adam(), gx.scale_by_lr(1e-2)),
     "sgd_masked": lambda: gx.chain(gx.add_decayed_weights(0.1, mask=lambda p: gx.tree_map(lambda x: x.dim() != 1, p)),
                                    gx.trace(0.9), gx.scale_by_lr(0.05)),
+    # an alias nested as a member: recognised by the parts of both chains, in order
+    "nested_clip_adam": lambda: gx.chain(gx.clip_value(0.5), gx.adam(1e-2)),
+    "nested_clip_adamw": lambda: gx.chain(gx.clip_value(0.5), gx.adamw(1e-2, weight_decay=0.05)),
+    "nested_twice": lambda: gx.chain(gx.chain(gx.clip_value(0.5)), gx.chain(gx.adamw(1e-2, weight_decay=0.05))),
     # Adam's kernel into a scratch, then the per-tensor parts ("adam_then")
     "lamb": lambda: gx.lamb(1e-2, weight_decay=0.1),
     "lamb_masked": lambda: gx.lamb(1e-2, weight_decay=0.1, mask=lambda p: gx.tree_map(lambda x: x.dim() > 1, p)),
@@ -110,6 +114,8 @@ def test_chain_is_recognised(name):
     gx.scale_by_adam(),
     gx.chain(gx.clip_value(1.0), gx.scale_by_adam(), gx.scale_by_trust_ratio(), gx.scale_by_lr(1e-3)),
     gx.chain(gx.scale_by_adam(), gx.scale_by_trust_ratio(), gx.trace(0.9), gx.scale_by_lr(1e-3)),
+    gx.chain(gx.add_decayed_weights(0.1), gx.sgd(1e-3, weight_decay=0.1)),  # two decays
+    gx.chain(gx.adam(1e-3), gx.clip_value(1.0)),  # the learning rate is not last
 ], ids=lambda tx: repr(tx).split("(")[0])
 def test_other_chains_are_not(tx):
     assert _fused.plan(tx) is None

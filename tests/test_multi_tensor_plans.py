@@ -38,6 +38,9 @@ PLANS = {
     # bounds reached within the steps: the clamps on both sides
     "rprop_bounded": (lambda: gx.rprop(1e-2, eta_minus=0.3, eta_plus=1.5, min_step_size=2e-3, max_step_size=3e-2),
                       lambda ps: O.Rprop(ps, lr=1e-2, etas=(0.3, 1.5), step_sizes=(2e-3, 3e-2))),
+    # an alias nested in a chain: recognised by the parts of both, its state read through the nesting
+    "nadam_nested_torch": (lambda: gx.chain(gx.chain(gx.nadam(1e-2, momentum_decay=4e-3))),
+                           lambda ps: O.NAdam(ps, lr=1e-2)),
 }
 
 SHAPES = [(7, 5), (5,), (3, 4, 2), (1,)]

@@ -275,9 +275,10 @@ class FlatStorage:
         param group at once (a global norm): the one-chain path that runs it has no flat form."""
         names = ", ".join(sorted(set(_global_parts(tx))))
         return (f"flat=True has no effect with this chain: {names} runs over the parameters of every param group "
-                f"at once, so every step runs on the default path (the same numbers; the parameters stay where "
-                f"they are). For flat storage, clip with torch.nn.utils.clip_grad_norm_(model.parameters(), "
-                f"max_norm) before opt.step() (it adds 1e-6 to the norm) and leave the clip out of the chain")
+                f"at once, so every step runs on the default path (the same numbers, on the fused kernels where the "
+                f"rest of the chain has them; the parameters stay where they are). For flat storage, clip with "
+                f"torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm) before opt.step() (it adds 1e-6 to "
+                f"the norm) and leave the clip out of the chain")
 
     # -- zero_grad ----------------------------------------------------------------------
 

@@ -110,6 +110,7 @@ class FusedPlan:
     hp: dict[str, Any] = field(default_factory=dict)  # b1, b2, eps / momentum, nesterov
     mask: Any = None  # add_decayed_weights' mask, in any form gx.masked takes
     then: tuple = ()  # "adam_then": (index in the chain, transform) of each part between scale_by_adam and scale_by_lr
+    nesting: tuple | None = None  # a chain of chains: how its state nests (see unnest)
     # the mask's flags for the last params dict (the adapter reuses it while the same
     # parameters step): (params dict, flags)
     _flags: tuple[Any, list[bool]] | None = field(default=None, repr=False)
@@ -138,6 +139,7 @@ class FusedPlan:
         """:meth:`run` in two halves: the checks now (``None`` when the tensors do not suit
         the kernel; nothing changed), and the step as a function of ``grad_scale``, a 0-dim
         float32 tensor the kernels divide each gradient by as they read it (``None``: 1)."""
+        state = unnest(state, self.nesting)
         # the adapter's dicts hold exactly ``keys``, in order: their values are the lists
         ps = list(params.values()) if len(params) == len(keys) else [params[k] for k in keys]
         gs = list(grads.values()) if len(grads) == len(keys) else [grads[k] for k in keys]
@@ -456,10 +458,60 @@ def lr_tail(tx: Any, *, is_chain: bool | None = None) -> tuple | None:
 
 def plan(tx: Any, *, is_chain: bool | None = None) -> Any:
     """The fast plan for ``tx``: a ``FusedPlan``, a ``multi_tensor.MultiTensorPlan`` (torch's
-    other algorithms), or ``None`` when it does not have a recognised shape."""
+    other algorithms), or ``None`` when it does not have a recognised shape. A chain whose
+    members are chains (``chain(clip_value(c), adamw(lr))``) is recognised by the parts of
+    all of them in order; the plan then reads its state through ``nesting``."""
     parts = lr_tail(tx, is_chain=is_chain)  # every recognised shape is a chain ending in scale_by_lr(number)
-    if parts is None:
+    found = None if parts is None else _recognise(parts)
+    if found is not None:
+        return found
+    nested = _nested_parts(tx)
+    if nested is None or len(nested[0]) == len(getattr(tx, "__dict__", {}).get("parts", ())):
         return None
+    flat_parts, nesting = nested
+    name, args = _attrs(flat_parts[-1])
+    if name != "scale_by_lr" or is_schedule(args.get("lr")) or _number(args.get("lr")) is None:
+        return None
+    found = _recognise(tuple(flat_parts))
+    if found is not None:
+        found.nesting = nesting
+    return found
+
+
+def _nested_parts(tx: Any) -> tuple[list, tuple] | None:
+    """The innermost parts of a chain of chains, in order, and the nesting of its state
+    (per member: ``None`` for a part, the member's own nesting for a chain); ``None`` when
+    ``tx`` is not a chain with a tuple state."""
+    parts = getattr(tx, "__dict__", {}).get("parts")
+    if not parts or not _is_chain(tx, parts):
+        return None
+    out, nesting = [], []
+    for part in parts:
+        inner = _nested_parts(part)
+        if inner is None:
+            out.append(part)
+            nesting.append(None)
+        else:
+            out.extend(inner[0])
+            nesting.append(inner[1])
+    return out, tuple(nesting)
+
+
+def unnest(state: tuple, nesting: tuple | None) -> tuple:
+    """A chain of chains' state as the tuple of its innermost parts' states (the same
+    objects: the plans update them in place)."""
+    if nesting is None:
+        return state
+    out: list = []
+    for part, inner in zip(state, nesting):
+        if inner is None:
+            out.append(part)
+        else:
+            out.extend(unnest(part, inner))
+    return tuple(out)
+
+
+def _recognise(parts: tuple) -> Any:
     names = [_attrs(p)[0] for p in parts]
     if names[0] != "clip_value":
         from . import multi_tensor  # imports this module's helpers

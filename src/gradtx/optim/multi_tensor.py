@@ -50,7 +50,7 @@ from typing import Any
 
 import torch
 
-from .fused import _attrs, _group_by_device_and_dtype, _linear_layout, _number, grads_match, state_matches
+from .fused import _attrs, _group_by_device_and_dtype, _linear_layout, _number, grads_match, state_matches, unnest
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -109,6 +109,7 @@ class MultiTensorPlan:
     # the blocks of the last shapes seen: (shapes, device, dtype, blocks, scratch buffers)
     _blocks: Any = field(default=None, repr=False, compare=False)
     _verified: set = field(default_factory=set, repr=False, compare=False)  # see fused.state_matches
+    nesting: tuple | None = None  # a chain of chains: how its state nests (see fused.unnest)
 
     def run(self, state: tuple, keys: list[int], params: dict, grads: dict,
             buffers: Callable[..., list[torch.Tensor]], segments: dict | None = None) -> bool:
@@ -117,6 +118,7 @@ class MultiTensorPlan:
         generic path). ``buffers(like, slot)`` gives scratch tensors like ``like``, kept
         from step to step, one set per ``slot`` (used when the tensors cannot be blocked).
         ``segments`` (the flat path's) is not needed: these chains are elementwise."""
+        state = unnest(state, self.nesting)
         # the adapter's dicts hold exactly ``keys``, in order: their values are the lists
         ps = list(params.values()) if len(params) == len(keys) else [params[k] for k in keys]
         gs = list(grads.values()) if len(grads) == len(keys) else [grads[k] for k in keys]

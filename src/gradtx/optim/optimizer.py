@@ -169,10 +169,11 @@ class Optimizer(torch.optim.Optimizer):
       chain's own state tensors, and LAMB on Adam's kernel then its trust ratio (see
       ``gradtx.optim.fused``); the other ``torch.optim`` algorithms (Adagrad, RMSprop, Adamax,
       NAdam, RAdam, Adadelta, ASGD, Rprop) run as a few multi-tensor passes
-      (``gradtx.optim.multi_tensor``). A shape is matched on the parts of one chain, with the
-      learning rate a plain number (not a gradtx schedule): ``chain(clip_value(1.0),
-      scale_by_adam(), scale_by_lr(lr))`` matches, ``chain(clip_value(1.0), adam(lr))`` does
-      not. Any other chain runs in place on multi-tensor kernels, on a copy of the gradients
+      (``gradtx.optim.multi_tensor``); ``chain(clip_by_global_norm(c), adamw(...))`` (or SGD,
+      Adam, LAMB) runs the norm once and the fused kernels on the gradients divided by
+      ``n / c``. A shape is matched on the parts of a chain and of the chains nested in it, in
+      order (``chain(clip_value(1.0), adam(lr))`` matches), with the learning rate a plain
+      number (not a gradtx schedule). Any other chain runs in place on multi-tensor kernels, on a copy of the gradients
       kept from step to step, with a final ``scale_by_lr(lr)`` folded into ``p <- p - lr * u``.
       The paths agree to round-off and share one state layout, so checkpoints move between
       them; ``fast=False`` runs ``tx.update`` as is. docs/guides/performance.md says how to
