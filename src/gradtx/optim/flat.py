@@ -110,22 +110,19 @@ def _alias(base: torch.Tensor, offset: int, shape: torch.Size) -> torch.Tensor:
     return out.set_(base.untyped_storage(), base.storage_offset() + offset, shape, _strides(shape))
 
 
-# Bytes by which the parameter and gradient buffers start past a 4 KiB boundary (the state's
-# buffers, allocated by the chain's init, start at one). A step reads and writes each element
-# of every buffer in turn; when their addresses agree modulo 4 KiB, the CPU takes a store to
-# one for a store to the load it is about to make from another (4K aliasing) and stalls:
-# measured on the big set (one tensor of 16.8M), the fused AdamW kernel ran 10-20% faster
-# with the buffers 1 and 2 KiB apart (flat step 1.05 -> 0.85 of torch fused; docs/benchmarks.md).
-_STAGGER = 1024
+# Where the parameter and gradient buffers start past a 4 KiB boundary; the state's buffers,
+# from the chain's init, go 2 and 3 KiB past the parameters' (gradtx.optim.placement). A step
+# reads and writes each element of every buffer in turn; when their addresses agree modulo
+# 4 KiB the CPU stalls (4K aliasing): on the big set (one tensor of 16.8M) the fused AdamW
+# kernel ran 10-20% faster with the parameter and gradient buffers 1 KiB apart, and about
+# twice as fast with the state's apart too (benchmarks/aliasing.py, docs/benchmarks.md).
+_PARAMS_AT, _GRADS_AT = 1024 + 64, 2048 + 64
 
 
-def _staggered(numel: int, dtype: torch.dtype, device: torch.device, slot: int) -> torch.Tensor:
-    """An uninitialised flat buffer of ``numel`` elements starting ``slot * _STAGGER`` bytes
-    into its memory (no view bookkeeping: the padding is the storage's own)."""
-    size = torch.empty((), dtype=dtype).element_size()
-    pad = slot * _STAGGER // size
-    base = torch.empty(numel + 4096 // size, dtype=dtype, device=device)
-    return _alias(base, pad, torch.Size((numel,)))
+def _staggered(numel: int, dtype: torch.dtype, device: torch.device, offset: int) -> torch.Tensor:
+    """An uninitialised flat buffer of ``numel`` elements starting ``offset`` bytes past a
+    4 KiB boundary (no view bookkeeping: the padding is the storage's own)."""
+    return _placement.at_offset(torch.Size((numel,)), dtype, device, offset)
 
 
 def _owns_memory(p: torch.Tensor) -> bool:
@@ -445,7 +442,7 @@ class FlatStorage:
                 total = sum(params[k].numel() for k in ks)
                 # one buffer, each parameter copied into its slice and rebound as a view of it
                 # at once, so that its old memory is freed before the next one is copied
-                flat_p = _staggered(total, dtype, device, 1)
+                flat_p = _staggered(total, dtype, device, _PARAMS_AT)
                 offset = 0
                 for k in ks:
                     p = params[k]
@@ -456,7 +453,7 @@ class FlatStorage:
                     offset += n
                 _release_freed_heap(device)
                 fparams[ParamKey(b)] = flat_p
-                fgrads[ParamKey(b)] = _staggered(total, dtype, device, 2)
+                fgrads[ParamKey(b)] = _staggered(total, dtype, device, _GRADS_AT)
         gbases = [_alias(g, 0, g.shape) for g in fgrads.values()]
         lay = _Layout(params, keys, [params[k] for k in keys], [p for k, p in enumerate(params) if k not in where],
                       where, fparams, fgrads, gbases, [params[k].data_ptr() for k in keys])
