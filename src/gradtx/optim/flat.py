@@ -217,6 +217,8 @@ class _Layout:
     fstate: Any = None  # the chain's state over ``fparams``
     scratch: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # slot -> temporaries
     segments: dict[ParamKey, Segments] | None = None  # bucket -> its parameters' segments (segmented chains)
+    # bucket -> the per-parameter state paths its parameters keep empty (muon's split; segmented chains)
+    empty_paths: dict[ParamKey, frozenset[str]] | None = None
 
     def versions(self) -> tuple[int, ...]:
         return tuple(b._version for b in self.gbases)
@@ -378,7 +380,9 @@ class FlatStorage:
         in every element leaves it so). One segment reduction per buffer."""
         out = []
         for b, g in enumerate(lay.fgrads.values()):
-            order = [i for i, k in enumerate(lay.keys) if lay.where[k][0] == b]
+            # in the buffer's order (a segmented chain's layout sorts the parameters by size)
+            order = sorted((i for i, k in enumerate(lay.keys) if lay.where[k][0] == b),
+                           key=lambda i: lay.where[lay.keys[i]][1])
             per = 2 if g.is_complex() else 1
             lengths = torch.tensor([lay.where[lay.keys[i]][2] * per for i in order], device=g.device)
             g = _real(g)
@@ -410,15 +414,22 @@ class FlatStorage:
             params.changed = False
         else:  # a list the user put in the group since
             params = group["params"] = _Params(params)
-        kinds: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        # one buffer per (device, dtype) and, for a segmented chain, per set of state paths
+        # its init leaves empty (muon's matrices apart from the rest: each side's state is
+        # then either flat or empty over a whole buffer)
+        sides = self._sides(opt, gi, group, keys) if self._segmented else None
+        kinds: dict[tuple[torch.device, torch.dtype, frozenset[str]], list[int]] = {}
         for k in keys:
-            kinds.setdefault((params[k].device, params[k].dtype), []).append(k)
-        if self._segmented:  # equal sizes side by side: one reduction per distinct size (see _segments)
-            kinds = {kind: sorted(ks, key=lambda k: params[k].numel()) for kind, ks in kinds.items()}
+            kinds.setdefault((params[k].device, params[k].dtype, sides[k] if sides else frozenset()), []).append(k)
+        if self._segmented:
+            # equal sizes side by side, equal shapes within (stable: the parameters' order
+            # otherwise): one reduction per distinct size, one batch per shape (see _segments)
+            kinds = {kind: sorted(ks, key=lambda k: (params[k].numel(), tuple(params[k].shape)))
+                     for kind, ks in kinds.items()}
         where: dict[int, tuple[int, int, int, torch.Size]] = {}
         fparams, fgrads = {}, {}
         with torch.no_grad():
-            for b, ((device, dtype), ks) in enumerate(kinds.items()):
+            for b, ((device, dtype, _), ks) in enumerate(kinds.items()):
                 total = sum(params[k].numel() for k in ks)
                 # one buffer, each parameter copied into its slice and rebound as a view of it
                 # at once, so that its old memory is freed before the next one is copied
@@ -442,22 +453,72 @@ class FlatStorage:
             view.copy_(p.grad)
             p.grad = view  # the old gradient freed here, before the next one is copied
             lay.grefs.append(weakref.ref(view))
-        for device in {d for d, _ in kinds}:
+        for device in {kind[0] for kind in kinds}:
             _release_freed_heap(device)
         if self._segmented:
             lay.segments = {ParamKey(b): Segments([params[k].shape for k in ks]) for b, ks in enumerate(kinds.values())}
+            lay.empty_paths = {ParamKey(b): kind[2] for b, kind in enumerate(kinds)}
         lay.stores = [x.untyped_storage() for x in (*fparams.values(), *fgrads.values())]
         lay.mark, lay.counts = lay.versions(), lay.use_counts()
         self._layouts[gi] = lay
         return lay
 
+    @staticmethod
+    def _sides(opt: Any, gi: int, group: dict[str, Any], keys: list[int]) -> dict[int, frozenset[str]] | None:
+        """Per stepped parameter, the paths of its per-parameter state that the chain's init
+        (over meta tensors) leaves empty, a ``(0,)`` tensor: muon keeps its momentum for the
+        matrices and Adam's moments for the other leaves. ``None`` when init needs real tensors."""
+        tx = opt._variant(opt._setting_values(group), f"param_groups[{gi}]").tx
+        pdict = opt._param_dict(gi, keys)
+        try:
+            template = tx.init({key: torch.empty(p.shape, dtype=p.dtype, device="meta") for key, p in pdict.items()})
+        except Exception:  # noqa: BLE001 - one buffer per (device, dtype), as for any chain
+            return None
+        shapes = {int(key): p.shape for key, p in pdict.items()}
+        empty: dict[int, set[str]] = {k: set() for k in keys}
+        for index, path, leaf in param_leaves(template)[0]:
+            if (index is not None and isinstance(leaf, torch.Tensor) and leaf.shape == (0,)
+                    and leaf.shape != shapes[index]):
+                empty[index].add(path)
+        return {k: frozenset(paths) for k, paths in empty.items()}
+
+    @staticmethod
+    def _flat_init(tx: Any, lay: _Layout) -> tuple[Any, bool]:
+        """The flat state: ``tx.init`` over the flat buffers, each per-parameter path of a
+        buffer made empty where its parameters' state is (``lay.empty_paths``) and flat
+        otherwise; and whether its values are init's (``False`` when a flat leaf had to be
+        made: its values come from the per-parameter state, copied in by :meth:`_link`)."""
+        state = tx.init(lay.fparams)
+        if lay.empty_paths is None or not any(lay.empty_paths.values()):
+            return state, True
+        flat_leaves, flat_def = param_leaves(state)
+        out, fresh = [], True
+        for index, path, leaf in flat_leaves:
+            if index is not None and isinstance(leaf, torch.Tensor):
+                n = lay.fparams[ParamKey(index)].numel()
+                if path in lay.empty_paths[ParamKey(index)]:
+                    if leaf.shape != (0,):
+                        leaf = leaf.new_empty((0,))
+                elif leaf.shape != (n,) and leaf.shape == (0,):  # init over a flat buffer took it for the other side
+                    leaf, fresh = leaf.new_zeros((n,)), False
+            out.append(leaf)
+        return tree_unflatten(out, flat_def), fresh
+
+    @staticmethod
+    def _both_empty(leaf: Any, big: torch.Tensor | None) -> bool:
+        """A per-parameter state leaf that is empty (the other side's, under muon's split)
+        against an empty flat leaf: it stays the parameter's own empty tensor."""
+        return (big is not None and big.shape == (0,) and isinstance(leaf, torch.Tensor) and leaf.shape == (0,)
+                and leaf.dtype == big.dtype)
+
     def _link(self, opt: Any, gi: int, lay: _Layout, tx: Any) -> None:
         """Make the group's state (the adapter's) views of the flat state, copying its values
         in; a group without state gets a fresh flat state and views of it, never the
         per-parameter tensors (no transient copy of the whole state)."""
+        fresh = True
         if lay.fstate is None or opt._chain_states[gi] is None:  # a group without state starts afresh
-            lay.fstate = tx.init(lay.fparams)
-        if opt._chain_states[gi] is None and self._link_fresh(opt, gi, lay, tx):
+            lay.fstate, fresh = self._flat_init(tx, lay)
+        if opt._chain_states[gi] is None and fresh and self._link_fresh(opt, gi, lay, tx):
             return
         opt._group_state(gi, lay.keys, tx)  # initialises the ones seen for the first time
         full = opt._chain_states[gi]
@@ -472,6 +533,9 @@ class FlatStorage:
                 continue
             b, off, n, shape = lay.where[index]
             big = by_path.get((b, path))
+            if self._both_empty(leaf, big):
+                leaves.append(leaf)
+                continue
             if (big is None or not isinstance(leaf, torch.Tensor) or leaf.shape != shape or leaf.dtype != big.dtype
                     or big.shape != (lay.fparams[ParamKey(b)].numel(),)):
                 raise _NotFlat
@@ -521,20 +585,25 @@ class FlatStorage:
             if index is None:
                 if path not in shared:
                     raise _NotFlat
-                spec.append((None, path))
+                spec.append((None, path, False))
                 continue
             b, off, n, shape = lay.where[index]
             big = by_path.get((b, path))
+            if self._both_empty(leaf, big):
+                spec.append((index, path, True))
+                continue
             if (big is None or not isinstance(leaf, torch.Tensor) or leaf.shape != shape or leaf.dtype != big.dtype
                     or big.shape != (lay.fparams[ParamKey(b)].numel(),)):
                 raise _NotFlat
-            spec.append((index, path))
+            spec.append((index, path, False))
         self._check_covered(lay, positioned, flat_leaves, {p: 0 for i, p, _ in positioned if i is None})
         del positioned
         leaves = []
-        for index, path in spec:
+        for index, path, empty in spec:
             if index is None:
                 leaves.append(shared[path])
+            elif empty:  # each parameter its own empty tensor, as init gives it
+                leaves.append(by_path[lay.where[index][0], path].new_empty((0,)))
             else:
                 b, off, _, shape = lay.where[index]
                 leaves.append(_alias(by_path[b, path], off, shape))
