@@ -34,7 +34,8 @@ CHAINS = {
     "muon_torch": lambda: gx.muon(0.02, bias_correction=False, eps=1e-7, adjust_lr_fn="match_rms_adamw"),
     "muon_plain": lambda: gx.muon(0.02, bias_correction=False, nesterov=False, conv="matrix", weight_decay=0.1,
                                   adam_weight_decay=0.01),
-    "muon_bias_corrected": lambda: gx.muon(0.02, nesterov=False, adaptive=True, weight_decay=0.05),
+    "muon_bias_corrected": lambda: gx.muon(0.02, nesterov=False, adaptive=True, weight_decay=0.05,
+                                           mu_dtype=torch.float64),
     "muon_callable_mask": lambda: gx.muon(0.02, weight_decay=0.01, weight_decay_mask=_no_decay_on_tall),
     "adafactor": lambda: gx.adafactor(0.01),
 }

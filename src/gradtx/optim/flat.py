@@ -45,19 +45,27 @@ one tensor, or the compiled graph with one slot; its numbers cannot depend on th
 argument ``segments``, a :class:`gradtx._segments.Segments` per flat leaf saying where each
 parameter's tensor lies in it, and computes its per-leaf reductions per segment (a trust
 ratio's norms become a vector of norms, its factors scale each segment). The layout then
-puts parameters of equal size side by side, so the segments form one run per distinct size
+puts parameters of equal size side by side (equal shapes together), so the segments form one run per distinct size
 and a reduction is one ``(count, size)`` kernel per run, whatever the number of tensors
 (measured on CPU against ``torch.segment_reduce`` and ``index_add_`` over a segment-id
 vector: both slower than a foreach norm per tensor; runs 20x faster on 2000 tensors).
-Elementwise parts run as before over the whole buffer. **Muon and adafactor** (parts
-neither elementwise nor segmented: muon's split between matrices and the rest, adafactor's
-factored moments) keep per-parameter state not shaped like the parameter (each side of
-muon's split keeps empty tensors for the other side's leaves; adafactor a row and a column
-vector per matrix), which the flat state's views cannot hold: their parameters and
-gradients live in the buffers all the same (one allocation, ``zero_grad`` one fill, the
-same checks), and the default path steps their per-parameter views, with its numbers and
-its state exactly (a flat form, Newton-Schulz batched over runs of equal shapes as views of
-the buffer and Adam over the rest as one range, is not built yet). Any other part that is
+Elementwise parts run as before over the whole buffer.
+
+**Muon** (``gx.muon``: Newton-Schulz on the matrices, Adam on the other leaves, each side's
+per-parameter state an empty tensor for the other side's leaves): the layout gives each set
+of state paths that the chain's ``init`` (over meta tensors) leaves empty a buffer of its
+own, so the matrices and the other leaves lie in separate buffers, and the flat state holds,
+per path and buffer, a flat tensor where the buffer's parameters have state there and an empty
+one where they have none (the adapter's per-parameter state keeps its empty tensors, so
+checkpoints keep the default layout). Muon's split (``_only``) then picks a whole buffer by the
+shapes of its segments; ``scale_by_muon`` runs its momentum over the buffer and Newton-Schulz
+over each run of equal shapes viewed as ``(count, m, n)`` (batched as the default path batches
+separate tensors, so the numbers are its own; no stacked copy), and Adam's side is one
+elementwise pass over the other buffer. A muon whose ``weight_decay_mask`` is a callable (it
+must see per-parameter tensors), and **adafactor** (a row and a column vector per matrix,
+state the flat state's views cannot hold), keep their parameters and gradients in the buffers
+all the same (one allocation, ``zero_grad`` one fill, the same checks), and the default path
+steps their per-parameter views, with its numbers and its state exactly. Any other part that is
 neither (a masked trust ratio, a user's transform) makes the constructor raise
 ``ValueError`` naming ``flat=True``. A chain with a part over every param group at once
 (``clip_by_global_norm``, declared segmented since a global norm is the same on any split)
@@ -235,11 +243,11 @@ class _Layout:
 
 _DISABLED = "disabled"
 
-# Parts known to keep per-parameter state not shaped like the parameter (muon's split keeps
-# empty tensors for the other side's leaves; adafactor's factored moments are a row and a
-# column vector per matrix) and to reduce per matrix, but to touch each parameter's tensor
-# alone: with them ``flat=True`` keeps the contiguous buffers and steps per-parameter views
-# of them on the default path, whose numbers and state they are.
+# Parts known to keep per-parameter state not shaped like the parameter (adafactor's factored
+# moments are a row and a column vector per matrix; muon's split, when its decay mask is a
+# callable that must see per-parameter tensors) and to reduce per matrix, but to touch each
+# parameter's tensor alone: with them ``flat=True`` keeps the contiguous buffers and steps
+# per-parameter views of them on the default path, whose numbers and state they are.
 _PER_PARAMETER = ("scale_by_factored_rms", "only(")
 
 
@@ -469,18 +477,25 @@ class FlatStorage:
         (over meta tensors) leaves empty, a ``(0,)`` tensor: muon keeps its momentum for the
         matrices and Adam's moments for the other leaves. ``None`` when init needs real tensors."""
         tx = opt._variant(opt._setting_values(group), f"param_groups[{gi}]").tx
-        pdict = opt._param_dict(gi, keys)
+        # a segmented chain is leafwise: a parameter's state depends on its shape and dtype
+        # alone, so init runs over one meta tensor of each (thousands of scalars: one)
+        kinds: dict[tuple[torch.Size, torch.dtype], list[int]] = {}
+        for k in keys:
+            p = group["params"][k]
+            kinds.setdefault((p.shape, p.dtype), []).append(k)
         try:
-            template = tx.init({key: torch.empty(p.shape, dtype=p.dtype, device="meta") for key, p in pdict.items()})
+            template = tx.init({ParamKey(j): torch.empty(shape, dtype=dtype, device="meta")
+                                for j, (shape, dtype) in enumerate(kinds)})
         except Exception:  # noqa: BLE001 - one buffer per (device, dtype), as for any chain
             return None
-        shapes = {int(key): p.shape for key, p in pdict.items()}
-        empty: dict[int, set[str]] = {k: set() for k in keys}
+        shapes = list(kinds)
+        paths: list[set[str]] = [set() for _ in shapes]
         for index, path, leaf in param_leaves(template)[0]:
             if (index is not None and isinstance(leaf, torch.Tensor) and leaf.shape == (0,)
-                    and leaf.shape != shapes[index]):
-                empty[index].add(path)
-        return {k: frozenset(paths) for k, paths in empty.items()}
+                    and leaf.shape != shapes[index][0]):
+                paths[index].add(path)
+        frozen = [frozenset(x) for x in paths]
+        return {k: frozen[j] for j, ks in enumerate(kinds.values()) for k in ks}
 
     @staticmethod
     def _flat_init(tx: Any, lay: _Layout) -> tuple[Any, bool]:

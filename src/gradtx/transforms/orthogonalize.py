@@ -183,6 +183,13 @@ def scale_by_muon(ns_coeffs: NsCoeffs = MUON_NS_COEFFS, ns_steps: int = 5, beta:
     ``(out, in, kh, kw)`` would thus be taken as ``out * in`` matrices of ``kh x kw``: to treat
     it as one ``out x (in kh kw)`` matrix, reshape its gradient first (``muon(conv="matrix")``).
 
+    Under ``gx.Optimizer(..., flat=True)`` (declared segmented) a leaf may be a flat buffer
+    holding many matrices end to end, described by the extra argument ``segments``: the
+    momentum then runs over the whole buffer, and Newton-Schulz over each run of equal shapes
+    viewed as ``(count, m, n)`` in the buffer (no stacked copy), in the same batches as above
+    (a matrix alone as a 2-D view), so the numbers are those of the separate tensors. A flat
+    leaf holds matrices only or no matrix at all (the flat layout separates them).
+
     ``torch.optim.Muon`` is ``chain(scale_by_muon(beta=momentum, eps=1e-7, bias_correction=False,
     ns_dtype=torch.bfloat16), add_decayed_weights(weight_decay), scale_by_lr(lr))`` with
     ``adjust_lr_fn`` as given to torch.
