@@ -41,12 +41,14 @@ def _only(what: str, select: Callable[[torch.Tensor], bool], tx: GradientTransfo
     """
     flat_ready = not flat_blocking_parts(tx)
 
-    def stub(tree, picks):
+    def stub(tree, picks=None):
         xs, treedef = leaves(tree)
+        if picks is None:  # each leaf by itself (params whose tree differs get the inner error)
+            picks = [select(x) for x in xs]
         return unflatten(treedef, [x if pick else x.new_empty((0,)) for x, pick in zip(xs, picks)])
 
     def init(params):
-        return tx.init(stub(params, [select(p) for p in leaves(params)[0]]))
+        return tx.init(stub(params))
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         us, treedef = leaves(updates)
@@ -56,7 +58,7 @@ def _only(what: str, select: Callable[[torch.Tensor], bool], tx: GradientTransfo
         else:
             picks = [_selects_whole_leaf(select, seg) for seg in leaves_like(segments, treedef, "segments")]
         sub = stub(updates, picks)
-        sub_params = None if params is None else stub(params, picks)
+        sub_params = None if params is None else stub(params, None if segments is None else picks)
         new, state = tx.update(sub, state, sub_params, inplace=inplace, **extra_args)
         out = [n if pick else u for n, u, pick in zip(leaves(new)[0], us, picks)]
         return unflatten(treedef, out), state
