@@ -38,6 +38,8 @@ CHAINS = {
                                            mu_dtype=torch.float64),
     "muon_callable_mask": lambda: gx.muon(0.02, weight_decay=0.01, weight_decay_mask=_no_decay_on_tall),
     "adafactor": lambda: gx.adafactor(0.01),
+    # scale_by_muon alone: conv weights are batches of matrices, vectors and scalars pass through
+    "scale_by_muon": lambda: gx.chain(gx.scale_by_muon(nesterov=False), gx.scale_by_lr(0.002)),
 }
 # the chains stepped over per-parameter views of one buffer rather than flat
 PER_PARAMETER = ("muon_callable_mask", "adafactor")
@@ -45,7 +47,7 @@ PER_PARAMETER = ("muon_callable_mask", "adafactor")
 
 def _is_muons(name: str, p: torch.Tensor) -> bool:
     """Whether muon's side of chain ``name`` holds ``p`` (conv weights too with conv="matrix")."""
-    return p.dim() >= 2 if name in ("muon_conv_matrix", "muon_plain") else p.dim() == 2
+    return p.dim() >= 2 if name in ("muon_conv_matrix", "muon_plain", "scale_by_muon") else p.dim() == 2
 
 
 def _storages(tensors) -> set[int]:
@@ -121,6 +123,22 @@ def test_runs_batched_as_the_default_path(monkeypatch):
             _train(opt, params, 50)
             results.append(params)
         assert_close_to_scale(results[1], results[0], REL[dtype])
+
+
+def test_two_dtypes_in_one_group():
+    """A buffer per dtype and side: four buffers, the default path's numbers."""
+    results = []
+    for flat in (False, True):
+        params = seeded_params(SHAPES, torch.float64)
+        for i in (0, 1, 5, 3):  # a matrix of a run of three, a vector, a scalar, a lone matrix
+            params[i] = torch.nn.Parameter(params[i].detach().float())
+        opt = gx.Optimizer(params, CHAINS["muon"](), flat=flat)
+        _train(opt, params, 30)
+        if flat:
+            assert len(_storages(params)) == 4
+        results.append(params)
+    for a, b in zip(results[1], results[0]):
+        assert_close_to_scale([a], [b], REL[b.dtype])
 
 
 def test_gradients_replaced_and_model_zero_grad_keep_the_numbers():
