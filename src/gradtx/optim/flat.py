@@ -499,14 +499,23 @@ class FlatStorage:
 
     @staticmethod
     def _flat_init(tx: Any, lay: _Layout) -> tuple[Any, bool]:
-        """The flat state: ``tx.init`` over the flat buffers, each per-parameter path of a
-        buffer made empty where its parameters' state is (``lay.empty_paths``) and flat
-        otherwise; and whether its values are init's (``False`` when a flat leaf had to be
-        made: its values come from the per-parameter state, copied in by :meth:`_link`)."""
-        state = tx.init(lay.fparams)
+        """The flat state, and whether its values are init's.
+
+        ``tx.init`` over the flat buffers; where some parameters keep empty state
+        (``lay.empty_paths``, muon's split), over each buffer viewed with the number of
+        dimensions of its first tensor, ``(1, ..., 1, numel)`` (what a split by dimensions
+        reads), its state leaves flattened back: init's values, no per-parameter state made.
+        A leaf that still comes out otherwise than ``lay.empty_paths`` says is made empty or
+        flat (zeros) by hand, and ``False`` returned: its values are then the per-parameter
+        init's, copied in by :meth:`_link`."""
         if lay.empty_paths is None or not any(lay.empty_paths.values()):
-            return state, True
-        flat_leaves, flat_def = param_leaves(state)
+            return tx.init(lay.fparams), True
+        stand_ins = {}
+        for key, f in lay.fparams.items():
+            shapes = lay.segments[key].shapes
+            dims = len(shapes[0]) if shapes else 1
+            stand_ins[key] = f.view(*([1] * (dims - 1)), f.numel()) if dims > 1 else f
+        flat_leaves, flat_def = param_leaves(tx.init(stand_ins))
         out, fresh = [], True
         for index, path, leaf in flat_leaves:
             if index is not None and isinstance(leaf, torch.Tensor):
@@ -514,7 +523,9 @@ class FlatStorage:
                 if path in lay.empty_paths[ParamKey(index)]:
                     if leaf.shape != (0,):
                         leaf = leaf.new_empty((0,))
-                elif leaf.shape != (n,) and leaf.shape == (0,):  # init over a flat buffer took it for the other side
+                elif leaf.numel() == n and leaf.is_contiguous():
+                    leaf = leaf.view(n)
+                else:  # init took the buffer for the other side's
                     leaf, fresh = leaf.new_zeros((n,)), False
             out.append(leaf)
         return tree_unflatten(out, flat_def), fresh
