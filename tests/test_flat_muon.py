@@ -125,6 +125,28 @@ def test_runs_batched_as_the_default_path(monkeypatch):
         assert_close_to_scale(results[1], results[0], REL[dtype])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("name", ["muon", "muon_plain"])
+def test_large_buffers_with_kept_temporaries(name, dtype):
+    """Tensors large enough (2^16 elements and more) that the flat step's out-of-place ops write
+    into temporaries kept between steps: the default path's numbers, the state not disturbed."""
+    shapes = [(300, 256), (70_000,), (3, 4, 2, 2), (), (256, 300), (40_000,)]
+    results = []
+    for flat in (False, True):
+        params = seeded_params(shapes, dtype)
+        opt = gx.Optimizer(params, CHAINS[name](), flat=flat)
+        _train(opt, params, 12, skip_at=5)
+        if flat:
+            assert_laid_out(name, opt, params)
+            if name == "muon":  # nesterov Adam's temporaries kept (its side: 110,049 elements)
+                assert 110_049 in [b.numel() for b in opt._flat._layouts[0].temporaries.buffers]
+        results.append((params, opt))
+    (ref, ref_opt), (got, got_opt) = results
+    assert_close_to_scale(got, ref, REL[dtype])
+    for p, q in zip(got, ref):  # the state too (the momentum, Adam's moments)
+        assert_close_to_scale(list(got_opt.state[p].values()), list(ref_opt.state[q].values()), REL[dtype])
+
+
 def test_two_dtypes_in_one_group():
     """A buffer per dtype and side: four buffers, the default path's numbers."""
     results = []

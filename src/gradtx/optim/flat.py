@@ -78,6 +78,7 @@ parameters sharing memory are left where they are (their group runs on the defau
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import weakref
 from dataclasses import dataclass, field
@@ -227,6 +228,7 @@ class _Layout:
     segments: dict[ParamKey, Segments] | None = None  # bucket -> its parameters' segments (segmented chains)
     # bucket -> the per-parameter state paths its parameters keep empty (muon's split; segmented chains)
     empty_paths: dict[ParamKey, frozenset[str]] | None = None
+    temporaries: F.Temporaries | None = None  # kept outputs of the chain's out-of-place ops (muon's split)
 
     def versions(self) -> tuple[int, ...]:
         return tuple(b._version for b in self.gbases)
@@ -466,6 +468,10 @@ class FlatStorage:
         if self._segmented:
             lay.segments = {ParamKey(b): Segments([params[k].shape for k in ks]) for b, ks in enumerate(kinds.values())}
             lay.empty_paths = {ParamKey(b): kind[2] for b, kind in enumerate(kinds)}
+            if any(lay.empty_paths.values()):
+                # muon's Adam side is out-of-place ops over one large buffer: their outputs
+                # kept between steps, not mapped afresh each step (see _foreach.Temporaries)
+                lay.temporaries = F.Temporaries()
         lay.stores = [x.untyped_storage() for x in (*fparams.values(), *fgrads.values())]
         lay.mark, lay.counts = lay.versions(), lay.use_counts()
         self._layouts[gi] = lay
@@ -664,12 +670,15 @@ class FlatStorage:
         if lay.segments is not None:
             extra["segments"] = lay.segments
         state, alpha = lay.fstate, 1.0
-        if variant.before_lr is not None and not state[-1].lr.requires_grad:
-            updates, new_state = variant.before_lr(updates, state[:-1], lay.fparams, True, extra)
-            alpha = -float(state[-1].lr)
-            new = (*new_state, state[-1])
-        else:
-            updates, new = variant.run(updates, state, lay.fparams, variant.declared, extra)
+        # drawn temporaries stay valid until the next step: _keep copies the state the chain
+        # returns into the flat state's tensors, and the updates are added in below
+        with F.drawing_from(lay.temporaries) if lay.temporaries is not None else contextlib.nullcontext():
+            if variant.before_lr is not None and not state[-1].lr.requires_grad:
+                updates, new_state = variant.before_lr(updates, state[:-1], lay.fparams, True, extra)
+                alpha = -float(state[-1].lr)
+                new = (*new_state, state[-1])
+            else:
+                updates, new = variant.run(updates, state, lay.fparams, variant.declared, extra)
         self._keep(opt, gi, lay, new)
         F.add(ps, F.cast_like([updates[k] for k in keys], ps), alpha=alpha, inplace=True)
 
