@@ -8,7 +8,9 @@ update is called with the caller's ``inplace`` flag, later ops on the buffers it
 are always in place, so the pure path allocates exactly its outputs.
 
 Under ``torch.func`` transforms (``vmap`` has no batching rule for foreach ops) the same
-helpers run one ordinary op per tensor.
+helpers run one ordinary op per tensor. Under :func:`drawing_from` (the flat path's muon
+step) an out-of-place op over a few large CPU tensors writes into kept temporaries instead
+of new tensors.
 """
 
 from __future__ import annotations

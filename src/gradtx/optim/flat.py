@@ -61,7 +61,11 @@ checkpoints keep the default layout). Muon's split (``_only``) then picks a whol
 shapes of its segments; ``scale_by_muon`` runs its momentum over the buffer and Newton-Schulz
 over each run of equal shapes viewed as ``(count, m, n)`` (batched as the default path batches
 separate tensors, so the numbers are its own; no stacked copy), and Adam's side is one
-elementwise pass over the other buffer. A muon whose ``weight_decay_mask`` is a callable (it
+elementwise pass over the other buffer. The outputs of the chain's out-of-place ops over
+large CPU buffers (Adam's denominator, nesterov's term) go into temporaries the layout keeps
+between steps (:class:`gradtx._foreach.Temporaries`): made afresh, each would be a new
+mapping page-faulted every step (over glibc's 32 MiB mmap threshold), where the default
+path's per-tensor temporaries come back from the heap. A muon whose ``weight_decay_mask`` is a callable (it
 must see per-parameter tensors), and **adafactor** (a row and a column vector per matrix,
 state the flat state's views cannot hold), keep their parameters and gradients in the buffers
 all the same (one allocation, ``zero_grad`` one fill, the same checks), and the default path
