@@ -8,12 +8,16 @@ update is called with the caller's ``inplace`` flag, later ops on the buffers it
 are always in place, so the pure path allocates exactly its outputs.
 
 Under ``torch.func`` transforms (``vmap`` has no batching rule for foreach ops) the same
-helpers run one ordinary op per tensor.
+helpers run one ordinary op per tensor. Under :func:`drawing_from` (the flat path's muon
+step) an out-of-place op over a few large CPU tensors writes into kept temporaries instead
+of new tensors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Union
 
 import torch
@@ -119,6 +123,82 @@ def _replaced(xs: Tensors, new: Tensors) -> Tensors:
     return xs
 
 
+class Temporaries:
+    """Kept buffers for the outputs of out-of-place ops, handed out in the order they are
+    asked for (see :func:`drawing_from`): a loop asks for the same temporaries each time, so
+    they are made once. On CPU a tensor over glibc's largest mmap threshold (32 MiB) is
+    otherwise a fresh mapping, page-faulted in every step (measured: ``gx.muon``'s Adam side
+    as one 10.9M-element buffer, flat / default 1.45-1.81 with fresh temporaries)."""
+
+    __slots__ = ("buffers", "next")
+
+    def __init__(self) -> None:
+        self.buffers: list[torch.Tensor] = []
+        self.next = 0
+
+    def take(self, like: torch.Tensor) -> torch.Tensor:
+        i = self.next
+        self.next += 1
+        if i < len(self.buffers):
+            kept = self.buffers[i]
+            if kept.shape == like.shape and kept.dtype == like.dtype and kept.device == like.device:
+                return kept
+            self.buffers[i] = torch.empty_like(like, memory_format=torch.contiguous_format)
+            return self.buffers[i]
+        self.buffers.append(torch.empty_like(like, memory_format=torch.contiguous_format))
+        return self.buffers[-1]
+
+
+_drawing = threading.local()
+
+
+@contextlib.contextmanager
+def drawing_from(temporaries: Temporaries) -> Iterator[None]:
+    """Within the block, out-of-place ops over a few large CPU tensors (at least
+    ``_DRAW_MIN`` elements each) write their outputs into ``temporaries``' buffers (one
+    ordinary op per tensor with ``out=``: the foreach CPU kernels run the same op per tensor,
+    so the numbers are the same). An output is valid until the same place is drawn again (the
+    next block): whoever draws keeps nothing past it (the flat path copies the state a chain
+    returns into its own tensors and consumes the updates in the step)."""
+    previous = getattr(_drawing, "temporaries", None)
+    _drawing.temporaries = temporaries
+    temporaries.next = 0
+    try:
+        yield
+    finally:
+        _drawing.temporaries = previous
+
+
+_DRAWN = frozenset({"add", "sub", "mul", "div", "lerp", "addcmul", "addcdiv", "sqrt", "reciprocal", "neg", "abs",
+                    "maximum", "minimum", "exp", "log"})
+_DRAW_MIN = 1 << 16  # smaller temporaries come from the heap's free lists anyway
+
+
+def _drawn(name: str, xs: Tensors, args: tuple, kwargs: dict) -> Tensors | None:
+    """``name``'s outputs written into drawn temporaries; ``None`` when none are being drawn
+    or the op does not qualify."""
+    temporaries = getattr(_drawing, "temporaries", None)
+    if (temporaries is None or name not in _DRAWN or len(xs) > _LOOP_MAX or torch.compiler.is_compiling()
+            or any(isinstance(v, torch.Tensor) for v in kwargs.values()) or _records(xs, args, kwargs)):
+        return None
+    per_tensor = []
+    for i, x in enumerate(xs):
+        # (an empty tensor, the other side's leaf under muon's split, does not count)
+        if x.device.type != "cpu" or 0 < x.numel() < _DRAW_MIN or not x.is_floating_point():
+            return None
+        per = [a[i] if isinstance(a, (list, tuple)) else a for a in args]
+        if name == "lerp" and isinstance(per[1], torch.Tensor):
+            per[1] = per[1].to(x.dtype)  # lerp wants its weight in the tensor's dtype
+        # the output keeps x's dtype (a 0-dim or Python scalar does not promote it)
+        if any(isinstance(a, torch.Tensor) and a.dim() > 0 and a.dtype != x.dtype for a in per):
+            return None
+        per_tensor.append(per)
+    if not any(x.numel() for x in xs):
+        return None
+    op = getattr(torch, name)
+    return [op(x, *per, **kwargs, out=temporaries.take(x)) for x, per in zip(xs, per_tensor)]
+
+
 def _call(name: str, inplace: bool, xs: Tensors, *args, **kwargs) -> Tensors:
     if not xs:
         return []
@@ -138,7 +218,9 @@ def _call(name: str, inplace: bool, xs: Tensors, *args, **kwargs) -> Tensors:
         if inplace:
             getattr(torch, f"_foreach_{name}_")(xs, *args, **kwargs)
             return xs
-        out = list(getattr(torch, f"_foreach_{name}")(xs, *args, **kwargs))
+        out = _drawn(name, xs, args, kwargs)
+        if out is None:
+            out = list(getattr(torch, f"_foreach_{name}")(xs, *args, **kwargs))
     else:
         out = _per_tensor(name, inplace, xs, args, kwargs)
     if inplace:

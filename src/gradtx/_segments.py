@@ -22,10 +22,12 @@ class Segments:
     """How a flat tensor splits into tensors of ``shapes``, in order (no gaps).
 
     ``norms(x)``: the l2 norm of each segment (a 1-D tensor, float32 or wider);
-    ``scale(x, factors)``: each segment times its factor; ``views(x)``: each segment shaped.
+    ``scale(x, factors)``: each segment times its factor; ``views(x)``: each segment shaped;
+    ``blocks(x)``: each run of equal shapes as one ``(count, *shape)`` view (what a per-matrix
+    transform such as ``scale_by_muon`` batches over).
     """
 
-    __slots__ = ("count", "numels", "runs", "shapes", "sizes")
+    __slots__ = ("count", "numels", "runs", "shape_runs", "shapes", "sizes")
 
     def __init__(self, shapes: list[torch.Size]) -> None:
         self.shapes = [torch.Size(s) for s in shapes]
@@ -40,6 +42,15 @@ class Segments:
             offset += (j - i) * self.numels[i]
             i = j
         self.runs = runs
+        shape_runs, offset, i = [], 0, 0
+        while i < self.count:
+            j = i
+            while j < self.count and self.shapes[j] == self.shapes[i]:
+                j += 1
+            shape_runs.append((offset, j - i, self.shapes[i]))  # offset, count, shape
+            offset += (j - i) * self.numels[i]
+            i = j
+        self.shape_runs = shape_runs
         self.sizes = torch.tensor(self.numels, dtype=torch.float64)
 
     def __repr__(self) -> str:
@@ -80,6 +91,12 @@ class Segments:
             f = factors[first:first + count, None] if count > 1 else factors[first]
             torch.mul(self._block(x, run), f, out=self._block(out, run))
         return out
+
+    def blocks(self, x: torch.Tensor) -> list[tuple[int, int, torch.Size, torch.Tensor]]:
+        """``(offset, count, shape, view)`` per run of consecutive segments of equal shape:
+        ``view`` is that stretch of ``x`` as ``(count, *shape)``, no copy."""
+        return [(offset, count, shape, x[offset:offset + count * shape.numel()].view(count, *shape))
+                for offset, count, shape in self.shape_runs]
 
     def views(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Each segment of ``x`` as a view of its shape."""

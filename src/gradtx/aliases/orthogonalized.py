@@ -9,7 +9,8 @@ from typing import NamedTuple
 import torch
 
 from .._hparams import ScalarOrSchedule, check, check_beta, check_schedule, is_schedule
-from ..base import GradientTransformation, describe, is_leafwise, transform
+from .._segments import Segments
+from ..base import GradientTransformation, describe, flat_blocking_parts, is_leafwise, transform
 from ..combine import chain
 from ..transforms._common import leaves, leaves_like, unflatten
 from ..transforms.adaptive import scale_by_adam
@@ -20,30 +21,51 @@ from ..transforms.scaling import ScaleByLrState, scale_by_lr
 __all__ = ["muon"]
 
 
+def _selects_whole_leaf(select: Callable[[torch.Tensor], bool], seg: Segments) -> bool:
+    """``select`` over a flat leaf made of ``seg``'s tensors: the flat layout keeps each side
+    of the split in leaves of its own, so every tensor of the leaf answers alike."""
+    picks = {bool(select(torch.empty(shape, device="meta"))) for _, _, shape in seg.shape_runs}
+    if len(picks) > 1:
+        raise RuntimeError(f"internal error: a flat leaf holds tensors of both sides of muon's split ({seg!r})")
+    return picks.pop() if picks else False
+
+
 def _only(what: str, select: Callable[[torch.Tensor], bool], tx: GradientTransformation) -> GradientTransformation:
     """``tx`` applied to the leaves where ``select(leaf)`` is true; the others pass through.
 
     ``tx`` sees the whole tree with every other leaf replaced by an empty tensor, so its
     state keeps the tree's structure (what the adapter needs) at almost no memory cost.
+    Declared segmented when ``tx`` can run over flat leaves: given ``segments`` (the flat
+    path, whose layout puts each side in leaves of its own), a leaf is selected when the
+    tensors it is made of are (see :func:`_selects_whole_leaf`).
     """
+    flat_ready = not flat_blocking_parts(tx)
 
-    def stub(tree):
+    def stub(tree, picks=None):
         xs, treedef = leaves(tree)
-        return unflatten(treedef, [x if select(x) else x.new_empty((0,)) for x in xs]), xs, treedef
+        if picks is None:  # each leaf by itself (params whose tree differs get the inner error)
+            picks = [select(x) for x in xs]
+        return unflatten(treedef, [x if pick else x.new_empty((0,)) for x, pick in zip(xs, picks)])
 
     def init(params):
-        return tx.init(stub(params)[0])
+        return tx.init(stub(params))
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
-        sub, us, treedef = stub(updates)
-        sub_params = None if params is None else stub(params)[0]
+        us, treedef = leaves(updates)
+        segments = extra_args.get("segments") if flat_ready else None
+        if segments is None:
+            picks = [select(u) for u in us]
+        else:
+            picks = [_selects_whole_leaf(select, seg) for seg in leaves_like(segments, treedef, "segments")]
+        sub = stub(updates, picks)
+        sub_params = None if params is None else stub(params, None if segments is None else picks)
         new, state = tx.update(sub, state, sub_params, inplace=inplace, **extra_args)
-        out = [n if select(u) else u for n, u in zip(leaves(new)[0], us)]
+        out = [n if pick else u for n, u, pick in zip(leaves(new)[0], us, picks)]
         return unflatten(treedef, out), state
 
     body = repr(tx).replace("\n", "\n  ")
     return describe(GradientTransformation(init, update), f"only({what},\n  {body},\n)", leafwise=is_leafwise(tx),
-                    inplace=True)
+                    inplace=True, segmented=flat_ready)
 
 
 class _AdamWeightDecayState(NamedTuple):
@@ -63,8 +85,9 @@ def _adam_weight_decay(weight_decay: float) -> GradientTransformation:
                                   inplace=inplace, **extra_args)
         return updates, state
 
+    # elementwise as add_decayed_weights without a mask: flat=True runs it over flat leaves
     return describe(GradientTransformation(init, update), f"add_decayed_weights({weight_decay!r})", leafwise=True,
-                    inplace=True)
+                    inplace=True, elementwise=True)
 
 
 class _AdamLrState(NamedTuple):
@@ -85,7 +108,8 @@ def _adam_lr(adam_lr: ScalarOrSchedule) -> GradientTransformation:
         updates, _ = inner.update(updates, ScaleByLrState(state.adam_lr), params, inplace=inplace, **extra_args)
         return updates, state
 
-    return describe(GradientTransformation(init, update), f"scale_by_lr({adam_lr!r})", leafwise=True, inplace=True)
+    return describe(GradientTransformation(init, update), f"scale_by_lr({adam_lr!r})", leafwise=True, inplace=True,
+                    elementwise=True)
 
 
 def _as_matrix(x: torch.Tensor) -> torch.Tensor:
@@ -93,11 +117,32 @@ def _as_matrix(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], math.prod(x.shape[1:])) if x.dim() > 2 else x
 
 
+def _matrix_shape(shape: torch.Size) -> torch.Size:
+    return torch.Size((shape[0], math.prod(shape[1:]))) if len(shape) > 2 else shape
+
+
 def _on_matrices(tx: GradientTransformation) -> GradientTransformation:
     """``scale_by_muon`` ``tx`` run on every leaf of more than two dimensions reshaped to
-    ``(shape[0], prod(shape[1:]))`` (its momentum too), the result reshaped back."""
+    ``(shape[0], prod(shape[1:]))`` (its momentum too), the result reshaped back. Given
+    ``segments`` (flat leaves), ``tx`` gets the segments with those shapes instead: a flat
+    leaf needs no reshaping."""
+    matrix_segments: dict[int, tuple[Segments, Segments]] = {}  # id -> (segments, as matrices)
+
+    def as_matrices(seg: Segments) -> Segments:
+        hit = matrix_segments.get(id(seg))
+        if hit is None or hit[0] is not seg:
+            if len(matrix_segments) > 64:  # layouts rebuilt many times: forget the old ones
+                matrix_segments.clear()
+            hit = matrix_segments[id(seg)] = (seg, Segments([_matrix_shape(s) for s in seg.shapes]))
+        return hit[1]
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
+        segments = extra_args.get("segments")
+        if segments is not None:
+            treedef = leaves(updates)[1]
+            segs = leaves_like(segments, treedef, "segments")
+            return tx.update(updates, state, None, inplace=inplace,
+                             **{**extra_args, "segments": unflatten(treedef, [as_matrices(x) for x in segs])})
         us, treedef = leaves(updates)
         mus = leaves_like(state.mu, treedef)
         # an empty momentum is a leaf the muon part does not hold
@@ -111,7 +156,7 @@ def _on_matrices(tx: GradientTransformation) -> GradientTransformation:
 
     body = repr(tx).replace("\n", "\n  ")
     return describe(GradientTransformation(tx.init, update), f"as_matrices(\n  {body},\n)", leafwise=is_leafwise(tx),
-                    inplace=True)
+                    inplace=True, segmented=not flat_blocking_parts(tx))
 
 
 def _is_matrix(x: torch.Tensor) -> bool:

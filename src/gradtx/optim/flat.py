@@ -46,19 +46,31 @@ one tensor, or the compiled graph with one slot; its numbers cannot depend on th
 argument ``segments``, a :class:`gradtx._segments.Segments` per flat leaf saying where each
 parameter's tensor lies in it, and computes its per-leaf reductions per segment (a trust
 ratio's norms become a vector of norms, its factors scale each segment). The layout then
-puts parameters of equal size side by side, so the segments form one run per distinct size
+puts parameters of equal size side by side (equal shapes together), so the segments form one run per distinct size
 and a reduction is one ``(count, size)`` kernel per run, whatever the number of tensors
 (measured on CPU against ``torch.segment_reduce`` and ``index_add_`` over a segment-id
 vector: both slower than a foreach norm per tensor; runs 20x faster on 2000 tensors).
-Elementwise parts run as before over the whole buffer. **Muon and adafactor** (parts
-neither elementwise nor segmented: muon's split between matrices and the rest, adafactor's
-factored moments) keep per-parameter state not shaped like the parameter (each side of
-muon's split keeps empty tensors for the other side's leaves; adafactor a row and a column
-vector per matrix), which the flat state's views cannot hold: their parameters and
-gradients live in the buffers all the same (one allocation, ``zero_grad`` one fill, the
-same checks), and the default path steps their per-parameter views, with its numbers and
-its state exactly (a flat form, Newton-Schulz batched over runs of equal shapes as views of
-the buffer and Adam over the rest as one range, is not built yet). Any other part that is
+Elementwise parts run as before over the whole buffer.
+
+**Muon** (``gx.muon``: Newton-Schulz on the matrices, Adam on the other leaves, each side's
+per-parameter state an empty tensor for the other side's leaves): the layout gives each set
+of state paths that the chain's ``init`` (over meta tensors) leaves empty a buffer of its
+own, so the matrices and the other leaves lie in separate buffers, and the flat state holds,
+per path and buffer, a flat tensor where the buffer's parameters have state there and an empty
+one where they have none (the adapter's per-parameter state keeps its empty tensors, so
+checkpoints keep the default layout). Muon's split (``_only``) then picks a whole buffer by the
+shapes of its segments; ``scale_by_muon`` runs its momentum over the buffer and Newton-Schulz
+over each run of equal shapes viewed as ``(count, m, n)`` (batched as the default path batches
+separate tensors, so the numbers are its own; no stacked copy), and Adam's side is one
+elementwise pass over the other buffer. The outputs of the chain's out-of-place ops over
+large CPU buffers (Adam's denominator, nesterov's term) go into temporaries the layout keeps
+between steps (:class:`gradtx._foreach.Temporaries`): made afresh, each would be a new
+mapping page-faulted every step (over glibc's 32 MiB mmap threshold), where the default
+path's per-tensor temporaries come back from the heap. A muon whose ``weight_decay_mask`` is a callable (it
+must see per-parameter tensors), and **adafactor** (a row and a column vector per matrix,
+state the flat state's views cannot hold), keep their parameters and gradients in the buffers
+all the same (one allocation, ``zero_grad`` one fill, the same checks), and the default path
+steps their per-parameter views, with its numbers and its state exactly. Any other part that is
 neither (a masked trust ratio, a user's transform) makes the constructor raise
 ``ValueError`` naming ``flat=True``. A chain with a part over every param group at once
 (``clip_by_global_norm``, declared segmented since a global norm is the same on any split)
@@ -71,6 +83,7 @@ parameters sharing memory are left where they are (their group runs on the defau
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import weakref
 from dataclasses import dataclass, field
@@ -216,6 +229,9 @@ class _Layout:
     fstate: Any = None  # the chain's state over ``fparams``
     scratch: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # slot -> temporaries
     segments: dict[ParamKey, Segments] | None = None  # bucket -> its parameters' segments (segmented chains)
+    # bucket -> the per-parameter state paths its parameters keep empty (muon's split; segmented chains)
+    empty_paths: dict[ParamKey, frozenset[str]] | None = None
+    temporaries: F.Temporaries | None = None  # kept outputs of the chain's out-of-place ops (muon's split)
 
     def versions(self) -> tuple[int, ...]:
         return tuple(b._version for b in self.gbases)
@@ -232,11 +248,11 @@ class _Layout:
 
 _DISABLED = "disabled"
 
-# Parts known to keep per-parameter state not shaped like the parameter (muon's split keeps
-# empty tensors for the other side's leaves; adafactor's factored moments are a row and a
-# column vector per matrix) and to reduce per matrix, but to touch each parameter's tensor
-# alone: with them ``flat=True`` keeps the contiguous buffers and steps per-parameter views
-# of them on the default path, whose numbers and state they are.
+# Parts known to keep per-parameter state not shaped like the parameter (adafactor's factored
+# moments are a row and a column vector per matrix; muon's split, when its decay mask is a
+# callable that must see per-parameter tensors) and to reduce per matrix, but to touch each
+# parameter's tensor alone: with them ``flat=True`` keeps the contiguous buffers and steps
+# per-parameter views of them on the default path, whose numbers and state they are.
 _PER_PARAMETER = ("scale_by_factored_rms", "only(")
 
 
@@ -392,7 +408,9 @@ class FlatStorage:
         in every element leaves it so). One segment reduction per buffer."""
         out = []
         for b, g in enumerate(lay.fgrads.values()):
-            order = [i for i, k in enumerate(lay.keys) if lay.where[k][0] == b]
+            # in the buffer's order (a segmented chain's layout sorts the parameters by size)
+            order = sorted((i for i, k in enumerate(lay.keys) if lay.where[k][0] == b),
+                           key=lambda i: lay.where[lay.keys[i]][1])
             per = 2 if g.is_complex() else 1
             lengths = torch.tensor([lay.where[lay.keys[i]][2] * per for i in order], device=g.device)
             g = _real(g)
@@ -430,15 +448,22 @@ class FlatStorage:
             params.changed = False
         else:  # a list the user put in the group since
             params = group["params"] = _Params(params)
-        kinds: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        # one buffer per (device, dtype) and, for a segmented chain, per set of state paths
+        # its init leaves empty (muon's matrices apart from the rest: each side's state is
+        # then either flat or empty over a whole buffer)
+        sides = self._sides(opt, gi, group, keys) if self._segmented else None
+        kinds: dict[tuple[torch.device, torch.dtype, frozenset[str]], list[int]] = {}
         for k in keys:
-            kinds.setdefault((params[k].device, params[k].dtype), []).append(k)
-        if self._segmented:  # equal sizes side by side: one reduction per distinct size (see _segments)
-            kinds = {kind: sorted(ks, key=lambda k: params[k].numel()) for kind, ks in kinds.items()}
+            kinds.setdefault((params[k].device, params[k].dtype, sides[k] if sides else frozenset()), []).append(k)
+        if self._segmented:
+            # equal sizes side by side, equal shapes within (stable: the parameters' order
+            # otherwise): one reduction per distinct size, one batch per shape (see _segments)
+            kinds = {kind: sorted(ks, key=lambda k: (params[k].numel(), tuple(params[k].shape)))
+                     for kind, ks in kinds.items()}
         where: dict[int, tuple[int, int, int, torch.Size]] = {}
         fparams, fgrads = {}, {}
         with torch.no_grad():
-            for b, ((device, dtype), ks) in enumerate(kinds.items()):
+            for b, ((device, dtype, _), ks) in enumerate(kinds.items()):
                 total = sum(params[k].numel() for k in ks)
                 # one buffer, each parameter copied into its slice and rebound as a view of it
                 # at once, so that its old memory is freed before the next one is copied
@@ -462,22 +487,94 @@ class FlatStorage:
             view.copy_(p.grad)
             p.grad = view  # the old gradient freed here, before the next one is copied
             lay.grefs.append(weakref.ref(view))
-        for device in {d for d, _ in kinds}:
+        for device in {kind[0] for kind in kinds}:
             _release_freed_heap(device)
         if self._segmented:
             lay.segments = {ParamKey(b): Segments([params[k].shape for k in ks]) for b, ks in enumerate(kinds.values())}
+            lay.empty_paths = {ParamKey(b): kind[2] for b, kind in enumerate(kinds)}
+            if any(lay.empty_paths.values()):
+                # muon's Adam side is out-of-place ops over one large buffer: their outputs
+                # kept between steps, not mapped afresh each step (see _foreach.Temporaries)
+                lay.temporaries = F.Temporaries()
         lay.stores = [x.untyped_storage() for x in (*fparams.values(), *fgrads.values())]
         lay.mark, lay.counts = lay.versions(), lay.use_counts()
         self._layouts[gi] = lay
         return lay
 
+    @staticmethod
+    def _sides(opt: Any, gi: int, group: dict[str, Any], keys: list[int]) -> dict[int, frozenset[str]] | None:
+        """Per stepped parameter, the paths of its per-parameter state that the chain's init
+        (over meta tensors) leaves empty, a ``(0,)`` tensor: muon keeps its momentum for the
+        matrices and Adam's moments for the other leaves. ``None`` when init needs real tensors."""
+        tx = opt._variant(opt._setting_values(group), f"param_groups[{gi}]").tx
+        # a segmented chain is leafwise: a parameter's state depends on its shape and dtype
+        # alone, so init runs over one meta tensor of each (thousands of scalars: one)
+        kinds: dict[tuple[torch.Size, torch.dtype], list[int]] = {}
+        for k in keys:
+            p = group["params"][k]
+            kinds.setdefault((p.shape, p.dtype), []).append(k)
+        try:
+            template = tx.init({ParamKey(j): torch.empty(shape, dtype=dtype, device="meta")
+                                for j, (shape, dtype) in enumerate(kinds)})
+        except Exception:  # noqa: BLE001 - one buffer per (device, dtype), as for any chain
+            return None
+        shapes = list(kinds)
+        paths: list[set[str]] = [set() for _ in shapes]
+        for index, path, leaf in param_leaves(template)[0]:
+            if (index is not None and isinstance(leaf, torch.Tensor) and leaf.shape == (0,)
+                    and leaf.shape != shapes[index][0]):
+                paths[index].add(path)
+        frozen = [frozenset(x) for x in paths]
+        return {k: frozen[j] for j, ks in enumerate(kinds.values()) for k in ks}
+
+    @staticmethod
+    def _flat_init(tx: Any, lay: _Layout) -> tuple[Any, bool]:
+        """The flat state, and whether its values are init's.
+
+        ``tx.init`` over the flat buffers; where some parameters keep empty state
+        (``lay.empty_paths``, muon's split), over each buffer viewed with the number of
+        dimensions of its first tensor, ``(1, ..., 1, numel)`` (what a split by dimensions
+        reads), its state leaves flattened back: init's values, no per-parameter state made.
+        A leaf that still comes out otherwise than ``lay.empty_paths`` says is made empty or
+        flat (zeros) by hand, and ``False`` returned: its values are then the per-parameter
+        init's, copied in by :meth:`_link`."""
+        if lay.empty_paths is None or not any(lay.empty_paths.values()):
+            return _placement.staggered_init(tx.init, lay.fparams), True
+        stand_ins = {}
+        for key, f in lay.fparams.items():
+            shapes = lay.segments[key].shapes
+            dims = len(shapes[0]) if shapes else 1
+            stand_ins[key] = f.view(*([1] * (dims - 1)), f.numel()) if dims > 1 else f
+        flat_leaves, flat_def = param_leaves(_placement.staggered_init(tx.init, stand_ins))
+        out, fresh = [], True
+        for index, path, leaf in flat_leaves:
+            if index is not None and isinstance(leaf, torch.Tensor):
+                n = lay.fparams[ParamKey(index)].numel()
+                if path in lay.empty_paths[ParamKey(index)]:
+                    if leaf.shape != (0,):
+                        leaf = leaf.new_empty((0,))
+                elif leaf.numel() == n and leaf.is_contiguous():
+                    leaf = leaf.view(n)
+                else:  # init took the buffer for the other side's
+                    leaf, fresh = leaf.new_zeros((n,)), False
+            out.append(leaf)
+        return tree_unflatten(out, flat_def), fresh
+
+    @staticmethod
+    def _both_empty(leaf: Any, big: torch.Tensor | None) -> bool:
+        """A per-parameter state leaf that is empty (the other side's, under muon's split)
+        against an empty flat leaf: it stays the parameter's own empty tensor."""
+        return (big is not None and big.shape == (0,) and isinstance(leaf, torch.Tensor) and leaf.shape == (0,)
+                and leaf.dtype == big.dtype)
+
     def _link(self, opt: Any, gi: int, lay: _Layout, tx: Any) -> None:
         """Make the group's state (the adapter's) views of the flat state, copying its values
         in; a group without state gets a fresh flat state and views of it, never the
         per-parameter tensors (no transient copy of the whole state)."""
+        fresh = True
         if lay.fstate is None or opt._chain_states[gi] is None:  # a group without state starts afresh
-            lay.fstate = _placement.staggered_init(tx.init, lay.fparams)
-        if opt._chain_states[gi] is None and self._link_fresh(opt, gi, lay, tx):
+            lay.fstate, fresh = self._flat_init(tx, lay)
+        if opt._chain_states[gi] is None and fresh and self._link_fresh(opt, gi, lay, tx):
             return
         opt._group_state(gi, lay.keys, tx)  # initialises the ones seen for the first time
         full = opt._chain_states[gi]
@@ -492,6 +589,9 @@ class FlatStorage:
                 continue
             b, off, n, shape = lay.where[index]
             big = by_path.get((b, path))
+            if self._both_empty(leaf, big):
+                leaves.append(leaf)
+                continue
             if (big is None or not isinstance(leaf, torch.Tensor) or leaf.shape != shape or leaf.dtype != big.dtype
                     or big.shape != (lay.fparams[ParamKey(b)].numel(),)):
                 raise _NotFlat
@@ -541,20 +641,25 @@ class FlatStorage:
             if index is None:
                 if path not in shared:
                     raise _NotFlat
-                spec.append((None, path))
+                spec.append((None, path, False))
                 continue
             b, off, n, shape = lay.where[index]
             big = by_path.get((b, path))
+            if self._both_empty(leaf, big):
+                spec.append((index, path, True))
+                continue
             if (big is None or not isinstance(leaf, torch.Tensor) or leaf.shape != shape or leaf.dtype != big.dtype
                     or big.shape != (lay.fparams[ParamKey(b)].numel(),)):
                 raise _NotFlat
-            spec.append((index, path))
+            spec.append((index, path, False))
         self._check_covered(lay, positioned, flat_leaves, {p: 0 for i, p, _ in positioned if i is None})
         del positioned
         leaves = []
-        for index, path in spec:
+        for index, path, empty in spec:
             if index is None:
                 leaves.append(shared[path])
+            elif empty:  # each parameter its own empty tensor, as init gives it
+                leaves.append(by_path[lay.where[index][0], path].new_empty((0,)))
             else:
                 b, off, _, shape = lay.where[index]
                 leaves.append(_alias(by_path[b, path], off, shape))
@@ -590,12 +695,15 @@ class FlatStorage:
         if lay.segments is not None:
             extra["segments"] = lay.segments
         state, alpha = lay.fstate, 1.0
-        if variant.before_lr is not None and not state[-1].lr.requires_grad:
-            updates, new_state = variant.before_lr(updates, state[:-1], lay.fparams, True, extra)
-            alpha = -float(state[-1].lr)
-            new = (*new_state, state[-1])
-        else:
-            updates, new = variant.run(updates, state, lay.fparams, variant.declared, extra)
+        # drawn temporaries stay valid until the next step: _keep copies the state the chain
+        # returns into the flat state's tensors, and the updates are added in below
+        with F.drawing_from(lay.temporaries) if lay.temporaries is not None else contextlib.nullcontext():
+            if variant.before_lr is not None and not state[-1].lr.requires_grad:
+                updates, new_state = variant.before_lr(updates, state[:-1], lay.fparams, True, extra)
+                alpha = -float(state[-1].lr)
+                new = (*new_state, state[-1])
+            else:
+                updates, new = variant.run(updates, state, lay.fparams, variant.declared, extra)
         self._keep(opt, gi, lay, new)
         F.add(ps, F.cast_like([updates[k] for k in keys], ps), alpha=alpha, inplace=True)
 

@@ -194,9 +194,11 @@ class Optimizer(torch.optim.Optimizer):
       checkpoints are the default ones (see ``gradtx.optim.flat``). Chains with per-tensor
       norms (``gx.lamb``, ``gx.lars``) run there too, one norm per segment of the buffer; with
       a global norm over every group (``clip_by_global_norm``) every step runs on the default
-      path, and the constructor warns that ``flat=True`` has no effect.
-      ``gx.muon`` and ``gx.adafactor`` keep the buffers and step per-parameter views of them
-      (the default path's numbers). Other chains (a user's transform) raise ``ValueError``.
+      path (fused where the rest of the chain is), and the constructor warns that
+      ``flat=True`` has no effect. ``gx.muon`` runs flat too (its matrices and its other
+      leaves in buffers of their own, Newton-Schulz batched over runs of equal shapes in the
+      buffer); ``gx.adafactor`` keeps the buffers and steps per-parameter views of them (the
+      default path's numbers). Other chains (a user's transform) raise ``ValueError``.
 
     Example::
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import NamedTuple, Union
+from typing import Any, NamedTuple, Union
 
 import torch
 
@@ -134,12 +134,30 @@ def _batches(idx: list[int], hats: list[torch.Tensor]):
                 yield [i for i, _ in chunk], torch.stack([h for _, h in chunk]), True
 
 
+def _chunks(count: int, numel: int):
+    """``(start, stop)`` over a run of ``count`` matrices of ``numel`` elements each, as
+    :func:`_batches` groups them: small ones at most ``_BATCH_TOTAL`` elements a batch,
+    larger ones one by one (so a flat leaf's numbers are those of the separate tensors)."""
+    per = max(_BATCH_TOTAL // numel, 1) if 0 < numel <= _BATCH_NUMEL else 1
+    for start in range(0, count, per):
+        yield start, min(start + per, count)
+
+
+def _all_matrices(seg: Any) -> bool:
+    """Whether the tensors a flat leaf is made of (its ``Segments``) have two or more
+    dimensions; the flat layout never mixes them with vectors in one leaf."""
+    kinds = {len(shape) >= 2 for _, _, shape in seg.shape_runs}
+    if len(kinds) > 1:
+        raise RuntimeError(f"internal error: a flat leaf holds both matrices and vectors ({seg!r})")
+    return kinds == {True}
+
+
 class ScaleByMuonState(NamedTuple):
     count: torch.Tensor  # int32, steps taken
     mu: Tree  # momentum of each matrix leaf (mu_dtype or its dtype); an empty tensor for other leaves
 
 
-@transform(leafwise=True, inplace=True)
+@transform(leafwise=True, inplace=True, segmented=True)
 def scale_by_muon(ns_coeffs: NsCoeffs = MUON_NS_COEFFS, ns_steps: int = 5, beta: float = 0.95, eps: float = 1e-8,
                   mu_dtype: torch.dtype | None = None, *, nesterov: bool = True, adaptive: bool = False,
                   bias_correction: bool = True, adjust_lr_fn: AdjustLrFn = None,
@@ -165,6 +183,13 @@ def scale_by_muon(ns_coeffs: NsCoeffs = MUON_NS_COEFFS, ns_steps: int = 5, beta:
     ``(out, in, kh, kw)`` would thus be taken as ``out * in`` matrices of ``kh x kw``: to treat
     it as one ``out x (in kh kw)`` matrix, reshape its gradient first (``muon(conv="matrix")``).
 
+    Under ``gx.Optimizer(..., flat=True)`` (declared segmented) a leaf may be a flat buffer
+    holding many matrices end to end, described by the extra argument ``segments``: the
+    momentum then runs over the whole buffer, and Newton-Schulz over each run of equal shapes
+    viewed as ``(count, m, n)`` in the buffer (no stacked copy), in the same batches as above
+    (a matrix alone as a 2-D view), so the numbers are those of the separate tensors. A flat
+    leaf holds matrices only or no matrix at all (the flat layout separates them).
+
     ``torch.optim.Muon`` is ``chain(scale_by_muon(beta=momentum, eps=1e-7, bias_correction=False,
     ns_dtype=torch.bfloat16), add_decayed_weights(weight_decay), scale_by_lr(lr))`` with
     ``adjust_lr_fn`` as given to torch.
@@ -189,11 +214,24 @@ def scale_by_muon(ns_coeffs: NsCoeffs = MUON_NS_COEFFS, ns_steps: int = 5, beta:
               for p in ps]
         return ScaleByMuonState(count=new_count(), mu=unflatten(treedef, mu))
 
+    def orthogonal(h):
+        if h.numel() == 0:  # an empty matrix (a zero-size axis) has nothing to orthogonalize
+            return torch.zeros_like(h)
+        o = _orthogonalize(h, coeffs, eps, ns_dtype)
+        if adaptive:
+            o.mul_((h * o).sum(dim=(-2, -1), keepdim=True))
+        return o.mul_(_shape_factor(adjust_lr_fn, h.shape[-2], h.shape[-1]))
+
     def update(updates, state, params=None, *, inplace=False, **extra_args):
-        del params, extra_args
+        del params
         us, treedef = leaves(updates)
         mus = leaves_like(state.mu, treedef)
-        idx = [i for i, u in enumerate(us) if u.dim() >= 2]
+        segments = extra_args.get("segments")
+        segs = None if segments is None else leaves_like(segments, treedef, "segments")
+        if segs is None:
+            idx = [i for i, u in enumerate(us) if u.dim() >= 2]
+        else:  # flat leaves (gx.Optimizer(..., flat=True)): each the tensors of its segments end to end
+            idx = [i for i, (u, seg) in enumerate(zip(us, segs)) if u.numel() and _all_matrices(seg)]
         gs = [us[i] for i in idx]
         ms = F.lerp([mus[i] for i in idx], F.cast_like(gs, [mus[i] for i in idx]), 1.0 - beta, inplace=inplace)
         count = increment(state.count, inplace)
@@ -209,22 +247,30 @@ def scale_by_muon(ns_coeffs: NsCoeffs = MUON_NS_COEFFS, ns_steps: int = 5, beta:
         else:
             hat = F.cast_like(ms, gs)  # may be the state's buffers: nothing below writes into hat
         out = list(us)
-        for positions, h, stacked in _batches(idx, hat):
-            if h.numel() == 0:  # an empty matrix (a zero-size axis) has nothing to orthogonalize
-                o = torch.zeros_like(h)
-            else:
-                o = _orthogonalize(h, coeffs, eps, ns_dtype)
-                if adaptive:
-                    o.mul_((h * o).sum(dim=(-2, -1), keepdim=True))
-                o.mul_(_shape_factor(adjust_lr_fn, h.shape[-2], h.shape[-1]))
-            if not stacked:
-                out[positions[0]] = o
-                continue
-            # unbind's views may not be written in place with grad mode on (a later part's
-            # in-place scaling by a traced lr); select's may
-            pieces = [o[k] for k in range(len(positions))] if torch.is_grad_enabled() else o.unbind(0)
-            for i, piece in zip(positions, pieces):
-                out[i] = piece
+        if segs is not None:
+            for i, h in zip(idx, hat):
+                # written run by run into the update (each run's hat is read before its
+                # region is written; hat may be the state's momentum, never the update)
+                dest = us[i] if inplace else torch.empty_like(us[i])
+                for (_, runs, shape, block), (_, _, _, target) in zip(segs[i].blocks(h), segs[i].blocks(dest)):
+                    for start, stop in _chunks(runs, shape.numel()):
+                        # one matrix alone as a 2-D view, as the default path runs it
+                        if stop - start == 1:
+                            target[start].copy_(orthogonal(block[start]))
+                        else:
+                            target[start:stop].copy_(orthogonal(block[start:stop]))
+                out[i] = dest
+        else:
+            for positions, h, stacked in _batches(idx, hat):
+                o = orthogonal(h)
+                if not stacked:
+                    out[positions[0]] = o
+                    continue
+                # unbind's views may not be written in place with grad mode on (a later part's
+                # in-place scaling by a traced lr); select's may
+                pieces = [o[k] for k in range(len(positions))] if torch.is_grad_enabled() else o.unbind(0)
+                for i, piece in zip(positions, pieces):
+                    out[i] = piece
         new_mu = list(mus)
         for i, m in zip(idx, ms):
             new_mu[i] = m
