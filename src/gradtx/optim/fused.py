@@ -135,10 +135,12 @@ class FusedPlan:
         return True
 
     def prepare(self, state: tuple, keys: list[int], params: dict, grads: dict, buffers: Any | None,
-                segments: dict | None = None) -> Callable[[torch.Tensor | None], None] | None:
+                segments: dict | None = None, copies: bool = False) -> Callable[[torch.Tensor | None], None] | None:
         """:meth:`run` in two halves: the checks now (``None`` when the tensors do not suit
         the kernel; nothing changed), and the step as a function of ``grad_scale``, a 0-dim
-        float32 tensor the kernels divide each gradient by as they read it (``None``: 1)."""
+        float32 tensor the kernels divide each gradient by as they read it (``None``: 1).
+        With ``copies`` the kernels read copies of the gradients (they write the divided
+        gradient back): block by block in a scratch block where the tensors allow it."""
         state = unnest(state, self.nesting)
         # the adapter's dicts hold exactly ``keys``, in order: their values are the lists
         ps = list(params.values()) if len(params) == len(keys) else [params[k] for k in keys]
@@ -166,16 +168,18 @@ class FusedPlan:
         if self.kind == "adam_then":
             if not _contiguous(gs, *per_param):  # the scratch is contiguous: the walk must pair them
                 return None
+            if copies:
+                gs = F.copy_(buffers(gs, 1), gs)
             return lambda scale: self._adam_then(state, keys, params, ps, gs, per_param, groups, lr, buffers,
                                                  segments, scale)
         flags = self._mask_flags(params) if self.mask is not None else None
-        if self.clips and flags is None and len(groups) == 1 and _contiguous(ps, gs, *per_param):
+        if (self.clips or copies) and flags is None and len(groups) == 1 and _contiguous(ps, gs, *per_param):
             return lambda scale: self._clipped_blocks(state, ps, gs, per_param, lr, wd, buffers, scale)
 
         def step(scale: torch.Tensor | None) -> None:
             self._lr = lr
             nonlocal ps, gs, per_param
-            if self.clips:
+            if self.clips or copies:
                 gs = F.copy_(buffers(gs), gs)
                 for c in self.clips:
                     F.clamp(gs, -c, c, inplace=True)
@@ -264,23 +268,25 @@ class FusedPlan:
     def _clipped_blocks(self, state: tuple, ps: list, gs: list, per_param: list[list], lr: float, wd: float,
                         buffers: Any, grad_scale: torch.Tensor | None = None) -> None:
         """The leading clips and the kernel block by block: each block's gradients clipped
-        into a scratch block (never ``.grad``) that the kernel reads while it is in cache;
-        scratch of one block, not of every gradient. Long tensors are clipped straight into
-        the scratch (``torch.clamp(..., out=)``: one pass, not a copy and a clamp)."""
+        (or, without clips, copied) into a scratch block (never ``.grad``) that the kernel
+        reads while it is in cache; scratch of one block, not of every gradient. Long tensors
+        are clipped straight into the scratch (``torch.clamp(..., out=)``: one pass, not a
+        copy and a clamp)."""
         from .multi_tensor import _LOOP_MIN, cut  # imports this module's helpers
 
         self._lr = lr
         counter = self._count(state)
         device = ps[0].device
         step = counter.to(device=device, dtype=torch.float32) if self.kind in ("adam", "adamw") else None
-        first, rest = self.clips[0], self.clips[1:]
+        first, rest = (self.clips[0], self.clips[1:]) if self.clips else (None, ())
         for (bp, bg, *bs), (scratch,), numel in cut(self, [ps, gs, *per_param], 1, buffers, True):
-            if numel >= _LOOP_MIN * len(bg):
+            if first is not None and numel >= _LOOP_MIN * len(bg):
                 for dst, src in zip(scratch, bg):
                     torch.clamp(src, -first, first, out=dst)
             else:
-                torch._foreach_copy_(scratch, bg)
-                F.clamp(scratch, -first, first, inplace=True)
+                torch._foreach_copy_(scratch, bg)  # no clip: a copy the kernel may write into
+                if first is not None:
+                    F.clamp(scratch, -first, first, inplace=True)
             for c in rest:
                 F.clamp(scratch, -c, c, inplace=True)
             self._kernel(counter, device, bp, scratch, bs, wd, step, grad_scale)
@@ -331,8 +337,8 @@ class GlobalClipPlan:
         # clip_by_global_norm's own norm and comparison; the kernels divide by its inverse factor
         norm = F.global_norm(grads)
         # they also write the divided gradient back: when it clips, they read copies (``.grad``
-        # stays the gradient); on the CPU, where the comparison costs no device sync, a step
-        # that does not clip reads the gradients themselves
+        # stays the gradient), a block at a time where they can; on the CPU, where the
+        # comparison costs no device sync, a step that does not clip reads the gradients
         clips = norm.device.type != "cpu" or bool(norm > max_norm)
         steps = []
         for g, (keys, params, gs) in per_group.items():
@@ -340,10 +346,7 @@ class GlobalClipPlan:
             if plan is None or any(p.dtype not in _SCALED_DTYPES for p in params.values()):
                 return False
             group_state = state[1].states[g] if self.single else tuple(part.states[g] for part in state[1:])
-            scratch = buffers(g)
-            if clips:
-                gs = dict(zip(gs, F.copy_(scratch(list(gs.values()), 1), list(gs.values()))))
-            step = plan.prepare(group_state, keys, params, gs, scratch)
+            step = plan.prepare(group_state, keys, params, gs, buffers(g), copies=clips)
             if step is None:
                 return False
             steps.append(step)
