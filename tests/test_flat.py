@@ -382,3 +382,38 @@ def test_fresh_flat_state_made_in_chunks_is_the_default_paths(monkeypatch, chunk
         assert a[k].keys() == b[k].keys()
         for path in a[k]:
             torch.testing.assert_close(b[k][path], a[k][path], rtol=1e-12, atol=1e-14)
+
+
+def test_build_moves_each_gradient_with_its_parameter_and_hands_back_the_heap_as_it_goes(monkeypatch):
+    """The build copies a parameter, then its gradient, and frees both before the next copy
+    (all parameters before any gradient kept every old 4 KiB tensor resident until the
+    gradients moved: small tensors between live ones hold no whole page to hand back), and
+    hands the freed heap back every ``_TRIM_EVERY`` bytes moved."""
+    monkeypatch.setattr(flat_storage, "_TRIM_EVERY", 200)
+    events = []
+    monkeypatch.setattr(flat_storage, "_release_freed_heap", lambda device: events.append("trim"))
+    params = seeded_params(SHAPES, torch.float64)
+    seeded_backward(params, 0)
+    for i, p in enumerate(params):
+        weakref.finalize(p.grad, events.append, f"grad {i} freed")
+    opt = gx.Optimizer(params, gx.sgd(0.1), flat=True)
+
+    class Copies(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.copy_.default:
+                events.append("copy")
+            return func(*args, **(kwargs or {}))
+    with Copies():
+        opt.step()
+    assert in_one_buffer(params)
+    # bytes moved per parameter (its data and its gradient, float64): 560, 480, 384, 16, 16, 576
+    expected = []
+    since = 0
+    for i, shape in enumerate(SHAPES):
+        expected += ["copy", "copy", f"grad {i} freed"]
+        since += 2 * 8 * torch.Size(shape).numel()
+        if since >= 200:
+            expected.append("trim")
+            since = 0
+    expected.append("trim")  # the last hand-back, after every move
+    assert events[:len(expected)] == expected

@@ -233,6 +233,10 @@ class _Layout:
 
 _DISABLED = "disabled"
 
+# Bytes of CPU parameters and gradients moved into the buffers between two hand-backs of the
+# freed heap pages (FlatStorage._move_in): what the build may hold beyond the buffers.
+_TRIM_EVERY = 1 << 20
+
 # Parameters per ``init`` of the template that gives a fresh group state its structure
 # (FlatStorage._link_fresh): its transient memory is that of this many parameters' template.
 _TEMPLATE_CHUNK = 256
@@ -421,39 +425,55 @@ class FlatStorage:
             kinds = {kind: sorted(ks, key=lambda k: params[k].numel()) for kind, ks in kinds.items()}
         where: dict[int, tuple[int, int, int, torch.Size]] = {}
         fparams, fgrads = {}, {}
-        with torch.no_grad():
-            for b, ((device, dtype), ks) in enumerate(kinds.items()):
-                total = sum(params[k].numel() for k in ks)
-                # one buffer, each parameter copied into its slice and rebound as a view of it
-                # at once, so that its old memory is freed before the next one is copied
-                flat_p = _staggered(total, dtype, device, 1)
-                offset = 0
-                for k in ks:
-                    p = params[k]
-                    n = p.numel()
-                    where[k] = (b, offset, n, p.shape)
-                    flat_p[offset:offset + n].copy_(p.detach().reshape(-1))
-                    p.data = flat_p[offset:offset + n].view(p.shape)
-                    offset += n
-                _release_freed_heap(device)
-                fparams[ParamKey(b)] = flat_p
-                fgrads[ParamKey(b)] = _staggered(total, dtype, device, 2)
+        for b, ((device, dtype), ks) in enumerate(kinds.items()):
+            offset = 0
+            for k in ks:
+                n = params[k].numel()
+                where[k] = (b, offset, n, params[k].shape)
+                offset += n
+            # untouched until the copies below (a large buffer's pages become resident as they are written)
+            fparams[ParamKey(b)] = _staggered(offset, dtype, device, 1)
+            fgrads[ParamKey(b)] = _staggered(offset, dtype, device, 2)
         gbases = [_alias(g, 0, g.shape) for g in fgrads.values()]
         lay = _Layout(params, keys, [params[k] for k in keys], [p for k, p in enumerate(params) if k not in where],
-                      where, fparams, fgrads, gbases, [params[k].data_ptr() for k in keys])
-        for i, p in enumerate(lay.bparams):
-            view = lay.grad_view(i)
-            view.copy_(p.grad)
-            p.grad = view  # the old gradient freed here, before the next one is copied
-            lay.grefs.append(weakref.ref(view))
-        for device in {d for d, _ in kinds}:
-            _release_freed_heap(device)
+                      where, fparams, fgrads, gbases, [])
+        self._move_in(lay)
+        lay.pptrs = [p.data_ptr() for p in lay.bparams]
         if self._segmented:
             lay.segments = {ParamKey(b): Segments([params[k].shape for k in ks]) for b, ks in enumerate(kinds.values())}
         lay.stores = [x.untyped_storage() for x in (*fparams.values(), *fgrads.values())]
         lay.mark, lay.counts = lay.versions(), lay.use_counts()
         self._layouts[gi] = lay
         return lay
+
+    @staticmethod
+    def _move_in(lay: _Layout) -> None:
+        """Copy each stepped parameter, then its gradient, into its slice of the buffers and
+        rebind it there at once, so that its old memory is freed before the next one is copied;
+        the CPU heap pages freed are handed back every ``_TRIM_EVERY`` bytes.
+
+        A parameter and its gradient move together: small tensors live in the heap, where the
+        parameters and gradients not yet moved sit between the freed ones, and a freed 4 KiB
+        tensor between two live ones holds no whole page to hand back; moving all parameters
+        before any gradient kept them all resident until the gradients moved (where the
+        parameters and gradients were allocated in turn, a peak of about twice their size)."""
+        flats = list(lay.fparams.values())
+        since = 0
+        for i, p in enumerate(lay.bparams):
+            b, off, n, shape = lay.where[lay.keys[i]]
+            flats[b][off:off + n].copy_(p.detach().reshape(-1))
+            p.data = flats[b][off:off + n].view(shape)
+            view = lay.grad_view(i)
+            view.copy_(p.grad)
+            p.grad = view
+            lay.grefs.append(weakref.ref(view))
+            if p.device.type == "cpu":
+                since += 2 * n * p.element_size()
+                if since >= _TRIM_EVERY:
+                    _release_freed_heap(p.device)
+                    since = 0
+        for device in {p.device for p in lay.bparams}:
+            _release_freed_heap(device)
 
     def _link(self, opt: Any, gi: int, lay: _Layout, tx: Any) -> None:
         """Make the group's state (the adapter's) views of the flat state, copying its values
