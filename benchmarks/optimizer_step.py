@@ -7,6 +7,8 @@ Usage::
     PYTHONPATH=src python benchmarks/optimizer_step.py --no-memory --sets big --algos adamw
     PYTHONPATH=src python benchmarks/optimizer_step.py --no-memory --algos catalogue  # every algorithm
     PYTHONPATH=src python benchmarks/optimizer_step.py --sets tiny-many      # flat=True's set
+    PYTHONPATH=src python benchmarks/optimizer_step.py --memory-only --algos adamw --sets small \
+        --variants "torch fused" "gradtx flat" --memory-runs 5                 # peak memory, 5 runs each
     PYTHONPATH=src python benchmarks/optimizer_step.py --python-time          # per-step Python cost
     PYTHONPATH=src python benchmarks/optimizer_step.py --figure docs/figures/step_time_vs_tensors.png
 
@@ -458,21 +460,33 @@ def _memory_one(algo: str, variant: str, set_name: str) -> None:
     _memory.measure(factory, lambda: make_params(set_name))
 
 
-def memory_table(algo_names: list[str], sets: list[str]) -> None:
-    """Peak memory of every variant (a fresh process each), and its ratio to torch's."""
+def memory_table(algo_names: list[str], sets: list[str], variants: list[str] | None = None, runs: int = 1) -> None:
+    """Peak memory of every variant (or of ``variants`` only; a fresh process each), and its
+    ratio to torch's; with ``runs`` > 1 every variant runs that many times, the variants in
+    turn, and each cell is the range over the runs (ratios taken within a round)."""
     algos = algorithms(with_compile=False)
     memories = {}
     print("## peak MiB (mem / torch fused, else / the least of torch's)")
     print("| algorithm | set | variants: peak MiB (ratio) |")
     print("|---|---|---|")
     for algo in [a for name in algo_names for a in (CATALOGUE if name == "catalogue" else [name])]:
+        names = [name for name in algos[algo][1] if not variants or name in variants]
         for set_name in sets:
-            mems = {name: peak_memory(algo, name, set_name) for name in algos[algo][1]}
-            ref = memory_reference(mems)
-            memories[algo, set_name] = {name: m / ref for name, m in mems.items()}
-            cells = ", ".join(f"{name} {m:.1f} ({m / ref:.2f})" for name, m in mems.items())
+            rounds = []
+            for _ in range(runs):
+                mems = {name: peak_memory(algo, name, set_name) for name in names}
+                ref = memory_reference(mems)
+                rounds.append({name: (m, m / ref) for name, m in mems.items()})
+
+            def span(name: str, i: int, digits: int) -> str:
+                values = [r[name][i] for r in rounds]  # noqa: B023 - called in this iteration
+                lo, hi = f"{min(values):.{digits}f}", f"{max(values):.{digits}f}"
+                return lo if lo == hi else f"{lo}-{hi}"
+            memories[algo, set_name] = {name: statistics.median([r[name][1] for r in rounds]) for name in names}
+            cells = ", ".join(f"{name} {span(name, 0, 1)} ({span(name, 1, 2)})" for name in names)
             print(f"| {algo} | {set_name} | {cells} |", flush=True)
-    print("\n## peak memory / torch's (torch fused's, else the least of torch's implementations)")
+    print("\n## peak memory / torch's (torch fused's, else the least of torch's implementations"
+          + (f"; median of {runs} runs" if runs > 1 else "") + ")")
     print(summary(memories, sets, reference=None))
 
 
@@ -494,7 +508,9 @@ def main() -> None:
     parser.add_argument("--figure", metavar="PNG", help="step time against tensor count (table and figure)")
     parser.add_argument("--rounds", type=int, help="rounds (default 7, --quick 3)")
     parser.add_argument("--steps", type=int, help="steps per round (default 3, --quick 2)")
-    parser.add_argument("--variants", nargs="+", help="time only these variants (names as in the tables)")
+    parser.add_argument("--variants", nargs="+", help="time (or measure) only these variants (names as in the tables)")
+    parser.add_argument("--memory-runs", type=int, default=1,
+                        help="with --memory-only: fresh processes per variant, in turn (ranges over them)")
     parser.add_argument("--memory-one", nargs=3, metavar=("ALGO", "VARIANT", "SET"), help=argparse.SUPPRESS)
     parser.add_argument("--compile-one", nargs=3, metavar=("ALGO", "VARIANT", "SET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -506,7 +522,7 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     if args.memory_only:
-        memory_table(args.algos, args.sets)
+        memory_table(args.algos, args.sets, args.variants, args.memory_runs)
         return
     rounds, steps = (3, 2) if args.quick else (7, 3)
     rounds, steps = args.rounds or rounds, args.steps or steps

@@ -10,13 +10,16 @@ default path's numbers, and the fast path is checked to be taken (one buffer).
 from __future__ import annotations
 
 import io
+import weakref
 
 import pytest
 import torch
 from conftest import assert_close_to_scale, in_one_buffer, seeded_backward, seeded_params
 from registry import ENTRIES
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import gradtx as gx
+from gradtx._tree import tree_structure
 from gradtx.optim import compiled as _compiled
 from gradtx.optim import flat as _flat
 
@@ -350,3 +353,95 @@ def test_parameter_and_gradient_buffers_start_apart_from_the_state_modulo_4k():
     assert (p.grad.data_ptr() - p.grad.untyped_storage().data_ptr()) == 2048
     offsets = {x.data_ptr() % 4096 for x in (p, p.grad, mu)}
     assert len(offsets) == 3
+
+
+class _LiveMeta(TorchDispatchMode):
+    """Counts the meta tensors alive at once while it is on (the fresh state's template)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.most = 0
+        self.counted: weakref.WeakSet = weakref.WeakSet()
+
+    def _freed(self) -> None:
+        self.live -= 1
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor) and out.is_meta and out not in self.counted:
+            self.counted.add(out)
+            self.live += 1
+            self.most = max(self.most, self.live)
+            weakref.finalize(out, self._freed)
+        return out
+
+
+def test_fresh_flat_state_template_is_made_a_few_parameters_at_a_time(monkeypatch):
+    """The structure of a fresh flat state comes from ``init`` over meta tensors, a chunk of
+    parameters at a time: at most a chunk's meta tensors (a parameter and its two moments
+    each, for adamw) are alive at once, not the whole group's (its memory was the group's
+    peak beyond the state: benchmarks/optimizer_step.py --memory-only --sets small)."""
+    monkeypatch.setattr(_flat, "_TEMPLATE_CHUNK", 4)
+    params = seeded_params([(3,)] * 12, torch.float32)
+    opt = gx.Optimizer(params, gx.adamw(0.05, weight_decay=0.1), flat=True)
+    seeded_backward(params, 0)
+    with _LiveMeta() as meta:
+        opt.step()
+    assert in_one_buffer(params)
+    assert meta.most == 3 * 4  # the whole group's at once: 3 * 12
+
+
+@pytest.mark.parametrize("chunk", [2, 4])
+def test_fresh_flat_state_made_in_chunks_is_the_default_paths(monkeypatch, chunk):
+    """Chunks of 2 (three parts, one left over when merging pairwise) and of 4 (a part of 4 and
+    one of 2) give the default path's state: the same tree, keys, values and numbers."""
+    monkeypatch.setattr(_flat, "_TEMPLATE_CHUNK", chunk)
+    opts = []
+
+    def train(opt, params):
+        opts.append(opt)
+        return _steps(opt, params, 4)
+    _check(train)
+    default, flat = opts
+    assert tree_structure(flat._chain_states[0]) == tree_structure(default._chain_states[0])
+    a, b = default.state_dict()["state"], flat.state_dict()["state"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].keys() == b[k].keys()
+        for path in a[k]:
+            torch.testing.assert_close(b[k][path], a[k][path], rtol=1e-12, atol=1e-14)
+
+
+def test_build_moves_each_gradient_with_its_parameter_and_hands_back_the_heap_as_it_goes(monkeypatch):
+    """The build copies a parameter, then its gradient, and frees both before the next copy
+    (all parameters before any gradient kept every old 4 KiB tensor resident until the
+    gradients moved: small tensors between live ones hold no whole page to hand back), and
+    hands the freed heap back every ``_TRIM_EVERY`` bytes moved."""
+    monkeypatch.setattr(_flat, "_TRIM_EVERY", 200)
+    events = []
+    monkeypatch.setattr(_flat, "_release_freed_heap", lambda device: events.append("trim"))
+    params = seeded_params(SHAPES, torch.float64)
+    seeded_backward(params, 0)
+    for i, p in enumerate(params):
+        weakref.finalize(p.grad, events.append, f"grad {i} freed")
+    opt = gx.Optimizer(params, gx.sgd(0.1), flat=True)
+
+    class Copies(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.copy_.default:
+                events.append("copy")
+            return func(*args, **(kwargs or {}))
+    with Copies():
+        opt.step()
+    assert in_one_buffer(params)
+    # bytes moved per parameter (its data and its gradient, float64): 560, 480, 384, 16, 16, 576
+    expected = []
+    since = 0
+    for i, shape in enumerate(SHAPES):
+        expected += ["copy", "copy", f"grad {i} freed"]
+        since += 2 * 8 * torch.Size(shape).numel()
+        if since >= 200:
+            expected.append("trim")
+            since = 0
+    expected.append("trim")  # the last hand-back, after every move
+    assert events[:len(expected)] == expected

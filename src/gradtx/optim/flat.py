@@ -93,7 +93,7 @@ import torch
 
 from .. import _foreach as F  # noqa: N812
 from .._segments import Segments
-from .._tree import ParamKey, param_leaves, tree_unflatten
+from .._tree import ParamKey, merge_keys, param_leaves, tree_unflatten
 from ..base import flat_blocking_parts, is_leafwise, non_elementwise_parts
 from . import compiled as _compiled
 from . import placement as _placement
@@ -247,6 +247,14 @@ class _Layout:
 
 
 _DISABLED = "disabled"
+
+# Bytes of CPU parameters and gradients moved into the buffers between two hand-backs of the
+# freed heap pages (FlatStorage._move_in): what the build may hold beyond the buffers.
+_TRIM_EVERY = 1 << 20
+
+# Parameters per ``init`` of the template that gives a fresh group state its structure
+# (FlatStorage._link_fresh): its transient memory is that of this many parameters' template.
+_TEMPLATE_CHUNK = 256
 
 # Parts known to keep per-parameter state not shaped like the parameter (adafactor's factored
 # moments are a row and a column vector per matrix; muon's split, when its decay mask is a
@@ -462,33 +470,20 @@ class FlatStorage:
                      for kind, ks in kinds.items()}
         where: dict[int, tuple[int, int, int, torch.Size]] = {}
         fparams, fgrads = {}, {}
-        with torch.no_grad():
-            for b, ((device, dtype, _), ks) in enumerate(kinds.items()):
-                total = sum(params[k].numel() for k in ks)
-                # one buffer, each parameter copied into its slice and rebound as a view of it
-                # at once, so that its old memory is freed before the next one is copied
-                flat_p = _staggered(total, dtype, device, _PARAMS_AT)
-                offset = 0
-                for k in ks:
-                    p = params[k]
-                    n = p.numel()
-                    where[k] = (b, offset, n, p.shape)
-                    flat_p[offset:offset + n].copy_(p.detach().reshape(-1))
-                    p.data = flat_p[offset:offset + n].view(p.shape)
-                    offset += n
-                _release_freed_heap(device)
-                fparams[ParamKey(b)] = flat_p
-                fgrads[ParamKey(b)] = _staggered(total, dtype, device, _GRADS_AT)
+        for b, ((device, dtype, _), ks) in enumerate(kinds.items()):
+            offset = 0
+            for k in ks:
+                n = params[k].numel()
+                where[k] = (b, offset, n, params[k].shape)
+                offset += n
+            # untouched until the copies below (a large buffer's pages become resident as they are written)
+            fparams[ParamKey(b)] = _staggered(offset, dtype, device, _PARAMS_AT)
+            fgrads[ParamKey(b)] = _staggered(offset, dtype, device, _GRADS_AT)
         gbases = [_alias(g, 0, g.shape) for g in fgrads.values()]
         lay = _Layout(params, keys, [params[k] for k in keys], [p for k, p in enumerate(params) if k not in where],
-                      where, fparams, fgrads, gbases, [params[k].data_ptr() for k in keys])
-        for i, p in enumerate(lay.bparams):
-            view = lay.grad_view(i)
-            view.copy_(p.grad)
-            p.grad = view  # the old gradient freed here, before the next one is copied
-            lay.grefs.append(weakref.ref(view))
-        for device in {kind[0] for kind in kinds}:
-            _release_freed_heap(device)
+                      where, fparams, fgrads, gbases, [])
+        self._move_in(lay)
+        lay.pptrs = [p.data_ptr() for p in lay.bparams]
         if self._segmented:
             lay.segments = {ParamKey(b): Segments([params[k].shape for k in ks]) for b, ks in enumerate(kinds.values())}
             lay.empty_paths = {ParamKey(b): kind[2] for b, kind in enumerate(kinds)}
@@ -567,6 +562,35 @@ class FlatStorage:
         return (big is not None and big.shape == (0,) and isinstance(leaf, torch.Tensor) and leaf.shape == (0,)
                 and leaf.dtype == big.dtype)
 
+    @staticmethod
+    def _move_in(lay: _Layout) -> None:
+        """Copy each stepped parameter, then its gradient, into its slice of the buffers and
+        rebind it there at once, so that its old memory is freed before the next one is copied;
+        the CPU heap pages freed are handed back every ``_TRIM_EVERY`` bytes.
+
+        A parameter and its gradient move together: small tensors live in the heap, where the
+        parameters and gradients not yet moved sit between the freed ones, and a freed 4 KiB
+        tensor between two live ones holds no whole page to hand back; moving all parameters
+        before any gradient kept them all resident until the gradients moved (where the
+        parameters and gradients were allocated in turn, a peak of about twice their size)."""
+        flats = list(lay.fparams.values())
+        since = 0
+        for i, p in enumerate(lay.bparams):
+            b, off, n, shape = lay.where[lay.keys[i]]
+            flats[b][off:off + n].copy_(p.detach().reshape(-1))
+            p.data = flats[b][off:off + n].view(shape)
+            view = lay.grad_view(i)
+            view.copy_(p.grad)
+            p.grad = view
+            lay.grefs.append(weakref.ref(view))
+            if p.device.type == "cpu":
+                since += 2 * n * p.element_size()
+                if since >= _TRIM_EVERY:
+                    _release_freed_heap(p.device)
+                    since = 0
+        for device in {p.device for p in lay.bparams}:
+            _release_freed_heap(device)
+
     def _link(self, opt: Any, gi: int, lay: _Layout, tx: Any) -> None:
         """Make the group's state (the adapter's) views of the flat state, copying its values
         in; a group without state gets a fresh flat state and views of it, never the
@@ -607,11 +631,12 @@ class FlatStorage:
         lay.canonical = opt._chain_states[gi] = tree_unflatten(leaves, treedef)
 
     @staticmethod
-    def _check_covered(lay: _Layout, positioned: list, flat_leaves: list, shared: dict) -> None:
-        """Each stepped parameter has every per-parameter path of the flat state, and the flat
-        state's shared leaves are the group's."""
+    def _check_covered(lay: _Layout, positioned: list, flat_leaves: list, shared: dict,
+                       keys: list[int] | None = None) -> None:
+        """Each stepped parameter (of ``keys``, if given) has every per-parameter path of the
+        flat state, and the flat state's shared leaves are the group's."""
         flat_paths = {path for index, path, _ in flat_leaves if index is not None}
-        have: dict[int, set[str]] = {k: set() for k in lay.keys}
+        have: dict[int, set[str]] = {k: set() for k in (lay.keys if keys is None else keys)}
         for index, path, _ in positioned:
             if index in have:
                 have[index].add(path)
@@ -623,17 +648,48 @@ class FlatStorage:
     def _link_fresh(self, opt: Any, gi: int, lay: _Layout, tx: Any) -> bool:
         """A group without state: its state made of views of a fresh flat state (its
         structure from ``init`` over meta tensors); ``False`` when the chain cannot init
-        on meta."""
+        on meta.
+
+        The structure is taken ``_TEMPLATE_CHUNK`` parameters at a time, each part's views
+        made before the next part's template: a template over every parameter at once (meta
+        tensors, their paths and its structure, some 1.7 KiB per parameter) was the group's
+        peak memory beyond its state (2000 parameters of 32x32: 3.3 MiB over 16 MiB)."""
         pdict = opt._param_dict(gi, lay.keys)
-        try:
-            template = tx.init({key: torch.empty(p.shape, dtype=p.dtype, device="meta") for key, p in pdict.items()})
-        except Exception:  # noqa: BLE001 - a chain that needs real tensors to init copies instead
-            return False
-        positioned, treedef = param_leaves(template)
-        del template
         flat_leaves, _ = param_leaves(lay.fstate)
         by_path = {(index, path): leaf for index, path, leaf in flat_leaves}
         shared = {path: leaf for index, path, leaf in flat_leaves if index is None}
+        items = list(pdict.items())
+        parts = []
+        for start in range(0, len(items), _TEMPLATE_CHUNK):
+            part = self._fresh_part(lay, tx, dict(items[start:start + _TEMPLATE_CHUNK]), flat_leaves, by_path,
+                                    shared)
+            if part is None:
+                return False
+            parts.append(part)
+        while len(parts) > 1:  # pairwise, so that each parameter's entry is copied log(parts) times
+            parts = [merge_keys(*parts[i:i + 2]) if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)]
+        known, ids, params = opt._known_keys[gi], opt._param_ids[gi], opt.param_groups[gi]["params"]
+        n = len(params)
+        if len(known) < n:
+            known.extend(bytes(n - len(known)))
+        if len(ids) < n:
+            ids.extend([0] * (n - len(ids)))
+        for k in lay.keys:
+            known[k] = 1
+            ids[k] = id(params[k])
+        lay.canonical = opt._chain_states[gi] = parts[0]
+        return True
+
+    def _fresh_part(self, lay: _Layout, tx: Any, pdict: dict[ParamKey, torch.Tensor], flat_leaves: list,
+                    by_path: dict, shared: dict) -> Any:
+        """The group's fresh state over the parameters of ``pdict`` (some of the group's),
+        made of views of the flat state; ``None`` when the chain cannot init on meta."""
+        try:
+            template = tx.init({key: torch.empty(p.shape, dtype=p.dtype, device="meta") for key, p in pdict.items()})
+        except Exception:  # noqa: BLE001 - a chain that needs real tensors to init copies instead
+            return None
+        positioned, treedef = param_leaves(template)
+        del template
         # what the template says, then the template freed before the views are made: its
         # memory serves them (made while it lives, they would grow the heap past it)
         spec = []
@@ -652,7 +708,8 @@ class FlatStorage:
                     or big.shape != (lay.fparams[ParamKey(b)].numel(),)):
                 raise _NotFlat
             spec.append((index, path, False))
-        self._check_covered(lay, positioned, flat_leaves, {p: 0 for i, p, _ in positioned if i is None})
+        self._check_covered(lay, positioned, flat_leaves, {p: 0 for i, p, _ in positioned if i is None},
+                            keys=list(map(int, pdict)))
         del positioned
         leaves = []
         for index, path, empty in spec:
@@ -663,17 +720,7 @@ class FlatStorage:
             else:
                 b, off, _, shape = lay.where[index]
                 leaves.append(_alias(by_path[b, path], off, shape))
-        known, ids, params = opt._known_keys[gi], opt._param_ids[gi], opt.param_groups[gi]["params"]
-        n = len(params)
-        if len(known) < n:
-            known.extend(bytes(n - len(known)))
-        if len(ids) < n:
-            ids.extend([0] * (n - len(ids)))
-        for k in lay.keys:
-            known[k] = 1
-            ids[k] = id(params[k])
-        lay.canonical = opt._chain_states[gi] = tree_unflatten(leaves, treedef)
-        return True
+        return tree_unflatten(leaves, treedef)
 
     def _run(self, opt: Any, gi: int, lay: _Layout, variant: Any) -> None:
         """The chain over the flat buffers, in place (fused, compiled or multi-tensor)."""
