@@ -313,15 +313,21 @@ class GlobalClipPlan:
     ``single``: ``rest`` is one part (an alias such as ``gx.adamw``) rather than several."""
 
     single: bool
-    _plans: dict = field(default_factory=dict, repr=False)  # id(rest) -> (rest, its FusedPlan or None)
+    # id(a group's chain) -> (that chain, the FusedPlan of its parts after the clip, or None);
+    # the adapter keeps its chains (one per set of group settings) while they are in use
+    _plans: dict = field(default_factory=dict, repr=False)
 
     def _plan_of(self, tx: Any) -> FusedPlan | None:
-        """The fused plan of the part(s) after the clip in ``tx`` (a group's chain)."""
-        parts = tx.__dict__["parts"]
-        found = self._plans.get(id(parts[1]))
-        if found is None or found[0] is not parts[1]:
-            rest = parts[1] if self.single else chain(*parts[1:])
-            found = self._plans[id(parts[1])] = (parts[1], _clip_free_fused(rest))
+        """The fused plan of the part(s) after the clip in ``tx`` (a group's chain). Looked up
+        by the whole chain: a group's settings may rebuild any of its parts (SGD's momentum in
+        ``chain(clip_by_global_norm(c), add_decayed_weights(wd), trace(m), scale_by_lr(lr))``
+        leaves the part after the clip as it was)."""
+        found = self._plans.get(id(tx))
+        if found is None or found[0] is not tx:
+            parts = tx.__dict__["parts"]
+            if len(self._plans) >= 64:  # settings cycled by a scheduler make a chain per value
+                self._plans.clear()
+            found = self._plans[id(tx)] = (tx, _clip_free_fused(parts[1] if self.single else chain(*parts[1:])))
         return found[1]
 
     def run(self, txs: dict[int, Any], state: tuple, per_group: dict[int, tuple[list, dict, dict]],
