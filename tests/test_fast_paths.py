@@ -344,3 +344,53 @@ def test_global_clip_fused_and_generic_agree(name, dtype, monkeypatch):
         assert fused_calls and any(s is not None for s in fused_calls) and any(s is None for s in fused_calls)
     else:
         assert not fused_calls
+
+
+def test_global_clip_reads_each_groups_settings_of_every_part(monkeypatch):
+    """A group's setting may rebuild a part other than the one after the clip (the momentum of
+    ``trace`` behind ``add_decayed_weights``): that group's kernel takes its own momentum,
+    not the plan of another group whose first part after the clip is the same object."""
+    momenta = []
+    real = torch._fused_sgd_
+    monkeypatch.setattr(torch, "_fused_sgd_", lambda *a, **k: momenta.append(k["momentum"]) or real(*a, **k))
+
+    def make_tx():
+        return gx.chain(gx.clip_by_global_norm(1.0), gx.add_decayed_weights(0.01), gx.trace(0.9),
+                        gx.scale_by_lr(1e-2))
+
+    def run(fast):
+        params = _params(torch.float32)
+        opt = gx.Optimizer([{"params": params[:2]}, {"params": params[2:], "decay": 0.2}], make_tx(), fast=fast)
+        for step in range(STEPS):
+            for p, g in zip(params, _grads(step, params)):
+                p.grad = g * 5.0
+            opt.step()
+        return params
+
+    fast = run(True)
+    assert sorted(set(momenta)) == [0.2, 0.9]
+    _close(fast, run(False), torch.float32)
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd", "adagrad"])
+def test_a_group_moved_to_another_dtype_takes_the_generic_path(name):
+    """Two groups of one plan: the first float32 throughout, the second stepped in float64 then
+    moved to float32 (``p.data = p.data.float()``), its state left in float64. Its counts of
+    parameters by dtype are then the first group's, which the plan found matching its state:
+    that must not vouch for the second group's state (the kernel stopped midway, after the
+    count had moved on)."""
+    def run(fast):
+        first, second = _params(torch.float32), _params(torch.float64, seed=1)
+        opt = gx.Optimizer([{"params": first}, {"params": second}], _MOVED_DTYPE[name](), fast=fast)
+        for t in range(4):
+            if t == 2:
+                for p in second:
+                    p.data = p.data.float()
+            for p, g in zip(first + second, _grads(t, first) + _grads(t, second)):
+                p.grad = g
+            opt.step()
+        return first + second
+
+    fast, generic = run(True), run(False)
+    assert [p.dtype for p in fast] == [p.dtype for p in generic] == [torch.float32] * 8
+    _close(fast, generic, torch.float32)

@@ -114,8 +114,8 @@ class FusedPlan:
     # the mask's flags for the last params dict (the adapter reuses it while the same
     # parameters step): (params dict, flags)
     _flags: tuple[Any, list[bool]] | None = field(default=None, repr=False)
-    # the parameters' (device, dtype) counts under which every state buffer was found to have
-    # its parameter's dtype and device (see _state_matches)
+    # the parameter sets whose every state buffer was found to have its parameter's dtype and
+    # device (see state_matches)
     _verified: set = field(default_factory=set, repr=False, compare=False)
     _blocks: Any = field(default=None, repr=False, compare=False)  # multi_tensor.cut's blocks (clipped chains)
     _lr: float = field(default=0.0, repr=False, compare=False)  # this step's learning rate
@@ -392,15 +392,24 @@ def state_matches(verified: set, groups: dict, ps: list[torch.Tensor], state: li
     """Whether each buffer in the lists ``state`` has its parameter's dtype and device. They
     are made so, but ``p.data = p.data.double()`` (what ``model.double()`` does) changes a
     parameter under its state, and a kernel would then stop midway; the generic path steps
-    such a state as it is. Checked in full when the parameters' (device, dtype) counts
-    (``groups``) change and remembered in ``verified`` otherwise: one check per optimizer
-    in the usual loop."""
-    signature = tuple((key, len(idx)) for key, idx in groups.items())
-    if not state or signature in verified:
+    such a state as it is. Checked in full when the parameters change and remembered in
+    ``verified`` otherwise: one check per optimizer in the usual loop. The memo is keyed by
+    the parameters' (device, dtype) counts (``groups``) and by the first parameter and
+    state buffer, since one plan steps every param group of its settings (a group of float32
+    parameters verified says nothing of another group's); with one (device, dtype) the
+    counts change whenever a parameter's does, with several they may not (two parameters
+    trading dtypes), so those are checked every step."""
+    if not state or not ps:
+        return True
+    signature = (tuple((key, len(idx)) for key, idx in groups.items()), id(ps[0]), id(state[0][0]))
+    if signature in verified:
         return True
     if not all(b.dtype == p.dtype and b.device == p.device for buf in state for p, b in zip(ps, buf)):
         return False
-    verified.add(signature)
+    if len(groups) == 1:
+        if len(verified) >= 64:  # parameter sets come and go (ids may be reused): keep the memo small
+            verified.clear()
+        verified.add(signature)
     return True
 
 
