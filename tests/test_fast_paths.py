@@ -394,3 +394,27 @@ def test_a_group_moved_to_another_dtype_takes_the_generic_path(name):
     fast, generic = run(True), run(False)
     assert [p.dtype for p in fast] == [p.dtype for p in generic] == [torch.float32] * 8
     _close(fast, generic, torch.float32)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "generic"])
+def test_global_clip_with_a_group_without_gradients(fast):
+    """A chain over every group (clip_by_global_norm) and a step where a whole group got no
+    gradient: that group's state is left as it is (it raised KeyError: selecting the stepped
+    parameters looked for them in every group's state). Against torch: clip_grad_norm_ over
+    the parameters that have gradients, then AdamW, whose skipped parameters keep their step."""
+    def make_tx():
+        return gx.chain(gx.clip_by_global_norm(1.0), gx.adamw(1e-2, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1))
+
+    params, reference = _params(torch.float32), _params(torch.float32)
+    opt = gx.Optimizer([{"params": params[:2]}, {"params": params[2:], "lr": 3e-2}], make_tx(), fast=fast)
+    torch_opt = torch.optim.AdamW([{"params": reference[:2]}, {"params": reference[2:], "lr": 3e-2}], lr=1e-2,
+                                  weight_decay=0.1, foreach=False)
+    skipped = {1: {2, 3}, 2: {2, 3}, 4: {0, 1}}  # steps where one group has no gradient
+    for step in range(6):
+        for ps in (params, reference):
+            for i, (p, g) in enumerate(zip(ps, _grads(step, ps))):
+                p.grad = None if i in skipped.get(step, ()) else g * 3.0
+        opt.step()
+        torch.nn.utils.clip_grad_norm_(reference, 1.0)
+        torch_opt.step()
+    _close(params, reference, torch.float32)
