@@ -418,3 +418,26 @@ def test_global_clip_with_a_group_without_gradients(fast):
         torch.nn.utils.clip_grad_norm_(reference, 1.0)
         torch_opt.step()
     _close(params, reference, torch.float32)
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd", "adagrad"])
+def test_parameters_trading_dtypes_take_the_generic_path(name):
+    """In a group of float32 and float64 parameters, one of each moved to the other's dtype
+    after a step: the counts of parameters by dtype are unchanged, yet two states no longer
+    have their parameter's dtype."""
+    def run(fast):
+        params = _params(torch.float32)
+        for p in params[1::2]:
+            p.data = p.data.double()
+        opt = gx.Optimizer(params, _MOVED_DTYPE[name](), fast=fast)
+        for t in range(4):
+            if t == 2:
+                params[1].data, params[2].data = params[1].data.float(), params[2].data.double()
+            for p, g in zip(params, _grads(t, params)):
+                p.grad = g
+            opt.step()
+        return params
+
+    fast, generic = run(True), run(False)
+    assert [p.dtype for p in fast] == [p.dtype for p in generic] == [torch.float32] * 2 + [torch.float64] * 2
+    _close(fast, generic, torch.float32)

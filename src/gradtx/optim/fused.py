@@ -394,22 +394,21 @@ def state_matches(verified: set, groups: dict, ps: list[torch.Tensor], state: li
     parameter under its state, and a kernel would then stop midway; the generic path steps
     such a state as it is. Checked in full when the parameters change and remembered in
     ``verified`` otherwise: one check per optimizer in the usual loop. The memo is keyed by
-    the parameters' (device, dtype) counts (``groups``) and by the first parameter and
+    which parameters have which (device, dtype) (``groups``: with one, their count; with
+    several, their indices, as two parameters may trade dtypes) and by the first parameter and
     state buffer, since one plan steps every param group of its settings (a group of float32
-    parameters verified says nothing of another group's); with one (device, dtype) the
-    counts change whenever a parameter's does, with several they may not (two parameters
-    trading dtypes), so those are checked every step."""
+    parameters verified says nothing of another group's)."""
     if not state or not ps:
         return True
-    signature = (tuple((key, len(idx)) for key, idx in groups.items()), id(ps[0]), id(state[0][0]))
+    by_kind = tuple((key, len(idx) if len(groups) == 1 else tuple(idx)) for key, idx in groups.items())
+    signature = (by_kind, id(ps[0]), id(state[0][0]))
     if signature in verified:
         return True
     if not all(b.dtype == p.dtype and b.device == p.device for buf in state for p, b in zip(ps, buf)):
         return False
-    if len(groups) == 1:
-        if len(verified) >= 64:  # parameter sets come and go (ids may be reused): keep the memo small
-            verified.clear()
-        verified.add(signature)
+    if len(verified) >= 64:  # parameter sets come and go (ids may be reused): keep the memo small
+        verified.clear()
+    verified.add(signature)
     return True
 
 
