@@ -441,3 +441,17 @@ def test_parameters_trading_dtypes_take_the_generic_path(name):
     fast, generic = run(True), run(False)
     assert [p.dtype for p in fast] == [p.dtype for p in generic] == [torch.float32] * 2 + [torch.float64] * 2
     _close(fast, generic, torch.float32)
+
+
+def test_global_clip_keeps_few_plans_while_a_scheduler_cycles_a_setting():
+    """OneCycleLR cycles the betas: a chain per value, each looked up once. The plans of the
+    chains no longer stepped are let go (one was kept per value: 300 after 300 steps)."""
+    params = _params(torch.float32)
+    opt = gx.Optimizer(params, GLOBAL_CLIP["adamw"]())
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=300)
+    for step in range(300):
+        for p, g in zip(params, _grads(step, params)):
+            p.grad = g
+        opt.step()
+        scheduler.step()
+    assert len(opt._clip_plan._plans) <= 64
