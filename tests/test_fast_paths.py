@@ -344,3 +344,114 @@ def test_global_clip_fused_and_generic_agree(name, dtype, monkeypatch):
         assert fused_calls and any(s is not None for s in fused_calls) and any(s is None for s in fused_calls)
     else:
         assert not fused_calls
+
+
+def test_global_clip_reads_each_groups_settings_of_every_part(monkeypatch):
+    """A group's setting may rebuild a part other than the one after the clip (the momentum of
+    ``trace`` behind ``add_decayed_weights``): that group's kernel takes its own momentum,
+    not the plan of another group whose first part after the clip is the same object."""
+    momenta = []
+    real = torch._fused_sgd_
+    monkeypatch.setattr(torch, "_fused_sgd_", lambda *a, **k: momenta.append(k["momentum"]) or real(*a, **k))
+
+    def make_tx():
+        return gx.chain(gx.clip_by_global_norm(1.0), gx.add_decayed_weights(0.01), gx.trace(0.9),
+                        gx.scale_by_lr(1e-2))
+
+    def run(fast):
+        params = _params(torch.float32)
+        opt = gx.Optimizer([{"params": params[:2]}, {"params": params[2:], "decay": 0.2}], make_tx(), fast=fast)
+        for step in range(STEPS):
+            for p, g in zip(params, _grads(step, params)):
+                p.grad = g * 5.0
+            opt.step()
+        return params
+
+    fast = run(True)
+    assert sorted(set(momenta)) == [0.2, 0.9]
+    _close(fast, run(False), torch.float32)
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd", "adagrad"])
+def test_a_group_moved_to_another_dtype_takes_the_generic_path(name):
+    """Two groups of one plan: the first float32 throughout, the second stepped in float64 then
+    moved to float32 (``p.data = p.data.float()``), its state left in float64. Its counts of
+    parameters by dtype are then the first group's, which the plan found matching its state:
+    that must not vouch for the second group's state (the kernel stopped midway, after the
+    count had moved on)."""
+    def run(fast):
+        first, second = _params(torch.float32), _params(torch.float64, seed=1)
+        opt = gx.Optimizer([{"params": first}, {"params": second}], _MOVED_DTYPE[name](), fast=fast)
+        for t in range(4):
+            if t == 2:
+                for p in second:
+                    p.data = p.data.float()
+            for p, g in zip(first + second, _grads(t, first) + _grads(t, second)):
+                p.grad = g
+            opt.step()
+        return first + second
+
+    fast, generic = run(True), run(False)
+    assert [p.dtype for p in fast] == [p.dtype for p in generic] == [torch.float32] * 8
+    _close(fast, generic, torch.float32)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "generic"])
+def test_global_clip_with_a_group_without_gradients(fast):
+    """A chain over every group (clip_by_global_norm) and a step where a whole group got no
+    gradient: that group's state is left as it is (it raised KeyError: selecting the stepped
+    parameters looked for them in every group's state). Against torch: clip_grad_norm_ over
+    the parameters that have gradients, then AdamW, whose skipped parameters keep their step."""
+    def make_tx():
+        return gx.chain(gx.clip_by_global_norm(1.0), gx.adamw(1e-2, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1))
+
+    params, reference = _params(torch.float32), _params(torch.float32)
+    opt = gx.Optimizer([{"params": params[:2]}, {"params": params[2:], "lr": 3e-2}], make_tx(), fast=fast)
+    torch_opt = torch.optim.AdamW([{"params": reference[:2]}, {"params": reference[2:], "lr": 3e-2}], lr=1e-2,
+                                  weight_decay=0.1, foreach=False)
+    skipped = {1: {2, 3}, 2: {2, 3}, 4: {0, 1}}  # steps where one group has no gradient
+    for step in range(6):
+        for ps in (params, reference):
+            for i, (p, g) in enumerate(zip(ps, _grads(step, ps))):
+                p.grad = None if i in skipped.get(step, ()) else g * 3.0
+        opt.step()
+        torch.nn.utils.clip_grad_norm_(reference, 1.0)
+        torch_opt.step()
+    _close(params, reference, torch.float32)
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd", "adagrad"])
+def test_parameters_trading_dtypes_take_the_generic_path(name):
+    """In a group of float32 and float64 parameters, one of each moved to the other's dtype
+    after a step: the counts of parameters by dtype are unchanged, yet two states no longer
+    have their parameter's dtype."""
+    def run(fast):
+        params = _params(torch.float32)
+        for p in params[1::2]:
+            p.data = p.data.double()
+        opt = gx.Optimizer(params, _MOVED_DTYPE[name](), fast=fast)
+        for t in range(4):
+            if t == 2:
+                params[1].data, params[2].data = params[1].data.float(), params[2].data.double()
+            for p, g in zip(params, _grads(t, params)):
+                p.grad = g
+            opt.step()
+        return params
+
+    fast, generic = run(True), run(False)
+    assert [p.dtype for p in fast] == [p.dtype for p in generic] == [torch.float32] * 2 + [torch.float64] * 2
+    _close(fast, generic, torch.float32)
+
+
+def test_global_clip_keeps_few_plans_while_a_scheduler_cycles_a_setting():
+    """OneCycleLR cycles the betas: a chain per value, each looked up once. The plans of the
+    chains no longer stepped are let go (one was kept per value: 300 after 300 steps)."""
+    params = _params(torch.float32)
+    opt = gx.Optimizer(params, GLOBAL_CLIP["adamw"]())
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=300)
+    for step in range(300):
+        for p, g in zip(params, _grads(step, params)):
+            p.grad = g
+        opt.step()
+        scheduler.step()
+    assert len(opt._clip_plan._plans) <= 64

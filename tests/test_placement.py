@@ -4,6 +4,8 @@ nothing else is moved."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import pytest
 import torch
 from conftest import round_trip, seeded_backward, seeded_params
@@ -124,3 +126,40 @@ def test_a_tensor_held_twice_stays_one_tensor():
     a, b, c = placement.staggered_init(init, {0: p})
     assert a[0] is b[0]
     assert c[0].data_ptr() % 4096 == (p.data_ptr() + 2048) % 4096 and not c[0].any()
+
+
+def test_views_of_one_state_buffer_stay_aliased():
+    """A state that keeps a buffer and views of it (or views of one buffer for several
+    parameters) relies on their sharing memory: a view moved on its own no longer sees what
+    is written through the buffer. Here the buffer halves every step and the views add the
+    gradient: with ones for gradients the views hold 1, 1.5, 1.75 and the parameter, stepped
+    by -0.1 times them, ends at -0.425 (moved, the view summed 1, 2, 3: -0.6)."""
+    class State(NamedTuple):
+        buffer: torch.Tensor
+        views: dict
+
+    def init(params):
+        buffer = torch.zeros(sum(p.numel() for p in params.values()))
+        views, start = {}, 0
+        for k, p in params.items():
+            views[k] = buffer[start:start + p.numel()].view(p.shape)
+            start += p.numel()
+        return State(buffer, views)
+
+    def update(updates, state, params=None, **extra):
+        state.buffer.mul_(0.5)
+        for k, g in updates.items():
+            state.views[k].add_(g)
+        return {k: -0.1 * state.views[k] for k in updates}, state
+
+    big, small = seeded_params([(BIG + 3,), (5,)], dtype=torch.float32)
+    start = [big.detach().clone(), small.detach().clone()]
+    opt = gx.Optimizer([big, small], gx.GradientTransformation(init, update))
+    for _ in range(3):
+        for p in (big, small):
+            p.grad = torch.ones_like(p)
+        opt.step()
+    for p, p0 in zip((big, small), start):
+        torch.testing.assert_close(p.detach(), p0 - 0.425)
+    state = opt._chain_states[0] or opt._one_state  # per group, or over every group (not leafwise)
+    assert state.views[0].data_ptr() == state.buffer.data_ptr()

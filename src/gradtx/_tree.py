@@ -442,9 +442,11 @@ def leaves_at_paths_of(tree: Tree, like: Tree) -> list[Any]:
 
 
 def select_keys(tree: Tree, keys: list[int]) -> Tree:
-    """``tree`` with every int-keyed dict restricted to ``keys`` (in that order)."""
+    """``tree`` with every int-keyed dict restricted to ``keys`` (in that order). A dict
+    may hold some of them only: one param group's state under ``by_group`` holds that group's
+    keys, and a step may have none of them (a group whose parameters got no gradient)."""
     if _is_param_dict(tree):
-        return {k: tree[k] for k in keys}
+        return {k: tree[k] for k in keys if k in tree}
     if hasattr(tree, "_fields"):
         return type(tree)(*(select_keys(v, keys) for v in tree))
     if isinstance(tree, (list, tuple)):

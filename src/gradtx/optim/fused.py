@@ -114,8 +114,8 @@ class FusedPlan:
     # the mask's flags for the last params dict (the adapter reuses it while the same
     # parameters step): (params dict, flags)
     _flags: tuple[Any, list[bool]] | None = field(default=None, repr=False)
-    # the parameters' (device, dtype) counts under which every state buffer was found to have
-    # its parameter's dtype and device (see _state_matches)
+    # the parameter sets whose every state buffer was found to have its parameter's dtype and
+    # device (see state_matches)
     _verified: set = field(default_factory=set, repr=False, compare=False)
     _blocks: Any = field(default=None, repr=False, compare=False)  # multi_tensor.cut's blocks (clipped chains)
     _lr: float = field(default=0.0, repr=False, compare=False)  # this step's learning rate
@@ -313,15 +313,21 @@ class GlobalClipPlan:
     ``single``: ``rest`` is one part (an alias such as ``gx.adamw``) rather than several."""
 
     single: bool
-    _plans: dict = field(default_factory=dict, repr=False)  # id(rest) -> (rest, its FusedPlan or None)
+    # id(a group's chain) -> (that chain, the FusedPlan of its parts after the clip, or None);
+    # the adapter keeps its chains (one per set of group settings) while they are in use
+    _plans: dict = field(default_factory=dict, repr=False)
 
     def _plan_of(self, tx: Any) -> FusedPlan | None:
-        """The fused plan of the part(s) after the clip in ``tx`` (a group's chain)."""
-        parts = tx.__dict__["parts"]
-        found = self._plans.get(id(parts[1]))
-        if found is None or found[0] is not parts[1]:
-            rest = parts[1] if self.single else chain(*parts[1:])
-            found = self._plans[id(parts[1])] = (parts[1], _clip_free_fused(rest))
+        """The fused plan of the part(s) after the clip in ``tx`` (a group's chain). Looked up
+        by the whole chain: a group's settings may rebuild any of its parts (SGD's momentum in
+        ``chain(clip_by_global_norm(c), add_decayed_weights(wd), trace(m), scale_by_lr(lr))``
+        leaves the part after the clip as it was)."""
+        found = self._plans.get(id(tx))
+        if found is None or found[0] is not tx:
+            parts = tx.__dict__["parts"]
+            if len(self._plans) >= 64:  # settings cycled by a scheduler make a chain per value
+                self._plans.clear()
+            found = self._plans[id(tx)] = (tx, _clip_free_fused(parts[1] if self.single else chain(*parts[1:])))
         return found[1]
 
     def run(self, txs: dict[int, Any], state: tuple, per_group: dict[int, tuple[list, dict, dict]],
@@ -386,14 +392,22 @@ def state_matches(verified: set, groups: dict, ps: list[torch.Tensor], state: li
     """Whether each buffer in the lists ``state`` has its parameter's dtype and device. They
     are made so, but ``p.data = p.data.double()`` (what ``model.double()`` does) changes a
     parameter under its state, and a kernel would then stop midway; the generic path steps
-    such a state as it is. Checked in full when the parameters' (device, dtype) counts
-    (``groups``) change and remembered in ``verified`` otherwise: one check per optimizer
-    in the usual loop."""
-    signature = tuple((key, len(idx)) for key, idx in groups.items())
-    if not state or signature in verified:
+    such a state as it is. Checked in full when the parameters change and remembered in
+    ``verified`` otherwise: one check per optimizer in the usual loop. The memo is keyed by
+    which parameters have which (device, dtype) (``groups``: with one, their count; with
+    several, their indices, as two parameters may trade dtypes) and by the first parameter and
+    state buffer, since one plan steps every param group of its settings (a group of float32
+    parameters verified says nothing of another group's)."""
+    if not state or not ps:
+        return True
+    by_kind = tuple((key, len(idx) if len(groups) == 1 else tuple(idx)) for key, idx in groups.items())
+    signature = (by_kind, id(ps[0]), id(state[0][0]))
+    if signature in verified:
         return True
     if not all(b.dtype == p.dtype and b.device == p.device for buf in state for p, b in zip(ps, buf)):
         return False
+    if len(verified) >= 64:  # parameter sets come and go (ids may be reused): keep the memo small
+        verified.clear()
     verified.add(signature)
     return True
 

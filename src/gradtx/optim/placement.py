@@ -16,8 +16,9 @@ parameter's offset modulo 4 KiB. (The flat path's gradient buffer sits 1 KiB pas
 parameters; a gradient that backward allocates afresh each step lands where the allocator
 puts it, for a large one its parameter's offset.) The original is freed before its
 replacement is made, so no transient copy is held, and the values are the same bit for bit.
-Any other tensor (a copy of the parameter, a view of it, one not contiguous, one on a GPU,
-where this stall does not exist) stays where it is. Each moved tensor costs 4 KiB of
+Any other tensor (a copy of the parameter, a view of it or of anything, one sharing its
+memory with another state tensor, one not contiguous, one on a GPU, where this stall does not
+exist) stays where it is. Each moved tensor costs 4 KiB of
 padding, so only tensors of at least :data:`MIN_BYTES` are moved.
 """
 
@@ -71,9 +72,13 @@ def _constant(x: torch.Tensor) -> torch.Tensor | None:
 
 
 def _movable(leaf: Any, param: torch.Tensor | None, param_storages: set[int]) -> bool:
+    # a tensor that owns its whole storage (not a view: a state holding a buffer and views of
+    # it, or views of one buffer, must keep them aliased) and is not a parameter's memory
     return (param is not None and type(leaf) is torch.Tensor and leaf.device.type == "cpu"
             and not leaf.requires_grad and leaf.is_contiguous() and leaf.shape == param.shape
             and leaf.numel() * leaf.element_size() >= MIN_BYTES
+            and leaf._base is None and leaf.storage_offset() == 0
+            and leaf.untyped_storage().nbytes() == leaf.numel() * leaf.element_size()
             and leaf.untyped_storage().data_ptr() not in param_storages)
 
 
@@ -88,14 +93,18 @@ def staggered_init(init: Callable[[dict], Any], params: dict) -> Any:
     leaves = [leaf for _, _, leaf in positioned]
     owners = [index for index, _, _ in positioned]
     del positioned
+    # a tensor held at two places in the state, or whose memory another leaf shares, must stay
+    # where it is (one tensor, the same memory)
     references: dict[int, int] = {}
-    for leaf in leaves:  # a tensor held at two places in the state must stay one tensor
-        references[id(leaf)] = references.get(id(leaf), 0) + 1
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor):
+            ptr = leaf.untyped_storage().data_ptr()
+            references[ptr] = references.get(ptr, 0) + 1
     moved: dict[int, int] = {}  # parameter index -> state tensors moved so far
     for i, index in enumerate(owners):
         leaf = leaves[i]
         param = by_index.get(index) if index is not None else None
-        if references.get(id(leaf)) != 1 or not _movable(leaf, param, param_storages):
+        if not _movable(leaf, param, param_storages) or references[leaf.untyped_storage().data_ptr()] != 1:
             continue
         value = _constant(leaf)
         if value is None:
