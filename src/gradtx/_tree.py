@@ -473,6 +473,16 @@ def merge_keys(base: Tree, new: Tree) -> Tree:
     return new
 
 
+def leaf_owners(tree: Tree) -> tuple[list[Any], list[int | None], TreeDef]:
+    """The leaves of ``tree`` (``tree_flatten`` order), the parameter index of the int-keyed
+    dict entry holding each (``None`` for a shared leaf), and the structure: what
+    :func:`param_leaves` gives without the path strings (thousands of leaves, at init)."""
+    pairs, treedef = _pytree.tree_flatten_with_path(tree)
+    owners = [next((int(k.key) for k in path if isinstance(k, _pytree.MappingKey) and _is_param_key(k.key)), None)
+              for path, _ in pairs]
+    return [leaf for _, leaf in pairs], owners, treedef
+
+
 def param_leaves(tree: Tree) -> tuple[list[tuple[int | None, str, Any]], TreeDef]:
     """Each leaf of ``tree``, in ``tree_flatten`` order, as ``(parameter index, path, leaf)``:
     the index of the int-keyed dict entry holding it (``None`` for a shared leaf) and its

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .._tree import param_leaves, tree_unflatten
+from .._tree import leaf_owners, tree_unflatten
 
 __all__ = ["MIN_BYTES", "at_offset", "staggered_init"]
 
@@ -85,14 +85,14 @@ def _movable(leaf: Any, param: torch.Tensor | None, param_storages: set[int]) ->
 def staggered_init(init: Callable[[dict], Any], params: dict) -> Any:
     """``init(params)`` with its large constant per-parameter state tensors moved to memory
     staggered against their parameter's (see the module docstring)."""
+    if not any(isinstance(p, torch.Tensor) and p.device.type == "cpu" and p.numel() * p.element_size() >= MIN_BYTES
+               for p in params.values()):
+        return init(params)  # nothing to move: no pass over the state (thousands of small tensors)
     state = init(params)
-    positioned, treedef = param_leaves(state)
-    del state  # the list below then holds the only references: each original is freed when replaced
+    leaves, owners, treedef = leaf_owners(state)
+    del state  # the list then holds the only references: each original is freed when replaced
     by_index = {int(k): p for k, p in params.items()}
     param_storages = {p.untyped_storage().data_ptr() for p in params.values() if isinstance(p, torch.Tensor)}
-    leaves = [leaf for _, _, leaf in positioned]
-    owners = [index for index, _, _ in positioned]
-    del positioned
     # a tensor held at two places in the state, or whose memory another leaf shares, must stay
     # where it is (one tensor, the same memory)
     references: dict[int, int] = {}
