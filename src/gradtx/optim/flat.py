@@ -128,7 +128,7 @@ def _alias(base: torch.Tensor, offset: int, shape: torch.Size) -> torch.Tensor:
 # reads and writes each element of every buffer in turn; when their addresses agree modulo
 # 4 KiB the CPU stalls (4K aliasing): on the big set (one tensor of 16.8M) the fused AdamW
 # kernel ran 10-20% faster with the parameter and gradient buffers 1 KiB apart, and about
-# twice as fast with the state's apart too (benchmarks/aliasing.py, docs/benchmarks.md).
+# 1.5-2x as fast with the state's apart too (benchmarks/aliasing.py, docs/benchmarks.md).
 _PARAMS_AT, _GRADS_AT = 1024 + 64, 2048 + 64
 
 

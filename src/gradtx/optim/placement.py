@@ -6,8 +6,9 @@ store into one for a store to the load it is about to make from the other ("4K a
 and stalls. Large allocations come from ``mmap`` and all start at the same offset past a
 page, so a state made by ``zeros_like(p)`` sits exactly like its parameter and its gradient.
 Measured with torch's fused AdamW kernel on one tensor of 16.8M float32, one thread
-(``python benchmarks/aliasing.py``): the four streams at one offset 14.8 ms a step; the first
-moment 1 KiB off the others 9.7 ms; both moments off, at distinct offsets, 9.5 ms.
+(``python benchmarks/aliasing.py``, docs/benchmarks.md): the four streams at one offset 14.2 ms
+a call; the first moment 1 KiB off the others 10.0 ms; both moments off, at distinct offsets,
+9.4 ms.
 
 :func:`staggered_init` runs a chain's ``init`` and moves each large per-parameter state
 tensor on the CPU whose elements are all one value (zeros or a constant: the initial state of
