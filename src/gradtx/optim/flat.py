@@ -232,6 +232,11 @@ class _Layout:
     # bucket -> the per-parameter state paths its parameters keep empty (muon's split; segmented chains)
     empty_paths: dict[ParamKey, frozenset[str]] | None = None
     temporaries: F.Temporaries | None = None  # kept outputs of the chain's out-of-place ops (muon's split)
+    # (key, path) -> (offset, shape) of a per-parameter state leaf not shaped like its parameter
+    # (adafactor's row and column moments, placeholders) in the flat leaf of its bucket and path,
+    # which concatenates the bucket's parameters' leaves there in buffer order
+    state_at: dict[tuple[int, str], tuple[int, torch.Size]] | None = None
+    state_numel: dict[tuple[int, str], int] | None = None  # (bucket, path) -> that flat leaf's length
 
     def versions(self) -> tuple[int, ...]:
         return tuple(b._version for b in self.gbases)
@@ -261,7 +266,7 @@ _TEMPLATE_CHUNK = 256
 # callable that must see per-parameter tensors) and to reduce per matrix, but to touch each
 # parameter's tensor alone: with them ``flat=True`` keeps the contiguous buffers and steps
 # per-parameter views of them on the default path, whose numbers and state they are.
-_PER_PARAMETER = ("scale_by_factored_rms", "only(")
+_PER_PARAMETER = ("only(",)
 
 
 class FlatStorage:
@@ -459,10 +464,11 @@ class FlatStorage:
         # one buffer per (device, dtype) and, for a segmented chain, per set of state paths
         # its init leaves empty (muon's matrices apart from the rest: each side's state is
         # then either flat or empty over a whole buffer)
-        sides = self._sides(opt, gi, group, keys) if self._segmented else None
-        kinds: dict[tuple[torch.device, torch.dtype, frozenset[str]], list[int]] = {}
+        sides, resized = self._sides(opt, gi, group, keys) if self._segmented else (None, None)
+        kinds: dict[tuple[torch.device, torch.dtype, frozenset[str], frozenset[str]], list[int]] = {}
         for k in keys:
-            kinds.setdefault((params[k].device, params[k].dtype, sides[k] if sides else frozenset()), []).append(k)
+            kinds.setdefault((params[k].device, params[k].dtype, sides[k] if sides else frozenset(),
+                              frozenset(resized[k]) if resized else frozenset()), []).append(k)
         if self._segmented:
             # equal sizes side by side, equal shapes within (stable: the parameters' order
             # otherwise): one reduction per distinct size, one batch per shape (see _segments)
@@ -470,7 +476,7 @@ class FlatStorage:
                      for kind, ks in kinds.items()}
         where: dict[int, tuple[int, int, int, torch.Size]] = {}
         fparams, fgrads = {}, {}
-        for b, ((device, dtype, _), ks) in enumerate(kinds.items()):
+        for b, ((device, dtype, *_), ks) in enumerate(kinds.items()):
             offset = 0
             for k in ks:
                 n = params[k].numel()
@@ -487,6 +493,8 @@ class FlatStorage:
         if self._segmented:
             lay.segments = {ParamKey(b): Segments([params[k].shape for k in ks]) for b, ks in enumerate(kinds.values())}
             lay.empty_paths = {ParamKey(b): kind[2] for b, kind in enumerate(kinds)}
+            if resized and any(resized.values()):
+                lay.state_at, lay.state_numel = self._state_offsets(list(kinds.values()), resized)
             if any(lay.empty_paths.values()):
                 # muon's Adam side is out-of-place ops over one large buffer: their outputs
                 # kept between steps, not mapped afresh each step (see _foreach.Temporaries)
@@ -497,10 +505,13 @@ class FlatStorage:
         return lay
 
     @staticmethod
-    def _sides(opt: Any, gi: int, group: dict[str, Any], keys: list[int]) -> dict[int, frozenset[str]] | None:
+    def _sides(opt: Any, gi: int, group: dict[str, Any], keys: list[int]
+               ) -> tuple[dict[int, frozenset[str]] | None, dict[int, dict[str, torch.Size]] | None]:
         """Per stepped parameter, the paths of its per-parameter state that the chain's init
-        (over meta tensors) leaves empty, a ``(0,)`` tensor: muon keeps its momentum for the
-        matrices and Adam's moments for the other leaves. ``None`` when init needs real tensors."""
+        (over meta tensors) leaves empty, a ``(0,)`` tensor (muon keeps its momentum for the
+        matrices and Adam's moments for the other leaves), and the shapes of the other leaves
+        not shaped like the parameter (adafactor's row and column moments, its ``(1,)``
+        placeholders). ``(None, None)`` when init needs real tensors."""
         tx = opt._variant(opt._setting_values(group), f"param_groups[{gi}]").tx
         # a segmented chain is leafwise: a parameter's state depends on its shape and dtype
         # alone, so init runs over one meta tensor of each (thousands of scalars: one)
@@ -512,15 +523,49 @@ class FlatStorage:
             template = tx.init({ParamKey(j): torch.empty(shape, dtype=dtype, device="meta")
                                 for j, (shape, dtype) in enumerate(kinds)})
         except Exception:  # noqa: BLE001 - one buffer per (device, dtype), as for any chain
-            return None
+            return None, None
         shapes = list(kinds)
         paths: list[set[str]] = [set() for _ in shapes]
+        others: list[dict[str, torch.Size]] = [{} for _ in shapes]
         for index, path, leaf in param_leaves(template)[0]:
-            if (index is not None and isinstance(leaf, torch.Tensor) and leaf.shape == (0,)
-                    and leaf.shape != shapes[index][0]):
+            if index is None or not isinstance(leaf, torch.Tensor) or leaf.shape == shapes[index][0]:
+                continue
+            if leaf.shape == (0,):
                 paths[index].add(path)
+            else:
+                others[index][path] = leaf.shape
         frozen = [frozenset(x) for x in paths]
-        return {k: frozen[j] for j, ks in enumerate(kinds.values()) for k in ks}
+        return ({k: frozen[j] for j, ks in enumerate(kinds.values()) for k in ks},
+                {k: others[j] for j, ks in enumerate(kinds.values()) for k in ks})
+
+    @staticmethod
+    def _state_offsets(buckets: list[list[int]], resized: dict[int, dict[str, torch.Size]]
+                       ) -> tuple[dict[tuple[int, str], tuple[int, torch.Size]], dict[tuple[int, str], int]]:
+        """Where each state leaf not shaped like its parameter lies in its flat leaf (the
+        bucket's parameters' leaves of that path end to end, in buffer order), and each such
+        flat leaf's length."""
+        at, numel = {}, {}
+        for b, ks in enumerate(buckets):
+            ends: dict[str, int] = {}
+            for k in ks:
+                for path, shape in resized[k].items():
+                    start = ends.get(path, 0)
+                    at[k, path] = (start, shape)
+                    ends[path] = start + shape.numel()
+            for path, end in ends.items():
+                numel[b, path] = end
+        return at, numel
+
+    @staticmethod
+    def _slot(lay: _Layout, index: int, path: str) -> tuple[int, int, torch.Size, int]:
+        """``(bucket, offset, shape, flat length)`` of parameter ``index``'s state leaf at
+        ``path`` in the flat state."""
+        b, off, n, shape = lay.where[index]
+        if lay.state_at is not None:
+            at = lay.state_at.get((index, path))
+            if at is not None:
+                return b, at[0], at[1], lay.state_numel[b, path]
+        return b, off, shape, lay.fparams[ParamKey(b)].numel()
 
     @staticmethod
     def _flat_init(tx: Any, lay: _Layout) -> tuple[Any, bool]:
@@ -533,10 +578,11 @@ class FlatStorage:
         A leaf that still comes out otherwise than ``lay.empty_paths`` says is made empty or
         flat (zeros) by hand, and ``False`` returned: its values are then the per-parameter
         init's, copied in by :meth:`_link`."""
-        if lay.empty_paths is None or not any(lay.empty_paths.values()):
+        plain = lay.empty_paths is None or not any(lay.empty_paths.values())
+        if plain and lay.state_numel is None:
             return _placement.staggered_init(tx.init, lay.fparams), True
-        stand_ins = {}
-        for key, f in lay.fparams.items():
+        stand_ins = {} if not plain else lay.fparams
+        for key, f in lay.fparams.items() if not plain else ():
             shapes = lay.segments[key].shapes
             dims = len(shapes[0]) if shapes else 1
             stand_ins[key] = f.view(*([1] * (dims - 1)), f.numel()) if dims > 1 else f
@@ -548,6 +594,9 @@ class FlatStorage:
                 if path in lay.empty_paths[ParamKey(index)]:
                     if leaf.shape != (0,):
                         leaf = leaf.new_empty((0,))
+                elif lay.state_numel is not None and (index, path) in lay.state_numel:
+                    # the parameters' leaves end to end: init's values copied in by _link
+                    leaf, fresh = leaf.new_zeros((lay.state_numel[index, path],)), False
                 elif leaf.numel() == n and leaf.is_contiguous():
                     leaf = leaf.view(n)
                 else:  # init took the buffer for the other side's
@@ -611,13 +660,13 @@ class FlatStorage:
             if index is None or index not in lay.where:
                 leaves.append(leaf)
                 continue
-            b, off, n, shape = lay.where[index]
+            b, off, shape, length = self._slot(lay, index, path)
             big = by_path.get((b, path))
             if self._both_empty(leaf, big):
                 leaves.append(leaf)
                 continue
             if (big is None or not isinstance(leaf, torch.Tensor) or leaf.shape != shape or leaf.dtype != big.dtype
-                    or big.shape != (lay.fparams[ParamKey(b)].numel(),)):
+                    or big.shape != (length,)):
                 raise _NotFlat
             view = _alias(big, off, shape)  # no view bookkeeping: a tensor over the same memory
             if view.data_ptr() != leaf.data_ptr():
@@ -699,13 +748,13 @@ class FlatStorage:
                     raise _NotFlat
                 spec.append((None, path, False))
                 continue
-            b, off, n, shape = lay.where[index]
+            b, off, shape, length = self._slot(lay, index, path)
             big = by_path.get((b, path))
             if self._both_empty(leaf, big):
                 spec.append((index, path, True))
                 continue
             if (big is None or not isinstance(leaf, torch.Tensor) or leaf.shape != shape or leaf.dtype != big.dtype
-                    or big.shape != (lay.fparams[ParamKey(b)].numel(),)):
+                    or big.shape != (length,)):
                 raise _NotFlat
             spec.append((index, path, False))
         self._check_covered(lay, positioned, flat_leaves, {p: 0 for i, p, _ in positioned if i is None},
@@ -718,7 +767,7 @@ class FlatStorage:
             elif empty:  # each parameter its own empty tensor, as init gives it
                 leaves.append(by_path[lay.where[index][0], path].new_empty((0,)))
             else:
-                b, off, _, shape = lay.where[index]
+                b, off, shape, _ = self._slot(lay, index, path)
                 leaves.append(_alias(by_path[b, path], off, shape))
         return tree_unflatten(leaves, treedef)
 

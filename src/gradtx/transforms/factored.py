@@ -137,7 +137,7 @@ def _moving(v: torch.Tensor, x: torch.Tensor, decay: torch.Tensor, inplace: bool
     return (v if inplace else v.clone()).mul_(decay).add_(x)
 
 
-@transform(leafwise=True, inplace=True)
+@transform(leafwise=True, inplace=True, segmented=True)
 def scale_by_factored_rms(factored: bool = True, decay_rate: float = 0.8, step_offset: int = 0,
                           min_dim_size_to_factor: int = 128, epsilon: float = 1e-30,
                           decay_rate_fn: Callable[[torch.Tensor, float], torch.Tensor] = _decay_rate_pow
@@ -156,6 +156,15 @@ def scale_by_factored_rms(factored: bool = True, decay_rate: float = 0.8, step_o
     (``R C / mean_{a1} R`` or ``v``) at ``e^2``, so an all-zero gradient gives a zero update.
     ``torch.optim.Adafactor`` factors the last two axes of every tensor of rank >= 2; for
     matrices and vectors it is ``min_dim_size_to_factor=1, epsilon=0`` (see ``gx.adafactor``).
+
+    Under ``gx.Optimizer(..., flat=True)`` (declared segmented) a leaf may be a flat buffer of
+    many tensors end to end, described by the extra argument ``segments``, and each state leaf
+    the concatenation of those tensors' state leaves in the same order (a row and a column
+    vector per factored tensor, a ``(1,)`` placeholder per unfactored one). The update then runs
+    once per run of equal shapes, viewed as ``(count, *shape)`` with the run's row and column
+    statistics as ``(count, *reduced)`` (a tensor alone as itself), and over the whole buffer at
+    once when no tensor of it is factored: the reductions are each tensor's own, so the numbers
+    are those of the separate tensors.
 
     Example: ``gx.chain(gx.scale_by_factored_rms(), gx.scale_by_lr(1e-2))``.
     """
@@ -184,36 +193,84 @@ def scale_by_factored_rms(factored: bool = True, decay_rate: float = 0.8, step_o
                 full.append(placeholder.clone())
         return FactoredState(new_count(), unflatten(treedef, rows), unflatten(treedef, cols), unflatten(treedef, full))
 
+    def scaled(g, row, col, full, dims, beta, inplace, lead=0):
+        """``(g's scaling, row, col, full)``; ``lead`` leading batch axes (a run of a flat buffer)."""
+        sq = g * g
+        if not is_value(epsilon, 0.0):
+            sq.add_(epsilon)
+        if dims is None:
+            full = _moving(full, sq, beta, inplace)
+            return (full.rsqrt() if epsilon else _clamped_rsqrt(full.clone())), row, col, full
+        d1, d0 = dims
+        row = _moving(row, sq.mean(dim=d0 + lead), beta, inplace)
+        col = _moving(col, sq.mean(dim=d1 + lead), beta, inplace)
+        reduced_d1 = d1 - 1 if d1 > d0 else d1
+        row_mean = row.mean(dim=reduced_d1 + lead, keepdim=True)
+        if epsilon:
+            row_factor = (row / row_mean).rsqrt_()
+            scaling = row_factor.unsqueeze(d0 + lead) * col.rsqrt().unsqueeze(d1 + lead)
+        else:
+            # torch's order: R C / max(mean R, tiny), then the clamp in _clamped_rsqrt
+            estimate = row.unsqueeze(d0 + lead) * col.unsqueeze(d1 + lead)
+            estimate.div_(row_mean.clamp_min(torch.finfo(row.dtype).eps).unsqueeze(d0 + lead))
+            scaling = _clamped_rsqrt(estimate)
+        return scaling, row, col, full
+
+    def flat_update(g, row, col, full, seg, beta, inplace):
+        """One flat leaf of ``seg``'s tensors (and its concatenated state), run by run."""
+        if not inplace:  # the state's new tensors, then written in place as the in-place path
+            row, col, full = row.clone(), col.clone(), full.clone()
+        out = g if inplace else torch.empty_like(g)
+        runs = seg.blocks(g)
+        plan = [_factored_dims(shape, factored, min_dim_size_to_factor) for _, _, shape, _ in runs]
+        if all(d is None for d in plan) and full.shape == g.shape:  # nothing factored: elementwise
+            scaling, *_ = scaled(g, row, col, full, None, beta, True)
+            torch.mul(g, scaling, out=out)
+            return out, row, col, full
+        at = {"row": 0, "col": 0, "full": 0}
+
+        def take(name, x, count, shape):
+            n = count * shape.numel()
+            start = at[name]
+            at[name] = start + n
+            return x[start:start + n].view(count, *shape) if count > 1 else x[start:start + n].view(shape)
+
+        for (offset, count, shape, _), dims in zip(runs, plan):
+            block = g[offset:offset + count * shape.numel()]
+            block = block.view(count, *shape) if count > 1 else block.view(shape)
+            one = torch.Size((1,))
+            if dims is None:
+                r, c, f = take("row", row, count, one), take("col", col, count, one), take("full", full, count, shape)
+            else:
+                d1, d0 = dims
+                r = take("row", row, count, torch.Size([n for i, n in enumerate(shape) if i != d0]))
+                c = take("col", col, count, torch.Size([n for i, n in enumerate(shape) if i != d1]))
+                f = take("full", full, count, one)
+            scaling, *_ = scaled(block, r, c, f, dims, beta, True, lead=1 if count > 1 else 0)
+            target = out[offset:offset + count * shape.numel()].view(block.shape)
+            torch.mul(block, scaling, out=target)
+        return out, row, col, full
+
     def update(updates, state, params=None, *, inplace=False, **extra_args):
-        del params, extra_args
+        del params
         gs, treedef = leaves(updates)
         rows = leaves_like(state.v_row, treedef)
         cols = leaves_like(state.v_col, treedef)
         fulls = leaves_like(state.v, treedef)
         beta = decay_rate_fn(state.count - step_offset, decay_rate)
+        segments = extra_args.get("segments")
+        segs = [None] * len(gs) if segments is None else leaves_like(segments, treedef, "segments")
         new_rows, new_cols, new_fulls, outs = [], [], [], []
-        for g, row, col, full in zip(gs, rows, cols, fulls):
-            sq = g * g
-            if not is_value(epsilon, 0.0):
-                sq.add_(epsilon)
+        for g, row, col, full, seg in zip(gs, rows, cols, fulls, segs):
+            if seg is not None:  # a flat buffer of many tensors (gx.Optimizer(..., flat=True))
+                out, row, col, full = flat_update(g, row, col, full, seg, beta, inplace)
+                outs.append(out)
+                new_rows.append(row)
+                new_cols.append(col)
+                new_fulls.append(full)
+                continue
             dims = _factored_dims(g.shape, factored, min_dim_size_to_factor)
-            if dims is None:
-                full = _moving(full, sq, beta, inplace)
-                scaling = full.rsqrt() if epsilon else _clamped_rsqrt(full.clone())
-            else:
-                d1, d0 = dims
-                row = _moving(row, sq.mean(dim=d0), beta, inplace)
-                col = _moving(col, sq.mean(dim=d1), beta, inplace)
-                reduced_d1 = d1 - 1 if d1 > d0 else d1
-                row_mean = row.mean(dim=reduced_d1, keepdim=True)
-                if epsilon:
-                    row_factor = (row / row_mean).rsqrt_()
-                    scaling = row_factor.unsqueeze(d0) * col.rsqrt().unsqueeze(d1)
-                else:
-                    # torch's order: R C / max(mean R, tiny), then the clamp in _clamped_rsqrt
-                    estimate = row.unsqueeze(d0) * col.unsqueeze(d1)
-                    estimate.div_(row_mean.clamp_min(torch.finfo(row.dtype).eps).unsqueeze(d0))
-                    scaling = _clamped_rsqrt(estimate)
+            scaling, row, col, full = scaled(g, row, col, full, dims, beta, inplace)
             # the update keeps g's dtype when the statistics are wider (bf16 grads, f32 params)
             outs.append(g.mul_(scaling) if inplace else (g * scaling).to(g.dtype))
             new_rows.append(row)
