@@ -150,3 +150,26 @@ def test_replaced_and_added_parameters():
             assert_state_flat(opt, params[:len(SHAPES)])
         results.append(params)
     assert_close_to_scale(results[1], results[0], 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("name", ["default", "torch_form", "unfactored"])
+def test_large_buffers_with_kept_temporaries(name, dtype):
+    """Tensors of 2^16 elements and more, factored at the default min_dim_size_to_factor=128
+    (a run of two, a lone 3-D one) or not (a long vector): the squares and scalings go into
+    temporaries kept between steps; the default path's numbers and state."""
+    shapes = [(300, 256), (70_000,), (3, 4, 2, 2), (), (300, 256), (2, 260, 130), (130, 5)]
+    runs = []
+    for flat in (False, True):
+        params = seeded_params(shapes, dtype)
+        opt = gx.Optimizer(params, CHAINS[name](), flat=flat)
+        _train(opt, params, 12, skip_at=5)
+        if flat:
+            assert _flat_ran(opt)
+            assert_state_flat(opt, params)
+            assert opt._flat._layouts[0].temporaries.buffers  # drawn
+        runs.append((params, opt))
+    (ref, ref_opt), (got, got_opt) = runs
+    assert_close_to_scale(got, ref, REL[dtype])
+    for p, q in zip(got, ref):
+        assert_close_to_scale(list(got_opt.state[p].values()), list(ref_opt.state[q].values()), REL[dtype])

@@ -66,11 +66,22 @@ elementwise pass over the other buffer. The outputs of the chain's out-of-place 
 large CPU buffers (Adam's denominator, nesterov's term) go into temporaries the layout keeps
 between steps (:class:`gradtx._foreach.Temporaries`): made afresh, each would be a new
 mapping page-faulted every step (over glibc's 32 MiB mmap threshold), where the default
-path's per-tensor temporaries come back from the heap. A muon whose ``weight_decay_mask`` is a callable (it
-must see per-parameter tensors), and **adafactor** (a row and a column vector per matrix,
-state the flat state's views cannot hold), keep their parameters and gradients in the buffers
-all the same (one allocation, ``zero_grad`` one fill, the same checks), and the default path
-steps their per-parameter views, with its numbers and its state exactly. Any other part that is
+path's per-tensor temporaries come back from the heap.
+
+**Adafactor** (``gx.adafactor``: a row and a column moment per factored tensor, a full one
+per other tensor, ``(1,)`` placeholders for the rest): a per-parameter state leaf need not be
+shaped like its parameter. The layout also splits the buffers by which paths' leaves are not
+(the factored tensors apart from the others), and the flat leaf of such a path is the
+concatenation of its bucket's parameters' leaves there, in buffer order (``lay.state_at``
+gives each one's offset and shape): since equal shapes lie side by side, a run of equal shapes
+holds equal state shapes, and ``scale_by_factored_rms`` views a run's gradient as
+``(count, *shape)`` and its row and column moments as ``(count, *reduced)`` slices of the flat
+state, and runs the update over the run at once (over the whole buffer where nothing is
+factored). The flat state starts as zeros there and takes init's per-parameter values by copy
+(``_link``). A muon whose ``weight_decay_mask`` is a callable (it must see per-parameter
+tensors) keeps its parameters and gradients in the buffers all the same (one allocation,
+``zero_grad`` one fill, the same checks), and the default path steps their per-parameter
+views, with its numbers and its state exactly. Any other part that is
 neither (a masked trust ratio, a user's transform) makes the constructor raise
 ``ValueError`` naming ``flat=True``. A chain with a part over every param group at once
 (``clip_by_global_norm``, declared segmented since a global norm is the same on any split)
@@ -261,11 +272,10 @@ _TRIM_EVERY = 1 << 20
 # (FlatStorage._link_fresh): its transient memory is that of this many parameters' template.
 _TEMPLATE_CHUNK = 256
 
-# Parts known to keep per-parameter state not shaped like the parameter (adafactor's factored
-# moments are a row and a column vector per matrix; muon's split, when its decay mask is a
-# callable that must see per-parameter tensors) and to reduce per matrix, but to touch each
-# parameter's tensor alone: with them ``flat=True`` keeps the contiguous buffers and steps
-# per-parameter views of them on the default path, whose numbers and state they are.
+# Parts known to need per-parameter tensors (muon's split, when its decay mask is a callable
+# that must see them) and to reduce per matrix, but to touch each parameter's tensor alone:
+# with them ``flat=True`` keeps the contiguous buffers and steps per-parameter views of them
+# on the default path, whose numbers and state they are.
 _PER_PARAMETER = ("only(",)
 
 
@@ -275,7 +285,7 @@ class FlatStorage:
     def __init__(self, segmented: bool = False, per_parameter: bool = False) -> None:
         self._layouts: dict[int, Any] = {}
         self._segmented = segmented  # the chain reduces per parameter: pass it the segments
-        # muon, adafactor: the buffers hold the parameters and gradients, the chain runs on
+        # muon with a callable mask: the buffers hold the parameters and gradients, the chain runs on
         # the default path over their per-parameter views (its numbers and state exactly)
         self._per_parameter = per_parameter
 
@@ -290,7 +300,7 @@ class FlatStorage:
                 return cls(per_parameter=True)
             raise ValueError(f"flat=True runs chains of elementwise (gx.is_elementwise) or segmented transforms "
                              f"(per-tensor norms computed per segment of the flat buffer, as in gx.lamb, gx.lars) "
-                             f"or muon's and adafactor's parts (stepped per parameter); "
+                             f"or muon's split with a callable mask (stepped per parameter); "
                              f"neither: {', '.join(names)} "
                              f"(use flat=False for this chain)")
         return cls(segmented=bool(non_elementwise_parts(tx)))
@@ -495,9 +505,10 @@ class FlatStorage:
             lay.empty_paths = {ParamKey(b): kind[2] for b, kind in enumerate(kinds)}
             if resized and any(resized.values()):
                 lay.state_at, lay.state_numel = self._state_offsets(list(kinds.values()), resized)
-            if any(lay.empty_paths.values()):
-                # muon's Adam side is out-of-place ops over one large buffer: their outputs
-                # kept between steps, not mapped afresh each step (see _foreach.Temporaries)
+            if any(lay.empty_paths.values()) or lay.state_at is not None:
+                # muon's Adam side, adafactor's squares and scalings, are out-of-place ops over
+                # large buffers: their outputs kept between steps, not mapped afresh each step
+                # (see _foreach.Temporaries)
                 lay.temporaries = F.Temporaries()
         lay.stores = [x.untyped_storage() for x in (*fparams.values(), *fgrads.values())]
         lay.mark, lay.counts = lay.versions(), lay.use_counts()

@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 import torch
 
+from .. import _foreach as F  # noqa: N812
 from .._hparams import check, check_beta, check_int, increment, is_value, new_count, traced
 from .._tree import Tree
 from ..base import GradientTransformation, transform
@@ -193,14 +194,21 @@ def scale_by_factored_rms(factored: bool = True, decay_rate: float = 0.8, step_o
                 full.append(placeholder.clone())
         return FactoredState(new_count(), unflatten(treedef, rows), unflatten(treedef, cols), unflatten(treedef, full))
 
-    def scaled(g, row, col, full, dims, beta, inplace, lead=0):
-        """``(g's scaling, row, col, full)``; ``lead`` leading batch axes (a run of a flat buffer)."""
-        sq = g * g
+    def scaled(g, row, col, full, dims, beta, inplace, lead=0, kept=False):
+        """``(g's scaling, row, col, full)``; ``lead`` leading batch axes (a run of a flat
+        buffer); ``kept``: the g-sized outputs into kept temporaries (``F.kept_empty``: a fresh
+        large CPU tensor is a new mapping, page-faulted each step)."""
+        def like_g():
+            return F.kept_empty(g.shape, g.dtype, g.device) if kept else None
+
+        sq = torch.mul(g, g, out=like_g())
         if not is_value(epsilon, 0.0):
             sq.add_(epsilon)
         if dims is None:
             full = _moving(full, sq, beta, inplace)
-            return (full.rsqrt() if epsilon else _clamped_rsqrt(full.clone())), row, col, full
+            if epsilon:
+                return torch.rsqrt(full, out=like_g()), row, col, full
+            return _clamped_rsqrt(like_g().copy_(full) if kept else full.clone()), row, col, full
         d1, d0 = dims
         row = _moving(row, sq.mean(dim=d0 + lead), beta, inplace)
         col = _moving(col, sq.mean(dim=d1 + lead), beta, inplace)
@@ -208,10 +216,10 @@ def scale_by_factored_rms(factored: bool = True, decay_rate: float = 0.8, step_o
         row_mean = row.mean(dim=reduced_d1 + lead, keepdim=True)
         if epsilon:
             row_factor = (row / row_mean).rsqrt_()
-            scaling = row_factor.unsqueeze(d0 + lead) * col.rsqrt().unsqueeze(d1 + lead)
+            scaling = torch.mul(row_factor.unsqueeze(d0 + lead), col.rsqrt().unsqueeze(d1 + lead), out=like_g())
         else:
             # torch's order: R C / max(mean R, tiny), then the clamp in _clamped_rsqrt
-            estimate = row.unsqueeze(d0 + lead) * col.unsqueeze(d1 + lead)
+            estimate = torch.mul(row.unsqueeze(d0 + lead), col.unsqueeze(d1 + lead), out=like_g())
             estimate.div_(row_mean.clamp_min(torch.finfo(row.dtype).eps).unsqueeze(d0 + lead))
             scaling = _clamped_rsqrt(estimate)
         return scaling, row, col, full
@@ -224,7 +232,7 @@ def scale_by_factored_rms(factored: bool = True, decay_rate: float = 0.8, step_o
         runs = seg.blocks(g)
         plan = [_factored_dims(shape, factored, min_dim_size_to_factor) for _, _, shape, _ in runs]
         if all(d is None for d in plan) and full.shape == g.shape:  # nothing factored: elementwise
-            scaling, *_ = scaled(g, row, col, full, None, beta, True)
+            scaling, *_ = scaled(g, row, col, full, None, beta, True, kept=True)
             torch.mul(g, scaling, out=out)
             return out, row, col, full
         at = {"row": 0, "col": 0, "full": 0}
@@ -246,7 +254,7 @@ def scale_by_factored_rms(factored: bool = True, decay_rate: float = 0.8, step_o
                 r = take("row", row, count, torch.Size([n for i, n in enumerate(shape) if i != d0]))
                 c = take("col", col, count, torch.Size([n for i, n in enumerate(shape) if i != d1]))
                 f = take("full", full, count, one)
-            scaling, *_ = scaled(block, r, c, f, dims, beta, True, lead=1 if count > 1 else 0)
+            scaling, *_ = scaled(block, r, c, f, dims, beta, True, lead=1 if count > 1 else 0, kept=True)
             target = out[offset:offset + count * shape.numel()].view(block.shape)
             torch.mul(block, scaling, out=target)
         return out, row, col, full
