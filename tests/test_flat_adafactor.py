@@ -19,6 +19,8 @@ from conftest import assert_close_to_scale, assert_resume_bit_exact, round_trip,
 from test_flat_muon import assert_state_flat
 
 import gradtx as gx
+from gradtx import _foreach as F  # noqa: N812
+from gradtx.transforms import factored
 
 # with min_dim_size_to_factor=4: (6, 6) x3, (4, 9), (9, 4), (5, 4, 6), (2, 3, 4, 5) and (8, 4)
 # factored; (7, 3), (3, 4, 2, 2) not; vectors, scalars, (1,), an empty tensor
@@ -154,10 +156,12 @@ def test_replaced_and_added_parameters():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("name", ["default", "torch_form", "unfactored"])
-def test_large_buffers_with_kept_temporaries(name, dtype):
+def test_large_buffers_with_kept_temporaries(name, dtype, monkeypatch):
     """Tensors of 2^16 elements and more, factored at the default min_dim_size_to_factor=128
     (a run of two, a lone 3-D one) or not (a long vector): the squares and scalings go into
-    temporaries kept between steps; the default path's numbers and state."""
+    temporaries kept between steps (from 64 KiB here, 32 MiB by default); the default path's
+    numbers and state."""
+    monkeypatch.setattr(F, "_KEEP_ABOVE", 1 << 16)
     shapes = [(300, 256), (70_000,), (3, 4, 2, 2), (), (300, 256), (2, 260, 130), (130, 5)]
     runs = []
     for flat in (False, True):
@@ -173,3 +177,20 @@ def test_large_buffers_with_kept_temporaries(name, dtype):
     assert_close_to_scale(got, ref, REL[dtype])
     for p, q in zip(got, ref):
         assert_close_to_scale(list(got_opt.state[p].values()), list(ref_opt.state[q].values()), REL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_runs_split_into_batches(dtype, monkeypatch):
+    """Runs longer than ``_BATCH_NUMEL`` elements go in batches: (6, 6) two at a time (2 + 1),
+    (5, 4, 6) and (2, 3, 4, 5) alone; the default path's numbers."""
+    monkeypatch.setattr(factored, "_BATCH_NUMEL", 80)
+    shapes = SHAPES + [(6, 6), (5, 4, 6)]
+    results = []
+    for flat in (False, True):
+        params = seeded_params(shapes, dtype)
+        opt = gx.Optimizer(params, CHAINS["torch_form"](), flat=flat)
+        _train(opt, params, 50)
+        if flat:
+            assert _flat_ran(opt)
+        results.append(params)
+    assert_close_to_scale(results[1], results[0], REL[dtype])

@@ -175,16 +175,19 @@ def drawing_from(temporaries: Temporaries) -> Iterator[None]:
 _DRAWN = frozenset({"add", "sub", "mul", "div", "lerp", "addcmul", "addcdiv", "sqrt", "reciprocal", "neg", "abs",
                     "maximum", "minimum", "exp", "log"})
 _DRAW_MIN = 1 << 16  # smaller temporaries come from the heap's free lists anyway
+_KEEP_ABOVE = 32 << 20  # bytes: glibc's largest mmap threshold (kept_empty)
 
 
 def kept_empty(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """An uninitialised contiguous tensor of ``shape``: within :func:`drawing_from`, a large
-    CPU one is a kept temporary (valid until the same place is drawn again), else a new one.
-    For a transform's own out-of-place outputs (``out=``), such as ``scale_by_factored_rms``'s
-    per-run squares and scalings under ``flat=True``."""
+    """An uninitialised contiguous tensor of ``shape``: within :func:`drawing_from`, a CPU
+    one over glibc's largest mmap threshold (32 MiB: below it, the heap's free lists serve it
+    again at once) is a kept temporary (valid until the same place is drawn again), else a new
+    one. For a transform's own out-of-place outputs (``out=``), such as
+    ``scale_by_factored_rms``'s squares and scalings under ``flat=True``: each place drawn
+    holds memory between steps, so only those the heap would not serve are kept."""
     temporaries = getattr(_drawing, "temporaries", None)
-    if (temporaries is None or device.type != "cpu" or shape.numel() < _DRAW_MIN or not dtype.is_floating_point
-            or torch.compiler.is_compiling()):
+    if (temporaries is None or device.type != "cpu" or not dtype.is_floating_point
+            or shape.numel() * dtype.itemsize <= _KEEP_ABOVE or torch.compiler.is_compiling()):
         return torch.empty(shape, dtype=dtype, device=device)
     return temporaries.take_new(shape, dtype, device)
 

@@ -592,7 +592,7 @@ class FlatStorage:
         plain = lay.empty_paths is None or not any(lay.empty_paths.values())
         if plain and lay.state_numel is None:
             return _placement.staggered_init(tx.init, lay.fparams), True
-        stand_ins = {} if not plain else lay.fparams
+        stand_ins = {} if not plain else FlatStorage._bare(tx, lay)
         for key, f in lay.fparams.items() if not plain else ():
             shapes = lay.segments[key].shapes
             dims = len(shapes[0]) if shapes else 1
@@ -614,6 +614,21 @@ class FlatStorage:
                     leaf, fresh = leaf.new_zeros((n,)), False
             out.append(leaf)
         return tree_unflatten(out, flat_def), fresh
+
+    @staticmethod
+    def _bare(tx: Any, lay: _Layout) -> dict[ParamKey, torch.Tensor]:
+        """The buffers to init the flat state over: a buffer none of whose state leaves comes
+        from init over it (each path's leaves not shaped like the parameters, adafactor's
+        factored tensors) as an empty slice of it, so that init does not make a state the size
+        of the buffer only for it to be dropped (the first step's peak memory)."""
+        try:
+            template = tx.init({key: torch.empty(f.shape, dtype=f.dtype, device="meta")
+                                for key, f in lay.fparams.items()})
+        except Exception:  # noqa: BLE001 - a chain that needs real tensors to init: the buffers
+            return lay.fparams
+        used = {index for index, path, leaf in param_leaves(template)[0]
+                if index is not None and isinstance(leaf, torch.Tensor) and (index, path) not in lay.state_numel}
+        return {key: f if key in used else f[:0] for key, f in lay.fparams.items()}
 
     @staticmethod
     def _both_empty(leaf: Any, big: torch.Tensor | None) -> bool:

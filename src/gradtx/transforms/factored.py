@@ -117,6 +117,11 @@ def _factored_dims(shape: torch.Size, factored: bool, min_dim_size_to_factor: in
     return order[-2], order[-1]
 
 
+# The most elements a batch of equal shapes holds under flat=True (scale_by_factored_rms):
+# larger tensors go one at a time, as on the default path.
+_BATCH_NUMEL = 1 << 20
+
+
 def _decay_rate_pow(step: torch.Tensor, exponent: float) -> torch.Tensor:
     """Adafactor's ``beta2_t = 1 - (step + 1)^(-exponent)`` (``step`` counts from 0)."""
     return 1.0 - (step.to(torch.float64) + 1.0) ** (-exponent)
@@ -163,8 +168,9 @@ def scale_by_factored_rms(factored: bool = True, decay_rate: float = 0.8, step_o
     the concatenation of those tensors' state leaves in the same order (a row and a column
     vector per factored tensor, a ``(1,)`` placeholder per unfactored one). The update then runs
     once per run of equal shapes, viewed as ``(count, *shape)`` with the run's row and column
-    statistics as ``(count, *reduced)`` (a tensor alone as itself), and over the whole buffer at
-    once when no tensor of it is factored: the reductions are each tensor's own, so the numbers
+    statistics as ``(count, *reduced)`` (batches of at most ``2^20`` elements, so that the
+    temporaries stay small; a tensor alone as itself), and over the whole buffer at once when
+    no tensor of it is factored: the reductions are each tensor's own, so the numbers
     are those of the separate tensors.
 
     Example: ``gx.chain(gx.scale_by_factored_rms(), gx.scale_by_lr(1e-2))``.
@@ -243,20 +249,27 @@ def scale_by_factored_rms(factored: bool = True, decay_rate: float = 0.8, step_o
             at[name] = start + n
             return x[start:start + n].view(count, *shape) if count > 1 else x[start:start + n].view(shape)
 
-        for (offset, count, shape, _), dims in zip(runs, plan):
-            block = g[offset:offset + count * shape.numel()]
-            block = block.view(count, *shape) if count > 1 else block.view(shape)
-            one = torch.Size((1,))
-            if dims is None:
-                r, c, f = take("row", row, count, one), take("col", col, count, one), take("full", full, count, shape)
-            else:
-                d1, d0 = dims
-                r = take("row", row, count, torch.Size([n for i, n in enumerate(shape) if i != d0]))
-                c = take("col", col, count, torch.Size([n for i, n in enumerate(shape) if i != d1]))
-                f = take("full", full, count, one)
-            scaling, *_ = scaled(block, r, c, f, dims, beta, True, lead=1 if count > 1 else 0, kept=True)
-            target = out[offset:offset + count * shape.numel()].view(block.shape)
-            torch.mul(block, scaling, out=target)
+        for (start, runs_of, shape, _), dims in zip(runs, plan):
+            size = shape.numel()
+            # batches of at most _BATCH_NUMEL elements: a batch's squares and scaling are
+            # temporaries of its size (a whole run's would raise the peak memory)
+            per = max(1, _BATCH_NUMEL // max(size, 1))
+            for first in range(0, runs_of, per):
+                count = min(per, runs_of - first)
+                offset = start + first * size
+                block = g[offset:offset + count * size]
+                block = block.view(count, *shape) if count > 1 else block.view(shape)
+                one = torch.Size((1,))
+                if dims is None:
+                    r, c = take("row", row, count, one), take("col", col, count, one)
+                    f = take("full", full, count, shape)
+                else:
+                    d1, d0 = dims
+                    r = take("row", row, count, torch.Size([n for i, n in enumerate(shape) if i != d0]))
+                    c = take("col", col, count, torch.Size([n for i, n in enumerate(shape) if i != d1]))
+                    f = take("full", full, count, one)
+                scaling, *_ = scaled(block, r, c, f, dims, beta, True, lead=1 if count > 1 else 0, kept=True)
+                torch.mul(block, scaling, out=out[offset:offset + count * size].view(block.shape))
         return out, row, col, full
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
