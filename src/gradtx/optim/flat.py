@@ -76,14 +76,14 @@ concatenation of its bucket's parameters' leaves there, in buffer order (``lay.s
 gives each one's offset and shape): since equal shapes lie side by side, a run of equal shapes
 holds equal state shapes, and ``scale_by_factored_rms`` views a run's gradient as
 ``(count, *shape)`` and its row and column moments as ``(count, *reduced)`` slices of the flat
-state, and runs the update over the run at once (over the whole buffer where nothing is
-factored). The flat state starts as zeros there and takes init's per-parameter values by copy
-(``_link``). A muon whose ``weight_decay_mask`` is a callable (it must see per-parameter
-tensors) keeps its parameters and gradients in the buffers all the same (one allocation,
-``zero_grad`` one fill, the same checks), and the default path steps their per-parameter
-views, with its numbers and its state exactly. Any other part that is
-neither (a masked trust ratio, a user's transform) makes the constructor raise
-``ValueError`` naming ``flat=True``. A chain with a part over every param group at once
+state, and runs the update over the run in batches of at most 2^20 elements (a batch's
+temporaries are its size; over the whole buffer where nothing is factored). The flat state
+starts as zeros there and takes init's per-parameter values by copy (``_link``). A muon
+whose ``weight_decay_mask`` is a callable (it must see per-parameter tensors) keeps its
+parameters and gradients in the buffers all the same (one allocation, ``zero_grad`` one fill,
+the same checks), and the default path steps their per-parameter views, with its numbers and
+its state exactly. Any other part that is neither (a masked trust ratio, a user's transform)
+makes the constructor raise ``ValueError`` naming ``flat=True``. A chain with a part over every param group at once
 (``clip_by_global_norm``, declared segmented since a global norm is the same on any split)
 is stepped by the adapter's one-chain path, never by this one: the default path's numbers.
 
