@@ -169,7 +169,7 @@ def scale_by_factored_rms(factored: bool = True, decay_rate: float = 0.8, step_o
     vector per factored tensor, a ``(1,)`` placeholder per unfactored one). The update then runs
     once per run of equal shapes, viewed as ``(count, *shape)`` with the run's row and column
     statistics as ``(count, *reduced)`` (batches of at most ``2^20`` elements, so that the
-    temporaries stay small; a tensor alone as itself), and over the whole buffer at once when
+    temporaries stay small; a tensor alone as itself), and over stretches of the buffer when
     no tensor of it is factored: the reductions are each tensor's own, so the numbers
     are those of the separate tensors.
 
@@ -237,9 +237,12 @@ def scale_by_factored_rms(factored: bool = True, decay_rate: float = 0.8, step_o
         out = g if inplace else torch.empty_like(g)
         runs = seg.blocks(g)
         plan = [_factored_dims(shape, factored, min_dim_size_to_factor) for _, _, shape, _ in runs]
-        if all(d is None for d in plan) and full.shape == g.shape:  # nothing factored: elementwise
-            scaling, *_ = scaled(g, row, col, full, None, beta, True, kept=True)
-            torch.mul(g, scaling, out=out)
+        if all(d is None for d in plan) and full.shape == g.shape:
+            # nothing factored: elementwise, in stretches of _BATCH_NUMEL (small temporaries)
+            for start in range(0, g.numel(), _BATCH_NUMEL):
+                part = slice(start, start + _BATCH_NUMEL)
+                scaling, *_ = scaled(g[part], row, col, full[part], None, beta, True, kept=True)
+                torch.mul(g[part], scaling, out=out[part])
             return out, row, col, full
         at = {"row": 0, "col": 0, "full": 0}
 
