@@ -77,8 +77,8 @@ gives each one's offset and shape): since equal shapes lie side by side, a run o
 holds equal state shapes, and ``scale_by_factored_rms`` views a run's gradient as
 ``(count, *shape)`` and its row and column moments as ``(count, *reduced)`` slices of the flat
 state, and runs the update over the run in batches of at most 2^20 elements (a batch's
-temporaries are its size; over the whole buffer where nothing is factored). The flat state
-starts as zeros there and takes init's per-parameter values by copy (``_link``). A muon
+temporaries are its size; over stretches of the buffer where nothing is factored). Those flat
+leaves take init's values from init over the parameters a few at a time (``_fill``). A muon
 whose ``weight_decay_mask`` is a callable (it must see per-parameter tensors) keeps its
 parameters and gradients in the buffers all the same (one allocation, ``zero_grad`` one fill,
 the same checks), and the default path steps their per-parameter views, with its numbers and
@@ -598,7 +598,7 @@ class FlatStorage:
             dims = len(shapes[0]) if shapes else 1
             stand_ins[key] = f.view(*([1] * (dims - 1)), f.numel()) if dims > 1 else f
         flat_leaves, flat_def = param_leaves(_placement.staggered_init(tx.init, stand_ins))
-        out, fresh = [], True
+        out, fresh, filled = [], True, {}
         for index, path, leaf in flat_leaves:
             if index is not None and isinstance(leaf, torch.Tensor):
                 n = lay.fparams[ParamKey(index)].numel()
@@ -606,14 +606,39 @@ class FlatStorage:
                     if leaf.shape != (0,):
                         leaf = leaf.new_empty((0,))
                 elif lay.state_numel is not None and (index, path) in lay.state_numel:
-                    # the parameters' leaves end to end: init's values copied in by _link
-                    leaf, fresh = leaf.new_zeros((lay.state_numel[index, path],)), False
+                    # the parameters' leaves end to end: init's values filled in below
+                    leaf = filled[index, path] = leaf.new_zeros((lay.state_numel[index, path],))
                 elif leaf.numel() == n and leaf.is_contiguous():
                     leaf = leaf.view(n)
                 else:  # init took the buffer for the other side's
                     leaf, fresh = leaf.new_zeros((n,)), False
             out.append(leaf)
+        if filled and not FlatStorage._fill(tx, lay, filled):
+            fresh = False  # init's values copied in by _link
         return tree_unflatten(out, flat_def), fresh
+
+    @staticmethod
+    def _fill(tx: Any, lay: _Layout, filled: dict[tuple[int, str], torch.Tensor]) -> bool:
+        """Init's values of the state leaves not shaped like their parameters, written into
+        the flat leaves ``filled`` ((bucket, path) -> flat tensor): init over the parameters
+        ``_TEMPLATE_CHUNK`` at a time, so that no whole per-parameter state is made (the flat
+        state is then fresh: the group's state becomes views of it, as for any chain).
+        ``False`` when init does not give the leaves the layout expects."""
+        items = list(zip(lay.keys, lay.bparams))
+        for start in range(0, len(items), _TEMPLATE_CHUNK):
+            try:
+                state = tx.init({ParamKey(k): p.detach() for k, p in items[start:start + _TEMPLATE_CHUNK]})
+            except Exception:  # noqa: BLE001 - _link copies from the per-parameter init instead
+                return False
+            for index, path, leaf in param_leaves(state)[0]:
+                at = lay.state_at.get((index, path)) if index is not None else None
+                if at is None:
+                    continue
+                big = filled.get((lay.where[index][0], path))
+                if big is None or not isinstance(leaf, torch.Tensor) or leaf.shape != at[1] or leaf.dtype != big.dtype:
+                    return False
+                big[at[0]:at[0] + leaf.numel()].copy_(leaf.reshape(-1))
+        return True
 
     @staticmethod
     def _bare(tx: Any, lay: _Layout) -> dict[ParamKey, torch.Tensor]:
