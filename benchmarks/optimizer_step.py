@@ -211,8 +211,8 @@ class _ClipNormThenStep:
 
 def add_segmented_flat_variants(algos: dict) -> dict:
     """``gradtx flat`` beside the gradtx path of the chains with per-tensor norms (lamb, lars:
-    norms per segment of the flat buffer) and of muon and adafactor (stepped per parameter over
-    views of the buffers), and torch fused Adam after ``clip_grad_value_`` beside the mission
+    norms per segment of the flat buffer) and of muon and adafactor (batched over runs of equal
+    shapes in the buffers), and torch fused Adam after ``clip_grad_value_`` beside the mission
     chain (its torch equivalent)."""
     out = dict(algos)
     segmented = {"lamb": lambda: gx.lamb(LR), "lars": lambda: gx.lars(LR), "muon": lambda: gx.muon(LR),

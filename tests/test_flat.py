@@ -52,8 +52,8 @@ def test_elementwise_alias_flat_matches_default(entry, dtype):
 
 
 def test_flat_refuses_a_chain_that_is_not_elementwise_or_segmented():
-    # a user's transform has no per-segment form (lamb has: test_flat_norms; muon and adafactor are
-    # stepped per parameter: test_flat_muon)
+    # a user's transform has no per-segment form (lamb has: test_flat_norms; muon and adafactor
+    # too: test_flat_muon, test_flat_adafactor)
     user = gx.stateless(lambda u, p: u)
     with pytest.raises(ValueError, match="flat=True runs chains.*use flat=False"):
         gx.Optimizer(seeded_params(SHAPES, torch.float32), gx.chain(user, gx.adam(1e-3)), flat=True)

@@ -2,9 +2,9 @@
 
 Muon runs flat: its matrices in one buffer, the other leaves in another (each side's state
 flat over its buffer and empty over the other's), Newton-Schulz batched over runs of equal
-shapes viewed in the buffer, Adam over the rest as one tensor. Adafactor (factored moments
-not shaped like the parameter) and muon with a callable ``weight_decay_mask`` step
-per-parameter views of one buffer. Checked here: where the parameters, gradients and state
+shapes viewed in the buffer, Adam over the rest as one tensor. Adafactor runs flat too (its
+factored moments concatenated per buffer: see test_flat_adafactor.py); muon with a callable
+``weight_decay_mask`` steps per-parameter views of one buffer. Checked here: where the parameters, gradients and state
 live, the trajectory is the default path's over 50 steps (f32 to 1e-6, f64 to 1e-12
 relative), the usual things users do to gradients and parameter lists keep the numbers, and
 checkpoints move both ways and continue equal.
@@ -42,7 +42,7 @@ CHAINS = {
     "scale_by_muon": lambda: gx.chain(gx.scale_by_muon(nesterov=False), gx.scale_by_lr(0.002)),
 }
 # the chains stepped over per-parameter views of one buffer rather than flat
-PER_PARAMETER = ("muon_callable_mask", "adafactor")
+PER_PARAMETER = ("muon_callable_mask",)
 
 
 def _is_muons(name: str, p: torch.Tensor) -> bool:
@@ -61,6 +61,9 @@ def assert_laid_out(name: str, opt, params) -> None:
     if name in PER_PARAMETER:
         assert in_one_buffer(params, grads_required=True)
         return
+    if name == "adafactor":
+        assert_state_flat(opt, params)
+        return
     sides = [[p for p in params if _is_muons(name, p)], [p for p in params if not _is_muons(name, p)]]
     for side in sides:
         assert len(_storages(side)) == 1 and len(_storages(p.grad for p in side)) == 1
@@ -71,6 +74,23 @@ def assert_laid_out(name: str, opt, params) -> None:
             else:  # the other side's: empty throughout
                 assert all(v.numel() == 0 for v in values)
     assert _storages(sides[0]).isdisjoint(_storages(sides[1]))
+
+
+def assert_state_flat(opt, params) -> None:
+    """Per buffer of parameters (their gradients in one other), each path of their state (as
+    the adapter shows it) views of one flat tensor that no other buffer's state shares."""
+    buckets: dict[int, list] = {}
+    for p in params:
+        buckets.setdefault(p.untyped_storage().data_ptr(), []).append(p)
+    seen: set[int] = set()
+    for side in buckets.values():
+        assert len(_storages(p.grad for p in side)) == 1
+        for key in opt.state[side[0]]:
+            values = [opt.state[p][key] for p in side]
+            if all(v.numel() for v in values):
+                assert len(_storages(values)) == 1, key
+                assert seen.isdisjoint(_storages(values)), key
+                seen |= _storages(values)
 
 
 def _train(opt, params, steps, start=0, skip_at=None):

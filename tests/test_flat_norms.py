@@ -22,10 +22,12 @@ import gradtx as gx
 from gradtx._segments import Segments
 from gradtx.base import flat_blocking_parts
 
-# muon is segmented too (Newton-Schulz per run of equal shapes), with two buffers (its split
-# between matrices and the rest): tests/test_flat_muon.py
+# muon and adafactor are segmented too (Newton-Schulz, factored moments per run of equal
+# shapes), with a buffer per kind of state (muon's split; adafactor's factored tensors apart):
+# tests/test_flat_muon.py, tests/test_flat_adafactor.py
 SEGMENTED = [e for e in ENTRIES if e.kind == "alias" and gx.is_leafwise(e.build())
-             and not gx.is_elementwise(e.build()) and not flat_blocking_parts(e.build()) and e.name != "muon"]
+             and not gx.is_elementwise(e.build()) and not flat_blocking_parts(e.build())
+             and e.name not in ("muon", "adafactor")]
 # repeated sizes (runs of equal segments), scalars, an empty tensor
 SHAPES = [(7, 5), (30,), (3, 4, 2), (), (1,), (6, 6), (6, 6), (), (0, 3), (36,), (5, 7), ()]
 REL = {torch.float32: 1e-6, torch.float64: 1e-12}

@@ -51,3 +51,19 @@ def test_small_recorded_and_in_place_ops_are_not_drawn():
     assert pool.buffers == []
     F.mul([_big(6)], 2.0)  # outside the block
     assert pool.buffers == []
+
+
+def test_kept_empty_is_kept_only_for_large_cpu_floats_within_the_block():
+    """Kept over 32 MiB (glibc's largest mmap threshold; the heap serves smaller ones)."""
+    pool = F.Temporaries()
+    big, small = torch.Size((2, (1 << 21) + 1)), torch.Size((1 << 22,))  # just over 32 MiB in f64; 16 MiB in f32
+    outside = F.kept_empty(big, torch.float32, torch.device("cpu"))
+    assert outside.shape == big and pool.buffers == []
+    for _ in range(2):
+        with F.drawing_from(pool):
+            a = F.kept_empty(big, torch.float64, torch.device("cpu"))
+            b = F.kept_empty(small, torch.float32, torch.device("cpu"))  # 16 MiB: a new tensor
+            c = F.kept_empty(big, torch.int64, torch.device("cpu"))  # not a float: a new tensor
+        assert a.shape == big and a.dtype == torch.float64 and a.is_contiguous()
+        assert b.shape == small and c.dtype == torch.int64
+        assert [t.data_ptr() for t in pool.buffers] == [a.data_ptr()]  # the same buffer both times

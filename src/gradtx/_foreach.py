@@ -137,15 +137,18 @@ class Temporaries:
         self.next = 0
 
     def take(self, like: torch.Tensor) -> torch.Tensor:
+        return self.take_new(like.shape, like.dtype, like.device)
+
+    def take_new(self, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         i = self.next
         self.next += 1
         if i < len(self.buffers):
             kept = self.buffers[i]
-            if kept.shape == like.shape and kept.dtype == like.dtype and kept.device == like.device:
+            if kept.shape == shape and kept.dtype == dtype and kept.device == device:
                 return kept
-            self.buffers[i] = torch.empty_like(like, memory_format=torch.contiguous_format)
+            self.buffers[i] = torch.empty(shape, dtype=dtype, device=device)
             return self.buffers[i]
-        self.buffers.append(torch.empty_like(like, memory_format=torch.contiguous_format))
+        self.buffers.append(torch.empty(shape, dtype=dtype, device=device))
         return self.buffers[-1]
 
 
@@ -172,6 +175,21 @@ def drawing_from(temporaries: Temporaries) -> Iterator[None]:
 _DRAWN = frozenset({"add", "sub", "mul", "div", "lerp", "addcmul", "addcdiv", "sqrt", "reciprocal", "neg", "abs",
                     "maximum", "minimum", "exp", "log"})
 _DRAW_MIN = 1 << 16  # smaller temporaries come from the heap's free lists anyway
+_KEEP_ABOVE = 32 << 20  # bytes: glibc's largest mmap threshold (kept_empty)
+
+
+def kept_empty(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An uninitialised contiguous tensor of ``shape``: within :func:`drawing_from`, a CPU
+    one over glibc's largest mmap threshold (32 MiB: below it, the heap's free lists serve it
+    again at once) is a kept temporary (valid until the same place is drawn again), else a new
+    one. For a transform's own out-of-place outputs (``out=``), such as
+    ``scale_by_factored_rms``'s squares and scalings under ``flat=True``: each place drawn
+    holds memory between steps, so only those the heap would not serve are kept."""
+    temporaries = getattr(_drawing, "temporaries", None)
+    if (temporaries is None or device.type != "cpu" or not dtype.is_floating_point
+            or shape.numel() * dtype.itemsize <= _KEEP_ABOVE or torch.compiler.is_compiling()):
+        return torch.empty(shape, dtype=dtype, device=device)
+    return temporaries.take_new(shape, dtype, device)
 
 
 def _drawn(name: str, xs: Tensors, args: tuple, kwargs: dict) -> Tensors | None:

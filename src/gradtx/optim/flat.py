@@ -66,13 +66,24 @@ elementwise pass over the other buffer. The outputs of the chain's out-of-place 
 large CPU buffers (Adam's denominator, nesterov's term) go into temporaries the layout keeps
 between steps (:class:`gradtx._foreach.Temporaries`): made afresh, each would be a new
 mapping page-faulted every step (over glibc's 32 MiB mmap threshold), where the default
-path's per-tensor temporaries come back from the heap. A muon whose ``weight_decay_mask`` is a callable (it
-must see per-parameter tensors), and **adafactor** (a row and a column vector per matrix,
-state the flat state's views cannot hold), keep their parameters and gradients in the buffers
-all the same (one allocation, ``zero_grad`` one fill, the same checks), and the default path
-steps their per-parameter views, with its numbers and its state exactly. Any other part that is
-neither (a masked trust ratio, a user's transform) makes the constructor raise
-``ValueError`` naming ``flat=True``. A chain with a part over every param group at once
+path's per-tensor temporaries come back from the heap.
+
+**Adafactor** (``gx.adafactor``: a row and a column moment per factored tensor, a full one
+per other tensor, ``(1,)`` placeholders for the rest): a per-parameter state leaf need not be
+shaped like its parameter. The layout also splits the buffers by which paths' leaves are not
+(the factored tensors apart from the others), and the flat leaf of such a path is the
+concatenation of its bucket's parameters' leaves there, in buffer order (``lay.state_at``
+gives each one's offset and shape): since equal shapes lie side by side, a run of equal shapes
+holds equal state shapes, and ``scale_by_factored_rms`` views a run's gradient as
+``(count, *shape)`` and its row and column moments as ``(count, *reduced)`` slices of the flat
+state, and runs the update over the run in batches of at most 2^20 elements (a batch's
+temporaries are its size; over stretches of the buffer where nothing is factored). Those flat
+leaves take init's values from init over the parameters a few at a time (``_fill``). A muon
+whose ``weight_decay_mask`` is a callable (it must see per-parameter tensors) keeps its
+parameters and gradients in the buffers all the same (one allocation, ``zero_grad`` one fill,
+the same checks), and the default path steps their per-parameter views, with its numbers and
+its state exactly. Any other part that is neither (a masked trust ratio, a user's transform)
+makes the constructor raise ``ValueError`` naming ``flat=True``. A chain with a part over every param group at once
 (``clip_by_global_norm``, declared segmented since a global norm is the same on any split)
 is stepped by the adapter's one-chain path, never by this one: the default path's numbers.
 
@@ -232,6 +243,11 @@ class _Layout:
     # bucket -> the per-parameter state paths its parameters keep empty (muon's split; segmented chains)
     empty_paths: dict[ParamKey, frozenset[str]] | None = None
     temporaries: F.Temporaries | None = None  # kept outputs of the chain's out-of-place ops (muon's split)
+    # (key, path) -> (offset, shape) of a per-parameter state leaf not shaped like its parameter
+    # (adafactor's row and column moments, placeholders) in the flat leaf of its bucket and path,
+    # which concatenates the bucket's parameters' leaves there in buffer order
+    state_at: dict[tuple[int, str], tuple[int, torch.Size]] | None = None
+    state_numel: dict[tuple[int, str], int] | None = None  # (bucket, path) -> that flat leaf's length
 
     def versions(self) -> tuple[int, ...]:
         return tuple(b._version for b in self.gbases)
@@ -256,12 +272,11 @@ _TRIM_EVERY = 1 << 20
 # (FlatStorage._link_fresh): its transient memory is that of this many parameters' template.
 _TEMPLATE_CHUNK = 256
 
-# Parts known to keep per-parameter state not shaped like the parameter (adafactor's factored
-# moments are a row and a column vector per matrix; muon's split, when its decay mask is a
-# callable that must see per-parameter tensors) and to reduce per matrix, but to touch each
-# parameter's tensor alone: with them ``flat=True`` keeps the contiguous buffers and steps
-# per-parameter views of them on the default path, whose numbers and state they are.
-_PER_PARAMETER = ("scale_by_factored_rms", "only(")
+# Parts known to need per-parameter tensors (muon's split, when its decay mask is a callable
+# that must see them) and to reduce per matrix, but to touch each parameter's tensor alone:
+# with them ``flat=True`` keeps the contiguous buffers and steps per-parameter views of them
+# on the default path, whose numbers and state they are.
+_PER_PARAMETER = ("only(",)
 
 
 class FlatStorage:
@@ -270,7 +285,7 @@ class FlatStorage:
     def __init__(self, segmented: bool = False, per_parameter: bool = False) -> None:
         self._layouts: dict[int, Any] = {}
         self._segmented = segmented  # the chain reduces per parameter: pass it the segments
-        # muon, adafactor: the buffers hold the parameters and gradients, the chain runs on
+        # muon with a callable mask: the buffers hold the parameters and gradients, the chain runs on
         # the default path over their per-parameter views (its numbers and state exactly)
         self._per_parameter = per_parameter
 
@@ -285,7 +300,7 @@ class FlatStorage:
                 return cls(per_parameter=True)
             raise ValueError(f"flat=True runs chains of elementwise (gx.is_elementwise) or segmented transforms "
                              f"(per-tensor norms computed per segment of the flat buffer, as in gx.lamb, gx.lars) "
-                             f"or muon's and adafactor's parts (stepped per parameter); "
+                             f"or muon's split with a callable mask (stepped per parameter); "
                              f"neither: {', '.join(names)} "
                              f"(use flat=False for this chain)")
         return cls(segmented=bool(non_elementwise_parts(tx)))
@@ -459,10 +474,11 @@ class FlatStorage:
         # one buffer per (device, dtype) and, for a segmented chain, per set of state paths
         # its init leaves empty (muon's matrices apart from the rest: each side's state is
         # then either flat or empty over a whole buffer)
-        sides = self._sides(opt, gi, group, keys) if self._segmented else None
-        kinds: dict[tuple[torch.device, torch.dtype, frozenset[str]], list[int]] = {}
+        sides, resized = self._sides(opt, gi, group, keys) if self._segmented else (None, None)
+        kinds: dict[tuple[torch.device, torch.dtype, frozenset[str], frozenset[str]], list[int]] = {}
         for k in keys:
-            kinds.setdefault((params[k].device, params[k].dtype, sides[k] if sides else frozenset()), []).append(k)
+            kinds.setdefault((params[k].device, params[k].dtype, sides[k] if sides else frozenset(),
+                              frozenset(resized[k]) if resized else frozenset()), []).append(k)
         if self._segmented:
             # equal sizes side by side, equal shapes within (stable: the parameters' order
             # otherwise): one reduction per distinct size, one batch per shape (see _segments)
@@ -470,7 +486,7 @@ class FlatStorage:
                      for kind, ks in kinds.items()}
         where: dict[int, tuple[int, int, int, torch.Size]] = {}
         fparams, fgrads = {}, {}
-        for b, ((device, dtype, _), ks) in enumerate(kinds.items()):
+        for b, ((device, dtype, *_), ks) in enumerate(kinds.items()):
             offset = 0
             for k in ks:
                 n = params[k].numel()
@@ -487,9 +503,12 @@ class FlatStorage:
         if self._segmented:
             lay.segments = {ParamKey(b): Segments([params[k].shape for k in ks]) for b, ks in enumerate(kinds.values())}
             lay.empty_paths = {ParamKey(b): kind[2] for b, kind in enumerate(kinds)}
-            if any(lay.empty_paths.values()):
-                # muon's Adam side is out-of-place ops over one large buffer: their outputs
-                # kept between steps, not mapped afresh each step (see _foreach.Temporaries)
+            if resized and any(resized.values()):
+                lay.state_at, lay.state_numel = self._state_offsets(list(kinds.values()), resized)
+            if any(lay.empty_paths.values()) or lay.state_at is not None:
+                # muon's Adam side, adafactor's squares and scalings, are out-of-place ops over
+                # large buffers: their outputs kept between steps, not mapped afresh each step
+                # (see _foreach.Temporaries)
                 lay.temporaries = F.Temporaries()
         lay.stores = [x.untyped_storage() for x in (*fparams.values(), *fgrads.values())]
         lay.mark, lay.counts = lay.versions(), lay.use_counts()
@@ -497,10 +516,13 @@ class FlatStorage:
         return lay
 
     @staticmethod
-    def _sides(opt: Any, gi: int, group: dict[str, Any], keys: list[int]) -> dict[int, frozenset[str]] | None:
+    def _sides(opt: Any, gi: int, group: dict[str, Any], keys: list[int]
+               ) -> tuple[dict[int, frozenset[str]] | None, dict[int, dict[str, torch.Size]] | None]:
         """Per stepped parameter, the paths of its per-parameter state that the chain's init
-        (over meta tensors) leaves empty, a ``(0,)`` tensor: muon keeps its momentum for the
-        matrices and Adam's moments for the other leaves. ``None`` when init needs real tensors."""
+        (over meta tensors) leaves empty, a ``(0,)`` tensor (muon keeps its momentum for the
+        matrices and Adam's moments for the other leaves), and the shapes of the other leaves
+        not shaped like the parameter (adafactor's row and column moments, its ``(1,)``
+        placeholders). ``(None, None)`` when init needs real tensors."""
         tx = opt._variant(opt._setting_values(group), f"param_groups[{gi}]").tx
         # a segmented chain is leafwise: a parameter's state depends on its shape and dtype
         # alone, so init runs over one meta tensor of each (thousands of scalars: one)
@@ -512,15 +534,49 @@ class FlatStorage:
             template = tx.init({ParamKey(j): torch.empty(shape, dtype=dtype, device="meta")
                                 for j, (shape, dtype) in enumerate(kinds)})
         except Exception:  # noqa: BLE001 - one buffer per (device, dtype), as for any chain
-            return None
+            return None, None
         shapes = list(kinds)
         paths: list[set[str]] = [set() for _ in shapes]
+        others: list[dict[str, torch.Size]] = [{} for _ in shapes]
         for index, path, leaf in param_leaves(template)[0]:
-            if (index is not None and isinstance(leaf, torch.Tensor) and leaf.shape == (0,)
-                    and leaf.shape != shapes[index][0]):
+            if index is None or not isinstance(leaf, torch.Tensor) or leaf.shape == shapes[index][0]:
+                continue
+            if leaf.shape == (0,):
                 paths[index].add(path)
+            else:
+                others[index][path] = leaf.shape
         frozen = [frozenset(x) for x in paths]
-        return {k: frozen[j] for j, ks in enumerate(kinds.values()) for k in ks}
+        return ({k: frozen[j] for j, ks in enumerate(kinds.values()) for k in ks},
+                {k: others[j] for j, ks in enumerate(kinds.values()) for k in ks})
+
+    @staticmethod
+    def _state_offsets(buckets: list[list[int]], resized: dict[int, dict[str, torch.Size]]
+                       ) -> tuple[dict[tuple[int, str], tuple[int, torch.Size]], dict[tuple[int, str], int]]:
+        """Where each state leaf not shaped like its parameter lies in its flat leaf (the
+        bucket's parameters' leaves of that path end to end, in buffer order), and each such
+        flat leaf's length."""
+        at, numel = {}, {}
+        for b, ks in enumerate(buckets):
+            ends: dict[str, int] = {}
+            for k in ks:
+                for path, shape in resized[k].items():
+                    start = ends.get(path, 0)
+                    at[k, path] = (start, shape)
+                    ends[path] = start + shape.numel()
+            for path, end in ends.items():
+                numel[b, path] = end
+        return at, numel
+
+    @staticmethod
+    def _slot(lay: _Layout, index: int, path: str) -> tuple[int, int, torch.Size, int]:
+        """``(bucket, offset, shape, flat length)`` of parameter ``index``'s state leaf at
+        ``path`` in the flat state."""
+        b, off, n, shape = lay.where[index]
+        if lay.state_at is not None:
+            at = lay.state_at.get((index, path))
+            if at is not None:
+                return b, at[0], at[1], lay.state_numel[b, path]
+        return b, off, shape, lay.fparams[ParamKey(b)].numel()
 
     @staticmethod
     def _flat_init(tx: Any, lay: _Layout) -> tuple[Any, bool]:
@@ -533,27 +589,71 @@ class FlatStorage:
         A leaf that still comes out otherwise than ``lay.empty_paths`` says is made empty or
         flat (zeros) by hand, and ``False`` returned: its values are then the per-parameter
         init's, copied in by :meth:`_link`."""
-        if lay.empty_paths is None or not any(lay.empty_paths.values()):
+        plain = lay.empty_paths is None or not any(lay.empty_paths.values())
+        if plain and lay.state_numel is None:
             return _placement.staggered_init(tx.init, lay.fparams), True
-        stand_ins = {}
-        for key, f in lay.fparams.items():
+        stand_ins = {} if not plain else FlatStorage._bare(tx, lay)
+        for key, f in lay.fparams.items() if not plain else ():
             shapes = lay.segments[key].shapes
             dims = len(shapes[0]) if shapes else 1
             stand_ins[key] = f.view(*([1] * (dims - 1)), f.numel()) if dims > 1 else f
         flat_leaves, flat_def = param_leaves(_placement.staggered_init(tx.init, stand_ins))
-        out, fresh = [], True
+        out, fresh, filled = [], True, {}
         for index, path, leaf in flat_leaves:
             if index is not None and isinstance(leaf, torch.Tensor):
                 n = lay.fparams[ParamKey(index)].numel()
                 if path in lay.empty_paths[ParamKey(index)]:
                     if leaf.shape != (0,):
                         leaf = leaf.new_empty((0,))
+                elif lay.state_numel is not None and (index, path) in lay.state_numel:
+                    # the parameters' leaves end to end: init's values filled in below
+                    leaf = filled[index, path] = leaf.new_zeros((lay.state_numel[index, path],))
                 elif leaf.numel() == n and leaf.is_contiguous():
                     leaf = leaf.view(n)
                 else:  # init took the buffer for the other side's
                     leaf, fresh = leaf.new_zeros((n,)), False
             out.append(leaf)
+        if filled and not FlatStorage._fill(tx, lay, filled):
+            fresh = False  # init's values copied in by _link
         return tree_unflatten(out, flat_def), fresh
+
+    @staticmethod
+    def _fill(tx: Any, lay: _Layout, filled: dict[tuple[int, str], torch.Tensor]) -> bool:
+        """Init's values of the state leaves not shaped like their parameters, written into
+        the flat leaves ``filled`` ((bucket, path) -> flat tensor): init over the parameters
+        ``_TEMPLATE_CHUNK`` at a time, so that no whole per-parameter state is made (the flat
+        state is then fresh: the group's state becomes views of it, as for any chain).
+        ``False`` when init does not give the leaves the layout expects."""
+        items = list(zip(lay.keys, lay.bparams))
+        for start in range(0, len(items), _TEMPLATE_CHUNK):
+            try:
+                state = tx.init({ParamKey(k): p.detach() for k, p in items[start:start + _TEMPLATE_CHUNK]})
+            except Exception:  # noqa: BLE001 - _link copies from the per-parameter init instead
+                return False
+            for index, path, leaf in param_leaves(state)[0]:
+                at = lay.state_at.get((index, path)) if index is not None else None
+                if at is None:
+                    continue
+                big = filled.get((lay.where[index][0], path))
+                if big is None or not isinstance(leaf, torch.Tensor) or leaf.shape != at[1] or leaf.dtype != big.dtype:
+                    return False
+                big[at[0]:at[0] + leaf.numel()].copy_(leaf.reshape(-1))
+        return True
+
+    @staticmethod
+    def _bare(tx: Any, lay: _Layout) -> dict[ParamKey, torch.Tensor]:
+        """The buffers to init the flat state over: a buffer none of whose state leaves comes
+        from init over it (each path's leaves not shaped like the parameters, adafactor's
+        factored tensors) as an empty slice of it, so that init does not make a state the size
+        of the buffer only for it to be dropped (the first step's peak memory)."""
+        try:
+            template = tx.init({key: torch.empty(f.shape, dtype=f.dtype, device="meta")
+                                for key, f in lay.fparams.items()})
+        except Exception:  # noqa: BLE001 - a chain that needs real tensors to init: the buffers
+            return lay.fparams
+        used = {index for index, path, leaf in param_leaves(template)[0]
+                if index is not None and isinstance(leaf, torch.Tensor) and (index, path) not in lay.state_numel}
+        return {key: f if key in used else f[:0] for key, f in lay.fparams.items()}
 
     @staticmethod
     def _both_empty(leaf: Any, big: torch.Tensor | None) -> bool:
@@ -611,13 +711,13 @@ class FlatStorage:
             if index is None or index not in lay.where:
                 leaves.append(leaf)
                 continue
-            b, off, n, shape = lay.where[index]
+            b, off, shape, length = self._slot(lay, index, path)
             big = by_path.get((b, path))
             if self._both_empty(leaf, big):
                 leaves.append(leaf)
                 continue
             if (big is None or not isinstance(leaf, torch.Tensor) or leaf.shape != shape or leaf.dtype != big.dtype
-                    or big.shape != (lay.fparams[ParamKey(b)].numel(),)):
+                    or big.shape != (length,)):
                 raise _NotFlat
             view = _alias(big, off, shape)  # no view bookkeeping: a tensor over the same memory
             if view.data_ptr() != leaf.data_ptr():
@@ -699,13 +799,13 @@ class FlatStorage:
                     raise _NotFlat
                 spec.append((None, path, False))
                 continue
-            b, off, n, shape = lay.where[index]
+            b, off, shape, length = self._slot(lay, index, path)
             big = by_path.get((b, path))
             if self._both_empty(leaf, big):
                 spec.append((index, path, True))
                 continue
             if (big is None or not isinstance(leaf, torch.Tensor) or leaf.shape != shape or leaf.dtype != big.dtype
-                    or big.shape != (lay.fparams[ParamKey(b)].numel(),)):
+                    or big.shape != (length,)):
                 raise _NotFlat
             spec.append((index, path, False))
         self._check_covered(lay, positioned, flat_leaves, {p: 0 for i, p, _ in positioned if i is None},
@@ -718,7 +818,7 @@ class FlatStorage:
             elif empty:  # each parameter its own empty tensor, as init gives it
                 leaves.append(by_path[lay.where[index][0], path].new_empty((0,)))
             else:
-                b, off, _, shape = lay.where[index]
+                b, off, shape, _ = self._slot(lay, index, path)
                 leaves.append(_alias(by_path[b, path], off, shape))
         return tree_unflatten(leaves, treedef)
 

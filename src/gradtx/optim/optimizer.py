@@ -197,8 +197,9 @@ class Optimizer(torch.optim.Optimizer):
       path (fused where the rest of the chain is), and the constructor warns that
       ``flat=True`` has no effect. ``gx.muon`` runs flat too (its matrices and its other
       leaves in buffers of their own, Newton-Schulz batched over runs of equal shapes in the
-      buffer); ``gx.adafactor`` keeps the buffers and steps per-parameter views of them (the
-      default path's numbers). Other chains (a user's transform) raise ``ValueError``.
+      buffer), and ``gx.adafactor`` (its factored tensors in a buffer of their own, their row
+      and column moments flat, the update batched over runs of equal shapes). Other chains (a
+      user's transform) raise ``ValueError``.
 
     Example::
 

@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 import torch
 
+from .. import _foreach as F  # noqa: N812
 from .._hparams import check, check_beta, check_int, increment, is_value, new_count, traced
 from .._tree import Tree
 from ..base import GradientTransformation, transform
@@ -116,6 +117,11 @@ def _factored_dims(shape: torch.Size, factored: bool, min_dim_size_to_factor: in
     return order[-2], order[-1]
 
 
+# The most elements a batch of equal shapes holds under flat=True (scale_by_factored_rms):
+# larger tensors go one at a time, as on the default path.
+_BATCH_NUMEL = 1 << 20
+
+
 def _decay_rate_pow(step: torch.Tensor, exponent: float) -> torch.Tensor:
     """Adafactor's ``beta2_t = 1 - (step + 1)^(-exponent)`` (``step`` counts from 0)."""
     return 1.0 - (step.to(torch.float64) + 1.0) ** (-exponent)
@@ -137,7 +143,7 @@ def _moving(v: torch.Tensor, x: torch.Tensor, decay: torch.Tensor, inplace: bool
     return (v if inplace else v.clone()).mul_(decay).add_(x)
 
 
-@transform(leafwise=True, inplace=True)
+@transform(leafwise=True, inplace=True, segmented=True)
 def scale_by_factored_rms(factored: bool = True, decay_rate: float = 0.8, step_offset: int = 0,
                           min_dim_size_to_factor: int = 128, epsilon: float = 1e-30,
                           decay_rate_fn: Callable[[torch.Tensor, float], torch.Tensor] = _decay_rate_pow
@@ -156,6 +162,16 @@ def scale_by_factored_rms(factored: bool = True, decay_rate: float = 0.8, step_o
     (``R C / mean_{a1} R`` or ``v``) at ``e^2``, so an all-zero gradient gives a zero update.
     ``torch.optim.Adafactor`` factors the last two axes of every tensor of rank >= 2; for
     matrices and vectors it is ``min_dim_size_to_factor=1, epsilon=0`` (see ``gx.adafactor``).
+
+    Under ``gx.Optimizer(..., flat=True)`` (declared segmented) a leaf may be a flat buffer of
+    many tensors end to end, described by the extra argument ``segments``, and each state leaf
+    the concatenation of those tensors' state leaves in the same order (a row and a column
+    vector per factored tensor, a ``(1,)`` placeholder per unfactored one). The update then runs
+    once per run of equal shapes, viewed as ``(count, *shape)`` with the run's row and column
+    statistics as ``(count, *reduced)`` (batches of at most ``2^20`` elements, so that the
+    temporaries stay small; a tensor alone as itself), and over stretches of the buffer when
+    no tensor of it is factored: the reductions are each tensor's own, so the numbers
+    are those of the separate tensors.
 
     Example: ``gx.chain(gx.scale_by_factored_rms(), gx.scale_by_lr(1e-2))``.
     """
@@ -184,36 +200,101 @@ def scale_by_factored_rms(factored: bool = True, decay_rate: float = 0.8, step_o
                 full.append(placeholder.clone())
         return FactoredState(new_count(), unflatten(treedef, rows), unflatten(treedef, cols), unflatten(treedef, full))
 
+    def scaled(g, row, col, full, dims, beta, inplace, lead=0, kept=False):
+        """``(g's scaling, row, col, full)``; ``lead`` leading batch axes (a run of a flat
+        buffer); ``kept``: the g-sized outputs into kept temporaries (``F.kept_empty``: a fresh
+        large CPU tensor is a new mapping, page-faulted each step)."""
+        def like_g():
+            return F.kept_empty(g.shape, g.dtype, g.device) if kept else None
+
+        sq = torch.mul(g, g, out=like_g())
+        if not is_value(epsilon, 0.0):
+            sq.add_(epsilon)
+        if dims is None:
+            full = _moving(full, sq, beta, inplace)
+            if epsilon:
+                return torch.rsqrt(full, out=like_g()), row, col, full
+            return _clamped_rsqrt(like_g().copy_(full) if kept else full.clone()), row, col, full
+        d1, d0 = dims
+        row = _moving(row, sq.mean(dim=d0 + lead), beta, inplace)
+        col = _moving(col, sq.mean(dim=d1 + lead), beta, inplace)
+        reduced_d1 = d1 - 1 if d1 > d0 else d1
+        row_mean = row.mean(dim=reduced_d1 + lead, keepdim=True)
+        if epsilon:
+            row_factor = (row / row_mean).rsqrt_()
+            scaling = torch.mul(row_factor.unsqueeze(d0 + lead), col.rsqrt().unsqueeze(d1 + lead), out=like_g())
+        else:
+            # torch's order: R C / max(mean R, tiny), then the clamp in _clamped_rsqrt
+            estimate = torch.mul(row.unsqueeze(d0 + lead), col.unsqueeze(d1 + lead), out=like_g())
+            estimate.div_(row_mean.clamp_min(torch.finfo(row.dtype).eps).unsqueeze(d0 + lead))
+            scaling = _clamped_rsqrt(estimate)
+        return scaling, row, col, full
+
+    def flat_update(g, row, col, full, seg, beta, inplace):
+        """One flat leaf of ``seg``'s tensors (and its concatenated state), run by run."""
+        if not inplace:  # the state's new tensors, then written in place as the in-place path
+            row, col, full = row.clone(), col.clone(), full.clone()
+        out = g if inplace else torch.empty_like(g)
+        runs = seg.blocks(g)
+        plan = [_factored_dims(shape, factored, min_dim_size_to_factor) for _, _, shape, _ in runs]
+        if all(d is None for d in plan) and full.shape == g.shape:
+            # nothing factored: elementwise, in stretches of _BATCH_NUMEL (small temporaries)
+            for start in range(0, g.numel(), _BATCH_NUMEL):
+                part = slice(start, start + _BATCH_NUMEL)
+                scaling, *_ = scaled(g[part], row, col, full[part], None, beta, True, kept=True)
+                torch.mul(g[part], scaling, out=out[part])
+            return out, row, col, full
+        at = {"row": 0, "col": 0, "full": 0}
+
+        def take(name, x, count, shape):
+            n = count * shape.numel()
+            start = at[name]
+            at[name] = start + n
+            return x[start:start + n].view(count, *shape) if count > 1 else x[start:start + n].view(shape)
+
+        for (start, runs_of, shape, _), dims in zip(runs, plan):
+            size = shape.numel()
+            # batches of at most _BATCH_NUMEL elements: a batch's squares and scaling are
+            # temporaries of its size (a whole run's would raise the peak memory)
+            per = max(1, _BATCH_NUMEL // max(size, 1))
+            for first in range(0, runs_of, per):
+                count = min(per, runs_of - first)
+                offset = start + first * size
+                block = g[offset:offset + count * size]
+                block = block.view(count, *shape) if count > 1 else block.view(shape)
+                one = torch.Size((1,))
+                if dims is None:
+                    r, c = take("row", row, count, one), take("col", col, count, one)
+                    f = take("full", full, count, shape)
+                else:
+                    d1, d0 = dims
+                    r = take("row", row, count, torch.Size([n for i, n in enumerate(shape) if i != d0]))
+                    c = take("col", col, count, torch.Size([n for i, n in enumerate(shape) if i != d1]))
+                    f = take("full", full, count, one)
+                scaling, *_ = scaled(block, r, c, f, dims, beta, True, lead=1 if count > 1 else 0, kept=True)
+                torch.mul(block, scaling, out=out[offset:offset + count * size].view(block.shape))
+        return out, row, col, full
+
     def update(updates, state, params=None, *, inplace=False, **extra_args):
-        del params, extra_args
+        del params
         gs, treedef = leaves(updates)
         rows = leaves_like(state.v_row, treedef)
         cols = leaves_like(state.v_col, treedef)
         fulls = leaves_like(state.v, treedef)
         beta = decay_rate_fn(state.count - step_offset, decay_rate)
+        segments = extra_args.get("segments")
+        segs = [None] * len(gs) if segments is None else leaves_like(segments, treedef, "segments")
         new_rows, new_cols, new_fulls, outs = [], [], [], []
-        for g, row, col, full in zip(gs, rows, cols, fulls):
-            sq = g * g
-            if not is_value(epsilon, 0.0):
-                sq.add_(epsilon)
+        for g, row, col, full, seg in zip(gs, rows, cols, fulls, segs):
+            if seg is not None:  # a flat buffer of many tensors (gx.Optimizer(..., flat=True))
+                out, row, col, full = flat_update(g, row, col, full, seg, beta, inplace)
+                outs.append(out)
+                new_rows.append(row)
+                new_cols.append(col)
+                new_fulls.append(full)
+                continue
             dims = _factored_dims(g.shape, factored, min_dim_size_to_factor)
-            if dims is None:
-                full = _moving(full, sq, beta, inplace)
-                scaling = full.rsqrt() if epsilon else _clamped_rsqrt(full.clone())
-            else:
-                d1, d0 = dims
-                row = _moving(row, sq.mean(dim=d0), beta, inplace)
-                col = _moving(col, sq.mean(dim=d1), beta, inplace)
-                reduced_d1 = d1 - 1 if d1 > d0 else d1
-                row_mean = row.mean(dim=reduced_d1, keepdim=True)
-                if epsilon:
-                    row_factor = (row / row_mean).rsqrt_()
-                    scaling = row_factor.unsqueeze(d0) * col.rsqrt().unsqueeze(d1)
-                else:
-                    # torch's order: R C / max(mean R, tiny), then the clamp in _clamped_rsqrt
-                    estimate = row.unsqueeze(d0) * col.unsqueeze(d1)
-                    estimate.div_(row_mean.clamp_min(torch.finfo(row.dtype).eps).unsqueeze(d0))
-                    scaling = _clamped_rsqrt(estimate)
+            scaling, row, col, full = scaled(g, row, col, full, dims, beta, inplace)
             # the update keeps g's dtype when the statistics are wider (bf16 grads, f32 params)
             outs.append(g.mul_(scaling) if inplace else (g * scaling).to(g.dtype))
             new_rows.append(row)
