@@ -238,6 +238,37 @@ def seeded_params(shapes, dtype: torch.dtype = torch.float64, seed: int = 0) -> 
     return [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s in shapes]
 
 
+def flat_and_default(make_tx, shapes, dtype: torch.dtype, train, steps: int = 50, skip_at: int | None = 7):
+    """``[(params, opt) of the default path, (params, opt) of flat=True]``, each trained
+    ``steps`` steps from the same seeded parameters by ``train(opt, params, steps,
+    skip_at=...)`` (``skip_at``: one step where backward reaches not every parameter)."""
+    runs = []
+    for flat in (False, True):
+        params = seeded_params(shapes, dtype)
+        opt = gx.Optimizer(params, make_tx(), flat=flat)
+        train(opt, params, steps, skip_at=skip_at)
+        runs.append((params, opt))
+    return runs
+
+
+def checkpoint_across_flat(make_tx, shapes, train, source_flat: bool):
+    """A checkpoint moved between ``flat=True`` and the default path: a reference of 20 steps on
+    the default path; then 10 steps with ``flat=source_flat``, the parameters and state through
+    ``round_trip`` into an optimizer with the other setting, 10 more (``train(opt, params,
+    steps, start=...)``). Returns ``(resumed params, reference params, that optimizer)``."""
+    ref = seeded_params(shapes, torch.float64)
+    train(gx.Optimizer(ref, make_tx()), ref, 20)
+    params = seeded_params(shapes, torch.float64)
+    opt = gx.Optimizer(params, make_tx(), flat=source_flat)
+    train(opt, params, 10)
+    saved = round_trip({"params": [p.detach().clone() for p in params], "opt": opt.state_dict()})
+    resumed = [torch.nn.Parameter(x) for x in saved["params"]]
+    moved = gx.Optimizer(resumed, make_tx(), flat=not source_flat)
+    moved.load_state_dict(saved["opt"])
+    train(moved, resumed, 10, start=10)
+    return resumed, ref, moved
+
+
 def seeded_backward(params, step: int, skip=(), *, cubic: bool = False) -> None:
     """Backward of ``sum w_i . p_i + p_i^2 / 2`` (``p_i^3 / 3`` with ``cubic``: a curvature that
     varies) over the parameters not in ``skip``, ``w`` drawn for ``step``; the gradients

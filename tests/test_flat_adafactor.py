@@ -15,7 +15,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_close_to_scale, assert_resume_bit_exact, round_trip, seeded_backward, seeded_params
+from conftest import (
+    assert_close_to_scale,
+    assert_resume_bit_exact,
+    checkpoint_across_flat,
+    flat_and_default,
+    seeded_backward,
+    seeded_params,
+)
 from test_flat_muon import assert_state_flat
 
 import gradtx as gx
@@ -57,16 +64,9 @@ def _flat_ran(opt) -> bool:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("name", list(CHAINS))
 def test_flat_matches_default_over_50_steps(name, dtype):
-    runs = []
-    for flat in (False, True):
-        params = seeded_params(SHAPES, dtype)
-        opt = gx.Optimizer(params, CHAINS[name](), flat=flat)
-        _train(opt, params, 50, skip_at=7)  # one step where backward reaches not every parameter
-        if flat:
-            assert _flat_ran(opt)
-            assert_state_flat(opt, params)
-        runs.append((params, opt))
-    (ref, ref_opt), (got, got_opt) = runs
+    (ref, ref_opt), (got, got_opt) = flat_and_default(CHAINS[name], SHAPES, dtype, _train)
+    assert _flat_ran(got_opt)
+    assert_state_flat(got_opt, got)
     assert_close_to_scale(got, ref, REL[dtype])
     for p, q in zip(got, ref):  # the moments (rows, columns, full, placeholders) and momentum
         assert list(got_opt.state[p]) == list(ref_opt.state[q])
@@ -100,17 +100,7 @@ def test_factored_tensors_lie_apart():
 @pytest.mark.parametrize("direction", ["flat_to_default", "default_to_flat"])
 def test_checkpoints_move_between_flat_and_default(name, direction):
     source_flat = direction == "flat_to_default"
-    ref = seeded_params(SHAPES, torch.float64)
-    opt = gx.Optimizer(ref, CHAINS[name]())
-    _train(opt, ref, 20)
-    params = seeded_params(SHAPES, torch.float64)
-    opt = gx.Optimizer(params, CHAINS[name](), flat=source_flat)
-    _train(opt, params, 10)
-    saved = round_trip({"params": [p.detach().clone() for p in params], "opt": opt.state_dict()})
-    resumed = [torch.nn.Parameter(x) for x in saved["params"]]
-    opt2 = gx.Optimizer(resumed, CHAINS[name](), flat=not source_flat)
-    opt2.load_state_dict(saved["opt"])
-    _train(opt2, resumed, 10, start=10)
+    resumed, ref, opt2 = checkpoint_across_flat(CHAINS[name], SHAPES, _train, source_flat)
     if not source_flat:
         assert _flat_ran(opt2)
         assert_state_flat(opt2, resumed)
@@ -163,17 +153,10 @@ def test_large_buffers_with_kept_temporaries(name, dtype, monkeypatch):
     numbers and state."""
     monkeypatch.setattr(F, "_KEEP_ABOVE", 1 << 16)
     shapes = [(300, 256), (70_000,), (3, 4, 2, 2), (), (300, 256), (2, 260, 130), (130, 5)]
-    runs = []
-    for flat in (False, True):
-        params = seeded_params(shapes, dtype)
-        opt = gx.Optimizer(params, CHAINS[name](), flat=flat)
-        _train(opt, params, 12, skip_at=5)
-        if flat:
-            assert _flat_ran(opt)
-            assert_state_flat(opt, params)
-            assert opt._flat._layouts[0].temporaries.buffers  # drawn
-        runs.append((params, opt))
-    (ref, ref_opt), (got, got_opt) = runs
+    (ref, ref_opt), (got, got_opt) = flat_and_default(CHAINS[name], shapes, dtype, _train, 12, 5)
+    assert _flat_ran(got_opt)
+    assert_state_flat(got_opt, got)
+    assert got_opt._flat._layouts[0].temporaries.buffers  # drawn
     assert_close_to_scale(got, ref, REL[dtype])
     for p, q in zip(got, ref):
         assert_close_to_scale(list(got_opt.state[p].values()), list(ref_opt.state[q].values()), REL[dtype])

@@ -14,7 +14,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_close_to_scale, in_one_buffer, round_trip, seeded_backward, seeded_params
+from conftest import (
+    assert_close_to_scale,
+    checkpoint_across_flat,
+    flat_and_default,
+    in_one_buffer,
+    seeded_backward,
+    seeded_params,
+)
 
 import gradtx as gx
 from gradtx.transforms import orthogonalize
@@ -103,15 +110,9 @@ def _train(opt, params, steps, start=0, skip_at=None):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("name", list(CHAINS))
 def test_flat_matches_default_over_50_steps(name, dtype):
-    results = []
-    for flat in (False, True):
-        params = seeded_params(SHAPES, dtype)
-        opt = gx.Optimizer(params, CHAINS[name](), flat=flat)
-        _train(opt, params, 50, skip_at=7)  # one step where backward reaches not every parameter
-        if flat:
-            assert_laid_out(name, opt, params)
-        results.append(params)
-    assert_close_to_scale(results[1], results[0], REL[dtype])
+    (ref, _), (got, got_opt) = flat_and_default(CHAINS[name], SHAPES, dtype, _train)
+    assert_laid_out(name, got_opt, got)
+    assert_close_to_scale(got, ref, REL[dtype])
 
 
 @pytest.mark.parametrize("shapes", [[(30,), (), (2,)], [(6, 6), (4, 9), (6, 6)]], ids=["no_matrices", "only_matrices"])
@@ -151,17 +152,10 @@ def test_large_buffers_with_kept_temporaries(name, dtype):
     """Tensors large enough (2^16 elements and more) that the flat step's out-of-place ops write
     into temporaries kept between steps: the default path's numbers, the state not disturbed."""
     shapes = [(300, 256), (70_000,), (3, 4, 2, 2), (), (256, 300), (40_000,)]
-    results = []
-    for flat in (False, True):
-        params = seeded_params(shapes, dtype)
-        opt = gx.Optimizer(params, CHAINS[name](), flat=flat)
-        _train(opt, params, 12, skip_at=5)
-        if flat:
-            assert_laid_out(name, opt, params)
-            if name == "muon":  # nesterov Adam's temporaries kept (its side: 110,049 elements)
-                assert 110_049 in [b.numel() for b in opt._flat._layouts[0].temporaries.buffers]
-        results.append((params, opt))
-    (ref, ref_opt), (got, got_opt) = results
+    (ref, ref_opt), (got, got_opt) = flat_and_default(CHAINS[name], shapes, dtype, _train, 12, 5)
+    assert_laid_out(name, got_opt, got)
+    if name == "muon":  # nesterov Adam's temporaries kept (its side: 110,049 elements)
+        assert 110_049 in [b.numel() for b in got_opt._flat._layouts[0].temporaries.buffers]
     assert_close_to_scale(got, ref, REL[dtype])
     for p, q in zip(got, ref):  # the state too (the momentum, Adam's moments)
         assert_close_to_scale(list(got_opt.state[p].values()), list(ref_opt.state[q].values()), REL[dtype])
@@ -231,19 +225,7 @@ def test_replaced_and_added_parameters(name):
 @pytest.mark.parametrize("direction", ["flat_to_default", "default_to_flat"])
 def test_checkpoints_move_between_flat_and_default(name, direction):
     source_flat = direction == "flat_to_default"
-    # reference: 10 steps, then 10 more, on the default path throughout
-    ref = seeded_params(SHAPES, torch.float64)
-    opt = gx.Optimizer(ref, CHAINS[name]())
-    _train(opt, ref, 20)
-    # 10 steps one way, saved (torch.save / weights_only load), loaded into the other, 10 more
-    params = seeded_params(SHAPES, torch.float64)
-    opt = gx.Optimizer(params, CHAINS[name](), flat=source_flat)
-    _train(opt, params, 10)
-    saved = round_trip({"params": [p.detach().clone() for p in params], "opt": opt.state_dict()})
-    resumed = [torch.nn.Parameter(x) for x in saved["params"]]
-    opt2 = gx.Optimizer(resumed, CHAINS[name](), flat=not source_flat)
-    opt2.load_state_dict(saved["opt"])
-    _train(opt2, resumed, 10, start=10)
+    resumed, ref, opt2 = checkpoint_across_flat(CHAINS[name], SHAPES, _train, source_flat)
     if not source_flat:
         assert_laid_out(name, opt2, resumed)
     assert_close_to_scale(resumed, ref, 1e-12)
