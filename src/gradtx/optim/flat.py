@@ -119,21 +119,6 @@ class _NotFlat(Exception):  # noqa: N818 - internal signal, never raised to the 
     """The chain's state does not have one leaf per parameter of the parameter's shape."""
 
 
-def _strides(shape: torch.Size) -> tuple[int, ...]:
-    strides, step = [], 1
-    for size in reversed(shape):
-        strides.append(step)
-        step *= max(size, 1)
-    return tuple(reversed(strides))
-
-
-def _alias(base: torch.Tensor, offset: int, shape: torch.Size) -> torch.Tensor:
-    """A tensor over ``base``'s memory from element ``offset``, shaped ``shape`` (contiguous),
-    with a version counter of its own (a view would share ``base``'s) and no view bookkeeping."""
-    out = torch.empty(0, dtype=base.dtype, device=base.device)
-    return out.set_(base.untyped_storage(), base.storage_offset() + offset, shape, _strides(shape))
-
-
 # Where the parameter and gradient buffers start past a 4 KiB boundary; the state's buffers,
 # from the chain's init, go 2 and 3 KiB past the parameters' (gradtx.optim.placement). A step
 # reads and writes each element of every buffer in turn; when their addresses agree modulo
@@ -259,7 +244,7 @@ class _Layout:
         """The view of bucket memory that is stepped parameter ``i``'s gradient."""
         b, off, n, shape = self.where[self.keys[i]]
         base = self.gbases[b]
-        return base.as_strided(shape, _strides(shape), base.storage_offset() + off)
+        return base.as_strided(shape, _placement.contiguous_strides(shape), base.storage_offset() + off)
 
 
 _DISABLED = "disabled"
@@ -495,7 +480,7 @@ class FlatStorage:
             # untouched until the copies below (a large buffer's pages become resident as they are written)
             fparams[ParamKey(b)] = _staggered(offset, dtype, device, _PARAMS_AT)
             fgrads[ParamKey(b)] = _staggered(offset, dtype, device, _GRADS_AT)
-        gbases = [_alias(g, 0, g.shape) for g in fgrads.values()]
+        gbases = [_placement.alias(g, 0, g.shape) for g in fgrads.values()]
         lay = _Layout(params, keys, [params[k] for k in keys], [p for k, p in enumerate(params) if k not in where],
                       where, fparams, fgrads, gbases, [])
         self._move_in(lay)
@@ -719,7 +704,7 @@ class FlatStorage:
             if (big is None or not isinstance(leaf, torch.Tensor) or leaf.shape != shape or leaf.dtype != big.dtype
                     or big.shape != (length,)):
                 raise _NotFlat
-            view = _alias(big, off, shape)  # no view bookkeeping: a tensor over the same memory
+            view = _placement.alias(big, off, shape)  # no view bookkeeping: a tensor over the same memory
             if view.data_ptr() != leaf.data_ptr():
                 copies.append((view, leaf))
             leaves.append(view)
@@ -819,7 +804,7 @@ class FlatStorage:
                 leaves.append(by_path[lay.where[index][0], path].new_empty((0,)))
             else:
                 b, off, shape, _ = self._slot(lay, index, path)
-                leaves.append(_alias(by_path[b, path], off, shape))
+                leaves.append(_placement.alias(by_path[b, path], off, shape))
         return tree_unflatten(leaves, treedef)
 
     def _run(self, opt: Any, gi: int, lay: _Layout, variant: Any) -> None:

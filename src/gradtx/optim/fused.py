@@ -465,12 +465,15 @@ def lr_tail(tx: Any, *, is_chain: bool | None = None) -> tuple | None:
     (``torch._foreach_add_(p, u, alpha=-lr)``) instead of scaling ``u`` first. ``is_chain``
     may say what is known already (a chain rebuilt with other settings)."""
     parts = getattr(tx, "__dict__", {}).get("parts")
-    if not parts or not (is_chain if is_chain is not None else _is_chain(tx, parts)):
-        return None
-    name, args = _attrs(parts[-1])
-    if name != "scale_by_lr" or is_schedule(args.get("lr")) or _number(args.get("lr")) is None:
+    if not parts or not (is_chain if is_chain is not None else _is_chain(tx, parts)) or not _ends_in_lr(parts):
         return None
     return tuple(parts)
+
+
+def _ends_in_lr(parts: Any) -> bool:
+    """Whether the last of ``parts`` is ``scale_by_lr`` with a plain number (not a schedule)."""
+    name, args = _attrs(parts[-1])
+    return name == "scale_by_lr" and not is_schedule(args.get("lr")) and _number(args.get("lr")) is not None
 
 
 def plan(tx: Any, *, is_chain: bool | None = None) -> Any:
@@ -486,8 +489,7 @@ def plan(tx: Any, *, is_chain: bool | None = None) -> Any:
     if nested is None or len(nested[0]) == len(getattr(tx, "__dict__", {}).get("parts", ())):
         return None
     flat_parts, nesting = nested
-    name, args = _attrs(flat_parts[-1])
-    if name != "scale_by_lr" or is_schedule(args.get("lr")) or _number(args.get("lr")) is None:
+    if not _ends_in_lr(flat_parts):
         return None
     found = _recognise(tuple(flat_parts))
     if found is not None:

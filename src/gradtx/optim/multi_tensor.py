@@ -140,7 +140,7 @@ class MultiTensorPlan:
         if not state_matches(self._verified, groups, ps, buffers_of):
             return False
         if fused_adagrad:
-            _fused_adagrad(self.hp, s, keys, ps, gs, lr, wd)
+            _fused_adagrad(self.hp, ps, gs, buffers_of[0], lr, wd)
             return True
         if self.kind == "rmsprop" and not self.hp["eps_in_sqrt"] and self.hp["decay"] < 1.0:
             kernel = _RMSPROP_ON_ADAM
@@ -223,9 +223,9 @@ def _contiguous(*lists: list[torch.Tensor]) -> bool:
     return all(all(map(torch.Tensor.is_contiguous, x)) for x in lists)
 
 
-def _fused_adagrad(hp, s, keys, ps, gs, lr, wd) -> None:
-    """torch's own kernel: its numbers are Adagrad's, one pass per tensor."""
-    (ss,) = [[s.sum_of_squares[k] for k in keys]]
+def _fused_adagrad(hp, ps, gs, ss, lr, wd) -> None:
+    """torch's own kernel over parameters, gradients and sums of squares ``ss``: its numbers
+    are Adagrad's, one pass per tensor."""
     ps, gs, (ss,), write_back = _linear_layout(ps, gs, [ss])
     step = torch.ones((), dtype=torch.float32)  # lr_decay 0: the kernel does not read the step
     for idx in _group_by_device_and_dtype(ps).values():

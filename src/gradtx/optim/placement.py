@@ -32,7 +32,7 @@ import torch
 
 from .._tree import leaf_owners, tree_unflatten
 
-__all__ = ["MIN_BYTES", "at_offset", "staggered_init"]
+__all__ = ["MIN_BYTES", "alias", "at_offset", "contiguous_strides", "staggered_init"]
 
 MIN_BYTES = 256 * 1024  # padding of 4 KiB is at most 1.6% of a moved tensor
 
@@ -42,20 +42,29 @@ _OFFSETS = (2048, 3072, 2560, 3584, 512, 1536)
 _BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
+def contiguous_strides(shape: torch.Size) -> tuple[int, ...]:
+    """The strides of a contiguous tensor of ``shape``."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+def alias(base: torch.Tensor, offset: int, shape: torch.Size) -> torch.Tensor:
+    """A tensor over ``base``'s memory from element ``offset``, shaped ``shape`` (contiguous),
+    with a version counter of its own (a view would share ``base``'s) and no view bookkeeping."""
+    out = torch.empty(0, dtype=base.dtype, device=base.device)
+    return out.set_(base.untyped_storage(), base.storage_offset() + offset, shape, contiguous_strides(shape))
+
+
 def at_offset(shape: torch.Size, dtype: torch.dtype, device: torch.device, offset: int) -> torch.Tensor:
     """An uninitialised contiguous tensor whose data starts ``offset`` bytes past a 4 KiB
     boundary (``offset`` a multiple of 64 and of the element size), with no view bookkeeping
     (the padding is its storage's own)."""
     size = torch.empty((), dtype=dtype).element_size()
-    numel = shape.numel()
-    base = torch.empty(numel + 4096 // size, dtype=dtype, device=device)
-    pad = (offset - base.data_ptr()) % 4096 // size
-    strides, step = [], 1
-    for n in reversed(shape):
-        strides.append(step)
-        step *= max(n, 1)
-    out = torch.empty(0, dtype=dtype, device=device)
-    return out.set_(base.untyped_storage(), pad, shape, tuple(reversed(strides)))
+    base = torch.empty(shape.numel() + 4096 // size, dtype=dtype, device=device)
+    return alias(base, (offset - base.data_ptr()) % 4096 // size, shape)
 
 
 def _constant(x: torch.Tensor) -> torch.Tensor | None:
@@ -69,7 +78,7 @@ def _constant(x: torch.Tensor) -> torch.Tensor | None:
     # torch.equal on an expanded first element: one pass, no temporary the size of x
     if not torch.equal(bits, bits[:1].expand_as(bits)):
         return None
-    return x.reshape(-1)[0].clone()
+    return flat[0].clone()
 
 
 def _movable(leaf: Any, param: torch.Tensor | None, param_storages: set[int]) -> bool:
