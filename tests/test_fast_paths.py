@@ -455,3 +455,13 @@ def test_global_clip_keeps_few_plans_while_a_scheduler_cycles_a_setting():
         opt.step()
         scheduler.step()
     assert len(opt._clip_plan._plans) <= 64
+
+
+@pytest.mark.parametrize("dtypes", [[torch.float32] * 3, [torch.float64, torch.float32, torch.float64]])
+def test_grouping_by_device_and_dtype_matches_torchs(dtypes):
+    """The one-dtype shortcut and the mixed case give the indices torch's own grouping gives."""
+    from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
+
+    ps = [torch.zeros(2, dtype=d) for d in dtypes]
+    expected = {key: list(idx) for key, (_, idx) in _group_tensors_by_device_and_dtype([ps], with_indices=True).items()}
+    assert {key: list(idx) for key, idx in _fused._group_by_device_and_dtype(ps).items()} == expected

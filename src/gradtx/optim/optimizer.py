@@ -15,6 +15,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import torch
@@ -615,15 +616,19 @@ class Optimizer(torch.optim.Optimizer):
             if self._flat is not None and closure is None and self._flat.step(self, gi, group):
                 continue
             plist = group["params"]
+            cached = self._step_params[gi]
             if self._own_gradients:
                 keys, all_grads = [k for k, p in enumerate(plist) if self._stepped(p)], None
-            else:  # one C-level pass for the gradients (thousands of parameters, every step)
+            else:  # C-level passes (thousands of parameters, every step)
                 all_grads = list(map(_GRAD, plist))
-                keys = [k for k, g in enumerate(all_grads) if g is not None]
+                if all(map(operator.is_not, all_grads, repeat(None))):  # every one stepped: last step's keys
+                    keys = cached[0] if cached is not None and len(cached[0]) == len(all_grads) else [
+                        *range(len(all_grads))]
+                else:
+                    keys = [k for k, g in enumerate(all_grads) if g is not None]
             if not keys:
                 continue
-            cached = self._step_params[gi]
-            if (cached is not None and cached[1] is group["params"] and cached[0] == keys
+            if (cached is not None and cached[1] is group["params"] and (cached[0] is keys or cached[0] == keys)
                     and all(map(operator.is_, cached[3], group["params"]))):
                 params = cached[2]
             else:
