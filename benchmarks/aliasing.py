@@ -1,12 +1,13 @@
-"""4K aliasing in an optimizer step: torch's fused AdamW kernel on one large tensor, with its
-four streams (parameter, gradient, first and second moment) starting at chosen offsets past a
-4 KiB boundary. The evidence behind ``gradtx.optim.placement`` and the flat path's staggered
-buffers.
+"""4K aliasing in an optimizer step: torch's fused AdamW kernel (or its SGD kernel) on one
+large tensor, with its streams (parameter, gradient, first and second moment) starting at
+chosen offsets past a 4 KiB boundary. The evidence behind ``gradtx.optim.placement`` and the
+flat path's staggered buffers.
 
 Usage::
 
     PYTHONPATH=src python benchmarks/aliasing.py            # 16.8M float32, 12 rounds
     PYTHONPATH=src python benchmarks/aliasing.py --numel 4194304 --rounds 20
+    PYTHONPATH=src python benchmarks/aliasing.py --kernel sgd_momentum   # parameter, gradient, momentum
 
 Every layout's tensors are allocated once, then each round times a few kernel calls on each
 layout in a shuffled order (one process, one thread); the median and minimum per call are
@@ -36,11 +37,32 @@ LAYOUTS = {
 }
 
 
+def _adamw(p, g, m, v, step):
+    # lr 0: the parameter's values stay as drawn; the kernel still reads and writes it
+    torch._fused_adamw_([p], [g], [m], [v], [], [step], lr=0.0, beta1=0.9, beta2=0.999,
+                        weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
+
+
+def _sgd_momentum(p, g, m, v, step):
+    torch._fused_sgd_([p], [g], [m], weight_decay=0.0, momentum=0.9, lr=0.0, dampening=0.0, nesterov=False,
+                      maximize=False, is_first_step=False)
+
+
+def _sgd(p, g, m, v, step):
+    torch._fused_sgd_([p], [g], [], weight_decay=0.0, momentum=0.0, lr=0.0, dampening=0.0, nesterov=False,
+                      maximize=False, is_first_step=False)
+
+
+KERNELS = {"adamw": _adamw, "sgd_momentum": _sgd_momentum, "sgd": _sgd}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--numel", type=int, default=16 * 1024 * 1024)
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--calls", type=int, default=3, help="kernel calls per layout and round")
+    parser.add_argument("--kernel", choices=list(KERNELS), default="adamw",
+                        help="torch's fused AdamW (p, g, mu, nu), SGD with momentum (p, g, mu) or plain SGD (p, g)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     shape = torch.Size((args.numel,))
@@ -53,20 +75,18 @@ def main() -> None:
         v.uniform_()
         tensors[name] = (p, g, m, v)
     step = torch.tensor(1.0)
+    kernel = KERNELS[args.kernel]
     times: dict[str, list[float]] = {name: [] for name in LAYOUTS}
     for _ in range(args.rounds):
         order = list(LAYOUTS)
         random.shuffle(order)
         for name in order:
-            p, g, m, v = tensors[name]
             start = time.perf_counter()
             for _ in range(args.calls):
-                # lr 0: the parameter's values stay as drawn; the kernel still reads and writes it
-                torch._fused_adamw_([p], [g], [m], [v], [], [step], lr=0.0, beta1=0.9, beta2=0.999,
-                                    weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
+                kernel(*tensors[name], step)
             times[name].append((time.perf_counter() - start) / args.calls * 1e3)
     base = statistics.median(times["all at one offset"])
-    print(f"torch {torch.__version__}, 1 thread, {args.numel} float32 elements, "
+    print(f"torch {torch.__version__}, 1 thread, {args.kernel} kernel, {args.numel} float32 elements, "
           f"{args.rounds} rounds x {args.calls} calls")
     print("| layout (p, g, mu, nu bytes past 4 KiB) | median ms | min ms | median / all at one offset |")
     print("|---|---:|---:|---:|")
