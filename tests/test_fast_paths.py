@@ -465,3 +465,35 @@ def test_grouping_by_device_and_dtype_matches_torchs(dtypes):
     ps = [torch.zeros(2, dtype=d) for d in dtypes]
     expected = {key: list(idx) for key, (_, idx) in _group_tensors_by_device_and_dtype([ps], with_indices=True).items()}
     assert {key: list(idx) for key, idx in _fused._group_by_device_and_dtype(ps).items()} == expected
+
+
+_KERNELS = ("_fused_adam_", "_fused_adamw_", "_fused_sgd_", "_foreach_lerp_")
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "mission", "sgd_momentum", "lamb", "sgd_dampened", "nadam",
+                                  "radam", "adamax", "asgd"])
+def test_a_kernel_that_refuses_its_arguments_leaves_the_step_undone(name, monkeypatch):
+    """A fused or multi-tensor kernel that raises (before writing, as on bad arguments) leaves
+    the parameters and every state tensor, the counts among them, as they were: the next
+    steps are those of an optimizer that never saw the failed one."""
+    make = {**FAST, "sgd_dampened": lambda: gx.sgd(0.05, momentum=0.9, dampening=0.1),
+            "nadam": lambda: gx.nadam(1e-2, momentum_decay=4e-3), "radam": lambda: gx.radam(1e-2),
+            "adamax": lambda: gx.adamax(1e-2), "asgd": lambda: gx.asgd(1e-2)}[name]
+    params, opt = _run_adapter(make, torch.float32, fast=True, steps=2)
+    assert opt._variant(opt._setting_values(opt.param_groups[0]), "").plan is not None  # the fast path runs
+    before = [t.clone() for t in [*params, *_state_tensors(opt)]]
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("refused")
+
+    with monkeypatch.context() as patch:
+        for kernel in _KERNELS:
+            patch.setattr(torch, kernel, refuse)
+        with pytest.raises(RuntimeError, match="refused"):
+            opt.step()
+    for a, b in zip([*params, *_state_tensors(opt)], before, strict=True):
+        assert torch.equal(a, b)
+    _run_adapter(make, torch.float32, fast=True, steps=3, params=params, opt=opt, start=2)
+    expected, _ = _run_adapter(make, torch.float32, fast=True, steps=5)
+    for a, e in zip(params, expected):
+        assert torch.equal(a, e)

@@ -202,6 +202,7 @@ class FusedPlan:
                              [[buf[i] for i in idx] for buf in per_param], decay, grad_scale=scale)
             if write_back:
                 torch._foreach_copy_([dst for dst, _ in write_back], [src for _, src in write_back])
+            self._advance(state)
 
         return step
 
@@ -229,23 +230,23 @@ class FusedPlan:
         for at, part in self.then:  # stateless parts (_THEN): their state stays as it is
             updates, _ = part.update(updates, state[at], params, inplace=True, **extra)
         F.add(ps, F.cast_like([updates[k] for k in keys], ps), alpha=-lr, inplace=True)
+        self._advance(state)
 
     def _count(self, state: tuple) -> Any:
-        """The step's count, advanced: Adam's count tensor; SGD's first-step flag."""
+        """This step's count, the state's left as it is (:meth:`_advance` moves it on once the
+        kernels ran, so a step that raises leaves it where it was): Adam's count tensor plus
+        one; SGD's first-step flag."""
         if self.kind in ("adam", "adamw", "adam_then"):
-            count = state[self.core].count
-            count.add_(1)
-            return count
+            return state[self.core].count + 1
         # Without dampening is_first_step=False is exact: the trace starts at zero and
         # momentum * 0 + g == g, torch's first step (buf = g). A trace given a dampening
         # counts steps (DampenedTraceState) and the kernel's first step is buf = g, as
         # trace's (the count is on the CPU: reading it costs no device sync).
-        first = False
-        if self.hp.get("counted"):
-            count = state[self.core].count
-            first = bool(count == 0)
-            count.add_(1)
-        return first
+        return bool(state[self.core].count == 0) if self.hp.get("counted") else False
+
+    def _advance(self, state: tuple) -> None:
+        if self.kind in ("adam", "adamw", "adam_then") or self.hp.get("counted"):
+            state[self.core].count.add_(1)
 
     def _kernel(self, counter: Any, device: torch.device, ps: list, gs: list, per_param: list[list],
                 decay: float, step: torch.Tensor | None = None, grad_scale: torch.Tensor | None = None) -> None:
@@ -290,6 +291,7 @@ class FusedPlan:
             for c in rest:
                 F.clamp(scratch, -c, c, inplace=True)
             self._kernel(counter, device, bp, scratch, bs, wd, step, grad_scale)
+        self._advance(state)
 
     def _mask_flags(self, params: dict) -> list[bool]:
         """The decay mask over ``params`` (in its order), as ``add_decayed_weights`` reads it."""

@@ -81,20 +81,27 @@ def _into(op: str, dst: list[torch.Tensor], src: list[torch.Tensor], numel: int,
 
 
 def _step(count: torch.Tensor) -> int:
-    count.add_(1)
-    return int(count)
+    """This step's count; the state's moves on in ``_Kernel.advance``, once the passes ran."""
+    return int(count) + 1
+
+
+def _advance_count(hp, s) -> None:
+    s.count.add_(1)
 
 
 @dataclass
 class _Kernel:
     """One algorithm: the state fields it updates, the scratch tensors a block needs, the
-    step's scalars (``prepare``, once per step: counts, bias corrections; ``None`` refuses),
-    and the passes over one block (``body(scalars, ps, gs, *fields, *scratch, numel)``)."""
+    step's scalars (``prepare``, once per step: counts, bias corrections; ``None`` refuses;
+    it changes nothing), the passes over one block (``body(scalars, ps, gs, *fields,
+    *scratch, numel)``) and what moves on after them (``advance(hp, state)``: the count), so
+    that a step that raises midway leaves the counts as they were."""
 
     fields: tuple[str, ...]
     scratch: int
     prepare: Callable[..., Any]
     body: Callable[..., None]
+    advance: Callable[..., None] | None = None
 
 
 @dataclass
@@ -152,6 +159,8 @@ class MultiTensorPlan:
         lists = [ps, gs, *buffers_of]
         for block, scratch, numel in cut(self, lists, kernel.scratch, buffers, uniform):
             kernel.body(scalars, *block, *scratch, numel)
+        if kernel.advance is not None:
+            kernel.advance(self.hp, s)
         return True
 
 
@@ -303,16 +312,24 @@ def _moments(mus, nus, gs, b1: float, b2: float) -> None:
     torch._foreach_addcmul_(nus, gs, gs, 1.0 - b2)
 
 
+def _nadam_mu(hp, t: float) -> float:
+    return hp["b1"] * (1.0 - 0.5 * 0.96 ** (t * hp["momentum_decay"]))
+
+
 def _nadam(hp, s, lr):
-    b1, b2, decay = hp["b1"], hp["b2"], hp["momentum_decay"]
+    b1, b2 = hp["b1"], hp["b2"]
     t = _step(s.count)
-    mu_t = b1 * (1.0 - 0.5 * 0.96 ** (t * decay))
-    mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t + 1.0) * decay))
-    product = float(s.mu_product.mul_(mu_t))
+    mu_t, mu_next = _nadam_mu(hp, t), _nadam_mu(hp, t + 1.0)
+    product = float(s.mu_product * mu_t)  # as the in-place product _advance_nadam keeps
     # sqrt(v / bc2) + eps == (sqrt(v) + eps sqrt(bc2)) / sqrt(bc2): sqrt(bc2) joins the factors
     root_bc2 = math.sqrt(1.0 - b2 ** t)
     return (b1, b2, hp["eps"] * root_bc2, -lr * root_bc2 * (1.0 - mu_t) / (1.0 - product),
             -lr * root_bc2 * mu_next / (1.0 - product * mu_next))
+
+
+def _advance_nadam(hp, s) -> None:
+    s.mu_product.mul_(_nadam_mu(hp, _step(s.count)))
+    s.count.add_(1)
 
 
 def _nadam_body(sc, ps, gs, mus, nus, denom, numel) -> None:
@@ -431,11 +448,11 @@ def _rprop_exact(eta_plus: float) -> bool:
 _KERNELS: dict[str, _Kernel] = {
     "adagrad": _Kernel(("sum_of_squares",), 1, _adagrad, _adagrad_body),
     "rmsprop": _Kernel(("nu",), 1, _rmsprop, _rmsprop_body),
-    "adamax": _Kernel(("mu", "nu"), 1, _adamax, _adamax_body),
-    "nadam": _Kernel(("mu", "nu"), 1, _nadam, _nadam_body),
-    "radam": _Kernel(("mu", "nu"), 1, _radam, _radam_body),
+    "adamax": _Kernel(("mu", "nu"), 1, _adamax, _adamax_body, _advance_count),
+    "nadam": _Kernel(("mu", "nu"), 1, _nadam, _nadam_body, _advance_nadam),
+    "radam": _Kernel(("mu", "nu"), 1, _radam, _radam_body, _advance_count),
     "adadelta": _Kernel(("e_g", "e_x"), 2, _adadelta, _adadelta_body),
-    "asgd": _Kernel(("ax",), 0, _asgd, _asgd_body),
+    "asgd": _Kernel(("ax",), 0, _asgd, _asgd_body, _advance_count),
     "rprop": _Kernel(("step_sizes", "prev_updates"), 2, _rprop, _rprop_body),
 }
 _RMSPROP_ON_ADAM = _Kernel(("nu",), 1, _rmsprop, _rmsprop_adam_body)
