@@ -151,6 +151,10 @@ def scenario_fsdp_lbfgs(rank):  # a line search through the closure: losses aver
     fsdp_against_unsharded(rank, lambda: gx.lbfgs(memory_size=3), closure=True)
 
 
+def scenario_fsdp_flat(rank):  # DTensor parameters cannot be laid out: the default path, its numbers
+    fsdp_against_unsharded(rank, lambda: gx.adamw(1e-2, weight_decay=0.1), flat=True)
+
+
 def scenario_fsdp_compiled(rank):
     fsdp_against_unsharded(rank, lambda: gx.adamw(1e-2, weight_decay=0.1), compile=True)
 
@@ -165,6 +169,23 @@ def scenario_ddp_adamw(rank):
     train(m, gx.Optimizer(m.parameters(), gx.adamw(1e-2, weight_decay=0.1)), range(STEPS), rank)
     train(ref, torch.optim.AdamW(ref.parameters(), 1e-2, weight_decay=0.1), range(STEPS), rank)
     assert_close(full_params(m), full_params(ref))
+
+
+def scenario_ddp_flat(rank):
+    """``flat=True`` under DDP, with DDP's gradients copied into ``.grad`` (they land in the flat
+    buffer) and as views of its buckets (copied into the buffer each step): torch's numbers,
+    and the parameters laid out in one buffer either way."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    for bucket_view in (False, True):
+        m, ref = DDP(model(), gradient_as_bucket_view=bucket_view), DDP(model())
+        train(m, gx.Optimizer(m.parameters(), gx.adamw(1e-2, weight_decay=0.1), flat=True), range(STEPS), rank)
+        train(ref, torch.optim.AdamW(ref.parameters(), 1e-2, weight_decay=0.1), range(STEPS), rank)
+        assert_close(full_params(m), full_params(ref))
+        assert len({p.untyped_storage().data_ptr() for p in m.parameters()}) == 1, "not laid out flat"
+        if not bucket_view:
+            grads = {p.grad.untyped_storage().data_ptr() for p in m.parameters()}
+            assert len(grads) == 1, "gradients not in the buffer"
 
 
 def scenario_zero_checkpoint(rank, outdir):

@@ -328,7 +328,10 @@ class FlatStorage:
         """One flat step of param group ``gi``; ``False`` (having changed nothing but
         gradients no backward reached, now ``None``) when the default path must run it."""
         lay = self._layouts.get(gi)
-        if lay is _DISABLED:
+        if lay is _DISABLED or opt._has_dtensors:
+            # DTensor parameters (FSDP2) step through plain stand-ins, their local shards or
+            # full tensors: moving a shard's data into a buffer would leave FSDP gathering
+            # from memory the step no longer writes
             return False
         params = group["params"]
         ready = self._ready(lay) if isinstance(lay, _Layout) and params is lay.plist and not params.changed else None
