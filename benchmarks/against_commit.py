@@ -1,0 +1,100 @@
+"""gradtx now against gradtx at an earlier commit, in one process: each algorithm's default path
+then, its default path now and ``flat=True`` now, interleaved round by round.
+
+Issue 15 sets targets for ``gx.lamb`` and ``gx.muon`` with ``flat=True`` against "their current
+gradtx path", the path when the issue was filed; that path has since changed (muon's stacked
+Newton-Schulz, lamb's fused plan), so this script imports the package as it was at ``--commit``
+(default: the last commit before ``flat=True`` landed) beside today's.
+
+Usage::
+
+    PYTHONPATH=src python benchmarks/against_commit.py                       # muon and lamb, every set
+    PYTHONPATH=src python benchmarks/against_commit.py --algos muon --sets tiny-many --rounds 5
+
+The old tree is taken with ``git archive`` into a temporary folder and imported as
+``gradtx_then`` (its absolute imports and its ``torch.library`` namespace renamed, so both
+packages load in one process). The parameter sets are ``optimizer_step.py``'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import io
+import pathlib
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from optimizer_step import make_params  # noqa: E402
+
+import gradtx as gx  # noqa: E402
+
+BEFORE_FLAT = "c95a6a0"  # the last commit before flat=True (5b68c56): issue 15's "current gradtx path"
+LR = 1e-3
+# renames that let the old package load beside today's
+_RENAMES = (("import gradtx as gx", "import gradtx_then as gx"), ("from gradtx.", "from gradtx_then."),
+            ('Library("gradtx",', 'Library("gradtx_then",'), ('"gradtx::', '"gradtx_then::'),
+            ("torch.ops.gradtx.", "torch.ops.gradtx_then."))
+
+
+def import_at(commit: str, folder: pathlib.Path):
+    """The package ``src/gradtx`` at ``commit``, imported as ``gradtx_then``."""
+    archive = subprocess.run(["git", "archive", commit, "src/gradtx"], check=True, capture_output=True,
+                             cwd=pathlib.Path(__file__).parent.parent).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    package = folder / "gradtx_then"
+    (folder / "src" / "gradtx").rename(package)
+    for path in package.rglob("*.py"):
+        text = path.read_text()
+        for old, new in _RENAMES:
+            text = text.replace(old, new)
+        path.write_text(text)
+    sys.path.insert(0, str(folder))
+    return importlib.import_module("gradtx_then")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--commit", default=BEFORE_FLAT)
+    parser.add_argument("--algos", nargs="+", default=["muon", "lamb"])
+    parser.add_argument("--sets", nargs="+", default=["big", "resnet", "small", "tiny-many"])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as folder:
+        then = import_at(args.commit, pathlib.Path(folder))
+        print(f"torch {torch.__version__}, {args.threads} thread(s), float32; median ms of {args.rounds} "
+              f"interleaved rounds of 2 steps; ratios to the default path at {args.commit}")
+        print(f"| algorithm | set | default at {args.commit} | default now | flat now | now / then | flat / then |")
+        print("|---|---|---:|---:|---:|---:|---:|")
+        for algo in args.algos:
+            for name in args.sets:
+                steps = {"then": then.Optimizer(make_params(name), getattr(then, algo)(LR)).step,
+                         "now": gx.Optimizer(make_params(name), getattr(gx, algo)(LR)).step,
+                         "flat": gx.Optimizer(make_params(name), getattr(gx, algo)(LR), flat=True).step}
+                for step in steps.values():  # the first steps make the state and lay out the buffers
+                    step()
+                    step()
+                times: dict[str, list[float]] = {k: [] for k in steps}
+                for _ in range(args.rounds):
+                    for k, step in steps.items():
+                        start = time.perf_counter()
+                        step()
+                        step()
+                        times[k].append((time.perf_counter() - start) / 2 * 1e3)
+                t = {k: statistics.median(v) for k, v in times.items()}
+                print(f"| {algo} | {name} | {t['then']:.1f} | {t['now']:.1f} | {t['flat']:.1f} | "
+                      f"{t['now'] / t['then']:.2f} | {t['flat'] / t['then']:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
