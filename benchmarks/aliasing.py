@@ -1,13 +1,14 @@
 """4K aliasing in an optimizer step: torch's fused AdamW kernel (or its SGD kernel) on one
 large tensor, with its streams (parameter, gradient, first and second moment) starting at
-chosen offsets past a 4 KiB boundary. The evidence behind ``gradtx.optim.placement`` and the
-flat path's staggered buffers.
+chosen offsets past a 4 KiB boundary, on 4 KiB pages (with ``--huge-pages``, also on 2 MiB
+ones). The evidence behind ``gradtx.optim.placement`` and the flat path's staggered buffers.
 
 Usage::
 
     PYTHONPATH=src python benchmarks/aliasing.py            # 16.8M float32, 12 rounds
     PYTHONPATH=src python benchmarks/aliasing.py --numel 4194304 --rounds 20
     PYTHONPATH=src python benchmarks/aliasing.py --kernel sgd_momentum   # parameter, gradient, momentum
+    PYTHONPATH=src python benchmarks/aliasing.py --huge-pages   # each layout also on 2 MiB pages
 
 Every layout's tensors are allocated once, then each round times a few kernel calls on each
 layout in a shuffled order (one process, one thread); the median and minimum per call are
@@ -23,6 +24,7 @@ import time
 
 import torch
 
+from gradtx.optim import placement
 from gradtx.optim.placement import at_offset
 
 # name -> byte offsets of (parameter, gradient, mu, nu) past a 4 KiB boundary
@@ -63,22 +65,29 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=3, help="kernel calls per layout and round")
     parser.add_argument("--kernel", choices=list(KERNELS), default="adamw",
                         help="torch's fused AdamW (p, g, mu, nu), SGD with momentum (p, g, mu) or plain SGD (p, g)")
+    parser.add_argument("--huge-pages", action="store_true",
+                        help="also each layout on transparent huge pages (gradtx's default for large CPU buffers)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     shape = torch.Size((args.numel,))
     cpu = torch.device("cpu")
-    tensors = {}
-    for name, offsets in LAYOUTS.items():
-        p, g, m, v = (at_offset(shape, torch.float32, cpu, o) for o in offsets)
-        for x in (p, g, m):
-            x.normal_()
-        v.uniform_()
-        tensors[name] = (p, g, m, v)
+    tensors, layouts = {}, {}
+    default_bytes = placement.HUGE_PAGE_BYTES
+    for huge in (False, True) if args.huge_pages else (False,):
+        placement.HUGE_PAGE_BYTES = default_bytes if huge else None  # 4 KiB pages unless asked
+        for name, offsets in LAYOUTS.items():
+            name = f"{name}, huge pages" if huge else name
+            p, g, m, v = (at_offset(shape, torch.float32, cpu, o) for o in offsets)
+            for x in (p, g, m):
+                x.normal_()
+            v.uniform_()
+            tensors[name], layouts[name] = (p, g, m, v), offsets
+    placement.HUGE_PAGE_BYTES = default_bytes
     step = torch.tensor(1.0)
     kernel = KERNELS[args.kernel]
-    times: dict[str, list[float]] = {name: [] for name in LAYOUTS}
+    times: dict[str, list[float]] = {name: [] for name in layouts}
     for _ in range(args.rounds):
-        order = list(LAYOUTS)
+        order = list(layouts)
         random.shuffle(order)
         for name in order:
             start = time.perf_counter()
@@ -90,7 +99,7 @@ def main() -> None:
           f"{args.rounds} rounds x {args.calls} calls")
     print("| layout (p, g, mu, nu bytes past 4 KiB) | median ms | min ms | median / all at one offset |")
     print("|---|---:|---:|---:|")
-    for name, offsets in LAYOUTS.items():
+    for name, offsets in layouts.items():
         med = statistics.median(times[name])
         print(f"| {name} {offsets} | {med:.2f} | {min(times[name]):.2f} | {med / base:.2f} |")
 

@@ -163,3 +163,63 @@ def test_views_of_one_state_buffer_stay_aliased():
         torch.testing.assert_close(p.detach(), p0 - 0.425)
     state = opt._chain_states[0] or opt._one_state  # per group, or over every group (not leafwise)
     assert state.views[0].data_ptr() == state.buffer.data_ptr()
+
+
+def _huge_kib(x: torch.Tensor) -> int:
+    """KiB of transparent huge pages in the mappings over ``x``'s memory (/proc/self/smaps; the
+    advice splits a mapping, so its 2 MiB pages lie in one of their own)."""
+    start, stop = x.data_ptr(), x.data_ptr() + x.numel() * x.element_size()
+    kib, overlaps = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(a, 16) for a in head.split("-"))
+                overlaps = lo < stop and start < hi
+            elif overlaps and head == "AnonHugePages:":
+                kib += int(line.split()[1])
+    return kib
+
+
+def _thp_mode() -> str:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return f.read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return "unavailable"
+
+
+@pytest.mark.skipif(_thp_mode() != "madvise", reason="huge pages only change where THP is in madvise mode")
+def test_large_buffers_get_huge_pages_and_small_ones_do_not():
+    """A buffer of at least HUGE_PAGE_BYTES is backed by 2 MiB pages once written; a smaller one,
+    or any with HUGE_PAGE_BYTES None, keeps 4 KiB pages."""
+    cpu = torch.device("cpu")
+    numel = 4 * placement.HUGE_PAGE_BYTES // 4  # float32: four times the threshold
+    big = placement.at_offset(torch.Size((numel,)), torch.float32, cpu, 1088).fill_(1.0)
+    assert _huge_kib(big) >= 4 * placement.HUGE_PAGE_BYTES // 1024 - 4096  # all but a page at each end
+    small = placement.at_offset(torch.Size((placement.HUGE_PAGE_BYTES // 8,)), torch.float32, cpu, 64).fill_(1.0)
+    assert _huge_kib(small) == 0
+    saved = placement.HUGE_PAGE_BYTES
+    try:
+        placement.HUGE_PAGE_BYTES = None
+        off = placement.at_offset(torch.Size((numel,)), torch.float32, cpu, 1088).fill_(1.0)
+    finally:
+        placement.HUGE_PAGE_BYTES = saved
+    assert _huge_kib(off) == 0
+
+
+def test_huge_page_advice_stays_within_the_tensor(monkeypatch):
+    """The advice covers only whole 2 MiB pages inside the tensor, never memory beside it (another
+    allocation on the heap would otherwise be made resident in 2 MiB pieces)."""
+    calls = []
+    monkeypatch.setattr(placement, "_madvise", lambda start, length, advice: calls.append((start, length)) or 0)
+    huge = 2 << 20
+    for numel, offset in [(5 * huge // 4 + 77, 64), (huge // 4, 1088), (3 * huge // 4, 4032)]:
+        base = placement.alias(torch.empty(numel + 1024), offset // 4, torch.Size((numel,)))
+        calls.clear()
+        taken = placement.huge_pages(base)
+        lo, hi = base.data_ptr(), base.data_ptr() + 4 * numel
+        whole = hi // huge - -(-lo // huge)  # 2 MiB pages wholly inside
+        assert taken == (whole > 0) and len(calls) == (whole > 0)
+        for start, length in calls:
+            assert start % huge == 0 and length == whole * huge and lo <= start and start + length <= hi

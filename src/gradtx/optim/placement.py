@@ -1,4 +1,4 @@
-"""Where the adapter puts a chain's state in memory: staggered against 4K aliasing.
+"""Where the adapter puts a chain's state in memory: staggered against 4K aliasing, on huge pages.
 
 An optimizer step streams through a parameter, its gradient and its state buffers element by
 element. When two of those streams start at the same address modulo 4 KiB, the CPU takes a
@@ -21,10 +21,17 @@ Any other tensor (a copy of the parameter, a view of it or of anything, one shar
 memory with another state tensor, one not contiguous, one on a GPU, where this stall does not
 exist) stays where it is. Each moved tensor costs 4 KiB of
 padding, so only tensors of at least :data:`MIN_BYTES` are moved.
+
+Buffers :func:`at_offset` makes on the CPU (these state tensors and the flat path's buffers)
+of at least :data:`HUGE_PAGE_BYTES` are also backed by transparent huge pages where Linux
+allows it (:func:`huge_pages`), so that streaming through them takes fewer address
+translations.
 """
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +39,7 @@ import torch
 
 from .._tree import leaf_owners, tree_unflatten
 
-__all__ = ["MIN_BYTES", "alias", "at_offset", "contiguous_strides", "staggered_init"]
+__all__ = ["HUGE_PAGE_BYTES", "MIN_BYTES", "alias", "at_offset", "contiguous_strides", "huge_pages", "staggered_init"]
 
 MIN_BYTES = 256 * 1024  # padding of 4 KiB is at most 1.6% of a moved tensor
 
@@ -61,10 +68,48 @@ def alias(base: torch.Tensor, offset: int, shape: torch.Size) -> torch.Tensor:
 def at_offset(shape: torch.Size, dtype: torch.dtype, device: torch.device, offset: int) -> torch.Tensor:
     """An uninitialised contiguous tensor whose data starts ``offset`` bytes past a 4 KiB
     boundary (``offset`` a multiple of 64 and of the element size), with no view bookkeeping
-    (the padding is its storage's own)."""
+    (the padding is its storage's own); on the CPU, one of at least :data:`HUGE_PAGE_BYTES`
+    backed by huge pages where the system allows (:func:`huge_pages`)."""
     size = torch.empty((), dtype=dtype).element_size()
     base = torch.empty(shape.numel() + 4096 // size, dtype=dtype, device=device)
+    if base.device.type == "cpu" and HUGE_PAGE_BYTES is not None and base.numel() * size >= HUGE_PAGE_BYTES:
+        huge_pages(base)  # before the first write, which maps the pages
     return alias(base, (offset - base.data_ptr()) % 4096 // size, shape)
+
+
+# CPU buffers of at least this many bytes get huge pages; None: none do
+HUGE_PAGE_BYTES: int | None = 8 << 20
+
+_MADV_HUGEPAGE = 14  # <sys/mman.h> on Linux
+_madvise: Any = None
+
+
+def huge_pages(x: torch.Tensor) -> bool:
+    """Ask Linux to back ``x``'s memory (a CPU tensor not yet written) with transparent huge
+    pages: a step streams through tens of megabytes per buffer, and a 2 MiB page needs one
+    address translation where 4 KiB pages need 512 (``benchmarks/aliasing.py --huge-pages``).
+    :func:`at_offset` asks it for every CPU buffer of at least :data:`HUGE_PAGE_BYTES` (the flat
+    path's buffers, large state); set that to ``None`` to turn it off. torch's
+    ``THP_MEM_ALLOC_ENABLE=1`` does the same for all of torch's allocations. Changes nothing
+    where THP is off or already always on, or off Linux; ``False`` when no advice was taken."""
+    global _madvise
+    if _madvise is None:
+        _madvise = False
+        if sys.platform.startswith("linux"):
+            try:
+                fn = ctypes.CDLL(None, use_errno=True).madvise
+                fn.argtypes, fn.restype = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int), ctypes.c_int
+                _madvise = fn
+            except (OSError, AttributeError):
+                pass
+    if not _madvise:
+        return False
+    # the whole 2 MiB pages within x: memory beside it (another allocation on the heap) keeps
+    # its small pages, so no page of it can be made resident by the advice
+    huge = 2 << 20
+    start = -(-x.data_ptr() // huge) * huge
+    stop = (x.data_ptr() + x.numel() * x.element_size()) // huge * huge
+    return stop > start and _madvise(start, stop - start, _MADV_HUGEPAGE) == 0
 
 
 def _constant(x: torch.Tensor) -> torch.Tensor | None:
