@@ -135,3 +135,28 @@ def test_transform_metadata_lets_fast_paths_recognise_a_chain():
     tx = gx.adamw(1e-3)
     assert tx.name == "adamw" and tx.args["weight_decay"] == 1e-4
     assert [part.name for part in tx.parts] == ["scale_by_adam", "add_decayed_weights", "scale_by_lr"]
+
+
+def test_dicts_of_tensors_flatten_as_torchs_pytree_does_and_keep_their_keys():
+    """The direct path for dicts of tensors gives torch's leaves and spec, and unflattens to the
+    very keys flattened: a ParamKey (an int, equal to its index) stays a ParamKey with its name,
+    an int-keyed dict of equal keys stays int-keyed, and flatten_up_to takes the spec's order."""
+    import torch.utils._pytree as pytree
+
+    from gradtx._tree import ParamKey, flatten_up_to, tree_flatten, tree_unflatten
+
+    named = {ParamKey(1, "w", 0): torch.ones(2), ParamKey(0, "b", 0): torch.nn.Parameter(torch.zeros(3))}
+    plain = {1: torch.ones(2), 0: torch.zeros(3)}
+    for tree in (named, plain, named, {}):  # twice: made once, then taken from the kept specs
+        leaves, spec = tree_flatten(tree)
+        ref_leaves, ref_spec = pytree.tree_flatten(tree)
+        assert spec == ref_spec and all(a is b for a, b in zip(leaves, ref_leaves, strict=True))
+        back = tree_unflatten(leaves, spec)
+        assert [type(k) for k in back] == [type(k) for k in tree] and all(a is b for a, b in zip(back, tree))
+    assert [k.name for k in tree_unflatten(*tree_flatten(named))] == ["w", "b"]
+    _, spec = tree_flatten(plain)
+    assert flatten_up_to({0: "zero", 1: ["one", "state"]}, spec) == [["one", "state"], "zero"]  # the spec's order
+    with pytest.raises(ValueError, match="only in the state"):
+        flatten_up_to({0: 0, 1: 1, 2: 2}, spec)
+    nested = {0: torch.ones(1), 1: [torch.ones(1), torch.ones(1)]}  # not flat: torch's path
+    assert tree_flatten(nested)[1] == pytree.tree_flatten(nested)[1]

@@ -65,6 +65,7 @@ from . import layout as _layout
 _DTYPE = operator.attrgetter("dtype")
 _DEVICE = operator.attrgetter("device")
 _IS_CPU = operator.attrgetter("is_cpu")
+_SHAPE = operator.attrgetter("shape")
 # stateless per-tensor parts that may follow scale_by_adam in an "adam_then" plan (lamb)
 _THEN = frozenset({"add_decayed_weights", "scale_by_trust_ratio"})
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -424,6 +425,17 @@ def grads_match(groups: dict, ps: list[torch.Tensor], gs: list[torch.Tensor]) ->
         # ``is_cpu`` reads a flag where ``device`` builds an object per tensor
         return all(map(_IS_CPU, gs)) if device.type == "cpu" else set(map(_DEVICE, gs)) == {device}
     return all(g.dtype == p.dtype and g.device == p.device for p, g in zip(ps, gs))
+
+
+def same_kinds(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> bool:
+    """Whether ``xs[i]`` and ``ys[i]`` have one shape, dtype and device for every ``i``: C-level
+    passes over each list (thousands of tensors, every step) where every tensor is on the CPU."""
+    if len(xs) != len(ys) or list(map(_SHAPE, xs)) != list(map(_SHAPE, ys)) or (
+            list(map(_DTYPE, xs)) != list(map(_DTYPE, ys))):
+        return False
+    if all(map(_IS_CPU, xs)) and all(map(_IS_CPU, ys)):
+        return True
+    return list(map(_DEVICE, xs)) == list(map(_DEVICE, ys))
 
 
 def _contiguous(*lists: list[torch.Tensor]) -> bool:

@@ -868,8 +868,7 @@ class Optimizer(torch.optim.Optimizer):
         if cached is None or cached[0] != keys:
             cached = self._scratch[gi] = (list(keys), {})
         bufs = cached[1].get(slot)
-        if bufs is not None and all(
-                b.shape == x.shape and b.dtype == x.dtype and b.device == x.device for b, x in zip(bufs, like)):
+        if bufs is not None and _fused.same_kinds(bufs, like):
             return bufs
         bufs = cached[1][slot] = [torch.empty_like(x, memory_format=torch.preserve_format) for x in like]
         return bufs
