@@ -16,6 +16,7 @@ of new tensors.
 from __future__ import annotations
 
 import contextlib
+import operator
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Union
@@ -24,6 +25,7 @@ import torch
 
 Scalar = Union[float, int, torch.Tensor]
 Tensors = list[torch.Tensor]
+_DTYPE = operator.attrgetter("dtype")
 
 
 def _native() -> bool:
@@ -378,6 +380,9 @@ def cast(xs: Tensors, dtype: torch.dtype | None) -> Tensors:
 def cast_like(xs: Tensors, refs: Tensors) -> Tensors:
     """Each of ``xs`` in the dtype of the matching ``refs`` tensor (the same tensor where
     they agree): updates leave a transform in the dtype their gradients came in with."""
+    dtypes = set(map(_DTYPE, refs))
+    if len(dtypes) == 1 and set(map(_DTYPE, xs)) == dtypes:  # one dtype throughout: C-level passes
+        return list(xs)
     return [x if x.dtype == r.dtype else x.to(r.dtype) for x, r in zip(xs, refs)]
 
 

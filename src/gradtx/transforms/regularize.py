@@ -56,7 +56,9 @@ def add_decayed_weights(weight_decay: float | torch.Tensor = 0.0, mask: Mask | N
         idx = [i for i, f in enumerate(flags) if f and us[i] is not None]
         wd = state.weight_decay
         sel_us = [us[i] for i in idx]
-        sel_ps = [ps[i].detach() if inplace else ps[i] for i in idx]
+        # read into the updates in place: detached unless autograd is off (the adapter's step)
+        detach = inplace and torch.is_grad_enabled()
+        sel_ps = [ps[i].detach() if detach else ps[i] for i in idx]
         same_dtype = all(u.dtype == p.dtype for u, p in zip(sel_us, sel_ps))
         if same_dtype and not traced(wd) and wd.device.type == "cpu":
             # one pass, no temporary: u + wd * p as a foreach add with a number alpha
