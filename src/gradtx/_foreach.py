@@ -380,9 +380,10 @@ def cast(xs: Tensors, dtype: torch.dtype | None) -> Tensors:
 def cast_like(xs: Tensors, refs: Tensors) -> Tensors:
     """Each of ``xs`` in the dtype of the matching ``refs`` tensor (the same tensor where
     they agree): updates leave a transform in the dtype their gradients came in with."""
-    dtypes = set(map(_DTYPE, refs))
-    if len(dtypes) == 1 and set(map(_DTYPE, xs)) == dtypes:  # one dtype throughout: C-level passes
-        return list(xs)
+    if not torch.compiler.is_compiling():  # (Dynamo cannot trace attrgetter)
+        dtypes = set(map(_DTYPE, refs))
+        if len(dtypes) == 1 and set(map(_DTYPE, xs)) == dtypes:  # one dtype throughout: C-level passes
+            return list(xs)
     return [x if x.dtype == r.dtype else x.to(r.dtype) for x, r in zip(xs, refs)]
 
 
