@@ -188,6 +188,39 @@ def scenario_ddp_flat(rank):
             assert len(grads) == 1, "gradients not in the buffer"
 
 
+def scenario_ddp_flat_no_sync(rank):
+    """``flat=True`` under DDP with gradient accumulation: a varying number of micro-batches per
+    step, all but the last under ``no_sync()`` (local gradients accumulate in the flat buffer,
+    the last backward's all-reduce averages them), zeroing either way, and a step whose
+    micro-batches miss the first layer on every rank (``find_unused_parameters``): the default
+    path's numbers (torch's AdamW counts steps per parameter, so it differs from both after the
+    skipped step), laid out in one buffer."""
+    import contextlib
+
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    def run(m, opt):
+        for step in range(6):
+            opt.zero_grad(set_to_none=step % 2 == 0)
+            micro = 1 + step % 3
+            for i in range(micro):
+                x, y = batch(10 * step + i, rank)
+                with m.no_sync() if i < micro - 1 else contextlib.nullcontext():
+                    if step == 4:  # the first layer unused: its gradient stays as zero_grad left it
+                        loss_fn(m.module[2], torch.tanh(x[:, :5]), y).backward()
+                    else:
+                        loss_fn(m, x, y).backward()
+            opt.step()
+
+    for bucket_view in (False, True):
+        m = DDP(model(), gradient_as_bucket_view=bucket_view, find_unused_parameters=True)
+        ref = DDP(model(), gradient_as_bucket_view=bucket_view, find_unused_parameters=True)
+        run(m, gx.Optimizer(m.parameters(), gx.adamw(1e-2, weight_decay=0.1), flat=True))
+        run(ref, gx.Optimizer(ref.parameters(), gx.adamw(1e-2, weight_decay=0.1)))
+        assert_close(full_params(m), full_params(ref), rtol=1e-6, atol=1e-7)
+        assert len({p.untyped_storage().data_ptr() for p in m.parameters()}) == 1, "not laid out flat"
+
+
 def scenario_zero_checkpoint(rank, outdir):
     from torch.distributed.optim import ZeroRedundancyOptimizer as ZeRO
     from torch.nn.parallel import DistributedDataParallel as DDP

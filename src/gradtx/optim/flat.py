@@ -30,16 +30,25 @@ one tensor, or the compiled graph with one slot; its numbers cannot depend on th
   gradients were written since the last step (or ``zero_grad``) as often as in the last step
   checked in full (a loop's backward passes and in-place operations on the gradients give
   the same count each step; a gradient that backward wrote elsewhere or did not reach lowers
-  it). Otherwise the step checks in full, one pass over the parameters: each parameter's
+  it), and after ``zero_grad(set_to_none=True)`` no gradient has its first and last elements
+  still -0.0 (one gather of two elements per parameter: the count cannot tell four
+  micro-batches over half the parameters from two over all of them). Otherwise the step
+  checks in full, one pass over the parameters: each parameter's
   data is its segment, each gradient its view. A gradient that is not its view is copied in
   and the view put back; a parameter moved, replaced, added or frozen (``requires_grad_(False)``)
   rebuilds the layout (replaced ones start afresh, as on the default path); anything the
   layout cannot take (another stepped parameter without a gradient, a gradient of another
   dtype, a sparse one, a DTensor, a parameter sharing memory with another tensor, a closure)
-  runs that step on the default path, with its numbers. Not seen: a gradient assigned
+  runs that step on the default path, with its numbers; a state of another dtype than its
+  parameters (a model cast by ``model.double()`` after the first step) runs every later step
+  there. Buffers are made outside ``torch.inference_mode`` (a first step run inside it), so
+  the parameters stay trainable. Not seen: a gradient assigned
   (``p.grad = other``) after backward while the old gradient tensor is still referenced
   elsewhere and the write count is unchanged (the view neither dropped nor written less);
-  such a step uses the old gradient.
+  such a step uses the old gradient. Nor a gradient view zeroed in place between
+  ``opt.zero_grad()`` (``set_to_none=True``) and backward (``model.zero_grad(set_to_none=False)``,
+  ``p.grad.zero_()``): it holds 0.0, not -0.0, so a parameter backward then does not reach is
+  stepped with a zero gradient, where the default path (its gradient ``None``) skips it.
 
 **Per-tensor norms** (``gx.lamb``, ``gx.lars``, ``gx.fromage``): a transform declared
 ``@transform(segmented=True)`` (see :func:`gradtx.base.flat_blocking_parts`) gets the extra
@@ -177,6 +186,12 @@ def _real(g: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(g).view(-1) if g.is_complex() else g
 
 
+def _bits(g: torch.Tensor) -> torch.Tensor:
+    """``g``'s real components as integers of their width (-0.0 is the smallest one)."""
+    g = _real(g)
+    return g.view({1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[g.element_size()])
+
+
 def _use_count(storage: torch.UntypedStorage) -> int:
     """How many tensors (and storage objects) hold ``storage``'s memory."""
     return torch._C._storage_Use_Count(storage._cdata)
@@ -233,9 +248,26 @@ class _Layout:
     # which concatenates the bucket's parameters' leaves there in buffer order
     state_at: dict[tuple[int, str], tuple[int, torch.Size]] | None = None
     state_numel: dict[tuple[int, str], int] | None = None  # (bucket, path) -> that flat leaf's length
+    # per bucket, the indices in its gradients' real elements (``_real``) of each non-empty
+    # segment's first and last element, ``(2, segments)``
+    ends: list[torch.Tensor] = field(default_factory=list)
 
     def versions(self) -> tuple[int, ...]:
         return tuple(b._version for b in self.gbases)
+
+    def maybe_unwritten(self) -> bool:
+        """Whether some stepped gradient may still be what ``zero_grad(set_to_none=True)``
+        left (-0.0 throughout): its first and last elements are. The write count cannot tell:
+        two backward passes that reach half the parameters write as often as one that reaches
+        them all (accumulation over a varying number of micro-batches). One gather of two
+        elements per parameter; a gradient reached whose ends are -0.0 only sends the step to
+        the full check, which looks at every element."""
+        for g, ends in zip(self.fgrads.values(), self.ends):
+            if ends.numel():
+                bits = _bits(g)
+                if bool(bits[ends].eq(torch.iinfo(bits.dtype).min).all(0).any()):
+                    return True
+        return False
 
     def use_counts(self) -> tuple[int, ...]:
         return tuple(map(_use_count, self.stores))
@@ -336,7 +368,10 @@ class FlatStorage:
         params = group["params"]
         ready = self._ready(lay) if isinstance(lay, _Layout) and params is lay.plist and not params.changed else None
         if ready is None:
-            lay = self._build(opt, gi, group)
+            # buffers that are inference tensors (a first step under torch.inference_mode)
+            # would have no version counter, and parameters over them could not be trained
+            with torch.inference_mode(False):
+                lay = self._build(opt, gi, group)
             if lay is None:
                 return False
         elif not ready:
@@ -375,7 +410,8 @@ class FlatStorage:
         full, one pass over the parameters."""
         writes = tuple(v - m for v, m in zip(lay.versions(), lay.mark))
         if (writes == lay.writes[lay.pending] and lay.use_counts() == lay.counts
-                and (not lay.others or all(g is None for g in map(_GRAD, lay.others)))):
+                and (not lay.others or all(g is None for g in map(_GRAD, lay.others)))
+                and not (lay.pending and lay.maybe_unwritten())):
             return True
         return self._check(lay, writes)
 
@@ -424,8 +460,7 @@ class FlatStorage:
                            key=lambda i: lay.where[lay.keys[i]][1])
             per = 2 if g.is_complex() else 1
             lengths = torch.tensor([lay.where[lay.keys[i]][2] * per for i in order], device=g.device)
-            g = _real(g)
-            bits = g.view({1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[g.element_size()])
+            bits = _bits(g)
             written = bits.ne(torch.iinfo(bits.dtype).min).to(torch.half)
             hit = torch.segment_reduce(written, "max", lengths=lengths, unsafe=True).tolist()
             out.extend(i for i, h, n in zip(order, hit, lengths.tolist()) if n and not h > 0)
@@ -499,6 +534,11 @@ class FlatStorage:
                 # (see _foreach.Temporaries)
                 lay.temporaries = F.Temporaries()
         lay.stores = [x.untyped_storage() for x in (*fparams.values(), *fgrads.values())]
+        lay.ends = []
+        for b, g in enumerate(fgrads.values()):
+            per = 2 if g.is_complex() else 1
+            spans = [(off * per, (off + n) * per - 1) for bb, off, n, _ in where.values() if bb == b and n]
+            lay.ends.append(torch.tensor(spans, dtype=torch.long, device=g.device).reshape(-1, 2).T.contiguous())
         lay.mark, lay.counts = lay.versions(), lay.use_counts()
         self._layouts[gi] = lay
         return lay
