@@ -99,6 +99,10 @@ is stepped by the adapter's one-chain path, never by this one: the default path'
 Parameters are *moved* into the buffer: a tensor that aliased a parameter's old memory (a
 ``.data`` kept aside) no longer sees it. Weight tying by sharing one ``Parameter`` works; two
 parameters sharing memory are left where they are (their group runs on the default path).
+Parameters that are views of one storage nothing else holds, over spans apart (what
+``torch.save``, ``pickle`` or ``load_state_dict(..., assign=True)`` from a saved flat layout
+give), are moved like parameters of their own memory; views of a tensor still held elsewhere
+stay (the group on the default path), so that the tensor keeps seeing them.
 """
 
 from __future__ import annotations
@@ -146,6 +150,24 @@ def _staggered(numel: int, dtype: torch.dtype, device: torch.device, offset: int
 def _owns_memory(p: torch.Tensor) -> bool:
     """Whether ``p`` is the only tensor over its storage's memory (moving it unties nothing)."""
     return p.storage_offset() == 0 and p.untyped_storage().nbytes() == p.numel() * p.element_size()
+
+
+def _held_only_by(params: list[torch.Tensor]) -> set[int]:
+    """The storages (by data pointer) shared by some of ``params`` that no other tensor holds,
+    their spans apart (a loaded checkpoint's views of one storage, as ``torch.save`` and
+    ``pickle`` keep a flat layout's parameters): moving those parameters unties nothing."""
+    shared: dict[int, list[torch.Tensor]] = {}
+    for p in params:
+        if type(p.data) is torch.Tensor and p.layout is torch.strided and not _owns_memory(p):
+            shared.setdefault(p.untyped_storage().data_ptr(), []).append(p)
+    out = set()
+    for ptr, ps in shared.items():
+        spans = sorted((p.storage_offset(), p.storage_offset() + p.numel()) for p in ps)
+        # each parameter holds the storage once, the storage object asked here once more
+        if (_use_count(ps[0].untyped_storage()) == len(ps) + 1
+                and all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))):
+            out.add(ptr)
+    return out
 
 
 def _eligible(p: torch.Tensor, own: set[int]) -> bool:
@@ -475,10 +497,11 @@ class FlatStorage:
                for x in lay.fparams.values()}
         self._layouts.pop(gi, None)
         keys = [k for k, p in enumerate(params) if p.grad is not None]
+        movable = own | _held_only_by([params[k] for k in keys])
         ptrs = set()
         for k in keys:
             p = params[k]
-            if not _eligible(p, own) or (p.numel() and p.data_ptr() in ptrs):
+            if not _eligible(p, movable) or (p.numel() and p.data_ptr() in ptrs):
                 return None
             ptrs.add(p.data_ptr())
         with torch.no_grad():
