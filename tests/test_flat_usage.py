@@ -92,6 +92,32 @@ def test_accumulation_over_a_varying_number_of_micro_batches_that_miss_parameter
     assert all(flat_steps[:5]) and all(flat_steps[6:])  # only the step that missed a layer left the flat path
 
 
+@pytest.mark.parametrize("size", [3, 40], ids=["small", "large"])  # the two ways the step looks for -0.0
+def test_gradients_left_by_zero_grad_told_from_ones_with_zero_ends(size):
+    # step 3: two backward passes over half the parameters write as often as one over all;
+    # step 5: a gradient that is -0.0 at both ends but not throughout is stepped
+    def train(flat):
+        ps = [torch.nn.Parameter(torch.full((size,), 0.5 + i, dtype=torch.float64)) for i in range(4)]
+        opt = _adamw(ps, flat)
+        for step in range(8):
+            opt.zero_grad()
+            for _ in range(2 if step == 3 else 1):
+                loss = 0.0
+                for i, p in enumerate(ps):
+                    if step == 3 and i >= 2:
+                        continue
+                    w = torch.linspace(-1.0, 2.0, size, dtype=torch.float64) * (step + i + 1)
+                    if step == 5 and i == 0:  # gradient w: -0.0 + -0.0 at the ends
+                        w[0] = w[-1] = -0.0
+                        loss = loss + (w * p).sum()
+                        continue
+                    loss = loss + (w * p).sum() + (p * p).sum() * 0.1 * (i + 1)
+                loss.backward()
+            opt.step()
+        return ps
+    _both(train)
+
+
 def test_first_step_under_inference_mode(flat_steps):
     # the buffers made there were inference tensors: no version counter (the step raised),
     # and parameters over them could not be used in a later forward with autograd
