@@ -135,6 +135,34 @@ def test_first_step_under_inference_mode(flat_steps):
     assert all(flat_steps)
 
 
+def _train_shared(model, flat):
+    opt = _adamw(model.parameters(), flat)
+    for step in range(4):
+        opt.zero_grad()
+        _loss(model, step).backward()
+        opt.step()
+
+
+def test_parameters_in_shared_memory_stay_there_for_other_processes():
+    # Hogwild (model.share_memory(), workers stepping it): moved into a buffer of its own, a
+    # worker's steps never reached the parent's model
+    mp = pytest.importorskip("torch.multiprocessing")
+    reference = _mlp()
+    _train_shared(reference, False)
+    model = _mlp()
+    model.share_memory()
+    worker = mp.get_context("fork").Process(target=_train_shared, args=(model, True))
+    worker.start()
+    try:
+        worker.join(60)
+        assert worker.exitcode == 0
+    finally:
+        if worker.is_alive():
+            worker.kill()
+    assert_close_to_scale(list(model.parameters()), list(reference.parameters()), REL)
+    assert all(p.is_shared() for p in model.parameters())
+
+
 # -- patterns that keep the default path's numbers -----------------------------------------
 
 

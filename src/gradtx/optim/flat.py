@@ -38,7 +38,8 @@ one tensor, or the compiled graph with one slot; its numbers cannot depend on th
   and the view put back; a parameter moved, replaced, added or frozen (``requires_grad_(False)``)
   rebuilds the layout (replaced ones start afresh, as on the default path); anything the
   layout cannot take (another stepped parameter without a gradient, a gradient of another
-  dtype, a sparse one, a DTensor, a parameter sharing memory with another tensor, a closure)
+  dtype, a sparse one, a DTensor, a parameter sharing memory with another tensor or in shared
+  memory (``model.share_memory()``: other processes read it), a closure)
   runs that step on the default path, with its numbers; a state of another dtype than its
   parameters (a model cast by ``model.double()`` after the first step) runs every later step
   there. Buffers are made outside ``torch.inference_mode`` (a first step run inside it), so
@@ -172,7 +173,8 @@ def _held_only_by(params: list[torch.Tensor]) -> set[int]:
 
 def _eligible(p: torch.Tensor, own: set[int]) -> bool:
     g = p.grad
-    return (type(p.data) is torch.Tensor and p.layout is torch.strided and p.is_contiguous()
+    # shared memory (model.share_memory(), Hogwild training) is what other processes read
+    return (type(p.data) is torch.Tensor and p.layout is torch.strided and p.is_contiguous() and not p.is_shared()
             and (_owns_memory(p) or p.untyped_storage().data_ptr() in own)
             and type(g) is torch.Tensor and g.layout is torch.strided and g.dtype == p.dtype
             and g.device == p.device and g.shape == p.shape)
