@@ -155,6 +155,24 @@ def scenario_fsdp_flat(rank):  # DTensor parameters cannot be laid out: the defa
     fsdp_against_unsharded(rank, lambda: gx.adamw(1e-2, weight_decay=0.1), flat=True)
 
 
+def scenario_fsdp1_flat(rank):
+    """``flat=True`` under FSDP1 (``FullyShardedDataParallel``): its FlatParameter's ``.data`` is
+    set back to the local shard FSDP keeps after each forward and backward, so a step into the
+    buffer was lost; FlatParameters stay where they are (and with ``use_orig_params`` the
+    parameters are views of one): torch's AdamW's numbers."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    for orig in (False, True):
+        out = []
+        for make in (lambda ps: gx.Optimizer(ps, gx.adamw(1e-2, weight_decay=0.1), flat=True),
+                     lambda ps: torch.optim.AdamW(ps, 1e-2, weight_decay=0.1)):
+            m = FSDP(model(), device_id=torch.device("cpu"), use_orig_params=orig)
+            train(m, make(m.parameters()), range(STEPS), rank)
+            with FSDP.summon_full_params(m):
+                out.append([p.detach().clone() for p in m.parameters()])
+        assert_close(*out)
+
+
 def scenario_fsdp_compiled(rank):
     fsdp_against_unsharded(rank, lambda: gx.adamw(1e-2, weight_decay=0.1), compile=True)
 

@@ -39,7 +39,8 @@ one tensor, or the compiled graph with one slot; its numbers cannot depend on th
   rebuilds the layout (replaced ones start afresh, as on the default path); anything the
   layout cannot take (another stepped parameter without a gradient, a gradient of another
   dtype, a sparse one, a DTensor, a parameter sharing memory with another tensor or in shared
-  memory (``model.share_memory()``: other processes read it), a closure)
+  memory (``model.share_memory()``: other processes read it), FSDP1's FlatParameter (FSDP sets
+  its ``.data`` back to a shard it keeps), a closure)
   runs that step on the default path, with its numbers; a state of another dtype than its
   parameters (a model cast by ``model.double()`` after the first step) runs every later step
   there. Buffers are made outside ``torch.inference_mode`` (a first step run inside it), so
@@ -173,8 +174,11 @@ def _held_only_by(params: list[torch.Tensor]) -> set[int]:
 
 def _eligible(p: torch.Tensor, own: set[int]) -> bool:
     g = p.grad
-    # shared memory (model.share_memory(), Hogwild training) is what other processes read
+    # shared memory (model.share_memory(), Hogwild training) is what other processes read;
+    # FSDP1's FlatParameter has its .data set back to the local shard FSDP keeps after each
+    # forward and backward, so a step into the buffer would be lost
     return (type(p.data) is torch.Tensor and p.layout is torch.strided and p.is_contiguous() and not p.is_shared()
+            and not getattr(p, "_is_flat_param", False)
             and (_owns_memory(p) or p.untyped_storage().data_ptr() in own)
             and type(g) is torch.Tensor and g.layout is torch.strided and g.dtype == p.dtype
             and g.device == p.device and g.shape == p.shape)
