@@ -239,6 +239,23 @@ def scenario_ddp_flat_no_sync(rank):
         assert len({p.untyped_storage().data_ptr() for p in m.parameters()}) == 1, "not laid out flat"
 
 
+def scenario_zero_flat(rank):
+    """``flat=True`` as ZeroRedundancyOptimizer's optimizer: with ``parameters_as_bucket_view``
+    the parameters are views of ZeRO's buckets, which it broadcasts after each step (a rank
+    whose bucket held one parameter had it moved out, so its steps never reached the other
+    rank); without, the rank's parameters are laid out flat: torch's AdamW's numbers."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer as ZeRO
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    for bucket_view in (False, True):
+        m, ref = DDP(model()), DDP(model())
+        train(m, ZeRO(m.parameters(), optimizer_class=gx.Optimizer, tx=gx.adamw(1e-2, weight_decay=0.1), flat=True,
+                      parameters_as_bucket_view=bucket_view), range(STEPS), rank)
+        train(ref, ZeRO(ref.parameters(), optimizer_class=torch.optim.AdamW, lr=1e-2, weight_decay=0.1,
+                        parameters_as_bucket_view=bucket_view), range(STEPS), rank)
+        assert_close(full_params(m), full_params(ref))
+
+
 def scenario_zero_checkpoint(rank, outdir):
     from torch.distributed.optim import ZeroRedundancyOptimizer as ZeRO
     from torch.nn.parallel import DistributedDataParallel as DDP

@@ -98,9 +98,11 @@ makes the constructor raise ``ValueError`` naming ``flat=True``. A chain with a 
 (``clip_by_global_norm``, declared segmented since a global norm is the same on any split)
 is stepped by the adapter's one-chain path, never by this one: the default path's numbers.
 
-Parameters are *moved* into the buffer: a tensor that aliased a parameter's old memory (a
-``.data`` kept aside) no longer sees it. Weight tying by sharing one ``Parameter`` works; two
-parameters sharing memory are left where they are (their group runs on the default path).
+Parameters are *moved* into the buffer, when no other tensor holds their memory: one that
+does (a ``.data`` kept aside, ZeRO's bucket under ``parameters_as_bucket_view``, FSDP1's local
+shard, which FSDP sets back as the parameter's ``.data``) would no longer see it, so such a
+parameter stays where it is and its group runs on the default path. Weight tying by sharing
+one ``Parameter`` works; two parameters sharing memory are left where they are too.
 Parameters that are views of one storage nothing else holds, over spans apart (what
 ``torch.save``, ``pickle`` or ``load_state_dict(..., assign=True)`` from a saved flat layout
 give), are moved like parameters of their own memory; views of a tensor still held elsewhere
@@ -150,8 +152,12 @@ def _staggered(numel: int, dtype: torch.dtype, device: torch.device, offset: int
 
 
 def _owns_memory(p: torch.Tensor) -> bool:
-    """Whether ``p`` is the only tensor over its storage's memory (moving it unties nothing)."""
-    return p.storage_offset() == 0 and p.untyped_storage().nbytes() == p.numel() * p.element_size()
+    """Whether ``p`` is the only tensor over its storage's memory (moving it unties nothing):
+    it spans the storage, and no other tensor holds it (a ``.data`` kept aside, a framework's
+    own alias such as ZeRO's bucket or FSDP1's local shard, which it writes or sets back)."""
+    storage = p.untyped_storage()
+    # p holds the storage once, the storage object asked here once more
+    return p.storage_offset() == 0 and storage.nbytes() == p.numel() * p.element_size() and _use_count(storage) == 2
 
 
 def _held_only_by(params: list[torch.Tensor]) -> set[int]:
