@@ -135,6 +135,25 @@ def test_first_step_under_inference_mode(flat_steps):
     assert all(flat_steps)
 
 
+def test_a_tensor_kept_over_a_parameter_keeps_the_group_in_place_until_dropped(flat_steps):
+    # what ZeRO's bucket views and FSDP1's local shard are (tests/distributed_worker.py):
+    # moved, the parameter would leave the tensor holding memory the steps no longer write
+    def train(flat):
+        model = _mlp()
+        opt = _adamw(model.parameters(), flat)
+        kept = model[2].bias.detach()
+        for step in range(12):
+            if step == 6:
+                assert torch.equal(kept, model[2].bias.detach())  # it saw every step
+                del kept
+            opt.zero_grad()
+            _loss(model, step).backward()
+            opt.step()
+        return list(model.parameters())
+    _both(train)
+    assert flat_steps[:6] == [False] * 6 and flat_steps[-1]  # tried again after 1, 2, 4, ... steps
+
+
 def _train_shared(model, flat):
     opt = _adamw(model.parameters(), flat)
     for step in range(4):

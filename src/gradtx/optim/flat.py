@@ -101,7 +101,9 @@ is stepped by the adapter's one-chain path, never by this one: the default path'
 Parameters are *moved* into the buffer, when no other tensor holds their memory: one that
 does (a ``.data`` kept aside, ZeRO's bucket under ``parameters_as_bucket_view``, FSDP1's local
 shard, which FSDP sets back as the parameter's ``.data``) would no longer see it, so such a
-parameter stays where it is and its group runs on the default path. Weight tying by sharing
+parameter stays where it is and its group runs on the default path (a group that could not
+be laid out is tried again after 1, 2, 4, ... up to ``_RETRY_MAX`` steps: a try costs a pass
+over its parameters). Weight tying by sharing
 one ``Parameter`` works; two parameters sharing memory are left where they are too.
 Parameters that are views of one storage nothing else holds, over spans apart (what
 ``torch.save``, ``pickle`` or ``load_state_dict(..., assign=True)`` from a saved flat layout
@@ -326,6 +328,10 @@ _DISABLED = "disabled"
 # freed heap pages (FlatStorage._move_in): what the build may hold beyond the buffers.
 _TRIM_EVERY = 1 << 20
 
+# Most steps between two tries at laying out a group that could not be (FlatStorage.step):
+# a try costs about one build, so a group that stays refused pays it once per this many steps.
+_RETRY_MAX = 64
+
 # Parameters per ``init`` of the template that gives a fresh group state its structure
 # (FlatStorage._link_fresh): its transient memory is that of this many parameters' template.
 _TEMPLATE_CHUNK = 256
@@ -342,6 +348,9 @@ class FlatStorage:
 
     def __init__(self, segmented: bool = False, per_parameter: bool = False) -> None:
         self._layouts: dict[int, Any] = {}
+        # group -> [steps before the next try, the wait after that one] once a layout was refused:
+        # a failed try costs a pass over the parameters, several times the default path's step
+        self._retry: dict[int, list[int]] = {}
         self._segmented = segmented  # the chain reduces per parameter: pass it the segments
         # muon with a callable mask: the buffers hold the parameters and gradients, the chain runs on
         # the default path over their per-parameter views (its numbers and state exactly)
@@ -409,12 +418,19 @@ class FlatStorage:
         params = group["params"]
         ready = self._ready(lay) if isinstance(lay, _Layout) and params is lay.plist and not params.changed else None
         if ready is None:
+            retry = self._retry.get(gi)
+            if retry is not None and retry[0] > 0:  # refused lately: tried again after 1, 2, 4, ... steps
+                retry[0] -= 1
+                return False
             # buffers that are inference tensors (a first step under torch.inference_mode)
             # would have no version counter, and parameters over them could not be trained
             with torch.inference_mode(False):
                 lay = self._build(opt, gi, group)
             if lay is None:
+                wait = min(2 * retry[1], _RETRY_MAX) if retry is not None else 1
+                self._retry[gi] = [wait, wait]
                 return False
+            self._retry.pop(gi, None)
         elif not ready:
             lay.mark, lay.pending = lay.versions(), False
             return False
@@ -436,6 +452,7 @@ class FlatStorage:
     def forget(self) -> None:
         """Drop every layout (the parameters stay where they are; the next step rebuilds)."""
         self._layouts.clear()
+        self._retry.clear()
 
     def _ready(self, lay: _Layout) -> bool | None:
         """Whether the layout's buffers hold the group's parameters and gradients (``None``:
@@ -516,11 +533,16 @@ class FlatStorage:
                for x in lay.fparams.values()}
         self._layouts.pop(gi, None)
         keys = [k for k, p in enumerate(params) if p.grad is not None]
-        movable = own | _held_only_by([params[k] for k in keys])
+        movable = None  # own, and the storages only the stepped parameters hold (when one is asked about)
         ptrs = set()
         for k in keys:
             p = params[k]
-            if not _eligible(p, movable) or (p.numel() and p.data_ptr() in ptrs):
+            if not _eligible(p, own):
+                if movable is None:
+                    movable = own | _held_only_by([params[j] for j in keys])
+                if not _eligible(p, movable):
+                    return None
+            if p.numel() and p.data_ptr() in ptrs:
                 return None
             ptrs.add(p.data_ptr())
         with torch.no_grad():
