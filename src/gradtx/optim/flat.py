@@ -31,8 +31,9 @@ one tensor, or the compiled graph with one slot; its numbers cannot depend on th
   checked in full (a loop's backward passes and in-place operations on the gradients give
   the same count each step; a gradient that backward wrote elsewhere or did not reach lowers
   it), and after ``zero_grad(set_to_none=True)`` no gradient has its first and last elements
-  still -0.0 (one gather of two elements per parameter: the count cannot tell four
-  micro-batches over half the parameters from two over all of them). Otherwise the step
+  still -0.0 (one reduction over the gradients' first elements, or over a buffer of small
+  tensors: the count cannot tell four micro-batches over half the parameters from two over
+  all of them). Otherwise the step
   checks in full, one pass over the parameters: each parameter's
   data is its segment, each gradient its view. A gradient that is not its view is copied in
   and the view put back; a parameter moved, replaced, added or frozen (``requires_grad_(False)``)
@@ -182,11 +183,12 @@ def _held_only_by(params: list[torch.Tensor]) -> set[int]:
 
 def _eligible(p: torch.Tensor, own: set[int]) -> bool:
     g = p.grad
-    # shared memory (model.share_memory(), Hogwild training) is what other processes read;
-    # FSDP1's FlatParameter has its .data set back to the local shard FSDP keeps after each
-    # forward and backward, so a step into the buffer would be lost
-    return (type(p.data) is torch.Tensor and p.layout is torch.strided and p.is_contiguous() and not p.is_shared()
-            and not getattr(p, "_is_flat_param", False)
+    # shared memory (model.share_memory(), Hogwild training) is what other processes read
+    # (is_shared is always true of CUDA tensors); FSDP1's FlatParameter has its .data set back
+    # to the local shard FSDP keeps after each forward and backward, so a step into the buffer
+    # would be lost
+    return (type(p.data) is torch.Tensor and p.layout is torch.strided and p.is_contiguous()
+            and not (p.device.type == "cpu" and p.is_shared()) and not getattr(p, "_is_flat_param", False)
             and (_owns_memory(p) or p.untyped_storage().data_ptr() in own)
             and type(g) is torch.Tensor and g.layout is torch.strided and g.dtype == p.dtype
             and g.device == p.device and g.shape == p.shape)
@@ -295,16 +297,17 @@ class _Layout:
         """Whether some stepped gradient may still be what ``zero_grad(set_to_none=True)``
         left (-0.0 throughout): its first and last elements are. The write count cannot tell:
         two backward passes that reach half the parameters write as often as one that reaches
-        them all (accumulation over a varying number of micro-batches). One gather of two
-        elements per parameter; a gradient reached whose ends are -0.0 only sends the step to
-        the full check, which looks at every element."""
+        them all (accumulation over a varying number of micro-batches). One reduction over
+        the gradients' first elements (over the whole buffer when the tensors are small), and
+        over both ends only when one is -0.0; a gradient reached whose ends are -0.0 only
+        sends the step to the full check, which looks at every element."""
         for g, ends in zip(self.fgrads.values(), self.ends):
             if ends.numel():
                 bits = _bits(g)
                 least, count = torch.iinfo(bits.dtype).min, ends.numel() // 2
                 # -0.0 is the smallest integer: some element is when the least one is; over
-                # small tensors the whole buffer (a pass over 20,000 scalars took 5 us where
-                # gathering their first elements took 120, in a step), else the first elements
+                # small tensors the whole buffer (on 20,000 scalars, in a step, about half the
+                # time of gathering their first elements), else the first elements
                 quick = bits if bits.numel() <= 16 * count else torch.index_select(bits, 0, ends[:count])
                 if int(quick.amin()) == least:  # then both ends of a gradient are when the larger is
                     pairs = torch.index_select(bits, 0, ends).view(2, -1)
