@@ -299,8 +299,9 @@ class _Layout:
         two backward passes that reach half the parameters write as often as one that reaches
         them all (accumulation over a varying number of micro-batches). One reduction over
         the gradients' first elements (over the whole buffer when the tensors are small), and
-        over both ends only when one is -0.0; a gradient reached whose ends are -0.0 only
-        sends the step to the full check, which looks at every element."""
+        over both ends only when one is -0.0 (on a GPU, the step waits for the reduction); a
+        gradient reached whose ends are -0.0 only sends the step to the full check, which
+        looks at every element."""
         for g, ends in zip(self.fgrads.values(), self.ends):
             if ends.numel():
                 bits = _bits(g)
