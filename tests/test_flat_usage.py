@@ -1,17 +1,19 @@
 """``gx.Optimizer(..., flat=True)`` under what training code does around the optimizer.
 
 Each test runs one loop twice, with ``flat=False`` (the default path) and with ``flat=True``,
-from the same model, and asserts the parameters agree to round-off (float64: 1e-12 of the
-largest entry, ``assert_close_to_scale``): gradient scaling with a skipped step, clipping on
-some steps, accumulation over a varying number of micro-batches, gradient hooks and an
-optimizer stepped from them, parametrizations, tied weights in weight-decay groups, a model
-cast to another dtype, layers frozen and thawed, groups added, schedules that cycle the
-betas, checkpoints loaded before the first step or rolled back, copies of the optimizer and
-model, averaged models, steps under ``inference_mode`` and ``torch.compile``. What is already
-checked in test_flat.py and test_flat_checks.py (zeroing, replaced, frozen and moved
-parameters, StepLR, compiled models with aot_eager, checkpoints across the two paths) is not
-repeated. The two-process DDP ``no_sync`` loop is tests/distributed_worker.py's
-``ddp_flat_no_sync``.
+from the same model, and asserts the parameters agree to round-off (``assert_close_to_scale``:
+1e-12 of the largest entry in float64, 1e-6 where float32 is involved): accumulation over a
+varying number of micro-batches that miss parameters, a first step under ``inference_mode``,
+parameters in shared memory (Hogwild) or with another tensor over their memory, gradient
+scaling with a skipped step, clipping on some steps, gradient hooks and an optimizer stepped
+from them, parametrizations, tied weights in weight-decay groups, a model cast to another
+dtype, layers frozen and thawed, groups added, schedules that cycle the betas, checkpoints
+loaded before the first step or rolled back, copies of the optimizer and model (deepcopy,
+torch.save), averaged models, mixed dtypes, Inductor. What test_flat.py and
+test_flat_checks.py check (zeroing, replaced, frozen and moved parameters, StepLR, compiled
+models with aot_eager, checkpoints across the two paths) is not repeated. The two-process
+loops are tests/distributed_worker.py's ``ddp_flat_no_sync``, ``fsdp1_flat`` and
+``zero_flat``.
 """
 
 from __future__ import annotations
