@@ -48,10 +48,11 @@ one tensor, or the compiled graph with one slot; its numbers cannot depend on th
   the parameters stay trainable. Not seen: a gradient assigned
   (``p.grad = other``) after backward while the old gradient tensor is still referenced
   elsewhere and the write count is unchanged (the view neither dropped nor written less);
-  such a step uses the old gradient. Nor a gradient view zeroed in place between
-  ``opt.zero_grad()`` (``set_to_none=True``) and backward (``model.zero_grad(set_to_none=False)``,
-  ``p.grad.zero_()``): it holds 0.0, not -0.0, so a parameter backward then does not reach is
-  stepped with a zero gradient, where the default path (its gradient ``None``) skips it.
+  such a step uses the old gradient. Nor a gradient view written between ``opt.zero_grad()``
+  (``set_to_none=True``) and the step other than by backward (zeroed in place by
+  ``model.zero_grad(set_to_none=False)``, a weight decay added to every gradient): it no longer
+  holds -0.0, so a parameter backward did not reach is stepped, where the default path (its
+  gradient ``None``) skips it.
 
 **Per-tensor norms** (``gx.lamb``, ``gx.lars``, ``gx.fromage``): a transform declared
 ``@transform(segmented=True)`` (see :func:`gradtx.base.flat_blocking_parts`) gets the extra
