@@ -155,6 +155,24 @@ def scenario_fsdp_flat(rank):  # DTensor parameters cannot be laid out: the defa
     fsdp_against_unsharded(rank, lambda: gx.adamw(1e-2, weight_decay=0.1), flat=True)
 
 
+def scenario_fsdp1_flat(rank):
+    """``flat=True`` under FSDP1 (``FullyShardedDataParallel``): its FlatParameter's ``.data`` is
+    set back to the local shard FSDP keeps after each forward and backward, so a step into the
+    buffer was lost; FlatParameters stay where they are (and with ``use_orig_params`` the
+    parameters are views of one): torch's AdamW's numbers."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    for orig in (False, True):
+        out = []
+        for make in (lambda ps: gx.Optimizer(ps, gx.adamw(1e-2, weight_decay=0.1), flat=True),
+                     lambda ps: torch.optim.AdamW(ps, 1e-2, weight_decay=0.1)):
+            m = FSDP(model(), device_id=torch.device("cpu"), use_orig_params=orig)
+            train(m, make(m.parameters()), range(STEPS), rank)
+            with FSDP.summon_full_params(m):
+                out.append([p.detach().clone() for p in m.parameters()])
+        assert_close(*out)
+
+
 def scenario_fsdp_compiled(rank):
     fsdp_against_unsharded(rank, lambda: gx.adamw(1e-2, weight_decay=0.1), compile=True)
 
@@ -186,6 +204,56 @@ def scenario_ddp_flat(rank):
         if not bucket_view:
             grads = {p.grad.untyped_storage().data_ptr() for p in m.parameters()}
             assert len(grads) == 1, "gradients not in the buffer"
+
+
+def scenario_ddp_flat_no_sync(rank):
+    """``flat=True`` under DDP with gradient accumulation: a varying number of micro-batches per
+    step, all but the last under ``no_sync()`` (local gradients accumulate in the flat buffer,
+    the last backward's all-reduce averages them), zeroing either way, and a step whose
+    micro-batches miss the first layer on every rank (``find_unused_parameters``): the default
+    path's numbers (torch's AdamW counts steps per parameter, so it differs from both after the
+    skipped step), laid out in one buffer."""
+    import contextlib
+
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    def run(m, opt):
+        for step in range(6):
+            opt.zero_grad(set_to_none=step % 2 == 0)
+            micro = 1 + step % 3
+            for i in range(micro):
+                x, y = batch(10 * step + i, rank)
+                with m.no_sync() if i < micro - 1 else contextlib.nullcontext():
+                    if step == 4:  # the first layer unused: its gradient stays as zero_grad left it
+                        loss_fn(m.module[2], torch.tanh(x[:, :5]), y).backward()
+                    else:
+                        loss_fn(m, x, y).backward()
+            opt.step()
+
+    for bucket_view in (False, True):
+        m = DDP(model(), gradient_as_bucket_view=bucket_view, find_unused_parameters=True)
+        ref = DDP(model(), gradient_as_bucket_view=bucket_view, find_unused_parameters=True)
+        run(m, gx.Optimizer(m.parameters(), gx.adamw(1e-2, weight_decay=0.1), flat=True))
+        run(ref, gx.Optimizer(ref.parameters(), gx.adamw(1e-2, weight_decay=0.1)))
+        assert_close(full_params(m), full_params(ref), rtol=1e-6, atol=1e-7)
+        assert len({p.untyped_storage().data_ptr() for p in m.parameters()}) == 1, "not laid out flat"
+
+
+def scenario_zero_flat(rank):
+    """``flat=True`` as ZeroRedundancyOptimizer's optimizer: with ``parameters_as_bucket_view``
+    the parameters are views of ZeRO's buckets, which it broadcasts after each step (a rank
+    whose bucket held one parameter had it moved out, so its steps never reached the other
+    rank); without, the rank's parameters are laid out flat: torch's AdamW's numbers."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer as ZeRO
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    for bucket_view in (False, True):
+        m, ref = DDP(model()), DDP(model())
+        train(m, ZeRO(m.parameters(), optimizer_class=gx.Optimizer, tx=gx.adamw(1e-2, weight_decay=0.1), flat=True,
+                      parameters_as_bucket_view=bucket_view), range(STEPS), rank)
+        train(ref, ZeRO(ref.parameters(), optimizer_class=torch.optim.AdamW, lr=1e-2, weight_decay=0.1,
+                        parameters_as_bucket_view=bucket_view), range(STEPS), rank)
+        assert_close(full_params(m), full_params(ref))
 
 
 def scenario_zero_checkpoint(rank, outdir):

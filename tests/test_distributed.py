@@ -16,10 +16,10 @@ if not dist.is_available():
 
 import distributed_worker as worker  # noqa: E402
 
-DEFAULT = ["ddp_adamw", "ddp_flat", "fsdp_flat", "fsdp_adamw_generic", "fsdp_adamw_fused",
-           "fsdp_adamw_against_torch", "fsdp_lion_clip_value", "fsdp_lamb", "fsdp_clip_by_global_norm",
-           "fsdp_normalize_by_update_norm", "fsdp_muon", "fsdp_shampoo", "fsdp_lbfgs", "zero_checkpoint", "dcp_resume",
-           "dcp_resume_global_norm"]
+DEFAULT = ["ddp_adamw", "ddp_flat", "ddp_flat_no_sync", "fsdp_flat", "fsdp1_flat", "fsdp_adamw_generic",
+           "fsdp_adamw_fused", "fsdp_adamw_against_torch", "fsdp_lion_clip_value", "fsdp_lamb",
+           "fsdp_clip_by_global_norm", "fsdp_normalize_by_update_norm", "fsdp_muon", "fsdp_shampoo", "fsdp_lbfgs",
+           "zero_flat", "zero_checkpoint", "dcp_resume", "dcp_resume_global_norm"]
 SLOW = ["fsdp_compiled"]  # an Inductor compile per rank
 
 

@@ -30,16 +30,29 @@ one tensor, or the compiled graph with one slot; its numbers cannot depend on th
   gradients were written since the last step (or ``zero_grad``) as often as in the last step
   checked in full (a loop's backward passes and in-place operations on the gradients give
   the same count each step; a gradient that backward wrote elsewhere or did not reach lowers
-  it). Otherwise the step checks in full, one pass over the parameters: each parameter's
+  it), and after ``zero_grad(set_to_none=True)`` no gradient has its first and last elements
+  still -0.0 (one reduction over the gradients' first elements, or over a buffer of small
+  tensors: the count cannot tell four micro-batches over half the parameters from two over
+  all of them). Otherwise the step
+  checks in full, one pass over the parameters: each parameter's
   data is its segment, each gradient its view. A gradient that is not its view is copied in
   and the view put back; a parameter moved, replaced, added or frozen (``requires_grad_(False)``)
   rebuilds the layout (replaced ones start afresh, as on the default path); anything the
   layout cannot take (another stepped parameter without a gradient, a gradient of another
-  dtype, a sparse one, a DTensor, a parameter sharing memory with another tensor, a closure)
-  runs that step on the default path, with its numbers. Not seen: a gradient assigned
+  dtype, a sparse one, a DTensor, a parameter sharing memory with another tensor or in shared
+  memory (``model.share_memory()``: other processes read it), FSDP1's FlatParameter (FSDP sets
+  its ``.data`` back to a shard it keeps), a closure)
+  runs that step on the default path, with its numbers; a state of another dtype than its
+  parameters (a model cast by ``model.double()`` after the first step) runs every later step
+  there. Buffers are made outside ``torch.inference_mode`` (a first step run inside it), so
+  the parameters stay trainable. Not seen: a gradient assigned
   (``p.grad = other``) after backward while the old gradient tensor is still referenced
   elsewhere and the write count is unchanged (the view neither dropped nor written less);
-  such a step uses the old gradient.
+  such a step uses the old gradient. Nor a gradient view written between ``opt.zero_grad()``
+  (``set_to_none=True``) and the step other than by backward (zeroed in place by
+  ``model.zero_grad(set_to_none=False)``, a weight decay added to every gradient): it no longer
+  holds -0.0, so a parameter backward did not reach is stepped, where the default path (its
+  gradient ``None``) skips it.
 
 **Per-tensor norms** (``gx.lamb``, ``gx.lars``, ``gx.fromage``): a transform declared
 ``@transform(segmented=True)`` (see :func:`gradtx.base.flat_blocking_parts`) gets the extra
@@ -87,9 +100,17 @@ makes the constructor raise ``ValueError`` naming ``flat=True``. A chain with a 
 (``clip_by_global_norm``, declared segmented since a global norm is the same on any split)
 is stepped by the adapter's one-chain path, never by this one: the default path's numbers.
 
-Parameters are *moved* into the buffer: a tensor that aliased a parameter's old memory (a
-``.data`` kept aside) no longer sees it. Weight tying by sharing one ``Parameter`` works; two
-parameters sharing memory are left where they are (their group runs on the default path).
+Parameters are *moved* into the buffer, when no other tensor holds their memory: one that
+does (a ``.data`` kept aside, ZeRO's bucket under ``parameters_as_bucket_view``, FSDP1's local
+shard, which FSDP sets back as the parameter's ``.data``) would no longer see it, so such a
+parameter stays where it is and its group runs on the default path (a group that could not
+be laid out is tried again after 1, 2, 4, ... up to ``_RETRY_MAX`` steps: a try costs a pass
+over its parameters). Weight tying by sharing
+one ``Parameter`` works; two parameters sharing memory are left where they are too.
+Parameters that are views of one storage nothing else holds, over spans apart (what
+``torch.save``, ``pickle`` or ``load_state_dict(..., assign=True)`` from a saved flat layout
+give), are moved like parameters of their own memory; views of a tensor still held elsewhere
+stay (the group on the default path), so that the tensor keeps seeing them.
 """
 
 from __future__ import annotations
@@ -135,13 +156,40 @@ def _staggered(numel: int, dtype: torch.dtype, device: torch.device, offset: int
 
 
 def _owns_memory(p: torch.Tensor) -> bool:
-    """Whether ``p`` is the only tensor over its storage's memory (moving it unties nothing)."""
-    return p.storage_offset() == 0 and p.untyped_storage().nbytes() == p.numel() * p.element_size()
+    """Whether ``p`` is the only tensor over its storage's memory (moving it unties nothing):
+    it spans the storage, and no other tensor holds it (a ``.data`` kept aside, a framework's
+    own alias such as ZeRO's bucket or FSDP1's local shard, which it writes or sets back)."""
+    storage = p.untyped_storage()
+    # p holds the storage once, the storage object asked here once more
+    return p.storage_offset() == 0 and storage.nbytes() == p.numel() * p.element_size() and _use_count(storage) == 2
+
+
+def _held_only_by(params: list[torch.Tensor]) -> set[int]:
+    """The storages (by data pointer) shared by some of ``params`` that no other tensor holds,
+    their spans apart (a loaded checkpoint's views of one storage, as ``torch.save`` and
+    ``pickle`` keep a flat layout's parameters): moving those parameters unties nothing."""
+    shared: dict[int, list[torch.Tensor]] = {}
+    for p in params:
+        if type(p.data) is torch.Tensor and p.layout is torch.strided and not _owns_memory(p):
+            shared.setdefault(p.untyped_storage().data_ptr(), []).append(p)
+    out = set()
+    for ptr, ps in shared.items():
+        spans = sorted((p.storage_offset(), p.storage_offset() + p.numel()) for p in ps)
+        # each parameter holds the storage once, the storage object asked here once more
+        if (_use_count(ps[0].untyped_storage()) == len(ps) + 1
+                and all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))):
+            out.add(ptr)
+    return out
 
 
 def _eligible(p: torch.Tensor, own: set[int]) -> bool:
     g = p.grad
+    # shared memory (model.share_memory(), Hogwild training) is what other processes read
+    # (is_shared is always true of CUDA tensors); FSDP1's FlatParameter has its .data set back
+    # to the local shard FSDP keeps after each forward and backward, so a step into the buffer
+    # would be lost
     return (type(p.data) is torch.Tensor and p.layout is torch.strided and p.is_contiguous()
+            and not (p.device.type == "cpu" and p.is_shared()) and not getattr(p, "_is_flat_param", False)
             and (_owns_memory(p) or p.untyped_storage().data_ptr() in own)
             and type(g) is torch.Tensor and g.layout is torch.strided and g.dtype == p.dtype
             and g.device == p.device and g.shape == p.shape)
@@ -175,6 +223,12 @@ class _Params(list):
 def _real(g: torch.Tensor) -> torch.Tensor:
     """``g``'s real components (a complex tensor's as pairs), flat."""
     return torch.view_as_real(g).view(-1) if g.is_complex() else g
+
+
+def _bits(g: torch.Tensor) -> torch.Tensor:
+    """``g``'s real components as integers of their width (-0.0 is the smallest one)."""
+    g = _real(g)
+    return g.view({1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[g.element_size()])
 
 
 def _use_count(storage: torch.UntypedStorage) -> int:
@@ -233,9 +287,35 @@ class _Layout:
     # which concatenates the bucket's parameters' leaves there in buffer order
     state_at: dict[tuple[int, str], tuple[int, torch.Size]] | None = None
     state_numel: dict[tuple[int, str], int] | None = None  # (bucket, path) -> that flat leaf's length
+    # per bucket, the indices in its gradients' real elements (``_real``) of each non-empty
+    # segment's first element, then of each one's last element
+    ends: list[torch.Tensor] = field(default_factory=list)
 
     def versions(self) -> tuple[int, ...]:
         return tuple(b._version for b in self.gbases)
+
+    def maybe_unwritten(self) -> bool:
+        """Whether some stepped gradient may still be what ``zero_grad(set_to_none=True)``
+        left (-0.0 throughout): its first and last elements are. The write count cannot tell:
+        two backward passes that reach half the parameters write as often as one that reaches
+        them all (accumulation over a varying number of micro-batches). One reduction over
+        the gradients' first elements (over the whole buffer when the tensors are small), and
+        over both ends only when one is -0.0 (on a GPU, the step waits for the reduction); a
+        gradient reached whose ends are -0.0 only sends the step to the full check, which
+        looks at every element."""
+        for g, ends in zip(self.fgrads.values(), self.ends):
+            if ends.numel():
+                bits = _bits(g)
+                least, count = torch.iinfo(bits.dtype).min, ends.numel() // 2
+                # -0.0 is the smallest integer: some element is when the least one is; over
+                # small tensors the whole buffer (on 20,000 scalars, in a step, about half the
+                # time of gathering their first elements), else the first elements
+                quick = bits if bits.numel() <= 16 * count else torch.index_select(bits, 0, ends[:count])
+                if int(quick.amin()) == least:  # then both ends of a gradient are when the larger is
+                    pairs = torch.index_select(bits, 0, ends).view(2, -1)
+                    if int(pairs.amax(0).amin()) == least:
+                        return True
+        return False
 
     def use_counts(self) -> tuple[int, ...]:
         return tuple(map(_use_count, self.stores))
@@ -253,6 +333,10 @@ _DISABLED = "disabled"
 # freed heap pages (FlatStorage._move_in): what the build may hold beyond the buffers.
 _TRIM_EVERY = 1 << 20
 
+# Most steps between two tries at laying out a group that could not be (FlatStorage.step):
+# a try costs about one build, so a group that stays refused pays it once per this many steps.
+_RETRY_MAX = 64
+
 # Parameters per ``init`` of the template that gives a fresh group state its structure
 # (FlatStorage._link_fresh): its transient memory is that of this many parameters' template.
 _TEMPLATE_CHUNK = 256
@@ -269,6 +353,9 @@ class FlatStorage:
 
     def __init__(self, segmented: bool = False, per_parameter: bool = False) -> None:
         self._layouts: dict[int, Any] = {}
+        # group -> [steps before the next try, the wait after that one] once a layout was refused:
+        # a failed try costs a pass over the parameters, several times the default path's step
+        self._retry: dict[int, list[int]] = {}
         self._segmented = segmented  # the chain reduces per parameter: pass it the segments
         # muon with a callable mask: the buffers hold the parameters and gradients, the chain runs on
         # the default path over their per-parameter views (its numbers and state exactly)
@@ -336,9 +423,19 @@ class FlatStorage:
         params = group["params"]
         ready = self._ready(lay) if isinstance(lay, _Layout) and params is lay.plist and not params.changed else None
         if ready is None:
-            lay = self._build(opt, gi, group)
-            if lay is None:
+            retry = self._retry.get(gi)
+            if retry is not None and retry[0] > 0:  # refused lately: tried again after 1, 2, 4, ... steps
+                retry[0] -= 1
                 return False
+            # buffers that are inference tensors (a first step under torch.inference_mode)
+            # would have no version counter, and parameters over them could not be trained
+            with torch.inference_mode(False):
+                lay = self._build(opt, gi, group)
+            if lay is None:
+                wait = min(2 * retry[1], _RETRY_MAX) if retry is not None else 1
+                self._retry[gi] = [wait, wait]
+                return False
+            self._retry.pop(gi, None)
         elif not ready:
             lay.mark, lay.pending = lay.versions(), False
             return False
@@ -360,6 +457,7 @@ class FlatStorage:
     def forget(self) -> None:
         """Drop every layout (the parameters stay where they are; the next step rebuilds)."""
         self._layouts.clear()
+        self._retry.clear()
 
     def _ready(self, lay: _Layout) -> bool | None:
         """Whether the layout's buffers hold the group's parameters and gradients (``None``:
@@ -375,7 +473,8 @@ class FlatStorage:
         full, one pass over the parameters."""
         writes = tuple(v - m for v, m in zip(lay.versions(), lay.mark))
         if (writes == lay.writes[lay.pending] and lay.use_counts() == lay.counts
-                and (not lay.others or all(g is None for g in map(_GRAD, lay.others)))):
+                and (not lay.others or all(g is None for g in map(_GRAD, lay.others)))
+                and not (lay.pending and lay.maybe_unwritten())):
             return True
         return self._check(lay, writes)
 
@@ -424,8 +523,7 @@ class FlatStorage:
                            key=lambda i: lay.where[lay.keys[i]][1])
             per = 2 if g.is_complex() else 1
             lengths = torch.tensor([lay.where[lay.keys[i]][2] * per for i in order], device=g.device)
-            g = _real(g)
-            bits = g.view({1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[g.element_size()])
+            bits = _bits(g)
             written = bits.ne(torch.iinfo(bits.dtype).min).to(torch.half)
             hit = torch.segment_reduce(written, "max", lengths=lengths, unsafe=True).tolist()
             out.extend(i for i, h, n in zip(order, hit, lengths.tolist()) if n and not h > 0)
@@ -440,10 +538,16 @@ class FlatStorage:
                for x in lay.fparams.values()}
         self._layouts.pop(gi, None)
         keys = [k for k, p in enumerate(params) if p.grad is not None]
+        movable = None  # own, and the storages only the stepped parameters hold (when one is asked about)
         ptrs = set()
         for k in keys:
             p = params[k]
-            if not _eligible(p, own) or (p.numel() and p.data_ptr() in ptrs):
+            if not _eligible(p, own):
+                if movable is None:
+                    movable = own | _held_only_by([params[j] for j in keys])
+                if not _eligible(p, movable):
+                    return None
+            if p.numel() and p.data_ptr() in ptrs:
                 return None
             ptrs.add(p.data_ptr())
         with torch.no_grad():
@@ -499,6 +603,11 @@ class FlatStorage:
                 # (see _foreach.Temporaries)
                 lay.temporaries = F.Temporaries()
         lay.stores = [x.untyped_storage() for x in (*fparams.values(), *fgrads.values())]
+        lay.ends = []
+        for b, g in enumerate(fgrads.values()):
+            per = 2 if g.is_complex() else 1
+            spans = [(off * per, (off + n) * per - 1) for bb, off, n, _ in where.values() if bb == b and n]
+            lay.ends.append(torch.tensor(spans, dtype=torch.long, device=g.device).reshape(-1, 2).T.reshape(-1))
         lay.mark, lay.counts = lay.versions(), lay.use_counts()
         self._layouts[gi] = lay
         return lay
