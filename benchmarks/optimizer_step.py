@@ -10,6 +10,7 @@ Usage::
     PYTHONPATH=src python benchmarks/optimizer_step.py --memory-only --algos adamw --sets small \
         --variants "torch fused" "gradtx flat" --memory-runs 5                 # peak memory, 5 runs each
     PYTHONPATH=src python benchmarks/optimizer_step.py --python-time          # per-step Python cost
+    PYTHONPATH=src python benchmarks/optimizer_step.py --small-pages --algos adamw --no-memory  # huge pages' gain
     PYTHONPATH=src python benchmarks/optimizer_step.py --figure docs/figures/step_time_vs_tensors.png
 
 An optimizer step is memory-bound, so every variant of one (algorithm, parameter set) is
@@ -38,6 +39,7 @@ from typing import Any
 import torch
 
 import gradtx as gx
+from gradtx.optim import placement
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import _memory  # noqa: E402 - beside this script
@@ -171,6 +173,27 @@ FLAT_SETS = {
     # many tiny tensors (norm scales, biases, per-layer adapters) beside some big ones
     "tiny-many": lambda: [()] * 20_000 + [(256, 256)] * 200,
 }
+
+
+def _gx_small_pages(make: Callable) -> Callable:
+    """``make``'s optimizer with its buffers and state on 4 KiB pages (made at its first step with
+    ``placement.HUGE_PAGE_BYTES`` off): the variant before transparent huge pages."""
+    def small(ps):
+        opt = make(ps)
+        saved, placement.HUGE_PAGE_BYTES = placement.HUGE_PAGE_BYTES, None
+        try:
+            opt.step()
+        finally:
+            placement.HUGE_PAGE_BYTES = saved
+        return opt
+    return small
+
+
+def add_small_pages_variants(algos: dict) -> None:
+    """``..., 4 KiB pages`` beside each gradtx and gradtx flat variant (``--small-pages``)."""
+    for _, variants in algos.values():
+        for name in [n for n in variants if n in ("gradtx", "gradtx flat")]:
+            variants[f"{name}, 4 KiB pages"] = _gx_small_pages(variants[name])
 
 
 def add_flat_variants(out: dict, with_compile: bool) -> None:
@@ -503,6 +526,9 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--memory-only", action="store_true", help="peak memory only (no step times)")
     parser.add_argument("--compile", action="store_true", help="also time gx.Optimizer(..., compile=True)")
+    parser.add_argument("--small-pages", action="store_true",
+                        help="also gradtx and gradtx flat with their buffers and state on 4 KiB pages, "
+                             "not transparent huge pages")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--python-time", action="store_true", help="per-step time over 20 and 20,000 scalars")
     parser.add_argument("--figure", metavar="PNG", help="step time against tensor count (table and figure)")
@@ -536,6 +562,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, float32; in-place bandwidth "
           f"{bandwidth / 1e9:.1f} GB/s; median of {rounds} rounds x {steps} steps\n")
     algos = algorithms(args.compile)
+    if args.small_pages:
+        add_small_pages_variants(algos)
     results, memories = {}, {}
     for algo in [a for name in args.algos for a in (CATALOGUE if name == "catalogue" else [name])]:
         nbytes, variants = algos[algo]
