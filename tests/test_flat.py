@@ -181,14 +181,22 @@ def test_a_parameter_frozen_later_leaves_the_others_flat(monkeypatch, set_to_non
     assert len(flat_steps) == 12
 
 
-def test_tied_weights():
+@pytest.mark.parametrize("groups", [False, True], ids=["one_group", "weight_decay_groups"])
+def test_tied_weights(groups):
+    """One Parameter in two modules (a tied embedding and output layer), in one group or in a
+    weight-decay group of matrices beside a bias group without decay."""
     def run(flat):
         torch.manual_seed(0)
         emb = torch.nn.Embedding(11, 6).double()
         head = torch.nn.Linear(6, 11, bias=True).double()
         head.weight = emb.weight  # tied: one Parameter in two modules
         model = torch.nn.ModuleList([emb, head])
-        opt = gx.Optimizer(model.parameters(), gx.adam(0.01), flat=flat)
+        if groups:
+            matrices = [p for p in model.parameters() if p.ndim == 2]
+            opt = gx.Optimizer([{"params": matrices}, {"params": [head.bias], "weight_decay": 0.0}],
+                               gx.adamw(0.01, weight_decay=0.1), flat=flat)
+        else:
+            opt = gx.Optimizer(model.parameters(), gx.adam(0.01), flat=flat)
         tokens = torch.arange(11)
         for _ in range(6):
             opt.zero_grad()

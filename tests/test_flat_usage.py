@@ -6,14 +6,13 @@ from the same model, and asserts the parameters agree to round-off (``assert_clo
 varying number of micro-batches that miss parameters, a first step under ``inference_mode``,
 parameters in shared memory (Hogwild) or with another tensor over their memory, gradient
 scaling with a skipped step, clipping on some steps, gradient hooks and an optimizer stepped
-from them, parametrizations, tied weights in weight-decay groups, a model cast to another
-dtype, layers frozen and thawed, groups added, schedules that cycle the betas, checkpoints
-loaded before the first step or rolled back, copies of the optimizer and model (deepcopy,
-torch.save), averaged models, mixed dtypes, Inductor. What test_flat.py and
-test_flat_checks.py check (zeroing, replaced, frozen and moved parameters, StepLR, compiled
-models with aot_eager, checkpoints across the two paths) is not repeated. The two-process
-loops are tests/distributed_worker.py's ``ddp_flat_no_sync``, ``fsdp1_flat`` and
-``zero_flat``.
+from them, parametrizations, a model cast to another dtype, layers frozen and thawed, groups
+added, schedules that cycle the betas, checkpoints loaded before the first step or rolled
+back, copies of the optimizer and model (deepcopy, torch.save), averaged models, mixed
+dtypes, Inductor. What test_flat.py and test_flat_checks.py check (zeroing, replaced, frozen
+and moved parameters, tied weights, StepLR, compiled models with aot_eager, checkpoints across
+the two paths) is not repeated. The two-process loops are tests/distributed_worker.py's
+``ddp_flat_no_sync``, ``fsdp1_flat`` and ``zero_flat``.
 """
 
 from __future__ import annotations
@@ -42,6 +41,13 @@ def _x(step, dtype=torch.float64):
 
 def _loss(model, step, dtype=torch.float64):
     return (model(_x(step, dtype)) ** 2).mean()
+
+
+def _step(model, opt, step):
+    """One step of the usual loop: zero_grad, the step's backward, step."""
+    opt.zero_grad()
+    _loss(model, step).backward()
+    opt.step()
 
 
 def _adamw(params, flat, **kw):
@@ -148,9 +154,7 @@ def test_a_tensor_kept_over_a_parameter_keeps_the_group_in_place_until_dropped(f
             if step == 6:
                 assert torch.equal(kept, model[2].bias.detach())  # it saw every step
                 del kept
-            opt.zero_grad()
-            _loss(model, step).backward()
-            opt.step()
+            _step(model, opt, step)
         return list(model.parameters())
     _both(train)
     assert flat_steps[:6] == [False] * 6 and flat_steps[-1]  # tried again after 1, 2, 4, ... steps
@@ -159,9 +163,7 @@ def test_a_tensor_kept_over_a_parameter_keeps_the_group_in_place_until_dropped(f
 def _train_shared(model, flat):
     opt = _adamw(model.parameters(), flat)
     for step in range(4):
-        opt.zero_grad()
-        _loss(model, step).backward()
-        opt.step()
+        _step(model, opt, step)
 
 
 def test_parameters_in_shared_memory_stay_there_for_other_processes():
@@ -244,9 +246,7 @@ def test_gradient_hooks_that_scale_and_replace_gradients():
         ps[2].register_post_accumulate_grad_hook(replace)
         model[2].register_full_backward_hook(lambda module, grad_in, grad_out: (grad_in[0] * 0.5,))
         for step in range(6):
-            opt.zero_grad()
-            _loss(model, step).backward()
-            opt.step()
+            _step(model, opt, step)
         return ps
     _both(train)
 
@@ -276,28 +276,7 @@ def test_parametrized_layers():
         model = torch.nn.Sequential(first, torch.nn.Tanh(), last)
         opt = _adamw(model.parameters(), flat)
         for step in range(6):
-            opt.zero_grad()
-            _loss(model, step).backward()
-            opt.step()
-        return list(model.parameters())
-    _both(train)
-
-
-def test_tied_embedding_in_a_weight_decay_group():
-    def train(flat):
-        torch.manual_seed(0)
-        emb, head = torch.nn.Embedding(11, 6).double(), torch.nn.Linear(6, 11).double()
-        head.weight = emb.weight
-        model = torch.nn.ModuleList([emb, head])
-        matrices = [p for p in model.parameters() if p.ndim == 2]
-        opt = gx.Optimizer([{"params": matrices}, {"params": [head.bias], "weight_decay": 0.0}],
-                           gx.adamw(0.01, weight_decay=0.1), flat=flat)
-        tokens = torch.arange(11)
-        for _ in range(6):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(head(emb(tokens)), tokens).backward()
-            opt.step()
-        assert head.weight is emb.weight
+            _step(model, opt, step)
         return list(model.parameters())
     _both(train)
 
@@ -332,9 +311,7 @@ def test_layer_frozen_then_thawed_and_a_group_added():
                 model[0].requires_grad_(False)
             if step == 7:
                 model[0].requires_grad_(True)
-            opt.zero_grad()
-            _loss(model, step).backward()
-            opt.step()
+            _step(model, opt, step)
         return list(model.parameters())
     _both(train)
 
@@ -345,9 +322,7 @@ def test_one_cycle_schedule_cycles_lr_and_betas_and_weight_decay_changes():
         opt = _adamw(model.parameters(), flat)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=12)
         for step in range(10):
-            opt.zero_grad()
-            _loss(model, step).backward()
-            opt.step()
+            _step(model, opt, step)
             sched.step()
             opt.param_groups[0]["weight_decay"] = 0.05 * (step + 1)
         assert opt.param_groups[0]["betas"][0] != 0.9  # the schedule moved it
@@ -361,9 +336,7 @@ def test_checkpoint_loaded_before_the_first_step(into_flat):
         model = _mlp()
         opt = _adamw(model.parameters(), flat)
         for step in range(4):
-            opt.zero_grad()
-            _loss(model, step).backward()
-            opt.step()
+            _step(model, opt, step)
         saved = round_trip({"model": model.state_dict(), "opt": opt.state_dict()})
         resumed = _mlp()
         resumed.load_state_dict(saved["model"])
@@ -382,9 +355,7 @@ def test_rolled_back_to_a_checkpoint_of_the_same_optimizer():
         model = _mlp()
         opt = _adamw(model.parameters(), flat)
         for step in range(10):
-            opt.zero_grad()
-            _loss(model, step).backward()
-            opt.step()
+            _step(model, opt, step)
             if step == 3:
                 saved = round_trip({"model": model.state_dict(), "opt": opt.state_dict()})
             if step == 6:
@@ -399,9 +370,7 @@ def test_copies_of_the_optimizer_share_no_memory_and_keep_stepping(flat_steps):
         model = _mlp()
         opt = _adamw(model.parameters(), flat)
         for step in range(3):
-            opt.zero_grad()
-            _loss(model, step).backward()
-            opt.step()
+            _step(model, opt, step)
         copied = copy.deepcopy(opt)
         buf = io.BytesIO()
         torch.save({"model": model, "opt": opt}, buf)
@@ -454,9 +423,7 @@ def test_averaged_model_and_ema_read_the_parameters_between_steps():
         swa = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9))
         ema = None
         for step in range(8):
-            opt.zero_grad()
-            _loss(model, step).backward()
-            opt.step()
+            _step(model, opt, step)
             swa.update_parameters(model)
             if ema is None:
                 ema = copy.deepcopy(model)
