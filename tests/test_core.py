@@ -160,3 +160,8 @@ def test_dicts_of_tensors_flatten_as_torchs_pytree_does_and_keep_their_keys():
         flatten_up_to({0: 0, 1: 1, 2: 2}, spec)
     nested = {0: torch.ones(1), 1: [torch.ones(1), torch.ones(1)]}  # not flat: torch's path
     assert tree_flatten(nested)[1] == pytree.tree_flatten(nested)[1]
+    # more key sets than are kept: the oldest specs go, every dict still comes back as it was
+    many = [{ParamKey(i, f"p{j}"): torch.ones(1) for i in range(2)} for j in range(100)]
+    for tree in many + many[:3]:
+        back = tree_unflatten(*tree_flatten(tree))
+        assert [k.name for k in back] == [k.name for k in tree]

@@ -54,8 +54,8 @@ def _flat_spec(tree: dict) -> TreeDef | None:
     spec = _FLAT_SPECS.get(keys)
     if spec is None:
         if len(_FLAT_SPECS) >= _FLAT_SPECS_KEPT:
-            oldest = next(iter(_FLAT_SPECS))
-            del _IS_FLAT[id(_FLAT_SPECS.pop(oldest))]
+            oldest = _FLAT_SPECS.pop(next(iter(_FLAT_SPECS), None), None)
+            _IS_FLAT.pop(id(oldest), None)
         spec = _FLAT_SPECS[keys] = _pytree.tree_flatten(tree)[1]
         _IS_FLAT[id(spec)] = spec
     return spec
