@@ -198,3 +198,22 @@ def test_dicts_of_tensors_flatten_in_many_threads_at_once():
     finally:
         sys.setswitchinterval(switch)
     assert errors == []
+
+
+def test_a_dict_keyed_by_tensors_does_not_keep_them_alive():
+    """The TreeSpecs kept for dicts of tensors hold their keys: kept only for small keys
+    (ParamKey, int, str), so that a dict keyed by a model's parameters lets them go with the
+    model (they stayed alive until 64 other key sets had come by)."""
+    import gc
+    import weakref
+
+    from gradtx._tree import flatten_up_to, tree_flatten, tree_leaves, tree_unflatten
+
+    model = torch.nn.Linear(3, 2)
+    tree = {p: p.detach() for p in model.parameters()}
+    leaves, spec = tree_flatten(tree)
+    assert tree_unflatten(leaves, spec) == tree and tree_leaves(tree) == leaves == flatten_up_to(tree, spec)
+    alive = weakref.ref(model.weight)
+    del model, tree, leaves, spec
+    gc.collect()
+    assert alive() is None

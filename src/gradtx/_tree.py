@@ -43,6 +43,7 @@ _FLAT_SPECS: dict[tuple, TreeDef] = {}  # the ids of the dict's keys -> its Tree
 _IS_FLAT: dict[int, TreeDef] = {}  # id -> spec, for the specs in _FLAT_SPECS
 _FLAT_SPECS_KEPT = 64
 _FLAT_SPECS_LOCK = threading.Lock()
+_KEY_TYPES: frozenset[type] = frozenset({int, str})  # and ParamKey, added below its class
 
 
 def _flat_spec(tree: dict) -> TreeDef | None:
@@ -55,6 +56,8 @@ def _flat_spec(tree: dict) -> TreeDef | None:
     keys = tuple(map(id, tree))
     spec = _FLAT_SPECS.get(keys)
     if spec is None:
+        if not set(map(type, tree)) <= _KEY_TYPES:  # a kept spec keeps its keys alive: only small ones
+            return None
         made = _pytree.tree_flatten(tree)[1]
         # one thread at a time: another's insertion between iter() and next() raises, and
         # two threads adding one key set would leave a spec in _IS_FLAT that is never evicted
@@ -456,6 +459,9 @@ class ParamKey(int):
 
     def __reduce__(self):
         return (ParamKey, (int(self), self.name, self.group))
+
+
+_KEY_TYPES |= {ParamKey}
 
 
 def _is_param_key(key: Any) -> bool:
