@@ -165,3 +165,55 @@ def test_dicts_of_tensors_flatten_as_torchs_pytree_does_and_keep_their_keys():
     for tree in many + many[:3]:
         back = tree_unflatten(*tree_flatten(tree))
         assert [k.name for k in back] == [k.name for k in tree]
+
+
+def test_dicts_of_tensors_flatten_in_many_threads_at_once():
+    """Threads flattening dicts of new key sets (more than are kept: each evicts the oldest)
+    each get their own keys back, and none raises (an eviction that read the kept specs while
+    another thread added one raised 'dictionary changed size during iteration')."""
+    import sys
+    import threading
+
+    from gradtx._tree import ParamKey, tree_flatten, tree_unflatten
+
+    errors, leaf = [], torch.ones(1)
+
+    def work(thread):
+        for j in range(3000):
+            tree = {ParamKey(0, f"{thread}-{j}"): leaf}
+            try:
+                back = tree_unflatten(*tree_flatten(tree))
+                assert [k.name for k in back] == [f"{thread}-{j}"]
+            except Exception as e:  # noqa: BLE001 - every failure is collected and reported
+                errors.append(repr(e))
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often: the window is a few bytecodes
+    try:
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(switch)
+    assert errors == []
+
+
+def test_a_dict_keyed_by_tensors_does_not_keep_them_alive():
+    """The TreeSpecs kept for dicts of tensors hold their keys: kept only for small keys
+    (ParamKey, int, str), so that a dict keyed by a model's parameters lets them go with the
+    model (they stayed alive until 64 other key sets had come by)."""
+    import gc
+    import weakref
+
+    from gradtx._tree import flatten_up_to, tree_flatten, tree_leaves, tree_unflatten
+
+    model = torch.nn.Linear(3, 2)
+    tree = {p: p.detach() for p in model.parameters()}
+    leaves, spec = tree_flatten(tree)
+    assert tree_unflatten(leaves, spec) == tree and tree_leaves(tree) == leaves == flatten_up_to(tree, spec)
+    alive = weakref.ref(model.weight)
+    del model, tree, leaves, spec
+    gc.collect()
+    assert alive() is None

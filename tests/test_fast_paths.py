@@ -497,3 +497,30 @@ def test_a_kernel_that_refuses_its_arguments_leaves_the_step_undone(name, monkey
     expected, _ = _run_adapter(make, torch.float32, fast=True, steps=5)
     for a, e in zip(params, expected):
         assert torch.equal(a, e)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("change", ["del", "new_list"])
+def test_group_shortened_after_a_step_with_a_parameter_unreached(change, fast):
+    """A group whose last step left a parameter without a gradient, then shortened (its last
+    parameter deleted in place, or the list replaced by a shorter one) with every parameter
+    now stepped, steps its parameters as torch.optim.SGD does (last step's keys, reused when
+    they were as many as the parameters, named the deleted parameter and not the unreached
+    one: each step's gradient went to the wrong tensor, or the new list raised IndexError)."""
+    params = [torch.nn.Parameter(p.double()) for p in _params(torch.float32)[:3]]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opt = gx.Optimizer(params, gx.sgd(0.1, momentum=0.9), fast=fast)
+    ref = torch.optim.SGD(twins, lr=0.1, momentum=0.9)
+    for step in range(5):
+        if step == 2:
+            for o in (opt, ref):
+                if change == "del":
+                    del o.param_groups[0]["params"][2]
+                else:
+                    o.param_groups[0]["params"] = o.param_groups[0]["params"][:2]
+        for o in (opt, ref):
+            for k, (p, g) in enumerate(zip(o.param_groups[0]["params"], _grads(step, params))):
+                p.grad = None if step < 2 and k == 1 else g.to(p.dtype)
+            o.step()
+    for p, q in zip(params, twins):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)

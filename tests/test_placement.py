@@ -223,3 +223,17 @@ def test_huge_page_advice_stays_within_the_tensor(monkeypatch):
         assert taken == (whole > 0) and len(calls) == (whole > 0)
         for start, length in calls:
             assert start % huge == 0 and length == whole * huge and lo <= start and start + length <= hi
+
+
+def test_huge_page_advice_only_for_contiguous_cpu_tensors(monkeypatch):
+    """A tensor whose elements do not lie end to end from its data pointer (expanded, or
+    strided) or that is not in CPU memory gets no advice: numel times the element size
+    from its data pointer would reach past its memory (an expanded 4-byte storage of 16 MiB
+    elements: 64 MiB of other allocations)."""
+    calls = []
+    monkeypatch.setattr(placement, "_madvise", lambda start, length, advice: calls.append((start, length)) or 0)
+    numel = 4 * (2 << 20)
+    for x in (torch.zeros(1).expand(numel), torch.zeros(2 * numel)[::2], torch.zeros(numel, device="meta")):
+        assert not placement.huge_pages(x)
+    assert calls == []
+    assert placement.huge_pages(torch.empty(numel)) and len(calls) == 1  # contiguous: advised

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import inspect
 import operator
+import threading
 from collections.abc import Callable, Iterator
 from itertools import repeat
 from typing import Any
@@ -41,6 +42,8 @@ _TENSOR_TYPES = frozenset({torch.Tensor, torch.nn.Parameter})
 _FLAT_SPECS: dict[tuple, TreeDef] = {}  # the ids of the dict's keys -> its TreeSpec, oldest first
 _IS_FLAT: dict[int, TreeDef] = {}  # id -> spec, for the specs in _FLAT_SPECS
 _FLAT_SPECS_KEPT = 64
+_FLAT_SPECS_LOCK = threading.Lock()
+_KEY_TYPES: frozenset[type] = frozenset({int, str})  # and ParamKey, added below its class
 
 
 def _flat_spec(tree: dict) -> TreeDef | None:
@@ -53,11 +56,18 @@ def _flat_spec(tree: dict) -> TreeDef | None:
     keys = tuple(map(id, tree))
     spec = _FLAT_SPECS.get(keys)
     if spec is None:
-        if len(_FLAT_SPECS) >= _FLAT_SPECS_KEPT:
-            oldest = _FLAT_SPECS.pop(next(iter(_FLAT_SPECS), None), None)
-            _IS_FLAT.pop(id(oldest), None)
-        spec = _FLAT_SPECS[keys] = _pytree.tree_flatten(tree)[1]
-        _IS_FLAT[id(spec)] = spec
+        if not set(map(type, tree)) <= _KEY_TYPES:  # a kept spec keeps its keys alive: only small ones
+            return None
+        made = _pytree.tree_flatten(tree)[1]
+        # one thread at a time: another's insertion between iter() and next() raises, and
+        # two threads adding one key set would leave a spec in _IS_FLAT that is never evicted
+        with _FLAT_SPECS_LOCK:
+            spec = _FLAT_SPECS.get(keys)
+            if spec is None:
+                if len(_FLAT_SPECS) >= _FLAT_SPECS_KEPT:
+                    del _IS_FLAT[id(_FLAT_SPECS.pop(next(iter(_FLAT_SPECS))))]
+                spec = _FLAT_SPECS[keys] = made
+                _IS_FLAT[id(spec)] = spec
     return spec
 
 
@@ -449,6 +459,9 @@ class ParamKey(int):
 
     def __reduce__(self):
         return (ParamKey, (int(self), self.name, self.group))
+
+
+_KEY_TYPES |= {ParamKey}
 
 
 def _is_param_key(key: Any) -> bool:

@@ -621,9 +621,12 @@ class Optimizer(torch.optim.Optimizer):
                 keys, all_grads = [k for k, p in enumerate(plist) if self._stepped(p)], None
             else:  # C-level passes (thousands of parameters, every step)
                 all_grads = list(map(_GRAD, plist))
+                n = len(all_grads)
                 if all(map(operator.is_not, all_grads, repeat(None))):  # every one stepped: last step's keys
-                    keys = cached[0] if cached is not None and len(cached[0]) == len(all_grads) else [
-                        *range(len(all_grads))]
+                    # when they were every index (ascending: n of them ending at n - 1), not
+                    # those of a longer list of which n had a gradient
+                    keys = cached[0] if cached is not None and len(cached[0]) == n and (
+                        not n or cached[0][-1] == n - 1) else [*range(n)]
                 else:
                     keys = [k for k, g in enumerate(all_grads) if g is not None]
             if not keys:

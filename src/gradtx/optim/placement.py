@@ -85,7 +85,7 @@ _madvise: Any = None
 
 
 def huge_pages(x: torch.Tensor) -> bool:
-    """Ask Linux to back ``x``'s memory (a CPU tensor not yet written) with transparent huge
+    """Ask Linux to back ``x``'s memory (a contiguous CPU tensor not yet written) with transparent huge
     pages: a step streams through tens of megabytes per buffer, and a 2 MiB page needs one
     address translation where 4 KiB pages need 512 (``benchmarks/aliasing.py --huge-pages``).
     :func:`at_offset` asks it for every CPU buffer of at least :data:`HUGE_PAGE_BYTES` (the flat
@@ -102,8 +102,8 @@ def huge_pages(x: torch.Tensor) -> bool:
                 _madvise = fn
             except (OSError, AttributeError):
                 pass
-    if not _madvise:
-        return False
+    if not _madvise or x.device.type != "cpu" or not x.is_contiguous():
+        return False  # (numel bytes from data_ptr() would not be the tensor's memory)
     # the whole 2 MiB pages within x: memory beside it (another allocation on the heap) keeps
     # its small pages, so no page of it can be made resident by the advice
     huge = 2 << 20
