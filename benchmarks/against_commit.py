@@ -89,8 +89,11 @@ def main() -> None:
                 grads = {k: [p.grad for p in step.__self__.param_groups[0]["params"] if p.grad is not None]
                          for k, step in steps.items()}
                 times: dict[str, list[float]] = {k: [] for k in steps}
-                for _ in range(args.rounds):
-                    for k, step in steps.items():
+                names = list(steps)
+                for r in range(args.rounds):
+                    # each round starts one variant further on (none always runs first or last)
+                    for k in names[r % len(names):] + names[:r % len(names)]:
+                        step = steps[k]
                         seconds = 0.0
                         for _ in range(2):
                             torch.autograd.graph.increment_version(grads[k])
