@@ -22,17 +22,15 @@ import argparse
 import importlib
 import io
 import pathlib
-import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from optimizer_step import make_params  # noqa: E402
+from optimizer_step import time_variants  # noqa: E402
 
 import gradtx as gx  # noqa: E402
 
@@ -78,30 +76,13 @@ def main() -> None:
         print("|---|---|---:|---:|---:|---:|---:|")
         for algo in args.algos:
             for name in args.sets:
-                steps = {"then": then.Optimizer(make_params(name), getattr(then, algo)(LR)).step,
-                         "now": gx.Optimizer(make_params(name), getattr(gx, algo)(LR)).step,
-                         "flat": gx.Optimizer(make_params(name), getattr(gx, algo)(LR), flat=True).step}
-                for step in steps.values():  # the first steps make the state and lay out the buffers
-                    step()
-                    step()
-                # marked written before each step, untimed, as backward marks them (see
-                # optimizer_step.time_variants: flat=True checks that they were)
-                grads = {k: [p.grad for p in step.__self__.param_groups[0]["params"] if p.grad is not None]
-                         for k, step in steps.items()}
-                times: dict[str, list[float]] = {k: [] for k in steps}
-                names = list(steps)
-                for r in range(args.rounds):
-                    # each round starts one variant further on (none always runs first or last)
-                    for k in names[r % len(names):] + names[:r % len(names)]:
-                        step = steps[k]
-                        seconds = 0.0
-                        for _ in range(2):
-                            torch.autograd.graph.increment_version(grads[k])
-                            start = time.perf_counter()
-                            step()
-                            seconds += time.perf_counter() - start
-                        times[k].append(seconds / 2 * 1e3)
-                t = {k: statistics.median(v) for k, v in times.items()}
+                # optimizer_step's interleaved rounds (the gradients marked written before
+                # each step, as backward marks them; the variants' order rotating)
+                t = {k: seconds * 1e3 for k, seconds in time_variants({
+                    "then": lambda ps, algo=algo: then.Optimizer(ps, getattr(then, algo)(LR)),
+                    "now": lambda ps, algo=algo: gx.Optimizer(ps, getattr(gx, algo)(LR)),
+                    "flat": lambda ps, algo=algo: gx.Optimizer(ps, getattr(gx, algo)(LR), flat=True),
+                }, name, args.rounds, 2, None).items()}
                 print(f"| {algo} | {name} | {t['then']:.1f} | {t['now']:.1f} | {t['flat']:.1f} | "
                       f"{t['now'] / t['then']:.2f} | {t['flat'] / t['then']:.2f} |", flush=True)
 
