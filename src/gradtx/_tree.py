@@ -46,10 +46,15 @@ _FLAT_SPECS_LOCK = threading.Lock()
 _KEY_TYPES: frozenset[type] = frozenset({int, str})  # and ParamKey, added below its class
 
 
+def _of_tensors(tree: dict) -> bool:
+    """Whether the plain dict ``tree`` holds tensors only (outside a compiled graph)."""
+    return not torch.compiler.is_compiling() and set(map(type, tree.values())) <= _TENSOR_TYPES
+
+
 def _flat_spec(tree: dict) -> TreeDef | None:
     """The TreeSpec of ``tree`` when it is a plain dict of tensors (outside a compiled graph),
     else ``None``."""
-    if torch.compiler.is_compiling() or not set(map(type, tree.values())) <= _TENSOR_TYPES:
+    if not _of_tensors(tree):
         return None
     # by the keys' identities: a ParamKey equals its int (and another ParamKey of that index),
     # and the spec must give back the very keys it was made from; its context keeps them alive
@@ -152,7 +157,7 @@ def _listed(paths: list[str], limit: int = 8) -> str:
 
 def tree_leaves(tree: Tree) -> list[Any]:
     """The leaves of ``tree`` in a fixed order."""
-    if type(tree) is dict and _flat_spec(tree) is not None:
+    if type(tree) is dict and _of_tensors(tree):  # (no spec needed for the leaves alone)
         return list(tree.values())
     return _pytree.tree_leaves(tree)
 
