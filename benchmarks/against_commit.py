@@ -4,7 +4,9 @@ then, its default path now and ``flat=True`` now, interleaved round by round.
 Issue 15 sets targets for ``gx.lamb`` and ``gx.muon`` with ``flat=True`` against "their current
 gradtx path", the path when the issue was filed; that path has since changed (muon's stacked
 Newton-Schulz, lamb's fused plan), so this script imports the package as it was at ``--commit``
-(default: the last commit before ``flat=True`` landed) beside today's.
+(default: the last commit before ``flat=True`` landed) beside today's. For muon a fourth
+variant times its Newton-Schulz products alone (``bound / then``): the same products run on
+every path, so no muon step goes below them.
 
 Usage::
 
@@ -33,6 +35,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from optimizer_step import time_variants  # noqa: E402
 
 import gradtx as gx  # noqa: E402
+from gradtx.transforms.orthogonalize import _batches  # noqa: E402 - muon's grouping of matrices
 
 BEFORE_FLAT = "c95a6a0"  # the last commit before flat=True (5b68c56): issue 15's "current gradtx path"
 LR = 1e-3
@@ -59,6 +62,23 @@ def import_at(commit: str, folder: pathlib.Path):
     return importlib.import_module("gradtx_then")
 
 
+class NewtonSchulzAlone:
+    """The Newton-Schulz products of a muon step and nothing else: on the gradients of the
+    set's matrices (the leaves ``gx.muon`` orthogonalizes; the others go to Adam), batched as
+    muon batches them, with no momentum, copies or Adam part. A muon step, flat or not, cannot
+    take less; its ratio to the earlier path bounds ``flat / then`` from below."""
+
+    def __init__(self, params: list[torch.Tensor]) -> None:
+        grads = [p.grad for p in params if p.dim() == 2]
+        # muon's own grouping (stacks of small matrices of one shape, larger ones alone),
+        # made here, untimed
+        self.blocks = [block for _, block, _ in _batches(list(range(len(grads))), grads)]
+
+    def step(self) -> None:
+        for block in self.blocks:
+            gx.orthogonalize_via_newton_schulz(block)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--commit", default=BEFORE_FLAT)
@@ -72,19 +92,25 @@ def main() -> None:
         then = import_at(args.commit, pathlib.Path(folder))
         print(f"torch {torch.__version__}, {args.threads} thread(s), float32; median ms of {args.rounds} "
               f"interleaved rounds of 2 steps; ratios to the default path at {args.commit}")
-        print(f"| algorithm | set | default at {args.commit} | default now | flat now | now / then | flat / then |")
-        print("|---|---|---:|---:|---:|---:|---:|")
+        print("(muon's bound: its Newton-Schulz products alone, timed in the same rounds)")
+        print(f"| algorithm | set | default at {args.commit} | default now | flat now | now / then | flat / then "
+              f"| bound / then |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
         for algo in args.algos:
             for name in args.sets:
                 # optimizer_step's interleaved rounds (the gradients marked written before
                 # each step, as backward marks them; the variants' order rotating)
-                t = {k: seconds * 1e3 for k, seconds in time_variants({
+                variants = {
                     "then": lambda ps, algo=algo: then.Optimizer(ps, getattr(then, algo)(LR)),
                     "now": lambda ps, algo=algo: gx.Optimizer(ps, getattr(gx, algo)(LR)),
                     "flat": lambda ps, algo=algo: gx.Optimizer(ps, getattr(gx, algo)(LR), flat=True),
-                }, name, args.rounds, 2, None).items()}
+                }
+                if algo == "muon":
+                    variants["bound"] = NewtonSchulzAlone
+                t = {k: seconds * 1e3 for k, seconds in time_variants(variants, name, args.rounds, 2, None).items()}
+                bound = f"{t['bound'] / t['then']:.2f}" if "bound" in t else "-"
                 print(f"| {algo} | {name} | {t['then']:.1f} | {t['now']:.1f} | {t['flat']:.1f} | "
-                      f"{t['now'] / t['then']:.2f} | {t['flat'] / t['then']:.2f} |", flush=True)
+                      f"{t['now'] / t['then']:.2f} | {t['flat'] / t['then']:.2f} | {bound} |", flush=True)
 
 
 if __name__ == "__main__":
