@@ -32,7 +32,7 @@ import tempfile
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from optimizer_step import time_variants  # noqa: E402
+from optimizer_step import param_shapes, time_variants  # noqa: E402
 
 import gradtx as gx  # noqa: E402
 from gradtx.transforms.orthogonalize import _batches  # noqa: E402 - muon's grouping of matrices
@@ -105,8 +105,8 @@ def main() -> None:
                     "now": lambda ps, algo=algo: gx.Optimizer(ps, getattr(gx, algo)(LR)),
                     "flat": lambda ps, algo=algo: gx.Optimizer(ps, getattr(gx, algo)(LR), flat=True),
                 }
-                if algo == "muon":
-                    variants["bound"] = NewtonSchulzAlone
+                if algo == "muon" and any(len(shape) == 2 for shape in param_shapes(name)):
+                    variants["bound"] = NewtonSchulzAlone  # (no matrix, nothing to bound: "-")
                 t = {k: seconds * 1e3 for k, seconds in time_variants(variants, name, args.rounds, 2, None).items()}
                 bound = f"{t['bound'] / t['then']:.2f}" if "bound" in t else "-"
                 print(f"| {algo} | {name} | {t['then']:.1f} | {t['now']:.1f} | {t['flat']:.1f} | "
