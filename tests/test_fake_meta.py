@@ -200,3 +200,22 @@ def test_descent_check_waits_for_real_tensors():
     with pytest.warns(UserWarning, match="uphill"):
         opt.step()
     torch.testing.assert_close(real.detach(), torch.full((3,), 1.01))
+
+
+def test_no_data_pointer_read_under_fake_mode():
+    """The state of a large CPU parameter is placed by its memory address (gradtx.optim.placement),
+    which a fake tensor has not (torch warns that reading it will be an error): a fake one is
+    left where it is made."""
+    previous = torch._C._get_warnAlways()
+    torch._C._set_warnAlways(True)  # torch warns of it once per process otherwise
+    try:
+        with FakeTensorMode(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = torch.nn.Linear(256, 512)  # 512 KiB of weight: over placement.MIN_BYTES
+            opt = gx.Optimizer(model.parameters(), gx.adamw(1e-3))
+            model(torch.randn(2, 256)).sum().backward()
+            opt.step()
+    finally:
+        torch._C._set_warnAlways(previous)
+    assert not [w for w in caught if "data pointer" in str(w.message)]
+    assert tuple(opt.state[model.weight]["[0].mu"].shape) == (512, 256)
