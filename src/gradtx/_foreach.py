@@ -22,10 +22,21 @@ from collections.abc import Iterator, Sequence
 from typing import Union
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 Scalar = Union[float, int, torch.Tensor]
 Tensors = list[torch.Tensor]
 _DTYPE = operator.attrgetter("dtype")
+
+
+def without_data(x: torch.Tensor) -> bool:
+    """Whether ``x`` has no values to read: a meta tensor, or a ``FakeTensor`` (under
+    ``FakeTensorMode``, as memory estimators run a training step)."""
+    return isinstance(x, FakeTensor) or x.is_meta
+
+
+def _scalars_without_data(args: tuple, kwargs: dict) -> bool:
+    return any(isinstance(a, torch.Tensor) and without_data(a) for a in (*args, *kwargs.values()))
 
 
 def _native() -> bool:
@@ -235,12 +246,20 @@ def _call(name: str, inplace: bool, xs: Tensors, *args, **kwargs) -> Tensors:
                           {k: _scalar_arg(v, xs) for k, v in kwargs.items()})
     elif _native():
         args = tuple(_scalar_arg(a, xs) for a in args)
-        if inplace:
-            getattr(torch, f"_foreach_{name}_")(xs, *args, **kwargs)
-            return xs
-        out = _drawn(name, xs, args, kwargs)
-        if out is None:
-            out = list(getattr(torch, f"_foreach_{name}")(xs, *args, **kwargs))
+        try:
+            if inplace:
+                getattr(torch, f"_foreach_{name}_")(xs, *args, **kwargs)
+                return xs
+            out = _drawn(name, xs, args, kwargs)
+            if out is None:
+                out = list(getattr(torch, f"_foreach_{name}")(xs, *args, **kwargs))
+        except RuntimeError:
+            # A foreach kernel reads a tensor scalar's value (.item()) before it runs, which a
+            # meta or fake one has not: spelled out as tensor ops it needs none. (Raised while
+            # reading the arguments, so nothing was written.)
+            if not (scalar_tensor and _scalars_without_data(args, kwargs)):
+                raise
+            out = _per_tensor(name, inplace, xs, args, kwargs)
     else:
         out = _per_tensor(name, inplace, xs, args, kwargs)
     if inplace:

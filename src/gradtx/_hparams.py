@@ -191,8 +191,10 @@ def at(value: ScalarOrSchedule, count: torch.Tensor):
 
 
 def new_count(like: torch.Tensor | None = None) -> torch.Tensor:
-    """A fresh step counter: an int32 0-dim tensor on the CPU."""
-    return torch.zeros((), dtype=torch.int32)
+    """A fresh step counter: an int32 0-dim tensor on the CPU. Made from a number, so that
+    under ``FakeTensorMode`` (memory estimation) it is a fake tensor that keeps its value
+    through ``add_(1)`` and can be read, as torch.optim's step counts are."""
+    return torch.tensor(0, dtype=torch.int32)
 
 
 def increment(count: torch.Tensor, inplace: bool) -> torch.Tensor:

@@ -39,7 +39,8 @@ one tensor, or the compiled graph with one slot; its numbers cannot depend on th
   and the view put back; a parameter moved, replaced, added or frozen (``requires_grad_(False)``)
   rebuilds the layout (replaced ones start afresh, as on the default path); anything the
   layout cannot take (another stepped parameter without a gradient, a gradient of another
-  dtype, a sparse one, a DTensor, a parameter sharing memory with another tensor or in shared
+  dtype, a sparse one, a DTensor, a meta or fake parameter (``FakeTensorMode``: nothing to lay
+  out), a parameter sharing memory with another tensor or in shared
   memory (``model.share_memory()``: other processes read it), FSDP1's FlatParameter (FSDP sets
   its ``.data`` back to a shard it keeps), a closure)
   runs that step on the default path, with its numbers; a state of another dtype than its
@@ -423,6 +424,10 @@ class FlatStorage:
         params = group["params"]
         ready = self._ready(lay) if isinstance(lay, _Layout) and params is lay.plist and not params.changed else None
         if ready is None:
+            if any(map(F.without_data, params)):
+                # meta or fake parameters (a model being sized, a memory estimate): no memory to
+                # lay out, and nothing to refuse either; the default path steps them
+                return False
             retry = self._retry.get(gi)
             if retry is not None and retry[0] > 0:  # refused lately: tried again after 1, 2, 4, ... steps
                 retry[0] -= 1

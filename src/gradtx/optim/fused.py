@@ -348,7 +348,12 @@ class GlobalClipPlan:
         # they also write the divided gradient back: when it clips, they read copies (``.grad``
         # stays the gradient), a block at a time where they can; on the CPU, where the
         # comparison costs no device sync, a step that does not clip reads the gradients
-        clips = norm.device.type != "cpu" or bool(norm > max_norm)
+        try:
+            clips = norm.device.type != "cpu" or bool(norm > max_norm)
+        except RuntimeError:  # a fake norm (FakeTensorMode) has no value: read copies, as on an accelerator
+            if not F.without_data(norm):
+                raise
+            clips = True
         steps = []
         for g, (keys, params, gs) in per_group.items():
             plan = self._plan_of(txs[g])

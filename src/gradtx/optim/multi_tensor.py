@@ -50,6 +50,7 @@ from typing import Any
 
 import torch
 
+from .. import _foreach as F  # noqa: N812
 from .fused import _attrs, _group_by_device_and_dtype, _linear_layout, _number, grads_match, state_matches, unnest
 
 _DTYPES = (torch.float32, torch.float64)
@@ -153,7 +154,14 @@ class MultiTensorPlan:
             kernel = _RMSPROP_ON_ADAM
         if wd != 0.0:  # only torch's fused Adagrad kernel takes a weight decay
             return False
-        scalars = kernel.prepare(self.hp, s, lr)
+        try:
+            scalars = kernel.prepare(self.hp, s, lr)
+        except RuntimeError:
+            # a count or product that cannot be read (a meta or fake one, under FakeTensorMode,
+            # not made from a number): the generic path steps it with tensor ops
+            if not F.without_data(ps[0]):
+                raise
+            return False
         if scalars is None:
             return False
         lists = [ps, gs, *buffers_of]
@@ -397,7 +405,8 @@ def _asgd(hp, s, lr):
 
 def _asgd_body(sc, ps, gs, axs, numel) -> None:
     lambd, eta, mu = sc
-    if _contiguous(ps, gs):  # p - eta (g + lambd p): torch's SGD kernel with weight decay lambd, one pass
+    # p - eta (g + lambd p): torch's SGD kernel with weight decay lambd, one pass (it has no meta kernel)
+    if _contiguous(ps, gs) and not ps[0].is_meta:
         torch._fused_sgd_(ps, gs, [], weight_decay=lambd, momentum=0.0, lr=eta, dampening=0.0, nesterov=False,
                           maximize=False, is_first_step=False)
     else:  # the kernel walks memory linearly; these tensors take two passes, in torch's order
@@ -441,7 +450,8 @@ def _rprop_exact(eta_plus: float) -> bool:
     """Whether ``1 + (eta_plus - 1)`` is ``eta_plus`` in float32 and float64, with the scalar
     cast as the kernels cast it (true for ``eta_plus`` up to 2 in float64, and for the usual
     values in float32)."""
-    return all(float(torch.ones((), dtype=dtype) + torch.tensor(eta_plus - 1.0, dtype=dtype))
+    # (tensors made from numbers: under FakeTensorMode they keep their values and can be read)
+    return all(float(torch.tensor(1.0, dtype=dtype) + torch.tensor(eta_plus - 1.0, dtype=dtype))
                == float(torch.tensor(eta_plus, dtype=dtype)) for dtype in _DTYPES)
 
 

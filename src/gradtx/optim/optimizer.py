@@ -141,7 +141,17 @@ class Optimizer(torch.optim.Optimizer):
     - Any ``GradientTransformation`` runs, an optax-style one included; only transforms
       that declare in-place reuse (:func:`gradtx.supports_inplace`) are written into.
     - ``check_descent`` (default on): the first step warns when it moved the parameters
-      uphill (a chain without ``scale_by_lr``, or with a positive ``scale``).
+      uphill (a chain without ``scale_by_lr``, or with a positive ``scale``); steps on meta
+      or fake tensors, which have no values, leave the check to the first step on real ones.
+    - Meta-device parameters and ``FakeTensorMode`` (memory estimation, as
+      ``torch.distributed._tools.mem_tracker.MemTracker`` runs it) step as with ``torch.optim``:
+      the state made has the shapes, dtypes and devices it has on real tensors. Step counts
+      are made from numbers, so under ``FakeTensorMode`` they keep their values and the fast
+      paths read them as on real tensors. What would need values is done otherwise: meta
+      parameters leave torch's fused kernels (some have no meta implementation, as with
+      ``torch.optim``'s ``fused=True``) to the generic path, ``flat=True`` leaves both kinds to
+      the default path (no memory to lay out), and a fake global norm counts as clipping (the
+      kernels read copies of the gradients, as on an accelerator).
     - Parameters whose ``.grad`` is ``None`` are skipped and get no state. Step counters
       are shared by a param group: a parameter first seen late starts with fresh moments
       but the group's count.
@@ -322,7 +332,8 @@ class Optimizer(torch.optim.Optimizer):
         # to it rather than ignore it.
         self._lr_schedule = hyperparams.lr_schedule(tx) if "lr" not in defaults else None
         if self._lr_schedule is not None:
-            defaults["lr"] = float(self._lr_schedule(torch.zeros((), dtype=torch.int32)))
+            # (a count made from a number: it can be read under FakeTensorMode too)
+            defaults["lr"] = float(self._lr_schedule(torch.tensor(0, dtype=torch.int32)))
         self._check_descent = check_descent
         self._has_dtensors = False  # a parameter is a DTensor (FSDP2): see gradtx.optim.distributed
         self._evaluations: Any = None  # while stepping DTensor parameters, their closure evaluations
@@ -711,13 +722,17 @@ class Optimizer(torch.optim.Optimizer):
                     "which drives it. Give the chain a float lr to drive it from param_groups, or drop one of "
                     "the two schedules.")
 
-    def _descent_snapshot(self, clone: bool) -> tuple[list, float | None]:
+    def _descent_snapshot(self, clone: bool) -> tuple[list, float | None] | None:
         """Before the first step: the stepped parameters and the sum of ``<p, grad>`` over
         them, the step's slope along the gradient being that sum after the step minus it (no
         copy of the parameters: the check costs a block of memory). With a closure, which may
-        write new gradients during the step, copies of the parameters instead."""
-        self._check_descent = False  # once per optimizer
+        write new gradients during the step, copies of the parameters instead. ``None`` when a
+        parameter is a meta or fake tensor (a memory estimate): there are no values to check,
+        and the check waits for the first step on real ones."""
         params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if any(map(F.without_data, params)):
+            return None
+        self._check_descent = False  # once per optimizer
         if clone:
             return [(p, p.detach().clone()) for p in params], None
         return params, _slope([(p.detach(), p.grad) for p in params])

@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from .. import _foreach as F  # noqa: N812
 from .._tree import leaf_owners, tree_unflatten
 
 __all__ = ["HUGE_PAGE_BYTES", "MIN_BYTES", "alias", "at_offset", "contiguous_strides", "huge_pages", "staggered_init"]
@@ -141,8 +142,10 @@ def staggered_init(init: Callable[[dict], Any], params: dict) -> Any:
     """``init(params)`` with its large constant per-parameter state tensors moved to memory
     staggered against their parameter's (see the module docstring)."""
     if not any(isinstance(p, torch.Tensor) and p.device.type == "cpu" and p.numel() * p.element_size() >= MIN_BYTES
-               for p in params.values()):
-        return init(params)  # nothing to move: no pass over the state (thousands of small tensors)
+               and not F.without_data(p) for p in params.values()):
+        # nothing to move: no pass over the state (thousands of small tensors); fake tensors
+        # (FakeTensorMode) have no memory to place
+        return init(params)
     state = init(params)
     leaves, owners, treedef = leaf_owners(state)
     del state  # the list then holds the only references: each original is freed when replaced
