@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import weakref
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -49,6 +50,65 @@ def test_elementwise_alias_flat_matches_default(entry, dtype):
             assert in_one_buffer(params)
         results.append(params)
     assert_close_to_scale(results[1], results[0], REL[dtype])
+
+
+@gx.transform(elementwise=True)  # not declared in place: each block's update is a fresh tensor
+def _scale_by_counted_ema(decay: float = 0.8):
+    """A user's elementwise transform with a shared count: ``m <- d m + (1-d) g``, ``u <- m / (1 - d^t)``."""
+    class State(NamedTuple):
+        count: torch.Tensor
+        m: dict
+
+    def init(params):
+        return State(torch.zeros((), dtype=torch.int32), {k: torch.zeros_like(p) for k, p in params.items()})
+
+    def update(updates, state, params=None, **extra):
+        count = state.count + 1
+        m = {k: decay * state.m[k] + (1 - decay) * g for k, g in updates.items()}
+        return {k: v / (1 - decay ** count.double()) for k, v in m.items()}, State(count, m)
+
+    return gx.GradientTransformation(init, update)
+
+
+BLOCKED = {
+    "lion": lambda: gx.lion(0.01, weight_decay=0.1),
+    "adan": lambda: gx.adan(0.01),
+    "user_ema": lambda: gx.chain(_scale_by_counted_ema(), gx.scale_by_lr(0.05)),
+}
+
+
+@pytest.mark.parametrize("dtypes", ["f64", "f32_and_f64"])
+@pytest.mark.parametrize("name", list(BLOCKED))
+def test_generic_chain_over_blocks_of_the_buffers_matches_default(monkeypatch, name, dtypes):
+    """A chain with no fused or multi-tensor plan steps a long CPU buffer a block at a time
+    (FlatStorage._run_blocks); the numbers and the state, counts included, are the default
+    path's. Blocks of 16 elements here: the buffers hold 127 (and 127 float32 beside them,
+    a second buffer of the same length whose later blocks are empty only at the end)."""
+    monkeypatch.setattr(_flat, "_BLOCK", 16)
+    shapes = SHAPES + ([(9, 2)] if dtypes == "f32_and_f64" else [])
+    runs = []
+    for flat in (False, True):
+        params = seeded_params(shapes, torch.float64)
+        if dtypes == "f32_and_f64":
+            params[-1].data = params[-1].data.float()
+        opt = gx.Optimizer(params, BLOCKED[name](), flat=flat)
+        for step in range(20):
+            opt.zero_grad()
+            seeded_backward(params, step)
+            opt.step()
+        if flat:
+            layouts = list(opt._flat._layouts.values())
+            assert all(lay.block_plan is not None for lay in layouts), "the blocks did not run"
+        runs.append((params, opt.state_dict()))
+    (default, default_state), (flat_params, flat_state) = runs
+    assert_close_to_scale(flat_params, default, 1e-12 if dtypes == "f64" else 1e-6)
+    for index, entry in default_state["state"].items():
+        for key, value in entry.items():
+            got = flat_state["state"][index][key]
+            if value.dim() == 0:  # a count: exactly the steps taken, once per step, not per block
+                assert torch.equal(got, value), (index, key)
+            else:
+                assert_close_to_scale([got], [value], 1e-12 if value.dtype == torch.float64 else 1e-6)
 
 
 def test_flat_refuses_a_chain_that_is_not_elementwise_or_segmented():
