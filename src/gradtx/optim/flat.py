@@ -6,7 +6,10 @@ buffer, their gradients views into a second (the design of Megatron-LM's and Dee
 contiguous gradient buffers and of DDP's ``gradient_as_bucket_view``), and the chain's
 per-parameter state lives in flat buffers too. An elementwise chain (``gx.is_elementwise``)
 then runs over one tensor per buffer: torch's fused kernel, one in-place multi-tensor op of
-one tensor, or the compiled graph with one slot; its numbers cannot depend on the split.
+one tensor, or the compiled graph with one slot; its numbers cannot depend on the split. A
+chain with none of these plans (``gx.lion``, ``gx.adan``, a user's elementwise transforms)
+runs its ops over a long CPU buffer a block of ``_BLOCK`` elements at a time, each block from
+the state the step began with, so that its temporaries stay in cache.
 
 - **State**: the chain runs on a state over the flat buffers (the *flat state*); the
   adapter's own per-group state (what ``opt.state``, ``state_dict`` and the default path
