@@ -8,6 +8,8 @@ scalars (see ``test_mem_tracker_counts_adamw_state_as_torchs``)."""
 
 from __future__ import annotations
 
+import inspect
+import re
 import warnings
 
 import pytest
@@ -41,6 +43,31 @@ MORE = {
     "clip_value_adam": lambda: gx.chain(gx.clip_value(0.5), gx.adam(1e-3)),
     "adamw_schedule": lambda: gx.adamw(gx.cosine_decay_schedule(1e-3, 10), weight_decay=0.01),
 }
+# Every alias in gx.aliases steps on meta and fake tensors but those that need what only a
+# closure gives (gx.Optimizer.step(closure)): loss values, which meta and fake tensors have not
+# (torch.optim.LBFGS cannot step there either), or Hessian-vector products built from the loss.
+# Without one they refuse a step there as on real tensors (test_closure_aliases_refuse_as_on_real_tensors).
+NEEDS_CLOSURE = {
+    "bfgs": "a strong-Wolfe line search compares loss values",
+    "lbfgs": "a zoom line search compares loss values",
+    "nonlinear_cg": "a strong-Wolfe line search compares loss values",
+    "polyak_sgd": "the Polyak step size divides by the loss",
+    "polyak_linesearch": "the Polyak step size divides by the loss, a line search compares losses",
+    "newton": "Hessian-vector products (hvp_fn) from the closure",
+    "newton_cg": "Hessian-vector products (hvp_fn) from the closure",
+    "adahessian": "Hessian-vector products (hvp_fn) from the closure",
+    "sophia": "Hessian-vector products (hvp_fn) from the closure",
+    "sophia_h": "Hessian-vector products (hvp_fn) from the closure",
+}
+EVERY_ALIAS = sorted(set(gx.aliases.__all__) - set(NEEDS_CLOSURE))
+
+
+def _alias(name: str):
+    """``gx.aliases.<name>`` built with a learning rate alone (its defaults otherwise)."""
+    make = getattr(gx.aliases, name)
+    return make(lr=1e-2) if "lr" in inspect.signature(make).parameters else make()
+
+
 OPTIONS = {"default": {}, "generic": {"fast": False}, "flat": {"flat": True}}
 
 
@@ -99,10 +126,15 @@ def _check_like_real(make_tx, kind: str, options: dict) -> None:
         if kind == "fake":
             assert isinstance(t, FakeTensor) and t.device == ref.device, key
         else:
-            # made like its parameter: on meta; the step counts and hyperparameters, shared by
-            # every parameter, are CPU tensors as on any device
+            # made like its parameter: on meta. Of the state shared by every parameter, the step
+            # counts, seeds (int32, int64) and hyperparameters (float64) are CPU tensors as on any
+            # device; the running values (the learning-rate-free estimates, in the params' float32)
+            # are on the params' device, meta; a flag (bool) on either, where it is read
             index, path = key
-            assert t.device == (ref.device if path.startswith("shared:") else params[index].device), key
+            on_cpu = path.startswith("shared:") and t.dtype in (torch.int32, torch.int64, torch.float64)
+            places = {torch.device("cpu"), params[index].device} if t.dtype == torch.bool else \
+                {torch.device("cpu") if on_cpu else params[index].device}
+            assert t.device in places, key
     assert _nbytes(got.values()) == _nbytes(expected.values())
     # the step ran: the counts moved as on real tensors (readable: made from numbers)
     counts = [k for k in expected if k[1].endswith(".count") and expected[k].dtype == torch.int32]
@@ -219,3 +251,30 @@ def test_no_data_pointer_read_under_fake_mode():
         torch._C._set_warnAlways(previous)
     assert not [w for w in caught if "data pointer" in str(w.message)]
     assert tuple(opt.state[model.weight]["[0].mu"].shape) == (512, 256)
+
+
+def test_every_alias_is_listed():
+    """The closure-only list names aliases that exist, and every other alias is stepped below."""
+    assert set(NEEDS_CLOSURE) <= set(gx.aliases.__all__)
+    assert len(EVERY_ALIAS) + len(NEEDS_CLOSURE) == len(gx.aliases.__all__)
+
+
+@pytest.mark.parametrize("kind", ["meta", "fake"])
+@pytest.mark.parametrize("name", EVERY_ALIAS)
+def test_every_alias_state_is_the_real_runs(name, kind):
+    """Every alias that steps without a closure, built with a learning rate alone: among them the
+    learning-rate-free ones, whose step count moves when the step did (a flag on the params'
+    device), and those that draw random numbers (noisy_sgd, the PSGD family: no generator on the
+    meta device; host-side draws that decide a step, which fake tensors cannot be read for)."""
+    _check_like_real(lambda: _alias(name), kind, {})
+
+
+@pytest.mark.parametrize("kind", ["meta", "fake"])
+@pytest.mark.parametrize("name", sorted(NEEDS_CLOSURE))
+def test_closure_aliases_refuse_as_on_real_tensors(name, kind):
+    """Without a closure these refuse the step on meta and fake tensors with the error they give on
+    real ones, naming what is missing (not an error of a tensor without data)."""
+    with pytest.raises(ValueError) as real:
+        _stepped(lambda: _alias(name), "cpu", {}, steps=1)
+    with pytest.raises(ValueError, match=re.escape(str(real.value))):
+        _stepped(lambda: _alias(name), kind, {}, steps=1)

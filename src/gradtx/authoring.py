@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import torch
 
 from . import foreach
-from ._hparams import check, is_schedule, to_state
+from ._hparams import check, is_schedule, new_count, to_state
 from ._tree import Tree, TreeDef, flatten_up_to, tensor_leaves, tree_flatten, tree_map, tree_structure, tree_unflatten
 from .base import EmptyState, GradientTransformation, _format_value, describe
 
@@ -170,7 +170,8 @@ def per_tensor(init_fn: Callable[[torch.Tensor], Tree], update_fn: Callable[...,
             _check_tensor_leaves(state, f"init_fn {_name(init_fn)}")
             states.append(state)
         hyper = Hyperparams(*(to_state(hyperparams[name]) for name in kept))
-        return PerTensorState(torch.zeros((), dtype=torch.int32), hyper, tree_unflatten(states, treedef))
+        # (a count made from a number: it keeps its value under FakeTensorMode, as every count)
+        return PerTensorState(new_count(), hyper, tree_unflatten(states, treedef))
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         us, treedef = tensor_leaves(updates)

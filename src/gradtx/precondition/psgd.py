@@ -11,7 +11,7 @@ from .._hparams import check, check_beta, check_int, new_count
 from .._tree import Tree
 from ..base import GradientTransformation, transform
 from ..transforms._common import leaves, leaves_like, refuse_complex, unflatten
-from ..transforms.perturb import _generator, _mix
+from ..transforms.perturb import _generator, _mix, _uniform
 
 __all__ = ["ScaleByPsgdKronState", "scale_by_psgd_kron"]
 
@@ -139,7 +139,8 @@ def scale_by_psgd_kron(b1: float = 0.9, precond_lr: float = 0.1, precond_init_sc
                                  else torch.ones(n, dtype=precond_dtype, device=p.device))).to(precond_dtype)
                        for n, tri in zip(p.shape, kinds)])
         mu = [torch.zeros_like(p, dtype=mu_dtype) for p in ps]
-        return ScaleByPsgdKronState(new_count(), torch.zeros((), dtype=torch.int32),
+        # the counter made from a number: under FakeTensorMode it keeps its value and can be read
+        return ScaleByPsgdKronState(new_count(), torch.tensor(0, dtype=torch.int32),
                                     torch.tensor(seed, dtype=torch.int64), unflatten(treedef, mu),
                                     unflatten(treedef, qs))
 
@@ -157,8 +158,7 @@ def scale_by_psgd_kron(b1: float = 0.9, precond_lr: float = 0.1, precond_init_sc
         do_update = bool(prob > 0 and counter >= 1 / prob)
         new_counter = torch.tensor(0 if do_update else counter, dtype=torch.int32)
         device = gs[0].device if gs else torch.device("cpu")
-        draw = torch.rand((), generator=_generator(torch.device("cpu"), _mix(base, t, _BALANCE)), dtype=torch.float64)
-        balance = do_update and float(draw) < balance_prob
+        balance = do_update and _uniform(_mix(base, t, _BALANCE)) < balance_prob
         bc1 = 1.0 - b1 ** torch.tensor(float(t + 1), dtype=torch.float64)
         outs, new_mus, new_qs = [], [], []
         for g, mu, qs in zip(gs, mus, all_qs):

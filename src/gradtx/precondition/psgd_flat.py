@@ -9,11 +9,13 @@ from typing import NamedTuple
 
 import torch
 
+from .. import _foreach as F  # noqa: N812
 from .._hparams import check, check_beta, check_int, new_count
 from .._tree import Tree
 from ..base import GradientTransformation, transform
 from ..transforms._common import leaves, leaves_like, refuse_complex, unflatten
 from ..transforms.perturb import _generator, _mix
+from ..transforms.perturb import _uniform as _uniform_of_seed
 
 __all__ = ["ScaleByPsgdDenseState", "ScaleByPsgdLraState", "scale_by_psgd_dense", "scale_by_psgd_lra"]
 
@@ -85,8 +87,7 @@ def _randn(base: int, t: int, stream: int, shape, dtype, device) -> torch.Tensor
 
 
 def _uniform(base: int, t: int, stream: int) -> float:
-    gen = _generator(torch.device("cpu"), _mix(base, t, stream))
-    return float(torch.rand((), generator=gen, dtype=torch.float64))
+    return _uniform_of_seed(_mix(base, t, stream))
 
 
 def _scalar(x, dtype: torch.dtype, device: torch.device):
@@ -176,9 +177,10 @@ def _norm_lower_bound_skh(a: torch.Tensor, gen: torch.Generator, k: int = 32, ha
     tiny = torch.finfo(a.dtype).smallest_normal
     scale = a.abs().amax() + tiny
     a = a / scale
-    j = torch.argmax(torch.linalg.vector_norm(a, dim=1))
+    # the largest row, picked on the device (indexing by a tensor would read it on the host)
+    row = torch.index_select(a, 0, torch.argmax(torch.linalg.vector_norm(a, dim=1)).reshape(1))
     x = torch.randn(k, a.shape[1], dtype=a.dtype, device=a.device, generator=gen)
-    x = a[j] + torch.sgn(torch.sum(a[j] * x, dim=1, keepdim=True)) * x
+    x = row + torch.sgn(torch.sum(row * x, dim=1, keepdim=True)) * x
     for _ in range(half_iters):
         x = x @ a
         x = x / (torch.linalg.vector_norm(x, dim=1, keepdim=True) + tiny)
@@ -193,7 +195,14 @@ def _procrustes_step(q: torch.Tensor, gen: torch.Generator, max_step: float = 1 
     r = q.mT - q
     # Q symmetric to round-off (always after a step from a scaled identity): the rotation would
     # be of round-off size too, and its derivative a ratio of round-offs; skip it
-    if float(r.detach().abs().amax()) <= q.shape[0] * torch.finfo(q.dtype).eps * float(q.detach().abs().amax()):
+    try:
+        symmetric = float(r.detach().abs().amax()) <= q.shape[0] * torch.finfo(q.dtype).eps * float(
+            q.detach().abs().amax())
+    except RuntimeError:
+        if not F.without_data(q):
+            raise
+        symmetric = False  # no values (meta, fake: a memory estimate): the rotation, the larger step of the two
+    if symmetric:
         return q
     r = r / (_norm_lower_bound_skh(r, gen) + torch.finfo(r.dtype).smallest_normal)
     rq = r @ q

@@ -192,8 +192,13 @@ def scale_by_conjugate_gradient(beta: str = "polak_ribiere_plus", restart_every:
             restart = restart | (gg + b * g_p <= 0)
         b = torch.where(restart, torch.zeros_like(b), b)
         ps = [g.to(_math_dtype(g, q)) + b.to(q.device) * q.to(_math_dtype(g, q)) for g, q in zip(gs, p_prev)]
-        since = torch.where(restart.to(state.since_restart.device), torch.ones_like(state.since_restart),
-                            state.since_restart + 1)
+        try:
+            since = torch.where(restart.to(state.since_restart.device), torch.ones_like(state.since_restart),
+                                state.since_restart + 1)
+        except NotImplementedError:  # a meta restart flag has no value to bring to the count's CPU
+            if not F.without_data(restart):
+                raise
+            since = state.since_restart + 1  # the same shape and dtype either way (a memory estimate)
         if inplace:
             F.copy_(p_prev, ps)
             F.copy_(g_prev, gs)

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 
 from .._foreach import wide_dtype
-from .._hparams import check, check_int
+from .._hparams import check, check_int, new_count
 from .._tree import Tree, flatten_up_to, tensor_leaves, tree_unflatten
 from ..base import GradientTransformation, transform
 from ._line import device_of, real_view, same_precision
@@ -81,7 +81,7 @@ def scale_by_lbfgs(memory_size: int = 10, scale_init_precond: bool = True,
         def zeros():
             return tree_unflatten([torch.zeros_like(p) for p in ps], treedef)
 
-        return ScaleByLBFGSState(torch.zeros((), dtype=torch.int32), zeros(), zeros(), tuple(zeros() for _ in range(m)),
+        return ScaleByLBFGSState(new_count(), zeros(), zeros(), tuple(zeros() for _ in range(m)),
                                  tuple(zeros() for _ in range(m)),
                                  torch.zeros(m, dtype=torch.float64, device=device_of(ps)))
 
@@ -181,7 +181,7 @@ def scale_by_online_lbfgs(learning_rate: float, memory_size: int = 10, c: float 
         def zeros():
             return tree_unflatten([torch.zeros_like(p) for p in ps], treedef)
 
-        return ScaleByOnlineLBFGSState(torch.zeros((), dtype=torch.int32), tuple(zeros() for _ in range(m)),
+        return ScaleByOnlineLBFGSState(new_count(), tuple(zeros() for _ in range(m)),
                                        tuple(zeros() for _ in range(m)),
                                        torch.zeros(m, dtype=torch.float64, device=device_of(ps)),
                                        torch.zeros(m, dtype=torch.float64, device=device_of(ps)))

@@ -72,6 +72,16 @@ def _capped_growth(d: torch.Tensor, d_hat: torch.Tensor, growth_rate) -> torch.T
     return torch.minimum(d_hat, d * growth_rate)
 
 
+def _counted(count: torch.Tensor, progress: torch.Tensor) -> torch.Tensor:
+    """The count (on the CPU), plus one when the step moved (``progress``, on the params' device).
+    Meta and fake ``progress`` (a memory estimate) has no value to move to the CPU (fake, a count
+    that could not be read after): such a step is counted as one that moved, as every step does
+    once a gradient is not zero."""
+    if F.without_data(progress):
+        return count + 1
+    return count + progress.to(device=count.device, dtype=count.dtype)
+
+
 def _caster(device: torch.device, dtype: torch.dtype):
     """``x -> x`` as a 0-dim tensor of ``dtype`` on ``device`` (a number taken exactly, as float64)."""
     def cast(x):
@@ -187,7 +197,7 @@ def scale_by_prodigy(lr: float | torch.Tensor = 1.0, b1: float = 0.9, b2: float 
         d_new = torch.where(progress, d_new, d)
         d_max = torch.where(progress, d_max, state.d_max)
         d_numerator = torch.where(progress, d_numerator, state.d_numerator)
-        count = state.count + progress.to(device=state.count.device, dtype=state.count.dtype)
+        count = _counted(state.count, progress)
         out = []
         for g, p, gw, m, v in zip(gs, ps, gws, new_m, new_v):
             w = gw.dtype
@@ -287,7 +297,7 @@ def scale_by_dadapt_adam(lr: float | torch.Tensor = 1.0, b1: float = 0.9, b2: fl
         progress = sk_l1 != 0
         d_new = torch.where(progress, d_new, d)
         numerator = torch.where(progress, numerator, state.numerator_weighted)
-        count = state.count + progress.to(device=state.count.device, dtype=state.count.dtype)
+        count = _counted(state.count, progress)
         out = []
         for g, p, m, v in zip(gs, ps, new_m, new_v):
             w = dtype  # the widest dtype: every leaf's share of the sums as precise as the sums
@@ -378,7 +388,7 @@ def scale_by_dadapt_sgd(lr: float | torch.Tensor = 1.0, momentum: float = 0.0, w
         progress = sk_sq != 0
         d_new = torch.where(progress, d_new, d)
         numerator = torch.where(progress, numerator, state.numerator_weighted)
-        count = state.count + progress.to(device=state.count.device, dtype=state.count.dtype)
+        count = _counted(state.count, progress)
         out = []
         for g, p, s, x0 in zip(gs, ps, new_s, x0s):
             w = dtype  # the widest dtype: every leaf's share of the sums as precise as the sums

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from .. import _foreach as F  # noqa: N812
 from .._hparams import check, increment, new_count
@@ -36,10 +37,33 @@ def _mix(*values: int) -> int:
     return h
 
 
-def _generator(device: torch.device, seed: int) -> torch.Generator:
-    gen = torch.Generator(device=device)
+def _generator(device: torch.device, seed: int) -> torch.Generator | None:
+    """A generator on ``device`` seeded by ``seed``; ``None`` on the meta device, which has no
+    generator and draws no values (``torch.randn(..., generator=None)`` there makes the shape
+    alone and reads no other generator)."""
+    try:
+        gen = torch.Generator(device=device)
+    except RuntimeError:
+        if torch.device(device).type != "meta":
+            raise
+        return None
     gen.manual_seed(seed)
     return gen
+
+
+def _uniform(seed: int) -> float:
+    """A uniform draw in [0, 1) from a CPU generator seeded by ``seed``, as a number: a decision
+    taken on the host. Under ``FakeTensorMode`` (a memory estimate) the draw would be a fake
+    tensor without a value, so it is drawn again outside that mode: the decision a real run
+    takes (the same generator, the same number), which fixes the state that run makes."""
+    draw = torch.rand((), generator=_generator(torch.device("cpu"), seed), dtype=torch.float64)
+    try:
+        return float(draw)
+    except RuntimeError:
+        if not F.without_data(draw):
+            raise
+    with unset_fake_temporarily():
+        return float(torch.rand((), generator=_generator(torch.device("cpu"), seed), dtype=torch.float64))
 
 
 @transform(inplace=True)
