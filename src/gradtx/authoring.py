@@ -111,7 +111,8 @@ def per_tensor(init_fn: Callable[[torch.Tensor], Tree], update_fn: Callable[...,
     - ``step``: the number of this update, counting from 1, an int32 0-dim tensor shared
       by every tensor (a bias correction reads it);
     - each hyperparameter given here: a float64 0-dim tensor kept in the state, or a
-      schedule's value at ``step``;
+      schedule's value at ``step - 1``, the number of updates before this one (the first
+      update reads ``schedule(0)``, as ``gx.scale_by_lr(schedule)`` and optax do);
     - ``grad``: this tensor's raw gradient, when the caller passes ``grad``;
     - ``inplace``: true only when the constructor is declared ``@gx.transform(inplace=True)``
       and the caller allows it; the rule may then write into the update and state tensors
@@ -180,7 +181,8 @@ def per_tensor(init_fn: Callable[[torch.Tensor], Tree], update_fn: Callable[...,
         count = state.count + 1
         shared = takes.extra(extra_args)
         shared.update(zip(kept, state.hyperparams))
-        shared.update((name, fn(count)) for name, fn in schedules.items())
+        # at the count before this update, as every built-in and optax read a schedule
+        shared.update((name, fn(state.count)) for name, fn in schedules.items())
         if wants_step:
             shared["step"] = count
         if takes_inplace:
