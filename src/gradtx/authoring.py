@@ -86,6 +86,24 @@ def _keep_dtype(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     return new if not isinstance(new, torch.Tensor) or new.dtype == old.dtype else new.to(old.dtype)
 
 
+class _ShapeChanged(Exception):
+    """A state tensor came back with another shape: ``args`` are the new and the old one."""
+
+
+def _keep_state_leaf(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    if isinstance(new, torch.Tensor) and isinstance(old, torch.Tensor) and new.shape != old.shape:
+        raise _ShapeChanged(tuple(new.shape), tuple(old.shape))
+    return _keep_dtype(new, old)
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"shape {tuple(x.shape)}"
+    if isinstance(x, tuple):
+        return f"a tuple of {len(x)}"
+    return f"a {type(x).__name__}"
+
+
 # --- level 1: per tensor ----------------------------------------------------------------
 
 
@@ -194,13 +212,25 @@ def per_tensor(init_fn: Callable[[torch.Tensor], Tree], update_fn: Callable[...,
                 new_states.append(s)
                 continue
             keywords = shared if grads is None else {**shared, "grad": grads[i]}
-            new_u, new_s = update_fn(u, s, p, **keywords)
+            out = update_fn(u, s, p, **keywords)
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise ValueError(f"update_fn {_name(update_fn)} must return a pair (update, state), got "
+                                 f"{_describe(out)}")
+            new_u, new_s = out
+            if not isinstance(new_u, torch.Tensor) or new_u.shape != u.shape:
+                # p + u would broadcast a smaller tensor over the parameter without a word
+                raise ValueError(f"update_fn {_name(update_fn)} returned an update of {_describe(new_u)} for a "
+                                 f"tensor of shape {tuple(u.shape)}: the update has the shape of the tensor")
             new_us.append(_keep_dtype(new_u, u))
             try:
-                new_states.append(tree_map(_keep_dtype, new_s, s))
+                new_states.append(tree_map(_keep_state_leaf, new_s, s))
             except (ValueError, TypeError) as err:
                 raise ValueError(f"update_fn {_name(update_fn)} returned a state of structure {tree_structure(new_s)}"
                                  f", but init_fn gave {tree_structure(s)}: keep the structure") from err
+            except _ShapeChanged as err:
+                raise ValueError(f"update_fn {_name(update_fn)} returned a state tensor of shape {err.args[0]}, but "
+                                 f"init_fn gave shape {err.args[1]}: keep each state tensor's shape (checkpoints "
+                                 f"and the adapter build the state from init_fn)") from None
         return (tree_unflatten(new_us, treedef),
                 PerTensorState(count, state.hyperparams, tree_unflatten(new_states, treedef)))
 
@@ -224,7 +254,13 @@ def stateless_with_tree_map(fn: Callable[[torch.Tensor, torch.Tensor | None], to
     _check_callable("fn", fn, "(update, param) -> update")
 
     def one(u, p):
-        return None if u is None else _keep_dtype(fn(u, p), u)
+        if u is None:
+            return None
+        new = fn(u, p)
+        if not isinstance(new, torch.Tensor) or new.shape != u.shape:  # p + u would broadcast it silently
+            raise ValueError(f"fn {_name(fn)} returned {_describe(new)} for an update of shape {tuple(u.shape)}: "
+                             "return a tensor of the update's shape")
+        return _keep_dtype(new, u)
 
     def update(updates, state, params=None, **extra_args):
         del extra_args

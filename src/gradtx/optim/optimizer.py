@@ -617,6 +617,7 @@ class Optimizer(torch.optim.Optimizer):
                 continue
             plist = group["params"]
             cached = self._step_params[gi]
+            new_keys = False  # a new set of stepped parameters: the updates' shapes are checked once
             if self._own_gradients:
                 keys, all_grads = [k for k, p in enumerate(plist) if self._stepped(p)], None
             else:  # C-level passes (thousands of parameters, every step)
@@ -638,6 +639,7 @@ class Optimizer(torch.optim.Optimizer):
                 self._forget_replaced(gi)
                 params = self._param_dict(gi, keys)
                 self._step_params[gi] = (keys, group["params"], params, tuple(group["params"]))
+                new_keys = True
             if all_grads is None:
                 grads = self._grads_or_zeros(gi, keys, params)
             else:
@@ -670,6 +672,8 @@ class Optimizer(torch.optim.Optimizer):
                 state = (*new_state, state[-1])
             else:
                 updates, state = variant.run(updates, state, params, variant.declared, extra)
+            if new_keys:
+                _check_update_shapes(updates, params, keys, f" of param_groups[{gi}]")
             self._chain_states[gi] = merge_keys(self._chain_states[gi], state) if is_selection else state
             ps = [params[k] for k in keys]
             us = F.cast_like([updates[k] for k in keys], ps)
@@ -800,6 +804,8 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             extra.update(self._evaluation_args(closure, loss, params))
         updates, state = run(dict(zip(keys, copies)), state, params, declared, extra)
+        if new:
+            _check_update_shapes(updates, params, keys, "")
         self._one_state = merge_keys(self._one_state, state) if is_selection else state
         ps = list(params.values())
         F.add(ps, F.cast_like([updates[k] for k in keys], ps), inplace=True)
@@ -1294,3 +1300,16 @@ def _same_paths(where: str, expected: dict[str, Any], saved: dict[str, Any]) -> 
         missing, extra = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
         raise ValueError(f"{where}: the state dict comes from another chain (missing {missing}, "
                          f"unexpected {extra})")
+
+
+def _check_update_shapes(updates: Any, params: dict[Any, torch.Tensor], keys: list[Any], where: str) -> None:
+    """``ValueError`` when the chain gave a parameter an update of another shape: an in-place
+    ``p += u`` broadcasts a smaller one over the parameter without a word. Checked when a set
+    of parameters is first stepped (the shapes a chain gives do not change between steps)."""
+    for k in keys:
+        u = updates[k]
+        if not isinstance(u, torch.Tensor) or u.shape != params[k].shape:
+            got = f"shape {tuple(u.shape)}" if isinstance(u, torch.Tensor) else type(u).__name__
+            raise ValueError(f"the chain gave parameter {int(k)}{where} an update of {got}, the parameter has "
+                             f"shape {tuple(params[k].shape)}: each update has the shape of its parameter (a "
+                             "transform of the chain returned it)")
