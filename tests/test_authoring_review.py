@@ -7,6 +7,9 @@ in plain torch, or a mistake in it that must raise an error naming what to fix.
 
 from __future__ import annotations
 
+import warnings
+from typing import NamedTuple
+
 import pytest
 import torch
 
@@ -28,6 +31,67 @@ def _train(opt, model, steps, scale=lambda t: 1.0 + 3.0 * (t % 2)):
         grads.append([p.grad.clone() for p in model.parameters()])
         opt.step()
     return grads
+
+
+# --- a running scalar in the state (level 3) ------------------------------------------------
+
+
+class _EmaClipState(NamedTuple):
+    ema: torch.Tensor  # a running value: the EMA of the global gradient norm
+    count: torch.Tensor
+
+
+def _clip_by_norm_ema(decay=0.9, factor=2.0):
+    """``u <- g min(1, factor ema_hat / ||g||)`` from the second step, ``ema`` the debiased EMA
+    of ``||g||`` including this step: a user's level-3 transform, its EMA a 0-dim float
+    tensor made as a user makes one, ``torch.zeros(())``."""
+
+    def init(params):
+        return _EmaClipState(torch.zeros(()), torch.zeros((), dtype=torch.int32))
+
+    def update(updates, state, params=None, **extra_args):
+        norm = gx.tree_l2_norm(updates)
+        count = state.count + 1
+        ema = decay * state.ema + (1 - decay) * norm
+        bound = factor * ema / (1 - decay ** count.double())
+        scale = torch.where(state.count > 0, torch.clamp(bound / norm, max=1.0), torch.ones(()))
+        return gx.tree_map(lambda g: g * scale.to(g.dtype), updates), _EmaClipState(ema.float(), count)
+
+    return gx.GradientTransformation(init, update)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_running_scalar_in_the_state_is_not_reset_by_the_adapter(fast):
+    # A 0-dim float tensor in a NamedTuple field looks like a hyperparameter; the adapter wrote
+    # the group's value (the initial 0.0) into it before every step, so the EMA restarted at
+    # each step and every step but the first was clipped to the wrong bound, without a word.
+    model = _model()
+    p0 = [p.detach().clone() for p in model.parameters()]
+    opt = gx.Optimizer(model.parameters(), gx.chain(_clip_by_norm_ema(), gx.scale_by_lr(0.1)), fast=fast)
+    with pytest.warns(UserWarning, match="key 'ema' does not set ema: the transform changes"):
+        grads = _train(opt, model, 6)
+    ps, ema = [p.clone() for p in p0], 0.0
+    for t, gs in enumerate(grads):  # the rule in plain torch
+        norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in gs)))
+        ema = 0.9 * ema + 0.1 * norm
+        scale = min(2.0 * ema / (1 - 0.9 ** (t + 1)) / norm, 1.0) if t > 0 else 1.0
+        ps = [p - 0.1 * scale * g for p, g in zip(ps, gs)]
+    for p, ref in zip(model.parameters(), ps):
+        torch.testing.assert_close(p.detach(), ref, rtol=1e-5, atol=1e-6)
+    # a real hyperparameter next to it is still driven by param_groups
+    opt.param_groups[0]["lr"] = 0.0
+    before = [p.detach().clone() for p in model.parameters()]
+    _train(opt, model, 1)
+    for p, b in zip(model.parameters(), before):
+        torch.testing.assert_close(p.detach(), b, rtol=0, atol=0)
+
+
+def test_a_hyperparameter_kept_in_the_state_warns_nothing():
+    model = _model()
+    opt = gx.Optimizer(model.parameters(), gx.chain(gx.clip_by_global_norm(1.0), gx.adamw(1e-2, weight_decay=0.1)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _train(opt, model, 4)
 
 
 # --- an update or a state of another shape (levels 1 and 3) ------------------------------------

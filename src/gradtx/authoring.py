@@ -330,7 +330,8 @@ def multi_tensor(init_fn: Callable[[list[torch.Tensor]], Any],
     as a tree with the structure of the params, so ``gx.Optimizer`` files its entries
     under their parameters (``opt.state[p]``, checkpoints) and steps any subset of them;
     keep the same containers from call to call. A 0-dim float tensor in a NamedTuple field
-    is a hyperparameter: ``param_groups[i][field]`` under ``gx.Optimizer``.
+    is a hyperparameter: ``param_groups[i][field]`` under ``gx.Optimizer``; make a running
+    value (an EMA of a norm) on the params' device, as the built-ins do, and it is not one.
 
     ``update_fn`` receives, among these keywords, the ones it names (all with
     ``**kwargs``): ``grad`` (the raw gradients, a list like ``updates``), ``inplace``,

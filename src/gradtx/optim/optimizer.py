@@ -846,9 +846,11 @@ class Optimizer(torch.optim.Optimizer):
         (one chain over all groups) each group's into its own part of the state and, into
         the parts that run over every group, the value all groups share."""
         slots = self._slots
+        probe = self.__dict__.setdefault("_hp_probe", {})
+        running = self.__dict__.setdefault("_hp_running", set())
         for position, scope, gi, tensor in hyperparams.walk(state, self._split if group is None else self.tx):
             slot = slots[position] if position < len(slots) else None
-            if slot is None or slot.factor is None:
+            if slot is None or slot.factor is None or position in running:
                 continue
             if group is not None:
                 value = group.get(slot.key)
@@ -857,8 +859,24 @@ class Optimizer(torch.optim.Optimizer):
             else:
                 value = self._common_value(slot.key, scope)
             if value is not None:
+                where = (None if group is None else id(group), position, gi)
+                seen = probe.get(where)
+                if seen is not None and seen[0] > 0 and _changed(tensor, seen[1]):
+                    # Nothing but the transform wrote it since our last write: it is a running
+                    # value (an EMA of a norm, a best loss) that looks like a hyperparameter
+                    # (a 0-dim float in a NamedTuple field, made without the params' device).
+                    # Writing the group's value would reset it every step.
+                    running.add(position)
+                    warnings.warn(f"param_groups key {slot.key!r} does not set {scope or slot.key}: the transform "
+                                  "changes that 0-dim float tensor itself (a running value such as an EMA, or a "
+                                  "schedule given to inject_hyperparams), so it is left to the transform from now "
+                                  "on. A running value made on the params' device, as the built-ins make theirs, is "
+                                  "not taken for a hyperparameter.", stacklevel=4)
+                    continue
                 value = as_scalar(value)  # a 1-element tensor of any shape, as torch takes for lr
                 tensor.fill_(value if slot.factor == 1.0 else value * slot.factor)
+                if seen is None or seen[0] > 0:  # the first steps only: reading the value back syncs
+                    probe[where] = (_PROBE_STEPS if seen is None else seen[0] - 1, tensor.item())
 
     def _common_value(self, key: str, scope: str) -> Any:
         """The value of ``key`` in every group, for a part of the chain that runs over all
@@ -962,6 +980,7 @@ class Optimizer(torch.optim.Optimizer):
             post_hook(self)
 
     def _load(self, state_dict: Any, fresh_shared: Callable[[int], dict[str, Any]] | None = None) -> None:
+        self.__dict__.pop("_hp_probe", None)  # the loaded values are not the ones written before
         if _checkpoint.is_gradtx(state_dict):
             state_dict = _checkpoint.from_torch_shape(state_dict, fresh_shared)
         if isinstance(state_dict, dict) and isinstance(state_dict.get("state"), dict):
@@ -975,6 +994,7 @@ class Optimizer(torch.optim.Optimizer):
         index = next((i for i, p in enumerate(self._all_params()) if p is param), None)
         if index is None:
             raise KeyError("opt.state[param] = ...: not a parameter of this optimizer")
+        self.__dict__.pop("_hp_probe", None)  # its shared leaves may set hyperparameters
         if not isinstance(entry, dict):
             raise ValueError(f"opt.state[param] takes the parameter's entry of a state_dict(), got {entry!r:.80}")
         sd = _checkpoint.to_torch_shape(self._old_state_dict())
@@ -1300,6 +1320,15 @@ def _same_paths(where: str, expected: dict[str, Any], saved: dict[str, Any]) -> 
         missing, extra = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
         raise ValueError(f"{where}: the state dict comes from another chain (missing {missing}, "
                          f"unexpected {extra})")
+
+
+_PROBE_STEPS = 2  # steps after the first whose hyperparameter tensors are read back (one sync each)
+
+
+def _changed(tensor: torch.Tensor, written: float) -> bool:
+    """Whether a hyperparameter tensor no longer holds the value written into it."""
+    now = tensor.item()
+    return now != written and not (now != now and written != written)  # NaN stays NaN
 
 
 def _check_update_shapes(updates: Any, params: dict[Any, torch.Tensor], keys: list[Any], where: str) -> None:
