@@ -168,3 +168,52 @@ def test_an_update_that_does_not_return_a_pair_names_the_transform():
     per_tensor = gx.per_tensor(torch.zeros_like, lambda g, m, p: g)  # the state forgotten
     with pytest.raises(ValueError, match=r"update_fn <lambda> must return a pair \(update, state\), got shape \(2,\)"):
         per_tensor.update(params, per_tensor.init(params), params)
+
+
+# --- a rule that reads the raw gradient, inside a mask or a partition (levels 1 and 2) ---------
+
+
+def _cautious_update(u, state, param, *, grad):  # keep the elements where u and the gradient agree
+    return torch.where(u * grad > 0, u, torch.zeros_like(u)), state
+
+
+@gx.transform(elementwise=True)
+def _cautious_per_tensor():
+    return gx.per_tensor(lambda p: (), _cautious_update)
+
+
+@gx.transform(elementwise=True)
+def _cautious_multi_tensor():
+    def update_fn(us, state, ps, *, grad):
+        return [torch.where(u * g > 0, u, torch.zeros_like(u)) for u, g in zip(us, grad)], state
+
+    return gx.multi_tensor(lambda ps: (), update_fn)
+
+
+@pytest.mark.parametrize("rule", [_cautious_per_tensor, _cautious_multi_tensor])
+def test_a_rule_reading_grad_works_inside_masked_and_partition(rule):
+    # Inside gx.masked the updates hide the other leaves while grad is the whole gradient; the
+    # helpers refused it ("grad must have the structure of updates") where the built-in
+    # gradient-aware members take the leaves at the updates' key paths.
+    params = {"a": torch.ones(3), "b": torch.ones(2)}
+    grad = {"a": torch.tensor([1.0, -1.0, 2.0]), "b": torch.tensor([1.0, -1.0])}
+    updates = {"a": torch.tensor([1.0, 1.0, -1.0]), "b": torch.tensor([1.0, 1.0])}
+    for tx in (gx.masked(rule(), {"a": True, "b": False}),
+               gx.partition({"c": rule(), "i": gx.identity()}, {"a": "c", "b": "i"})):
+        out, _ = tx.update(updates, tx.init(params), params, grad=grad)
+        torch.testing.assert_close(out["a"], torch.tensor([1.0, 0.0, 0.0]))
+        torch.testing.assert_close(out["b"], updates["b"])
+
+    # under gx.Optimizer, after momentum, against the rule written out
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    opt = gx.Optimizer([a, b], gx.chain(gx.trace(0.9), gx.masked(rule(), lambda name, p: p.numel() == 3),
+                                        gx.scale_by_lr(0.1)))
+    ref_a, ref_b, ma, mb = torch.ones(3), torch.ones(2), torch.zeros(3), torch.zeros(2)
+    for t in range(4):
+        ga, gb = torch.tensor([1.0, -1.0, 2.0]) * (-1) ** t, torch.tensor([1.0, -1.0]) * (-1) ** t
+        a.grad, b.grad = ga.clone(), gb.clone()
+        opt.step()
+        ma, mb = 0.9 * ma + ga, 0.9 * mb + gb
+        ref_a, ref_b = ref_a - 0.1 * torch.where(ma * ga > 0, ma, torch.zeros(3)), ref_b - 0.1 * mb
+    torch.testing.assert_close(a.detach(), ref_a)
+    torch.testing.assert_close(b.detach(), ref_b)

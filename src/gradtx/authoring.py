@@ -23,7 +23,17 @@ import torch
 
 from . import foreach
 from ._hparams import check, is_schedule, to_state
-from ._tree import Tree, TreeDef, flatten_up_to, tensor_leaves, tree_flatten, tree_map, tree_structure, tree_unflatten
+from ._tree import (
+    Tree,
+    TreeDef,
+    flatten_up_to,
+    leaves_at_paths_of,
+    tensor_leaves,
+    tree_flatten,
+    tree_map,
+    tree_structure,
+    tree_unflatten,
+)
 from .base import EmptyState, GradientTransformation, _format_value, describe
 
 __all__ = ["PerTensorState", "foreach", "multi_tensor", "per_tensor", "stateless_with_tree_map"]
@@ -63,15 +73,25 @@ def _check_callable(argument: str, fn: Any, form: str) -> None:
         raise ValueError(f"{argument} must be a function {form}, got {type(fn).__name__} {fn!r}")
 
 
-def _grad_leaves(extra_args: dict[str, Any], treedef: TreeDef) -> list[Any] | None:
-    """The ``grad`` extra argument as a list matching the update leaves (``None`` if absent)."""
+def _grad_leaves(extra_args: dict[str, Any], treedef: TreeDef, updates: Tree) -> list[Any] | None:
+    """The ``grad`` extra argument as a list matching the update leaves (``None`` if absent).
+    Inside ``gx.masked``/``gx.partition`` (without ``mask_compatible_extra_args``) ``grad`` is
+    the whole gradient and the updates hide the other leaves: the leaves at the updates' key
+    paths are taken, as the built-in gradient-aware members take them."""
     grad = extra_args.get("grad")
     if grad is None:
         return None
     try:
         return treedef.flatten_up_to(grad)
     except (ValueError, TypeError) as err:
-        raise ValueError(f"grad must have the structure of updates ({treedef}), got {tree_structure(grad)}") from err
+        try:
+            found = leaves_at_paths_of(grad, updates)
+        except (KeyError, IndexError, TypeError, ValueError):
+            found = None
+        if found is None or len(found) != treedef.num_leaves or not all(isinstance(g, torch.Tensor) for g in found):
+            raise ValueError(f"grad must have the structure of updates ({treedef}), got {tree_structure(grad)}"
+                             ) from err
+        return found
 
 
 def _check_tensor_leaves(state: Any, who: str) -> None:
@@ -131,7 +151,8 @@ def per_tensor(init_fn: Callable[[torch.Tensor], Tree], update_fn: Callable[...,
     - each hyperparameter given here: a float64 0-dim tensor kept in the state, or a
       schedule's value at ``step - 1``, the number of updates before this one (the first
       update reads ``schedule(0)``, as ``gx.scale_by_lr(schedule)`` and optax do);
-    - ``grad``: this tensor's raw gradient, when the caller passes ``grad``;
+    - ``grad``: this tensor's raw gradient, when the caller passes ``grad`` (inside
+      ``gx.masked`` or ``gx.partition``, the gradient of the same parameter);
     - ``inplace``: true only when the constructor is declared ``@gx.transform(inplace=True)``
       and the caller allows it; the rule may then write into the update and state tensors
       it is given, and keeps the promise of :func:`gradtx.supports_inplace`;
@@ -195,7 +216,7 @@ def per_tensor(init_fn: Callable[[torch.Tensor], Tree], update_fn: Callable[...,
         us, treedef = tensor_leaves(updates)
         states = flatten_up_to(state.per_tensor, treedef)
         ps = [None] * len(us) if params is None else flatten_up_to(params, treedef, "params")
-        grads = _grad_leaves(extra_args, treedef) if "grad" in takes else None
+        grads = _grad_leaves(extra_args, treedef, updates) if "grad" in takes else None
         count = state.count + 1
         shared = takes.extra(extra_args)
         shared.update(zip(kept, state.hyperparams))
@@ -388,7 +409,7 @@ def multi_tensor(init_fn: Callable[[list[torch.Tensor]], Any],
             skeleton_of(init_fn(list(gs)), f"init_fn {_name(init_fn)}")
         keywords = takes.extra(extra_args)
         if "grad" in takes and extra_args.get("grad") is not None:
-            keywords["grad"] = _grad_leaves(extra_args, treedef)
+            keywords["grad"] = _grad_leaves(extra_args, treedef, updates)
         if takes_inplace:
             keywords["inplace"] = inplace
         ps = None if params is None else flatten_up_to(params, treedef, "params")
