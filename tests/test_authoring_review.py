@@ -217,3 +217,31 @@ def test_a_rule_reading_grad_works_inside_masked_and_partition(rule):
         ref_a, ref_b = ref_a - 0.1 * torch.where(ma * ga > 0, ma, torch.zeros(3)), ref_b - 0.1 * mb
     torch.testing.assert_close(a.detach(), ref_a)
     torch.testing.assert_close(b.detach(), ref_b)
+
+
+# --- compile=True and a rule torch.compile cannot trace (level 1) ------------------------------
+
+
+def _first_step_plain(g, m, param, *, step, beta):  # a Python branch on a tensor's value
+    if int(step) == 1:
+        return g, g.clone()
+    m = beta * m + (1 - beta) * g
+    return m.clone(), m
+
+
+@gx.transform(elementwise=True)
+def _ema_after_first(beta=0.9):
+    return gx.per_tensor(torch.zeros_like, _first_step_plain, beta=beta)
+
+
+def test_compile_names_what_to_change_when_the_rule_cannot_be_traced():
+    # torch.compile's own error ("Could not guard on data-dependent expression Eq(u0, 1)")
+    # said nothing of compile=True or of the fix
+    w = torch.nn.Parameter(torch.ones(5))
+    opt = gx.Optimizer([w], gx.chain(_ema_after_first(), gx.scale_by_lr(0.1)), compile=True)
+    w.grad = torch.ones(5)
+    with pytest.raises(ValueError, match=r"compile=True traces .* torch.where, or build the optimizer with "
+                                         r"compile=False") as info:
+        opt.step()
+    assert "int(step) == 1" in str(info.value.__cause__)  # torch's error, where it points
+    torch.testing.assert_close(w.detach(), torch.ones(5), rtol=0, atol=0)  # nothing moved
