@@ -245,3 +245,37 @@ def test_compile_names_what_to_change_when_the_rule_cannot_be_traced():
         opt.step()
     assert "int(step) == 1" in str(info.value.__cause__)  # torch's error, where it points
     torch.testing.assert_close(w.detach(), torch.ones(5), rtol=0, atol=0)  # nothing moved
+
+
+# --- a user's constructor under inject_hyperparams (level 1) -----------------------------------
+
+
+def _momentum_update(g, m, param, *, beta):
+    m = beta * m + g
+    return m.clone(), m
+
+
+@gx.transform(elementwise=True)
+def _momentum(beta=0.9):
+    return gx.per_tensor(torch.zeros_like, _momentum_update, beta=beta)
+
+
+def test_inject_hyperparams_shows_each_hyperparameter_once():
+    # The inner state's copy of beta, written from inject's at every update, was a second key
+    # "beta#1" that set nothing (the same for any built-in: "weight_decay#1").
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = gx.Optimizer([w], gx.chain(gx.inject_hyperparams(_momentum)(beta=0.5), gx.scale_by_lr(0.1)))
+    assert set(opt.param_groups[0]) == {"params", "beta", "lr"}
+    builtin = gx.Optimizer([torch.nn.Parameter(torch.ones(3))],
+                           gx.inject_hyperparams(gx.adamw)(lr=1e-3, weight_decay=1e-2))
+    assert not any("#" in key for key in builtin.param_groups[0])
+    ref, m = torch.ones(3), torch.zeros(3)
+    for t in range(4):
+        beta = 0.5 if t < 2 else 0.0
+        opt.param_groups[0]["beta"] = beta
+        g = torch.tensor([1.0, -2.0, 0.5]) * (t + 1)
+        w.grad = g.clone()
+        opt.step()
+        m = beta * m + g
+        ref = ref - 0.1 * m
+    torch.testing.assert_close(w.detach(), ref)
