@@ -867,11 +867,12 @@ class Optimizer(torch.optim.Optimizer):
                     # (a 0-dim float in a NamedTuple field, made without the params' device).
                     # Writing the group's value would reset it every step.
                     running.add(position)
+                    # stacklevel: the user's opt.step(), past torch's two wrappers of step
                     warnings.warn(f"param_groups key {slot.key!r} does not set {scope or slot.key}: the transform "
                                   "changes that 0-dim float tensor itself (a running value such as an EMA, or a "
                                   "schedule given to inject_hyperparams), so it is left to the transform from now "
                                   "on. A running value made on the params' device, as the built-ins make theirs, is "
-                                  "not taken for a hyperparameter.", stacklevel=4)
+                                  "not taken for a hyperparameter.", stacklevel=6)
                     continue
                 value = as_scalar(value)  # a 1-element tensor of any shape, as torch takes for lr
                 tensor.fill_(value if slot.factor == 1.0 else value * slot.factor)
