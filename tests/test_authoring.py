@@ -73,14 +73,21 @@ def test_step_counts_updates_from_one_and_is_shared_by_all_tensors():
     assert all(s.dtype == torch.int32 and s.dim() == 0 for s in seen)
 
 
-def test_a_schedule_hyperparameter_is_its_value_at_step_and_not_kept():
-    tx = gx.per_tensor(lambda p: (), lambda g, s, p, *, lr: (-lr * g, s), lr=lambda step: 0.1 * step)
+def test_a_schedule_hyperparameter_is_read_at_the_count_before_the_update_and_not_kept():
+    # optax's convention, and every built-in's: the k-th update (from 0) reads schedule(k), so
+    # a rule written with per_tensor and gx.scale_by_lr(schedule) take the same learning rates
+    schedule = gx.linear_schedule(1.0, 0.0, 4)
+    tx = gx.per_tensor(lambda p: (), lambda g, s, p, *, lr: (-lr * g, s), lr=schedule)
+    builtin = gx.scale_by_lr(schedule)
     params = {"w": torch.ones(2, dtype=torch.float64)}
-    state = tx.init(params)
+    state, builtin_state = tx.init(params), builtin.init(params)
     assert state.hyperparams._fields == ()
-    for step in (1, 2, 3):
-        updates, state = tx.update({"w": torch.ones(2, dtype=torch.float64)}, state, params)
-        torch.testing.assert_close(updates["w"], torch.full((2,), -0.1 * step, dtype=torch.float64))
+    for k, lr in enumerate([1.0, 0.75, 0.5, 0.25, 0.0, 0.0]):
+        grads = {"w": torch.full((2,), float(k + 1), dtype=torch.float64)}
+        updates, state = tx.update(grads, state, params)
+        expected, builtin_state = builtin.update(grads, builtin_state, params)
+        torch.testing.assert_close(updates["w"], torch.full((2,), -lr * (k + 1), dtype=torch.float64))
+        torch.testing.assert_close(updates["w"], expected["w"])
 
 
 def test_extra_arguments_reach_update_fn_by_name_and_grad_per_tensor():

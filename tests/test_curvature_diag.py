@@ -394,6 +394,9 @@ CLOSURE_ENTRIES = {
     "sophia_h": lambda: gx.sophia_h(0.05, update_interval=2),
     "adahessian": lambda: gx.adahessian(0.1),
     "matrix_momentum": lambda: gx.matrix_momentum(0.05, adaptive=True),
+    # its factor is kept between adaptations: a running value, which the adapter once took
+    # for a hyperparameter (param_groups["mu_scale"]) and reset to 1 before every step
+    "matrix_momentum_interval": lambda: gx.matrix_momentum(0.05, adaptive=True, adapt_interval=2),
     "sam_gradient": lambda: gx.chain(gx.sam_gradient(0.05), gx.scale_by_adam(), gx.scale_by_lr(0.05)),
     "sam_opaque": lambda: gx.sam(gx.adam(0.05), opaque_mode=True),
     "sam": lambda: gx.sam(gx.sgd(0.05, momentum=0.9), sync_period=3),

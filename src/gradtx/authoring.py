@@ -23,7 +23,17 @@ import torch
 
 from . import foreach
 from ._hparams import check, is_schedule, new_count, to_state
-from ._tree import Tree, TreeDef, flatten_up_to, tensor_leaves, tree_flatten, tree_map, tree_structure, tree_unflatten
+from ._tree import (
+    Tree,
+    TreeDef,
+    flatten_up_to,
+    leaves_at_paths_of,
+    tensor_leaves,
+    tree_flatten,
+    tree_map,
+    tree_structure,
+    tree_unflatten,
+)
 from .base import EmptyState, GradientTransformation, _format_value, describe
 
 __all__ = ["PerTensorState", "foreach", "multi_tensor", "per_tensor", "stateless_with_tree_map"]
@@ -63,15 +73,25 @@ def _check_callable(argument: str, fn: Any, form: str) -> None:
         raise ValueError(f"{argument} must be a function {form}, got {type(fn).__name__} {fn!r}")
 
 
-def _grad_leaves(extra_args: dict[str, Any], treedef: TreeDef) -> list[Any] | None:
-    """The ``grad`` extra argument as a list matching the update leaves (``None`` if absent)."""
+def _grad_leaves(extra_args: dict[str, Any], treedef: TreeDef, updates: Tree) -> list[Any] | None:
+    """The ``grad`` extra argument as a list matching the update leaves (``None`` if absent).
+    Inside ``gx.masked``/``gx.partition`` (without ``mask_compatible_extra_args``) ``grad`` is
+    the whole gradient and the updates hide the other leaves: the leaves at the updates' key
+    paths are taken, as the built-in gradient-aware members take them."""
     grad = extra_args.get("grad")
     if grad is None:
         return None
     try:
         return treedef.flatten_up_to(grad)
     except (ValueError, TypeError) as err:
-        raise ValueError(f"grad must have the structure of updates ({treedef}), got {tree_structure(grad)}") from err
+        try:
+            found = leaves_at_paths_of(grad, updates)
+        except (KeyError, IndexError, TypeError, ValueError):
+            found = None
+        if found is None or len(found) != treedef.num_leaves or not all(isinstance(g, torch.Tensor) for g in found):
+            raise ValueError(f"grad must have the structure of updates ({treedef}), got {tree_structure(grad)}"
+                             ) from err
+        return found
 
 
 def _check_tensor_leaves(state: Any, who: str) -> None:
@@ -84,6 +104,24 @@ def _check_tensor_leaves(state: Any, who: str) -> None:
 
 def _keep_dtype(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     return new if not isinstance(new, torch.Tensor) or new.dtype == old.dtype else new.to(old.dtype)
+
+
+class _ShapeChanged(Exception):
+    """A state tensor came back with another shape: ``args`` are the new and the old one."""
+
+
+def _keep_state_leaf(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    if isinstance(new, torch.Tensor) and isinstance(old, torch.Tensor) and new.shape != old.shape:
+        raise _ShapeChanged(tuple(new.shape), tuple(old.shape))
+    return _keep_dtype(new, old)
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"shape {tuple(x.shape)}"
+    if isinstance(x, tuple):
+        return f"a tuple of {len(x)}"
+    return f"a {type(x).__name__}"
 
 
 # --- level 1: per tensor ----------------------------------------------------------------
@@ -111,8 +149,10 @@ def per_tensor(init_fn: Callable[[torch.Tensor], Tree], update_fn: Callable[...,
     - ``step``: the number of this update, counting from 1, an int32 0-dim tensor shared
       by every tensor (a bias correction reads it);
     - each hyperparameter given here: a float64 0-dim tensor kept in the state, or a
-      schedule's value at ``step``;
-    - ``grad``: this tensor's raw gradient, when the caller passes ``grad``;
+      schedule's value at ``step - 1``, the number of updates before this one (the first
+      update reads ``schedule(0)``, as ``gx.scale_by_lr(schedule)`` and optax do);
+    - ``grad``: this tensor's raw gradient, when the caller passes ``grad`` (inside
+      ``gx.masked`` or ``gx.partition``, the gradient of the same parameter);
     - ``inplace``: true only when the constructor is declared ``@gx.transform(inplace=True)``
       and the caller allows it; the rule may then write into the update and state tensors
       it is given, and keeps the promise of :func:`gradtx.supports_inplace`;
@@ -177,11 +217,12 @@ def per_tensor(init_fn: Callable[[torch.Tensor], Tree], update_fn: Callable[...,
         us, treedef = tensor_leaves(updates)
         states = flatten_up_to(state.per_tensor, treedef)
         ps = [None] * len(us) if params is None else flatten_up_to(params, treedef, "params")
-        grads = _grad_leaves(extra_args, treedef) if "grad" in takes else None
+        grads = _grad_leaves(extra_args, treedef, updates) if "grad" in takes else None
         count = state.count + 1
         shared = takes.extra(extra_args)
         shared.update(zip(kept, state.hyperparams))
-        shared.update((name, fn(count)) for name, fn in schedules.items())
+        # at the count before this update, as every built-in and optax read a schedule
+        shared.update((name, fn(state.count)) for name, fn in schedules.items())
         if wants_step:
             shared["step"] = count
         if takes_inplace:
@@ -193,13 +234,25 @@ def per_tensor(init_fn: Callable[[torch.Tensor], Tree], update_fn: Callable[...,
                 new_states.append(s)
                 continue
             keywords = shared if grads is None else {**shared, "grad": grads[i]}
-            new_u, new_s = update_fn(u, s, p, **keywords)
+            out = update_fn(u, s, p, **keywords)
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise ValueError(f"update_fn {_name(update_fn)} must return a pair (update, state), got "
+                                 f"{_describe(out)}")
+            new_u, new_s = out
+            if not isinstance(new_u, torch.Tensor) or new_u.shape != u.shape:
+                # p + u would broadcast a smaller tensor over the parameter without a word
+                raise ValueError(f"update_fn {_name(update_fn)} returned an update of {_describe(new_u)} for a "
+                                 f"tensor of shape {tuple(u.shape)}: the update has the shape of the tensor")
             new_us.append(_keep_dtype(new_u, u))
             try:
-                new_states.append(tree_map(_keep_dtype, new_s, s))
+                new_states.append(tree_map(_keep_state_leaf, new_s, s))
             except (ValueError, TypeError) as err:
                 raise ValueError(f"update_fn {_name(update_fn)} returned a state of structure {tree_structure(new_s)}"
                                  f", but init_fn gave {tree_structure(s)}: keep the structure") from err
+            except _ShapeChanged as err:
+                raise ValueError(f"update_fn {_name(update_fn)} returned a state tensor of shape {err.args[0]}, but "
+                                 f"init_fn gave shape {err.args[1]}: keep each state tensor's shape (checkpoints "
+                                 f"and the adapter build the state from init_fn)") from None
         return (tree_unflatten(new_us, treedef),
                 PerTensorState(count, state.hyperparams, tree_unflatten(new_states, treedef)))
 
@@ -223,7 +276,13 @@ def stateless_with_tree_map(fn: Callable[[torch.Tensor, torch.Tensor | None], to
     _check_callable("fn", fn, "(update, param) -> update")
 
     def one(u, p):
-        return None if u is None else _keep_dtype(fn(u, p), u)
+        if u is None:
+            return None
+        new = fn(u, p)
+        if not isinstance(new, torch.Tensor) or new.shape != u.shape:  # p + u would broadcast it silently
+            raise ValueError(f"fn {_name(fn)} returned {_describe(new)} for an update of shape {tuple(u.shape)}: "
+                             "return a tensor of the update's shape")
+        return _keep_dtype(new, u)
 
     def update(updates, state, params=None, **extra_args):
         del extra_args
@@ -293,7 +352,8 @@ def multi_tensor(init_fn: Callable[[list[torch.Tensor]], Any],
     as a tree with the structure of the params, so ``gx.Optimizer`` files its entries
     under their parameters (``opt.state[p]``, checkpoints) and steps any subset of them;
     keep the same containers from call to call. A 0-dim float tensor in a NamedTuple field
-    is a hyperparameter: ``param_groups[i][field]`` under ``gx.Optimizer``.
+    is a hyperparameter: ``param_groups[i][field]`` under ``gx.Optimizer``; make a running
+    value (an EMA of a norm) on the params' device, as the built-ins do, and it is not one.
 
     ``update_fn`` receives, among these keywords, the ones it names (all with
     ``**kwargs``): ``grad`` (the raw gradients, a list like ``updates``), ``inplace``,
@@ -350,7 +410,7 @@ def multi_tensor(init_fn: Callable[[list[torch.Tensor]], Any],
             skeleton_of(init_fn(list(gs)), f"init_fn {_name(init_fn)}")
         keywords = takes.extra(extra_args)
         if "grad" in takes and extra_args.get("grad") is not None:
-            keywords["grad"] = _grad_leaves(extra_args, treedef)
+            keywords["grad"] = _grad_leaves(extra_args, treedef, updates)
         if takes_inplace:
             keywords["inplace"] = inplace
         ps = None if params is None else flatten_up_to(params, treedef, "params")

@@ -22,7 +22,7 @@ import torch
 
 from . import _foreach as F
 from ._hparams import as_scalar
-from ._tree import Tree, flatten_up_to, tree_flatten, tree_unflatten
+from ._tree import Tree, flatten_up_to, leaf_names, tree_flatten, tree_unflatten
 
 __all__ = ["EmptyState", "GradientTransformation", "apply_updates", "describe", "identity", "incremental_update",
            "is_elementwise", "is_leafwise", "periodic_update", "scale_gradient", "stateless", "supports_inplace",
@@ -293,9 +293,21 @@ def updater(tx: GradientTransformation) -> Callable[..., tuple[Tree, Tree]]:
         del inplace  # never passed to an undeclared transform
         if accepted is not None:
             extra_args = {k: v for k, v in extra_args.items() if k in accepted}
-        return update(updates, state, params, **extra_args)
+        out = update(updates, state, params, **extra_args)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            # unpacked as it is, a dict of two leaves would pass for a pair of its keys
+            raise ValueError(f"the update of {_short_repr(tx)} must return a pair (updates, new_state), got "
+                             f"{type(out).__name__}" + (f" of length {len(out)}" if isinstance(out, tuple) else ""))
+        return out
 
     return run
+
+
+def _short_repr(tx: GradientTransformation) -> str:
+    if not getattr(tx, "__dict__", {}).get("name"):  # a bare pair: its update function's name
+        return f"GradientTransformation(update={getattr(tx.update, '__name__', type(tx.update).__name__)})"
+    text = repr(tx)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _accepted_keywords(fn: Callable) -> frozenset[str] | None:
@@ -348,7 +360,8 @@ def stateless(fn: Callable[[Tree, Tree | None], Tree]) -> GradientTransformation
 def apply_updates(params: Tree, updates: Tree, *, inplace: bool = False) -> Tree:
     """``params + updates``, leafwise, the result cast to each parameter's dtype.
 
-    A ``None`` update leaves its parameter unchanged. With ``inplace=True`` the
+    A ``None`` update leaves its parameter unchanged; any other has its parameter's shape
+    (``ValueError`` otherwise: ``p + u`` would broadcast it). With ``inplace=True`` the
     parameters are written in place (under ``torch.no_grad``) and returned.
     """
     p_leaves, treedef = tree_flatten(params)
@@ -356,6 +369,10 @@ def apply_updates(params: Tree, updates: Tree, *, inplace: bool = False) -> Tree
     if len(u_leaves) != len(p_leaves):
         raise ValueError(f"updates has {len(u_leaves)} leaves but params has {len(p_leaves)}")
     idx = [i for i, u in enumerate(u_leaves) if u is not None]
+    for i in idx:  # p + u would broadcast a smaller update over its parameter, or grow the parameter
+        if u_leaves[i].shape != p_leaves[i].shape:
+            raise ValueError(f"the update of {leaf_names(params)[i]!r} has shape {tuple(u_leaves[i].shape)}, its "
+                             f"parameter {tuple(p_leaves[i].shape)}: each update has the shape of its parameter")
     ps = [p_leaves[i] for i in idx]
     us = F.cast_like([u_leaves[i] for i in idx], ps)
     if inplace:

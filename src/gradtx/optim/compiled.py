@@ -177,7 +177,17 @@ class CompiledChain:
                 if pack is not None:
                     torch._foreach_copy_(pack.grad_views, [grads[k] for k in pack.keys])
                     torch._foreach_copy_(pack.param_views, [params[k] for k in pack.keys])
-                outputs = self._step(leaves)
+                try:
+                    outputs = self._step(leaves)
+                except RuntimeError as err:  # before any write of this call: say what to change
+                    if not _untraceable(err):
+                        raise
+                    said = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                    raise ValueError(
+                        "compile=True traces the chain's update into one graph, and torch.compile could not trace "
+                        "it: a Python branch on a tensor's value (`if int(step) == 1:`, `if x.item() > 0:`) or a "
+                        "call it cannot trace. Write the branch with torch.where, or build the optimizer with "
+                        f"compile=False. torch.compile said: {said}") from err
                 if pack is not None:
                     torch._foreach_copy_([params[k] for k in pack.keys], pack.param_views)
         for old, new in zip(plan.shared, outputs):
@@ -312,3 +322,11 @@ class CompiledChain:
                         for index, path in self._positions]
         call.leaves = slot_grads + state_leaves + slot_params
         return call
+
+
+def _untraceable(err: RuntimeError) -> bool:
+    """Whether ``err`` is torch.compile's for an update it cannot trace whole (fullgraph): a
+    branch on a tensor's value, an unsupported call (torch._dynamo is imported by then)."""
+    exc = getattr(getattr(torch, "_dynamo", None), "exc", None)
+    kinds = tuple(getattr(exc, name) for name in ("UserError", "Unsupported") if hasattr(exc, name))
+    return bool(kinds) and isinstance(err, kinds)

@@ -17,6 +17,7 @@ import torch
 
 from .._tree import _is_param_dict
 from ..base import GradientTransformation
+from ..wrappers import InjectHyperparamsState
 from .groups import GroupStates
 
 __all__ = ["Slot", "lr_schedule", "template", "walk"]
@@ -57,6 +58,10 @@ def walk(state: Any, tx: GradientTransformation | None) -> list[tuple[int, str, 
                 visit(s, inner, scope, g)
             return
         parts = getattr(tx, "__dict__", {}).get("parts")
+        if isinstance(node, InjectHyperparamsState):
+            # the inner state's hyperparameters are written from these at every update: keys
+            # for them would be dead ("weight_decay#1" next to "weight_decay")
+            node = node._replace(inner_state=())
         if hasattr(node, "_fields"):
             for field, value in zip(node._fields, node):
                 if isinstance(value, torch.Tensor) and value.dim() == 0 and value.is_floating_point():

@@ -628,6 +628,7 @@ class Optimizer(torch.optim.Optimizer):
                 continue
             plist = group["params"]
             cached = self._step_params[gi]
+            new_keys = False  # a new set of stepped parameters: the updates' shapes are checked once
             if self._own_gradients:
                 keys, all_grads = [k for k, p in enumerate(plist) if self._stepped(p)], None
             else:  # C-level passes (thousands of parameters, every step)
@@ -649,6 +650,7 @@ class Optimizer(torch.optim.Optimizer):
                 self._forget_replaced(gi)
                 params = self._param_dict(gi, keys)
                 self._step_params[gi] = (keys, group["params"], params, tuple(group["params"]))
+                new_keys = True
             if all_grads is None:
                 grads = self._grads_or_zeros(gi, keys, params)
             else:
@@ -681,6 +683,8 @@ class Optimizer(torch.optim.Optimizer):
                 state = (*new_state, state[-1])
             else:
                 updates, state = variant.run(updates, state, params, variant.declared, extra)
+            if new_keys:
+                _check_update_shapes(updates, params, keys, f" of param_groups[{gi}]")
             self._chain_states[gi] = merge_keys(self._chain_states[gi], state) if is_selection else state
             ps = [params[k] for k in keys]
             us = F.cast_like([updates[k] for k in keys], ps)
@@ -815,6 +819,8 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             extra.update(self._evaluation_args(closure, loss, params))
         updates, state = run(dict(zip(keys, copies)), state, params, declared, extra)
+        if new:
+            _check_update_shapes(updates, params, keys, "")
         self._one_state = merge_keys(self._one_state, state) if is_selection else state
         ps = list(params.values())
         F.add(ps, F.cast_like([updates[k] for k in keys], ps), inplace=True)
@@ -855,9 +861,11 @@ class Optimizer(torch.optim.Optimizer):
         (one chain over all groups) each group's into its own part of the state and, into
         the parts that run over every group, the value all groups share."""
         slots = self._slots
+        probe = self.__dict__.setdefault("_hp_probe", {})
+        running = self.__dict__.setdefault("_hp_running", set())
         for position, scope, gi, tensor in hyperparams.walk(state, self._split if group is None else self.tx):
             slot = slots[position] if position < len(slots) else None
-            if slot is None or slot.factor is None:
+            if slot is None or slot.factor is None or position in running:
                 continue
             if group is not None:
                 value = group.get(slot.key)
@@ -866,8 +874,25 @@ class Optimizer(torch.optim.Optimizer):
             else:
                 value = self._common_value(slot.key, scope)
             if value is not None:
+                where = (None if group is None else id(group), position, gi)
+                seen = probe.get(where)
+                if seen is not None and seen[0] > 0 and _changed(tensor, seen[1]):
+                    # Nothing but the transform wrote it since our last write: it is a running
+                    # value (an EMA of a norm, a best loss) that looks like a hyperparameter
+                    # (a 0-dim float in a NamedTuple field, made without the params' device).
+                    # Writing the group's value would reset it every step.
+                    running.add(position)
+                    # stacklevel: the user's opt.step(), past torch's two wrappers of step
+                    warnings.warn(f"param_groups key {slot.key!r} does not set {scope or slot.key}: the transform "
+                                  "changes that 0-dim float tensor itself (a running value such as an EMA, or a "
+                                  "schedule given to inject_hyperparams), so it is left to the transform from now "
+                                  "on. A running value made on the params' device, as the built-ins make theirs, is "
+                                  "not taken for a hyperparameter.", stacklevel=6)
+                    continue
                 value = as_scalar(value)  # a 1-element tensor of any shape, as torch takes for lr
                 tensor.fill_(value if slot.factor == 1.0 else value * slot.factor)
+                if seen is None or seen[0] > 0:  # the first steps only: reading the value back syncs
+                    probe[where] = (_PROBE_STEPS if seen is None else seen[0] - 1, tensor.item())
 
     def _common_value(self, key: str, scope: str) -> Any:
         """The value of ``key`` in every group, for a part of the chain that runs over all
@@ -971,6 +996,7 @@ class Optimizer(torch.optim.Optimizer):
             post_hook(self)
 
     def _load(self, state_dict: Any, fresh_shared: Callable[[int], dict[str, Any]] | None = None) -> None:
+        self.__dict__.pop("_hp_probe", None)  # the loaded values are not the ones written before
         if _checkpoint.is_gradtx(state_dict):
             state_dict = _checkpoint.from_torch_shape(state_dict, fresh_shared)
         if isinstance(state_dict, dict) and isinstance(state_dict.get("state"), dict):
@@ -984,6 +1010,7 @@ class Optimizer(torch.optim.Optimizer):
         index = next((i for i, p in enumerate(self._all_params()) if p is param), None)
         if index is None:
             raise KeyError("opt.state[param] = ...: not a parameter of this optimizer")
+        self.__dict__.pop("_hp_probe", None)  # its shared leaves may set hyperparameters
         if not isinstance(entry, dict):
             raise ValueError(f"opt.state[param] takes the parameter's entry of a state_dict(), got {entry!r:.80}")
         sd = _checkpoint.to_torch_shape(self._old_state_dict())
@@ -1309,3 +1336,25 @@ def _same_paths(where: str, expected: dict[str, Any], saved: dict[str, Any]) -> 
         missing, extra = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
         raise ValueError(f"{where}: the state dict comes from another chain (missing {missing}, "
                          f"unexpected {extra})")
+
+
+_PROBE_STEPS = 2  # steps after the first whose hyperparameter tensors are read back (one sync each)
+
+
+def _changed(tensor: torch.Tensor, written: float) -> bool:
+    """Whether a hyperparameter tensor no longer holds the value written into it."""
+    now = tensor.item()
+    return now != written and not (now != now and written != written)  # NaN stays NaN
+
+
+def _check_update_shapes(updates: Any, params: dict[Any, torch.Tensor], keys: list[Any], where: str) -> None:
+    """``ValueError`` when the chain gave a parameter an update of another shape: an in-place
+    ``p += u`` broadcasts a smaller one over the parameter without a word. Checked when a set
+    of parameters is first stepped (the shapes a chain gives do not change between steps)."""
+    for k in keys:
+        u = updates[k]
+        if not isinstance(u, torch.Tensor) or u.shape != params[k].shape:
+            got = f"shape {tuple(u.shape)}" if isinstance(u, torch.Tensor) else type(u).__name__
+            raise ValueError(f"the chain gave parameter {int(k)}{where} an update of {got}, the parameter has "
+                             f"shape {tuple(params[k].shape)}: each update has the shape of its parameter (a "
+                             "transform of the chain returned it)")

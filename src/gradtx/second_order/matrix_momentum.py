@@ -18,7 +18,9 @@ __all__ = ["MatrixMomentumState", "matrix_momentum"]
 
 class MatrixMomentumState(NamedTuple):
     count: torch.Tensor  # int32, steps taken
-    mu_scale: torch.Tensor  # float64 0-dim: the adaptive factor ||s|| / ||y|| (1 when not adaptive)
+    # float64 0-dim on the params' device: the adaptive factor ||s|| / ||y|| (1 when not
+    # adaptive); a running value there, not a hyperparameter gx.Optimizer would write
+    mu_scale: torch.Tensor
     prev_params: Tree  # the params of the previous step
     prev_grad: Tree  # the previous step's gradient (adaptive without adapt_interval); else ()
 
@@ -89,7 +91,8 @@ def matrix_momentum(lr: float, mu: float = 0.1, *, adaptive: bool = False, adapt
         ps, treedef = tensor_leaves(params)
         prev = tree_unflatten([p.detach().clone() for p in ps], treedef)
         grads = tree_unflatten([torch.zeros_like(p) for p in ps], treedef) if keeps_grad else ()
-        return MatrixMomentumState(new_count(), torch.ones((), dtype=torch.float64), prev, grads)
+        device = ps[0].device if ps else None
+        return MatrixMomentumState(new_count(), torch.ones((), dtype=torch.float64, device=device), prev, grads)
 
     def update(updates, state, params=None, *, inplace=False, **extra_args: Any):
         del inplace  # it allocates: writes into nothing it is given, returns fresh tensors
@@ -118,7 +121,7 @@ def matrix_momentum(lr: float, mu: float = 0.1, *, adaptive: bool = False, adapt
         if keeps_grad:
             ys = [g - q for g, q in zip(grads, prev_grads)]
             prev_grads = [g.clone().to(x.dtype) for g, x in zip(grads, prev_grads)]
-            mu_scale = _secant(ss, ys)
+            mu_scale = _secant(ss, ys).to(state.mu_scale.device)
         elif adaptive and (step - 2) % adapt_interval == 0:
             vg = extra_args.get("value_and_grad_fn")
             if vg is None:
@@ -126,7 +129,7 @@ def matrix_momentum(lr: float, mu: float = 0.1, *, adaptive: bool = False, adapt
                                  "previous params on this step's data): call update(..., value_and_grad_fn=...), or "
                                  "step(closure) under gx.Optimizer")
             at_prev = leaves_like(vg(tree_unflatten(prevs, treedef))[1], treedef, "value_and_grad_fn's gradient")
-            mu_scale = _secant(ss, [g - q for g, q in zip(grads, at_prev)])
+            mu_scale = _secant(ss, [g - q for g, q in zip(grads, at_prev)]).to(state.mu_scale.device)
         m = mu * mu_scale
         out = [(-lr * u + s.to(u.dtype) - m.to(u.dtype) * hs.to(u.dtype)).to(u.dtype)
                for u, s, hs in zip(us, ss, hss)]

@@ -56,17 +56,11 @@ def _zeros(n: int) -> Callable[[torch.Tensor], tuple]:
 
 
 def _optax_schedule(name: str, value: Any) -> Any:
-    """A schedule of optax's step count (0 at the first update), called by per_tensor with
-    the count from 1; numbers unchanged."""
-    if not is_schedule(value):
-        return value
-    check_schedule(name, value)
-
-    def at_count(step):
-        return value(step - 1)
-
-    at_count.__name__ = getattr(value, "__name__", "schedule")
-    return at_count
+    """``value``, checked when it is a schedule: per_tensor reads one at optax's step count
+    (0 at the first update); numbers unchanged."""
+    if is_schedule(value):
+        check_schedule(name, value)
+    return value
 
 
 def quarter_power(count: torch.Tensor) -> torch.Tensor:
