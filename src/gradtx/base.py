@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import operator
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
@@ -27,6 +28,8 @@ from ._tree import Tree, flatten_up_to, leaf_names, tree_flatten, tree_unflatten
 __all__ = ["EmptyState", "GradientTransformation", "apply_updates", "describe", "identity", "incremental_update",
            "is_elementwise", "is_leafwise", "periodic_update", "scale_gradient", "stateless", "supports_inplace",
            "transform"]
+
+_SHAPE = operator.attrgetter("shape")
 
 
 class TransformInitFn(Protocol):
@@ -369,12 +372,15 @@ def apply_updates(params: Tree, updates: Tree, *, inplace: bool = False) -> Tree
     if len(u_leaves) != len(p_leaves):
         raise ValueError(f"updates has {len(u_leaves)} leaves but params has {len(p_leaves)}")
     idx = [i for i, u in enumerate(u_leaves) if u is not None]
-    for i in idx:  # p + u would broadcast a smaller update over its parameter, or grow the parameter
-        if u_leaves[i].shape != p_leaves[i].shape:
-            raise ValueError(f"the update of {leaf_names(params)[i]!r} has shape {tuple(u_leaves[i].shape)}, its "
-                             f"parameter {tuple(p_leaves[i].shape)}: each update has the shape of its parameter")
     ps = [p_leaves[i] for i in idx]
-    us = F.cast_like([u_leaves[i] for i in idx], ps)
+    us = [u_leaves[i] for i in idx]
+    # p + u would broadcast a smaller update over its parameter, or grow the parameter
+    # (C-level passes: the functional path calls this every step, over thousands of leaves)
+    if any(map(operator.ne, map(_SHAPE, us), map(_SHAPE, ps))):
+        i = next(i for i in idx if u_leaves[i].shape != p_leaves[i].shape)
+        raise ValueError(f"the update of {leaf_names(params)[i]!r} has shape {tuple(u_leaves[i].shape)}, its "
+                         f"parameter {tuple(p_leaves[i].shape)}: each update has the shape of its parameter")
+    us = F.cast_like(us, ps)
     if inplace:
         with torch.no_grad():
             F.add(ps, us, inplace=True)
