@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import weakref
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 import torch
@@ -109,6 +109,99 @@ def test_generic_chain_over_blocks_of_the_buffers_matches_default(monkeypatch, n
                 assert torch.equal(got, value), (index, key)
             else:
                 assert_close_to_scale([got], [value], 1e-12 if value.dtype == torch.float64 else 1e-6)
+
+
+class _Tally:
+    """A user's mutable Python counter in a state (not a tensor): a block given it would count too."""
+
+    def __init__(self):
+        self.n = 0
+
+
+@gx.transform(elementwise=True, inplace=True)
+def _scale_by_shared_count(hold: str = "twice"):
+    """``u <- t g`` with ``t`` the steps taken, counted in place in a shared leaf held ``twice``
+    (one tensor at two paths: written through one, read through the other), as a ``view`` of a
+    tensor also held (written through the whole, read through the view), or in a mutable
+    ``python`` object."""
+    class State(NamedTuple):
+        written: Any
+        read: Any
+
+    def init(params):
+        if hold == "python":
+            tally = _Tally()
+            return State(tally, tally)
+        if hold == "view":
+            whole = torch.zeros(2, dtype=torch.float64)
+            return State(whole, whole[1])
+        count = torch.zeros((), dtype=torch.float64)
+        return State(count, count)
+
+    def update(updates, state, params=None, *, inplace=False, **extra):
+        if hold == "python":
+            state.written.n += 1
+            t = state.read.n
+        else:
+            state.written.add_(1)
+            t = state.read
+        return {k: g * t for k, g in updates.items()}, state
+
+    return gx.GradientTransformation(init, update)
+
+
+@pytest.mark.parametrize("hold", ["twice", "view", "python"])
+def test_blocks_keep_a_shared_leaf_held_twice_or_mutable_as_one(monkeypatch, hold):
+    """The blocks copy the shared state for all but the last: a tensor held at two paths is
+    copied once (a write through one path is read through the other, as over the whole
+    buffer), and state that copies would split (views of one memory, a mutable Python object)
+    runs the whole buffer. Without that, each block but the last read a count one behind (the
+    numbers then differ from the first step) or counted once per block."""
+    monkeypatch.setattr(_flat, "_BLOCK", 16)
+    runs = []
+    for flat in (False, True):
+        params = seeded_params(SHAPES, torch.float64)
+        opt = gx.Optimizer(params, gx.chain(_scale_by_shared_count(hold), gx.scale_by_lr(0.01)), flat=flat)
+        for step in range(5):
+            opt.zero_grad()
+            seeded_backward(params, step)
+            opt.step()
+        runs.append(params)
+    assert_close_to_scale(runs[1], runs[0], 1e-12)
+
+
+@gx.transform(elementwise=True, inplace=True)
+def _refuse_above(limit: float):
+    """Raises when an update element exceeds ``limit`` (a user's check, elementwise in its numbers)."""
+    def update(updates, state, params=None, *, inplace=False, **extra):
+        if any(u.numel() and bool(u.abs().max() > limit) for u in updates.values()):
+            raise FloatingPointError("update too large")
+        return updates, state
+
+    return gx.GradientTransformation(lambda params: (), update)
+
+
+def test_a_chain_raising_in_a_later_block_says_which_elements_were_stepped(monkeypatch):
+    """A chain that raises in a block after the first has stepped the blocks before it (their
+    parameters and state; the counts are not moved): the error says so and from which element,
+    so that the step is not retried as if nothing had moved (flat=False moves no parameter)."""
+    monkeypatch.setattr(_flat, "_BLOCK", 16)
+    params = seeded_params(SHAPES, torch.float64)
+    opt = gx.Optimizer(params, gx.chain(_refuse_above(100.0), gx.adan(0.01)), flat=True)
+    opt.zero_grad()
+    seeded_backward(params, 0)
+    opt.step()
+    opt.zero_grad()
+    seeded_backward(params, 1)
+    params[-1].grad[5, 5] = 1e3  # the buffer's last element (127 of them): in its last block, from 112
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(FloatingPointError, match="update too large") as raised:
+        opt.step()
+    assert any("raised in the block from element 112" in note and "load a checkpoint" in note
+               for note in getattr(raised.value, "__notes__", [])), getattr(raised.value, "__notes__", None)
+    moved = torch.cat([(p != b).reshape(-1) for p, b in zip(params, before)])
+    assert moved[:112].all() and not moved[112:].any()
+    assert all(int(v) == 1 for v in opt.state_dict()["state"][0].values() if v.dim() == 0 and not v.is_floating_point())
 
 
 def test_flat_refuses_a_chain_that_is_not_elementwise_or_segmented():

@@ -9,7 +9,8 @@ then runs over one tensor per buffer: torch's fused kernel, one in-place multi-t
 one tensor, or the compiled graph with one slot; its numbers cannot depend on the split. A
 chain with none of these plans (``gx.lion``, ``gx.adan``, a user's elementwise transforms)
 runs its ops over a long CPU buffer a block of ``_BLOCK`` elements at a time, each block from
-the state the step began with, so that its temporaries stay in cache.
+the state the step began with, so that its temporaries stay in cache (a chain that raises in
+a later block has stepped the earlier ones: the error says so, with a note).
 
 - **State**: the chain runs on a state over the flat buffers (the *flat state*); the
   adapter's own per-group state (what ``opt.state``, ``state_dict`` and the default path
@@ -351,6 +352,8 @@ _RETRY_MAX = 64
 # would be a fresh mapping of tens of MiB (over glibc's 32 MiB mmap threshold), page-faulted
 # every step: gx.lion flat on the resnet set took 1.8x its default path's time that way.
 _BLOCK = 1 << 20
+# shared state leaves other than tensors that a block may be given as they are: nothing changes them in place
+_IMMUTABLE = (int, float, complex, bool, str, bytes, type(None), torch.dtype, torch.device)
 
 # Parameters per ``init`` of the template that gives a fresh group state its structure
 # (FlatStorage._link_fresh): its transient memory is that of this many parameters' template.
@@ -982,8 +985,10 @@ class FlatStorage:
         shared state, such as step counts, that no parameter value changes). So each block is
         stepped from the state the step began with: its slices of the buffer-long state leaves,
         and copies of the shared leaves (a count incremented in place by one block must not be
-        seen by the next); the last block gets the shared leaves themselves, and what it returns
-        for them is kept."""
+        seen by the next; a tensor held at two paths gets one copy); the last block gets the
+        shared leaves themselves, and what it returns for them is kept. Not undone when the
+        chain raises in a later block: the blocks before it stay stepped (their parameters and
+        state, not the shared counts), and a note on the error says so."""
         if lay.segments is not None or lay.temporaries is not None:
             return False
         longest = max(p.numel() for p in lay.fparams.values())
@@ -1004,19 +1009,35 @@ class FlatStorage:
             hi, last = lo + _BLOCK, lo == starts[-1]
             ps = {k: p[lo:hi] for k, p in lay.fparams.items()}
             gs = {k: g[lo:hi] for k, g in lay.fgrads.items()}
-            pieces = [leaf[lo:hi] if owner is not None else leaf if last or not isinstance(leaf, torch.Tensor)
-                      else leaf.clone() for leaf, owner in zip(leaves, owners)]
+            copied: dict[int, torch.Tensor] = {}  # one copy per shared tensor: a tensor held twice stays one
+            pieces = []
+            for leaf, owner in zip(leaves, owners):
+                if owner is not None:
+                    pieces.append(leaf[lo:hi])
+                elif last or not isinstance(leaf, torch.Tensor):
+                    pieces.append(leaf)
+                else:
+                    pieces.append(copied[id(leaf)] if id(leaf) in copied else copied.setdefault(id(leaf), leaf.clone()))
             state = tree_unflatten(pieces, treedef)
             if variant.declared:
                 copies = [b[:g.numel()].copy_(g) for b, g in zip(bufs, gs.values())]
             else:
                 copies = F.clone(list(gs.values()))
             updates, extra = dict(zip(keys, copies)), {"grad": gs}
-            if before_lr:
-                updates, new_state = variant.before_lr(updates, state[:-1], ps, True, extra)
-                new = (*new_state, state[-1])
-            else:
-                updates, new = variant.run(updates, state, ps, variant.declared, extra)
+            try:
+                if before_lr:
+                    updates, new_state = variant.before_lr(updates, state[:-1], ps, True, extra)
+                    new = (*new_state, state[-1])
+                else:
+                    updates, new = variant.run(updates, state, ps, variant.declared, extra)
+            except BaseException as e:
+                if lo:  # the blocks before this one were stepped: say so, a retry would step them twice
+                    e.add_note(f"gx.Optimizer(flat=True) ran this chain over blocks of {_BLOCK} elements of the "
+                               f"flat buffers and it raised in the block from element {lo}: the elements before "
+                               "it (parameters and state) were stepped, the later ones and the shared state "
+                               "(counts) were not, so stepping again would step the first ones twice; load a "
+                               "checkpoint instead (flat=False moves no parameter when the chain raises)")
+                raise
             returned = tree_leaves(new)
             for piece, out, owner in zip(pieces, returned, owners):
                 if owner is not None and out is not piece:  # a fresh tensor: into the buffer's slice
@@ -1032,7 +1053,9 @@ class FlatStorage:
     def _block_plan(lay: _Layout) -> tuple | None:
         """``lay.block_plan`` for the current flat state, made when the state changed: ``None``
         when a per-bucket leaf is not a contiguous buffer-long tensor (it could not be sliced
-        like the buffers) or a shared tensor requires grad (a hypergradient through the copies)."""
+        like the buffers), a shared tensor requires grad (a hypergradient through the copies), two
+        shared tensors are views of one memory (each block's copies of them would be apart), or a
+        shared leaf is neither a tensor nor an immutable value (a block could change it in place)."""
         plan = lay.block_plan
         if plan is not None and plan[0] is lay.fstate:
             return plan
@@ -1040,10 +1063,19 @@ class FlatStorage:
         numel = {int(k): p.numel() for k, p in lay.fparams.items()}
         keys = {int(k): k for k in lay.fparams}
         owners = []
+        seen, memory = set(), set()
         for index, _, leaf in positioned:
             if index is None:
-                if isinstance(leaf, torch.Tensor) and leaf.requires_grad:
-                    return None
+                if isinstance(leaf, torch.Tensor):
+                    if leaf.requires_grad:
+                        return None
+                    if id(leaf) not in seen and leaf.untyped_storage().nbytes():  # one held twice is copied once
+                        seen.add(id(leaf))
+                        if leaf.untyped_storage().data_ptr() in memory:
+                            return None  # two views of one memory: copied apart, a write would not reach the other
+                        memory.add(leaf.untyped_storage().data_ptr())
+                elif not isinstance(leaf, _IMMUTABLE):
+                    return None  # a Python object a block could change in place: no copy is known to be safe
                 owners.append(None)
             elif (isinstance(leaf, torch.Tensor) and index in numel and leaf.dim() == 1
                   and leaf.numel() == numel[index] and leaf.is_contiguous()):
