@@ -1017,7 +1017,9 @@ class FlatStorage:
                 elif last or not isinstance(leaf, torch.Tensor):
                     pieces.append(leaf)
                 else:
-                    pieces.append(copied[id(leaf)] if id(leaf) in copied else copied.setdefault(id(leaf), leaf.clone()))
+                    if id(leaf) not in copied:
+                        copied[id(leaf)] = leaf.clone()
+                    pieces.append(copied[id(leaf)])
             state = tree_unflatten(pieces, treedef)
             if variant.declared:
                 copies = [b[:g.numel()].copy_(g) for b, g in zip(bufs, gs.values())]
