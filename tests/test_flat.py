@@ -10,6 +10,7 @@ default path's numbers, and the fast path is checked to be taken (one buffer).
 from __future__ import annotations
 
 import io
+import sys
 import weakref
 from typing import Any, NamedTuple
 
@@ -197,8 +198,9 @@ def test_a_chain_raising_in_a_later_block_says_which_elements_were_stepped(monke
     before = [p.detach().clone() for p in params]
     with pytest.raises(FloatingPointError, match="update too large") as raised:
         opt.step()
-    assert any("raised in the block from element 112" in note and "load a checkpoint" in note
-               for note in getattr(raised.value, "__notes__", [])), getattr(raised.value, "__notes__", None)
+    if sys.version_info >= (3, 11):  # exceptions take notes from 3.11 on
+        assert any("raised in the block from element 112" in note and "load a checkpoint" in note
+                   for note in getattr(raised.value, "__notes__", [])), getattr(raised.value, "__notes__", None)
     moved = torch.cat([(p != b).reshape(-1) for p, b in zip(params, before)])
     assert moved[:112].all() and not moved[112:].any()
     assert all(int(v) == 1 for v in opt.state_dict()["state"][0].values() if v.dim() == 0 and not v.is_floating_point())

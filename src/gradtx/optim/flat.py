@@ -1033,7 +1033,9 @@ class FlatStorage:
                 else:
                     updates, new = variant.run(updates, state, ps, variant.declared, extra)
             except BaseException as e:
-                if lo:  # the blocks before this one were stepped: say so, a retry would step them twice
+                # the blocks before this one were stepped: say so, a retry would step them twice
+                # (add_note: Python 3.11 and later)
+                if lo and hasattr(e, "add_note"):
                     e.add_note(f"gx.Optimizer(flat=True) ran this chain over blocks of {_BLOCK} elements of the "
                                f"flat buffers and it raised in the block from element {lo}: the elements before "
                                "it (parameters and state) were stepped, the later ones and the shared state "
