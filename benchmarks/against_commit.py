@@ -12,6 +12,7 @@ Usage::
 
     PYTHONPATH=src python benchmarks/against_commit.py                       # muon and lamb, every set
     PYTHONPATH=src python benchmarks/against_commit.py --algos muon --sets tiny-many --rounds 5
+    PYTHONPATH=src python benchmarks/against_commit.py --commit 425f1dd~1 --then-flat --algos lion adan
 
 The old tree is taken with ``git archive`` into a temporary folder and imported as
 ``gradtx_then`` (its absolute imports and its ``torch.library`` namespace renamed, so both
@@ -86,14 +87,17 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=["big", "resnet", "small", "tiny-many"])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--then-flat", action="store_true",
+                        help="time the earlier commit with flat=True (a change to the flat path), not its default path")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
         then = import_at(args.commit, pathlib.Path(folder))
+        then_path = "flat" if args.then_flat else "default"
         print(f"torch {torch.__version__}, {args.threads} thread(s), float32; median ms of {args.rounds} "
-              f"interleaved rounds of 2 steps; ratios to the default path at {args.commit}")
+              f"interleaved rounds of 2 steps; ratios to the {then_path} path at {args.commit}")
         print("(muon's bound: its Newton-Schulz products alone, timed in the same rounds)")
-        print(f"| algorithm | set | default at {args.commit} | default now | flat now | now / then | flat / then "
+        print(f"| algorithm | set | {then_path} at {args.commit} | default now | flat now | now / then | flat / then "
               f"| bound / then |")
         print("|---|---|---:|---:|---:|---:|---:|---:|")
         for algo in args.algos:
@@ -101,7 +105,7 @@ def main() -> None:
                 # optimizer_step's interleaved rounds (the gradients marked written before
                 # each step, as backward marks them; the variants' order rotating)
                 variants = {
-                    "then": lambda ps, algo=algo: then.Optimizer(ps, getattr(then, algo)(LR)),
+                    "then": lambda ps, algo=algo: then.Optimizer(ps, getattr(then, algo)(LR), flat=args.then_flat),
                     "now": lambda ps, algo=algo: gx.Optimizer(ps, getattr(gx, algo)(LR)),
                     "flat": lambda ps, algo=algo: gx.Optimizer(ps, getattr(gx, algo)(LR), flat=True),
                 }
