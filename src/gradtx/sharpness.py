@@ -253,7 +253,7 @@ def sam(optimizer: GradientTransformation, adv_optimizer: GradientTransformation
         if reset_state:
             adv_state = adv_optimizer.init(params)
         out, opt_state = run_opt(adv_updates, state.opt_state, params, False, extra_args)
-        return out, SAMState(torch.zeros((), dtype=torch.int32), opt_state, adv_state, ())
+        return out, SAMState(new_count(), opt_state, adv_state, ())
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         del inplace  # it allocates: writes into nothing it is given, returns fresh tensors

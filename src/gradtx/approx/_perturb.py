@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import _foreach as F  # noqa: N812
+from .._hparams import new_count
 from .._tree import TreeDef, tree_unflatten
 
 DISTRIBUTIONS = ("gaussian", "rademacher")
@@ -30,7 +31,7 @@ class ApproxState(NamedTuple):
 
 
 def new_state(seed: int) -> ApproxState:
-    return ApproxState(torch.tensor(seed, dtype=torch.int64), torch.zeros((), dtype=torch.int32))
+    return ApproxState(torch.tensor(seed, dtype=torch.int64), new_count())
 
 
 def advanced(state: ApproxState, inplace: bool) -> ApproxState:

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 
 from .. import _foreach as F  # noqa: N812
-from .._hparams import check, check_int
+from .._hparams import check, check_int, new_count
 from .._tree import Tree
 from ..base import GradientTransformation, transform
 from ..transforms._common import leaves, leaves_like, unflatten
@@ -161,7 +161,7 @@ def scale_by_conjugate_gradient(beta: str = "polak_ribiere_plus", restart_every:
 
     def init(params):
         ps, treedef = leaves(params)
-        return ConjugateGradientState(since_restart=torch.zeros((), dtype=torch.int32),
+        return ConjugateGradientState(since_restart=new_count(),
                                       prev_grad=unflatten(treedef, F.zeros_like(ps)),
                                       prev_direction=unflatten(treedef, F.zeros_like(ps)))
 

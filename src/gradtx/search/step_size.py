@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 
 from .. import _foreach as F  # noqa: N812
-from .._hparams import check, check_int
+from .._hparams import check, check_int, new_count
 from .._tree import Tree
 from ..base import GradientTransformation, transform
 from ..transforms._common import first_device, leaves, leaves_like, need_params, unflatten
@@ -96,11 +96,11 @@ def scale_by_barzilai_borwein(variant: str = "long", init_step: float = 1e-3, de
     def init(params):
         ps, treedef = leaves(params)
         dtype, device = wide(ps), first_device(ps)
-        return BarzilaiBorweinState(count=torch.zeros((), dtype=torch.int32),
+        return BarzilaiBorweinState(count=new_count(),
                                     step_size=_scalar(init_step, dtype, device),
                                     prev_params=unflatten(treedef, [p.detach().clone() for p in ps]),
                                     prev_grad=unflatten(treedef, F.zeros_like(ps)),
-                                    bb_count=torch.zeros((), dtype=torch.int32),
+                                    bb_count=new_count(),
                                     min_step=torch.full((), torch.inf, dtype=dtype, device=device))
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
@@ -189,7 +189,7 @@ def scale_by_bold_driver(init_step: float = 1e-2, increase: float = 1.1,
     def init(params):
         ps, _ = leaves(params)
         dtype, device = wide(ps), first_device(ps)
-        return BoldDriverState(count=torch.zeros((), dtype=torch.int32), step_size=_scalar(init_step, dtype, device),
+        return BoldDriverState(count=new_count(), step_size=_scalar(init_step, dtype, device),
                                prev_value=torch.zeros((), dtype=dtype, device=device))
 
     def update(updates, state, params=None, *, inplace=False, value=None, **extra_args):

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .._hparams import check
+from .._hparams import check, new_count
 from ..base import EmptyState, GradientTransformation, transform
 from ..transforms._common import first_device, leaves, leaves_like, need_params, refuse_complex, unflatten
 from . import quasi_newton as _qn
@@ -73,7 +73,7 @@ def bfgs_hessian(init_scale: float | None = None) -> HessianApproximation:
         scale = 1.0 if init_scale is None else init_scale
         eye = torch.eye(x0.numel(), dtype=x0.dtype, device=x0.device)
         return BFGSHessianState(matrix=eye * torch.as_tensor(scale, dtype=x0.dtype).to(x0.device),
-                                count=torch.zeros((), dtype=torch.int32))
+                                count=new_count())
 
     def update(state, s, y):
         b = state.matrix
@@ -171,7 +171,7 @@ def quasi_newton_hessian(method: str = "sr1", inverse: bool | None = None, init_
     def init(x0):
         n = x0.numel()
         return QuasiNewtonHessianState(
-            count=torch.zeros((), dtype=torch.int32), scaled=torch.tensor(not auto),
+            count=new_count(), scaled=torch.tensor(not auto),
             matrix=_qn._initial(n, x0.dtype, x0.device, inverse, scale), grad=torch.zeros_like(x0),
             extra=(torch.zeros(0, dtype=x0.dtype, device=x0.device) if extra_rule is None
                    else extra_rule.init(n, x0.dtype, x0.device)))
@@ -234,7 +234,7 @@ def lbfgs_hessian(memory_size: int = 10) -> HessianApproximation:
 
     def init(x0):
         zeros = torch.zeros(memory_size, x0.numel(), dtype=x0.dtype, device=x0.device)
-        return LBFGSHessianState(count=torch.zeros((), dtype=torch.int32), s=zeros, y=zeros.clone())
+        return LBFGSHessianState(count=new_count(), s=zeros, y=zeros.clone())
 
     def update(state, s, y):
         sy = torch.dot(s, y)
@@ -514,7 +514,7 @@ def scale_by_trust_region(subproblem: str = "dogleg", hessian: HessianApproximat
         radius = (init_radius if isinstance(init_radius, torch.Tensor)
                   else torch.tensor(float(init_radius), dtype=torch.float64))
         return TrustRegionState(radius=radius.to(dtype=dtype, device=device).clone(),
-                                count=torch.zeros((), dtype=torch.int32), prev_params=x0,
+                                count=new_count(), prev_params=x0,
                                 prev_grad=torch.zeros_like(x0),
                                 model=EmptyState() if model is None else model.init(x0))
 

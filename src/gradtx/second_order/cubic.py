@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import torch
 
-from .._hparams import check, check_order
+from .._hparams import check, check_order, new_count
 from ..base import GradientTransformation, transform
 from ..search._vector import wide
 from ..transforms._common import first_device, leaves
@@ -102,7 +102,7 @@ def scale_by_cubic_regularization(sigma: float = 1.0, adaptive: bool = True, eta
         ps, _ = leaves(params)
         dtype, device = wide(ps), first_device(ps)
         value = torch.as_tensor(sigma, dtype=torch.float64).detach().clone()
-        return CubicRegularizationState(value.to(dtype=dtype, device=device), torch.zeros((), dtype=torch.int32))
+        return CubicRegularizationState(value.to(dtype=dtype, device=device), new_count())
 
     def update(updates, state, params=None, *, inplace=False, value=None, value_fn=None, **extra_args):
         del inplace

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import torch
 
-from .._hparams import check, check_int
+from .._hparams import check, check_int, new_count
 from ..base import GradientTransformation, transform
 from ..search._radius import accepted, check_radius_args, next_radius, ratio
 from ..search._vector import wide
@@ -32,7 +32,7 @@ def _check_cg(max_iters, tol) -> None:
 
 
 def _iterations() -> torch.Tensor:
-    return torch.zeros((), dtype=torch.int32)
+    return new_count()
 
 
 @transform(inplace=True)  # writes into nothing it is given; its updates are fresh tensors

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import torch
 
-from .._hparams import check, check_int
+from .._hparams import check, check_int, new_count
 from ..base import GradientTransformation, transform
 from ._curvature import Flat, check_hvp_method
 
@@ -26,7 +26,7 @@ class NystromPCGState(NamedTuple):
 
 
 def _state_fields(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.tensor(seed, dtype=torch.int64), torch.zeros((), dtype=torch.int32)
+    return torch.tensor(seed, dtype=torch.int64), new_count()
 
 
 def _generator(seed: torch.Tensor, count: torch.Tensor) -> torch.Generator:
@@ -140,7 +140,7 @@ def scale_by_nystrom_pcg(rank: int = 100, damping: float = 0.0, max_iters: int |
 
     def init(params):
         del params
-        return NystromPCGState(*_state_fields(seed), torch.zeros((), dtype=torch.int32))
+        return NystromPCGState(*_state_fields(seed), new_count())
 
     def update(updates, state, params=None, *, inplace=False, **extra_args):
         del inplace
