@@ -296,8 +296,8 @@ class _Layout:
     # segment's first element, then of each one's last element
     ends: list[torch.Tensor] = field(default_factory=list)
     # (the flat state it was made for, its TreeSpec, its leaves, each leaf's bucket key when it
-    # is a buffer-long per-bucket leaf, else None): how _run_blocks slices the state; or None
-    # when the state cannot be cut into blocks
+    # is a buffer-long per-bucket leaf, else None): how _run_blocks slices the state; the last
+    # three None when that state cannot be cut into blocks
     block_plan: tuple | None = None
 
     def versions(self) -> tuple[int, ...]:
@@ -994,10 +994,9 @@ class FlatStorage:
         longest = max(p.numel() for p in lay.fparams.values())
         if longest <= 2 * _BLOCK or any(p.device.type != "cpu" for p in lay.fparams.values()):
             return False
-        plan = self._block_plan(lay)
-        if plan is None:
+        _, treedef, leaves, owners = self._block_plan(lay)
+        if treedef is None:
             return False
-        _, treedef, leaves, owners = plan
         keys = list(lay.fparams)
         before_lr = variant.before_lr is not None and not lay.fstate[-1].lr.requires_grad
         alpha = -float(lay.fstate[-1].lr) if before_lr else 1.0
@@ -1049,20 +1048,24 @@ class FlatStorage:
             block = list(ps.values())
             F.add(block, F.cast_like([updates[k] for k in keys], block), alpha=alpha, inplace=True)
         # the buffer-long leaves were written in their slices; the shared ones as the last block left them
-        self._keep(opt, gi, lay, tree_unflatten([leaf if owner is not None else out for leaf, out, owner
-                                                 in zip(leaves, returned, owners)], treedef))
+        final = tree_unflatten([leaf if owner is not None else out
+                                for leaf, out, owner in zip(leaves, returned, owners)], treedef)
+        self._keep(opt, gi, lay, final)
+        if lay.fstate is final:  # the same leaves in a new tree (_keep took it as it is): the plan holds
+            lay.block_plan = (final, treedef, leaves, owners)
         return True
 
     @staticmethod
-    def _block_plan(lay: _Layout) -> tuple | None:
-        """``lay.block_plan`` for the current flat state, made when the state changed: ``None``
-        when a per-bucket leaf is not a contiguous buffer-long tensor (it could not be sliced
-        like the buffers), a shared tensor requires grad (a hypergradient through the copies), two
+    def _block_plan(lay: _Layout) -> tuple:
+        """``lay.block_plan`` for the current flat state, made when the state changed; its last
+        three entries ``None`` when a per-bucket leaf is not a contiguous buffer-long tensor (it
+        could not be sliced like the buffers), a shared tensor requires grad (a hypergradient through the copies), two
         shared tensors are views of one memory (each block's copies of them would be apart), or a
         shared leaf is neither a tensor nor an immutable value (a block could change it in place)."""
         plan = lay.block_plan
         if plan is not None and plan[0] is lay.fstate:
             return plan
+        lay.block_plan = refused = (lay.fstate, None, None, None)
         positioned, treedef = param_leaves(lay.fstate)
         numel = {int(k): p.numel() for k, p in lay.fparams.items()}
         keys = {int(k): k for k in lay.fparams}
@@ -1072,20 +1075,20 @@ class FlatStorage:
             if index is None:
                 if isinstance(leaf, torch.Tensor):
                     if leaf.requires_grad:
-                        return None
+                        return refused
                     if id(leaf) not in seen and leaf.untyped_storage().nbytes():  # one held twice is copied once
                         seen.add(id(leaf))
                         if leaf.untyped_storage().data_ptr() in memory:
-                            return None  # two views of one memory: copied apart, a write would not reach the other
+                            return refused  # two views of one memory: copied apart, a write would not reach the other
                         memory.add(leaf.untyped_storage().data_ptr())
                 elif not isinstance(leaf, _IMMUTABLE):
-                    return None  # a Python object a block could change in place: no copy is known to be safe
+                    return refused  # a Python object a block could change in place: no copy is known to be safe
                 owners.append(None)
             elif (isinstance(leaf, torch.Tensor) and index in numel and leaf.dim() == 1
                   and leaf.numel() == numel[index] and leaf.is_contiguous()):
                 owners.append(keys[index])
             else:
-                return None
+                return refused
         lay.block_plan = (lay.fstate, treedef, [leaf for _, _, leaf in positioned], owners)
         return lay.block_plan
 
