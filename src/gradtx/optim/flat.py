@@ -962,16 +962,10 @@ class FlatStorage:
         extra = {"grad": dict(lay.fgrads)}
         if lay.segments is not None:
             extra["segments"] = lay.segments
-        state, alpha = lay.fstate, 1.0
         # drawn temporaries stay valid until the next step: _keep copies the state the chain
         # returns into the flat state's tensors, and the updates are added in below
         with F.drawing_from(lay.temporaries) if lay.temporaries is not None else contextlib.nullcontext():
-            if variant.before_lr is not None and not state[-1].lr.requires_grad:
-                updates, new_state = variant.before_lr(updates, state[:-1], lay.fparams, True, extra)
-                alpha = -float(state[-1].lr)
-                new = (*new_state, state[-1])
-            else:
-                updates, new = variant.run(updates, state, lay.fparams, variant.declared, extra)
+            updates, new, alpha = variant.step(updates, lay.fstate, lay.fparams, extra)
         self._keep(opt, gi, lay, new)
         F.add(ps, F.cast_like([updates[k] for k in keys], ps), alpha=alpha, inplace=True)
 
@@ -998,8 +992,6 @@ class FlatStorage:
         if treedef is None:
             return False
         keys = list(lay.fparams)
-        before_lr = variant.before_lr is not None and not lay.fstate[-1].lr.requires_grad
-        alpha = -float(lay.fstate[-1].lr) if before_lr else 1.0
         bufs = lay.scratch.get(-1)
         if bufs is None or len(bufs) != len(keys):  # the updates' scratch: a block per buffer
             bufs = lay.scratch[-1] = [torch.empty(min(_BLOCK, p.numel()), dtype=p.dtype) for p in lay.fparams.values()]
@@ -1026,11 +1018,7 @@ class FlatStorage:
                 copies = F.clone(list(gs.values()))
             updates, extra = dict(zip(keys, copies)), {"grad": gs}
             try:
-                if before_lr:
-                    updates, new_state = variant.before_lr(updates, state[:-1], ps, True, extra)
-                    new = (*new_state, state[-1])
-                else:
-                    updates, new = variant.run(updates, state, ps, variant.declared, extra)
+                updates, new, alpha = variant.step(updates, state, ps, extra)
             except BaseException as e:
                 # the blocks before this one were stepped: say so, a retry would step them twice
                 # (add_note: Python 3.11 and later)

@@ -66,6 +66,17 @@ class _Variant:
     run: Callable[..., Any]  # updater(tx)
     declared: bool  # supports_inplace(tx)
 
+    def step(self, updates: dict, state: Any, params: dict, extra: dict[str, Any]) -> tuple[dict, Any, float]:
+        """``(updates, new state, alpha)`` of the chain over ``updates``, which the caller adds
+        to the params scaled by ``alpha``: a chain ending in ``scale_by_lr(number)`` runs its
+        other parts and gives ``alpha = -lr`` (``p <- p - lr u`` in one pass), any other
+        ``alpha = 1``."""
+        if self.before_lr is not None and not state[-1].lr.requires_grad:
+            updates, new_state = self.before_lr(updates, state[:-1], params, True, extra)
+            return updates, (*new_state, state[-1]), -float(state[-1].lr)
+        updates, state = self.run(updates, state, params, self.declared, extra)
+        return updates, state, 1.0
+
 
 def _slope(pairs: list[tuple[torch.Tensor, torch.Tensor]], block: int = 1 << 16) -> float:
     """``sum <x, g>`` over ``pairs`` in float64, a block of elements at a time (no float64
@@ -676,13 +687,7 @@ class Optimizer(torch.optim.Optimizer):
             extra = {} if self._own_gradients else {"grad": grads}
             if closure is not None:
                 extra.update(self._evaluation_args(closure, loss, params))
-            alpha = 1.0
-            if variant.before_lr is not None and not state[-1].lr.requires_grad:
-                updates, new_state = variant.before_lr(updates, state[:-1], params, True, extra)
-                alpha = -float(state[-1].lr)
-                state = (*new_state, state[-1])
-            else:
-                updates, state = variant.run(updates, state, params, variant.declared, extra)
+            updates, state, alpha = variant.step(updates, state, params, extra)
             if new_keys:
                 _check_update_shapes(updates, params, keys, f" of param_groups[{gi}]")
             self._chain_states[gi] = merge_keys(self._chain_states[gi], state) if is_selection else state
