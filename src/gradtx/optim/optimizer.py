@@ -348,6 +348,10 @@ class Optimizer(torch.optim.Optimizer):
         self._check_descent = check_descent
         self._has_dtensors = False  # a parameter is a DTensor (FSDP2): see gradtx.optim.distributed
         self._evaluations: Any = None  # while stepping DTensor parameters, their closure evaluations
+        # _write_hyperparameters' check for running values: (group, position, part) -> (steps it
+        # is still read back, the value written), and the positions found to be running values
+        self._hp_probe: dict[tuple, tuple[int, float]] = {}
+        self._hp_running: set[int] = set()
         super().__init__(params, defaults)
 
     # -- torch.optim.Optimizer plumbing -----------------------------------------------
@@ -866,8 +870,7 @@ class Optimizer(torch.optim.Optimizer):
         (one chain over all groups) each group's into its own part of the state and, into
         the parts that run over every group, the value all groups share."""
         slots = self._slots
-        probe = self.__dict__.setdefault("_hp_probe", {})
-        running = self.__dict__.setdefault("_hp_running", set())
+        probe, running = self._hp_probe, self._hp_running
         for position, scope, gi, tensor in hyperparams.walk(state, self._split if group is None else self.tx):
             slot = slots[position] if position < len(slots) else None
             if slot is None or slot.factor is None or position in running:
@@ -1001,7 +1004,7 @@ class Optimizer(torch.optim.Optimizer):
             post_hook(self)
 
     def _load(self, state_dict: Any, fresh_shared: Callable[[int], dict[str, Any]] | None = None) -> None:
-        self.__dict__.pop("_hp_probe", None)  # the loaded values are not the ones written before
+        self._hp_probe.clear()  # the loaded values are not the ones written before
         if _checkpoint.is_gradtx(state_dict):
             state_dict = _checkpoint.from_torch_shape(state_dict, fresh_shared)
         if isinstance(state_dict, dict) and isinstance(state_dict.get("state"), dict):
@@ -1015,7 +1018,7 @@ class Optimizer(torch.optim.Optimizer):
         index = next((i for i, p in enumerate(self._all_params()) if p is param), None)
         if index is None:
             raise KeyError("opt.state[param] = ...: not a parameter of this optimizer")
-        self.__dict__.pop("_hp_probe", None)  # its shared leaves may set hyperparameters
+        self._hp_probe.clear()  # its shared leaves may set hyperparameters
         if not isinstance(entry, dict):
             raise ValueError(f"opt.state[param] takes the parameter's entry of a state_dict(), got {entry!r:.80}")
         sd = _checkpoint.to_torch_shape(self._old_state_dict())
