@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .._foreach import wide_dtype
-from .._hparams import ScalarOrSchedule, check, check_beta, check_schedule, is_schedule
+from .._hparams import ScalarOrSchedule, check, check_beta, is_schedule
 from ..authoring import per_tensor
 from ..base import GradientTransformation, transform
 
@@ -53,14 +53,6 @@ def _zeros(n: int) -> Callable[[torch.Tensor], tuple]:
 
     init.__name__ = f"zeros_{n}"
     return init
-
-
-def _optax_schedule(name: str, value: Any) -> Any:
-    """``value``, checked when it is a schedule: per_tensor reads one at optax's step count
-    (0 at the first update); numbers unchanged."""
-    if is_schedule(value):
-        check_schedule(name, value)
-    return value
 
 
 def quarter_power(count: torch.Tensor) -> torch.Tensor:
@@ -145,8 +137,8 @@ def scale_by_ademamix(b1: float = 0.9, b2: float = 0.999, b3: ScalarOrSchedule =
         u = (m1_hat + alpha * m2) / ((nu_hat + eps_root.to(dt)).sqrt() + eps.to(dt))
         return u, (m1, m2, nu)
 
-    return per_tensor(_zeros(3), real_rule(ademamix_update), b1=b1, b2=b2, b3=_optax_schedule("b3", b3),
-                      alpha=_optax_schedule("alpha", alpha), eps=eps, eps_root=eps_root)
+    return per_tensor(_zeros(3), real_rule(ademamix_update), b1=b1, b2=b2, b3=b3, alpha=alpha, eps=eps,
+                      eps_root=eps_root)
 
 
 @transform(elementwise=True, inplace=True)
@@ -179,7 +171,7 @@ def scale_by_simplified_ademamix(b1: float = 0.99, b2: float = 0.95, alpha: Scal
         return u, (m, nu)
 
     return per_tensor(_zeros(2), real_rule(simplified_ademamix_update), b1=b1, b2=b2,
-                      alpha=_optax_schedule("alpha", alpha), eps=eps, eps_root=eps_root)
+                      alpha=alpha, eps=eps, eps_root=eps_root)
 
 
 # --- LaProp --------------------------------------------------------------------------------
@@ -271,10 +263,7 @@ def scale_by_madgrad(lr: ScalarOrSchedule, momentum: float = 0.9, eps: float = 1
 
     Example: ``gx.scale_by_madgrad(1e-2)`` (``gx.madgrad`` adds weight decay before it).
     """
-    if is_schedule(lr):
-        check_schedule("lr", lr)
-    else:
-        check("lr", lr, low=0.0)
+    check("lr", lr, low=0.0, allow_schedule=True)
     check_beta("momentum", momentum)
     check("eps", eps, low=0.0)
 
@@ -290,7 +279,7 @@ def scale_by_madgrad(lr: ScalarOrSchedule, momentum: float = 0.9, eps: float = 1
         mom = momentum.to(dt)
         return (1 - mom) * z + mom * p - p, (grad_sum_sq, s, x0)
 
-    return per_tensor(_madgrad_init, real_rule(madgrad_update), lr=_optax_schedule("lr", lr), momentum=momentum,
+    return per_tensor(_madgrad_init, real_rule(madgrad_update), lr=lr, momentum=momentum,
                       eps=eps)
 
 
